@@ -1,0 +1,125 @@
+"""Process configuration from the environment and a `.env` file.
+
+Loaded once at start-up by `load_settings()` and passed down; nothing reads the
+environment at import time, so tests and the console never need a token.
+Every variable is documented in `.env.example`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+ENV_PREFIX = "BOT_"
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    """Everything an operator may tune, with defaults that work on a laptop."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # Discord
+    discord_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("DISCORD_TOKEN", "BOT_DISCORD_TOKEN")
+    )
+    sync_guild_ids: list[int] = Field(
+        default_factory=list,
+        description="Sync slash commands to these servers only (instant; for development).",
+    )
+    shard_count: int | None = Field(None, ge=1)
+    shard_ids: list[int] | None = None
+
+    # Storage
+    database_path: Path = Path("data/bot.sqlite3")
+    models_root: Path = Path("data/models")
+    model_dir: Path | None = Field(
+        None, description="A CTranslate2 model directory; default: the embedded model."
+    )
+
+    # Engine
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device_index: list[int] = Field(default_factory=lambda: [0])
+    compute_type: str | None = Field(
+        None, description="Default int8_float16 on CUDA, int8 on CPU."
+    )
+    quantization: str = Field(
+        "int8", description="Quantization used when preparing the embedded model."
+    )
+    cpu_threads: int = Field(0, ge=0, description="Threads per replica; 0 = all cores.")
+    inter_threads: int = Field(1, ge=1, le=64, description="Model replicas (share weights).")
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_ms: int = Field(
+        15, ge=0, le=1000, description="How long a free replica waits to fill a batch."
+    )
+    queue_size: int = Field(32, ge=1, le=10_000, description="Requests allowed to wait.")
+    seed: int | None = Field(
+        None, ge=0, description="Seeds the sampler once per process (repeatable demos)."
+    )
+    system_prompt: str = Field(
+        "", description="Default persona; empty keeps the model's own default."
+    )
+
+    # Front-end pacing and fairness
+    edit_interval_s: float = Field(1.0, ge=0.2, le=10.0)
+    per_user_limit: int = Field(1, ge=1, le=100)
+    user_cooldown_s: float = Field(0.0, ge=0.0, le=3600.0)
+    shutdown_grace_s: float = Field(20.0, ge=0.0, le=600.0)
+
+    # Observability
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+
+    @field_validator("compute_type")
+    @classmethod
+    def _known_compute_type(cls, value: str | None) -> str | None:
+        if value is None or value in COMPUTE_TYPES:
+            return value
+        raise ValueError(f"must be one of {', '.join(sorted(COMPUTE_TYPES))}")
+
+    @field_validator("quantization")
+    @classmethod
+    def _known_quantization(cls, value: str) -> str:
+        if value in COMPUTE_TYPES - {"auto", "default"}:
+            return value
+        raise ValueError(f"must be one of {', '.join(sorted(COMPUTE_TYPES - {'auto', 'default'}))}")
+
+    @property
+    def has_token(self) -> bool:
+        return self.discord_token is not None and bool(self.discord_token.get_secret_value())
+
+
+COMPUTE_TYPES = frozenset(
+    {
+        "default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
+        "int16", "float16", "bfloat16", "float32",
+    }
+)
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+    """Build the settings, turning a validation failure into one readable `ConfigError`.
+
+    The message names the environment variable, never its value, so a mistyped
+    token cannot leak into a log.
+    """
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            var = "DISCORD_TOKEN" if field == "discord_token" else ENV_PREFIX + field.upper()
+            problems.append(f"{var}: {err['msg']}")
+        raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""Discord command families, one cog each, thin over `bot`."""
