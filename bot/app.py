@@ -1,0 +1,87 @@
+"""Build the long-lived resources once, in one place, and hand them to front-ends.
+
+Both the Discord client and the console receive an `App`; neither builds an
+engine or opens a database itself, so tests can build an `App` around a tiny
+model and a temporary database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.config import Settings
+from bot.engine import Engine, GenerationRequest
+from bot.knobs import Knobs
+from bot.model_prep import prepare_default_model
+from bot.store import Effective, Location, SettingsStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    settings: Settings
+    engine: Engine
+    store: SettingsStore
+
+    async def resolve(self, loc: Location) -> Effective:
+        return await self.store.resolve(loc)
+
+    def request_for(
+        self, effective: Effective, prompt: str, overrides: Knobs | None = None
+    ) -> GenerationRequest:
+        """The request an ask makes: stored settings, then per-ask overrides."""
+        system = effective.system_prompt
+        if system is None:
+            system = self.settings.system_prompt or None
+        return GenerationRequest(
+            prompt=prompt, knobs=overrides or effective.knobs, system_prompt=system
+        )
+
+
+def model_dir_for(settings: Settings, progress: Callable[[str], None] = print) -> Path:
+    """The configured model directory, preparing the embedded model on first start."""
+    if settings.model_dir is not None:
+        return settings.model_dir
+    return prepare_default_model(settings.models_root, settings.quantization, progress=progress)
+
+
+async def load_engine(settings: Settings, model_dir: Path) -> Engine:
+    return await Engine.load(
+        model_dir,
+        device=settings.device,
+        device_index=settings.device_index,
+        compute_type=settings.compute_type,
+        cpu_threads=settings.cpu_threads,
+        inter_threads=settings.inter_threads,
+        max_batch_size=settings.max_batch_size,
+        queue_size=settings.queue_size,
+        batch_wait_ms=settings.batch_wait_ms,
+        seed=settings.seed,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_app(
+    settings: Settings, progress: Callable[[str], None] = print
+) -> AsyncIterator[App]:
+    """Open the store and load the engine; close both on the way out, whatever happens."""
+    model_dir = model_dir_for(settings, progress)
+    store = await SettingsStore.open(settings.database_path)
+    try:
+        engine = await load_engine(settings, model_dir)
+        log.info(
+            "model %s loaded on %s (%s) in %.1fs",
+            engine.info.model_name, engine.info.device, engine.info.compute_type,
+            engine.info.load_s,
+        )
+        try:
+            yield App(settings=settings, engine=engine, store=store)
+        finally:
+            await engine.close(grace_s=settings.shutdown_grace_s)
+    finally:
+        await store.close()

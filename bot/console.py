@@ -1,0 +1,338 @@
+"""The local console: the product's /ask, /system and /knobs without Discord.
+
+It runs the same core (engine, settings store, knob parsing) against the same
+database as the bot, in a server and channel scope of its own, so anyone can
+try the bot without a token and an operator can check a persona before going
+live. Commands mirror the slash commands; `--server` acts on the console's
+server scope instead of its channel scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from bot.app import App, open_app
+from bot.config import Settings
+from bot.engine import Finished, GenerationResult, Queued, TextDelta
+from bot.errors import UserFacingError
+from bot.knobs import KNOB_NAMES, PRESETS, KnobSpec, KNOB_SPECS, build_knobs, format_knob, parse_knob_text
+from bot.store import Location, Scope, ScopeKind
+
+# Ids of the console's own scopes. Discord snowflakes are far larger, so these
+# never collide with a real server sharing the same database.
+CONSOLE_GUILD_ID = 1
+CONSOLE_CHANNEL_ID = 2
+CONSOLE_USER_ID = 3
+
+HELP = """\
+Commands (a line without a slash is an /ask):
+  /ask <prompt>                 stream a reply
+  /system show                  the persona in effect here
+  /system set <text> [--server] set the persona for this channel (or the server)
+  /system reset [--server]      remove it
+  /knobs show                   every sampling setting and where it comes from
+  /knobs set k=v ... [--server] e.g. /knobs set temperature=0.9 top_k=40 stop="\\n\\n"
+  /knobs reset [knob ...] [--server]
+  /knobs preset precise|balanced|creative [--server]
+  /tokens <text>                how the model's tokenizer splits text
+  /help, /quit                  (Ctrl-C stops a reply; Ctrl-D or /quit leaves)"""
+
+
+def footer(result: GenerationResult) -> str:
+    rate = f"{result.decode_tok_s:.1f} tok/s" if result.decode_tok_s else "– tok/s"
+    words = {
+        "end": "end of reply", "max_tokens": "max tokens", "stop_sequence": "stop sequence",
+        "cancelled": "stopped", "error": "error",
+    }
+    parts = [f"{result.new_tokens} tokens", rate, words.get(result.finish_reason, "")]
+    if result.clamped_to_context:
+        parts.append(f"shortened to {result.max_new_tokens} tokens to fit the context")
+    return "[" + " · ".join(p for p in parts if p) + "]"
+
+
+@dataclass
+class Console:
+    app: App
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    location: Location = field(
+        default_factory=lambda: Location(guild_id=CONSOLE_GUILD_ID, channel_id=CONSOLE_CHANNEL_ID,
+                                         user_id=CONSOLE_USER_ID)
+    )
+    current: Any = None  # the Generation being streamed, for Ctrl-C
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def scope(self, server: bool) -> Scope:
+        if server:
+            return Scope(ScopeKind.SERVER, CONSOLE_GUILD_ID, guild_id=CONSOLE_GUILD_ID)
+        return Scope(ScopeKind.CHANNEL, CONSOLE_CHANNEL_ID, guild_id=CONSOLE_GUILD_ID)
+
+    async def handle(self, line: str) -> bool:
+        """Run one line; return False when the console should exit."""
+        line = line.strip()
+        if not line:
+            return True
+        if not line.startswith("/"):
+            line = "/ask " + line
+        cmd, _, rest = line.partition(" ")
+        try:
+            if cmd in ("/quit", "/exit"):
+                return False
+            if cmd == "/help":
+                self.write(HELP + "\n")
+            elif cmd == "/ask":
+                await self.ask(rest)
+            elif cmd == "/system":
+                await self.system(rest)
+            elif cmd == "/knobs":
+                await self.knobs(rest)
+            elif cmd == "/tokens":
+                self.tokens(rest)
+            else:
+                self.write(f"Unknown command {cmd}. Type /help.\n")
+        except UserFacingError as exc:
+            self.write(f"error: {exc.message}\n")
+        return True
+
+    async def ask(self, prompt: str) -> None:
+        if not prompt.strip():
+            raise UserFacingError("Ask something: /ask <prompt>.")
+        effective = await self.app.resolve(self.location)
+        gen = self.app.engine.submit(self.app.request_for(effective, prompt))
+        self.current = gen
+        try:
+            async for event in gen.events():
+                if isinstance(event, Queued) and event.ahead:
+                    self.write(f"(queued, {event.ahead} ahead)\n")
+                elif isinstance(event, TextDelta):
+                    self.write(event.text)
+                elif isinstance(event, Finished):
+                    result = event.result
+                    if result.error:
+                        self.write(f"\nerror: {result.error}")
+                    self.write("\n" + footer(result) + "\n")
+        finally:
+            self.current = None
+
+    def interrupt(self) -> bool:
+        """Ctrl-C: stop the reply being written, if any."""
+        if self.current is not None and not self.current.done:
+            self.current.cancel()
+            return True
+        return False
+
+    async def system(self, rest: str) -> None:
+        words, server = _flag(rest, "--server")
+        sub, _, text = words.partition(" ")
+        scope = self.scope(server)
+        if sub in ("", "show"):
+            eff = await self.app.resolve(self.location)
+            src = eff.sources.get("system_prompt", "default")
+            if eff.system_prompt is None:
+                default = self.app.settings.system_prompt
+                shown = default if default else "(none: the model's own default applies)"
+                self.write(f"System prompt (default): {shown}\n")
+            else:
+                self.write(f"System prompt (from {src}):\n{eff.system_prompt}\n")
+        elif sub == "set":
+            if not text.strip():
+                raise UserFacingError("Give the text: /system set <text>.")
+            await self.app.store.set_system_prompt(scope, text.strip(), actor_id=CONSOLE_USER_ID)
+            self.write(f"System prompt set for this {_scope_word(server)}.\n")
+        elif sub == "reset":
+            changed = await self.app.store.reset_system_prompt(scope, actor_id=CONSOLE_USER_ID)
+            self.write(
+                f"System prompt reset for this {_scope_word(server)}.\n" if changed
+                else f"This {_scope_word(server)} had no system prompt of its own.\n"
+            )
+        else:
+            raise UserFacingError("Use /system show, /system set <text> or /system reset.")
+
+    async def knobs(self, rest: str) -> None:
+        words, server = _flag(rest, "--server")
+        sub, _, args = words.partition(" ")
+        scope = self.scope(server)
+        if sub in ("", "show"):
+            eff = await self.app.resolve(self.location)
+            for name in KNOB_NAMES:
+                value = getattr(eff.knobs, name)
+                src = eff.sources.get(name, "default")
+                self.write(f"  {name:<19} {format_knob(name, value):<12} ({src})\n")
+        elif sub == "set":
+            values = _parse_assignments(args)
+            await self.app.store.set_knobs(scope, values, actor_id=CONSOLE_USER_ID)
+            shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in values.items())
+            self.write(f"Set {shown} for this {_scope_word(server)}.\n")
+        elif sub == "reset":
+            names = args.split() or None
+            reset = await self.app.store.reset_knobs(scope, names, actor_id=CONSOLE_USER_ID)
+            self.write(
+                f"Reset {', '.join(reset)} for this {_scope_word(server)}.\n" if reset
+                else "Nothing to reset.\n"
+            )
+        elif sub == "preset":
+            name = args.strip()
+            if name not in PRESETS:
+                raise UserFacingError(f"Presets: {', '.join(PRESETS)}.")
+            build_knobs(PRESETS[name])
+            await self.app.store.set_knobs(scope, dict(PRESETS[name]), actor_id=CONSOLE_USER_ID)
+            self.write(f"Applied the {name} preset to this {_scope_word(server)}.\n")
+        else:
+            raise UserFacingError("Use /knobs show, /knobs set k=v, /knobs reset or /knobs preset.")
+
+    def tokens(self, text: str) -> None:
+        pieces = self.app.engine.tokenize(text)
+        shown = "|".join(p for _, p in pieces)
+        self.write(
+            f"{len(pieces)} tokens (context window {self.app.engine.info.context_length}):\n"
+            f"{shown}\n"
+        )
+
+
+def _scope_word(server: bool) -> str:
+    return "server" if server else "channel"
+
+
+def _flag(text: str, flag: str) -> tuple[str, bool]:
+    parts = text.split(" ")
+    present = flag in parts
+    return " ".join(p for p in parts if p != flag).strip(), present
+
+
+def _parse_assignments(text: str) -> dict[str, Any]:
+    """`temperature=0.9 stop="\\n\\n"` → validated values, one clear error per bad knob."""
+    try:
+        items = shlex.split(text, posix=True)
+    except ValueError as exc:
+        raise UserFacingError(f"Couldn't read that: {exc}.") from None
+    if not items:
+        raise UserFacingError("Give knob=value pairs, e.g. /knobs set temperature=0.9.")
+    values: dict[str, Any] = {}
+    for item in items:
+        name, eq, raw = item.partition("=")
+        if not eq:
+            raise UserFacingError(f"Expected knob=value, got {item!r}.")
+        values[name] = parse_knob_text(name, raw)
+    return values
+
+
+def _spec_help(spec: KnobSpec) -> str:
+    return f"{spec.name}: {spec.description} ({spec.range_text()})"
+
+
+class _LineReader:
+    """Read stdin on a daemon thread so the event loop stays free and exit never hangs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interactive: bool) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._interactive = interactive
+        self._want = threading.Event()
+        threading.Thread(target=self._run, daemon=True, name="console-input").start()
+
+    def _run(self) -> None:
+        while True:
+            self._want.wait()
+            self._want.clear()
+            try:
+                line: str | None = input("you> ") if self._interactive else sys.stdin.readline()
+                if not self._interactive and line == "":
+                    line = None
+            except EOFError:
+                line = None
+            except Exception:
+                line = None
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
+            if line is None:
+                return
+
+    async def readline(self) -> str | None:
+        self._want.set()
+        return await self._queue.get()
+
+
+def _setup_history() -> Callable[[], None]:
+    try:
+        import readline
+    except ImportError:
+        return lambda: None
+    path = Path(os.environ.get("BOT_CONSOLE_HISTORY", Path.home() / ".llamacord_history"))
+    with contextlib.suppress(OSError):
+        readline.read_history_file(path)
+
+    def save() -> None:
+        with contextlib.suppress(OSError):
+            readline.write_history_file(path)
+
+    return save
+
+
+async def console_loop(app: App, interactive: bool) -> None:
+    console = Console(app)
+    loop = asyncio.get_running_loop()
+    reader = _LineReader(loop, interactive)
+    stop_requested = asyncio.Event()
+
+    def on_sigint() -> None:
+        if console.interrupt():
+            return
+        stop_requested.set()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        while not stop_requested.is_set():
+            read = asyncio.ensure_future(reader.readline())
+            stopper = asyncio.ensure_future(stop_requested.wait())
+            done, _ = await asyncio.wait({read, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if read not in done:
+                read.cancel()
+                stopper.cancel()
+                break
+            stopper.cancel()
+            line = read.result()
+            if line is None:
+                break
+            if not interactive and line.strip():
+                console.write(f"you> {line.strip()}\n")
+            if not await console.handle(line):
+                break
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+    console.write("bye\n")
+
+
+async def run_console(settings: Settings) -> int:
+    interactive = sys.stdin.isatty()
+    print("Preparing the model… (first start converts the embedded model, about 10 s)",
+          file=sys.stderr, flush=True)
+    save_history = _setup_history() if interactive else (lambda: None)
+    async with open_app(settings, progress=lambda s: print(s, file=sys.stderr, flush=True)) as app:
+        info = app.engine.info
+        print(
+            f"{info.model_name} on {info.device} ({info.compute_type}). Local console: no "
+            "Discord token is configured (set DISCORD_TOKEN in .env to run the bot).\n"
+            "Type /help for commands; a plain line asks the model.",
+            flush=True,
+        )
+        try:
+            await console_loop(app, interactive)
+        finally:
+            save_history()
+    return 0
+
+
+__all__ = ["Console", "console_loop", "footer", "run_console", "_spec_help", "KNOB_SPECS"]

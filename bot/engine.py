@@ -1,0 +1,570 @@
+"""The generation engine: (system prompt, prompt, knobs) in, a stream of text out.
+
+Design, and why:
+
+- CTranslate2 decodes on its own threads; we call `generate_batch` from a small
+  thread pool (one thread per replica, `inter_threads`) and get a Python
+  callback per token. The callback detokenizes, matches stop sequences and hands
+  the new text to the event loop with `call_soon_threadsafe`. The event loop
+  never waits on the model, and CTranslate2's own async helper (which polls the
+  loop) is not used.
+- Concurrent requests that share sampling settings are decoded together in one
+  `generate_batch` call: on a 2-core CPU that is where aggregate throughput
+  comes from. Requests with different settings, or arriving while every
+  replica is busy, wait in a bounded FIFO queue that reports positions.
+- Each request stops on its own: returning True from the callback ends that
+  request (cancel, stop sequence, its own `max_new_tokens`) while the rest of
+  the batch continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.errors import ModelError, PromptTooLong, QueueFull, ShuttingDown, UserFacingError
+from bot.knobs import Knobs
+from bot.model_files import ModelBundle, load_model_bundle
+from bot.streaming import IncrementalDetokenizer, StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+class FinishReason(enum.StrEnum):
+    END = "end"
+    MAX_TOKENS = "max_tokens"
+    STOP_SEQUENCE = "stop_sequence"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One ask, already resolved against the settings store."""
+
+    prompt: str
+    knobs: Knobs = field(default_factory=Knobs)
+    system_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float | None
+    decode_tok_s: float | None
+    total_s: float
+    finish_reason: FinishReason
+    max_new_tokens: int
+    clamped_to_context: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request is waiting; `ahead` requests are before it."""
+
+    ahead: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """Decoding of the request has begun (its prompt is being read)."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: GenerationResult
+
+
+Event = Queued | Started | TextDelta | Finished
+
+
+class GeneratorBackend(Protocol):
+    """The part of `ctranslate2.Generator` the engine uses; tests may wrap it."""
+
+    def generate_batch(self, start_tokens: list[list[str]], **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    tokens: list[str]
+    max_new_tokens: int
+    clamped: bool
+
+
+class Generation:
+    """A handle on one submitted request: iterate its events, cancel it, await it."""
+
+    def __init__(
+        self, engine: Engine, request: GenerationRequest, prepared: PreparedPrompt
+    ) -> None:
+        self.request = request
+        self.prepared = prepared
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._done: asyncio.Future[GenerationResult] = self._loop.create_future()
+        self.cancel_requested = False  # read by the decoding thread; a bool is atomic
+        self.submitted_at = time.perf_counter()
+        self.ahead: int | None = None
+
+    # --- consumer side ---------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Yield events until (and including) `Finished`."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Just the text deltas; the result is in `await gen.result()` afterwards."""
+        async for event in self.events():
+            if isinstance(event, TextDelta):
+                yield event.text
+
+    async def result(self) -> GenerationResult:
+        return await asyncio.shield(self._done)
+
+    @property
+    def done(self) -> bool:
+        return self._done.done()
+
+    def cancel(self) -> None:
+        """Stop decoding within one token (or drop the request if it still waits)."""
+        self.cancel_requested = True
+        self._engine._cancel_waiting(self)
+
+    # --- producer side (event-loop thread only) --------------------------------
+
+    def _emit(self, event: Event) -> None:
+        if self._done.done():
+            return
+        if isinstance(event, Queued):
+            if event.ahead == self.ahead:
+                return
+            self.ahead = event.ahead
+        self._events.put_nowait(event)
+        if isinstance(event, Finished):
+            self._done.set_result(event.result)
+
+
+class _Slot:
+    """Per-request decoding state, owned by the decoding thread during a batch."""
+
+    def __init__(self, gen: Generation, bundle: ModelBundle, end_ids: frozenset[int]) -> None:
+        self.gen = gen
+        self.detok = IncrementalDetokenizer(bundle.tokenizer.decode)
+        self.stops = StopMatcher(gen.request.knobs.stop)
+        self.end_ids = end_ids
+        self.max_new = gen.prepared.max_new_tokens
+        self.new_tokens = 0
+        self.text_parts: list[str] = []
+        self.started_at = 0.0
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.finish: FinishReason | None = None
+
+    def step(self, token_id: int) -> tuple[str, bool]:
+        """Consume one token; return (text to show, whether this request is over)."""
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.last_token_at = now
+        if self.gen.cancel_requested:
+            self.finish = FinishReason.CANCELLED
+            return "", True
+        if token_id in self.end_ids:
+            self.finish = FinishReason.END
+            return self._flush(), True
+        self.new_tokens += 1
+        text = self.stops.feed(self.detok.push(token_id))
+        if self.stops.stopped:
+            self.finish = FinishReason.STOP_SEQUENCE
+            return self._keep(text), True
+        if self.new_tokens >= self.max_new:
+            self.finish = FinishReason.MAX_TOKENS
+            return self._keep(text) + self._flush(), True
+        return self._keep(text), False
+
+    def _flush(self) -> str:
+        tail = self.stops.feed(self.detok.flush())
+        if self.stops.stopped:
+            self.finish = FinishReason.STOP_SEQUENCE
+            return self._keep(tail)
+        return self._keep(tail + self.stops.flush())
+
+    def _keep(self, text: str) -> str:
+        if text:
+            self.text_parts.append(text)
+        return text
+
+    def result(self, error: str | None = None) -> GenerationResult:
+        finish = self.finish or (FinishReason.ERROR if error else FinishReason.MAX_TOKENS)
+        if error is not None and self.finish is None:
+            finish = FinishReason.ERROR
+        end = time.perf_counter()
+        ttft = (self.first_token_at - self.started_at) if self.first_token_at else None
+        decode = None
+        if self.first_token_at and self.last_token_at and self.new_tokens > 1:
+            span = self.last_token_at - self.first_token_at
+            decode = (self.new_tokens - 1) / span if span > 0 else None
+        return GenerationResult(
+            text="".join(self.text_parts),
+            prompt_tokens=len(self.gen.prepared.tokens),
+            new_tokens=self.new_tokens,
+            ttft_s=ttft,
+            decode_tok_s=decode,
+            total_s=end - self.gen.submitted_at,
+            finish_reason=finish,
+            max_new_tokens=self.max_new,
+            clamped_to_context=self.gen.prepared.clamped,
+            error=error,
+        )
+
+
+def _batch_key(knobs: Knobs) -> tuple[Any, ...]:
+    """Requests with equal keys can share one `generate_batch` call."""
+    return tuple(sorted(knobs.ct2_sampling().items()))
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model_name: str
+    model_path: Path
+    device: str
+    compute_type: str
+    inter_threads: int
+    cpu_threads: int
+    context_length: int
+    load_s: float
+
+
+def resolve_device(device: str) -> str:
+    """`auto` means CUDA when CTranslate2 sees a GPU, else the CPU."""
+    if device != "auto":
+        return device
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def default_compute_type(device: str) -> str:
+    return "int8_float16" if device == "cuda" else "int8"
+
+
+class Engine:
+    """Schedules requests onto CTranslate2 replicas, batching what can be batched."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        generator: GeneratorBackend,
+        *,
+        info: EngineInfo,
+        replicas: int = 1,
+        max_batch_size: int = 8,
+        queue_size: int = 32,
+        batch_wait_s: float = 0.015,
+    ) -> None:
+        self.bundle = bundle
+        self.info = info
+        self._generator = generator
+        self._replicas = replicas
+        self._max_batch = max_batch_size
+        self._queue_size = queue_size
+        self._batch_wait_s = batch_wait_s
+        self._waiting: deque[Generation] = deque()
+        self._running: set[Generation] = set()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=replicas, thread_name_prefix="decode")
+        self._lanes = [asyncio.create_task(self._lane(i)) for i in range(replicas)]
+        self._end_ids = frozenset(bundle.end_token_ids)
+        self.tokens_generated = 0
+        self.on_result: list[Callable[[GenerationResult], None]] = []
+
+    # --- construction ----------------------------------------------------------
+
+    @classmethod
+    async def load(
+        cls,
+        model_dir: Path,
+        *,
+        device: str = "auto",
+        device_index: Sequence[int] = (0,),
+        compute_type: str | None = None,
+        cpu_threads: int = 0,
+        inter_threads: int = 1,
+        max_batch_size: int = 8,
+        queue_size: int = 32,
+        batch_wait_ms: int = 15,
+        seed: int | None = None,
+    ) -> Engine:
+        """Load tokenizer, template and weights off the event loop."""
+        import ctranslate2
+
+        started = time.perf_counter()
+        real_device = resolve_device(device)
+        ctype = compute_type or default_compute_type(real_device)
+        if cpu_threads == 0 and real_device == "cpu":
+            cpu_threads = max(1, (os.cpu_count() or 1) // inter_threads)
+
+        def _load() -> tuple[ModelBundle, Any]:
+            bundle = load_model_bundle(model_dir)
+            if seed is not None:
+                # CTranslate2 seeds each worker's sampler when the Generator is
+                # built; setting it later has no effect, so it is per process.
+                ctranslate2.set_random_seed(seed)
+            generator = ctranslate2.Generator(
+                str(model_dir),
+                device=real_device,
+                device_index=list(device_index),
+                compute_type=ctype,
+                inter_threads=inter_threads,
+                intra_threads=cpu_threads,
+            )
+            return bundle, generator
+
+        bundle, generator = await asyncio.to_thread(_load)
+        info = EngineInfo(
+            model_name=bundle.name,
+            model_path=model_dir,
+            device=real_device,
+            compute_type=str(generator.compute_type),
+            inter_threads=inter_threads,
+            cpu_threads=cpu_threads,
+            context_length=bundle.context_length,
+            load_s=time.perf_counter() - started,
+        )
+        return cls(
+            bundle,
+            generator,
+            info=info,
+            replicas=inter_threads * max(1, len(device_index)),
+            max_batch_size=max_batch_size,
+            queue_size=queue_size,
+            batch_wait_s=batch_wait_ms / 1000,
+        )
+
+    # --- public API --------------------------------------------------------------
+
+    def prepare(self, request: GenerationRequest) -> PreparedPrompt:
+        """Render the chat template, count tokens and fit the reply into the context."""
+        text = self.bundle.chat.render(request.system_prompt or None, request.prompt)
+        ids = self.bundle.encode_prompt(text)
+        context = self.bundle.context_length
+        if len(ids) >= context:
+            raise PromptTooLong(len(ids), context)
+        max_new = request.knobs.max_new_tokens
+        clamped = False
+        if len(ids) + max_new > context:
+            max_new = context - len(ids)
+            clamped = True
+        tokens = [self.bundle.tokenizer.id_to_token(i) for i in ids]
+        return PreparedPrompt(tokens=tokens, max_new_tokens=max_new, clamped=clamped)
+
+    def submit(self, request: GenerationRequest) -> Generation:
+        """Queue a request; raises `QueueFull`, `PromptTooLong` or `ShuttingDown` at once."""
+        if self._closing:
+            raise ShuttingDown()
+        if len(self._waiting) >= self._queue_size:
+            raise QueueFull(self._queue_size)
+        prepared = self.prepare(request)
+        gen = Generation(self, request, prepared)
+        self._waiting.append(gen)
+        self._publish_positions()
+        self._wakeup.set()
+        return gen
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Submit and wait for the whole reply (CLI, benchmarks, tests)."""
+        return await self.submit(request).result()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    def tokenize(self, text: str) -> list[tuple[int, str]]:
+        """(id, text) per token, for showing how the model sees a string."""
+        tok = self.bundle.tokenizer
+        ids = tok.encode(text)
+        pieces: list[tuple[int, str]] = []
+        detok = IncrementalDetokenizer(tok.decode)
+        for i in ids:
+            pieces.append((i, detok.push(i)))
+        if pieces:
+            last_id, last_text = pieces[-1]
+            pieces[-1] = (last_id, last_text + detok.flush())
+        return pieces
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Refuse new work, let running replies finish for `grace_s`, cancel the rest."""
+        self._closing = True
+        while self._waiting:
+            gen = self._waiting.popleft()
+            gen.cancel_requested = True
+            gen._emit(Finished(_cancelled_result(gen)))
+        if self._running and grace_s > 0:
+            pending = [asyncio.ensure_future(g.result()) for g in self._running]
+            await asyncio.wait(pending, timeout=grace_s)
+        for gen in list(self._running):
+            gen.cancel_requested = True
+        self._wakeup.set()
+        await asyncio.gather(*self._lanes, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # --- scheduling ----------------------------------------------------------------
+
+    def _cancel_waiting(self, gen: Generation) -> None:
+        if gen in self._waiting:
+            self._waiting.remove(gen)
+            gen._emit(Finished(_cancelled_result(gen)))
+            self._publish_positions()
+
+    def _publish_positions(self) -> None:
+        for ahead, gen in enumerate(self._waiting):
+            gen._emit(Queued(ahead))
+
+    def _take_batch(self) -> list[Generation]:
+        head = self._waiting.popleft()
+        batch = [head]
+        key = _batch_key(head.request.knobs)
+        for gen in list(self._waiting):
+            if len(batch) >= self._max_batch:
+                break
+            if _batch_key(gen.request.knobs) == key:
+                self._waiting.remove(gen)
+                batch.append(gen)
+        return batch
+
+    async def _lane(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._waiting:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self._closing:
+                return
+            if self._batch_wait_s and len(self._waiting) < self._max_batch:
+                # Asks often arrive in bursts; a few ms lets them share a batch.
+                await asyncio.sleep(self._batch_wait_s)
+                if not self._waiting:
+                    continue
+            batch = self._take_batch()
+            self._publish_positions()
+            self._running.update(batch)
+            slots = [_Slot(g, self.bundle, self._end_ids) for g in batch]
+            for slot in slots:
+                slot.started_at = time.perf_counter()
+                slot.gen._emit(Started())
+            try:
+                await loop.run_in_executor(self._executor, self._decode, loop, slots)
+            except Exception as exc:  # the model failed: end these replies, keep serving
+                log.exception("decoding failed for a batch of %d", len(slots))
+                message = _model_error_message(exc)
+                for slot in slots:
+                    if not slot.gen.done:
+                        slot.gen._emit(Finished(slot.result(error=message)))
+            finally:
+                for slot in slots:
+                    if not slot.gen.done:
+                        slot.gen._emit(Finished(slot.result()))
+                    self._running.discard(slot.gen)
+                    self.tokens_generated += slot.new_tokens
+                    for hook in self.on_result:
+                        with contextlib.suppress(Exception):
+                            hook(slot.gen._done.result())
+
+    def _decode(self, loop: asyncio.AbstractEventLoop, slots: list[_Slot]) -> None:
+        """Runs on a decoding thread: one `generate_batch` call for the whole batch."""
+        lock = threading.Lock()
+        finished = [False] * len(slots)
+
+        def on_step(step: Any) -> bool:
+            i = step.batch_id
+            slot = slots[i]
+            with lock:
+                if finished[i]:
+                    return True
+                text, over = slot.step(step.token_id)
+                if over:
+                    finished[i] = True
+            if text:
+                loop.call_soon_threadsafe(slot.gen._emit, TextDelta(text))
+            if over:
+                loop.call_soon_threadsafe(slot.gen._emit, Finished(slot.result()))
+            return over
+
+        first = slots[0].gen.request.knobs
+        self._generator.generate_batch(
+            [s.gen.prepared.tokens for s in slots],
+            max_length=max(s.max_new for s in slots),
+            include_prompt_in_result=False,
+            end_token=list(self._end_ids),
+            return_end_token=True,
+            callback=on_step,
+            **first.ct2_sampling(),
+        )
+        # Requests that ended without a final callback (e.g. the batch hit
+        # max_length on another request's budget) are settled here.
+        for i, slot in enumerate(slots):
+            if not finished[i]:
+                tail = slot._flush()
+                if tail:
+                    loop.call_soon_threadsafe(slot.gen._emit, TextDelta(tail))
+                if slot.finish is None:
+                    slot.finish = (
+                        FinishReason.CANCELLED if slot.gen.cancel_requested
+                        else FinishReason.MAX_TOKENS
+                    )
+                loop.call_soon_threadsafe(slot.gen._emit, Finished(slot.result()))
+
+
+def _cancelled_result(gen: Generation) -> GenerationResult:
+    return GenerationResult(
+        text="",
+        prompt_tokens=len(gen.prepared.tokens),
+        new_tokens=0,
+        ttft_s=None,
+        decode_tok_s=None,
+        total_s=time.perf_counter() - gen.submitted_at,
+        finish_reason=FinishReason.CANCELLED,
+        max_new_tokens=gen.prepared.max_new_tokens,
+        clamped_to_context=gen.prepared.clamped,
+    )
+
+
+def _model_error_message(exc: BaseException) -> str:
+    if isinstance(exc, UserFacingError):
+        return exc.message
+    return ModelError("The model failed while writing this reply.").message

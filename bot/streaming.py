@@ -1,0 +1,111 @@
+"""Turning a stream of token ids into text that is safe to show as it grows.
+
+Two small state machines, both pure (no threads, no I/O) so they are easy to
+test and can run inside CTranslate2's per-token callback:
+
+- `IncrementalDetokenizer` emits only complete text: a multi-byte character
+  split across tokens (emoji, CJK, accents) is held until it is whole, and the
+  spacing matches what the tokenizer gives when decoding the whole sequence.
+- `StopMatcher` holds back any tail of the text that could still become a stop
+  sequence, so a stop sequence never flashes on screen before being removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class IncrementalDetokenizer:
+    """Decode ids one at a time, returning the newly completed text each step.
+
+    Decoding a token on its own is wrong for byte-level BPE (half a UTF-8
+    character) and for SentencePiece (the leading-space marker depends on the
+    previous token), so each step decodes a short window that starts a few
+    tokens back and returns only what the new token added. This is the scheme
+    used by Hugging Face's TextStreamer and vLLM, bounded so each step costs
+    O(window) rather than O(reply).
+    """
+
+    def __init__(self, decode: Callable[[Sequence[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = 0  # start of the decoding window
+        self._read = 0  # ids[:read] have been emitted
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        new_text = self._decode(self._ids[self._prefix :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith(REPLACEMENT_CHAR):
+            delta = new_text[len(prefix_text) :]
+            self._prefix = self._read
+            self._read = len(self._ids)
+            return delta
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held at the end (e.g. a truncated multi-byte character)."""
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        new_text = self._decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        if len(new_text) > len(prefix_text):
+            return new_text[len(prefix_text) :]
+        return ""
+
+    @property
+    def token_count(self) -> int:
+        return len(self._ids)
+
+
+class StopMatcher:
+    """Cut text at the first stop sequence, holding back possible partial matches.
+
+    Text already emitted can never contain the start of a stop sequence: any
+    tail that is a prefix of one is held until the next delta settles it. So a
+    match is only ever searched for in the held-back text plus the new delta.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._pending = ""
+        self.stopped = False
+        self.matched: str | None = None
+
+    def feed(self, delta: str) -> str:
+        """Return the text that is now safe to show; set `stopped` on a match."""
+        if self.stopped:
+            return ""
+        if not self._stops:
+            return delta
+        text = self._pending + delta
+        first: tuple[int, str] | None = None
+        for stop in self._stops:
+            idx = text.find(stop)
+            if idx != -1 and (first is None or idx < first[0]):
+                first = (idx, stop)
+        if first is not None:
+            self.stopped = True
+            self.matched = first[1]
+            self._pending = ""
+            return text[: first[0]]
+        hold = self._held_suffix(text)
+        self._pending = text[len(text) - hold :] if hold else ""
+        return text[: len(text) - hold]
+
+    def flush(self) -> str:
+        """At the end of generation the held tail was not a stop after all."""
+        if self.stopped:
+            return ""
+        out, self._pending = self._pending, ""
+        return out
+
+    def _held_suffix(self, text: str) -> int:
+        best = 0
+        for stop in self._stops:
+            for k in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:k]):
+                    best = k
+                    break
+        return best
