@@ -166,12 +166,13 @@ def _fmt(value: float | None) -> str:
 
 def _spec(name: str) -> KnobSpec:
     field = Knobs.model_fields[name]
-    minimum = maximum = None
+    minimum: float | None = None
+    maximum: float | None = None
     for meta in field.metadata:
         if isinstance(meta, Ge):
-            minimum = meta.ge  # type: ignore[assignment]
+            minimum = float(meta.ge)  # type: ignore[arg-type]
         elif isinstance(meta, Le):
-            maximum = meta.le  # type: ignore[assignment]
+            maximum = float(meta.le)  # type: ignore[arg-type]
     kind: type = field.annotation if isinstance(field.annotation, type) else tuple
     return KnobSpec(name, kind, minimum, maximum, field.default, field.description or "")
 
