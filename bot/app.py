@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bot.config import Settings
 from bot.engine import Engine, GenerationRequest
@@ -27,6 +28,7 @@ class App:
     settings: Settings
     engine: Engine
     store: SettingsStore
+    metrics: Any = None  # bot.metrics.Metrics when the Prometheus endpoint is enabled
 
     async def resolve(self, loc: Location) -> Effective:
         return await self.store.resolve(loc)

@@ -25,7 +25,15 @@ from bot.app import App, open_app
 from bot.config import Settings
 from bot.engine import Finished, GenerationResult, Queued, TextDelta
 from bot.errors import UserFacingError
-from bot.knobs import KNOB_NAMES, PRESETS, KnobSpec, KNOB_SPECS, build_knobs, format_knob, parse_knob_text
+from bot.knobs import (
+    KNOB_NAMES,
+    KNOB_SPECS,
+    PRESETS,
+    KnobSpec,
+    build_knobs,
+    format_knob,
+    parse_knob_text,
+)
 from bot.store import Location, Scope, ScopeKind
 
 # Ids of the console's own scopes. Discord snowflakes are far larger, so these
@@ -335,4 +343,4 @@ async def run_console(settings: Settings) -> int:
     return 0
 
 
-__all__ = ["Console", "console_loop", "footer", "run_console", "_spec_help", "KNOB_SPECS"]
+__all__ = ["KNOB_SPECS", "Console", "_spec_help", "console_loop", "footer", "run_console"]

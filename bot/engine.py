@@ -166,6 +166,7 @@ class Generation:
         self._events.put_nowait(event)
         if isinstance(event, Finished):
             self._done.set_result(event.result)
+            self._engine._running.discard(self)
 
 
 class _Slot:
@@ -525,7 +526,9 @@ class Engine:
                 loop.call_soon_threadsafe(slot.gen._emit, Finished(slot.result()))
             return over
 
-        first = slots[0].gen.request.knobs
+        sampling = slots[0].gen.request.knobs.ct2_sampling()
+        # A reply shortened to fit the context cannot also be held to a longer minimum.
+        sampling["min_length"] = min(sampling["min_length"], min(s.max_new for s in slots))
         self._generator.generate_batch(
             [s.gen.prepared.tokens for s in slots],
             max_length=max(s.max_new for s in slots),
@@ -533,7 +536,7 @@ class Engine:
             end_token=list(self._end_ids),
             return_end_token=True,
             callback=on_step,
-            **first.ct2_sampling(),
+            **sampling,
         )
         # Requests that ended without a final callback (e.g. the batch hit
         # max_length on another request's budget) are settled here.

@@ -122,6 +122,7 @@ class CoalescingEditor:
         self._sent: str | None = None
         self._dirty = asyncio.Event()
         self._closed = False
+        self._close_evt = asyncio.Event()
         self._task = asyncio.create_task(self._run())
         self.edits = 0
         self.failures = 0
@@ -138,8 +139,8 @@ class CoalescingEditor:
             await self._dirty.wait()
             wait = self.interval - (time.monotonic() - last_start)
             if wait > 0 and not self._closed:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._closed_event(), wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._close_evt.wait(), wait)
             if self._closed:
                 return
             self._dirty.clear()
@@ -148,10 +149,6 @@ class CoalescingEditor:
                 continue
             last_start = time.monotonic()
             await self._push(content)
-
-    async def _closed_event(self) -> None:
-        while not self._closed:
-            await asyncio.sleep(0.05)
 
     async def _push(self, content: str) -> None:
         try:
@@ -168,6 +165,7 @@ class CoalescingEditor:
     async def finish(self, content: str | None = None) -> None:
         """Stop the background task and send the final content (raises if it fails)."""
         self._closed = True
+        self._close_evt.set()
         self._dirty.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -179,6 +177,7 @@ class CoalescingEditor:
 
     async def abort(self) -> None:
         self._closed = True
+        self._close_evt.set()
         self._dirty.set()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

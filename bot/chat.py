@@ -1,0 +1,197 @@
+"""Render a model's own Jinja chat template into the prompt text it was trained on.
+
+Models learn one exact prompt layout; a prompt in the wrong layout still "works" but
+answers worse. So we render the template shipped with the model the way transformers'
+`apply_chat_template` does (sandboxed Jinja, `trim_blocks`/`lstrip_blocks`,
+`raise_exception`, `bos_token`/`eos_token`, `add_generation_prompt=True`), and keep a
+few well-known templates for model directories that ship none.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Final, NoReturn
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class ChatTemplateError(ValueError):
+    """A chat template is broken, or rejects even a single user message."""
+
+
+CHATML: Final = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+LLAMA2: Final = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}"
+    "{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + content.strip() + ' ' + eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+LLAMA3: Final = (
+    "{% set loop_messages = messages %}"
+    "{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+
+# Mistral-7B-Instruct v0.1/v0.2's template: it has no system role and says so.
+MISTRAL: Final = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+BUILTIN_TEMPLATES: Final[dict[str, str]] = {
+    "chatml": CHATML,
+    "llama2": LLAMA2,
+    "llama3": LLAMA3,
+    "mistral": MISTRAL,
+}
+
+
+class _TemplateRejected(jinja2.exceptions.TemplateError):
+    """Raised by a template's own `raise_exception(...)` call."""
+
+
+def _raise_exception(message: str) -> NoReturn:
+    """Templates call this to reject a conversation (e.g. a system role)."""
+    raise _TemplateRejected(message)
+
+
+def _tojson(value: Any, indent: int | None = None) -> str:
+    """transformers' `tojson`: no HTML escaping, non-ASCII kept (Jinja's escapes both)."""
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def _strftime_now(fmt: str) -> str:
+    """Llama 3.1 templates put today's date in the system header with this."""
+    return datetime.now().strftime(fmt)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    """The Jinja environment transformers renders chat templates with."""
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=["jinja2.ext.loopcontrols"],
+        undefined=jinja2.Undefined,
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+class ChatTemplate:
+    """A compiled chat template plus the BOS/EOS strings it is rendered with."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        name: str = "model",
+    ) -> None:
+        self.source = source
+        self.bos_token = bos_token or ""
+        self.eos_token = eos_token or ""
+        self.name = name
+        try:
+            self._template = _environment().from_string(source)
+        except jinja2.exceptions.TemplateSyntaxError as exc:
+            raise ChatTemplateError(
+                f"The {name} chat template does not compile (line {exc.lineno}): {exc.message}"
+            ) from exc
+
+    @classmethod
+    def builtin(
+        cls, kind: str, *, bos_token: str | None = None, eos_token: str | None = None
+    ) -> ChatTemplate:
+        """One of the fallback templates, for model directories that ship none."""
+        try:
+            source = BUILTIN_TEMPLATES[kind]
+        except KeyError:
+            known = ", ".join(sorted(BUILTIN_TEMPLATES))
+            raise ChatTemplateError(
+                f"Unknown built-in chat template {kind!r}; known: {known}"
+            ) from None
+        return cls(source, bos_token=bos_token, eos_token=eos_token, name=kind)
+
+    def uses(self, text: str) -> bool:
+        """Whether the template source mentions `text` (e.g. `<|eot_id|>`)."""
+        return text in self.source
+
+    def render_messages(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
+        """Render a whole conversation; the template may reject it."""
+        try:
+            return self._template.render(
+                messages=messages,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except _TemplateRejected:
+            raise
+        except jinja2.exceptions.TemplateError as exc:
+            raise ChatTemplateError(f"The {self.name} chat template failed: {exc}") from exc
+
+    def render(self, system: str | None, user: str) -> str:
+        """The prompt text for one user turn, ending where the assistant should speak.
+
+        No system message is sent when `system` is empty, so a template's own default
+        (SmolLM2's, for one) applies. A template that refuses a system role gets the
+        system prompt folded into the user message instead, as Mistral's docs advise.
+        """
+        user_message = {"role": "user", "content": user}
+        if not system:
+            return self._render_or_explain([user_message])
+        try:
+            return self.render_messages([{"role": "system", "content": system}, user_message])
+        except _TemplateRejected:
+            folded = {"role": "user", "content": f"{system}\n\n{user}"}
+            return self._render_or_explain([folded])
+
+    def _render_or_explain(self, messages: list[dict[str, str]]) -> str:
+        """Render, turning a rejection of a plain user turn into a clear error."""
+        try:
+            return self.render_messages(messages)
+        except _TemplateRejected as exc:
+            raise ChatTemplateError(
+                f"The {self.name} chat template rejects a single user message: {exc}"
+            ) from exc

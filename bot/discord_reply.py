@@ -1,0 +1,437 @@
+"""Streaming a generation into Discord: the one place that edits reply messages.
+
+An ask is acknowledged at once (deferred), shows its queue position, then
+streams by editing the interaction's original response through a
+`CoalescingEditor` (one edit in flight, about one a second). Text past 2,000
+characters continues in follow-up messages; a reply that outlives the
+interaction token (15 minutes) or whose webhook disappears continues as an
+ordinary channel message. Every send and edit disables mentions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.discord_errors import send_error
+from bot.engine import (
+    Finished,
+    FinishReason,
+    Generation,
+    GenerationRequest,
+    GenerationResult,
+    Queued,
+    Started,
+    TextDelta,
+)
+from bot.errors import UserFacingError
+from bot.knobs import Knobs, build_knobs
+from bot.limits import AskGate
+from bot.replies import MESSAGE_LIMIT, CoalescingEditor, Paginator, quote_prompt
+from bot.store import Location
+
+if TYPE_CHECKING:
+    from bot.client import LlamaBot
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+INTERACTION_TTL_S = 15 * 60
+STOP_ID = "llm:stop:{ask_id}:{user_id}"
+REGEN_ID = "llm:regen:{ask_id}"
+
+FINISH_WORDS = {
+    FinishReason.END: "end of reply",
+    FinishReason.MAX_TOKENS: "max tokens",
+    FinishReason.STOP_SEQUENCE: "stop sequence",
+    FinishReason.CANCELLED: "stopped",
+    FinishReason.ERROR: "error",
+}
+
+
+def location_of(interaction: discord.Interaction) -> Location:
+    """Scope ids come from the interaction itself, never from anything a user typed."""
+    channel = interaction.channel
+    channel_id = interaction.channel_id or 0
+    parent: int | None = None
+    if isinstance(channel, discord.Thread):
+        parent = channel.parent_id
+    return Location(
+        guild_id=interaction.guild_id,
+        channel_id=channel_id,
+        parent_channel_id=parent,
+        user_id=interaction.user.id,
+    )
+
+
+def footer_text(result: GenerationResult) -> str:
+    rate = f"{result.decode_tok_s:.1f} tok/s" if result.decode_tok_s else "– tok/s"
+    parts = [f"{result.new_tokens} tokens", rate, FINISH_WORDS[result.finish_reason]]
+    if result.clamped_to_context:
+        parts.append(f"shortened to {result.max_new_tokens} tokens to fit the context")
+    return "-# " + " · ".join(parts)
+
+
+class StopButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"llm:stop:(?P<ask>[0-9]+):(?P<user>[0-9]+)",
+):
+    """Stop a streaming reply; parsed from its custom id, so it survives restarts."""
+
+    def __init__(self, ask_id: int, user_id: int) -> None:
+        super().__init__(discord.ui.Button(
+            label="Stop", style=discord.ButtonStyle.danger,
+            custom_id=STOP_ID.format(ask_id=ask_id, user_id=user_id),
+        ))
+        self.ask_id = ask_id
+        self.user_id = user_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> StopButton:
+        return cls(int(match["ask"]), int(match["user"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await _runner(interaction).stop(interaction, self.ask_id, self.user_id)
+        except Exception as exc:
+            await send_error(interaction, exc)
+
+
+class RegenerateButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"llm:regen:(?P<ask>[0-9]+)",
+):
+    """Ask again with the same prompt and settings; the prompt is kept in the database."""
+
+    def __init__(self, ask_id: int) -> None:
+        super().__init__(discord.ui.Button(
+            label="Regenerate", style=discord.ButtonStyle.secondary,
+            custom_id=REGEN_ID.format(ask_id=ask_id),
+        ))
+        self.ask_id = ask_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> RegenerateButton:
+        return cls(int(match["ask"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await _runner(interaction).regenerate(interaction, self.ask_id)
+        except Exception as exc:
+            await send_error(interaction, exc)
+
+
+def _runner(interaction: discord.Interaction) -> AskRunner:
+    runner: AskRunner = interaction.client.runner  # type: ignore[attr-defined]
+    return runner
+
+
+def _static(item: discord.ui.Item[Any]) -> discord.ui.View:
+    """A view that is only sent, never stored: the dynamic items above handle clicks.
+
+    A stopped view is not kept in discord.py's view store, so thousands of
+    replies do not accumulate views in memory.
+    """
+    view = discord.ui.View(timeout=None)
+    view.add_item(item)
+    view.stop()
+    return view
+
+
+def stop_view(ask_id: int, user_id: int) -> discord.ui.View:
+    return _static(StopButton(ask_id, user_id))
+
+
+def regen_view(ask_id: int) -> discord.ui.View:
+    return _static(RegenerateButton(ask_id))
+
+
+@dataclass
+class ActiveReply:
+    gen: Generation
+    user_id: int
+    task: asyncio.Task[Any] | None = None
+    interrupted: bool = False
+
+
+class _Page:
+    """One message of a reply: the original response, a follow-up, or a channel message."""
+
+    def __init__(self, reply: _ReplySession, webhook_message: discord.WebhookMessage | None,
+                 original: bool) -> None:
+        self.reply = reply
+        self.webhook_message = webhook_message
+        self.original = original
+        self.channel_message: discord.Message | None = None
+
+    async def edit(self, content: str, view: discord.ui.View | None) -> None:
+        if self.channel_message is not None:
+            await self.channel_message.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
+            return
+        if not self.reply.token_alive():
+            await self._move_to_channel(content, view)
+            return
+        try:
+            if self.original:
+                await self.reply.interaction.edit_original_response(
+                    content=content, view=view, allowed_mentions=NO_MENTIONS
+                )
+            elif self.webhook_message is not None:
+                await self.webhook_message.edit(
+                    content=content, view=view, allowed_mentions=NO_MENTIONS
+                )
+        except discord.NotFound:
+            # The interaction token expired or the webhook is gone: carry on in the channel.
+            await self._move_to_channel(content, view)
+
+    async def _move_to_channel(self, content: str, view: discord.ui.View | None) -> None:
+        if self.reply.private:
+            raise UserFacingError("This private reply expired before it finished.")
+        channel = self.reply.interaction.channel
+        if channel is None or not hasattr(channel, "send"):
+            raise UserFacingError("This reply's message is gone and I can't post in the channel.")
+        log.info("reply %s continues as a channel message", self.reply.ask_id)
+        self.reply.moved_to_channel = True
+        self.channel_message = await channel.send(
+            content=content, view=view, allowed_mentions=NO_MENTIONS
+        )
+
+
+@dataclass
+class _ReplySession:
+    runner: AskRunner
+    interaction: discord.Interaction
+    gen: Generation
+    ask_id: int
+    header: str
+    private: bool
+    started: float = field(default_factory=time.monotonic)
+    moved_to_channel: bool = False
+    edits: int = 0
+    first_text_at: float | None = None
+    last_edit_at: float | None = None
+
+    def token_alive(self) -> bool:
+        return time.monotonic() - self.started < self.runner.interaction_ttl_s
+
+    async def run(self) -> GenerationResult:
+        body_limit = MESSAGE_LIMIT - len(self.header) - 1
+        paginator = Paginator(MESSAGE_LIMIT, first_limit=body_limit)
+        pages: list[_Page] = [_Page(self, None, original=True)]
+        stop = None if self.private else stop_view(self.ask_id, self.interaction.user.id)
+        text = ""
+        status = ""
+
+        def make_editor(page: _Page) -> CoalescingEditor:
+            async def send(content: str) -> None:
+                await page.edit(content, stop)
+                self.edits += 1
+                now = time.monotonic()
+                self.last_edit_at = now
+                if text and self.first_text_at is None:
+                    self.first_text_at = now
+            return CoalescingEditor(send, self.runner.edit_interval_s)
+
+        editor = make_editor(pages[0])
+
+        def contents(tail: str, reserve: int) -> list[str]:
+            out = paginator.pages(text, reserve_last=reserve)
+            out[0] = f"{self.header}\n{out[0]}" if out[0] else self.header
+            if tail:
+                out[-1] = f"{out[-1]}\n{tail}" if out[-1] else tail
+            return out
+
+        async def show(tail: str) -> None:
+            nonlocal editor
+            out = contents(tail, len(tail) + 1 if tail else 0)
+            while len(out) > len(pages):
+                # A page filled up: freeze it and continue in a follow-up.
+                await editor.finish(out[len(pages) - 1])
+                page = await self._new_page(out[len(pages)], stop)
+                pages.append(page)
+                editor = make_editor(page)
+            editor.update(out[-1])
+
+        result: GenerationResult | None = None
+        try:
+            async for event in self.gen.events():
+                if isinstance(event, Queued):
+                    status = (f"-# ⏳ queued, {event.ahead} ahead" if event.ahead
+                              else "-# ⏳ next in line")
+                    await show(status)
+                elif isinstance(event, Started):
+                    status = "-# ✍️ thinking…"
+                    await show(status)
+                elif isinstance(event, TextDelta):
+                    text += event.text
+                    status = "-# ✍️ writing…"
+                    await show(status)
+                elif isinstance(event, Finished):
+                    result = event.result
+            assert result is not None
+            tail = footer_text(result)
+            if result.error:
+                tail = f"⚠️ {result.error}\n{tail}"
+            active = self.runner.active.get(self.ask_id)
+            if active is not None and active.interrupted:
+                tail = "⚠️ Interrupted: the bot restarted before this reply finished.\n" + tail
+            final = contents(tail, len(tail) + 1)
+            end_view = None if self.private or result.error else regen_view(self.ask_id)
+            while len(final) > len(pages):
+                await editor.finish(final[len(pages) - 1])
+                page = await self._new_page(final[len(pages)], stop)
+                pages.append(page)
+                editor = make_editor(page)
+            await editor.abort()
+            await pages[-1].edit(final[-1], end_view)
+            self.edits += 1
+            self.last_edit_at = time.monotonic()
+            # Earlier pages lose the Stop button too.
+            for i, page in enumerate(pages[:-1]):
+                with contextlib.suppress(discord.HTTPException):
+                    await page.edit(final[i], None)
+            return result
+        except BaseException:
+            self.gen.cancel()
+            await editor.abort()
+            raise
+
+    async def _new_page(self, content: str, view: discord.ui.View | None) -> _Page:
+        if self.token_alive() and not self.moved_to_channel:
+            try:
+                msg = await self.interaction.followup.send(
+                    content=content, view=view if view is not None else discord.utils.MISSING,
+                    allowed_mentions=NO_MENTIONS, wait=True, ephemeral=self.private,
+                )
+                return _Page(self, msg, original=False)
+            except discord.NotFound:
+                pass
+        page = _Page(self, None, original=False)
+        await page._move_to_channel(content, view)
+        return page
+
+
+class AskRunner:
+    """Runs asks for the bot: fairness checks, the engine, streaming, Stop/Regenerate."""
+
+    def __init__(self, bot: LlamaBot) -> None:
+        self.bot = bot
+        settings = bot.app.settings
+        self.gate = AskGate(settings.per_user_limit, settings.user_cooldown_s)
+        self.edit_interval_s = settings.edit_interval_s
+        self.interaction_ttl_s: float = INTERACTION_TTL_S - 30
+        self.active: dict[int, ActiveReply] = {}
+        self.accepting = True
+        self.on_ack: list[Callable[[discord.Interaction, float], None]] = []
+        self.on_finish: list[Callable[[_ReplySession, GenerationResult], Awaitable[None] | None]] = []
+
+    async def ask(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        overrides: dict[str, Any],
+        *,
+        private: bool = False,
+        knobs: Knobs | None = None,
+        system_prompt: str | None = None,
+    ) -> None:
+        """Validate, queue, acknowledge, stream. Errors before the ack raise to the handler."""
+        app = self.bot.app
+        if not self.accepting or app.engine.closing:
+            raise UserFacingError("I'm restarting, try again in a moment.")
+        prompt = prompt.strip()
+        if not prompt:
+            raise UserFacingError("Ask something: the prompt was empty.")
+        user_id = interaction.user.id
+        self.gate.check(user_id)
+        if knobs is None:
+            effective = await app.resolve(location_of(interaction))
+            knobs = build_knobs(overrides, base=effective.knobs) if overrides else effective.knobs
+            request = app.request_for(effective, prompt, knobs)
+        else:
+            request = GenerationRequest(prompt=prompt, knobs=knobs, system_prompt=system_prompt)
+        gen = app.engine.submit(request)  # QueueFull / PromptTooLong raise here, before the ack
+        ask_id = interaction.id
+        try:
+            await interaction.response.defer(thinking=True, ephemeral=private)
+        except BaseException:
+            gen.cancel()
+            raise
+        for hook in self.on_ack:
+            hook(interaction, time.monotonic())
+        with contextlib.suppress(Exception):
+            await app.store.save_ask(ask_id, {
+                "prompt": prompt,
+                "knobs": request.knobs.model_dump(mode="json"),
+                "system_prompt": request.system_prompt,
+                "guild_id": interaction.guild_id,
+                "channel_id": interaction.channel_id,
+                "user_id": user_id,
+            })
+        active = ActiveReply(gen=gen, user_id=user_id, task=asyncio.current_task())
+        self.active[ask_id] = active
+        session = _ReplySession(
+            runner=self, interaction=interaction, gen=gen, ask_id=ask_id,
+            header=quote_prompt(prompt), private=private,
+        )
+        try:
+            with self.gate.hold(user_id):
+                result = await session.run()
+            for hook in self.on_finish:
+                maybe = hook(session, result)
+                if maybe is not None:
+                    await maybe
+        except UserFacingError as exc:
+            log.info("reply %s ended early: %s", ask_id, exc.message)
+        except discord.HTTPException:
+            log.exception("reply %s could not be delivered", ask_id)
+        finally:
+            self.active.pop(ask_id, None)
+
+    async def stop(self, interaction: discord.Interaction, ask_id: int, owner_id: int) -> None:
+        """The Stop button: the asker or a member with Manage Messages may press it."""
+        active = self.active.get(ask_id)
+        if active is None:
+            raise UserFacingError("This reply has already finished.")
+        perms = interaction.permissions
+        if interaction.user.id != owner_id and not perms.manage_messages:
+            raise UserFacingError("Only the person who asked (or a moderator) can stop this reply.")
+        active.gen.cancel()
+        await interaction.response.defer()
+
+    async def regenerate(self, interaction: discord.Interaction, ask_id: int) -> None:
+        """The Regenerate button: same prompt and settings, a new sample, a new reply."""
+        record = await self.bot.app.store.load_ask(ask_id)
+        if record is None:
+            raise UserFacingError("I no longer have this prompt, so I can't regenerate it. Ask again!")
+        if record.get("guild_id") != interaction.guild_id:
+            raise UserFacingError("This button belongs to another server.")
+        knobs = Knobs.model_validate(record["knobs"])
+        await self.ask(interaction, record["prompt"], {}, knobs=knobs,
+                       system_prompt=record.get("system_prompt"))
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""
+        self.accepting = False
+        tasks = [a.task for a in self.active.values() if a.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for active in list(self.active.values()):
+            active.interrupted = True
+            active.gen.cancel()
+        tasks = [a.task for a in self.active.values() if a.task is not None]
+        if tasks:
+            # Each interrupted reply gets its final "interrupted" edit before we close.
+            await asyncio.wait(tasks, timeout=10)

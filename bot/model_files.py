@@ -1,0 +1,252 @@
+"""Everything the engine needs to know about a model directory, read once at start-up.
+
+Two kinds of directory are accepted:
+
+* ours, written by `bot.gguf_convert` with a `bot_model.json` that records what the
+  GGUF said (end tokens, context length, BOS policy);
+* a CTranslate2 directory converted elsewhere (`ct2-transformers-converter` from a
+  Hugging Face Llama 2 / Llama 3 / Mistral checkpoint), where the same facts are spread
+  over `generation_config.json`, `tokenizer_config.json` and CT2's `config.json`.
+
+Reading both into one frozen `ModelBundle` keeps that guesswork out of the engine, and
+broken files fail here, at start-up, with a message that names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from bot.chat import ChatTemplate, ChatTemplateError
+from bot.errors import UserFacingError
+from bot.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerError, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT_LENGTH: Final = 4096
+BOT_MODEL_FORMAT: Final = 1
+# transformers writes this sentinel (int(1e30)) when a tokenizer has no length limit.
+_NO_LIMIT: Final = 1_000_000
+
+# Turn-end tokens that instruction-tuned models emit instead of (or before) their EOS.
+_TURN_END_TOKENS: Final = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
+
+
+class ModelFilesError(UserFacingError, ValueError):
+    """A model directory is missing a file or has one we cannot read."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelBundle:
+    """A loaded model directory: tokenizer, chat template and generation limits."""
+
+    path: Path
+    name: str
+    tokenizer: Tokenizer
+    chat: ChatTemplate
+    context_length: int
+    end_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+    end_tokens: tuple[str, ...] = ()
+    """The end tokens as vocabulary strings (CT2's `end_token` takes either)."""
+    add_bos_token: bool = False
+    """Whether the tokenizer expects a BOS the chat template did not write."""
+    quantization: str | None = None
+    """The weight type recorded at conversion time (ours only; CT2 does not record it)."""
+    source: str | None = None
+    """The GGUF file our converter read, or None for directories converted elsewhere."""
+    num_layers: int | None = None
+    kind: str = "ctranslate2"
+    """`converted` for our converter's output, `ctranslate2` for others."""
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Prompt ids for rendered chat text, with a BOS only if one is due and missing."""
+        ids = self.tokenizer.encode(text)
+        if (
+            self.add_bos_token
+            and self.bos_token_id is not None
+            and (not ids or ids[0] != self.bos_token_id)
+        ):
+            ids.insert(0, self.bos_token_id)
+        return ids
+
+
+def _read_json(path: Path, *, required: bool = False) -> dict[str, Any] | None:
+    """A JSON object from `path`; None if absent and optional; errors name the file."""
+    if not path.is_file():
+        if required:
+            raise ModelFilesError(
+                f"The model directory lacks {path.name} (looked in {path.parent})."
+            )
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFilesError(f"Cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelFilesError(f"{path} should hold a JSON object.")
+    return data
+
+
+def _token_name(value: Any) -> str | None:
+    """A token string from a config value: a string or an AddedToken-style dict."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    return None
+
+
+def _ids(value: Any) -> list[int]:
+    """`eos_token_id` as a list: configs hold an int, a list of ints, or null."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    return []
+
+
+def _template_source(model_dir: Path, tokenizer_config: dict[str, Any]) -> str | None:
+    """The model's own chat template: `chat_template.jinja`, else tokenizer_config's."""
+    jinja_path = model_dir / "chat_template.jinja"
+    if jinja_path.is_file():
+        try:
+            return jinja_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelFilesError(f"Cannot read {jinja_path}: {exc}") from exc
+    value = tokenizer_config.get("chat_template")
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list):  # named templates: [{"name": "default", "template": ...}]
+        named = {item.get("name"): item.get("template") for item in value if isinstance(item, dict)}
+        default = named.get("default")
+        if isinstance(default, str):
+            return default
+    return None
+
+
+def guess_template(tokenizer: Tokenizer) -> str:
+    """Pick a built-in template from the vocabulary when a directory ships none."""
+    if tokenizer.token_to_id("<|eot_id|>") is not None:
+        return "llama3"
+    if tokenizer.token_to_id("<|im_start|>") is not None:
+        return "chatml"
+    if tokenizer.token_to_id("[INST]") is not None:
+        return "mistral"
+    if isinstance(tokenizer, SentencePieceTokenizer) or tokenizer.token_to_id("<s>") is not None:
+        return "llama2"
+    log.warning("No chat template and no known special tokens; assuming ChatML.")
+    return "chatml"
+
+
+def _context_length(
+    bot_model: dict[str, Any] | None,
+    ct2_config: dict[str, Any],
+    tokenizer_config: dict[str, Any],
+) -> int:
+    """Context window: ours, else max_position_embeddings, else model_max_length, else 4096."""
+    candidates = [
+        (bot_model or {}).get("context_length"),
+        ct2_config.get("max_position_embeddings"),
+        tokenizer_config.get("model_max_length"),
+    ]
+    for value in candidates:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if 0 < value < _NO_LIMIT:
+            return int(value)
+    return DEFAULT_CONTEXT_LENGTH
+
+
+def load_model_bundle(model_dir: Path) -> ModelBundle:
+    """Read a CTranslate2 model directory (ours or converted elsewhere) into a bundle."""
+    if not model_dir.is_dir():
+        raise ModelFilesError(f"Model directory not found: {model_dir}")
+    if not (model_dir / "model.bin").is_file():
+        raise ModelFilesError(
+            f"{model_dir} has no model.bin: it is not a CTranslate2 model directory."
+        )
+    ct2_config = _read_json(model_dir / "config.json", required=True) or {}
+    bot_model = _read_json(model_dir / "bot_model.json")
+    if bot_model is not None and bot_model.get("format_version") != BOT_MODEL_FORMAT:
+        raise ModelFilesError(
+            f"{model_dir / 'bot_model.json'} has format_version "
+            f"{bot_model.get('format_version')!r}; this bot reads {BOT_MODEL_FORMAT}. "
+            "Convert the model again."
+        )
+    tokenizer_config = _read_json(model_dir / "tokenizer_config.json") or {}
+    generation_config = _read_json(model_dir / "generation_config.json") or {}
+    try:
+        tokenizer = load_tokenizer(model_dir)
+    except TokenizerError as exc:
+        raise ModelFilesError(str(exc)) from exc
+
+    bos_token = tokenizer.bos_token or _token_name(ct2_config.get("bos_token"))
+    eos_token = tokenizer.eos_token or _token_name(ct2_config.get("eos_token"))
+
+    source = _template_source(model_dir, tokenizer_config)
+    try:
+        if source is not None:
+            chat = ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)
+        else:
+            kind = guess_template(tokenizer)
+            log.info("%s ships no chat template; using the built-in %s one", model_dir, kind)
+            chat = ChatTemplate.builtin(kind, bos_token=bos_token, eos_token=eos_token)
+    except ChatTemplateError as exc:
+        raise ModelFilesError(f"{model_dir}: {exc}") from exc
+
+    end_ids: list[int] = []
+
+    def add_end(token_id: int | None) -> None:
+        if token_id is None or not 0 <= token_id < tokenizer.vocab_size:
+            return
+        if token_id not in end_ids:
+            end_ids.append(token_id)
+
+    for name in (bot_model or {}).get("end_tokens", []) or []:
+        if isinstance(name, str):
+            add_end(tokenizer.token_to_id(name))
+    for token_id in _ids(generation_config.get("eos_token_id")):
+        add_end(token_id)
+    for token_id in _ids(ct2_config.get("eos_token_id")):
+        add_end(token_id)
+    for name in (eos_token, _token_name(tokenizer_config.get("eos_token"))):
+        if name:
+            add_end(tokenizer.token_to_id(name))
+    for name in _TURN_END_TOKENS:
+        if chat.uses(name):
+            add_end(tokenizer.token_to_id(name))
+    if not end_ids:
+        raise ModelFilesError(
+            f"{model_dir}: no end-of-sequence token found in bot_model.json, "
+            "generation_config.json, config.json or tokenizer_config.json."
+        )
+
+    if bot_model is not None and "add_bos_token" in bot_model:
+        add_bos = bool(bot_model["add_bos_token"])
+    else:
+        add_bos = bool(tokenizer_config.get("add_bos_token", False))
+    bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
+    architecture = (bot_model or {}).get("architecture") or {}
+    num_layers = architecture.get("n_layers") or ct2_config.get("num_hidden_layers")
+    name = (bot_model or {}).get("name") or model_dir.name
+    return ModelBundle(
+        path=model_dir,
+        name=str(name),
+        tokenizer=tokenizer,
+        chat=chat,
+        context_length=_context_length(bot_model, ct2_config, tokenizer_config),
+        end_token_ids=tuple(end_ids),
+        bos_token_id=bos_id,
+        end_tokens=tuple(tokenizer.id_to_token(i) for i in end_ids),
+        add_bos_token=add_bos,
+        quantization=(bot_model or {}).get("quantization"),
+        source=(bot_model or {}).get("source"),
+        num_layers=int(num_layers) if isinstance(num_layers, int) else None,
+        kind="converted" if bot_model is not None else "ctranslate2",
+    )

@@ -1,0 +1,77 @@
+"""Helpers the cogs share: option types from the knobs model, scope permissions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+
+from bot.discord_errors import MissingScopePermission
+from bot.discord_reply import location_of
+from bot.knobs import KNOB_SPECS
+from bot.store import Scope
+
+if TYPE_CHECKING:
+    from bot.client import LlamaBot
+
+    TemperatureOpt = float
+    TopPOpt = float
+    TopKOpt = int
+    MaxNewOpt = int
+    MinNewOpt = int
+    RepPenaltyOpt = float
+else:
+    # Option ranges come from the knobs model, the single source of truth.
+    def _range(name: str, kind: type) -> object:
+        spec = KNOB_SPECS[name]
+        return app_commands.Range[kind, kind(spec.minimum), kind(spec.maximum)]
+
+    TemperatureOpt = _range("temperature", float)
+    TopPOpt = _range("top_p", float)
+    TopKOpt = _range("top_k", int)
+    MaxNewOpt = _range("max_new_tokens", int)
+    MinNewOpt = _range("min_new_tokens", int)
+    RepPenaltyOpt = _range("repetition_penalty", float)
+
+ScopeChoice = Literal["channel", "server"]
+
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+def bot_of(interaction: discord.Interaction) -> LlamaBot:
+    return interaction.client  # type: ignore[return-value]
+
+
+def scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Scope:
+    """The scope a settings change applies to, after checking the member may change it.
+
+    `default_permissions` only hides commands in clients; this is the check
+    that counts. Ids come from the interaction, never from user text.
+    """
+    guild_id = interaction.guild_id
+    if guild_id is None:
+        if scope == "server":
+            raise MissingScopePermission(
+                "There is no server in a DM; DM settings are yours alone, use scope: channel."
+            )
+        return Scope.dm(interaction.user.id)
+    perms = interaction.permissions
+    if scope == "server":
+        if not perms.manage_guild:
+            raise MissingScopePermission(
+                "You need the Manage Server permission to change this server's settings."
+            )
+        return Scope.server(guild_id)
+    loc = location_of(interaction)
+    in_thread = loc.parent_channel_id is not None
+    if not (perms.manage_channels or (in_thread and perms.manage_threads)):
+        where = "thread" if in_thread else "channel"
+        raise MissingScopePermission(
+            f"You need the Manage Channels permission to change this {where}'s settings."
+        )
+    return Scope.channel(loc.channel_id, guild_id)
+
+
+def scope_word(scope: Scope) -> str:
+    return {"server": "this server", "channel": "this channel", "dm": "our DMs"}[scope.kind.value]

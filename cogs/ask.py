@@ -1,0 +1,66 @@
+"""/ask: a prompt in, a reply streamed by editing the bot's message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.knobs import parse_knob_text
+from cogs._common import (
+    MaxNewOpt,
+    MinNewOpt,
+    RepPenaltyOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    bot_of,
+)
+
+PROMPT_LIMIT = 6000  # Discord's own limit for a string option
+
+
+class Ask(commands.Cog):
+    @app_commands.command(name="ask", description="Ask the model; the reply streams in.")
+    @app_commands.describe(
+        prompt="What to ask",
+        temperature="This ask only: randomness, 0.1–5",
+        top_p="This ask only: nucleus sampling, 0–1",
+        top_k="This ask only: sample among the k most likely tokens (-1 = no limit)",
+        max_new_tokens="This ask only: longest reply in tokens",
+        min_new_tokens="This ask only: hold back the end until this many tokens (-1 = off)",
+        stop=r"This ask only: stop sequences, separated by | (\n for a newline)",
+        repetition_penalty="This ask only: 0 = none, up to 2",
+        private="Only you see the reply",
+    )
+    async def ask(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, PROMPT_LIMIT],
+        temperature: TemperatureOpt | None = None,
+        top_p: TopPOpt | None = None,
+        top_k: TopKOpt | None = None,
+        max_new_tokens: MaxNewOpt | None = None,
+        min_new_tokens: MinNewOpt | None = None,
+        stop: str | None = None,
+        repetition_penalty: RepPenaltyOpt | None = None,
+        private: bool = False,
+    ) -> None:
+        overrides: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
+                ("max_new_tokens", max_new_tokens), ("min_new_tokens", min_new_tokens),
+                ("repetition_penalty", repetition_penalty),
+            )
+            if value is not None
+        }
+        if stop is not None:
+            overrides["stop"] = parse_knob_text("stop", stop)
+        await bot_of(interaction).runner.ask(interaction, prompt, overrides, private=private)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Ask())

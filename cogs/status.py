@@ -1,0 +1,48 @@
+"""/status: what the bot runs on and how busy it is (Manage Server)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord_errors import MissingScopePermission
+from cogs._common import NO_MENTIONS, bot_of
+
+
+def _uptime(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m {sec}s"
+
+
+class Status(commands.Cog):
+    @app_commands.command(name="status", description="Model, device, queue and speed.")
+    @app_commands.default_permissions(manage_guild=True)
+    async def status(self, interaction: discord.Interaction) -> None:
+        if interaction.guild_id is not None and not interaction.permissions.manage_guild:
+            raise MissingScopePermission("You need the Manage Server permission for /status.")
+        bot = bot_of(interaction)
+        engine = bot.app.engine
+        info = engine.info
+        rates = list(bot.recent_rates)
+        rate = f"{statistics.median(rates):.1f} tok/s (median of {len(rates)})" if rates else "–"
+        embed = discord.Embed(title="Status")
+        embed.add_field(name="Model", value=info.model_name)
+        embed.add_field(name="Device", value=f"{info.device} · {info.compute_type}")
+        queue = f"{engine.queue_depth} waiting · {engine.active} active"
+        embed.add_field(name="Queue", value=queue)
+        embed.add_field(name="Uptime", value=_uptime(time.monotonic() - bot.started_at))
+        embed.add_field(name="Recent speed", value=rate)
+        embed.add_field(name="Tokens generated", value=str(engine.tokens_generated))
+        await interaction.response.send_message(
+            embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Status())

@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny model, the embedded model, engines and a settings store.
+
+Each test reads as a short story: ask for `tiny_engine` (milliseconds per
+token, random weights, a real tokenizer) when behaviour does not depend on
+what the model says, and `smol_engine` (the embedded SmolLM2, converted once
+per session) when it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.engine import Engine
+from bot.store import SettingsStore
+from tests.model_factory import embedded_model_dir, make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def smol_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model, converted to int8 by our converter once per test session."""
+    return embedded_model_dir(tmp_path_factory.mktemp("embedded"))
+
+
+@pytest.fixture
+async def tiny_engine(tiny_model_dir: Path) -> AsyncIterator[Engine]:
+    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=5)
+    yield engine
+    await engine.close()
+
+
+@pytest.fixture
+async def smol_engine(smol_model_dir: Path) -> AsyncIterator[Engine]:
+    engine = await Engine.load(smol_model_dir, device="cpu", batch_wait_ms=5)
+    yield engine
+    await engine.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SettingsStore]:
+    s = await SettingsStore.open(tmp_path / "bot.sqlite3")
+    yield s
+    await s.close()

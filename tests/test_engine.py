@@ -1,0 +1,253 @@
+"""The generation engine: streaming, knobs, context, batching, queueing, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.engine import (
+    Engine,
+    FinishReason,
+    Finished,
+    GenerationRequest,
+    Queued,
+    Started,
+    TextDelta,
+)
+from bot.errors import PromptTooLong, QueueFull, ShuttingDown
+from bot.knobs import Knobs
+from bot.streaming import IncrementalDetokenizer
+
+LONG = Knobs(max_new_tokens=200, min_new_tokens=200)
+
+
+class Slowed:
+    """Wrap a generator so each token takes at least `delay` s: queue tests need time."""
+
+    def __init__(self, real: Any, delay: float = 0.01) -> None:
+        self.real = real
+        self.delay = delay
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+        callback = kw.pop("callback")
+
+        def slow(step: Any) -> bool:
+            time.sleep(self.delay)
+            return bool(callback(step))
+
+        return self.real.generate_batch(start_tokens, callback=slow, **kw)
+
+
+async def slow_engine(model_dir: Path, **kw: Any) -> Engine:
+    engine = await Engine.load(model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0,
+                               max_batch_size=1, **kw)
+    engine._generator = Slowed(engine._generator)
+    return engine
+
+
+async def collect(engine: Engine, request: GenerationRequest) -> tuple[list[Any], str]:
+    gen = engine.submit(request)
+    events = [e async for e in gen.events()]
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    return events, text
+
+
+async def test_stream_yields_deltas_then_a_result(tiny_engine: Engine) -> None:
+    events, text = await collect(tiny_engine, GenerationRequest("hello", Knobs(max_new_tokens=12)))
+    assert isinstance(events[-1], Finished)
+    assert any(isinstance(e, Started) for e in events)
+    result = events[-1].result
+    assert result.text == text
+    assert 1 <= result.new_tokens <= 12
+    assert result.prompt_tokens > 0
+    assert result.ttft_s is not None and result.ttft_s > 0
+    assert result.finish_reason in (FinishReason.END, FinishReason.MAX_TOKENS)
+
+
+async def test_max_new_tokens_is_a_hard_limit(tiny_engine: Engine) -> None:
+    result = await tiny_engine.generate(
+        GenerationRequest("count", Knobs(max_new_tokens=7, min_new_tokens=7))
+    )
+    assert result.new_tokens == 7
+    assert result.finish_reason == FinishReason.MAX_TOKENS
+
+
+async def test_prompt_too_long_is_refused_with_both_numbers(tiny_engine: Engine) -> None:
+    ctx = tiny_engine.info.context_length
+    with pytest.raises(PromptTooLong) as info:
+        tiny_engine.submit(GenerationRequest("word " * (ctx * 2)))
+    assert str(ctx) in info.value.message
+    assert str(info.value.prompt_tokens) in info.value.message
+
+
+async def test_reply_is_shortened_to_fit_the_context(tiny_engine: Engine) -> None:
+    ctx = tiny_engine.info.context_length
+    prompt = "a b " * (ctx // 4)
+    prepared = tiny_engine.prepare(GenerationRequest(prompt))
+    room = ctx - len(prepared.tokens)
+    assert 0 < room < 1024
+    result = await tiny_engine.generate(
+        GenerationRequest(prompt, Knobs(max_new_tokens=1024, min_new_tokens=1024))
+    )
+    assert result.clamped_to_context
+    assert result.max_new_tokens == room
+    assert result.new_tokens == room
+
+
+async def test_cancel_stops_within_a_token_and_frees_the_engine(tiny_engine: Engine) -> None:
+    gen = tiny_engine.submit(GenerationRequest("go", LONG))
+    async for event in gen.events():
+        if isinstance(event, TextDelta):
+            gen.cancel()
+    result = await gen.result()
+    assert result.finish_reason == FinishReason.CANCELLED
+    assert result.new_tokens < 50
+    assert tiny_engine.active == 0
+    after = await tiny_engine.generate(GenerationRequest("again", Knobs(max_new_tokens=3)))
+    assert after.new_tokens >= 1
+
+
+async def test_cancel_while_waiting_removes_from_queue(tiny_model_dir: Path) -> None:
+    engine = await slow_engine(tiny_model_dir)
+    try:
+        first = engine.submit(GenerationRequest("one", LONG))
+        second = engine.submit(GenerationRequest("two", LONG))
+        await asyncio.sleep(0.05)
+        second.cancel()
+        r2 = await second.result()
+        assert r2.finish_reason == FinishReason.CANCELLED and r2.new_tokens == 0
+        first.cancel()
+        await first.result()
+    finally:
+        await engine.close()
+
+
+async def test_concurrent_requests_with_same_knobs_share_a_batch(tiny_engine: Engine) -> None:
+    calls: list[int] = []
+    real = tiny_engine._generator
+
+    class Spy:
+        def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+            calls.append(len(start_tokens))
+            return real.generate_batch(start_tokens, **kw)
+
+    tiny_engine._generator = Spy()
+    gens = [tiny_engine.submit(GenerationRequest(f"prompt {i}", Knobs(max_new_tokens=5)))
+            for i in range(4)]
+    results = await asyncio.gather(*(g.result() for g in gens))
+    assert calls == [4]
+    assert all(r.new_tokens >= 1 for r in results)
+
+
+async def test_each_request_keeps_its_own_max_in_a_batch(tiny_engine: Engine) -> None:
+    gens = [
+        tiny_engine.submit(GenerationRequest("x", Knobs(max_new_tokens=n, min_new_tokens=3)))
+        for n in (3, 9, 20)
+    ]
+    results = await asyncio.gather(*(g.result() for g in gens))
+    assert [r.new_tokens for r in results] == [3, 9, 20]
+
+
+async def test_queue_positions_are_reported_and_move(tiny_model_dir: Path) -> None:
+    engine = await slow_engine(tiny_model_dir)
+    try:
+        running = engine.submit(GenerationRequest("a", Knobs(max_new_tokens=40, min_new_tokens=40)))
+        await asyncio.sleep(0.02)
+        b = engine.submit(GenerationRequest("b", Knobs(max_new_tokens=2)))
+        c = engine.submit(GenerationRequest("c", Knobs(max_new_tokens=2)))
+        c_events = [e async for e in c.events()]
+        positions = [e.ahead for e in c_events if isinstance(e, Queued)]
+        assert positions[0] == 1 and positions[-1] == 0
+        assert (await b.result()).new_tokens >= 1
+        await running.result()
+    finally:
+        await engine.close()
+
+
+async def test_full_queue_rejects_at_once(tiny_model_dir: Path) -> None:
+    engine = await slow_engine(tiny_model_dir, queue_size=2)
+    try:
+        gens = [engine.submit(GenerationRequest("a", LONG))]
+        await asyncio.sleep(0.02)
+        gens += [engine.submit(GenerationRequest(f"q{i}", LONG)) for i in range(2)]
+        with pytest.raises(QueueFull, match="try again"):
+            engine.submit(GenerationRequest("one too many"))
+        for g in gens:
+            g.cancel()
+    finally:
+        await engine.close()
+
+
+async def test_a_failing_model_ends_that_reply_with_an_error_and_keeps_serving(
+    tiny_engine: Engine,
+) -> None:
+    real = tiny_engine._generator
+
+    class FailsMidway:
+        def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+            callback = kw.pop("callback")
+            seen = 0
+
+            def wrapped(step: Any) -> bool:
+                nonlocal seen
+                seen += 1
+                if seen > 3:
+                    raise RuntimeError("CUDA error: an illegal memory access")
+                return bool(callback(step))
+
+            return real.generate_batch(start_tokens, callback=wrapped, **kw)
+
+    tiny_engine._generator = FailsMidway()
+    result = await tiny_engine.generate(GenerationRequest("x", LONG))
+    assert result.finish_reason == FinishReason.ERROR
+    assert result.error and "model failed" in result.error
+    assert "CUDA" not in result.error  # internals stay in the log
+    tiny_engine._generator = real
+    ok = await tiny_engine.generate(GenerationRequest("x", Knobs(max_new_tokens=4)))
+    assert ok.error is None and ok.new_tokens >= 1
+
+
+async def test_event_loop_stays_responsive_while_decoding(tiny_engine: Engine) -> None:
+    lags: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - t - 0.01)
+
+    task = asyncio.create_task(ticker())
+    await tiny_engine.generate(GenerationRequest("x", Knobs(max_new_tokens=300,
+                                                            min_new_tokens=300)))
+    task.cancel()
+    assert lags and max(lags) < 0.2
+
+
+async def test_closing_refuses_new_work(tiny_model_dir: Path) -> None:
+    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1)
+    running = engine.submit(GenerationRequest("a", LONG))
+    await engine.close(grace_s=0)
+    assert (await running.result()).finish_reason == FinishReason.CANCELLED
+    with pytest.raises(ShuttingDown):
+        engine.submit(GenerationRequest("b"))
+
+
+def test_detokenizer_with_the_real_tokenizer(smol_engine_bundle_text: tuple[Any, str]) -> None:
+    tokenizer, text = smol_engine_bundle_text
+    ids = tokenizer.encode(text)
+    detok = IncrementalDetokenizer(tokenizer.decode)
+    deltas = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(deltas) == tokenizer.decode(ids) == text
+    assert not any("\ufffd" in d for d in deltas)
+
+
+@pytest.fixture
+def smol_engine_bundle_text(smol_model_dir: Path) -> tuple[Any, str]:
+    from bot.model_files import load_model_bundle
+
+    bundle = load_model_bundle(smol_model_dir)
+    return bundle.tokenizer, "Café 東京 👩‍💻 naïve — 12345 `code()` עברית e\u0301"
