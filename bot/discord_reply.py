@@ -166,6 +166,11 @@ class ActiveReply:
     interrupted: bool = False
 
 
+def _token_gone(exc: discord.HTTPException) -> bool:
+    """Unknown Webhook (404/10015) or Invalid Webhook Token (401/50027): the token is dead."""
+    return exc.status in (401, 404) or exc.code in (10015, 50027)
+
+
 class _Page:
     """One message of a reply: the original response, a follow-up, or a channel message."""
 
@@ -192,7 +197,9 @@ class _Page:
                 await self.webhook_message.edit(
                     content=content, view=view, allowed_mentions=NO_MENTIONS
                 )
-        except discord.NotFound:
+        except discord.HTTPException as exc:
+            if not _token_gone(exc):
+                raise
             # The interaction token expired or the webhook is gone: carry on in the channel.
             await self._move_to_channel(content, view)
 
@@ -295,13 +302,13 @@ class _ReplySession:
                 pages.append(page)
                 editor = make_editor(page)
             await editor.abort()
-            await pages[-1].edit(final[-1], end_view)
-            self.edits += 1
-            self.last_edit_at = time.monotonic()
-            # Earlier pages lose the Stop button too.
+            # Earlier pages lose the Stop button first, so the footer is the last word.
             for i, page in enumerate(pages[:-1]):
                 with contextlib.suppress(discord.HTTPException):
                     await page.edit(final[i], None)
+            await pages[-1].edit(final[-1], end_view)
+            self.edits += 1
+            self.last_edit_at = time.monotonic()
             return result
         except BaseException:
             self.gen.cancel()
@@ -316,8 +323,9 @@ class _ReplySession:
                     allowed_mentions=NO_MENTIONS, wait=True, ephemeral=self.private,
                 )
                 return _Page(self, msg, original=False)
-            except discord.NotFound:
-                pass
+            except discord.HTTPException as exc:
+                if not _token_gone(exc):
+                    raise
         page = _Page(self, None, original=False)
         await page._move_to_channel(content, view)
         return page

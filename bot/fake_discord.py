@@ -1875,8 +1875,11 @@ class FakeDiscord:
             dm=False,
         )
         if message_id is None:
+            # A message carrying the pressed component, as Discord would send it.
+            button = {"type": component_type, "custom_id": custom_id, "style": 2, "label": "…"}
             message = self._new_message(
-                payload["channel"]["id"], content="", data={"components": []}, flags=0, files=()
+                payload["channel"]["id"], content="",
+                data={"components": [{"type": 1, "components": [button]}]}, flags=0, files=(),
             )
         payload["message"] = message.to_payload()
         return await self._inject(payload)

@@ -1,0 +1,225 @@
+"""Prometheus metrics: how fast the model answers, how busy the bot is, what goes wrong.
+
+Every metric lives on a `CollectorRegistry` owned by one `Metrics` object rather than
+on prometheus_client's global registry, for the same reason the rest of the bot
+builds its resources at start-up and passes them in: importing this module changes
+nothing, and tests (or a benchmark beside a running bot) can make as many independent
+`Metrics` as they like without "Duplicated timeseries" errors.
+
+The HTTP endpoint binds to 127.0.0.1 by default: the numbers are not secret, but
+there is no reason to expose a port to the internet; scrape it through the host's
+Prometheus agent or an SSH tunnel (docs/deploy.md).
+
+Metric names carry the `llamacord_` prefix (Prometheus naming practice: one
+namespace per application), e.g. `llamacord_asks_total{outcome="ok"}`. Label values
+should come from small fixed sets (outcomes, error kinds, finish reasons), never from
+user input, or every distinct value becomes a new time series.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Final, Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    start_http_server,
+)
+
+NAMESPACE: Final = "llamacord"
+
+#: Time to first token: tens of milliseconds on an idle H100, seconds when the queue
+#: is long or the prompt is big, tens of seconds when something is wrong.
+TTFT_BUCKETS: Final = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
+#: Decode speed per reply: ~5 tok/s for a 7-8B model on CPU up to ~150 tok/s for one
+#: stream on a fast GPU; the top buckets catch tiny models.
+DECODE_RATE_BUCKETS: Final = (1, 2.5, 5, 10, 15, 20, 30, 40, 60, 80, 100, 150, 200, 300, 500, 1000)
+
+#: Finish reasons the engine reports (bot.engine.FinishReason), pre-created at zero so
+#: a rate() over them works before the first occurrence.
+FINISH_REASONS: Final = ("end", "max_tokens", "stop_sequence", "cancelled", "error")
+
+
+class GenerationOutcome(Protocol):
+    """What `Metrics.observe` reads from a result (bot.engine.GenerationResult fits).
+
+    A protocol rather than an import keeps this module free of CTranslate2.
+    """
+
+    @property
+    def ttft_s(self) -> float | None: ...
+    @property
+    def decode_tok_s(self) -> float | None: ...
+    @property
+    def new_tokens(self) -> int: ...
+    @property
+    def finish_reason(self) -> str: ...
+
+
+class MetricsServer:
+    """The running /metrics HTTP endpoint; `close()` (or `with`) stops it and frees the port."""
+
+    def __init__(self, server: Any, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self.host: str = str(server.server_address[0])
+        self.port: int = int(server.server_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving, close the listening socket and wait for the thread (idempotent)."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.shutdown()
+        server.server_close()
+        self._thread.join(timeout=5.0)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Metrics:
+    """The bot's metrics on their own registry, with one method per thing that happens."""
+
+    def __init__(self, *, process_metrics: bool = True) -> None:
+        """`process_metrics` adds process_* (RSS, CPU, open fds), python_info and GC stats."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.asks = Counter(
+            "asks", "Asks received, by outcome (ok, rejected, cancelled, error, ...).",
+            ["outcome"], namespace=NAMESPACE, registry=reg,
+        )
+        self.generations = Counter(
+            "generations", "Finished generations, by the engine's finish reason.",
+            ["finish_reason"], namespace=NAMESPACE, registry=reg,
+        )
+        self.tokens_generated = Counter(
+            "tokens_generated", "New tokens decoded by the model.",
+            namespace=NAMESPACE, registry=reg,
+        )
+        self.errors = Counter(
+            "errors", "Errors by kind (engine, discord, store, ...).",
+            ["kind"], namespace=NAMESPACE, registry=reg,
+        )
+        self.discord_http_429 = Counter(
+            "discord_http_429", "Discord HTTP 429 (rate limited) responses.",
+            namespace=NAMESPACE, registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "queue_depth", "Requests waiting for a model replica.",
+            namespace=NAMESPACE, registry=reg,
+        )
+        self.active_replies = Gauge(
+            "active_replies", "Replies currently being generated or edited into Discord.",
+            namespace=NAMESPACE, registry=reg,
+        )
+        self.ttft = Histogram(
+            "time_to_first_token_seconds", "Time from submitting an ask to its first token.",
+            namespace=NAMESPACE, registry=reg, buckets=TTFT_BUCKETS,
+        )
+        self.decode_rate = Histogram(
+            "decode_tokens_per_second", "Decode speed of each reply after its first token.",
+            namespace=NAMESPACE, registry=reg, buckets=DECODE_RATE_BUCKETS,
+        )
+        for reason in FINISH_REASONS:
+            self.generations.labels(finish_reason=reason)
+        if process_metrics:
+            ProcessCollector(registry=reg)
+            PlatformCollector(registry=reg)
+            GCCollector(registry=reg)
+
+    # -- events --------------------------------------------------------------------
+
+    def observe_result(
+        self,
+        ttft_s: float | None,
+        decode_tok_s: float | None,
+        new_tokens: int,
+        finish_reason: str,
+    ) -> None:
+        """Record one finished generation.
+
+        Latencies are None when no token came out (cancelled while queued, an error);
+        those replies count in `generations` but must not pull the histograms to zero.
+        """
+        if ttft_s is not None and ttft_s >= 0:
+            self.ttft.observe(ttft_s)
+        if decode_tok_s is not None and decode_tok_s > 0:
+            self.decode_rate.observe(decode_tok_s)
+        if new_tokens > 0:
+            self.tokens_generated.inc(new_tokens)
+        self.generations.labels(finish_reason=str(finish_reason)).inc()
+
+    def observe(self, result: GenerationOutcome) -> None:
+        """`observe_result` for anything shaped like bot.engine.GenerationResult."""
+        self.observe_result(result.ttft_s, result.decode_tok_s, result.new_tokens,
+                            result.finish_reason)
+
+    def ask(self, outcome: str) -> None:
+        self.asks.labels(outcome=outcome).inc()
+
+    def error(self, kind: str) -> None:
+        self.errors.labels(kind=kind).inc()
+
+    def rate_limited(self) -> None:
+        """Discord answered 429; a rising rate means edits are paced too tightly."""
+        self.discord_http_429.inc()
+
+    def set_queue_depth(self, n: int) -> None:
+        self.queue_depth.set(n)
+
+    def queue_depth_from(self, callback: Callable[[], float]) -> None:
+        """Read the queue depth at scrape time instead of pushing every change.
+
+        Called on the HTTP server's thread, so `callback` must only read (e.g. an
+        `asyncio.Queue.qsize`), never touch the event loop.
+        """
+        self.queue_depth.set_function(callback)
+
+    def reply_started(self) -> None:
+        self.active_replies.inc()
+
+    def reply_finished(self) -> None:
+        self.active_replies.dec()
+
+    @contextlib.contextmanager
+    def track_reply(self) -> Iterator[None]:
+        """Count a reply as active for the duration of the block, even if it raises."""
+        self.reply_started()
+        try:
+            yield
+        finally:
+            self.reply_finished()
+
+    # -- exposition ----------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The text exposition format, as /metrics would serve it (console, tests)."""
+        return bytes(generate_latest(self.registry))
+
+    def start_server(self, port: int, addr: str = "127.0.0.1") -> MetricsServer:
+        """Serve /metrics on a daemon thread; port 0 picks a free port (see `.port`)."""
+        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        return MetricsServer(server, thread)
