@@ -108,7 +108,8 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
     if args.discord or args.soak:
         from bot.discord_bench import discord_bench
 
-        return await discord_bench(settings, args)
+        measured: dict[str, Any] = await discord_bench(settings, args)
+        return measured
     started = time.perf_counter()
     settings = settings.model_copy(update={"max_batch_size": max(8, settings.max_batch_size)})
     engine = await load_engine(settings, model_dir_for(settings))

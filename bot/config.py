@@ -8,7 +8,7 @@ Every variable is documented in `.env.example`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -108,14 +108,14 @@ COMPUTE_TYPES = frozenset(
 )
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Build the settings, turning a validation failure into one readable `ConfigError`.
 
     The message names the environment variable, never its value, so a mistyped
     token cannot leak into a log.
     """
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

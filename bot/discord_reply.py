@@ -212,7 +212,8 @@ class _Page:
         log.info("reply %s continues as a channel message", self.reply.ask_id)
         self.reply.moved_to_channel = True
         self.channel_message = await channel.send(
-            content=content, view=view, allowed_mentions=NO_MENTIONS
+            content=content, view=view if view is not None else discord.utils.MISSING,
+            allowed_mentions=NO_MENTIONS,
         )
 
 
@@ -397,8 +398,8 @@ class AskRunner:
         try:
             with self.gate.hold(user_id):
                 result = await session.run()
-            for hook in self.on_finish:
-                maybe = hook(session, result)
+            for finish_hook in self.on_finish:
+                maybe = finish_hook(session, result)
                 if maybe is not None:
                     await maybe
         except UserFacingError as exc:

@@ -512,6 +512,7 @@ class Engine:
         finished = [False] * len(slots)
 
         def on_step(step: Any) -> bool:
+            over: bool
             i = step.batch_id
             slot = slots[i]
             with lock:

@@ -36,7 +36,9 @@ class SystemPromptModal(discord.ui.Modal, title="Edit the system prompt"):
             allowed_mentions=NO_MENTIONS,
         )
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+    async def on_error(  # type: ignore[override]
+        self, interaction: discord.Interaction, error: Exception
+    ) -> None:
         await send_error(interaction, error)
 
 
