@@ -86,7 +86,9 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     try:
         request = GenerationRequest(
             prompt=args.prompt, knobs=knobs,
-            system_prompt=args.system if args.system is not None else settings.system_prompt or None,
+            system_prompt=(
+                args.system if args.system is not None else settings.system_prompt or None
+            ),
         )
         gen = engine.submit(request)
         async for event in gen.events():
@@ -95,6 +97,7 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
                 sys.stdout.flush()
         result = await gen.result()
         sys.stdout.write("\n")
+        sys.stdout.flush()
         print(_footer(result), file=sys.stderr)
         if result.error:
             print(f"error: {result.error}", file=sys.stderr)

@@ -40,7 +40,7 @@ class ScriptedGenerator:
         callback = kw["callback"]
         end = kw["end_token"][0]
         max_length = kw["max_length"]
-        scripts = [self.tokenizer.encode(self.text_for(t)) + [end] for t in start_tokens]
+        scripts = [[*self.tokenizer.encode(self.text_for(t)), end] for t in start_tokens]
         active = set(range(len(scripts)))
         for step in range(max_length):
             for i in sorted(active):
@@ -80,7 +80,7 @@ class Harness:
         kw.setdefault("channel_id", self.general)
         return await self.fake.inject_interaction(name, options or {}, **kw)
 
-    async def ask(self, prompt: str, timeout: float = 30.0, **kw: Any) -> FakeInteraction:
+    async def ask(self, prompt: str, timeout: float = 30.0, **kw: Any) -> FakeInteraction:  # noqa: ASYNC109
         """/ask and wait for the finished reply (its footer)."""
         options = {"prompt": prompt, **{k: v for k, v in kw.items() if k in ASK_OPTIONS}}
         rest = {k: v for k, v in kw.items() if k not in ASK_OPTIONS}
@@ -88,7 +88,7 @@ class Harness:
         await self.finished(itx, timeout)
         return itx
 
-    async def finished(self, itx: FakeInteraction, timeout: float = 30.0) -> None:
+    async def finished(self, itx: FakeInteraction, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         def done() -> bool:
             msgs = [m for m in [itx.original, *itx.followups] if m is not None]
             return any(is_final(m.content) for m in msgs)

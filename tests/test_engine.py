@@ -11,8 +11,8 @@ import pytest
 
 from bot.engine import (
     Engine,
-    FinishReason,
     Finished,
+    FinishReason,
     GenerationRequest,
     Queued,
     Started,
