@@ -371,6 +371,12 @@ class Engine:
 
     def prepare(self, request: GenerationRequest) -> PreparedPrompt:
         """Render the chat template, count tokens and fit the reply into the context."""
+        for what, value in (("prompt", request.prompt), ("system prompt", request.system_prompt)):
+            if value and not _is_encodable(value):
+                raise UserFacingError(
+                    f"Your {what} contains characters that are not valid Unicode "
+                    "(a broken emoji or surrogate); please retype it."
+                )
         text = self.bundle.chat.render(request.system_prompt or None, request.prompt)
         ids = self.bundle.encode_prompt(text)
         context = self.bundle.context_length
@@ -552,6 +558,14 @@ class Engine:
                         else FinishReason.MAX_TOKENS
                     )
                 loop.call_soon_threadsafe(slot.gen._emit, Finished(slot.result()))
+
+
+def _is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _cancelled_result(gen: Generation) -> GenerationResult:

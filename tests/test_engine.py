@@ -18,7 +18,7 @@ from bot.engine import (
     Started,
     TextDelta,
 )
-from bot.errors import PromptTooLong, QueueFull, ShuttingDown
+from bot.errors import PromptTooLong, QueueFull, ShuttingDown, UserFacingError
 from bot.knobs import Knobs
 from bot.streaming import IncrementalDetokenizer
 
@@ -251,3 +251,13 @@ def smol_engine_bundle_text(smol_model_dir: Path) -> tuple[Any, str]:
 
     bundle = load_model_bundle(smol_model_dir)
     return bundle.tokenizer, "Café 東京 👩‍💻 naïve — 12345 `code()` עברית e\u0301"
+
+
+async def test_broken_unicode_is_refused_politely(tiny_engine: Engine) -> None:
+    with pytest.raises(UserFacingError, match="not valid Unicode"):
+        tiny_engine.submit(GenerationRequest("half an emoji \ud83d"))
+    with pytest.raises(UserFacingError, match="system prompt"):
+        tiny_engine.submit(GenerationRequest("hi", system_prompt="\udfff"))
+    ok = await tiny_engine.generate(GenerationRequest("NUL \x00, RTL \u202eabc, zalgo z\u0336\u0337",
+                                                      Knobs(max_new_tokens=3)))
+    assert ok.error is None
