@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
 
 from bot.discord_errors import MissingScopePermission
 from bot.discord_reply import location_of
-from bot.knobs import KNOB_SPECS
+from bot.knobs import KNOB_SPECS, parse_knob_text
 from bot.store import Scope
 
 if TYPE_CHECKING:
@@ -37,6 +37,14 @@ else:
 ScopeChoice = Literal["channel", "server"]
 
 NO_MENTIONS = discord.AllowedMentions.none()
+
+
+def knob_options(stop: str | None, **numbers: Any) -> dict[str, Any]:
+    """The knob options a member actually filled in, with stop sequences parsed."""
+    values: dict[str, Any] = {k: v for k, v in numbers.items() if v is not None}
+    if stop is not None:
+        values["stop"] = parse_knob_text("stop", stop)
+    return values
 
 
 def bot_of(interaction: discord.Interaction) -> LlamaBot:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.knobs import parse_knob_text
 from cogs._common import (
     MaxNewOpt,
     MinNewOpt,
@@ -17,6 +14,7 @@ from cogs._common import (
     TopKOpt,
     TopPOpt,
     bot_of,
+    knob_options,
 )
 
 PROMPT_LIMIT = 6000  # Discord's own limit for a string option
@@ -48,17 +46,11 @@ class Ask(commands.Cog):
         repetition_penalty: RepPenaltyOpt | None = None,
         private: bool = False,
     ) -> None:
-        overrides: dict[str, Any] = {
-            name: value
-            for name, value in (
-                ("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
-                ("max_new_tokens", max_new_tokens), ("min_new_tokens", min_new_tokens),
-                ("repetition_penalty", repetition_penalty),
-            )
-            if value is not None
-        }
-        if stop is not None:
-            overrides["stop"] = parse_knob_text("stop", stop)
+        overrides = knob_options(
+            stop, temperature=temperature, top_p=top_p, top_k=top_k,
+            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+            repetition_penalty=repetition_penalty,
+        )
         await bot_of(interaction).runner.ask(interaction, prompt, overrides, private=private)
 
 

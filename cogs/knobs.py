@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_reply import location_of
-from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, format_knob, parse_knob_text
+from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, format_knob
 from cogs._common import (
     NO_MENTIONS,
     MaxNewOpt,
@@ -20,6 +20,7 @@ from cogs._common import (
     TopKOpt,
     TopPOpt,
     bot_of,
+    knob_options,
     scope_for_write,
     scope_word,
 )
@@ -66,17 +67,11 @@ class Knobs(commands.GroupCog, group_name="knobs", group_description="Sampling s
         scope: ScopeChoice = "channel",
     ) -> None:
         target = scope_for_write(interaction, scope)
-        values: dict[str, Any] = {
-            name: value
-            for name, value in (
-                ("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
-                ("max_new_tokens", max_new_tokens), ("min_new_tokens", min_new_tokens),
-                ("repetition_penalty", repetition_penalty),
-            )
-            if value is not None
-        }
-        if stop is not None:
-            values["stop"] = parse_knob_text("stop", stop)
+        values = knob_options(
+            stop, temperature=temperature, top_p=top_p, top_k=top_k,
+            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+            repetition_penalty=repetition_penalty,
+        )
         if not values:
             await interaction.response.send_message(
                 "Pick at least one setting to change.", ephemeral=True,
