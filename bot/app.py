@@ -63,6 +63,7 @@ async def load_engine(settings: Settings, model_dir: Path) -> Engine:
         max_batch_size=settings.max_batch_size,
         queue_size=settings.queue_size,
         batch_wait_ms=settings.batch_wait_ms,
+        timeslice_s=settings.timeslice_s,
         seed=settings.seed,
     )
 

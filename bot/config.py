@@ -7,6 +7,7 @@ Every variable is documented in `.env.example`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,14 @@ class Settings(BaseSettings):
     )
     shard_count: int | None = Field(None, ge=1)
     shard_ids: list[int] | None = None
+    discord_api_base: str | None = Field(
+        None,
+        description="REST base URL instead of Discord's, e.g. http://127.0.0.1:PORT/api/v10 "
+        "(tests and API proxies).",
+    )
+    discord_gateway_url: str | None = Field(
+        None, description="Gateway URL instead of Discord's (tests and gateway proxies)."
+    )
 
     # Storage
     database_path: Path = Path("data/bot.sqlite3")
@@ -64,6 +73,10 @@ class Settings(BaseSettings):
         15, ge=0, le=1000, description="How long a free replica waits to fill a batch."
     )
     queue_size: int = Field(32, ge=1, le=10_000, description="Requests allowed to wait.")
+    timeslice_s: float = Field(
+        2.0, ge=0.0, le=600.0,
+        description="A batch yields to waiting asks with other settings after this; 0 = never.",
+    )
     seed: int | None = Field(
         None, ge=0, description="Seeds the sampler once per process (repeatable demos)."
     )
@@ -94,6 +107,17 @@ class Settings(BaseSettings):
         if value in COMPUTE_TYPES - {"auto", "default"}:
             return value
         raise ValueError(f"must be one of {', '.join(sorted(COMPUTE_TYPES - {'auto', 'default'}))}")
+
+    @field_validator("discord_api_base", "discord_gateway_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        """Empty means unset; anything else must be a full URL, so a typo fails at start."""
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not re.match(r"^(https?|wss?)://[^/\s]+", value):
+            raise ValueError("must be an absolute http(s):// or ws(s):// URL")
+        return value
 
     @property
     def has_token(self) -> bool:

@@ -125,6 +125,7 @@ class Generation:
         self.cancel_requested = False  # read by the decoding thread; a bool is atomic
         self.submitted_at = time.perf_counter()
         self.ahead: int | None = None
+        self._slot: _Slot | None = None  # set once decoding starts; kept across preemptions
 
     # --- consumer side ---------------------------------------------------------
 
@@ -184,6 +185,17 @@ class _Slot:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.finish: FinishReason | None = None
+        self.generated: list[str] = []  # token strings, to resume after a preemption
+        self.suspended = False
+        self._id_to_token = bundle.tokenizer.id_to_token
+
+    def resume_tokens(self) -> list[str]:
+        """The prompt for the next `generate_batch` call: original prompt + tokens so far."""
+        return self.gen.prepared.tokens + self.generated
+
+    def remaining_min(self) -> int:
+        knobs_min = self.gen.request.knobs.min_new_tokens
+        return max(0, min(knobs_min, self.max_new) - self.new_tokens) if knobs_min > 0 else 0
 
     def step(self, token_id: int) -> tuple[str, bool]:
         """Consume one token; return (text to show, whether this request is over)."""
@@ -198,6 +210,7 @@ class _Slot:
             self.finish = FinishReason.END
             return self._flush(), True
         self.new_tokens += 1
+        self.generated.append(self._id_to_token(token_id))
         text = self.stops.feed(self.detok.push(token_id))
         if self.stops.stopped:
             self.finish = FinishReason.STOP_SEQUENCE
@@ -243,9 +256,18 @@ class _Slot:
         )
 
 
-def _batch_key(knobs: Knobs) -> tuple[Any, ...]:
-    """Requests with equal keys can share one `generate_batch` call."""
-    return tuple(sorted(knobs.ct2_sampling().items()))
+def _batch_key(gen: Generation) -> tuple[Any, ...]:
+    """Requests with equal keys can share one `generate_batch` call.
+
+    `min_length` is one value per call, so a request resumed part-way through its
+    minimum only batches with requests needing the same number of further tokens.
+    """
+    sampling = gen.request.knobs.ct2_sampling()
+    sampling.pop("min_length")
+    remaining = gen._slot.remaining_min() if gen._slot is not None else max(
+        0, min(gen.request.knobs.min_new_tokens, gen.prepared.max_new_tokens)
+    )
+    return (*sorted(sampling.items()), remaining)
 
 
 @dataclass(frozen=True)
@@ -286,6 +308,7 @@ class Engine:
         max_batch_size: int = 8,
         queue_size: int = 32,
         batch_wait_s: float = 0.015,
+        timeslice_s: float = 2.0,
     ) -> None:
         self.bundle = bundle
         self.info = info
@@ -294,6 +317,9 @@ class Engine:
         self._max_batch = max_batch_size
         self._queue_size = queue_size
         self._batch_wait_s = batch_wait_s
+        self._timeslice_s = timeslice_s
+        self._busy_lanes = 0
+        self.preemptions = 0
         self._waiting: deque[Generation] = deque()
         self._running: set[Generation] = set()
         self._wakeup = asyncio.Event()
@@ -319,6 +345,7 @@ class Engine:
         max_batch_size: int = 8,
         queue_size: int = 32,
         batch_wait_ms: int = 15,
+        timeslice_s: float = 2.0,
         seed: int | None = None,
     ) -> Engine:
         """Load tokenizer, template and weights off the event loop."""
@@ -365,6 +392,7 @@ class Engine:
             max_batch_size=max_batch_size,
             queue_size=queue_size,
             batch_wait_s=batch_wait_ms / 1000,
+            timeslice_s=timeslice_s,
         )
 
     # --- public API --------------------------------------------------------------
@@ -449,6 +477,14 @@ class Engine:
         return self._closing
 
     # --- scheduling ----------------------------------------------------------------
+    #
+    # CTranslate2 cannot add a request to a running `generate_batch` call. So a
+    # running batch is *preempted* at a token boundary when that serves the
+    # people waiting: to let compatible newcomers join it (continuous batching,
+    # at the price of re-reading each member's prompt plus reply so far), or,
+    # after `timeslice_s`, to give requests with other settings their turn
+    # (round robin). A preempted request keeps its detokenizer, stop matcher and
+    # statistics and resumes exactly where it stopped.
 
     def _cancel_waiting(self, gen: Generation) -> None:
         if gen in self._waiting:
@@ -458,19 +494,37 @@ class Engine:
 
     def _publish_positions(self) -> None:
         for ahead, gen in enumerate(self._waiting):
-            gen._emit(Queued(ahead))
+            if gen._slot is None:  # a preempted reply is already streaming: no "queued"
+                gen._emit(Queued(ahead))
 
     def _take_batch(self) -> list[Generation]:
         head = self._waiting.popleft()
         batch = [head]
-        key = _batch_key(head.request.knobs)
+        key = _batch_key(head)
         for gen in list(self._waiting):
             if len(batch) >= self._max_batch:
                 break
-            if _batch_key(gen.request.knobs) == key:
+            if _batch_key(gen) == key:
                 self._waiting.remove(gen)
                 batch.append(gen)
         return batch
+
+    def _preempt_reason(self, batch: list[Generation], elapsed: float) -> str | None:
+        """Whether a running batch should yield now: "join", "timeslice" or None."""
+        if self._closing or not self._waiting or self._busy_lanes < self._replicas:
+            return None
+        alive = [g for g in batch if not g.done and g._slot is not None]
+        if not alive:
+            return None
+        left = max(g._slot.max_new - g._slot.new_tokens for g in alive if g._slot)
+        if left < 16:
+            return None  # about to finish anyway; re-reading prompts would cost more
+        key = _batch_key(alive[0])
+        if len(alive) < self._max_batch and any(_batch_key(g) == key for g in self._waiting):
+            return "join"
+        if self._timeslice_s and elapsed >= self._timeslice_s:
+            return "timeslice"
+        return None
 
     async def _lane(self, index: int) -> None:
         loop = asyncio.get_running_loop()
@@ -487,32 +541,71 @@ class Engine:
                 await asyncio.sleep(self._batch_wait_s)
                 if not self._waiting:
                     continue
-            batch = self._take_batch()
-            self._publish_positions()
-            self._running.update(batch)
-            slots = [_Slot(g, self.bundle, self._end_ids) for g in batch]
-            for slot in slots:
-                slot.started_at = time.perf_counter()
-                slot.gen._emit(Started())
+            self._busy_lanes += 1
             try:
-                await loop.run_in_executor(self._executor, self._decode, loop, slots)
-            except Exception as exc:  # the model failed: end these replies, keep serving
-                log.exception("decoding failed for a batch of %d", len(slots))
-                message = _model_error_message(exc)
-                for slot in slots:
-                    if not slot.gen.done:
-                        slot.gen._emit(Finished(slot.result(error=message)))
+                await self._run_batch(loop, self._take_batch())
             finally:
-                for slot in slots:
-                    if not slot.gen.done:
-                        slot.gen._emit(Finished(slot.result()))
-                    self._running.discard(slot.gen)
-                    self.tokens_generated += slot.new_tokens
-                    for hook in self.on_result:
-                        with contextlib.suppress(Exception):
-                            hook(slot.gen._done.result())
+                self._busy_lanes -= 1
 
-    def _decode(self, loop: asyncio.AbstractEventLoop, slots: list[_Slot]) -> None:
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[Generation]) -> None:
+        self._publish_positions()
+        self._running.update(batch)
+        slots: list[_Slot] = []
+        for gen in batch:
+            if gen._slot is None:
+                gen._slot = _Slot(gen, self.bundle, self._end_ids)
+                gen._slot.started_at = time.perf_counter()
+                gen._emit(Started())
+            slots.append(gen._slot)
+        before = [slot.new_tokens for slot in slots]
+        preempt = threading.Event()
+        reason: str | None = None
+        started = loop.time()
+        future = loop.run_in_executor(self._executor, self._decode, loop, slots, preempt)
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=0.05)
+                if done:
+                    break
+                if reason is None:
+                    reason = self._preempt_reason(batch, loop.time() - started)
+                    if reason is not None:
+                        preempt.set()
+            future.result()
+        except Exception as exc:  # the model failed: end these replies, keep serving
+            log.exception("decoding failed for a batch of %d", len(slots))
+            message = _model_error_message(exc)
+            for slot in slots:
+                slot.suspended = False
+                if not slot.gen.done:
+                    slot.gen._emit(Finished(slot.result(error=message)))
+        finally:
+            resumed = [s.gen for s in slots if s.suspended and not s.gen.done]
+            for slot, count in zip(slots, before, strict=True):
+                slot.suspended = False
+                self.tokens_generated += slot.new_tokens - count
+                if slot.gen in resumed:
+                    continue
+                if not slot.gen.done:
+                    slot.gen._emit(Finished(slot.result()))
+                self._running.discard(slot.gen)
+                for hook in self.on_result:
+                    with contextlib.suppress(Exception):
+                        hook(slot.gen._done.result())
+            if resumed:
+                self.preemptions += 1
+                for gen in resumed:
+                    self._running.discard(gen)
+                if reason == "join":
+                    self._waiting.extendleft(reversed(resumed))
+                else:
+                    self._waiting.extend(resumed)
+                self._publish_positions()
+                self._wakeup.set()
+
+    def _decode(
+        self, loop: asyncio.AbstractEventLoop, slots: list[_Slot], preempt: threading.Event
+    ) -> None:
         """Runs on a decoding thread: one `generate_batch` call for the whole batch."""
         lock = threading.Lock()
         finished = [False] * len(slots)
@@ -527,18 +620,25 @@ class Engine:
                 text, over = slot.step(step.token_id)
                 if over:
                     finished[i] = True
+                elif preempt.is_set():
+                    # The token is kept; the request resumes from here later.
+                    slot.suspended = finished[i] = True
             if text:
                 loop.call_soon_threadsafe(slot.gen._emit, TextDelta(text))
             if over:
                 loop.call_soon_threadsafe(slot.gen._emit, Finished(slot.result()))
-            return over
+            return over or slot.suspended
 
         sampling = slots[0].gen.request.knobs.ct2_sampling()
-        # A reply shortened to fit the context cannot also be held to a longer minimum.
-        sampling["min_length"] = min(sampling["min_length"], min(s.max_new for s in slots))
+        max_length = max(s.max_new - s.new_tokens for s in slots)
+        # min_length is shared by the batch (see _batch_key) and can never exceed
+        # what is left of the shortest budget.
+        sampling["min_length"] = min(
+            slots[0].remaining_min(), min(s.max_new - s.new_tokens for s in slots)
+        )
         self._generator.generate_batch(
-            [s.gen.prepared.tokens for s in slots],
-            max_length=max(s.max_new for s in slots),
+            [s.resume_tokens() for s in slots],
+            max_length=max_length,
             include_prompt_in_result=False,
             end_token=list(self._end_ids),
             return_end_token=True,
@@ -569,6 +669,9 @@ def _is_encodable(text: str) -> bool:
 
 
 def _cancelled_result(gen: Generation) -> GenerationResult:
+    if gen._slot is not None:  # preempted part-way: keep what was written
+        gen._slot.finish = FinishReason.CANCELLED
+        return gen._slot.result()
     return GenerationResult(
         text="",
         prompt_tokens=len(gen.prepared.tokens),

@@ -261,3 +261,55 @@ async def test_broken_unicode_is_refused_politely(tiny_engine: Engine) -> None:
     ok = await tiny_engine.generate(GenerationRequest("NUL \x00, RTL \u202eabc, zalgo z\u0336\u0337",
                                                       Knobs(max_new_tokens=3)))
     assert ok.error is None
+
+
+async def test_newcomer_joins_a_running_batch_and_the_first_reply_is_unchanged(
+    tiny_model_dir: Path,
+) -> None:
+    greedy = Knobs(top_k=1, max_new_tokens=120)  # no minimum: min_length is per batch
+    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0,
+                               max_batch_size=4)
+    engine._generator = Slowed(engine._generator, delay=0.005)
+    try:
+        alone = await engine.generate(GenerationRequest("the first question", greedy))
+        assert alone.new_tokens == 120  # this prompt does not hit the end token early
+        first = engine.submit(GenerationRequest("the first question", greedy))
+        async for event in first.events():
+            if isinstance(event, TextDelta):
+                break
+        await asyncio.sleep(0.1)
+        second = engine.submit(GenerationRequest("a second one", greedy))
+        second_started = None
+        async for event in second.events():
+            if isinstance(event, TextDelta):
+                second_started = time.perf_counter()
+                break
+        assert not first.done  # the newcomer did not wait for the first reply to end
+        r1, r2 = await first.result(), await second.result()
+        assert second_started is not None
+        assert engine.preemptions >= 1
+        assert r1.new_tokens == r2.new_tokens == 120
+        assert r1.text == alone.text  # resuming from prompt + tokens so far loses nothing
+    finally:
+        await engine.close()
+
+
+async def test_requests_with_other_settings_get_a_timeslice(tiny_model_dir: Path) -> None:
+    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0,
+                               max_batch_size=4, timeslice_s=0.2)
+    engine._generator = Slowed(engine._generator, delay=0.01)
+    try:
+        long = engine.submit(GenerationRequest("long", Knobs(max_new_tokens=200,
+                                                             min_new_tokens=200)))
+        await asyncio.sleep(0.1)
+        short = engine.submit(GenerationRequest("short", Knobs(temperature=1.3,
+                                                               max_new_tokens=5,
+                                                               min_new_tokens=5)))
+        r_short = await short.result()
+        assert not long.done  # the short one did not wait ~2 s for the long one
+        assert r_short.new_tokens == 5
+        r_long = await long.result()
+        assert r_long.new_tokens == 200 and r_long.finish_reason == FinishReason.MAX_TOKENS
+        assert engine.preemptions >= 1
+    finally:
+        await engine.close()
