@@ -345,3 +345,45 @@ async def test_model_failure_mid_reply_shows_an_error_and_frees_the_slot(
         ok = await h.ask("and now?", max_new_tokens=4)
         assert any(w in ok.original.content for w in FOOTER_WORDS)  # type: ignore[union-attr]
         await asyncio.sleep(0)
+
+
+def _text_inputs(modal: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == 4:
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(modal.get("components", []))
+    return found
+
+
+async def test_system_edit_opens_a_prefilled_multiline_modal(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(tiny_model_dir, tmp_path) as h:
+        first = await h.command("system set", {"text": "Be brief."}, permissions=MANAGE_CHANNELS)
+        await first.wait_response()
+        itx = await h.command("system edit", permissions=MANAGE_CHANNELS)
+        await itx.wait_response()
+        modal = itx.modal
+        assert modal is not None
+        (field,) = _text_inputs(modal)
+        assert field["value"] == "Be brief." and field["style"] == 2  # paragraph
+        submit = await h.fake.inject_modal_submit(
+            modal["custom_id"], {field["custom_id"]: "Line one.\nLine two: be kind."},
+            channel_id=h.general, permissions=MANAGE_CHANNELS,
+        )
+        assert "saved" in (await submit.wait_response()).data["content"]
+        eff = await h.app.store.scope_overrides(Scope.channel(h.general, h.guild.id))
+        assert eff["system_prompt"] == "Line one.\nLine two: be kind."
+        # Without the permission the modal never opens.
+        refused = await h.command("system edit")
+        resp = await refused.wait_response()
+        assert resp.type == 4 and "Manage Channels" in resp.data["content"]
