@@ -53,7 +53,8 @@ Commands (a line without a slash is an /ask):
   /knobs reset [knob ...] [--server]
   /knobs preset precise|balanced|creative [--server]
   /tokens <text>                how the model's tokenizer splits text
-  /help, /quit                  (Ctrl-C stops a reply; Ctrl-D or /quit leaves)"""
+  /help, /quit                  (Ctrl-C stops a reply; at the prompt, Ctrl-C, Ctrl-D
+                                or /quit leaves)"""
 
 
 def footer(result: GenerationResult) -> str:
@@ -271,6 +272,31 @@ class _LineReader:
         return await self._queue.get()
 
 
+def _save_terminal() -> Callable[[], None]:
+    """Remember the terminal's modes so leaving always gives them back.
+
+    readline switches echo and line buffering off while it waits for a line,
+    and a Ctrl-C at the prompt ends the console while the reader thread is
+    still inside readline; without this the user's shell would be left with
+    no echo.
+    """
+    try:
+        import termios
+    except ImportError:  # not a POSIX system
+        return lambda: None
+    try:
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+    except (OSError, ValueError, termios.error):
+        return lambda: None
+
+    def restore() -> None:
+        with contextlib.suppress(OSError, ValueError, termios.error):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+    return restore
+
+
 def _setup_history() -> Callable[[], None]:
     try:
         import readline
@@ -294,8 +320,11 @@ async def console_loop(app: App, interactive: bool) -> None:
     stop_requested = asyncio.Event()
 
     def on_sigint() -> None:
+        # Only the reply stops while one is being written; at the prompt, Ctrl-C leaves.
         if console.interrupt():
             return
+        if not stop_requested.is_set():
+            console.write("\n")  # the prompt (and any half-typed line) stays on its own line
         stop_requested.set()
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -325,8 +354,10 @@ async def console_loop(app: App, interactive: bool) -> None:
 
 async def run_console(settings: Settings) -> int:
     interactive = sys.stdin.isatty()
-    print("Preparing the model… (first start converts the embedded model, about 10 s)",
-          file=sys.stderr, flush=True)
+    if settings.model_dir is None:
+        print("Preparing the model… (first start converts the embedded model, about 10 s)",
+              file=sys.stderr, flush=True)
+    restore_terminal = _save_terminal() if interactive else (lambda: None)
     save_history = _setup_history() if interactive else (lambda: None)
     async with open_app(settings, progress=lambda s: print(s, file=sys.stderr, flush=True)) as app:
         info = app.engine.info
@@ -340,6 +371,7 @@ async def run_console(settings: Settings) -> int:
             await console_loop(app, interactive)
         finally:
             save_history()
+            restore_terminal()
     return 0
 
 
