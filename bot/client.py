@@ -13,15 +13,23 @@ import logging
 import signal
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import discord
+import yarl
+from discord import app_commands
 from discord.ext import commands
 
 from bot.app import App, open_app
 from bot.config import Settings
 from bot.discord_reply import AskRunner, RegenerateButton, StopButton
+from bot.engine import FinishReason, GenerationResult
+from bot.errors import UserFacingError
 from bot.logs import register_secret
+
+if TYPE_CHECKING:
+    from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,9 @@ class _LlamaMixin:
         for ext in EXTENSIONS:
             await bot.load_extension(ext)
         bot.add_dynamic_items(StopButton, RegenerateButton)
+        if self.app.metrics is not None:
+            # After the cogs: the error cog installs the tree's error handler we wrap.
+            attach_metrics(self, self.app.metrics)  # type: ignore[arg-type]
         guild_ids = self.app.settings.sync_guild_ids
         if guild_ids:
             for gid in guild_ids:
@@ -60,7 +71,8 @@ class _LlamaMixin:
                 await bot.tree.sync(guild=guild)
         else:
             await bot.tree.sync()
-        log.info("slash commands synced (%s)", "guilds " + str(guild_ids) if guild_ids else "global")
+        log.info("slash commands synced (%s)",
+                 "guilds " + str(guild_ids) if guild_ids else "global")
 
 
 def _client_kwargs() -> dict[str, Any]:
@@ -109,19 +121,128 @@ def make_bot(app: App, **kwargs: Any) -> LlamaBot | ShardedLlamaBot:
     return LlamaBot(app, **kwargs)
 
 
+#: Finish reasons that mean the member got the whole reply they asked for.
+_OK_FINISHES = frozenset({FinishReason.END, FinishReason.MAX_TOKENS, FinishReason.STOP_SEQUENCE})
+
+
+def ask_outcome(result: GenerationResult) -> str:
+    """The `asks_total` label for a reply that was delivered: ok, cancelled or error."""
+    if result.error or result.finish_reason == FinishReason.ERROR:
+        return "error"
+    if result.finish_reason in _OK_FINISHES:
+        return "ok"
+    return "cancelled"
+
+
+def _is_refusal(error: BaseException) -> bool:
+    """Errors the member caused (bad input, a missing permission, "restarting"), not bugs."""
+    original = getattr(error, "original", None)
+    if isinstance(error, app_commands.CommandInvokeError) and original is not None:
+        error = original
+    return isinstance(
+        error, UserFacingError | app_commands.CheckFailure | app_commands.TransformerError
+    )
+
+
+def attach_metrics(bot: LlamaBot | ShardedLlamaBot, metrics: Metrics) -> Callable[[], None]:
+    """Feed `metrics` from the engine, the ask runner, the command tree and the log.
+
+    Call after the cogs are loaded (`setup_hook` does when `app.metrics` is set; a
+    test may call it on a running bot). Every hook only counts, so a metrics bug
+    cannot change what a member sees. Returns a function that detaches all of it.
+
+    - tokens, time to first token, decode speed, finish reasons: the engine's
+      `on_result`, once per generation that reached a model replica;
+    - `asks_total{outcome}`: ok / cancelled / error when a reply is finished
+      (interrupted replies count as cancelled), refused when /ask answers with an
+      error before acknowledging (bad knobs, busy, restarting, cooldown);
+    - queue depth and active replies: read at scrape time, never pushed;
+    - Discord 429s and logged errors: `LogCounter`, because discord.py handles
+      rate limits internally and only tells its log.
+    """
+    from bot.metrics import LogCounter
+
+    app = bot.app
+    runner = bot.runner
+    engine = app.engine
+    app.metrics = metrics
+    engine.on_result.append(metrics.observe)
+    metrics.queue_depth_from(lambda: engine.queue_depth)
+    metrics.active_replies_from(lambda: len(runner.active))
+
+    def on_finish(_session: Any, result: GenerationResult) -> None:
+        metrics.ask(ask_outcome(result))
+
+    runner.on_finish.append(on_finish)
+
+    tree = bot.tree
+    previous = tree.on_error
+
+    async def counting_on_error(
+        interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+    ) -> None:
+        command = interaction.command
+        if command is not None and command.qualified_name == "ask":
+            metrics.ask("refused" if _is_refusal(error) else "error")
+        await previous(interaction, error)
+
+    tree.on_error = counting_on_error  # type: ignore[method-assign]
+    counter = LogCounter(metrics)
+    root = logging.getLogger()
+    root.addHandler(counter)
+
+    def detach() -> None:
+        with contextlib.suppress(ValueError):
+            engine.on_result.remove(metrics.observe)
+        with contextlib.suppress(ValueError):
+            runner.on_finish.remove(on_finish)
+        if tree.on_error is counting_on_error:
+            tree.on_error = previous  # type: ignore[method-assign]
+        root.removeHandler(counter)
+
+    return detach
+
+
+def use_endpoints(settings: Settings) -> None:
+    """Point discord.py at `BOT_DISCORD_API_BASE` / `BOT_DISCORD_GATEWAY_URL` if set.
+
+    Both are class attributes in discord.py, so this is process-wide and must run
+    before the client logs in. The gateway URL serves the sharded client too (it is
+    given `shard_count`, so it never asks `GET /gateway/bot`). Unset, as in
+    production, leaves discord.com in place. Logged at WARNING: a bot talking to
+    anything but Discord should be visible in the journal.
+    """
+    from discord.gateway import DiscordWebSocket
+    from discord.http import Route
+
+    if settings.discord_api_base:
+        Route.BASE = settings.discord_api_base
+        log.warning("using the Discord REST API at %s", settings.discord_api_base)
+    if settings.discord_gateway_url:
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+        log.warning("using the Discord gateway at %s", settings.discord_gateway_url)
+
+
 async def graceful_stop(bot: LlamaBot | ShardedLlamaBot, grace_s: float) -> None:
-    """SIGTERM: refuse new asks, let replies finish for `grace_s`, interrupt the rest, close."""
+    """SIGTERM: refuse new asks, let replies finish for `grace_s`, interrupt the rest, close.
+
+    The gateway stays connected during the grace period on purpose: asks that
+    arrive meanwhile are answered "restarting, try again" instead of timing out
+    as "The application did not respond", and replies still stream.
+    """
     log.info("stopping: letting replies finish for up to %.0f s", grace_s)
     await bot.runner.shutdown(grace_s)
     await bot.close()
 
 
 async def run_bot(settings: Settings) -> int:
+    """Serve Discord until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
     from bot.sdnotify import Notifier, watchdog_loop
 
     assert settings.discord_token is not None
     token = settings.discord_token.get_secret_value()
     register_secret(token)
+    use_endpoints(settings)
     notifier = Notifier.from_env()
     notifier.status("loading the model")
     async with open_app(settings, progress=lambda s: log.info("%s", s)) as app:
@@ -131,7 +252,7 @@ async def run_bot(settings: Settings) -> int:
 
             metrics = Metrics()
             metrics_server = metrics.start_server(settings.metrics_port)
-            app.metrics = metrics
+            app.metrics = metrics  # wired to the bot in setup_hook, once the cogs load
         bot = make_bot(app)
         loop = asyncio.get_running_loop()
         stopping: asyncio.Task[None] | None = None
@@ -139,6 +260,9 @@ async def run_bot(settings: Settings) -> int:
         def on_term() -> None:
             nonlocal stopping
             if stopping is None:
+                # Refuse asks from this instant, before anything else runs: an ask
+                # arriving after STOPPING=1 must never start a reply we then cut off.
+                bot.runner.accepting = False
                 notifier.stopping()
                 stopping = asyncio.create_task(graceful_stop(bot, settings.shutdown_grace_s))
 
@@ -152,7 +276,8 @@ async def run_bot(settings: Settings) -> int:
 
         async def announce_ready() -> None:
             await bot.ready_event.wait()
-            notifier.ready(status=f"serving {app.engine.info.model_name}")
+            if stopping is None:
+                notifier.ready(status=f"serving {app.engine.info.model_name}")
 
         ready_task = asyncio.create_task(announce_ready())
         try:

@@ -19,6 +19,7 @@ user input, or every distinct value becomes a new time series.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -108,7 +109,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.asks = Counter(
-            "asks", "Asks received, by outcome (ok, rejected, cancelled, error, ...).",
+            "asks", "Asks, by outcome: ok, cancelled, error, or refused before any reply.",
             ["outcome"], namespace=NAMESPACE, registry=reg,
         )
         self.generations = Counter(
@@ -136,7 +137,8 @@ class Metrics:
             namespace=NAMESPACE, registry=reg,
         )
         self.ttft = Histogram(
-            "time_to_first_token_seconds", "Time from submitting an ask to its first token.",
+            "time_to_first_token_seconds",
+            "Time from the start of decoding (after any queue wait) to the first token.",
             namespace=NAMESPACE, registry=reg, buckets=TTFT_BUCKETS,
         )
         self.decode_rate = Histogram(
@@ -198,6 +200,14 @@ class Metrics:
         """
         self.queue_depth.set_function(callback)
 
+    def active_replies_from(self, callback: Callable[[], float]) -> None:
+        """Read the number of replies in progress at scrape time (same rules as above).
+
+        Counting from the owner's own bookkeeping (e.g. `len(runner.active)`) cannot
+        drift the way paired inc/dec calls do when a path forgets one of them.
+        """
+        self.active_replies.set_function(callback)
+
     def reply_started(self) -> None:
         self.active_replies.inc()
 
@@ -223,3 +233,53 @@ class Metrics:
         """Serve /metrics on a daemon thread; port 0 picks a free port (see `.port`)."""
         server, thread = start_http_server(port, addr=addr, registry=self.registry)
         return MetricsServer(server, thread)
+
+
+#: discord.py's log templates for a 429 it is about to wait out and retry
+#: (discord/http.py for the bot's REST calls, discord/webhook/async_.py for
+#: interaction responses and follow-ups), or give up on (`max_ratelimit_timeout`).
+RATE_LIMIT_TEMPLATES: Final = ("We are being rate limited.", "Webhook ID %s is rate limited.")
+
+#: Logger prefixes to `errors_total{kind}`, most specific first; anything else is "other".
+ERROR_KINDS: Final = (
+    ("bot.engine", "engine"),
+    ("bot.store", "store"),
+    ("bot.discord_reply", "discord"),
+    ("bot.discord_errors", "command"),
+    ("discord", "discord"),
+)
+
+
+class LogCounter(logging.Handler):
+    """Counts what only the log reports: Discord 429s and errors anywhere in the process.
+
+    discord.py waits out a 429 and retries inside its HTTP client, so the bot never
+    sees one; its only trace is a WARNING on the `discord.http` / `discord.webhook`
+    loggers. Attached to the root logger, this handler matches those records by their
+    message template (not the formatted text, which holds URLs) and counts every
+    ERROR record by the subsystem that logged it. It never formats or prints.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(level=logging.WARNING)
+        self.metrics = metrics
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            template = str(record.msg)
+            if record.levelno == logging.WARNING and record.name.startswith("discord"):
+                if template.startswith(RATE_LIMIT_TEMPLATES):
+                    self.metrics.rate_limited()
+                return
+            if record.levelno >= logging.ERROR:
+                self.metrics.error(error_kind(record.name))
+        except Exception:  # a metrics failure must never break logging
+            self.handleError(record)
+
+
+def error_kind(logger_name: str) -> str:
+    """A small fixed label set for `errors_total`, from the name of the logger."""
+    for prefix, kind in ERROR_KINDS:
+        if logger_name == prefix or logger_name.startswith(prefix + "."):
+            return kind
+    return "other"

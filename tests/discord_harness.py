@@ -34,18 +34,30 @@ class ScriptedGenerator:
         self.text_for = text_for if callable(text_for) else (lambda _t: text_for)
         self.delay = delay
         self.calls = 0
+        self._prompts: list[list[str]] = []
 
     def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
         self.calls += 1
         callback = kw["callback"]
         end = kw["end_token"][0]
         max_length = kw["max_length"]
-        scripts = [[*self.tokenizer.encode(self.text_for(t)), end] for t in start_tokens]
+        scripts: list[list[int]] = []
+        offsets: list[int] = []
+        for tokens in start_tokens:
+            # A request the engine preempted comes back as prompt + tokens so far:
+            # continue its script where it stopped instead of starting over.
+            prompt = next((p for p in self._prompts if tokens[: len(p)] == p), None)
+            if prompt is None:
+                prompt = list(tokens)
+                self._prompts.append(prompt)
+            scripts.append([*self.tokenizer.encode(self.text_for(prompt)), end])
+            offsets.append(len(tokens) - len(prompt))
         active = set(range(len(scripts)))
         for step in range(max_length):
             for i in sorted(active):
                 ids = scripts[i]
-                token = ids[step] if step < len(ids) else end
+                pos = offsets[i] + step
+                token = ids[pos] if pos < len(ids) else end
                 last = token == end or step == max_length - 1
                 if callback(SimpleNamespace(batch_id=i, step=step, token_id=token,
                                             is_last=last)) or last:
