@@ -85,7 +85,10 @@ class Settings(BaseSettings):
     )
 
     # Front-end pacing and fairness
-    edit_interval_s: float = Field(1.0, ge=0.2, le=10.0)
+    edit_interval_s: float = Field(
+        1.25, ge=0.2, le=10.0,
+        description="Seconds between edits; 5 edits per 5 s leaves one slot for the footer.",
+    )
     per_user_limit: int = Field(1, ge=1, le=100)
     user_cooldown_s: float = Field(0.0, ge=0.0, le=3600.0)
     shutdown_grace_s: float = Field(20.0, ge=0.0, le=600.0)

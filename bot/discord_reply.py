@@ -183,7 +183,9 @@ class _Page:
 
     async def edit(self, content: str, view: discord.ui.View | None) -> None:
         if self.channel_message is not None:
-            await self.channel_message.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
+            await self.channel_message.edit(
+                content=content, view=view, allowed_mentions=NO_MENTIONS
+            )
             return
         if not self.reply.token_alive():
             await self._move_to_channel(content, view)
@@ -344,7 +346,9 @@ class AskRunner:
         self.active: dict[int, ActiveReply] = {}
         self.accepting = True
         self.on_ack: list[Callable[[discord.Interaction, float], None]] = []
-        self.on_finish: list[Callable[[_ReplySession, GenerationResult], Awaitable[None] | None]] = []
+        self.on_finish: list[
+            Callable[[_ReplySession, GenerationResult], Awaitable[None] | None]
+        ] = []
 
     async def ask(
         self,
@@ -364,7 +368,26 @@ class AskRunner:
         if not prompt:
             raise UserFacingError("Ask something: the prompt was empty.")
         user_id = interaction.user.id
-        self.gate.check(user_id)
+        # Take the user's slot before the first await: checked here but taken later,
+        # two simultaneous asks by one person both passed the check, and the loser's
+        # refusal came after its ack, leaving a reply that never finished.
+        with self.gate.hold(user_id):
+            await self._run_ask(interaction, prompt, overrides, private=private, knobs=knobs,
+                                system_prompt=system_prompt)
+
+    async def _run_ask(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        overrides: dict[str, Any],
+        *,
+        private: bool,
+        knobs: Knobs | None,
+        system_prompt: str | None,
+    ) -> None:
+        """`ask` once the user's slot is held: queue, acknowledge, stream."""
+        app = self.bot.app
+        user_id = interaction.user.id
         if knobs is None:
             effective = await app.resolve(location_of(interaction))
             knobs = build_knobs(overrides, base=effective.knobs) if overrides else effective.knobs
@@ -396,18 +419,40 @@ class AskRunner:
             header=quote_prompt(prompt), private=private,
         )
         try:
-            with self.gate.hold(user_id):
-                result = await session.run()
+            result = await session.run()
             for finish_hook in self.on_finish:
                 maybe = finish_hook(session, result)
                 if maybe is not None:
                     await maybe
         except UserFacingError as exc:
             log.info("reply %s ended early: %s", ask_id, exc.message)
-        except discord.HTTPException:
+        except discord.HTTPException as exc:
             log.exception("reply %s could not be delivered", ask_id)
+            await self._say_undelivered(interaction, private, exc)
         finally:
             self.active.pop(ask_id, None)
+
+    async def _say_undelivered(
+        self, interaction: discord.Interaction, private: bool, exc: discord.HTTPException
+    ) -> None:
+        """Discord kept refusing this reply's edits even after discord.py's retries.
+
+        Without a word the reply would sit at "writing…" for ever; one new message
+        (a follow-up, else a channel message) says it ended. Best effort: if
+        Discord refuses that too, the log line above is all there is.
+        """
+        text = (f"⚠️ Discord kept failing ({exc.status}) while I was updating this reply, "
+                "so it may be incomplete. Please ask again.")
+        try:
+            await interaction.followup.send(text, ephemeral=private, allowed_mentions=NO_MENTIONS)
+            return
+        except discord.HTTPException:
+            if private:
+                return
+        channel = interaction.channel
+        if channel is not None and hasattr(channel, "send"):
+            with contextlib.suppress(discord.HTTPException):
+                await channel.send(text, allowed_mentions=NO_MENTIONS)
 
     async def stop(self, interaction: discord.Interaction, ask_id: int, owner_id: int) -> None:
         """The Stop button: the asker or a member with Manage Messages may press it."""
@@ -424,7 +469,9 @@ class AskRunner:
         """The Regenerate button: same prompt and settings, a new sample, a new reply."""
         record = await self.bot.app.store.load_ask(ask_id)
         if record is None:
-            raise UserFacingError("I no longer have this prompt, so I can't regenerate it. Ask again!")
+            raise UserFacingError(
+                "I no longer have this prompt, so I can't regenerate it. Ask again!"
+            )
         if record.get("guild_id") != interaction.guild_id:
             raise UserFacingError("This button belongs to another server.")
         knobs = Knobs.model_validate(record["knobs"])

@@ -445,6 +445,12 @@ class Engine:
 
     def tokenize(self, text: str) -> list[tuple[int, str]]:
         """(id, text) per token, for showing how the model sees a string."""
+        if not _is_encodable(text):
+            # The tokenizer rejects lone surrogates with a TypeError; say what is wrong.
+            raise UserFacingError(
+                "That text contains characters that are not valid Unicode "
+                "(a broken emoji or surrogate); please retype it."
+            )
         tok = self.bundle.tokenizer
         ids = tok.encode(text)
         pieces: list[tuple[int, str]] = []

@@ -176,9 +176,17 @@ class CoalescingEditor:
             self.edits += 1
 
     async def abort(self) -> None:
+        """Stop without a final edit; an edit already in flight is let finish, not cancelled.
+
+        Cancelling it could leave discord.py's per-webhook rate-limit lock held for
+        good: when an edit empties the bucket, discord.py sleeps until the reset
+        *before* releasing the lock, and a cancel during that sleep skips the
+        release. Every later edit of the message (the footer included) would then
+        wait for ever. The background task sees `_closed` and ends after the edit.
+        """
         self._closed = True
         self._close_evt.set()
         self._dirty.set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        with contextlib.suppress(Exception):
+            # Shielded: if our caller is cancelled, the edit still completes on its own.
+            await asyncio.shield(self._task)
