@@ -258,8 +258,8 @@ async def test_broken_unicode_is_refused_politely(tiny_engine: Engine) -> None:
         tiny_engine.submit(GenerationRequest("half an emoji \ud83d"))
     with pytest.raises(UserFacingError, match="system prompt"):
         tiny_engine.submit(GenerationRequest("hi", system_prompt="\udfff"))
-    ok = await tiny_engine.generate(GenerationRequest("NUL \x00, RTL \u202eabc, zalgo z\u0336\u0337",
-                                                      Knobs(max_new_tokens=3)))
+    odd = "NUL \x00, RTL \u202eabc, zalgo z\u0336\u0337"
+    ok = await tiny_engine.generate(GenerationRequest(odd, Knobs(max_new_tokens=3)))
     assert ok.error is None
 
 
