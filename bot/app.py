@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,11 @@ class App:
         )
 
 
-def model_dir_for(settings: Settings, progress: Callable[[str], None] = print) -> Path:
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def model_dir_for(settings: Settings, progress: Callable[[str], None] = _to_stderr) -> Path:
     """The configured model directory, preparing the embedded model on first start."""
     if settings.model_dir is not None:
         return settings.model_dir
@@ -70,7 +75,7 @@ async def load_engine(settings: Settings, model_dir: Path) -> Engine:
 
 @contextlib.asynccontextmanager
 async def open_app(
-    settings: Settings, progress: Callable[[str], None] = print
+    settings: Settings, progress: Callable[[str], None] = _to_stderr
 ) -> AsyncIterator[App]:
     """Open the store and load the engine; close both on the way out, whatever happens."""
     model_dir = model_dir_for(settings, progress)

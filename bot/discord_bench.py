@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -186,7 +185,7 @@ def bench_guild(channels: int, users: int) -> tuple[FakeGuild, list[FakeUser]]:
 @contextlib.asynccontextmanager
 async def running_world(settings: Settings, channels: int, users: int) -> AsyncIterator[World]:
     """The configured model, a temporary database, the real client and a pacing fake."""
-    model_dir = model_dir_for(settings, progress=lambda line: print(line, file=sys.stderr))
+    model_dir = model_dir_for(settings)
     with tempfile.TemporaryDirectory(prefix="llamacord-bench-") as tmp:
         settings = settings.model_copy(update={"database_path": Path(tmp) / "bench.sqlite3"})
         store = await SettingsStore.open(settings.database_path)
