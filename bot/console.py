@@ -27,9 +27,7 @@ from bot.engine import Finished, GenerationResult, Queued, TextDelta
 from bot.errors import UserFacingError
 from bot.knobs import (
     KNOB_NAMES,
-    KNOB_SPECS,
     PRESETS,
-    KnobSpec,
     build_knobs,
     format_knob,
     parse_knob_text,
@@ -237,10 +235,6 @@ def _parse_assignments(text: str) -> dict[str, Any]:
     return values
 
 
-def _spec_help(spec: KnobSpec) -> str:
-    return f"{spec.name}: {spec.description} ({spec.range_text()})"
-
-
 class _LineReader:
     """Read stdin on a daemon thread so the event loop stays free and exit never hangs."""
 
@@ -375,4 +369,3 @@ async def run_console(settings: Settings) -> int:
     return 0
 
 
-__all__ = ["KNOB_SPECS", "Console", "_spec_help", "console_loop", "footer", "run_console"]

@@ -23,8 +23,8 @@ import pytest
 
 from bot.engine import Engine
 from bot.fake_discord import RecordedRequest, Routes
-from tests.discord_harness import Harness, is_final, running_bot
-from tests.test_load import ResumableScript, body, use_script
+from tests.discord_harness import Harness, ScriptedGenerator, is_final, running_bot
+from tests.test_load import body, use_script
 
 TEXT = " ".join(f"t{i}" for i in range(40))
 # About 2,700 characters in about 550 tokens: the reply needs one follow-up message.
@@ -188,7 +188,7 @@ async def test_gateway_trouble_mid_reply(smol_model_dir: Path, tmp_path: Path, e
             assert h.fake.stats.identifies > identifies  # a new session, not a resume
 
 
-class _Exploding(ResumableScript):
+class _Exploding(ScriptedGenerator):
     """Raises part-way through any batch holding a prompt that asks it to."""
 
     def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
@@ -216,7 +216,8 @@ async def test_model_failing_in_one_batch_leaves_other_replies_running(
     async with running_bot(smol_model_dir, tmp_path, scripted="-") as h:
         engine: Engine = h.app.engine
         engine._generator = _Exploding(
-            engine.bundle.tokenizer, lambda p: "boom " * 40 if "EXPLODE" in p else long, 0.01
+            engine.bundle.tokenizer,
+            lambda toks: "boom " * 40 if "EXPLODE" in "".join(toks) else long, 0.01,
         )
         engine._timeslice_s = 0.3
         from bot.fake_discord import FakeUser

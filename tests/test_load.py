@@ -16,7 +16,7 @@ What the engine guarantees, and what these tests pin down:
   once, without preempting anyone.
 - The queue is bounded: when full, an ask is refused at once, ephemerally.
 
-`ResumableScript` stands in for CTranslate2: like the real model after a
+`ScriptedGenerator` stands in for CTranslate2: like the real model after a
 preemption, it continues the script from the tokens it is given back, so a
 resumed reply must come out exactly once, in order.
 """
@@ -29,52 +29,23 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from bot.engine import Engine
 from bot.fake_discord import FakeChannel, FakeGuild, FakeInteraction, FakeUser
-from tests.discord_harness import Harness, is_final, running_bot
+from tests.discord_harness import Harness, ScriptedGenerator, is_final, running_bot
 
 REPLY = " ".join(f"r{i}" for i in range(24))
 QUEUED = re.compile(r"queued, (\d+) ahead|next in line")
 
 
-class ResumableScript:
-    """Scripted tokens per prompt that, given prompt + reply so far, carry on from there."""
-
-    def __init__(self, tokenizer: Any, text_for: Callable[[str], str], delay: float) -> None:
-        self.tokenizer = tokenizer
-        self.text_for = text_for
-        self.delay = delay
-
-    def _script(self, start: list[str]) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(self.text_for("".join(start)))
-        pieces = [self.tokenizer.id_to_token(i) for i in ids]
-        for k in range(min(len(pieces), len(start)), 0, -1):
-            if start[-k:] == pieces[:k]:
-                return ids[k:]
-        return ids
-
-    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
-        callback, end, max_length = kw["callback"], kw["end_token"][0], kw["max_length"]
-        scripts = [[*self._script(t), end] for t in start_tokens]
-        active = set(range(len(scripts)))
-        for step in range(max_length):
-            for i in sorted(active):
-                token = scripts[i][step] if step < len(scripts[i]) else end
-                last = token == end or step == max_length - 1
-                if callback(SimpleNamespace(batch_id=i, step=step, token_id=token,
-                                            is_last=last)) or last:
-                    active.discard(i)
-            if not active:
-                break
-            time.sleep(self.delay)
-        return []
-
-
 def use_script(engine: Engine, text_for: Callable[[str], str], delay: float) -> None:
-    engine._generator = ResumableScript(engine.bundle.tokenizer, text_for, delay)
+    engine._generator = scripted(engine, text_for, delay)
+
+
+def scripted(engine: Engine, text_for: Callable[[str], str], delay: float) -> ScriptedGenerator:
+    """Scripted replies chosen by the prompt's text; they resume after a preemption."""
+    return ScriptedGenerator(engine.bundle.tokenizer, lambda toks: text_for("".join(toks)), delay)
 
 
 def body(itx: FakeInteraction) -> str:
@@ -275,7 +246,7 @@ async def test_second_replica_serves_other_channels_without_preempting(
     guild, users = crowd_guild(channels=2, users=2)
     async with running_bot(tiny_model_dir, tmp_path, scripted="-", guilds=[guild]) as h:
         one = h.app.engine
-        two = Engine(one.bundle, ResumableScript(one.bundle.tokenizer, long_or_short, 0.02),
+        two = Engine(one.bundle, scripted(one, long_or_short, 0.02),
                      info=dataclasses.replace(one.info, inter_threads=2), replicas=2,
                      batch_wait_s=0.005)
         h.app.engine = two
