@@ -335,7 +335,7 @@ def test_other_servers_and_dms_cannot_touch_this_server(bot: BotThread) -> None:
     assert "belongs to another server" in resp.data["content"] and resp.data["flags"] & 64
 
 
-@pytest.mark.parametrize("command,options", [
+SETTINGS_COMMANDS: list[tuple[str, list[dict[str, Any]]]] = [
     ("knobs set", [opt("temperature", 1.7)]),
     ("knobs set", [opt("temperature", 1.7), opt("scope", "server")]),
     ("knobs reset", [opt("scope", "server")]),
@@ -344,15 +344,30 @@ def test_other_servers_and_dms_cannot_touch_this_server(bot: BotThread) -> None:
     ("system reset", [opt("scope", "channel")]),
     ("system edit", [opt("scope", "server")]),
     ("status", []),
-])
-@pytest.mark.parametrize("permissions", [NO_PERMS, "default", MANAGE_CHANNELS])
+]
+
+
+def _refusal_cases() -> list[tuple[str, list[dict[str, Any]], str]]:
+    """Every settings command with every permission set that must not allow it.
+
+    Manage Channels may change its own channel's settings, so it only appears
+    with server-scope commands and /status.
+    """
+    out = []
+    for command, options in SETTINGS_COMMANDS:
+        server = any(o["name"] == "scope" and o["value"] == "server" for o in options)
+        for permissions in (NO_PERMS, "default", MANAGE_CHANNELS):
+            if permissions == MANAGE_CHANNELS and not (server or command == "status"):
+                continue
+            out.append((command, options, permissions))
+    return out
+
+
+@pytest.mark.parametrize(("command", "options", "permissions"), _refusal_cases())
 def test_members_without_permission_cannot_change_settings(
     bot: BotThread, command: str, options: list[dict[str, Any]], permissions: str
 ) -> None:
     """`default_permissions` only hides commands in clients; a client may still send them."""
-    scope_server = any(o["name"] == "scope" and o["value"] == "server" for o in options)
-    if permissions == MANAGE_CHANNELS and not (scope_server or command == "status"):
-        pytest.skip("Manage Channels may change its channel's settings")
     kw: dict[str, Any] = {} if permissions == "default" else {"permissions": permissions}
     before = bot.run(bot.h.app.store.resolve(home_loc()))
     itx = bot.run(answered(bot.h, command, options, **kw))
