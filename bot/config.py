@@ -66,8 +66,13 @@ class Settings(BaseSettings):
     quantization: str = Field(
         "int8", description="Quantization used when preparing the embedded model."
     )
-    cpu_threads: int = Field(0, ge=0, description="Threads per replica; 0 = all cores.")
-    inter_threads: int = Field(1, ge=1, le=64, description="Model replicas (share weights).")
+    cpu_threads: int = Field(
+        0, ge=0, description="Threads per replica on the CPU; 0 = the cores left per replica."
+    )
+    inter_threads: int = Field(
+        0, ge=0, le=64,
+        description="Model replicas sharing the weights; 0 = auto (1 on CUDA, 1 per core up to 4).",
+    )
     max_batch_size: int = Field(8, ge=1, le=256)
     batch_wait_ms: int = Field(
         15, ge=0, le=1000, description="How long a free replica waits to fill a batch."
