@@ -36,7 +36,7 @@ from bot.bench import BENCH_PROMPT, peak_rss_mb, rss_mb
 from bot.client import LlamaBot
 from bot.config import Settings
 from bot.discord_reply import FINISH_WORDS
-from bot.engine import GenerationResult
+from bot.engine import GenerationResult, TextDelta
 from bot.fake_discord import (
     FakeChannel,
     FakeDiscord,
@@ -258,17 +258,15 @@ async def stream_ratio(world: World, new_tokens: int) -> dict[str, Any]:
 
     - Engine rate: the engine's own `decode_tok_s`, (N - 1) tokens over the span
       from the first to the last token.
-    - Discord rate: tokens that *became visible* between the first edit that shows
-      model text and the final edit (the footer), over the time between the two
-      as the fake recorded them. The naive N / (t_final - t_first) would flatter
-      Discord: edits are coalesced (about one a second), so the first visible
-      edit already carries k tokens that arrived before the span began. We count
-      N - k, with k estimated from that edit's share of the final text (characters;
-      re-tokenizing the shown text would count pieces the model never produced).
-    - Both are "tokens gained per second of their own span", so 1.0 means a reader
-      sees text arrive as fast as the model writes it and the footer lands as soon
-      as decoding ends; a final edit held back by the rate limit, or lagging
-      intermediate edits, pull it below 1.
+    - Discord rate over the same text: the engine's text is timestamped as it is
+      produced; the span from when the first *visible* text existed in the engine
+      to its last token is compared with the span from the first edit showing
+      text to the final edit, as the fake recorded them. Identical text on both
+      sides, so the ratio does not depend on decode speed varying along the
+      reply (attention slows as it grows), nor on guessing tokens from characters.
+    - 1.0 means a reader sees text arrive as fast as the model writes it and the
+      footer lands as soon as decoding ends; a final edit held back by the rate
+      limit, or edits falling behind, pull it below 1.
 
     If decoding ends before the first text edit can be sent (a fast GPU and a 1 s
     edit interval), the reply appears in one step: the ratio is undefined (null)
@@ -280,9 +278,30 @@ async def stream_ratio(world: World, new_tokens: int) -> dict[str, Any]:
     await world.fake.wait_for(lambda: not world.bot.runner.active or None, timeout=60)
     world.results.clear()
     user, channel = world.users[0], world.channels[0]
-    itx = await world.ask(BENCH_PROMPT, user, channel, top_k=1, max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens)
-    await world.fake.wait_for(lambda: reply_state(itx) != "pending" or None, timeout=300)
+    timeline: list[tuple[float, int]] = []  # (when the engine produced it, chars so far)
+    engine = world.bot.app.engine
+    real_submit = engine.submit
+
+    def recording_submit(request: Any) -> Any:
+        gen = real_submit(request)
+        real_emit = gen._emit
+
+        def emit(event: Any) -> None:
+            if isinstance(event, TextDelta):
+                chars = (timeline[-1][1] if timeline else 0) + len(event.text)
+                timeline.append((time.monotonic(), chars))
+            real_emit(event)
+
+        gen._emit = emit  # type: ignore[method-assign]
+        return gen
+
+    engine.submit = recording_submit  # type: ignore[method-assign]
+    try:
+        itx = await world.ask(BENCH_PROMPT, user, channel, top_k=1,
+                              max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        await world.fake.wait_for(lambda: reply_state(itx) != "pending" or None, timeout=300)
+    finally:
+        engine.submit = real_submit  # type: ignore[method-assign]
     out: dict[str, Any] = {"stream_new_tokens": new_tokens}
     if not world.results:
         return {**out, "stream_ratio": None, "stream_note": "the ask was refused"}
@@ -300,14 +319,21 @@ async def stream_ratio(world: World, new_tokens: int) -> dict[str, Any]:
     if len(shown) < 2 or engine_rate is None:
         return {**out, "discord_tok_s": None, "stream_ratio": None}
     (t_first, first_body), (t_final, final_body) = shown[0], shown[-1]
-    already = result.new_tokens * len(first_body) / max(1, len(final_body))
-    gained = result.new_tokens - already
-    span = t_final - t_first
-    if span <= 0 or gained < 1:
+    # The same stretch of text, timed twice: from the moment the first visible
+    # text existed to the end, in the engine and on screen. Comparing spans over
+    # identical text makes the ratio independent of how decode speed varies
+    # along the reply (attention gets slower as the reply grows).
+    engine_from = next((t for t, chars in timeline if chars >= len(first_body)), None)
+    if engine_from is None or not timeline:
         return {**out, "discord_tok_s": None, "stream_ratio": None}
-    discord_rate = gained / span
-    return {**out, "discord_tok_s": _round(discord_rate, 2),
-            "stream_ratio": _round(discord_rate / engine_rate)}
+    engine_span = timeline[-1][0] - engine_from
+    screen_span = t_final - t_first
+    if screen_span <= 0 or engine_span <= 0:
+        return {**out, "discord_tok_s": None, "stream_ratio": None}
+    ratio = engine_span / screen_span
+    out["first_edit_lag_s"] = _round(t_first - engine_from)
+    return {**out, "discord_tok_s": _round(engine_rate * ratio, 2),
+            "stream_ratio": _round(ratio)}
 
 
 async def discord_numbers(world: World, new_tokens: int) -> dict[str, Any]:
