@@ -318,7 +318,7 @@ async def stream_ratio(world: World, new_tokens: int) -> dict[str, Any]:
     )
     if len(shown) < 2 or engine_rate is None:
         return {**out, "discord_tok_s": None, "stream_ratio": None}
-    (t_first, first_body), (t_final, final_body) = shown[0], shown[-1]
+    (t_first, first_body), (t_final, _) = shown[0], shown[-1]
     # The same stretch of text, timed twice: from the moment the first visible
     # text existed to the end, in the engine and on screen. Comparing spans over
     # identical text makes the ratio independent of how decode speed varies
