@@ -434,16 +434,8 @@ class SettingsStore:
 
     async def scope_overrides(self, scope: Scope) -> dict[str, Any]:
         """What `scope` itself sets (knobs and ``"system_prompt"``), ignoring invalid rows."""
-        rows = await self._read(
-            "SELECT key, value FROM settings WHERE scope_kind = ? AND scope_id = ? "
-            "AND guild_id IS ?",
-            (scope.kind.value, scope.id, scope.guild_id),
-        )
-        out: dict[str, Any] = {}
-        for key, raw in rows:
-            value = self._checked(scope, key, raw)
-            if value is not _INVALID:
-                out[key] = value
+        rows = await self._read(_SCOPE_ROWS, _scope_params(scope))
+        out = self._valid(scope, rows)
         return {k: out[k] for k in SETTING_KEYS if k in out}
 
     async def history(self, scope: Scope, limit: int = 20) -> list[Change]:
@@ -670,11 +662,11 @@ class SettingsStore:
 
     async def _rows(self, conn: aiosqlite.Connection, scope: Scope) -> dict[str, Any]:
         """Valid values set at `scope`, read through `conn` (inside a write transaction)."""
-        rows = await conn.execute_fetchall(
-            "SELECT key, value FROM settings WHERE scope_kind = ? AND scope_id = ? "
-            "AND guild_id IS ?",
-            (scope.kind.value, scope.id, scope.guild_id),
-        )
+        rows = await conn.execute_fetchall(_SCOPE_ROWS, _scope_params(scope))
+        return self._valid(scope, rows)
+
+    def _valid(self, scope: Scope, rows: Iterable[Any]) -> dict[str, Any]:
+        """The rows of one scope as key → value, dropping (and logging) invalid ones."""
         out: dict[str, Any] = {}
         for key, raw in rows:
             value = self._checked(scope, key, raw)
@@ -834,6 +826,15 @@ class _Invalid:
 
 
 _INVALID: Final = _Invalid()
+
+
+_SCOPE_ROWS = (
+    "SELECT key, value FROM settings WHERE scope_kind = ? AND scope_id = ? AND guild_id IS ?"
+)
+
+
+def _scope_params(scope: Scope) -> tuple[str, int, int | None]:
+    return (scope.kind.value, scope.id, scope.guild_id)
 
 
 async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
