@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
 scripts/install-test-tools.sh
-.venv/bin/ruff check bot cogs tests bench
+.venv/bin/ruff check bot cogs tests testing bench
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

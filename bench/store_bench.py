@@ -23,7 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.store import EXPORT_FORMAT, Location, SettingsStore
+from bot.settings.scopes import Location
+from bot.settings.store import SettingsStore
+from bot.settings.transfer import EXPORT_FORMAT, import_rows
 
 GUILDS = 100
 CHANNELS_PER_GUILD = 100
@@ -100,7 +102,7 @@ async def run(lookups: int, writes: int, seed: int) -> dict[str, Any]:
         store = await SettingsStore.open(Path(tmp) / "bench.sqlite3")
         try:
             t0 = time.perf_counter()
-            rows = await store.import_rows(dump)
+            rows = await import_rows(store, dump)
             load_s = time.perf_counter() - t0
 
             for loc in locations[:500]:  # warm the page cache and the worker threads

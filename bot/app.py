@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Settings
-from bot.engine import Engine, GenerationRequest
-from bot.knobs import Knobs
-from bot.model_prep import prepare_default_model
-from bot.store import Effective, Location, SettingsStore
+from bot.engine import Engine
+from bot.model.embedded import prepare_default_model
+from bot.settings.ask_log import AskLog
+from bot.settings.db import Database
+from bot.settings.scopes import Effective, Location
+from bot.settings.store import SettingsStore
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +31,11 @@ class App:
     settings: Settings
     engine: Engine
     store: SettingsStore
-    metrics: Any = None  # bot.metrics.Metrics when the Prometheus endpoint is enabled
+    ask_log: AskLog
+    metrics: Any = None  # bot.ops.metrics.Metrics when the Prometheus endpoint is enabled
 
     async def resolve(self, loc: Location) -> Effective:
         return await self.store.resolve(loc)
-
-    def request_for(
-        self, effective: Effective, prompt: str, overrides: Knobs | None = None
-    ) -> GenerationRequest:
-        """The request an ask makes: stored settings, then per-ask overrides."""
-        system = effective.system_prompt
-        if system is None:
-            system = self.settings.system_prompt or None
-        return GenerationRequest(
-            prompt=prompt, knobs=overrides or effective.knobs, system_prompt=system
-        )
 
 
 def _to_stderr(line: str) -> None:
@@ -79,7 +71,7 @@ async def open_app(
 ) -> AsyncIterator[App]:
     """Open the store and load the engine; close both on the way out, whatever happens."""
     model_dir = model_dir_for(settings, progress)
-    store = await SettingsStore.open(settings.database_path)
+    db = await Database.open(settings.database_path)
     try:
         engine = await load_engine(settings, model_dir)
         log.info(
@@ -88,8 +80,10 @@ async def open_app(
             engine.info.load_s,
         )
         try:
-            yield App(settings=settings, engine=engine, store=store)
+            yield App(
+                settings=settings, engine=engine, store=SettingsStore(db), ask_log=AskLog(db)
+            )
         finally:
             await engine.close(grace_s=settings.shutdown_grace_s)
     finally:
-        await store.close()
+        await db.close()

@@ -16,20 +16,21 @@ from typing import Any
 
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError, UserFacingError
-from bot.knobs import build_knobs, unescape_stop
-from bot.logs import setup_logging
+from bot.knobs import KNOB_SPECS, unescape_stop
+from bot.ops.logs import setup_logging
 
 log = logging.getLogger("bot")
 
 
 def _add_knob_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float, dest="top_p")
-    p.add_argument("--top-k", type=int, dest="top_k")
-    p.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
-    p.add_argument("--min-new-tokens", type=int, dest="min_new_tokens")
-    p.add_argument("--stop", action="append", help=r"stop sequence (repeatable; \n escapes)")
-    p.add_argument("--repetition-penalty", type=float, dest="repetition_penalty")
+    """One flag per knob, named and typed from the knobs model (`--top-p`, `--stop` …)."""
+    for name, spec in KNOB_SPECS.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "stop":
+            p.add_argument(flag, action="append", help=r"stop sequence (repeatable; \n escapes)")
+        else:
+            help_text = f"{spec.description} ({spec.range_text()})"
+            p.add_argument(flag, type=spec.kind, dest=name, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,29 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _knob_values(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for name in ("temperature", "top_p", "top_k", "max_new_tokens", "min_new_tokens",
-                 "repetition_penalty"):
+    for name in KNOB_SPECS:
         v = getattr(args, name, None)
         if v is not None:
-            values[name] = v
-    if getattr(args, "stop", None):
-        values["stop"] = [unescape_stop(s) for s in args.stop]
+            values[name] = [unescape_stop(s) for s in v] if name == "stop" else v
     return values
 
 
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     from bot.app import load_engine, model_dir_for
-    from bot.engine import GenerationRequest, TextDelta
+    from bot.asks import footer, make_request
+    from bot.engine import TextDelta
+    from bot.knobs import Knobs
 
-    knobs = build_knobs(_knob_values(args))
+    system = args.system if args.system is not None else settings.system_prompt or None
+    request = make_request(
+        args.prompt, base=Knobs(), system_prompt=system, overrides=_knob_values(args)
+    )
     engine = await load_engine(settings, model_dir_for(settings, _progress))
     try:
-        request = GenerationRequest(
-            prompt=args.prompt, knobs=knobs,
-            system_prompt=(
-                args.system if args.system is not None else settings.system_prompt or None
-            ),
-        )
         gen = engine.submit(request)
         async for event in gen.events():
             if isinstance(event, TextDelta):
@@ -98,7 +95,8 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
         result = await gen.result()
         sys.stdout.write("\n")
         sys.stdout.flush()
-        print(_footer(result), file=sys.stderr)
+        ttft = f" · {result.ttft_s * 1000:.0f} ms to first token" if result.ttft_s else ""
+        print(f"{footer(result)}{ttft} · finish: {result.finish_reason}", file=sys.stderr)
         if result.error:
             print(f"error: {result.error}", file=sys.stderr)
             return 1
@@ -107,13 +105,23 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
         await engine.close()
 
 
-def _footer(result: Any) -> str:
-    rate = f"{result.decode_tok_s:.1f} tok/s" if result.decode_tok_s else "– tok/s"
-    ttft = f"{result.ttft_s * 1000:.0f} ms to first token" if result.ttft_s else ""
-    parts = [f"{result.new_tokens} tokens", rate, ttft, f"finish: {result.finish_reason}"]
-    if result.clamped_to_context:
-        parts.append(f"max_new_tokens shortened to {result.max_new_tokens} to fit the context")
-    return " · ".join(p for p in parts if p)
+def _bench_runner() -> Any:
+    """`bench.run` from the source checkout: benches are tooling, not part of the package.
+
+    `python -m bot` run from the repository root finds `bench/` on the path; from
+    anywhere else, look beside the `bot` package this process imported.
+    """
+    try:
+        import bench
+    except ImportError:
+        root = Path(__file__).resolve().parent.parent
+        if not (root / "bench" / "__init__.py").is_file():
+            raise UserFacingError(
+                "The benchmarks live in the source checkout (bench/); run this from it."
+            ) from None
+        sys.path.insert(0, str(root))
+        import bench
+    return bench.run
 
 
 def _progress(line: str) -> None:
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     try:
         if command == "prepare-model":
-            from bot.model_prep import prepare_default_model
+            from bot.model.embedded import prepare_default_model
 
             prepare_default_model(
                 settings.models_root, args.quantization or settings.quantization, progress=print
@@ -145,20 +153,19 @@ def main(argv: list[str] | None = None) -> int:
         if command == "ask":
             return asyncio.run(_ask(settings, args))
         if command == "bench":
-            from bot.bench import run_bench
-
+            run_bench = _bench_runner()
             out = asyncio.run(run_bench(settings, args))
             print(json.dumps(out, indent=None if args.json else 2))
             return 0
         if command == "settings":
-            from bot.shard_tools import run_settings_command
+            from bot.settings.shards import run_settings_command
 
             return asyncio.run(run_settings_command(settings, args))
         if command == "console" or (command == "run" and not settings.has_token):
             from bot.console import run_console
 
             return asyncio.run(run_console(settings))
-        from bot.client import run_bot
+        from bot.discord.client import run_bot
 
         return asyncio.run(run_bot(settings))
     except UserFacingError as exc:

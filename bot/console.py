@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.app import App, open_app
+from bot.asks import footer, persona, resolve_request
 from bot.config import Settings
-from bot.engine import Finished, GenerationResult, Queued, TextDelta
+from bot.engine import Finished, Queued, TextDelta
+from bot.engine.streaming import token_pieces
 from bot.errors import UserFacingError
 from bot.knobs import (
     KNOB_NAMES,
@@ -32,7 +34,7 @@ from bot.knobs import (
     format_knob,
     parse_knob_text,
 )
-from bot.store import Location, Scope, ScopeKind
+from bot.settings.scopes import Location, Scope, ScopeKind
 
 # Ids of the console's own scopes. Discord snowflakes are far larger, so these
 # never collide with a real server sharing the same database.
@@ -53,18 +55,6 @@ Commands (a line without a slash is an /ask):
   /tokens <text>                how the model's tokenizer splits text
   /help, /quit                  (Ctrl-C stops a reply; at the prompt, Ctrl-C, Ctrl-D
                                 or /quit leaves)"""
-
-
-def footer(result: GenerationResult) -> str:
-    rate = f"{result.decode_tok_s:.1f} tok/s" if result.decode_tok_s else "– tok/s"
-    words = {
-        "end": "end of reply", "max_tokens": "max tokens", "stop_sequence": "stop sequence",
-        "cancelled": "stopped", "error": "error",
-    }
-    parts = [f"{result.new_tokens} tokens", rate, words.get(result.finish_reason, "")]
-    if result.clamped_to_context:
-        parts.append(f"shortened to {result.max_new_tokens} tokens to fit the context")
-    return "[" + " · ".join(p for p in parts if p) + "]"
 
 
 @dataclass
@@ -116,8 +106,8 @@ class Console:
     async def ask(self, prompt: str) -> None:
         if not prompt.strip():
             raise UserFacingError("Ask something: /ask <prompt>.")
-        effective = await self.app.resolve(self.location)
-        gen = self.app.engine.submit(self.app.request_for(effective, prompt))
+        request = await resolve_request(self.app, self.location, prompt)
+        gen = self.app.engine.submit(request)
         self.current = gen
         try:
             async for event in gen.events():
@@ -129,7 +119,7 @@ class Console:
                     result = event.result
                     if result.error:
                         self.write(f"\nerror: {result.error}")
-                    self.write("\n" + footer(result) + "\n")
+                    self.write(f"\n[{footer(result)}]\n")
         finally:
             self.current = None
 
@@ -146,13 +136,12 @@ class Console:
         scope = self.scope(server)
         if sub in ("", "show"):
             eff = await self.app.resolve(self.location)
-            src = eff.sources.get("system_prompt", "default")
-            if eff.system_prompt is None:
-                default = self.app.settings.system_prompt
-                shown = default if default else "(none: the model's own default applies)"
+            text_in_force, src = persona(eff, self.app.settings.system_prompt)
+            if src == "default":
+                shown = text_in_force or "(none: the model's own default applies)"
                 self.write(f"System prompt (default): {shown}\n")
             else:
-                self.write(f"System prompt (from {src}):\n{eff.system_prompt}\n")
+                self.write(f"System prompt (from {src}):\n{text_in_force}\n")
         elif sub == "set":
             if not text.strip():
                 raise UserFacingError("Give the text: /system set <text>.")
@@ -200,7 +189,7 @@ class Console:
             raise UserFacingError("Use /knobs show, /knobs set k=v, /knobs reset or /knobs preset.")
 
     def tokens(self, text: str) -> None:
-        pieces = self.app.engine.tokenize(text)
+        pieces = token_pieces(self.app.engine.bundle.tokenizer, text)
         shown = "|".join(p for _, p in pieces)
         self.write(
             f"{len(pieces)} tokens (context window {self.app.engine.info.context_length}):\n"

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import discord
 from discord import app_commands
 
-from bot.discord_errors import MissingScopePermission
-from bot.discord_reply import location_of
+from bot.discord.common import NO_MENTIONS, location_of
+from bot.discord.errors import MissingScopePermission
 from bot.knobs import KNOB_SPECS, parse_knob_text
-from bot.store import Scope
+from bot.settings.scopes import Scope
 
 if TYPE_CHECKING:
-    from bot.client import LlamaBot
+    from bot.discord.client import LlamaBot
 
     TemperatureOpt = float
     TopPOpt = float
@@ -36,7 +36,7 @@ else:
 
 ScopeChoice = Literal["channel", "server"]
 
-NO_MENTIONS = discord.AllowedMentions.none()
+__all__ = ["NO_MENTIONS", "location_of"]
 
 
 def knob_options(stop: str | None, **numbers: Any) -> dict[str, Any]:

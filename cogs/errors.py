@@ -1,4 +1,4 @@
-"""The error handler for every slash command: one place, see `bot.discord_errors`."""
+"""The error handler for every slash command: one place, see `bot.discord.errors`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_errors import send_error
+from bot.discord.errors import send_error
 
 
 class Errors(commands.Cog):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_reply import location_of
+from bot.discord.common import location_of
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, format_knob
 from cogs._common import (
     NO_MENTIONS,
@@ -25,11 +23,9 @@ from cogs._common import (
     scope_word,
 )
 
-KnobChoice = Literal[
-    "all", "temperature", "top_p", "top_k", "max_new_tokens", "min_new_tokens", "stop",
-    "repetition_penalty",
-]
-PresetChoice = Literal["precise", "balanced", "creative"]
+# Choices built from the knobs model, so a new knob or preset needs no edit here.
+KNOB_CHOICES = [app_commands.Choice(name=n, value=n) for n in ("all", *KNOB_NAMES)]
+PRESET_CHOICES = [app_commands.Choice(name=n, value=n) for n in PRESETS]
 
 
 class Knobs(commands.GroupCog, group_name="knobs", group_description="Sampling settings"):
@@ -86,8 +82,9 @@ class Knobs(commands.GroupCog, group_name="knobs", group_description="Sampling s
 
     @app_commands.command(name="reset", description="Go back to the inherited value.")
     @app_commands.describe(knob="Which setting (default: all)", scope="This channel or the server")
+    @app_commands.choices(knob=KNOB_CHOICES)
     async def reset(
-        self, interaction: discord.Interaction, knob: KnobChoice = "all",
+        self, interaction: discord.Interaction, knob: str = "all",
         scope: ScopeChoice = "channel",
     ) -> None:
         target = scope_for_write(interaction, scope)
@@ -101,8 +98,9 @@ class Knobs(commands.GroupCog, group_name="knobs", group_description="Sampling s
 
     @app_commands.command(name="preset", description="Apply a preset: precise, balanced, creative.")
     @app_commands.describe(name="The preset", scope="This channel (default) or the whole server")
+    @app_commands.choices(name=PRESET_CHOICES)
     async def preset(
-        self, interaction: discord.Interaction, name: PresetChoice,
+        self, interaction: discord.Interaction, name: str,
         scope: ScopeChoice = "channel",
     ) -> None:
         target = scope_for_write(interaction, scope)

@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_errors import MissingScopePermission
+from bot.discord.errors import MissingScopePermission
 from cogs._common import NO_MENTIONS, bot_of
 
 

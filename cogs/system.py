@@ -6,9 +6,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_errors import send_error
-from bot.discord_reply import location_of
-from bot.store import MAX_SYSTEM_PROMPT_CHARS, Scope
+from bot.asks import persona
+from bot.discord.common import location_of
+from bot.discord.errors import send_error
+from bot.settings.scopes import MAX_SYSTEM_PROMPT_CHARS, Scope
 from cogs._common import NO_MENTIONS, ScopeChoice, bot_of, scope_for_write, scope_word
 
 SHOW_LIMIT = 1800
@@ -48,12 +49,8 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
     async def show(self, interaction: discord.Interaction) -> None:
         bot = bot_of(interaction)
         eff = await bot.app.resolve(location_of(interaction))
-        if eff.system_prompt is None:
-            default = bot.app.settings.system_prompt
-            body = default if default else "*(none: the model's own default applies)*"
-            source = "default"
-        else:
-            body, source = eff.system_prompt, eff.sources.get("system_prompt", "default")
+        text, source = persona(eff, bot.app.settings.system_prompt)
+        body = text or "*(none: the model's own default applies)*"
         if len(body) > SHOW_LIMIT:
             body = body[:SHOW_LIMIT] + "…"
         embed = discord.Embed(title="System prompt", description=body)

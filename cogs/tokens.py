@@ -6,6 +6,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.engine.streaming import token_pieces
 from cogs._common import NO_MENTIONS, bot_of
 
 # ANSI foreground colours Discord renders in ```ansi blocks; alternating per token.
@@ -38,7 +39,7 @@ class Tokens(commands.Cog):
         self, interaction: discord.Interaction, text: app_commands.Range[str, 1, 6000]
     ) -> None:
         engine = bot_of(interaction).app.engine
-        pieces = engine.tokenize(text)
+        pieces = token_pieces(engine.bundle.tokenizer, text)
         block, shown = render_tokens(pieces)
         more = f" (showing the first {shown})" if shown < len(pieces) else ""
         await interaction.response.send_message(

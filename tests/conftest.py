@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bot.engine import Engine
-from bot.store import SettingsStore
-from tests.model_factory import embedded_model_dir, make_tiny_model
+from bot.settings.store import SettingsStore
+from testing.model_factory import embedded_model_dir, make_tiny_model
 
 
 @pytest.fixture(scope="session")

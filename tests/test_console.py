@@ -162,11 +162,11 @@ SLOW_CONSOLE = """\
 import fcntl, sys, termios
 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 import bot.app
-from tests.discord_harness import ScriptedGenerator
+from testing.backends import ScriptedGenerator
 load = bot.app.load_engine
 async def slow_engine(settings, model_dir):
     engine = await load(settings, model_dir)
-    engine._generator = ScriptedGenerator(engine.bundle.tokenizer, "word " * 500, delay=0.02)
+    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, "word " * 500, delay=0.02))
     return engine
 bot.app.load_engine = slow_engine
 from bot.cli import main

@@ -17,11 +17,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from bot.gguf_convert import ConversionError, LlamaParams, convert_gguf
-from bot.model_files import load_model_bundle
-from bot.model_prep import EmbeddedModelMissing, embedded_gguf_path, prepare_default_model
-from bot.tokenizer import load_tokenizer
-from tests.model_factory import (
+from bot.model.bundle import load_model_bundle
+from bot.model.embedded import EmbeddedModelMissing, embedded_gguf_path, prepare_default_model
+from bot.model.gguf_convert import ConversionError, LlamaParams, convert_gguf
+from bot.model.tokenizer import load_tokenizer
+from testing.model_factory import (
     byte_bpe_tokenizer,
     embedded_model_dir,
     numpy_greedy,

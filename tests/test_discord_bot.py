@@ -9,9 +9,9 @@ from typing import Any
 
 import discord
 
-from bot.fake_discord import FakeUser, Routes, StoredMessage
-from bot.store import Scope
-from tests.discord_harness import FOOTER_WORDS, Harness, is_final, running_bot
+from bot.settings.scopes import Scope
+from testing.discord_harness import FOOTER_WORDS, Harness, is_final, running_bot
+from testing.fake_discord import FakeUser, Routes, StoredMessage
 
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True, manage_channels=True).value)
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
@@ -321,7 +321,7 @@ async def test_model_failure_mid_reply_shows_an_error_and_frees_the_slot(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     async with running_bot(tiny_model_dir, tmp_path) as h:
-        real = h.app.engine._generator
+        real = h.app.engine.backend
 
         class Failing:
             def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
@@ -337,11 +337,11 @@ async def test_model_failure_mid_reply_shows_an_error_and_frees_the_slot(
 
                 return real.generate_batch(start_tokens, callback=wrapped, **kw)
 
-        h.app.engine._generator = Failing()
+        h.app.engine.set_backend(Failing())
         itx = await h.ask("fail please", min_new_tokens=50, max_new_tokens=60)
         assert "model failed" in itx.original.content  # type: ignore[union-attr]
         assert "error" in itx.original.content  # type: ignore[union-attr]
-        h.app.engine._generator = real
+        h.app.engine.set_backend(real)
         ok = await h.ask("and now?", max_new_tokens=4)
         assert any(w in ok.original.content for w in FOOTER_WORDS)  # type: ignore[union-attr]
         await asyncio.sleep(0)

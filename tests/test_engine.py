@@ -18,34 +18,18 @@ from bot.engine import (
     Started,
     TextDelta,
 )
+from bot.engine.streaming import IncrementalDetokenizer
 from bot.errors import PromptTooLong, QueueFull, ShuttingDown, UserFacingError
 from bot.knobs import Knobs
-from bot.streaming import IncrementalDetokenizer
+from testing.backends import Slowed
 
 LONG = Knobs(max_new_tokens=200, min_new_tokens=200)
-
-
-class Slowed:
-    """Wrap a generator so each token takes at least `delay` s: queue tests need time."""
-
-    def __init__(self, real: Any, delay: float = 0.01) -> None:
-        self.real = real
-        self.delay = delay
-
-    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
-        callback = kw.pop("callback")
-
-        def slow(step: Any) -> bool:
-            time.sleep(self.delay)
-            return bool(callback(step))
-
-        return self.real.generate_batch(start_tokens, callback=slow, **kw)
 
 
 async def slow_engine(model_dir: Path, **kw: Any) -> Engine:
     engine = await Engine.load(model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0,
                                max_batch_size=1, **kw)
-    engine._generator = Slowed(engine._generator)
+    engine.set_backend(Slowed(engine.backend))
     return engine
 
 
@@ -128,14 +112,14 @@ async def test_cancel_while_waiting_removes_from_queue(tiny_model_dir: Path) -> 
 
 async def test_concurrent_requests_with_same_knobs_share_a_batch(tiny_engine: Engine) -> None:
     calls: list[int] = []
-    real = tiny_engine._generator
+    real = tiny_engine.backend
 
     class Spy:
         def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
             calls.append(len(start_tokens))
             return real.generate_batch(start_tokens, **kw)
 
-    tiny_engine._generator = Spy()
+    tiny_engine.set_backend(Spy())
     gens = [tiny_engine.submit(GenerationRequest(f"prompt {i}", Knobs(max_new_tokens=5)))
             for i in range(4)]
     results = await asyncio.gather(*(g.result() for g in gens))
@@ -185,7 +169,7 @@ async def test_full_queue_rejects_at_once(tiny_model_dir: Path) -> None:
 async def test_a_failing_model_ends_that_reply_with_an_error_and_keeps_serving(
     tiny_engine: Engine,
 ) -> None:
-    real = tiny_engine._generator
+    real = tiny_engine.backend
 
     class FailsMidway:
         def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
@@ -201,12 +185,12 @@ async def test_a_failing_model_ends_that_reply_with_an_error_and_keeps_serving(
 
             return real.generate_batch(start_tokens, callback=wrapped, **kw)
 
-    tiny_engine._generator = FailsMidway()
+    tiny_engine.set_backend(FailsMidway())
     result = await tiny_engine.generate(GenerationRequest("x", LONG))
     assert result.finish_reason == FinishReason.ERROR
     assert result.error and "model failed" in result.error
     assert "CUDA" not in result.error  # internals stay in the log
-    tiny_engine._generator = real
+    tiny_engine.set_backend(real)
     ok = await tiny_engine.generate(GenerationRequest("x", Knobs(max_new_tokens=4)))
     assert ok.error is None and ok.new_tokens >= 1
 
@@ -247,7 +231,7 @@ def test_detokenizer_with_the_real_tokenizer(smol_engine_bundle_text: tuple[Any,
 
 @pytest.fixture
 def smol_engine_bundle_text(smol_model_dir: Path) -> tuple[Any, str]:
-    from bot.model_files import load_model_bundle
+    from bot.model.bundle import load_model_bundle
 
     bundle = load_model_bundle(smol_model_dir)
     return bundle.tokenizer, "Café 東京 👩‍💻 naïve — 12345 `code()` עברית e\u0301"
@@ -269,7 +253,7 @@ async def test_newcomer_joins_a_running_batch_and_the_first_reply_is_unchanged(
     greedy = Knobs(top_k=1, max_new_tokens=120)  # no minimum: min_length is per batch
     engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0,
                                max_batch_size=4)
-    engine._generator = Slowed(engine._generator, delay=0.005)
+    engine.set_backend(Slowed(engine.backend, delay=0.005))
     try:
         alone = await engine.generate(GenerationRequest("the first question", greedy))
         assert alone.new_tokens == 120  # this prompt does not hit the end token early
@@ -297,7 +281,7 @@ async def test_newcomer_joins_a_running_batch_and_the_first_reply_is_unchanged(
 async def test_requests_with_other_settings_get_a_timeslice(tiny_model_dir: Path) -> None:
     engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0,
                                max_batch_size=4, timeslice_s=0.2)
-    engine._generator = Slowed(engine._generator, delay=0.01)
+    engine.set_backend(Slowed(engine.backend, delay=0.01))
     try:
         long = engine.submit(GenerationRequest("long", Knobs(max_new_tokens=200,
                                                              min_new_tokens=200)))

@@ -16,7 +16,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from bot.fake_discord import (
+from testing.fake_discord import (
     FakeChannel,
     FakeDiscord,
     FakeGuild,

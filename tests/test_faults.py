@@ -22,8 +22,9 @@ import discord.webhook.async_
 import pytest
 
 from bot.engine import Engine
-from bot.fake_discord import RecordedRequest, Routes
-from tests.discord_harness import Harness, ScriptedGenerator, is_final, running_bot
+from testing.backends import Exploding
+from testing.discord_harness import Harness, is_final, running_bot
+from testing.fake_discord import RecordedRequest, Routes
 from tests.test_load import body, use_script
 
 TEXT = " ".join(f"t{i}" for i in range(40))
@@ -188,25 +189,6 @@ async def test_gateway_trouble_mid_reply(smol_model_dir: Path, tmp_path: Path, e
             assert h.fake.stats.identifies > identifies  # a new session, not a resume
 
 
-class _Exploding(ScriptedGenerator):
-    """Raises part-way through any batch holding a prompt that asks it to."""
-
-    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
-        if any("EXPLODE" in "".join(t) for t in start_tokens):
-            callback = kw["callback"]
-            steps = 0
-
-            def failing(step: Any) -> bool:
-                nonlocal steps
-                steps += 1
-                if steps > 6:
-                    raise RuntimeError("CUDA error: an illegal memory access was encountered")
-                return bool(callback(step))
-
-            kw = {**kw, "callback": failing}
-        return super().generate_batch(start_tokens, **kw)
-
-
 async def test_model_failing_in_one_batch_leaves_other_replies_running(
     smol_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -215,12 +197,12 @@ async def test_model_failing_in_one_batch_leaves_other_replies_running(
     long = " ".join(f"w{i}" for i in range(60))
     async with running_bot(smol_model_dir, tmp_path, scripted="-") as h:
         engine: Engine = h.app.engine
-        engine._generator = _Exploding(
+        engine.set_backend(Exploding(
             engine.bundle.tokenizer,
             lambda toks: "boom " * 40 if "EXPLODE" in "".join(toks) else long, 0.01,
-        )
+        ))
         engine._timeslice_s = 0.3
-        from bot.fake_discord import FakeUser
+        from testing.fake_discord import FakeUser
 
         other = FakeUser(777, "other", "Other")
         steady = await h.command("ask", {"prompt": "steady"})
@@ -239,7 +221,7 @@ async def test_database_locked_while_saving_a_setting(
 ) -> None:
     async with running_bot(smol_model_dir, tmp_path, scripted=TEXT, script_delay=0.005) as h:
         store = h.app.store
-        await store._writer.execute("PRAGMA busy_timeout = 200")
+        await store.db._writer.execute("PRAGMA busy_timeout = 200")
         other = sqlite3.connect(store.path, timeout=0.1)
         try:
             other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
@@ -261,7 +243,7 @@ async def test_database_locked_while_saving_a_setting(
 async def test_disk_full_while_saving_a_setting(smol_model_dir: Path, tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     async with running_bot(smol_model_dir, tmp_path, scripted=TEXT, script_delay=0.005) as h:
-        writer = h.app.store._writer
+        writer = h.app.store.db._writer
         pages = next(iter(await writer.execute_fetchall("PRAGMA page_count")))[0]
         await writer.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL from here on
         with caplog.at_level(logging.WARNING):

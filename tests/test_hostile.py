@@ -27,10 +27,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from bot.discord_errors import GENERIC
-from bot.fake_discord import FakeChannel, FakeGuild, FakeInteraction, FakeUser, Routes
-from bot.store import Location, Scope
-from tests.discord_harness import Harness, is_final, running_bot
+from bot.discord.errors import GENERIC
+from bot.settings.ask_log import AskRecord
+from bot.settings.scopes import Location, Scope
+from testing.discord_harness import Harness, is_final, running_bot
+from testing.fake_discord import FakeChannel, FakeGuild, FakeInteraction, FakeUser, Routes
 from tests.test_load import use_script
 
 T = TypeVar("T")
@@ -327,8 +328,10 @@ def test_other_servers_and_dms_cannot_touch_this_server(bot: BotThread) -> None:
     assert eff.system_prompt != "DM persona"
 
     # A Regenerate button carried to another server is refused there.
-    bot.run(h.app.store.save_ask(4242, {"prompt": "secret", "knobs": {}, "guild_id": HOME.id,
-                                        "channel_id": HOME.channels[0].id, "user_id": 1}))
+    bot.run(h.app.ask_log.save(4242, AskRecord(
+        prompt="secret", knobs={}, system_prompt=None, guild_id=HOME.id,
+        channel_id=HOME.channels[0].id, user_id=1,
+    )))
     press = bot.run(h.fake.inject_component("llm:regen:4242", guild_id=AWAY.id, channel_id=away,
                                             user=AWAY.members[0]))
     resp = bot.run(press.wait_response())

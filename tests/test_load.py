@@ -32,15 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from bot.engine import Engine
-from bot.fake_discord import FakeChannel, FakeGuild, FakeInteraction, FakeUser
-from tests.discord_harness import Harness, ScriptedGenerator, is_final, running_bot
+from testing.backends import ScriptedGenerator
+from testing.discord_harness import Harness, is_final, running_bot
+from testing.fake_discord import FakeChannel, FakeGuild, FakeInteraction, FakeUser
 
 REPLY = " ".join(f"r{i}" for i in range(24))
 QUEUED = re.compile(r"queued, (\d+) ahead|next in line")
 
 
 def use_script(engine: Engine, text_for: Callable[[str], str], delay: float) -> None:
-    engine._generator = scripted(engine, text_for, delay)
+    engine.set_backend(scripted(engine, text_for, delay))
 
 
 def scripted(engine: Engine, text_for: Callable[[str], str], delay: float) -> ScriptedGenerator:

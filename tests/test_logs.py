@@ -26,9 +26,9 @@ import discord
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.fake_discord import FakeDiscord, RecordedRequest, Routes
-from bot.logs import REDACT, register_secret, setup_logging, stderr_is_journal
-from tests.discord_harness import is_final
+from bot.ops.logs import REDACT, register_secret, setup_logging, stderr_is_journal
+from testing.discord_harness import is_final
+from testing.fake_discord import FakeDiscord, RecordedRequest, Routes
 from tests.test_shutdown import FAKE_TOKEN, GRACE_S, bot_process
 
 PRIORITY_LINE = re.compile(r"^<[0-7]>")
@@ -266,7 +266,7 @@ def test_quiet_logs_still_count_rate_limits_and_errors(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """BOT_LOG_LEVEL=ERROR hides discord.py's 429 warnings, not the metric built on them."""
-    from bot.metrics import LogCounter, Metrics
+    from bot.ops.metrics import LogCounter, Metrics
 
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     setup_logging("ERROR")
@@ -280,7 +280,7 @@ def test_quiet_logs_still_count_rate_limits_and_errors(
     http.warning("Global rate limit has been hit. Retrying in %.2f seconds.", 0.5)  # same 429
     logging.getLogger("bot.engine").info("not an error")
     logging.getLogger("bot.engine").error("decoding failed")
-    logging.getLogger("bot.discord_reply").error("reply could not be delivered")
+    logging.getLogger("bot.discord.reply").error("reply could not be delivered")
     logging.getLogger("somewhere.else").critical("odd")
     text = metrics.render().decode()
     assert "llamacord_discord_http_429_total 2.0" in text

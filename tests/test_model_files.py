@@ -10,9 +10,9 @@ from typing import Any
 import ctranslate2
 import pytest
 
-from bot.chat import ChatTemplate, ChatTemplateError
-from bot.model_files import DEFAULT_CONTEXT_LENGTH, ModelFilesError, load_model_bundle
-from tests.model_factory import TEMPLATE_TOKENS, make_tiny_model
+from bot.model.bundle import DEFAULT_CONTEXT_LENGTH, ModelFilesError, load_model_bundle
+from bot.model.chat import ChatTemplate, ChatTemplateError
+from testing.model_factory import TEMPLATE_TOKENS, make_tiny_model
 
 BACKENDS = ["tokenizers", "sentencepiece"]
 TEMPLATES = ["chatml", "llama2", "llama3", "mistral"]

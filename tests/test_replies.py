@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.replies import CoalescingEditor, Paginator, quote_prompt
+from bot.discord.pages import CoalescingEditor, Paginator, quote_prompt
 
 
 def fences_balanced(page: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.sdnotify import Notifier, watchdog_interval, watchdog_loop
+from bot.ops.sdnotify import Notifier, watchdog_interval, watchdog_loop
 
 _ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
@@ -201,7 +201,7 @@ def test_send_errors_after_a_good_connect_only_log(
         assert notifier.ready()
         assert sock.recv(64) == b"READY=1"
     path.unlink()  # systemd went away (or re-executed and has not re-bound yet)
-    with caplog.at_level(logging.WARNING, logger="bot.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="bot.ops.sdnotify"):
         assert notifier.watchdog() is False
     assert "sd_notify" in caplog.text
     with _listener(str(path)) as sock:  # back again: the next message reconnects

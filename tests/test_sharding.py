@@ -1,7 +1,7 @@
 """Two shard hosts against one fake Discord, and moving a shard's settings between hosts.
 
 Each host is what `python -m bot run` builds with `BOT_SHARD_COUNT=2` and its own
-`BOT_SHARD_IDS`: its own engine, its own SQLite file, a `ShardedLlamaBot` from
+`BOT_SHARD_IDS`: its own engine, its own SQLite file, a `LlamaBot` from
 `make_bot`. Discord routes a guild to shard ``(guild_id >> 22) % shard_count``, so
 each host must see, answer and store only its own servers.
 """
@@ -21,12 +21,15 @@ from typing import Any
 import discord
 
 from bot.app import App
-from bot.client import ShardedLlamaBot, make_bot
 from bot.config import load_settings
+from bot.discord.client import LlamaBot, make_bot
 from bot.engine import Engine, GenerationResult
-from bot.fake_discord import FakeDiscord, FakeInteraction, default_guild
-from bot.store import Location, Scope, SettingsStore
-from tests.discord_harness import is_final
+from bot.settings.ask_log import AskLog
+from bot.settings.scopes import Location, Scope
+from bot.settings.store import SettingsStore
+from bot.settings.transfer import export_guilds, export_shard
+from testing.discord_harness import is_final
+from testing.fake_discord import FakeDiscord, FakeInteraction, default_guild
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
@@ -38,7 +41,7 @@ G1 = default_guild((1001 << 22) | 2, "Shard One")  # (id >> 22) % 2 == 1
 class Host:
     """One shard host: its bot, app and every reply its engine produced."""
 
-    bot: ShardedLlamaBot
+    bot: LlamaBot
     app: App
     results: list[GenerationResult] = field(default_factory=list)
 
@@ -53,11 +56,11 @@ async def shard_host(
     )
     store = await SettingsStore.open(settings.database_path)
     engine = await Engine.load(model_dir, device="cpu", cpu_threads=1, batch_wait_ms=5)
-    app = App(settings=settings, engine=engine, store=store)
+    app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
     try:
         # The production factory, with the fake's test-friendly ready timeout.
         bot = make_bot(app, guild_ready_timeout=0.05)
-        assert isinstance(bot, ShardedLlamaBot)
+        assert isinstance(bot, LlamaBot)
         host = Host(bot=bot, app=app)
         engine.on_result.append(host.results.append)
         async with fake.run_bot(bot):
@@ -127,7 +130,7 @@ async def test_each_shard_host_sees_answers_and_stores_only_its_own_guild(
         }
         effective = await host1.app.store.resolve(Location(G1.id, channel))
         assert effective.sources["temperature"] == "channel"
-        everything = await host0.app.store.export_guilds(lambda _gid: True)
+        everything = await export_guilds(host0.app.store, lambda _gid: True)
         assert everything["settings"] == [] and everything["history"] == []
 
 
@@ -158,7 +161,7 @@ async def test_cli_export_and_import_move_one_shard_with_its_history(tmp_path: P
         await old.set_system_prompt(Scope.channel(thread, G1.id), "You are a pirate.",
                                     actor_id=14)
         await old.set_knobs(Scope.dm(77), {"top_p": 0.2}, actor_id=77)
-        expected = await old.export_shard(1, 2)
+        expected = await export_shard(old, 1, 2)
     assert {r["guild_id"] for r in expected["settings"]} == {G1.id}
 
     dump = tmp_path / "shard1.json"
@@ -174,8 +177,8 @@ async def test_cli_export_and_import_move_one_shard_with_its_history(tmp_path: P
 
     async with await SettingsStore.open(new_db) as new:
         # Values, who set them and when, and the history: all as they were.
-        assert strip_time(await new.export_shard(1, 2)) == strip_time(expected)
-        assert (await new.export_shard(0, 2))["settings"] == []
+        assert strip_time(await export_shard(new, 1, 2)) == strip_time(expected)
+        assert (await export_shard(new, 0, 2))["settings"] == []
         here = await new.resolve(Location(G1.id, thread, parent_channel_id=c1))
         assert here.system_prompt == "You are a pirate."
         assert here.knobs.top_k == 6 and here.knobs.stop == ("\n###",)
@@ -192,8 +195,8 @@ async def test_cli_export_and_import_move_one_shard_with_its_history(tmp_path: P
     assert out.returncode == 0, out.stderr
     assert "imported 4 settings rows" in out.stderr and "skipped 2" in out.stderr
     async with await SettingsStore.open(third) as store:
-        assert strip_time(await store.export_shard(1, 2)) == strip_time(expected)
-        assert (await store.export_guilds(lambda _gid: True))["settings"] == expected["settings"]
+        assert strip_time(await export_shard(store, 1, 2)) == strip_time(expected)
+        assert (await export_guilds(store, lambda _gid: True))["settings"] == expected["settings"]
 
 
 def test_cli_settings_errors_are_one_clear_line(tmp_path: Path) -> None:

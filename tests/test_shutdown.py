@@ -24,9 +24,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.fake_discord import FakeDiscord, FakeInteraction, StoredMessage
-from bot.store import SettingsStore
-from tests.discord_harness import is_final
+from bot.settings.ask_log import AskLog
+from bot.settings.db import Database
+from testing.discord_harness import is_final
+from testing.fake_discord import FakeDiscord, FakeInteraction, StoredMessage
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_TOKEN = "MTAx.NOT-A-REAL-TOKEN.secret42"
@@ -222,10 +223,11 @@ async def test_sigterm_refuses_new_asks_interrupts_replies_and_exits_cleanly(
     assert not wal.exists() or wal.stat().st_size == 0
     with contextlib.closing(sqlite3.connect(bot.database_path)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    store = await SettingsStore.open(bot.database_path)
+    db = await Database.open(bot.database_path)
     try:
-        record = await store.load_ask(first.id)
-        assert record is not None and record["prompt"].startswith("Tell me a long story")
-        assert await store.load_ask(second.id) is None  # refused asks leave nothing behind
+        asks = AskLog(db)
+        record = await asks.load(first.id)
+        assert record is not None and record.prompt.startswith("Tell me a long story")
+        assert await asks.load(second.id) is None  # refused asks leave nothing behind
     finally:
-        await store.close()
+        await db.close()

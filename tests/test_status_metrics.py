@@ -15,10 +15,10 @@ import discord
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.client import attach_metrics
-from bot.fake_discord import Routes
-from bot.metrics import Metrics, MetricsServer
-from tests.discord_harness import Harness, running_bot
+from bot.discord.client import attach_metrics
+from bot.ops.metrics import Metrics, MetricsServer
+from testing.discord_harness import Harness, running_bot
+from testing.fake_discord import Routes
 
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True).value)
 LONG_REPLY = " ".join(f"w{i}" for i in range(150))

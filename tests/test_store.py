@@ -17,14 +17,10 @@ import pytest
 
 from bot.errors import InvalidKnobs, SettingsError
 from bot.knobs import KNOB_NAMES, Knobs
-from bot.migrations import LATEST_VERSION, MIGRATIONS
-from bot.store import (
-    MAX_SYSTEM_PROMPT_CHARS,
-    Location,
-    Scope,
-    ScopeKind,
-    SettingsStore,
-)
+from bot.settings.migrations import LATEST_VERSION, MIGRATIONS
+from bot.settings.scopes import MAX_SYSTEM_PROMPT_CHARS, Location, Scope, ScopeKind
+from bot.settings.store import SettingsStore
+from bot.settings.transfer import export_guilds, export_shard, import_rows
 
 # Snowflake-like ids: the shard of a guild is (id >> 22) % shard_count.
 G1 = (1000 << 22) | 1  # shard 0 of 2
@@ -293,7 +289,7 @@ async def test_conflict_left_by_a_reset_drops_the_minimum(
     assert await store.reset_knobs(scope, ["max_new_tokens"], actor_id=ADMIN) == [
         "max_new_tokens"
     ]
-    with caplog.at_level(logging.WARNING, logger="bot.store"):
+    with caplog.at_level(logging.WARNING, logger="bot.settings.store"):
         eff = await store.resolve(Location(G1, C1))
     assert (eff.knobs.min_new_tokens, eff.knobs.max_new_tokens) == (-1, 128)
     assert eff.sources["min_new_tokens"] == "default"
@@ -329,7 +325,7 @@ async def test_hand_edited_invalid_rows_are_logged_and_ignored(
             (C1, G1),
         )
 
-    with caplog.at_level(logging.WARNING, logger="bot.store"):
+    with caplog.at_level(logging.WARNING, logger="bot.settings.store"):
         eff = await store.resolve(Location(G1, C1))
     # The broken channel rows fall through to the server's (valid) values.
     assert (eff.knobs.temperature, eff.knobs.top_k, eff.knobs.top_p) == (1.3, 5, 0.95)
@@ -347,7 +343,7 @@ async def test_hand_edited_invalid_rows_are_logged_and_ignored(
 
     # Logged once per bad row, not on every message.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bot.store"):
+    with caplog.at_level(logging.WARNING, logger="bot.settings.store"):
         await store.resolve(Location(G1, C1))
     assert caplog.records == []
     # And overwriting a broken row through the store repairs it.
@@ -522,7 +518,7 @@ async def test_disk_full_gives_settings_error_and_store_recovers(tmp_path: Path)
         await store.set_knobs(Scope.server(G1), {"top_k": 1}, actor_id=ADMIN)
         # Cap the file at its current size: the next page it needs is "disk full".
         # (The writer connection is private; the cap is per connection.)
-        writer = store._writer
+        writer = store.db._writer
         pages = (await writer.execute_fetchall("PRAGMA page_count"))
         await writer.execute(f"PRAGMA max_page_count = {next(iter(pages))[0]}")
         big = "z" * MAX_SYSTEM_PROMPT_CHARS
@@ -550,9 +546,9 @@ async def test_export_import_round_trip_by_shard(tmp_path: Path) -> None:
         await old.set_knobs(Scope.server(G2), {"temperature": 0.2}, actor_id=ADMIN)
         await old.set_knobs(Scope.dm(U1), {"top_p": 0.2}, actor_id=U1)
 
-        dump = await old.export_shard(0, 2)
+        dump = await export_shard(old, 0, 2)
         assert {row["guild_id"] for row in dump["settings"]} == {G1}
-        assert await new.import_rows(dump) == 4
+        assert await import_rows(new, dump) == 4
 
         for loc in (Location(G1, C1), Location(G1, T1, parent_channel_id=C1)):
             assert await new.resolve(loc) == await old.resolve(loc)
@@ -565,13 +561,13 @@ async def test_export_import_round_trip_by_shard(tmp_path: Path) -> None:
         ]
 
         # Importing again replaces rather than duplicates (history included).
-        assert await new.import_rows(dump) == 4
+        assert await import_rows(new, dump) == 4
         assert len(await new.history(Scope.channel(C1, G1))) == 2
 
         # The other shard and an explicit guild list / predicate select the same way.
-        assert {r["guild_id"] for r in (await old.export_shard(1, 2))["settings"]} == {G2}
-        assert (await old.export_guilds([G2]))["settings"] == (
-            await old.export_guilds(lambda g: g == G2)
+        assert {r["guild_id"] for r in (await export_shard(old, 1, 2))["settings"]} == {G2}
+        assert (await export_guilds(old, [G2]))["settings"] == (
+            await export_guilds(old, lambda g: g == G2)
         )["settings"]
     finally:
         await old.close()
@@ -586,10 +582,10 @@ async def test_invalid_dump_changes_nothing(store: SettingsStore) -> None:
     bad = {**good, "scope_kind": "channel", "scope_id": C1, "value": 500}
     dump = {"format": "llamacord-settings", "format_version": 1, "settings": [good, bad]}
     with pytest.raises(SettingsError, match=r"row 1.*top_k"):
-        await store.import_rows(dump)
+        await import_rows(store, dump)
     assert await store.scope_overrides(Scope.server(G1)) == {}
     with pytest.raises(SettingsError, match="not a llamacord-settings dump"):
-        await store.import_rows({"settings": [good]})
+        await import_rows(store, {"settings": [good]})
 
 
 # --- scope and location checks --------------------------------------------------

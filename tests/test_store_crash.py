@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import Location, Scope, SettingsStore
+from bot.settings.scopes import Location, Scope
+from bot.settings.store import SettingsStore
 
 GUILD = 4242 << 22
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = """
 import asyncio, sys
 from pathlib import Path
-from bot.store import Scope, SettingsStore
+from bot.settings.scopes import Scope
+from bot.settings.store import SettingsStore
 
 async def main() -> None:
     store = await SettingsStore.open(Path(sys.argv[1]))

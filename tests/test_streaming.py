@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.streaming import IncrementalDetokenizer, StopMatcher
+from bot.engine.streaming import IncrementalDetokenizer, StopMatcher
 
 
 def byte_decode(ids: Sequence[int]) -> str:

@@ -130,7 +130,7 @@ def test_security_exposure_is_low(tmp_path: Path) -> None:
 def test_unit_agrees_with_the_bot() -> None:
     """Settings the unit and the bot must agree on, checked without systemd."""
     d = _directives(UNIT.read_text(encoding="utf-8"))
-    assert d["Type"] == ["notify"]  # the bot sends READY=1 (bot.sdnotify)
+    assert d["Type"] == ["notify"]  # the bot sends READY=1 (bot.ops.sdnotify)
     assert d["NotifyAccess"] == ["main"]
     assert d["ExecStart"] == [f"{EXEC_START} -m bot run"]
     assert d["User"] == ["llamacord"]

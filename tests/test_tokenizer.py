@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from bot.gguf_convert import tokenizer_from_gguf
-from bot.model_prep import embedded_gguf_path
-from bot.tokenizer import (
+from bot.model.embedded import embedded_gguf_path
+from bot.model.gguf_convert import tokenizer_from_gguf
+from bot.model.tokenizer import (
     HFTokenizer,
     SentencePieceTokenizer,
     Tokenizer,
     TokenizerError,
     load_tokenizer,
 )
-from tests.model_factory import TEMPLATE_TOKENS, make_tiny_model
+from testing.model_factory import TEMPLATE_TOKENS, make_tiny_model
 
 BACKENDS = ["tokenizers", "sentencepiece"]
 SAMPLES = [

@@ -23,101 +23,74 @@ from discord.ext import commands
 
 from bot.app import App, open_app
 from bot.config import Settings
-from bot.discord_reply import AskRunner, RegenerateButton, StopButton
+from bot.discord.buttons import RegenerateButton, StopButton
+from bot.discord.reply import AskRunner
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
-from bot.logs import register_secret
+from bot.ops.logs import register_secret
 
 if TYPE_CHECKING:
-    from bot.metrics import Metrics
+    from bot.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.errors", "cogs.ask", "cogs.system", "cogs.knobs", "cogs.tokens", "cogs.status")
 
 
-class _LlamaMixin:
-    """Shared by the plain and the auto-sharded client."""
+class LlamaBot(commands.AutoShardedBot):
+    """The one bot class: slash commands, buttons and the ask runner around an `App`.
 
-    app: App
-    runner: AskRunner
-    started_at: float
-    recent_rates: deque[float]
-    ready_event: asyncio.Event
+    Always the auto-sharded client, so one host or many run the same code: with
+    no shard settings it runs shard 0 of 1, which is what a plain client does;
+    `BOT_SHARD_COUNT` / `BOT_SHARD_IDS` give a host its range of shards.
+    """
 
-    def _init_llama(self, app: App) -> None:
+    def __init__(self, app: App, **kwargs: Any) -> None:
+        settings = app.settings
+        options: dict[str, Any] = {
+            "command_prefix": commands.when_mentioned,
+            "intents": discord.Intents.default(),
+            "allowed_mentions": discord.AllowedMentions.none(),
+            "help_command": None,
+            "shard_count": settings.shard_count or 1,
+            "shard_ids": settings.shard_ids,
+        }
+        super().__init__(**{**options, **kwargs})
         self.app = app
         self.started_at = time.monotonic()
-        self.recent_rates = deque(maxlen=50)
+        self.recent_rates: deque[float] = deque(maxlen=50)
         self.ready_event = asyncio.Event()
-        self.runner = AskRunner(self)  # type: ignore[arg-type]
+        self.runner = AskRunner(app)
         app.engine.on_result.append(
             lambda r: self.recent_rates.append(r.decode_tok_s) if r.decode_tok_s else None
         )
 
-    async def _setup_llama(self) -> None:
-        bot: commands.Bot = self  # type: ignore[assignment]
+    async def setup_hook(self) -> None:
         for ext in EXTENSIONS:
-            await bot.load_extension(ext)
-        bot.add_dynamic_items(StopButton, RegenerateButton)
+            await self.load_extension(ext)
+        self.add_dynamic_items(StopButton, RegenerateButton)
         if self.app.metrics is not None:
             # After the cogs: the error cog installs the tree's error handler we wrap.
-            attach_metrics(self, self.app.metrics)  # type: ignore[arg-type]
+            attach_metrics(self, self.app.metrics)
         guild_ids = self.app.settings.sync_guild_ids
         if guild_ids:
             for gid in guild_ids:
                 guild = discord.Object(id=gid)
-                bot.tree.copy_global_to(guild=guild)
-                await bot.tree.sync(guild=guild)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
         else:
-            await bot.tree.sync()
+            await self.tree.sync()
         log.info("slash commands synced (%s)",
                  "guilds " + str(guild_ids) if guild_ids else "global")
 
-
-def _client_kwargs() -> dict[str, Any]:
-    return {
-        "command_prefix": commands.when_mentioned,
-        "intents": discord.Intents.default(),
-        "allowed_mentions": discord.AllowedMentions.none(),
-        "help_command": None,
-    }
-
-
-class LlamaBot(_LlamaMixin, commands.Bot):
-    def __init__(self, app: App, **kwargs: Any) -> None:
-        super().__init__(**{**_client_kwargs(), **kwargs})
-        self._init_llama(app)
-
-    async def setup_hook(self) -> None:
-        await self._setup_llama()
-
     async def on_ready(self) -> None:
         self.ready_event.set()
-        log.info("connected as %s to %d servers", self.user, len(self.guilds))
+        log.info("connected as %s (shards %s of %s) to %d servers", self.user, self.shard_ids,
+                 self.shard_count, len(self.guilds))
 
 
-class ShardedLlamaBot(_LlamaMixin, commands.AutoShardedBot):
-    def __init__(self, app: App, **kwargs: Any) -> None:
-        super().__init__(**{**_client_kwargs(), **kwargs})
-        self._init_llama(app)
-
-    async def setup_hook(self) -> None:
-        await self._setup_llama()
-
-    async def on_ready(self) -> None:
-        self.ready_event.set()
-        log.info("connected as %s (shards %s) to %d servers", self.user, self.shard_ids,
-                 len(self.guilds))
-
-
-def make_bot(app: App, **kwargs: Any) -> LlamaBot | ShardedLlamaBot:
-    """A sharded client when shards are configured (several hosts), else a plain one."""
-    settings = app.settings
-    if settings.shard_count is not None:
-        return ShardedLlamaBot(
-            app, shard_count=settings.shard_count, shard_ids=settings.shard_ids, **kwargs
-        )
+def make_bot(app: App, **kwargs: Any) -> LlamaBot:
+    """The bot for `app` (kept for callers that build one with extra client options)."""
     return LlamaBot(app, **kwargs)
 
 
@@ -144,7 +117,7 @@ def _is_refusal(error: BaseException) -> bool:
     )
 
 
-def attach_metrics(bot: LlamaBot | ShardedLlamaBot, metrics: Metrics) -> Callable[[], None]:
+def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
     """Feed `metrics` from the engine, the ask runner, the command tree and the log.
 
     Call after the cogs are loaded (`setup_hook` does when `app.metrics` is set; a
@@ -160,7 +133,7 @@ def attach_metrics(bot: LlamaBot | ShardedLlamaBot, metrics: Metrics) -> Callabl
     - Discord 429s and logged errors: `LogCounter`, because discord.py handles
       rate limits internally and only tells its log.
     """
-    from bot.metrics import LogCounter
+    from bot.ops.metrics import LogCounter
 
     app = bot.app
     runner = bot.runner
@@ -223,7 +196,7 @@ def use_endpoints(settings: Settings) -> None:
         log.warning("using the Discord gateway at %s", settings.discord_gateway_url)
 
 
-async def graceful_stop(bot: LlamaBot | ShardedLlamaBot, grace_s: float) -> None:
+async def graceful_stop(bot: LlamaBot, grace_s: float) -> None:
     """SIGTERM: refuse new asks, let replies finish for `grace_s`, interrupt the rest, close.
 
     The gateway stays connected during the grace period on purpose: asks that
@@ -237,7 +210,7 @@ async def graceful_stop(bot: LlamaBot | ShardedLlamaBot, grace_s: float) -> None
 
 async def run_bot(settings: Settings) -> int:
     """Serve Discord until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
-    from bot.sdnotify import Notifier, watchdog_loop
+    from bot.ops.sdnotify import Notifier, watchdog_loop
 
     assert settings.discord_token is not None
     token = settings.discord_token.get_secret_value()
@@ -248,7 +221,7 @@ async def run_bot(settings: Settings) -> int:
     async with open_app(settings, progress=lambda s: log.info("%s", s)) as app:
         metrics_server = None
         if settings.metrics_port:
-            from bot.metrics import Metrics
+            from bot.ops.metrics import Metrics
 
             metrics = Metrics()
             metrics_server = metrics.start_server(settings.metrics_port)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from bot.model.tokenizer import Tokenizer, require_valid_unicode
+
 REPLACEMENT_CHAR = "\ufffd"
 
 
@@ -109,3 +111,16 @@ class StopMatcher:
                     best = k
                     break
         return best
+
+
+def token_pieces(tokenizer: Tokenizer, text: str) -> list[tuple[int, str]]:
+    """(id, text) per token, for showing how the model sees a string (/tokens)."""
+    require_valid_unicode(text, "text")
+    pieces: list[tuple[int, str]] = []
+    detok = IncrementalDetokenizer(tokenizer.decode)
+    for i in tokenizer.encode(text):
+        pieces.append((i, detok.push(i)))
+    if pieces:
+        last_id, last_text = pieces[-1]
+        pieces[-1] = (last_id, last_text + detok.flush())
+    return pieces

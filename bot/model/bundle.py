@@ -2,7 +2,7 @@
 
 Two kinds of directory are accepted:
 
-* ours, written by `bot.gguf_convert` with a `bot_model.json` that records what the
+* ours, written by `bot.model.gguf_convert` with a `bot_model.json` that records what the
   GGUF said (end tokens, context length, BOS policy);
 * a CTranslate2 directory converted elsewhere (`ct2-transformers-converter` from a
   Hugging Face Llama 2 / Llama 3 / Mistral checkpoint), where the same facts are spread
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from bot.chat import ChatTemplate, ChatTemplateError
 from bot.errors import UserFacingError
-from bot.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerError, load_tokenizer
+from bot.model.chat import ChatTemplate, ChatTemplateError
+from bot.model.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerError, load_tokenizer
 
 log = logging.getLogger(__name__)
 

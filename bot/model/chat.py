@@ -10,6 +10,7 @@ few well-known templates for model directories that ship none.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final, NoReturn
 
@@ -171,21 +172,29 @@ class ChatTemplate:
         except jinja2.exceptions.TemplateError as exc:
             raise ChatTemplateError(f"The {self.name} chat template failed: {exc}") from exc
 
-    def render(self, system: str | None, user: str) -> str:
-        """The prompt text for one user turn, ending where the assistant should speak.
+    def render(
+        self,
+        system: str | None,
+        user: str,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> str:
+        """The prompt text for a user turn, ending where the assistant should speak.
 
-        No system message is sent when `system` is empty, so a template's own default
-        (SmolLM2's, for one) applies. A template that refuses a system role gets the
-        system prompt folded into the user message instead, as Mistral's docs advise.
+        `history` holds earlier (role, text) turns, oldest first, roles "user" and
+        "assistant" alternating from a user turn. No system message is sent when
+        `system` is empty, so a template's own default (SmolLM2's, for one) applies.
+        A template that refuses a system role gets the system prompt folded into the
+        first user message instead, as Mistral's docs advise.
         """
-        user_message = {"role": "user", "content": user}
+        turns = [{"role": role, "content": text} for role, text in history]
+        turns.append({"role": "user", "content": user})
         if not system:
-            return self._render_or_explain([user_message])
+            return self._render_or_explain(turns)
         try:
-            return self.render_messages([{"role": "system", "content": system}, user_message])
+            return self.render_messages([{"role": "system", "content": system}, *turns])
         except _TemplateRejected:
-            folded = {"role": "user", "content": f"{system}\n\n{user}"}
-            return self._render_or_explain([folded])
+            first = {"role": "user", "content": f"{system}\n\n{turns[0]['content']}"}
+            return self._render_or_explain([first, *turns[1:]])
 
     def _render_or_explain(self, messages: list[dict[str, str]]) -> str:
         """Render, turning a rejection of a plain user turn into a clear error."""
@@ -193,5 +202,5 @@ class ChatTemplate:
             return self.render_messages(messages)
         except _TemplateRejected as exc:
             raise ChatTemplateError(
-                f"The {self.name} chat template rejects a single user message: {exc}"
+                f"The {self.name} chat template rejects this conversation: {exc}"
             ) from exc

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,141 +20,35 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.discord_errors import send_error
+from bot.asks import footer, make_request, resolve_request
+from bot.discord.buttons import regen_view, stop_view
+from bot.discord.common import NO_MENTIONS, location_of
+from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator, quote_prompt
 from bot.engine import (
     Finished,
-    FinishReason,
     Generation,
-    GenerationRequest,
     GenerationResult,
     Queued,
     Started,
     TextDelta,
 )
 from bot.errors import UserFacingError
-from bot.knobs import Knobs, build_knobs
+from bot.knobs import Knobs
 from bot.limits import AskGate
-from bot.replies import MESSAGE_LIMIT, CoalescingEditor, Paginator, quote_prompt
-from bot.store import Location
+from bot.settings.ask_log import AskRecord
 
 if TYPE_CHECKING:
-    from bot.client import LlamaBot
+    from bot.app import App
 
 log = logging.getLogger(__name__)
 
-NO_MENTIONS = discord.AllowedMentions.none()
 INTERACTION_TTL_S = 15 * 60
-STOP_ID = "llm:stop:{ask_id}:{user_id}"
-REGEN_ID = "llm:regen:{ask_id}"
 
-FINISH_WORDS = {
-    FinishReason.END: "end of reply",
-    FinishReason.MAX_TOKENS: "max tokens",
-    FinishReason.STOP_SEQUENCE: "stop sequence",
-    FinishReason.CANCELLED: "stopped",
-    FinishReason.ERROR: "error",
-}
-
-
-def location_of(interaction: discord.Interaction) -> Location:
-    """Scope ids come from the interaction itself, never from anything a user typed."""
-    channel = interaction.channel
-    channel_id = interaction.channel_id or 0
-    parent: int | None = None
-    if isinstance(channel, discord.Thread):
-        parent = channel.parent_id
-    return Location(
-        guild_id=interaction.guild_id,
-        channel_id=channel_id,
-        parent_channel_id=parent,
-        user_id=interaction.user.id,
-    )
 
 
 def footer_text(result: GenerationResult) -> str:
-    rate = f"{result.decode_tok_s:.1f} tok/s" if result.decode_tok_s else "– tok/s"
-    parts = [f"{result.new_tokens} tokens", rate, FINISH_WORDS[result.finish_reason]]
-    if result.clamped_to_context:
-        parts.append(f"shortened to {result.max_new_tokens} tokens to fit the context")
-    return "-# " + " · ".join(parts)
-
-
-class StopButton(
-    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"llm:stop:(?P<ask>[0-9]+):(?P<user>[0-9]+)",
-):
-    """Stop a streaming reply; parsed from its custom id, so it survives restarts."""
-
-    def __init__(self, ask_id: int, user_id: int) -> None:
-        super().__init__(discord.ui.Button(
-            label="Stop", style=discord.ButtonStyle.danger,
-            custom_id=STOP_ID.format(ask_id=ask_id, user_id=user_id),
-        ))
-        self.ask_id = ask_id
-        self.user_id = user_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> StopButton:
-        return cls(int(match["ask"]), int(match["user"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await _runner(interaction).stop(interaction, self.ask_id, self.user_id)
-        except Exception as exc:
-            await send_error(interaction, exc)
-
-
-class RegenerateButton(
-    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"llm:regen:(?P<ask>[0-9]+)",
-):
-    """Ask again with the same prompt and settings; the prompt is kept in the database."""
-
-    def __init__(self, ask_id: int) -> None:
-        super().__init__(discord.ui.Button(
-            label="Regenerate", style=discord.ButtonStyle.secondary,
-            custom_id=REGEN_ID.format(ask_id=ask_id),
-        ))
-        self.ask_id = ask_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> RegenerateButton:
-        return cls(int(match["ask"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await _runner(interaction).regenerate(interaction, self.ask_id)
-        except Exception as exc:
-            await send_error(interaction, exc)
-
-
-def _runner(interaction: discord.Interaction) -> AskRunner:
-    runner: AskRunner = interaction.client.runner  # type: ignore[attr-defined]
-    return runner
-
-
-def _static(item: discord.ui.Item[Any]) -> discord.ui.View:
-    """A view that is only sent, never stored: the dynamic items above handle clicks.
-
-    A stopped view is not kept in discord.py's view store, so thousands of
-    replies do not accumulate views in memory.
-    """
-    view = discord.ui.View(timeout=None)
-    view.add_item(item)
-    view.stop()
-    return view
-
-
-def stop_view(ask_id: int, user_id: int) -> discord.ui.View:
-    return _static(StopButton(ask_id, user_id))
-
-
-def regen_view(ask_id: int) -> discord.ui.View:
-    return _static(RegenerateButton(ask_id))
+    """The reply footer in Discord's small-text markdown."""
+    return "-# " + footer(result)
 
 
 @dataclass
@@ -337,15 +230,14 @@ class _ReplySession:
 class AskRunner:
     """Runs asks for the bot: fairness checks, the engine, streaming, Stop/Regenerate."""
 
-    def __init__(self, bot: LlamaBot) -> None:
-        self.bot = bot
-        settings = bot.app.settings
+    def __init__(self, app: App) -> None:
+        self.app = app
+        settings = app.settings
         self.gate = AskGate(settings.per_user_limit, settings.user_cooldown_s)
         self.edit_interval_s = settings.edit_interval_s
         self.interaction_ttl_s: float = INTERACTION_TTL_S - 30
         self.active: dict[int, ActiveReply] = {}
         self.accepting = True
-        self.on_ack: list[Callable[[discord.Interaction, float], None]] = []
         self.on_finish: list[
             Callable[[_ReplySession, GenerationResult], Awaitable[None] | None]
         ] = []
@@ -361,7 +253,7 @@ class AskRunner:
         system_prompt: str | None = None,
     ) -> None:
         """Validate, queue, acknowledge, stream. Errors before the ack raise to the handler."""
-        app = self.bot.app
+        app = self.app
         if not self.accepting or app.engine.closing:
             raise UserFacingError("I'm restarting, try again in a moment.")
         prompt = prompt.strip()
@@ -386,14 +278,12 @@ class AskRunner:
         system_prompt: str | None,
     ) -> None:
         """`ask` once the user's slot is held: queue, acknowledge, stream."""
-        app = self.bot.app
+        app = self.app
         user_id = interaction.user.id
         if knobs is None:
-            effective = await app.resolve(location_of(interaction))
-            knobs = build_knobs(overrides, base=effective.knobs) if overrides else effective.knobs
-            request = app.request_for(effective, prompt, knobs)
+            request = await resolve_request(app, location_of(interaction), prompt, overrides)
         else:
-            request = GenerationRequest(prompt=prompt, knobs=knobs, system_prompt=system_prompt)
+            request = make_request(prompt, base=knobs, system_prompt=system_prompt)
         gen = app.engine.submit(request)  # QueueFull / PromptTooLong raise here, before the ack
         ask_id = interaction.id
         try:
@@ -401,17 +291,15 @@ class AskRunner:
         except BaseException:
             gen.cancel()
             raise
-        for hook in self.on_ack:
-            hook(interaction, time.monotonic())
         with contextlib.suppress(Exception):
-            await app.store.save_ask(ask_id, {
-                "prompt": prompt,
-                "knobs": request.knobs.model_dump(mode="json"),
-                "system_prompt": request.system_prompt,
-                "guild_id": interaction.guild_id,
-                "channel_id": interaction.channel_id,
-                "user_id": user_id,
-            })
+            await app.ask_log.save(ask_id, AskRecord(
+                prompt=prompt,
+                knobs=request.knobs.model_dump(mode="json"),
+                system_prompt=request.system_prompt,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                user_id=user_id,
+            ))
         active = ActiveReply(gen=gen, user_id=user_id, task=asyncio.current_task())
         self.active[ask_id] = active
         session = _ReplySession(
@@ -467,16 +355,16 @@ class AskRunner:
 
     async def regenerate(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Regenerate button: same prompt and settings, a new sample, a new reply."""
-        record = await self.bot.app.store.load_ask(ask_id)
+        record = await self.app.ask_log.load(ask_id)
         if record is None:
             raise UserFacingError(
                 "I no longer have this prompt, so I can't regenerate it. Ask again!"
             )
-        if record.get("guild_id") != interaction.guild_id:
+        if record.guild_id != interaction.guild_id:
             raise UserFacingError("This button belongs to another server.")
-        knobs = Knobs.model_validate(record["knobs"])
-        await self.ask(interaction, record["prompt"], {}, knobs=knobs,
-                       system_prompt=record.get("system_prompt"))
+        knobs = Knobs.model_validate(record.knobs)
+        await self.ask(interaction, record.prompt, {}, knobs=knobs,
+                       system_prompt=record.system_prompt)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""

@@ -1,7 +1,7 @@
 """Tiny, random Llama models for tests: GGUF files, CTranslate2 directories, a reference.
 
 Nothing here downloads anything. Two kinds of model directory come out of
-`make_tiny_model`, matching what `bot.model_files.load_model_bundle` accepts:
+`make_tiny_model`, matching what `bot.model.bundle.load_model_bundle` accepts:
 
 * `layout="converter"`: a tiny GGUF written in llama.cpp's layout and run through our
   own converter, exactly as the embedded SmolLM2 file is;
@@ -34,9 +34,9 @@ import sentencepiece as spm
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from bot.chat import BUILTIN_TEMPLATES
-from bot.gguf_convert import LlamaParams, build_llama_spec, convert_gguf
-from bot.model_prep import prepare_default_model
+from bot.model.chat import BUILTIN_TEMPLATES
+from bot.model.embedded import prepare_default_model
+from bot.model.gguf_convert import LlamaParams, build_llama_spec, convert_gguf
 
 TemplateKind = Literal["chatml", "llama2", "llama3", "mistral"]
 TokenizerKind = Literal["tokenizers", "sentencepiece"]

@@ -10,62 +10,22 @@ real token ids of a chosen text through the engine's real callback path.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from bot.app import App
-from bot.client import LlamaBot
+from bot.asks import FINISH_WORDS
 from bot.config import Settings, load_settings
+from bot.discord.client import LlamaBot
 from bot.engine import Engine
-from bot.fake_discord import FakeDiscord, FakeGuild, FakeInteraction, default_guild
-from bot.store import Scope, SettingsStore
-
-
-class ScriptedGenerator:
-    """Emit the tokens of `text_for(prompt_tokens)` for each batch item, then the end token."""
-
-    def __init__(self, tokenizer: Any, text_for: Callable[[list[str]], str] | str,
-                 delay: float = 0.005) -> None:
-        self.tokenizer = tokenizer
-        self.text_for = text_for if callable(text_for) else (lambda _t: text_for)
-        self.delay = delay
-        self.calls = 0
-        self._prompts: list[list[str]] = []
-
-    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
-        self.calls += 1
-        callback = kw["callback"]
-        end = kw["end_token"][0]
-        max_length = kw["max_length"]
-        scripts: list[list[int]] = []
-        offsets: list[int] = []
-        for tokens in start_tokens:
-            # A request the engine preempted comes back as prompt + tokens so far:
-            # continue its script where it stopped instead of starting over.
-            prompt = next((p for p in self._prompts if tokens[: len(p)] == p), None)
-            if prompt is None:
-                prompt = list(tokens)
-                self._prompts.append(prompt)
-            scripts.append([*self.tokenizer.encode(self.text_for(prompt)), end])
-            offsets.append(len(tokens) - len(prompt))
-        active = set(range(len(scripts)))
-        for step in range(max_length):
-            for i in sorted(active):
-                ids = scripts[i]
-                pos = offsets[i] + step
-                token = ids[pos] if pos < len(ids) else end
-                last = token == end or step == max_length - 1
-                if callback(SimpleNamespace(batch_id=i, step=step, token_id=token,
-                                            is_last=last)) or last:
-                    active.discard(i)
-            if not active:
-                break
-            time.sleep(self.delay)
-        return []
+from bot.knobs import KNOB_NAMES
+from bot.settings.ask_log import AskLog
+from bot.settings.scopes import Scope
+from bot.settings.store import SettingsStore
+from testing.backends import ScriptedGenerator
+from testing.fake_discord import FakeDiscord, FakeGuild, FakeInteraction, default_guild
 
 
 @dataclass
@@ -112,9 +72,8 @@ class Harness:
         return "\n".join(m.content for m in msgs)
 
 
-ASK_OPTIONS = {"temperature", "top_p", "top_k", "max_new_tokens", "min_new_tokens", "stop",
-               "repetition_penalty", "private"}
-FOOTER_WORDS = ("end of reply", "max tokens", "stop sequence", "stopped", "error")
+ASK_OPTIONS = {*KNOB_NAMES, "private"}
+FOOTER_WORDS = tuple(FINISH_WORDS.values())
 
 
 def is_final(content: str) -> bool:
@@ -144,8 +103,8 @@ async def running_bot(
         batch_wait_ms=settings.batch_wait_ms,
     )
     if scripted is not None:
-        engine._generator = ScriptedGenerator(engine.bundle.tokenizer, scripted, script_delay)
-    app = App(settings=settings, engine=engine, store=store)
+        engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, scripted, script_delay))
+    app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
     guilds = guilds or [default_guild()]
     if scripted is not None:
         # Scripted replies are long; let them run to their end rather than 128 tokens.

@@ -25,9 +25,22 @@ from typing import Any, Protocol, runtime_checkable
 import sentencepiece as spm
 import tokenizers
 
+from bot.errors import UserFacingError
+
 
 class TokenizerError(ValueError):
     """A tokenizer file is missing or cannot be read; the message names the file."""
+
+
+def require_valid_unicode(text: str, what: str = "text") -> None:
+    """Refuse lone surrogates politely: both tokenizer backends fail on them with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserFacingError(
+            f"Your {what} contains characters that are not valid Unicode "
+            "(a broken emoji or surrogate); please retype it."
+        ) from None
 
 
 @runtime_checkable

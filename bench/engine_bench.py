@@ -10,34 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import statistics
 import time
 from typing import Any
 
+from bench.common import BENCH_PROMPT, peak_rss_mb, rss_mb
 from bot.config import Settings
 from bot.engine import Engine, GenerationRequest, TextDelta
 from bot.knobs import Knobs
-
-BENCH_PROMPT = (
-    "You are helping a small community server plan a weekend hiking trip. Explain, in a "
-    "friendly and detailed way, how to choose a trail that suits beginners and experienced "
-    "hikers alike, what to pack for a day in the mountains in early autumn, how to check the "
-    "weather and what to do if it turns, and how to share the plan with the group so that "
-    "nobody is left behind. Finish with a short checklist."
-)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 async def engine_bench(engine: Engine, new_tokens: int = 128, repeats: int = 3) -> dict[str, Any]:
@@ -62,7 +42,7 @@ async def engine_bench(engine: Engine, new_tokens: int = 128, repeats: int = 3) 
         rates.append(result.decode_tok_s or 0.0)
 
     # Raw CTranslate2: the same prompt and settings, no callback, no Python per token.
-    generator: Any = engine._generator
+    generator: Any = engine.backend
     kwargs = dict(knobs.ct2_sampling(), include_prompt_in_result=False,
                   end_token=list(engine.bundle.end_token_ids))
     kwargs["min_length"] = new_tokens
@@ -102,14 +82,10 @@ async def engine_bench(engine: Engine, new_tokens: int = 128, repeats: int = 3) 
     }
 
 
-async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+async def run_engine_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Load the configured model and measure it (the default `bench`)."""
     from bot.app import load_engine, model_dir_for
 
-    if args.discord or args.soak:
-        from bot.discord_bench import discord_bench
-
-        measured: dict[str, Any] = await discord_bench(settings, args)
-        return measured
     started = time.perf_counter()
     settings = settings.model_copy(update={"max_batch_size": max(8, settings.max_batch_size)})
     engine = await load_engine(settings, model_dir_for(settings))

@@ -31,13 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.common import BENCH_PROMPT, peak_rss_mb, rss_mb
 from bot.app import App, load_engine, model_dir_for
-from bot.bench import BENCH_PROMPT, peak_rss_mb, rss_mb
-from bot.client import LlamaBot
+from bot.asks import FINISH_WORDS
 from bot.config import Settings
-from bot.discord_reply import FINISH_WORDS
+from bot.discord.client import LlamaBot
 from bot.engine import GenerationResult, TextDelta
-from bot.fake_discord import (
+from bot.settings.ask_log import AskLog
+from bot.settings.scopes import Scope
+from bot.settings.store import SettingsStore
+from testing.fake_discord import (
     FakeChannel,
     FakeDiscord,
     FakeGuild,
@@ -46,7 +49,6 @@ from bot.fake_discord import (
     RecordedRequest,
     Routes,
 )
-from bot.store import Scope, SettingsStore
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +194,7 @@ async def running_world(settings: Settings, channels: int, users: int) -> AsyncI
         try:
             engine = await load_engine(settings, model_dir)
             try:
-                app = App(settings=settings, engine=engine, store=store)
+                app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
                 guild, members = bench_guild(channels, users)
                 async with FakeDiscord(
                     guilds=[guild], enforce_buckets=True, bucket_limit=EDIT_BUCKET_LIMIT,
@@ -284,7 +286,7 @@ async def stream_ratio(world: World, new_tokens: int) -> dict[str, Any]:
 
     def recording_submit(request: Any) -> Any:
         gen = real_submit(request)
-        real_emit = gen._emit
+        real_emit = gen.emit
 
         def emit(event: Any) -> None:
             if isinstance(event, TextDelta):
@@ -292,7 +294,7 @@ async def stream_ratio(world: World, new_tokens: int) -> dict[str, Any]:
                 timeline.append((time.monotonic(), chars))
             real_emit(event)
 
-        gen._emit = emit  # type: ignore[method-assign]
+        gen.emit = emit  # type: ignore[method-assign]
         return gen
 
     engine.submit = recording_submit  # type: ignore[method-assign]

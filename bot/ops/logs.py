@@ -95,7 +95,7 @@ def setup_logging(level: str = "INFO") -> None:
     """One stderr handler on the root logger; discord.py's chatter kept at INFO or above.
 
     `level` filters what is printed, at the handler; loggers still pass WARNING
-    records on, because `bot.metrics.LogCounter` learns of Discord's 429s only from
+    records on, because `bot.ops.metrics.LogCounter` learns of Discord's 429s only from
     discord.py's warnings, and `BOT_LOG_LEVEL=ERROR` must not zero that metric.
     Python warnings (deprecations in libraries) are routed through logging so they
     get the same prefix and masking instead of raw lines on stderr.

@@ -21,7 +21,8 @@ from typing import Any
 
 from bot.config import Settings
 from bot.errors import UserFacingError
-from bot.store import SettingsStore
+from bot.settings.store import SettingsStore
+from bot.settings.transfer import export_shard, import_rows
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -103,7 +104,7 @@ async def run_settings_command(settings: Settings, args: argparse.Namespace) -> 
             if not db.exists():
                 raise UserFacingError(f"There is no settings database at {db} to export from.")
             async with await SettingsStore.open(db) as store:
-                dump = await store.export_shard(shard, count)
+                dump = await export_shard(store, shard, count)
             _write_dump(path, dump)
             guilds = {row["guild_id"] for row in dump["settings"]}
             print(
@@ -125,7 +126,7 @@ async def run_settings_command(settings: Settings, args: argparse.Namespace) -> 
                 "history": [h for h in history if _owned_by(shard, count, h)],
             }
             async with await SettingsStore.open(db) as store:
-                written = await store.import_rows(filtered)
+                written = await import_rows(store, filtered)
             skipped = len(rows) - len(mine)
             print(
                 f"imported {written} settings rows (shard {shard} of {count}) into {db}"

@@ -1,0 +1,23 @@
+"""Benchmarks: measured numbers printed as JSON; never part of the installed bot.
+
+`python -m bot bench [--discord|--soak|--mixed] --json` reaches `run` from a
+source checkout; `bench/store_bench.py` and `bench/gpu.sh` run on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bot.config import Settings
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Dispatch to the bench the flags ask for."""
+    if args.discord or args.soak:
+        from bench.discord_bench import discord_bench
+
+        return await discord_bench(settings, args)
+    from bench.engine_bench import run_engine_bench
+
+    return await run_engine_bench(settings, args)

@@ -1,0 +1,77 @@
+"""The one path of an ask, shared by Discord, the console and the CLI.
+
+(where, prompt, per-ask overrides) → a `GenerationRequest`: stored settings for
+the location, then the overrides, then the configured default persona when no
+scope sets one. And the one footer every front-end prints under a reply, so the
+words for "why it ended" are written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from bot.engine import FinishReason, GenerationRequest, GenerationResult
+from bot.errors import UserFacingError
+from bot.knobs import Knobs, build_knobs
+from bot.settings.scopes import SYSTEM_PROMPT_KEY, Effective, Location
+
+if TYPE_CHECKING:
+    from bot.app import App
+
+#: How each front-end words the reason a reply ended.
+FINISH_WORDS: Final[Mapping[FinishReason, str]] = {
+    FinishReason.END: "end of reply",
+    FinishReason.MAX_TOKENS: "max tokens",
+    FinishReason.STOP_SEQUENCE: "stop sequence",
+    FinishReason.CANCELLED: "stopped",
+    FinishReason.ERROR: "error",
+}
+
+
+def persona(effective: Effective, default: str) -> tuple[str | None, str]:
+    """The persona in force and where it comes from ("default" when no scope sets one).
+
+    `default` is the configured `BOT_SYSTEM_PROMPT`; empty means the model's own
+    template decides (None).
+    """
+    if effective.system_prompt is not None:
+        return effective.system_prompt, effective.sources.get(SYSTEM_PROMPT_KEY, "default")
+    return (default or None), "default"
+
+
+def make_request(
+    prompt: str,
+    *,
+    base: Knobs,
+    system_prompt: str | None,
+    overrides: Mapping[str, Any] | None = None,
+) -> GenerationRequest:
+    """Validate the prompt and apply per-ask knob overrides on top of `base`."""
+    if not prompt.strip():
+        raise UserFacingError("Ask something: the prompt was empty.")
+    knobs = build_knobs(dict(overrides), base=base) if overrides else base
+    return GenerationRequest(prompt=prompt, knobs=knobs, system_prompt=system_prompt)
+
+
+async def resolve_request(
+    app: App, location: Location, prompt: str, overrides: Mapping[str, Any] | None = None
+) -> GenerationRequest:
+    """The request an ask at `location` makes: stored settings, then per-ask overrides."""
+    effective = await app.store.resolve(location)
+    system, _ = persona(effective, app.settings.system_prompt)
+    return make_request(prompt, base=effective.knobs, system_prompt=system, overrides=overrides)
+
+
+def footer_parts(result: GenerationResult) -> list[str]:
+    """Tokens, speed, why it ended, and whether the budget was shortened to fit."""
+    rate = f"{result.decode_tok_s:.1f} tok/s" if result.decode_tok_s else "– tok/s"
+    parts = [f"{result.new_tokens} tokens", rate, FINISH_WORDS[result.finish_reason]]
+    if result.clamped_to_context:
+        parts.append(f"shortened to {result.max_new_tokens} tokens to fit the context")
+    return parts
+
+
+def footer(result: GenerationResult) -> str:
+    """The footer as one line, e.g. ``12 tokens · 40.1 tok/s · end of reply``."""
+    return " · ".join(footer_parts(result))

@@ -1,0 +1,110 @@
+"""The engine's vocabulary: what goes in, what comes out, and the backend seam.
+
+Frozen dataclasses so a result handed to a front-end, a metric hook or a test
+cannot be changed under anyone else's feet. Nothing here imports CTranslate2.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.knobs import Knobs
+
+
+class FinishReason(enum.StrEnum):
+    END = "end"
+    MAX_TOKENS = "max_tokens"
+    STOP_SEQUENCE = "stop_sequence"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """An earlier turn of a conversation: who spoke ("user" or "assistant") and what."""
+
+    role: str
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One ask, already resolved against the settings store.
+
+    `history` is the conversation before `prompt`, oldest first, alternating
+    user/assistant and starting with a user turn; empty for a single-turn ask.
+    """
+
+    prompt: str
+    knobs: Knobs = field(default_factory=Knobs)
+    system_prompt: str | None = None
+    history: tuple[Turn, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float | None
+    decode_tok_s: float | None
+    total_s: float
+    finish_reason: FinishReason
+    max_new_tokens: int
+    clamped_to_context: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request is waiting; `ahead` requests are before it."""
+
+    ahead: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """Decoding of the request has begun (its prompt is being read)."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: GenerationResult
+
+
+Event = Queued | Started | TextDelta | Finished
+
+
+class GeneratorBackend(Protocol):
+    """The part of `ctranslate2.Generator` the engine uses; tests may wrap it."""
+
+    def generate_batch(self, start_tokens: list[list[str]], **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    tokens: list[str]
+    max_new_tokens: int
+    clamped: bool
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model_name: str
+    model_path: Path
+    device: str
+    compute_type: str
+    inter_threads: int
+    cpu_threads: int
+    context_length: int
+    load_s: float
+
+

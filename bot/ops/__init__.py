@@ -1,0 +1,1 @@
+"""Running in production: logging with secrets redacted, Prometheus metrics, systemd notify."""

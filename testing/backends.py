@@ -1,0 +1,92 @@
+"""Generator backends for the engine's public seam (`Engine.set_backend`).
+
+Each speaks the part of `ctranslate2.Generator.generate_batch` the engine uses
+(a per-token callback, `max_length`, `end_token`), so the scheduler, streaming
+and Discord paths run for real while the "model" says what a test needs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+
+class ScriptedGenerator:
+    """Emit the tokens of `text_for(prompt_tokens)` for each batch item, then the end token."""
+
+    def __init__(self, tokenizer: Any, text_for: Callable[[list[str]], str] | str,
+                 delay: float = 0.005) -> None:
+        self.tokenizer = tokenizer
+        self.text_for = text_for if callable(text_for) else (lambda _t: text_for)
+        self.delay = delay
+        self.calls = 0
+        self._prompts: list[list[str]] = []
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
+        self.calls += 1
+        callback = kw["callback"]
+        end = kw["end_token"][0]
+        max_length = kw["max_length"]
+        scripts: list[list[int]] = []
+        offsets: list[int] = []
+        for tokens in start_tokens:
+            # A request the engine preempted comes back as prompt + tokens so far:
+            # continue its script where it stopped instead of starting over.
+            prompt = next((p for p in self._prompts if tokens[: len(p)] == p), None)
+            if prompt is None:
+                prompt = list(tokens)
+                self._prompts.append(prompt)
+            scripts.append([*self.tokenizer.encode(self.text_for(prompt)), end])
+            offsets.append(len(tokens) - len(prompt))
+        active = set(range(len(scripts)))
+        for step in range(max_length):
+            for i in sorted(active):
+                ids = scripts[i]
+                pos = offsets[i] + step
+                token = ids[pos] if pos < len(ids) else end
+                last = token == end or step == max_length - 1
+                if callback(SimpleNamespace(batch_id=i, step=step, token_id=token,
+                                            is_last=last)) or last:
+                    active.discard(i)
+            if not active:
+                break
+            time.sleep(self.delay)
+        return []
+
+
+class Exploding(ScriptedGenerator):
+    """Raises part-way through any batch holding a prompt that asks it to."""
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
+        if any("EXPLODE" in "".join(t) for t in start_tokens):
+            callback = kw["callback"]
+            steps = 0
+
+            def failing(step: Any) -> bool:
+                nonlocal steps
+                steps += 1
+                if steps > 6:
+                    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+                return bool(callback(step))
+
+            kw = {**kw, "callback": failing}
+        return super().generate_batch(start_tokens, **kw)
+
+
+class Slowed:
+    """Wrap a generator so each token takes at least `delay` s: queue tests need time."""
+
+    def __init__(self, real: Any, delay: float = 0.01) -> None:
+        self.real = real
+        self.delay = delay
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+        callback = kw.pop("callback")
+
+        def slow(step: Any) -> bool:
+            time.sleep(self.delay)
+            return bool(callback(step))
+
+        return self.real.generate_batch(start_tokens, callback=slow, **kw)
