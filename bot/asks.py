@@ -19,10 +19,12 @@ from bot.settings.scopes import SYSTEM_PROMPT_KEY, Effective, Location
 if TYPE_CHECKING:
     from bot.app import App
 
-#: How each front-end words the reason a reply ended.
+#: How each front-end words the reason a reply ended. Each is also the start of
+#: what the footer shows, so "is this the footer?" is a substring test; a reply
+#: cut at its budget says which budget ("cut at the limit of 128 tokens").
 FINISH_WORDS: Final[Mapping[FinishReason, str]] = {
-    FinishReason.END: "end of reply",
-    FinishReason.MAX_TOKENS: "max tokens",
+    FinishReason.END: "done",
+    FinishReason.MAX_TOKENS: "cut at the limit",
     FinishReason.STOP_SEQUENCE: "stop sequence",
     FinishReason.CANCELLED: "stopped",
     FinishReason.ERROR: "error",
@@ -63,15 +65,30 @@ async def resolve_request(
     return make_request(prompt, base=effective.knobs, system_prompt=system, overrides=overrides)
 
 
+def _tokens(n: int) -> str:
+    return f"{n} token" if n == 1 else f"{n} tokens"
+
+
 def footer_parts(result: GenerationResult) -> list[str]:
-    """Tokens, speed, why it ended, and whether the budget was shortened to fit."""
-    rate = f"{result.decode_tok_s:.1f} tok/s" if result.decode_tok_s else "– tok/s"
-    parts = [f"{result.new_tokens} tokens", rate, FINISH_WORDS[result.finish_reason]]
+    """Tokens, speed, why it ended, and whether the budget was shortened to fit.
+
+    The speed is left out when there is none to give (a one-token reply has no
+    decoding interval), rather than printing a placeholder a member can't read.
+    A reply cut at its budget names the budget, so "why did it stop mid-sentence?"
+    answers itself.
+    """
+    parts = [_tokens(result.new_tokens)]
+    if result.decode_tok_s:
+        parts.append(f"{result.decode_tok_s:.1f} tok/s")
+    words = FINISH_WORDS[result.finish_reason]
+    if result.finish_reason is FinishReason.MAX_TOKENS:
+        words = f"{words} of {_tokens(result.max_new_tokens)}"
+    parts.append(words)
     if result.clamped_to_context:
-        parts.append(f"shortened to {result.max_new_tokens} tokens to fit the context")
+        parts.append(f"shortened to {_tokens(result.max_new_tokens)} to fit the context")
     return parts
 
 
 def footer(result: GenerationResult) -> str:
-    """The footer as one line, e.g. ``12 tokens · 40.1 tok/s · end of reply``."""
+    """The footer as one line, e.g. ``12 tokens · 40.1 tok/s · done``."""
     return " · ".join(footer_parts(result))

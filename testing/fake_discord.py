@@ -1854,6 +1854,7 @@ class FakeDiscord:
         roles: Sequence[int] = (),
         permissions: str = DEFAULT_MEMBER_PERMISSIONS,
         locale: str = "en-US",
+        dm: bool = False,
     ) -> FakeInteraction:
         """A button press (type 2) or select (type 3, with `values`) on a stored message."""
         data: JSONDict = {"custom_id": custom_id, "component_type": component_type}
@@ -1872,7 +1873,7 @@ class FakeDiscord:
             roles=roles,
             permissions=permissions,
             locale=locale,
-            dm=False,
+            dm=dm,
         )
         if message_id is None:
             # A message carrying the pressed component, as Discord would send it.

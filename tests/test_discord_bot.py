@@ -50,7 +50,7 @@ async def test_ask_streams_by_editing_and_ends_with_footer_and_regenerate(
         assert final is not None
         assert final.content.startswith("> Tell me words\n")
         assert text in final.content
-        assert "end of reply" in final.content and "tokens" in final.content
+        assert "· done" in final.content and "tokens" in final.content
         assert any(cid.startswith("llm:regen:") for cid in buttons(final))
         edits = contents_of_edits(h, itx.token)
         assert len(edits) >= 3  # streamed, not one final edit
@@ -241,7 +241,7 @@ async def test_three_concurrent_asks_show_queue_positions(
         assert "queued, 1 ahead" in seen[2]
         assert "next in line" in seen[1] or "queued" in seen[1]
         for itx in itxs:
-            assert "end of reply" in itx.original.content  # type: ignore[union-attr]
+            assert "· done" in itx.original.content  # type: ignore[union-attr]
 
 
 async def test_one_reply_at_a_time_per_user(smol_model_dir: Path, tmp_path: Path) -> None:
@@ -261,7 +261,7 @@ async def test_no_429_under_discord_buckets(smol_model_dir: Path, tmp_path: Path
                            enforce_buckets=True, bucket_window=1.0) as h:
         for _ in range(2):
             itx = await h.ask("go", timeout=60)
-            assert "end of reply" in itx.original.content  # type: ignore[union-attr]
+            assert "· done" in itx.original.content  # type: ignore[union-attr]
         assert h.fake.stats.rate_limited == 0
 
 
@@ -274,7 +274,7 @@ async def test_injected_429_and_500_on_edits_still_end_with_full_text(
         h.fake.fail_next(Routes.EDIT_ORIGINAL, 429, times=1, retry_after=0.05)
         itx = await h.ask("go", timeout=60)
         assert text in itx.original.content  # type: ignore[union-attr]
-        assert "end of reply" in itx.original.content  # type: ignore[union-attr]
+        assert "· done" in itx.original.content  # type: ignore[union-attr]
 
 
 async def test_gateway_reconnect_mid_reply(smol_model_dir: Path, tmp_path: Path) -> None:
@@ -286,7 +286,7 @@ async def test_gateway_reconnect_mid_reply(smol_model_dir: Path, tmp_path: Path)
         await h.finished(itx)
         assert text in itx.original.content  # type: ignore[union-attr]
         after = await h.ask("again")
-        assert "end of reply" in after.original.content  # type: ignore[union-attr]
+        assert "· done" in after.original.content  # type: ignore[union-attr]
 
 
 async def test_expired_token_continues_as_a_channel_message(

@@ -61,7 +61,7 @@ async def still_serving(h: Harness) -> None:
     await h.fake.wait_session(timeout=15)
     use_script(h.app.engine, lambda _p: "still here", 0.002)
     after = await h.ask("and now?", timeout=30)
-    assert body(after) == "still here" and "end of reply" in after.original.content  # type: ignore[union-attr]
+    assert body(after) == "still here" and "· done" in after.original.content  # type: ignore[union-attr]
 
 
 def is_footer_edit(req: RecordedRequest) -> bool:
@@ -80,7 +80,7 @@ async def test_repeated_429s_on_edits(
         itx = await h.ask("go", timeout=30)
         assert fault.hits == 4
         assert itx.original is not None and TEXT in itx.original.content
-        assert "end of reply" in itx.original.content
+        assert "· done" in itx.original.content
         # The footer edit itself can be 429'd too, and still lands.
         h.fake.fail_next(is_footer_edit, 429, times=2, retry_after=0.1, global_=global_)
         await still_serving(h)

@@ -119,7 +119,7 @@ async def test_fifty_asks_from_twenty_users_in_ten_channels(
         assert all(itx.response is not None and itx.response.type == 5 for itx in itxs)
         for itx in itxs:
             assert body(itx) == REPLY  # complete, once, in order (even if it was preempted)
-            assert itx.original is not None and "end of reply" in itx.original.content
+            assert itx.original is not None and "· done" in itx.original.content
             seen = positions_seen(itx)
             # A waiting reply's place only goes down, and never past the asks before it.
             assert seen == sorted(seen, reverse=True), seen

@@ -96,12 +96,33 @@ class Paginator:
         return [*self.frozen, last]
 
 
+#: ASCII punctuation: chat markdown treats a backslash before any of these as
+#: "show this character literally", so escaping all of them is always safe.
+_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def escape_markdown(text: str) -> str:
+    """`text` shown exactly as typed: every punctuation character backslash-escaped.
+
+    Escaping every ASCII punctuation character (rather than a list of the markup
+    known today) also disarms ``<@id>`` mention pills, ``<#id>`` channel links,
+    ``<t:…>`` timestamps, custom emoji, headings, lists and masked links; the
+    backslashes themselves are not displayed.
+    """
+    return "".join(f"\\{c}" if c in _PUNCTUATION else c for c in text)
+
+
 def quote_prompt(prompt: str, limit: int = 180) -> str:
-    """The asker's prompt as a one-line quote above the answer, trimmed."""
+    """The asker's prompt as a one-line quote above the answer, trimmed, as plain text.
+
+    Trimmed before escaping, so the limit counts what a member sees. Without the
+    escaping, a prompt's ``**bold**``, ``||spoilers||`` or ``<@id>`` pills would be
+    rendered in the bot's message as if the bot had written them.
+    """
     flat = " ".join(prompt.split())
     if len(flat) > limit:
         flat = flat[: limit - 1].rstrip() + "…"
-    return "> " + flat.replace("`", "ˋ")
+    return "> " + escape_markdown(flat)
 
 
 class CoalescingEditor:
@@ -114,12 +135,15 @@ class CoalescingEditor:
     """
 
     def __init__(
-        self, send: Callable[[str], Awaitable[None]], interval: float = 1.0
+        self, send: Callable[[str], Awaitable[None]], interval: float = 1.0,
+        sent: str | None = None,
     ) -> None:
+        """`sent` is what the message already shows (a follow-up posted with its text),
+        so the first update with that same text is not sent again."""
         self._send = send
         self.interval = interval
-        self._latest: str | None = None
-        self._sent: str | None = None
+        self._latest: str | None = sent
+        self._sent: str | None = sent
         self._dirty = asyncio.Event()
         self._closed = False
         self._close_evt = asyncio.Event()
@@ -162,15 +186,19 @@ class CoalescingEditor:
             self.last_error = exc
             log.warning("edit failed (%s); the next edit will carry the text", type(exc).__name__)
 
-    async def finish(self, content: str | None = None) -> None:
-        """Stop the background task and send the final content (raises if it fails)."""
+    async def finish(self, content: str | None = None, *, force: bool = False) -> None:
+        """Stop the background task and send the final content (raises if it fails).
+
+        `force` sends it even if the message already shows that text: the caller
+        changes something else with it (a page losing its Stop button).
+        """
         self._closed = True
         self._close_evt.set()
         self._dirty.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         final = content if content is not None else self._latest
-        if final is not None and final != self._sent:
+        if final is not None and (force or final != self._sent):
             await self._send(final)
             self._sent = final
             self.edits += 1

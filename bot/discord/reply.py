@@ -53,10 +53,14 @@ def footer_text(result: GenerationResult) -> str:
 
 @dataclass
 class ActiveReply:
+    """A reply being written: Stop checks the presser against this, not the button's id."""
+
     gen: Generation
     user_id: int
     task: asyncio.Task[Any] | None = None
     interrupted: bool = False
+    channel_id: int | None = None
+    private: bool = False
 
 
 def _token_gone(exc: discord.HTTPException) -> bool:
@@ -73,8 +77,16 @@ class _Page:
         self.webhook_message = webhook_message
         self.original = original
         self.channel_message: discord.Message | None = None
+        #: The buttons this page carries while it is the live one (Stop); None once frozen.
+        self.view: discord.ui.View | None = None
+        #: What the message shows now, so an edit that would change nothing is skipped.
+        self.shown: tuple[str, bool] | None = None
 
     async def edit(self, content: str, view: discord.ui.View | None) -> None:
+        await self._edit(content, view)
+        self.shown = (content, view is not None)
+
+    async def _edit(self, content: str, view: discord.ui.View | None) -> None:
         if self.channel_message is not None:
             await self.channel_message.edit(
                 content=content, view=view, allowed_mentions=NO_MENTIONS
@@ -132,47 +144,66 @@ class _ReplySession:
     async def run(self) -> GenerationResult:
         body_limit = MESSAGE_LIMIT - len(self.header) - 1
         paginator = Paginator(MESSAGE_LIMIT, first_limit=body_limit)
-        pages: list[_Page] = [_Page(self, None, original=True)]
-        stop = None if self.private else stop_view(self.ask_id, self.interaction.user.id)
+        # Private replies get Stop too: the "busy" refusal tells their author to press it.
+        stop = stop_view(self.ask_id, self.interaction.user.id)
+        first = _Page(self, None, original=True)
+        first.view = stop
+        pages: list[_Page] = [first]
         text = ""
         status = ""
 
-        def make_editor(page: _Page) -> CoalescingEditor:
+        def make_editor(page: _Page, sent: str | None = None) -> CoalescingEditor:
             async def send(content: str) -> None:
-                await page.edit(content, stop)
+                await page.edit(content, page.view)
                 self.edits += 1
                 now = time.monotonic()
                 self.last_edit_at = now
                 if text and self.first_text_at is None:
                     self.first_text_at = now
-            return CoalescingEditor(send, self.runner.edit_interval_s)
+            return CoalescingEditor(send, self.runner.edit_interval_s, sent=sent)
 
         editor = make_editor(pages[0])
 
         def contents(tail: str, reserve: int) -> list[str]:
-            out = paginator.pages(text, reserve_last=reserve)
+            # Trailing blank lines of the model's output would stand between the
+            # text and the status line or footer.
+            out = paginator.pages(text.rstrip(), reserve_last=reserve)
             out[0] = f"{self.header}\n{out[0]}" if out[0] else self.header
             if tail:
                 out[-1] = f"{out[-1]}\n{tail}" if out[-1] else tail
             return out
 
-        async def show(tail: str) -> None:
+        async def grow(out: list[str]) -> None:
+            """A page filled up: freeze it (losing its Stop) and continue in a follow-up."""
             nonlocal editor
-            out = contents(tail, len(tail) + 1 if tail else 0)
             while len(out) > len(pages):
-                # A page filled up: freeze it and continue in a follow-up.
-                await editor.finish(out[len(pages) - 1])
-                page = await self._new_page(out[len(pages)], stop)
+                frozen = pages[-1]
+                frozen.view = None
+                await editor.finish(out[len(pages) - 1], force=True)
+                content = out[len(pages)]
+                page = await self._new_page(content, stop)
+                page.view = stop
+                page.shown = (content, True)
                 pages.append(page)
-                editor = make_editor(page)
+                editor = make_editor(page, sent=content)
+
+        async def show(tail: str) -> None:
+            out = contents(tail, len(tail) + 1 if tail else 0)
+            await grow(out)
             editor.update(out[-1])
 
         result: GenerationResult | None = None
         try:
             async for event in self.gen.events():
                 if isinstance(event, Queued):
-                    status = (f"-# ⏳ queued, {event.ahead} ahead" if event.ahead
-                              else "-# ⏳ next in line")
+                    if event.ahead:
+                        status = f"-# ⏳ queued, {event.ahead} ahead"
+                    elif status:
+                        status = "-# ⏳ next in line"
+                    else:
+                        # Nobody ahead on an idle bot: the reply starts at once, and a
+                        # "next in line" shown for one edit interval would only cost an edit.
+                        continue
                     await show(status)
                 elif isinstance(event, Started):
                     status = "-# ✍️ thinking…"
@@ -191,17 +222,15 @@ class _ReplySession:
             if active is not None and active.interrupted:
                 tail = "⚠️ Interrupted: the bot restarted before this reply finished.\n" + tail
             final = contents(tail, len(tail) + 1)
-            end_view = None if self.private or result.error else regen_view(self.ask_id)
-            while len(final) > len(pages):
-                await editor.finish(final[len(pages) - 1])
-                page = await self._new_page(final[len(pages)], stop)
-                pages.append(page)
-                editor = make_editor(page)
+            end_view = None if result.error else regen_view(self.ask_id)
+            await grow(final)
             await editor.abort()
-            # Earlier pages lose the Stop button first, so the footer is the last word.
+            # Pages frozen while streaming already lost their Stop; any other earlier
+            # page loses it now, before the footer, so the footer is the last word.
             for i, page in enumerate(pages[:-1]):
-                with contextlib.suppress(discord.HTTPException):
-                    await page.edit(final[i], None)
+                if page.shown != (final[i], False):
+                    with contextlib.suppress(discord.HTTPException):
+                        await page.edit(final[i], None)
             await pages[-1].edit(final[-1], end_view)
             self.edits += 1
             self.last_edit_at = time.monotonic()
@@ -299,8 +328,10 @@ class AskRunner:
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 user_id=user_id,
+                private=private,
             ))
-        active = ActiveReply(gen=gen, user_id=user_id, task=asyncio.current_task())
+        active = ActiveReply(gen=gen, user_id=user_id, task=asyncio.current_task(),
+                             channel_id=interaction.channel_id, private=private)
         self.active[ask_id] = active
         session = _ReplySession(
             runner=self, interaction=interaction, gen=gen, ask_id=ask_id,
@@ -343,15 +374,41 @@ class AskRunner:
                 await channel.send(text, allowed_mentions=NO_MENTIONS)
 
     async def stop(self, interaction: discord.Interaction, ask_id: int, owner_id: int) -> None:
-        """The Stop button: the asker or a member with Manage Messages may press it."""
+        """The Stop button: the asker, or a member with Manage Messages where the reply is.
+
+        Checked against the running reply itself, never against the user id in the
+        button's custom id (`owner_id`, kept for old buttons' parsing only): a
+        custom id is text a client sends back, and proves nothing.
+        """
         active = self.active.get(ask_id)
         if active is None:
             raise UserFacingError("This reply has already finished.")
-        perms = interaction.permissions
-        if interaction.user.id != owner_id and not perms.manage_messages:
+        owner = interaction.user.id == active.user_id
+        moderator = (
+            not active.private
+            and interaction.guild_id is not None
+            and interaction.channel_id == active.channel_id
+            and interaction.permissions.manage_messages
+        )
+        if not (owner or moderator):
             raise UserFacingError("Only the person who asked (or a moderator) can stop this reply.")
         active.gen.cancel()
         await interaction.response.defer()
+
+    def check_regenerate(self, interaction: discord.Interaction, record: AskRecord) -> None:
+        """Whether the presser may ask this again here, judged from the stored ask.
+
+        The same server and channel as the original ask, so a reply can't be
+        re-posted elsewhere (a private ask from #help into #general); a private
+        ask, or one in DMs, only by its author; and the new reply is as private
+        as the first one (`regenerate` passes `record.private` on).
+        """
+        if record.guild_id != interaction.guild_id:
+            raise UserFacingError("This button belongs to another server.")
+        if record.channel_id is not None and record.channel_id != interaction.channel_id:
+            raise UserFacingError("This button belongs to another channel.")
+        if (record.private or record.guild_id is None) and interaction.user.id != record.user_id:
+            raise UserFacingError("Only the person who asked can regenerate this reply.")
 
     async def regenerate(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Regenerate button: same prompt and settings, a new sample, a new reply."""
@@ -360,11 +417,10 @@ class AskRunner:
             raise UserFacingError(
                 "I no longer have this prompt, so I can't regenerate it. Ask again!"
             )
-        if record.guild_id != interaction.guild_id:
-            raise UserFacingError("This button belongs to another server.")
+        self.check_regenerate(interaction, record)
         knobs = Knobs.model_validate(record.knobs)
         await self.ask(interaction, record.prompt, {}, knobs=knobs,
-                       system_prompt=record.system_prompt)
+                       system_prompt=record.system_prompt, private=record.private)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""
