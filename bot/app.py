@@ -81,7 +81,10 @@ async def open_app(
         )
         try:
             yield App(
-                settings=settings, engine=engine, store=SettingsStore(db), ask_log=AskLog(db)
+                settings=settings, engine=engine,
+                store=SettingsStore(db, history_per_scope=settings.history_per_scope,
+                                    history_retention_days=settings.history_retention_days),
+                ask_log=AskLog(db, retention_days=settings.ask_retention_days),
             )
         finally:
             await engine.close(grace_s=settings.shutdown_grace_s)

@@ -7,7 +7,9 @@ Every variable is documented in `.env.example`.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,6 +99,20 @@ class Settings(BaseSettings):
     per_user_limit: int = Field(1, ge=1, le=100)
     user_cooldown_s: float = Field(0.0, ge=0.0, le=3600.0)
     shutdown_grace_s: float = Field(20.0, ge=0.0, le=600.0)
+    settings_write_limit: int = Field(
+        10, ge=0, le=10_000,
+        description="Settings changes per member per window (every DM user may write); 0 = off.",
+    )
+    settings_write_window_s: float = Field(60.0, ge=0.0, le=86_400.0)
+
+    # Retention
+    history_per_scope: int = Field(
+        200, ge=1, le=1_000_000, description="Audit-trail changes kept per scope."
+    )
+    history_retention_days: float = Field(365.0, gt=0.0, le=36_500.0)
+    ask_retention_days: float = Field(
+        7.0, gt=0.0, le=3650.0, description="How long Regenerate keeps a prompt."
+    )
 
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -155,3 +171,25 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
             var = "DISCORD_TOKEN" if field == "discord_token" else ENV_PREFIX + field.upper()
             problems.append(f"{var}: {err['msg']}")
         raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None
+
+
+def env_file_warning(env_file: str | Path | None) -> str | None:
+    """A warning when the dotenv file (it holds the bot's token) is readable by others.
+
+    `cp .env.example .env` under a normal umask makes a 0644 file: anyone with a
+    shell on the host could read the token. Checked at start rather than fixed,
+    since the operator decides who owns the file.
+    """
+    if env_file is None:
+        return None
+    path = Path(env_file)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if not stat.S_ISREG(mode) or not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return None
+    return (
+        f"{path} can be read by other users of this machine (mode {stat.S_IMODE(mode):04o}) "
+        f"and may hold the bot's token: run `chmod 600 {os.fspath(path)}`."
+    )

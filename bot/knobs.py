@@ -94,16 +94,18 @@ class Knobs(BaseModel):
         if not isinstance(value, (list, tuple)):
             raise ValueError("must be a list of strings")
         if len(value) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+            raise ValueError(
+                f"takes up to {MAX_STOP_SEQUENCES} sequences, not {len(value)}"
+            )
         for item in value:
             if not isinstance(item, str):
-                raise ValueError("each stop sequence must be text")
+                raise ValueError("takes only text")
             if not 1 <= len(item) <= MAX_STOP_LENGTH:
                 raise ValueError(
-                    f"each stop sequence must be 1 to {MAX_STOP_LENGTH} characters"
+                    f"sequences must be 1 to {MAX_STOP_LENGTH} characters long"
                 )
             if "\x00" in item:
-                raise ValueError("stop sequences cannot contain NUL characters")
+                raise ValueError("sequences cannot contain NUL characters")
             _require_encodable(item)
         return tuple(value)
 
@@ -194,8 +196,13 @@ def describe_validation_error(exc: ValidationError) -> str:
         msg = str(err["msg"])
         msg = msg.removeprefix("Value error, ")
         spec = KNOB_SPECS.get(loc)
-        if spec is not None:
-            parts.append(f"`{loc}` {_soften(msg)} (allowed: {spec.range_text()}).")
+        if spec is not None and spec.kind in (int, float):
+            # Range, type and parse errors read as one sentence: what it takes, what it got.
+            kind = "a whole number" if spec.kind is int else "a number"
+            parts.append(f"`{loc}` must be {kind} from {spec.range_text()}, "
+                         f"not {err.get('input')!r}.")
+        elif spec is not None:
+            parts.append(f"`{loc}` {_soften(msg)}.")
         elif loc:
             parts.append(f"`{loc}`: {_soften(msg)}.")
         else:
@@ -279,7 +286,7 @@ def parse_knob_text(name: str, raw: str) -> Any:
     except ValueError:
         kind = "a whole number" if spec.kind is int else "a number"
         raise InvalidKnobs(
-            f"`{name}` must be {kind} (allowed: {spec.range_text()}), not {raw!r}."
+            f"`{name}` must be {kind} from {spec.range_text()}, not {raw!r}."
         ) from None
     return validate_knob(name, value)
 

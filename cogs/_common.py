@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
@@ -9,8 +10,9 @@ from discord import app_commands
 
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import MissingScopePermission
-from bot.knobs import KNOB_SPECS, parse_knob_text
+from bot.knobs import KNOB_SPECS, format_knob, parse_knob_text
 from bot.settings.scopes import Scope
+from bot.settings.store import WriteLimiter
 
 if TYPE_CHECKING:
     from bot.discord.client import LlamaBot
@@ -39,6 +41,30 @@ ScopeChoice = Literal["channel", "server"]
 __all__ = ["NO_MENTIONS", "location_of"]
 
 
+#: Discord option descriptions (at most 100 characters) from the knobs model, so the
+#: picker shows what each knob does and its range instead of "…". Not `stop`: how
+#: to type several in one line is worded per command.
+KNOB_DESCRIPTIONS: dict[str, str] = {
+    name: f"{spec.description.rstrip('.')} ({spec.range_text()})"[:100]
+    for name, spec in KNOB_SPECS.items() if name != "stop"
+}
+
+#: How /knobs show words the sentinel values the knobs model uses.
+_SENTINELS: dict[tuple[str, Any], str] = {
+    ("top_k", -1): "no limit",
+    ("min_new_tokens", -1): "off",
+    ("repetition_penalty", 0.0): "off",
+    ("stop", ()): "none",
+}
+
+
+def display_knob(name: str, value: Any) -> str:
+    """A knob's value as a member reads it: "no limit" / "off" rather than -1 / 0."""
+    key = (name, tuple(value) if isinstance(value, list | tuple) else value)
+    word = _SENTINELS.get(key)
+    return word if word is not None else format_knob(name, value)
+
+
 def knob_options(stop: str | None, **numbers: Any) -> dict[str, Any]:
     """The knob options a member actually filled in, with stop sequences parsed."""
     values: dict[str, Any] = {k: v for k, v in numbers.items() if v is not None}
@@ -51,12 +77,43 @@ def bot_of(interaction: discord.Interaction) -> LlamaBot:
     return interaction.client  # type: ignore[return-value]
 
 
-def scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Scope:
+_limiters: weakref.WeakKeyDictionary[Any, WriteLimiter] = weakref.WeakKeyDictionary()
+
+
+def take_write_slot(interaction: discord.Interaction) -> None:
+    """Count a settings change by this member, or refuse it (`BOT_SETTINGS_WRITE_LIMIT`).
+
+    One limiter per bot, kept beside it rather than on it: it belongs to the
+    settings commands, not to the client.
+    """
+    bot = bot_of(interaction)
+    limiter = _limiters.get(bot)
+    if limiter is None:
+        settings = bot.app.settings
+        limiter = WriteLimiter(settings.settings_write_limit, settings.settings_write_window_s)
+        _limiters[bot] = limiter
+    limiter.take(interaction.user.id)
+
+
+def scope_for_write(
+    interaction: discord.Interaction, scope: ScopeChoice, *, count: bool = True
+) -> Scope:
     """The scope a settings change applies to, after checking the member may change it.
 
     `default_permissions` only hides commands in clients; this is the check
-    that counts. Ids come from the interaction, never from user text.
+    that counts, run again when a modal is submitted (`count=False` there: the
+    command that opened it took the write slot). Ids come from the interaction,
+    never from user text. A thread's settings need Manage Channels like a
+    channel's (Manage Threads alone is not enough), as the README says and as
+    the commands' default permissions show them.
     """
+    where = _scope_for_write(interaction, scope)
+    if count:
+        take_write_slot(interaction)
+    return where
+
+
+def _scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Scope:
     guild_id = interaction.guild_id
     if guild_id is None:
         if scope == "server":
@@ -73,7 +130,7 @@ def scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Sco
         return Scope.server(guild_id)
     loc = location_of(interaction)
     in_thread = loc.parent_channel_id is not None
-    if not (perms.manage_channels or (in_thread and perms.manage_threads)):
+    if not perms.manage_channels:
         where = "thread" if in_thread else "channel"
         raise MissingScopePermission(
             f"You need the Manage Channels permission to change this {where}'s settings."

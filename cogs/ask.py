@@ -7,6 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._common import (
+    KNOB_DESCRIPTIONS,
     MaxNewOpt,
     MinNewOpt,
     RepPenaltyOpt,
@@ -24,14 +25,9 @@ class Ask(commands.Cog):
     @app_commands.command(name="ask", description="Ask the model; the reply streams in.")
     @app_commands.describe(
         prompt="What to ask",
-        temperature="This ask only: randomness, 0.1–5",
-        top_p="This ask only: nucleus sampling, 0–1",
-        top_k="This ask only: sample among the k most likely tokens (-1 = no limit)",
-        max_new_tokens="This ask only: longest reply in tokens",
-        min_new_tokens="This ask only: hold back the end until this many tokens (-1 = off)",
+        **{name: f"This ask only: {text}"[:100] for name, text in KNOB_DESCRIPTIONS.items()},
         stop=r"This ask only: stop sequences, separated by | (\n for a newline)",
-        repetition_penalty="This ask only: 0 = none, up to 2",
-        private="Only you see the reply",
+        private="Only you see the reply (and only you can stop or regenerate it)",
     )
     async def ask(
         self,

@@ -1,14 +1,25 @@
-"""/knobs: sampling settings per server and per channel."""
+"""/knobs (sampling settings per server and channel) and /settings (what applies here).
+
+Arranged by who may use what: `/knobs` changes settings, so its group carries
+Manage Channels as its default permission and members are not offered actions
+they cannot take (in DMs everyone sees it: DM settings are their own). Reading
+the settings in force is `/settings`, open to everyone. The checks in
+`scope_for_write` still decide; default permissions only hide commands.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.asks import persona
 from bot.discord.common import location_of
-from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, format_knob
+from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS
 from cogs._common import (
+    KNOB_DESCRIPTIONS,
     NO_MENTIONS,
     MaxNewOpt,
     MinNewOpt,
@@ -18,6 +29,7 @@ from cogs._common import (
     TopKOpt,
     TopPOpt,
     bot_of,
+    display_knob,
     knob_options,
     scope_for_write,
     scope_word,
@@ -26,29 +38,42 @@ from cogs._common import (
 # Choices built from the knobs model, so a new knob or preset needs no edit here.
 KNOB_CHOICES = [app_commands.Choice(name=n, value=n) for n in ("all", *KNOB_NAMES)]
 PRESET_CHOICES = [app_commands.Choice(name=n, value=n) for n in PRESETS]
+#: An embed's description holds 4,096 characters; a persona is at most 4,000.
+DESCRIPTION_LIMIT = 4096
+SCOPE_HELP = "This channel (default) or the whole server"
 
 
-class Knobs(commands.GroupCog, group_name="knobs", group_description="Sampling settings"):
+async def knobs_embed(interaction: discord.Interaction) -> discord.Embed:
+    """Every knob here: its value in words, where it comes from, and its range."""
+    eff = await bot_of(interaction).app.resolve(location_of(interaction))
+    embed = discord.Embed(title="Sampling settings")
+    for name in KNOB_NAMES:
+        spec = KNOB_SPECS[name]
+        embed.add_field(
+            name=name,
+            value=f"`{display_knob(name, getattr(eff.knobs, name))}` · "
+            f"{eff.sources.get(name, 'default')}\n-# {spec.range_text()}",
+            inline=True,
+        )
+    return embed
+
+
+# Members who may not change settings see /settings, never the /knobs actions.
+@app_commands.default_permissions(manage_channels=True)
+class Knobs(
+    commands.GroupCog, group_name="knobs", group_description="Change the sampling settings"
+):
     @app_commands.command(name="show", description="Every sampling setting here, and its source.")
     async def show(self, interaction: discord.Interaction) -> None:
-        eff = await bot_of(interaction).app.resolve(location_of(interaction))
-        embed = discord.Embed(title="Sampling settings")
-        for name in KNOB_NAMES:
-            spec = KNOB_SPECS[name]
-            embed.add_field(
-                name=name,
-                value=f"`{format_knob(name, getattr(eff.knobs, name))}` · "
-                f"{eff.sources.get(name, 'default')}\n-# {spec.range_text()}",
-                inline=True,
-            )
         await interaction.response.send_message(
-            embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
+            embed=await knobs_embed(interaction), ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     @app_commands.command(name="set", description="Change sampling settings here.")
     @app_commands.describe(
-        scope="This channel (default) or the whole server",
-        stop=r"Stop sequences separated by | (\n for a newline; 'none' clears)",
+        **KNOB_DESCRIPTIONS,
+        stop=r"Stop sequences separated by | (\n for a newline; 'none' clears them)",
+        scope=SCOPE_HELP,
     )
     async def set_(
         self,
@@ -62,7 +87,6 @@ class Knobs(commands.GroupCog, group_name="knobs", group_description="Sampling s
         repetition_penalty: RepPenaltyOpt | None = None,
         scope: ScopeChoice = "channel",
     ) -> None:
-        target = scope_for_write(interaction, scope)
         values = knob_options(
             stop, temperature=temperature, top_p=top_p, top_k=top_k,
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
@@ -74,14 +98,15 @@ class Knobs(commands.GroupCog, group_name="knobs", group_description="Sampling s
                 allowed_mentions=NO_MENTIONS,
             )
             return
+        target = scope_for_write(interaction, scope)
         await bot_of(interaction).app.store.set_knobs(target, values, actor_id=interaction.user.id)
-        shown = ", ".join(f"{k} = `{format_knob(k, v)}`" for k, v in values.items())
+        shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
         await interaction.response.send_message(
             f"Set {shown} for {scope_word(target)}.", ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     @app_commands.command(name="reset", description="Go back to the inherited value.")
-    @app_commands.describe(knob="Which setting (default: all)", scope="This channel or the server")
+    @app_commands.describe(knob="Which setting (default: all)", scope=SCOPE_HELP)
     @app_commands.choices(knob=KNOB_CHOICES)
     async def reset(
         self, interaction: discord.Interaction, knob: str = "all",
@@ -92,12 +117,13 @@ class Knobs(commands.GroupCog, group_name="knobs", group_description="Sampling s
         done = await bot_of(interaction).app.store.reset_knobs(
             target, names, actor_id=interaction.user.id
         )
+        what = "any sampling setting" if names is None else f"its own {knob}"
         msg = (f"Reset {', '.join(done)} for {scope_word(target)}." if done
-               else f"Nothing to reset: {scope_word(target)} sets no such value.")
+               else f"Nothing to reset: {scope_word(target)} has no {what}.")
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="preset", description="Apply a preset: precise, balanced, creative.")
-    @app_commands.describe(name="The preset", scope="This channel (default) or the whole server")
+    @app_commands.describe(name="The preset", scope=SCOPE_HELP)
     @app_commands.choices(name=PRESET_CHOICES)
     async def preset(
         self, interaction: discord.Interaction, name: str,
@@ -106,14 +132,33 @@ class Knobs(commands.GroupCog, group_name="knobs", group_description="Sampling s
         target = scope_for_write(interaction, scope)
         values = dict(PRESETS[name])
         await bot_of(interaction).app.store.set_knobs(target, values, actor_id=interaction.user.id)
-        shown = ", ".join(f"{k} = `{format_knob(k, v)}`" for k, v in values.items())
+        shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
         await interaction.response.send_message(
             f"Applied **{name}** to {scope_word(target)}: {shown}.", ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
 
 
+class Settings(commands.Cog):
+    @app_commands.command(
+        name="settings", description="The persona and sampling settings in effect here."
+    )
+    async def settings(self, interaction: discord.Interaction) -> None:
+        bot = bot_of(interaction)
+        eff = await bot.app.resolve(location_of(interaction))
+        text, source = persona(eff, bot.app.settings.system_prompt)
+        body = text or "*(none: the model's own default applies)*"
+        intro = f"**Persona** (from {source})\n"
+        room = DESCRIPTION_LIMIT - len(intro)
+        if len(body) > room:
+            body = body[: room - 1] + "…"
+        embeds: list[Any] = [discord.Embed(title="Settings here", description=intro + body),
+                             await knobs_embed(interaction)]
+        await interaction.response.send_message(
+            embeds=embeds, ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(Knobs())
-
-
+    await bot.add_cog(Settings())

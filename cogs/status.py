@@ -1,4 +1,8 @@
-"""/status: what the bot runs on and how busy it is (Manage Server)."""
+"""/status: what the bot runs on and how busy it is (Manage Server, in a server only).
+
+Server-only on purpose: the permission it needs is a server's, so in DMs
+there is nobody it could be checked against, and it is not offered there.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +27,11 @@ def _uptime(seconds: float) -> str:
 class Status(commands.Cog):
     @app_commands.command(name="status", description="Model, device, queue and speed.")
     @app_commands.default_permissions(manage_guild=True)
+    @app_commands.guild_only()
     async def status(self, interaction: discord.Interaction) -> None:
-        if interaction.guild_id is not None and not interaction.permissions.manage_guild:
+        if interaction.guild_id is None:
+            raise app_commands.NoPrivateMessage()
+        if not interaction.permissions.manage_guild:
             raise MissingScopePermission("You need the Manage Server permission for /status.")
         bot = bot_of(interaction)
         engine = bot.app.engine

@@ -93,6 +93,7 @@ async def running_bot(
         "edit_interval_s": 0.2,
         "batch_wait_ms": 5,
         "cpu_threads": 1,
+        "settings_write_limit": 0,  # stories change settings quickly; tests of the limit set it
     }
     overrides.update(settings_overrides)
     settings: Settings = load_settings(None, **overrides)

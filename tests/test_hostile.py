@@ -278,7 +278,7 @@ def test_model_output_mentions_ping_no_one(bot: BotThread, text: str, private: b
                 if data and "content" in data:
                     assert data.get("allowed_mentions") == {"parse": []}, data
                     checked += 1
-        assert checked >= 2
+        assert checked >= 1  # an instant reply may be one edit: the final one
     finally:
         use_script(h.app.engine, lambda _p: "ok", 0.0)
 

@@ -15,6 +15,7 @@ import discord
 from bot.asks import footer
 from bot.discord.pages import quote_prompt
 from bot.engine import FinishReason, GenerationResult
+from bot.settings.scopes import Scope
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FLAG_EPHEMERAL, FakeUser, Routes, StoredMessage
 
@@ -210,3 +211,133 @@ async def test_page_split_posts_once_and_only_the_live_page_has_stop(
         counts = _live_stops_over_time(h, itx.token, itx.followup_ids)
         assert counts and max(counts) == 1, counts
         assert is_final(pages[-1].content)  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- items 2, 10
+
+
+def _synced(h: Harness) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in h.fake.commands.get(None, [])}
+
+
+async def test_commands_sync_with_real_descriptions_and_who_may_use_them(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(tiny_model_dir, tmp_path) as h:
+        synced = _synced(h)
+        knobs_set = next(o for o in synced["knobs"]["options"] if o["name"] == "set")
+        for option in knobs_set["options"]:
+            assert option["description"] not in ("…", ""), option
+        temperature = next(o for o in knobs_set["options"] if o["name"] == "temperature")
+        assert "0.1 to 5" in temperature["description"]
+        ask_top_k = next(o for o in synced["ask"]["options"] if o["name"] == "top_k")
+        assert "no limit" in ask_top_k["description"]
+        # Write commands are offered to managers only; reading is everyone's /settings.
+        manage_channels = str(discord.Permissions(manage_channels=True).value)
+        assert str(synced["knobs"]["default_member_permissions"]) == manage_channels
+        assert str(synced["system"]["default_member_permissions"]) == manage_channels
+        assert synced["settings"]["default_member_permissions"] is None
+        # /status needs a server's permission, so it is a server command only.
+        assert synced["status"]["contexts"] == [0]
+
+
+# --------------------------------------------------------------------------- items 11, 17, 18
+
+MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
+MANAGE_GUILD = str(discord.Permissions(manage_guild=True, manage_channels=True).value)
+MANAGE_THREADS = str(discord.Permissions(manage_threads=True).value)
+
+
+async def test_settings_read_in_words_and_persona_is_shown_whole(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(tiny_model_dir, tmp_path) as h:
+        itx = await h.command("knobs show")
+        fields = {f["name"]: f["value"] for f in
+                  (await itx.wait_response()).data["embeds"][0]["fields"]}  # type: ignore[index]
+        assert fields["top_k"].startswith("`no limit`")
+        assert fields["min_new_tokens"].startswith("`off`")
+        assert fields["repetition_penalty"].startswith("`off`")
+        assert fields["stop"].startswith("`none`")
+        long_persona = "You are a careful assistant. " * 110  # 3,190 characters
+        ok = await h.command("system set", {"text": long_persona.strip(), "scope": "server"},
+                             permissions=MANAGE_GUILD)
+        await ok.wait_response()
+        shown = await h.command("system show")
+        embed = (await shown.wait_response()).data["embeds"][0]  # type: ignore[index]
+        assert embed["description"] == long_persona.strip()
+        # Everyone's /settings: the persona, where it comes from, and the knobs.
+        everyone = await h.command("settings")
+        embeds = (await everyone.wait_response()).data["embeds"]  # type: ignore[index]
+        assert "from server" in embeds[0]["description"]
+        assert long_persona.strip() in embeds[0]["description"]
+        assert any(f["name"] == "temperature" for f in embeds[1]["fields"])
+
+
+def _modal_input(modal: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    row = modal["components"][0]
+    text_input = row.get("component") or row["components"][0]
+    return modal["custom_id"], text_input
+
+
+async def test_system_edit_prefills_the_inherited_persona_and_rechecks_on_submit(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(tiny_model_dir, tmp_path) as h:
+        await h.app.store.set_system_prompt(Scope.server(h.guild.id), "You are a pirate.",
+                                            actor_id=1)
+        opened = await h.command("system edit", {"scope": "channel"}, permissions=MANAGE_CHANNELS)
+        await opened.wait_response()
+        assert opened.modal is not None
+        custom_id, text_input = _modal_input(opened.modal)
+        assert text_input["value"] == "You are a pirate."
+        assert "this server" in text_input["label"]
+        # The member lost Manage Channels while the box was open: the submit is refused.
+        late = await h.fake.inject_modal_submit(
+            custom_id, {text_input["custom_id"]: "Be rude."}, channel_id=h.general,
+        )
+        resp = await late.wait_response()
+        assert resp.data is not None and "Manage Channels" in resp.data["content"]
+        own = await h.app.store.scope_overrides(Scope.channel(h.general, h.guild.id))
+        assert "system_prompt" not in own
+
+
+async def test_manage_threads_alone_cannot_change_a_thread(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(tiny_model_dir, tmp_path) as h:
+        itx = await h.command("knobs set", {"temperature": 1.2}, channel_id=h.thread,
+                              permissions=MANAGE_THREADS)
+        resp = await itx.wait_response()
+        assert resp.data is not None and "Manage Channels" in resp.data["content"]
+        ok = await h.command("knobs set", {"temperature": 1.2}, channel_id=h.thread,
+                             permissions=MANAGE_CHANNELS)
+        assert "Set temperature" in (await ok.wait_response()).data["content"]  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- items 7, 8
+
+
+async def test_tokens_shows_byte_pieces_privately_unless_asked(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(smol_model_dir, tmp_path) as h:
+        itx = await h.command("tokens", {"text": "Hi 😀🦜"})
+        data = (await itx.wait_response()).data
+        assert data is not None and data["flags"] & FLAG_EPHEMERAL
+        content = data["content"]
+        count = int(re.search(r"\*\*(\d+) tokens\*\*", content)[1])  # type: ignore[index]
+        block = content.split("```ansi\n", 1)[1].rsplit("\n```", 1)[0]
+        visible = [p for p in re.split(r"\x1b\[0;3\dm", block.removesuffix("\x1b[0m")) if p]
+        assert len(visible) == count, visible
+        assert "<0xF0>" in block
+        public = await h.command("tokens", {"text": "Hi", "public": True})
+        data = (await public.wait_response()).data
+        assert data is not None and not data.get("flags", 0) & FLAG_EPHEMERAL
+
+
+async def test_knob_errors_read_as_sentences(tiny_model_dir: Path, tmp_path: Path) -> None:
+    async with running_bot(tiny_model_dir, tmp_path) as h:
+        bad = await h.command("knobs set", {"stop": "a|b|c|d|e"}, permissions=MANAGE_CHANNELS)
+        content = (await bad.wait_response()).data["content"]  # type: ignore[index]
+        assert content == "⚠️ `stop` takes up to 4 sequences, not 5."

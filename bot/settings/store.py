@@ -21,6 +21,10 @@ Design choices, and why:
   naming the knob) *and* on the way out: a row edited by hand into something
   invalid is logged once and ignored, so a bad row can never stop the bot from
   answering.
+- The audit trail is bounded: each scope keeps its newest `history_per_scope`
+  changes and none older than `history_retention_days`, so a member who may
+  write (every DM user may, for their own DMs) cannot grow the file without
+  bound; `WriteLimiter` (used by the Discord front-end) paces the writes.
 - No SQL is built from user text. Formatted SQL only joins constants of this
   package: the scope-chain ``UNION ALL`` (one term per scope) and ``?``
   placeholder lists sized by the number of keys; every value is a parameter.
@@ -30,15 +34,17 @@ Design choices, and why:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import aiosqlite
 from pydantic import ValidationError
 
-from bot.errors import InvalidKnobs
+from bot.errors import InvalidKnobs, UserFacingError
 from bot.knobs import KNOB_NAMES, Knobs, build_knobs, describe_validation_error, validate_knob
 from bot.settings.db import Database, utcnow
 from bot.settings.scopes import (
@@ -98,17 +104,24 @@ class SettingsStore:
     bot's shard host); several connections in one process are safe.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self, db: Database, *, history_per_scope: int = 200, history_retention_days: float = 365.0
+    ) -> None:
         self.db = db
         self.path = db.path
+        self.history_per_scope = max(1, int(history_per_scope))
+        self.history_retention_days = history_retention_days
+        self._pruned_at: float | None = None
         self._warned: set[tuple[str, int, str, str]] = set()
 
     @classmethod
     async def open(
-        cls, path: Path, *, busy_timeout_ms: int = 5000, clock: Any = utcnow
+        cls, path: Path, *, busy_timeout_ms: int = 5000, clock: Any = utcnow, **limits: Any
     ) -> SettingsStore:
         """Open (creating and migrating if needed) the database at `path` for settings alone."""
-        return cls(await Database.open(path, busy_timeout_ms=busy_timeout_ms, clock=clock))
+        return cls(
+            await Database.open(path, busy_timeout_ms=busy_timeout_ms, clock=clock), **limits
+        )
 
     async def close(self) -> None:
         await self.db.close()
@@ -358,6 +371,7 @@ class SettingsStore:
                 _HISTORY_SQL,
                 (scope.kind.value, scope.id, scope.guild_id, key, old, encoded, actor_id, now),
             )
+        await self._trim_history(conn, scope)
 
     async def _delete(
         self, conn: aiosqlite.Connection, scope: Scope, keys: list[str], actor_id: int
@@ -382,7 +396,71 @@ class SettingsStore:
                 (scope.kind.value, scope.id, scope.guild_id, key, existing[key], None,
                  actor_id, now),
             )
+        if done:
+            await self._trim_history(conn, scope)
         return done
+
+    async def _trim_history(self, conn: aiosqlite.Connection, scope: Scope) -> None:
+        """Keep `scope`'s newest `history_per_scope` changes; at most hourly, drop old ones.
+
+        The per-scope cap uses the (scope_kind, scope_id, id) index; the age
+        cut scans the table, so it runs on the first write after start and then
+        at most once an hour.
+        """
+        await conn.execute(
+            "DELETE FROM settings_history WHERE scope_kind = ? AND scope_id = ? AND id <= "
+            "(SELECT id FROM settings_history WHERE scope_kind = ? AND scope_id = ? "
+            "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (scope.kind.value, scope.id, scope.kind.value, scope.id, self.history_per_scope),
+        )
+        now = time.monotonic()
+        if self._pruned_at is None or now - self._pruned_at >= 3600:
+            self._pruned_at = now
+            await conn.execute(
+                "DELETE FROM settings_history WHERE changed_at < ?", (self._history_cutoff(),)
+            )
+
+    def _history_cutoff(self) -> str:
+        then = self.db.clock().astimezone(UTC) - timedelta(days=self.history_retention_days)
+        return then.isoformat(timespec="milliseconds")
+
+
+class WriteLimiter:
+    """At most `limit` settings writes per member in any `window_s` seconds.
+
+    The store accepts every valid write; a front-end open to anyone (Discord,
+    where every DM user may write their own DM settings) takes a slot here
+    first, so one member cannot flood the database or its audit trail. Kept in
+    memory: a restart forgets it, which costs at most one more burst.
+    """
+
+    def __init__(
+        self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._recent: dict[int, deque[float]] = {}
+
+    def take(self, actor_id: int) -> None:
+        """Count a write by `actor_id`, or refuse it with when to try again."""
+        if self.limit <= 0 or self.window_s <= 0:
+            return
+        now = self._clock()
+        recent = self._recent.setdefault(actor_id, deque())
+        while recent and now - recent[0] >= self.window_s:
+            recent.popleft()
+        if len(recent) >= self.limit:
+            wait = max(1, round(self.window_s - (now - recent[0])))
+            raise UserFacingError(
+                f"You're changing settings too quickly; try again in {wait} s."
+            )
+        recent.append(now)
+        if len(self._recent) > 10_000:
+            # Forget members whose writes are all out of the window.
+            self._recent = {
+                k: v for k, v in self._recent.items() if v and now - v[-1] < self.window_s
+            }
 
 
 class Invalid:
@@ -410,4 +488,5 @@ __all__ = [
     "Scope",
     "ScopeKind",
     "SettingsStore",
+    "WriteLimiter",
 ]
