@@ -10,16 +10,20 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from bot.config import Settings, load_settings
+from bot.config import Settings, env_file_warning, load_settings
 from bot.errors import ConfigError, UserFacingError
 from bot.knobs import KNOB_SPECS, unescape_stop
 from bot.ops.logs import setup_logging
 
 log = logging.getLogger("bot")
+
+#: What a shell reports for a program ended by SIGPIPE: `bot ask … | head -c1`.
+EXIT_BROKEN_PIPE = 128 + 13
 
 
 def _add_knob_flags(p: argparse.ArgumentParser) -> None:
@@ -88,13 +92,22 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     engine = await load_engine(settings, model_dir_for(settings, _progress))
     try:
         gen = engine.submit(request)
-        async for event in gen.events():
-            if isinstance(event, TextDelta):
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-        result = await gen.result()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        try:
+            async for event in gen.events():
+                if isinstance(event, TextDelta):
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+            result = await gen.result()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader left (`| head -c1`): stop decoding, and point stdout at
+            # /dev/null so the interpreter's own flush at exit can't fail again.
+            gen.cancel()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return EXIT_BROKEN_PIPE
         ttft = f" · {result.ttft_s * 1000:.0f} ms to first token" if result.ttft_s else ""
         print(f"{footer(result)}{ttft} · finish: {result.finish_reason}", file=sys.stderr)
         if result.error:
@@ -142,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
+    warning = env_file_warning(args.env_file)
+    if warning is not None:
+        log.warning("%s", warning)
     try:
         if command == "prepare-model":
             from bot.model.embedded import prepare_default_model
@@ -165,11 +181,35 @@ def main(argv: list[str] | None = None) -> int:
             from bot.console import run_console
 
             return asyncio.run(run_console(settings))
-        from bot.discord.client import run_bot
-
-        return asyncio.run(run_bot(settings))
+        return _run_discord(settings)
     except UserFacingError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # A bug: the traceback goes through the log, whose handler redacts secrets.
+        log.exception("stopped by an unexpected error")
+        return 1
+
+
+def _run_discord(settings: Settings) -> int:
+    """The bot, with Discord's refusals of the token as one line instead of a traceback."""
+    import aiohttp
+    import discord
+
+    from bot.discord.client import run_bot
+
+    try:
+        return asyncio.run(run_bot(settings))
+    except discord.LoginFailure:
+        print("error: Discord refused the token (DISCORD_TOKEN): check it in the Developer "
+              "Portal, or reset it and update .env.", file=sys.stderr)
+        return 1
+    except discord.PrivilegedIntentsRequired:
+        print("error: Discord refused the connection: this bot asked for a privileged intent "
+              "that is not enabled in the Developer Portal.", file=sys.stderr)
+        return 1
+    except (aiohttp.ClientError, OSError) as exc:
+        print(f"error: couldn't reach Discord: {exc}", file=sys.stderr)
+        return 1

@@ -192,7 +192,8 @@ class Console:
         pieces = token_pieces(self.app.engine.bundle.tokenizer, text)
         shown = "|".join(p for _, p in pieces)
         self.write(
-            f"{len(pieces)} tokens (context window {self.app.engine.info.context_length}):\n"
+            f"{len(pieces)} token{'' if len(pieces) == 1 else 's'} "
+            f"(context window {self.app.engine.info.context_length}):\n"
             f"{shown}\n"
         )
 
@@ -224,33 +225,59 @@ def _parse_assignments(text: str) -> dict[str, Any]:
     return values
 
 
+class _Unreadable:
+    """A line that was not valid UTF-8: said so, skipped, and the console carries on."""
+
+
+UNREADABLE = _Unreadable()
+Line = str | _Unreadable | None
+
+
 class _LineReader:
-    """Read stdin on a daemon thread so the event loop stays free and exit never hangs."""
+    """Read stdin on a daemon thread so the event loop stays free and exit never hangs.
+
+    Piped input is read as bytes and decoded line by line, so one invalid byte
+    costs that line only (a text stream's strict decoder would fail for good,
+    and the console used to end there with "bye").
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interactive: bool) -> None:
         self._loop = loop
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Line] = asyncio.Queue()
         self._interactive = interactive
         self._want = threading.Event()
         threading.Thread(target=self._run, daemon=True, name="console-input").start()
+
+    def _read(self) -> Line:
+        if self._interactive:
+            return input("you> ")
+        binary = getattr(sys.stdin, "buffer", None)
+        if binary is None:
+            text = sys.stdin.readline()
+            return None if text == "" else text
+        raw: bytes = binary.readline()
+        if raw == b"":
+            return None
+        return raw.decode("utf-8")
 
     def _run(self) -> None:
         while True:
             self._want.wait()
             self._want.clear()
+            line: Line
             try:
-                line: str | None = input("you> ") if self._interactive else sys.stdin.readline()
-                if not self._interactive and line == "":
-                    line = None
+                line = self._read()
             except EOFError:
                 line = None
+            except UnicodeDecodeError:
+                line = UNREADABLE
             except Exception:
                 line = None
             self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
             if line is None:
                 return
 
-    async def readline(self) -> str | None:
+    async def readline(self) -> Line:
         self._want.set()
         return await self._queue.get()
 
@@ -325,6 +352,9 @@ async def console_loop(app: App, interactive: bool) -> None:
             line = read.result()
             if line is None:
                 break
+            if isinstance(line, _Unreadable):
+                console.write("error: that line is not valid UTF-8; nothing was run.\n")
+                continue
             if not interactive and line.strip():
                 console.write(f"you> {line.strip()}\n")
             if not await console.handle(line):

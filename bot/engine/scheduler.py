@@ -187,7 +187,16 @@ class Engine:
         return previous
 
     async def close(self, grace_s: float = 0.0) -> None:
-        """Refuse new work, let running replies finish for `grace_s`, cancel the rest."""
+        """Refuse new work, let running replies finish for `grace_s`, cancel the rest.
+
+        Then shut down deterministically, in this order: the lanes end (each waits
+        for its `generate_batch` call to return), the decoding threads are joined,
+        and the CTranslate2 generator is unloaded and dropped here, on our terms.
+        Left to the garbage collector, it could be destroyed during interpreter
+        exit, its C++ thread pool torn down while the runtime's own threads and
+        statics go away: one such race ended a `python -m bot ask` with SIGABRT.
+        Closing twice is harmless.
+        """
         self._closing = True
         while self._waiting:
             gen = self._waiting.popleft()
@@ -201,6 +210,12 @@ class Engine:
         self._wakeup.set()
         await asyncio.gather(*self._lanes, return_exceptions=True)
         self._executor.shutdown(wait=True)
+        backend, self._backend = self._backend, _ClosedBackend()
+        unload = getattr(backend, "unload_model", None)
+        if callable(unload):
+            with contextlib.suppress(Exception):
+                unload()
+        del backend  # the last reference: the generator and its threads end now
 
     @property
     def closing(self) -> bool:
@@ -401,6 +416,13 @@ class Engine:
                         else FinishReason.MAX_TOKENS
                     )
                 loop.call_soon_threadsafe(slot.gen.emit, Finished(slot.result()))
+
+
+class _ClosedBackend:
+    """Stands in for the generator once the engine is closed: it was released."""
+
+    def generate_batch(self, start_tokens: list[list[str]], **kwargs: Any) -> Any:
+        raise ShuttingDown()
 
 
 def _model_error_message(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -69,9 +70,10 @@ class Database:
         where = str(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
         except OSError as exc:
             raise SettingsError(
-                f"Couldn't create the folder for the settings database {where}: {exc.strerror}."
+                f"Couldn't create the settings database {where}: {exc.strerror}."
             ) from None
         writer: aiosqlite.Connection | None = None
         reader: aiosqlite.Connection | None = None
@@ -162,6 +164,22 @@ def _save_error(exc: sqlite3.Error) -> SettingsError:
     else:
         reason = "the database reported an error"
     return SettingsError(f"Couldn't save the setting: {reason}; nothing was changed.")
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 (owner only) if it does not exist yet.
+
+    It holds every persona and recent prompts. SQLite creates the ``-wal`` and
+    ``-shm`` files with the database file's permissions, so creating this one
+    first, rather than letting SQLite create it under the umask (0644 under the
+    usual 022), makes all three private. An existing file is left as it is:
+    its owner chose its mode.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:

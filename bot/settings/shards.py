@@ -13,7 +13,9 @@ command line itself is wrong (argparse's convention).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 from bot.config import Settings
 from bot.errors import UserFacingError
 from bot.settings.store import SettingsStore
-from bot.settings.transfer import export_shard, import_rows
+from bot.settings.transfer import export_shard, import_rows, prepare_import
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -71,6 +73,8 @@ def _read_dump(path: Path | None) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserFacingError(f"{where} is not JSON: {exc}.") from None
+    except RecursionError:
+        raise UserFacingError(f"{where} is nested too deeply to be a settings dump.") from None
     if not isinstance(data, dict):
         raise UserFacingError(f"{where} is not a settings dump (expected a JSON object).")
     return data
@@ -83,12 +87,30 @@ def _write_dump(path: Path | None, dump: Mapping[str, Any]) -> None:
         sys.stdout.flush()
         return
     try:
-        # Write beside the target and rename, so a failed export never leaves half a file.
+        # Write beside the target and rename, so a failed export never leaves half a
+        # file; created 0600, as the database it comes from: it holds every persona.
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
         tmp.replace(path)
     except OSError as exc:
         raise UserFacingError(f"Couldn't write {path}: {exc.strerror or exc}.") from None
+
+
+async def _import_into(db: Path, prepared: Any, *, created: bool) -> int:
+    """Write a validated dump; a database this import `created` is removed if it fails."""
+    try:
+        async with await SettingsStore.open(db) as store:
+            return await import_rows(store, prepared)
+    except BaseException:
+        if created:
+            for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        raise
 
 
 async def run_settings_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -125,8 +147,9 @@ async def run_settings_command(settings: Settings, args: argparse.Namespace) -> 
                 "settings": mine,
                 "history": [h for h in history if _owned_by(shard, count, h)],
             }
-            async with await SettingsStore.open(db) as store:
-                written = await import_rows(store, filtered)
+            # Validated before the database is opened: a bad dump creates nothing.
+            prepared = prepare_import(filtered)
+            written = await _import_into(db, prepared, created=not db.exists())
             skipped = len(rows) - len(mine)
             print(
                 f"imported {written} settings rows (shard {shard} of {count}) into {db}"
