@@ -205,10 +205,14 @@ async def test_event_loop_stays_responsive_while_decoding(tiny_engine: Engine) -
             lags.append(time.perf_counter() - t - 0.01)
 
     task = asyncio.create_task(ticker())
+    started = time.perf_counter()
     await tiny_engine.generate(GenerationRequest("x", Knobs(max_new_tokens=300,
                                                             min_new_tokens=300)))
+    total = time.perf_counter() - started
     task.cancel()
-    assert lags and max(lags) < 0.2
+    # A loop blocked by decoding would show one lag as long as the decode itself; a
+    # busy shared machine stretches both, so the bound scales with the decode.
+    assert lags and max(lags) < max(0.2, total / 3), (max(lags), total)
 
 
 async def test_closing_refuses_new_work(tiny_model_dir: Path) -> None:

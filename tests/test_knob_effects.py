@@ -1,15 +1,21 @@
 """Every knob changes the embedded model's output the way the guide's table says.
 
 These use the real SmolLM2 (int8), so they check behaviour, not plumbing.
-Sampling is random; each assertion has a wide margin and compares against
-greedy decoding of the same prompt rather than fixed text.
+Sampling runs on an engine seeded once (`engine` below), so each test sees the
+same samples on every run of a given machine and library; and each assertion is
+also statistically sound, so another machine's different samples pass too:
+they compare against greedy decoding of the same prompt rather than fixed text,
+with medians of enough samples that a chance failure is far below 1 in 10,000
+(see each test).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +26,21 @@ from bot.knobs import Knobs
 pytestmark = pytest.mark.slow
 
 CATS = "Write one sentence about cats."
+SEED = 20261126
+
+
+@pytest.fixture
+async def smol_engine(smol_model_dir: Path) -> AsyncIterator[Engine]:
+    """The embedded model on one replica, its sampler seeded when it is built.
+
+    CTranslate2 seeds a replica's sampler when the generator is created (one
+    replica: requests are sampled in submission order), so this makes every
+    sampled text in a test the same on each run.
+    """
+    engine = await Engine.load(smol_model_dir, device="cpu", batch_wait_ms=5, inter_threads=1,
+                               seed=SEED)
+    yield engine
+    await engine.close()
 
 
 async def gen(engine: Engine, prompt: str, **knobs: object) -> str:
@@ -42,16 +63,25 @@ async def test_capital_of_france_greedy(smol_engine: Engine) -> None:
 
 
 async def test_temperature_low_stays_near_greedy_high_wanders(smol_engine: Engine) -> None:
+    """Low temperature follows greedy decoding for a while; high temperature leaves it at once.
+
+    Why medians of 16: at temperature 0.1 the int8 model still has near-ties
+    (measured over 30 unseeded samples: common prefix with greedy 0 once, 11
+    fourteen times, 23 or more fifteen times). The median of 16 falls to 10 or
+    below only if 8 of the 16 diverge within the first word, which at the
+    measured rate (1 in 30) has a probability of about 2e-8. At temperature 3 the
+    first token already differs from greedy in every sample we drew.
+    """
     greedy = await gen(smol_engine, CATS, top_k=1, max_new_tokens=24)
     low = [await gen(smol_engine, CATS, temperature=0.1, top_p=1.0, max_new_tokens=24)
-           for _ in range(4)]
+           for _ in range(16)]
     high = [await gen(smol_engine, CATS, temperature=3.0, top_p=1.0, max_new_tokens=24)
-            for _ in range(4)]
-    low_prefix = sum(common_prefix(greedy, t) for t in low) / 4
-    high_prefix = sum(common_prefix(greedy, t) for t in high) / 4
-    assert low_prefix > 20
+            for _ in range(6)]
+    low_prefix = statistics.median(common_prefix(greedy, t) for t in low)
+    high_prefix = statistics.median(common_prefix(greedy, t) for t in high)
+    assert low_prefix > 10, sorted(common_prefix(greedy, t) for t in low)
     assert high_prefix < low_prefix / 2
-    assert len(set(high)) == 4
+    assert len(set(high)) == len(high)
 
 
 async def test_top_p_zero_and_top_k_one_are_greedy_even_when_hot(smol_engine: Engine) -> None:
@@ -73,8 +103,9 @@ async def test_max_and_min_new_tokens(smol_engine: Engine) -> None:
         GenerationRequest("Say OK.", Knobs(top_k=1, min_new_tokens=40, max_new_tokens=128))
     )
     assert held.new_tokens >= 40
+    # Greedy: a sampled reply could (rarely) end by itself within 5 tokens.
     capped = await smol_engine.generate(
-        GenerationRequest("Tell me a long story.", Knobs(max_new_tokens=5))
+        GenerationRequest("Tell me a long story.", Knobs(top_k=1, max_new_tokens=5))
     )
     assert capped.new_tokens == 5 and capped.finish_reason == FinishReason.MAX_TOKENS
 
