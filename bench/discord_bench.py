@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -64,6 +65,10 @@ SOAK_DRAIN_S = 120.0
 PRUNE_AFTER_S = 15.0  # forget a finished reply's records this long after its footer
 RSS_SAMPLE_S = 2.0
 RSS_GROWTH_MB = 8.0
+#: Text edits the stream measurement wants to see: a ratio needs at least two, and a
+#: reply of 128 tokens at ~63 tok/s with a 1.25 s edit interval gets only two, or one.
+STREAM_TEXT_EDITS = 6
+STREAM_MAX_TOKENS = 1024
 
 _FOOTER_MARKS = tuple(f" · {word}" for word in FINISH_WORDS.values())
 _WEBHOOK_EDITS = (Routes.EDIT_ORIGINAL, Routes.EDIT_FOLLOWUP)
@@ -82,7 +87,7 @@ SOAK_PROMPTS = (
 
 
 def is_final(content: str) -> bool:
-    """A reply's last message ends with the footer (`-# N tokens · … · end of reply`)."""
+    """A reply's last message ends with the footer (`-# N tokens · … · done`)."""
     return any(mark in content for mark in _FOOTER_MARKS)
 
 
@@ -338,6 +343,20 @@ async def stream_ratio(world: World, new_tokens: int) -> dict[str, Any]:
             "stream_ratio": _round(ratio)}
 
 
+def stream_tokens(decode_tok_s: float | None, edit_interval_s: float, at_least: int) -> int:
+    """How long the measured stream must be for `STREAM_TEXT_EDITS` text edits.
+
+    Sized from the warm-up's decode speed, so the figures exist on a slow CPU and
+    a fast GPU alike: decoding must outlast that many edit intervals (plus one
+    for the first edit's wait). Never less than `--new-tokens`, never more than
+    `STREAM_MAX_TOKENS`.
+    """
+    if not decode_tok_s:
+        return max(at_least, STREAM_MAX_TOKENS // 2)
+    wanted = math.ceil(decode_tok_s * edit_interval_s * (STREAM_TEXT_EDITS + 1))
+    return max(at_least, min(STREAM_MAX_TOKENS, wanted))
+
+
 async def discord_numbers(world: World, new_tokens: int) -> dict[str, Any]:
     info = world.app.engine.info
     out: dict[str, Any] = {
@@ -351,10 +370,18 @@ async def discord_numbers(world: World, new_tokens: int) -> dict[str, Any]:
         "edit_bucket": f"{EDIT_BUCKET_LIMIT}/{EDIT_BUCKET_WINDOW_S:g}s per token",
     }
     # A warm-up ask: the first decode pays one-off allocations we should not measure.
-    warm = await world.ask("Say hello.", world.users[-1], world.channels[-1], max_new_tokens=8)
+    warm = await world.ask("Say hello.", world.users[-1], world.channels[-1],
+                           top_k=1, max_new_tokens=32, min_new_tokens=32)
     await world.fake.wait_for(lambda: reply_state(warm) != "pending" or None, timeout=120)
+    warm_rate = world.results[-1][1].decode_tok_s if world.results else None
     out.update(await concurrent_acks(world))
-    out.update(await stream_ratio(world, new_tokens))
+    tokens = stream_tokens(warm_rate, world.app.settings.edit_interval_s, new_tokens)
+    stream = await stream_ratio(world, tokens)
+    while stream.get("stream_ratio") is None and tokens < STREAM_MAX_TOKENS:
+        # Slower than the warm-up promised (a busy machine): longer, until it shows.
+        tokens = min(STREAM_MAX_TOKENS, tokens * 2)
+        stream = await stream_ratio(world, tokens)
+    out.update(stream)
     out["http_429"] = world.fake.stats.rate_limited
     out["rss_mb"] = round(rss_mb(), 1)
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)

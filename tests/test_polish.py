@@ -341,3 +341,17 @@ async def test_knob_errors_read_as_sentences(tiny_model_dir: Path, tmp_path: Pat
         bad = await h.command("knobs set", {"stop": "a|b|c|d|e"}, permissions=MANAGE_CHANNELS)
         content = (await bad.wait_response()).data["content"]  # type: ignore[index]
         assert content == "⚠️ `stop` takes up to 4 sequences, not 5."
+
+
+# --------------------------------------------------------------------------- item 21
+
+
+def test_discord_bench_streams_long_enough_for_its_figures() -> None:
+    from bench.discord_bench import STREAM_MAX_TOKENS, STREAM_TEXT_EDITS, stream_tokens
+
+    # The case that printed "stream_ratio": null: ~63 tok/s, 1.25 s between edits.
+    tokens = stream_tokens(63.0, 1.25, at_least=128)
+    assert tokens / 63.0 >= 1.25 * (STREAM_TEXT_EDITS + 1)
+    assert stream_tokens(63.0, 1.25, at_least=900) == 900  # --new-tokens is a floor
+    assert stream_tokens(5000.0, 1.25, at_least=128) == STREAM_MAX_TOKENS
+    assert stream_tokens(None, 1.25, at_least=128) >= 2 * 128
