@@ -118,7 +118,7 @@ def _scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Sc
     if guild_id is None:
         if scope == "server":
             raise MissingScopePermission(
-                "There is no server in a DM; DM settings are yours alone, use scope: channel."
+                "DMs have no server settings: your DM settings are your own (use scope: channel)."
             )
         return Scope.dm(interaction.user.id)
     perms = interaction.permissions

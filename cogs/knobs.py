@@ -117,9 +117,10 @@ class Knobs(
         done = await bot_of(interaction).app.store.reset_knobs(
             target, names, actor_id=interaction.user.id
         )
-        what = "any sampling setting" if names is None else f"its own {knob}"
-        msg = (f"Reset {', '.join(done)} for {scope_word(target)}." if done
-               else f"Nothing to reset: {scope_word(target)} has no {what}.")
+        what = "sampling setting" if names is None else knob
+        where = scope_word(target)
+        msg = (f"Reset {', '.join(done)} for {where}." if done
+               else f"Nothing to reset: no {what} is set for {where} itself.")
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="preset", description="Apply a preset: precise, balanced, creative.")

@@ -322,7 +322,7 @@ def test_other_servers_and_dms_cannot_touch_this_server(bot: BotThread) -> None:
     dm_sys = bot.run(answered(h, "system set", [opt("text", "DM persona"), opt("scope", "server")],
                               dm=True, user=HOME.members[0], permissions=MANAGE_GUILD))
     assert_handled(bot, dm_sys)
-    assert "There is no server in a DM" in dm_sys.response.data["content"]  # type: ignore[union-attr]
+    assert "DMs have no server settings" in dm_sys.response.data["content"]  # type: ignore[union-attr]
     assert knob_value(bot, home_loc()) == before
     eff = bot.run(h.app.store.resolve(home_loc()))
     assert eff.system_prompt != "DM persona"

@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 
 GENERIC = "Something went wrong on my side; it has been logged. Please try again."
 
+#: Option types as a member would name them.
+_KINDS = {"integer": "a whole number", "number": "a number", "string": "text",
+          "boolean": "true or false", "user": "a member", "channel": "a channel",
+          "role": "a role", "mentionable": "a member or role", "attachment": "a file"}
+
 
 class MissingScopePermission(app_commands.CheckFailure):
     def __init__(self, message: str) -> None:
@@ -44,7 +49,8 @@ def message_for(error: BaseException) -> str:
     if isinstance(error, app_commands.NoPrivateMessage):
         return "That command only works in a server."
     if isinstance(error, app_commands.TransformerError):
-        return f"I couldn't read `{error.value}` as {error.type.name.lower()}."
+        kind = _KINDS.get(error.type.name, error.type.name.lower())
+        return f"I couldn't read `{error.value}` as {kind}."
     if isinstance(error, app_commands.CheckFailure):
         return "You can't use that here."
     log.error("unhandled error in an interaction", exc_info=error)
