@@ -37,7 +37,7 @@ from bot.app import App, load_engine, model_dir_for
 from bot.asks import FINISH_WORDS
 from bot.config import Settings
 from bot.discord.client import LlamaBot
-from bot.engine import GenerationResult, TextDelta
+from bot.engine import Finished, GenerationResult, TextDelta
 from bot.settings.ask_log import AskLog
 from bot.settings.scopes import Scope
 from bot.settings.store import SettingsStore
@@ -283,20 +283,24 @@ async def stream_ratio(world: World, new_tokens: int) -> dict[str, Any]:
     # still sleep out a drained rate-limit bucket), and the asker's slot is held
     # until then: wait, so this ask is not refused as "already in progress".
     await world.fake.wait_for(lambda: not world.bot.runner.active or None, timeout=60)
-    world.results.clear()
     user, channel = world.users[0], world.channels[0]
     timeline: list[tuple[float, int]] = []  # (when the engine produced it, chars so far)
+    gens: list[Any] = []
+    done_at: list[float] = []
     engine = world.bot.app.engine
     real_submit = engine.submit
 
     def recording_submit(request: Any) -> Any:
         gen = real_submit(request)
+        gens.append(gen)
         real_emit = gen.emit
 
         def emit(event: Any) -> None:
             if isinstance(event, TextDelta):
                 chars = (timeline[-1][1] if timeline else 0) + len(event.text)
                 timeline.append((time.monotonic(), chars))
+            elif isinstance(event, Finished):
+                done_at.append(time.monotonic())
             real_emit(event)
 
         gen.emit = emit  # type: ignore[method-assign]
@@ -310,9 +314,12 @@ async def stream_ratio(world: World, new_tokens: int) -> dict[str, Any]:
     finally:
         engine.submit = real_submit  # type: ignore[method-assign]
     out: dict[str, Any] = {"stream_new_tokens": new_tokens}
-    if not world.results:
+    if not gens:
         return {**out, "stream_ratio": None, "stream_note": "the ask was refused"}
-    engine_done_at, result = world.results[-1]
+    # This ask's own result, from its generation: the engine's result hooks run a
+    # little after the footer can already be on screen, and reading them raced.
+    result: GenerationResult = await gens[-1].result()
+    engine_done_at = done_at[-1] if done_at else time.monotonic()
     records = world.webhook_edits(itx.token)
     shown = [(r.finished or 0.0, body_of(str((r.json or {}).get("content", ""))))
              for r in records]
@@ -373,7 +380,9 @@ async def discord_numbers(world: World, new_tokens: int) -> dict[str, Any]:
     warm = await world.ask("Say hello.", world.users[-1], world.channels[-1],
                            top_k=1, max_new_tokens=32, min_new_tokens=32)
     await world.fake.wait_for(lambda: reply_state(warm) != "pending" or None, timeout=120)
-    warm_rate = world.results[-1][1].decode_tok_s if world.results else None
+    # The engine's result hooks run just after the footer may already show: wait for them.
+    await world.fake.wait_for(lambda: world.results or None, timeout=30)
+    warm_rate = world.results[-1][1].decode_tok_s
     out.update(await concurrent_acks(world))
     tokens = stream_tokens(warm_rate, world.app.settings.edit_interval_s, new_tokens)
     stream = await stream_ratio(world, tokens)
