@@ -208,7 +208,7 @@ def test_embedded_model_converts_and_answers(tmp_path_factory: pytest.TempPathFa
 
     prompt = bundle.chat.render(None, "What is the capital of France?")
     assert "You are a helpful AI assistant named SmolLM" in prompt
-    ids = bundle.encode_prompt(prompt)
+    ids = bundle.encode_chat(None, "What is the capital of France?")
     generator = ctranslate2.Generator(str(model_dir), device="cpu", compute_type="int8")
     result = generator.generate_batch(
         [[bundle.tokenizer.id_to_token(i) for i in ids]],

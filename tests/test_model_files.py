@@ -56,7 +56,7 @@ def test_bundle_renders_and_encodes(tmp_path: Path, template: str, backend: str)
 
     prompt = bundle.chat.render("Be brief.", "Hi!")
     assert prompt == EXPECTED_PROMPTS[template]
-    ids = bundle.encode_prompt(prompt)
+    ids = bundle.encode_chat("Be brief.", "Hi!")
     assert ids[0] == bundle.bos_token_id == tok.token_to_id(specials.bos)
     assert ids.count(ids[0]) == (3 if template == "chatml" else 1)  # BOS is never doubled
     for name in specials.extra:
@@ -118,15 +118,18 @@ def test_context_length_sources(tmp_path: Path) -> None:
 def test_add_bos_token_adds_only_a_missing_bos(tmp_path: Path) -> None:
     bundle = load_model_bundle(make_tiny_model(tmp_path, template="llama2"))
     assert bundle.add_bos_token
-    assert bundle.encode_prompt("hello")[0] == bundle.bos_token_id
-    assert bundle.encode_prompt("<s>hello").count(bundle.bos_token_id) == 1
+    assert bundle.with_bos(bundle.tokenizer.encode("hello"))[0] == bundle.bos_token_id
+    assert bundle.with_bos(bundle.tokenizer.encode_template("<s>hello")).count(
+        bundle.bos_token_id
+    ) == 1
+    assert bundle.encode_chat(None, "hello").count(bundle.bos_token_id) == 1
 
 
 def test_tiny_model_generates_until_end_token(tmp_path: Path) -> None:
     for template in TEMPLATES:
         bundle = load_model_bundle(make_tiny_model(tmp_path, template=template))  # type: ignore[arg-type]
         generator = ctranslate2.Generator(str(bundle.path), device="cpu")
-        ids = bundle.encode_prompt(bundle.chat.render(None, "Hello"))
+        ids = bundle.encode_chat(None, "Hello")
         result = generator.generate_batch(
             [[bundle.tokenizer.id_to_token(i) for i in ids]],
             max_length=8,

@@ -46,6 +46,7 @@ from bot.engine.types import (
 )
 from bot.errors import ModelError, PromptTooLong, QueueFull, ShuttingDown, UserFacingError
 from bot.model.bundle import ModelBundle
+from bot.model.chat import ChatTemplateError
 from bot.model.tokenizer import require_valid_unicode
 
 log = logging.getLogger(__name__)
@@ -129,11 +130,13 @@ class Engine:
         require_valid_unicode(request.prompt, "prompt")
         if request.system_prompt:
             require_valid_unicode(request.system_prompt, "system prompt")
-        text = self.bundle.chat.render(
-            request.system_prompt or None, request.prompt,
-            [(turn.role, turn.text) for turn in request.history],
-        )
-        ids = self.bundle.encode_prompt(text)
+        try:
+            ids = self.bundle.encode_chat(
+                request.system_prompt or None, request.prompt,
+                [(turn.role, turn.text) for turn in request.history],
+            )
+        except ChatTemplateError as exc:
+            raise UserFacingError(str(exc)) from exc
         context = self.bundle.context_length
         if len(ids) >= context:
             raise PromptTooLong(len(ids), context)

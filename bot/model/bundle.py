@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -62,9 +63,23 @@ class ModelBundle:
     kind: str = "ctranslate2"
     """`converted` for our converter's output, `ctranslate2` for others."""
 
-    def encode_prompt(self, text: str) -> list[int]:
-        """Prompt ids for rendered chat text, with a BOS only if one is due and missing."""
-        ids = self.tokenizer.encode(text)
+    def encode_chat(
+        self,
+        system: str | None,
+        user: str,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> list[int]:
+        """Prompt ids for a conversation: only the template's own markers are control ids.
+
+        The persona, every earlier turn and the prompt are plain text to the
+        tokenizer, whatever they contain, so nobody can forge a system turn by
+        typing `<|im_start|>system`. A BOS is added only if one is due and missing.
+        """
+        rendered = self.chat.render_spans(system, user, history)
+        return self.with_bos(self.tokenizer.encode_template(rendered.text, rendered.plain_spans))
+
+    def with_bos(self, ids: list[int]) -> list[int]:
+        """`ids` with a BOS in front when the tokenizer expects one the template omitted."""
         if (
             self.add_bos_token
             and self.bos_token_id is not None
