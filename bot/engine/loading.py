@@ -56,6 +56,7 @@ def load_ctranslate2(
     cpu_threads: int = 0,
     inter_threads: int = 1,
     seed: int | None = None,
+    context_length: int | None = None,
 ) -> tuple[ModelBundle, Any, EngineInfo]:
     """Tokenizer, template and a `ctranslate2.Generator`; blocking, so run it off the loop."""
     import ctranslate2
@@ -64,7 +65,7 @@ def load_ctranslate2(
     real_device = resolve_device(device)
     ctype = compute_type or default_compute_type(real_device)
     inter_threads, cpu_threads = cpu_layout(real_device, inter_threads, cpu_threads)
-    bundle = load_model_bundle(model_dir)
+    bundle = load_model_bundle(model_dir, context_length=context_length)
     if seed is not None:
         # CTranslate2 seeds each worker's sampler when the Generator is
         # built; setting it later has no effect, so it is per process.

@@ -105,12 +105,13 @@ class Engine:
         batch_wait_ms: int = 15,
         timeslice_s: float = 2.0,
         seed: int | None = None,
+        context_length: int | None = None,
     ) -> Engine:
         """Load tokenizer, template and weights off the event loop."""
         bundle, generator, info = await asyncio.to_thread(
             load_ctranslate2, model_dir, device=device, device_index=device_index,
             compute_type=compute_type, cpu_threads=cpu_threads, inter_threads=inter_threads,
-            seed=seed,
+            seed=seed, context_length=context_length,
         )
         return cls(
             bundle,

@@ -72,7 +72,8 @@ LLAMA3: Final = (
     "{% endif %}"
 )
 
-# Mistral-7B-Instruct v0.1/v0.2's template: it has no system role and says so.
+# Mistral-7B-Instruct v0.1/v0.2's template: it has no system role and says so, and
+# its [INST] markers are plain text in a 32,000-piece vocabulary like Llama 2's.
 MISTRAL: Final = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -86,11 +87,55 @@ MISTRAL: Final = (
     "{% endfor %}"
 )
 
+# Llama 3.1 and later (3.2, 3.3): Meta's template without tools. Its system turn is
+# always there and starts with a knowledge date and today's date; 3.0's has neither.
+LLAMA31: Final = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system_message = messages[0]['content'] | trim %}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set system_message = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{ 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{ 'Today Date: ' + strftime_now('%d %b %Y') + '\\n\\n' }}"
+    "{{ system_message }}{{ '<|eot_id|>' }}"
+    "{% for message in loop_messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+
+# Mistral v0.3 (control tokens [INST]/[/INST], as mistral-common encodes it): no space
+# before [/INST]; a system prompt goes before the last user message.
+MISTRAL_V3: Final = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system_message = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set loop_messages = messages %}{% endif %}"
+    "{{ bos_token }}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% if loop.last and system_message is defined %}"
+    "{{ '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
+    "{% else %}{{ '[INST] ' + message['content'] + '[/INST]' }}{% endif %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'] | trim + eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
 BUILTIN_TEMPLATES: Final[dict[str, str]] = {
     "chatml": CHATML,
     "llama2": LLAMA2,
     "llama3": LLAMA3,
+    "llama3.1": LLAMA31,
     "mistral": MISTRAL,
+    "mistral-v3": MISTRAL_V3,
 }
 
 
