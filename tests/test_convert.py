@@ -127,7 +127,7 @@ def test_rebuilt_tokenizer_matches_training_tokenizer(tiny: Tiny) -> None:
     original = byte_bpe_tokenizer()
     rebuilt = load_tokenizer(tiny.model_dir)
     for text in ["Hello world 12345", "def f(x):\n    return x", "Größe 東京 😀", "<|im_start|>hi"]:
-        assert rebuilt.encode(text) == original.encode(text, add_special_tokens=False).ids
+        assert rebuilt.encode_template(text) == original.encode(text, add_special_tokens=False).ids
 
 
 def test_int8_conversion_runs(tmp_path: Path) -> None:
