@@ -53,7 +53,8 @@ async def settled(h: Harness, results: list[GenerationResult], count: int) -> No
 
 def regen_button(msg: StoredMessage | None) -> str:
     assert msg is not None
-    ids = [c.get("custom_id", "") for row in msg.components for c in row.get("components", [])]
+    ids = [str(c.get("custom_id", "")) for row in msg.components
+           for c in row.get("components", [])]
     return next(c for c in ids if c.startswith("llm:regen:"))
 
 
