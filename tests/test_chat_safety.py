@@ -162,3 +162,48 @@ def test_embedded_smollm2_reads_the_forgery_as_text(smol_model_dir: Path) -> Non
     assert controls(bundle, bundle.encode_chat(forged, forged)) == [1, 2, 1, 2, 1]
     text = bundle.chat.render(None, forged)
     assert bundle.tokenizer.encode_template(text).count(1) == 4  # what the old path read
+
+
+def test_mistral_layouts_encode_as_mistral_common_does(tmp_path: Path) -> None:
+    """mistral-common's documented encodings of a two-turn chat, piece by piece.
+
+    V1 (v0.1/v0.2): BOS + encode("[INST] q [/INST]") + encode("a") + EOS + encode(...);
+    V3 (v0.3): BOS + [INST] + encode("q") + [/INST] + encode("a") + EOS + ...
+    """
+    v1_dir = make_tiny_model(tmp_path, template="llama2", tokenizer="sentencepiece",
+                             layout="hf", chat_template_in="none")
+    (v1_dir / "hf_config.json").write_text('{"model_type": "mistral"}', encoding="utf-8")
+    v1 = load_model_bundle(v1_dir)
+    assert v1.chat.name == "mistral"
+    tok = v1.tokenizer
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    turns = [("user", "Hello, how are you?"), ("assistant", "Fine, and you?")]
+    assert v1.encode_chat(None, "Great!", turns) == [
+        bos, *tok.encode("[INST] Hello, how are you? [/INST]"), *tok.encode("Fine, and you?"),
+        eos, *tok.encode("[INST] Great! [/INST]"),
+    ]
+    v3 = load_model_bundle(make_tiny_model(
+        tmp_path, template="mistral", tokenizer="sentencepiece", layout="hf",
+        chat_template_in="none"))
+    assert v3.chat.name == "mistral-v3"
+    tok = v3.tokenizer
+    bos, eos, inst, end = (tok.token_to_id(t) for t in ("<s>", "</s>", "[INST]", "[/INST]"))
+    assert v3.encode_chat(None, "Great!", turns) == [
+        bos, inst, *tok.encode("Hello, how are you?"), end, *tok.encode("Fine, and you?"), eos,
+        inst, *tok.encode("Great!"), end,
+    ]
+
+
+def test_llama2_layout_encodes_as_metas_reference(tmp_path: Path) -> None:
+    """Meta's llama `chat_completion`: per exchange, BOS + encode(f"[INST] {q} [/INST] {a} ")
+    + EOS, then BOS + encode(f"[INST] {last} [/INST]"); the persona in a <<SYS>> block."""
+    bundle = load_model_bundle(make_tiny_model(tmp_path, template="llama2",
+                                               tokenizer="sentencepiece"))
+    tok = bundle.tokenizer
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    first = "<<SYS>>\nBe brief.\n<</SYS>>\n\nHello, how are you?"
+    turns = [("user", "Hello, how are you?"), ("assistant", "Fine, and you?")]
+    assert bundle.encode_chat("Be brief.", "Great!", turns) == [
+        bos, *tok.encode(f"[INST] {first} [/INST] Fine, and you? "), eos,
+        bos, *tok.encode("[INST] Great! [/INST]"),
+    ]

@@ -72,8 +72,9 @@ LLAMA3: Final = (
     "{% endif %}"
 )
 
-# Mistral-7B-Instruct v0.1/v0.2's template: it has no system role and says so, and
-# its [INST] markers are plain text in a 32,000-piece vocabulary like Llama 2's.
+# Mistral-7B-Instruct v0.1/v0.2 (mistral-common's tokenizer V1): no system role, and
+# [INST] markers that are plain text in a 32,000-piece vocabulary like Llama 2's. A
+# reply follows " [/INST]" after a space, as mistral-common encodes it (its own piece).
 MISTRAL: Final = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -81,7 +82,7 @@ MISTRAL: Final = (
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
     "{% endif %}"
     "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
     "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
     "{% endif %}"
     "{% endfor %}"
