@@ -18,6 +18,7 @@ from typing import Any
 from bot.config import Settings
 from bot.engine import Engine
 from bot.engine.loading import DeviceCheckError, explain_device_error, gpu_self_check
+from bot.errors import UserFacingError
 from bot.model.embedded import prepare_default_model
 from bot.settings.ask_log import AskLog
 from bot.settings.db import Database
@@ -83,7 +84,10 @@ async def open_app(
         try:
             engine = await load_engine(settings, model_dir)
         except (RuntimeError, ValueError) as exc:
-            reason = explain_device_error(exc, settings.compute_type or "the default")
+            # Our own errors (a broken model directory) already say what is wrong.
+            reason = None if isinstance(exc, UserFacingError) else explain_device_error(
+                exc, settings.compute_type or "the default"
+            )
             if reason is None:
                 raise
             raise DeviceCheckError(reason) from exc
