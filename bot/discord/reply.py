@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.asks import footer, make_request, resolve_request
+from bot.asks import footer, make_request, resolve_again, resolve_request
 from bot.discord.buttons import regen_view, stop_view
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator, quote_prompt
@@ -362,9 +362,12 @@ class AskRunner:
             )
         if record.guild_id != interaction.guild_id:
             raise UserFacingError("This button belongs to another server.")
-        knobs = Knobs.model_validate(record.knobs)
-        await self.ask(interaction, record.prompt, {}, knobs=knobs,
-                       system_prompt=record.system_prompt)
+        # The persona and the max_new_tokens cap are those in force now: an admin
+        # who changed them since the first ask must not be overridden by a button.
+        request = await resolve_again(self.app, location_of(interaction), record.prompt,
+                                      Knobs.model_validate(record.knobs))
+        await self.ask(interaction, record.prompt, {}, knobs=request.knobs,
+                       system_prompt=request.system_prompt)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""
