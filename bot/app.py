@@ -17,6 +17,8 @@ from typing import Any
 
 from bot.config import Settings
 from bot.engine import Engine
+from bot.engine.loading import DeviceCheckError, explain_device_error, gpu_self_check
+from bot.errors import UserFacingError
 from bot.model.embedded import prepare_default_model
 from bot.settings.ask_log import AskLog
 from bot.settings.db import Database
@@ -62,6 +64,7 @@ async def load_engine(settings: Settings, model_dir: Path) -> Engine:
         batch_wait_ms=settings.batch_wait_ms,
         timeslice_s=settings.timeslice_s,
         seed=settings.seed,
+        context_length=settings.context_length,
     )
 
 
@@ -69,17 +72,34 @@ async def load_engine(settings: Settings, model_dir: Path) -> Engine:
 async def open_app(
     settings: Settings, progress: Callable[[str], None] = _to_stderr
 ) -> AsyncIterator[App]:
-    """Open the store and load the engine; close both on the way out, whatever happens."""
+    """Open the store and load the engine; close both on the way out, whatever happens.
+
+    On CUDA one short generation runs before anything is served (and so before the
+    Discord client reports READY=1): a host missing cuBLAS fails here, naming it,
+    instead of at its first reply.
+    """
     model_dir = model_dir_for(settings, progress)
     db = await Database.open(settings.database_path)
     try:
-        engine = await load_engine(settings, model_dir)
+        try:
+            engine = await load_engine(settings, model_dir)
+        except (RuntimeError, ValueError) as exc:
+            # Our own errors (a broken model directory) already say what is wrong.
+            reason = None if isinstance(exc, UserFacingError) else explain_device_error(
+                exc, settings.compute_type or "the default"
+            )
+            if reason is None:
+                raise
+            raise DeviceCheckError(reason) from exc
         log.info(
             "model %s loaded on %s (%s) in %.1fs",
             engine.info.model_name, engine.info.device, engine.info.compute_type,
             engine.info.load_s,
         )
         try:
+            if engine.info.device == "cuda":
+                await gpu_self_check(engine)
+                log.info("GPU check passed: %s generates", engine.info.compute_type)
             yield App(
                 settings=settings, engine=engine,
                 store=SettingsStore(db, history_per_scope=settings.history_per_scope,

@@ -2,7 +2,10 @@
 
 (where, prompt, per-ask overrides) → a `GenerationRequest`: stored settings for
 the location, then the overrides, then the configured default persona when no
-scope sets one. And the one footer every front-end prints under a reply, so the
+scope sets one. An admin's `max_new_tokens` is a cap: a member's per-ask value may
+narrow it, never widen it, and Regenerate applies the persona and cap in force
+when it is pressed, not those of the original ask.
+And the one footer every front-end prints under a reply, so the
 words for "why it ended" are written once.
 """
 
@@ -56,13 +59,35 @@ def make_request(
     return GenerationRequest(prompt=prompt, knobs=knobs, system_prompt=system_prompt)
 
 
+def within_cap(overrides: Mapping[str, Any], cap: int) -> dict[str, Any]:
+    """Per-ask overrides with `max_new_tokens` (and `min_new_tokens`) at most `cap`.
+
+    The cap is the scope's value, so admins decide how long replies in their server
+    may be. Values of the wrong type are left for validation to refuse.
+    """
+    values = dict(overrides)
+    for name in ("max_new_tokens", "min_new_tokens"):
+        value = values.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > cap:
+            values[name] = cap
+    return values
+
+
 async def resolve_request(
     app: App, location: Location, prompt: str, overrides: Mapping[str, Any] | None = None
 ) -> GenerationRequest:
     """The request an ask at `location` makes: stored settings, then per-ask overrides."""
     effective = await app.store.resolve(location)
     system, _ = persona(effective, app.settings.system_prompt)
-    return make_request(prompt, base=effective.knobs, system_prompt=system, overrides=overrides)
+    capped = within_cap(overrides, effective.knobs.max_new_tokens) if overrides else None
+    return make_request(prompt, base=effective.knobs, system_prompt=system, overrides=capped)
+
+
+async def resolve_again(
+    app: App, location: Location, prompt: str, knobs: Knobs
+) -> GenerationRequest:
+    """Regenerate: the ask's stored knobs under the persona and cap in force now."""
+    return await resolve_request(app, location, prompt, knobs.model_dump())
 
 
 def _tokens(n: int) -> str:

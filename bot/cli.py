@@ -1,4 +1,4 @@
-"""Command line: `python -m bot [run|console|ask|bench|prepare-model|settings]`.
+"""Command line: `python -m bot [run|console|ask|prompt|bench|prepare-model|settings]`.
 
 `run` (the default) starts the Discord bot when a token is configured and the
 local console otherwise, so the README's one run command works for everyone.
@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--system", help="system prompt (persona)")
     ask.add_argument("--seed", type=int)
     _add_knob_flags(ask)
+
+    prompt = sub.add_parser(
+        "prompt", help="show exactly what the model reads for an ask: text and every token"
+    )
+    prompt.add_argument("text", help="the prompt, as a member would type it")
+    prompt.add_argument("--system", help="persona (default: the console's, as /ask uses)")
+    prompt.add_argument("--json", action="store_true", help="one line of JSON")
 
     bench = sub.add_parser("bench", help="measure and print JSON")
     bench.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -118,6 +125,92 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
         await engine.close()
 
 
+async def prompt_report(settings: Settings, text: str, system: str | None) -> dict[str, Any]:
+    """What the model would read for `text` asked in the console's scope.
+
+    The console's stored persona and knobs (or `system`), the model's own template,
+    and the same encoder the engine uses, so a control token shows as one here
+    exactly when the model would see one. Only the tokenizer and template are
+    loaded, not the weights.
+    """
+    from bot.app import model_dir_for
+    from bot.asks import persona
+    from bot.console import CONSOLE_CHANNEL_ID, CONSOLE_GUILD_ID, CONSOLE_USER_ID
+    from bot.engine.streaming import IncrementalDetokenizer
+    from bot.model.bundle import load_model_bundle
+    from bot.model.chat import ChatTemplateError
+    from bot.model.tokenizer import require_valid_unicode
+    from bot.settings.scopes import Location
+    from bot.settings.store import SettingsStore
+
+    require_valid_unicode(text, "prompt")
+    model_dir = model_dir_for(settings, _progress)
+    bundle = load_model_bundle(model_dir, context_length=settings.context_length)
+    store = await SettingsStore.open(settings.database_path)
+    try:
+        effective = await store.resolve(
+            Location(guild_id=CONSOLE_GUILD_ID, channel_id=CONSOLE_CHANNEL_ID,
+                     user_id=CONSOLE_USER_ID)
+        )
+    finally:
+        await store.close()
+    source = "--system"
+    if system is None:
+        system, source = persona(effective, settings.system_prompt)
+    system = system or None
+    try:
+        rendered = bundle.chat.render_spans(system, text)
+        ids = bundle.encode_chat(system, text)
+    except ChatTemplateError as exc:
+        raise UserFacingError(str(exc)) from exc
+    tok = bundle.tokenizer
+    detok = IncrementalDetokenizer(tok.decode)
+    tokens: list[dict[str, Any]] = []
+    for token_id in ids:
+        special = token_id in tok.special_ids
+        piece = tok.id_to_token(token_id)
+        shown = piece if special else detok.push(token_id)
+        tokens.append({"id": token_id, "text": shown, "special": special, "piece": piece})
+    if tokens:
+        tail = detok.flush()
+        if tail and not tokens[-1]["special"]:
+            tokens[-1]["text"] += tail
+    context = bundle.context_length
+    return {
+        "model": bundle.name,
+        "template": bundle.chat.name,
+        "system_prompt": system,
+        "system_prompt_source": source if system else "template",
+        "text": rendered.text,
+        "tokens": tokens,
+        "prompt_tokens": len(ids),
+        "special_tokens": sum(1 for t in tokens if t["special"]),
+        "context_window": context,
+        "max_new_tokens": max(0, min(effective.knobs.max_new_tokens, context - len(ids))),
+        "fits": len(ids) < context,
+    }
+
+
+def _print_prompt_report(report: dict[str, Any]) -> None:
+    """The report for people: the text, one line per token, then the totals."""
+    persona_line = (
+        f"persona ({report['system_prompt_source']}): {report['system_prompt']!r}"
+        if report["system_prompt"] else "persona: the template's own default"
+    )
+    print(f"model {report['model']} · template {report['template']} · {persona_line}")
+    print("--- rendered prompt ---")
+    print(report["text"])
+    print("--- tokens (id, text; * = control token) ---")
+    for token in report["tokens"]:
+        mark = "*" if token["special"] else " "
+        print(f"{token['id']:>8} {mark} {json.dumps(token['text'], ensure_ascii=False)}")
+    print(
+        f"--- {report['prompt_tokens']} prompt tokens ({report['special_tokens']} control) "
+        f"of a {report['context_window']}-token context window; "
+        f"room for {report['max_new_tokens']} new tokens ---"
+    )
+
+
 def _bench_runner() -> Any:
     """`bench.run` from the source checkout: benches are tooling, not part of the package.
 
@@ -168,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "ask":
             return asyncio.run(_ask(settings, args))
+        if command == "prompt":
+            report = asyncio.run(prompt_report(settings, args.text, args.system))
+            if args.json:
+                print(json.dumps(report, ensure_ascii=False))
+            else:
+                _print_prompt_report(report)
+            return 0 if report["fits"] else 1
         if command == "bench":
             run_bench = _bench_runner()
             out = asyncio.run(run_bench(settings, args))

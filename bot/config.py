@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         None, description="A CTranslate2 model directory; default: the embedded model."
     )
+    context_length: int | None = Field(
+        None, ge=16, description="The model's context window, overriding its files."
+    )
 
     # Engine
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -126,7 +126,7 @@ def test_rebuilt_tokenizer_matches_training_tokenizer(tiny: Tiny) -> None:
     original = byte_bpe_tokenizer()
     rebuilt = load_tokenizer(tiny.model_dir)
     for text in ["Hello world 12345", "def f(x):\n    return x", "Größe 東京 😀", "<|im_start|>hi"]:
-        assert rebuilt.encode(text) == original.encode(text, add_special_tokens=False).ids
+        assert rebuilt.encode_template(text) == original.encode(text, add_special_tokens=False).ids
 
 
 def test_int8_conversion_runs(tmp_path: Path) -> None:
@@ -207,7 +207,7 @@ def test_embedded_model_converts_and_answers(tmp_path_factory: pytest.TempPathFa
 
     prompt = bundle.chat.render(None, "What is the capital of France?")
     assert "You are a helpful AI assistant named SmolLM" in prompt
-    ids = bundle.encode_prompt(prompt)
+    ids = bundle.encode_chat(None, "What is the capital of France?")
     generator = ctranslate2.Generator(str(model_dir), device="cpu", compute_type="int8")
     result = generator.generate_batch(
         [[bundle.tokenizer.id_to_token(i) for i in ids]],

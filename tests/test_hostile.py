@@ -278,7 +278,9 @@ def test_model_output_mentions_ping_no_one(bot: BotThread, text: str, private: b
                 if data and "content" in data:
                     assert data.get("allowed_mentions") == {"parse": []}, data
                     checked += 1
-        assert checked >= 1  # an instant reply may be one edit: the final one
+        # At least the final reply carries content; status edits before it may be
+        # coalesced away when the scripted reply ends at once, so no more is promised.
+        assert checked >= 1
     finally:
         use_script(h.app.engine, lambda _p: "ok", 0.0)
 

@@ -64,11 +64,12 @@ def test_scrape_shows_what_happened(metrics: Metrics, server: MetricsServer) -> 
     metrics.error("engine")
     metrics.rate_limited()
     metrics.rate_limited()
-    metrics.set_queue_depth(3)
-    with metrics.track_reply():
-        metrics.reply_started()
-        during = _scrape(server.url)
-    metrics.reply_finished()
+    depth = [3]
+    active = [2]
+    metrics.queue_depth_from(lambda: depth[0])
+    metrics.active_replies_from(lambda: active[0])
+    during = _scrape(server.url)
+    active[0] = 0
 
     s = _scrape(server.url)
     assert _value(during, "llamacord_active_replies") == 2

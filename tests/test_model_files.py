@@ -56,7 +56,7 @@ def test_bundle_renders_and_encodes(tmp_path: Path, template: str, backend: str)
 
     prompt = bundle.chat.render("Be brief.", "Hi!")
     assert prompt == EXPECTED_PROMPTS[template]
-    ids = bundle.encode_prompt(prompt)
+    ids = bundle.encode_chat("Be brief.", "Hi!")
     assert ids[0] == bundle.bos_token_id == tok.token_to_id(specials.bos)
     assert ids.count(ids[0]) == (3 if template == "chatml" else 1)  # BOS is never doubled
     for name in specials.extra:
@@ -74,6 +74,15 @@ def test_bundle_renders_and_encodes(tmp_path: Path, template: str, backend: str)
     )
 
 
+GUESSED = {  # template family of the tiny model → built-in template chosen without one
+    "chatml": ("chatml", EXPECTED_PROMPTS["chatml"]),
+    "llama3": ("llama3", EXPECTED_PROMPTS["llama3"]),
+    "llama2": ("llama2", EXPECTED_PROMPTS["llama2"]),
+    # The tiny "mistral" vocabulary has [INST] as a control token, as Mistral v0.3's does.
+    "mistral": ("mistral-v3", "<s>[INST] Be brief.\n\nHi![/INST]"),
+}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_template_guessed_when_missing(tmp_path: Path, template: str, backend: str) -> None:
@@ -84,9 +93,90 @@ def test_template_guessed_when_missing(tmp_path: Path, template: str, backend: s
         layout="hf",
         chat_template_in="none",
     )
+    if template == "llama2":  # Llama 2 and Mistral v0.1 look alike without the config
+        with pytest.raises(ModelFilesError, match=r"chat_template\.jinja.*hf_config\.json"):
+            load_model_bundle(model_dir)
+        (model_dir / "hf_config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
     bundle = load_model_bundle(model_dir)
-    assert bundle.chat.name == template
-    assert bundle.chat.render("Be brief.", "Hi!") == EXPECTED_PROMPTS[template]
+    kind, expected = GUESSED[template]
+    assert bundle.chat.name == kind
+    assert bundle.chat.render("Be brief.", "Hi!") == expected
+
+
+# Shapes of the real checkpoints' config.json (kept as hf_config.json) and the
+# model_max_length of their tokenizer_config.json; int(1e30) is transformers' "no limit".
+NO_LIMIT = 1000000000000000019884624838656
+REAL_SHAPES: dict[str, tuple[str, str, dict[str, Any], int]] = {
+    "llama-2-7b-chat": ("llama2", "sentencepiece", {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "bos_token_id": 1,
+        "eos_token_id": 2, "max_position_embeddings": 4096, "num_hidden_layers": 32,
+        "rope_scaling": None,
+    }, NO_LIMIT),
+    "llama-3-8b-instruct": ("llama3", "tokenizers", {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "bos_token_id": 128000,
+        "eos_token_id": 128009, "max_position_embeddings": 8192, "num_hidden_layers": 32,
+        "rope_scaling": None, "rope_theta": 500000.0,
+    }, NO_LIMIT),
+    "llama-3.1-8b-instruct": ("llama3", "tokenizers", {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "bos_token_id": 128000,
+        "eos_token_id": [128001, 128008, 128009], "max_position_embeddings": 131072,
+        "num_hidden_layers": 32, "rope_theta": 500000.0,
+        "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    }, 131072),
+    "mistral-7b-instruct-v0.3": ("mistral", "sentencepiece", {
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral", "bos_token_id": 1,
+        "eos_token_id": 2, "max_position_embeddings": 32768, "num_hidden_layers": 32,
+        "rope_theta": 1000000.0, "sliding_window": None,
+    }, NO_LIMIT),
+}
+EXPECTED_SHAPES = {  # context window, built-in template when none ships
+    "llama-2-7b-chat": (4096, "llama2"),
+    "llama-3-8b-instruct": (8192, "llama3"),
+    "llama-3.1-8b-instruct": (131072, "llama3.1"),
+    "mistral-7b-instruct-v0.3": (32768, "mistral-v3"),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_SHAPES))
+def test_real_checkpoint_shapes(tmp_path: Path, name: str) -> None:
+    template, backend, hf_config, max_length = REAL_SHAPES[name]
+    model_dir = make_tiny_model(
+        tmp_path, template=template, tokenizer=backend, layout="hf",  # type: ignore[arg-type]
+        chat_template_in="none",
+    )
+    _edit_json(model_dir / "tokenizer_config.json", model_max_length=max_length)
+    ct2_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    assert "max_position_embeddings" not in ct2_config  # as ct2-transformers-converter writes
+    if template == "llama2":  # could as well be Mistral v0.1: refused until the config says
+        with pytest.raises(ModelFilesError, match=r"hf_config\.json"):
+            load_model_bundle(model_dir)
+    elif max_length == NO_LIMIT:  # the old fallback: 4,096 whatever the model
+        assert load_model_bundle(model_dir).context_length == DEFAULT_CONTEXT_LENGTH
+    (model_dir / "hf_config.json").write_text(json.dumps(hf_config), encoding="utf-8")
+    bundle = load_model_bundle(model_dir)
+    window, kind = EXPECTED_SHAPES[name]
+    assert (bundle.context_length, bundle.chat.name, bundle.num_layers) == (window, kind, 32)
+    assert load_model_bundle(model_dir, context_length=2048).context_length == 2048
+    if kind == "llama3.1":
+        prompt = bundle.chat.render(None, "Hi!")
+        assert "Cutting Knowledge Date: December 2023\nToday Date: " in prompt
+        assert bundle.end_tokens == ("<|end_of_text|>", "<|eot_id|>")
+
+
+def test_mistral_v01_without_template_gets_no_sys_block(tmp_path: Path) -> None:
+    """Mistral v0.1/v0.2: [INST] is plain text and there is no system role to mark."""
+    model_dir = make_tiny_model(
+        tmp_path, template="llama2", tokenizer="sentencepiece", layout="hf",
+        chat_template_in="none",
+    )
+    (model_dir / "hf_config.json").write_text(
+        json.dumps({"model_type": "mistral", "max_position_embeddings": 32768}), encoding="utf-8"
+    )
+    bundle = load_model_bundle(model_dir)
+    assert bundle.chat.name == "mistral"
+    assert bundle.chat.render("Be brief.", "Hi!") == "<s>[INST] Be brief.\n\nHi! [/INST]"
+    assert bundle.context_length == 32768
 
 
 def test_chat_template_jinja_file_is_read(tmp_path: Path) -> None:
@@ -109,24 +199,31 @@ def test_context_length_sources(tmp_path: Path) -> None:
     model_dir = make_tiny_model(tmp_path, template="llama2", tokenizer="sentencepiece")
     _edit_json(model_dir / "tokenizer_config.json", model_max_length=int(1e30))
     assert load_model_bundle(model_dir).context_length == DEFAULT_CONTEXT_LENGTH
-    _edit_json(model_dir / "config.json", max_position_embeddings=2048)
+    # CTranslate2's own config.json is not where the window lives.
+    _edit_json(model_dir / "config.json", max_position_embeddings=1024)
+    assert load_model_bundle(model_dir).context_length == DEFAULT_CONTEXT_LENGTH
+    (model_dir / "hf_config.json").write_text('{"max_position_embeddings": 2048}')
     assert load_model_bundle(model_dir).context_length == 2048
-    # ct2 ignores keys it does not know: the model still loads with the extra key.
+    assert load_model_bundle(model_dir, context_length=512).context_length == 512
+    # ct2 ignores files and keys it does not know: the model still loads.
     ctranslate2.Generator(str(model_dir), device="cpu")
 
 
 def test_add_bos_token_adds_only_a_missing_bos(tmp_path: Path) -> None:
     bundle = load_model_bundle(make_tiny_model(tmp_path, template="llama2"))
     assert bundle.add_bos_token
-    assert bundle.encode_prompt("hello")[0] == bundle.bos_token_id
-    assert bundle.encode_prompt("<s>hello").count(bundle.bos_token_id) == 1
+    assert bundle.with_bos(bundle.tokenizer.encode("hello"))[0] == bundle.bos_token_id
+    assert bundle.with_bos(bundle.tokenizer.encode_template("<s>hello")).count(
+        bundle.bos_token_id
+    ) == 1
+    assert bundle.encode_chat(None, "hello").count(bundle.bos_token_id) == 1
 
 
 def test_tiny_model_generates_until_end_token(tmp_path: Path) -> None:
     for template in TEMPLATES:
         bundle = load_model_bundle(make_tiny_model(tmp_path, template=template))  # type: ignore[arg-type]
         generator = ctranslate2.Generator(str(bundle.path), device="cpu")
-        ids = bundle.encode_prompt(bundle.chat.render(None, "Hello"))
+        ids = bundle.encode_chat(None, "Hello")
         result = generator.generate_batch(
             [[bundle.tokenizer.id_to_token(i) for i in ids]],
             max_length=8,
@@ -232,5 +329,5 @@ def test_sandbox_blocks_unsafe_templates() -> None:
 
 
 def test_unknown_builtin() -> None:
-    with pytest.raises(ChatTemplateError, match="known: chatml, llama2, llama3, mistral"):
+    with pytest.raises(ChatTemplateError, match=r"known: chatml, llama2, llama3, llama3\.1, mis"):
         ChatTemplate.builtin("vicuna")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.asks import footer, make_request, resolve_request
+from bot.asks import footer, make_request, resolve_again, resolve_request
 from bot.discord.buttons import regen_view, stop_view
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator, quote_prompt
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INTERACTION_TTL_S = 15 * 60
+NEXT_IN_LINE = "-# ⏳ next in line"
+#: How long a reply with nobody ahead may wait before it says "next in line".
+NEXT_IN_LINE_AFTER_S = 0.5
 
 
 
@@ -192,17 +195,34 @@ class _ReplySession:
             await grow(out)
             editor.update(out[-1])
 
+        def still_waiting() -> None:
+            # Nobody was ahead, yet the reply has not started: a batch with other
+            # settings is running. Now "next in line" is worth an edit.
+            nonlocal status
+            if status or self.gen.slot is not None or self.gen.done:
+                return
+            status = NEXT_IN_LINE
+            editor.update(contents(status, len(status) + 1)[-1])
+
+        waiting: asyncio.TimerHandle | None = None
         result: GenerationResult | None = None
         try:
             async for event in self.gen.events():
+                if waiting is not None and not isinstance(event, Queued):
+                    waiting.cancel()
+                    waiting = None
                 if isinstance(event, Queued):
                     if event.ahead:
                         status = f"-# ⏳ queued, {event.ahead} ahead"
                     elif status:
-                        status = "-# ⏳ next in line"
+                        status = NEXT_IN_LINE
                     else:
-                        # Nobody ahead on an idle bot: the reply starts at once, and a
-                        # "next in line" shown for one edit interval would only cost an edit.
+                        # Nobody ahead: on an idle bot the reply starts within
+                        # milliseconds, and "next in line" would cost an edit for
+                        # nothing. Say it only if the reply is still waiting later.
+                        if waiting is None:
+                            waiting = asyncio.get_running_loop().call_later(
+                                NEXT_IN_LINE_AFTER_S, still_waiting)
                         continue
                     await show(status)
                 elif isinstance(event, Started):
@@ -239,6 +259,9 @@ class _ReplySession:
             self.gen.cancel()
             await editor.abort()
             raise
+        finally:
+            if waiting is not None:
+                waiting.cancel()
 
     async def _new_page(self, content: str, view: discord.ui.View | None) -> _Page:
         if self.token_alive() and not self.moved_to_channel:
@@ -418,9 +441,12 @@ class AskRunner:
                 "I no longer have this prompt, so I can't regenerate it. Ask again!"
             )
         self.check_regenerate(interaction, record)
-        knobs = Knobs.model_validate(record.knobs)
-        await self.ask(interaction, record.prompt, {}, knobs=knobs,
-                       system_prompt=record.system_prompt, private=record.private)
+        # The persona and the max_new_tokens cap are those in force now: an admin
+        # who changed them since the first ask must not be overridden by a button.
+        request = await resolve_again(self.app, location_of(interaction), record.prompt,
+                                      Knobs.model_validate(record.knobs))
+        await self.ask(interaction, record.prompt, {}, knobs=request.knobs,
+                       system_prompt=request.system_prompt, private=record.private)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""

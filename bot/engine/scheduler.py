@@ -46,6 +46,7 @@ from bot.engine.types import (
 )
 from bot.errors import ModelError, PromptTooLong, QueueFull, ShuttingDown, UserFacingError
 from bot.model.bundle import ModelBundle
+from bot.model.chat import ChatTemplateError
 from bot.model.tokenizer import require_valid_unicode
 
 log = logging.getLogger(__name__)
@@ -104,12 +105,13 @@ class Engine:
         batch_wait_ms: int = 15,
         timeslice_s: float = 2.0,
         seed: int | None = None,
+        context_length: int | None = None,
     ) -> Engine:
         """Load tokenizer, template and weights off the event loop."""
         bundle, generator, info = await asyncio.to_thread(
             load_ctranslate2, model_dir, device=device, device_index=device_index,
             compute_type=compute_type, cpu_threads=cpu_threads, inter_threads=inter_threads,
-            seed=seed,
+            seed=seed, context_length=context_length,
         )
         return cls(
             bundle,
@@ -129,11 +131,13 @@ class Engine:
         require_valid_unicode(request.prompt, "prompt")
         if request.system_prompt:
             require_valid_unicode(request.system_prompt, "system prompt")
-        text = self.bundle.chat.render(
-            request.system_prompt or None, request.prompt,
-            [(turn.role, turn.text) for turn in request.history],
-        )
-        ids = self.bundle.encode_prompt(text)
+        try:
+            ids = self.bundle.encode_chat(
+                request.system_prompt or None, request.prompt,
+                [(turn.role, turn.text) for turn in request.history],
+            )
+        except ChatTemplateError as exc:
+            raise UserFacingError(str(exc)) from exc
         context = self.bundle.context_length
         if len(ids) >= context:
             raise PromptTooLong(len(ids), context)
@@ -331,12 +335,15 @@ class Engine:
                         preempt.set()
             future.result()
         except Exception as exc:  # the model failed: end these replies, keep serving
-            log.exception("decoding failed for a batch of %d", len(slots))
-            message = _model_error_message(exc)
-            for slot in slots:
-                slot.suspended = False
-                if not slot.gen.done:
-                    slot.gen.emit(Finished(slot.result(error=message)))
+            if self._retry_smaller_after_oom(slots, exc):
+                reason = "join"  # back at the head of the queue, in smaller batches
+            else:
+                log.exception("decoding failed for a batch of %d", len(slots))
+                message = _model_error_message(exc)
+                for slot in slots:
+                    slot.suspended = False
+                    if not slot.gen.done:
+                        slot.gen.emit(Finished(slot.result(error=message)))
         finally:
             resumed = [s.gen for s in slots if s.suspended and not s.gen.done]
             for slot, count in zip(slots, before, strict=True):
@@ -360,6 +367,25 @@ class Engine:
                     self._waiting.extend(resumed)
                 self._publish_positions()
                 self._wakeup.set()
+
+    def _retry_smaller_after_oom(self, slots: list[Slot], exc: BaseException) -> bool:
+        """CUDA ran out of memory in a batch: halve the batch limit and retry its replies.
+
+        Each reply keeps what it has streamed and resumes from there, like a
+        preempted one, at the head of the queue. The limit stays lowered (the GPU
+        showed what fits), so a reply that fails alone gets the out-of-memory
+        message instead of a retry; and since the limit only falls, retries end.
+        """
+        if not is_cuda_oom(exc) or len(slots) < 2:
+            return False
+        self._max_batch = max(1, len(slots) // 2)
+        log.warning(
+            "CUDA ran out of memory decoding a batch of %d; retrying in batches of at most %d",
+            len(slots), self._max_batch,
+        )
+        for slot in slots:
+            slot.suspended = slot.finish is None and not slot.gen.done
+        return True
 
     def _decode(
         self, loop: asyncio.AbstractEventLoop, slots: list[Slot], preempt: threading.Event
@@ -425,7 +451,22 @@ class _ClosedBackend:
         raise ShuttingDown()
 
 
+#: CTranslate2's words for a GPU out of memory (its CUDA_CHECK / CUBLAS_CHECK messages).
+_CUDA_OOM = ("CUDA failed with error out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    """Whether CTranslate2 failed because the GPU ran out of memory."""
+    text = str(exc)
+    return any(words in text for words in _CUDA_OOM)
+
+
 def _model_error_message(exc: BaseException) -> str:
     if isinstance(exc, UserFacingError):
         return exc.message
+    if is_cuda_oom(exc):
+        return ModelError(
+            "The GPU ran out of memory writing this reply. Try a shorter prompt or a "
+            "smaller max_new_tokens, or ask again when fewer replies are being written."
+        ).message
     return ModelError("The model failed while writing this reply.").message

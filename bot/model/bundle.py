@@ -6,7 +6,15 @@ Two kinds of directory are accepted:
   GGUF said (end tokens, context length, BOS policy);
 * a CTranslate2 directory converted elsewhere (`ct2-transformers-converter` from a
   Hugging Face Llama 2 / Llama 3 / Mistral checkpoint), where the same facts are spread
-  over `generation_config.json`, `tokenizer_config.json` and CT2's `config.json`.
+  over `generation_config.json`, `tokenizer_config.json` and `hf_config.json`.
+
+`config.json` in a CTranslate2 directory is the converter's own (BOS/EOS/UNK names,
+layer_norm_epsilon): it has no context window, end-token ids or layer count, and the
+checkpoint's `config.json` cannot be copied in under the same name. So the deploy guide
+copies it as `hf_config.json`, and that is where the model's own window
+(`max_position_embeddings`: 4,096 for Llama 2, 8,192 for Llama 3, 131,072 for Llama
+3.1, 32,768 for Mistral) comes from. `tokenizer_config.json`'s `model_max_length` is a
+last resort: several checkpoints carry a "no limit" placeholder there.
 
 Reading both into one frozen `ModelBundle` keeps that guesswork out of the engine, and
 broken files fail here, at start-up, with a message that names the file.
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +37,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_LENGTH: Final = 4096
 BOT_MODEL_FORMAT: Final = 1
+#: The checkpoint's own config.json, kept under this name beside CTranslate2's.
+HF_CONFIG: Final = "hf_config.json"
 # transformers writes this sentinel (int(1e30)) when a tokenizer has no length limit.
 _NO_LIMIT: Final = 1_000_000
 
@@ -62,9 +73,23 @@ class ModelBundle:
     kind: str = "ctranslate2"
     """`converted` for our converter's output, `ctranslate2` for others."""
 
-    def encode_prompt(self, text: str) -> list[int]:
-        """Prompt ids for rendered chat text, with a BOS only if one is due and missing."""
-        ids = self.tokenizer.encode(text)
+    def encode_chat(
+        self,
+        system: str | None,
+        user: str,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> list[int]:
+        """Prompt ids for a conversation: only the template's own markers are control ids.
+
+        The persona, every earlier turn and the prompt are plain text to the
+        tokenizer, whatever they contain, so nobody can forge a system turn by
+        typing `<|im_start|>system`. A BOS is added only if one is due and missing.
+        """
+        rendered = self.chat.render_spans(system, user, history)
+        return self.with_bos(self.tokenizer.encode_template(rendered.text, rendered.plain_spans))
+
+    def with_bos(self, ids: list[int]) -> list[int]:
+        """`ids` with a BOS in front when the tokenizer expects one the template omitted."""
         if (
             self.add_bos_token
             and self.bos_token_id is not None
@@ -130,41 +155,81 @@ def _template_source(model_dir: Path, tokenizer_config: dict[str, Any]) -> str |
     return None
 
 
-def guess_template(tokenizer: Tokenizer) -> str:
-    """Pick a built-in template from the vocabulary when a directory ships none."""
+def guess_template(
+    tokenizer: Tokenizer, hf_config: dict[str, Any] | None = None, model_dir: Path | None = None
+) -> str:
+    """Pick a built-in template from the vocabulary when a directory ships none.
+
+    The vocabulary tells Llama 3 (`<|eot_id|>`) from 3.1 and later (`<|eom_id|>`, where
+    3.0 has a reserved token), ChatML models, and Mistral v0.3 (`[INST]` as a control
+    token). Llama 2 and Mistral v0.1/v0.2 share a 32,000-piece SentencePiece layout
+    but not a prompt layout, so only the checkpoint's config (`model_type`) can tell
+    them apart; without it we refuse rather than give Mistral a `<<SYS>>` block.
+    """
     if tokenizer.token_to_id("<|eot_id|>") is not None:
+        rope = (hf_config or {}).get("rope_scaling") or {}
+        if tokenizer.token_to_id("<|eom_id|>") is not None or (
+            isinstance(rope, dict) and rope.get("rope_type") == "llama3"
+        ):
+            return "llama3.1"
         return "llama3"
     if tokenizer.token_to_id("<|im_start|>") is not None:
         return "chatml"
     if tokenizer.token_to_id("[INST]") is not None:
-        return "mistral"
+        return "mistral-v3"
     if isinstance(tokenizer, SentencePieceTokenizer) or tokenizer.token_to_id("<s>") is not None:
-        return "llama2"
+        model_type = (hf_config or {}).get("model_type")
+        if model_type == "mistral":
+            return "mistral"
+        if model_type == "llama":
+            return "llama2"
+        where = model_dir if model_dir is not None else "The model directory"
+        raise ModelFilesError(
+            f"{where} ships no chat template, and nothing in it says whether it is Llama 2 "
+            "or Mistral (same vocabulary layout, different prompt layout). Add the "
+            "checkpoint's chat template as chat_template.jinja (or tokenizer_config.json "
+            f"with its chat_template), or the checkpoint's config.json as {HF_CONFIG}."
+        )
     log.warning("No chat template and no known special tokens; assuming ChatML.")
     return "chatml"
 
 
+def _window(value: Any) -> int | None:
+    """A usable context size, or None for absent values and "no limit" placeholders."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if 0 < value < _NO_LIMIT else None
+
+
 def _context_length(
+    model_dir: Path,
     bot_model: dict[str, Any] | None,
-    ct2_config: dict[str, Any],
+    hf_config: dict[str, Any] | None,
     tokenizer_config: dict[str, Any],
 ) -> int:
-    """Context window: ours, else max_position_embeddings, else model_max_length, else 4096."""
+    """Context window: ours, else the checkpoint's, else model_max_length, else 4,096."""
     candidates = [
         (bot_model or {}).get("context_length"),
-        ct2_config.get("max_position_embeddings"),
+        (hf_config or {}).get("max_position_embeddings"),
         tokenizer_config.get("model_max_length"),
     ]
     for value in candidates:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if 0 < value < _NO_LIMIT:
-            return int(value)
+        window = _window(value)
+        if window is not None:
+            return window
+    log.warning(
+        "%s: no context window found (copy the checkpoint's config.json there as %s, "
+        "or set BOT_CONTEXT_LENGTH); assuming %d tokens",
+        model_dir, HF_CONFIG, DEFAULT_CONTEXT_LENGTH,
+    )
     return DEFAULT_CONTEXT_LENGTH
 
 
-def load_model_bundle(model_dir: Path) -> ModelBundle:
-    """Read a CTranslate2 model directory (ours or converted elsewhere) into a bundle."""
+def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> ModelBundle:
+    """Read a CTranslate2 model directory (ours or converted elsewhere) into a bundle.
+
+    `context_length`, when given (`BOT_CONTEXT_LENGTH`), overrides what the files say.
+    """
     if not model_dir.is_dir():
         raise ModelFilesError(f"Model directory not found: {model_dir}")
     if not (model_dir / "model.bin").is_file():
@@ -180,6 +245,7 @@ def load_model_bundle(model_dir: Path) -> ModelBundle:
             "Convert the model again."
         )
     tokenizer_config = _read_json(model_dir / "tokenizer_config.json") or {}
+    hf_config = _read_json(model_dir / HF_CONFIG)
     generation_config = _read_json(model_dir / "generation_config.json") or {}
     try:
         tokenizer = load_tokenizer(model_dir)
@@ -194,7 +260,7 @@ def load_model_bundle(model_dir: Path) -> ModelBundle:
         if source is not None:
             chat = ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)
         else:
-            kind = guess_template(tokenizer)
+            kind = guess_template(tokenizer, hf_config, model_dir)
             log.info("%s ships no chat template; using the built-in %s one", model_dir, kind)
             chat = ChatTemplate.builtin(kind, bos_token=bos_token, eos_token=eos_token)
     except ChatTemplateError as exc:
@@ -213,7 +279,7 @@ def load_model_bundle(model_dir: Path) -> ModelBundle:
             add_end(tokenizer.token_to_id(name))
     for token_id in _ids(generation_config.get("eos_token_id")):
         add_end(token_id)
-    for token_id in _ids(ct2_config.get("eos_token_id")):
+    for token_id in _ids((hf_config or {}).get("eos_token_id")):
         add_end(token_id)
     for name in (eos_token, _token_name(tokenizer_config.get("eos_token"))):
         if name:
@@ -224,7 +290,7 @@ def load_model_bundle(model_dir: Path) -> ModelBundle:
     if not end_ids:
         raise ModelFilesError(
             f"{model_dir}: no end-of-sequence token found in bot_model.json, "
-            "generation_config.json, config.json or tokenizer_config.json."
+            f"generation_config.json, {HF_CONFIG}, config.json or tokenizer_config.json."
         )
 
     if bot_model is not None and "add_bos_token" in bot_model:
@@ -233,14 +299,15 @@ def load_model_bundle(model_dir: Path) -> ModelBundle:
         add_bos = bool(tokenizer_config.get("add_bos_token", False))
     bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
     architecture = (bot_model or {}).get("architecture") or {}
-    num_layers = architecture.get("n_layers") or ct2_config.get("num_hidden_layers")
+    num_layers = architecture.get("n_layers") or (hf_config or {}).get("num_hidden_layers")
     name = (bot_model or {}).get("name") or model_dir.name
     return ModelBundle(
         path=model_dir,
         name=str(name),
         tokenizer=tokenizer,
         chat=chat,
-        context_length=_context_length(bot_model, ct2_config, tokenizer_config),
+        context_length=context_length
+        or _context_length(model_dir, bot_model, hf_config, tokenizer_config),
         end_token_ids=tuple(end_ids),
         bos_token_id=bos_id,
         end_tokens=tuple(tokenizer.id_to_token(i) for i in end_ids),

@@ -5,12 +5,23 @@ answers worse. So we render the template shipped with the model the way transfor
 `apply_chat_template` does (sandboxed Jinja, `trim_blocks`/`lstrip_blocks`,
 `raise_exception`, `bos_token`/`eos_token`, `add_generation_prompt=True`), and keep a
 few well-known templates for model directories that ship none.
+
+The rendered text is for display; the engine also needs to know which characters
+of it people wrote, so that only the template's own markers become control tokens
+(`RenderedChat.plain_spans`). A template is a program, so rather than trust it we
+render each conversation twice, once with the real messages and once with every
+message replaced by a marker, and line the two up: the text between markers is
+the template's, and each marker's place in the real text is a message, as written
+or stripped of surrounding whitespace (`trim`, `.strip()`). A template that
+changes message text in any other way is refused rather than guessed at.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, NoReturn
 
@@ -61,7 +72,9 @@ LLAMA3: Final = (
     "{% endif %}"
 )
 
-# Mistral-7B-Instruct v0.1/v0.2's template: it has no system role and says so.
+# Mistral-7B-Instruct v0.1/v0.2 (mistral-common's tokenizer V1): no system role, and
+# [INST] markers that are plain text in a 32,000-piece vocabulary like Llama 2's. A
+# reply follows " [/INST]" after a space, as mistral-common encodes it (its own piece).
 MISTRAL: Final = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -69,8 +82,50 @@ MISTRAL: Final = (
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
     "{% endif %}"
     "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
     "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+# Llama 3.1 and later (3.2, 3.3): Meta's template without tools. Its system turn is
+# always there and starts with a knowledge date and today's date; 3.0's has neither.
+LLAMA31: Final = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system_message = messages[0]['content'] | trim %}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set system_message = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{ 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{ 'Today Date: ' + strftime_now('%d %b %Y') + '\\n\\n' }}"
+    "{{ system_message }}{{ '<|eot_id|>' }}"
+    "{% for message in loop_messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+
+# Mistral v0.3 (control tokens [INST]/[/INST], as mistral-common encodes it): no space
+# before [/INST]; a system prompt goes before the last user message.
+MISTRAL_V3: Final = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system_message = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set loop_messages = messages %}{% endif %}"
+    "{{ bos_token }}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% if loop.last and system_message is defined %}"
+    "{{ '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
+    "{% else %}{{ '[INST] ' + message['content'] + '[/INST]' }}{% endif %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'] | trim + eos_token }}"
     "{% endif %}"
     "{% endfor %}"
 )
@@ -79,8 +134,61 @@ BUILTIN_TEMPLATES: Final[dict[str, str]] = {
     "chatml": CHATML,
     "llama2": LLAMA2,
     "llama3": LLAMA3,
+    "llama3.1": LLAMA31,
     "mistral": MISTRAL,
+    "mistral-v3": MISTRAL_V3,
 }
+
+
+# Markers stand in for message text in the second render: a character from Unicode's
+# Supplementary Private Use Area-A, then one more encoding the message's index.
+_MARK = "\U000f0000"
+_MARK_RE = re.compile("\U000f0000([\U000f0001-\U000ffffd])")
+
+
+def _marker(index: int) -> str:
+    return _MARK + chr(0xF0001 + index)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedChat:
+    """A rendered conversation and the [start, end) ranges of it that people wrote."""
+
+    text: str
+    plain_spans: tuple[tuple[int, int], ...]
+
+
+def _locate(real: str, marked: str, contents: Sequence[str]) -> list[tuple[int, int]] | None:
+    """Where each message landed in `real`, by lining it up with the `marked` render.
+
+    None when the two do not line up: the template changed message text beyond
+    stripping whitespace, or changed its own text with the messages' content.
+    """
+    parts = _MARK_RE.split(marked)
+    if not real.startswith(parts[0]):
+        return None
+    pos = len(parts[0])
+    spans: list[tuple[int, int]] = []
+    for k in range(1, len(parts), 2):
+        index = ord(parts[k]) - 0xF0001
+        if not 0 <= index < len(contents):
+            return None
+        after = parts[k + 1]
+        last = k + 2 >= len(parts)
+        content = contents[index]
+        for variant in (content, content.strip(), content.rstrip(), content.lstrip()):
+            end = pos + len(variant)
+            if not real.startswith(variant, pos) or not real.startswith(after, end):
+                continue
+            if last and end + len(after) != len(real):
+                continue
+            if variant:
+                spans.append((pos, end))
+            pos = end + len(after)
+            break
+        else:
+            return None
+    return spans if pos == len(real) else None
 
 
 class _TemplateRejected(jinja2.exceptions.TemplateError):
@@ -157,15 +265,25 @@ class ChatTemplate:
         return text in self.source
 
     def render_messages(
-        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, str]],
+        *,
+        add_generation_prompt: bool = True,
+        now: datetime | None = None,
     ) -> str:
-        """Render a whole conversation; the template may reject it."""
+        """Render a whole conversation; the template may reject it.
+
+        `now` fixes the date a template prints (Llama 3.1's `strftime_now`), so two
+        renders of one conversation agree even across midnight.
+        """
+        moment = now or datetime.now()
         try:
             return self._template.render(
                 messages=messages,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
                 add_generation_prompt=add_generation_prompt,
+                strftime_now=lambda fmt: moment.strftime(fmt),
             )
         except _TemplateRejected:
             raise
@@ -186,20 +304,51 @@ class ChatTemplate:
         A template that refuses a system role gets the system prompt folded into the
         first user message instead, as Mistral's docs advise.
         """
+        return self.render_spans(system, user, history).text
+
+    def render_spans(
+        self,
+        system: str | None,
+        user: str,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> RenderedChat:
+        """`render`, plus where every message (persona, turns, prompt) sits in the text.
+
+        Raises `ChatTemplateError` when the template changes message text in a way
+        that cannot be lined up, since encoding it would mean guessing which
+        characters are the template's.
+        """
         turns = [{"role": role, "content": text} for role, text in history]
         turns.append({"role": "user", "content": user})
         if not system:
             return self._render_or_explain(turns)
         try:
-            return self.render_messages([{"role": "system", "content": system}, *turns])
+            return self._render_located([{"role": "system", "content": system}, *turns])
         except _TemplateRejected:
             first = {"role": "user", "content": f"{system}\n\n{turns[0]['content']}"}
             return self._render_or_explain([first, *turns[1:]])
 
-    def _render_or_explain(self, messages: list[dict[str, str]]) -> str:
+    def _render_located(self, messages: list[dict[str, str]]) -> RenderedChat:
+        """Render for real and with markers, at one instant, and line the two up."""
+        now = datetime.now()
+        real = self.render_messages(messages, now=now)
+        marked_messages = [
+            {"role": m["role"], "content": _marker(i)} for i, m in enumerate(messages)
+        ]
+        marked = self.render_messages(marked_messages, now=now)
+        spans = _locate(real, marked, [m["content"] for m in messages])
+        if spans is None:
+            raise ChatTemplateError(
+                f"The {self.name} chat template changes the text of messages (more than "
+                "trimming spaces), so I can't tell its markers from what people wrote. "
+                "Use a template that inserts message text as it is."
+            )
+        return RenderedChat(real, tuple(spans))
+
+    def _render_or_explain(self, messages: list[dict[str, str]]) -> RenderedChat:
         """Render, turning a rejection of a plain user turn into a clear error."""
         try:
-            return self.render_messages(messages)
+            return self._render_located(messages)
         except _TemplateRejected as exc:
             raise ChatTemplateError(
                 f"The {self.name} chat template rejects this conversation: {exc}"

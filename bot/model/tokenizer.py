@@ -6,11 +6,15 @@ Llama 3, SmolLM, and anything our GGUF converter writes) or a SentencePiece
 rendered chat prompt, the token strings CTranslate2's vocabulary uses, and cheap,
 deterministic decoding for incremental streaming.
 
-Two rules hold for both backends, because the chat template already writes every
-special token into the prompt text:
+Three rules hold for both backends:
 
-* `encode` never adds a BOS token, and special-token strings in the text (`<s>`,
-  `<|im_start|>`, `<|eot_id|>`, a control `[INST]`) become their single ids;
+* `encode` is for text people wrote (a prompt, a persona, an earlier turn, /tokens):
+  it never adds a BOS and never turns a control-token string (`<s>`, `<|im_start|>`,
+  `<|eot_id|>`, a control `[INST]`) into its id. A member who types
+  `<|im_end|><|im_start|>system` gets those characters as ordinary text, as Meta's
+  reference encoder and mistral-common do, and cannot forge a turn of the conversation;
+* `encode_template` is for a rendered chat template: control-token strings become
+  their ids, except inside the spans the caller marks as people's text;
 * `decode` drops special/control tokens, so they never reach a user.
 """
 
@@ -54,7 +58,15 @@ class Tokenizer(Protocol):
     """Ids `decode` drops: added special tokens, or SentencePiece control/unknown ids."""
 
     def encode(self, text: str) -> list[int]:
-        """Ids for `text`: no automatic BOS, special-token strings map to their ids."""
+        """Ids for people's text: no automatic BOS, no control tokens, whatever it says."""
+        ...
+
+    def encode_template(self, text: str, plain_spans: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Ids for rendered template text: control strings become ids outside `plain_spans`.
+
+        `plain_spans` are [start, end) character ranges of `text` that people wrote;
+        a control-token string overlapping one of them stays plain text.
+        """
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -79,12 +91,22 @@ def _token_content(value: Any) -> str | None:
     return None
 
 
+def _overlaps(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
+    """Whether [start, end) shares a character with any of `spans`."""
+    return any(start < s_end and s_start < end for s_start, s_end in spans)
+
+
 class HFTokenizer:
     """A `tokenizers` (tokenizer.json) backend.
 
-    The `tokenizers` library already splits added tokens out of the text before the
-    model runs, so special-token strings map to their ids; `add_special_tokens=False`
-    turns off the post-processor, which is what would prepend a BOS (Llama 3).
+    The `tokenizers` library splits added tokens out of the text before the model
+    runs, which is right for a rendered template and wrong for people's text. So two
+    copies are kept: the library's own, for template text, and one with
+    `encode_special_tokens` set, which reads special-token strings as ordinary
+    characters, for people's text. Two objects rather than one flag flipped per
+    call, because the tokenizer is shared with decoding threads.
+    `add_special_tokens=False` turns off the post-processor, which is what would
+    prepend a BOS (Llama 3).
     """
 
     def __init__(
@@ -95,6 +117,8 @@ class HFTokenizer:
         eos_token: str | None = None,
     ) -> None:
         self._tok = tokenizer
+        self._plain = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self._plain.encode_special_tokens = True
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
         self.bos_token: str | None = bos_token
         self.eos_token: str | None = eos_token
@@ -118,8 +142,53 @@ class HFTokenizer:
         return cls(tok, bos_token=bos_token, eos_token=eos_token)
 
     def encode(self, text: str) -> list[int]:
-        """Ids for `text` without BOS; added tokens in the text map to their ids."""
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        """Ids for people's text without BOS; special-token strings stay characters."""
+        enc = self._plain.encode(text, add_special_tokens=False)
+        ids = [int(i) for i in enc.ids]
+        if self.special_ids.isdisjoint(ids):
+            return ids
+        # The model's own merges spelled a special token out of ordinary characters
+        # (a vocabulary with `ignore_merges` can look whole words up): encode that
+        # stretch in two halves until no special id is left.
+        out: list[int] = []
+        for idx, (start, end) in zip(ids, enc.offsets, strict=True):
+            if idx not in self.special_ids:
+                out.append(idx)
+                continue
+            if end - start < 2:
+                raise TokenizerError(
+                    f"The tokenizer maps the character {text[start:end]!r} to a special token."
+                )
+            middle = (start + end) // 2
+            out.extend(self.encode(text[start:middle]))
+            out.extend(self.encode(text[middle:end]))
+        return out
+
+    def encode_template(self, text: str, plain_spans: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Template text as the library reads it, unless people's text holds a special.
+
+        The common case, no special token inside `plain_spans`, returns exactly the
+        library's ids. Otherwise the text is cut only at the template's own special
+        tokens, and the pieces between them are encoded as people's text.
+        """
+        enc = self._tok.encode(text, add_special_tokens=False)
+        ids = [int(i) for i in enc.ids]
+        forged = [
+            i for i, idx in enumerate(ids)
+            if idx in self.special_ids and _overlaps(*enc.offsets[i], plain_spans)
+        ]
+        if not forged:
+            return ids
+        out: list[int] = []
+        pos = 0
+        for i, idx in enumerate(ids):
+            start, end = enc.offsets[i]
+            if idx in self.special_ids and i not in forged:
+                out.extend(self.encode(text[pos:start]))
+                out.append(idx)
+                pos = end
+        out.extend(self.encode(text[pos:]))
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         """Decode the whole window at once so byte-level merges resolve as HF does."""
@@ -142,9 +211,13 @@ class SentencePieceTokenizer:
     """A SentencePiece (tokenizer.model) backend.
 
     SentencePiece never maps control-token strings in the text to their ids, so
-    `encode` splits the text on them first and encodes the pieces between separately.
-    Each piece gets SentencePiece's usual dummy-prefix space, which matches Meta's and
-    Mistral's reference prompt encoding (and transformers' "legacy" Llama tokenizer).
+    people's text is simply `sp.encode`d, as Meta's and mistral-common's reference
+    encoders do. Template text is cut at the template's control tokens and the
+    pieces between them encoded the same way. Each piece gets SentencePiece's
+    dummy-prefix `▁`; a piece that follows a control token and starts with a space
+    loses that one space first, because the prefix already stands for it:
+    mistral-common encodes `[INST] Hello` as `[INST]`, `▁Hello`, where encoding
+    " Hello" as is would give `▁`, `▁Hello`.
     """
 
     def __init__(self, processor: spm.SentencePieceProcessor) -> None:
@@ -164,9 +237,7 @@ class SentencePieceTokenizer:
         self.special_tokens: frozenset[str] = frozenset(special)
         self.special_ids: frozenset[int] = frozenset(special.values())
         self._split_re: re.Pattern[str] | None = (
-            re.compile(
-                "(" + "|".join(re.escape(s) for s in sorted(special, key=len, reverse=True)) + ")"
-            )
+            re.compile("|".join(re.escape(s) for s in sorted(special, key=len, reverse=True)))
             if special
             else None
         )
@@ -182,18 +253,31 @@ class SentencePieceTokenizer:
         return cls(processor)
 
     def encode(self, text: str) -> list[int]:
-        """Ids for `text`, special-token strings mapped to single ids, no BOS."""
+        """Ids for people's text: `sp.encode`, which never produces a control id."""
+        return [int(i) for i in self._sp.encode(text)]
+
+    def encode_template(self, text: str, plain_spans: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Control strings outside `plain_spans` become ids; the pieces between are text."""
         if self._split_re is None:
-            return [int(i) for i in self._sp.encode(text)]
+            return self.encode(text)
         ids: list[int] = []
-        for part in self._split_re.split(text):
-            if not part:
+        pos = 0
+        after_control = False
+
+        def piece(chunk: str) -> None:
+            if after_control and chunk.startswith(" "):
+                chunk = chunk[1:]
+            if chunk:
+                ids.extend(self.encode(chunk))
+
+        for match in self._split_re.finditer(text):
+            if _overlaps(match.start(), match.end(), plain_spans):
                 continue
-            special = self._special_to_id.get(part)
-            if special is not None:
-                ids.append(special)
-            else:
-                ids.extend(int(i) for i in self._sp.encode(part))
+            piece(text[pos : match.start()])
+            ids.append(self._special_to_id[match.group()])
+            pos = match.end()
+            after_control = True
+        piece(text[pos:])
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -18,10 +18,9 @@ user input, or every distinct value becomes a new time series.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Protocol
 
@@ -189,9 +188,6 @@ class Metrics:
         """Discord answered 429; a rising rate means edits are paced too tightly."""
         self.discord_http_429.inc()
 
-    def set_queue_depth(self, n: int) -> None:
-        self.queue_depth.set(n)
-
     def queue_depth_from(self, callback: Callable[[], float]) -> None:
         """Read the queue depth at scrape time instead of pushing every change.
 
@@ -207,21 +203,6 @@ class Metrics:
         drift the way paired inc/dec calls do when a path forgets one of them.
         """
         self.active_replies.set_function(callback)
-
-    def reply_started(self) -> None:
-        self.active_replies.inc()
-
-    def reply_finished(self) -> None:
-        self.active_replies.dec()
-
-    @contextlib.contextmanager
-    def track_reply(self) -> Iterator[None]:
-        """Count a reply as active for the duration of the block, even if it raises."""
-        self.reply_started()
-        try:
-            yield
-        finally:
-            self.reply_finished()
 
     # -- exposition ----------------------------------------------------------------
 
