@@ -355,3 +355,32 @@ def test_discord_bench_streams_long_enough_for_its_figures() -> None:
     assert stream_tokens(63.0, 1.25, at_least=900) == 900  # --new-tokens is a floor
     assert stream_tokens(5000.0, 1.25, at_least=128) == STREAM_MAX_TOKENS
     assert stream_tokens(None, 1.25, at_least=128) >= 2 * 128
+
+
+# --------------------------------------------------------------------------- the asker's slot
+
+
+async def test_the_asker_may_ask_again_as_soon_as_the_footer_is_sent(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """The slot is freed before the footer edit, not after discord.py returns from it.
+
+    discord.py can sleep out a drained edit bucket after an edit is applied, so
+    the footer is on screen while the reply's task still runs; an ask made on
+    seeing it was refused as "already in progress". Here the footer edit is held
+    by the fake (before it is applied): the slot must already be free.
+    """
+    async with running_bot(smol_model_dir, tmp_path, scripted="all done here") as h:
+        asker = h.guild.members[0]
+
+        def footer_edit(r: Any) -> bool:
+            return r.key == Routes.EDIT_ORIGINAL and "· done" in str((r.json or {}).get("content"))
+
+        h.fake.delay(footer_edit, 1.0, times=1)
+        itx = await h.command("ask", {"prompt": "first"}, user=asker)
+        await h.fake.wait_for(lambda: h.fake.requests_for(footer_edit) or None, timeout=30)
+        assert h.bot.runner.gate.active(asker.id) == 0
+        again = await h.command("ask", {"prompt": "second"}, user=asker)
+        await h.finished(again)
+        await h.finished(itx)
+        assert "all done here" in again.original.content  # type: ignore[union-attr]

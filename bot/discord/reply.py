@@ -140,6 +140,8 @@ class _ReplySession:
     edits: int = 0
     first_text_at: float | None = None
     last_edit_at: float | None = None
+    #: Frees the asker's slot; called before the footer is shown (see `run`).
+    release: Callable[[], object] = lambda: None
 
     def token_alive(self) -> bool:
         return time.monotonic() - self.started < self.runner.interaction_ttl_s
@@ -251,6 +253,11 @@ class _ReplySession:
                 if page.shown != (final[i], False):
                     with contextlib.suppress(discord.HTTPException):
                         await page.edit(final[i], None)
+            # The asker may ask again from the moment the footer shows: free the
+            # slot first. (Otherwise a drained edit bucket keeps this task asleep
+            # in discord.py for up to its reset *after* the footer is visible, and
+            # an ask made on seeing it was refused as "already in progress".)
+            self.release()
             await pages[-1].edit(final[-1], end_view)
             self.edits += 1
             self.last_edit_at = time.monotonic()
@@ -315,9 +322,10 @@ class AskRunner:
         # Take the user's slot before the first await: checked here but taken later,
         # two simultaneous asks by one person both passed the check, and the loser's
         # refusal came after its ack, leaving a reply that never finished.
-        with self.gate.hold(user_id):
+        with contextlib.ExitStack() as slot:
+            slot.enter_context(self.gate.hold(user_id))
             await self._run_ask(interaction, prompt, overrides, private=private, knobs=knobs,
-                                system_prompt=system_prompt)
+                                system_prompt=system_prompt, release=slot.close)
 
     async def _run_ask(
         self,
@@ -328,8 +336,9 @@ class AskRunner:
         private: bool,
         knobs: Knobs | None,
         system_prompt: str | None,
+        release: Callable[[], object] = lambda: None,
     ) -> None:
-        """`ask` once the user's slot is held: queue, acknowledge, stream."""
+        """`ask` once the user's slot is held: queue, acknowledge, stream; `release` frees it."""
         app = self.app
         user_id = interaction.user.id
         if knobs is None:
@@ -358,7 +367,7 @@ class AskRunner:
         self.active[ask_id] = active
         session = _ReplySession(
             runner=self, interaction=interaction, gen=gen, ask_id=ask_id,
-            header=quote_prompt(prompt), private=private,
+            header=quote_prompt(prompt), private=private, release=release,
         )
         try:
             result = await session.run()
