@@ -196,7 +196,7 @@ class _ReplySession:
                 tail = "⚠️ Interrupted: the bot restarted before this reply finished.\n" + tail
             final = contents(tail, len(tail) + 1)
             end_view = None if self.private or result.error else regen_view(self.ask_id)
-            end_view = self.runner.extend_end_view(self, result, end_view)
+            end_view = await self.runner.final_view(self, result, end_view)
             while len(final) > len(pages):
                 await editor.finish(final[len(pages) - 1])
                 page = await self._new_page(final[len(pages)], stop)
@@ -345,10 +345,11 @@ class AskRunner:
             request = make_request(prompt, base=knobs, system_prompt=system_prompt)
         return request, 0
 
-    def extend_end_view(
+    async def final_view(
         self, session: _ReplySession, result: GenerationResult, view: discord.ui.View | None
     ) -> discord.ui.View | None:
-        """The finished reply's buttons; a seam for the conversation runner's Reply button."""
+        """The finished reply's buttons, just before they appear (a seam: the conversation
+        runner stores the turns here, so a Reply pressed at once finds them)."""
         return view
 
     async def _say_undelivered(
