@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import discord
+import pytest
 
 from bot.discord.conversation import HOW_TO_ASK
 from bot.model.tokenizer import load_tokenizer
@@ -373,3 +374,53 @@ async def test_a_restart_in_the_middle_continues_from_the_database(
         await h.fake.inject_message("dm after", dm=True, user=user)
         await channel_answers(h, user.id + 7, 1)
         assert in_order(model.last, "dm before", "Answer 2.", "dm after")
+
+
+async def test_the_fake_delivers_message_content_as_discord_does() -> None:
+    """Without the message-content intent: text only when the bot is mentioned, or in DMs."""
+    from testing.fake_discord import FakeDiscord, default_guild
+
+    guild = default_guild()
+    seen: list[tuple[str, bool, int | None]] = []
+    async with FakeDiscord(guilds=[guild]) as fake:
+        bot = fake.make_bot(discord.Client)
+
+        @bot.event
+        async def on_message(message: discord.Message) -> None:
+            ref = message.reference.message_id if message.reference else None
+            seen.append((message.content, bot.user in message.mentions, ref))
+
+        async with fake.run_bot(bot):
+            general = guild.channels[0].id
+            plain = await fake.inject_message("hello all", channel_id=general)
+            await fake.inject_message("hi bot", mention_bot=True, channel_id=general)
+            await fake.inject_message("re: with ping", reply_to=plain.id, channel_id=general)
+            mine = await bot.get_channel(general).send("from the bot")  # type: ignore[union-attr]
+            await fake.inject_message("re: bot, ping", reply_to=mine.id, channel_id=general)
+            await fake.inject_message("re: bot, no ping", reply_to=mine.id, ping=False,
+                                      channel_id=general)
+            await fake.inject_message("a dm", dm=True)
+            await fake.wait_for(lambda: len(seen) >= 7 or None)
+    bot_id = fake.bot_user.id
+    assert seen == [
+        ("", False, None),
+        (f"<@{bot_id}> hi bot", True, None),
+        ("", False, plain.id),  # pings the member it replies to, not the bot
+        ("from the bot", False, None),  # the bot's own message
+        ("re: bot, ping", True, mine.id),
+        ("", False, mine.id),
+        ("a dm", False, None),
+    ]
+    # A thread started from a message takes its id and joins the guild.
+    async with FakeDiscord(guilds=[default_guild()]) as fake:
+        bot = fake.make_bot(discord.Client)
+        async with fake.run_bot(bot):
+            channel = bot.get_channel(fake.guilds[0].channels[0].id)
+            assert isinstance(channel, discord.TextChannel)
+            msg = await channel.send("start here")
+            thread = await msg.create_thread(name="A thread")
+            assert thread.id == msg.id and thread.parent_id == channel.id
+            assert fake.guilds[0].channel(msg.id) is not None
+            await fake.wait_for(lambda: bot.get_channel(msg.id))  # THREAD_CREATE arrived
+            with pytest.raises(discord.HTTPException):
+                await msg.create_thread(name="again")
