@@ -179,6 +179,14 @@ async def test_mention_starts_and_reply_with_ping_continues(
         assert "Answer 2." in answers[-1].content
         assert in_order(model.last, "Tester: what rhymes with llama?", "Answer 1.",
                         "Tester: and with alpaca?")
+        # Regenerate under a message answer re-does that turn with the same history.
+        press = await h.fake.inject_component(button(answers[-1], "llm:regen:"),
+                                               message_id=answers[-1].id)
+        await h.finished(press)
+        assert len(model.prompts) == 2  # the very same prompt again (scripted: same answer)
+        await reply(h, final_message(press), "one more")
+        assert in_order(model.last, "what rhymes with llama?", "Answer 1.", "and with alpaca?",
+                        "Answer 2.", "Tester: one more")
         # Without the ping Discord sends no content: the bot says how to ask instead.
         await h.fake.inject_message("no ping here", reply_to=answers[-1].id, ping=False,
                                     channel_id=h.general)
@@ -191,7 +199,7 @@ async def test_mention_starts_and_reply_with_ping_continues(
         await h.fake.inject_message("hello in help", mention_bot=True, channel_id=h.help)
         await channel_answers(h, h.help, 1)
         assert len(h.fake.channel_messages(h.general)) == before + 1  # only "just talking"
-    assert len(model.prompts) == 3
+    assert len(model.prompts) == 4
 
 
 async def test_dm_plain_messages_continue_the_current_conversation(
@@ -251,6 +259,11 @@ async def test_thread_with_two_users_follows_the_scope_rules_each_turn(
         await h.ask("Who brings plates?", channel_id=thread_id, user=BOB)
         assert "Thread Persona" in model.last
         assert in_order(model.last, "Bob: I bring juice", "Answer 3.", "Bob: Who brings plates?")
+        # A thread needs a public answer in a channel.
+        refused = await h.command("ask", {"prompt": "x", "thread": True, "private": True})
+        assert "public" in (await refused.wait_response()).data["content"]
+        nested = await h.command("ask", {"prompt": "x", "thread": True}, channel_id=thread_id)
+        assert "already a thread" in (await nested.wait_response()).data["content"]
         # The #general channel outside the thread is a separate conversation.
         await h.ask("Unrelated")
         assert "picnic" not in model.last
