@@ -40,7 +40,9 @@ class ScriptedGenerator:
             prompt = next((p for p in self._prompts if self._continues(p, tokens)), None)
             if prompt is None:
                 prompt = list(tokens)
-                self._prompts.append(prompt)
+                if prompt not in self._prompts:
+                    self._prompts.append(prompt)
+                # A new request (the same prompt again included) gets a fresh script.
                 self._scripts[tuple(prompt)] = [
                     *self.tokenizer.encode(self.text_for(prompt)), end
                 ]
@@ -64,7 +66,7 @@ class ScriptedGenerator:
 
     def _continues(self, prompt: list[str], tokens: list[str]) -> bool:
         """Whether `tokens` is `prompt` followed by the start of the script it was given."""
-        if tokens[: len(prompt)] != prompt:
+        if len(tokens) <= len(prompt) or tokens[: len(prompt)] != prompt:
             return False
         done = tokens[len(prompt):]
         script = self._scripts[tuple(prompt)]

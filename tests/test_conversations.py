@@ -141,20 +141,19 @@ async def test_reply_on_an_earlier_turn_branches_and_regenerate_redoes_one_turn(
         assert in_order(model.last, "Root question", "Answer 1.", "Main line", "Answer 2.",
                         "Main again")
         assert "Side line" not in model.last
-        # Regenerate the second turn: the very prompt of that turn is sent again (the
-        # scripted model answers a prompt it saw before the same way, without a new entry).
+        # Regenerate the second turn: the very prompt of that turn is sent again.
         press = await h.fake.inject_component(button(answer2, "llm:regen:"),
                                                message_id=answer2.id)
         await h.finished(press)
         regenerated = final_message(press)
-        assert regenerated.id != answer2.id and "Answer 2." in regenerated.content
-        assert len(model.prompts) == 4
-        # Continuing the regenerated answer follows it, not the later turns of the one
-        # it re-did.
+        assert regenerated.id != answer2.id and "Answer 5." in regenerated.content
+        assert model.prompts[4] == model.prompts[1]
+        # Continuing the regenerated answer follows it, not the answer it replaced.
         await reply(h, regenerated, "After regen")
-        assert in_order(model.last, "Root question", "Answer 1.", "Main line", "Answer 2.",
+        assert in_order(model.last, "Root question", "Answer 1.", "Main line", "Answer 5.",
                         "After regen")
-        assert "Main again" not in model.last and "Side line" not in model.last
+        assert "Answer 2." not in model.last and "Main again" not in model.last
+        assert "Side line" not in model.last
 
 
 async def test_mention_starts_and_reply_with_ping_continues(
@@ -183,10 +182,11 @@ async def test_mention_starts_and_reply_with_ping_continues(
         press = await h.fake.inject_component(button(answers[-1], "llm:regen:"),
                                                message_id=answers[-1].id)
         await h.finished(press)
-        assert len(model.prompts) == 2  # the very same prompt again (scripted: same answer)
+        assert model.prompts[2] == model.prompts[1]  # the very same prompt again
         await reply(h, final_message(press), "one more")
         assert in_order(model.last, "what rhymes with llama?", "Answer 1.", "and with alpaca?",
-                        "Answer 2.", "Tester: one more")
+                        "Answer 3.", "Tester: one more")
+        assert "Answer 2." not in model.last
         # Without the ping Discord sends no content: the bot says how to ask instead.
         await h.fake.inject_message("no ping here", reply_to=answers[-1].id, ping=False,
                                     channel_id=h.general)
@@ -199,7 +199,7 @@ async def test_mention_starts_and_reply_with_ping_continues(
         await h.fake.inject_message("hello in help", mention_bot=True, channel_id=h.help)
         await channel_answers(h, h.help, 1)
         assert len(h.fake.channel_messages(h.general)) == before + 1  # only "just talking"
-    assert len(model.prompts) == 4
+    assert len(model.prompts) == 5
 
 
 async def test_dm_plain_messages_continue_the_current_conversation(
