@@ -118,11 +118,20 @@ async def test_three_turns_by_reply_each_carry_the_conversation(
         assert answer2.id != answer1.id and "Answer 2." in answer2.content  # a new message
         assert answer2.content.startswith("> Do they spit?")
         third = await reply(h, answer2, "And alpacas?")
-        assert "Answer 3." in final_message(third).content
-    assert "Answer" not in model.prompts[0]
-    # The third prompt carries both earlier exchanges, in order, with the speaker's name.
-    assert in_order(model.last, "Tester: What is a llama?", "Answer 1.",
-                    "Tester: Do they spit?", "Answer 2.", "Tester: And alpacas?")
+        answer3 = final_message(third)
+        assert "Answer 3." in answer3.content
+        assert "Answer" not in model.prompts[0]
+        # The third prompt carries both earlier exchanges, in order, with the speaker's name.
+        assert in_order(model.last, "Tester: What is a llama?", "Answer 1.",
+                        "Tester: Do they spit?", "Answer 2.", "Tester: And alpacas?")
+        # A reply with ping to a slash-command answer continues it as well.
+        await h.fake.inject_message("Which is bigger?", reply_to=answer3.id,
+                                    channel_id=h.general)
+        await channel_answers(h, h.general, 1)
+        assert in_order(model.last, "Tester: What is a llama?", "Answer 2.", "And alpacas?",
+                        "Answer 3.", "Tester: Which is bigger?")
+        # The answers' message ids come from the acknowledgements: no extra GETs.
+        assert h.fake.requests_for(Routes.GET_ORIGINAL) == []
 
 
 async def test_reply_on_an_earlier_turn_branches_and_regenerate_redoes_one_turn(

@@ -474,6 +474,8 @@ async def _page_ids(session: _ReplySession) -> tuple[int, ...]:
             ids.append(page.channel_message.id)
         elif page.webhook_message is not None:
             ids.append(page.webhook_message.id)
+        elif page.original and session.original_id is not None:
+            ids.append(session.original_id)
         elif page.original:
             with contextlib.suppress(discord.HTTPException):
                 ids.append((await session.interaction.original_response()).id)

@@ -128,6 +128,7 @@ class _ReplySession:
     last_edit_at: float | None = None
     dropped_turns: int = 0  # earlier conversation turns left out to fit, for the footer
     pages: list[_Page] = field(default_factory=list)  # the messages of this reply, in order
+    original_id: int | None = None  # the original response's message id, from the ack
 
     def token_alive(self) -> bool:
         return time.monotonic() - self.started < self.runner.interaction_ttl_s
@@ -292,7 +293,7 @@ class AskRunner:
         gen = app.engine.submit(request)  # QueueFull / PromptTooLong raise here, before the ack
         ask_id = interaction.id
         try:
-            await interaction.response.defer(thinking=True, ephemeral=private)
+            ack = await interaction.response.defer(thinking=True, ephemeral=private)
         except BaseException:
             gen.cancel()
             raise
@@ -310,6 +311,7 @@ class AskRunner:
         session = _ReplySession(
             runner=self, interaction=interaction, gen=gen, ask_id=ask_id,
             header=quote_prompt(prompt), private=private, dropped_turns=dropped,
+            original_id=ack.message_id if ack is not None else None,
         )
         try:
             result = await session.run()
