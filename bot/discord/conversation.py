@@ -105,6 +105,7 @@ class _Pending:
     """What an interaction ask continues, decided before `AskRunner.ask` runs."""
 
     parent_id: int | None = None
+    explicit: bool = False  # the parent was chosen (None then means "no history")
     open_thread: bool = False
 
 
@@ -192,7 +193,7 @@ class ConversationRunner(AskRunner):
     async def ask_followup(self, interaction: discord.Interaction, text: str, ask_id: int) -> None:
         """The Reply modal was sent: a new reply continuing from the answer of `ask_id`."""
         answer = await self._answer_to_continue(ask_id, interaction.user.id)
-        self._pending[interaction.id] = _Pending(parent_id=answer.id)
+        self._pending[interaction.id] = _Pending(parent_id=answer.id, explicit=True)
         private = answer.private and interaction.guild_id is not None
         await self.ask(interaction, text, {}, private=private)
 
@@ -202,7 +203,7 @@ class ConversationRunner(AskRunner):
         if question is not None:
             if not question.visible_to(interaction.user.id):
                 raise PrivateConversation()
-            self._pending[interaction.id] = _Pending(parent_id=question.parent_id)
+            self._pending[interaction.id] = _Pending(parent_id=question.parent_id, explicit=True)
         await super().regenerate(interaction, ask_id)
 
     async def _answer_to_continue(self, ask_id: int, user_id: int) -> StoredTurn:
@@ -238,7 +239,7 @@ class ConversationRunner(AskRunner):
             head = await self.turns.head(thread_place(channel.id))
             if head is not None:
                 place = thread_place(channel.id)
-                if parent is None:
+                if not pending.explicit:
                     parent = head
         location = _location(interaction.guild_id, interaction.channel_id or 0, channel,
                              interaction.user.id)
