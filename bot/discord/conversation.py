@@ -68,9 +68,9 @@ FOLLOWUP_LIMIT = 4000  # Discord's limit for a modal text input
 PRUNE_EVERY_S = 3600.0
 
 HOW_TO_ASK = (
-    "I can't read that message: Discord only shows me messages that mention me. "
-    "To ask me, mention me with your question, reply to one of my answers with the "
-    "ping left on, press **Reply** under an answer, or use `/ask`."
+    "I found no question to answer (Discord shows me the text of a message only when it "
+    "mentions me). To ask me, mention me together with your question, reply to one of my "
+    "answers with the ping left on, press **Reply** under an answer, or use `/ask`."
 )
 HOW_TO_ASK_DM = "Send me your question as text (or use `/ask`); I can only answer text."
 
