@@ -268,6 +268,14 @@ async def test_thread_with_two_users_follows_the_scope_rules_each_turn(
         await h.ask("Who brings plates?", channel_id=thread_id, user=BOB)
         assert "Thread Persona" in model.last
         assert in_order(model.last, "Bob: I bring juice", "Answer 3.", "Bob: Who brings plates?")
+        # A private ask in the thread sees the thread's conversation, but the next public
+        # turn never sees the private one.
+        await h.ask("psst, private", channel_id=thread_id, user=BOB, private=True)
+        assert in_order(model.last, "Answer 4.", "psst, private")
+        await h.ask("Back in public", channel_id=thread_id)
+        assert "psst" not in model.last and "Answer 5." not in model.last
+        assert in_order(model.last, "Bob: Who brings plates?", "Answer 4.",
+                        "Tester: Back in public")
         # A thread needs a public answer in a channel.
         refused = await h.command("ask", {"prompt": "x", "thread": True, "private": True})
         assert "public" in (await refused.wait_response()).data["content"]
