@@ -454,3 +454,28 @@ async def test_the_fake_delivers_message_content_as_discord_does() -> None:
             await fake.wait_for(lambda: bot.get_channel(msg.id))  # THREAD_CREATE arrived
             with pytest.raises(discord.HTTPException):
                 await msg.create_thread(name="again")
+
+
+async def test_answers_to_messages_are_counted_in_the_metrics(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bot.discord.client import attach_metrics
+    from bot.ops.metrics import Metrics
+
+    model = Model(smol_model_dir)
+    async with running_bot(smol_model_dir, tmp_path, scripted=model) as h:
+        metrics = Metrics()
+        detach = attach_metrics(h.bot, metrics)
+        await h.fake.inject_message("count me", mention_bot=True, channel_id=h.general)
+        await channel_answers(h, h.general, 1)
+        await h.fake.wait_for(lambda: b'outcome="ok"} 1.0' in metrics.render() or None)
+        detach()
+        assert h.bot.runner.on_message_finish == []
+    samples = {
+        (s.name, s.labels.get("outcome")): s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+    }
+    assert samples[("llamacord_asks_total", "ok")] == 1.0

@@ -135,7 +135,8 @@ def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
 
     - tokens, time to first token, decode speed, finish reasons: the engine's
       `on_result`, once per generation that reached a model replica;
-    - `asks_total{outcome}`: ok / cancelled / error when a reply is finished
+    - `asks_total{outcome}`: ok / cancelled / error when a reply (to a command, a
+      button, a mention or a DM) is finished
       (interrupted replies count as cancelled), refused when /ask answers with an
       error before acknowledging (bad knobs, busy, restarting, cooldown);
     - queue depth and active replies: read at scrape time, never pushed;
@@ -156,6 +157,11 @@ def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
         metrics.ask(ask_outcome(result))
 
     runner.on_finish.append(on_finish)
+
+    def on_message_finish(result: GenerationResult) -> None:
+        metrics.ask(ask_outcome(result))
+
+    runner.on_message_finish.append(on_message_finish)
 
     tree = bot.tree
     previous = tree.on_error
@@ -178,6 +184,8 @@ def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
             engine.on_result.remove(metrics.observe)
         with contextlib.suppress(ValueError):
             runner.on_finish.remove(on_finish)
+        with contextlib.suppress(ValueError):
+            runner.on_message_finish.remove(on_message_finish)
         if tree.on_error is counting_on_error:
             tree.on_error = previous  # type: ignore[method-assign]
         root.removeHandler(counter)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +145,9 @@ class ConversationRunner(AskRunner):
         self._contexts: dict[int, _Context] = {}
         self._pruner: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        #: Called with each finished answer to a message (mention, reply, DM), as
+        #: `on_finish` is for interaction replies; the metrics count asks here.
+        self.on_message_finish: list[Callable[[GenerationResult], None]] = []
         self.on_finish.append(self._record)
 
     # --- entry points ----------------------------------------------------------------
@@ -414,7 +418,11 @@ class ConversationRunner(AskRunner):
             active = ActiveReply(gen=gen, user_id=user.id, task=asyncio.current_task())
             self.active[ask_id] = active
             try:
-                await _MessageReply(self, message, ask_id, dropped, context).run(gen, active)
+                result, _ = await _MessageReply(self, message, ask_id, dropped, context).run(
+                    gen, active
+                )
+                for hook in self.on_message_finish:
+                    hook(result)
             except discord.HTTPException:
                 log.exception("reply %s could not be delivered", ask_id)
             finally:
