@@ -147,7 +147,7 @@ class Console:
                     self.write(f"\n[{footer(result, fitted.dropped_turns)}]\n")
         finally:
             self.current = None
-        if result is not None and not result.error and result.text:
+        if result is not None and not result.error:  # an empty answer is a turn too
             loc = self.location
             await self.turns.add_exchange(NewExchange(
                 parent_id=head, question=prompt, answer=result.text, author_id=CONSOLE_USER_ID,
