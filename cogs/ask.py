@@ -1,4 +1,8 @@
-"""/ask: a prompt in, a reply streamed by editing the bot's message."""
+"""/ask: a prompt in, a reply streamed by editing the bot's message.
+
+Each answer starts a conversation (its Reply button continues it); inside a
+thread that `/ask thread:true` opened, /ask continues the thread's conversation.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ class Ask(commands.Cog):
         min_new_tokens="This ask only: hold back the end until this many tokens (-1 = off)",
         stop=r"This ask only: stop sequences, separated by | (\n for a newline)",
         repetition_penalty="This ask only: 0 = none, up to 2",
-        private="Only you see the reply",
+        private="Only you see the reply (and its follow-ups)",
+        thread="Open a public thread from the answer; every /ask or mention there continues it",
     )
     async def ask(
         self,
@@ -45,13 +50,16 @@ class Ask(commands.Cog):
         stop: str | None = None,
         repetition_penalty: RepPenaltyOpt | None = None,
         private: bool = False,
+        thread: bool = False,
     ) -> None:
         overrides = knob_options(
             stop, temperature=temperature, top_p=top_p, top_k=top_k,
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
             repetition_penalty=repetition_penalty,
         )
-        await bot_of(interaction).runner.ask(interaction, prompt, overrides, private=private)
+        await bot_of(interaction).runner.ask_command(
+            interaction, prompt, overrides, private=private, thread=thread
+        )
 
 
 async def setup(bot: commands.Bot) -> None:
