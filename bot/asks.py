@@ -11,10 +11,12 @@ words for "why it ended" are written once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
-from bot.engine import FinishReason, GenerationRequest, GenerationResult
+from bot.conversation import Fitted, fit_history
+from bot.engine import FinishReason, GenerationRequest, GenerationResult, Turn
 from bot.errors import UserFacingError
 from bot.knobs import Knobs, build_knobs
 from bot.settings.scopes import SYSTEM_PROMPT_KEY, Effective, Location
@@ -90,12 +92,36 @@ async def resolve_again(
     return await resolve_request(app, location, prompt, knobs.model_dump())
 
 
+async def resolve_conversation(
+    app: App,
+    location: Location,
+    prompt: str,
+    history: Sequence[Turn],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    knobs: Knobs | None = None,
+    system_prompt: str | None = None,
+) -> Fitted:
+    """A follow-up: the request an ask makes, carrying `history`, fitted to the context.
+
+    Persona and knobs are resolved for `location` at each turn (so a change made
+    mid-conversation applies to the next turn), unless `knobs` is given (a
+    Regenerate re-uses what the turn was asked with). The oldest turns are left
+    out until the reply fits; `Fitted.dropped_turns` says how many, for the footer.
+    """
+    if knobs is None:
+        request = await resolve_request(app, location, prompt, overrides)
+    else:
+        request = make_request(prompt, base=knobs, system_prompt=system_prompt)
+    return fit_history(app.engine, replace(request, history=tuple(history)))
+
+
 def _tokens(n: int) -> str:
     return f"{n} token" if n == 1 else f"{n} tokens"
 
 
-def footer_parts(result: GenerationResult) -> list[str]:
-    """Tokens, speed, why it ended, and whether the budget was shortened to fit.
+def footer_parts(result: GenerationResult, dropped_turns: int = 0) -> list[str]:
+    """Tokens, speed, why it ended, and whether the budget or the history was cut to fit.
 
     The speed is left out when there is none to give (a one-token reply has no
     decoding interval), rather than printing a placeholder a member can't read.
@@ -111,9 +137,12 @@ def footer_parts(result: GenerationResult) -> list[str]:
     parts.append(words)
     if result.clamped_to_context:
         parts.append(f"shortened to {_tokens(result.max_new_tokens)} to fit the context")
+    if dropped_turns:
+        turns = "turn" if dropped_turns == 1 else "turns"
+        parts.append(f"{dropped_turns} earlier {turns} left out to fit the context")
     return parts
 
 
-def footer(result: GenerationResult) -> str:
+def footer(result: GenerationResult, dropped_turns: int = 0) -> str:
     """The footer as one line, e.g. ``12 tokens · 40.1 tok/s · done``."""
-    return " · ".join(footer_parts(result))
+    return " · ".join(footer_parts(result, dropped_turns))

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print only the JSON object")
     bench.add_argument("--discord", action="store_true", help="through the fake Discord API")
     bench.add_argument("--soak", action="store_true", help="bounded soak through the fake")
+    bench.add_argument("--conversation", action="store_true",
+                       help="time to first text at turns 1, 5, 10 (600-token persona)")
     bench.add_argument("--minutes", type=float, default=10.0)
     bench.add_argument("--new-tokens", type=int, default=128)
 

@@ -117,6 +117,15 @@ class Settings(BaseSettings):
         7.0, gt=0.0, le=3650.0, description="How long Regenerate keeps a prompt."
     )
 
+    # Conversations
+    conversation_retention_days: int = Field(
+        30, ge=0, le=3650,
+        description="Days conversation turns are kept (then pruned); 0 = keep for ever.",
+    )
+    conversation_names: bool = Field(
+        True, description="Prefix each question in a shared conversation with its speaker."
+    )
+
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int | None = Field(None, ge=1, le=65535)

@@ -5,6 +5,10 @@ database as the bot, in a server and channel scope of its own, so anyone can
 try the bot without a token and an operator can check a persona before going
 live. Commands mirror the slash commands; `--server` acts on the console's
 server scope instead of its channel scope.
+
+The console holds one conversation: each line continues it, `/new` starts a
+fresh one, `/history` shows what the next ask will send. Its turns live in the
+database (place ``console:<channel>``), so the conversation survives a restart.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from bot.app import App, open_app
-from bot.asks import footer, persona, resolve_request
+from bot.asks import footer, persona, resolve_conversation, resolve_request
 from bot.config import Settings
+from bot.conversation import history_of, history_report
 from bot.engine import Finished, Queued, TextDelta
 from bot.engine.streaming import token_pieces
 from bot.errors import UserFacingError
@@ -35,6 +40,7 @@ from bot.knobs import (
     parse_knob_text,
 )
 from bot.settings.scopes import Location, Scope, ScopeKind
+from bot.settings.turns import NewExchange, TurnStore
 
 # Ids of the console's own scopes. Discord snowflakes are far larger, so these
 # never collide with a real server sharing the same database.
@@ -43,8 +49,10 @@ CONSOLE_CHANNEL_ID = 2
 CONSOLE_USER_ID = 3
 
 HELP = """\
-Commands (a line without a slash is an /ask):
+Commands (a line without a slash is an /ask; each ask continues the conversation):
   /ask <prompt>                 stream a reply
+  /new                          start a new conversation
+  /history                      the turns the next ask sends, with token counts
   /system show                  the persona in effect here
   /system set <text> [--server] set the persona for this channel (or the server)
   /system reset [--server]      remove it
@@ -66,6 +74,15 @@ class Console:
                                          user_id=CONSOLE_USER_ID)
     )
     current: Any = None  # the Generation being streamed, for Ctrl-C
+    turns: TurnStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.turns = TurnStore(self.app.store.db)
+
+    @property
+    def place(self) -> str:
+        """Where the console's current conversation is remembered in the database."""
+        return f"console:{self.location.channel_id}"
 
     def write(self, text: str) -> None:
         self.out.write(text)
@@ -91,6 +108,11 @@ class Console:
                 self.write(HELP + "\n")
             elif cmd == "/ask":
                 await self.ask(rest)
+            elif cmd == "/new":
+                await self.turns.set_head(self.place, None)
+                self.write("Started a new conversation.\n")
+            elif cmd == "/history":
+                await self.history()
             elif cmd == "/system":
                 await self.system(rest)
             elif cmd == "/knobs":
@@ -106,9 +128,12 @@ class Console:
     async def ask(self, prompt: str) -> None:
         if not prompt.strip():
             raise UserFacingError("Ask something: /ask <prompt>.")
-        request = await resolve_request(self.app, self.location, prompt)
-        gen = self.app.engine.submit(request)
+        head = await self.turns.head(self.place)
+        history = history_of(await self.turns.chain(head), names=False)
+        fitted = await resolve_conversation(self.app, self.location, prompt, history)
+        gen = self.app.engine.submit(fitted.request)
         self.current = gen
+        result = None
         try:
             async for event in gen.events():
                 if isinstance(event, Queued) and event.ahead:
@@ -119,9 +144,44 @@ class Console:
                     result = event.result
                     if result.error:
                         self.write(f"\nerror: {result.error}")
-                    self.write(f"\n[{footer(result)}]\n")
+                    self.write(f"\n[{footer(result, fitted.dropped_turns)}]\n")
         finally:
             self.current = None
+        if result is not None and not result.error:  # an empty answer is a turn too
+            loc = self.location
+            await self.turns.add_exchange(NewExchange(
+                parent_id=head, question=prompt, answer=result.text, author_id=CONSOLE_USER_ID,
+                author_name="you", ask_id=None, guild_id=loc.guild_id, channel_id=loc.channel_id,
+                private=False, head=self.place,
+            ))
+
+    async def history(self) -> None:
+        """The turns the next ask sends, each with its token count; left-out ones marked.
+
+        The next question is unknown, so a one-token stand-in is measured in its place.
+        """
+        head = await self.turns.head(self.place)
+        history = history_of(await self.turns.chain(head), names=False)
+        if not history:
+            self.write("No conversation yet: the next line starts one.\n")
+            return
+        engine = self.app.engine
+        base = await resolve_request(self.app, self.location, "?")
+        request = replace(base, history=history)
+        tokenizer = engine.bundle.tokenizer
+        lines = history_report(engine, request, lambda text: len(tokenizer.encode(text)))
+        kept = sum(line.kept for line in lines)
+        self.write(
+            f"{len(lines)} turns; the next ask sends {kept} (context window "
+            f"{engine.info.context_length} tokens, {request.knobs.max_new_tokens} kept for "
+            "the reply):\n"
+        )
+        for line in lines:
+            who = "you" if line.role == "user" else "bot"
+            flat = " ".join(line.text.split())
+            shown = flat if len(flat) <= 60 else flat[:59] + "…"
+            mark = "" if line.kept else "  [left out]"
+            self.write(f"  {who:<3} {line.tokens:>5} tokens  {shown}{mark}\n")
 
     def interrupt(self) -> bool:
         """Ctrl-C: stop the reply being written, if any."""
@@ -373,6 +433,7 @@ async def run_console(settings: Settings) -> int:
     restore_terminal = _save_terminal() if interactive else (lambda: None)
     save_history = _setup_history() if interactive else (lambda: None)
     async with open_app(settings, progress=lambda s: print(s, file=sys.stderr, flush=True)) as app:
+        await TurnStore(app.store.db).prune(settings.conversation_retention_days)
         info = app.engine.info
         print(
             f"{info.model_name} on {info.device} ({info.compute_type}). Local console: no "

@@ -1,4 +1,8 @@
-"""/ask: a prompt in, a reply streamed by editing the bot's message."""
+"""/ask: a prompt in, a reply streamed by editing the bot's message.
+
+Each answer starts a conversation (its Reply button continues it); inside a
+thread that `/ask thread:true` opened, /ask continues the thread's conversation.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ class Ask(commands.Cog):
         prompt="What to ask",
         **{name: f"This ask only: {text}"[:100] for name, text in KNOB_DESCRIPTIONS.items()},
         stop=r"This ask only: stop sequences, separated by | (\n for a newline)",
-        private="Only you see the reply (and only you can stop or regenerate it)",
+        private="Only you see the reply and its follow-ups (only you can stop or regenerate it)",
+        thread="Open a public thread from the answer; every /ask or mention there continues it",
     )
     async def ask(
         self,
@@ -41,13 +46,16 @@ class Ask(commands.Cog):
         stop: str | None = None,
         repetition_penalty: RepPenaltyOpt | None = None,
         private: bool = False,
+        thread: bool = False,
     ) -> None:
         overrides = knob_options(
             stop, temperature=temperature, top_p=top_p, top_k=top_k,
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
             repetition_penalty=repetition_penalty,
         )
-        await bot_of(interaction).runner.ask(interaction, prompt, overrides, private=private)
+        await bot_of(interaction).runner.ask_command(
+            interaction, prompt, overrides, private=private, thread=thread
+        )
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -23,6 +23,7 @@ class ScriptedGenerator:
         self.delay = delay
         self.calls = 0
         self._prompts: list[list[str]] = []
+        self._scripts: dict[tuple[str, ...], list[int]] = {}
 
     def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
         self.calls += 1
@@ -34,11 +35,18 @@ class ScriptedGenerator:
         for tokens in start_tokens:
             # A request the engine preempted comes back as prompt + tokens so far:
             # continue its script where it stopped instead of starting over.
-            prompt = next((p for p in self._prompts if tokens[: len(p)] == p), None)
+            # A conversation's next prompt also starts with an earlier prompt: it is a
+            # continuation only if what follows is that prompt's own script.
+            prompt = next((p for p in self._prompts if self._continues(p, tokens)), None)
             if prompt is None:
                 prompt = list(tokens)
-                self._prompts.append(prompt)
-            scripts.append([*self.tokenizer.encode(self.text_for(prompt)), end])
+                if prompt not in self._prompts:
+                    self._prompts.append(prompt)
+                # A new request (the same prompt again included) gets a fresh script.
+                self._scripts[tuple(prompt)] = [
+                    *self.tokenizer.encode(self.text_for(prompt)), end
+                ]
+            scripts.append(self._scripts[tuple(prompt)])
             offsets.append(len(tokens) - len(prompt))
         active = set(range(len(scripts)))
         for step in range(max_length):
@@ -54,6 +62,17 @@ class ScriptedGenerator:
                 break
             time.sleep(self.delay)
         return []
+
+
+    def _continues(self, prompt: list[str], tokens: list[str]) -> bool:
+        """Whether `tokens` is `prompt` followed by the start of the script it was given."""
+        if len(tokens) <= len(prompt) or tokens[: len(prompt)] != prompt:
+            return False
+        done = tokens[len(prompt):]
+        script = self._scripts[tuple(prompt)]
+        return len(done) <= len(script) and done == [
+            self.tokenizer.id_to_token(i) for i in script[: len(done)]
+        ]
 
 
 class Exploding(ScriptedGenerator):

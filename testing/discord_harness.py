@@ -72,7 +72,7 @@ class Harness:
         return "\n".join(m.content for m in msgs)
 
 
-ASK_OPTIONS = {*KNOB_NAMES, "private"}
+ASK_OPTIONS = {*KNOB_NAMES, "private", "thread"}
 FOOTER_WORDS = tuple(FINISH_WORDS.values())
 
 

@@ -72,6 +72,7 @@ FLAG_EPHEMERAL = 1 << 6
 FLAG_LOADING = 1 << 7
 INTENT_GUILD_MESSAGES = 1 << 9
 INTENT_DM_MESSAGES = 1 << 12
+INTENT_MESSAGE_CONTENT = 1 << 15
 # Gateway close codes after which Discord refuses a RESUME of the same session.
 NON_RESUMABLE_CLOSE_CODES = frozenset({4007, 4009})
 DEFAULT_MEMBER_PERMISSIONS = str(
@@ -106,6 +107,7 @@ class Routes:
     EDIT_MESSAGE = "PATCH /channels/{channel_id}/messages/{message_id}"
     DELETE_MESSAGE = "DELETE /channels/{channel_id}/messages/{message_id}"
     TYPING = "POST /channels/{channel_id}/typing"
+    START_THREAD = "POST /channels/{channel_id}/messages/{message_id}/threads"
 
 
 def _now_iso() -> str:
@@ -954,6 +956,7 @@ class FakeDiscord:
         r.add_post(p + "/channels/{channel_id}/typing", self._typing)
         r.add_post(p + "/channels/{channel_id}/messages", self._channel_message)
         r.add_route("*", p + "/channels/{channel_id}/messages/{message_id}", self._channel_message)
+        r.add_post(p + "/channels/{channel_id}/messages/{message_id}/threads", self._start_thread)
         self._catch_all = r.add_route("*", "/{tail:.*}", self._unknown).resource
 
     @web.middleware
@@ -1393,6 +1396,40 @@ class FakeDiscord:
             await self.dispatch(
                 "MESSAGE_CREATE", payload, guild_id=message.guild_id, intent=INTENT_GUILD_MESSAGES
             )
+        return _json_response(payload)
+
+    async def _start_thread(self, request: web.Request) -> web.Response:
+        """Start a public thread from a message: the thread's id is the message's, as on Discord.
+
+        The thread joins its guild's channels (so interactions and messages can be
+        injected into it) and THREAD_CREATE is dispatched, as Discord does.
+        """
+        self._check_auth(request)
+        channel_id = int(request.match_info["channel_id"])
+        message_id = int(request.match_info["message_id"])
+        found = self.find_channel(channel_id)
+        message = self.messages.get(message_id)
+        if found is None:
+            raise _HTTPError(404, "Unknown Channel", 10003)
+        guild, parent = found
+        if message is None or message.deleted or message.channel_id != channel_id:
+            raise _HTTPError(404, "Unknown Message", 10008)
+        if message.flags & FLAG_EPHEMERAL:
+            raise _HTTPError(400, "Cannot start a thread from an ephemeral message", 50035)
+        if parent.is_thread:
+            raise _HTTPError(400, "Cannot start a thread inside a thread", 50024)
+        if guild.channel(message_id) is not None:
+            raise _HTTPError(400, "A thread has already been created for this message", 160004)
+        body = self._current(request).json
+        data = body if isinstance(body, dict) else {}
+        name = str(data.get("name") or "")
+        if not 1 <= len(name) <= 100:
+            raise _HTTPError(400, "Invalid Form Body", 50035)
+        thread = FakeChannel(message_id, name, 11, parent_id=channel_id)
+        guild.channels.append(thread)
+        owner = self.bot_user.id
+        payload = thread.to_payload(guild.id, owner)
+        await self.dispatch("THREAD_CREATE", {**payload, "newly_created": True}, guild_id=guild.id)
         return _json_response(payload)
 
     # ------------------------------------------------------------------ message store
@@ -1896,6 +1933,7 @@ class FakeDiscord:
         roles: Sequence[int] = (),
         permissions: str = DEFAULT_MEMBER_PERMISSIONS,
         locale: str = "en-US",
+        dm: bool = False,
     ) -> FakeInteraction:
         """A modal submit (type 5): `values` maps each text input's custom_id to its text."""
         components = [
@@ -1916,7 +1954,7 @@ class FakeDiscord:
             roles=roles,
             permissions=permissions,
             locale=locale,
-            dm=False,
+            dm=dm,
         )
         return await self._inject(payload)
 
@@ -1926,28 +1964,77 @@ class FakeDiscord:
         *,
         channel_id: int | None = None,
         user: FakeUser | None = None,
+        mention_bot: bool = False,
+        reply_to: int | None = None,
+        ping: bool = True,
+        dm: bool = False,
     ) -> StoredMessage:
-        """A member posts in a channel (MESSAGE_CREATE), e.g. for prefix commands."""
-        if channel_id is None:
-            guild = self.guilds[0]
-            channel = next(c for c in guild.channels if c.type == 0)
+        """A member posts a message (MESSAGE_CREATE), as Discord delivers it to the bot.
+
+        `mention_bot` puts ``<@bot>`` in front of the text; `reply_to` makes it a
+        reply to a stored message, which pings that message's author unless
+        `ping=False`; `dm` posts in the user's DM channel with the bot. Like
+        Discord, a guild message reaches a bot without the message-content intent
+        with its content emptied unless the bot is mentioned (a reply that pings the
+        bot counts); DMs always carry their content.
+        """
+        if dm:
+            author = user or FakeUser(self.application_id + 2, "dm-user")
+            dm_channel_id = channel_id or author.id + 7
+            self._dm_channels.add(dm_channel_id)
+            guild: FakeGuild | None = None
+            target_channel = dm_channel_id
         else:
-            found = self.find_channel(channel_id)
-            if found is None:
-                raise KeyError(f"unknown channel {channel_id}")
-            guild, channel = found
-        author = user or (guild.members[0] if guild.members else FakeUser(guild.id + 99, "member"))
+            if channel_id is None:
+                guild = self.guilds[0]
+                channel = next(c for c in guild.channels if c.type == 0)
+            else:
+                found = self.find_channel(channel_id)
+                if found is None:
+                    raise KeyError(f"unknown channel {channel_id}")
+                guild, channel = found
+            author = user or (
+                guild.members[0] if guild.members else FakeUser(guild.id + 99, "member")
+            )
+            target_channel = channel.id
+        if mention_bot:
+            content = f"<@{self.bot_user.id}> {content}"
         message = StoredMessage(
             id=self._ids.next(),
-            channel_id=channel.id,
-            guild_id=guild.id,
+            channel_id=target_channel,
+            guild_id=guild.id if guild is not None else None,
             author=author.to_payload(),
             content=content,
         )
         message.revisions.append(message.snapshot())
         self.messages[message.id] = message
         payload = message.to_payload()
+        mentions: list[JSONDict] = []
+        if mention_bot:
+            mentions.append(self.bot_user.to_payload())
+        if reply_to is not None:
+            referenced = self.message(reply_to)
+            payload["type"] = 19
+            payload["message_reference"] = {
+                "type": 0,
+                "message_id": str(referenced.id),
+                "channel_id": str(referenced.channel_id),
+                **({"guild_id": str(guild.id)} if guild is not None else {}),
+            }
+            payload["referenced_message"] = referenced.to_payload()
+            if ping and referenced.author.get("id") not in {m["id"] for m in mentions}:
+                mentions.append(referenced.author)
+        payload["mentions"] = mentions
+        if guild is None:
+            await self.dispatch("MESSAGE_CREATE", payload, intent=INTENT_DM_MESSAGES)
+            return message
         payload["member"] = {k: v for k, v in guild.member_payload(author).items() if k != "user"}
+        bot_mentioned = any(m["id"] == str(self.bot_user.id) for m in mentions)
+        granted = any(
+            s.intents & INTENT_MESSAGE_CONTENT for s in self._sessions.values() if s.live
+        )
+        if not bot_mentioned and not granted:
+            payload.update(content="", embeds=[], attachments=[], components=[])
         await self.dispatch(
             "MESSAGE_CREATE", payload, guild_id=guild.id, intent=INTENT_GUILD_MESSAGES
         )

@@ -24,7 +24,7 @@ from discord.ext import commands
 from bot.app import App, open_app
 from bot.config import Settings
 from bot.discord.buttons import RegenerateButton, StopButton
-from bot.discord.reply import AskRunner
+from bot.discord.conversation import ConversationRunner, ReplyButton
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
 from bot.ops.logs import register_secret
@@ -60,7 +60,7 @@ class LlamaBot(commands.AutoShardedBot):
         self.started_at = time.monotonic()
         self.recent_rates: deque[float] = deque(maxlen=50)
         self.ready_event = asyncio.Event()
-        self.runner = AskRunner(app)
+        self.runner = ConversationRunner(app)
         app.engine.on_result.append(
             lambda r: self.recent_rates.append(r.decode_tok_s) if r.decode_tok_s else None
         )
@@ -68,7 +68,8 @@ class LlamaBot(commands.AutoShardedBot):
     async def setup_hook(self) -> None:
         for ext in EXTENSIONS:
             await self.load_extension(ext)
-        self.add_dynamic_items(StopButton, RegenerateButton)
+        self.add_dynamic_items(StopButton, RegenerateButton, ReplyButton)
+        self.runner.start_pruning()
         if self.app.metrics is not None:
             # After the cogs: the error cog installs the tree's error handler we wrap.
             attach_metrics(self, self.app.metrics)
@@ -82,6 +83,14 @@ class LlamaBot(commands.AutoShardedBot):
             await self.tree.sync()
         log.info("slash commands synced (%s)",
                  "guilds " + str(guild_ids) if guild_ids else "global")
+
+    async def on_message(self, message: discord.Message) -> None:
+        """Mentions, replies to our answers and DMs continue conversations (no intent needed)."""
+        await self.runner.handle_message(message, self.user)
+
+    async def close(self) -> None:
+        self.runner.stop_pruning()
+        await super().close()
 
     async def on_ready(self) -> None:
         self.ready_event.set()
@@ -126,7 +135,8 @@ def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
 
     - tokens, time to first token, decode speed, finish reasons: the engine's
       `on_result`, once per generation that reached a model replica;
-    - `asks_total{outcome}`: ok / cancelled / error when a reply is finished
+    - `asks_total{outcome}`: ok / cancelled / error when a reply (to a command, a
+      button, a mention or a DM) is finished
       (interrupted replies count as cancelled), refused when /ask answers with an
       error before acknowledging (bad knobs, busy, restarting, cooldown);
     - queue depth and active replies: read at scrape time, never pushed;
@@ -147,6 +157,11 @@ def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
         metrics.ask(ask_outcome(result))
 
     runner.on_finish.append(on_finish)
+
+    def on_message_finish(result: GenerationResult) -> None:
+        metrics.ask(ask_outcome(result))
+
+    runner.on_message_finish.append(on_message_finish)
 
     tree = bot.tree
     previous = tree.on_error
@@ -169,6 +184,8 @@ def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
             engine.on_result.remove(metrics.observe)
         with contextlib.suppress(ValueError):
             runner.on_finish.remove(on_finish)
+        with contextlib.suppress(ValueError):
+            runner.on_message_finish.remove(on_message_finish)
         if tree.on_error is counting_on_error:
             tree.on_error = previous  # type: ignore[method-assign]
         root.removeHandler(counter)

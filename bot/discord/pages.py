@@ -96,20 +96,28 @@ class Paginator:
         return [*self.frozen, last]
 
 
-#: ASCII punctuation: chat markdown treats a backslash before any of these as
-#: "show this character literally", so escaping all of them is always safe.
-_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+#: Characters that make markup anywhere in a line: emphasis, spoilers, code, quotes,
+#: masked links, and the ``<…>`` forms (mention pills, channels, emoji, timestamps).
+_MARKUP = frozenset("\\*_~|`<>@[]()")
+#: What makes markup only at the start of a line: headings, lists.
+_LINE_START = re.compile(r"^(#|-|\+|\d+\.)")
 
 
 def escape_markdown(text: str) -> str:
-    """`text` shown exactly as typed: every punctuation character backslash-escaped.
+    """`text` shown exactly as typed: markup characters backslash-escaped.
 
-    Escaping every ASCII punctuation character (rather than a list of the markup
-    known today) also disarms ``<@id>`` mention pills, ``<#id>`` channel links,
-    ``<t:…>`` timestamps, custom emoji, headings, lists and masked links; the
-    backslashes themselves are not displayed.
+    Chat markdown shows a backslash-escaped punctuation character literally and
+    hides the backslash, so this disarms ``**bold**``, ``||spoilers||``, code,
+    ``<@id>`` pills, ``<#id>`` channels, ``<t:…>`` timestamps, custom emoji and
+    masked links, and a heading or list marker at the start, while ordinary
+    punctuation (``?``, ``.``, ``,``) stays as typed.
     """
-    return "".join(f"\\{c}" if c in _PUNCTUATION else c for c in text)
+    out = "".join(f"\\{c}" if c in _MARKUP else c for c in text)
+    # A list number is disarmed at its period ("1\\."): a backslash before a digit shows.
+    return _LINE_START.sub(
+        lambda m: m.group(1)[:-1] + "\\." if m.group(1).endswith(".") else "\\" + m.group(1),
+        out, count=1,
+    )
 
 
 def quote_prompt(prompt: str, limit: int = 180) -> str:

@@ -27,6 +27,7 @@ from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator, quote_
 from bot.engine import (
     Finished,
     Generation,
+    GenerationRequest,
     GenerationResult,
     Queued,
     Started,
@@ -49,9 +50,9 @@ NEXT_IN_LINE_AFTER_S = 0.5
 
 
 
-def footer_text(result: GenerationResult) -> str:
+def footer_text(result: GenerationResult, dropped_turns: int = 0) -> str:
     """The reply footer in Discord's small-text markdown."""
-    return "-# " + footer(result)
+    return "-# " + footer(result, dropped_turns)
 
 
 @dataclass
@@ -142,6 +143,9 @@ class _ReplySession:
     last_edit_at: float | None = None
     #: Frees the asker's slot; called before the footer is shown (see `run`).
     release: Callable[[], object] = lambda: None
+    dropped_turns: int = 0  # earlier conversation turns left out to fit, for the footer
+    pages: list[_Page] = field(default_factory=list)  # the messages of this reply, in order
+    original_id: int | None = None  # the original response's message id, from the ack
 
     def token_alive(self) -> bool:
         return time.monotonic() - self.started < self.runner.interaction_ttl_s
@@ -154,6 +158,7 @@ class _ReplySession:
         first = _Page(self, None, original=True)
         first.view = stop
         pages: list[_Page] = [first]
+        self.pages = pages
         text = ""
         status = ""
 
@@ -237,7 +242,7 @@ class _ReplySession:
                 elif isinstance(event, Finished):
                     result = event.result
             assert result is not None
-            tail = footer_text(result)
+            tail = footer_text(result, self.dropped_turns)
             if result.error:
                 tail = f"⚠️ {result.error}\n{tail}"
             active = self.runner.active.get(self.ask_id)
@@ -246,6 +251,8 @@ class _ReplySession:
             final = contents(tail, len(tail) + 1)
             end_view = None if result.error else regen_view(self.ask_id)
             await grow(final)
+            # Every page exists now, so the runner's seam sees all their ids.
+            end_view = await self.runner.final_view(self, result, end_view)
             await editor.abort()
             # Pages frozen while streaming already lost their Stop; any other earlier
             # page loses it now, before the footer, so the footer is the last word.
@@ -341,14 +348,14 @@ class AskRunner:
         """`ask` once the user's slot is held: queue, acknowledge, stream; `release` frees it."""
         app = self.app
         user_id = interaction.user.id
-        if knobs is None:
-            request = await resolve_request(app, location_of(interaction), prompt, overrides)
-        else:
-            request = make_request(prompt, base=knobs, system_prompt=system_prompt)
+        request, dropped = await self.build_request(
+            interaction, prompt, overrides, knobs=knobs, system_prompt=system_prompt,
+            private=private,
+        )
         gen = app.engine.submit(request)  # QueueFull / PromptTooLong raise here, before the ack
         ask_id = interaction.id
         try:
-            await interaction.response.defer(thinking=True, ephemeral=private)
+            ack = await interaction.response.defer(thinking=True, ephemeral=private)
         except BaseException:
             gen.cancel()
             raise
@@ -368,6 +375,7 @@ class AskRunner:
         session = _ReplySession(
             runner=self, interaction=interaction, gen=gen, ask_id=ask_id,
             header=quote_prompt(prompt), private=private, release=release,
+            dropped_turns=dropped, original_id=ack.message_id if ack is not None else None,
         )
         try:
             result = await session.run()
@@ -382,6 +390,33 @@ class AskRunner:
             await self._say_undelivered(interaction, private, exc)
         finally:
             self.active.pop(ask_id, None)
+
+    async def build_request(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        overrides: dict[str, Any],
+        *,
+        knobs: Knobs | None,
+        system_prompt: str | None,
+        private: bool,
+    ) -> tuple[GenerationRequest, int]:
+        """The request for an ask and how many earlier turns it leaves out (none here).
+
+        A seam: the conversation runner overrides it to add the history.
+        """
+        if knobs is None:
+            request = await resolve_request(self.app, location_of(interaction), prompt, overrides)
+        else:
+            request = make_request(prompt, base=knobs, system_prompt=system_prompt)
+        return request, 0
+
+    async def final_view(
+        self, session: _ReplySession, result: GenerationResult, view: discord.ui.View | None
+    ) -> discord.ui.View | None:
+        """The finished reply's buttons, just before they appear (a seam: the conversation
+        runner stores the turns here, so a Reply pressed at once finds them)."""
+        return view
 
     async def _say_undelivered(
         self, interaction: discord.Interaction, private: bool, exc: discord.HTTPException

@@ -70,6 +70,48 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 4: conversations. One row per turn; `parent_id` links a turn to the one it
+    # follows, so a conversation is a tree and a branch is a path from a leaf up
+    # (pressing Reply on an earlier answer adds a second child). Deleting a turn
+    # (retention) cuts the chain there instead of failing. `turn_messages` maps
+    # every Discord message of a turn (the asker's, each page of an answer) to it,
+    # so a reply to any of them finds its conversation; `conversation_heads` is
+    # the current turn of a place that has one (a DM, a thread, the console).
+    (
+        """
+        CREATE TABLE turns (
+            id              INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL,
+            parent_id       INTEGER REFERENCES turns (id) ON DELETE SET NULL,
+            role            TEXT    NOT NULL CHECK (role IN ('user', 'assistant')),
+            text            TEXT    NOT NULL,
+            author_id       INTEGER NOT NULL,
+            author_name     TEXT    NOT NULL,
+            ask_id          INTEGER,
+            guild_id        INTEGER,
+            channel_id      INTEGER,
+            private         INTEGER NOT NULL DEFAULT 0,
+            created_at      TEXT    NOT NULL
+        )
+        """,
+        "CREATE INDEX turns_ask ON turns (ask_id)",
+        "CREATE INDEX turns_parent ON turns (parent_id)",
+        "CREATE INDEX turns_created ON turns (created_at)",
+        """
+        CREATE TABLE turn_messages (
+            message_id  INTEGER PRIMARY KEY,
+            turn_id     INTEGER NOT NULL REFERENCES turns (id) ON DELETE CASCADE
+        )
+        """,
+        "CREATE INDEX turn_messages_turn ON turn_messages (turn_id)",
+        """
+        CREATE TABLE conversation_heads (
+            place       TEXT    PRIMARY KEY,
+            turn_id     INTEGER REFERENCES turns (id) ON DELETE SET NULL,
+            updated_at  TEXT    NOT NULL
+        )
+        """,
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)
