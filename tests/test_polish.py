@@ -392,3 +392,26 @@ async def test_the_asker_may_ask_again_as_soon_as_the_footer_is_sent(
         await h.finished(again)
         await h.finished(itx)
         assert "all done here" in again.original.content  # type: ignore[union-attr]
+
+
+async def test_a_moderator_stops_a_mention_reply_in_its_channel(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """Stop checks the running reply's channel for moderators: the mention path records it."""
+    text = " ".join(f"w{i}" for i in range(300))
+    async with running_bot(smol_model_dir, tmp_path, scripted=text, script_delay=0.01) as h:
+        await h.fake.inject_message("tell me things", mention_bot=True, channel_id=h.general)
+
+        def streaming() -> StoredMessage | None:
+            return next((m for m in h.fake.channel_messages(h.general)
+                         if "w3" in m.content and any(
+                             c.startswith("llm:stop:") for c in buttons(m))), None)
+
+        msg = await h.fake.wait_for(streaming, timeout=20)
+        stop_id = next(c for c in buttons(msg) if c.startswith("llm:stop:"))
+        mod = FakeUser(939393, "mod", "Mod")
+        press = await h.fake.inject_component(stop_id, message_id=msg.id, user=mod,
+                                              channel_id=h.general, permissions=MANAGE_MESSAGES)
+        await press.wait_response()
+        await h.fake.wait_for(lambda: " · stopped" in h.fake.message(msg.id).content or None,
+                              timeout=20)

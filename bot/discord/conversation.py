@@ -415,7 +415,8 @@ class ConversationRunner(AskRunner):
                     system_prompt=request.system_prompt, guild_id=guild_id,
                     channel_id=channel.id, user_id=user.id,
                 ))
-            active = ActiveReply(gen=gen, user_id=user.id, task=asyncio.current_task())
+            active = ActiveReply(gen=gen, user_id=user.id, task=asyncio.current_task(),
+                                 channel_id=channel.id)
             self.active[ask_id] = active
             try:
                 result, _ = await _MessageReply(self, message, ask_id, dropped, context).run(
