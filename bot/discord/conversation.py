@@ -548,7 +548,7 @@ class _MessageReply:
         editor = make_editor(first)
 
         def contents(tail: str) -> list[str]:
-            out = paginator.pages(text, reserve_last=len(tail) + 1 if tail else 0)
+            out = paginator.pages(text.rstrip(), reserve_last=len(tail) + 1 if tail else 0)
             if tail:
                 out[-1] = f"{out[-1]}\n{tail}" if out[-1] else tail
             return out
