@@ -36,6 +36,7 @@ from bot.knobs import (
     KNOB_NAMES,
     PRESETS,
     build_knobs,
+    display_knob,
     format_knob,
     parse_knob_text,
 )
@@ -225,7 +226,7 @@ class Console:
             for name in KNOB_NAMES:
                 value = getattr(eff.knobs, name)
                 src = eff.sources.get(name, "default")
-                self.write(f"  {name:<19} {format_knob(name, value):<12} ({src})\n")
+                self.write(f"  {name:<19} {display_knob(name, value):<12} ({src})\n")
         elif sub == "set":
             values = _parse_assignments(args)
             await self.app.store.set_knobs(scope, values, actor_id=CONSOLE_USER_ID)

@@ -318,3 +318,19 @@ def format_knob(name: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+#: How /knobs show and the console word the sentinel values the knobs model uses.
+_SENTINELS: dict[tuple[str, Any], str] = {
+    ("top_k", -1): "no limit",
+    ("min_new_tokens", -1): "off",
+    ("repetition_penalty", 0.0): "off",
+    ("stop", ()): "none",
+}
+
+
+def display_knob(name: str, value: Any) -> str:
+    """A knob's value as a member reads it: "no limit" / "off" rather than -1 / 0."""
+    key = (name, tuple(value) if isinstance(value, list | tuple) else value)
+    word = _SENTINELS.get(key)
+    return word if word is not None else format_knob(name, value)

@@ -10,7 +10,7 @@ from discord import app_commands
 
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import MissingScopePermission
-from bot.knobs import KNOB_SPECS, format_knob, parse_knob_text
+from bot.knobs import KNOB_SPECS, parse_knob_text
 from bot.settings.scopes import Scope
 from bot.settings.store import WriteLimiter
 
@@ -48,22 +48,6 @@ KNOB_DESCRIPTIONS: dict[str, str] = {
     name: f"{spec.description.rstrip('.')} ({spec.range_text()})"[:100]
     for name, spec in KNOB_SPECS.items() if name != "stop"
 }
-
-#: How /knobs show words the sentinel values the knobs model uses.
-_SENTINELS: dict[tuple[str, Any], str] = {
-    ("top_k", -1): "no limit",
-    ("min_new_tokens", -1): "off",
-    ("repetition_penalty", 0.0): "off",
-    ("stop", ()): "none",
-}
-
-
-def display_knob(name: str, value: Any) -> str:
-    """A knob's value as a member reads it: "no limit" / "off" rather than -1 / 0."""
-    key = (name, tuple(value) if isinstance(value, list | tuple) else value)
-    word = _SENTINELS.get(key)
-    return word if word is not None else format_knob(name, value)
-
 
 def knob_options(stop: str | None, **numbers: Any) -> dict[str, Any]:
     """The knob options a member actually filled in, with stop sequences parsed."""

@@ -17,7 +17,7 @@ from discord.ext import commands
 
 from bot.asks import persona
 from bot.discord.common import location_of
-from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS
+from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
 from cogs._common import (
     KNOB_DESCRIPTIONS,
     NO_MENTIONS,
@@ -29,7 +29,6 @@ from cogs._common import (
     TopKOpt,
     TopPOpt,
     bot_of,
-    display_knob,
     knob_options,
     scope_for_write,
     scope_word,

@@ -107,6 +107,9 @@ def test_scripted_session_sets_persona_and_knobs_that_survive_a_restart(
     assert channel["min_new_tokens"] == ("5", "channel")
     assert channel["stop"] == ('"\\n\\n"', "channel")
     assert channel["top_k"][1] == "default"
+    # Sentinels read as words, as on Discord (issue 13, item 11).
+    assert channel["repetition_penalty"] == ("off", "default")
+    assert re.search(r"top_k\s+no limit\s+\(default\)", turns[2][1]), turns[2][1]
     assert said["/knobs set --server top_k=7"] == "Set top_k=7 for this server.\n"
     both = knob_table(turns[4][1])
     assert both["top_k"] == ("7", "server")
