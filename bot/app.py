@@ -62,6 +62,7 @@ async def load_engine(settings: Settings, model_dir: Path) -> Engine:
         batch_wait_ms=settings.batch_wait_ms,
         timeslice_s=settings.timeslice_s,
         seed=settings.seed,
+        persona_cache_mb=settings.persona_cache_mb,
     )
 
 
