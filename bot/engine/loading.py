@@ -162,13 +162,16 @@ def read_decoder_shape(model_dir: Path) -> dict[str, int]:
 
 
 def kv_bytes_per_token(shape: dict[str, int], compute_type: str) -> int:
-    """What one cached prompt token costs: keys and values of every layer.
+    """What one cached prompt token costs: keys and values of every layer, as measured.
 
-    Half-precision compute types keep the state in 2-byte floats, the others in
-    float32 (int8 on the CPU computes in float32). Unknown shapes are charged as
-    if every head had its own keys (the most a Llama-family model can need).
+    CTranslate2 keeps the state with every attention head's keys and values (not
+    only the grouped-query ones), in 2-byte floats for half-precision compute
+    types and float32 otherwise (int8 on the CPU computes in float32): 2 x layers
+    x d_model x width. Measured on the embedded model on the CPU: 149–188 KB a
+    token against 138 KB so computed, so a quarter is added for what the allocator
+    keeps around it. 0 (cache nothing) when the shape is unknown.
     """
     width = 2 if ("float16" in compute_type or "bfloat16" in compute_type) else 4
     if not shape:
         return 0
-    return 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * width
+    return 2 * shape["layers"] * shape["d_model"] * width * 5 // 4
