@@ -26,6 +26,10 @@ class ScriptedGenerator:
 
     def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
         self.calls += 1
+        # The engine passes a shared persona apart, as CTranslate2's static_prompt:
+        # the script sees the whole prompt, as the model would.
+        static = list(kw.get("static_prompt") or ())
+        start_tokens = [static + list(tokens) for tokens in start_tokens]
         callback = kw["callback"]
         end = kw["end_token"][0]
         max_length = kw["max_length"]
@@ -60,7 +64,8 @@ class Exploding(ScriptedGenerator):
     """Raises part-way through any batch holding a prompt that asks it to."""
 
     def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
-        if any("EXPLODE" in "".join(t) for t in start_tokens):
+        static = "".join(kw.get("static_prompt") or ())
+        if any("EXPLODE" in static + "".join(t) for t in start_tokens):
             callback = kw["callback"]
             steps = 0
 
