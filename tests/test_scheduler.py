@@ -175,3 +175,29 @@ def test_bench_mixed_prints_every_key(tiny_model_dir: Path) -> None:
     ):
         assert key in figures, key
     assert "[mixed]" in out.stderr
+
+
+async def test_a_batch_that_yielded_to_a_timeslice_comes_back_whole(tiny_model_dir: Path) -> None:
+    """Replies of slightly different lengths resume in one call, not one by one.
+
+    (No minimum length: `min_length` is one value per call, and the longer prompts,
+    read a token per step, have written fewer tokens when the batch yields.)
+    """
+    engine = await load(tiny_model_dir, max_batch_size=4, timeslice_s=0.1)
+    spy = Spy(Slowed(engine.backend, delay=0.01))
+    engine.set_backend(spy)
+    engine.costs = CostModel(prefill_s=0.00001, step_s=0.01, fixed=True)
+    try:
+        knobs = Knobs(top_k=1, max_new_tokens=60)
+        group = [engine.submit(GenerationRequest("word " * n, knobs)) for n in (1, 3, 5)]
+        await asyncio.sleep(0.05)
+        other = engine.submit(GenerationRequest("other", Knobs(temperature=1.3,
+                                                               max_new_tokens=5,
+                                                               min_new_tokens=5)))
+        await other.result()
+        results = await asyncio.gather(*(g.result() for g in group))
+        assert [r.new_tokens for r in results] == [60, 60, 60]
+        assert engine.preemptions >= 1
+        assert [len(b) for b in spy.batches][:3] == [3, 1, 3]
+    finally:
+        await engine.close()

@@ -124,6 +124,7 @@ class Slot:
         self.generated: list[str] = []  # token strings, to resume after a preemption
         self.suspended = False
         self.runs = 0  # `generate_batch` calls this request has been part of
+        self.joining = False  # paused only to let newcomers join: still streaming
         self._id_to_token = bundle.tokenizer.id_to_token
 
     def resume_tokens(self) -> list[str]:

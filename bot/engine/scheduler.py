@@ -392,21 +392,23 @@ class Engine:
         """Same sampling settings and the same persona prefix: one call can serve both."""
         return batch_key(a) == batch_key(b) and _prefix_of(a) == _prefix_of(b)
 
-    @staticmethod
-    def _fits(members: list[Generation]) -> bool:
+    def _fits(self, members: list[Generation]) -> bool:
         """Whether one call reads these prompts without sequential reading that hurts.
 
         CTranslate2 feeds every token beyond the shortest prompt one per step. A
-        reply already streaming may be held back `STALL_STEPS` steps at most (its
-        reader sees a pause, not a freeze); a request not yet started may take
-        `SKEW_TOKENS` (or a quarter of the shortest prompt) such steps, which costs
-        it less than waiting for a whole batch to finish.
+        reply that is streaming (running, or paused only to let newcomers join) may
+        be held back `STALL_STEPS` steps at most: its reader sees a pause, not a
+        freeze. Any other request may take `SKEW_TOKENS` (or a quarter of the
+        shortest prompt) such steps, which costs it less than waiting for a whole
+        batch; that includes replies resumed after a timeslice, so a batch that
+        yielded comes back whole.
         """
         lengths = [_read_length(g) for g in members]
         shortest = min(lengths)
         for gen, length in zip(members, lengths, strict=True):
             extra = length - shortest
-            limit = STALL_STEPS if gen.slot is not None else max(SKEW_TOKENS, shortest // 4)
+            streaming = gen.slot is not None and (gen in self._running or gen.slot.joining)
+            limit = STALL_STEPS if streaming else max(SKEW_TOKENS, shortest // 4)
             if extra > limit:
                 return False
         return True
@@ -544,14 +546,24 @@ class Engine:
                 gen.slot = Slot(gen, self.bundle, self._end_ids)
                 gen.slot.started_at = time.perf_counter()
                 gen.emit(Started())
+            gen.slot.joining = False
             slots.append(gen.slot)
         before = [slot.new_tokens for slot in slots]
+        prefix = slots[0].prefix()
+        keep = stored = False
+        if prefix:
+            # Kept by an earlier call (admitted then): CTranslate2 copies its state.
+            stored = self.persona_cache.cached(prefix)
+            keep = self.persona_cache.admit(prefix)
+        self.prompt_tokens_read += sum(s.read_length() for s in slots) + (
+            0 if stored else len(prefix)
+        )
         preempt = threading.Event()
         reason: str | None = None
         first_token = threading.Event()
         decoding_since: float | None = None
         future = loop.run_in_executor(
-            self._executor, self._decode, loop, slots, preempt, first_token
+            self._executor, self._decode, loop, slots, preempt, first_token, keep, stored
         )
         try:
             while True:
@@ -592,6 +604,9 @@ class Engine:
                 for gen in resumed:
                     self._running.discard(gen)
                 if reason == "join":
+                    for gen in resumed:
+                        if gen.slot is not None:
+                            gen.slot.joining = True
                     self._waiting.extendleft(reversed(resumed))
                 else:
                     self._waiting.extend(resumed)
@@ -604,8 +619,14 @@ class Engine:
         slots: list[Slot],
         preempt: threading.Event,
         first_token: threading.Event,
+        keep_prefix: bool,
+        prefix_stored: bool,
     ) -> None:
-        """Runs on a decoding thread: one `generate_batch` call for the whole batch."""
+        """Runs on a decoding thread: one `generate_batch` call for the whole batch.
+
+        The persona prefix is passed as `static_prompt`, kept by CTranslate2 when
+        `keep_prefix` (decided on the event loop, which owns the cache's accounting).
+        """
         lock = threading.Lock()
         finished = [False] * len(slots)
         steps: list[float] = []
@@ -642,18 +663,13 @@ class Engine:
         prefix = slots[0].prefix()
         starts = [s.resume_tokens()[len(prefix):] for s in slots]
         one_pass = len(slots) * (min(len(s) for s in starts) - 1)
-        read = sum(len(s) for s in starts)
         if prefix:
-            # Kept by an earlier call (admitted then): CTranslate2 copies its state.
-            stored = self.persona_cache.cached(prefix)
             sampling["static_prompt"] = list(prefix)
-            sampling["cache_static_prompt"] = self.persona_cache.admit(prefix)
-            if not stored:
-                read += len(prefix)
+            sampling["cache_static_prompt"] = keep_prefix
+            if not prefix_stored:
                 one_pass += len(prefix)
         for s in slots:
             s.runs += 1
-        self.prompt_tokens_read += read
         called = time.perf_counter()
         self._backend.generate_batch(
             starts,
