@@ -289,8 +289,11 @@ class Engine:
         key = system or ""
         prefix = self._prefixes.get(key)
         if prefix is None:
-            a = self.bundle.encode_prompt(self.bundle.chat.render(system or None, "a"))
-            b = self.bundle.encode_prompt(self.bundle.chat.render(system or None, "b"))
+            try:
+                a = self.bundle.encode_prompt(self.bundle.chat.render(system or None, "a"))
+                b = self.bundle.encode_prompt(self.bundle.chat.render(system or None, "b"))
+            except (UserFacingError, ValueError):  # a template refusing "a": no prefix, no harm
+                a = b = []
             common = 0
             for x, y in zip(a, b, strict=False):
                 if x != y:
