@@ -178,6 +178,7 @@ async def join_gaps(one: Engine, reply_tokens: int) -> dict[str, Any]:
         "join_reply_tokens": result.new_tokens,
         "join_max_gap_ms": round(max(gaps), 1) if gaps else None,
         "join_median_gap_ms": round(statistics.median(gaps), 1) if gaps else None,
+        "join_p99_gap_ms": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))], 1) if gaps else None,
         "join_newcomer_ttft_s": round(statistics.median(late_first), 2) if late_first else None,
     }
     _say(f"join, one replica: {out}")

@@ -182,7 +182,7 @@ class Engine:
         queue_size: int = 32,
         batch_wait_s: float = 0.015,
         timeslice_s: float = 2.0,
-        persona_cache_mb: float = 256.0,
+        persona_cache_mb: float = 512.0,
     ) -> None:
         self.bundle = bundle
         self.info = info
@@ -234,7 +234,7 @@ class Engine:
         batch_wait_ms: int = 15,
         timeslice_s: float = 2.0,
         seed: int | None = None,
-        persona_cache_mb: float = 256.0,
+        persona_cache_mb: float = 512.0,
     ) -> Engine:
         """Load tokenizer, template and weights off the event loop."""
         bundle, generator, info = await asyncio.to_thread(
