@@ -106,6 +106,9 @@ async def test_reply_is_shortened_to_fit_the_context(tiny_engine: Engine) -> Non
 
 
 async def test_cancel_stops_within_a_token_and_frees_the_engine(tiny_engine: Engine) -> None:
+    # At least 5 ms a token, so a busy test machine delaying the consumer's cancel
+    # by a few ms cannot let the tiny model run on for 50 tokens.
+    tiny_engine.set_backend(Slowed(tiny_engine.backend, delay=0.005))
     gen = tiny_engine.submit(GenerationRequest("go", LONG))
     async for event in gen.events():
         if isinstance(event, TextDelta):

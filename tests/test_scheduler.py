@@ -201,3 +201,24 @@ async def test_a_batch_that_yielded_to_a_timeslice_comes_back_whole(tiny_model_d
         assert [len(b) for b in spy.batches][:3] == [3, 1, 3]
     finally:
         await engine.close()
+
+
+async def test_a_burst_is_not_spread_over_the_lane_another_kind_needs(
+    tiny_model_dir: Path,
+) -> None:
+    """5 short asks then a long one, two replicas: the shorts share one lane, the long the other.
+
+    Spreading the shorts over both lanes (3 + 2) would leave the long ask waiting
+    for a whole batch to finish before its prompt is even read.
+    """
+    engine = await load(tiny_model_dir, inter_threads=2, max_batch_size=8)
+    spy = Spy(engine.backend)
+    engine.set_backend(spy)
+    try:
+        knobs = Knobs(max_new_tokens=4)
+        gens = [engine.submit(GenerationRequest(f"short {i}", knobs)) for i in range(5)]
+        gens.append(engine.submit(GenerationRequest("word " * 50, knobs)))
+        await asyncio.gather(*(g.result() for g in gens))
+        assert sorted(len(b) for b in spy.batches) == [1, 5]
+    finally:
+        await engine.close()

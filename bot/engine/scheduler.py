@@ -420,22 +420,29 @@ class Engine:
         """The head of the queue plus compatible requests of similar length, shared fairly.
 
         With several replicas idle, a burst is split between them (two batches of 4
-        decode faster than one of 8 on two replicas) rather than all going to one.
-        Requests that do not fit the head's batch keep their place for the next lane.
+        decode faster than one of 8 on two replicas) rather than all going to one;
+        but when requests of another kind wait too, they need a lane of their own,
+        so this kind is not spread over it. Requests that do not fit the head's
+        batch keep their place for the next lane.
         """
         # A lane whose replies have all finished is as good as free (its call is
         # only returning), so count lanes still decoding something.
         decoding = sum(1 for gens in self._lane_batches.values() if any(not g.done for g in gens))
         free = max(1, self._replicas - decoding)
-        limit = min(self._max_batch, -(-len(self._waiting) // free))
         head = self._waiting.popleft()
         batch = [head]
+        others = False
         for gen in list(self._waiting):
-            if len(batch) >= limit:
+            if len(batch) >= self._max_batch:
                 break
             if self._compatible(gen, head) and self._fits([*batch, gen]):
-                self._waiting.remove(gen)
                 batch.append(gen)
+            else:
+                others = True
+        lanes = max(1, free - 1) if others else free
+        batch = batch[: max(1, -(-len(batch) // lanes))]
+        for gen in batch[1:]:
+            self._waiting.remove(gen)
         return batch
 
     def _reread_s(self, gens: list[Generation]) -> float:
