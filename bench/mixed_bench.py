@@ -118,25 +118,38 @@ async def first_text(engine: Engine, request: GenerationRequest) -> tuple[float,
     return (first if first is not None else float("nan")), result
 
 
-async def mixed_ttft(engine: Engine, size: int) -> dict[str, Any]:
+async def mixed_ttft(engine: Engine, size: int, rounds: int = 3) -> dict[str, Any]:
+    """Alone, then with 5 short asks; `rounds` times (medians), each with new personas.
+
+    On a shared machine one pair can be off by half; the median of three is steadier.
+    """
     knobs = Knobs(max_new_tokens=32)
-    alone_req = GenerationRequest("Who are you?", knobs,
-                                  system_prompt=text_of_tokens(engine, size, 1))
-    long_tokens = len(engine.prepare(alone_req).tokens)
-    alone, _ = await first_text(engine, alone_req)
-    _say(f"long ask alone ({long_tokens} tokens): first text after {alone:.2f} s")
-    mixed_req = GenerationRequest("Who are you?", knobs,
-                                  system_prompt=text_of_tokens(engine, size, 2))
-    long_task = asyncio.ensure_future(first_text(engine, mixed_req))
-    shorts = [engine.submit(GenerationRequest(q)) for q in QUESTIONS[:5]]
-    mixed, _ = await long_task
-    await asyncio.gather(*(g.result() for g in shorts))
-    _say(f"long ask with 5 short ones: first text after {mixed:.2f} s")
+    alone_s: list[float] = []
+    mixed_s: list[float] = []
+    long_tokens = 0
+    for r in range(rounds):
+        alone_req = GenerationRequest("Who are you?", knobs,
+                                      system_prompt=text_of_tokens(engine, size, 1000 + 2 * r))
+        long_tokens = len(engine.prepare(alone_req).tokens)
+        alone, _ = await first_text(engine, alone_req)
+        mixed_req = GenerationRequest("Who are you?", knobs,
+                                      system_prompt=text_of_tokens(engine, size, 1001 + 2 * r))
+        long_task = asyncio.ensure_future(first_text(engine, mixed_req))
+        shorts = [engine.submit(GenerationRequest(q)) for q in QUESTIONS[:5]]
+        mixed, _ = await long_task
+        await asyncio.gather(*(g.result() for g in shorts))
+        _say(f"long ask ({long_tokens} tokens): first text alone {alone:.2f} s, "
+             f"with 5 short ones {mixed:.2f} s")
+        alone_s.append(alone)
+        mixed_s.append(mixed)
+    alone, mixed = statistics.median(alone_s), statistics.median(mixed_s)
     return {
         "long_prompt_tokens": long_tokens,
         "ttft_alone_s": round(alone, 3),
         "ttft_mixed_s": round(mixed, 3),
         "ttft_mixed_over_alone": round(mixed / alone, 2),
+        "ttft_mixed_over_alone_each": [round(m / a, 2) for a, m in zip(alone_s, mixed_s,
+                                                                       strict=True)],
     }
 
 
