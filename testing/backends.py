@@ -98,14 +98,11 @@ class Slowed:
 
 
 CUDA_COMPUTE_TYPES = frozenset({
-    "float32", "float16", "bfloat16", "int8", "int8_float32", "int8_float16",
-    "int8_bfloat16", "int16",
+    "float32", "float16", "bfloat16", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
 })
-"""What `ctranslate2.Generator(device="cuda")` accepts (int16 falls back to float32 there).
-
-The CPU-only names CTranslate2 refuses on a GPU are the ones not listed; "auto" and
-"default" resolve to one of these before a model runs.
-"""
+"""`ctranslate2.get_supported_compute_types("cuda")` on a recent GPU (bfloat16 needs
+compute capability 8.0). CTranslate2 refuses the rest there, int16 among them ("the
+target device or backend do not support efficient int16 computation")."""
 CUDA_TOPP_MAX_CLASSES = 8192
 """`src/ops/topp_mask_gpu.cu`: one block radix sort of 256 threads x 32 items."""
 

@@ -34,7 +34,7 @@ LONG = Knobs(max_new_tokens=200, min_new_tokens=200)
 
 def under_cuda_rules(engine: Engine) -> Engine:
     """Decode through `CudaRules`: what a GPU refuses fails here too."""
-    engine.set_backend(CudaRules(engine.backend, engine.info.vocab_size))
+    engine.set_backend(CudaRules(engine.backend, engine.info.vocab_size, engine.info.compute_type))
     return engine
 
 

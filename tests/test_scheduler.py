@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.engine import Engine, FinishReason, GenerationRequest, Turn
 from bot.engine.scheduler import CostModel
 from bot.knobs import Knobs
@@ -42,7 +44,7 @@ class Spy:
 
 async def load(model_dir: Path, **kw: Any) -> Engine:
     engine = await Engine.load(model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0, **kw)
-    engine.set_backend(CudaRules(engine.backend, engine.info.vocab_size))
+    engine.set_backend(CudaRules(engine.backend, engine.info.vocab_size, engine.info.compute_type))
     return engine
 
 
@@ -222,3 +224,19 @@ async def test_a_burst_is_not_spread_over_the_lane_another_kind_needs(
         assert sorted(len(b) for b in spy.batches) == [1, 5]
     finally:
         await engine.close()
+
+
+def test_cuda_rules_refuse_what_a_gpu_refuses() -> None:
+    class Never:
+        def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+            return []
+
+    rules = CudaRules(Never(), vocab_size=49152)
+    with pytest.raises(RuntimeError, match="8192 classes"):
+        rules.generate_batch([["a"]], sampling_topk=0, sampling_topp=0.95)
+    with pytest.raises(ValueError, match="vocabulary size"):
+        CudaRules(Never(), vocab_size=40).generate_batch([["a"]], sampling_topk=50)
+    with pytest.raises(ValueError, match="not supported on CUDA"):
+        CudaRules(Never(), vocab_size=40, compute_type="int16")
+    assert rules.generate_batch([["a"]], sampling_topk=8192, sampling_topp=0.95) == []
+    assert rules.generate_batch([["a"]], sampling_topk=1, sampling_topp=0.5) == []
