@@ -18,6 +18,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         from bench.conversation_bench import run_conversation_bench
 
         return await run_conversation_bench(settings, args)
+    if getattr(args, "minutes", None) is None:
+        args.minutes = 2.0 if getattr(args, "mixed", False) else 10.0
+    if getattr(args, "mixed", False):
+        from bench.mixed_bench import run_mixed_bench
+
+        return await run_mixed_bench(settings, args)
     if args.discord or args.soak:
         from bench.discord_bench import discord_bench
 

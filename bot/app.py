@@ -65,6 +65,7 @@ async def load_engine(settings: Settings, model_dir: Path) -> Engine:
         timeslice_s=settings.timeslice_s,
         seed=settings.seed,
         context_length=settings.context_length,
+        persona_cache_mb=settings.persona_cache_mb,
     )
 
 

@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--soak", action="store_true", help="bounded soak through the fake")
     bench.add_argument("--conversation", action="store_true",
                        help="time to first text at turns 1, 5, 10 (600-token persona)")
-    bench.add_argument("--minutes", type=float, default=10.0)
+    bench.add_argument("--mixed", action="store_true",
+                       help="mixed prompt lengths, personas, joins, timeslices, open loop")
+    bench.add_argument("--minutes", type=float, help="soak length (default 10); --mixed: 2")
     bench.add_argument("--new-tokens", type=int, default=128)
 
     prep = sub.add_parser("prepare-model", help="convert the embedded model (idempotent)")

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     seed: int | None = Field(
         None, ge=0, description="Seeds the sampler once per process (repeatable demos)."
     )
+    persona_cache_mb: float = Field(
+        512.0, ge=0.0, le=1_000_000.0,
+        description="Hard bound on personas' decoder state kept between asks (MB); 0 = keep none.",
+    )
     system_prompt: str = Field(
         "", description="Default persona; empty keeps the model's own default."
     )

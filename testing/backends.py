@@ -27,6 +27,10 @@ class ScriptedGenerator:
 
     def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
         self.calls += 1
+        # The engine passes a shared persona apart, as CTranslate2's static_prompt:
+        # the script sees the whole prompt, as the model would.
+        static = list(kw.get("static_prompt") or ())
+        start_tokens = [static + list(tokens) for tokens in start_tokens]
         callback = kw["callback"]
         end = kw["end_token"][0]
         max_length = kw["max_length"]
@@ -79,7 +83,8 @@ class Exploding(ScriptedGenerator):
     """Raises part-way through any batch holding a prompt that asks it to."""
 
     def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
-        if any("EXPLODE" in "".join(t) for t in start_tokens):
+        static = "".join(kw.get("static_prompt") or ())
+        if any("EXPLODE" in static + "".join(t) for t in start_tokens):
             callback = kw["callback"]
             steps = 0
 
@@ -109,3 +114,52 @@ class Slowed:
             return bool(callback(step))
 
         return self.real.generate_batch(start_tokens, callback=slow, **kw)
+
+
+CUDA_COMPUTE_TYPES = frozenset({
+    "float32", "float16", "bfloat16", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
+})
+"""`ctranslate2.get_supported_compute_types("cuda")` on a recent GPU (bfloat16 needs
+compute capability 8.0). CTranslate2 refuses the rest there, int16 among them ("the
+target device or backend do not support efficient int16 computation")."""
+CUDA_TOPP_MAX_CLASSES = 8192
+"""`src/ops/topp_mask_gpu.cu`: one block radix sort of 256 threads x 32 items."""
+
+
+class CudaRules:
+    """Wrap a (CPU) generator and refuse what CTranslate2 refuses on CUDA, as it does.
+
+    The CPU kernels accept settings the GPU ones throw on: top-p over more than
+    8,192 classes (with `sampling_topk=0` that is the whole vocabulary), a top-k
+    above the vocabulary, and compute types CUDA does not offer. Running the engine
+    tests through this wrapper makes the CPU suite fail where a GPU would.
+    """
+
+    def __init__(self, real: Any, vocab_size: int, compute_type: str = "int8_float16") -> None:
+        if compute_type not in CUDA_COMPUTE_TYPES:
+            raise ValueError(f"compute type {compute_type} is not supported on CUDA")
+        self.real = real
+        self.vocab_size = vocab_size
+        self.compute_type = compute_type
+        self.calls = 0
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+        self.calls += 1
+        topk = int(kw.get("sampling_topk", 1))
+        topp = float(kw.get("sampling_topp", 1.0))
+        if topk > self.vocab_size:
+            raise ValueError(
+                f"sampling_topk option ({topk}) cannot be greater than the vocabulary size"
+                f" ({self.vocab_size})"
+            )
+        classes = self.vocab_size if topk in (0, self.vocab_size) else topk
+        if topp < 1.0 and topk != 1 and classes > CUDA_TOPP_MAX_CLASSES:
+            raise RuntimeError(
+                f"The TopP operator does not support more than {CUDA_TOPP_MAX_CLASSES} "
+                f"classes, but the input has {classes} classes."
+            )
+        return self.real.generate_batch(start_tokens, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else (unload_model, load_model, compute_type) is the real one's."""
+        return getattr(self.real, name)

@@ -1,9 +1,14 @@
-"""The generation engine: streaming, knobs, context, batching, queueing, failures."""
+"""The generation engine: streaming, knobs, context, batching, queueing, failures.
+
+Every engine here decodes through `CudaRules`, so a setting a GPU would refuse
+(top-p over more than 8,192 classes, a top-k above the vocabulary) fails on the CPU.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +23,35 @@ from bot.engine import (
     Started,
     TextDelta,
 )
+from bot.engine.scheduler import CostModel
 from bot.engine.streaming import IncrementalDetokenizer
 from bot.errors import PromptTooLong, QueueFull, ShuttingDown, UserFacingError
 from bot.knobs import Knobs
-from testing.backends import Slowed
+from testing.backends import CudaRules, Slowed
 
 LONG = Knobs(max_new_tokens=200, min_new_tokens=200)
 
 
+def under_cuda_rules(engine: Engine) -> Engine:
+    """Decode through `CudaRules`: what a GPU refuses fails here too."""
+    engine.set_backend(CudaRules(engine.backend, engine.info.vocab_size, engine.info.compute_type))
+    return engine
+
+
+async def load(model_dir: Path, **kw: Any) -> Engine:
+    return under_cuda_rules(await Engine.load(model_dir, device="cpu", cpu_threads=1, **kw))
+
+
+@pytest.fixture
+async def tiny_engine(tiny_model_dir: Path) -> AsyncIterator[Engine]:
+    """The shared fixture's engine, under CUDA's rules."""
+    engine = await load(tiny_model_dir, batch_wait_ms=5)
+    yield engine
+    await engine.close()
+
+
 async def slow_engine(model_dir: Path, **kw: Any) -> Engine:
-    engine = await Engine.load(model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0,
-                               max_batch_size=1, **kw)
+    engine = await load(model_dir, batch_wait_ms=0, max_batch_size=1, **kw)
     engine.set_backend(Slowed(engine.backend))
     return engine
 
@@ -83,6 +106,9 @@ async def test_reply_is_shortened_to_fit_the_context(tiny_engine: Engine) -> Non
 
 
 async def test_cancel_stops_within_a_token_and_frees_the_engine(tiny_engine: Engine) -> None:
+    # At least 5 ms a token, so a busy test machine delaying the consumer's cancel
+    # by a few ms cannot let the tiny model run on for 50 tokens.
+    tiny_engine.set_backend(Slowed(tiny_engine.backend, delay=0.005))
     gen = tiny_engine.submit(GenerationRequest("go", LONG))
     async for event in gen.events():
         if isinstance(event, TextDelta):
@@ -216,7 +242,7 @@ async def test_event_loop_stays_responsive_while_decoding(tiny_engine: Engine) -
 
 
 async def test_closing_refuses_new_work(tiny_model_dir: Path) -> None:
-    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1)
+    engine = await load(tiny_model_dir)
     running = engine.submit(GenerationRequest("a", LONG))
     await engine.close(grace_s=0)
     assert (await running.result()).finish_reason == FinishReason.CANCELLED
@@ -254,19 +280,28 @@ async def test_broken_unicode_is_refused_politely(tiny_engine: Engine) -> None:
 async def test_newcomer_joins_a_running_batch_and_the_first_reply_is_unchanged(
     tiny_model_dir: Path,
 ) -> None:
-    greedy = Knobs(top_k=1, max_new_tokens=120)  # no minimum: min_length is per batch
-    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0,
-                               max_batch_size=4)
-    engine.set_backend(Slowed(engine.backend, delay=0.005))
+    """A newcomer whose prompt is a little longer than the running reply joins it.
+
+    CTranslate2 reads the shortest prompt in one pass and the rest one token per
+    step, so a newcomer at least as long as the running prompt + reply so far costs
+    that reply only a re-read: the cost model lets it in.
+    """
+    greedy = Knobs(top_k=1, max_new_tokens=100)  # no minimum: min_length is per batch
+    engine = await load(tiny_model_dir, batch_wait_ms=0, max_batch_size=4)
+    engine.set_backend(Slowed(engine.backend, delay=0.03))
+    # Pinned costs (a tiny model reads prompts almost for free), so the decision
+    # depends on token counts only, not on how busy the test machine is.
+    engine.costs = CostModel(prefill_s=0.0001, step_s=0.03, fixed=True)
     try:
         alone = await engine.generate(GenerationRequest("the first question", greedy))
-        assert alone.new_tokens == 120  # this prompt does not hit the end token early
+        assert alone.new_tokens == 100  # this prompt does not hit the end token early
         first = engine.submit(GenerationRequest("the first question", greedy))
         async for event in first.events():
             if isinstance(event, TextDelta):
                 break
-        await asyncio.sleep(0.1)
-        second = engine.submit(GenerationRequest("a second one", greedy))
+        second = engine.submit(GenerationRequest(
+            "a second question, a few words longer than the first one", greedy
+        ))
         second_started = None
         async for event in second.events():
             if isinstance(event, TextDelta):
@@ -276,16 +311,58 @@ async def test_newcomer_joins_a_running_batch_and_the_first_reply_is_unchanged(
         r1, r2 = await first.result(), await second.result()
         assert second_started is not None
         assert engine.preemptions >= 1
-        assert r1.new_tokens == r2.new_tokens == 120
+        assert r1.new_tokens == r2.new_tokens == 100
         assert r1.text == alone.text  # resuming from prompt + tokens so far loses nothing
     finally:
         await engine.close()
 
 
-async def test_requests_with_other_settings_get_a_timeslice(tiny_model_dir: Path) -> None:
-    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0,
-                               max_batch_size=4, timeslice_s=0.2)
+async def test_newcomers_do_not_freeze_a_streaming_reply(tiny_model_dir: Path) -> None:
+    """Shorter newcomers with the same settings wait for a free lane instead.
+
+    Joining would re-read the running reply's prompt + text one token per step
+    (CTranslate2 reads only the shortest prompt in one pass): a visible freeze.
+    """
+    greedy = Knobs(top_k=1, max_new_tokens=80, min_new_tokens=80)
+    engine = await load(tiny_model_dir, batch_wait_ms=0, max_batch_size=4)
     engine.set_backend(Slowed(engine.backend, delay=0.01))
+    try:
+        first = engine.submit(GenerationRequest("a question that is rather long, " * 4, greedy))
+        seen = 0
+        async for event in first.events():
+            if isinstance(event, TextDelta):
+                seen += 1
+                if seen == 20:
+                    break
+        late = [engine.submit(GenerationRequest(f"hi {i}", greedy)) for i in range(3)]
+        await first.result()
+        assert engine.preemptions == 0
+        results = await asyncio.gather(*(g.result() for g in late))
+        assert [r.new_tokens for r in results] == [80, 80, 80]
+    finally:
+        await engine.close()
+
+
+async def test_default_knobs_decode_under_cuda_rules(smol_model_dir: Path) -> None:
+    """Default knobs (top_k -1, top_p 0.95) on a real vocabulary: CUDA's top-p limit holds."""
+    engine = await load(smol_model_dir, batch_wait_ms=0)
+    try:
+        rules = engine.backend
+        assert isinstance(rules, CudaRules) and rules.vocab_size == 49152
+        unbounded = Knobs().ct2_sampling()
+        with pytest.raises(RuntimeError, match="8192 classes"):
+            rules.generate_batch([["<|im_start|>"]], max_length=1, **unbounded)
+        result = await engine.generate(GenerationRequest("Say hello.", Knobs(max_new_tokens=8)))
+        assert result.error is None and result.new_tokens >= 1
+        assert rules.calls == 2
+    finally:
+        await engine.close()
+
+
+async def test_requests_with_other_settings_get_a_timeslice(tiny_model_dir: Path) -> None:
+    engine = await load(tiny_model_dir, batch_wait_ms=0, max_batch_size=4, timeslice_s=0.2)
+    engine.set_backend(Slowed(engine.backend, delay=0.01))
+    engine.costs = CostModel(prefill_s=0.0001, step_s=0.01, fixed=True)
     try:
         long = engine.submit(GenerationRequest("long", Knobs(max_new_tokens=200,
                                                              min_new_tokens=200)))

@@ -8,8 +8,9 @@ What the engine guarantees, and what these tests pin down:
 - Every ask is acknowledged at once (deferred) whether it decodes now or waits;
   waiting asks show their place in the queue and the place only goes down.
 - Requests that share sampling settings are decoded in one batch (up to
-  `max_batch_size`); one arriving while a compatible batch runs joins it at the
-  next token boundary (the engine preempts the batch and re-reads prompts).
+  `max_batch_size`); one arriving while a compatible batch runs joins it only if
+  that does not freeze the running replies (CTranslate2 would re-read them a token
+  per step behind a shorter prompt); otherwise it waits for a lane.
 - A request with other settings gets a turn within `timeslice_s` (2 s) even on
   one replica: the running batch is preempted and resumed exactly where it
   stopped (round robin). With `inter_threads=2` the second replica serves it at
@@ -233,13 +234,20 @@ async def test_other_settings_get_a_turn_within_the_timeslice(
         assert h.app.engine.preemptions >= 1
 
 
-async def test_same_settings_join_the_running_batch(tiny_model_dir: Path, tmp_path: Path) -> None:
+async def test_same_settings_wait_rather_than_freeze_the_running_reply(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     guild, users = crowd_guild(channels=2, users=2)
     async with running_bot(tiny_model_dir, tmp_path, scripted="-", guilds=[guild]) as h:
         use_script(h.app.engine, long_or_short, 0.02)
-        _, _, waited = await long_then_short(h, guild, users)
-        assert waited < 1.5  # joined at the next token, no timeslice to wait for
-        assert h.app.engine.preemptions >= 1
+        a, b = guild.channels[0].id, guild.channels[1].id
+        slow = await h.command("ask", {"prompt": "LONGONE"}, user=users[0], channel_id=a)
+        await slow.wait_original(lambda m: "w3" in m.content, timeout=10)
+        quick = await h.command("ask", {"prompt": "hi"}, user=users[1], channel_id=b)
+        await h.finished(slow, timeout=30)
+        await h.finished(quick, timeout=30)
+        assert body(slow) == LONG and body(quick) == SHORT
+        assert h.app.engine.preemptions == 0  # the long reply streamed without a freeze
 
 
 async def test_second_replica_serves_other_channels_without_preempting(

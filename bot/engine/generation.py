@@ -24,9 +24,13 @@ from bot.engine.types import (
     Queued,
     TextDelta,
 )
+from bot.knobs import Knobs
 from bot.model.bundle import ModelBundle
 
-__all__ = ["Generation", "Slot", "batch_key"]
+__all__ = ["TOP_P_MAX_CANDIDATES", "Generation", "Slot", "batch_key", "device_sampling"]
+
+TOP_P_MAX_CANDIDATES = 8192
+"""Top-p picks its nucleus among at most this many tokens (`device_sampling`)."""
 
 
 class Generation:
@@ -119,11 +123,23 @@ class Slot:
         self.finish: FinishReason | None = None
         self.generated: list[str] = []  # token strings, to resume after a preemption
         self.suspended = False
+        self.runs = 0  # `generate_batch` calls this request has been part of
+        self.joining = False  # paused only to let newcomers join: still streaming
         self._id_to_token = bundle.tokenizer.id_to_token
 
     def resume_tokens(self) -> list[str]:
         """The prompt for the next `generate_batch` call: original prompt + tokens so far."""
         return self.gen.prepared.tokens + self.generated
+
+    def prefix(self) -> tuple[str, ...]:
+        """The persona tokens this request shares with others (read as `static_prompt`)."""
+        return tuple(self.gen.prepared.tokens[: self.gen.prepared.prefix_tokens])
+
+    def read_length(self) -> int:
+        """Tokens the next call must read besides the shared persona prefix."""
+        return len(self.gen.prepared.tokens) - self.gen.prepared.prefix_tokens + len(
+            self.generated
+        )
 
     def remaining_min(self) -> int:
         knobs_min = self.gen.request.knobs.min_new_tokens
@@ -186,6 +202,31 @@ class Slot:
             clamped_to_context=self.gen.prepared.clamped,
             error=error,
         )
+
+
+def device_sampling(knobs: Knobs, vocab_size: int) -> dict[str, Any]:
+    """`knobs.ct2_sampling()` within what every device's kernels accept.
+
+    CTranslate2's CUDA top-p kernel sorts at most 8,192 classes and throws on more,
+    so "no top-k" (the full vocabulary) with top-p < 1 fails at the first token on
+    a GPU. Top-p therefore chooses among the `TOP_P_MAX_CANDIDATES` (8,192, the
+    kernel's limit) most likely tokens: a top-k applied first, as CTranslate2
+    orders them. The CPU gets the same bound, so a reply does not depend on the
+    device: on the embedded model those 8,192 tokens held at least 99 % of the
+    probability in every measured step at temperature 0.7 and 1.0 (the nucleus at
+    the default top_p 0.95 is the same set as without the bound), and the CPU
+    decoded faster with it than sorting the whole row (docs/benchmarks.md). A top-k
+    above the vocabulary is clamped to it (CTranslate2 refuses it on every device).
+    """
+    sampling = knobs.ct2_sampling()
+    topk = int(sampling["sampling_topk"])
+    if vocab_size > 0 and topk > vocab_size:
+        sampling["sampling_topk"] = topk = vocab_size
+    if sampling["sampling_topp"] < 1.0:
+        limit = min(TOP_P_MAX_CANDIDATES, vocab_size) if vocab_size > 0 else TOP_P_MAX_CANDIDATES
+        if topk == 0 or topk > limit:
+            sampling["sampling_topk"] = limit
+    return sampling
 
 
 def batch_key(gen: Generation) -> tuple[Any, ...]:

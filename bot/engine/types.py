@@ -94,6 +94,12 @@ class PreparedPrompt:
     tokens: list[str]
     max_new_tokens: int
     clamped: bool
+    prefix_tokens: int = 0
+    """How many leading tokens are the persona part (system prompt as rendered).
+
+    The scheduler reads that part once per batch as CTranslate2's `static_prompt`
+    and may keep its decoder state between calls; 0 when too short to matter.
+    """
 
 
 @dataclass(frozen=True)
@@ -106,5 +112,11 @@ class EngineInfo:
     cpu_threads: int
     context_length: int
     load_s: float
+    vocab_size: int = 0
+    kv_bytes_per_token: int = 0
+    """Decoder state one prompt token keeps (keys and values of every layer), in bytes.
+
+    What the persona cache is charged per cached token; 0 if unknown.
+    """
 
 
