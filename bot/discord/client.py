@@ -94,8 +94,10 @@ class LlamaBot(commands.AutoShardedBot):
 
     async def on_ready(self) -> None:
         self.ready_event.set()
-        log.info("connected as %s (shards %s of %s) to %d servers", self.user, self.shard_ids,
-                 self.shard_count, len(self.guilds))
+        count = self.shard_count or 1
+        shards = list(self.shard_ids) if self.shard_ids is not None else list(range(count))
+        log.info("connected as %s (shards %s of %d) to %d servers", self.user, shards, count,
+                 len(self.guilds))
 
 
 def make_bot(app: App, **kwargs: Any) -> LlamaBot:
