@@ -378,3 +378,23 @@ async def test_requests_with_other_settings_get_a_timeslice(tiny_model_dir: Path
         assert engine.preemptions >= 1
     finally:
         await engine.close()
+
+
+async def test_closing_an_engine_unloads_only_weights_it_loaded(tiny_model_dir: Path) -> None:
+    """`Engine.load` owns its generator and unloads it on close; a second scheduler built
+    on those weights (the mixed bench's per-scenario engines) must not unload them for
+    everyone when it closes: it did, and the base engine's next batches failed with
+    "The model for this translator was unloaded"."""
+    base = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=5)
+    real: Any = base.backend
+    knobs = Knobs(max_new_tokens=4, min_new_tokens=4, top_k=1)
+    try:
+        view = Engine(base.bundle, real, info=base.info)
+        assert (await view.generate(GenerationRequest("hi", knobs))).new_tokens == 4
+        await view.close()
+        assert real.model_is_loaded
+        after = await base.generate(GenerationRequest("hi", knobs))
+        assert after.error is None and after.new_tokens == 4
+    finally:
+        await base.close()
+    assert not real.model_is_loaded

@@ -186,11 +186,16 @@ class Engine:
         batch_wait_s: float = 0.015,
         timeslice_s: float = 2.0,
         persona_cache_mb: float = 512.0,
+        owns_backend: bool = False,
     ) -> None:
         self.bundle = bundle
         self.info = info
         self._backend = generator
-        self._generator = generator  # what holds CTranslate2's persona cache
+        self._generator: Any = generator  # what holds CTranslate2's persona cache
+        # Whoever loaded the weights releases them: `Engine.load` does, so `close`
+        # unloads them; an engine built around someone else's generator (a bench's
+        # second scheduler on the same weights, a test) leaves it loaded for them.
+        self._owns_backend = owns_backend
         self._replicas = replicas
         self._max_batch = max_batch_size
         self._queue_size = queue_size
@@ -256,6 +261,7 @@ class Engine:
             batch_wait_s=batch_wait_ms / 1000,
             timeslice_s=timeslice_s,
             persona_cache_mb=persona_cache_mb,
+            owns_backend=True,
         )
 
     # --- public API --------------------------------------------------------------
@@ -381,11 +387,13 @@ class Engine:
         await asyncio.gather(*self._lanes, return_exceptions=True)
         self._executor.shutdown(wait=True)
         backend, self._backend = self._backend, _ClosedBackend()
-        unload = getattr(backend, "unload_model", None)
-        if callable(unload):
-            with contextlib.suppress(Exception):
-                unload()
-        del backend  # the last reference: the generator and its threads end now
+        if self._owns_backend:
+            unload = getattr(self._generator, "unload_model", None)
+            if callable(unload):
+                with contextlib.suppress(Exception):
+                    unload()
+            self._generator = None
+        del backend  # our last reference: an owned generator and its threads end now
 
     @property
     def closing(self) -> bool:
