@@ -34,6 +34,12 @@ from pathlib import Path
 from bot.settings.scopes import Scope
 from bot.settings.store import SettingsStore
 
+def report(line: str) -> None:
+    # One write per line: a short write to a pipe is atomic, so a kill cannot leave
+    # half a report (print() writes its pieces separately when unbuffered).
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
+
 async def main() -> None:
     store = await SettingsStore.open(Path(sys.argv[1]))
     guild, i = int(sys.argv[2]), int(sys.argv[3])
@@ -42,9 +48,9 @@ async def main() -> None:
         scope = Scope.channel(1000 + i, guild)
         await store.set_knobs(scope, {"max_new_tokens": 1 + i % 1000, "top_k": i % 50},
                               actor_id=7)
-        print("knobs", i, flush=True)
+        report(f"knobs {i}")
         await store.set_system_prompt(scope, f"persona {i} " + "x" * 3000, actor_id=7)
-        print("prompt", i, flush=True)
+        report(f"prompt {i}")
         i += 1
 
 asyncio.run(main())
@@ -76,8 +82,11 @@ def _run_and_kill(path: Path, start: int, min_reports: int, rng: random.Random) 
         time.sleep(rng.uniform(0, 0.02))  # land the kill at an arbitrary point of a write
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        # Lines already printed before the kill are still in the pipe.
-        lines += [ln.strip() for ln in proc.stdout.read().splitlines() if ln.strip()]
+        # Lines already printed before the kill are still in the pipe; only whole
+        # lines count as reports.
+        rest = proc.stdout.read()
+        lines += [ln.strip() for ln in rest.splitlines(keepends=True)
+                  if ln.endswith("\n") and ln.strip()]
     finally:
         if proc.poll() is None:
             proc.kill()
