@@ -105,35 +105,35 @@ class TurnStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def get(self, turn_id: int) -> StoredTurn | None:
-        rows = await self.db.read(f"SELECT {_COLUMNS} FROM turns WHERE id = ?", (turn_id,))
+    async def _one(self, sql: str, params: tuple[int | str, ...]) -> StoredTurn | None:
+        """The first turn `sql` (a constant of this module) selects, if any."""
+        rows = await self.db.read(sql, params)
         return StoredTurn.from_row(rows[0]) if rows else None
+
+    async def get(self, turn_id: int) -> StoredTurn | None:
+        return await self._one(f"SELECT {_COLUMNS} FROM turns WHERE id = ?", (turn_id,))
 
     async def answer_for_ask(self, ask_id: int) -> StoredTurn | None:
         """The answer an ask produced (a Reply or Regenerate button names its ask)."""
-        rows = await self.db.read(
-            f"SELECT {_COLUMNS} FROM turns WHERE ask_id = ? AND role = 'assistant' "
-            "ORDER BY id DESC LIMIT 1",
-            (ask_id,),
-        )
-        return StoredTurn.from_row(rows[0]) if rows else None
+        return await self._for_ask(ask_id, "assistant")
 
     async def question_for_ask(self, ask_id: int) -> StoredTurn | None:
-        rows = await self.db.read(
-            f"SELECT {_COLUMNS} FROM turns WHERE ask_id = ? AND role = 'user' "
+        return await self._for_ask(ask_id, "user")
+
+    async def _for_ask(self, ask_id: int, role: str) -> StoredTurn | None:
+        return await self._one(
+            f"SELECT {_COLUMNS} FROM turns WHERE ask_id = ? AND role = ? "
             "ORDER BY id DESC LIMIT 1",
-            (ask_id,),
+            (ask_id, role),
         )
-        return StoredTurn.from_row(rows[0]) if rows else None
 
     async def by_message(self, message_id: int) -> StoredTurn | None:
         """The turn a Discord message belongs to (a page of an answer, a question)."""
-        rows = await self.db.read(
+        return await self._one(
             f"SELECT {', '.join('t.' + c.strip() for c in _COLUMNS.split(','))} "
             "FROM turn_messages m JOIN turns t ON t.id = m.turn_id WHERE m.message_id = ?",
             (message_id,),
         )
-        return StoredTurn.from_row(rows[0]) if rows else None
 
     async def chain(self, turn_id: int | None) -> list[StoredTurn]:
         """The turns from the root down to `turn_id` (inclusive), oldest first."""
