@@ -1,8 +1,11 @@
-"""What every bench shares: the prompt they decode from, and memory readings."""
+"""What every bench shares: the prompt, time to first text, and memory readings."""
 
 from __future__ import annotations
 
 import resource
+import time
+
+from bot.engine import Engine, GenerationRequest, GenerationResult, TextDelta
 
 BENCH_PROMPT = (
     "You are helping a small community server plan a weekend hiking trip. Explain, in a "
@@ -23,3 +26,17 @@ def rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def first_text(
+    engine: Engine, request: GenerationRequest, missing: float = float("nan")
+) -> tuple[float, GenerationResult]:
+    """Seconds from submit to the first text (`missing` if none came), and the result."""
+    start = time.perf_counter()
+    first: float | None = None
+    gen = engine.submit(request)
+    async for event in gen.events():
+        if isinstance(event, TextDelta) and first is None:
+            first = time.perf_counter() - start
+    result = await gen.result()
+    return (first if first is not None else missing), result

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any
 
-from bench.common import rss_mb
+from bench.common import first_text, rss_mb
 from bot.config import Settings
 from bot.conversation import fit_history
-from bot.engine import Engine, GenerationRequest, TextDelta, Turn
+from bot.engine import Engine, GenerationRequest, Turn
 from bot.knobs import Knobs
 
 PERSONA_TOKENS = 600
@@ -53,17 +52,6 @@ def persona_of(engine: Engine, tokens: int = PERSONA_TOKENS) -> str:
     return tokenizer.decode(tokenizer.encode(text)[:tokens])
 
 
-async def _ttft(engine: Engine, request: GenerationRequest) -> tuple[float, str, int]:
-    start = time.perf_counter()
-    first: float | None = None
-    gen = engine.submit(request)
-    async for event in gen.events():
-        if isinstance(event, TextDelta) and first is None:
-            first = time.perf_counter() - start
-    result = await gen.result()
-    return first or 0.0, result.text, result.prompt_tokens
-
-
 async def conversation_bench(
     engine: Engine, new_tokens: int = 64, repeats: int = 3
 ) -> dict[str, Any]:
@@ -79,7 +67,8 @@ async def conversation_bench(
             request = GenerationRequest(prompt=question, knobs=knobs, system_prompt=persona,
                                         history=history)
             fitted = fit_history(engine, request)
-            ttft, answer, tokens = await _ttft(engine, fitted.request)
+            ttft, result = await first_text(engine, fitted.request, missing=0.0)
+            answer, tokens = result.text, result.prompt_tokens
             ttfts[turn].append(ttft)
             prompt_tokens[turn] = tokens
             dropped[turn] = fitted.dropped_turns

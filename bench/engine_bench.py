@@ -14,9 +14,9 @@ import statistics
 import time
 from typing import Any
 
-from bench.common import BENCH_PROMPT, peak_rss_mb, rss_mb
+from bench.common import BENCH_PROMPT, first_text, peak_rss_mb, rss_mb
 from bot.config import Settings
-from bot.engine import Engine, GenerationRequest, TextDelta
+from bot.engine import Engine, GenerationRequest
 from bot.knobs import Knobs
 
 
@@ -30,15 +30,9 @@ async def engine_bench(engine: Engine, new_tokens: int = 128, repeats: int = 3) 
     ttfts: list[float] = []
     rates: list[float] = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        first: float | None = None
-        gen = engine.submit(request)
-        async for event in gen.events():
-            if isinstance(event, TextDelta) and first is None:
-                first = time.perf_counter() - start
-        result = await gen.result()
+        first, result = await first_text(engine, request, missing=0.0)
         assert result.new_tokens == new_tokens, result
-        ttfts.append(first or 0.0)
+        ttfts.append(first)
         rates.append(result.decode_tok_s or 0.0)
 
     # Raw CTranslate2: the same prompt and settings, no callback, no Python per token.

@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any
 
-from bench.common import BENCH_PROMPT, rss_mb
+from bench.common import BENCH_PROMPT, first_text, rss_mb
 from bot.config import Settings
 from bot.engine import Engine, GenerationRequest, TextDelta
 from bot.errors import PromptTooLong, QueueFull
@@ -104,18 +104,6 @@ def view(base: Engine, **kw: Any) -> Engine:
     options = {k: v for k, v in kw.items() if k in accepted}
     return Engine(base.bundle, base.backend, info=base.info,
                   replicas=base.info.inter_threads, **options)
-
-
-async def first_text(engine: Engine, request: GenerationRequest) -> tuple[float, Any]:
-    """Seconds from submit to the first text, and the result."""
-    start = time.perf_counter()
-    gen = engine.submit(request)
-    first: float | None = None
-    async for event in gen.events():
-        if isinstance(event, TextDelta) and first is None:
-            first = time.perf_counter() - start
-    result = await gen.result()
-    return (first if first is not None else float("nan")), result
 
 
 async def mixed_ttft(engine: Engine, size: int, rounds: int = 3) -> dict[str, Any]:
