@@ -53,6 +53,7 @@ class Rest(Http, Gateway):
     def _add_rest_routes(self, router: web.UrlDispatcher) -> None:
         p = API_PREFIX
         r = router
+        r.add_get(p + "/users/@me", self._users_me)
         r.add_get(p + "/oauth2/applications/@me", self._application_info)
         r.add_get(p + "/gateway", self._get_gateway)
         r.add_get(p + "/gateway/bot", self._get_gateway_bot)
