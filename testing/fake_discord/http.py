@@ -44,15 +44,12 @@ class _Delay:
     times: int | None
 
 
-
-
 @dataclass
 class _Bucket:
     limit: int
     window: float
     used: int = 0
     reset_at: float = 0.0
-
 
 
 class HTTPError(Exception):

@@ -344,7 +344,6 @@ class Inject(Gateway):
         return message
 
 
-
 def option_type(value: object) -> int:
     if isinstance(value, bool):
         return 5

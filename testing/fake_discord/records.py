@@ -72,7 +72,6 @@ class FakeStats:
     resume_rejected: int = 0
 
 
-
 def route_matcher(
     route: str | Callable[[RecordedRequest], bool],
 ) -> Callable[[RecordedRequest], bool]:

@@ -43,7 +43,6 @@ DEFAULT_MEMBER_PERMISSIONS = str(
 )
 
 
-
 def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()
 
@@ -303,7 +302,6 @@ class StoredMessage:
         return data
 
 
-
 class FakeInteraction:
     """Handle on an injected interaction: its id/token and what the bot did with it."""
 
@@ -359,7 +357,6 @@ class FakeInteraction:
         return await self.fake.wait_for(
             lambda: self.followups if len(self.followup_ids) >= count else None, timeout=timeout
         )
-
 
 
 class World:
