@@ -493,12 +493,7 @@ class _Soak:
         fake = self.world.fake
         self.max_edits_5s = max(self.max_edits_5s,
                                 max_in_window(ask.edit_times, EDIT_BUCKET_WINDOW_S))
-        for message_id in [ask.itx.original_id, *ask.itx.followup_ids]:
-            if message_id is not None:
-                fake.messages.pop(message_id, None)
-        fake.interactions.pop(ask.itx.id, None)
-        # No public way to forget a token; the fake keeps every one for its lookups.
-        fake._by_token.pop(token, None)
+        fake.forget_interaction(token)
         del self.asks[token]
 
 

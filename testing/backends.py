@@ -79,24 +79,93 @@ class ScriptedGenerator:
         ]
 
 
+CUDA_OOM = "CUDA failed with error out of memory"
+"""CTranslate2's words when the KV cache does not fit (what the engine retries in halves)."""
+ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
+"""A CUDA fault that no retry helps: the engine must end the reply with an error."""
+
+StepCallback = Callable[[Any], bool]
+
+
+def fail_after(callback: StepCallback, steps: int, message: str) -> StepCallback:
+    """Wrap a per-token callback so the `steps + 1`-th token raises `RuntimeError(message)`.
+
+    CTranslate2 raises from inside `generate_batch` while tokens are streaming, so
+    the tokens before the failure have reached the engine: the tests check what
+    happens to text already shown.
+    """
+    seen = 0
+
+    def failing(step: Any) -> bool:
+        nonlocal seen
+        seen += 1
+        if seen > steps:
+            raise RuntimeError(message)
+        return bool(callback(step))
+
+    return failing
+
+
 class Exploding(ScriptedGenerator):
     """Raises part-way through any batch holding a prompt that asks it to."""
 
     def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
         static = "".join(kw.get("static_prompt") or ())
         if any("EXPLODE" in static + "".join(t) for t in start_tokens):
-            callback = kw["callback"]
-            steps = 0
-
-            def failing(step: Any) -> bool:
-                nonlocal steps
-                steps += 1
-                if steps > 6:
-                    raise RuntimeError("CUDA error: an illegal memory access was encountered")
-                return bool(callback(step))
-
-            kw = {**kw, "callback": failing}
+            kw = {**kw, "callback": fail_after(kw["callback"], 6, ILLEGAL_ACCESS)}
         return super().generate_batch(start_tokens, **kw)
+
+
+class MemoryBound(ScriptedGenerator):
+    """Out of GPU memory after `after` steps per reply for batches above `fits` replies.
+
+    A real KV cache overflows part-way through decoding, after some text has streamed;
+    `sizes` keeps each call's batch size so a test can see the engine halve it.
+    """
+
+    def __init__(self, tokenizer: Any, text: str, fits: int, after: int = 3) -> None:
+        super().__init__(tokenizer, text, delay=0.0)
+        self.fits = fits
+        self.after = after
+        self.sizes: list[int] = []
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
+        self.sizes.append(len(start_tokens))
+        if len(start_tokens) > self.fits:
+            steps = self.after * len(start_tokens)
+            kw = {**kw, "callback": fail_after(kw["callback"], steps, CUDA_OOM)}
+        return super().generate_batch(start_tokens, **kw)
+
+
+class Failing:
+    """Raises `message` at once on every call, as CTranslate2 does on a broken GPU host.
+
+    `calls` keeps each call's keyword arguments and `sizes` its batch size, so a test
+    can check what was asked of the device before it failed.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.calls: list[dict[str, Any]] = []
+        self.sizes: list[int] = []
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+        self.calls.append(kw)
+        self.sizes.append(len(start_tokens))
+        raise RuntimeError(self.message)
+
+
+class FailsMidway:
+    """Wrap a real generator so every call raises `message` after `after` tokens."""
+
+    def __init__(self, real: Any, after: int, message: str = ILLEGAL_ACCESS) -> None:
+        self.real = real
+        self.after = after
+        self.message = message
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+        callback = fail_after(kw.pop("callback"), self.after, self.message)
+        return self.real.generate_batch(start_tokens, callback=callback, **kw)
 
 
 class Slowed:

@@ -10,6 +10,7 @@ from typing import Any
 import discord
 
 from bot.settings.scopes import Scope
+from testing.backends import FailsMidway
 from testing.discord_harness import FOOTER_WORDS, Harness, is_final, running_bot
 from testing.fake_discord import FakeUser, Routes, StoredMessage
 
@@ -322,22 +323,7 @@ async def test_model_failure_mid_reply_shows_an_error_and_frees_the_slot(
 ) -> None:
     async with running_bot(tiny_model_dir, tmp_path) as h:
         real = h.app.engine.backend
-
-        class Failing:
-            def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
-                cb = kw.pop("callback")
-                n = 0
-
-                def wrapped(step: Any) -> bool:
-                    nonlocal n
-                    n += 1
-                    if n > 5:
-                        raise RuntimeError("boom")
-                    return bool(cb(step))
-
-                return real.generate_batch(start_tokens, callback=wrapped, **kw)
-
-        h.app.engine.set_backend(Failing())
+        h.app.engine.set_backend(FailsMidway(real, after=5, message="boom"))
         itx = await h.ask("fail please", min_new_tokens=50, max_new_tokens=60)
         assert "model failed" in itx.original.content  # type: ignore[union-attr]
         assert "error" in itx.original.content  # type: ignore[union-attr]

@@ -27,7 +27,7 @@ from bot.engine.scheduler import CostModel
 from bot.engine.streaming import IncrementalDetokenizer
 from bot.errors import PromptTooLong, QueueFull, ShuttingDown, UserFacingError
 from bot.knobs import Knobs
-from testing.backends import CudaRules, Slowed
+from testing.backends import CudaRules, FailsMidway, Slowed
 
 LONG = Knobs(max_new_tokens=200, min_new_tokens=200)
 
@@ -196,22 +196,7 @@ async def test_a_failing_model_ends_that_reply_with_an_error_and_keeps_serving(
     tiny_engine: Engine,
 ) -> None:
     real = tiny_engine.backend
-
-    class FailsMidway:
-        def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
-            callback = kw.pop("callback")
-            seen = 0
-
-            def wrapped(step: Any) -> bool:
-                nonlocal seen
-                seen += 1
-                if seen > 3:
-                    raise RuntimeError("CUDA error: an illegal memory access")
-                return bool(callback(step))
-
-            return real.generate_batch(start_tokens, callback=wrapped, **kw)
-
-    tiny_engine.set_backend(FailsMidway())
+    tiny_engine.set_backend(FailsMidway(real, after=3))  # a CUDA fault three tokens in
     result = await tiny_engine.generate(GenerationRequest("x", LONG))
     assert result.finish_reason == FinishReason.ERROR
     assert result.error and "model failed" in result.error

@@ -113,6 +113,26 @@ async def test_slash_command_defer_edits_and_followup(fake: FakeDiscord) -> None
     assert len(fake.requests_for(Routes.EDIT_ORIGINAL)) == 3
 
 
+async def test_a_forgotten_interaction_leaves_no_records(fake: FakeDiscord) -> None:
+    """The soak bench forgets finished replies so the fake's stores do not grow with them."""
+    bot = streaming_bot(fake, edits=1)
+    async with fake.run_bot(bot):
+        await bot.tree.sync()
+        kept = await fake.inject_interaction("ask", {"prompt": "keep"})
+        gone = await fake.inject_interaction("ask", {"prompt": "drop"})
+        await kept.wait_followups(1)
+        [followup] = await gone.wait_followups(1)
+        original = gone.original_id
+        assert original is not None
+        fake.forget_interaction(gone.token)
+        fake.forget_interaction("never-issued")  # unknown tokens are ignored
+    assert gone.id not in fake.interactions and kept.id in fake.interactions
+    assert original not in fake.messages and followup.id not in fake.messages
+    with pytest.raises(KeyError):
+        fake.interaction(gone.token)
+    assert fake.edits(kept.token) == ["keep-0"]
+
+
 async def test_429_and_500_on_edits_are_retried(fake: FakeDiscord) -> None:
     bot = streaming_bot(fake, edits=2)
     # 500 first: discord.py waits 1 s, 3 s, ... by attempt number after a 5xx.

@@ -18,6 +18,7 @@ from bot.app import open_app
 from bot.config import load_settings
 from bot.engine import Engine
 from bot.engine.loading import DeviceCheckError, explain_device_error, gpu_self_check
+from testing.backends import Failing
 
 NO_CUBLAS = "Library libcublas.so.12 is not found or cannot be loaded"
 CUDA_OOM = "CUDA failed with error out of memory"
@@ -28,18 +29,6 @@ BAD_COMPUTE = (
     "Requested int8_float16 compute type, but the target device or backend do not support "
     "efficient int8_float16 computation."
 )
-
-
-class CudaFailing:
-    """Raises CTranslate2's error at the first `generate_batch`, as a broken GPU host does."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        self.calls: list[dict[str, Any]] = []
-
-    def generate_batch(self, start_tokens: list[list[str]], **kwargs: Any) -> Any:
-        self.calls.append(kwargs)
-        raise RuntimeError(self.message)
 
 
 def on_cuda(engine: Engine) -> Engine:
@@ -59,7 +48,7 @@ def on_cuda(engine: Engine) -> Engine:
 async def test_self_check_names_what_is_missing(
     tiny_engine: Engine, message: str, says: list[str]
 ) -> None:
-    failing = CudaFailing(message)
+    failing = Failing(message)
     real = tiny_engine.set_backend(failing)
     with pytest.raises(DeviceCheckError) as caught:
         await gpu_self_check(on_cuda(tiny_engine))
@@ -98,7 +87,7 @@ def failing_cuda_loader(message: str) -> Any:
 
     async def load_on_cuda(settings: Any, model_dir: Path) -> Engine:
         engine = on_cuda(await load(settings, model_dir))
-        engine.set_backend(CudaFailing(message))
+        engine.set_backend(Failing(message))
         loaded.append(engine)
         return engine
 

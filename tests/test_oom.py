@@ -11,42 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bot.engine import Engine, FinishReason, GenerationRequest
 from bot.knobs import Knobs
-from testing.backends import ScriptedGenerator
+from testing.backends import Failing, MemoryBound
 
-OOM = "CUDA failed with error out of memory"
 SCRIPT = "one two three four five six seven eight nine ten"
-
-
-class MemoryBound(ScriptedGenerator):
-    """Out of memory after `after` steps for batches above `fits` replies."""
-
-    def __init__(self, tokenizer: Any, fits: int, after: int = 3) -> None:
-        super().__init__(tokenizer, SCRIPT, delay=0.0)
-        self.fits = fits
-        self.after = after
-        self.sizes: list[int] = []
-
-    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
-        self.sizes.append(len(start_tokens))
-        if len(start_tokens) > self.fits:
-            callback = kw["callback"]
-            steps = 0
-
-            def failing(step: Any) -> bool:
-                nonlocal steps
-                steps += 1
-                if steps > self.after * len(start_tokens):
-                    raise RuntimeError(OOM)
-                return bool(callback(step))
-
-            kw = {**kw, "callback": failing}
-        return super().generate_batch(start_tokens, **kw)
 
 
 @pytest.fixture
@@ -63,7 +35,7 @@ def asks(n: int) -> list[GenerationRequest]:
 
 
 async def test_oom_batch_is_retried_in_halves_without_losing_text(engine: Engine) -> None:
-    backend = MemoryBound(engine.bundle.tokenizer, fits=2)
+    backend = MemoryBound(engine.bundle.tokenizer, SCRIPT, fits=2)
     engine.set_backend(backend)
     gens = [engine.submit(r) for r in asks(8)]  # one burst: one batch of 8
     results = await asyncio.gather(*(g.result() for g in gens))
@@ -75,7 +47,7 @@ async def test_oom_batch_is_retried_in_halves_without_losing_text(engine: Engine
 
 
 async def test_a_reply_that_fails_alone_gets_a_clear_message(engine: Engine) -> None:
-    engine.set_backend(MemoryBound(engine.bundle.tokenizer, fits=0))
+    engine.set_backend(MemoryBound(engine.bundle.tokenizer, SCRIPT, fits=0))
     gens = [engine.submit(r) for r in asks(2)]
     results = await asyncio.gather(*(g.result() for g in gens))
     for result in results:
@@ -85,12 +57,7 @@ async def test_a_reply_that_fails_alone_gets_a_clear_message(engine: Engine) -> 
 
 
 async def test_other_errors_are_not_retried(engine: Engine) -> None:
-    class Broken(MemoryBound):
-        def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> list[Any]:
-            self.sizes.append(len(start_tokens))
-            raise RuntimeError("CUDA failed with error an illegal memory access was encountered")
-
-    backend = Broken(engine.bundle.tokenizer, fits=8)
+    backend = Failing("CUDA failed with error an illegal memory access was encountered")
     engine.set_backend(backend)
     results = await asyncio.gather(*(g.result() for g in [engine.submit(r) for r in asks(4)]))
     assert backend.sizes == [4]
