@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from bot.settings.ask_log import AskLog
 from bot.settings.db import Database
 from bot.settings.scopes import Effective, Location
 from bot.settings.store import SettingsStore
+from bot.settings.turns import TurnStore
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ class App:
     store: SettingsStore
     ask_log: AskLog
     metrics: Any = None  # bot.ops.metrics.Metrics when the Prometheus endpoint is enabled
+    #: Conversation turns on the store's database: the one TurnStore every front-end uses.
+    turns: TurnStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.turns = TurnStore(self.store.db)
 
     async def resolve(self, loc: Location) -> Effective:
         return await self.store.resolve(loc)

@@ -11,12 +11,10 @@ words for "why it ended" are written once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from bot.conversation import Fitted, fit_history
-from bot.engine import FinishReason, GenerationRequest, GenerationResult, Turn
+from bot.engine import FinishReason, GenerationRequest, GenerationResult
 from bot.errors import UserFacingError
 from bot.knobs import Knobs, build_knobs
 from bot.settings.scopes import SYSTEM_PROMPT_KEY, Effective, Location
@@ -90,30 +88,6 @@ async def resolve_again(
 ) -> GenerationRequest:
     """Regenerate: the ask's stored knobs under the persona and cap in force now."""
     return await resolve_request(app, location, prompt, knobs.model_dump())
-
-
-async def resolve_conversation(
-    app: App,
-    location: Location,
-    prompt: str,
-    history: Sequence[Turn],
-    overrides: Mapping[str, Any] | None = None,
-    *,
-    knobs: Knobs | None = None,
-    system_prompt: str | None = None,
-) -> Fitted:
-    """A follow-up: the request an ask makes, carrying `history`, fitted to the context.
-
-    Persona and knobs are resolved for `location` at each turn (so a change made
-    mid-conversation applies to the next turn), unless `knobs` is given (a
-    Regenerate re-uses what the turn was asked with). The oldest turns are left
-    out until the reply fits; `Fitted.dropped_turns` says how many, for the footer.
-    """
-    if knobs is None:
-        request = await resolve_request(app, location, prompt, overrides)
-    else:
-        request = make_request(prompt, base=knobs, system_prompt=system_prompt)
-    return fit_history(app.engine, replace(request, history=tuple(history)))
 
 
 def _tokens(n: int) -> str:

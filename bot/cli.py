@@ -93,7 +93,7 @@ def _knob_values(args: argparse.Namespace) -> dict[str, Any]:
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     from bot.app import load_engine, model_dir_for
     from bot.asks import footer, make_request
-    from bot.engine import TextDelta
+    from bot.console import stream_reply
     from bot.knobs import Knobs
 
     system = args.system if args.system is not None else settings.system_prompt or None
@@ -103,12 +103,14 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     engine = await load_engine(settings, model_dir_for(settings, _progress))
     try:
         gen = engine.submit(request)
+
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
         try:
-            async for event in gen.events():
-                if isinstance(event, TextDelta):
-                    sys.stdout.write(event.text)
-                    sys.stdout.flush()
-            result = await gen.result()
+            # stdout carries the reply alone: no queue lines (this engine serves one ask).
+            result = await stream_reply(gen, write, show_queue=False)
             sys.stdout.write("\n")
             sys.stdout.flush()
         except BrokenPipeError:

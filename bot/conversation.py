@@ -40,6 +40,9 @@ class Fitted:
 
     request: GenerationRequest
     dropped_turns: int = 0
+    prepared: PreparedPrompt | None = None
+    """`request` as the engine prepared it while measuring, for `Engine.submit`, so the
+    chosen prompt is not encoded again; None when nothing was measured (no history)."""
 
 
 def speaker_text(text: str, name: str | None) -> str:
@@ -102,16 +105,21 @@ def fit_history(engine: Preparer, request: GenerationRequest) -> Fitted:
     pairs = len(history) // 2
     if not history:
         return Fitted(request)
+    fitting: dict[int, PreparedPrompt] = {}  # each probe that fits, by exchanges left out
 
     def probe(dropped_pairs: int) -> bool:
         candidate = replace(request, history=history[2 * dropped_pairs:])
         try:
-            return _fits(engine.prepare(candidate))
+            prepared = engine.prepare(candidate)
         except UserFacingError:  # PromptTooLong: this much history is far too long
             return False
+        if _fits(prepared):
+            fitting[dropped_pairs] = prepared
+            return True
+        return False
 
     if probe(0):
-        return Fitted(request)
+        return Fitted(request, prepared=fitting[0])
     low, high = 1, pairs  # the answer is in [low, high]; `high` (no history) always "fits"
     while low < high:
         mid = (low + high) // 2
@@ -120,7 +128,9 @@ def fit_history(engine: Preparer, request: GenerationRequest) -> Fitted:
         else:
             low = mid + 1
     kept = history[2 * low:]
-    return Fitted(replace(request, history=kept), dropped_turns=len(history) - len(kept))
+    # No history left was never probed (it "always fits"): the engine prepares that one.
+    return Fitted(replace(request, history=kept), dropped_turns=len(history) - len(kept),
+                  prepared=fitting.get(low))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord.buttons import runner_of
 from cogs._common import (
     KNOB_DESCRIPTIONS,
     MaxNewOpt,
@@ -18,7 +19,6 @@ from cogs._common import (
     TemperatureOpt,
     TopKOpt,
     TopPOpt,
-    bot_of,
     knob_options,
 )
 
@@ -53,7 +53,7 @@ class Ask(commands.Cog):
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
             repetition_penalty=repetition_penalty,
         )
-        await bot_of(interaction).runner.ask_command(
+        await runner_of(interaction).ask_command(
             interaction, prompt, overrides, private=private, thread=thread
         )
 

@@ -17,7 +17,7 @@ PACKAGES = ("bot", "cogs", "bench", "testing")
 CORE = (
     "bot.engine", "bot.model.bundle", "bot.model.embedded", "bot.settings.store",
     "bot.settings.transfer", "bot.settings.ask_log", "bot.asks", "bot.app", "bot.console",
-    "bot.cli", "bot.conversation", "bot.settings.turns",
+    "bot.cli", "bot.conversation", "bot.settings.turns", "bot.turns",
 )
 FORBIDDEN = ("discord", "cogs", "bench", "testing", "aiohttp", "ctranslate2")
 

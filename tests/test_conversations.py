@@ -473,7 +473,7 @@ async def test_answers_to_messages_are_counted_in_the_metrics(
         await channel_answers(h, h.general, 1)
         await h.fake.wait_for(lambda: b'outcome="ok"} 1.0' in metrics.render() or None)
         detach()
-        assert h.bot.runner.on_message_finish == []
+        assert h.bot.runner.on_finish == []
     samples = {
         (s.name, s.labels.get("outcome")): s.value
         for family in text_string_to_metric_families(metrics.render().decode())

@@ -23,8 +23,8 @@ from discord.ext import commands
 
 from bot.app import App, open_app
 from bot.config import Settings
-from bot.discord.buttons import RegenerateButton, StopButton
-from bot.discord.conversation import ConversationRunner, ReplyButton
+from bot.discord.buttons import DYNAMIC_ITEMS
+from bot.discord.runner import AskRunner
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
 from bot.ops.logs import register_secret
@@ -60,7 +60,7 @@ class LlamaBot(commands.AutoShardedBot):
         self.started_at = time.monotonic()
         self.recent_rates: deque[float] = deque(maxlen=50)
         self.ready_event = asyncio.Event()
-        self.runner = ConversationRunner(app)
+        self.runner = AskRunner(app)
         app.engine.on_result.append(
             lambda r: self.recent_rates.append(r.decode_tok_s) if r.decode_tok_s else None
         )
@@ -68,7 +68,7 @@ class LlamaBot(commands.AutoShardedBot):
     async def setup_hook(self) -> None:
         for ext in EXTENSIONS:
             await self.load_extension(ext)
-        self.add_dynamic_items(StopButton, RegenerateButton, ReplyButton)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
         self.runner.start_pruning()
         if self.app.metrics is not None:
             # After the cogs: the error cog installs the tree's error handler we wrap.
@@ -155,15 +155,10 @@ def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
     metrics.queue_depth_from(lambda: engine.queue_depth)
     metrics.active_replies_from(lambda: len(runner.active))
 
-    def on_finish(_session: Any, result: GenerationResult) -> None:
+    def on_finish(_ask: Any, result: GenerationResult) -> None:
         metrics.ask(ask_outcome(result))
 
     runner.on_finish.append(on_finish)
-
-    def on_message_finish(result: GenerationResult) -> None:
-        metrics.ask(ask_outcome(result))
-
-    runner.on_message_finish.append(on_message_finish)
 
     tree = bot.tree
     previous = tree.on_error
@@ -186,8 +181,6 @@ def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
             engine.on_result.remove(metrics.observe)
         with contextlib.suppress(ValueError):
             runner.on_finish.remove(on_finish)
-        with contextlib.suppress(ValueError):
-            runner.on_message_finish.remove(on_message_finish)
         if tree.on_error is counting_on_error:
             tree.on_error = previous  # type: ignore[method-assign]
         root.removeHandler(counter)

@@ -1,11 +1,18 @@
-"""Streaming a generation into Discord: the one place that edits reply messages.
+"""Streaming a generation into Discord: the one loop that writes reply messages.
 
-An ask is acknowledged at once (deferred), shows its queue position, then
-streams by editing the interaction's original response through a
-`CoalescingEditor` (one edit in flight, about one a second). Text past 2,000
-characters continues in follow-up messages; a reply that outlives the
-interaction token (15 minutes) or whose webhook disappears continues as an
-ordinary channel message. Every send and edit disables mentions.
+`ReplyWriter` turns a generation's events into pages on a `Surface`: the queue
+position while it waits, the text as it arrives (edits coalesced by a
+`CoalescingEditor`, one in flight, about one a second), pages past 2,000
+characters, and at the end the footer and buttons. Two surfaces:
+
+- `InteractionSurface`, for slash commands, buttons and the Reply modal: a
+  deferred original response, follow-ups for more pages, and ordinary channel
+  messages once the interaction token (15 minutes) expires or its webhook
+  disappears;
+- `MessageSurface`, for mentions, replies and DMs: a reply to the member's
+  message, then channel messages.
+
+Only the live page carries Stop; every send and edit disables mentions.
 """
 
 from __future__ import annotations
@@ -14,32 +21,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import discord
 
-from bot.asks import footer, make_request, resolve_again, resolve_request
-from bot.discord.buttons import regen_view, stop_view
-from bot.discord.common import NO_MENTIONS, location_of
-from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator, quote_prompt
-from bot.engine import (
-    Finished,
-    Generation,
-    GenerationRequest,
-    GenerationResult,
-    Queued,
-    Started,
-    TextDelta,
-)
+from bot.asks import footer
+from bot.discord.common import NO_MENTIONS
+from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
+from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
 from bot.errors import UserFacingError
-from bot.knobs import Knobs
-from bot.limits import AskGate
-from bot.settings.ask_log import AskRecord
-
-if TYPE_CHECKING:
-    from bot.app import App
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +38,8 @@ INTERACTION_TTL_S = 15 * 60
 NEXT_IN_LINE = "-# ⏳ next in line"
 #: How long a reply with nobody ahead may wait before it says "next in line".
 NEXT_IN_LINE_AFTER_S = 0.5
-
+READING = "-# ⏳ reading…"
+INTERRUPTED = "⚠️ Interrupted: the bot restarted before this reply finished."
 
 
 def footer_text(result: GenerationResult, dropped_turns: int = 0) -> str:
@@ -55,32 +47,19 @@ def footer_text(result: GenerationResult, dropped_turns: int = 0) -> str:
     return "-# " + footer(result, dropped_turns)
 
 
-@dataclass
-class ActiveReply:
-    """A reply being written: Stop checks the presser against this, not the button's id."""
-
-    gen: Generation
-    user_id: int
-    task: asyncio.Task[Any] | None = None
-    interrupted: bool = False
-    channel_id: int | None = None
-    private: bool = False
-
-
 def _token_gone(exc: discord.HTTPException) -> bool:
     """Unknown Webhook (404/10015) or Invalid Webhook Token (401/50027): the token is dead."""
     return exc.status in (401, 404) or exc.code in (10015, 50027)
 
 
-class _Page:
-    """One message of a reply: the original response, a follow-up, or a channel message."""
+def _or_missing(view: discord.ui.View | None) -> discord.ui.View:
+    return view if view is not None else discord.utils.MISSING
 
-    def __init__(self, reply: _ReplySession, webhook_message: discord.WebhookMessage | None,
-                 original: bool) -> None:
-        self.reply = reply
-        self.webhook_message = webhook_message
-        self.original = original
-        self.channel_message: discord.Message | None = None
+
+class Page(ABC):
+    """One message of a reply."""
+
+    def __init__(self) -> None:
         #: The buttons this page carries while it is the live one (Stop); None once frozen.
         self.view: discord.ui.View | None = None
         #: What the message shows now, so an edit that would change nothing is skipped.
@@ -90,127 +69,279 @@ class _Page:
         await self._edit(content, view)
         self.shown = (content, view is not None)
 
+    @abstractmethod
+    async def _edit(self, content: str, view: discord.ui.View | None) -> None: ...
+
+    @abstractmethod
+    async def message_id(self) -> int | None:
+        """The Discord message this page is (a reply to it continues the conversation)."""
+
+
+class _ChannelPage(Page):
+    def __init__(self, message: discord.Message) -> None:
+        super().__init__()
+        self.message = message
+
+    async def _edit(self, content: str, view: discord.ui.View | None) -> None:
+        await self.message.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
+
+    async def message_id(self) -> int | None:
+        return self.message.id
+
+
+class Surface(ABC):
+    """Where a reply is written: its first page, more pages, and its last resort."""
+
+    #: Text above the reply on its first page (the quoted prompt), or "".
+    header = ""
+
+    @abstractmethod
+    async def acknowledge(self, stop: discord.ui.View) -> Page:
+        """Tell the member the ask is taken; the first page, carrying `stop` when live."""
+
+    @abstractmethod
+    async def new_page(self, content: str, view: discord.ui.View | None) -> Page: ...
+
+    @abstractmethod
+    async def say_undelivered(self, exc: discord.HTTPException) -> None:
+        """Discord kept refusing the reply's edits: one new message says it ended."""
+
+    def question_ids(self) -> tuple[int, ...]:
+        """The member's own message that asked, when there is one."""
+        return ()
+
+
+def _undelivered(exc: discord.HTTPException) -> str:
+    return (f"⚠️ Discord kept failing ({exc.status}) while I was updating this reply, "
+            "so it may be incomplete. Please ask again.")
+
+
+class InteractionSurface(Surface):
+    """An interaction's reply: original response, follow-ups, then the channel."""
+
+    def __init__(self, interaction: discord.Interaction, *, private: bool, header: str,
+                 ttl_s: Callable[[], float]) -> None:
+        self.interaction = interaction
+        self.private = private
+        self.header = header
+        self._ttl_s = ttl_s
+        self.started = time.monotonic()
+        self.moved_to_channel = False
+        self.original_id: int | None = None  # the original response's id, from the ack
+        self.first: _InteractionPage | None = None
+
+    def token_alive(self) -> bool:
+        return time.monotonic() - self.started < self._ttl_s()
+
+    async def acknowledge(self, stop: discord.ui.View) -> Page:
+        ack = await self.interaction.response.defer(thinking=True, ephemeral=self.private)
+        self.original_id = ack.message_id if ack is not None else None
+        # The deferred "thinking" message has no buttons: Stop comes with the first edit.
+        self.first = _InteractionPage(self, None, original=True)
+        self.first.view = stop
+        return self.first
+
+    async def new_page(self, content: str, view: discord.ui.View | None) -> Page:
+        if self.token_alive() and not self.moved_to_channel:
+            try:
+                msg = await self.interaction.followup.send(
+                    content=content, view=_or_missing(view), allowed_mentions=NO_MENTIONS,
+                    wait=True, ephemeral=self.private,
+                )
+                return _InteractionPage(self, msg, original=False)
+            except discord.HTTPException as exc:
+                if not _token_gone(exc):
+                    raise
+        page = _InteractionPage(self, None, original=False)
+        await page.move_to_channel(content, view)
+        return page
+
+    async def first_message(self) -> discord.Message:
+        """The reply's first message as a channel message (to open a thread from)."""
+        if self.first is not None and self.first.channel_message is not None:
+            return self.first.channel_message
+        return await self.interaction.original_response()
+
+    async def note(self, text: str) -> None:
+        """A private word to the asker about their reply (best effort)."""
+        with contextlib.suppress(discord.HTTPException):
+            await self.interaction.followup.send(text, ephemeral=True,
+                                                 allowed_mentions=NO_MENTIONS)
+
+    async def say_undelivered(self, exc: discord.HTTPException) -> None:
+        """A follow-up, else a channel message; if Discord refuses that too, the log is all."""
+        text = _undelivered(exc)
+        try:
+            await self.interaction.followup.send(text, ephemeral=self.private,
+                                                 allowed_mentions=NO_MENTIONS)
+            return
+        except discord.HTTPException:
+            if self.private:
+                return
+        channel = self.interaction.channel
+        if channel is not None and hasattr(channel, "send"):
+            with contextlib.suppress(discord.HTTPException):
+                await channel.send(text, allowed_mentions=NO_MENTIONS)
+
+
+class _InteractionPage(Page):
+    """The original response, a follow-up, or (once the token is gone) a channel message."""
+
+    def __init__(self, surface: InteractionSurface,
+                 webhook_message: discord.WebhookMessage | None, original: bool) -> None:
+        super().__init__()
+        self.surface = surface
+        self.webhook_message = webhook_message
+        self.original = original
+        self.channel_message: discord.Message | None = None
+
+    async def message_id(self) -> int | None:
+        if self.channel_message is not None:
+            return self.channel_message.id
+        if self.webhook_message is not None:
+            return self.webhook_message.id
+        if self.original and self.surface.original_id is not None:
+            return self.surface.original_id
+        if self.original:
+            with contextlib.suppress(discord.HTTPException):
+                return (await self.surface.interaction.original_response()).id
+        return None
+
     async def _edit(self, content: str, view: discord.ui.View | None) -> None:
         if self.channel_message is not None:
-            await self.channel_message.edit(
-                content=content, view=view, allowed_mentions=NO_MENTIONS
-            )
+            await self.channel_message.edit(content=content, view=view,
+                                            allowed_mentions=NO_MENTIONS)
             return
-        if not self.reply.token_alive():
-            await self._move_to_channel(content, view)
+        surface = self.surface
+        if not surface.token_alive():
+            await self.move_to_channel(content, view)
             return
         try:
             if self.original:
-                await self.reply.interaction.edit_original_response(
+                await surface.interaction.edit_original_response(
                     content=content, view=view, allowed_mentions=NO_MENTIONS
                 )
             elif self.webhook_message is not None:
-                await self.webhook_message.edit(
-                    content=content, view=view, allowed_mentions=NO_MENTIONS
-                )
+                await self.webhook_message.edit(content=content, view=view,
+                                                allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:
             if not _token_gone(exc):
                 raise
             # The interaction token expired or the webhook is gone: carry on in the channel.
-            await self._move_to_channel(content, view)
+            await self.move_to_channel(content, view)
 
-    async def _move_to_channel(self, content: str, view: discord.ui.View | None) -> None:
-        if self.reply.private:
+    async def move_to_channel(self, content: str, view: discord.ui.View | None) -> None:
+        surface = self.surface
+        if surface.private:
             raise UserFacingError("This private reply expired before it finished.")
-        channel = self.reply.interaction.channel
+        channel = surface.interaction.channel
         if channel is None or not hasattr(channel, "send"):
             raise UserFacingError("This reply's message is gone and I can't post in the channel.")
-        log.info("reply %s continues as a channel message", self.reply.ask_id)
-        self.reply.moved_to_channel = True
+        log.info("reply %s continues as a channel message", surface.interaction.id)
+        surface.moved_to_channel = True
         self.channel_message = await channel.send(
-            content=content, view=view if view is not None else discord.utils.MISSING,
-            allowed_mentions=NO_MENTIONS,
+            content=content, view=_or_missing(view), allowed_mentions=NO_MENTIONS,
         )
 
 
-@dataclass
-class _ReplySession:
-    runner: AskRunner
-    interaction: discord.Interaction
-    gen: Generation
-    ask_id: int
-    header: str
-    private: bool
-    started: float = field(default_factory=time.monotonic)
-    moved_to_channel: bool = False
-    edits: int = 0
-    first_text_at: float | None = None
-    last_edit_at: float | None = None
-    #: Frees the asker's slot; called before the footer is shown (see `run`).
-    release: Callable[[], object] = lambda: None
-    dropped_turns: int = 0  # earlier conversation turns left out to fit, for the footer
-    pages: list[_Page] = field(default_factory=list)  # the messages of this reply, in order
-    original_id: int | None = None  # the original response's message id, from the ack
+class MessageSurface(Surface):
+    """The answer to a member's message: a reply to it, then channel messages.
 
-    def token_alive(self) -> bool:
-        return time.monotonic() - self.started < self.runner.interaction_ttl_s
+    No interaction token to expire, so every page is an ordinary message.
+    """
 
-    async def run(self) -> GenerationResult:
-        body_limit = MESSAGE_LIMIT - len(self.header) - 1
-        paginator = Paginator(MESSAGE_LIMIT, first_limit=body_limit)
-        # Private replies get Stop too: the "busy" refusal tells their author to press it.
-        stop = stop_view(self.ask_id, self.interaction.user.id)
-        first = _Page(self, None, original=True)
-        first.view = stop
-        pages: list[_Page] = [first]
-        self.pages = pages
-        text = ""
-        status = ""
+    def __init__(self, message: discord.Message) -> None:
+        self.message = message
 
-        def make_editor(page: _Page, sent: str | None = None) -> CoalescingEditor:
-            async def send(content: str) -> None:
-                await page.edit(content, page.view)
-                self.edits += 1
-                now = time.monotonic()
-                self.last_edit_at = now
-                if text and self.first_text_at is None:
-                    self.first_text_at = now
-            return CoalescingEditor(send, self.runner.edit_interval_s, sent=sent)
+    async def acknowledge(self, stop: discord.ui.View) -> Page:
+        first = await self.message.reply(READING, mention_author=False, view=stop,
+                                         allowed_mentions=NO_MENTIONS)
+        page = _ChannelPage(first)
+        page.view = stop
+        page.shown = (READING, True)
+        return page
 
-        editor = make_editor(pages[0])
+    async def new_page(self, content: str, view: discord.ui.View | None) -> Page:
+        sent = await self.message.channel.send(content, view=_or_missing(view),
+                                               allowed_mentions=NO_MENTIONS)
+        return _ChannelPage(sent)
 
-        def contents(tail: str, reserve: int) -> list[str]:
-            # Trailing blank lines of the model's output would stand between the
-            # text and the status line or footer.
-            out = paginator.pages(text.rstrip(), reserve_last=reserve)
+    def question_ids(self) -> tuple[int, ...]:
+        return (self.message.id,)
+
+    async def say_undelivered(self, exc: discord.HTTPException) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await self.message.reply(_undelivered(exc), mention_author=False,
+                                     allowed_mentions=NO_MENTIONS)
+
+
+class ReplyWriter:
+    """The one streaming loop: a generation's events become pages on a surface.
+
+    `stream` runs until the generation finishes; `lay_out` puts the footer under
+    the text (earlier pages lose Stop); `show_final` makes the last edit, with
+    the finished reply's buttons. Between the two the caller stores the turns
+    (every page exists, so their ids are known) and frees the asker's slot.
+    """
+
+    def __init__(self, surface: Surface, gen: Generation, first: Page, stop: discord.ui.View,
+                 *, edit_interval_s: float) -> None:
+        self.surface = surface
+        self.gen = gen
+        self.stop = stop
+        self.interval = edit_interval_s
+        self.header = surface.header
+        first_limit = MESSAGE_LIMIT - len(self.header) - 1 if self.header else None
+        self.paginator = Paginator(MESSAGE_LIMIT, first_limit=first_limit)
+        self.pages: list[Page] = [first]
+        self.text = ""
+        self.status = ""
+        self.final: list[str] = []
+        self.editor = self._editor(first, first.shown[0] if first.shown else None)
+
+    def _editor(self, page: Page, sent: str | None) -> CoalescingEditor:
+        async def send(content: str) -> None:
+            await page.edit(content, page.view)
+        return CoalescingEditor(send, self.interval, sent=sent)
+
+    def _contents(self, tail: str) -> list[str]:
+        # Trailing blank lines of the model's output would stand between the
+        # text and the status line or footer.
+        out = self.paginator.pages(self.text.rstrip(), reserve_last=len(tail) + 1 if tail else 0)
+        if self.header:
             out[0] = f"{self.header}\n{out[0]}" if out[0] else self.header
-            if tail:
-                out[-1] = f"{out[-1]}\n{tail}" if out[-1] else tail
-            return out
+        if tail:
+            out[-1] = f"{out[-1]}\n{tail}" if out[-1] else tail
+        return out
 
-        async def grow(out: list[str]) -> None:
-            """A page filled up: freeze it (losing its Stop) and continue in a follow-up."""
-            nonlocal editor
-            while len(out) > len(pages):
-                frozen = pages[-1]
-                frozen.view = None
-                await editor.finish(out[len(pages) - 1], force=True)
-                content = out[len(pages)]
-                page = await self._new_page(content, stop)
-                page.view = stop
-                page.shown = (content, True)
-                pages.append(page)
-                editor = make_editor(page, sent=content)
+    async def _grow(self, out: list[str]) -> None:
+        """A page filled up: freeze it (losing its Stop) and continue on a new page."""
+        pages = self.pages
+        while len(out) > len(pages):
+            pages[-1].view = None
+            await self.editor.finish(out[len(pages) - 1], force=True)
+            content = out[len(pages)]
+            page = await self.surface.new_page(content, self.stop)
+            page.view = self.stop
+            page.shown = (content, True)
+            pages.append(page)
+            self.editor = self._editor(page, content)
 
-        async def show(tail: str) -> None:
-            out = contents(tail, len(tail) + 1 if tail else 0)
-            await grow(out)
-            editor.update(out[-1])
+    async def _show(self, status: str) -> None:
+        self.status = status
+        out = self._contents(status)
+        await self._grow(out)
+        self.editor.update(out[-1])
 
-        def still_waiting() -> None:
-            # Nobody was ahead, yet the reply has not started: a batch with other
-            # settings is running. Now "next in line" is worth an edit.
-            nonlocal status
-            if status or self.gen.slot is not None or self.gen.done:
-                return
-            status = NEXT_IN_LINE
-            editor.update(contents(status, len(status) + 1)[-1])
+    def _still_waiting(self) -> None:
+        # Nobody was ahead, yet the reply has not started: a batch with other
+        # settings is running. Now "next in line" is worth an edit.
+        if self.status or self.gen.slot is not None or self.gen.done:
+            return
+        self.status = NEXT_IN_LINE
+        self.editor.update(self._contents(NEXT_IN_LINE)[-1])
 
+    async def stream(self) -> GenerationResult:
         waiting: asyncio.TimerHandle | None = None
         result: GenerationResult | None = None
         try:
@@ -220,288 +351,49 @@ class _ReplySession:
                     waiting = None
                 if isinstance(event, Queued):
                     if event.ahead:
-                        status = f"-# ⏳ queued, {event.ahead} ahead"
-                    elif status:
-                        status = NEXT_IN_LINE
-                    else:
+                        await self._show(f"-# ⏳ queued, {event.ahead} ahead")
+                    elif self.status:
+                        await self._show(NEXT_IN_LINE)
+                    elif waiting is None:
                         # Nobody ahead: on an idle bot the reply starts within
                         # milliseconds, and "next in line" would cost an edit for
                         # nothing. Say it only if the reply is still waiting later.
-                        if waiting is None:
-                            waiting = asyncio.get_running_loop().call_later(
-                                NEXT_IN_LINE_AFTER_S, still_waiting)
-                        continue
-                    await show(status)
+                        waiting = asyncio.get_running_loop().call_later(
+                            NEXT_IN_LINE_AFTER_S, self._still_waiting)
                 elif isinstance(event, Started):
-                    status = "-# ✍️ thinking…"
-                    await show(status)
+                    await self._show("-# ✍️ thinking…")
                 elif isinstance(event, TextDelta):
-                    text += event.text
-                    status = "-# ✍️ writing…"
-                    await show(status)
+                    self.text += event.text
+                    await self._show("-# ✍️ writing…")
                 elif isinstance(event, Finished):
                     result = event.result
-            assert result is not None
-            tail = footer_text(result, self.dropped_turns)
-            if result.error:
-                tail = f"⚠️ {result.error}\n{tail}"
-            active = self.runner.active.get(self.ask_id)
-            if active is not None and active.interrupted:
-                tail = "⚠️ Interrupted: the bot restarted before this reply finished.\n" + tail
-            final = contents(tail, len(tail) + 1)
-            end_view = None if result.error else regen_view(self.ask_id)
-            await grow(final)
-            # Every page exists now, so the runner's seam sees all their ids.
-            end_view = await self.runner.final_view(self, result, end_view)
-            await editor.abort()
-            # Pages frozen while streaming already lost their Stop; any other earlier
-            # page loses it now, before the footer, so the footer is the last word.
-            for i, page in enumerate(pages[:-1]):
-                if page.shown != (final[i], False):
-                    with contextlib.suppress(discord.HTTPException):
-                        await page.edit(final[i], None)
-            # The asker may ask again from the moment the footer shows: free the
-            # slot first. (Otherwise a drained edit bucket keeps this task asleep
-            # in discord.py for up to its reset *after* the footer is visible, and
-            # an ask made on seeing it was refused as "already in progress".)
-            self.release()
-            await pages[-1].edit(final[-1], end_view)
-            self.edits += 1
-            self.last_edit_at = time.monotonic()
-            return result
-        except BaseException:
-            self.gen.cancel()
-            await editor.abort()
-            raise
         finally:
             if waiting is not None:
                 waiting.cancel()
+        assert result is not None
+        return result
 
-    async def _new_page(self, content: str, view: discord.ui.View | None) -> _Page:
-        if self.token_alive() and not self.moved_to_channel:
-            try:
-                msg = await self.interaction.followup.send(
-                    content=content, view=view if view is not None else discord.utils.MISSING,
-                    allowed_mentions=NO_MENTIONS, wait=True, ephemeral=self.private,
-                )
-                return _Page(self, msg, original=False)
-            except discord.HTTPException as exc:
-                if not _token_gone(exc):
-                    raise
-        page = _Page(self, None, original=False)
-        await page._move_to_channel(content, view)
-        return page
+    async def lay_out(self, tail: str) -> None:
+        """Every page with its final text and `tail` under the last; only it keeps Stop."""
+        final = self._contents(tail)
+        await self._grow(final)
+        self.final = final
+        await self.editor.abort()
+        # Pages frozen while streaming already lost their Stop; any other earlier
+        # page loses it now, before the footer, so the footer is the last word.
+        for page, content in zip(self.pages[:-1], final, strict=False):
+            if page.shown != (content, False):
+                with contextlib.suppress(discord.HTTPException):
+                    await page.edit(content, None)
 
+    async def show_final(self, view: discord.ui.View | None) -> None:
+        await self.pages[-1].edit(self.final[-1], view)
 
-class AskRunner:
-    """Runs asks for the bot: fairness checks, the engine, streaming, Stop/Regenerate."""
+    async def message_ids(self) -> tuple[int, ...]:
+        ids = [await page.message_id() for page in self.pages]
+        return tuple(i for i in ids if i is not None)
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        settings = app.settings
-        self.gate = AskGate(settings.per_user_limit, settings.user_cooldown_s)
-        self.edit_interval_s = settings.edit_interval_s
-        self.interaction_ttl_s: float = INTERACTION_TTL_S - 30
-        self.active: dict[int, ActiveReply] = {}
-        self.accepting = True
-        self.on_finish: list[
-            Callable[[_ReplySession, GenerationResult], Awaitable[None] | None]
-        ] = []
-
-    async def ask(
-        self,
-        interaction: discord.Interaction,
-        prompt: str,
-        overrides: dict[str, Any],
-        *,
-        private: bool = False,
-        knobs: Knobs | None = None,
-        system_prompt: str | None = None,
-    ) -> None:
-        """Validate, queue, acknowledge, stream. Errors before the ack raise to the handler."""
-        app = self.app
-        if not self.accepting or app.engine.closing:
-            raise UserFacingError("I'm restarting, try again in a moment.")
-        prompt = prompt.strip()
-        if not prompt:
-            raise UserFacingError("Ask something: the prompt was empty.")
-        user_id = interaction.user.id
-        # Take the user's slot before the first await: checked here but taken later,
-        # two simultaneous asks by one person both passed the check, and the loser's
-        # refusal came after its ack, leaving a reply that never finished.
-        with contextlib.ExitStack() as slot:
-            slot.enter_context(self.gate.hold(user_id))
-            await self._run_ask(interaction, prompt, overrides, private=private, knobs=knobs,
-                                system_prompt=system_prompt, release=slot.close)
-
-    async def _run_ask(
-        self,
-        interaction: discord.Interaction,
-        prompt: str,
-        overrides: dict[str, Any],
-        *,
-        private: bool,
-        knobs: Knobs | None,
-        system_prompt: str | None,
-        release: Callable[[], object] = lambda: None,
-    ) -> None:
-        """`ask` once the user's slot is held: queue, acknowledge, stream; `release` frees it."""
-        app = self.app
-        user_id = interaction.user.id
-        request, dropped = await self.build_request(
-            interaction, prompt, overrides, knobs=knobs, system_prompt=system_prompt,
-            private=private,
-        )
-        gen = app.engine.submit(request)  # QueueFull / PromptTooLong raise here, before the ack
-        ask_id = interaction.id
-        try:
-            ack = await interaction.response.defer(thinking=True, ephemeral=private)
-        except BaseException:
-            gen.cancel()
-            raise
-        with contextlib.suppress(Exception):
-            await app.ask_log.save(ask_id, AskRecord(
-                prompt=prompt,
-                knobs=request.knobs.model_dump(mode="json"),
-                system_prompt=request.system_prompt,
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id,
-                user_id=user_id,
-                private=private,
-            ))
-        active = ActiveReply(gen=gen, user_id=user_id, task=asyncio.current_task(),
-                             channel_id=interaction.channel_id, private=private)
-        self.active[ask_id] = active
-        session = _ReplySession(
-            runner=self, interaction=interaction, gen=gen, ask_id=ask_id,
-            header=quote_prompt(prompt), private=private, release=release,
-            dropped_turns=dropped, original_id=ack.message_id if ack is not None else None,
-        )
-        try:
-            result = await session.run()
-            for finish_hook in self.on_finish:
-                maybe = finish_hook(session, result)
-                if maybe is not None:
-                    await maybe
-        except UserFacingError as exc:
-            log.info("reply %s ended early: %s", ask_id, exc.message)
-        except discord.HTTPException as exc:
-            log.exception("reply %s could not be delivered", ask_id)
-            await self._say_undelivered(interaction, private, exc)
-        finally:
-            self.active.pop(ask_id, None)
-
-    async def build_request(
-        self,
-        interaction: discord.Interaction,
-        prompt: str,
-        overrides: dict[str, Any],
-        *,
-        knobs: Knobs | None,
-        system_prompt: str | None,
-        private: bool,
-    ) -> tuple[GenerationRequest, int]:
-        """The request for an ask and how many earlier turns it leaves out (none here).
-
-        A seam: the conversation runner overrides it to add the history.
-        """
-        if knobs is None:
-            request = await resolve_request(self.app, location_of(interaction), prompt, overrides)
-        else:
-            request = make_request(prompt, base=knobs, system_prompt=system_prompt)
-        return request, 0
-
-    async def final_view(
-        self, session: _ReplySession, result: GenerationResult, view: discord.ui.View | None
-    ) -> discord.ui.View | None:
-        """The finished reply's buttons, just before they appear (a seam: the conversation
-        runner stores the turns here, so a Reply pressed at once finds them)."""
-        return view
-
-    async def _say_undelivered(
-        self, interaction: discord.Interaction, private: bool, exc: discord.HTTPException
-    ) -> None:
-        """Discord kept refusing this reply's edits even after discord.py's retries.
-
-        Without a word the reply would sit at "writing…" for ever; one new message
-        (a follow-up, else a channel message) says it ended. Best effort: if
-        Discord refuses that too, the log line above is all there is.
-        """
-        text = (f"⚠️ Discord kept failing ({exc.status}) while I was updating this reply, "
-                "so it may be incomplete. Please ask again.")
-        try:
-            await interaction.followup.send(text, ephemeral=private, allowed_mentions=NO_MENTIONS)
-            return
-        except discord.HTTPException:
-            if private:
-                return
-        channel = interaction.channel
-        if channel is not None and hasattr(channel, "send"):
-            with contextlib.suppress(discord.HTTPException):
-                await channel.send(text, allowed_mentions=NO_MENTIONS)
-
-    async def stop(self, interaction: discord.Interaction, ask_id: int, owner_id: int) -> None:
-        """The Stop button: the asker, or a member with Manage Messages where the reply is.
-
-        Checked against the running reply itself, never against the user id in the
-        button's custom id (`owner_id`, kept for old buttons' parsing only): a
-        custom id is text a client sends back, and proves nothing.
-        """
-        active = self.active.get(ask_id)
-        if active is None:
-            raise UserFacingError("This reply has already finished.")
-        owner = interaction.user.id == active.user_id
-        moderator = (
-            not active.private
-            and interaction.guild_id is not None
-            and interaction.channel_id == active.channel_id
-            and interaction.permissions.manage_messages
-        )
-        if not (owner or moderator):
-            raise UserFacingError("Only the person who asked (or a moderator) can stop this reply.")
-        active.gen.cancel()
-        await interaction.response.defer()
-
-    def check_regenerate(self, interaction: discord.Interaction, record: AskRecord) -> None:
-        """Whether the presser may ask this again here, judged from the stored ask.
-
-        The same server and channel as the original ask, so a reply can't be
-        re-posted elsewhere (a private ask from #help into #general); a private
-        ask, or one in DMs, only by its author; and the new reply is as private
-        as the first one (`regenerate` passes `record.private` on).
-        """
-        if record.guild_id != interaction.guild_id:
-            raise UserFacingError("This button belongs to another server.")
-        if record.channel_id is not None and record.channel_id != interaction.channel_id:
-            raise UserFacingError("This button belongs to another channel.")
-        if (record.private or record.guild_id is None) and interaction.user.id != record.user_id:
-            raise UserFacingError("Only the person who asked can regenerate this reply.")
-
-    async def regenerate(self, interaction: discord.Interaction, ask_id: int) -> None:
-        """The Regenerate button: same prompt and settings, a new sample, a new reply."""
-        record = await self.app.ask_log.load(ask_id)
-        if record is None:
-            raise UserFacingError(
-                "I no longer have this prompt, so I can't regenerate it. Ask again!"
-            )
-        self.check_regenerate(interaction, record)
-        # The persona and the max_new_tokens cap are those in force now: an admin
-        # who changed them since the first ask must not be overridden by a button.
-        request = await resolve_again(self.app, location_of(interaction), record.prompt,
-                                      Knobs.model_validate(record.knobs))
-        await self.ask(interaction, record.prompt, {}, knobs=request.knobs,
-                       system_prompt=request.system_prompt, private=record.private)
-
-    async def shutdown(self, grace_s: float) -> None:
-        """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""
-        self.accepting = False
-        tasks = [a.task for a in self.active.values() if a.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace_s)
-        for active in list(self.active.values()):
-            active.interrupted = True
-            active.gen.cancel()
-        tasks = [a.task for a in self.active.values() if a.task is not None]
-        if tasks:
-            # Each interrupted reply gets its final "interrupted" edit before we close.
-            await asyncio.wait(tasks, timeout=10)
+    async def abort(self) -> None:
+        """The reply ends early (an error, a shutdown): stop decoding and editing."""
+        self.gen.cancel()
+        await self.editor.abort()

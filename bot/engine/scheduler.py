@@ -320,13 +320,20 @@ class Engine:
             return 0
         return n
 
-    def submit(self, request: GenerationRequest) -> Generation:
-        """Queue a request; raises `QueueFull`, `PromptTooLong` or `ShuttingDown` at once."""
+    def submit(
+        self, request: GenerationRequest, prepared: PreparedPrompt | None = None
+    ) -> Generation:
+        """Queue a request; raises `QueueFull`, `PromptTooLong` or `ShuttingDown` at once.
+
+        `prepared` is `prepare(request)` already made by the caller (context fitting
+        measures with it), so the prompt is rendered and encoded once per ask.
+        """
         if self._closing:
             raise ShuttingDown()
         if len(self._waiting) >= self._queue_size:
             raise QueueFull(self._queue_size)
-        prepared = self.prepare(request)
+        if prepared is None:
+            prepared = self.prepare(request)
         gen = Generation(
             request, prepared, on_cancel=self._cancel_waiting, on_finished=self._running.discard
         )

@@ -1,35 +1,30 @@
-"""The local console: the product's /ask, /system and /knobs without Discord.
+"""The console's commands: the product's /ask, /system and /knobs without Discord.
 
-It runs the same core (engine, settings store, knob parsing) against the same
-database as the bot, in a server and channel scope of its own, so anyone can
-try the bot without a token and an operator can check a persona before going
-live. Commands mirror the slash commands; `--server` acts on the console's
-server scope instead of its channel scope.
+They run the same core (engine, settings store, knob parsing, conversation
+turns) against the same database as the bot, in a server and channel scope of
+their own, so anyone can try the bot without a token and an operator can check
+a persona before going live. Commands mirror the slash commands; `--server`
+acts on the console's server scope instead of its channel scope.
 
 The console holds one conversation: each line continues it, `/new` starts a
 fresh one, `/history` shows what the next ask will send. Its turns live in the
 database (place ``console:<channel>``), so the conversation survives a restart.
+A turn is prepared and recorded by `bot.turns`, as on Discord; `stream_reply`
+is the console's one streaming loop, which `python -m bot ask` uses too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import shlex
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, TextIO
 
-from bot.app import App, open_app
-from bot.asks import footer, persona, resolve_conversation, resolve_request
-from bot.config import Settings
+from bot.app import App
+from bot.asks import footer, persona, resolve_request
 from bot.conversation import history_of, history_report
-from bot.engine import Finished, Queued, TextDelta
+from bot.engine import Finished, Generation, GenerationResult, Queued, TextDelta
 from bot.engine.streaming import token_pieces
 from bot.errors import UserFacingError
 from bot.knobs import (
@@ -41,7 +36,7 @@ from bot.knobs import (
     parse_knob_text,
 )
 from bot.settings.scopes import Location, Scope, ScopeKind
-from bot.settings.turns import NewExchange, TurnStore
+from bot.turns import TurnAsk, prepare_turn, record_turn
 
 # Ids of the console's own scopes. Discord snowflakes are far larger, so these
 # never collide with a real server sharing the same database.
@@ -66,6 +61,22 @@ Commands (a line without a slash is an /ask; each ask continues the conversation
                                 or /quit leaves)"""
 
 
+async def stream_reply(
+    gen: Generation, write: Callable[[str], None], *, show_queue: bool = True
+) -> GenerationResult:
+    """Write a generation's text as it arrives (and its queue position); return the result."""
+    result: GenerationResult | None = None
+    async for event in gen.events():
+        if isinstance(event, Queued) and event.ahead and show_queue:
+            write(f"(queued, {event.ahead} ahead)\n")
+        elif isinstance(event, TextDelta):
+            write(event.text)
+        elif isinstance(event, Finished):
+            result = event.result
+    assert result is not None
+    return result
+
+
 @dataclass
 class Console:
     app: App
@@ -74,11 +85,7 @@ class Console:
         default_factory=lambda: Location(guild_id=CONSOLE_GUILD_ID, channel_id=CONSOLE_CHANNEL_ID,
                                          user_id=CONSOLE_USER_ID)
     )
-    current: Any = None  # the Generation being streamed, for Ctrl-C
-    turns: TurnStore = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.turns = TurnStore(self.app.store.db)
+    current: Generation | None = None  # the generation being streamed, for Ctrl-C
 
     @property
     def place(self) -> str:
@@ -110,7 +117,7 @@ class Console:
             elif cmd == "/ask":
                 await self.ask(rest)
             elif cmd == "/new":
-                await self.turns.set_head(self.place, None)
+                await self.app.turns.set_head(self.place, None)
                 self.write("Started a new conversation.\n")
             elif cmd == "/history":
                 await self.history()
@@ -129,40 +136,30 @@ class Console:
     async def ask(self, prompt: str) -> None:
         if not prompt.strip():
             raise UserFacingError("Ask something: /ask <prompt>.")
-        head = await self.turns.head(self.place)
-        history = history_of(await self.turns.chain(head), names=False)
-        fitted = await resolve_conversation(self.app, self.location, prompt, history)
-        gen = self.app.engine.submit(fitted.request)
+        app = self.app
+        turn = await prepare_turn(app, TurnAsk(
+            location=self.location, prompt=prompt, author_id=CONSOLE_USER_ID,
+            author_name="you", place=self.place,
+        ))
+        gen = app.engine.submit(turn.request, turn.prepared)
         self.current = gen
-        result = None
         try:
-            async for event in gen.events():
-                if isinstance(event, Queued) and event.ahead:
-                    self.write(f"(queued, {event.ahead} ahead)\n")
-                elif isinstance(event, TextDelta):
-                    self.write(event.text)
-                elif isinstance(event, Finished):
-                    result = event.result
-                    if result.error:
-                        self.write(f"\nerror: {result.error}")
-                    self.write(f"\n[{footer(result, fitted.dropped_turns)}]\n")
+            result = await stream_reply(gen, self.write)
         finally:
             self.current = None
-        if result is not None and not result.error:  # an empty answer is a turn too
-            loc = self.location
-            await self.turns.add_exchange(NewExchange(
-                parent_id=head, question=prompt, answer=result.text, author_id=CONSOLE_USER_ID,
-                author_name="you", ask_id=None, guild_id=loc.guild_id, channel_id=loc.channel_id,
-                private=False, head=self.place,
-            ))
+        if result.error:
+            self.write(f"\nerror: {result.error}")
+        self.write(f"\n[{footer(result, turn.dropped_turns)}]\n")
+        if not result.error:  # an empty answer is a turn too
+            await record_turn(app.turns, turn, result.text, ask_id=None)
 
     async def history(self) -> None:
         """The turns the next ask sends, each with its token count; left-out ones marked.
 
         The next question is unknown, so a one-token stand-in is measured in its place.
         """
-        head = await self.turns.head(self.place)
-        history = history_of(await self.turns.chain(head), names=False)
+        turns = self.app.turns
+        history = history_of(await turns.chain(await turns.head(self.place)), names=False)
         if not history:
             self.write("No conversation yet: the next line starts one.\n")
             return
@@ -284,169 +281,5 @@ def _parse_assignments(text: str) -> dict[str, Any]:
             raise UserFacingError(f"Expected knob=value, got {item!r}.")
         values[name] = parse_knob_text(name, raw)
     return values
-
-
-class _Unreadable:
-    """A line that was not valid UTF-8: said so, skipped, and the console carries on."""
-
-
-UNREADABLE = _Unreadable()
-Line = str | _Unreadable | None
-
-
-class _LineReader:
-    """Read stdin on a daemon thread so the event loop stays free and exit never hangs.
-
-    Piped input is read as bytes and decoded line by line, so one invalid byte
-    costs that line only (a text stream's strict decoder would fail for good,
-    and the console used to end there with "bye").
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, interactive: bool) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[Line] = asyncio.Queue()
-        self._interactive = interactive
-        self._want = threading.Event()
-        threading.Thread(target=self._run, daemon=True, name="console-input").start()
-
-    def _read(self) -> Line:
-        if self._interactive:
-            return input("you> ")
-        binary = getattr(sys.stdin, "buffer", None)
-        if binary is None:
-            text = sys.stdin.readline()
-            return None if text == "" else text
-        raw: bytes = binary.readline()
-        if raw == b"":
-            return None
-        return raw.decode("utf-8")
-
-    def _run(self) -> None:
-        while True:
-            self._want.wait()
-            self._want.clear()
-            line: Line
-            try:
-                line = self._read()
-            except EOFError:
-                line = None
-            except UnicodeDecodeError:
-                line = UNREADABLE
-            except Exception:
-                line = None
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
-            if line is None:
-                return
-
-    async def readline(self) -> Line:
-        self._want.set()
-        return await self._queue.get()
-
-
-def _save_terminal() -> Callable[[], None]:
-    """Remember the terminal's modes so leaving always gives them back.
-
-    readline switches echo and line buffering off while it waits for a line,
-    and a Ctrl-C at the prompt ends the console while the reader thread is
-    still inside readline; without this the user's shell would be left with
-    no echo.
-    """
-    try:
-        import termios
-    except ImportError:  # not a POSIX system
-        return lambda: None
-    try:
-        fd = sys.stdin.fileno()
-        saved = termios.tcgetattr(fd)
-    except (OSError, ValueError, termios.error):
-        return lambda: None
-
-    def restore() -> None:
-        with contextlib.suppress(OSError, ValueError, termios.error):
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-    return restore
-
-
-def _setup_history() -> Callable[[], None]:
-    try:
-        import readline
-    except ImportError:
-        return lambda: None
-    path = Path(os.environ.get("BOT_CONSOLE_HISTORY", Path.home() / ".llamacord_history"))
-    with contextlib.suppress(OSError):
-        readline.read_history_file(path)
-
-    def save() -> None:
-        with contextlib.suppress(OSError):
-            readline.write_history_file(path)
-
-    return save
-
-
-async def console_loop(app: App, interactive: bool) -> None:
-    console = Console(app)
-    loop = asyncio.get_running_loop()
-    reader = _LineReader(loop, interactive)
-    stop_requested = asyncio.Event()
-
-    def on_sigint() -> None:
-        # Only the reply stops while one is being written; at the prompt, Ctrl-C leaves.
-        if console.interrupt():
-            return
-        if not stop_requested.is_set():
-            console.write("\n")  # the prompt (and any half-typed line) stays on its own line
-        stop_requested.set()
-
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-    try:
-        while not stop_requested.is_set():
-            read = asyncio.ensure_future(reader.readline())
-            stopper = asyncio.ensure_future(stop_requested.wait())
-            done, _ = await asyncio.wait({read, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if read not in done:
-                read.cancel()
-                stopper.cancel()
-                break
-            stopper.cancel()
-            line = read.result()
-            if line is None:
-                break
-            if isinstance(line, _Unreadable):
-                console.write("error: that line is not valid UTF-8; nothing was run.\n")
-                continue
-            if not interactive and line.strip():
-                console.write(f"you> {line.strip()}\n")
-            if not await console.handle(line):
-                break
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
-    console.write("bye\n")
-
-
-async def run_console(settings: Settings) -> int:
-    interactive = sys.stdin.isatty()
-    if settings.model_dir is None:
-        print("Preparing the model… (first start converts the embedded model, about 10 s)",
-              file=sys.stderr, flush=True)
-    restore_terminal = _save_terminal() if interactive else (lambda: None)
-    save_history = _setup_history() if interactive else (lambda: None)
-    async with open_app(settings, progress=lambda s: print(s, file=sys.stderr, flush=True)) as app:
-        await TurnStore(app.store.db).prune(settings.conversation_retention_days)
-        info = app.engine.info
-        print(
-            f"{info.model_name} on {info.device} ({info.compute_type}). Local console: no "
-            "Discord token is configured (set DISCORD_TOKEN in .env to run the bot).\n"
-            "Type /help for commands; a plain line asks the model.",
-            flush=True,
-        )
-        try:
-            await console_loop(app, interactive)
-        finally:
-            save_history()
-            restore_terminal()
-    return 0
 
 

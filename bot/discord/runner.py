@@ -1,0 +1,444 @@
+"""The ask runner: every Discord ask, from its entry to its last edit, in one lifecycle.
+
+Entries: slash `/ask`, the Reply modal, Regenerate (interactions) and mentions,
+replies and DMs (messages). Each becomes an `Ask`, the per-ask context, and
+goes through `AskRunner.run`:
+
+    gate → request → submit → acknowledge/log → stream → store → hooks
+
+The gate is the member's slot (`AskGate`), taken before the first await; the
+request is `bot.turns.prepare_turn` (history, persona, knobs, fitting; the
+prompt encoded once); errors up to the acknowledgement reach the member as
+the entry's own refusal; the stream is `ReplyWriter` on the ask's surface; the
+turns are stored before the buttons appear and the slot is freed before the
+footer shows. Stop checks the running `Ask`, never the button's custom id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.conversation import PrivateConversation
+from bot.discord.buttons import ReplyModal, reply_view
+from bot.discord.common import NO_MENTIONS, location_of
+from bot.discord.conversation import (
+    HOW_TO_ASK,
+    HOW_TO_ASK_DM,
+    addressed,
+    display_name,
+    location,
+    place_of,
+    thread_name,
+    thread_place,
+)
+from bot.discord.pages import quote_prompt
+from bot.discord.reply import (
+    INTERACTION_TTL_S,
+    INTERRUPTED,
+    InteractionSurface,
+    MessageSurface,
+    Page,
+    ReplyWriter,
+    Surface,
+    footer_text,
+)
+from bot.engine import Generation, GenerationResult
+from bot.errors import UserFacingError
+from bot.knobs import Knobs
+from bot.limits import AskGate
+from bot.settings.ask_log import AskRecord
+from bot.settings.turns import StoredTurn
+from bot.turns import PreparedTurn, TurnAsk, prepare_turn, record_turn
+
+if TYPE_CHECKING:
+    from bot.app import App
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY_S = 3600.0
+
+
+@dataclass(eq=False)
+class Ask:
+    """One ask from its entry to its last edit: what it continues and where it replies."""
+
+    id: int  # the interaction's or message's id: the ask id its buttons carry
+    user_id: int
+    turn: TurnAsk  # what the core needs to prepare the turn (its place is found later)
+    surface: Surface
+    channel: object  # where it was asked (a thread's conversation is looked up from it)
+    guild_id: int | None
+    channel_id: int | None
+    private: bool = False  # an ephemeral reply: nobody else stops, sees or continues it
+    open_thread: bool = False  # `/ask thread:true`: a thread from the answer, once stored
+    # Filled in as it runs:
+    prepared: PreparedTurn | None = None
+    gen: Generation | None = None
+    task: asyncio.Task[Any] | None = None
+    interrupted: bool = False  # the bot is stopping: the footer says so
+    answer: StoredTurn | None = None
+    dm: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dm = self.guild_id is None
+
+
+#: Called with each finished reply (to a command, a button, a mention or a DM).
+FinishHook = Callable[[Ask, GenerationResult], Awaitable[None] | None]
+
+
+class AskRunner:
+    """Runs asks for the bot: fairness, conversations, streaming, Stop/Regenerate/Reply."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.turns = app.turns
+        settings = app.settings
+        self.gate = AskGate(settings.per_user_limit, settings.user_cooldown_s)
+        self.edit_interval_s = settings.edit_interval_s
+        self.interaction_ttl_s: float = INTERACTION_TTL_S - 30
+        self.active: dict[int, Ask] = {}  # running replies by ask id, for Stop and shutdown
+        self.accepting = True
+        self.on_finish: list[FinishHook] = []
+        self._pruner: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- the lifecycle ---------------------------------------------------------------
+
+    async def run(self, ask: Ask) -> None:
+        """gate → request → submit → acknowledge/log → stream → store → hooks.
+
+        Refusals up to the acknowledgement raise `UserFacingError` to the entry;
+        after it, the reply itself says how it ended.
+        """
+        app = self.app
+        if not self.accepting or app.engine.closing:
+            raise UserFacingError("I'm restarting, try again in a moment.")
+        if not ask.turn.prompt:
+            raise UserFacingError("Ask something: the prompt was empty.")
+        # Take the member's slot before the first await: checked here but taken later,
+        # two simultaneous asks by one person both passed the check, and the loser's
+        # refusal came after its ack, leaving a reply that never finished.
+        with contextlib.ExitStack() as slot:
+            slot.enter_context(self.gate.hold(ask.user_id))
+            place = await place_of(self.turns, ask.channel, ask.user_id, ask.dm)
+            turn = await prepare_turn(app, replace(ask.turn, place=place))
+            # QueueFull / ShuttingDown raise here, before the ack.
+            gen = app.engine.submit(turn.request, turn.prepared)
+            stop = reply_view(ask.id, stop_for=ask.user_id)
+            try:
+                first = await ask.surface.acknowledge(stop)
+            except BaseException:
+                gen.cancel()
+                raise
+            ask.prepared, ask.gen, ask.task = turn, gen, asyncio.current_task()
+            await self._log(ask, turn)
+            self.active[ask.id] = ask
+            try:
+                result = await self._stream(ask, turn, gen, first, stop, release=slot.close)
+                for hook in self.on_finish:
+                    maybe = hook(ask, result)
+                    if maybe is not None:
+                        await maybe
+                if ask.open_thread and ask.answer is not None:
+                    self._in_background(self._open_thread(ask, ask.answer))
+            except UserFacingError as exc:
+                log.info("reply %s ended early: %s", ask.id, exc.message)
+            except discord.HTTPException as exc:
+                log.exception("reply %s could not be delivered", ask.id)
+                await ask.surface.say_undelivered(exc)
+            finally:
+                self.active.pop(ask.id, None)
+
+    async def _log(self, ask: Ask, turn: PreparedTurn) -> None:
+        """Keep the ask for Regenerate (best effort: a reply matters more than its button)."""
+        request = turn.request
+        with contextlib.suppress(Exception):
+            await self.app.ask_log.save(ask.id, AskRecord(
+                prompt=ask.turn.prompt, knobs=request.knobs.model_dump(mode="json"),
+                system_prompt=request.system_prompt, guild_id=ask.guild_id,
+                channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
+            ))
+
+    async def _stream(
+        self, ask: Ask, turn: PreparedTurn, gen: Generation, first: Page,
+        stop: discord.ui.View, *, release: Callable[[], object],
+    ) -> GenerationResult:
+        writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s)
+        try:
+            result = await writer.stream()
+            tail = footer_text(result, turn.dropped_turns)
+            if result.error:
+                tail = f"⚠️ {result.error}\n{tail}"
+            if ask.interrupted:
+                tail = f"{INTERRUPTED}\n{tail}"
+            await writer.lay_out(tail)
+            view = None
+            if not result.error:
+                # Stored before the buttons show, so a Reply pressed at once finds the turns.
+                stored = await self._store(ask, turn, result, await writer.message_ids())
+                view = reply_view(ask.id, reply=stored)
+            # The asker may ask again from the moment the footer shows: free the slot
+            # first. (Otherwise a drained edit bucket keeps this task asleep in
+            # discord.py for up to its reset *after* the footer is visible, and an ask
+            # made on seeing it was refused as "already in progress".)
+            release()
+            await writer.show_final(view)
+            return result
+        except BaseException:
+            await writer.abort()
+            raise
+
+    async def _store(
+        self, ask: Ask, turn: PreparedTurn, result: GenerationResult, ids: tuple[int, ...]
+    ) -> bool:
+        """Record the exchange; False when there is nothing to continue (or it failed)."""
+        if not result.text.strip():
+            return False
+        try:
+            ask.answer = await record_turn(
+                self.turns, turn, result.text, ask_id=ask.id,
+                question_ids=ask.surface.question_ids(), answer_ids=ids,
+            )
+        except Exception:
+            log.exception("couldn't store the turns of reply %s", ask.id)
+            return False
+        return True
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _open_thread(self, ask: Ask, answer: StoredTurn) -> None:
+        """After the reply: a public thread from it, continuing its conversation.
+
+        In the background, so the asker's slot is free the moment the reply is
+        done and their first ask in the new thread is never refused as "in progress".
+        """
+        surface = ask.surface
+        if not isinstance(surface, InteractionSurface):
+            return
+        try:
+            message = await surface.first_message()
+            # A thread started from a message takes the message's id (Discord documents
+            # this), so the conversation is in place before anyone can post in the thread.
+            await self.turns.set_head(thread_place(message.id), answer.id)
+            thread = await message.create_thread(name=thread_name(ask.turn.prompt))
+            if thread.id != message.id:
+                await self.turns.set_head(thread_place(thread.id), answer.id)
+            await thread.send(
+                "This thread continues the conversation: `/ask` here or mention me. "
+                "Everyone can join in.", allowed_mentions=NO_MENTIONS,
+            )
+        except discord.HTTPException as exc:
+            log.warning("couldn't open a thread for reply %s: %s", ask.id, exc)
+            await surface.note(
+                "⚠️ I couldn't open a thread here (do I have Create Public Threads?)."
+            )
+
+    # --- entries: interactions ---------------------------------------------------------
+
+    async def _interaction_ask(
+        self, interaction: discord.Interaction, prompt: str, *, private: bool,
+        overrides: Mapping[str, Any] | None = None, again: Knobs | None = None,
+        parent_id: int | None = None, explicit: bool = False, open_thread: bool = False,
+    ) -> None:
+        user = interaction.user
+        dm = interaction.guild_id is None
+        prompt = prompt.strip()
+        await self.run(Ask(
+            id=interaction.id, user_id=user.id, channel=interaction.channel,
+            guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+            private=private, open_thread=open_thread,
+            surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
+                                       ttl_s=lambda: self.interaction_ttl_s),
+            turn=TurnAsk(
+                location=location_of(interaction), prompt=prompt, author_id=user.id,
+                author_name=display_name(user), parent_id=parent_id,
+                # In a DM, an interaction ask starts afresh unless it names its turn.
+                explicit=explicit or dm, private=private, direct=dm, shared=True,
+                overrides=dict(overrides or {}), again=again,
+            ),
+        ))
+
+    async def ask_command(
+        self, interaction: discord.Interaction, prompt: str, overrides: dict[str, Any], *,
+        private: bool = False, thread: bool = False,
+    ) -> None:
+        """/ask: a new conversation, or the thread's; `thread` opens one from the answer."""
+        if thread:
+            if private:
+                raise UserFacingError("A thread is public: ask without `private` to open one.")
+            if interaction.guild_id is None:
+                raise UserFacingError("Threads exist only in servers; here, just keep talking.")
+            if isinstance(interaction.channel, discord.Thread):
+                raise UserFacingError("This is already a thread: `/ask` here continues it.")
+        await self._interaction_ask(interaction, prompt, private=private, overrides=overrides,
+                                    open_thread=thread)
+
+    async def open_reply(self, interaction: discord.Interaction, ask_id: int) -> None:
+        """The Reply button: check who may continue, then open the follow-up modal."""
+        await self._answer_to_continue(ask_id, interaction.user.id)
+        await interaction.response.send_modal(ReplyModal(ask_id))
+
+    async def ask_followup(self, interaction: discord.Interaction, text: str, ask_id: int) -> None:
+        """The Reply modal was sent: a new reply continuing from the answer of `ask_id`."""
+        answer = await self._answer_to_continue(ask_id, interaction.user.id)
+        private = answer.private and interaction.guild_id is not None
+        await self._interaction_ask(interaction, text, private=private, parent_id=answer.id,
+                                    explicit=True)
+
+    async def regenerate(self, interaction: discord.Interaction, ask_id: int) -> None:
+        """Regenerate: the same prompt and knobs, a new sample; that turn only (a sibling answer).
+
+        The persona and the max_new_tokens cap are those in force now: an admin who
+        changed them since the first ask must not be overridden by a button.
+        """
+        parent_id: int | None = None
+        explicit = False
+        question = await self.turns.question_for_ask(ask_id)
+        if question is not None:
+            if not question.visible_to(interaction.user.id):
+                raise PrivateConversation()
+            parent_id, explicit = question.parent_id, True
+        record = await self.app.ask_log.load(ask_id)
+        if record is None:
+            raise UserFacingError(
+                "I no longer have this prompt, so I can't regenerate it. Ask again!"
+            )
+        self.check_regenerate(interaction, record)
+        await self._interaction_ask(
+            interaction, record.prompt, private=record.private,
+            again=Knobs.model_validate(record.knobs), parent_id=parent_id, explicit=explicit,
+        )
+
+    def check_regenerate(self, interaction: discord.Interaction, record: AskRecord) -> None:
+        """Whether the presser may ask this again here, judged from the stored ask.
+
+        The same server and channel as the original ask, so a reply can't be
+        re-posted elsewhere (a private ask from #help into #general); a private
+        ask, or one in DMs, only by its author; and the new reply is as private
+        as the first one (`regenerate` passes `record.private` on).
+        """
+        if record.guild_id != interaction.guild_id:
+            raise UserFacingError("This button belongs to another server.")
+        if record.channel_id is not None and record.channel_id != interaction.channel_id:
+            raise UserFacingError("This button belongs to another channel.")
+        if (record.private or record.guild_id is None) and interaction.user.id != record.user_id:
+            raise UserFacingError("Only the person who asked can regenerate this reply.")
+
+    async def _answer_to_continue(self, ask_id: int, user_id: int) -> StoredTurn:
+        answer = await self.turns.answer_for_ask(ask_id)
+        if answer is None:
+            raise UserFacingError(
+                "I no longer have this conversation (it may have expired). Ask again!"
+            )
+        if not answer.visible_to(user_id):
+            raise PrivateConversation()
+        return answer
+
+    async def stop(self, interaction: discord.Interaction, ask_id: int, owner_id: int) -> None:
+        """The Stop button: the asker, or a member with Manage Messages where the reply is.
+
+        Checked against the running reply itself, never against the user id in the
+        button's custom id (`owner_id`, kept for old buttons' parsing only): a
+        custom id is text a client sends back, and proves nothing.
+        """
+        active = self.active.get(ask_id)
+        if active is None or active.gen is None:
+            raise UserFacingError("This reply has already finished.")
+        owner = interaction.user.id == active.user_id
+        moderator = (
+            not active.private
+            and interaction.guild_id is not None
+            and interaction.channel_id == active.channel_id
+            and interaction.permissions.manage_messages
+        )
+        if not (owner or moderator):
+            raise UserFacingError("Only the person who asked (or a moderator) can stop this reply.")
+        active.gen.cancel()
+        await interaction.response.defer()
+
+    # --- entries: messages (mentions, replies, DMs) -------------------------------------
+
+    async def handle_message(self, message: discord.Message, me: discord.abc.User | None) -> None:
+        """on_message: answer mentions, replies to our answers, and DMs; ignore the rest."""
+        found = await addressed(self.turns, message, me)
+        if found is None:
+            return
+        if not found.text:
+            await _say(message, HOW_TO_ASK_DM if found.dm else HOW_TO_ASK)
+            return
+        replied = found.replied
+        parent_id = replied.id if replied is not None and replied.role == "assistant" else None
+        user, channel = message.author, message.channel
+        guild_id = message.guild.id if message.guild is not None else None
+        ask = Ask(
+            id=message.id, user_id=user.id, surface=MessageSurface(message), channel=channel,
+            guild_id=guild_id, channel_id=channel.id,
+            turn=TurnAsk(
+                location=location(guild_id, channel.id, channel, user.id), prompt=found.text,
+                author_id=user.id, author_name=display_name(user), parent_id=parent_id,
+                direct=found.dm, shared=True,
+            ),
+        )
+        try:
+            await self.run(ask)
+        except UserFacingError as exc:
+            await _say(message, "⚠️ " + exc.message)
+        except discord.HTTPException:
+            log.exception("reply %s could not be delivered", ask.id)
+
+    # --- shutdown and retention ---------------------------------------------------------
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""
+        self.accepting = False
+        tasks = [a.task for a in self.active.values() if a.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for active in list(self.active.values()):
+            active.interrupted = True
+            if active.gen is not None:
+                active.gen.cancel()
+        tasks = [a.task for a in self.active.values() if a.task is not None]
+        if tasks:
+            # Each interrupted reply gets its final "interrupted" edit before we close.
+            await asyncio.wait(tasks, timeout=10)
+
+    def start_pruning(self) -> None:
+        """Prune turns past the retention now and every hour, until `stop_pruning`."""
+        if self._pruner is None:
+            self._pruner = asyncio.create_task(self._prune_loop(), name="prune-turns")
+
+    def stop_pruning(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            self._pruner = None
+
+    async def prune(self) -> int:
+        removed = await self.turns.prune(self.app.settings.conversation_retention_days)
+        if removed:
+            log.info("pruned %d conversation turns past the retention", removed)
+        return removed
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:
+                log.exception("pruning conversation turns failed")
+            await asyncio.sleep(PRUNE_EVERY_S)
+
+
+async def _say(message: discord.Message, text: str) -> None:
+    with contextlib.suppress(discord.HTTPException):
+        await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
