@@ -146,7 +146,7 @@ def step_env(_args: argparse.Namespace) -> None:
     }
     if packages["torch"] is not None:
         try:
-            import torch
+            import torch  # type: ignore[import-not-found,unused-ignore]
 
             info["torch_cuda"] = {"available": torch.cuda.is_available(),
                                   "version": torch.version.cuda,
@@ -163,8 +163,19 @@ def _site_dirs() -> list[str]:
     return [d for d in dict.fromkeys(dirs) if d and os.path.isdir(d)]
 
 
-def _find(name: str, extra: list[str]) -> str | None:
-    """A directory holding the library file `name`: the loader's path, pip's nvidia dirs."""
+def _find(name: str, extra: list[str], only: list[str] | None = None) -> str | None:
+    """A directory holding the library file `name`: the loader's path, pip's nvidia dirs.
+
+    `only` replaces the whole search (pip-style site directories, searched the same way).
+    """
+    if only is not None:
+        for base in only:
+            if os.path.exists(os.path.join(base, name)):
+                return base
+            hits = sorted(glob.glob(os.path.join(base, "nvidia", "**", name), recursive=True))
+            if hits:
+                return os.path.dirname(hits[0])
+        return None
     for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") + extra:
         if d and os.path.exists(os.path.join(d, name)):
             return d
@@ -195,17 +206,18 @@ def step_cublas(args: argparse.Namespace) -> None:
              "/usr/lib/x86_64-linux-gnu"]
     shim = Path(args.shim)
     prepend: list[str] = []
-    found12 = _find("libcublas.so.12", extra)
-    lt12 = _find("libcublasLt.so.12", extra)
+    only = args.search_dir or None
+    found12 = _find("libcublas.so.12", extra, only)
+    lt12 = _find("libcublasLt.so.12", extra, only)
     result: dict[str, Any]
     if found12 is not None and lt12 is not None:
         prepend = list(dict.fromkeys([found12, lt12]))
         result = {"route": "cublas12", "dir": found12}
     else:
-        found13 = _find("libcublas.so.13", extra)
-        lt13 = _find("libcublasLt.so.13", extra)
+        found13 = _find("libcublas.so.13", extra, only)
+        lt13 = _find("libcublasLt.so.13", extra, only)
         if found13 is None or lt13 is None:
-            result = {"route": "missing", "looked_in": extra + _site_dirs()}
+            result = {"route": "missing", "looked_in": only or extra + _site_dirs()}
         else:
             shim.mkdir(parents=True, exist_ok=True)
             for old, new in (("libcublas.so.13", "libcublas.so.12"),
@@ -250,14 +262,14 @@ def step_cublas_check(args: argparse.Namespace) -> None:
 
 def step_imports(args: argparse.Namespace) -> None:
     """The project's import closure for the benches, and what CTranslate2 sees of the GPU."""
+    import importlib
+
     before = set(sys.modules)
     import ctranslate2
 
-    import bench.engine_bench
-    import bench.mixed_bench
-    import bot.app
-    import bot.cli  # noqa: F401
-
+    for module in ("bot.cli", "bot.app", "bench.engine_bench", "bench.mixed_bench",
+                   "bot.model.gguf_convert", "bot.settings.store"):
+        importlib.import_module(module)
     loaded = set(sys.modules) - before
     out: dict[str, Any] = {
         "ctranslate2": ctranslate2.__version__,
@@ -306,7 +318,7 @@ def _random_weights(
     use_torch = False
     if device == "cuda":
         try:
-            import torch
+            import torch  # type: ignore[import-not-found,unused-ignore]
 
             use_torch = torch.cuda.is_available()
         except ImportError:
@@ -499,13 +511,17 @@ def _results(path: str) -> list[dict[str, Any]]:
 
 def step_gpu_memory(args: argparse.Namespace) -> None:
     """Peak GPU memory while each step ran, from nvidia-smi's samples (taken every 0.5 s)."""
+    from datetime import datetime
+
     samples: list[tuple[float, float, float]] = []
     path = Path(args.samples)
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
+            # "2026/12/03 11:40:15.288, 1234, 143771" (local time, MiB, MiB)
             parts = [p.strip() for p in line.split(",")]
             try:
-                samples.append((float(parts[0]), float(parts[1]), float(parts[2])))
+                stamp = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
+                samples.append((stamp, float(parts[1]), float(parts[2])))
             except (ValueError, IndexError):
                 continue
     now = _smi("memory.used,memory.total")
@@ -547,7 +563,7 @@ def _measured_bandwidth(device: str) -> tuple[float | None, str]:
     """Bytes/s of a large device-to-device copy (read + write), torch on CUDA, numpy on CPU."""
     if device == "cuda":
         try:
-            import torch
+            import torch  # type: ignore[import-not-found,unused-ignore]
 
             a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")  # 1 GiB
             b = torch.empty_like(a)
@@ -591,15 +607,18 @@ def step_bandwidth(args: argparse.Namespace) -> None:
                            "measured_how": how, "by_step": {}}
     for rec in _results(args.results):
         res = rec.get("result")
-        if not (rec.get("ok") and isinstance(res, dict) and "raw_decode_tok_s" in res):
-            continue
+        if not (rec.get("ok") and str(rec.get("step", "")).startswith("bench_")
+                and isinstance(res, dict) and "raw_decode_tok_s" in res):
+            continue  # one stream (lanes 1) only
         ct = str(res.get("compute_type", ""))
         bpw = 1.0 if ct.startswith("int8") else 4.0 if ct == "float32" else 2.0
         per_token = _weight_bytes_per_token(arch, tied, bpw)
         entry: dict[str, Any] = {"compute_type": ct, "weight_bytes_per_token": int(per_token)}
         for key in ("decode_tok_s", "raw_decode_tok_s"):
             rate = float(res[key])
-            entry[f"{key}"] = rate
+            if not 0 < rate < 1e6:  # raw: decode time within the clock's noise (tiny models)
+                continue
+            entry[key] = rate
             entry[f"ms_per_token_{key}"] = round(1000 / rate, 3) if rate else None
             for label, bw in (("nominal", nominal), ("measured", measured)):
                 if bw and rate:
@@ -622,6 +641,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--shim", required=True)
     c.add_argument("--env-file", required=True)
     c.add_argument("--require", action="store_true")
+    c.add_argument("--search-dir", action="append",
+                   help="look only here (repeatable): a lib folder or a site-packages")
     cc = sub.add_parser("cublas-check")
     cc.add_argument("--require", action="store_true")
     i = sub.add_parser("imports")
