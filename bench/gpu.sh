@@ -10,7 +10,7 @@
 # GPU_WHEELS=1 adds the offline wheels step to the rehearsal, PYTHON picks the interpreter
 # (a python3.12 with only the host's packages checks that the wheels cover the rest).
 #
-# Every step has its own time limit and the whole run a budget (GPU_BUDGET_S, default 440 s;
+# Every step has its own time limit and the whole run a budget (GPU_BUDGET_S, default 420 s;
 # the build of the 8B model takes a good part of it): a step that fails or times out is
 # recorded with its error and the run goes on; steps the budget no longer allows are
 # recorded as skipped. Nothing here calls pip against a registry.
@@ -35,7 +35,7 @@ if [ "$mode" = rehearse ]; then
     agree_device_types=float32,int8 agree_cpu_types=float32,int8
 else
     out="${OUT:-/tmp/llamacord-gpu-out}"
-    budget="${GPU_BUDGET_S:-440}"
+    budget="${GPU_BUDGET_S:-420}"
     py="${PYTHON:-python3}"
     device=cuda
     types=(int8_float16 bfloat16)  # CTranslate2 #1933: int8 may fail under cuBLAS 13
