@@ -48,7 +48,7 @@ fi
 # `python3` in BENCH means the interpreter chosen here (the rehearsal's may be .venv's).
 BENCH="${BENCH/#python3 /$py }"
 take="${GPU_TAKE:-$root/.gpu-take}"
-work="$(mktemp -d -t llamacord-gpu-work.XXXXXX)"
+work="$(mktemp -d "${GPU_WORK:-${TMPDIR:-/tmp}}/llamacord-gpu-work.XXXXXX")"  # models: 15 GB
 mkdir -p "$out/steps"
 results="$out/results.jsonl"
 : > "$results"

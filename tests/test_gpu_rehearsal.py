@@ -89,7 +89,9 @@ def test_a_spent_budget_skips_the_rest_but_records_every_step(tmp_path: Path) ->
     assert lines[-3]["step"] == "gpu_memory" and lines[-3]["ok"]
 
 
-def _cublas(tmp_path: Path, *search: Path, require: bool = False) -> tuple[int, dict[str, Any], str]:
+def _cublas(
+    tmp_path: Path, *search: Path, require: bool = False
+) -> tuple[int, dict[str, Any], str]:
     env_file = tmp_path / "cublas.env"
     cmd = [sys.executable, str(STEPS_PY), "cublas", "--shim", str(tmp_path / "shim"),
            "--env-file", str(env_file)]
