@@ -290,8 +290,8 @@ async def stream_ratio(world: World, new_tokens: int) -> dict[str, Any]:
     engine = world.bot.app.engine
     real_submit = engine.submit
 
-    def recording_submit(request: Any) -> Any:
-        gen = real_submit(request)
+    def recording_submit(request: Any, prepared: Any = None) -> Any:
+        gen = real_submit(request, prepared)
         gens.append(gen)
         real_emit = gen.emit
 

@@ -16,6 +16,7 @@ import pytest
 
 from bot.engine import (
     Engine,
+    EngineOptions,
     Finished,
     FinishReason,
     GenerationRequest,
@@ -23,7 +24,7 @@ from bot.engine import (
     Started,
     TextDelta,
 )
-from bot.engine.scheduler import CostModel
+from bot.engine.policy import CostModel
 from bot.engine.streaming import IncrementalDetokenizer
 from bot.errors import PromptTooLong, QueueFull, ShuttingDown, UserFacingError
 from bot.knobs import Knobs
@@ -39,7 +40,9 @@ def under_cuda_rules(engine: Engine) -> Engine:
 
 
 async def load(model_dir: Path, **kw: Any) -> Engine:
-    return under_cuda_rules(await Engine.load(model_dir, device="cpu", cpu_threads=1, **kw))
+    return under_cuda_rules(await Engine.load(
+        model_dir, EngineOptions(device="cpu", cpu_threads=1, **kw)
+    ))
 
 
 @pytest.fixture
@@ -385,7 +388,9 @@ async def test_closing_an_engine_unloads_only_weights_it_loaded(tiny_model_dir: 
     on those weights (the mixed bench's per-scenario engines) must not unload them for
     everyone when it closes: it did, and the base engine's next batches failed with
     "The model for this translator was unloaded"."""
-    base = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=5)
+    base = await Engine.load(
+        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
+    )
     real: Any = base.backend
     knobs = Knobs(max_new_tokens=4, min_new_tokens=4, top_k=1)
     try:

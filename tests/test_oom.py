@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bot.engine import Engine, FinishReason, GenerationRequest
+from bot.engine import Engine, EngineOptions, FinishReason, GenerationRequest
 from bot.knobs import Knobs
 from testing.backends import ScriptedGenerator
 
@@ -51,8 +51,9 @@ class MemoryBound(ScriptedGenerator):
 
 @pytest.fixture
 async def engine(tiny_model_dir: Path) -> AsyncIterator[Engine]:
-    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, max_batch_size=8,
-                               batch_wait_ms=5)
+    engine = await Engine.load(tiny_model_dir, EngineOptions(
+        device="cpu", cpu_threads=1, max_batch_size=8, batch_wait_ms=5
+    ))
     yield engine
     await engine.close()
 
