@@ -78,6 +78,36 @@ async def test_stream_yields_deltas_then_a_result(tiny_engine: Engine) -> None:
     assert result.finish_reason in (FinishReason.END, FinishReason.MAX_TOKENS)
 
 
+class Recorder:
+    """Record each call's start tokens, then pass the call on."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.starts: list[list[list[str]]] = []
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+        self.starts.append([list(t) for t in start_tokens])
+        return self.real.generate_batch(start_tokens, **kw)
+
+
+async def test_a_submitted_prepared_prompt_is_decoded_as_given_not_rendered_again(
+    tiny_engine: Engine,
+) -> None:
+    """A caller that prepared the prompt already (fitting a conversation measures it)
+    hands it over: the engine decodes those tokens and does not encode the request."""
+    request = GenerationRequest("hello", Knobs(max_new_tokens=3, min_new_tokens=3, top_k=1))
+    other = tiny_engine.prepare(GenerationRequest("a quite different prompt to render"))
+    own = tiny_engine.prepare(request)
+    assert other.tokens != own.tokens
+    recorder = Recorder(tiny_engine.backend)
+    tiny_engine.set_backend(recorder)
+    result = await tiny_engine.submit(request, other).result()
+    assert recorder.starts == [[other.tokens]]
+    assert result.prompt_tokens == len(other.tokens)
+    await tiny_engine.submit(request).result()  # without one, the request is rendered
+    assert recorder.starts[-1] == [own.tokens]
+
+
 async def test_max_new_tokens_is_a_hard_limit(tiny_engine: Engine) -> None:
     result = await tiny_engine.generate(
         GenerationRequest("count", Knobs(max_new_tokens=7, min_new_tokens=7))
