@@ -1,4 +1,4 @@
-"""`python -m bot bench --mixed`: the engine on the work a busy server sends.
+"""`python -m bench --mixed`: the engine on the work a busy server sends.
 
 The uniform bench (one 114-token prompt, equal settings) shows the engine at its
 best; this one measures what it was weak at, each scenario in isolation on one
