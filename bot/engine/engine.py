@@ -90,12 +90,12 @@ class Engine:
         self._running: set[Generation] = set()
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._end_ids = frozenset(bundle.end_token_ids)
         self._worker = DecodeWorker(
-            generator, threads=replicas, end_ids=frozenset(bundle.end_token_ids),
+            generator, threads=replicas, end_ids=self._end_ids,
             vocab_size=info.vocab_size, kv_bytes_per_token=info.kv_bytes_per_token,
         )
         self._lanes = [asyncio.create_task(self._lane(i)) for i in range(replicas)]
-        self._end_ids = frozenset(bundle.end_token_ids)
         self.tokens_generated = 0
         self.prompt_tokens_read = 0
         self.prompt_tokens_submitted = 0
