@@ -42,6 +42,7 @@ from bot.engine.worker import (
     model_error_message,
     oom_retry_limit,
     reload_without_state,
+    unload_weights,
 )
 from bot.errors import PromptTooLong, QueueFull, ShuttingDown, UserFacingError
 from bot.model.bundle import ModelBundle
@@ -248,10 +249,9 @@ class Engine:
         self._worker.shutdown()
         backend, self._worker.backend = self._worker.backend, ClosedBackend()
         if self._owns_backend:
-            unload = getattr(self._generator, "unload_model", None)
-            if callable(unload):
+            if callable(getattr(self._generator, "unload_model", None)):
                 with contextlib.suppress(Exception):
-                    unload()
+                    unload_weights(self._generator)
             self._generator = None
         del backend  # our last reference: an owned generator and its threads end now
 

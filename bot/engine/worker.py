@@ -39,6 +39,7 @@ __all__ = [
     "model_error_message",
     "oom_retry_limit",
     "reload_without_state",
+    "unload_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -242,15 +243,23 @@ def model_error_message(exc: BaseException) -> str:
     return ModelError("The model failed while writing this reply.").message
 
 
-def reload_without_state(generator: Any) -> None:
-    """Unload (retrying while CTranslate2 still counts a batch) and reload the weights."""
+def unload_weights(generator: Any) -> None:
+    """Unload, retrying while CTranslate2 still counts a batch (for up to a second).
+
+    `unload_model` silently does nothing while CTranslate2 counts a batch as
+    active, which it can for a moment after `generate_batch` returned.
+    """
     for _ in range(200):
         generator.unload_model()
-        if not generator.model_is_loaded:
-            break
+        if not getattr(generator, "model_is_loaded", False):
+            return
         time.sleep(0.005)
-    else:
-        raise RuntimeError("CTranslate2 kept the model loaded")
+    raise RuntimeError("CTranslate2 kept the model loaded")
+
+
+def reload_without_state(generator: Any) -> None:
+    """Unload the weights and load them again: CTranslate2 forgets every kept persona."""
+    unload_weights(generator)
     give_memory_back()
     generator.load_model()
 
