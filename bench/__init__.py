@@ -1,15 +1,65 @@
 """Benchmarks: measured numbers printed as JSON; never part of the installed bot.
 
-`python -m bot bench [--discord|--soak|--mixed|--conversation] --json` reaches `run` from a
-source checkout; `bench/store_bench.py` and `bench/gpu.sh` run on their own.
+`python -m bench [--discord|--soak|--mixed|--conversation] --json`, from the root of
+a source checkout (`python -m bot bench ...` there hands its flags here);
+`bench/store_bench.py` and `bench/gpu.sh` run on their own.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import sys
 from typing import Any
 
-from bot.config import Settings
+from bot.config import Settings, env_file_warning, load_settings
+from bot.errors import ConfigError, UserFacingError
+from bot.ops.logs import setup_logging
+
+__all__ = ["build_parser", "main", "run"]
+
+log = logging.getLogger("bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench",
+                                     description="Measure the bot and print JSON.")
+    parser.add_argument("--env-file", default=".env", help="dotenv file (default: .env)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON object")
+    parser.add_argument("--discord", action="store_true", help="through the fake Discord API")
+    parser.add_argument("--soak", action="store_true", help="bounded soak through the fake")
+    parser.add_argument("--conversation", action="store_true",
+                        help="time to first text at turns 1, 5, 10 (600-token persona)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="mixed prompt lengths, personas, joins, timeslices, open loop")
+    parser.add_argument("--minutes", type=float, help="soak length (default 10); --mixed: 2")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Settings from the environment and the dotenv file, as the bot reads them; one bench."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    warning = env_file_warning(args.env_file)
+    if warning is not None:
+        log.warning("%s", warning)
+    try:
+        out = asyncio.run(run(settings, args))
+    except UserFacingError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`python -m bot bench --conversation`: what a follow-up costs as a conversation grows.
+"""`python -m bench --conversation`: what a follow-up costs as a conversation grows.
 
 A follow-up re-reads the whole conversation, so time to first text grows with
 each turn. This measures it for the 1st, 5th and 10th turn of a conversation

@@ -1,4 +1,4 @@
-"""`python -m bot bench --discord | --soak`: the real bot, measured through the fake Discord.
+"""`python -m bench --discord | --soak`: the real bot, measured through the fake Discord.
 
 Everything runs in one process: the configured model (by default the embedded
 one), a temporary SQLite store, the real `LlamaBot` and an in-process

@@ -1,4 +1,4 @@
-"""`python -m bot bench`: measured numbers, printed as one JSON object.
+"""`python -m bench`: measured numbers, printed as one JSON object.
 
 Engine bench: every figure comes from one process and one loaded model, so the
 ratios compare like with like. The reply length is pinned

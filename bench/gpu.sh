@@ -22,7 +22,7 @@ mode=gpu
 [ "${1:-}" = "--rehearse" ] && mode=rehearse
 
 # The benches, through one variable (the only place that names how they are invoked).
-BENCH="${BENCH:-python3 -m bot --env-file /dev/null bench}"
+BENCH="${BENCH:-python3 -m bench --env-file /dev/null}"
 
 if [ "$mode" = rehearse ]; then
     out="${OUT:-$(mktemp -d -t llamacord-gpu-rehearse.XXXXXX)}"

@@ -436,7 +436,7 @@ def step_selfcheck(_args: argparse.Namespace) -> None:
 
     from bot.app import open_app
     from bot.config import load_settings
-    from bot.engine.loading import gpu_self_check
+    from bot.engine.device_check import gpu_self_check
 
     async def go() -> dict[str, Any]:
         settings = load_settings(None)

@@ -1,4 +1,4 @@
-"""`python -m bot bench --mixed`: the engine on the work a busy server sends.
+"""`python -m bench --mixed`: the engine on the work a busy server sends.
 
 The uniform bench (one 114-token prompt, equal settings) shows the engine at its
 best; this one measures what it was weak at, each scenario in isolation on one
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import itertools
 import random
 import statistics
@@ -35,7 +34,7 @@ from typing import Any
 
 from bench.common import BENCH_PROMPT, first_text, rss_mb
 from bot.config import Settings
-from bot.engine import Engine, GenerationRequest, TextDelta
+from bot.engine import Engine, EngineOptions, GenerationRequest, TextDelta
 from bot.errors import PromptTooLong, QueueFull
 from bot.knobs import Knobs
 
@@ -98,12 +97,12 @@ def text_of_tokens(engine: Engine, tokens: int, seed: int) -> str:
     return text
 
 
-def view(base: Engine, **kw: Any) -> Engine:
-    """Another scheduler on the same loaded weights (another timeslice, say)."""
-    accepted = inspect.signature(Engine.__init__).parameters
-    options = {k: v for k, v in kw.items() if k in accepted}
-    return Engine(base.bundle, base.backend, info=base.info,
-                  replicas=base.info.inter_threads, **options)
+def view(base: Engine, options: EngineOptions) -> Engine:
+    """Another scheduler on the same loaded weights (another timeslice, say).
+
+    One lane per replica of `base`: `options.device_index` is left at one GPU.
+    """
+    return Engine(base.bundle, base.backend, info=base.info, options=options)
 
 
 async def mixed_ttft(engine: Engine, size: int, rounds: int = 3) -> dict[str, Any]:
@@ -219,7 +218,7 @@ async def timeslice(base: Engine, size: int, new_tokens: int) -> dict[str, Any]:
     temps = (0.5, 0.8, 1.1)
     figures: dict[float, tuple[float, int, int]] = {}
     for slice_s in (0.0, 0.5):
-        engine = view(base, timeslice_s=slice_s, batch_wait_s=0.015, max_batch_size=8)
+        engine = view(base, EngineOptions(timeslice_s=slice_s, batch_wait_ms=15, max_batch_size=8))
         counter = CountingBackend(base.backend)
         engine.set_backend(counter)
         try:

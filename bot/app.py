@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Settings
-from bot.engine import Engine
-from bot.engine.loading import DeviceCheckError, explain_device_error, gpu_self_check
+from bot.engine import Engine, EngineOptions
+from bot.engine.device_check import DeviceCheckError, explain_device_error, gpu_self_check
 from bot.errors import UserFacingError
 from bot.model.embedded import prepare_default_model
 from bot.settings.ask_log import AskLog
@@ -57,11 +57,11 @@ def model_dir_for(settings: Settings, progress: Callable[[str], None] = _to_stde
     return prepare_default_model(settings.models_root, settings.quantization, progress=progress)
 
 
-async def load_engine(settings: Settings, model_dir: Path) -> Engine:
-    return await Engine.load(
-        model_dir,
+def engine_options(settings: Settings) -> EngineOptions:
+    """The engine's options from the settings: the one place one is mapped to the other."""
+    return EngineOptions(
         device=settings.device,
-        device_index=settings.device_index,
+        device_index=tuple(settings.device_index),
         compute_type=settings.compute_type,
         cpu_threads=settings.cpu_threads,
         inter_threads=settings.inter_threads,
@@ -73,6 +73,10 @@ async def load_engine(settings: Settings, model_dir: Path) -> Engine:
         context_length=settings.context_length,
         persona_cache_mb=settings.persona_cache_mb,
     )
+
+
+async def load_engine(settings: Settings, model_dir: Path) -> Engine:
+    return await Engine.load(model_dir, engine_options(settings))
 
 
 @contextlib.asynccontextmanager

@@ -59,16 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--system", help="persona (default: the console's, as /ask uses)")
     prompt.add_argument("--json", action="store_true", help="one line of JSON")
 
-    bench = sub.add_parser("bench", help="measure and print JSON")
-    bench.add_argument("--json", action="store_true", help="print only the JSON object")
-    bench.add_argument("--discord", action="store_true", help="through the fake Discord API")
-    bench.add_argument("--soak", action="store_true", help="bounded soak through the fake")
-    bench.add_argument("--conversation", action="store_true",
-                       help="time to first text at turns 1, 5, 10 (600-token persona)")
-    bench.add_argument("--mixed", action="store_true",
-                       help="mixed prompt lengths, personas, joins, timeslices, open loop")
-    bench.add_argument("--minutes", type=float, help="soak length (default 10); --mixed: 2")
-    bench.add_argument("--new-tokens", type=int, default=128)
+    # The benches are tooling in the checkout (`python -m bench`); their flags are theirs.
+    sub.add_parser("bench", add_help=False,
+                   help="from a checkout: the same as `python -m bench ...`")
 
     prep = sub.add_parser("prepare-model", help="convert the embedded model (idempotent)")
     prep.add_argument("--quantization", help="int8 (default), float32, int8_float16, ...")
@@ -131,118 +124,33 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
         await engine.close()
 
 
-async def prompt_report(settings: Settings, text: str, system: str | None) -> dict[str, Any]:
-    """What the model would read for `text` asked in the console's scope.
-
-    The console's stored persona and knobs (or `system`), the model's own template,
-    and the same encoder the engine uses, so a control token shows as one here
-    exactly when the model would see one. Only the tokenizer and template are
-    loaded, not the weights.
-    """
-    from bot.app import model_dir_for
-    from bot.asks import persona
-    from bot.console import CONSOLE_CHANNEL_ID, CONSOLE_GUILD_ID, CONSOLE_USER_ID
-    from bot.engine.streaming import IncrementalDetokenizer
-    from bot.model.bundle import load_model_bundle
-    from bot.model.chat import ChatTemplateError
-    from bot.model.tokenizer import require_valid_unicode
-    from bot.settings.scopes import Location
-    from bot.settings.store import SettingsStore
-
-    require_valid_unicode(text, "prompt")
-    model_dir = model_dir_for(settings, _progress)
-    bundle = load_model_bundle(model_dir, context_length=settings.context_length)
-    store = await SettingsStore.open(settings.database_path)
-    try:
-        effective = await store.resolve(
-            Location(guild_id=CONSOLE_GUILD_ID, channel_id=CONSOLE_CHANNEL_ID,
-                     user_id=CONSOLE_USER_ID)
-        )
-    finally:
-        await store.close()
-    source = "--system"
-    if system is None:
-        system, source = persona(effective, settings.system_prompt)
-    system = system or None
-    try:
-        rendered = bundle.chat.render_spans(system, text)
-        ids = bundle.encode_chat(system, text)
-    except ChatTemplateError as exc:
-        raise UserFacingError(str(exc)) from exc
-    tok = bundle.tokenizer
-    detok = IncrementalDetokenizer(tok.decode)
-    tokens: list[dict[str, Any]] = []
-    for token_id in ids:
-        special = token_id in tok.special_ids
-        piece = tok.id_to_token(token_id)
-        shown = piece if special else detok.push(token_id)
-        tokens.append({"id": token_id, "text": shown, "special": special, "piece": piece})
-    if tokens:
-        tail = detok.flush()
-        if tail and not tokens[-1]["special"]:
-            tokens[-1]["text"] += tail
-    context = bundle.context_length
-    return {
-        "model": bundle.name,
-        "template": bundle.chat.name,
-        "system_prompt": system,
-        "system_prompt_source": source if system else "template",
-        "text": rendered.text,
-        "tokens": tokens,
-        "prompt_tokens": len(ids),
-        "special_tokens": sum(1 for t in tokens if t["special"]),
-        "context_window": context,
-        "max_new_tokens": max(0, min(effective.knobs.max_new_tokens, context - len(ids))),
-        "fits": len(ids) < context,
-    }
-
-
-def _print_prompt_report(report: dict[str, Any]) -> None:
-    """The report for people: the text, one line per token, then the totals."""
-    persona_line = (
-        f"persona ({report['system_prompt_source']}): {report['system_prompt']!r}"
-        if report["system_prompt"] else "persona: the template's own default"
-    )
-    print(f"model {report['model']} · template {report['template']} · {persona_line}")
-    print("--- rendered prompt ---")
-    print(report["text"])
-    print("--- tokens (id, text; * = control token) ---")
-    for token in report["tokens"]:
-        mark = "*" if token["special"] else " "
-        print(f"{token['id']:>8} {mark} {json.dumps(token['text'], ensure_ascii=False)}")
-    print(
-        f"--- {report['prompt_tokens']} prompt tokens ({report['special_tokens']} control) "
-        f"of a {report['context_window']}-token context window; "
-        f"room for {report['max_new_tokens']} new tokens ---"
-    )
-
-
-def _bench_runner() -> Any:
-    """`bench.run` from the source checkout: benches are tooling, not part of the package.
-
-    `python -m bot` run from the repository root finds `bench/` on the path; from
-    anywhere else, look beside the `bot` package this process imported.
-    """
-    try:
-        import bench
-    except ImportError:
-        root = Path(__file__).resolve().parent.parent
-        if not (root / "bench" / "__init__.py").is_file():
-            raise UserFacingError(
-                "The benchmarks live in the source checkout (bench/); run this from it."
-            ) from None
-        sys.path.insert(0, str(root))
-        import bench
-    return bench.run
-
-
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _bench(env_file: str, argv: list[str]) -> int:
+    """`python -m bot bench ...` from a checkout: hand the flags to `python -m bench`.
+
+    Found only where `bench/` is importable already (`python -m` puts the current
+    directory first on the path): the installed bot does not reach into a checkout.
+    """
+    try:
+        from bench import main as bench_main
+    except ImportError:
+        print("error: the benchmarks live in the source checkout: run `python -m bench ...` "
+              "from its root.", file=sys.stderr)
+        return 2
+    return bench_main(["--env-file", env_file, *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     command = args.command or "run"
+    if command == "bench":
+        return _bench(args.env_file, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     overrides: dict[str, Any] = {}
     if getattr(args, "seed", None) is not None:
         overrides["seed"] = args.seed
@@ -268,17 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         if command == "ask":
             return asyncio.run(_ask(settings, args))
         if command == "prompt":
-            report = asyncio.run(prompt_report(settings, args.text, args.system))
+            from bot.prompt_report import format_prompt_report, prompt_report
+
+            report = asyncio.run(prompt_report(settings, args.text, args.system, _progress))
             if args.json:
                 print(json.dumps(report, ensure_ascii=False))
             else:
-                _print_prompt_report(report)
+                print("\n".join(format_prompt_report(report)))
             return 0 if report["fits"] else 1
-        if command == "bench":
-            run_bench = _bench_runner()
-            out = asyncio.run(run_bench(settings, args))
-            print(json.dumps(out, indent=None if args.json else 2))
-            return 0
         if command == "settings":
             from bot.settings.shards import run_settings_command
 

@@ -19,7 +19,7 @@ from bot.app import App
 from bot.asks import FINISH_WORDS
 from bot.config import Settings, load_settings
 from bot.discord.client import LlamaBot
-from bot.engine import Engine
+from bot.engine import Engine, EngineOptions
 from bot.knobs import KNOB_NAMES
 from bot.settings.ask_log import AskLog
 from bot.settings.scopes import Scope
@@ -98,11 +98,11 @@ async def running_bot(
     overrides.update(settings_overrides)
     settings: Settings = load_settings(None, **overrides)
     store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(
-        model_dir, device="cpu", cpu_threads=settings.cpu_threads,
+    engine = await Engine.load(model_dir, EngineOptions(
+        device="cpu", cpu_threads=settings.cpu_threads,
         max_batch_size=settings.max_batch_size, queue_size=settings.queue_size,
         batch_wait_ms=settings.batch_wait_ms,
-    )
+    ))
     if scripted is not None:
         engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, scripted, script_delay))
     app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))

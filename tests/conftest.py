@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.engine import Engine
+from bot.engine import Engine, EngineOptions
 from bot.settings.store import SettingsStore
 from testing.model_factory import embedded_model_dir, make_tiny_model
 
@@ -31,14 +31,16 @@ def smol_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def tiny_engine(tiny_model_dir: Path) -> AsyncIterator[Engine]:
-    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=5)
+    engine = await Engine.load(
+        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
+    )
     yield engine
     await engine.close()
 
 
 @pytest.fixture
 async def smol_engine(smol_model_dir: Path) -> AsyncIterator[Engine]:
-    engine = await Engine.load(smol_model_dir, device="cpu", batch_wait_ms=5)
+    engine = await Engine.load(smol_model_dir, EngineOptions(device="cpu", batch_wait_ms=5))
     yield engine
     await engine.close()
 

@@ -17,7 +17,7 @@ PACKAGES = ("bot", "cogs", "bench", "testing")
 CORE = (
     "bot.engine", "bot.model.bundle", "bot.model.embedded", "bot.settings.store",
     "bot.settings.transfer", "bot.settings.ask_log", "bot.asks", "bot.app", "bot.console",
-    "bot.cli", "bot.conversation", "bot.settings.turns", "bot.turns",
+    "bot.cli", "bot.conversation", "bot.settings.turns", "bot.turns", "bot.prompt_report",
 )
 FORBIDDEN = ("discord", "cogs", "bench", "testing", "aiohttp", "ctranslate2")
 
@@ -47,25 +47,17 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _type_checking_lines(tree: ast.Module) -> set[int]:
-    """Line numbers of imports under `if TYPE_CHECKING:` (no run-time edge)."""
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
-            for sub in ast.walk(node):
-                if isinstance(sub, ast.Import | ast.ImportFrom):
-                    lines.add(sub.lineno)
-    return lines
-
-
 def _edges(module: str, path: Path, known: set[str]) -> set[str]:
-    """Project modules `module` imports at run time, at any depth (lazy imports count)."""
+    """Project modules `module` imports, at any depth.
+
+    Lazy imports count, and so do imports under `if TYPE_CHECKING:`: a cycle that
+    only the type checker sees is still two modules that cannot be read apart.
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    typing_only = _type_checking_lines(tree)
     is_pkg = path.name == "__init__.py"
     out: set[str] = set()
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Import | ast.ImportFrom) or node.lineno in typing_only:
+        if not isinstance(node, ast.Import | ast.ImportFrom):
             continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -91,6 +83,17 @@ def test_no_import_cycles_between_project_modules() -> None:
     assert graph["bot.discord.client"]  # the graph really holds edges
     cycles = _find_cycles(graph)
     assert not cycles, "import cycles: " + "; ".join(" → ".join(c) for c in cycles)
+
+
+def test_imports_for_the_type_checker_count_as_edges(tmp_path: Path) -> None:
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from bot.engine.engine import Engine\n",
+        encoding="utf-8",
+    )
+    assert _edges("bot.probe", source, {"bot.probe", "bot.engine.engine"}) == {"bot.engine.engine"}
 
 
 def _find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -148,3 +151,41 @@ def test_every_bot_module_logs_under_a_known_error_kind() -> None:
 def test_tooling_is_not_in_the_installed_package() -> None:
     shipped = {info.name for info in pkgutil.walk_packages(bot.__path__, "bot.")}
     assert not [m for m in shipped if "fake" in m or "bench" in m or "harness" in m]
+
+
+def test_the_installed_package_never_edits_the_import_path() -> None:
+    """The bot reaches no tooling by putting the checkout on `sys.path` (it once did for
+    the benches); `python -m bench` runs them from the checkout instead."""
+    edits = []
+    for path in (ROOT / "bot").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and (
+                isinstance(node.value, ast.Name) and node.value.id == "sys"
+            ):
+                edits.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not edits, edits
+
+
+def test_the_benches_run_as_python_m_bench_and_bot_bench_hands_them_its_flags(
+    tmp_path: Path,
+) -> None:
+    def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    direct = run("bench", "--help")
+    assert direct.returncode == 0, direct.stderr
+    for flag in ("--json", "--discord", "--soak", "--mixed", "--conversation", "--minutes",
+                 "--new-tokens"):
+        assert flag in direct.stdout
+    via_bot = run("bot", "bench", "--help")
+    assert via_bot.returncode == 0, via_bot.stderr
+    assert via_bot.stdout == direct.stdout
+    # Outside the checkout the benches are not there: one line says where they are.
+    away = run("bot", "--env-file", "/dev/null", "bench", "--json", cwd=tmp_path)
+    assert away.returncode == 2
+    assert away.stderr.strip().splitlines() == [
+        "error: the benchmarks live in the source checkout: run `python -m bench ...` "
+        "from its root."
+    ]

@@ -20,7 +20,7 @@ import pytest
 from bot.app import App
 from bot.config import load_settings
 from bot.console import Console
-from bot.engine import Engine
+from bot.engine import Engine, EngineOptions
 from bot.settings.ask_log import AskLog
 from bot.settings.store import SettingsStore
 from testing.backends import ScriptedGenerator
@@ -101,7 +101,9 @@ async def test_history_marks_the_turns_that_will_be_left_out(
     settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
                              model_dir=tiny_model_dir, device="cpu")
     store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=5)
+    engine = await Engine.load(
+        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
+    )
     engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, answer, 0.0))
     out = io.StringIO()
     console = Console(App(settings=settings, engine=engine, store=store,

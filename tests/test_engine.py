@@ -16,6 +16,7 @@ import pytest
 
 from bot.engine import (
     Engine,
+    EngineOptions,
     Finished,
     FinishReason,
     GenerationRequest,
@@ -23,7 +24,7 @@ from bot.engine import (
     Started,
     TextDelta,
 )
-from bot.engine.scheduler import CostModel
+from bot.engine.policy import CostModel
 from bot.engine.streaming import IncrementalDetokenizer
 from bot.errors import PromptTooLong, QueueFull, ShuttingDown, UserFacingError
 from bot.knobs import Knobs
@@ -39,7 +40,9 @@ def under_cuda_rules(engine: Engine) -> Engine:
 
 
 async def load(model_dir: Path, **kw: Any) -> Engine:
-    return under_cuda_rules(await Engine.load(model_dir, device="cpu", cpu_threads=1, **kw))
+    return under_cuda_rules(await Engine.load(
+        model_dir, EngineOptions(device="cpu", cpu_threads=1, **kw)
+    ))
 
 
 @pytest.fixture
@@ -73,6 +76,36 @@ async def test_stream_yields_deltas_then_a_result(tiny_engine: Engine) -> None:
     assert result.prompt_tokens > 0
     assert result.ttft_s is not None and result.ttft_s > 0
     assert result.finish_reason in (FinishReason.END, FinishReason.MAX_TOKENS)
+
+
+class Recorder:
+    """Record each call's start tokens, then pass the call on."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.starts: list[list[list[str]]] = []
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+        self.starts.append([list(t) for t in start_tokens])
+        return self.real.generate_batch(start_tokens, **kw)
+
+
+async def test_a_submitted_prepared_prompt_is_decoded_as_given_not_rendered_again(
+    tiny_engine: Engine,
+) -> None:
+    """A caller that prepared the prompt already (fitting a conversation measures it)
+    hands it over: the engine decodes those tokens and does not encode the request."""
+    request = GenerationRequest("hello", Knobs(max_new_tokens=3, min_new_tokens=3, top_k=1))
+    other = tiny_engine.prepare(GenerationRequest("a quite different prompt to render"))
+    own = tiny_engine.prepare(request)
+    assert other.tokens != own.tokens
+    recorder = Recorder(tiny_engine.backend)
+    tiny_engine.set_backend(recorder)
+    result = await tiny_engine.submit(request, other).result()
+    assert recorder.starts == [[other.tokens]]
+    assert result.prompt_tokens == len(other.tokens)
+    await tiny_engine.submit(request).result()  # without one, the request is rendered
+    assert recorder.starts[-1] == [own.tokens]
 
 
 async def test_max_new_tokens_is_a_hard_limit(tiny_engine: Engine) -> None:
@@ -370,7 +403,9 @@ async def test_closing_an_engine_unloads_only_weights_it_loaded(tiny_model_dir: 
     on those weights (the mixed bench's per-scenario engines) must not unload them for
     everyone when it closes: it did, and the base engine's next batches failed with
     "The model for this translator was unloaded"."""
-    base = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=5)
+    base = await Engine.load(
+        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
+    )
     real: Any = base.backend
     knobs = Knobs(max_new_tokens=4, min_new_tokens=4, top_k=1)
     try:

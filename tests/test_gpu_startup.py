@@ -17,7 +17,7 @@ import pytest
 from bot.app import open_app
 from bot.config import load_settings
 from bot.engine import Engine
-from bot.engine.loading import DeviceCheckError, explain_device_error, gpu_self_check
+from bot.engine.device_check import DeviceCheckError, explain_device_error, gpu_self_check
 from testing.backends import Failing
 
 NO_CUBLAS = "Library libcublas.so.12 is not found or cannot be loaded"

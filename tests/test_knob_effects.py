@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.engine import Engine, FinishReason, GenerationRequest
+from bot.engine import Engine, EngineOptions, FinishReason, GenerationRequest
 from bot.knobs import Knobs
 
 pytestmark = pytest.mark.slow
@@ -37,8 +37,9 @@ async def smol_engine(smol_model_dir: Path) -> AsyncIterator[Engine]:
     replica: requests are sampled in submission order), so this makes every
     sampled text in a test the same on each run.
     """
-    engine = await Engine.load(smol_model_dir, device="cpu", batch_wait_ms=5, inter_threads=1,
-                               seed=SEED)
+    engine = await Engine.load(smol_model_dir, EngineOptions(
+        device="cpu", batch_wait_ms=5, inter_threads=1, seed=SEED
+    ))
     yield engine
     await engine.close()
 

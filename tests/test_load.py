@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bot.engine import Engine
+from bot.engine import Engine, EngineOptions
 from testing.backends import ScriptedGenerator
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeChannel, FakeGuild, FakeInteraction, FakeUser
@@ -257,8 +257,8 @@ async def test_second_replica_serves_other_channels_without_preempting(
     async with running_bot(tiny_model_dir, tmp_path, scripted="-", guilds=[guild]) as h:
         one = h.app.engine
         two = Engine(one.bundle, scripted(one, long_or_short, 0.02),
-                     info=dataclasses.replace(one.info, inter_threads=2), replicas=2,
-                     batch_wait_s=0.005)
+                     info=dataclasses.replace(one.info, inter_threads=2),
+                     options=EngineOptions(batch_wait_ms=5))
         h.app.engine = two
         try:
             _, _, waited = await long_then_short(h, guild, users, temperature=1.2)

@@ -19,7 +19,7 @@ import pytest
 from bot.app import App
 from bot.config import load_settings
 from bot.conversation import PrivateConversation
-from bot.engine import Engine, GenerationRequest, PreparedPrompt, Turn
+from bot.engine import Engine, EngineOptions, GenerationRequest, PreparedPrompt, Turn
 from bot.errors import UserFacingError
 from bot.settings.ask_log import AskLog
 from bot.settings.scopes import Location
@@ -167,7 +167,9 @@ async def app(tiny_model_dir: Path, tmp_path: Path) -> Any:
     settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
                              model_dir=tiny_model_dir, device="cpu")
     store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, batch_wait_ms=5)
+    engine = await Engine.load(
+        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
+    )
     engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, "word " * 20, 0.0))
     try:
         yield App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))

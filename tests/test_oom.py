@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.engine import Engine, FinishReason, GenerationRequest
+from bot.engine import Engine, EngineOptions, FinishReason, GenerationRequest
 from bot.knobs import Knobs
 from testing.backends import Failing, MemoryBound
 
@@ -23,8 +23,9 @@ SCRIPT = "one two three four five six seven eight nine ten"
 
 @pytest.fixture
 async def engine(tiny_model_dir: Path) -> AsyncIterator[Engine]:
-    engine = await Engine.load(tiny_model_dir, device="cpu", cpu_threads=1, max_batch_size=8,
-                               batch_wait_ms=5)
+    engine = await Engine.load(tiny_model_dir, EngineOptions(
+        device="cpu", cpu_threads=1, max_batch_size=8, batch_wait_ms=5
+    ))
     yield engine
     await engine.close()
 

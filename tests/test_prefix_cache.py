@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import rss_mb
-from bot.engine import Engine, GenerationRequest, Turn
-from bot.engine.scheduler import PersonaCache
+from bot.engine import Engine, EngineOptions, GenerationRequest, Turn
+from bot.engine.policy import PersonaCache
 from bot.knobs import Knobs
 
 WORDS = [
@@ -70,8 +70,9 @@ async def test_float32_greedy_output_is_identical_with_and_without_the_reused_pe
     float32 compute (the int8 file's weights dequantized at load), because int8
     quantizes activations per call and so depends on how a prompt is split.
     """
-    engine = await Engine.load(smol_model_dir, device="cpu", compute_type="float32",
-                               batch_wait_ms=0)
+    engine = await Engine.load(smol_model_dir, EngineOptions(
+        device="cpu", compute_type="float32", batch_wait_ms=0
+    ))
     try:
         knobs = Knobs(top_k=1, max_new_tokens=40)
         ask = GenerationRequest("What should I pack for a night flight?", knobs,
@@ -118,8 +119,9 @@ async def test_memory_stays_within_the_bound_with_200_personas(smol_model_dir: P
     with it, the cache is emptied when full and the process gives the memory back.
     """
     bound_mb = 40
-    engine = await Engine.load(smol_model_dir, device="cpu", batch_wait_ms=0,
-                               persona_cache_mb=bound_mb)
+    engine = await Engine.load(smol_model_dir, EngineOptions(
+        device="cpu", batch_wait_ms=0, persona_cache_mb=bound_mb
+    ))
     try:
         one = Knobs(max_new_tokens=1)
         await engine.generate(GenerationRequest("Hi", one, system_prompt=persona(-1)))

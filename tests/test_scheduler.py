@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from bot.engine import Engine, FinishReason, GenerationRequest, Turn
-from bot.engine.scheduler import CostModel
+from bot.engine import Engine, EngineOptions, FinishReason, GenerationRequest, Turn
+from bot.engine.policy import CostModel
 from bot.knobs import Knobs
 from testing.backends import CudaRules, Exploding, Slowed
 
@@ -43,7 +43,9 @@ class Spy:
 
 
 async def load(model_dir: Path, **kw: Any) -> Engine:
-    engine = await Engine.load(model_dir, device="cpu", cpu_threads=1, batch_wait_ms=0, **kw)
+    engine = await Engine.load(
+        model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=0, **kw)
+    )
     engine.set_backend(CudaRules(engine.backend, engine.info.vocab_size, engine.info.compute_type))
     return engine
 

@@ -23,7 +23,7 @@ import discord
 from bot.app import App
 from bot.config import load_settings
 from bot.discord.client import LlamaBot, make_bot
-from bot.engine import Engine, GenerationResult
+from bot.engine import Engine, EngineOptions, GenerationResult
 from bot.settings.ask_log import AskLog
 from bot.settings.scopes import Location, Scope
 from bot.settings.store import SettingsStore
@@ -55,7 +55,9 @@ async def shard_host(
         batch_wait_ms=5, edit_interval_s=0.2, shard_count=2, shard_ids=[shard_id],
     )
     store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(model_dir, device="cpu", cpu_threads=1, batch_wait_ms=5)
+    engine = await Engine.load(
+        model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
+    )
     app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
     try:
         # The production factory, with the fake's test-friendly ready timeout.

@@ -1,16 +1,19 @@
 """The generation engine: (persona, prompt, knobs) in, a stream of text out.
 
-Knows nothing of Discord. Modules: `types` (requests, results, events, the
-backend protocol), `generation` (one request's handle and decoding state),
-`scheduler` (`Engine`: batching, preemption, lanes), `loading` (device choice
-and CTranslate2 weights), `streaming` (incremental detokenizer, stop matcher).
+Knows nothing of Discord. Modules: `types` (requests, results, events, options,
+the backend protocol), `generation` (one request's handle and decoding state),
+`engine` (`Engine`: the queue and its lanes), `policy` (batch choice, preemption,
+the cost model and persona cache), `worker` (the decoding threads, out-of-memory
+retries), `loading` (device choice and CTranslate2 weights), `device_check` (the
+start-up generation on a GPU), `streaming` (incremental detokenizer, stop matcher).
 """
 
+from bot.engine.engine import Engine
 from bot.engine.generation import Generation
 from bot.engine.loading import cpu_layout, default_compute_type, resolve_device
-from bot.engine.scheduler import Engine
 from bot.engine.types import (
     EngineInfo,
+    EngineOptions,
     Event,
     Finished,
     FinishReason,
@@ -27,6 +30,7 @@ from bot.engine.types import (
 __all__ = [
     "Engine",
     "EngineInfo",
+    "EngineOptions",
     "Event",
     "FinishReason",
     "Finished",

@@ -120,3 +120,37 @@ class EngineInfo:
     """
 
 
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How one model is loaded and scheduled: the engine's whole configuration.
+
+    Built once from the settings (`bot.app.engine_options`) and handed to
+    `Engine.load` / `Engine`, so an option is named here and in `Settings` only.
+    One object per model: a host serving several models gives each its own.
+    """
+
+    device: str = "auto"
+    """"cpu", "cuda" or "auto" (CUDA when CTranslate2 sees a GPU)."""
+    device_index: tuple[int, ...] = (0,)
+    """GPUs to load a replica set on; replicas = `inter_threads` x GPUs."""
+    compute_type: str | None = None
+    """CTranslate2's compute type; None: int8_float16 on CUDA, int8 on the CPU."""
+    cpu_threads: int = 0
+    """Threads per replica on the CPU; 0 = the cores left per replica."""
+    inter_threads: int = 1
+    """Replicas sharing the weights; 0 = auto (1 on CUDA, 1 per core up to 4)."""
+    max_batch_size: int = 8
+    queue_size: int = 32
+    """Requests allowed to wait; one more is refused with `QueueFull`."""
+    batch_wait_ms: int = 15
+    """How long a free replica waits for a burst to fill its batch."""
+    timeslice_s: float = 2.0
+    """A batch yields to waiting requests with other settings after this; 0 = never."""
+    seed: int | None = None
+    """Seeds the sampler once per process (CTranslate2 seeds when a Generator is built)."""
+    context_length: int | None = None
+    """The model's context window, overriding its files."""
+    persona_cache_mb: float = 512.0
+    """Bound on personas' decoder state kept between asks; 0 = keep none."""

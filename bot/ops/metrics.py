@@ -260,7 +260,7 @@ class LogCounter(logging.Handler):
 def error_kind(logger_name: str) -> str:
     """A small fixed label set for `errors_total`, from the name of the logger.
 
-    Loggers are named after modules (`logging.getLogger(__name__)`): `bot.engine.scheduler`
+    Loggers are named after modules (`logging.getLogger(__name__)`): `bot.engine.engine`
     counts as "engine", `cogs.knobs` as "command", `discord.gateway` as "discord".
     Top-level modules of `bot` (app, asks, cli, console) count as "other".
     """
