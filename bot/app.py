@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from bot.config import Settings
 from bot.engine import Engine
 from bot.engine.loading import DeviceCheckError, explain_device_error, gpu_self_check
 from bot.errors import UserFacingError
+from bot.limits import SettingsWriteLimiter
 from bot.model.embedded import prepare_default_model
 from bot.settings.ask_log import AskLog
 from bot.settings.db import Database
@@ -35,6 +36,14 @@ class App:
     store: SettingsStore
     ask_log: AskLog
     metrics: Any = None  # bot.ops.metrics.Metrics when the Prometheus endpoint is enabled
+    #: One per process, from `BOT_SETTINGS_WRITE_LIMIT`/`_WINDOW_S`: every front-end that
+    #: lets members change settings takes a slot here before it writes.
+    write_limiter: SettingsWriteLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.write_limiter = SettingsWriteLimiter(
+            self.settings.settings_write_limit, self.settings.settings_write_window_s
+        )
 
     async def resolve(self, loc: Location) -> Effective:
         return await self.store.resolve(loc)
