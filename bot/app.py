@@ -113,7 +113,8 @@ async def open_app(
             yield App(
                 settings=settings, engine=engine,
                 store=SettingsStore(db, history_per_scope=settings.history_per_scope,
-                                    history_retention_days=settings.history_retention_days),
+                                    history_retention_days=settings.history_retention_days,
+                                    max_new_tokens_ceiling=settings.max_new_tokens_ceiling),
                 ask_log=AskLog(db, retention_days=settings.ask_retention_days),
             )
         finally:

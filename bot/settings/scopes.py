@@ -141,7 +141,9 @@ class Effective:
     """The settings in force at a location and where each came from.
 
     `sources` maps every knob name and ``"system_prompt"`` to "default",
-    "server", "channel", "thread" or "dm". `system_prompt` is None when no
+    "server", "channel", "thread", "dm" or "operator" (the operator's
+    `max_new_tokens` ceiling); "server" also marks a channel's value held to
+    the server's ceiling. `system_prompt` is None when no
     scope sets one; the front-end then uses its configured default.
     """
 

@@ -24,6 +24,12 @@ Design choices, and why:
 - Every write is audited in the same transaction, and the trail is bounded by
   count and age (`bot.settings.audit`); `bot.limits.SettingsWriteLimiter`
   (built by `App`, used by the Discord front-end) paces the writes.
+- `max_new_tokens` is a ceiling at two levels: the operator's
+  (`BOT_MAX_NEW_TOKENS_CEILING`, every scope, DMs included: values above it are
+  refused when set and clamped when resolved) and a server's own value, a
+  ceiling for its channels and threads (a channel asking for more gets the
+  server's value, and `set_knobs` says so). `min_new_tokens` follows the
+  ceiling down, as a per-ask value does (`bot.asks.within_cap`).
 - No SQL is built from user text. Formatted SQL only joins constants of this
   package: the scope-chain ``UNION ALL`` (one term per scope) and ``?``
   placeholder lists sized by the number of keys; every value is a parameter.
@@ -58,6 +64,9 @@ from bot.settings.validation import INVALID, StoredValues, encode_value, validat
 
 log = logging.getLogger(__name__)
 
+#: The knobs a `max_new_tokens` ceiling bounds (the minimum may not exceed it either).
+_CEILED: Final = ("max_new_tokens", "min_new_tokens")
+
 # --- SQL (constants only) -----------------------------------------------------
 
 _CHAIN_TERM = (
@@ -90,9 +99,16 @@ class SettingsStore:
     """
 
     def __init__(
-        self, db: Database, *, history_per_scope: int = 200, history_retention_days: float = 365.0
+        self,
+        db: Database,
+        *,
+        history_per_scope: int = 200,
+        history_retention_days: float = 365.0,
+        max_new_tokens_ceiling: int | None = None,
     ) -> None:
         self.db = db
+        #: The operator's ceiling on `max_new_tokens` for every scope (None: the knob's range).
+        self.max_new_tokens_ceiling = max_new_tokens_ceiling
         self.path = db.path
         self.audit = AuditLog(db, per_scope=history_per_scope,
                               retention_days=history_retention_days)
@@ -124,7 +140,9 @@ class SettingsStore:
         If scopes combine into ``min_new_tokens > max_new_tokens`` (a weaker
         scope changed after a stronger one was set, or a hand edit), the
         minimum is dropped rather than the maximum: the maximum is the cost
-        cap an admin chose and must hold.
+        cap an admin chose and must hold. Before that the ceilings apply: a
+        server's `max_new_tokens` over its channels and threads (source
+        "server"), then the operator's over everything (source "operator").
         """
         chain = loc.labelled_chain()
         params: list[Any] = []
@@ -135,13 +153,20 @@ class SettingsStore:
         # not guaranteed, so sort by rank.
         values: dict[str, Any] = {}
         sources: dict[str, str] = dict.fromkeys(SETTING_KEYS, "default")
+        server_max: int | None = None
         for rank, key, raw in sorted(rows, key=lambda r: int(r[0])):
             label, scope = chain[rank]
             value = self.values.checked(scope, key, raw)
             if value is not INVALID:
                 values[key] = value
                 sources[key] = label
+                if label == "server" and key == "max_new_tokens":
+                    server_max = value
         prompt = values.pop(SYSTEM_PROMPT_KEY, None)
+        if server_max is not None:
+            _ceil(values, sources, server_max, "server")
+        if self.max_new_tokens_ceiling is not None:
+            _ceil(values, sources, self.max_new_tokens_ceiling, "operator")
         try:
             knobs = Knobs.model_validate(values)
         except ValidationError as exc:
@@ -166,25 +191,48 @@ class SettingsStore:
 
     # -- writes ----------------------------------------------------------------
 
-    async def set_knobs(self, scope: Scope, values: Mapping[str, Any], *, actor_id: int) -> None:
-        """Set knobs at `scope`; all or nothing.
+    async def set_knobs(
+        self, scope: Scope, values: Mapping[str, Any], *, actor_id: int
+    ) -> list[str]:
+        """Set knobs at `scope`; all or nothing. Returns notes for the member (may be empty).
 
         Each value is validated on its own first (the message names the knob),
-        then the combination in force at that scope (defaults ← server ←
-        scope) is checked, so ``min_new_tokens`` can't end up above an
-        inherited ``max_new_tokens``. For a server scope, channels of that
-        server that set their own min/max are checked too.
+        then against the operator's ceiling, then the combination in force at
+        that scope (defaults ← server ← scope) is checked, so
+        ``min_new_tokens`` can't end up above an inherited ``max_new_tokens``.
+        For a server scope, channels of that server that set their own min/max
+        are checked too. A channel value above the server's `max_new_tokens`
+        is stored (it applies if the server's ceiling rises) and the note says
+        what applies meanwhile.
         """
         check_id("actor_id", actor_id)
         if not values:
             raise InvalidKnobs("Name at least one setting to change.")
         normalised = {name: validate_knob(name, value) for name, value in values.items()}
+        ceiling = self.max_new_tokens_ceiling
+        for name in _CEILED:
+            if ceiling is not None and name in normalised and normalised[name] > ceiling:
+                raise InvalidKnobs(
+                    f"{name} = {normalised[name]} is above this bot's limit: its operator "
+                    f"allows at most {ceiling} new tokens per reply."
+                )
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        async def work(conn: aiosqlite.Connection) -> list[str]:
             await self._check_combination(conn, scope, normalised)
             await self._upsert(conn, scope, normalised, actor_id)
+            if scope.kind is not ScopeKind.CHANNEL or scope.guild_id is None:
+                return []
+            cap = (await self._rows(conn, Scope.server(scope.guild_id))).get("max_new_tokens")
+            over = [n for n in _CEILED if cap is not None and normalised.get(n, -1) > cap]
+            if not over:
+                return []
+            return [
+                f"This server's max_new_tokens ({cap}) is a ceiling for its channels, so "
+                f"{' and '.join(over)} {'is' if len(over) == 1 else 'are'} {cap} here "
+                "until the server's value changes."
+            ]
 
-        await self.db.write(work)
+        return await self.db.write(work)
 
     async def reset_knobs(
         self, scope: Scope, names: Sequence[str] | None, *, actor_id: int
@@ -343,6 +391,15 @@ _SCOPE_ROWS = (
 
 def _scope_params(scope: Scope) -> tuple[str, int, int | None]:
     return (scope.kind.value, scope.id, scope.guild_id)
+
+
+def _ceil(values: dict[str, Any], sources: dict[str, str], cap: int, label: str) -> None:
+    """Bound the new-token knobs in `values` by `cap`, crediting `label` where it bites."""
+    defaults = Knobs()
+    for name in _CEILED:
+        if values.get(name, getattr(defaults, name)) > cap:
+            values[name] = cap
+            sources[name] = label
 
 
 
