@@ -249,6 +249,11 @@ async def _forget(settings: Settings, args: argparse.Namespace) -> int:
         if value is not None and value < 0:
             print("error: ids are positive numbers", file=sys.stderr)
             return 2
+    if not settings.database_path.is_file():
+        # Opening would create an empty database: say so instead of "deleted 0".
+        print(f"error: no database at {settings.database_path} (BOT_DATABASE_PATH)",
+              file=sys.stderr)
+        return 1
     async with await Database.open(settings.database_path) as db:
         done = await forget(db, user_id=args.user, guild_id=args.server)
     who = f"user {args.user}" if args.user is not None else f"server {args.server}"

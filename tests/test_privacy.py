@@ -176,6 +176,10 @@ async def test_forget_erases_a_user_then_a_server(
         # The other server keeps its own.
         assert len(await db.read("SELECT 1 FROM settings WHERE guild_id = ?", (G + 1,))) == 1
 
+    # A mistyped path is an error, not an empty database created on the spot.
+    missing = tmp_path / "typo.sqlite3"
+    assert await cli("--env-file", env, "forget", "--user", "1", "--database", str(missing)) == 1
+    assert "no database at" in capsys.readouterr().err and not missing.exists()
     # Exactly one of the two, and ids must be ids.
     with pytest.raises(SystemExit):
         await cli("--env-file", env, "forget", "--database", str(path))
