@@ -7,6 +7,7 @@ model and a temporary database.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
@@ -19,9 +20,11 @@ from bot.config import Settings
 from bot.engine import Engine, EngineOptions
 from bot.engine.device_check import DeviceCheckError, explain_device_error, gpu_self_check
 from bot.errors import UserFacingError
+from bot.limits import SettingsWriteLimiter
 from bot.model.embedded import prepare_default_model
 from bot.settings.ask_log import AskLog
 from bot.settings.db import Database
+from bot.settings.retention import PRUNE_EVERY_S, prune_expired
 from bot.settings.scopes import Effective, Location
 from bot.settings.store import SettingsStore
 from bot.settings.turns import TurnStore
@@ -39,8 +42,15 @@ class App:
     #: Conversation turns on the store's database: the one TurnStore every front-end uses.
     turns: TurnStore = field(init=False)
 
+    #: One per process, from `BOT_SETTINGS_WRITE_LIMIT`/`_WINDOW_S`: every front-end that
+    #: lets members change settings takes a slot here before it writes.
+    write_limiter: SettingsWriteLimiter = field(init=False)
+
     def __post_init__(self) -> None:
         self.turns = TurnStore(self.store.db)
+        self.write_limiter = SettingsWriteLimiter(
+            self.settings.settings_write_limit, self.settings.settings_write_window_s
+        )
 
     async def resolve(self, loc: Location) -> Effective:
         return await self.store.resolve(loc)
@@ -79,6 +89,25 @@ async def load_engine(settings: Settings, model_dir: Path) -> Engine:
     return await Engine.load(model_dir, engine_options(settings))
 
 
+async def prune_forever(db: Database, settings: Settings) -> None:
+    """Delete asks and turns past their time now and every `PRUNE_EVERY_S`, until cancelled.
+
+    Reads ignore expired rows anyway; this is what keeps an idle bot's file from
+    holding a private prompt longer than the README says.
+    """
+    while True:
+        try:
+            removed = await prune_expired(
+                db, ask_retention_days=settings.ask_retention_days,
+                conversation_retention_days=settings.conversation_retention_days,
+            )
+            if removed:
+                log.info("pruned %d asks and turns past their retention", removed)
+        except Exception:
+            log.exception("pruning expired asks and turns failed")
+        await asyncio.sleep(PRUNE_EVERY_S)
+
+
 @contextlib.asynccontextmanager
 async def open_app(
     settings: Settings, progress: Callable[[str], None] = _to_stderr
@@ -111,12 +140,19 @@ async def open_app(
             if engine.info.device == "cuda":
                 await gpu_self_check(engine)
                 log.info("GPU check passed: %s generates", engine.info.compute_type)
-            yield App(
-                settings=settings, engine=engine,
-                store=SettingsStore(db, history_per_scope=settings.history_per_scope,
-                                    history_retention_days=settings.history_retention_days),
-                ask_log=AskLog(db, retention_days=settings.ask_retention_days),
-            )
+            pruner = asyncio.create_task(prune_forever(db, settings), name="prune-expired")
+            try:
+                yield App(
+                    settings=settings, engine=engine,
+                    store=SettingsStore(db, history_per_scope=settings.history_per_scope,
+                                        history_retention_days=settings.history_retention_days,
+                                        max_new_tokens_ceiling=settings.max_new_tokens_ceiling),
+                    ask_log=AskLog(db, retention_days=settings.ask_retention_days),
+                )
+            finally:
+                pruner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pruner
         finally:
             await engine.close(grace_s=settings.shutdown_grace_s)
     finally:

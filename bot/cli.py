@@ -1,4 +1,4 @@
-"""Command line: `python -m bot [run|console|ask|prompt|bench|prepare-model|settings]`.
+"""Command line: `python -m bot [run|console|ask|prompt|bench|prepare-model|settings|forget]`.
 
 `run` (the default) starts the Discord bot when a token is configured and the
 local console otherwise, so the README's one run command works for everyone.
@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare-model", help="convert the embedded model (idempotent)")
     prep.add_argument("--quantization", help="int8 (default), float32, int8_float16, ...")
 
+    forget = sub.add_parser("forget", help="erase what is stored of one user or one server")
+    who = forget.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=int, help="a Discord user id")
+    who.add_argument("--server", type=int, help="a Discord server (guild) id")
+    forget.add_argument("--database", type=Path, help="override BOT_DATABASE_PATH")
+
     st = sub.add_parser("settings", help="move servers' settings between shard hosts")
     st.add_argument("action", choices=["export", "import"])
     st.add_argument("--shard", type=int)
@@ -122,6 +128,27 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     finally:
         await engine.close()
+
+
+async def _forget(settings: Settings, args: argparse.Namespace) -> int:
+    """`forget --user ID | --server ID`: one transaction, then what it deleted."""
+    from bot.settings.db import Database
+    from bot.settings.retention import forget
+
+    for value in (args.user, args.server):
+        if value is not None and value < 0:
+            print("error: ids are positive numbers", file=sys.stderr)
+            return 2
+    if not settings.database_path.is_file():
+        # Opening would create an empty database: say so instead of "deleted 0".
+        print(f"error: no database at {settings.database_path} (BOT_DATABASE_PATH)",
+              file=sys.stderr)
+        return 1
+    async with await Database.open(settings.database_path) as db:
+        done = await forget(db, user_id=args.user, guild_id=args.server)
+    who = f"user {args.user}" if args.user is not None else f"server {args.server}"
+    print(f"{who}: {done.describe()}.")
+    return 0
 
 
 def _progress(line: str) -> None:
@@ -184,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print("\n".join(format_prompt_report(report)))
             return 0 if report["fits"] else 1
+        if command == "forget":
+            return asyncio.run(_forget(settings, args))
         if command == "settings":
             from bot.settings.shards import run_settings_command
 

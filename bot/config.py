@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         description="Settings changes per member per window (every DM user may write); 0 = off.",
     )
     settings_write_window_s: float = Field(60.0, ge=0.0, le=86_400.0)
+    max_new_tokens_ceiling: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Most new tokens a reply may have anywhere (servers, channels, DMs); "
+        "unset = the knob's own range.",
+    )
 
     # Retention
     history_per_scope: int = Field(

@@ -1,16 +1,22 @@
-"""Fairness between users: replies in progress per user and a cooldown.
+"""Fairness between users: replies in progress per user, a cooldown, settings writes.
 
-The engine's queue bounds the total; this keeps one person from filling it.
-Kept apart from Discord so the console and benchmarks can use it too.
+The engine's queue bounds the total; `AskGate` keeps one person from filling
+it, and `SettingsWriteLimiter` keeps one member from flooding the settings
+database and its audit trail. Kept apart from Discord so the console and
+benchmarks can use them too; `bot.app.App` builds one of each kind it needs.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from bot.errors import UserFacingError
+
+#: Members tracked before those with no write left in the window are forgotten.
+_TRACKED_LIMIT = 10_000
 
 
 class AskGate:
@@ -56,3 +62,42 @@ class AskGate:
 
     def active(self, user_id: int) -> int:
         return self._active.get(user_id, 0)
+
+
+class SettingsWriteLimiter:
+    """At most `limit` settings writes per member in any `window_s` seconds.
+
+    The store accepts every valid write; a front-end open to anyone (Discord,
+    where every DM user may write their own DM settings) takes a slot here
+    first, so one member cannot flood the database or its audit trail. Kept in
+    memory: a restart forgets it, which costs at most one more burst. A
+    `limit` or `window_s` of 0 turns it off (`BOT_SETTINGS_WRITE_LIMIT=0`).
+    """
+
+    def __init__(
+        self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._recent: dict[int, deque[float]] = {}
+
+    def take(self, actor_id: int) -> None:
+        """Count a write by `actor_id`, or refuse it with when to try again."""
+        if self.limit <= 0 or self.window_s <= 0:
+            return
+        now = self._clock()
+        recent = self._recent.setdefault(actor_id, deque())
+        while recent and now - recent[0] >= self.window_s:
+            recent.popleft()
+        if len(recent) >= self.limit:
+            wait = max(1, round(self.window_s - (now - recent[0])))
+            raise UserFacingError(
+                f"You're changing settings too quickly; try again in {wait} s."
+            )
+        recent.append(now)
+        if len(self._recent) > _TRACKED_LIMIT:
+            # Forget members whose writes are all out of the window.
+            self._recent = {
+                k: v for k, v in self._recent.items() if v and now - v[-1] < self.window_s
+            }

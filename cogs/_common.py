@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
@@ -12,7 +11,6 @@ from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import MissingScopePermission
 from bot.knobs import KNOB_SPECS, parse_knob_text
 from bot.settings.scopes import Scope
-from bot.settings.store import WriteLimiter
 
 if TYPE_CHECKING:
     from bot.discord.client import LlamaBot
@@ -61,22 +59,9 @@ def bot_of(interaction: discord.Interaction) -> LlamaBot:
     return interaction.client  # type: ignore[return-value]
 
 
-_limiters: weakref.WeakKeyDictionary[Any, WriteLimiter] = weakref.WeakKeyDictionary()
-
-
 def take_write_slot(interaction: discord.Interaction) -> None:
-    """Count a settings change by this member, or refuse it (`BOT_SETTINGS_WRITE_LIMIT`).
-
-    One limiter per bot, kept beside it rather than on it: it belongs to the
-    settings commands, not to the client.
-    """
-    bot = bot_of(interaction)
-    limiter = _limiters.get(bot)
-    if limiter is None:
-        settings = bot.app.settings
-        limiter = WriteLimiter(settings.settings_write_limit, settings.settings_write_window_s)
-        _limiters[bot] = limiter
-    limiter.take(interaction.user.id)
+    """Count a settings change by this member, or refuse it (`BOT_SETTINGS_WRITE_LIMIT`)."""
+    bot_of(interaction).app.write_limiter.take(interaction.user.id)
 
 
 def scope_for_write(

@@ -98,10 +98,13 @@ class Knobs(
             )
             return
         target = scope_for_write(interaction, scope)
-        await bot_of(interaction).app.store.set_knobs(target, values, actor_id=interaction.user.id)
+        notes = await bot_of(interaction).app.store.set_knobs(
+            target, values, actor_id=interaction.user.id
+        )
         shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
         await interaction.response.send_message(
-            f"Set {shown} for {scope_word(target)}.", ephemeral=True, allowed_mentions=NO_MENTIONS
+            " ".join([f"Set {shown} for {scope_word(target)}.", *notes]), ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
         )
 
     @app_commands.command(name="reset", description="Go back to the inherited value.")

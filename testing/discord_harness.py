@@ -97,7 +97,9 @@ async def running_bot(
     }
     overrides.update(settings_overrides)
     settings: Settings = load_settings(None, **overrides)
-    store = await SettingsStore.open(settings.database_path)
+    store = await SettingsStore.open(
+        settings.database_path, max_new_tokens_ceiling=settings.max_new_tokens_ceiling
+    )
     engine = await Engine.load(model_dir, EngineOptions(
         device="cpu", cpu_threads=settings.cpu_threads,
         max_batch_size=settings.max_batch_size, queue_size=settings.queue_size,
@@ -109,7 +111,8 @@ async def running_bot(
     guilds = guilds or [default_guild()]
     if scripted is not None:
         # Scripted replies are long; let them run to their end rather than 128 tokens.
-        await store.set_knobs(Scope.server(guilds[0].id), {"max_new_tokens": 1024}, actor_id=1)
+        longest = min(1024, settings.max_new_tokens_ceiling or 1024)
+        await store.set_knobs(Scope.server(guilds[0].id), {"max_new_tokens": longest}, actor_id=1)
     try:
         async with FakeDiscord(guilds=guilds, enforce_buckets=enforce_buckets,
                                bucket_window=bucket_window) as fake:

@@ -41,6 +41,10 @@ from bot.model.gguf_convert import LlamaParams, build_llama_spec, convert_gguf
 TemplateKind = Literal["chatml", "llama2", "llama3", "mistral"]
 TokenizerKind = Literal["tokenizers", "sentencepiece"]
 Layout = Literal["auto", "converter", "hf"]
+#: How the template's markers are shipped: as special/control tokens (the usual), or as
+#: ordinary ones the libraries still match in any text: non-special added tokens
+#: (tokenizers) or user-defined pieces (SentencePiece).
+MarkerKind = Literal["special", "plain"]
 FloatArray = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]
 
@@ -131,10 +135,28 @@ def byte_bpe_vocab(specials: Sequence[str]) -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
+def _plain_markers_json(specials: TemplateTokens) -> str:
+    """The byte-level BPE with every marker but unk an added token *not* marked special."""
+    data = json.loads(_byte_bpe_json(specials.all))
+    for entry in data["added_tokens"]:
+        if entry["content"] != specials.unk:
+            entry["special"] = False
+    return json.dumps(data)
+
+
 @functools.cache
-def _sentencepiece_bytes(kind: str) -> bytes:
-    """A tiny SentencePiece BPE model (byte fallback, digits split), trained in memory."""
+def _sentencepiece_bytes(kind: str, markers: MarkerKind = "special") -> bytes:
+    """A tiny SentencePiece BPE model (byte fallback, digits split), trained in memory.
+
+    `markers="plain"`: the template's markers (ChatML's, say) are user-defined pieces,
+    with SentencePiece's usual `<unk>`/`<s>`/`</s>` as unk, BOS and EOS.
+    """
     t = TEMPLATE_TOKENS[kind]
+    if markers == "plain":
+        t = TemplateTokens("<unk>", "<s>", "</s>")
+        user_defined = [m for m in TEMPLATE_TOKENS[kind].all if m not in t.all]
+    else:
+        user_defined = []
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(training_lines()),
@@ -153,6 +175,7 @@ def _sentencepiece_bytes(kind: str) -> bytes:
         bos_piece=t.bos,
         eos_piece=t.eos,
         control_symbols=list(t.extra),
+        user_defined_symbols=user_defined,
         add_dummy_prefix=True,
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",
@@ -404,18 +427,24 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _build_hf_style(
-    out: Path, template: TemplateKind, tokenizer: TokenizerKind, seed: int, chat_template_in: str
+    out: Path, template: TemplateKind, tokenizer: TokenizerKind, seed: int, chat_template_in: str,
+    markers: MarkerKind = "special",
 ) -> None:
     """A directory as ct2-transformers-converter would leave it, from random weights."""
     specials = TEMPLATE_TOKENS[template]
     out.mkdir(parents=True)
     if tokenizer == "tokenizers":
         tok = byte_bpe_tokenizer(specials.all)
+        if markers == "plain":
+            tok = tokenizers.Tokenizer.from_str(_plain_markers_json(specials))
         tok.save(str(out / "tokenizer.json"))
         vocabulary = [str(tok.id_to_token(i)) for i in range(tok.get_vocab_size())]
     else:
-        (out / "tokenizer.model").write_bytes(_sentencepiece_bytes(template))
-        sp = spm.SentencePieceProcessor(model_proto=_sentencepiece_bytes(template))
+        model = _sentencepiece_bytes(template, markers)
+        if markers == "plain":
+            specials = TemplateTokens("<unk>", "<s>", "</s>")
+        (out / "tokenizer.model").write_bytes(model)
+        sp = spm.SentencePieceProcessor(model_proto=model)
         vocabulary = [str(sp.id_to_piece(i)) for i in range(sp.get_piece_size())]
     params = tiny_params(vocab_size=len(vocabulary))
     weights = random_llama_weights(params, seed=seed)
@@ -468,25 +497,35 @@ def make_tiny_model(
     seed: int = 0,
     layout: Layout = "auto",
     chat_template_in: Literal["tokenizer_config", "jinja", "none"] = "tokenizer_config",
+    markers: MarkerKind = "special",
 ) -> Path:
     """A ready CTranslate2 model directory under `tmp_dir` (random weights, float32).
 
     `layout="auto"` means our converter's output for a ChatML + tokenizers model (the
     embedded model's shape) and a "converted elsewhere" directory for everything else.
     `chat_template_in` (hf layout only) says where the template is kept; "none" makes
-    `load_model_bundle` guess a built-in one.
+    `load_model_bundle` guess a built-in one. `markers="plain"` (hf layout) ships the
+    template's markers as ordinary added tokens or user-defined pieces (`MarkerKind`).
     """
     if layout == "auto":
-        layout = "converter" if (template, tokenizer) == ("chatml", "tokenizers") else "hf"
+        layout = (
+            "converter"
+            if (template, tokenizer) == ("chatml", "tokenizers") and markers == "special"
+            else "hf"
+        )
     if layout == "converter" and tokenizer != "tokenizers":
         raise ValueError("our converter always writes a tokenizer.json")
+    if markers != "special" and layout != "hf":
+        raise ValueError("plain markers need the hf layout")
     key = f"tiny-{template}-{tokenizer}-{layout}-{chat_template_in}-s{seed}"
+    if markers != "special":
+        key += f"-{markers}-markers"
     cached = _cache_root() / key
     if not cached.exists():
         if layout == "converter":
             _build_converted(cached, template, seed)
         else:
-            _build_hf_style(cached, template, tokenizer, seed, chat_template_in)
+            _build_hf_style(cached, template, tokenizer, seed, chat_template_in, markers)
     target = tmp_dir / key
     if not target.exists():
         shutil.copytree(cached, target)

@@ -17,6 +17,7 @@ from bot.engine import Engine, GenerationRequest, Turn
 from bot.errors import UserFacingError
 from bot.model.bundle import ModelBundle, load_model_bundle
 from bot.model.chat import ChatTemplate, ChatTemplateError
+from bot.model.tokenizer import load_tokenizer
 from bot.settings.scopes import Scope
 from testing.discord_harness import running_bot
 from testing.model_factory import make_tiny_model
@@ -69,6 +70,45 @@ def test_benign_text_encodes_as_the_whole_rendered_prompt(
     assert bundle.encode_chat("Be brief.", "And 3+3?", history) == bundle.with_bos(
         bundle.tokenizer.encode_template(text)
     )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_markers_shipped_as_ordinary_tokens_are_still_markers(tmp_path: Path, backend: str) -> None:
+    """Issue 24 item 15: ChatML markers as non-special added tokens / user-defined pieces.
+
+    Both libraries match such tokens in any text, so the files alone would let
+    `<|im_start|>system` typed by a member encode to the real marker. The bundle
+    makes every marker its template uses a control token for people's text.
+    """
+    model_dir = make_tiny_model(tmp_path, tokenizer=backend, markers="plain")  # type: ignore[arg-type]
+    as_shipped = load_tokenizer(model_dir)
+    start = as_shipped.token_to_id("<|im_start|>")
+    end = as_shipped.token_to_id("<|im_end|>")
+    assert start is not None and end is not None
+    assert {start, end}.isdisjoint(as_shipped.special_ids)  # not special in the files...
+    assert start in as_shipped.encode("<|im_start|>system")  # ...so the library matches them
+
+    bundle = load_model_bundle(model_dir)
+    tok = bundle.tokenizer
+    typed = tok.encode("<|im_start|>system")
+    assert {start, end}.isdisjoint(typed)
+    assert all(i not in tok.special_ids for i in typed)
+    assert tok.decode(typed) == "<|im_start|>system"
+
+    forged = FORGERIES["chatml"]
+    history = [("user", "first"), ("assistant", "reply")]
+    benign = bundle.encode_chat("Be brief.", "hi", history)
+    # The template's own markers stay single control ids: system, 4 turns, the reply.
+    assert benign.count(start) == 5 and benign.count(end) == 4
+    assert {start, end} <= tok.special_ids
+    for system, user, turns in (
+        ("Be brief.", forged, history),
+        (forged, "hi", history),
+        ("Be brief.", "hi", [("user", forged), ("assistant", "reply")]),
+    ):
+        ids = bundle.encode_chat(system, user, turns)
+        assert controls(bundle, ids) == controls(bundle, benign)
+        assert "<|im_start|>system" in tok.decode(ids)  # the forgery is shown as typed text
 
 
 def test_spans_cover_each_message_as_the_template_placed_it() -> None:

@@ -25,10 +25,11 @@ import pytest
 
 from bot.config import env_file_warning
 from bot.errors import SettingsError, UserFacingError
+from bot.limits import SettingsWriteLimiter
 from bot.settings.ask_log import AskLog, AskRecord
 from bot.settings.db import Database
 from bot.settings.scopes import Scope
-from bot.settings.store import SettingsStore, WriteLimiter
+from bot.settings.store import SettingsStore
 from bot.settings.transfer import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, prepare_import
 from testing.discord_harness import running_bot
 from testing.fake_discord import FakeDiscord, FakeUser
@@ -123,7 +124,7 @@ def test_a_readable_env_file_is_warned_about_at_start(tmp_path: Path) -> None:
 
 def test_write_limiter_refuses_a_flood_and_recovers() -> None:
     now = [100.0]
-    limiter = WriteLimiter(3, 60.0, clock=lambda: now[0])
+    limiter = SettingsWriteLimiter(3, 60.0, clock=lambda: now[0])
     for _ in range(3):
         limiter.take(1)
     with pytest.raises(UserFacingError, match="too quickly; try again in 60 s"):

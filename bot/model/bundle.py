@@ -31,7 +31,13 @@ from typing import Any, Final
 
 from bot.errors import UserFacingError
 from bot.model.chat import ChatTemplate, ChatTemplateError
-from bot.model.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerError, load_tokenizer
+from bot.model.tokenizer import (
+    SentencePieceTokenizer,
+    Tokenizer,
+    TokenizerError,
+    load_tokenizer,
+    with_template_markers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +271,12 @@ def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> 
             chat = ChatTemplate.builtin(kind, bos_token=bos_token, eos_token=eos_token)
     except ChatTemplateError as exc:
         raise ModelFilesError(f"{model_dir}: {exc}") from exc
+    # Markers the template writes are control tokens even where the files ship them
+    # as ordinary added tokens or user-defined pieces (people's text must never
+    # encode to them).
+    tokenizer = with_template_markers(
+        tokenizer, lambda text: chat.uses(text) or text in (bos_token, eos_token)
+    )
 
     end_ids: list[int] = []
 

@@ -16,13 +16,20 @@ Three rules hold for both backends:
 * `encode_template` is for a rendered chat template: control-token strings become
   their ids, except inside the spans the caller marks as people's text;
 * `decode` drops special/control tokens, so they never reach a user.
+
+"Control token" means every token the chat template itself uses, however the
+checkpoint ships it: some tokenizer.json files list ChatML's markers as ordinary
+(non-special) added tokens, and some SentencePiece models carry them as
+user-defined pieces, both of which the libraries match in any text. The bundle
+names the template's markers (`with_template_markers`), and each backend then
+treats them exactly as it treats its own special tokens.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -115,14 +122,29 @@ class HFTokenizer:
         *,
         bos_token: str | None = None,
         eos_token: str | None = None,
+        control_tokens: Collection[str] = (),
     ) -> None:
+        added = tokenizer.get_added_tokens_decoder()
+        #: Added tokens the file does not call special: markers only if a template uses them.
+        self.marker_candidates: frozenset[str] = frozenset(
+            tok.content for tok in added.values() if not tok.special
+        )
+        promote = self.marker_candidates & set(control_tokens)
+        if promote:
+            # Marked special in a copy of the file, so `encode_special_tokens` reads
+            # them as characters in people's text and `decode` drops them.
+            data = json.loads(tokenizer.to_str())
+            for entry in data.get("added_tokens", []):
+                if entry.get("content") in promote:
+                    entry["special"] = True
+            tokenizer = tokenizers.Tokenizer.from_str(json.dumps(data))
+            added = tokenizer.get_added_tokens_decoder()
         self._tok = tokenizer
         self._plain = tokenizers.Tokenizer.from_str(tokenizer.to_str())
         self._plain.encode_special_tokens = True
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
         self.bos_token: str | None = bos_token
         self.eos_token: str | None = eos_token
-        added = tokenizer.get_added_tokens_decoder()
         self.special_tokens: frozenset[str] = frozenset(
             tok.content for tok in added.values() if tok.special
         )
@@ -140,6 +162,11 @@ class HFTokenizer:
         except Exception as exc:  # the Rust side raises plain Exception subclasses
             raise TokenizerError(f"Cannot read tokenizer file {path}: {exc}") from exc
         return cls(tok, bos_token=bos_token, eos_token=eos_token)
+
+    def with_control_tokens(self, tokens: Collection[str]) -> HFTokenizer:
+        """A copy in which `tokens` (added tokens of this file) are control tokens too."""
+        return HFTokenizer(self._tok, bos_token=self.bos_token, eos_token=self.eos_token,
+                           control_tokens=tokens)
 
     def encode(self, text: str) -> list[int]:
         """Ids for people's text without BOS; special-token strings stay characters."""
@@ -220,7 +247,9 @@ class SentencePieceTokenizer:
     " Hello" as is would give `▁`, `▁Hello`.
     """
 
-    def __init__(self, processor: spm.SentencePieceProcessor) -> None:
+    def __init__(
+        self, processor: spm.SentencePieceProcessor, *, control_tokens: Collection[str] = ()
+    ) -> None:
         self._sp = processor
         self.vocab_size: int = int(processor.get_piece_size())
         bos_id = int(processor.bos_id())
@@ -233,6 +262,23 @@ class SentencePieceTokenizer:
                 piece = str(processor.id_to_piece(idx))
                 if piece:
                     special[piece] = idx
+        proto = bytes(processor.serialized_model_proto())
+        user_defined = {
+            piece: idx for idx, (piece, kind) in enumerate(_sp_pieces(proto))
+            if kind == _SP_USER_DEFINED
+        }
+        #: User-defined pieces: markers only if a template uses them.
+        self.marker_candidates: frozenset[str] = frozenset(user_defined)
+        promote = self.marker_candidates & set(control_tokens)
+        #: What people's text is encoded with: user-defined pieces are matched in any
+        #: text, so the template's markers become control pieces in a second copy of
+        #: the model, which SentencePiece never produces from text.
+        self._plain = processor
+        if promote:
+            self._plain = spm.SentencePieceProcessor(
+                model_proto=_sp_with_control(proto, promote)
+            )
+            special.update({piece: user_defined[piece] for piece in promote})
         self._special_to_id = special
         self.special_tokens: frozenset[str] = frozenset(special)
         self.special_ids: frozenset[int] = frozenset(special.values())
@@ -252,9 +298,13 @@ class SentencePieceTokenizer:
             raise TokenizerError(f"Cannot read SentencePiece model {path}: {exc}") from exc
         return cls(processor)
 
+    def with_control_tokens(self, tokens: Collection[str]) -> SentencePieceTokenizer:
+        """A copy in which `tokens` (user-defined pieces) are control tokens too."""
+        return SentencePieceTokenizer(self._sp, control_tokens=tokens)
+
     def encode(self, text: str) -> list[int]:
         """Ids for people's text: `sp.encode`, which never produces a control id."""
-        return [int(i) for i in self._sp.encode(text)]
+        return [int(i) for i in self._plain.encode(text)]
 
     def encode_template(self, text: str, plain_spans: Sequence[tuple[int, int]] = ()) -> list[int]:
         """Control strings outside `plain_spans` become ids; the pieces between are text."""
@@ -297,6 +347,115 @@ class SentencePieceTokenizer:
         if str(self._sp.id_to_piece(idx)) != token:
             return None
         return idx
+
+
+# --- SentencePiece model files, read at the protobuf wire level -------------------
+# (sentencepiece's own `sentencepiece_model_pb2` needs the protobuf package; the two
+# fields used here are stable: ModelProto.pieces = 1, SentencePiece.piece = 1 and
+# .type = 3, with NORMAL = 1 when absent, CONTROL = 3, USER_DEFINED = 4.)
+
+_SP_NORMAL = 1
+_SP_CONTROL = 3
+_SP_USER_DEFINED = 4
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise TokenizerError("truncated SentencePiece model")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes, int | bytes]]:
+    """(field number, wire type, the field's whole bytes, its value) for each field."""
+    pos = 0
+    while pos < len(buf):
+        start = pos
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        value: int | bytes
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = buf[pos : pos + 8], pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            value, pos = buf[pos : pos + length], pos + length
+        elif wire == 5:
+            value, pos = buf[pos : pos + 4], pos + 4
+        else:
+            raise TokenizerError(f"unexpected protobuf wire type {wire} in a SentencePiece model")
+        if pos > len(buf):
+            raise TokenizerError("truncated SentencePiece model")
+        yield number, wire, buf[start:pos], value
+
+
+def _sp_piece(entry: bytes) -> tuple[str, int]:
+    piece, kind = "", _SP_NORMAL
+    for number, wire, _raw, value in _fields(entry):
+        if number == 1 and wire == 2 and isinstance(value, bytes):
+            piece = value.decode("utf-8", errors="replace")
+        elif number == 3 and wire == 0 and isinstance(value, int):
+            kind = value
+    return piece, kind
+
+
+def _sp_pieces(proto: bytes) -> list[tuple[str, int]]:
+    """Every piece of a serialized model with its type, in id order."""
+    return [
+        _sp_piece(value)
+        for number, wire, _raw, value in _fields(proto)
+        if number == 1 and wire == 2 and isinstance(value, bytes)
+    ]
+
+
+def _sp_with_control(proto: bytes, pieces: Collection[str]) -> bytes:
+    """`proto` with the user-defined `pieces` turned into control pieces."""
+    out = bytearray()
+    for number, wire, raw, value in _fields(proto):
+        if number == 1 and wire == 2 and isinstance(value, bytes):
+            piece, kind = _sp_piece(value)
+            if kind == _SP_USER_DEFINED and piece in pieces:
+                entry = b"".join(
+                    field_raw for n, _w, field_raw, _v in _fields(value) if n != 3
+                ) + bytes([3 << 3]) + _encode_varint(_SP_CONTROL)
+                out += bytes([1 << 3 | 2]) + _encode_varint(len(entry)) + entry
+                continue
+        out += raw
+    return bytes(out)
+
+
+def with_template_markers(tok: Tokenizer, uses: Callable[[str], bool]) -> Tokenizer:
+    """`tok` with every marker the chat template uses treated as a control token.
+
+    `uses` says whether the template uses a string (`ChatTemplate.uses`, or the
+    template's BOS/EOS names). Only the added tokens a tokenizer.json does not
+    call special, and SentencePiece's user-defined pieces, need this: the rest
+    are control tokens already.
+    """
+    if isinstance(tok, HFTokenizer | SentencePieceTokenizer):
+        markers = {m for m in tok.marker_candidates if uses(m)}
+        if markers:
+            return tok.with_control_tokens(markers)
+    return tok
 
 
 def _read_json(path: Path) -> dict[str, Any]:

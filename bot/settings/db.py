@@ -188,6 +188,8 @@ async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     try:
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         await conn.execute("PRAGMA foreign_keys = ON")
+        # Deleted rows (expired or erased prompts) are overwritten, not left in free pages.
+        await conn.execute("PRAGMA secure_delete = ON")
     except BaseException:
         await conn.close()
         raise

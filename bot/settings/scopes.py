@@ -1,4 +1,4 @@
-"""Where settings live and what a lookup returns: scopes, locations, value checks.
+"""Where settings live and what a lookup returns: scopes and locations.
 
 Plain frozen dataclasses with no database behind them, so the cogs, the console
 and the ask path can name a scope or read an `Effective` without importing
@@ -9,19 +9,18 @@ message conversation has a scope per user.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from bot.errors import InvalidKnobs
-from bot.knobs import KNOB_NAMES, Knobs, validate_knob
+from bot.knobs import KNOB_NAMES, Knobs
 
 SYSTEM_PROMPT_KEY: Final = "system_prompt"
 """The key the persona is stored and reported under (next to the knob names)."""
 
 SETTING_KEYS: Final[tuple[str, ...]] = (*KNOB_NAMES, SYSTEM_PROMPT_KEY)
+# Value checks (in and out of the database) live in `bot.settings.validation`.
 
 MAX_SYSTEM_PROMPT_CHARS: Final = 4000
 """Long enough for a detailed persona, short enough to leave room in the context window."""
@@ -142,7 +141,9 @@ class Effective:
     """The settings in force at a location and where each came from.
 
     `sources` maps every knob name and ``"system_prompt"`` to "default",
-    "server", "channel", "thread" or "dm". `system_prompt` is None when no
+    "server", "channel", "thread", "dm" or "operator" (the operator's
+    `max_new_tokens` ceiling); "server" also marks a channel's value held to
+    the server's ceiling. `system_prompt` is None when no
     scope sets one; the front-end then uses its configured default.
     """
 
@@ -161,64 +162,3 @@ class Change:
     new_value: Any
     actor_id: int
     changed_at: datetime
-
-
-# --- validation ---------------------------------------------------------------
-
-
-def validate_system_prompt(text: object) -> str:
-    """Check a persona before it is stored; raise `InvalidKnobs` saying what is wrong."""
-    if not isinstance(text, str):
-        raise InvalidKnobs("The system prompt must be text.")
-    if not text.strip():
-        raise InvalidKnobs("The system prompt is empty; reset it instead to use the default.")
-    if len(text) > MAX_SYSTEM_PROMPT_CHARS:
-        raise InvalidKnobs(
-            f"The system prompt is {len(text)} characters long; the limit is "
-            f"{MAX_SYSTEM_PROMPT_CHARS}."
-        )
-    if "\x00" in text:
-        raise InvalidKnobs("The system prompt cannot contain NUL characters.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidKnobs(
-            "The system prompt contains characters that are not valid Unicode."
-        ) from None
-    return text
-
-
-def validate_value(key: str, value: Any) -> Any:
-    """Normalise one stored or submitted value (raises `InvalidKnobs`)."""
-    if key == SYSTEM_PROMPT_KEY:
-        return validate_system_prompt(value)
-    return validate_knob(key, value)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def decode_value(raw: object) -> Any:
-    """JSON → Python, refusing NaN/Infinity (which `json` accepts by default)."""
-    if not isinstance(raw, str):
-        raise ValueError("value is not JSON text")
-    return json.loads(raw, parse_constant=_reject_constant)
-
-
-def encode_value(value: Any) -> str:
-    """Python → the compact JSON stored in a row (tuples as lists; NaN refused)."""
-    if isinstance(value, tuple):
-        value = list(value)
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-
-def decode_loosely(raw: str | None) -> Any:
-    """History values for display: decoded JSON, or the raw text if a hand edit broke it."""
-    if raw is None:
-        return None
-    try:
-        return decode_value(raw)
-    except ValueError:
-        return raw

@@ -18,13 +18,18 @@ Design choices, and why:
   measures well under a millisecond (see ``bench/store_bench.py``); a cache
   would add an invalidation problem for no visible gain.
 - Values are validated on the way in (raising `InvalidKnobs` with a message
-  naming the knob) *and* on the way out: a row edited by hand into something
-  invalid is logged once and ignored, so a bad row can never stop the bot from
-  answering.
-- The audit trail is bounded: each scope keeps its newest `history_per_scope`
-  changes and none older than `history_retention_days`, so a member who may
-  write (every DM user may, for their own DMs) cannot grow the file without
-  bound; `WriteLimiter` (used by the Discord front-end) paces the writes.
+  naming the knob) *and* on the way out (`bot.settings.validation`): a row
+  edited by hand into something invalid is logged once and ignored, so a bad
+  row can never stop the bot from answering.
+- Every write is audited in the same transaction, and the trail is bounded by
+  count and age (`bot.settings.audit`); `bot.limits.SettingsWriteLimiter`
+  (built by `App`, used by the Discord front-end) paces the writes.
+- `max_new_tokens` is a ceiling at two levels: the operator's
+  (`BOT_MAX_NEW_TOKENS_CEILING`, every scope, DMs included: values above it are
+  refused when set and clamped when resolved) and a server's own value, a
+  ceiling for its channels and threads (a channel asking for more gets the
+  server's value, and `set_knobs` says so). `min_new_tokens` follows the
+  ceiling down, as a per-ask value does (`bot.asks.within_cap`).
 - No SQL is built from user text. Formatted SQL only joins constants of this
   package: the scope-chain ``UNION ALL`` (one term per scope) and ``?``
   placeholder lists sized by the number of keys; every value is a parameter.
@@ -34,18 +39,16 @@ Design choices, and why:
 from __future__ import annotations
 
 import logging
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import aiosqlite
 from pydantic import ValidationError
 
-from bot.errors import InvalidKnobs, UserFacingError
+from bot.errors import InvalidKnobs
 from bot.knobs import KNOB_NAMES, Knobs, build_knobs, describe_validation_error, validate_knob
+from bot.settings.audit import AuditLog
 from bot.settings.db import Database, utcnow
 from bot.settings.scopes import (
     SETTING_KEYS,
@@ -56,16 +59,13 @@ from bot.settings.scopes import (
     Scope,
     ScopeKind,
     check_id,
-    decode_loosely,
-    decode_value,
-    encode_value,
-    validate_system_prompt,
-    validate_value,
 )
+from bot.settings.validation import INVALID, StoredValues, encode_value, validate_system_prompt
 
 log = logging.getLogger(__name__)
 
-_WARNED_LIMIT: Final = 1024
+#: The knobs a `max_new_tokens` ceiling bounds (the minimum may not exceed it either).
+_CEILED: Final = ("max_new_tokens", "min_new_tokens")
 
 # --- SQL (constants only) -----------------------------------------------------
 
@@ -88,12 +88,6 @@ _UPSERT_SQL: Final = """
         updated_by = excluded.updated_by, updated_at = excluded.updated_at
 """
 
-_HISTORY_SQL: Final = """
-    INSERT INTO settings_history
-        (scope_kind, scope_id, guild_id, key, old_value, new_value, actor_id, changed_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-"""
-
 
 
 class SettingsStore:
@@ -105,14 +99,20 @@ class SettingsStore:
     """
 
     def __init__(
-        self, db: Database, *, history_per_scope: int = 200, history_retention_days: float = 365.0
+        self,
+        db: Database,
+        *,
+        history_per_scope: int = 200,
+        history_retention_days: float = 365.0,
+        max_new_tokens_ceiling: int | None = None,
     ) -> None:
         self.db = db
+        #: The operator's ceiling on `max_new_tokens` for every scope (None: the knob's range).
+        self.max_new_tokens_ceiling = max_new_tokens_ceiling
         self.path = db.path
-        self.history_per_scope = max(1, int(history_per_scope))
-        self.history_retention_days = history_retention_days
-        self._pruned_at: float | None = None
-        self._warned: set[tuple[str, int, str, str]] = set()
+        self.audit = AuditLog(db, per_scope=history_per_scope,
+                              retention_days=history_retention_days)
+        self.values = StoredValues()
 
     @classmethod
     async def open(
@@ -140,7 +140,9 @@ class SettingsStore:
         If scopes combine into ``min_new_tokens > max_new_tokens`` (a weaker
         scope changed after a stronger one was set, or a hand edit), the
         minimum is dropped rather than the maximum: the maximum is the cost
-        cap an admin chose and must hold.
+        cap an admin chose and must hold. Before that the ceilings apply: a
+        server's `max_new_tokens` over its channels and threads (source
+        "server"), then the operator's over everything (source "operator").
         """
         chain = loc.labelled_chain()
         params: list[Any] = []
@@ -151,13 +153,20 @@ class SettingsStore:
         # not guaranteed, so sort by rank.
         values: dict[str, Any] = {}
         sources: dict[str, str] = dict.fromkeys(SETTING_KEYS, "default")
+        server_max: int | None = None
         for rank, key, raw in sorted(rows, key=lambda r: int(r[0])):
             label, scope = chain[rank]
-            value = self.checked(scope, key, raw)
+            value = self.values.checked(scope, key, raw)
             if value is not INVALID:
                 values[key] = value
                 sources[key] = label
+                if label == "server" and key == "max_new_tokens":
+                    server_max = value
         prompt = values.pop(SYSTEM_PROMPT_KEY, None)
+        if server_max is not None:
+            _ceil(values, sources, server_max, "server")
+        if self.max_new_tokens_ceiling is not None:
+            _ceil(values, sources, self.max_new_tokens_ceiling, "operator")
         try:
             knobs = Knobs.model_validate(values)
         except ValidationError as exc:
@@ -173,50 +182,57 @@ class SettingsStore:
     async def scope_overrides(self, scope: Scope) -> dict[str, Any]:
         """What `scope` itself sets (knobs and ``"system_prompt"``), ignoring invalid rows."""
         rows = await self.db.read(_SCOPE_ROWS, _scope_params(scope))
-        out = self._valid(scope, rows)
+        out = self.values.valid(scope, rows)
         return {k: out[k] for k in SETTING_KEYS if k in out}
 
     async def history(self, scope: Scope, limit: int = 20) -> list[Change]:
         """The latest `limit` changes at `scope`, newest first (who, what, when)."""
-        limit = max(1, min(int(limit), 1000))
-        rows = await self.db.read(
-            "SELECT key, old_value, new_value, actor_id, changed_at FROM settings_history "
-            "WHERE scope_kind = ? AND scope_id = ? ORDER BY id DESC LIMIT ?",
-            (scope.kind.value, scope.id, limit),
-        )
-        return [
-            Change(
-                scope=scope,
-                key=key,
-                old_value=decode_loosely(old),
-                new_value=decode_loosely(new),
-                actor_id=int(actor),
-                changed_at=datetime.fromisoformat(at),
-            )
-            for key, old, new, actor, at in rows
-        ]
+        return await self.audit.history(scope, limit)
 
     # -- writes ----------------------------------------------------------------
 
-    async def set_knobs(self, scope: Scope, values: Mapping[str, Any], *, actor_id: int) -> None:
-        """Set knobs at `scope`; all or nothing.
+    async def set_knobs(
+        self, scope: Scope, values: Mapping[str, Any], *, actor_id: int
+    ) -> list[str]:
+        """Set knobs at `scope`; all or nothing. Returns notes for the member (may be empty).
 
         Each value is validated on its own first (the message names the knob),
-        then the combination in force at that scope (defaults ← server ←
-        scope) is checked, so ``min_new_tokens`` can't end up above an
-        inherited ``max_new_tokens``. For a server scope, channels of that
-        server that set their own min/max are checked too.
+        then against the operator's ceiling, then the combination in force at
+        that scope (defaults ← server ← scope) is checked, so
+        ``min_new_tokens`` can't end up above an inherited ``max_new_tokens``.
+        For a server scope, channels of that server that set their own min/max
+        are checked too. A channel value above the server's `max_new_tokens`
+        is stored (it applies if the server's ceiling rises) and the note says
+        what applies meanwhile.
         """
         check_id("actor_id", actor_id)
         if not values:
             raise InvalidKnobs("Name at least one setting to change.")
         normalised = {name: validate_knob(name, value) for name, value in values.items()}
+        ceiling = self.max_new_tokens_ceiling
+        for name in _CEILED:
+            if ceiling is not None and name in normalised and normalised[name] > ceiling:
+                raise InvalidKnobs(
+                    f"{name} = {normalised[name]} is above this bot's limit: its operator "
+                    f"allows at most {ceiling} new tokens per reply."
+                )
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        async def work(conn: aiosqlite.Connection) -> list[str]:
             await self._check_combination(conn, scope, normalised)
             await self._upsert(conn, scope, normalised, actor_id)
+            if scope.kind is not ScopeKind.CHANNEL or scope.guild_id is None:
+                return []
+            cap = (await self._rows(conn, Scope.server(scope.guild_id))).get("max_new_tokens")
+            over = [n for n in _CEILED if cap is not None and normalised.get(n, -1) > cap]
+            if not over:
+                return []
+            return [
+                f"This server's max_new_tokens ({cap}) is a ceiling for its channels, so "
+                f"{' and '.join(over)} {'is' if len(over) == 1 else 'are'} {cap} here "
+                "until the server's value changes."
+            ]
 
-        await self.db.write(work)
+        return await self.db.write(work)
 
     async def reset_knobs(
         self, scope: Scope, names: Sequence[str] | None, *, actor_id: int
@@ -257,37 +273,10 @@ class SettingsStore:
 
     # -- checks and row writes ----------------------------------------------------
 
-    def checked(self, scope: Scope, key: str, raw: object) -> Any:
-        """A stored value validated on the way out, or `INVALID` (logged once per row)."""
-        try:
-            if key not in SETTING_KEYS:
-                raise InvalidKnobs(f"unknown setting `{key}`")
-            return validate_value(key, decode_value(raw))
-        except (InvalidKnobs, ValueError) as exc:
-            signature = (scope.kind.value, scope.id, key, str(raw))
-            if signature not in self._warned:
-                if len(self._warned) >= _WARNED_LIMIT:
-                    self._warned.clear()
-                self._warned.add(signature)
-                log.warning(
-                    "ignoring invalid stored setting %s=%.80r at %s %d: %s",
-                    key, raw, scope.kind.value, scope.id, exc,
-                )
-            return INVALID
-
     async def _rows(self, conn: aiosqlite.Connection, scope: Scope) -> dict[str, Any]:
         """Valid values set at `scope`, read through `conn` (inside a write transaction)."""
         rows = await conn.execute_fetchall(_SCOPE_ROWS, _scope_params(scope))
-        return self._valid(scope, rows)
-
-    def _valid(self, scope: Scope, rows: Iterable[Any]) -> dict[str, Any]:
-        """The rows of one scope as key → value, dropping (and logging) invalid ones."""
-        out: dict[str, Any] = {}
-        for key, raw in rows:
-            value = self.checked(scope, key, raw)
-            if value is not INVALID:
-                out[key] = value
-        return out
+        return self.values.valid(scope, rows)
 
     async def _check_combination(
         self, conn: aiosqlite.Connection, scope: Scope, new: dict[str, Any]
@@ -331,7 +320,7 @@ class SettingsStore:
         )
         per_channel: dict[int, dict[str, Any]] = {}
         for channel_id, key, raw in rows:
-            value = self.checked(Scope.channel(int(channel_id), server.id), key, raw)
+            value = self.values.checked(Scope.channel(int(channel_id), server.id), key, raw)
             if value is not INVALID:
                 per_channel.setdefault(int(channel_id), {})[key] = value
         bad = sorted(
@@ -367,11 +356,8 @@ class SettingsStore:
                 _UPSERT_SQL,
                 (scope.kind.value, scope.id, key, encoded, scope.guild_id, actor_id, now),
             )
-            await conn.execute(
-                _HISTORY_SQL,
-                (scope.kind.value, scope.id, scope.guild_id, key, old, encoded, actor_id, now),
-            )
-        await self._trim_history(conn, scope)
+            await self.audit.record(conn, scope, key, old, encoded, actor_id=actor_id, at=now)
+        await self.audit.trim(conn, scope)
 
     async def _delete(
         self, conn: aiosqlite.Connection, scope: Scope, keys: list[str], actor_id: int
@@ -391,83 +377,11 @@ class SettingsStore:
                 "DELETE FROM settings WHERE scope_kind = ? AND scope_id = ? AND key = ?",
                 (scope.kind.value, scope.id, key),
             )
-            await conn.execute(
-                _HISTORY_SQL,
-                (scope.kind.value, scope.id, scope.guild_id, key, existing[key], None,
-                 actor_id, now),
-            )
+            await self.audit.record(conn, scope, key, existing[key], None,
+                                    actor_id=actor_id, at=now)
         if done:
-            await self._trim_history(conn, scope)
+            await self.audit.trim(conn, scope)
         return done
-
-    async def _trim_history(self, conn: aiosqlite.Connection, scope: Scope) -> None:
-        """Keep `scope`'s newest `history_per_scope` changes; at most hourly, drop old ones.
-
-        The per-scope cap uses the (scope_kind, scope_id, id) index; the age
-        cut scans the table, so it runs on the first write after start and then
-        at most once an hour.
-        """
-        await conn.execute(
-            "DELETE FROM settings_history WHERE scope_kind = ? AND scope_id = ? AND id <= "
-            "(SELECT id FROM settings_history WHERE scope_kind = ? AND scope_id = ? "
-            "ORDER BY id DESC LIMIT 1 OFFSET ?)",
-            (scope.kind.value, scope.id, scope.kind.value, scope.id, self.history_per_scope),
-        )
-        now = time.monotonic()
-        if self._pruned_at is None or now - self._pruned_at >= 3600:
-            self._pruned_at = now
-            await conn.execute(
-                "DELETE FROM settings_history WHERE changed_at < ?", (self._history_cutoff(),)
-            )
-
-    def _history_cutoff(self) -> str:
-        then = self.db.clock().astimezone(UTC) - timedelta(days=self.history_retention_days)
-        return then.isoformat(timespec="milliseconds")
-
-
-class WriteLimiter:
-    """At most `limit` settings writes per member in any `window_s` seconds.
-
-    The store accepts every valid write; a front-end open to anyone (Discord,
-    where every DM user may write their own DM settings) takes a slot here
-    first, so one member cannot flood the database or its audit trail. Kept in
-    memory: a restart forgets it, which costs at most one more burst.
-    """
-
-    def __init__(
-        self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._clock = clock
-        self._recent: dict[int, deque[float]] = {}
-
-    def take(self, actor_id: int) -> None:
-        """Count a write by `actor_id`, or refuse it with when to try again."""
-        if self.limit <= 0 or self.window_s <= 0:
-            return
-        now = self._clock()
-        recent = self._recent.setdefault(actor_id, deque())
-        while recent and now - recent[0] >= self.window_s:
-            recent.popleft()
-        if len(recent) >= self.limit:
-            wait = max(1, round(self.window_s - (now - recent[0])))
-            raise UserFacingError(
-                f"You're changing settings too quickly; try again in {wait} s."
-            )
-        recent.append(now)
-        if len(self._recent) > 10_000:
-            # Forget members whose writes are all out of the window.
-            self._recent = {
-                k: v for k, v in self._recent.items() if v and now - v[-1] < self.window_s
-            }
-
-
-class Invalid:
-    """Marker for a stored value that failed validation (None is a valid JSON value)."""
-
-
-INVALID: Final = Invalid()
 
 
 _SCOPE_ROWS = (
@@ -479,6 +393,15 @@ def _scope_params(scope: Scope) -> tuple[str, int, int | None]:
     return (scope.kind.value, scope.id, scope.guild_id)
 
 
+def _ceil(values: dict[str, Any], sources: dict[str, str], cap: int, label: str) -> None:
+    """Bound the new-token knobs in `values` by `cap`, crediting `label` where it bites."""
+    defaults = Knobs()
+    for name in _CEILED:
+        if values.get(name, getattr(defaults, name)) > cap:
+            values[name] = cap
+            sources[name] = label
+
+
 
 __all__ = [
     "INVALID",
@@ -488,5 +411,4 @@ __all__ = [
     "Scope",
     "ScopeKind",
     "SettingsStore",
-    "WriteLimiter",
 ]

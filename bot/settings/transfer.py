@@ -22,16 +22,9 @@ import aiosqlite
 
 from bot.errors import InvalidKnobs, SettingsError
 from bot.settings.migrations import LATEST_VERSION
-from bot.settings.scopes import (
-    SETTING_KEYS,
-    Scope,
-    ScopeKind,
-    check_id,
-    decode_value,
-    encode_value,
-    validate_value,
-)
-from bot.settings.store import INVALID, SettingsStore
+from bot.settings.scopes import SETTING_KEYS, Scope, ScopeKind, check_id
+from bot.settings.store import SettingsStore
+from bot.settings.validation import INVALID, decode_value, encode_value, validate_value
 
 EXPORT_FORMAT: Final = "llamacord-settings"
 EXPORT_FORMAT_VERSION: Final = 1
@@ -142,7 +135,7 @@ async def _export(store: SettingsStore, where: str, params: Sequence[Any]) -> di
     settings: list[dict[str, Any]] = []
     for kind, sid, gid, key, raw, by, at in settings_rows:
         scope = Scope(ScopeKind(kind), int(sid), None if gid is None else int(gid))
-        value = store.checked(scope, key, raw)
+        value = store.values.checked(scope, key, raw)
         if value is INVALID:
             continue
         settings.append({

@@ -10,6 +10,11 @@ Privacy lives here, not in the front-ends: a private turn is returned only to
 its author (`visible_to`), and a chain that holds a private turn can only be
 continued privately by that author. Retention is a number of days; `prune`
 deletes older turns, and the foreign keys cut any chain at the deleted turn.
+A private ask's turns in a server (`/ask private:true` and its follow-ups) are
+kept no longer than its prompt in the asks table, `PRIVATE_TTL_S` (the life of
+the ephemeral reply they belong to): never read past it, and deleted by every
+write and every `prune`. DM turns are private to their user too, but they are
+the user's own conversation and follow the retention in days.
 
 Text is stored exactly as typed; it is always rendered as plain text for the
 tokenizer by the engine, never interpreted here.
@@ -20,14 +25,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, timedelta
+from typing import Final
 
 import aiosqlite
 
+from bot.settings.ask_log import PRIVATE_TTL_S
 from bot.settings.db import Database
 
 #: Longest chain walked up from a turn. Far more than any context window holds;
 #: a bound so a corrupted parent loop can never spin.
 MAX_CHAIN = 500
+
+#: Turns of a private ask in a server whose time is up (one parameter: the cutoff).
+_EXPIRED: Final = "private = 1 AND guild_id IS NOT NULL AND created_at < ?"
+_EXPIRED_T: Final = "t.private = 1 AND t.guild_id IS NOT NULL AND t.created_at < ?"
 
 _COLUMNS = (
     "id, conversation_id, parent_id, role, text, author_id, author_name, ask_id, "
@@ -102,16 +113,27 @@ class NewExchange:
 class TurnStore:
     """Reads and writes turns through the shared settings `Database`."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, private_ttl_s: float = PRIVATE_TTL_S) -> None:
         self.db = db
+        self.private_ttl_s = private_ttl_s
+
+    def private_cutoff(self) -> str:
+        """The stored-time text before which a server's private turns are expired."""
+        then = self.db.clock().astimezone(UTC) - timedelta(seconds=self.private_ttl_s)
+        return then.isoformat(timespec="milliseconds")
 
     async def _one(self, sql: str, params: tuple[int | str, ...]) -> StoredTurn | None:
-        """The first turn `sql` (a constant of this module) selects, if any."""
-        rows = await self.db.read(sql, params)
+        """The first turn `sql` (a constant of this module) selects, if any.
+
+        `sql` ends with the expiry test's placeholder; the cutoff is appended here.
+        """
+        rows = await self.db.read(sql, (*params, self.private_cutoff()))
         return StoredTurn.from_row(rows[0]) if rows else None
 
     async def get(self, turn_id: int) -> StoredTurn | None:
-        return await self._one(f"SELECT {_COLUMNS} FROM turns WHERE id = ?", (turn_id,))
+        return await self._one(
+            f"SELECT {_COLUMNS} FROM turns WHERE id = ? AND NOT ({_EXPIRED})", (turn_id,)
+        )
 
     async def answer_for_ask(self, ask_id: int) -> StoredTurn | None:
         """The answer an ask produced (a Reply or Regenerate button names its ask)."""
@@ -123,7 +145,7 @@ class TurnStore:
     async def _for_ask(self, ask_id: int, role: str) -> StoredTurn | None:
         return await self._one(
             f"SELECT {_COLUMNS} FROM turns WHERE ask_id = ? AND role = ? "
-            "ORDER BY id DESC LIMIT 1",
+            f"AND NOT ({_EXPIRED}) ORDER BY id DESC LIMIT 1",
             (ask_id, role),
         )
 
@@ -131,7 +153,8 @@ class TurnStore:
         """The turn a Discord message belongs to (a page of an answer, a question)."""
         return await self._one(
             f"SELECT {', '.join('t.' + c.strip() for c in _COLUMNS.split(','))} "
-            "FROM turn_messages m JOIN turns t ON t.id = m.turn_id WHERE m.message_id = ?",
+            "FROM turn_messages m JOIN turns t ON t.id = m.turn_id WHERE m.message_id = ? "
+            f"AND NOT ({_EXPIRED_T})",
             (message_id,),
         )
 
@@ -146,8 +169,9 @@ class TurnStore:
             " SELECT t.parent_id, up.depth + 1 FROM turns t JOIN up ON t.id = up.id"
             " WHERE t.parent_id IS NOT NULL AND up.depth < ?"
             f") SELECT {', '.join('t.' + c.strip() for c in _COLUMNS.split(','))}, up.depth "
-            "FROM up JOIN turns t ON t.id = up.id ORDER BY up.depth DESC",
-            (turn_id, MAX_CHAIN),
+            f"FROM up JOIN turns t ON t.id = up.id WHERE NOT ({_EXPIRED_T}) "
+            "ORDER BY up.depth DESC",
+            (turn_id, MAX_CHAIN, self.private_cutoff()),
         )
         return [StoredTurn.from_row(r[:-1]) for r in rows]
 
@@ -169,8 +193,10 @@ class TurnStore:
     async def add_exchange(self, ex: NewExchange) -> tuple[StoredTurn, StoredTurn]:
         """Store a question and its answer in one transaction; returns both turns."""
         now = self.db.now_iso()
+        expired = self.private_cutoff()
 
         async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
+            await conn.execute(f"DELETE FROM turns WHERE {_EXPIRED}", (expired,))
             conversation: int | None = None
             if ex.parent_id is not None:
                 async with conn.execute(
@@ -227,19 +253,23 @@ class TurnStore:
         await self.db.write(work)
 
     async def prune(self, retention_days: int) -> int:
-        """Delete turns older than `retention_days` (0 keeps everything); returns how many.
+        """Delete turns older than `retention_days` (0: no limit in days) and private
+        turns past `private_ttl_s`; returns how many.
 
         Children of a deleted turn keep living: their `parent_id` becomes NULL,
         so their conversation simply starts later.
         """
-        if retention_days <= 0:
-            return 0
+        expired = self.private_cutoff()
         cutoff = (self.db.clock() - timedelta(days=retention_days)).astimezone(UTC)
         cutoff_iso = cutoff.isoformat(timespec="milliseconds")
 
         async def work(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute("DELETE FROM turns WHERE created_at < ?", (cutoff_iso,))
-            return int(cur.rowcount or 0)
+            cur = await conn.execute(f"DELETE FROM turns WHERE {_EXPIRED}", (expired,))
+            removed = int(cur.rowcount or 0)
+            if retention_days > 0:
+                cur = await conn.execute("DELETE FROM turns WHERE created_at < ?", (cutoff_iso,))
+                removed += int(cur.rowcount or 0)
+            return removed
 
         return await self.db.write(work)
 
