@@ -12,6 +12,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+from bot.engine.worker import generate_with_callback
+
 
 class ScriptedGenerator:
     """Emit the tokens of `text_for(prompt_tokens)` for each batch item, then the end token."""
@@ -165,7 +167,7 @@ class FailsMidway:
 
     def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
         callback = fail_after(kw.pop("callback"), self.after, self.message)
-        return self.real.generate_batch(start_tokens, callback=callback, **kw)
+        return generate_with_callback(self.real, start_tokens, callback, **kw)
 
 
 class Slowed:
@@ -177,12 +179,13 @@ class Slowed:
 
     def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
         callback = kw.pop("callback")
+        delay = self.delay
 
         def slow(step: Any) -> bool:
-            time.sleep(self.delay)
+            time.sleep(delay)
             return bool(callback(step))
 
-        return self.real.generate_batch(start_tokens, callback=slow, **kw)
+        return generate_with_callback(self.real, start_tokens, slow, **kw)
 
 
 CUDA_COMPUTE_TYPES = frozenset({

@@ -7,7 +7,9 @@ Every engine here decodes through `CudaRules`, so a setting a GPU would refuse
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -418,3 +420,62 @@ async def test_closing_an_engine_unloads_only_weights_it_loaded(tiny_model_dir: 
     finally:
         await base.close()
     assert not real.model_is_loaded
+
+
+def _reaches(root: object, target: object) -> bool:
+    """Whether `target` can be reached from `root` by references a callback keeps alive.
+
+    Functions are followed through their closures and defaults only (their globals lead
+    to every module); classes and modules are not entered.
+    """
+    seen: set[int] = set()
+    stack: list[object] = [root]
+    while stack:
+        obj = stack.pop()
+        if obj is target:
+            return True
+        if id(obj) in seen or isinstance(obj, type | types.ModuleType):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, types.FunctionType):
+            stack.extend(c.cell_contents for c in obj.__closure__ or ())
+            stack.extend(obj.__defaults__ or ())
+        else:
+            stack.extend(gc.get_referents(obj))
+    return False
+
+
+class _KeepsCallbacks:
+    """Keeps every callback it is handed, as CTranslate2 does until it frees the job."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.kept: list[Any] = []
+
+    def generate_batch(self, start_tokens: list[list[str]], **kw: Any) -> Any:
+        self.kept.append(kw["callback"])
+        return self.real.generate_batch(start_tokens, **kw)
+
+
+async def test_a_callback_ctranslate2_outlives_leads_to_no_generator(tiny_model_dir: Path) -> None:
+    """CTranslate2 frees its copy of the callback on the generator's own thread, later.
+
+    If that copy held the last path to the generator, the generator would be destroyed
+    on its own worker thread and the process would abort (its thread pool joins itself:
+    seen in the suite as 'Fatal Python error: Aborted'). So once a call returns, the
+    callback handed to CTranslate2 reaches neither the generator, nor a wrapping
+    backend, nor the engine.
+    """
+    engine = await load(tiny_model_dir, batch_wait_ms=0)
+    real = engine.backend
+    keeper = _KeepsCallbacks(real)
+    slowed = Slowed(keeper, delay=0.0)
+    engine.set_backend(slowed)
+    try:
+        result = await engine.generate(GenerationRequest("hello", Knobs(top_k=1, max_new_tokens=4)))
+    finally:
+        await engine.close()  # the reply can finish before its call returns: wait for that
+    assert result.new_tokens >= 1 and keeper.kept
+    for callback in keeper.kept:
+        for target in (real, keeper, slowed, engine):
+            assert not _reaches(callback, target), type(target).__name__

@@ -15,6 +15,7 @@ from typing import Any
 from bench.common import rss_mb
 from bot.engine import Engine, EngineOptions, GenerationRequest, Turn
 from bot.engine.policy import PersonaCache
+from bot.engine.worker import generate_with_callback
 from bot.knobs import Knobs
 
 WORDS = [
@@ -49,7 +50,7 @@ class Recorder:
             ids[step.batch_id].append(step.token_id)
             return bool(callback(step))
 
-        return self.real.generate_batch(start_tokens, callback=record, **kw)
+        return generate_with_callback(self.real, start_tokens, record, **kw)
 
 
 def reference_ids(engine: Engine, request: GenerationRequest, max_new: int) -> list[int]:

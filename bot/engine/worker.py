@@ -34,6 +34,8 @@ __all__ = [
     "BIG_STATE_BYTES",
     "ClosedBackend",
     "DecodeWorker",
+    "StepCallback",
+    "generate_with_callback",
     "give_memory_back",
     "is_cuda_oom",
     "model_error_message",
@@ -49,6 +51,47 @@ BIG_STATE_BYTES = 64 * 1024 * 1024
 
 #: CTranslate2's words for a GPU out of memory (its CUDA_CHECK / CUBLAS_CHECK messages).
 _CUDA_OOM = ("CUDA failed with error out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+class StepCallback:
+    """The per-token callback handed to CTranslate2, emptied once the call returns.
+
+    CTranslate2 keeps its copy of the callback inside the batch job, and frees that
+    job on one of the generator's own worker threads *after* `generate_batch` has
+    returned. Had the copy held the last reference to the generator (through a
+    wrapping backend, or an engine dropped meanwhile), the generator would be
+    destroyed on its own thread: its thread pool joins that thread, `std::thread::join`
+    throws EDEADLK, and `std::terminate` aborts the process. This happened in the
+    test suite (gdb: `~ThreadPool` under `~GenerationOptions` in `Worker::run`).
+    Emptied, the late copy frees nothing but this small object.
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[Any], bool]) -> None:
+        self._fn: Callable[[Any], bool] | None = fn
+
+    def __call__(self, step: Any) -> bool:
+        fn = self._fn
+        return True if fn is None else bool(fn(step))
+
+    def release(self) -> None:
+        self._fn = None
+
+
+def generate_with_callback(
+    backend: Any, start_tokens: list[list[str]], callback: Callable[[Any], bool], **kwargs: Any
+) -> Any:
+    """`backend.generate_batch(..., callback=...)` with the callback emptied afterwards.
+
+    Every caller that hands CTranslate2 a callback (the worker, and wrapping test
+    backends) goes through here: see `StepCallback` for the crash it prevents.
+    """
+    handle = StepCallback(callback)
+    try:
+        return backend.generate_batch(start_tokens, callback=handle, **kwargs)
+    finally:
+        handle.release()
 
 
 class DecodeWorker:
@@ -173,13 +216,14 @@ class DecodeWorker:
         for s in slots:
             s.runs += 1
         called = time.perf_counter()
-        self.backend.generate_batch(
+        generate_with_callback(
+            self.backend,
             starts,
+            on_step,
             max_length=max_length,
             include_prompt_in_result=False,
             end_token=list(self._end_ids),
             return_end_token=True,
-            callback=on_step,
             **sampling,
         )
         if steps:
