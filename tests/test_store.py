@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -661,3 +662,35 @@ async def test_random_operations_match_a_simple_model(store: SettingsStore) -> N
         assert eff.knobs == Knobs.model_validate(expected)
         for key in eff.sources:
             assert eff.sources[key] == sources.get(key, "default")
+
+
+async def test_a_write_cancelled_at_its_commit_logs_no_failed_rollback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task cancelled while its COMMIT runs (the pruner at shutdown) is not an error.
+
+    The COMMIT goes on on aiosqlite's thread; the ROLLBACK that follows finds no
+    transaction. That used to log "settings rollback failed" with a traceback, which
+    a process refused its token printed on the way out.
+    """
+    store = await SettingsStore.open(tmp_path / "bot.sqlite3")
+    db = store.db
+    loop = asyncio.get_running_loop()
+    try:
+        for i in range(40):
+            current: list[asyncio.Task[None]] = []
+
+            async def work(
+                conn: Any, i: int = i, current: list[asyncio.Task[None]] = current
+            ) -> None:
+                await conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+                await conn.execute("INSERT INTO t VALUES (?)", (i,))
+                loop.call_soon(current[0].cancel)  # lands on the COMMIT's await
+
+            current.append(asyncio.ensure_future(db.write(work)))
+            with caplog.at_level(logging.WARNING, logger="bot.settings.db"), \
+                    contextlib.suppress(asyncio.CancelledError):
+                await current[0]
+        assert "rollback failed" not in caplog.text
+    finally:
+        await store.close()

@@ -142,9 +142,18 @@ class Database:
             return result
 
     async def _rollback(self) -> None:
+        """Roll back what `write` began, if anything of it is still open.
+
+        A task cancelled while awaiting its COMMIT (the pruner at shutdown, say) leaves
+        the COMMIT running on aiosqlite's thread: by the time our ROLLBACK runs there
+        may be no transaction left, which is the state we want, not a failure.
+        """
         try:
             if self._writer.in_transaction:
                 await self._writer.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if "no transaction is active" not in str(exc):
+                log.warning("settings rollback failed", exc_info=True)
         except sqlite3.Error:
             log.warning("settings rollback failed", exc_info=True)
 
