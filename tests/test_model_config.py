@@ -100,11 +100,11 @@ def test_a_bad_model_list_says_which_entry_and_field(
 def test_model_dir_and_model_dirs_together_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOT_MODEL_DIR", "/models/one")
     monkeypatch.setenv("BOT_MODEL_DIRS", '["/models/two"]')
-    with pytest.raises(ConfigError, match="BOT_MODEL_DIRS: .*BOT_MODEL_DIR .* not both"):
+    with pytest.raises(ConfigError, match=r"BOT_MODEL_DIRS: .*BOT_MODEL_DIR .* not both"):
         load_settings(None)
     monkeypatch.delenv("BOT_MODEL_DIR")
     monkeypatch.setenv("BOT_DEFAULT_MODEL", "bad name!")
-    with pytest.raises(ConfigError, match="BOT_DEFAULT_MODEL: .*not a model name"):
+    with pytest.raises(ConfigError, match=r"BOT_DEFAULT_MODEL: .*not a model name"):
         load_settings(None)
     monkeypatch.setenv("BOT_DEFAULT_MODEL", "")
     monkeypatch.setenv("BOT_MODEL_MEMORY_BUDGET_MB", "-1")
@@ -166,7 +166,7 @@ def test_duplicate_names_and_an_unknown_default_are_refused(
     tiny_dirs: tuple[Path, Path], smol_model_dir: Path
 ) -> None:
     converted, hf_style = tiny_dirs
-    with pytest.raises(ConfigError, match="two models are named `x`.*give one of them a"):
+    with pytest.raises(ConfigError, match=r"two models are named `x`.*give one of them a"):
         catalog([ModelEntry(dir=converted, name="x"), ModelEntry(dir=hf_style, name="x")],
                 smol_model_dir)
     with pytest.raises(ConfigError, match="BOT_DEFAULT_MODEL: no model is called `y`"):
