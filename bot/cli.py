@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time to first text at turns 1, 5, 10 (600-token persona)")
     bench.add_argument("--mixed", action="store_true",
                        help="mixed prompt lengths, personas, joins, timeslices, open loop")
+    bench.add_argument("--models", action="store_true",
+                       help="two models: load, switching cost, both serving at once")
     bench.add_argument("--minutes", type=float, help="soak length (default 10); --mixed: 2")
     bench.add_argument("--new-tokens", type=int, default=128)
 
