@@ -126,12 +126,14 @@ async def test_a_busy_model_is_never_unloaded(model_dirs: dict[str, Path]) -> No
     want_b = asyncio.create_task(reg.acquire("b", told.append))
     await asyncio.sleep(0.3)
     assert not want_b.done() and reg.state("b") is ModelState.UNLOADED
+    assert reg.waiting("b") == 1 and reg.waiting() == 1 and reg.waiting("a") == 0
     assert [w.reason for w in told] == ["room"] and "`a`" in told[0].message
     assert not a.unloaded and not c.unloaded
     hold_a.set()  # a's generation ends: a is idle, and makes room
     assert len(await running_a) == 6
     b = await asyncio.wait_for(want_b, 30)
     assert a.unloaded and not c.unloaded and reg.state("b") is ModelState.READY
+    assert reg.waiting() == 0
     hold_c.set()
     assert len(await running_c) == 6
     assert len(await b.generate("after", 3)) == 3

@@ -246,6 +246,7 @@ class ModelRegistry(Generic[M]):
         self.loads = 0
         """Loads started (tests and metrics: concurrent askers share one)."""
         self.evictions = 0
+        self._waiting: dict[str, int] = dict.fromkeys(self._slots, 0)
         for spec in self.specs:
             for device in spec.devices:
                 cap = self.budget(device)
@@ -298,6 +299,16 @@ class ModelRegistry(Generic[M]):
             if slot.state is ModelState.READY and slot.model is not None
         }
 
+    def waiting(self, name: str | None = None) -> int:
+        """Askers waiting for `name` (None: any model) to load or for room to load it.
+
+        They are queued asks the engines cannot see yet: a total queue bound across
+        models counts them with the engines' `queue_depth`.
+        """
+        if name is None:
+            return sum(self._waiting.values())
+        return self._waiting[self._slot(name).spec.name]
+
     def status(self, name: str) -> ModelStatus:
         slot = self._slot(name)
         now = self._clock()
@@ -338,6 +349,18 @@ class ModelRegistry(Generic[M]):
         `NoRoomForModel` or `ShuttingDown`, each a `UserFacingError`.
         """
         slot = self._slot(name)
+        if slot.state is ModelState.READY and not self._closed:
+            assert slot.model is not None
+            slot.last_used = self._clock()
+            return slot.model
+        self._waiting[slot.spec.name] += 1
+        try:
+            return await self._acquire(slot, on_wait)
+        finally:
+            self._waiting[slot.spec.name] -= 1
+
+    async def _acquire(self, slot: _Slot[M], on_wait: Callable[[Waiting], None] | None) -> M:
+        name = slot.spec.name
         told: set[str] = set()
 
         def tell(reason: Literal["loading", "room"], message: str) -> None:
