@@ -46,7 +46,7 @@ class Ct2Model:
 
         def step(_step: Any) -> bool:
             if hold is not None:
-                hold.wait(timeout=60)
+                hold.wait(timeout=10)  # a failed test must not hold a thread for long
             return False
 
         def run() -> list[int]:
