@@ -22,13 +22,13 @@ footer does not name the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from bot.config import model_slug
-from bot.engine.registry import ModelRegistry, ModelStatus, Waiting
+from bot.engine.registry import ModelRegistry, ModelState, ModelStatus, Waiting
 from bot.errors import QueueFull
-from bot.model.catalog import ModelCatalog, ModelSpec
+from bot.model.catalog import MB, ModelCatalog, ModelSpec
 from bot.model_choice import ModelChoice, ScopedSettings, TurnModel, model_for_turn, model_in_effect
 
 if TYPE_CHECKING:
@@ -148,3 +148,32 @@ class ModelHost:
     async def close(self) -> None:
         """Refuse new asks and unload every model (each engine gets the shutdown grace)."""
         await self.registry.close()
+
+
+def model_lines(host: ModelHost, in_use: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """`/model list` and the console's: one line per model, in the operator's order.
+
+    Name (and whether it is the default), weights, context window, loaded or
+    not (busy, or why it failed and when it is retried), and where it is chosen
+    (`in_use`: model name → the scopes, in the front-end's words).
+    """
+    lines: list[str] = []
+    for status in host.statuses():
+        spec = status.spec
+        engine = host.loaded(status.name)
+        window = engine.info.context_length if engine is not None else spec.window
+        parts = [f"`{status.name}`" + (" (default)" if status.name == host.default else "")]
+        parts.append(f"{spec.weight_bytes / MB:,.0f} MB" if spec.weight_bytes else "size unknown")
+        parts.append(f"context {window:,} tokens" if window else "context unknown")
+        if status.state is ModelState.FAILED:
+            retry = round(status.retry_in_s or 0)
+            parts.append(f"failed to load: {status.error} (retried in {retry} s)")
+        elif status.state is ModelState.READY:
+            parts.append("loaded, answering" if status.busy else "loaded")
+        else:
+            parts.append(status.state.value)
+        where = list((in_use or {}).get(status.name, ()))
+        if where:
+            parts.append("chosen in " + ", ".join(where))
+        lines.append(" · ".join(parts))
+    return lines

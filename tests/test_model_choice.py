@@ -1,13 +1,12 @@
 """Which model answers: a scope's choice with its source, and a conversation's model.
 
-The resolution runs over an `Effective` carrying the scope's `model` (the shape the
-store will return once it resolves the `model` key); the conversation story runs
-on a real SQLite file with the draft `turns.model` column applied.
+The resolution runs over an `Effective` carrying the scope's `model` (as the store
+resolves the `model` key); the conversation story runs on a real SQLite file with
+the `turns.model` column of its migration.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
@@ -30,6 +29,7 @@ from bot.settings.migration_models import (
     MODEL_MIGRATION,
     TURN_MODEL_SQL,
 )
+from bot.settings.migrations import MIGRATIONS
 from bot.settings.scopes import SETTING_KEYS, Effective
 from bot.settings.turns import NewExchange, TurnStore
 
@@ -37,15 +37,10 @@ KNOWN = ("chat", "coder", "smollm2-135m-instruct")
 DEFAULT = "chat"
 
 
-@dataclass(frozen=True)
-class EffectiveWithModel(Effective):
-    model: str | None = None
-
-
-def effective(model: str | None, source: str) -> EffectiveWithModel:
+def effective(model: str | None, source: str) -> Effective:
     sources = dict.fromkeys(SETTING_KEYS, "default")
     sources[MODEL_KEY] = source
-    return EffectiveWithModel(knobs=Knobs(), system_prompt=None, sources=sources, model=model)
+    return Effective(knobs=Knobs(), system_prompt=None, sources=sources, model=model)
 
 
 def test_the_model_in_effect_and_where_it_comes_from() -> None:
@@ -97,24 +92,15 @@ async def test_a_conversation_story_on_the_turns_model_column(tmp_path: Path) ->
     try:
         turns = TurnStore(db)
 
-        def exchange(parent: int | None, text: str) -> NewExchange:
+        def exchange(parent: int | None, text: str, model: str | None = None) -> NewExchange:
             return NewExchange(parent_id=parent, question=text, answer="answer to " + text,
                                author_id=7, author_name="ann", ask_id=None, guild_id=1,
-                               channel_id=2, private=False)
+                               channel_id=2, private=False, model=model)
 
+        # The migration is applied by opening the file; a turn stored without a model
+        # (as every turn before it was) reads back NULL.
+        assert MODEL_MIGRATION in MIGRATIONS
         _, legacy = await turns.add_exchange(exchange(None, "before the migration"))
-
-        async def apply(conn: aiosqlite.Connection) -> None:
-            for statement in MODEL_MIGRATION:
-                await conn.execute(statement)
-
-        await db.write(apply)
-
-        async def set_model(turn_id: int, model: str) -> None:
-            async def work(conn: aiosqlite.Connection) -> None:
-                await conn.execute("UPDATE turns SET model = ? WHERE id = ?", (model, turn_id))
-
-            await db.write(work)
 
         async def stored(turn_id: int) -> str | None:
             rows = await db.read(TURN_MODEL_SQL, (turn_id,))
@@ -126,16 +112,17 @@ async def test_a_conversation_story_on_the_turns_model_column(tmp_path: Path) ->
 
         # Turn 1 under the default; turn 2 continues it; then the channel picks coder.
         choice = ModelChoice("chat", "default")
-        _, a1 = await turns.add_exchange(exchange(None, "one"))
-        await set_model(a1.id, model_for_turn(None, choice, known=KNOWN).name)
+        _, a1 = await turns.add_exchange(
+            exchange(None, "one", model_for_turn(None, choice, known=KNOWN).name))
+        assert a1.model == "chat"
         t2 = model_for_turn(await stored(a1.id), choice, known=KNOWN)
         assert (t2.name, t2.note) == ("chat", None)
-        _, a2 = await turns.add_exchange(exchange(a1.id, "two"))
-        await set_model(a2.id, t2.name)
+        _, a2 = await turns.add_exchange(exchange(a1.id, "two", t2.name))
         t3 = model_for_turn(await stored(a2.id), ModelChoice("coder", "channel"), known=KNOWN)
         assert t3.name == "coder" and t3.note and "switched to `coder`" in t3.note
-        _, a3 = await turns.add_exchange(exchange(a2.id, "three"))
-        await set_model(a3.id, t3.name)
+        _, a3 = await turns.add_exchange(exchange(a2.id, "three", t3.name))
+        assert [t.model for t in await turns.chain(a3.id)] == ["chat", "chat", "chat", "chat",
+                                                              "coder", "coder"]
         t4 = model_for_turn(await stored(a3.id), ModelChoice("coder", "channel"), known=KNOWN)
         assert (t4.name, t4.note) == ("coder", None)  # said once, not at every turn
         assert [t.text for t in await turns.chain(a3.id)][-1] == "answer to three"
