@@ -1,4 +1,4 @@
-"""`python -m bot bench --models`: what serving several models costs.
+"""`python -m bench --models`: what serving several models costs.
 
 Three figures, through `ModelRegistry` and one real `Engine` per loaded model:
 
@@ -22,7 +22,6 @@ import asyncio
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,35 +35,19 @@ from bot.model.catalog import ModelSpec, catalog_from_settings, weight_bytes_of
 PROMPT = "Suggest three names for a hiking club and say why in one line each."
 
 
-@dataclass
-class Served:
-    """A loaded engine as the registry sees it: busy while anything is queued or running."""
-
-    spec: ModelSpec
-    engine: Engine
-
-    def busy(self) -> bool:
-        return self.engine.active > 0 or self.engine.queue_depth > 0
-
-
-def engine_settings(settings: Settings, spec: ModelSpec) -> Settings:
-    return settings.model_copy(update={
-        "device": spec.device, "device_index": list(spec.device_index),
-        "compute_type": spec.compute_type, "context_length": spec.context_length,
-        "max_batch_size": max(8, settings.max_batch_size),
-    })
-
-
 def make_registry(
     settings: Settings, specs: list[ModelSpec], budget: int | None
-) -> ModelRegistry[Served]:
-    from bot.app import load_engine
+) -> ModelRegistry[Engine]:
+    """Engines loaded as the bot loads them (`bot.app.load_model`: each model's options)."""
+    from bot.app import load_model
 
-    async def load(spec: ModelSpec) -> Served:
-        return Served(spec, await load_engine(engine_settings(settings, spec), spec.dir))
+    batched = settings.model_copy(update={"max_batch_size": max(8, settings.max_batch_size)})
 
-    async def unload(served: Served) -> None:
-        await served.engine.close(grace_s=settings.shutdown_grace_s)
+    async def load(spec: ModelSpec) -> Engine:
+        return await load_model(batched, spec)
+
+    async def unload(engine: Engine) -> None:
+        await engine.close(grace_s=settings.shutdown_grace_s)
 
     return ModelRegistry(specs, load=load, unload=unload, budget_bytes=budget, poll_s=0.05)
 
@@ -78,8 +61,8 @@ def request_for(engine: Engine, new_tokens: int) -> GenerationRequest:
     )
 
 
-async def ttft(served: Served, new_tokens: int) -> float:
-    first, result = await first_text(served.engine, request_for(served.engine, new_tokens))
+async def ttft(served: Engine, new_tokens: int) -> float:
+    first, result = await first_text(served, request_for(served, new_tokens))
     assert result.error is None, result.error
     return first
 
@@ -110,18 +93,18 @@ async def models_bench(
             out["models"][spec.name].update({
                 "load_s": round(load_s, 3), "first_ttft_s": round(first, 4),
                 "warm_ttft_s": round(warm, 4),
-                "inter_threads": served.engine.info.inter_threads,
-                "cpu_threads": served.engine.info.cpu_threads,
-                "compute_type": served.engine.info.compute_type,
+                "inter_threads": served.info.inter_threads,
+                "cpu_threads": served.info.cpu_threads,
+                "compute_type": served.info.compute_type,
             })
 
         # Two at once: each model alone first, then `streams` replies to each together.
         alone: dict[str, float] = {}
         for spec in (a, b):
             served = await reg.acquire(spec.name)
-            result = await served.engine.generate(request_for(served.engine, new_tokens))
+            result = await served.generate(request_for(served, new_tokens))
             alone[spec.name] = result.decode_tok_s or 0.0
-        engines = {spec.name: (await reg.acquire(spec.name)).engine for spec in (a, b)}
+        engines = {spec.name: await reg.acquire(spec.name) for spec in (a, b)}
         started = time.perf_counter()
         gens = [
             (name, engine.submit(request_for(engine, new_tokens)))
