@@ -79,7 +79,15 @@ def _to_stderr(line: str) -> None:
 
 
 def model_dir_for(settings: Settings, progress: Callable[[str], None] = _to_stderr) -> Path:
-    """The configured model directory, preparing the embedded model on first start."""
+    """The configured model directory, preparing the embedded model on first start.
+
+    With BOT_MODEL_DIRS, the default model's (what `ask` and `prompt` on the command
+    line use).
+    """
+    if settings.model_dirs:
+        catalog = catalog_from_settings(settings, prepare_embedded=lambda: prepare_default_model(
+            settings.models_root, settings.quantization, progress=progress))
+        return catalog.spec(catalog.default).dir
     if settings.model_dir is not None:
         return settings.model_dir
     return prepare_default_model(settings.models_root, settings.quantization, progress=progress)
