@@ -294,3 +294,43 @@ async def test_lane_gate_serves_waiting_models_in_turn() -> None:
     await asyncio.gather(*tasks)
     assert order == ["a0", "b0", "a1", "a2"]  # b did not wait behind a's backlog
     assert gate.in_use == 0
+
+
+async def test_the_queue_bound_counts_asks_waiting_for_a_load_across_models(
+    model_dirs: dict[str, Path],
+) -> None:
+    """BOT_QUEUE_SIZE holds across models: asks waiting for `b` to load fill it for `a` too."""
+    from bot.engine import Engine, EngineOptions
+    from bot.errors import QueueFull
+    from bot.model.catalog import ModelCatalog
+    from bot.model_host import ModelHost
+
+    gate = asyncio.Event()
+
+    async def load(spec: ModelSpec) -> Engine:
+        if spec.name == "b":
+            await gate.wait()  # a slow load, held by the test
+        return await Engine.load(spec.dir, EngineOptions(device="cpu", cpu_threads=1))
+
+    async def unload(engine: Engine) -> None:
+        await engine.close()
+
+    specs = specs_for({n: model_dirs[n] for n in "ab"})
+    reg: ModelRegistry[Engine] = ModelRegistry(specs, load=load, unload=unload)
+    host = ModelHost(ModelCatalog(specs=tuple(specs), default="a"), reg, queue_size=2)
+    try:
+        assert (await host.engine("a")).busy() is False
+        told: list[Waiting] = []
+        waiting = [asyncio.create_task(host.engine("b", told.append)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert host.queue_depth() == 2 and reg.waiting("b") == 2
+        with pytest.raises(QueueFull):
+            await host.engine("a")
+        gate.set()
+        engines = await asyncio.gather(*waiting)
+        assert engines[0] is engines[1] and reg.loads == 2
+        assert [w.message for w in told] == ["Loading the model `b`…"] * 2
+        assert host.queue_depth() == 0 and await host.engine("a") is host.loaded("a")
+    finally:
+        gate.set()
+        await host.close()
