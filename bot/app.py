@@ -62,7 +62,7 @@ class App:
             self.settings.settings_write_limit, self.settings.settings_write_window_s
         )
         self.models = model_host or ModelHost.single(
-            self.engine, queue_size=self.settings.queue_size
+            self.engine, queue_size=self.settings.queue_size, current=lambda: self.engine
         )
         self.models.on_loaded.append(self._loaded)
 

@@ -54,10 +54,18 @@ class ModelHost:
         #: Called with (name, engine) whenever a model's engine is ready (App keeps
         #: `app.engine` on the default model's current engine this way).
         self.on_loaded: list[Callable[[str, Engine], None]] = []
+        #: A one-engine host's engine, read at every use (see `single`).
+        self._only: Callable[[], Engine] | None = None
 
     @classmethod
-    def single(cls, engine: Engine, *, queue_size: int) -> ModelHost:
-        """A host serving one engine that is already loaded (and closed by its owner)."""
+    def single(
+        cls, engine: Engine, *, queue_size: int, current: Callable[[], Engine] | None = None
+    ) -> ModelHost:
+        """A host serving one engine that is already loaded (and closed by its owner).
+
+        `current` returns the engine to use now (`App` passes its `engine` field, so
+        a test or bench that swaps `app.engine` is served by the new one, as before).
+        """
         info = engine.info
         spec = ModelSpec(
             name=model_slug(info.model_name), dir=info.model_path,
@@ -77,6 +85,7 @@ class ModelHost:
         host = cls(ModelCatalog(specs=(spec,), default=spec.name), registry,
                    queue_size=queue_size, on_result=engine.on_result)
         registry.adopt(spec.name, engine)
+        host._only = current
         return host
 
     # -- what is served --------------------------------------------------------------
@@ -105,10 +114,14 @@ class ModelHost:
         return self.registry.statuses()
 
     def loaded(self, name: str) -> Engine | None:
+        if self._only is not None and self.registry.loaded(name) is not None:
+            return self._only()
         return self.registry.loaded(name)
 
     def engines(self) -> dict[str, Engine]:
         """Every loaded engine by model name."""
+        if self._only is not None:
+            return {self.default: self._only()}
         return self.registry.ready()
 
     def queue_depth(self) -> int:
@@ -137,7 +150,8 @@ class ModelHost:
         """
         if self.several and self.queue_depth() >= self.queue_size:
             raise QueueFull(self.queue_size)
-        return await self.registry.acquire(name, on_wait)
+        engine = await self.registry.acquire(name, on_wait)
+        return self._only() if self._only is not None else engine
 
     def adopt(self, name: str, engine: Engine) -> None:
         """Wire a freshly loaded engine in: shared result hooks, the registry's poke."""
