@@ -12,16 +12,19 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bot.config import Settings
 from bot.engine import Engine, EngineOptions
 from bot.engine.device_check import DeviceCheckError, explain_device_error, gpu_self_check
+from bot.engine.registry import ModelRegistry
 from bot.errors import UserFacingError
 from bot.limits import SettingsWriteLimiter
+from bot.model.catalog import MB, ModelCatalog, ModelSpec, catalog_from_settings
 from bot.model.embedded import prepare_default_model
+from bot.model_host import ModelHost
 from bot.settings.ask_log import AskLog
 from bot.settings.db import Database
 from bot.settings.retention import PRUNE_EVERY_S, prune_expired
@@ -46,11 +49,26 @@ class App:
     #: lets members change settings takes a slot here before it writes.
     write_limiter: SettingsWriteLimiter = field(init=False)
 
-    def __post_init__(self) -> None:
+    #: Issue 23: the models this host serves (`bot.model_host`). `open_app` passes
+    #: them as `model_host`; an App built around one engine serves just that one.
+    #: `engine` stays the default model's engine (kept current if it is reloaded);
+    #: an ask uses `models.engine(name)` for the model in effect where it is made.
+    models: ModelHost = field(init=False)
+    model_host: InitVar[ModelHost | None] = None
+
+    def __post_init__(self, model_host: ModelHost | None) -> None:
         self.turns = TurnStore(self.store.db)
         self.write_limiter = SettingsWriteLimiter(
             self.settings.settings_write_limit, self.settings.settings_write_window_s
         )
+        self.models = model_host or ModelHost.single(
+            self.engine, queue_size=self.settings.queue_size, current=lambda: self.engine
+        )
+        self.models.on_loaded.append(self._loaded)
+
+    def _loaded(self, name: str, engine: Engine) -> None:
+        if name == self.models.default:
+            self.engine = engine
 
     async def resolve(self, loc: Location) -> Effective:
         return await self.store.resolve(loc)
@@ -61,7 +79,15 @@ def _to_stderr(line: str) -> None:
 
 
 def model_dir_for(settings: Settings, progress: Callable[[str], None] = _to_stderr) -> Path:
-    """The configured model directory, preparing the embedded model on first start."""
+    """The configured model directory, preparing the embedded model on first start.
+
+    With BOT_MODEL_DIRS, the default model's (what `ask` and `prompt` on the command
+    line use).
+    """
+    if settings.model_dirs:
+        catalog = catalog_from_settings(settings, prepare_embedded=lambda: prepare_default_model(
+            settings.models_root, settings.quantization, progress=progress))
+        return catalog.spec(catalog.default).dir
     if settings.model_dir is not None:
         return settings.model_dir
     return prepare_default_model(settings.models_root, settings.quantization, progress=progress)
@@ -87,6 +113,66 @@ def engine_options(settings: Settings) -> EngineOptions:
 
 async def load_engine(settings: Settings, model_dir: Path) -> Engine:
     return await Engine.load(model_dir, engine_options(settings))
+
+
+def engine_options_for(settings: Settings, spec: ModelSpec) -> EngineOptions:
+    """One model's options: the settings', with its own device, compute type and window."""
+    return replace(
+        engine_options(settings), device=spec.device, device_index=tuple(spec.device_index),
+        compute_type=spec.compute_type, context_length=spec.context_length,
+    )
+
+
+async def load_model(settings: Settings, spec: ModelSpec) -> Engine:
+    """Load one model's engine; on CUDA it must generate before it serves.
+
+    The GPU check runs per model, so a model whose device or compute type cannot
+    run fails alone (the registry reports it and the others keep serving).
+    """
+    try:
+        engine = await Engine.load(spec.dir, engine_options_for(settings, spec))
+    except (RuntimeError, ValueError) as exc:
+        # Our own errors (a broken model directory) already say what is wrong.
+        reason = None if isinstance(exc, UserFacingError) else explain_device_error(
+            exc, spec.compute_type or "the default"
+        )
+        if reason is None:
+            raise
+        raise DeviceCheckError(reason) from exc
+    log.info(
+        "model %s loaded on %s (%s) in %.1fs",
+        spec.name, engine.info.device, engine.info.compute_type, engine.info.load_s,
+    )
+    try:
+        if engine.info.device == "cuda":
+            await gpu_self_check(engine)
+            log.info("GPU check passed: %s generates (%s)", engine.info.compute_type, spec.name)
+    except BaseException:
+        await engine.close()
+        raise
+    return engine
+
+
+def build_model_host(settings: Settings, catalog: ModelCatalog) -> ModelHost:
+    """The registry of `catalog`'s models, loading with `load_model`, within the budget."""
+    host: ModelHost | None = None
+
+    async def load(spec: ModelSpec) -> Engine:
+        engine = await load_model(settings, spec)
+        assert host is not None
+        host.adopt(spec.name, engine)
+        return engine
+
+    async def unload(engine: Engine) -> None:
+        await engine.close(grace_s=settings.shutdown_grace_s)
+
+    budget = int(settings.model_memory_budget_mb * MB) or None
+    registry: ModelRegistry[Engine] = ModelRegistry(
+        catalog.specs, load=load, unload=unload, budget_bytes=budget
+    )
+    host = ModelHost(catalog, registry, queue_size=settings.queue_size)
+    host.on_result.append(lambda _result: registry.poke())
+    return host
 
 
 async def prune_forever(db: Database, settings: Settings) -> None:
@@ -118,9 +204,56 @@ async def open_app(
     Discord client reports READY=1): a host missing cuBLAS fails here, naming it,
     instead of at its first reply.
     """
+    if settings.model_dirs:
+        # Issue 23: several models (BOT_MODEL_DIRS); the default is loaded now.
+        async with (
+            _open_models(settings, progress) as (engine, host),
+            _serve(settings, engine, host) as app,
+        ):
+            yield app
+        return
     model_dir = model_dir_for(settings, progress)
+    async with _serve(settings, None, None, model_dir) as app:
+        yield app
+
+
+@contextlib.asynccontextmanager
+async def _open_models(
+    settings: Settings, progress: Callable[[str], None]
+) -> AsyncIterator[tuple[Engine, ModelHost]]:
+    """The catalog and registry of BOT_MODEL_DIRS, the default model loaded (and checked).
+
+    The default is loaded before anything is served (so before READY=1), failing
+    start-up as a single model would; the others load when first asked for.
+    """
+    catalog = catalog_from_settings(
+        settings, prepare_embedded=lambda: prepare_default_model(
+            settings.models_root, settings.quantization, progress=progress),
+    )
+    host = build_model_host(settings, catalog)
+    engine = await load_model(settings, catalog.spec(catalog.default))
+    host.registry.adopt(catalog.default, engine)
+    host.adopt(catalog.default, engine)
+    try:
+        yield engine, host
+    finally:
+        await host.close()
+
+
+@contextlib.asynccontextmanager
+async def _serve(
+    settings: Settings, engine: Engine | None, host: ModelHost | None,
+    model_dir: Path | None = None,
+) -> AsyncIterator[App]:
+    """The App around `engine` (or one loaded from `model_dir`), with its store and pruner."""
     db = await Database.open(settings.database_path)
     try:
+        if engine is not None:
+            async with _pruned(db, settings):
+                yield App(settings=settings, engine=engine, model_host=host,
+                          **_stores(db, settings))
+            return
+        assert model_dir is not None
         try:
             engine = await load_engine(settings, model_dir)
         except (RuntimeError, ValueError) as exc:
@@ -140,20 +273,29 @@ async def open_app(
             if engine.info.device == "cuda":
                 await gpu_self_check(engine)
                 log.info("GPU check passed: %s generates", engine.info.compute_type)
-            pruner = asyncio.create_task(prune_forever(db, settings), name="prune-expired")
-            try:
-                yield App(
-                    settings=settings, engine=engine,
-                    store=SettingsStore(db, history_per_scope=settings.history_per_scope,
-                                        history_retention_days=settings.history_retention_days,
-                                        max_new_tokens_ceiling=settings.max_new_tokens_ceiling),
-                    ask_log=AskLog(db, retention_days=settings.ask_retention_days),
-                )
-            finally:
-                pruner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pruner
+            async with _pruned(db, settings):
+                yield App(settings=settings, engine=engine, **_stores(db, settings))
         finally:
             await engine.close(grace_s=settings.shutdown_grace_s)
     finally:
         await db.close()
+
+
+def _stores(db: Database, settings: Settings) -> dict[str, Any]:
+    return {
+        "store": SettingsStore(db, history_per_scope=settings.history_per_scope,
+                               history_retention_days=settings.history_retention_days,
+                               max_new_tokens_ceiling=settings.max_new_tokens_ceiling),
+        "ask_log": AskLog(db, retention_days=settings.ask_retention_days),
+    }
+
+
+@contextlib.asynccontextmanager
+async def _pruned(db: Database, settings: Settings) -> AsyncIterator[None]:
+    pruner = asyncio.create_task(prune_forever(db, settings), name="prune-expired")
+    try:
+        yield
+    finally:
+        pruner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruner

@@ -94,7 +94,9 @@ def _tokens(n: int) -> str:
     return f"{n} token" if n == 1 else f"{n} tokens"
 
 
-def footer_parts(result: GenerationResult, dropped_turns: int = 0) -> list[str]:
+def footer_parts(
+    result: GenerationResult, dropped_turns: int = 0, model: str | None = None
+) -> list[str]:
     """Tokens, speed, why it ended, and whether the budget or the history was cut to fit.
 
     The speed is left out when there is none to give (a one-token reply has no
@@ -114,9 +116,11 @@ def footer_parts(result: GenerationResult, dropped_turns: int = 0) -> list[str]:
     if dropped_turns:
         turns = "turn" if dropped_turns == 1 else "turns"
         parts.append(f"{dropped_turns} earlier {turns} left out to fit the context")
+    if model:  # issue 23: the model (or "switched to …"), on hosts serving several
+        parts.append(model)
     return parts
 
 
-def footer(result: GenerationResult, dropped_turns: int = 0) -> str:
+def footer(result: GenerationResult, dropped_turns: int = 0, model: str | None = None) -> str:
     """The footer as one line, e.g. ``12 tokens · 40.1 tok/s · done``."""
-    return " · ".join(footer_parts(result, dropped_turns))
+    return " · ".join(footer_parts(result, dropped_turns, model))

@@ -7,19 +7,142 @@ Every variable is documented in `.env.example`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
 
 ENV_PREFIX = "BOT_"
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+
+#: What a model may be called: what `/model set` takes and a scope stores.
+MODEL_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+#: The `dir` of a BOT_MODEL_DIRS entry that means the model shipped with the bot.
+EMBEDDED_DIR: Final = "embedded"
+
+
+def model_slug(text: str) -> str:
+    """A model name from a folder or a converter's name: lowercase, `-` for the rest."""
+    keep = "".join(c.lower() if (c.isascii() and c.isalnum()) or c in "._" else "-" for c in text)
+    slug = "-".join(part for part in keep.split("-") if part).lstrip("._-")
+    return slug[:64].rstrip("-") or "model"
+
+
+class ModelEntry(BaseModel):
+    """One model of BOT_MODEL_DIRS: a converted folder and what to load it with.
+
+    Every field but `dir` is optional: the name defaults to the folder's
+    bot_model.json name (else the folder's name), compute type, context window
+    and device to the global BOT_COMPUTE_TYPE, BOT_CONTEXT_LENGTH and BOT_DEVICE /
+    BOT_DEVICE_INDEX, and the weight size to model.bin's size on disk (what the
+    memory budget is charged; set `weight_mb` when the compute type changes it).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dir: Path | None = None
+    """None (written `"embedded"`): the embedded model, converted into BOT_MODELS_ROOT."""
+    name: str | None = None
+    compute_type: str | None = None
+    context_length: int | None = Field(None, ge=16)
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    device_index: tuple[int, ...] | None = None
+    weight_mb: float | None = Field(None, gt=0)
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _embedded(cls, value: object) -> object:
+        return None if value == EMBEDDED_DIR else value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if not MODEL_NAME_RE.fullmatch(value):
+            raise ValueError(
+                "must be 1-64 characters: lowercase letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("compute_type")
+    @classmethod
+    def _compute_type(cls, value: str | None) -> str | None:
+        if value is None or value in COMPUTE_TYPES:
+            return value
+        raise ValueError(f"must be one of {', '.join(sorted(COMPUTE_TYPES))}")
+
+    @field_validator("device_index")
+    @classmethod
+    def _indices(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not value or min(value) < 0):
+            raise ValueError("must list at least one GPU index, none negative")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return self.dir is None
+
+
+def parse_model_dirs(value: object) -> list[ModelEntry] | None:
+    """BOT_MODEL_DIRS: a JSON list of folders (strings) or objects; errors name the entry.
+
+    Parsed here rather than by pydantic-settings so a mistyped list gives one
+    sentence saying which entry and which field, not a JSON decoder's trace.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                'must be a JSON list, e.g. ["/models/a", {"dir": "/models/b", "name": "b"}] '
+                f"({exc.msg} at character {exc.pos})"
+            ) from None
+    if not isinstance(value, list | tuple):
+        raise ValueError("must be a JSON list of model folders or objects")
+    if not value:
+        raise ValueError(
+            "lists no model; leave it unset to serve BOT_MODEL_DIR or the embedded one"
+        )
+    entries: list[ModelEntry] = []
+    for number, item in enumerate(value, 1):
+        raw = {"dir": item} if isinstance(item, str | Path) else item
+        if isinstance(raw, ModelEntry):
+            entries.append(raw)
+            continue
+        if not isinstance(raw, dict):
+            raise ValueError(f"entry {number} must be a folder (text) or an object with a dir")
+        if "dir" not in raw:
+            raise ValueError(f'entry {number} has no "dir" (a folder, or "{EMBEDDED_DIR}")')
+        try:
+            entries.append(ModelEntry.model_validate(raw))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ValueError(f"entry {number}: {problems}") from None
+    return entries
 
 
 class Settings(BaseSettings):
@@ -60,6 +183,16 @@ class Settings(BaseSettings):
     )
     context_length: int | None = Field(
         None, ge=16, description="The model's context window, overriding its files."
+    )
+    model_dirs: Annotated[list[ModelEntry] | None, NoDecode] = Field(
+        None, description="Several models: a JSON list of folders or objects (see .env.example)."
+    )
+    default_model: str | None = Field(
+        None, description="The model served where no scope chooses one; default: the first."
+    )
+    model_memory_budget_mb: float = Field(
+        0.0, ge=0.0, le=1e9,
+        description="Weights (MB) the loaded models may hold per device; 0 = no limit.",
     )
 
     # Engine
@@ -138,6 +271,30 @@ class Settings(BaseSettings):
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int | None = Field(None, ge=1, le=65535)
+
+    @field_validator("model_dirs", mode="before")
+    @classmethod
+    def _model_dirs(cls, value: object, info: ValidationInfo) -> list[ModelEntry] | None:
+        entries = parse_model_dirs(value)
+        if entries is not None and info.data.get("model_dir") is not None:
+            raise ValueError("set BOT_MODEL_DIR (one model) or BOT_MODEL_DIRS, not both")
+        return entries
+
+    @field_validator("default_model")
+    @classmethod
+    def _default_model(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().lower()
+        if not MODEL_NAME_RE.fullmatch(value):
+            raise ValueError("is not a model name (lowercase letters, digits, '.', '_', '-')")
+        return value
+
+    def model_entries(self) -> list[ModelEntry]:
+        """The models to serve: BOT_MODEL_DIRS, else BOT_MODEL_DIR, else the embedded one."""
+        if self.model_dirs:
+            return list(self.model_dirs)
+        return [ModelEntry(dir=self.model_dir)]
 
     @field_validator("compute_type")
     @classmethod

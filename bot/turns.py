@@ -6,7 +6,7 @@ it, the persona and knobs in force, the speaker's name and the fitting to the
 context window are decided once:
 
     prepare_turn(app, TurnAsk(...)) → PreparedTurn   (history, request, prompt)
-    Engine.submit(turn.request, turn.prepared)        (encoded once, never again)
+    turn.engine.submit(turn.request, turn.prepared)   (its model's engine; encoded once)
     record_turn(app.turns, turn, answer, ...)         (once the reply finished)
 
 Front-ends say only where the ask happens: a `place` is a conversation that
@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from bot.asks import resolve_again, resolve_request
 from bot.conversation import check_continuable, fit_history, history_of, speaker_text
-from bot.engine import GenerationRequest, PreparedPrompt
+from bot.engine import Engine, GenerationRequest, PreparedPrompt
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
+from bot.model_choice import TurnModel
+from bot.model_host import OnWait
 from bot.settings.scopes import Location
 from bot.settings.turns import NewExchange, StoredTurn, TurnStore
 
@@ -61,6 +63,18 @@ class PreparedTurn:
     request: GenerationRequest
     prepared: PreparedPrompt  # `request` rendered and encoded: submit it, don't redo it
     dropped_turns: int  # earlier turns left out to fit the context (for the footer)
+    # Issue 23: the engine of the model answering (submit to it at once: an idle model
+    # may be unloaded after the next await) and which model that is, with its note.
+    engine: Engine
+    model: TurnModel
+    several: bool = False  # the host serves several models: the footer names this one
+
+    @property
+    def footer_model(self) -> str | None:
+        """What the footer says about the model: nothing on a single-model host."""
+        if not self.several:
+            return None
+        return self.model.note or f"`{self.model.name}`"
 
     @property
     def private(self) -> bool:
@@ -73,11 +87,12 @@ class PreparedTurn:
         return ask.place if (ask.direct or not ask.private) else None
 
 
-async def prepare_turn(app: App, ask: TurnAsk) -> PreparedTurn:
+async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) -> PreparedTurn:
     """History (checked for privacy, with names), persona and knobs, fitted to the context.
 
     Raises `UserFacingError` (a private chain, an empty prompt, bad knobs, a prompt
-    too long on its own) before anything is queued.
+    too long on its own, a model that cannot load) before anything is queued.
+    `on_wait` hears it when the turn's model must load first ("loading model X…").
     """
     parent = ask.parent_id
     if not ask.explicit and parent is None and ask.place is not None:
@@ -95,12 +110,20 @@ async def prepare_turn(app: App, ask: TurnAsk) -> PreparedTurn:
         request = await resolve_again(app, ask.location, model_prompt, ask.again)
     else:
         request = await resolve_request(app, ask.location, model_prompt, ask.overrides)
-    fitted = fit_history(app.engine, replace(request, history=history))
+    # Issue 23: the scope's model, or the one the conversation kept (`model_for_turn`);
+    # fitted with that model's tokenizer and window. Acquired last: nothing awaits
+    # between here and the caller's submit, so the model cannot be unloaded meanwhile.
+    models = app.models
+    turn_model = models.turn_model(chain[-1].model if chain else None,
+                                   await app.resolve(ask.location))
+    engine = await models.engine(turn_model.name, on_wait)
+    fitted = fit_history(engine, replace(request, history=history))
     # Fitting prepared the chosen request while measuring; only a request with no
     # history to fit is prepared here, once (a prompt too long on its own raises).
-    prepared = fitted.prepared or app.engine.prepare(fitted.request)
+    prepared = fitted.prepared or engine.prepare(fitted.request)
     return PreparedTurn(ask=ask, parent_id=parent, request=fitted.request, prepared=prepared,
-                        dropped_turns=fitted.dropped_turns)
+                        dropped_turns=fitted.dropped_turns, engine=engine, model=turn_model,
+                        several=models.several)
 
 
 async def record_turn(
@@ -114,6 +137,6 @@ async def record_turn(
         author_id=ask.author_id, author_name=ask.author_name, ask_id=ask_id,
         guild_id=ask.location.guild_id, channel_id=ask.location.channel_id,
         private=turn.private, question_message_ids=question_ids,
-        answer_message_ids=answer_ids, head=turn.head,
+        answer_message_ids=answer_ids, head=turn.head, model=turn.model.name,
     ))
     return stored

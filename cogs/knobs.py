@@ -151,7 +151,9 @@ class Settings(commands.Cog):
         eff = await bot.app.resolve(location_of(interaction))
         text, source = persona(eff, bot.app.settings.system_prompt)
         body = text or "*(none: the model's own default applies)*"
-        intro = f"**Persona** (from {source})\n"
+        # Issue 23: the model answering here, and where that choice comes from.
+        model = f"**Model** {bot.app.models.choice(eff).describe()}\n"
+        intro = f"{model}**Persona** (from {source})\n"
         room = DESCRIPTION_LIMIT - len(intro)
         if len(body) > room:
             body = body[: room - 1] + "…"

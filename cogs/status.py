@@ -39,9 +39,13 @@ class Status(commands.Cog):
         rates = list(bot.recent_rates)
         rate = f"{statistics.median(rates):.1f} tok/s (median of {len(rates)})" if rates else "–"
         embed = discord.Embed(title="Status")
+        models = bot.app.models
         embed.add_field(name="Model", value=info.model_name)
+        if models.several:  # issue 23: which models are loaded now (the default first)
+            embed.add_field(name="Loaded models", value=", ".join(
+                f"`{name}`" for name in models.engines()) or "none")
         embed.add_field(name="Device", value=f"{info.device} · {info.compute_type}")
-        queue = f"{engine.queue_depth} waiting · {engine.active} active"
+        queue = f"{models.queue_depth()} waiting · {models.active()} active"
         embed.add_field(name="Queue", value=queue)
         embed.add_field(name="Uptime", value=_uptime(time.monotonic() - bot.started_at))
         embed.add_field(name="Recent speed", value=rate)

@@ -17,7 +17,7 @@ from discord.ext import commands
 
 from bot.engine.streaming import token_pieces
 from bot.model.tokenizer import Tokenizer
-from cogs._common import NO_MENTIONS, bot_of
+from cogs._common import NO_MENTIONS, bot_of, location_of
 
 # ANSI foreground colours Discord renders in ```ansi blocks; alternating per token.
 COLOURS = ("\u001b[0;31m", "\u001b[0;32m", "\u001b[0;33m", "\u001b[0;34m", "\u001b[0;35m",
@@ -93,16 +93,29 @@ class Tokens(commands.Cog):
         self, interaction: discord.Interaction, text: app_commands.Range[str, 1, 6000],
         public: bool = False,
     ) -> None:
-        engine = bot_of(interaction).app.engine
+        app = bot_of(interaction).app
+        # Issue 23: the tokenizer of the model answering here, loaded first if it is not.
+        models = app.models
+        name = models.choice(await app.resolve(location_of(interaction))).name
+        engine = models.loaded(name)
+        deferred = engine is None
+        if engine is None:
+            await interaction.response.defer(thinking=True, ephemeral=not public)
+            engine = await models.engine(name)
         tokenizer = engine.bundle.tokenizer
         pieces = [piece_label(tokenizer, i, t) for i, t in token_pieces(tokenizer, text)]
         block, shown = render_tokens(pieces)
         more = f" (showing the first {shown})" if shown < len(pieces) else ""
         noun = "token" if len(pieces) == 1 else "tokens"
+        which = f" · model `{name}`" if models.several else ""
+        content = (f"**{len(pieces)} {noun}**{more} · context window "
+                   f"{engine.info.context_length} tokens{which}\n```ansi\n{block}\n```")
+        if deferred:
+            await interaction.followup.send(content, ephemeral=not public,
+                                            allowed_mentions=NO_MENTIONS)
+            return
         await interaction.response.send_message(
-            f"**{len(pieces)} {noun}**{more} · context window "
-            f"{engine.info.context_length} tokens\n```ansi\n{block}\n```",
-            ephemeral=not public, allowed_mentions=NO_MENTIONS,
+            content, ephemeral=not public, allowed_mentions=NO_MENTIONS,
         )
 
 

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from bot.app import App
 from bot.asks import footer, persona, resolve_request
 from bot.conversation import history_of, history_report
-from bot.engine import Finished, Generation, GenerationResult, Queued, TextDelta
+from bot.engine import Engine, Finished, Generation, GenerationResult, Queued, TextDelta
 from bot.engine.streaming import token_pieces
 from bot.errors import UserFacingError
 from bot.knobs import (
@@ -35,6 +35,7 @@ from bot.knobs import (
     format_knob,
     parse_knob_text,
 )
+from bot.model_host import model_lines
 from bot.settings.scopes import Location, Scope, ScopeKind
 from bot.turns import TurnAsk, prepare_turn, record_turn
 
@@ -57,6 +58,9 @@ Commands (a line without a slash is an /ask; each ask continues the conversation
   /knobs reset [knob ...] [--server]
   /knobs preset precise|balanced|creative [--server]
   /tokens <text>                how the model's tokenizer splits text
+  /model [list]                 the models served, the one in effect here
+  /model set <name> [--server]  choose the model answering here (or in the server)
+  /model reset [--server]       remove that choice
   /help, /quit                  (Ctrl-C stops a reply; at the prompt, Ctrl-C, Ctrl-D
                                 or /quit leaves)"""
 
@@ -126,7 +130,9 @@ class Console:
             elif cmd == "/knobs":
                 await self.knobs(rest)
             elif cmd == "/tokens":
-                self.tokens(rest)
+                await self.tokens(rest)
+            elif cmd == "/model":
+                await self.model(rest)
             else:
                 self.write(f"Unknown command {cmd}. Type /help.\n")
         except UserFacingError as exc:
@@ -140,8 +146,8 @@ class Console:
         turn = await prepare_turn(app, TurnAsk(
             location=self.location, prompt=prompt, author_id=CONSOLE_USER_ID,
             author_name="you", place=self.place,
-        ))
-        gen = app.engine.submit(turn.request, turn.prepared)
+        ), on_wait=lambda waiting: self.write(f"({waiting.message})\n"))
+        gen = turn.engine.submit(turn.request, turn.prepared)
         self.current = gen
         try:
             result = await stream_reply(gen, self.write)
@@ -149,7 +155,7 @@ class Console:
             self.current = None
         if result.error:
             self.write(f"\nerror: {result.error}")
-        self.write(f"\n[{footer(result, turn.dropped_turns)}]\n")
+        self.write(f"\n[{footer(result, turn.dropped_turns, turn.footer_model)}]\n")
         if not result.error:  # an empty answer is a turn too
             await record_turn(app.turns, turn, result.text, ask_id=None)
 
@@ -163,7 +169,7 @@ class Console:
         if not history:
             self.write("No conversation yet: the next line starts one.\n")
             return
-        engine = self.app.engine
+        engine = await self.engine_here()
         base = await resolve_request(self.app, self.location, "?")
         request = replace(base, history=history)
         tokenizer = engine.bundle.tokenizer
@@ -246,14 +252,50 @@ class Console:
         else:
             raise UserFacingError("Use /knobs show, /knobs set k=v, /knobs reset or /knobs preset.")
 
-    def tokens(self, text: str) -> None:
-        pieces = token_pieces(self.app.engine.bundle.tokenizer, text)
+    async def engine_here(self) -> Engine:
+        """The engine of the model in effect here (issue 23), loaded first if needed."""
+        models = self.app.models
+        name = models.choice(await self.app.resolve(self.location)).name
+        return await models.engine(name, lambda waiting: self.write(f"({waiting.message})\n"))
+
+    async def tokens(self, text: str) -> None:
+        engine = await self.engine_here()
+        pieces = token_pieces(engine.bundle.tokenizer, text)
         shown = "|".join(p for _, p in pieces)
         self.write(
             f"{len(pieces)} token{'' if len(pieces) == 1 else 's'} "
-            f"(context window {self.app.engine.info.context_length}):\n"
+            f"(context window {engine.info.context_length}):\n"
             f"{shown}\n"
         )
+
+    async def model(self, rest: str) -> None:
+        """Issue 23: /model list|set|reset, as on Discord, on the console's scopes."""
+        words, server = _flag(rest, "--server")
+        sub, _, name = words.partition(" ")
+        scope = self.scope(server)
+        app = self.app
+        if sub in ("", "list"):
+            in_use: dict[str, list[str]] = {}
+            for chosen, where in await app.store.model_choices(CONSOLE_GUILD_ID):
+                in_use.setdefault(chosen, []).append(f"the {where.kind.value}")
+            for line in model_lines(app.models, in_use):
+                self.write(f"  {line}\n")
+            choice = app.models.choice(await app.resolve(self.location))
+            self.write(f"Here: {choice.describe()}\n")
+        elif sub == "set":
+            if not name.strip():
+                raise UserFacingError("Give the model: /model set <name> (see /model list).")
+            chosen = await app.store.set_model(scope, name.strip(), actor_id=CONSOLE_USER_ID,
+                                               known=app.models.names)
+            self.write(f"`{chosen}` now answers in this {_scope_word(server)}.\n")
+        elif sub == "reset":
+            changed = await app.store.reset_model(scope, actor_id=CONSOLE_USER_ID)
+            self.write(
+                f"Model choice removed for this {_scope_word(server)}.\n" if changed
+                else f"This {_scope_word(server)} had no model of its own.\n"
+            )
+        else:
+            raise UserFacingError("Use /model list, /model set <name> or /model reset.")
 
 
 def _scope_word(server: bool) -> str:

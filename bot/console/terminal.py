@@ -176,6 +176,8 @@ async def run_console(settings: Settings) -> int:
             "Type /help for commands; a plain line asks the model.",
             flush=True,
         )
+        if app.models.several:  # issue 23
+            print(f"Models: {', '.join(app.models.names)} (/model list).", flush=True)
         try:
             await console_loop(app, interactive)
         finally:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.errors", "cogs.ask", "cogs.system", "cogs.knobs", "cogs.tokens", "cogs.status")
+EXTENSIONS = ("cogs.errors", "cogs.ask", "cogs.system", "cogs.knobs", "cogs.tokens", "cogs.status",
+              "cogs.model")
 
 
 class LlamaBot(commands.AutoShardedBot):
@@ -152,7 +153,7 @@ def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
     engine = app.engine
     app.metrics = metrics
     engine.on_result.append(metrics.observe)
-    metrics.queue_depth_from(lambda: engine.queue_depth)
+    metrics.queue_depth_from(app.models.queue_depth)  # every model's queue (issue 23)
     metrics.active_replies_from(lambda: len(runner.active))
 
     def on_finish(_ask: Any, result: GenerationResult) -> None:

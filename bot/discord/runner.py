@@ -38,6 +38,7 @@ from bot.discord.conversation import (
     thread_name,
     thread_place,
 )
+from bot.discord.model_wait import LoadingNotice
 from bot.discord.pages import quote_prompt
 from bot.discord.reply import (
     INTERACTION_TTL_S,
@@ -119,7 +120,7 @@ class AskRunner:
         after it, the reply itself says how it ended.
         """
         app = self.app
-        if not self.accepting or app.engine.closing:
+        if not self.accepting or app.models.closing:
             raise UserFacingError("I'm restarting, try again in a moment.")
         if not ask.turn.prompt:
             raise UserFacingError("Ask something: the prompt was empty.")
@@ -129,12 +130,19 @@ class AskRunner:
         with contextlib.ExitStack() as slot:
             slot.enter_context(self.gate.hold(ask.user_id))
             place = await place_of(self.turns, ask.channel, ask.user_id, ask.dm)
-            turn = await prepare_turn(app, replace(ask.turn, place=place))
-            # QueueFull / ShuttingDown raise here, before the ack.
-            gen = app.engine.submit(turn.request, turn.prepared)
             stop = reply_view(ask.id, stop_for=ask.user_id)
+            # Issue 23: a model that must load first acknowledges the ask early and says so.
+            notice = LoadingNotice(ask.surface, stop)
             try:
-                first = await ask.surface.acknowledge(stop)
+                turn = await prepare_turn(app, replace(ask.turn, place=place), on_wait=notice)
+                # QueueFull / ShuttingDown raise here, before the ack.
+                gen = turn.engine.submit(turn.request, turn.prepared)
+            except UserFacingError as exc:
+                if not await notice.refuse(exc):
+                    raise
+                return
+            try:
+                first = await notice.page() or await ask.surface.acknowledge(stop)
             except BaseException:
                 gen.cancel()
                 raise
@@ -174,7 +182,7 @@ class AskRunner:
         writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s)
         try:
             result = await writer.stream()
-            tail = footer_text(result, turn.dropped_turns)
+            tail = footer_text(result, turn.dropped_turns, turn.footer_model)
             if result.error:
                 tail = f"⚠️ {result.error}\n{tail}"
             if ask.interrupted:

@@ -209,6 +209,10 @@ class Engine:
     def active(self) -> int:
         return len(self._running)
 
+    def busy(self) -> bool:
+        """Work queued or running: a model registry never unloads a busy engine."""
+        return bool(self._running or self._waiting)
+
     @property
     def backend(self) -> GeneratorBackend:
         """What `generate_batch` is called on: CTranslate2's Generator, or a test double."""

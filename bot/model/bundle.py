@@ -329,3 +329,15 @@ def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> 
         num_layers=int(num_layers) if isinstance(num_layers, int) else None,
         kind="converted" if bot_model is not None else "ctranslate2",
     )
+
+
+def read_context_length(model_dir: Path) -> int:
+    """The context window a directory's files state, without loading its tokenizer.
+
+    For listing models that are not loaded yet (`/model list`); the same order
+    `load_model_bundle` follows, so the number shown is the one a load will use.
+    """
+    bot_model = _read_json(model_dir / "bot_model.json")
+    hf_config = _read_json(model_dir / HF_CONFIG)
+    tokenizer_config = _read_json(model_dir / "tokenizer_config.json") or {}
+    return _context_length(model_dir, bot_model, hf_config, tokenizer_config)

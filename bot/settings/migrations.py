@@ -16,6 +16,7 @@ from __future__ import annotations
 import aiosqlite
 
 from bot.errors import SettingsError
+from bot.settings.migration_models import MODEL_MIGRATION
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: one row per (scope, key). `value` is JSON so every knob type (numbers,
@@ -112,6 +113,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # issue 23 (meant as 6, after issue 22's 5, which this branch lacks: positions are
+    # versions, so it is appended at the end and the lead places it at merge):
+    # `turns.model`, the model that answered each turn (bot/settings/migration_models.py).
+    MODEL_MIGRATION,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

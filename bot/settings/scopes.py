@@ -19,7 +19,10 @@ from bot.knobs import KNOB_NAMES, Knobs
 SYSTEM_PROMPT_KEY: Final = "system_prompt"
 """The key the persona is stored and reported under (next to the knob names)."""
 
-SETTING_KEYS: Final[tuple[str, ...]] = (*KNOB_NAMES, SYSTEM_PROMPT_KEY)
+MODEL_KEY: Final = "model"
+"""A scope's model choice (issue 23, `bot.model_choice`): a model name, form checked only."""
+
+SETTING_KEYS: Final[tuple[str, ...]] = (*KNOB_NAMES, SYSTEM_PROMPT_KEY, MODEL_KEY)
 # Value checks (in and out of the database) live in `bot.settings.validation`.
 
 MAX_SYSTEM_PROMPT_CHARS: Final = 4000
@@ -145,11 +148,15 @@ class Effective:
     `max_new_tokens` ceiling); "server" also marks a channel's value held to
     the server's ceiling. `system_prompt` is None when no
     scope sets one; the front-end then uses its configured default.
+    `model` is the model name the strongest scope chose (None: none did, the
+    default model answers); `sources["model"]` is present only when one did
+    (`bot.model_choice.model_in_effect` reads it).
     """
 
     knobs: Knobs
     system_prompt: str | None
     sources: dict[str, str]
+    model: str | None = None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ Design choices, and why:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,9 +48,12 @@ from pydantic import ValidationError
 
 from bot.errors import InvalidKnobs
 from bot.knobs import KNOB_NAMES, Knobs, build_knobs, describe_validation_error, validate_knob
+from bot.model_choice import check_choice
 from bot.settings.audit import AuditLog
 from bot.settings.db import Database, utcnow
+from bot.settings.migration_models import MODEL_CHOICES_IN_GUILD_SQL
 from bot.settings.scopes import (
+    MODEL_KEY,
     SETTING_KEYS,
     SYSTEM_PROMPT_KEY,
     Change,
@@ -152,7 +155,10 @@ class SettingsStore:
         # Apply weakest first so stronger scopes overwrite; UNION ALL order is
         # not guaranteed, so sort by rank.
         values: dict[str, Any] = {}
-        sources: dict[str, str] = dict.fromkeys(SETTING_KEYS, "default")
+        # The model choice has a source only where a scope made one (see `Effective`).
+        sources: dict[str, str] = dict.fromkeys(
+            (k for k in SETTING_KEYS if k != MODEL_KEY), "default"
+        )
         server_max: int | None = None
         for rank, key, raw in sorted(rows, key=lambda r: int(r[0])):
             label, scope = chain[rank]
@@ -163,6 +169,7 @@ class SettingsStore:
                 if label == "server" and key == "max_new_tokens":
                     server_max = value
         prompt = values.pop(SYSTEM_PROMPT_KEY, None)
+        model = values.pop(MODEL_KEY, None)
         if server_max is not None:
             _ceil(values, sources, server_max, "server")
         if self.max_new_tokens_ceiling is not None:
@@ -177,7 +184,7 @@ class SettingsStore:
             values.pop("min_new_tokens", None)
             sources["min_new_tokens"] = "default"
             knobs = Knobs.model_validate(values)
-        return Effective(knobs=knobs, system_prompt=prompt, sources=sources)
+        return Effective(knobs=knobs, system_prompt=prompt, sources=sources, model=model)
 
     async def scope_overrides(self, scope: Scope) -> dict[str, Any]:
         """What `scope` itself sets (knobs and ``"system_prompt"``), ignoring invalid rows."""
@@ -270,6 +277,45 @@ class SettingsStore:
             lambda conn: self._delete(conn, scope, [SYSTEM_PROMPT_KEY], actor_id)
         )
         return bool(done)
+
+    # -- the model choice (issue 23) ------------------------------------------------
+
+    async def set_model(
+        self, scope: Scope, name: str, *, actor_id: int, known: Collection[str]
+    ) -> str:
+        """Choose the model answering at `scope` (audited); returns the stored name.
+
+        `known` is what this host serves: an admin can only choose one of those
+        (a stored name is kept, and falls back to the default, if the operator
+        removes that model later).
+        """
+        check_id("actor_id", actor_id)
+        chosen = check_choice(name, known)
+        await self.db.write(
+            lambda conn: self._upsert(conn, scope, {MODEL_KEY: chosen}, actor_id)
+        )
+        return chosen
+
+    async def reset_model(self, scope: Scope, *, actor_id: int) -> bool:
+        """Stop choosing a model at `scope`; True if it chose one."""
+        check_id("actor_id", actor_id)
+        done = await self.db.write(lambda conn: self._delete(conn, scope, [MODEL_KEY], actor_id))
+        return bool(done)
+
+    async def model_choices(self, guild_id: int) -> list[tuple[str, Scope]]:
+        """Which scopes of a server choose which model (`/model list`: "in use where").
+
+        Valid rows only, server first, then channels and threads by id; DM
+        choices are per user and never listed.
+        """
+        rows = await self.db.read(MODEL_CHOICES_IN_GUILD_SQL, (guild_id,))
+        out: list[tuple[str, Scope]] = []
+        for raw, kind, scope_id in rows:
+            scope = Scope(ScopeKind(str(kind)), int(scope_id), guild_id)
+            value = self.values.checked(scope, MODEL_KEY, raw)
+            if value is not INVALID:
+                out.append((str(value), scope))
+        return out
 
     # -- checks and row writes ----------------------------------------------------
 

@@ -42,7 +42,7 @@ _EXPIRED_T: Final = "t.private = 1 AND t.guild_id IS NOT NULL AND t.created_at <
 
 _COLUMNS = (
     "id, conversation_id, parent_id, role, text, author_id, author_name, ask_id, "
-    "guild_id, channel_id, private, created_at"
+    "guild_id, channel_id, private, created_at, model"
 )
 
 
@@ -67,11 +67,13 @@ class StoredTurn:
     channel_id: int | None
     private: bool
     created_at: str
+    model: str | None = None
+    """The model that answered (or was in force for a question); None before it was kept."""
 
     @classmethod
     def from_row(cls, row: Sequence[object]) -> StoredTurn:
         (id_, conv, parent, role, text, author, name, ask, guild, channel, private,
-         created) = row
+         created, model) = row
         return cls(
             id=int(id_),  # type: ignore[call-overload]
             conversation_id=int(conv),  # type: ignore[call-overload]
@@ -85,6 +87,7 @@ class StoredTurn:
             channel_id=None if channel is None else int(channel),  # type: ignore[call-overload]
             private=bool(private),
             created_at=str(created),
+            model=None if model is None else str(model),
         )
 
     def visible_to(self, user_id: int) -> bool:
@@ -108,6 +111,7 @@ class NewExchange:
     question_message_ids: tuple[int, ...] = ()
     answer_message_ids: tuple[int, ...] = ()
     head: str | None = None  # the place whose current turn becomes this answer
+    model: str | None = None  # the model that answered (issue 23: a follow-up keeps it)
 
 
 class TurnStore:
@@ -212,10 +216,10 @@ class TurnStore:
             ):
                 cur = await conn.execute(
                     "INSERT INTO turns (conversation_id, parent_id, role, text, author_id, "
-                    "author_name, ask_id, guild_id, channel_id, private, created_at) "
-                    "VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "author_name, ask_id, guild_id, channel_id, private, created_at, model) "
+                    "VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (parent, role, text, author, name, ex.ask_id, ex.guild_id, ex.channel_id,
-                     int(ex.private), now),
+                     int(ex.private), now, ex.model),
                 )
                 turn_id = int(cur.lastrowid or 0)
                 if conversation is None:

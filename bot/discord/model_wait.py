@@ -1,0 +1,69 @@
+"""Issue 23: an ask whose model must load first is acknowledged at once and says so.
+
+Discord wants an interaction answered within 3 s and a model load takes longer,
+so the registry's first `Waiting` ("loading model X…", "waiting for memory…")
+acknowledges the ask there and then, and its page reads that status until the
+reply streams into the same page. If the model then fails to load, the page
+says why instead of the usual refusal (which would be a second message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import discord
+
+from bot.discord.reply import Page, Surface
+from bot.engine.registry import Waiting
+from bot.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+
+class LoadingNotice:
+    """The `on_wait` of one ask: acknowledge early, show the latest waiting status."""
+
+    def __init__(self, surface: Surface, stop: discord.ui.View) -> None:
+        self.surface = surface
+        self.stop = stop
+        self._task: asyncio.Task[Page] | None = None
+        self._edits: list[asyncio.Task[None]] = []
+
+    def __call__(self, waiting: Waiting) -> None:
+        status = f"-# ⏳ {waiting.message}"
+        if self._task is None:
+            self._task = asyncio.create_task(self.surface.acknowledge(self.stop))
+        self._edits.append(asyncio.create_task(self._show(self._task, status)))
+
+    def _content(self, status: str) -> str:
+        header = self.surface.header
+        return f"{header}\n{status}" if header else status
+
+    async def _show(self, ack: asyncio.Task[Page], status: str) -> None:
+        with contextlib.suppress(Exception):  # the ack's own failure is raised by `page`
+            page = await ack
+            await page.edit(self._content(status), None)  # Stop comes with the reply
+
+    async def page(self) -> Page | None:
+        """The page acknowledged early (the status edits done), or None if none was."""
+        if self._task is None:
+            return None
+        page = await self._task
+        for edit in self._edits:
+            with contextlib.suppress(Exception):
+                await edit
+        return page
+
+    async def refuse(self, exc: UserFacingError) -> bool:
+        """Say `exc` on the early page; False when there is none (the entry refuses)."""
+        if self._task is None:
+            return False
+        try:
+            page = await self.page()
+            assert page is not None
+            await page.edit(self._content(f"⚠️ {exc.message}"), None)
+        except discord.HTTPException:
+            log.warning("could not show why an ask was refused: %s", exc.message)
+        return True
