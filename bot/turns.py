@@ -18,12 +18,19 @@ a refused or failed ask leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.asks import resolve_again, resolve_request
-from bot.conversation import check_continuable, fit_history, history_of, speaker_text
+from bot.conversation import (
+    Fitted,
+    check_continuable,
+    fit_history,
+    history_of,
+    speaker_text,
+)
 from bot.engine import GenerationRequest, PreparedPrompt
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
@@ -95,10 +102,17 @@ async def prepare_turn(app: App, ask: TurnAsk) -> PreparedTurn:
         request = await resolve_again(app, ask.location, model_prompt, ask.again)
     else:
         request = await resolve_request(app, ask.location, model_prompt, ask.overrides)
-    fitted = fit_history(app.engine, replace(request, history=history))
-    # Fitting prepared the chosen request while measuring; only a request with no
-    # history to fit is prepared here, once (a prompt too long on its own raises).
-    prepared = fitted.prepared or app.engine.prepare(fitted.request)
+    engine = app.engine
+
+    def fit() -> tuple[Fitted, PreparedPrompt]:
+        fitted = fit_history(engine, replace(request, history=history))
+        # Fitting prepared the chosen request while measuring; only a request with no
+        # history to fit is prepared here, once (a prompt too long on its own raises).
+        return fitted, fitted.prepared or engine.prepare(fitted.request)
+
+    # Rendering and encoding a long conversation is CPU work: in a worker thread, so
+    # no member's reply (nor the gateway's heartbeat) waits on it (issue 24 item 17).
+    fitted, prepared = await asyncio.to_thread(fit)
     return PreparedTurn(ask=ask, parent_id=parent, request=fitted.request, prepared=prepared,
                         dropped_turns=fitted.dropped_turns)
 

@@ -1,0 +1,134 @@
+"""Issue 24, hostile members: what one member (or a crafted client) can do to the bot.
+
+Long conversations never stall the bot (item 17); continuations are bound to where
+they started (13); refused presses leave nothing behind (14); server-only commands
+are refused from DMs (18); a reply a moderator deletes stays deleted (20);
+refusals do not amplify (21); crafted ids and option values get a plain refusal
+(22). The core stories run a real tiny CTranslate2 model and a real SQLite file;
+the Discord ones the real discord.py client against the fake Discord.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import App
+from bot.config import load_settings
+from bot.conversation import fit_history
+from bot.engine import Engine, EngineOptions, GenerationRequest, PreparedPrompt, Turn
+from bot.errors import PromptTooLong
+from bot.knobs import Knobs
+from bot.settings.ask_log import AskLog
+from bot.settings.scopes import Location
+from bot.settings.store import SettingsStore
+from bot.settings.turns import NewExchange
+from bot.turns import TurnAsk, prepare_turn
+from testing.backends import ScriptedGenerator
+
+LOCATION = Location(guild_id=10, channel_id=20)
+
+
+def _history(pairs: int) -> tuple[Turn, ...]:
+    out: list[Turn] = []
+    for n in range(pairs):
+        out += [Turn("user", f"Ada: question {n} about the hike"),
+                Turn("assistant", f"{n}: pack water, a jacket and snacks")]
+    return tuple(out)
+
+
+def watch_prepares(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
+    """Every request the engine renders and encodes from now on."""
+    seen: list[GenerationRequest] = []
+    real = engine.prepare
+
+    def prepare(request: GenerationRequest) -> PreparedPrompt:
+        seen.append(request)
+        return real(request)
+
+    monkeypatch.setattr(engine, "prepare", prepare)
+    return seen
+
+
+# --- item 17: long conversations never stall the bot ----------------------------------
+
+
+@pytest.mark.parametrize("pairs", [50, 250])
+async def test_fitting_a_long_history_renders_only_about_a_window_of_it(
+    tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch, pairs: int
+) -> None:
+    """Each turn is counted once; only candidates near the window's size are rendered.
+
+    Before, the first probe rendered the whole chain and a binary search rendered
+    halves of it, each render quadratic in its length: seconds for 500 turns.
+    """
+    request = GenerationRequest(prompt="and the rain?", knobs=Knobs(max_new_tokens=32),
+                                system_prompt="Be brief.", history=_history(pairs))
+    prepares = watch_prepares(tiny_engine, monkeypatch)
+    counted: list[str] = []
+    real_count = tiny_engine.count_tokens
+
+    def count(text: str) -> int:
+        counted.append(text)
+        return real_count(text)
+
+    monkeypatch.setattr(tiny_engine, "count_tokens", count)
+    fitted = fit_history(tiny_engine, request)
+    kept = len(fitted.request.history)
+    assert 0 < kept < len(request.history)
+    # Every turn's text counted once (plus the prompt and persona), not per probe.
+    assert len(counted) <= len(request.history) + 2
+    rendered_turns = sum(len(r.history) for r in prepares)
+    assert rendered_turns <= 4 * kept + 8, (rendered_turns, kept)
+    assert len(prepares) <= 6
+    # Still the newest turns, and no fewer than fit (one more exchange would not).
+    assert fitted.request.history == request.history[-kept:]
+    one_more = replace(request, history=request.history[-kept - 2:])
+    try:
+        assert tiny_engine.prepare(one_more).clamped
+    except PromptTooLong:
+        pass  # far too long is "would not fit" too
+
+
+@pytest.fixture
+async def app(tiny_model_dir: Path, tmp_path: Path) -> Any:
+    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
+                             model_dir=tiny_model_dir, device="cpu")
+    store = await SettingsStore.open(settings.database_path)
+    engine = await Engine.load(
+        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
+    )
+    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, "word " * 20, 0.0))
+    try:
+        yield App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
+    finally:
+        await engine.close()
+        await store.close()
+
+
+async def test_preparing_a_500_turn_chain_runs_off_the_event_loop(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendering and encoding happen in a worker thread: the loop keeps serving others."""
+    parent = None
+    for n in range(250):
+        _, answer = await app.turns.add_exchange(NewExchange(
+            parent_id=parent, question=f"question {n}", answer=f"answer {n}", author_id=1,
+            author_name="Ada", ask_id=None, guild_id=10, channel_id=20, private=False))
+        parent = answer.id
+    threads: list[threading.Thread] = []
+    real = app.engine.prepare
+
+    def prepare(request: GenerationRequest) -> PreparedPrompt:
+        threads.append(threading.current_thread())
+        return real(request)
+
+    monkeypatch.setattr(app.engine, "prepare", prepare)
+    turn = await prepare_turn(app, TurnAsk(location=LOCATION, prompt="and now?", author_id=1,
+                                           author_name="Ada", parent_id=parent, explicit=True))
+    assert 0 < len(turn.request.history) < 500
+    assert threads and all(t is not threading.main_thread() for t in threads)
