@@ -10,7 +10,10 @@ the Discord ones the real discord.py client against the fake Discord.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ from bot.settings.store import SettingsStore
 from bot.settings.turns import NewExchange
 from bot.turns import TurnAsk, prepare_turn
 from testing.backends import ScriptedGenerator
+from testing.discord_harness import Harness, running_bot
+from testing.fake_discord import StoredMessage
 
 LOCATION = Location(guild_id=10, channel_id=20)
 
@@ -89,10 +94,8 @@ async def test_fitting_a_long_history_renders_only_about_a_window_of_it(
     # Still the newest turns, and no fewer than fit (one more exchange would not).
     assert fitted.request.history == request.history[-kept:]
     one_more = replace(request, history=request.history[-kept - 2:])
-    try:
+    with contextlib.suppress(PromptTooLong):  # far too long is "would not fit" too
         assert tiny_engine.prepare(one_more).clamped
-    except PromptTooLong:
-        pass  # far too long is "would not fit" too
 
 
 @pytest.fixture
@@ -133,3 +136,55 @@ async def test_preparing_a_500_turn_chain_runs_off_the_event_loop(
                                            author_name="Ada", parent_id=parent, explicit=True))
     assert 0 < len(turn.request.history) < 500
     assert threads and all(t is not threading.main_thread() for t in threads)
+
+
+# --- item 20: a reply a moderator deletes stays deleted --------------------------------
+
+LONG_SCRIPT = "word " * 400  # ~8 s at 20 ms a token: deleted long before its end
+
+
+@pytest.fixture
+async def h(tiny_model_dir: Path, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with running_bot(tiny_model_dir, tmp_path, scripted=LONG_SCRIPT,
+                           script_delay=0.02) as harness:
+        yield harness
+
+
+def bot_messages_after(h: Harness, message_id: int) -> list[StoredMessage]:
+    me = str(h.fake.bot_user.id)
+    return [m for m in h.fake.messages.values()
+            if m.id > message_id and m.author.get("id") == me]
+
+
+async def delete_while_streaming(h: Harness, reply: Callable[[], StoredMessage | None]) -> None:
+    """Wait for the reply to be streaming text, delete it as a moderator, and check that
+    its generation was cancelled and nothing was posted again."""
+    streaming = await h.fake.wait_for(
+        lambda: ((m := reply()) is not None and "word" in m.content and m) or None, timeout=30)
+    ask = next(iter(h.bot.runner.active.values()))
+    assert ask.gen is not None
+    last_id = max(h.fake.messages)
+    await h.fake.moderator_delete(streaming.id)
+    result = await asyncio.wait_for(ask.gen.result(), timeout=15)
+    assert result.finish_reason == "cancelled"
+    await h.fake.wait_for(lambda: not h.bot.runner.active or None, timeout=15)
+    await asyncio.sleep(0.5)  # anything it would still post, it would have posted by now
+    assert bot_messages_after(h, last_id) == []
+    assert h.fake.message(streaming.id).deleted
+
+
+async def test_a_deleted_ask_reply_stays_deleted_and_stops_generating(h: Harness) -> None:
+    itx = await h.command("ask", {"prompt": "tell me a long story"})
+    await delete_while_streaming(h, lambda: itx.original)
+
+
+async def test_a_deleted_mention_reply_stays_deleted_and_stops_generating(h: Harness) -> None:
+    asked = await h.fake.inject_message("tell me a long story", mention_bot=True,
+                                        channel_id=h.general)
+    me = str(h.fake.bot_user.id)
+
+    def reply() -> StoredMessage | None:
+        return next((m for m in h.fake.channel_messages(h.general)
+                     if m.id > asked.id and m.author.get("id") == me), None)
+
+    await delete_while_streaming(h, reply)
