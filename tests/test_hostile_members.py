@@ -188,3 +188,24 @@ async def test_a_deleted_mention_reply_stays_deleted_and_stops_generating(h: Har
                      if m.id > asked.id and m.author.get("id") == me), None)
 
     await delete_while_streaming(h, reply)
+
+
+# --- item 21: refusals do not amplify --------------------------------------------------
+
+
+async def test_thirty_mentions_during_a_reply_get_one_refusal(h: Harness) -> None:
+    member = h.guild.members[0]
+    first = await h.fake.inject_message("tell me a long story", mention_bot=True,
+                                        channel_id=h.general, user=member)
+    await h.fake.wait_for(lambda: h.bot.runner.active or None, timeout=30)
+    for n in range(30):
+        await h.fake.inject_message(f"and {n}?", mention_bot=True, channel_id=h.general,
+                                    user=member)
+
+    def refusals() -> list[StoredMessage]:
+        return [m for m in bot_messages_after(h, first.id) if "in progress" in m.content]
+
+    await h.fake.wait_for(lambda: refusals() or None, timeout=15)
+    await asyncio.sleep(1.0)  # the other 29 would have been answered by now
+    assert len(refusals()) == 1
+    assert h.bot.runner.active  # the live reply runs on

@@ -52,7 +52,7 @@ from bot.discord.reply import (
 from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
-from bot.limits import AskGate
+from bot.limits import AskGate, QuietRefusals
 from bot.settings.ask_log import AskRecord
 from bot.settings.turns import StoredTurn
 from bot.turns import PreparedTurn, TurnAsk, prepare_turn, record_turn
@@ -109,6 +109,7 @@ class AskRunner:
         self.on_finish: list[FinishHook] = []
         self._pruner: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.quiet_refusals = QuietRefusals()  # refusals to messages: once per member a window
 
     # --- the lifecycle ---------------------------------------------------------------
 
@@ -393,7 +394,9 @@ class AskRunner:
         try:
             await self.run(ask)
         except UserFacingError as exc:
-            await _say(message, "⚠️ " + exc.message)
+            # Once per member per window: a refusal is a channel message (item 21).
+            if self.quiet_refusals.should_say(user.id):
+                await _say(message, "⚠️ " + exc.message)
         except discord.HTTPException:
             log.exception("reply %s could not be delivered", ask.id)
 
