@@ -23,17 +23,18 @@ import pytest
 from bot.app import App
 from bot.config import load_settings
 from bot.conversation import fit_history
+from bot.discord.errors import GENERIC
 from bot.engine import Engine, EngineOptions, GenerationRequest, PreparedPrompt, Turn
 from bot.errors import PromptTooLong
 from bot.knobs import Knobs
 from bot.settings.ask_log import AskLog
-from bot.settings.scopes import Location
+from bot.settings.scopes import Location, Scope
 from bot.settings.store import SettingsStore
 from bot.settings.turns import NewExchange
 from bot.turns import TurnAsk, prepare_turn
 from testing.backends import ScriptedGenerator
-from testing.discord_harness import Harness, running_bot
-from testing.fake_discord import StoredMessage
+from testing.discord_harness import Harness, is_final, running_bot
+from testing.fake_discord import FakeInteraction, FakeUser, StoredMessage
 
 LOCATION = Location(guild_id=10, channel_id=20)
 
@@ -209,3 +210,79 @@ async def test_thirty_mentions_during_a_reply_get_one_refusal(h: Harness) -> Non
     await asyncio.sleep(1.0)  # the other 29 would have been answered by now
     assert len(refusals()) == 1
     assert h.bot.runner.active  # the live reply runs on
+
+
+# --- item 22: crafted ids and raw option values get a plain refusal --------------------
+
+
+def refusal_of(itx: FakeInteraction) -> str:
+    resp = itx.response
+    assert resp is not None, "the interaction was never answered"
+    assert resp.type == 4 and resp.data["flags"] & 64, resp
+    text = str(resp.data["content"])
+    assert GENERIC not in text
+    return text
+
+
+@pytest.mark.parametrize("custom_id", [
+    "llm:regen:" + "9" * 25,                  # beyond 64 bits
+    "llm:reply:" + "9" * 5000,                # thousands of digits
+    "llm:stop:" + str(2**64) + ":1",
+    "llm:stop:1:" + "9" * 90,
+    "llm:regen:" + str(2**63),
+])
+async def test_crafted_custom_ids_get_a_plain_refusal(h: Harness, custom_id: str) -> None:
+    itx = await h.fake.inject_component(custom_id, guild_id=h.guild.id, channel_id=h.general)
+    await itx.wait_response(timeout=10)
+    assert "not valid" in refusal_of(itx)
+
+
+@pytest.mark.parametrize("value", [12345, True, ["a"], None, {"x": 1}])
+async def test_a_non_string_prompt_gets_a_plain_refusal(h: Harness, value: Any) -> None:
+    itx = await h.fake.inject_interaction(
+        "ask", [{"name": "prompt", "type": 3, "value": value}],
+        guild_id=h.guild.id, channel_id=h.general)
+    await itx.wait_response(timeout=10)
+    refusal_of(itx)
+    assert not h.bot.runner.active
+
+
+async def test_a_display_name_with_invalid_unicode_never_refuses_the_ask(h: Harness) -> None:
+    member = FakeUser(h.guild.id + 777, "odd", "Odd \ud800 Name")
+    h.guild.members.append(member)
+    await h.app.store.set_knobs(Scope.server(h.guild.id), {"max_new_tokens": 8}, actor_id=1)
+    asked = await h.fake.inject_message("hello", mention_bot=True, channel_id=h.general,
+                                        user=member)
+    me = str(h.fake.bot_user.id)
+
+    def answer() -> StoredMessage | None:
+        return next((m for m in h.fake.channel_messages(h.general)
+                     if m.id > asked.id and m.author.get("id") == me and is_final(m.content)),
+                    None)
+
+    said = await h.fake.wait_for(answer, timeout=30)
+    assert "⚠️" not in said.content
+    itx = await h.command("ask", {"prompt": "hi"}, user=member)
+    await h.finished(itx)
+    assert "⚠️" not in h.full_text(itx)
+
+
+# --- item 18: server-only commands are refused from DMs, whatever the client says -------
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("system set", {"text": "DM persona", "scope": "channel"}),
+    ("system reset", {}),
+    ("system show", {}),
+    ("status", {}),
+])
+async def test_server_only_commands_from_a_dm_are_refused(
+    h: Harness, name: str, options: dict[str, Any]
+) -> None:
+    member = h.guild.members[0]
+    itx = await h.fake.inject_interaction(name, options, dm=True, user=member,
+                                          permissions=str(2**40 - 1))
+    await itx.wait_response(timeout=10)
+    assert "only works in a server" in refusal_of(itx)
+    dm = Location(guild_id=None, channel_id=member.id + 7, user_id=member.id)
+    assert (await h.app.store.resolve(dm)).system_prompt != "DM persona"
