@@ -80,6 +80,31 @@ class PreparedTurn:
         return ask.place if (ask.direct or not ask.private) else None
 
 
+class ElsewhereConversation(UserFacingError):
+    """A continuation named a conversation of another server or channel (item 13)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "That conversation belongs to another channel: continue it where it started."
+        )
+
+
+def check_where(turn: StoredTurn, where: Location) -> None:
+    """Refuse continuing `turn` anywhere but its own server and channel (or a thread of it).
+
+    Every continuation (a Reply, a Regenerate, a message replying to or forwarding
+    an answer, a thread's or a DM's current turn) names its turn with something a
+    client sends: a custom id, a message reference. So what it names is checked
+    against where the ask happens, every time, here where every path meets.
+    """
+    if turn.guild_id != where.guild_id:
+        raise ElsewhereConversation()
+    if turn.channel_id is not None and turn.channel_id not in (
+        where.channel_id, where.parent_channel_id
+    ):
+        raise ElsewhereConversation()
+
+
 async def prepare_turn(app: App, ask: TurnAsk) -> PreparedTurn:
     """History (checked for privacy, with names), persona and knobs, fitted to the context.
 
@@ -90,6 +115,8 @@ async def prepare_turn(app: App, ask: TurnAsk) -> PreparedTurn:
     if not ask.explicit and parent is None and ask.place is not None:
         parent = await app.turns.head(ask.place)
     chain = await app.turns.chain(parent)
+    if chain:
+        check_where(chain[-1], ask.location)
     private = ask.private or ask.direct
     if check_continuable(chain, ask.author_id) and not private:
         raise UserFacingError("That conversation is private: it can only be continued privately.")

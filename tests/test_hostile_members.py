@@ -286,3 +286,45 @@ async def test_server_only_commands_from_a_dm_are_refused(
     assert "only works in a server" in refusal_of(itx)
     dm = Location(guild_id=None, channel_id=member.id + 7, user_id=member.id)
     assert (await h.app.store.resolve(dm)).system_prompt != "DM persona"
+
+
+# --- item 13: every continuation is bound to where it started ---------------------------
+
+
+@pytest.fixture
+async def quick(tiny_model_dir: Path, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with running_bot(tiny_model_dir, tmp_path, scripted="a short answer",
+                           script_delay=0.0) as harness:
+        yield harness
+
+
+async def test_a_reply_button_pressed_in_another_channel_is_refused(quick: Harness) -> None:
+    h = quick
+    asked = await h.ask("where do we meet?")
+    itx = await h.fake.inject_component(f"llm:reply:{asked.id}", guild_id=h.guild.id,
+                                        channel_id=h.help)
+    await itx.wait_response(timeout=10)
+    assert "another channel" in refusal_of(itx)
+    # Where it started, the same press opens the follow-up box.
+    here = await h.fake.inject_component(f"llm:reply:{asked.id}", guild_id=h.guild.id,
+                                         channel_id=h.general)
+    assert (await here.wait_response(timeout=10)).type == 9
+
+
+async def test_a_message_replying_to_an_answer_from_another_channel_is_refused(
+    quick: Harness,
+) -> None:
+    h = quick
+    asked = await h.ask("the secret plan for #general")
+    assert asked.original is not None
+    crafted = await h.fake.inject_message("go on", mention_bot=True, channel_id=h.help,
+                                          reply_to=asked.original.id)
+    me = str(h.fake.bot_user.id)
+
+    def said() -> StoredMessage | None:
+        return next((m for m in h.fake.channel_messages(h.help)
+                     if m.id > crafted.id and m.author.get("id") == me), None)
+
+    answer = await h.fake.wait_for(said, timeout=30)
+    assert "another channel" in answer.content
+    assert await h.app.turns.head(f"thread:{h.help}") is None

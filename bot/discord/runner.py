@@ -55,7 +55,7 @@ from bot.knobs import Knobs
 from bot.limits import AskGate, QuietRefusals
 from bot.settings.ask_log import AskRecord
 from bot.settings.turns import StoredTurn
-from bot.turns import PreparedTurn, TurnAsk, prepare_turn, record_turn
+from bot.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -287,7 +287,8 @@ class AskRunner:
 
     async def open_reply(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Reply button: check who may continue, then open the follow-up modal."""
-        await self._answer_to_continue(ask_id, interaction.user.id)
+        answer = await self._answer_to_continue(ask_id, interaction.user.id)
+        check_where(answer, location_of(interaction))  # and where (item 13); again on submit
         await interaction.response.send_modal(ReplyModal(ask_id))
 
     async def ask_followup(self, interaction: discord.Interaction, text: str, ask_id: int) -> None:
