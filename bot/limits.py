@@ -50,6 +50,10 @@ class AskGate:
         """Count a reply in progress for `user_id` until the block ends."""
         self.check(user_id)
         self._active[user_id] = self._active.get(user_id, 0) + 1
+        # Bounded (issue 24 item 14): the oldest cooldown stamps go first.
+        self._last.pop(user_id, None)
+        while len(self._last) >= _TRACKED_LIMIT:
+            self._last.pop(next(iter(self._last)))
         self._last[user_id] = time.monotonic()
         try:
             yield

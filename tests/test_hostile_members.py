@@ -27,6 +27,7 @@ from bot.discord.errors import GENERIC
 from bot.engine import Engine, EngineOptions, GenerationRequest, PreparedPrompt, Turn
 from bot.errors import PromptTooLong
 from bot.knobs import Knobs
+from bot.limits import _TRACKED_LIMIT, AskGate, QuietRefusals
 from bot.settings.ask_log import AskLog
 from bot.settings.scopes import Location, Scope
 from bot.settings.store import SettingsStore
@@ -328,3 +329,66 @@ async def test_a_message_replying_to_an_answer_from_another_channel_is_refused(
     answer = await h.fake.wait_for(said, timeout=30)
     assert "another channel" in answer.content
     assert await h.app.turns.head(f"thread:{h.help}") is None
+
+
+# --- item 14: nothing grows with refused presses ----------------------------------------
+
+
+def state_sizes(h: Harness) -> dict[str, int]:
+    """Everything a press could leave behind in the bot's memory."""
+    runner = h.bot.runner
+    store = h.bot._connection._view_store
+    return {
+        "active": len(runner.active),
+        "gate_active": len(runner.gate._active),
+        "gate_last": len(runner.gate._last),
+        "background": len(runner._background),
+        "refusals": len(getattr(runner, "quiet_refusals", ())),
+        "views": len(store._views),
+        "modals": len(store._modals),
+        "dynamic": len(store._dynamic_items),
+        "engine_waiting": h.app.engine.queue_depth,
+    }
+
+
+async def test_a_thousand_refused_presses_leave_the_runner_as_it_was(quick: Harness) -> None:
+    h = quick
+    asked = await h.ask("where do we meet?")
+    member = h.guild.members[0]
+    await asyncio.sleep(0.3)
+    before = state_sizes(h)
+    presses = [
+        f"llm:reply:{asked.id}",           # another channel (refused, item 13)
+        f"llm:regen:{asked.id}",           # another channel
+        f"llm:stop:{asked.id}:{member.id}",  # finished already
+        "llm:regen:" + "9" * 30,           # beyond 64 bits
+        f"llm:reply:{asked.id + 1}",       # no such ask
+    ]
+    for n in range(1000):
+        itx = await h.fake.inject_component(presses[n % len(presses)], guild_id=h.guild.id,
+                                            channel_id=h.help, user=member)
+        if n % 50 == 49:  # let the bot keep up, and check each is answered plainly
+            await itx.wait_response(timeout=10)
+            refusal_of(itx)
+    await h.fake.wait_for(lambda: all(i.response for i in h.fake.interactions.values())
+                          or None, timeout=60)
+    assert state_sizes(h) == before
+
+
+def test_refusal_memory_is_bounded_and_forgets_after_its_window() -> None:
+    now = [0.0]
+    quiet = QuietRefusals(30.0, limit=3, clock=lambda: now[0])
+    assert quiet.should_say(1) and not quiet.should_say(1)
+    for user in range(2, 12):
+        assert quiet.should_say(user)
+    assert len(quiet) == 3
+    now[0] = 31.0
+    assert quiet.should_say(11)  # a new window: told once more
+
+
+def test_the_ask_gate_remembers_a_bounded_number_of_members() -> None:
+    gate = AskGate(1, cooldown_s=0.0)
+    for user in range(_TRACKED_LIMIT + 50):
+        with gate.hold(user):
+            pass
+    assert len(gate._last) == _TRACKED_LIMIT and not gate._active
