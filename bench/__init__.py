@@ -1,7 +1,7 @@
 """Benchmarks: measured numbers printed as JSON; never part of the installed bot.
 
-`python -m bench [--discord|--soak|--mixed|--conversation|--models] --json`, from the root of
-a source checkout (`python -m bot bench ...` there hands its flags here);
+`python -m bench [--discord|--soak|--mixed|--conversation|--prepare|--models] --json`, from
+the root of a source checkout (`python -m bot bench ...` there hands its flags here);
 `bench/store_bench.py` and `bench/gpu.sh` run on their own.
 """
 
@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--soak", action="store_true", help="bounded soak through the fake")
     parser.add_argument("--conversation", action="store_true",
                         help="time to first text at turns 1, 5, 10 (600-token persona)")
+    parser.add_argument("--prepare", action="store_true",
+                        help="prepare time for 10/100/500-turn chains, event-loop stall")
     parser.add_argument("--mixed", action="store_true",
                         help="mixed prompt lengths, personas, joins, timeslices, open loop")
     parser.add_argument("--models", action="store_true",
@@ -70,6 +72,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         from bench.models_bench import run_models_bench
 
         return await run_models_bench(settings, args)
+    if getattr(args, "prepare", False):
+        from bench.prepare_bench import run_prepare_bench
+
+        return await run_prepare_bench(settings, args)
     if getattr(args, "conversation", False):
         from bench.conversation_bench import run_conversation_bench
 

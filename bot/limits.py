@@ -50,6 +50,10 @@ class AskGate:
         """Count a reply in progress for `user_id` until the block ends."""
         self.check(user_id)
         self._active[user_id] = self._active.get(user_id, 0) + 1
+        # Bounded (issue 24 item 14): the oldest cooldown stamps go first.
+        self._last.pop(user_id, None)
+        while len(self._last) >= _TRACKED_LIMIT:
+            self._last.pop(next(iter(self._last)))
         self._last[user_id] = time.monotonic()
         try:
             yield
@@ -101,3 +105,36 @@ class SettingsWriteLimiter:
             self._recent = {
                 k: v for k, v in self._recent.items() if v and now - v[-1] < self.window_s
             }
+
+
+class QuietRefusals:
+    """Say a refusal once per member per window, then stay quiet (issue 24 item 21).
+
+    A refusal to a message (a mention, a reply, a DM) is a new channel message on
+    the same send budget live replies need: 30 mentions while a reply runs gave
+    30 "already in progress" messages. Interactions still get their (ephemeral)
+    answer, since Discord requires one; only the message path asks here. Bounded:
+    the oldest members are forgotten first.
+    """
+
+    def __init__(self, window_s: float = 30.0, *, limit: int = _TRACKED_LIMIT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.limit = limit
+        self.clock = clock
+        self._said: dict[int, float] = {}  # member → when they were last told, oldest first
+
+    def should_say(self, user_id: int) -> bool:
+        """True (and remembered) when `user_id` was not refused within the window."""
+        now = self.clock()
+        said = self._said.get(user_id)
+        if said is not None and now - said < self.window_s:
+            return False
+        self._said.pop(user_id, None)
+        while len(self._said) >= self.limit:
+            self._said.pop(next(iter(self._said)))
+        self._said[user_id] = now
+        return True
+
+    def __len__(self) -> int:
+        return len(self._said)

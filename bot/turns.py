@@ -18,12 +18,19 @@ a refused or failed ask leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.asks import resolve_again, resolve_request
-from bot.conversation import check_continuable, fit_history, history_of, speaker_text
+from bot.conversation import (
+    Fitted,
+    check_continuable,
+    fit_history,
+    history_of,
+    speaker_text,
+)
 from bot.engine import Engine, GenerationRequest, PreparedPrompt
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
@@ -87,6 +94,31 @@ class PreparedTurn:
         return ask.place if (ask.direct or not ask.private) else None
 
 
+class ElsewhereConversation(UserFacingError):
+    """A continuation named a conversation of another server or channel (item 13)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "That conversation belongs to another channel: continue it where it started."
+        )
+
+
+def check_where(turn: StoredTurn, where: Location) -> None:
+    """Refuse continuing `turn` anywhere but its own server and channel (or a thread of it).
+
+    Every continuation (a Reply, a Regenerate, a message replying to or forwarding
+    an answer, a thread's or a DM's current turn) names its turn with something a
+    client sends: a custom id, a message reference. So what it names is checked
+    against where the ask happens, every time, here where every path meets.
+    """
+    if turn.guild_id != where.guild_id:
+        raise ElsewhereConversation()
+    if turn.channel_id is not None and turn.channel_id not in (
+        where.channel_id, where.parent_channel_id
+    ):
+        raise ElsewhereConversation()
+
+
 async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) -> PreparedTurn:
     """History (checked for privacy, with names), persona and knobs, fitted to the context.
 
@@ -98,6 +130,8 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     if not ask.explicit and parent is None and ask.place is not None:
         parent = await app.turns.head(ask.place)
     chain = await app.turns.chain(parent)
+    if chain:
+        check_where(chain[-1], ask.location)
     private = ask.private or ask.direct
     if check_continuable(chain, ask.author_id) and not private:
         raise UserFacingError("That conversation is private: it can only be continued privately.")
@@ -111,16 +145,29 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     else:
         request = await resolve_request(app, ask.location, model_prompt, ask.overrides)
     # Issue 23: the scope's model, or the one the conversation kept (`model_for_turn`);
-    # fitted with that model's tokenizer and window. Acquired last: nothing awaits
-    # between here and the caller's submit, so the model cannot be unloaded meanwhile.
+    # fitted with that model's tokenizer and window.
     models = app.models
     turn_model = models.turn_model(chain[-1].model if chain else None,
                                    await app.resolve(ask.location))
     engine = await models.engine(turn_model.name, on_wait)
-    fitted = fit_history(engine, replace(request, history=history))
-    # Fitting prepared the chosen request while measuring; only a request with no
-    # history to fit is prepared here, once (a prompt too long on its own raises).
-    prepared = fitted.prepared or engine.prepare(fitted.request)
+
+    def fit(engine: Engine) -> tuple[Fitted, PreparedPrompt]:
+        fitted = fit_history(engine, replace(request, history=history))
+        # Fitting prepared the chosen request while measuring; only a request with no
+        # history to fit is prepared here, once (a prompt too long on its own raises).
+        return fitted, fitted.prepared or engine.prepare(fitted.request)
+
+    # Rendering and encoding a long conversation is CPU work: in a worker thread, so
+    # no member's reply (nor the gateway's heartbeat) waits on it (issue 24 item 17).
+    # That await lets the model be unloaded meanwhile (another one needed the room), so
+    # the engine is taken again afterwards, last: nothing awaits between that and the
+    # caller's submit. If another engine serves the model now, fit again on it.
+    for _ in range(3):
+        fitted, prepared = await asyncio.to_thread(fit, engine)
+        current = await models.engine(turn_model.name, on_wait)
+        if current is engine:
+            break
+        engine = current
     return PreparedTurn(ask=ask, parent_id=parent, request=fitted.request, prepared=prepared,
                         dropped_turns=fitted.dropped_turns, engine=engine, model=turn_model,
                         several=models.several)

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import discord
 
 from bot.discord.errors import send_error
+from bot.discord.guard import parse_id, require_id
 
 STOP_ID = "llm:stop:{ask_id}:{user_id}"
 REGEN_ID = "llm:regen:{ask_id}"
@@ -68,10 +69,11 @@ class StopButton(
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
     ) -> StopButton:
-        return cls(int(match["ask"]), int(match["user"]))
+        return cls(parse_id(match["ask"]), parse_id(match["user"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
+            require_id(self.ask_id, self.user_id)  # a crafted id: refused before any lookup
             await runner_of(interaction).stop(interaction, self.ask_id, self.user_id)
         except Exception as exc:
             await send_error(interaction, exc)
@@ -94,10 +96,11 @@ class RegenerateButton(
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
     ) -> RegenerateButton:
-        return cls(int(match["ask"]))
+        return cls(parse_id(match["ask"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
+            require_id(self.ask_id)
             await runner_of(interaction).regenerate(interaction, self.ask_id)
         except Exception as exc:
             await send_error(interaction, exc)
@@ -120,10 +123,11 @@ class ReplyButton(
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
     ) -> ReplyButton:
-        return cls(int(match["ask"]))
+        return cls(parse_id(match["ask"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
+            require_id(self.ask_id)
             await runner_of(interaction).open_reply(interaction, self.ask_id)
         except Exception as exc:
             await send_error(interaction, exc)

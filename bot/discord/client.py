@@ -24,6 +24,7 @@ from discord.ext import commands
 from bot.app import App, open_app
 from bot.config import Settings
 from bot.discord.buttons import DYNAMIC_ITEMS
+from bot.discord.guard import GuardedTree
 from bot.discord.runner import AskRunner
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
@@ -55,6 +56,7 @@ class LlamaBot(commands.AutoShardedBot):
             "help_command": None,
             "shard_count": settings.shard_count or 1,
             "shard_ids": settings.shard_ids,
+            "tree_cls": GuardedTree,  # server-only commands and raw option types, checked
         }
         super().__init__(**{**options, **kwargs})
         self.app = app

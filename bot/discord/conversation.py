@@ -49,7 +49,17 @@ def thread_place(thread_id: int) -> str:
 
 
 def display_name(user: discord.abc.User) -> str:
-    return user.display_name or user.name
+    """The speaker's name as the model reads it, always valid Unicode.
+
+    A crafted client can set a name with lone surrogates; the engine refuses
+    invalid Unicode in a prompt, and a name must never refuse its member's ask
+    (issue 24 item 22): each surrogate becomes U+FFFD.
+    """
+    name = user.display_name or user.name or ""
+    return _SURROGATE.sub("\ufffd", name)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def strip_mention(content: str, bot_id: int) -> str:

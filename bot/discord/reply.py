@@ -49,8 +49,32 @@ def footer_text(
     return "-# " + footer(result, dropped_turns, model)
 
 
+#: Discord's Unknown Message: the message is deleted (a moderator, usually), not expired.
+UNKNOWN_MESSAGE = 10008
+
+
+class ReplyDeleted(UserFacingError):
+    """Someone deleted a page of this reply: its generation is cancelled, nothing reposted.
+
+    Issue 24 item 20: an edit's Unknown Message used to be taken for an expired
+    token, and the reply came back as a new channel message and kept streaming.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("This reply was deleted, so I stopped writing it.")
+
+
+def _deleted(exc: discord.HTTPException) -> bool:
+    return exc.code == UNKNOWN_MESSAGE
+
+
 def _token_gone(exc: discord.HTTPException) -> bool:
-    """Unknown Webhook (404/10015) or Invalid Webhook Token (401/50027): the token is dead."""
+    """Unknown Webhook (404/10015) or Invalid Webhook Token (401/50027): the token is dead.
+
+    Unknown Message (404/10008) is not: the message itself was deleted (`ReplyDeleted`).
+    """
+    if _deleted(exc):
+        return False
     return exc.status in (401, 404) or exc.code in (10015, 50027)
 
 
@@ -68,7 +92,12 @@ class Page(ABC):
         self.shown: tuple[str, bool] | None = None
 
     async def edit(self, content: str, view: discord.ui.View | None) -> None:
-        await self._edit(content, view)
+        try:
+            await self._edit(content, view)
+        except discord.HTTPException as exc:
+            if _deleted(exc):
+                raise ReplyDeleted() from exc
+            raise
         self.shown = (content, view is not None)
 
     @abstractmethod
@@ -299,12 +328,22 @@ class ReplyWriter:
         self.text = ""
         self.status = ""
         self.final: list[str] = []
+        self.deleted = False  # a page was deleted: cancelled, nothing more is written
         self.editor = self._editor(first, first.shown[0] if first.shown else None)
 
     def _editor(self, page: Page, sent: str | None) -> CoalescingEditor:
         async def send(content: str) -> None:
-            await page.edit(content, page.view)
+            try:
+                await page.edit(content, page.view)
+            except ReplyDeleted:
+                self.deleted = True
+                self.gen.cancel()
+                raise
         return CoalescingEditor(send, self.interval, sent=sent)
+
+    def _check_deleted(self) -> None:
+        if self.deleted:
+            raise ReplyDeleted()
 
     def _contents(self, tail: str) -> list[str]:
         # Trailing blank lines of the model's output would stand between the
@@ -330,6 +369,7 @@ class ReplyWriter:
             self.editor = self._editor(page, content)
 
     async def _show(self, status: str) -> None:
+        self._check_deleted()
         self.status = status
         out = self._contents(status)
         await self._grow(out)
@@ -377,6 +417,7 @@ class ReplyWriter:
 
     async def lay_out(self, tail: str) -> None:
         """Every page with its final text and `tail` under the last; only it keeps Stop."""
+        self._check_deleted()
         final = self._contents(tail)
         await self._grow(final)
         self.final = final
@@ -385,7 +426,7 @@ class ReplyWriter:
         # page loses it now, before the footer, so the footer is the last word.
         for page, content in zip(self.pages[:-1], final, strict=False):
             if page.shown != (content, False):
-                with contextlib.suppress(discord.HTTPException):
+                with contextlib.suppress(discord.HTTPException, ReplyDeleted):
                     await page.edit(content, None)
 
     async def show_final(self, view: discord.ui.View | None) -> None:

@@ -53,10 +53,10 @@ from bot.discord.reply import (
 from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
-from bot.limits import AskGate
+from bot.limits import AskGate, QuietRefusals
 from bot.settings.ask_log import AskRecord
 from bot.settings.turns import StoredTurn
-from bot.turns import PreparedTurn, TurnAsk, prepare_turn, record_turn
+from bot.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -110,6 +110,7 @@ class AskRunner:
         self.on_finish: list[FinishHook] = []
         self._pruner: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.quiet_refusals = QuietRefusals()  # refusals to messages: once per member a window
 
     # --- the lifecycle ---------------------------------------------------------------
 
@@ -294,7 +295,8 @@ class AskRunner:
 
     async def open_reply(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Reply button: check who may continue, then open the follow-up modal."""
-        await self._answer_to_continue(ask_id, interaction.user.id)
+        answer = await self._answer_to_continue(ask_id, interaction.user.id)
+        check_where(answer, location_of(interaction))  # and where (item 13); again on submit
         await interaction.response.send_modal(ReplyModal(ask_id))
 
     async def ask_followup(self, interaction: discord.Interaction, text: str, ask_id: int) -> None:
@@ -401,7 +403,9 @@ class AskRunner:
         try:
             await self.run(ask)
         except UserFacingError as exc:
-            await _say(message, "⚠️ " + exc.message)
+            # Once per member per window: a refusal is a channel message (item 21).
+            if self.quiet_refusals.should_say(user.id):
+                await _say(message, "⚠️ " + exc.message)
         except discord.HTTPException:
             log.exception("reply %s could not be delivered", ask.id)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,6 +53,9 @@ from bot.model.tokenizer import require_valid_unicode
 __all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
+
+#: Texts whose token counts `Engine.count_tokens` keeps (a few long conversations' turns).
+TOKEN_COUNT_CACHE = 8192
 
 
 class Engine:
@@ -107,6 +111,8 @@ class Engine:
         )
         self._flushing = False
         self._prefixes: dict[str, tuple[int, ...]] = {}
+        self._counts: dict[str, int] = {}  # `count_tokens`, least recently used first
+        self._counts_lock = threading.Lock()
 
     # --- construction ----------------------------------------------------------
 
@@ -143,6 +149,27 @@ class Engine:
         return PreparedPrompt(tokens=tokens, max_new_tokens=max_new, clamped=clamped,
                               prefix_tokens=self._persona_prefix(request.system_prompt, ids))
 
+    @property
+    def context_length(self) -> int:
+        return self.bundle.context_length
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` encoded on its own as plain text, cached per text.
+
+        Fitting a conversation sums these to choose the history to keep, so each
+        stored turn is encoded once, not once per candidate prompt; a Reply on
+        the same chain finds its turns' counts here. Bounded (oldest out first).
+        """
+        with self._counts_lock:  # preparation runs in worker threads
+            count = self._counts.pop(text, None)
+        if count is None:
+            count = len(self.bundle.tokenizer.encode(text))
+        with self._counts_lock:
+            if len(self._counts) >= TOKEN_COUNT_CACHE:
+                self._counts.pop(next(iter(self._counts)))
+            self._counts[text] = count  # (re)inserted last: most recently used
+        return count
+
     def _persona_prefix(self, system: str | None, ids: list[int]) -> int:
         """How many leading ids are the rendered persona, the same for every ask with it.
 
@@ -165,9 +192,10 @@ class Engine:
                     break
                 common += 1
             prefix = tuple(a[: max(0, common - 1)])
-            if len(self._prefixes) >= 1024:
-                self._prefixes.pop(next(iter(self._prefixes)))
-            self._prefixes[key] = prefix
+            with self._counts_lock:  # preparation runs in worker threads
+                if len(self._prefixes) >= 1024:
+                    self._prefixes.pop(next(iter(self._prefixes)))
+                self._prefixes[key] = prefix
         n = len(prefix)
         if n < MIN_PREFIX_TOKENS or n >= len(ids) or tuple(ids[:n]) != prefix:
             return 0

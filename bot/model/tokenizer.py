@@ -27,6 +27,7 @@ treats them exactly as it treats its own special tokens.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -98,9 +99,29 @@ def _token_content(value: Any) -> str | None:
     return None
 
 
-def _overlaps(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
-    """Whether [start, end) shares a character with any of `spans`."""
-    return any(start < s_end and s_start < end for s_start, s_end in spans)
+class _Spans:
+    """People's [start, end) ranges, sorted once, for overlap tests in O(log n).
+
+    A long conversation has a span per turn and a control token or two per turn:
+    testing each token against every span made encoding a prompt quadratic in
+    the conversation's length (seconds for a few hundred turns, issue 24).
+    """
+
+    def __init__(self, spans: Sequence[tuple[int, int]]) -> None:
+        ordered = sorted(spans)
+        self._starts = [s for s, _ in ordered]
+        # Running maximum of the ends, so a span nested in an earlier one is still seen.
+        self._ends: list[int] = []
+        furthest = -1
+        for _, e in ordered:
+            furthest = max(furthest, e)
+            self._ends.append(furthest)
+
+    def overlaps(self, start: int, end: int) -> bool:
+        """Whether [start, end) shares a character with any span."""
+        # The last span starting before `end` (or any before it) must reach past `start`.
+        i = bisect.bisect_left(self._starts, end) - 1
+        return i >= 0 and self._ends[i] > start
 
 
 class HFTokenizer:
@@ -200,16 +221,18 @@ class HFTokenizer:
         """
         enc = self._tok.encode(text, add_special_tokens=False)
         ids = [int(i) for i in enc.ids]
-        forged = [
+        spans = _Spans(plain_spans)
+        offsets = enc.offsets  # a property that builds the whole list: read it once
+        forged = {
             i for i, idx in enumerate(ids)
-            if idx in self.special_ids and _overlaps(*enc.offsets[i], plain_spans)
-        ]
+            if idx in self.special_ids and spans.overlaps(*offsets[i])
+        }
         if not forged:
             return ids
         out: list[int] = []
         pos = 0
         for i, idx in enumerate(ids):
-            start, end = enc.offsets[i]
+            start, end = offsets[i]
             if idx in self.special_ids and i not in forged:
                 out.extend(self.encode(text[pos:start]))
                 out.append(idx)
@@ -320,8 +343,9 @@ class SentencePieceTokenizer:
             if chunk:
                 ids.extend(self.encode(chunk))
 
+        spans = _Spans(plain_spans)
         for match in self._split_re.finditer(text):
-            if _overlaps(match.start(), match.end(), plain_spans):
+            if spans.overlaps(match.start(), match.end()):
                 continue
             piece(text[pos : match.start()])
             ids.append(self._special_to_id[match.group()])

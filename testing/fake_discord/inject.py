@@ -343,6 +343,25 @@ class Inject(Gateway):
         )
         return message
 
+    # --- a moderator deletes a message (issue 24 item 20) -----------------------------
+
+    async def moderator_delete(self, message_id: int) -> None:
+        """Someone else deletes a message (the bot's reply): it is gone, as on Discord.
+
+        Every later GET/PATCH/DELETE of it, through the channel or the interaction
+        webhook, answers 404 Unknown Message (10008), and MESSAGE_DELETE goes out.
+        """
+        message = self.message(message_id)
+        message.deleted = True
+        self._notify()
+        payload: JSONDict = {"id": str(message.id), "channel_id": str(message.channel_id)}
+        if message.guild_id is None:
+            await self.dispatch("MESSAGE_DELETE", payload, intent=INTENT_DM_MESSAGES)
+            return
+        payload["guild_id"] = str(message.guild_id)
+        await self.dispatch("MESSAGE_DELETE", payload, guild_id=message.guild_id,
+                            intent=INTENT_GUILD_MESSAGES)
+
 
 def option_type(value: object) -> int:
     if isinstance(value, bool):
