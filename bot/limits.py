@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from bot import wording
 from bot.errors import UserFacingError
 
 #: Members tracked before those with no write left in the window are forgotten.
@@ -41,16 +42,21 @@ class AskGate:
         if self.cooldown_s > 0:
             since = time.monotonic() - self._last.get(user_id, -1e9)
             if since < self.cooldown_s:
-                raise UserFacingError(
-                    f"Slow down a little: try again in {self.cooldown_s - since:.0f} s."
-                )
+                raise UserFacingError(wording.slow_down(self.cooldown_s - since))
+
+    def accepted(self, user_id: int) -> None:
+        """The ask was taken (queued): its cooldown starts now.
+
+        Not at `hold`: an ask refused after the slot was taken (a prompt too long,
+        a full queue, bad knobs) must not make its asker wait (issue 24 item 11).
+        """
+        self._last[user_id] = time.monotonic()
 
     @contextmanager
     def hold(self, user_id: int) -> Iterator[None]:
         """Count a reply in progress for `user_id` until the block ends."""
         self.check(user_id)
         self._active[user_id] = self._active.get(user_id, 0) + 1
-        self._last[user_id] = time.monotonic()
         try:
             yield
         finally:

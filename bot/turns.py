@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from bot.asks import resolve_again, resolve_request
+from bot.asks import Cap, resolve_noting_cap
 from bot.conversation import check_continuable, fit_history, history_of, speaker_text
 from bot.engine import GenerationRequest, PreparedPrompt
 from bot.errors import UserFacingError
@@ -61,6 +61,7 @@ class PreparedTurn:
     request: GenerationRequest
     prepared: PreparedPrompt  # `request` rendered and encoded: submit it, don't redo it
     dropped_turns: int  # earlier turns left out to fit the context (for the footer)
+    cap: Cap | None = None  # the scope's max_new_tokens cap and the asked value (footer)
 
     @property
     def private(self) -> bool:
@@ -91,16 +92,15 @@ async def prepare_turn(app: App, ask: TurnAsk) -> PreparedTurn:
     if not ask.prompt.strip():  # refused before a speaker's name could make it look non-empty
         raise UserFacingError("Ask something: the prompt was empty.")
     model_prompt = speaker_text(ask.prompt, ask.author_name) if names else ask.prompt
-    if ask.again is not None:
-        request = await resolve_again(app, ask.location, model_prompt, ask.again)
-    else:
-        request = await resolve_request(app, ask.location, model_prompt, ask.overrides)
+    # Regenerate: the ask's stored knobs under the persona and cap in force now.
+    overrides = ask.again.model_dump() if ask.again is not None else ask.overrides
+    request, cap = await resolve_noting_cap(app, ask.location, model_prompt, overrides)
     fitted = fit_history(app.engine, replace(request, history=history))
     # Fitting prepared the chosen request while measuring; only a request with no
     # history to fit is prepared here, once (a prompt too long on its own raises).
     prepared = fitted.prepared or app.engine.prepare(fitted.request)
     return PreparedTurn(ask=ask, parent_id=parent, request=fitted.request, prepared=prepared,
-                        dropped_turns=fitted.dropped_turns)
+                        dropped_turns=fitted.dropped_turns, cap=cap)
 
 
 async def record_turn(

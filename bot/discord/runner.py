@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot import wording
 from bot.conversation import PrivateConversation
 from bot.discord.buttons import ReplyModal, reply_view
 from bot.discord.common import NO_MENTIONS, location_of
@@ -132,6 +133,7 @@ class AskRunner:
             turn = await prepare_turn(app, replace(ask.turn, place=place))
             # QueueFull / ShuttingDown raise here, before the ack.
             gen = app.engine.submit(turn.request, turn.prepared)
+            self.gate.accepted(ask.user_id)  # a refused ask above starts no cooldown
             stop = reply_view(ask.id, stop_for=ask.user_id)
             try:
                 first = await ask.surface.acknowledge(stop)
@@ -174,9 +176,9 @@ class AskRunner:
         writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s)
         try:
             result = await writer.stream()
-            tail = footer_text(result, turn.dropped_turns)
+            tail = footer_text(result, turn.dropped_turns, turn.cap)
             if result.error:
-                tail = f"⚠️ {result.error}\n{tail}"
+                tail = f"{wording.warning(result.error)}\n{tail}"
             if ask.interrupted:
                 tail = f"{INTERRUPTED}\n{tail}"
             await writer.lay_out(tail)
@@ -250,8 +252,12 @@ class AskRunner:
         self, interaction: discord.Interaction, prompt: str, *, private: bool,
         overrides: Mapping[str, Any] | None = None, again: Knobs | None = None,
         parent_id: int | None = None, explicit: bool = False, open_thread: bool = False,
+        speaker: tuple[int, str] | None = None,
     ) -> None:
         user = interaction.user
+        # Regenerate keeps the question's own speaker (issue 24 item 10): the model
+        # read the presser's name as the asker's when someone else pressed it.
+        author_id, author_name = speaker or (user.id, display_name(user))
         dm = interaction.guild_id is None
         prompt = prompt.strip()
         await self.run(Ask(
@@ -261,8 +267,8 @@ class AskRunner:
             surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
                                        ttl_s=lambda: self.interaction_ttl_s),
             turn=TurnAsk(
-                location=location_of(interaction), prompt=prompt, author_id=user.id,
-                author_name=display_name(user), parent_id=parent_id,
+                location=location_of(interaction), prompt=prompt, author_id=author_id,
+                author_name=author_name, parent_id=parent_id,
                 # In a DM, an interaction ask starts afresh unless it names its turn.
                 explicit=explicit or dm, private=private, direct=dm, shared=True,
                 overrides=dict(overrides or {}), again=again,
@@ -304,11 +310,13 @@ class AskRunner:
         """
         parent_id: int | None = None
         explicit = False
+        speaker: tuple[int, str] | None = None
         question = await self.turns.question_for_ask(ask_id)
         if question is not None:
             if not question.visible_to(interaction.user.id):
                 raise PrivateConversation()
             parent_id, explicit = question.parent_id, True
+            speaker = (question.author_id, question.author_name)
         record = await self.app.ask_log.load(ask_id)
         if record is None:
             raise UserFacingError(
@@ -318,6 +326,7 @@ class AskRunner:
         await self._interaction_ask(
             interaction, record.prompt, private=record.private,
             again=Knobs.model_validate(record.knobs), parent_id=parent_id, explicit=explicit,
+            speaker=speaker,
         )
 
     def check_regenerate(self, interaction: discord.Interaction, record: AskRecord) -> None:
