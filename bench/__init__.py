@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time to first text at turns 1, 5, 10 (600-token persona)")
     parser.add_argument("--mixed", action="store_true",
                         help="mixed prompt lengths, personas, joins, timeslices, open loop")
+    parser.add_argument("--finish", action="store_true",
+                        help="share of everyday answers that end on their own per default")
     parser.add_argument("--minutes", type=float, help="soak length (default 10); --mixed: 2")
     parser.add_argument("--new-tokens", type=int, default=128)
     return parser
@@ -64,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """Dispatch to the bench the flags ask for."""
+    if getattr(args, "finish", False):
+        from bench.finish_bench import run_finish_bench
+
+        return await run_finish_bench(settings, args)
     if getattr(args, "conversation", False):
         from bench.conversation_bench import run_conversation_bench
 

@@ -90,6 +90,16 @@ class SettingsWriteLimiter:
 
     def take(self, actor_id: int) -> None:
         """Count a write by `actor_id`, or refuse it with when to try again."""
+        self.check(actor_id)
+        self.record(actor_id)
+
+    def check(self, actor_id: int) -> None:
+        """Refuse (`TooManyWrites`) if `actor_id` has no write left in the window; count nothing.
+
+        A front-end checks before it writes and `record`s only a write that changed
+        something (issue 24 item 5: opening an edit box or a reset that found
+        nothing to reset used up an admin's writes while setting up).
+        """
         if self.limit <= 0 or self.window_s <= 0:
             return
         now = self._clock()
@@ -98,12 +108,24 @@ class SettingsWriteLimiter:
             recent.popleft()
         if len(recent) >= self.limit:
             wait = max(1, round(self.window_s - (now - recent[0])))
-            raise UserFacingError(
-                f"You're changing settings too quickly; try again in {wait} s."
-            )
-        recent.append(now)
+            raise TooManyWrites(wait)
+
+    def record(self, actor_id: int) -> None:
+        """Count one real change by `actor_id`."""
+        if self.limit <= 0 or self.window_s <= 0:
+            return
+        now = self._clock()
+        self._recent.setdefault(actor_id, deque()).append(now)
         if len(self._recent) > _TRACKED_LIMIT:
             # Forget members whose writes are all out of the window.
             self._recent = {
                 k: v for k, v in self._recent.items() if v and now - v[-1] < self.window_s
             }
+
+
+class TooManyWrites(UserFacingError):
+    """Too many settings changes; `retry_in_s` says when the next one is allowed."""
+
+    def __init__(self, retry_in_s: int) -> None:
+        super().__init__(f"You're changing settings too quickly; try again in {retry_in_s} s.")
+        self.retry_in_s = retry_in_s

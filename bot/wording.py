@@ -57,8 +57,13 @@ SOURCE_LABELS: Final[Mapping[str, str]] = {
 }
 
 
-def source_label(source: str) -> str:
-    """A stored source ("server", "channel", …) as a member reads it; unknown ones as is."""
+def source_label(source: str, *, in_thread: bool = False) -> str:
+    """A stored source ("server", "channel", …) as a member reads it; unknown ones as is.
+
+    Inside a thread, "channel" is the thread's parent channel, never "this channel".
+    """
+    if source == "channel" and in_thread:
+        return PARENT_CHANNEL
     return SOURCE_LABELS.get(source, source)
 
 
@@ -68,6 +73,8 @@ def place_word(kind: str, *, in_thread: bool = False) -> str:
         return SOURCE_LABELS["thread"]
     return SOURCE_LABELS.get(kind, kind)
 
+
+PARENT_CHANNEL: Final = "the parent channel"
 
 #: The `scope:` choices of the settings commands, as the picker shows them.
 SCOPE_CHOICES: Final[Mapping[str, str]] = {
@@ -157,6 +164,6 @@ def busy(waiting: int) -> str:
 
 #: Every fixed string above, for the test that checks the rules.
 ALL_FIXED: Final = (
-    *WAITING, *SOURCE_LABELS.values(), *SCOPE_CHOICES.values(), SCOPE_OPTION, PERSONA_NONE,
-    EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(),
+    *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,
+    PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(),
 )
