@@ -9,6 +9,8 @@ when the edit box is submitted. In DMs the persona is the member's own (issue
 
 from __future__ import annotations
 
+import re
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -16,7 +18,7 @@ from discord.ext import commands
 from bot import wording
 from bot.asks import persona
 from bot.discord.common import location_of
-from bot.discord.errors import send_error
+from bot.discord.modals import ModalRouter, send_stateless
 from bot.settings.scopes import MAX_SYSTEM_PROMPT_CHARS, Scope
 from cogs._common import (
     NO_MENTIONS,
@@ -35,9 +37,10 @@ SHOW_LIMIT = 4096
 LABEL_LIMIT = 45
 
 
-#: The edit box's custom id: `llm:persona:<kind>:<scope id>` routes its submission
-#: after a restart too (issue 24 item 6; see bot/discord/modals.py).
-PERSONA_MODAL_ID = "llm:persona:{choice}"
+#: The edit box's custom id: its scope choice and the scope's id, so its submission
+#: is routed after a restart too (issue 24 item 6; see bot/discord/modals.py).
+PERSONA_MODAL_ID = "llm:persona:{choice}:{scope_id}"
+PERSONA_MODAL_PATTERN = r"llm:persona:(?P<choice>channel|server):(?P<scope>[0-9]+)"
 
 
 class SystemPromptModal(discord.ui.Modal, title="Edit the persona"):
@@ -50,8 +53,8 @@ class SystemPromptModal(discord.ui.Modal, title="Edit the persona"):
 
     def __init__(self, scope: Scope, choice: ScopeChoice, current: str, source: str,
                  where: str | None = None) -> None:
-        super().__init__(timeout=600, custom_id=PERSONA_MODAL_ID.format(choice=choice))
-        self.title = "Edit the persona"
+        super().__init__(timeout=600, custom_id=PERSONA_MODAL_ID.format(
+            choice=choice, scope_id=scope.id))
         self.scope = scope
         self.choice: ScopeChoice = choice
         where = where or scope_word(scope)
@@ -65,16 +68,21 @@ class SystemPromptModal(discord.ui.Modal, title="Edit the persona"):
         )
         self.add_item(self.text)
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        target = scope_for_write(interaction, self.choice)
-        if target != self.scope:
-            raise app_commands.CheckFailure("This edit box was opened somewhere else.")
-        await save_persona(interaction, target, self.text.value)
 
-    async def on_error(  # type: ignore[override]
-        self, interaction: discord.Interaction, error: Exception
-    ) -> None:
-        await send_error(interaction, error)
+
+async def submit_persona(
+    interaction: discord.Interaction, match: re.Match[str], values: dict[str, str]
+) -> None:
+    """The edit box was submitted (now or after a restart): check again, then save.
+
+    The member may have lost the permission while the box was open, and the
+    box may come from another channel than the one it is submitted in.
+    """
+    choice: ScopeChoice = "server" if match["choice"] == "server" else "channel"
+    target = scope_for_write(interaction, choice)
+    if target.id != int(match["scope"]):
+        raise app_commands.CheckFailure("This edit box was opened somewhere else.")
+    await save_persona(interaction, target, values.get("text", ""))
 
 
 async def save_persona(interaction: discord.Interaction, target: Scope, text: str) -> None:
@@ -158,8 +166,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
             else:
                 text, src = persona(eff, bot.app.settings.system_prompt)
             current, source = text or "", _source_words(src, _in_thread(interaction))
-        await interaction.response.send_modal(
-            SystemPromptModal(target, choice, current, source, where))
+        await send_stateless(interaction, SystemPromptModal(target, choice, current, source, where))
 
     @app_commands.command(name="reset", description="Remove the persona set here.")
     @app_commands.describe(scope=SCOPE_HELP)
@@ -176,3 +183,6 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(System())
+    router = getattr(bot, "modals", None)
+    if isinstance(router, ModalRouter):
+        router.add(PERSONA_MODAL_PATTERN, submit_persona)

@@ -23,7 +23,8 @@ from discord.ext import commands
 
 from bot.app import App, open_app
 from bot.config import Settings
-from bot.discord.buttons import DYNAMIC_ITEMS
+from bot.discord.buttons import DYNAMIC_ITEMS, REPLY_MODAL_PATTERN, submit_reply
+from bot.discord.modals import ModalRouter
 from bot.discord.runner import AskRunner
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
@@ -61,6 +62,9 @@ class LlamaBot(commands.AutoShardedBot):
         self.recent_rates: deque[float] = deque(maxlen=50)
         self.ready_event = asyncio.Event()
         self.runner = AskRunner(app)
+        # Edit boxes answered by custom id, like the buttons (cogs add their own routes).
+        self.modals = ModalRouter()
+        self.modals.add(REPLY_MODAL_PATTERN, submit_reply)
         app.engine.on_result.append(
             lambda r: self.recent_rates.append(r.decode_tok_s) if r.decode_tok_s else None
         )
@@ -87,6 +91,10 @@ class LlamaBot(commands.AutoShardedBot):
     async def on_message(self, message: discord.Message) -> None:
         """Mentions, replies to our answers and DMs continue conversations (no intent needed)."""
         await self.runner.handle_message(message, self.user)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """Our edit boxes' submissions, live or from before a restart (bot/discord/modals.py)."""
+        await self.modals.dispatch(interaction)
 
     async def close(self) -> None:
         self.runner.stop_pruning()

@@ -39,6 +39,7 @@ from bot.discord.conversation import (
     thread_name,
     thread_place,
 )
+from bot.discord.modals import send_stateless
 from bot.discord.pages import quote_prompt
 from bot.discord.reply import (
     INTERACTION_TTL_S,
@@ -293,7 +294,7 @@ class AskRunner:
     async def open_reply(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Reply button: check who may continue, then open the follow-up modal."""
         await self._answer_to_continue(ask_id, interaction.user.id)
-        await interaction.response.send_modal(ReplyModal(ask_id))
+        await send_stateless(interaction, ReplyModal(ask_id))
 
     async def ask_followup(self, interaction: discord.Interaction, text: str, ask_id: int) -> None:
         """The Reply modal was sent: a new reply continuing from the answer of `ask_id`."""
