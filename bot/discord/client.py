@@ -28,6 +28,7 @@ from bot.discord.modals import ModalRouter
 from bot.discord.runner import AskRunner
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
+from bot.help_text import JOINED
 from bot.ops.logs import register_secret
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.errors", "cogs.ask", "cogs.system", "cogs.knobs", "cogs.tokens", "cogs.status")
+EXTENSIONS = ("cogs.errors", "cogs.ask", "cogs.system", "cogs.knobs", "cogs.tokens", "cogs.status",
+              "cogs.help", "cogs.conversation")  # issue 24 items 3 and 8
 
 
 class LlamaBot(commands.AutoShardedBot):
@@ -95,6 +97,14 @@ class LlamaBot(commands.AutoShardedBot):
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         """Our edit boxes' submissions, live or from before a restart (bot/discord/modals.py)."""
         await self.modals.dispatch(interaction)
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        """A short note where the bot may post (the system channel), pinging nobody."""
+        channel = guild.system_channel
+        if channel is None or not channel.permissions_for(guild.me).send_messages:
+            return
+        with contextlib.suppress(discord.HTTPException):
+            await channel.send(JOINED, allowed_mentions=discord.AllowedMentions.none())
 
     async def close(self) -> None:
         self.runner.stop_pruning()

@@ -53,6 +53,7 @@ from bot.discord.reply import (
 )
 from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
+from bot.help_text import HELP, asks_for_help
 from bot.knobs import Knobs
 from bot.limits import AskGate
 from bot.settings.ask_log import AskRecord
@@ -386,6 +387,9 @@ class AskRunner:
             return
         if not found.text:
             await _say(message, HOW_TO_ASK_DM if found.dm else HOW_TO_ASK)
+            return
+        if asks_for_help(found.text):  # "@bot help" is for us, not the model (issue 24 item 3)
+            await _say(message, HELP)
             return
         replied = found.replied
         parent_id = replied.id if replied is not None and replied.role == "assistant" else None
