@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time to first text at turns 1, 5, 10 (600-token persona)")
     parser.add_argument("--mixed", action="store_true",
                         help="mixed prompt lengths, personas, joins, timeslices, open loop")
+    parser.add_argument("--first-text", action="store_true",
+                        help="with --discord: only submit → first visible text, one ask at a time")
     parser.add_argument("--finish", action="store_true",
                         help="share of everyday answers that end on their own per default")
     parser.add_argument("--minutes", type=float, help="soak length (default 10); --mixed: 2")
