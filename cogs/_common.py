@@ -134,7 +134,8 @@ def _scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Sc
     if guild_id is None:
         if scope == "server":
             raise MissingScopePermission(
-                "DMs have no server settings: your DM settings are your own (use scope: channel)."
+                "DMs have no server settings: your DM settings are your own "
+                "(use scope: This channel or thread)."
             )
         return Scope.dm(interaction.user.id)
     perms = interaction.permissions

@@ -94,7 +94,7 @@ async def save_persona(interaction: discord.Interaction, target: Scope, text: st
     store = bot_of(interaction).app.store
     before = (await store.scope_overrides(target)).get("system_prompt")
     await store.set_system_prompt(target, text, actor_id=interaction.user.id)
-    count_write(interaction, before != text.strip() and before != text)
+    count_write(interaction, (await store.scope_overrides(target)).get("system_prompt") != before)
     await interaction.response.send_message(
         wording.persona_saved(scope_word(target, interaction)), ephemeral=True,
         allowed_mentions=NO_MENTIONS,
