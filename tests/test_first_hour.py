@@ -17,13 +17,20 @@ import discord
 from bot import wording
 from bot.asks import Cap, reply_footer
 from bot.engine import FinishReason, GenerationResult
-from bot.help_text import HELP
+from bot.help_text import HELP, JOINED
 from bot.knobs import Knobs
 from bot.limits import AskGate
 from bot.model.tokenizer import load_tokenizer
 from bot.settings.scopes import Scope
 from testing.discord_harness import Harness, running_bot
-from testing.fake_discord import FLAG_EPHEMERAL, FakeInteraction, FakeUser, Routes, StoredMessage
+from testing.fake_discord import (
+    FLAG_EPHEMERAL,
+    FakeInteraction,
+    FakeUser,
+    Routes,
+    StoredMessage,
+    default_guild,
+)
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True, manage_channels=True).value)
@@ -366,3 +373,21 @@ async def test_scope_choices_read_right_in_threads_and_dms_have_a_persona(
         assert await content(done) == "Persona set for your DMs."
         own = await h.app.store.scope_overrides(Scope.dm(user.id))
         assert own["system_prompt"] == "Talk like a pirate."
+
+
+async def test_joining_a_server_leaves_one_short_note_that_pings_nobody(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(tiny_model_dir, tmp_path) as h:
+        new = default_guild(guild_id=(1 << 22) * 2000 + 1, name="New Guild")
+        h.fake.guilds.append(new)
+        payload = new.to_payload(h.fake.bot_user)
+        payload["system_channel_id"] = str(new.channels[0].id)
+        del payload["unavailable"]  # a join, as Discord sends it (not a guild coming back)
+        await h.fake.dispatch("GUILD_CREATE", payload, guild_id=new.id)
+        note = await h.fake.wait_for(lambda: next(iter(
+            h.fake.channel_messages(new.channels[0].id)), None), timeout=10)
+        assert note.content == JOINED and "/help" in note.content
+        sent = [r for r in h.fake.requests_for(Routes.SEND_MESSAGE)
+                if str(new.channels[0].id) in r.path]
+        assert sent and sent[0].json["allowed_mentions"]["parse"] == []
