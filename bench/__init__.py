@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mixed prompt lengths, personas, joins, timeslices, open loop")
     parser.add_argument("--models", action="store_true",
                         help="two models: load, switching cost, both serving at once")
+    parser.add_argument("--first-text", action="store_true",
+                        help="with --discord: only submit → first visible text, one ask at a time")
+    parser.add_argument("--finish", action="store_true",
+                        help="share of everyday answers that end on their own per default")
     parser.add_argument("--minutes", type=float, help="soak length (default 10); --mixed: 2")
     parser.add_argument("--new-tokens", type=int, default=128)
     return parser
@@ -76,6 +80,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         from bench.prepare_bench import run_prepare_bench
 
         return await run_prepare_bench(settings, args)
+    if getattr(args, "finish", False):
+        from bench.finish_bench import run_finish_bench
+
+        return await run_finish_bench(settings, args)
     if getattr(args, "conversation", False):
         from bench.conversation_bench import run_conversation_bench
 

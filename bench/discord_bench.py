@@ -158,6 +158,7 @@ class World:
     guild: FakeGuild
     users: list[FakeUser]
     results: list[tuple[float, GenerationResult]] = field(default_factory=list)
+    first_text_only: bool = False  # `--discord --first-text`: only `single_first_text`
 
     @property
     def channels(self) -> list[int]:
@@ -364,6 +365,32 @@ def stream_tokens(decode_tok_s: float | None, edit_interval_s: float, at_least: 
     return max(at_least, min(STREAM_MAX_TOKENS, wanted))
 
 
+async def single_first_text(world: World, repeats: int = 5) -> dict[str, Any]:
+    """Submit → first visible text for one ask at a time on an idle bot (issue 24 item 4).
+
+    Under 20 concurrent asks the queue dominates `first_text_s`; here nothing
+    waits, so what shows is what the reply path itself adds (a status edit
+    spent before the text held it back by a whole edit interval).
+    """
+    times: list[float] = []
+    for i in range(repeats):
+        itx = await world.ask(f"Say hello, number {i}.", world.users[0], world.channels[0],
+                              max_new_tokens=16)
+        def finished(itx: FakeInteraction = itx) -> bool | None:
+            return reply_state(itx) != "pending" or None
+
+        await world.fake.wait_for(finished, timeout=120)
+        shown = next((r for r in world.webhook_edits(itx.token)
+                      if body_of(str((r.json or {}).get("content", "")))), None)
+        if shown is not None and shown.finished is not None:
+            times.append(shown.finished - itx.created)
+    return {
+        "single_first_text_s": _round(statistics.median(times) if times else None),
+        "single_first_text_s_max": _round(max(times) if times else None),
+        "single_asks": repeats,
+    }
+
+
 async def discord_numbers(world: World, new_tokens: int) -> dict[str, Any]:
     info = world.app.engine.info
     out: dict[str, Any] = {
@@ -383,6 +410,9 @@ async def discord_numbers(world: World, new_tokens: int) -> dict[str, Any]:
     # The engine's result hooks run just after the footer may already show: wait for them.
     await world.fake.wait_for(lambda: world.results or None, timeout=30)
     warm_rate = world.results[-1][1].decode_tok_s
+    out.update(await single_first_text(world))
+    if world.first_text_only:
+        return out
     out.update(await concurrent_acks(world))
     tokens = stream_tokens(warm_rate, world.app.settings.edit_interval_s, new_tokens)
     stream = await stream_ratio(world, tokens)
@@ -624,4 +654,5 @@ async def discord_bench(settings: Settings, args: argparse.Namespace) -> dict[st
         async with running_world(settings, SOAK_CHANNELS, SOAK_USERS) as world:
             return await soak(world, float(args.minutes))
     async with running_world(settings, 10, CONCURRENT_ASKS) as world:
+        world.first_text_only = bool(getattr(args, "first_text", False))
         return await discord_numbers(world, int(args.new_tokens))

@@ -12,8 +12,10 @@ words for "why it ended" are written once.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from bot import wording
 from bot.engine import FinishReason, GenerationRequest, GenerationResult
 from bot.errors import UserFacingError
 from bot.knobs import Knobs, build_knobs
@@ -73,14 +75,49 @@ def within_cap(overrides: Mapping[str, Any], cap: int) -> dict[str, Any]:
     return values
 
 
+@dataclass(frozen=True)
+class Cap:
+    """The scope's `max_new_tokens` cap and what the ask asked for, for the footer.
+
+    A per-ask length above the cap is lowered to it; the footer says so ("capped
+    at this channel's 128 (you asked 500)") instead of a silent "cut at the
+    limit", and a reply cut at its limit says how to get more.
+    """
+
+    source: str  # where the cap comes from: "server", "channel", "thread", "dm", "operator"…
+    cap: int
+    asked: int | None = None  # the per-ask max_new_tokens, when one was given
+
+    @property
+    def lowered(self) -> bool:
+        return self.asked is not None and self.asked > self.cap
+
+
+def cap_of(effective: Effective, overrides: Mapping[str, Any] | None) -> Cap:
+    asked = (overrides or {}).get("max_new_tokens")
+    if not isinstance(asked, int) or isinstance(asked, bool):
+        asked = None
+    source = effective.sources.get("max_new_tokens", "default")
+    return Cap(source, effective.knobs.max_new_tokens, asked)
+
+
 async def resolve_request(
     app: App, location: Location, prompt: str, overrides: Mapping[str, Any] | None = None
 ) -> GenerationRequest:
     """The request an ask at `location` makes: stored settings, then per-ask overrides."""
+    request, _ = await resolve_noting_cap(app, location, prompt, overrides)
+    return request
+
+
+async def resolve_noting_cap(
+    app: App, location: Location, prompt: str, overrides: Mapping[str, Any] | None = None
+) -> tuple[GenerationRequest, Cap]:
+    """`resolve_request`, and whether the scope's cap lowered the asked `max_new_tokens`."""
     effective = await app.store.resolve(location)
     system, _ = persona(effective, app.settings.system_prompt)
     capped = within_cap(overrides, effective.knobs.max_new_tokens) if overrides else None
-    return make_request(prompt, base=effective.knobs, system_prompt=system, overrides=capped)
+    request = make_request(prompt, base=effective.knobs, system_prompt=system, overrides=capped)
+    return request, cap_of(effective, overrides)
 
 
 async def resolve_again(
@@ -124,3 +161,37 @@ def footer_parts(
 def footer(result: GenerationResult, dropped_turns: int = 0, model: str | None = None) -> str:
     """The footer as one line, e.g. ``12 tokens · 40.1 tok/s · done``."""
     return " · ".join(footer_parts(result, dropped_turns, model))
+
+
+def reply_footer(
+    result: GenerationResult, dropped_turns: int = 0, cap: Cap | None = None,
+    model: str | None = None,
+) -> str:
+    """A chat reply's footer: only what tells the member something (issue 24 items 1, 2, 9, 10).
+
+    No decoding speed (an operator's number: /status has it); a cut reply says
+    how to get more, or that the scope's cap lowered what was asked; "shortened
+    to fit the context" only when that shortening is what ended the reply; an
+    empty reply says so and points at Regenerate instead of "0 tokens · done".
+    """
+    parts = [wording.plural(result.new_tokens, "token")]
+    reason = result.finish_reason
+    if reason is FinishReason.MAX_TOKENS:
+        limit = result.max_new_tokens
+        if cap is not None and cap.lowered and limit == cap.cap:
+            assert cap.asked is not None
+            parts.append(wording.capped(cap.source, cap.cap, cap.asked))
+        else:
+            can_ask_more = cap is None or limit < cap.cap
+            parts.append(wording.cut_at(limit, can_ask_more=can_ask_more))
+        if result.clamped_to_context:
+            parts.append(wording.shortened(result.max_new_tokens))
+    elif reason is FinishReason.END and not result.text.strip():
+        parts.append(wording.EMPTY_REPLY)
+    else:
+        parts.append(FINISH_WORDS[reason])
+    if dropped_turns:
+        parts.append(wording.left_out(dropped_turns))
+    if model:  # issue 23: the model (or "switched to …"), on hosts serving several
+        parts.append(model)
+    return " · ".join(parts)

@@ -38,9 +38,9 @@ class QueueFull(UserFacingError):
     """The waiting queue is at its bound; the caller should try again later."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(
-            f"I'm busy: {limit} requests are already waiting. Please try again in a moment."
-        )
+        from bot import wording  # the one table of member-facing words; imports nothing
+
+        super().__init__(wording.busy(limit))  # "1 request is", never "1 requests are"
         self.limit = limit
 
 

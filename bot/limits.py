@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from bot import wording
 from bot.errors import UserFacingError
 
 #: Members tracked before those with no write left in the window are forgotten.
@@ -41,20 +42,25 @@ class AskGate:
         if self.cooldown_s > 0:
             since = time.monotonic() - self._last.get(user_id, -1e9)
             if since < self.cooldown_s:
-                raise UserFacingError(
-                    f"Slow down a little: try again in {self.cooldown_s - since:.0f} s."
-                )
+                raise UserFacingError(wording.slow_down(self.cooldown_s - since))
+
+    def accepted(self, user_id: int) -> None:
+        """The ask was taken (queued): its cooldown starts now.
+
+        Not at `hold`: an ask refused after the slot was taken (a prompt too long,
+        a full queue, bad knobs) must not make its asker wait (issue 24 item 11).
+        Bounded (issue 24 item 14): the oldest cooldown stamps go first.
+        """
+        self._last.pop(user_id, None)
+        while len(self._last) >= _TRACKED_LIMIT:
+            self._last.pop(next(iter(self._last)))
+        self._last[user_id] = time.monotonic()
 
     @contextmanager
     def hold(self, user_id: int) -> Iterator[None]:
         """Count a reply in progress for `user_id` until the block ends."""
         self.check(user_id)
         self._active[user_id] = self._active.get(user_id, 0) + 1
-        # Bounded (issue 24 item 14): the oldest cooldown stamps go first.
-        self._last.pop(user_id, None)
-        while len(self._last) >= _TRACKED_LIMIT:
-            self._last.pop(next(iter(self._last)))
-        self._last[user_id] = time.monotonic()
         try:
             yield
         finally:
@@ -88,6 +94,16 @@ class SettingsWriteLimiter:
 
     def take(self, actor_id: int) -> None:
         """Count a write by `actor_id`, or refuse it with when to try again."""
+        self.check(actor_id)
+        self.record(actor_id)
+
+    def check(self, actor_id: int) -> None:
+        """Refuse (`TooManyWrites`) if `actor_id` has no write left in the window; count nothing.
+
+        A front-end checks before it writes and `record`s only a write that changed
+        something (issue 24 item 5: opening an edit box or a reset that found
+        nothing to reset used up an admin's writes while setting up).
+        """
         if self.limit <= 0 or self.window_s <= 0:
             return
         now = self._clock()
@@ -96,10 +112,14 @@ class SettingsWriteLimiter:
             recent.popleft()
         if len(recent) >= self.limit:
             wait = max(1, round(self.window_s - (now - recent[0])))
-            raise UserFacingError(
-                f"You're changing settings too quickly; try again in {wait} s."
-            )
-        recent.append(now)
+            raise TooManyWrites(wait)
+
+    def record(self, actor_id: int) -> None:
+        """Count one real change by `actor_id`."""
+        if self.limit <= 0 or self.window_s <= 0:
+            return
+        now = self._clock()
+        self._recent.setdefault(actor_id, deque()).append(now)
         if len(self._recent) > _TRACKED_LIMIT:
             # Forget members whose writes are all out of the window.
             self._recent = {
@@ -138,3 +158,9 @@ class QuietRefusals:
 
     def __len__(self) -> int:
         return len(self._said)
+class TooManyWrites(UserFacingError):
+    """Too many settings changes; `retry_in_s` says when the next one is allowed."""
+
+    def __init__(self, retry_in_s: int) -> None:
+        super().__init__(f"You're changing settings too quickly; try again in {retry_in_s} s.")
+        self.retry_in_s = retry_in_s

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from bot.asks import resolve_again, resolve_request
+from bot.asks import Cap, resolve_noting_cap
 from bot.conversation import (
     Fitted,
     check_continuable,
@@ -75,6 +75,7 @@ class PreparedTurn:
     engine: Engine
     model: TurnModel
     several: bool = False  # the host serves several models: the footer names this one
+    cap: Cap | None = None  # the scope's max_new_tokens cap and the asked value (footer)
 
     @property
     def footer_model(self) -> str | None:
@@ -140,10 +141,9 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     if not ask.prompt.strip():  # refused before a speaker's name could make it look non-empty
         raise UserFacingError("Ask something: the prompt was empty.")
     model_prompt = speaker_text(ask.prompt, ask.author_name) if names else ask.prompt
-    if ask.again is not None:
-        request = await resolve_again(app, ask.location, model_prompt, ask.again)
-    else:
-        request = await resolve_request(app, ask.location, model_prompt, ask.overrides)
+    # Regenerate: the ask's stored knobs under the persona and cap in force now.
+    overrides = ask.again.model_dump() if ask.again is not None else ask.overrides
+    request, cap = await resolve_noting_cap(app, ask.location, model_prompt, overrides)
     # Issue 23: the scope's model, or the one the conversation kept (`model_for_turn`);
     # fitted with that model's tokenizer and window.
     models = app.models
@@ -170,7 +170,7 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
         engine = current
     return PreparedTurn(ask=ask, parent_id=parent, request=fitted.request, prepared=prepared,
                         dropped_turns=fitted.dropped_turns, engine=engine, model=turn_model,
-                        several=models.several)
+                        several=models.several, cap=cap)
 
 
 async def record_turn(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
 
+from bot import wording
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import MissingScopePermission
+from bot.errors import UserFacingError
 from bot.knobs import KNOB_SPECS, parse_knob_text
+from bot.limits import TooManyWrites
 from bot.settings.scopes import Scope
 
 if TYPE_CHECKING:
@@ -36,6 +40,32 @@ else:
 
 ScopeChoice = Literal["channel", "server"]
 
+if TYPE_CHECKING:
+    ScopeOpt = ScopeChoice
+else:
+    class _ScopeOption(app_commands.Transformer):
+        """The `scope:` option, its choices named so they read right in a thread too
+        ("This channel or thread", "Whole server"; issue 24 item 12); values unchanged."""
+
+        @property
+        def type(self) -> discord.AppCommandOptionType:
+            return discord.AppCommandOptionType.string
+
+        @property
+        def choices(self) -> list[app_commands.Choice[str]]:
+            return [app_commands.Choice(name=name, value=value)
+                    for value, name in wording.SCOPE_CHOICES.items()]
+
+        async def transform(self, interaction: discord.Interaction, value: Any) -> str:
+            if value not in wording.SCOPE_CHOICES:
+                raise UserFacingError("Pick a scope from the list.")
+            return str(value)
+
+    ScopeOpt = app_commands.Transform[str, _ScopeOption]
+
+#: The `scope:` option's description.
+SCOPE_HELP = wording.SCOPE_OPTION
+
 __all__ = ["NO_MENTIONS", "location_of"]
 
 
@@ -60,8 +90,24 @@ def bot_of(interaction: discord.Interaction) -> LlamaBot:
 
 
 def take_write_slot(interaction: discord.Interaction) -> None:
-    """Count a settings change by this member, or refuse it (`BOT_SETTINGS_WRITE_LIMIT`)."""
-    bot_of(interaction).app.write_limiter.take(interaction.user.id)
+    """Refuse a settings change when this member has none left (`BOT_SETTINGS_WRITE_LIMIT`).
+
+    Only checks: `count_write` counts, once the change is known to change something.
+    The refusal names the moment to retry as a Discord timestamp, which every
+    member's client shows in their own time zone and counts down.
+    """
+    try:
+        bot_of(interaction).app.write_limiter.check(interaction.user.id)
+    except TooManyWrites as exc:
+        raise UserFacingError(
+            wording.settings_too_fast(int(time.time()) + exc.retry_in_s)
+        ) from None
+
+
+def count_write(interaction: discord.Interaction, changed: bool = True) -> None:
+    """Count a settings change that changed something (issue 24 item 5)."""
+    if changed:
+        bot_of(interaction).app.write_limiter.record(interaction.user.id)
 
 
 def scope_for_write(
@@ -70,8 +116,9 @@ def scope_for_write(
     """The scope a settings change applies to, after checking the member may change it.
 
     `default_permissions` only hides commands in clients; this is the check
-    that counts, run again when a modal is submitted (`count=False` there: the
-    command that opened it took the write slot). Ids come from the interaction,
+    that counts, run again when a modal is submitted. `count` checks the member's
+    settings-write limit (`count_write` counts a change once it changed
+    something). Ids come from the interaction,
     never from user text. A thread's settings need Manage Channels like a
     channel's (Manage Threads alone is not enough), as the README says and as
     the commands' default permissions show them.
@@ -87,7 +134,8 @@ def _scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Sc
     if guild_id is None:
         if scope == "server":
             raise MissingScopePermission(
-                "DMs have no server settings: your DM settings are your own (use scope: channel)."
+                "DMs have no server settings: your DM settings are your own "
+                "(use scope: This channel or thread)."
             )
         return Scope.dm(interaction.user.id)
     perms = interaction.permissions
@@ -107,5 +155,7 @@ def _scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Sc
     return Scope.channel(loc.channel_id, guild_id)
 
 
-def scope_word(scope: Scope) -> str:
-    return {"server": "this server", "channel": "this channel", "dm": "our DMs"}[scope.kind.value]
+def scope_word(scope: Scope, interaction: discord.Interaction | None = None) -> str:
+    """The scope as the member reads it: "this thread" when a channel scope is a thread."""
+    in_thread = interaction is not None and isinstance(interaction.channel, discord.Thread)
+    return wording.place_word(scope.kind.value, in_thread=in_thread)

@@ -29,7 +29,11 @@ class Ask(commands.Cog):
     @app_commands.command(name="ask", description="Ask the model; the reply streams in.")
     @app_commands.describe(
         prompt="What to ask",
-        **{name: f"This ask only: {text}"[:100] for name, text in KNOB_DESCRIPTIONS.items()},
+        **{name: f"This ask only: {text}"[:100] for name, text in KNOB_DESCRIPTIONS.items()
+           if name != "max_new_tokens"},
+        # Said where it is chosen: a larger value than the scope's is capped (issue 24 item 2).
+        max_new_tokens="This ask only: at most this many tokens, up to this channel's or "
+                       "server's limit",
         stop=r"This ask only: stop sequences, separated by | (\n for a newline)",
         private="Only you see the reply and its follow-ups (only you can stop or regenerate it)",
         thread="Open a public thread from the answer; every /ask or mention there continues it",

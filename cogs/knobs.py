@@ -15,6 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
 from bot.asks import persona
 from bot.discord.common import location_of
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
@@ -24,11 +25,12 @@ from cogs._common import (
     MaxNewOpt,
     MinNewOpt,
     RepPenaltyOpt,
-    ScopeChoice,
+    ScopeOpt,
     TemperatureOpt,
     TopKOpt,
     TopPOpt,
     bot_of,
+    count_write,
     knob_options,
     scope_for_write,
     scope_word,
@@ -39,19 +41,21 @@ KNOB_CHOICES = [app_commands.Choice(name=n, value=n) for n in ("all", *KNOB_NAME
 PRESET_CHOICES = [app_commands.Choice(name=n, value=n) for n in PRESETS]
 #: An embed's description holds 4,096 characters; a persona is at most 4,000.
 DESCRIPTION_LIMIT = 4096
-SCOPE_HELP = "This channel (default) or the whole server"
+SCOPE_HELP = wording.SCOPE_OPTION
 
 
 async def knobs_embed(interaction: discord.Interaction) -> discord.Embed:
     """Every knob here: its value in words, where it comes from, and its range."""
     eff = await bot_of(interaction).app.resolve(location_of(interaction))
     embed = discord.Embed(title="Sampling settings")
+    thread = isinstance(interaction.channel, discord.Thread)
     for name in KNOB_NAMES:
         spec = KNOB_SPECS[name]
         embed.add_field(
             name=name,
             value=f"`{display_knob(name, getattr(eff.knobs, name))}` · "
-            f"{eff.sources.get(name, 'default')}\n-# {spec.range_text()}",
+            f"{wording.source_label(eff.sources.get(name, 'default'), in_thread=thread)}"
+            f"\n-# {spec.range_text()}",
             inline=True,
         )
     return embed
@@ -84,7 +88,7 @@ class Knobs(
         min_new_tokens: MinNewOpt | None = None,
         stop: str | None = None,
         repetition_penalty: RepPenaltyOpt | None = None,
-        scope: ScopeChoice = "channel",
+        scope: ScopeOpt = "channel",
     ) -> None:
         values = knob_options(
             stop, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -98,12 +102,14 @@ class Knobs(
             )
             return
         target = scope_for_write(interaction, scope)
-        notes = await bot_of(interaction).app.store.set_knobs(
-            target, values, actor_id=interaction.user.id
-        )
+        store = bot_of(interaction).app.store
+        before = await store.scope_overrides(target)
+        notes = await store.set_knobs(target, values, actor_id=interaction.user.id)
+        count_write(interaction, await store.scope_overrides(target) != before)
         shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
         await interaction.response.send_message(
-            " ".join([f"Set {shown} for {scope_word(target)}.", *notes]), ephemeral=True,
+            " ".join([f"Set {shown} for {scope_word(target, interaction)}.", *notes]),
+            ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
 
@@ -112,15 +118,16 @@ class Knobs(
     @app_commands.choices(knob=KNOB_CHOICES)
     async def reset(
         self, interaction: discord.Interaction, knob: str = "all",
-        scope: ScopeChoice = "channel",
+        scope: ScopeOpt = "channel",
     ) -> None:
         target = scope_for_write(interaction, scope)
         names = None if knob == "all" else [knob]
         done = await bot_of(interaction).app.store.reset_knobs(
             target, names, actor_id=interaction.user.id
         )
+        count_write(interaction, bool(done))  # a reset that found nothing is not a change
         what = "sampling setting" if names is None else knob
-        where = scope_word(target)
+        where = scope_word(target, interaction)
         msg = (f"Reset {', '.join(done)} for {where}." if done
                else f"Nothing to reset: no {what} is set for {where} itself.")
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
@@ -130,14 +137,17 @@ class Knobs(
     @app_commands.choices(name=PRESET_CHOICES)
     async def preset(
         self, interaction: discord.Interaction, name: str,
-        scope: ScopeChoice = "channel",
+        scope: ScopeOpt = "channel",
     ) -> None:
         target = scope_for_write(interaction, scope)
         values = dict(PRESETS[name])
-        await bot_of(interaction).app.store.set_knobs(target, values, actor_id=interaction.user.id)
+        store = bot_of(interaction).app.store
+        before = await store.scope_overrides(target)
+        await store.set_knobs(target, values, actor_id=interaction.user.id)
+        count_write(interaction, await store.scope_overrides(target) != before)
         shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
         await interaction.response.send_message(
-            f"Applied **{name}** to {scope_word(target)}: {shown}.", ephemeral=True,
+            f"Applied **{name}** to {scope_word(target, interaction)}: {shown}.", ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
 
@@ -150,10 +160,11 @@ class Settings(commands.Cog):
         bot = bot_of(interaction)
         eff = await bot.app.resolve(location_of(interaction))
         text, source = persona(eff, bot.app.settings.system_prompt)
-        body = text or "*(none: the model's own default applies)*"
+        body = text or wording.PERSONA_NONE
+        thread = isinstance(interaction.channel, discord.Thread)
         # Issue 23: the model answering here, and where that choice comes from.
         model = f"**Model** {bot.app.models.choice(eff).describe()}\n"
-        intro = f"{model}**Persona** (from {source})\n"
+        intro = f"{model}**Persona** (from {wording.source_label(source, in_thread=thread)})\n"
         room = DESCRIPTION_LIMIT - len(intro)
         if len(body) > room:
             body = body[: room - 1] + "…"

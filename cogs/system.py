@@ -1,22 +1,36 @@
-"""/system: the persona (system prompt) per server, with per-channel overrides.
+"""/system: the persona per server, with per-channel overrides, and your own in DMs.
 
 Every subcommand but `show` changes something, so the group carries Manage
 Channels as its default permission (members read the persona with /settings);
 `scope_for_write` is still the check that decides, at the command and again
-when the edit box is submitted.
+when the edit box is submitted. In DMs the persona is the member's own (issue
+24 item 12). Members read "persona" everywhere; only the command is /system.
 """
 
 from __future__ import annotations
+
+import re
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
 from bot.asks import persona
 from bot.discord.common import location_of
-from bot.discord.errors import send_error
+from bot.discord.guard import parse_id
+from bot.discord.modals import ModalRouter, send_stateless
 from bot.settings.scopes import MAX_SYSTEM_PROMPT_CHARS, Scope
-from cogs._common import NO_MENTIONS, ScopeChoice, bot_of, scope_for_write, scope_word
+from cogs._common import (
+    NO_MENTIONS,
+    SCOPE_HELP,
+    ScopeChoice,
+    ScopeOpt,
+    bot_of,
+    count_write,
+    scope_for_write,
+    scope_word,
+)
 
 #: An embed's description holds 4,096 characters (a persona is at most 4,000).
 SHOW_LIMIT = 4096
@@ -24,7 +38,13 @@ SHOW_LIMIT = 4096
 LABEL_LIMIT = 45
 
 
-class SystemPromptModal(discord.ui.Modal, title="Edit the system prompt"):
+#: The edit box's custom id: its scope choice and the scope's id, so its submission
+#: is routed after a restart too (issue 24 item 6; see bot/discord/modals.py).
+PERSONA_MODAL_ID = "llm:persona:{choice}:{scope_id}"
+PERSONA_MODAL_PATTERN = r"llm:persona:(?P<choice>channel|server):(?P<scope>[0-9]+)"
+
+
+class SystemPromptModal(discord.ui.Modal, title="Edit the persona"):
     """Slash-command strings are one line; a modal gives a multi-line editor.
 
     It opens with the persona in effect (inherited ones included) and its label
@@ -32,110 +52,138 @@ class SystemPromptModal(discord.ui.Modal, title="Edit the system prompt"):
     a modal stays open for minutes, long enough for a role to be taken away.
     """
 
-    def __init__(self, scope: Scope, choice: ScopeChoice, current: str, source: str) -> None:
-        super().__init__(timeout=600)
+    def __init__(self, scope: Scope, choice: ScopeChoice, current: str, source: str,
+                 where: str | None = None) -> None:
+        super().__init__(timeout=600, custom_id=PERSONA_MODAL_ID.format(
+            choice=choice, scope_id=scope.id))
         self.scope = scope
         self.choice: ScopeChoice = choice
-        where = scope_word(scope)
+        where = where or scope_word(scope)
         label = ("Persona for " + where if source == where
                  else f"Persona (now from: {source})")
         self.text: discord.ui.TextInput[SystemPromptModal] = discord.ui.TextInput(
             label=label[:LABEL_LIMIT], style=discord.TextStyle.paragraph,
             default=current[:MAX_SYSTEM_PROMPT_CHARS] or None,
             placeholder=f"Saving sets the persona for {where}."[:100],
-            max_length=MAX_SYSTEM_PROMPT_CHARS, required=True,
+            max_length=MAX_SYSTEM_PROMPT_CHARS, required=True, custom_id="text",
         )
         self.add_item(self.text)
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        target = scope_for_write(interaction, self.choice, count=False)
-        if target != self.scope:
-            raise app_commands.CheckFailure("This edit box was opened somewhere else.")
-        await bot_of(interaction).app.store.set_system_prompt(
-            self.scope, self.text.value, actor_id=interaction.user.id
-        )
-        await interaction.response.send_message(
-            f"System prompt saved for {scope_word(self.scope)}.", ephemeral=True,
-            allowed_mentions=NO_MENTIONS,
-        )
-
-    async def on_error(  # type: ignore[override]
-        self, interaction: discord.Interaction, error: Exception
-    ) -> None:
-        await send_error(interaction, error)
 
 
-def _source_words(source: str) -> str:
-    return {"default": "the bot's default", "server": "this server", "channel": "this channel",
-            "thread": "this thread", "dm": "our DMs"}.get(source, source)
+async def submit_persona(
+    interaction: discord.Interaction, match: re.Match[str], values: dict[str, str]
+) -> None:
+    """The edit box was submitted (now or after a restart): check again, then save.
+
+    The member may have lost the permission while the box was open, and the
+    box may come from another channel than the one it is submitted in.
+    """
+    choice: ScopeChoice = "server" if match["choice"] == "server" else "channel"
+    target = scope_for_write(interaction, choice)
+    if target.id != parse_id(match["scope"]):
+        raise app_commands.CheckFailure("This edit box was opened somewhere else.")
+    await save_persona(interaction, target, values.get("text", ""))
 
 
-@app_commands.guild_only()
+async def save_persona(interaction: discord.Interaction, target: Scope, text: str) -> None:
+    """The edit box's text becomes the persona at `target` (counted only if it changed).
+
+    Shared by the live modal and by the route that answers a box submitted after
+    a restart, which has no modal object left (bot/discord/modals.py).
+    """
+    store = bot_of(interaction).app.store
+    before = (await store.scope_overrides(target)).get("system_prompt")
+    await store.set_system_prompt(target, text, actor_id=interaction.user.id)
+    count_write(interaction, (await store.scope_overrides(target)).get("system_prompt") != before)
+    await interaction.response.send_message(
+        wording.persona_saved(scope_word(target, interaction)), ephemeral=True,
+        allowed_mentions=NO_MENTIONS,
+    )
+
+
+def _source_words(source: str, in_thread: bool = False) -> str:
+    return wording.source_label(source, in_thread=in_thread)
+
+
+def _in_thread(interaction: discord.Interaction) -> bool:
+    return isinstance(interaction.channel, discord.Thread)
+
+
 @app_commands.default_permissions(manage_channels=True)
 class System(commands.GroupCog, group_name="system", group_description="The bot's persona"):
-    @app_commands.command(name="show", description="Show the system prompt in effect here.")
+    @app_commands.command(name="show", description="Show the persona in effect here.")
     async def show(self, interaction: discord.Interaction) -> None:
         bot = bot_of(interaction)
         eff = await bot.app.resolve(location_of(interaction))
         text, source = persona(eff, bot.app.settings.system_prompt)
-        body = text or "*(none: the model's own default applies)*"
+        body = text or wording.PERSONA_NONE
         if len(body) > SHOW_LIMIT:
             body = body[: SHOW_LIMIT - 1] + "…"
-        embed = discord.Embed(title="System prompt", description=body)
-        embed.set_footer(text=f"from: {source}")
+        embed = discord.Embed(title="Persona", description=body)
+        embed.set_footer(text=f"from: {_source_words(source, _in_thread(interaction))}")
         await interaction.response.send_message(
             embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     @app_commands.command(
-        name="set", description="Set the system prompt (one line; see /system edit)."
+        name="set", description="Set the persona (one line; see /system edit)."
     )
-    @app_commands.describe(text="The persona", scope="This channel (default) or the whole server")
+    @app_commands.describe(text="The persona", scope=SCOPE_HELP)
     async def set_(
         self, interaction: discord.Interaction,
         text: app_commands.Range[str, 1, MAX_SYSTEM_PROMPT_CHARS],
-        scope: ScopeChoice = "channel",
+        scope: ScopeOpt = "channel",
     ) -> None:
         target = scope_for_write(interaction, scope)
-        await bot_of(interaction).app.store.set_system_prompt(
-            target, text, actor_id=interaction.user.id
-        )
+        store = bot_of(interaction).app.store
+        before = (await store.scope_overrides(target)).get("system_prompt")
+        await store.set_system_prompt(target, text, actor_id=interaction.user.id)
+        count_write(interaction, (await store.scope_overrides(target)).get("system_prompt")
+                    != before)
         await interaction.response.send_message(
-            f"System prompt set for {scope_word(target)}.", ephemeral=True,
+            wording.persona_set(scope_word(target, interaction)), ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
 
-    @app_commands.command(name="edit", description="Edit the system prompt in a multi-line box.")
-    @app_commands.describe(scope="This channel (default) or the whole server")
-    async def edit(self, interaction: discord.Interaction, scope: ScopeChoice = "channel") -> None:
+    @app_commands.command(name="edit", description="Edit the persona in a multi-line box.")
+    @app_commands.describe(scope=SCOPE_HELP)
+    async def edit(self, interaction: discord.Interaction, scope: ScopeOpt = "channel") -> None:
+        # Checked, not counted: opening the box changes nothing (issue 24 item 5).
         target = scope_for_write(interaction, scope)
+        choice: ScopeChoice = "server" if scope == "server" else "channel"
         bot = bot_of(interaction)
         overrides = await bot.app.store.scope_overrides(target)
         own = overrides.get("system_prompt")
+        where = scope_word(target, interaction)
         if own is not None:
-            current, source = str(own), scope_word(target)
+            current, source = str(own), where
         else:
             # Nothing set here yet: start from what applies here now, and say whose it is.
             eff = await bot.app.resolve(location_of(interaction))
             if target.kind.value == "server":
                 # A server persona is inherited by channels, never from them.
-                text, where = (bot.app.settings.system_prompt or None), "default"
+                text, src = (bot.app.settings.system_prompt or None), "default"
             else:
-                text, where = persona(eff, bot.app.settings.system_prompt)
-            current, source = text or "", _source_words(where)
-        await interaction.response.send_modal(SystemPromptModal(target, scope, current, source))
+                text, src = persona(eff, bot.app.settings.system_prompt)
+            current, source = text or "", _source_words(src, _in_thread(interaction))
+        await send_stateless(interaction, SystemPromptModal(target, choice, current, source, where))
 
-    @app_commands.command(name="reset", description="Remove the system prompt set here.")
-    @app_commands.describe(scope="This channel (default) or the whole server")
-    async def reset(self, interaction: discord.Interaction, scope: ScopeChoice = "channel") -> None:
+    @app_commands.command(name="reset", description="Remove the persona set here.")
+    @app_commands.describe(scope=SCOPE_HELP)
+    async def reset(self, interaction: discord.Interaction, scope: ScopeOpt = "channel") -> None:
         target = scope_for_write(interaction, scope)
         changed = await bot_of(interaction).app.store.reset_system_prompt(
             target, actor_id=interaction.user.id
         )
-        msg = (f"System prompt reset for {scope_word(target)}." if changed
-               else f"{scope_word(target).capitalize()} has no system prompt of its own.")
+        count_write(interaction, changed)  # a reset that found nothing is not a change
+        where = scope_word(target, interaction)
+        msg = wording.persona_reset(where) if changed else wording.persona_not_set(where)
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(System())
+    router = getattr(bot, "modals", None)
+    if isinstance(router, ModalRouter):
+        router.add(PERSONA_MODAL_PATTERN, submit_persona)

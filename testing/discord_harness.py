@@ -24,6 +24,7 @@ from bot.knobs import KNOB_NAMES
 from bot.settings.ask_log import AskLog
 from bot.settings.scopes import Scope
 from bot.settings.store import SettingsStore
+from bot.wording import EMPTY_REPLY
 from testing.backends import ScriptedGenerator
 from testing.fake_discord import FakeDiscord, FakeGuild, FakeInteraction, default_guild
 
@@ -73,7 +74,9 @@ class Harness:
 
 
 ASK_OPTIONS = {*KNOB_NAMES, "private", "thread"}
-FOOTER_WORDS = tuple(FINISH_WORDS.values())
+#: What a finished reply's footer says after " · ": the finish words, and the two
+#: footers that replace them (a cap that lowered the ask, an empty reply).
+FOOTER_WORDS = (*FINISH_WORDS.values(), "capped at", EMPTY_REPLY)
 
 
 def is_final(content: str) -> bool:

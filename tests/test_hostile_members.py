@@ -134,8 +134,11 @@ async def test_preparing_a_500_turn_chain_runs_off_the_event_loop(
         return real(request)
 
     monkeypatch.setattr(app.engine, "prepare", prepare)
+    # A short budget, set here rather than left to the default (512 since issue 24
+    # item 1), so the tiny model's window keeps some of the history.
     turn = await prepare_turn(app, TurnAsk(location=LOCATION, prompt="and now?", author_id=1,
-                                           author_name="Ada", parent_id=parent, explicit=True))
+                                           author_name="Ada", parent_id=parent, explicit=True,
+                                           overrides={"max_new_tokens": 64}))
     assert 0 < len(turn.request.history) < 500
     assert threads and all(t is not threading.main_thread() for t in threads)
 
@@ -271,22 +274,31 @@ async def test_a_display_name_with_invalid_unicode_never_refuses_the_ask(h: Harn
 # --- item 18: server-only commands are refused from DMs, whatever the client says -------
 
 
-@pytest.mark.parametrize(("name", "options"), [
-    ("system set", {"text": "DM persona", "scope": "channel"}),
-    ("system reset", {}),
-    ("system show", {}),
-    ("status", {}),
-])
-async def test_server_only_commands_from_a_dm_are_refused(
-    h: Harness, name: str, options: dict[str, Any]
-) -> None:
+@pytest.mark.parametrize("name", ["status"])
+async def test_server_only_commands_from_a_dm_are_refused(h: Harness, name: str) -> None:
     member = h.guild.members[0]
-    itx = await h.fake.inject_interaction(name, options, dm=True, user=member,
+    itx = await h.fake.inject_interaction(name, {}, dm=True, user=member,
                                           permissions=str(2**40 - 1))
     await itx.wait_response(timeout=10)
     assert "only works in a server" in refusal_of(itx)
+
+
+async def test_a_dm_cannot_write_server_settings_whatever_the_client_sends(h: Harness) -> None:
+    """/system works in DMs since issue 24 item 12 (a persona of one's own), but only there.
+
+    Sent from a DM with scope "server" and every permission bit set, it is refused and
+    nothing is written to the DM or to any server.
+    """
+    member = h.guild.members[0]
+    itx = await h.fake.inject_interaction(
+        "system set", {"text": "DM persona", "scope": "server"}, dm=True, user=member,
+        permissions=str(2**40 - 1))
+    await itx.wait_response(timeout=10)
+    assert "DMs have no server settings" in refusal_of(itx)
     dm = Location(guild_id=None, channel_id=member.id + 7, user_id=member.id)
     assert (await h.app.store.resolve(dm)).system_prompt != "DM persona"
+    assert (await h.app.store.resolve(Location(guild_id=h.guild.id, channel_id=h.general))
+            ).system_prompt != "DM persona"
 
 
 # --- item 13: every continuation is bound to where it started ---------------------------
@@ -390,5 +402,5 @@ def test_the_ask_gate_remembers_a_bounded_number_of_members() -> None:
     gate = AskGate(1, cooldown_s=0.0)
     for user in range(_TRACKED_LIMIT + 50):
         with gate.hold(user):
-            pass
+            gate.accepted(user)
     assert len(gate._last) == _TRACKED_LIMIT and not gate._active

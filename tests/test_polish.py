@@ -277,7 +277,7 @@ async def test_settings_read_in_words_and_persona_is_shown_whole(
         # Everyone's /settings: the persona, where it comes from, and the knobs.
         everyone = await h.command("settings")
         embeds = (await everyone.wait_response()).data["embeds"]  # type: ignore[index]
-        assert "from server" in embeds[0]["description"]
+        assert "from this server" in embeds[0]["description"]  # issue 24 item 7: no raw labels
         assert long_persona.strip() in embeds[0]["description"]
         assert any(f["name"] == "temperature" for f in embeds[1]["fields"])
 

@@ -53,6 +53,10 @@ def test_prompt_json_shows_the_consoles_persona_and_every_token(env: dict[str, s
 
 
 def test_prompt_for_people_and_system_flag(env: dict[str, str]) -> None:
+    # The room shown is the budget in force: 128 set explicitly (the default is 512
+    # since issue 24 item 1, which this tiny 256-token model would clamp).
+    setup = run_console(env, ["/knobs set max_new_tokens=128"])
+    assert setup.returncode == 0, setup.stderr
     done = run_prompt(env, "Hello", "--system", "Be brief.")
     assert done.returncode == 0, done.stderr
     out = done.stdout

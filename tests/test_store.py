@@ -287,13 +287,14 @@ async def test_conflict_left_by_a_reset_drops_the_minimum(
 ) -> None:
     """max_new_tokens is the cost cap: when scopes disagree, the minimum gives way."""
     scope = Scope.channel(C1, G1)
-    await store.set_knobs(scope, {"min_new_tokens": 200, "max_new_tokens": 300}, actor_id=ADMIN)
+    # Above the default max_new_tokens (512 since issue 24 item 1; 128 before).
+    await store.set_knobs(scope, {"min_new_tokens": 600, "max_new_tokens": 700}, actor_id=ADMIN)
     assert await store.reset_knobs(scope, ["max_new_tokens"], actor_id=ADMIN) == [
         "max_new_tokens"
     ]
     with caplog.at_level(logging.WARNING, logger="bot.settings.store"):
         eff = await store.resolve(Location(G1, C1))
-    assert (eff.knobs.min_new_tokens, eff.knobs.max_new_tokens) == (-1, 128)
+    assert (eff.knobs.min_new_tokens, eff.knobs.max_new_tokens) == (-1, Knobs().max_new_tokens)
     assert eff.sources["min_new_tokens"] == "default"
     assert "min_new_tokens" in caplog.text
 

@@ -134,7 +134,11 @@ class ReplyButton(
 
 
 class ReplyModal(discord.ui.Modal, title="Reply"):
-    """The follow-up editor: multi-line, up to Discord's 4,000 characters."""
+    """The follow-up editor: multi-line, up to Discord's 4,000 characters.
+
+    Only the form: it is sent with `send_stateless` and its submission is
+    answered by `submit_reply`, after a restart too.
+    """
 
     def __init__(self, ask_id: int) -> None:
         super().__init__(timeout=900, custom_id=MODAL_ID.format(ask_id=ask_id))
@@ -145,13 +149,20 @@ class ReplyModal(discord.ui.Modal, title="Reply"):
         )
         self.add_item(self.text)
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        await runner_of(interaction).ask_followup(interaction, self.text.value, self.ask_id)
 
-    async def on_error(  # type: ignore[override]
-        self, interaction: discord.Interaction, error: Exception
-    ) -> None:
-        await send_error(interaction, error)
+
+#: The Reply box's submission, routed by its custom id (bot/discord/modals.py), so
+#: a box submitted after a restart still continues the conversation.
+REPLY_MODAL_PATTERN = r"llm:replymodal:(?P<ask>[0-9]+)"
+
+
+async def submit_reply(
+    interaction: discord.Interaction, match: re.Match[str], values: dict[str, str]
+) -> None:
+    """The Reply box was submitted: the runner checks who may continue, then replies."""
+    ask_id = parse_id(match["ask"])  # client-controlled: thousands of digits refused plainly
+    require_id(ask_id)
+    await runner_of(interaction).ask_followup(interaction, values.get("text", ""), ask_id)
 
 
 #: Every control that answers clicks after a restart (the client registers them).

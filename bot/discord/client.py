@@ -23,11 +23,13 @@ from discord.ext import commands
 
 from bot.app import App, open_app
 from bot.config import Settings
-from bot.discord.buttons import DYNAMIC_ITEMS
+from bot.discord.buttons import DYNAMIC_ITEMS, REPLY_MODAL_PATTERN, submit_reply
 from bot.discord.guard import GuardedTree
+from bot.discord.modals import ModalRouter
 from bot.discord.runner import AskRunner
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
+from bot.help_text import JOINED
 from bot.ops.logs import register_secret
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.errors", "cogs.ask", "cogs.system", "cogs.knobs", "cogs.tokens", "cogs.status",
-              "cogs.model")
+              "cogs.model", "cogs.help", "cogs.conversation")  # issue 24 items 3 and 8
 
 
 class LlamaBot(commands.AutoShardedBot):
@@ -64,6 +66,9 @@ class LlamaBot(commands.AutoShardedBot):
         self.recent_rates: deque[float] = deque(maxlen=50)
         self.ready_event = asyncio.Event()
         self.runner = AskRunner(app)
+        # Edit boxes answered by custom id, like the buttons (cogs add their own routes).
+        self.modals = ModalRouter()
+        self.modals.add(REPLY_MODAL_PATTERN, submit_reply)
         app.engine.on_result.append(
             lambda r: self.recent_rates.append(r.decode_tok_s) if r.decode_tok_s else None
         )
@@ -90,6 +95,18 @@ class LlamaBot(commands.AutoShardedBot):
     async def on_message(self, message: discord.Message) -> None:
         """Mentions, replies to our answers and DMs continue conversations (no intent needed)."""
         await self.runner.handle_message(message, self.user)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """Our edit boxes' submissions, live or from before a restart (bot/discord/modals.py)."""
+        await self.modals.dispatch(interaction)
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        """A short note where the bot may post (the system channel), pinging nobody."""
+        channel = guild.system_channel
+        if channel is None or not channel.permissions_for(guild.me).send_messages:
+            return
+        with contextlib.suppress(discord.HTTPException):
+            await channel.send(JOINED, allowed_mentions=discord.AllowedMentions.none())
 
     async def close(self) -> None:
         self.runner.stop_pruning()

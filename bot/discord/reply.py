@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 import discord
 
-from bot.asks import footer
+from bot import wording
+from bot.asks import Cap, reply_footer
 from bot.discord.common import NO_MENTIONS
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
@@ -35,18 +36,23 @@ from bot.errors import UserFacingError
 log = logging.getLogger(__name__)
 
 INTERACTION_TTL_S = 15 * 60
-NEXT_IN_LINE = "-# ⏳ next in line"
+NEXT_IN_LINE = wording.NEXT_IN_LINE
 #: How long a reply with nobody ahead may wait before it says "next in line".
 NEXT_IN_LINE_AFTER_S = 0.5
-READING = "-# ⏳ reading…"
+READING = wording.READING
+#: How long a started reply may go without text before it says "reading…" (issue 24
+#: item 4: an edit spent at once on a status line held the first text back by a
+#: whole edit interval; Discord's own "is thinking" shows meanwhile).
+READING_AFTER_S = 0.5
 INTERRUPTED = "⚠️ Interrupted: the bot restarted before this reply finished."
 
 
 def footer_text(
-    result: GenerationResult, dropped_turns: int = 0, model: str | None = None
+    result: GenerationResult, dropped_turns: int = 0, cap: Cap | None = None,
+    model: str | None = None,
 ) -> str:
     """The reply footer in Discord's small-text markdown."""
-    return "-# " + footer(result, dropped_turns, model)
+    return "-# " + reply_footer(result, dropped_turns, cap, model)
 
 
 #: Discord's Unknown Message: the message is deleted (a moderator, usually), not expired.
@@ -383,6 +389,14 @@ class ReplyWriter:
         self.status = NEXT_IN_LINE
         self.editor.update(self._contents(NEXT_IN_LINE)[-1])
 
+    def _still_reading(self) -> None:
+        # Started, yet no text: the model is reading a long prompt. Only now is a
+        # status line worth the edit it costs.
+        if self.text or self.gen.done or self.status == READING:
+            return
+        self.status = READING
+        self.editor.update(self._contents(READING)[-1])
+
     async def stream(self) -> GenerationResult:
         waiting: asyncio.TimerHandle | None = None
         result: GenerationResult | None = None
@@ -393,7 +407,7 @@ class ReplyWriter:
                     waiting = None
                 if isinstance(event, Queued):
                     if event.ahead:
-                        await self._show(f"-# ⏳ queued, {event.ahead} ahead")
+                        await self._show(wording.queued(event.ahead))
                     elif self.status:
                         await self._show(NEXT_IN_LINE)
                     elif waiting is None:
@@ -403,10 +417,12 @@ class ReplyWriter:
                         waiting = asyncio.get_running_loop().call_later(
                             NEXT_IN_LINE_AFTER_S, self._still_waiting)
                 elif isinstance(event, Started):
-                    await self._show("-# ✍️ thinking…")
+                    # No edit now: the first text goes out the moment it exists.
+                    waiting = asyncio.get_running_loop().call_later(
+                        READING_AFTER_S, self._still_reading)
                 elif isinstance(event, TextDelta):
                     self.text += event.text
-                    await self._show("-# ✍️ writing…")
+                    await self._show(wording.WRITING)
                 elif isinstance(event, Finished):
                     result = event.result
         finally:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot import wording
 from bot.conversation import PrivateConversation
 from bot.discord.buttons import ReplyModal, reply_view
 from bot.discord.common import NO_MENTIONS, location_of
@@ -38,6 +39,7 @@ from bot.discord.conversation import (
     thread_name,
     thread_place,
 )
+from bot.discord.modals import send_stateless
 from bot.discord.model_wait import LoadingNotice
 from bot.discord.pages import quote_prompt
 from bot.discord.reply import (
@@ -52,6 +54,7 @@ from bot.discord.reply import (
 )
 from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
+from bot.help_text import HELP, asks_for_help
 from bot.knobs import Knobs
 from bot.limits import AskGate, QuietRefusals
 from bot.settings.ask_log import AskRecord
@@ -138,6 +141,7 @@ class AskRunner:
                 turn = await prepare_turn(app, replace(ask.turn, place=place), on_wait=notice)
                 # QueueFull / ShuttingDown raise here, before the ack.
                 gen = turn.engine.submit(turn.request, turn.prepared)
+                self.gate.accepted(ask.user_id)  # a refused ask above starts no cooldown
             except UserFacingError as exc:
                 if not await notice.refuse(exc):
                     raise
@@ -183,9 +187,9 @@ class AskRunner:
         writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s)
         try:
             result = await writer.stream()
-            tail = footer_text(result, turn.dropped_turns, turn.footer_model)
+            tail = footer_text(result, turn.dropped_turns, turn.cap, turn.footer_model)
             if result.error:
-                tail = f"⚠️ {result.error}\n{tail}"
+                tail = f"{wording.warning(result.error)}\n{tail}"
             if ask.interrupted:
                 tail = f"{INTERRUPTED}\n{tail}"
             await writer.lay_out(tail)
@@ -259,8 +263,12 @@ class AskRunner:
         self, interaction: discord.Interaction, prompt: str, *, private: bool,
         overrides: Mapping[str, Any] | None = None, again: Knobs | None = None,
         parent_id: int | None = None, explicit: bool = False, open_thread: bool = False,
+        speaker: tuple[int, str] | None = None,
     ) -> None:
         user = interaction.user
+        # Regenerate keeps the question's own speaker (issue 24 item 10): the model
+        # read the presser's name as the asker's when someone else pressed it.
+        author_id, author_name = speaker or (user.id, display_name(user))
         dm = interaction.guild_id is None
         prompt = prompt.strip()
         await self.run(Ask(
@@ -270,8 +278,8 @@ class AskRunner:
             surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
                                        ttl_s=lambda: self.interaction_ttl_s),
             turn=TurnAsk(
-                location=location_of(interaction), prompt=prompt, author_id=user.id,
-                author_name=display_name(user), parent_id=parent_id,
+                location=location_of(interaction), prompt=prompt, author_id=author_id,
+                author_name=author_name, parent_id=parent_id,
                 # In a DM, an interaction ask starts afresh unless it names its turn.
                 explicit=explicit or dm, private=private, direct=dm, shared=True,
                 overrides=dict(overrides or {}), again=again,
@@ -297,7 +305,7 @@ class AskRunner:
         """The Reply button: check who may continue, then open the follow-up modal."""
         answer = await self._answer_to_continue(ask_id, interaction.user.id)
         check_where(answer, location_of(interaction))  # and where (item 13); again on submit
-        await interaction.response.send_modal(ReplyModal(ask_id))
+        await send_stateless(interaction, ReplyModal(ask_id))
 
     async def ask_followup(self, interaction: discord.Interaction, text: str, ask_id: int) -> None:
         """The Reply modal was sent: a new reply continuing from the answer of `ask_id`."""
@@ -314,11 +322,13 @@ class AskRunner:
         """
         parent_id: int | None = None
         explicit = False
+        speaker: tuple[int, str] | None = None
         question = await self.turns.question_for_ask(ask_id)
         if question is not None:
             if not question.visible_to(interaction.user.id):
                 raise PrivateConversation()
             parent_id, explicit = question.parent_id, True
+            speaker = (question.author_id, question.author_name)
         record = await self.app.ask_log.load(ask_id)
         if record is None:
             raise UserFacingError(
@@ -328,6 +338,7 @@ class AskRunner:
         await self._interaction_ask(
             interaction, record.prompt, private=record.private,
             again=Knobs.model_validate(record.knobs), parent_id=parent_id, explicit=explicit,
+            speaker=speaker,
         )
 
     def check_regenerate(self, interaction: discord.Interaction, record: AskRecord) -> None:
@@ -386,6 +397,9 @@ class AskRunner:
             return
         if not found.text:
             await _say(message, HOW_TO_ASK_DM if found.dm else HOW_TO_ASK)
+            return
+        if asks_for_help(found.text):  # "@bot help" is for us, not the model (issue 24 item 3)
+            await _say(message, HELP)
             return
         replied = found.replied
         parent_id = replied.id if replied is not None and replied.role == "assistant" else None

@@ -194,6 +194,34 @@ class TurnStore:
 
         await self.db.write(work)
 
+    # --- issue 24 item 8: a member sees and clears their conversation (/conversation) ---
+
+    async def latest_answer(self, channel_id: int, user_id: int) -> StoredTurn | None:
+        """The newest answer to `user_id` in `channel_id`: their conversation there."""
+        return await self._one(
+            f"SELECT {_COLUMNS} FROM turns WHERE role = 'assistant' AND channel_id = ? "
+            f"AND author_id = ? AND NOT ({_EXPIRED}) ORDER BY id DESC LIMIT 1",
+            (channel_id, user_id),
+        )
+
+    async def forget_own(self, conversation_id: int, user_id: int) -> int:
+        """Delete `user_id`'s turns of one conversation (their questions and the answers
+        to them) and the prompts kept for Regenerate; returns how many turns went."""
+
+        async def work(conn: aiosqlite.Connection) -> int:
+            await conn.execute(
+                "DELETE FROM asks WHERE id IN (SELECT ask_id FROM turns WHERE "
+                "conversation_id = ? AND author_id = ? AND ask_id IS NOT NULL)",
+                (conversation_id, user_id),
+            )
+            cur = await conn.execute(
+                "DELETE FROM turns WHERE conversation_id = ? AND author_id = ?",
+                (conversation_id, user_id),
+            )
+            return int(cur.rowcount or 0)
+
+        return await self.db.write(work)
+
     async def add_exchange(self, ex: NewExchange) -> tuple[StoredTurn, StoredTurn]:
         """Store a question and its answer in one transaction; returns both turns."""
         now = self.db.now_iso()

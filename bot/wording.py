@@ -1,0 +1,169 @@
+"""The words a member reads, in one table, so one thing has one name everywhere.
+
+Rules every string here follows (tests/test_first_hour.py walks them): the
+thing a scope sets to steer the model is a *persona* (the commands stay
+`/system`); a place is named for what it is ("this thread" inside a thread,
+never "this channel"); counts go through `plural`, so no "1 requests"; a
+warning starts with ⚠️; a reply waiting says so with one of the `WAITING`
+words. No Discord here: the console and benchmarks may use it too. Other
+front-ends adopt it string by string; new user-facing text should land here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``plural(1, "request")`` → "1 request"; ``plural(3, "request")`` → "3 requests"."""
+    word = one if n == 1 else (many if many is not None else one + "s")
+    return f"{n:,} {word}"
+
+
+def warning(text: str) -> str:
+    """A warning line: always the ⚠️ first, once."""
+    return text if text.startswith("⚠️") else f"⚠️ {text}"
+
+
+# --- waiting: the status line of a reply before and while it streams -------------------
+
+#: A reply with others ahead of it in the engine's queue.
+QUEUED: Final = "-# ⏳ queued, {ahead} ahead"
+#: Nobody ahead, but a batch with other settings runs first.
+NEXT_IN_LINE: Final = "-# ⏳ next in line"
+#: Taken, and the model reads the prompt (no text yet).
+READING: Final = "-# ⏳ reading…"
+#: Text is arriving.
+WRITING: Final = "-# ✍️ writing…"
+#: Every waiting word, for tests and for the harness that recognises a status line.
+WAITING: Final = (QUEUED, NEXT_IN_LINE, READING, WRITING)
+
+
+def queued(ahead: int) -> str:
+    return QUEUED.format(ahead=f"{ahead:,}")
+
+
+# --- places: where a setting comes from or applies -----------------------------------
+
+#: The source labels `/settings` and `/system show` print (keys: `Effective.sources`).
+SOURCE_LABELS: Final[Mapping[str, str]] = {
+    "default": "default",
+    "operator": "operator",
+    "server": "this server",
+    "channel": "this channel",
+    "thread": "this thread",
+    "dm": "your DMs",
+}
+
+
+def source_label(source: str, *, in_thread: bool = False) -> str:
+    """A stored source ("server", "channel", …) as a member reads it; unknown ones as is.
+
+    Inside a thread, "channel" is the thread's parent channel, never "this channel".
+    """
+    if source == "channel" and in_thread:
+        return PARENT_CHANNEL
+    return SOURCE_LABELS.get(source, source)
+
+
+def place_word(kind: str, *, in_thread: bool = False) -> str:
+    """The scope a change applies to: "this server", "this thread", "your DMs"…"""
+    if kind == "channel" and in_thread:
+        return SOURCE_LABELS["thread"]
+    return SOURCE_LABELS.get(kind, kind)
+
+
+PARENT_CHANNEL: Final = "the parent channel"
+
+#: The `scope:` choices of the settings commands, as the picker shows them.
+SCOPE_CHOICES: Final[Mapping[str, str]] = {
+    "channel": "This channel or thread",
+    "server": "Whole server",
+}
+SCOPE_OPTION: Final = "Where it applies: this channel or thread (default), or the whole server"
+
+# --- the persona ------------------------------------------------------------------------
+
+PERSONA: Final = "persona"
+PERSONA_NONE: Final = "*(none: the model's own default applies)*"
+
+
+def persona_saved(where: str) -> str:
+    return f"Persona saved for {where}."
+
+
+def persona_set(where: str) -> str:
+    return f"Persona set for {where}."
+
+
+def persona_reset(where: str) -> str:
+    return f"Persona reset for {where}."
+
+
+def persona_not_set(where: str) -> str:
+    return f"{where[:1].upper()}{where[1:]} has no persona of its own."
+
+
+# --- reply footers --------------------------------------------------------------------------
+
+#: The footer of a reply the model ended on its own at once: nothing but this.
+EMPTY_REPLY: Final = "the model returned no text; press Regenerate to try again"
+MORE_HINT: Final = "ask with a larger max_new_tokens"
+#: When the limit already is the scope's cap, a larger per-ask value can't help.
+RAISE_HINT: Final = "/knobs set max_new_tokens raises it"
+
+#: Whose cap it is, as "capped at ___ 128".
+CAP_OWNERS: Final[Mapping[str, str]] = {
+    "server": "this server's",
+    "channel": "this channel's",
+    "thread": "this thread's",
+    "dm": "your DMs'",
+    "operator": "the bot's",
+    "default": "the default",
+}
+
+
+def cut_at(limit: int, *, can_ask_more: bool = True) -> str:
+    """A reply that used its whole budget, and how to get more."""
+    hint = MORE_HINT if can_ask_more else RAISE_HINT
+    return f"cut at the limit of {plural(limit, 'token')} — {hint}"
+
+
+def capped(source: str, limit: int, asked: int) -> str:
+    """A per-ask length above the scope's cap: said, not cut silently."""
+    owner = CAP_OWNERS.get(source, "the")
+    return f"capped at {owner} {limit:,} (you asked {asked:,})"
+
+
+def shortened(limit: int) -> str:
+    return f"shortened to {plural(limit, 'token')} to fit the context"
+
+
+def left_out(turns: int) -> str:
+    return f"{plural(turns, 'earlier turn')} left out to fit the context"
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+
+def settings_too_fast(retry_at: int) -> str:
+    """Too many settings changes: when to retry, as a Discord timestamp (`<t:…:R>`)."""
+    return f"You're changing settings too quickly; try again <t:{retry_at}:R>."
+
+
+def slow_down(seconds: float) -> str:
+    return f"Slow down a little: try again in {max(1, round(seconds))} s."
+
+
+def busy(waiting: int) -> str:
+    verb = "is" if waiting == 1 else "are"
+    return (f"I'm busy: {plural(waiting, 'request')} {verb} already waiting. "
+            "Please try again in a moment.")
+
+
+#: Every fixed string above, for the test that checks the rules.
+ALL_FIXED: Final = (
+    *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,
+    PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(),
+)

@@ -1,0 +1,22 @@
+"""/help: the ways to ask, what each command does, an admin's checklist (issue 24 item 3)."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.help_text import HELP
+from cogs._common import NO_MENTIONS
+
+
+class Help(commands.Cog):
+    @app_commands.command(name="help", description="How to ask, the commands, and an "
+                                                   "admin's checklist.")
+    async def help(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(HELP, ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Help())
