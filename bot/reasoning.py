@@ -125,12 +125,20 @@ class ReasoningSplitter:
             # else: a repeated <think> while thinking or a stray </think> is dropped
         return SplitDelta("".join(reasoning), "".join(answer), self._phase)
 
-    def final(self) -> SplitResult:
-        """Flush what was held back (a half tag at the very end is text) and finish."""
+    def flush(self) -> SplitDelta:
+        """The end of the stream: what was held back (a half tag at the very end is text)."""
         pending, self._pending = self._pending, ""
         if self._phase is Phase.START:
             self._phase = Phase.ANSWER
-        self._emit(pending, [], [])
+            pending = pending.lstrip()
+        reasoning: list[str] = []
+        answer: list[str] = []
+        self._emit(pending, reasoning, answer)
+        return SplitDelta("".join(reasoning), "".join(answer), self._phase)
+
+    def final(self) -> SplitResult:
+        """Flush and finish: the reasoning, the answer, and whether thinking never ended."""
+        self.flush()
         return SplitResult(self.reasoning.strip(), self.answer.strip(),
                            unfinished=self._phase is Phase.THINKING)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import zlib
@@ -143,8 +144,8 @@ def test_malformed_cards_get_clear_errors() -> None:
 
 
 def test_deep_nesting_is_refused_at_any_depth() -> None:
-    shallow_enough = {"name": "A", "extensions": {}}
-    inner: dict[str, Any] = shallow_enough["extensions"]
+    inner: dict[str, Any] = {}
+    shallow_enough: dict[str, Any] = {"name": "A", "extensions": inner}
     for _ in range(MAX_DEPTH - 4):
         inner["x"] = {}
         inner = inner["x"]
@@ -214,25 +215,27 @@ def _best_of(data: bytes, runs: int = 3) -> float:
     best = float("inf")
     for _ in range(runs):
         start = time.perf_counter()
-        try:
+        with contextlib.suppress(CardError):
             parse_card(data)
-        except CardError:
-            pass
         best = min(best, time.perf_counter() - start)
     return best
 
 
-@pytest.mark.parametrize("filler", ["{{" * 10, "<" * 10, "{{char" * 5, "<START>\n", "a" * 10])
+@pytest.mark.parametrize("filler", ["{{" * 5, "<" * 10, "{{char" * 2, "<START>\n", "a" * 10])
 def test_parsing_grows_linearly_with_the_card(filler: str) -> None:
-    """Ten times the text never costs a hundred times the time (no backtracking)."""
-    def card(n: int) -> bytes:
-        text = filler * n
-        return card_json({"name": "A", "description": text, "mes_example": text,
-                          "first_mes": text})
+    """Ten times the text never costs thirty times the time (no backtracking).
 
-    small, large = card(2_000), card(20_000)
+    A quadratic step would cost a hundred times; each size is timed at its best
+    of five runs, and the small one is floored at 5 ms, so a busy machine's
+    stalls do not decide the outcome.
+    """
+    def card(n: int) -> bytes:
+        return card_json({"name": "A", "description": filler * n,
+                          "mes_example": filler * (n // 10), "first_mes": filler * (n // 10)})
+
+    small, large = card(8_000), card(80_000)
     assert len(large) < MAX_JSON_BYTES
-    assert _best_of(large) < 30 * max(_best_of(small), 1e-3)
+    assert _best_of(large, 5) < 30 * max(_best_of(small, 5), 5e-3)
 
 
 def test_card_text_stays_plain_text_to_the_real_tokenizer(tmp_path: Path) -> None:
@@ -286,10 +289,8 @@ def test_fuzzed_cards_only_ever_raise_card_error(card: Any, how: str, noise: byt
 @given(st.binary(max_size=400))
 def test_fuzzed_png_bytes_only_ever_raise_card_error(tail: bytes) -> None:
     data = png()[:8] + tail
-    try:
+    with contextlib.suppress(CardError):
         parse_card(data)
-    except CardError:
-        pass
 
 
 def test_a_zlib_stream_in_a_chunk_round_trips() -> None:
