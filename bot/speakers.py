@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from bot.knobs import MAX_STOP_LENGTH, MAX_STOP_SEQUENCES
+from bot.knobs import MAX_STOP_LENGTH, MAX_STOP_SEQUENCES, Knobs, build_knobs
 
 MAX_NAME_CHARS: Final = 32
 
@@ -102,3 +102,11 @@ def speaker_stops(
         if len(stop) <= MAX_STOP_LENGTH and stop not in out:
             out.append(stop)
     return tuple(out)
+
+
+def with_speaker_stops(knobs: Knobs, names: Iterable[str | None]) -> Knobs:
+    """`knobs` with the speakers' line starts added after the member's own stops."""
+    stops = speaker_stops(names, existing=knobs.stop)
+    if stops == knobs.stop:
+        return knobs
+    return build_knobs({"stop": list(stops)}, base=knobs)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 from bot.context_usage import ContextUsage, measure, usage_of
 from bot.conversation import fit_history
 from bot.engine import Engine, GenerationRequest, Turn
@@ -42,3 +47,16 @@ async def test_numbers_come_from_the_engine_and_the_real_tokenizer(tiny_engine: 
         f"{fitted.dropped_turns} earlier turns left out · {context:,} tokens")
     assert f"uses {len(ids):,} of {context:,} tokens" in usage.usage_text()
     assert usage == usage_of(tiny_engine.prepare(fitted.request), context, fitted.dropped_turns)
+
+
+def test_the_issue_22_core_modules_import_no_front_end() -> None:
+    """Like test_architecture's guard, for the modules the Discord and console wiring use."""
+    modules = ("bot.characters", "bot.reasoning", "bot.speakers", "bot.context_usage",
+               "bot.settings.swipes", "bot.settings.personas", "bot.settings.migration_swipes")
+    code = ("import json, sys\n" + "".join(f"import {m}\n" for m in modules)
+            + "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                         capture_output=True, text=True, check=True, timeout=120)
+    loaded = set(json.loads(out.stdout))
+    assert "bot" in loaded
+    assert not loaded & {"discord", "cogs", "bench", "testing", "aiohttp", "ctranslate2"}
