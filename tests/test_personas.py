@@ -30,7 +30,6 @@ GUILD, OTHER, ADA = 1, 2, 101
 async def personas(tmp_path: Path) -> AsyncIterator[PersonaStore]:
     database = await Database.open(tmp_path / "bot.sqlite3")
     store = PersonaStore(database)
-    await store.ensure_schema()
     yield store
     await database.close()
 

@@ -12,8 +12,8 @@ import pytest
 
 from bot.errors import UserFacingError
 from bot.settings.db import Database
-from bot.settings.migration_swipes import STATEMENTS, apply_draft
-from bot.settings.migrations import LATEST_VERSION
+from bot.settings.migration_swipes import STATEMENTS
+from bot.settings.migrations import LATEST_VERSION, MIGRATIONS
 from bot.settings.swipes import (
     MAX_ANSWER_CHARS,
     MAX_CONTINUATIONS,
@@ -30,7 +30,6 @@ ADA, BEN = 101, 202
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = await Database.open(tmp_path / "bot.sqlite3")
-    assert await apply_draft(database) is True
     yield database
     await database.close()
 
@@ -43,23 +42,19 @@ def exchange(parent: int | None, q: str, a: str, *, author: int = ADA, private: 
                        answer_message_ids=messages)
 
 
-async def test_the_draft_applies_once_on_a_current_database(tmp_path: Path) -> None:
+async def test_migration_5_gives_a_new_database_the_swipe_tables(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
     async with await Database.open(path) as database:
-        assert await apply_draft(database) is True
-        assert await apply_draft(database) is False
         columns = {r[1] for r in await database.read("PRAGMA table_info(turns)", ())}
         assert {"reasoning", "finish", "continuations", "tokens"} <= columns
         tables = {r[0] for r in await database.read(
             "SELECT name FROM sqlite_master WHERE type = 'table'", ())}
         assert {"swipe_choices", "personas"} <= tables
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    # Still version 4 until the lead numbers it; reopening keeps the draft's tables.
     async with await Database.open(path) as again:
         rows = await again.read("PRAGMA user_version", ())
-        assert rows[0][0] == LATEST_VERSION
-        assert await apply_draft(again) is False
-    assert len(STATEMENTS) == 7
+        assert rows[0][0] == LATEST_VERSION >= 5
+    assert MIGRATIONS[4] == STATEMENTS and len(STATEMENTS) == 7
 
 
 async def test_old_turn_rows_read_with_the_new_defaults(db: Database) -> None:

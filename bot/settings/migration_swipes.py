@@ -1,9 +1,7 @@
-"""DRAFT migration 5 (issue 22): swipes, Continue, stored reasoning, named personas.
+"""Migration 5 (issue 22): swipes, Continue, stored reasoning, named personas.
 
-Not yet in `bot.settings.migrations.MIGRATIONS`: the lead appends `STATEMENTS` as
-the next numbered migration at merge time (and then `apply_draft` is only for
-tests written before that). Until then `SwipeStore` and `PersonaStore` call
-`apply_draft` on a database at version 4, which is idempotent.
+`bot.settings.migrations.MIGRATIONS` lists `STATEMENTS` as migration 5; they
+live here beside their design notes. Released: never edit, only add a migration.
 
 The design, over migration 4's `turns` tree:
 
@@ -28,10 +26,6 @@ The design, over migration 4's `turns` tree:
 from __future__ import annotations
 
 from typing import Final
-
-import aiosqlite
-
-from bot.settings.db import Database
 
 STATEMENTS: Final[tuple[str, ...]] = (
     "ALTER TABLE turns ADD COLUMN reasoning TEXT NOT NULL DEFAULT ''",
@@ -62,23 +56,3 @@ STATEMENTS: Final[tuple[str, ...]] = (
     ) WITHOUT ROWID
     """,
 )
-
-
-async def _applied(conn: aiosqlite.Connection) -> bool:
-    async with conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'personas'"
-    ) as cur:
-        return await cur.fetchone() is not None
-
-
-async def apply_draft(db: Database) -> bool:
-    """Apply `STATEMENTS` once, in one transaction; True if this call applied them."""
-
-    async def work(conn: aiosqlite.Connection) -> bool:
-        if await _applied(conn):
-            return False
-        for statement in STATEMENTS:
-            await conn.execute(statement)
-        return True
-
-    return await db.write(work)

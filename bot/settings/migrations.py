@@ -16,6 +16,7 @@ from __future__ import annotations
 import aiosqlite
 
 from bot.errors import SettingsError
+from bot.settings.migration_swipes import STATEMENTS as STATEMENTS_5
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: one row per (scope, key). `value` is JSON so every knob type (numbers,
@@ -112,6 +113,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 5 (issue 22): swipes, Continue, stored reasoning, named personas; the
+    # statements and their design notes live in `migration_swipes`.
+    STATEMENTS_5,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -28,7 +28,6 @@ import aiosqlite
 from bot.errors import InvalidKnobs, UserFacingError
 from bot.knobs import KNOB_NAMES, build_knobs, validate_knob
 from bot.settings.db import Database
-from bot.settings.migration_swipes import apply_draft
 from bot.settings.scopes import validate_system_prompt
 
 log = logging.getLogger(__name__)
@@ -117,10 +116,6 @@ class PersonaStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def ensure_schema(self) -> None:
-        """Until the draft is a numbered migration: apply it if it is missing."""
-        await apply_draft(self.db)
 
     async def save(
         self,

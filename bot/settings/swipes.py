@@ -1,4 +1,4 @@
-"""Swipes and Continue over the conversation tree (draft migration 5).
+"""Swipes and Continue over the conversation tree (migration 5).
 
 Swipes: the versions of an answer are the assistant turns that follow one user
 turn, oldest first; Regenerate adds one (`add_swipe`) instead of copying the
@@ -28,7 +28,6 @@ import aiosqlite
 
 from bot.errors import UserFacingError
 from bot.settings.db import Database
-from bot.settings.migration_swipes import apply_draft
 from bot.settings.turns import StoredTurn
 
 MAX_SWIPES: Final = 20
@@ -120,10 +119,6 @@ class SwipeStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def ensure_schema(self) -> None:
-        """Until the draft is a numbered migration: apply it if it is missing."""
-        await apply_draft(self.db)
 
     # --- reads ---------------------------------------------------------------------
 
