@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from bot.context_usage import ContextUsage
 from bot.engine import FinishReason, GenerationRequest, GenerationResult
 from bot.errors import UserFacingError
 from bot.knobs import Knobs, build_knobs
@@ -94,7 +95,8 @@ def _tokens(n: int) -> str:
     return f"{n} token" if n == 1 else f"{n} tokens"
 
 
-def footer_parts(result: GenerationResult, dropped_turns: int = 0) -> list[str]:
+def footer_parts(result: GenerationResult, dropped_turns: int = 0,
+                 context_length: int | None = None) -> list[str]:
     """Tokens, speed, why it ended, and whether the budget or the history was cut to fit.
 
     The speed is left out when there is none to give (a one-token reply has no
@@ -111,12 +113,16 @@ def footer_parts(result: GenerationResult, dropped_turns: int = 0) -> list[str]:
     parts.append(words)
     if result.clamped_to_context:
         parts.append(f"shortened to {_tokens(result.max_new_tokens)} to fit the context")
-    if dropped_turns:
+    if dropped_turns and context_length:
+        # Issue 22: how many, and the window's size ("3 earlier turns left out · 2,048 tokens").
+        parts.append(ContextUsage(0, context_length, dropped_turns).dropped_text() or "")
+    elif dropped_turns:
         turns = "turn" if dropped_turns == 1 else "turns"
         parts.append(f"{dropped_turns} earlier {turns} left out to fit the context")
     return parts
 
 
-def footer(result: GenerationResult, dropped_turns: int = 0) -> str:
+def footer(result: GenerationResult, dropped_turns: int = 0,
+           context_length: int | None = None) -> str:
     """The footer as one line, e.g. ``12 tokens · 40.1 tok/s · done``."""
-    return " · ".join(footer_parts(result, dropped_turns))
+    return " · ".join(footer_parts(result, dropped_turns, context_length))

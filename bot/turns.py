@@ -29,6 +29,7 @@ from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.settings.scopes import Location
 from bot.settings.turns import NewExchange, StoredTurn, TurnStore
+from bot.speakers import with_speaker_stops
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -95,6 +96,11 @@ async def prepare_turn(app: App, ask: TurnAsk) -> PreparedTurn:
         request = await resolve_again(app, ask.location, model_prompt, ask.again)
     else:
         request = await resolve_request(app, ask.location, model_prompt, ask.overrides)
+    if names and app.settings.speaker_stops:
+        # Issue 22: stop at a line that starts another speaker's turn (opt-in,
+        # BOT_SPEAKER_STOPS), the asker's own line first.
+        speakers = [t.author_name for t in chain if t.role == "user"] + [ask.author_name]
+        request = replace(request, knobs=with_speaker_stops(request.knobs, speakers))
     fitted = fit_history(app.engine, replace(request, history=history))
     # Fitting prepared the chosen request while measuring; only a request with no
     # history to fit is prepared here, once (a prompt too long on its own raises).

@@ -42,9 +42,10 @@ READING = "-# ⏳ reading…"
 INTERRUPTED = "⚠️ Interrupted: the bot restarted before this reply finished."
 
 
-def footer_text(result: GenerationResult, dropped_turns: int = 0) -> str:
+def footer_text(result: GenerationResult, dropped_turns: int = 0,
+                context_length: int | None = None) -> str:
     """The reply footer in Discord's small-text markdown."""
-    return "-# " + footer(result, dropped_turns)
+    return "-# " + footer(result, dropped_turns, context_length)
 
 
 def _token_gone(exc: discord.HTTPException) -> bool:

@@ -28,7 +28,7 @@ import aiosqlite
 from bot.errors import InvalidKnobs, UserFacingError
 from bot.knobs import KNOB_NAMES, build_knobs, validate_knob
 from bot.settings.db import Database
-from bot.settings.scopes import validate_system_prompt
+from bot.settings.validation import validate_system_prompt
 
 log = logging.getLogger(__name__)
 
