@@ -199,3 +199,24 @@ def strip_reasoning(text: str) -> str:
     if OPEN not in text and CLOSE not in text:
         return text
     return split_reasoning(text).answer
+
+
+class ReasoningFilter:
+    """The streaming loops' text filter (issue 22): what to show while a reply streams.
+
+    `feed` returns the answer text a piece added (nothing while the model thinks)
+    and whether it is thinking now, so a front-end shows "thinking…" and then the
+    answer alone; `finish` gives the split reply: the answer to show and store,
+    the reasoning for its button. One small piece both the Discord `ReplyWriter`
+    and the console's `stream_reply` call, instead of two forks of their loops.
+    """
+
+    def __init__(self) -> None:
+        self.splitter = ReasoningSplitter(implicit_open=True)
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        delta = self.splitter.feed(piece)
+        return delta.answer, delta.phase is not Phase.ANSWER
+
+    def finish(self) -> SplitResult:
+        return self.splitter.final()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.asks import resolve_again, resolve_request
+from bot.context_usage import ContextUsage, usage_of
 from bot.conversation import check_continuable, fit_history, history_of, speaker_text
 from bot.engine import GenerationRequest, PreparedPrompt
 from bot.errors import UserFacingError
@@ -62,6 +63,7 @@ class PreparedTurn:
     request: GenerationRequest
     prepared: PreparedPrompt  # `request` rendered and encoded: submit it, don't redo it
     dropped_turns: int  # earlier turns left out to fit the context (for the footer)
+    reasoning: bool = False  # issue 22: the scope splits <think> reasoning from the answer
 
     @property
     def private(self) -> bool:
@@ -105,8 +107,19 @@ async def prepare_turn(app: App, ask: TurnAsk) -> PreparedTurn:
     # Fitting prepared the chosen request while measuring; only a request with no
     # history to fit is prepared here, once (a prompt too long on its own raises).
     prepared = fitted.prepared or app.engine.prepare(fitted.request)
+    reasoning = (await app.resolve(ask.location)).reasoning
     return PreparedTurn(ask=ask, parent_id=parent, request=fitted.request, prepared=prepared,
-                        dropped_turns=fitted.dropped_turns)
+                        dropped_turns=fitted.dropped_turns, reasoning=reasoning)
+
+
+async def conversation_usage(app: App, ask: TurnAsk) -> ContextUsage:
+    """Issue 22: how much of the window the next ask in `ask`'s conversation would use.
+
+    `ask.prompt` is a stand-in (the next question is unknown); the count is the
+    real tokenizer's, through the same preparation and fitting as an ask.
+    """
+    turn = await prepare_turn(app, ask)
+    return usage_of(turn.prepared, app.engine.info.context_length, turn.dropped_turns)
 
 
 async def record_turn(

@@ -47,6 +47,8 @@ class ReplyControls(Protocol):
 
     async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None: ...
 
+    async def show_reasoning(self, interaction: discord.Interaction, answer_id: int) -> None: ...
+
 
 def runner_of(interaction: discord.Interaction) -> ReplyControls:
     """The runner of the client that received `interaction`."""
@@ -219,11 +221,43 @@ class ContinueButton(
             await send_error(interaction, exc)
 
 
+REASONING_ID = "llm:think:{answer_id}"
+
+
+class ReasoningButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"llm:think:(?P<answer>[0-9]{1,19})",
+):
+    """A reasoning model's thoughts, shown to the presser alone (the answer stays clean)."""
+
+    def __init__(self, answer_id: int) -> None:
+        super().__init__(discord.ui.Button(
+            label="Reasoning", style=discord.ButtonStyle.secondary, emoji="💭",
+            custom_id=REASONING_ID.format(answer_id=answer_id),
+        ))
+        self.answer_id = answer_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ReasoningButton:
+        return cls(int(match["answer"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await runner_of(interaction).show_reasoning(interaction, self.answer_id)
+        except Exception as exc:
+            await send_error(interaction, exc)
+
+
 def _add_answer_controls(view: discord.ui.View, answer_id: int,
-                         versions: tuple[int, int] | None, can_continue: bool) -> None:
-    """Continue (row 0, after Reply) and ◀ n/m ▶ (row 1) for a finished answer."""
+                         versions: tuple[int, int] | None, can_continue: bool,
+                         reasoning: bool = False) -> None:
+    """Continue and Reasoning (row 0, after Reply) and ◀ n/m ▶ (row 1) for an answer."""
     if can_continue:
         view.add_item(ContinueButton(answer_id))
+    if reasoning:
+        view.add_item(ReasoningButton(answer_id))
     if versions is not None and versions[1] > 1:
         shown, count = versions
         view.add_item(SwipeButton(answer_id, "prev", disabled=shown <= 0))
@@ -235,12 +269,13 @@ def _add_answer_controls(view: discord.ui.View, answer_id: int,
 
 
 #: Every control that answers clicks after a restart (the client registers them).
-DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, SwipeButton, ContinueButton)
+DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, SwipeButton, ContinueButton,
+                 ReasoningButton)
 
 
 def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
                answer_id: int | None = None, versions: tuple[int, int] | None = None,
-               can_continue: bool = False) -> discord.ui.View:
+               can_continue: bool = False, reasoning: bool = False) -> discord.ui.View:
     """The buttons under a reply: Stop while it streams; Regenerate, then Reply, once done.
 
     `stop_for` is the asker (a streaming reply); otherwise the reply is finished
@@ -256,6 +291,6 @@ def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
         if reply:
             view.add_item(ReplyButton(ask_id))
         if answer_id is not None:  # issue 22: `versions` is (shown index, count)
-            _add_answer_controls(view, answer_id, versions, can_continue)
+            _add_answer_controls(view, answer_id, versions, can_continue, reasoning)
     view.stop()
     return view

@@ -23,6 +23,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import replace
 
 import discord
 
@@ -31,6 +32,7 @@ from bot.discord.common import NO_MENTIONS
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
 from bot.errors import UserFacingError
+from bot.reasoning import ReasoningFilter
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ NEXT_IN_LINE = "-# ⏳ next in line"
 #: How long a reply with nobody ahead may wait before it says "next in line".
 NEXT_IN_LINE_AFTER_S = 0.5
 READING = "-# ⏳ reading…"
+THINKING = "-# 💭 thinking…"  # issue 22: a reasoning model inside <think>
 INTERRUPTED = "⚠️ Interrupted: the bot restarted before this reply finished."
 
 
@@ -286,8 +289,12 @@ class ReplyWriter:
     """
 
     def __init__(self, surface: Surface, gen: Generation, first: Page, stop: discord.ui.View,
-                 *, edit_interval_s: float) -> None:
+                 *, edit_interval_s: float, text_filter: ReasoningFilter | None = None) -> None:
         self.surface = surface
+        # Issue 22: a reasoning model's text goes through the filter: "thinking…"
+        # while it thinks, the answer alone on the pages, the reasoning kept apart.
+        self.text_filter = text_filter
+        self.reasoning = ""
         self.gen = gen
         self.stop = stop
         self.interval = edit_interval_s
@@ -364,14 +371,24 @@ class ReplyWriter:
                 elif isinstance(event, Started):
                     await self._show("-# ✍️ thinking…")
                 elif isinstance(event, TextDelta):
-                    self.text += event.text
-                    await self._show("-# ✍️ writing…")
+                    if self.text_filter is None:
+                        self.text += event.text
+                        await self._show("-# ✍️ writing…")
+                    else:
+                        shown, thinking = self.text_filter.feed(event.text)
+                        self.text += shown
+                        await self._show(THINKING if thinking else "-# ✍️ writing…")
                 elif isinstance(event, Finished):
                     result = event.result
         finally:
             if waiting is not None:
                 waiting.cancel()
         assert result is not None
+        if self.text_filter is not None:
+            split = self.text_filter.finish()
+            self.text, self.reasoning = split.shown_answer(), split.reasoning
+            # What is stored and continued is the answer alone.
+            result = replace(result, text=split.answer)
         return result
 
     async def lay_out(self, tail: str) -> None:

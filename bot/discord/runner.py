@@ -50,11 +50,12 @@ from bot.discord.reply import (
     Surface,
     footer_text,
 )
-from bot.discord.swipes import answer_view, continue_reply, swipe
+from bot.discord.swipes import answer_view, continue_reply, show_reasoning, swipe
 from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.limits import AskGate
+from bot.reasoning import ReasoningFilter
 from bot.settings.ask_log import AskRecord
 from bot.settings.turns import StoredTurn
 from bot.turns import PreparedTurn, TurnAsk, prepare_turn, record_turn
@@ -174,7 +175,8 @@ class AskRunner:
         self, ask: Ask, turn: PreparedTurn, gen: Generation, first: Page,
         stop: discord.ui.View, *, release: Callable[[], object],
     ) -> GenerationResult:
-        writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s)
+        writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s,
+                             text_filter=ReasoningFilter() if turn.reasoning else None)
         try:
             result = await writer.stream()
             tail = footer_text(result, turn.dropped_turns,
@@ -187,7 +189,8 @@ class AskRunner:
             view = None
             if not result.error:
                 # Stored before the buttons show, so a Reply pressed at once finds the turns.
-                stored = await self._store(ask, turn, result, await writer.message_ids())
+                stored = await self._store(ask, turn, result, await writer.message_ids(),
+                                           reasoning=writer.reasoning)
                 view = reply_view(ask.id, reply=stored)
                 if stored and ask.answer is not None:  # issue 22: ◀ n/m ▶ and Continue
                     view = await self._answer_view(ask, view)
@@ -203,7 +206,8 @@ class AskRunner:
             raise
 
     async def _store(
-        self, ask: Ask, turn: PreparedTurn, result: GenerationResult, ids: tuple[int, ...]
+        self, ask: Ask, turn: PreparedTurn, result: GenerationResult, ids: tuple[int, ...],
+        *, reasoning: str = "",
     ) -> bool:
         """Record the exchange; False when there is nothing to continue (or it failed)."""
         if not result.text.strip():
@@ -213,6 +217,7 @@ class AskRunner:
                 swipes = await self.app.swipes.add_swipe(
                     ask.swipe_of, result.text, user_id=ask.user_id, ask_id=ask.id,
                     finish=finish_of(result), tokens=result.new_tokens, message_ids=ids,
+                    reasoning=reasoning,
                 )
                 ask.answer = swipes.current.turn
                 return True
@@ -221,7 +226,8 @@ class AskRunner:
                 question_ids=ask.surface.question_ids(), answer_ids=ids,
             )
             await self.app.swipes.record_finish(
-                ask.answer.id, finish=finish_of(result), tokens=result.new_tokens)
+                ask.answer.id, finish=finish_of(result), tokens=result.new_tokens,
+                reasoning=reasoning)
         except UserFacingError as exc:  # e.g. the cap on versions: say so under the reply
             log.info("reply %s not stored: %s", ask.id, exc.message)
             return False
@@ -249,6 +255,10 @@ class AskRunner:
     async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None:
         """Continue (issue 22): bot/discord/swipes.py."""
         await continue_reply(self, interaction, answer_id)
+
+    async def show_reasoning(self, interaction: discord.Interaction, answer_id: int) -> None:
+        """Reasoning (issue 22): bot/discord/swipes.py."""
+        await show_reasoning(self, interaction, answer_id)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

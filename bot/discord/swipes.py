@@ -10,6 +10,7 @@ rules (who may browse or continue a private reply, the caps) are
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,7 @@ from bot.discord.reply import (
 )
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
-from bot.settings.swipes import Answer, Swipes
+from bot.settings.swipes import Answer, AnswerGone, PrivateAnswer, Swipes
 
 if TYPE_CHECKING:
     from bot.discord.runner import AskRunner
@@ -41,7 +42,27 @@ def answer_view(answer: Answer, swipes: Swipes | None) -> discord.ui.View:
     ask_id = answer.turn.ask_id or 0
     versions = (swipes.shown, len(swipes.answers)) if swipes is not None else None
     return reply_view(ask_id, reply=ask_id > 0, answer_id=answer.turn.id, versions=versions,
-                      can_continue=answer.can_continue)
+                      can_continue=answer.can_continue, reasoning=bool(answer.reasoning))
+
+
+async def show_reasoning(runner: AskRunner, interaction: discord.Interaction,
+                         answer_id: int) -> None:
+    """The Reasoning button: the thoughts, privately; a file when longer than a message."""
+    found = await runner.app.swipes.answer(answer_id)
+    if found is None:
+        raise AnswerGone()
+    if not found.turn.visible_to(interaction.user.id):
+        raise PrivateAnswer()
+    text = found.reasoning or "*(no reasoning was kept for this reply)*"
+    if len(text) <= MESSAGE_LIMIT:
+        await interaction.response.send_message(text, ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+        return
+    data = io.BytesIO(text.encode("utf-8"))
+    await interaction.response.send_message(
+        "The reasoning is long, so it is attached.", ephemeral=True,
+        file=discord.File(data, filename="reasoning.txt"), allowed_mentions=NO_MENTIONS,
+    )
 
 
 def swipe_content(answer: Answer, swipes: Swipes) -> str:

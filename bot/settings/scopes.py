@@ -19,7 +19,10 @@ from bot.knobs import KNOB_NAMES, Knobs
 SYSTEM_PROMPT_KEY: Final = "system_prompt"
 """The key the persona is stored and reported under (next to the knob names)."""
 
-SETTING_KEYS: Final[tuple[str, ...]] = (*KNOB_NAMES, SYSTEM_PROMPT_KEY)
+REASONING_KEY: Final = "reasoning"
+"""Issue 22: whether replies are split into ``<think>`` reasoning and the answer (bool)."""
+
+SETTING_KEYS: Final[tuple[str, ...]] = (*KNOB_NAMES, SYSTEM_PROMPT_KEY, REASONING_KEY)
 # Value checks (in and out of the database) live in `bot.settings.validation`.
 
 MAX_SYSTEM_PROMPT_CHARS: Final = 4000
@@ -150,6 +153,7 @@ class Effective:
     knobs: Knobs
     system_prompt: str | None
     sources: dict[str, str]
+    reasoning: bool = False  # issue 22: split <think>…</think> from the answer
 
 
 @dataclass(frozen=True)

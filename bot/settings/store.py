@@ -51,6 +51,7 @@ from bot.knobs import KNOB_NAMES, Knobs, build_knobs, describe_validation_error,
 from bot.settings.audit import AuditLog
 from bot.settings.db import Database, utcnow
 from bot.settings.scopes import (
+    REASONING_KEY,
     SETTING_KEYS,
     SYSTEM_PROMPT_KEY,
     Change,
@@ -163,6 +164,7 @@ class SettingsStore:
                 if label == "server" and key == "max_new_tokens":
                     server_max = value
         prompt = values.pop(SYSTEM_PROMPT_KEY, None)
+        reasoning = bool(values.pop(REASONING_KEY, False))
         if server_max is not None:
             _ceil(values, sources, server_max, "server")
         if self.max_new_tokens_ceiling is not None:
@@ -177,7 +179,8 @@ class SettingsStore:
             values.pop("min_new_tokens", None)
             sources["min_new_tokens"] = "default"
             knobs = Knobs.model_validate(values)
-        return Effective(knobs=knobs, system_prompt=prompt, sources=sources)
+        return Effective(knobs=knobs, system_prompt=prompt, sources=sources,
+                         reasoning=reasoning)
 
     async def scope_overrides(self, scope: Scope) -> dict[str, Any]:
         """What `scope` itself sets (knobs and ``"system_prompt"``), ignoring invalid rows."""
@@ -270,6 +273,22 @@ class SettingsStore:
             lambda conn: self._delete(conn, scope, [SYSTEM_PROMPT_KEY], actor_id)
         )
         return bool(done)
+
+    async def set_reasoning(self, scope: Scope, on: bool | None, *, actor_id: int) -> bool:
+        """Issue 22: reasoning on/off at `scope`, or None to inherit; True if it changed.
+
+        Off is stored too, so a channel can turn it off under a server that has it on.
+        """
+        check_id("actor_id", actor_id)
+        if on is None:
+            done = await self.db.write(
+                lambda conn: self._delete(conn, scope, [REASONING_KEY], actor_id)
+            )
+            return bool(done)
+        await self.db.write(
+            lambda conn: self._upsert(conn, scope, {REASONING_KEY: bool(on)}, actor_id)
+        )
+        return True
 
     # -- checks and row writes ----------------------------------------------------
 

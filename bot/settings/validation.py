@@ -17,7 +17,13 @@ from typing import Any, Final
 
 from bot.errors import InvalidKnobs
 from bot.knobs import validate_knob
-from bot.settings.scopes import MAX_SYSTEM_PROMPT_CHARS, SETTING_KEYS, SYSTEM_PROMPT_KEY, Scope
+from bot.settings.scopes import (
+    MAX_SYSTEM_PROMPT_CHARS,
+    REASONING_KEY,
+    SETTING_KEYS,
+    SYSTEM_PROMPT_KEY,
+    Scope,
+)
 
 # The warnings are the store's (its rows, its logger name, as operators filter them).
 log = logging.getLogger("bot.settings.store")
@@ -53,6 +59,10 @@ def validate_value(key: str, value: Any) -> Any:
     """Normalise one stored or submitted value (raises `InvalidKnobs`)."""
     if key == SYSTEM_PROMPT_KEY:
         return validate_system_prompt(value)
+    if key == REASONING_KEY:
+        if not isinstance(value, bool):
+            raise InvalidKnobs("The reasoning setting is on or off.")
+        return value
     return validate_knob(key, value)
 
 
