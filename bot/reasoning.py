@@ -213,6 +213,7 @@ class ReasoningFilter:
 
     def __init__(self) -> None:
         self.splitter = ReasoningSplitter(implicit_open=True)
+        self.reasoning = ""  # set by the loop that finished it, for storing
 
     def feed(self, piece: str) -> tuple[str, bool]:
         delta = self.splitter.feed(piece)
