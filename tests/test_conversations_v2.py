@@ -81,7 +81,8 @@ def final_message(itx: FakeInteraction) -> StoredMessage:
 async def open_thread(h: Harness, prompt: str, user: FakeUser) -> int:
     await h.ask(prompt, thread=True, user=user)
     return await h.fake.wait_for(lambda: next(
-        (c.id for c in h.guild.channels if c.parent_id == h.general), None))
+        (c.id for c in h.guild.channels if c.parent_id == h.general and c.name == prompt),
+        None))
 
 
 # --- 1. speakers ------------------------------------------------------------------------

@@ -262,11 +262,7 @@ class Console:
         if not history:
             self.write("No conversation yet: the next line starts one.\n")
             return
-        # Issue 22: the window's use, from the real tokenizer (the next question a stand-in).
-        usage = await conversation_usage(self.app, TurnAsk(
-            location=self.location, prompt="?", author_id=CONSOLE_USER_ID,
-            author_name="you", place=self.place))
-        self.write(f"This conversation {usage.usage_text()}.\n")
+
         engine = self.app.engine
         base = await resolve_request(self.app, self.location, "?")
         request = replace(base, history=history)
@@ -284,6 +280,11 @@ class Console:
             shown = flat if len(flat) <= 60 else flat[:59] + "…"
             mark = "" if line.kept else "  [left out]"
             self.write(f"  {who:<3} {line.tokens:>5} tokens  {shown}{mark}\n")
+        # Issue 22: the window's use, from the real tokenizer (the next question a stand-in).
+        usage = await conversation_usage(self.app, TurnAsk(
+            location=self.location, prompt="?", author_id=CONSOLE_USER_ID,
+            author_name="you", place=self.place))
+        self.write(f"This conversation {usage.usage_text()}.\n")
 
     def interrupt(self) -> bool:
         """Ctrl-C: stop the reply being written, if any."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import discord
 
@@ -32,7 +32,18 @@ from bot.knobs import Knobs
 from bot.settings.swipes import Answer, AnswerGone, PrivateAnswer, Swipes
 
 if TYPE_CHECKING:
-    from bot.discord.runner import AskRunner
+    from bot.app import App
+    from bot.limits import AskGate
+
+
+class AskRunner(Protocol):
+    """What these controls use of `bot.discord.runner.AskRunner` (no import cycle)."""
+
+    app: App
+    gate: AskGate
+    accepting: bool
+    interaction_ttl_s: float
+    edit_interval_s: float
 
 log = logging.getLogger(__name__)
 

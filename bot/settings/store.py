@@ -165,6 +165,7 @@ class SettingsStore:
                     server_max = value
         prompt = values.pop(SYSTEM_PROMPT_KEY, None)
         reasoning = bool(values.pop(REASONING_KEY, False))
+        sources.pop(REASONING_KEY, None)  # `sources` stays the knobs' and the persona's
         if server_max is not None:
             _ceil(values, sources, server_max, "server")
         if self.max_new_tokens_ceiling is not None:
