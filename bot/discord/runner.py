@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -255,6 +255,20 @@ class AskRunner:
     async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None:
         """Continue (issue 22): bot/discord/swipes.py."""
         await continue_reply(self, interaction, answer_id)
+
+    @contextlib.contextmanager
+    def tracking(self, interaction: discord.Interaction, turn: PreparedTurn, gen: Generation,
+                 surface: Surface) -> Iterator[None]:
+        """A Continue (issue 22) is a running reply too: Stop and shutdown find it."""
+        ask = Ask(id=interaction.id, user_id=interaction.user.id, turn=turn.ask,
+                  surface=surface, channel=interaction.channel, guild_id=interaction.guild_id,
+                  channel_id=interaction.channel_id, private=turn.private)
+        ask.prepared, ask.gen, ask.task = turn, gen, asyncio.current_task()
+        self.active[ask.id] = ask
+        try:
+            yield
+        finally:
+            self.active.pop(ask.id, None)
 
     async def show_reasoning(self, interaction: discord.Interaction, answer_id: int) -> None:
         """Reasoning (issue 22): bot/discord/swipes.py."""

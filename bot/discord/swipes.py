@@ -10,6 +10,7 @@ rules (who may browse or continue a private reply, the caps) are
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from typing import TYPE_CHECKING, Protocol
@@ -24,12 +25,15 @@ from bot.discord.reply import (
     InteractionSurface,
     Page,
     ReplyWriter,
+    Surface,
     _InteractionPage,
     footer_text,
 )
+from bot.engine import Generation
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.settings.swipes import Answer, AnswerGone, PrivateAnswer, Swipes
+from bot.turns import PreparedTurn
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -44,6 +48,10 @@ class AskRunner(Protocol):
     accepting: bool
     interaction_ttl_s: float
     edit_interval_s: float
+
+    def tracking(self, interaction: discord.Interaction, turn: PreparedTurn, gen: Generation,
+                 surface: Surface) -> contextlib.AbstractContextManager[None]:
+        """Registers a Continue as a running reply (Stop, shutdown) while it streams."""
 
 log = logging.getLogger(__name__)
 
@@ -145,26 +153,33 @@ async def continue_reply(runner: AskRunner, interaction: discord.Interaction,
         writer = ReplyWriter(surface, gen, first, stop, edit_interval_s=runner.edit_interval_s)
         writer.text = _shown_text(interaction.message)
         before = len(writer.text)
-        try:
-            result = await writer.stream()
-            tail = footer_text(result, 0, app.engine.info.context_length)
-            if result.error:
-                tail = f"⚠️ {result.error}\n{tail}"
-            await writer.lay_out(tail)
-            more = writer.text[before:]
-            view = None
-            if not result.error:
-                try:
-                    extended = await app.swipes.extend(
-                        answer_id, more, user_id=user_id, tokens=result.new_tokens,
-                        finish=finish_of(result))
-                    ids = await writer.message_ids()
-                    await app.turns.add_messages(answer_id, ids)
-                    swipes = await app.swipes.swipes_of_answer(answer_id, user_id=user_id)
-                    view = answer_view(extended, swipes)
-                except UserFacingError as exc:
-                    await surface.note("⚠️ " + exc.message)
-            await writer.show_final(view)
-        except BaseException:
-            await writer.abort()
-            raise
+        with runner.tracking(interaction, turn, gen, surface):
+            await _finish_continue(runner, writer, surface, answer_id, user_id, before)
+
+
+async def _finish_continue(runner: AskRunner, writer: ReplyWriter, surface: InteractionSurface,
+                           answer_id: int, user_id: int, before: int) -> None:
+    """Stream the rest, then store it on the same answer and show the answer's buttons."""
+    app = runner.app
+    try:
+        result = await writer.stream()
+        tail = footer_text(result, 0, app.engine.info.context_length)
+        if result.error:
+            tail = f"⚠️ {result.error}\n{tail}"
+        await writer.lay_out(tail)
+        more = writer.text[before:]
+        view = None
+        if not result.error:
+            try:
+                extended = await app.swipes.extend(
+                    answer_id, more, user_id=user_id, tokens=result.new_tokens,
+                    finish=finish_of(result))
+                await app.turns.add_messages(answer_id, await writer.message_ids())
+                swipes = await app.swipes.swipes_of_answer(answer_id, user_id=user_id)
+                view = answer_view(extended, swipes)
+            except UserFacingError as exc:
+                await surface.note("⚠️ " + exc.message)
+        await writer.show_final(view)
+    except BaseException:
+        await writer.abort()
+        raise
