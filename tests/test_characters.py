@@ -26,7 +26,8 @@ from bot.characters import (
     png_text_chunks,
 )
 from bot.model.bundle import load_model_bundle
-from bot.settings.scopes import MAX_SYSTEM_PROMPT_CHARS, validate_system_prompt
+from bot.settings.scopes import MAX_SYSTEM_PROMPT_CHARS
+from bot.settings.validation import validate_system_prompt
 from testing.character_cards import card_json, card_png, chunk, png, text_chunk
 from testing.model_factory import make_tiny_model
 
