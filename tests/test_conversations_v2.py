@@ -364,3 +364,32 @@ async def test_continue_on_a_finished_reply_is_refused(smol_model_dir: Path,
         with pytest.raises(UserFacingError, match="this one finished"):
             await h.app.swipes.check_continue(stored.id, user_id=stored.author_id)
 
+
+
+async def test_continue_on_a_mention_reply_can_be_stopped_by_its_asker(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    text = " ".join(f"w{i}" for i in range(400))
+    model = Model(smol_model_dir, answer=lambda n: text)
+    # 40 tokens at 0.1 s each: a Continue (the same budget) streams for seconds, time
+    # enough for the press of Stop on a loaded machine.
+    async with running_bot(smol_model_dir, tmp_path, scripted=model, script_delay=0.1) as h:
+        await h.app.store.set_knobs(Scope.server(h.guild.id), {"max_new_tokens": 40},
+                                    actor_id=1)
+        asked = await h.fake.inject_message("count", mention_bot=True, channel_id=h.general)
+        cut = await h.fake.wait_for(lambda: next(
+            (m for m in h.fake.channel_messages(h.general)
+             if m.author.get("bot") and m.id > asked.id and is_final(m.content)), None),
+            timeout=30)
+        answer_id = int(button(cut, "llm:cont:").rsplit(":", 1)[1])
+        await h.fake.inject_component(button(cut, "llm:cont:"), message_id=cut.id)
+        stop = await h.fake.wait_for(lambda: next(
+            (c for c in custom_ids(cut) if c.startswith("llm:stop:")), None), timeout=30)
+        pressed = await h.fake.inject_component(stop, message_id=cut.id)
+        assert (await pressed.wait_response()).type == 6
+        await h.fake.wait_for(lambda: (is_final(cut.content) and "stopped" in cut.content)
+                              or None, timeout=30)
+        found = await h.app.swipes.answer(answer_id)
+        assert found is not None and found.continuations == 1 and found.finish == "cancelled"
+        assert not [c for c in custom_ids(cut) if c.startswith(("llm:cont:", "llm:stop:"))]
+        assert found.turn.text.startswith("w0") and len(found.turn.text) < len(text)
