@@ -393,3 +393,27 @@ async def test_continue_on_a_mention_reply_can_be_stopped_by_its_asker(
         assert found is not None and found.continuations == 1 and found.finish == "cancelled"
         assert not [c for c in custom_ids(cut) if c.startswith(("llm:cont:", "llm:stop:"))]
         assert found.turn.text.startswith("w0") and len(found.turn.text) < len(text)
+
+
+async def test_reasoning_in_dms_on_the_message_path(smol_model_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """The DM scope's setting (set by the operator here) and a plain DM message: the same
+    writer filter on a message surface; the next DM reads the answer, not the thoughts."""
+    model = Model(smol_model_dir, answer=lambda n: f"<think>hidden {n}</think>Shown {n}.")
+    dee = FakeUser(4242, "dmer", "Dee")
+    dm_channel = dee.id + 7
+    async with running_bot(smol_model_dir, tmp_path, scripted=model) as h:
+        await h.app.store.set_reasoning(Scope.dm(dee.id), True, actor_id=dee.id)
+        await h.fake.inject_message("hello", dm=True, user=dee)
+
+        def answers(count: int) -> list[StoredMessage] | None:
+            done = [m for m in h.fake.channel_messages(dm_channel)
+                    if m.author.get("bot") and is_final(m.content)]
+            return done if len(done) >= count else None
+
+        first = (await h.fake.wait_for(lambda: answers(1), timeout=30))[0]
+        assert "Shown 1." in first.content and "hidden" not in first.content
+        assert not any("hidden" in str(r.get("content", "")) for r in first.revisions)
+        await h.fake.inject_message("more", dm=True, user=dee)
+        await h.fake.wait_for(lambda: answers(2), timeout=30)
+    assert in_order(model.last, "hello", "Shown 1.", "more") and "hidden 1" not in model.last
