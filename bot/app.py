@@ -27,9 +27,11 @@ from bot.model.embedded import prepare_default_model
 from bot.model_host import ModelHost
 from bot.settings.ask_log import AskLog
 from bot.settings.db import Database
+from bot.settings.personas import PersonaStore
 from bot.settings.retention import PRUNE_EVERY_S, prune_expired
 from bot.settings.scopes import Effective, Location
 from bot.settings.store import SettingsStore
+from bot.settings.swipes import SwipeStore
 from bot.settings.turns import TurnStore
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class App:
     #: One per process, from `BOT_SETTINGS_WRITE_LIMIT`/`_WINDOW_S`: every front-end that
     #: lets members change settings takes a slot here before it writes.
     write_limiter: SettingsWriteLimiter = field(init=False)
+    #: Issue 22: versions of answers / Continue, and named personas, on the same database.
+    swipes: SwipeStore = field(init=False)
+    personas: PersonaStore = field(init=False)
 
     #: Issue 23: the models this host serves (`bot.model_host`). `open_app` passes
     #: them as `model_host`; an App built around one engine serves just that one.
@@ -58,6 +63,8 @@ class App:
 
     def __post_init__(self, model_host: ModelHost | None) -> None:
         self.turns = TurnStore(self.store.db)
+        self.swipes = SwipeStore(self.store.db)
+        self.personas = PersonaStore(self.store.db)
         self.write_limiter = SettingsWriteLimiter(
             self.settings.settings_write_limit, self.settings.settings_write_window_s
         )

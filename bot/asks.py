@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from bot import wording
+from bot.context_usage import ContextUsage
 from bot.engine import FinishReason, GenerationRequest, GenerationResult
 from bot.errors import UserFacingError
 from bot.knobs import Knobs, build_knobs
@@ -132,7 +133,8 @@ def _tokens(n: int) -> str:
 
 
 def footer_parts(
-    result: GenerationResult, dropped_turns: int = 0, model: str | None = None
+    result: GenerationResult, dropped_turns: int = 0, model: str | None = None,
+    context_length: int | None = None,
 ) -> list[str]:
     """Tokens, speed, why it ended, and whether the budget or the history was cut to fit.
 
@@ -150,7 +152,10 @@ def footer_parts(
     parts.append(words)
     if result.clamped_to_context:
         parts.append(f"shortened to {_tokens(result.max_new_tokens)} to fit the context")
-    if dropped_turns:
+    if dropped_turns and context_length:
+        # Issue 22: how many, and the window's size ("3 earlier turns left out · 2,048 tokens").
+        parts.append(ContextUsage(0, context_length, dropped_turns).dropped_text() or "")
+    elif dropped_turns:
         turns = "turn" if dropped_turns == 1 else "turns"
         parts.append(f"{dropped_turns} earlier {turns} left out to fit the context")
     if model:  # issue 23: the model (or "switched to …"), on hosts serving several
@@ -158,14 +163,17 @@ def footer_parts(
     return parts
 
 
-def footer(result: GenerationResult, dropped_turns: int = 0, model: str | None = None) -> str:
+def footer(
+    result: GenerationResult, dropped_turns: int = 0, model: str | None = None,
+    context_length: int | None = None,
+) -> str:
     """The footer as one line, e.g. ``12 tokens · 40.1 tok/s · done``."""
-    return " · ".join(footer_parts(result, dropped_turns, model))
+    return " · ".join(footer_parts(result, dropped_turns, model, context_length))
 
 
 def reply_footer(
     result: GenerationResult, dropped_turns: int = 0, cap: Cap | None = None,
-    model: str | None = None,
+    model: str | None = None, context_length: int | None = None,
 ) -> str:
     """A chat reply's footer: only what tells the member something (issue 24 items 1, 2, 9, 10).
 
@@ -190,7 +198,10 @@ def reply_footer(
         parts.append(wording.EMPTY_REPLY)
     else:
         parts.append(FINISH_WORDS[reason])
-    if dropped_turns:
+    if dropped_turns and context_length:
+        # Issue 22: how many, and the window's size ("3 earlier turns left out · 2,048 tokens").
+        parts.append(ContextUsage(0, context_length, dropped_turns).dropped_text() or "")
+    elif dropped_turns:
         parts.append(wording.left_out(dropped_turns))
     if model:  # issue 23: the model (or "switched to …"), on hosts serving several
         parts.append(model)

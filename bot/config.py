@@ -267,6 +267,10 @@ class Settings(BaseSettings):
     conversation_names: bool = Field(
         True, description="Prefix each question in a shared conversation with its speaker."
     )
+    speaker_stops: bool = Field(
+        False, description="With conversation_names: stop the reply at a line that starts "
+        "another speaker's turn (\\nName:), so the model never writes members' lines.",
+    )
 
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -20,6 +20,9 @@ from bot.engine import GenerationRequest, PreparedPrompt, Turn
 from bot.errors import PromptTooLong, UserFacingError
 from bot.settings.turns import StoredTurn
 
+# Issue 22: names sanitised (one line, capped); re-exported for the front-ends.
+from bot.speakers import speaker_text as speaker_text
+
 
 class Preparer(Protocol):
     """The part of `Engine` fitting needs: render + count, as a real ask would."""
@@ -50,11 +53,6 @@ class Fitted:
     prepared: PreparedPrompt | None = None
     """`request` as the engine prepared it while measuring, for `Engine.submit`, so the
     chosen prompt is not encoded again; None when nothing was measured (no history)."""
-
-
-def speaker_text(text: str, name: str | None) -> str:
-    """A user turn as the model reads it in a shared conversation: ``Name: text``."""
-    return f"{name}: {text}" if name else text
 
 
 def history_of(chain: Sequence[StoredTurn], *, names: bool) -> tuple[Turn, ...]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.asks import Cap, resolve_noting_cap
+from bot.context_usage import ContextUsage, usage_of
 from bot.conversation import (
     Fitted,
     check_continuable,
@@ -38,6 +39,7 @@ from bot.model_choice import TurnModel
 from bot.model_host import OnWait
 from bot.settings.scopes import Location
 from bot.settings.turns import NewExchange, StoredTurn, TurnStore
+from bot.speakers import with_speaker_stops
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -76,6 +78,7 @@ class PreparedTurn:
     model: TurnModel
     several: bool = False  # the host serves several models: the footer names this one
     cap: Cap | None = None  # the scope's max_new_tokens cap and the asked value (footer)
+    reasoning: bool = False  # issue 22: the scope splits <think> reasoning from the answer
 
     @property
     def footer_model(self) -> str | None:
@@ -144,11 +147,16 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     # Regenerate: the ask's stored knobs under the persona and cap in force now.
     overrides = ask.again.model_dump() if ask.again is not None else ask.overrides
     request, cap = await resolve_noting_cap(app, ask.location, model_prompt, overrides)
+    if names and app.settings.speaker_stops:
+        # Issue 22: stop at a line that starts another speaker's turn (opt-in,
+        # BOT_SPEAKER_STOPS), the asker's own line first.
+        speakers = [t.author_name for t in chain if t.role == "user"] + [ask.author_name]
+        request = replace(request, knobs=with_speaker_stops(request.knobs, speakers))
     # Issue 23: the scope's model, or the one the conversation kept (`model_for_turn`);
     # fitted with that model's tokenizer and window.
     models = app.models
-    turn_model = models.turn_model(chain[-1].model if chain else None,
-                                   await app.resolve(ask.location))
+    effective = await app.resolve(ask.location)
+    turn_model = models.turn_model(chain[-1].model if chain else None, effective)
     engine = await models.engine(turn_model.name, on_wait)
 
     def fit(engine: Engine) -> tuple[Fitted, PreparedPrompt]:
@@ -170,7 +178,17 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
         engine = current
     return PreparedTurn(ask=ask, parent_id=parent, request=fitted.request, prepared=prepared,
                         dropped_turns=fitted.dropped_turns, engine=engine, model=turn_model,
-                        several=models.several, cap=cap)
+                        several=models.several, cap=cap, reasoning=effective.reasoning)
+
+
+async def conversation_usage(app: App, ask: TurnAsk) -> ContextUsage:
+    """Issue 22: how much of the window the next ask in `ask`'s conversation would use.
+
+    `ask.prompt` is a stand-in (the next question is unknown); the count is the
+    real tokenizer's, through the same preparation and fitting as an ask.
+    """
+    turn = await prepare_turn(app, ask)
+    return usage_of(turn.prepared, turn.engine.info.context_length, turn.dropped_turns)
 
 
 async def record_turn(

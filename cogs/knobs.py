@@ -9,6 +9,7 @@ the settings in force is `/settings`, open to everyone. The checks in
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import discord
@@ -18,7 +19,10 @@ from discord.ext import commands
 from bot import wording
 from bot.asks import persona
 from bot.discord.common import location_of
+from bot.discord.conversation import display_name, place_of
+from bot.errors import UserFacingError
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
+from bot.turns import TurnAsk, conversation_usage
 from cogs._common import (
     KNOB_DESCRIPTIONS,
     NO_MENTIONS,
@@ -165,14 +169,39 @@ class Settings(commands.Cog):
         # Issue 23: the model answering here, and where that choice comes from.
         model = f"**Model** {bot.app.models.choice(eff).describe()}\n"
         intro = f"{model}**Persona** (from {wording.source_label(source, in_thread=thread)})\n"
-        room = DESCRIPTION_LIMIT - len(intro)
+        extra = await _issue22_lines(interaction, eff.reasoning)
+        room = DESCRIPTION_LIMIT - len(intro) - len(extra)
         if len(body) > room:
             body = body[: room - 1] + "…"
-        embeds: list[Any] = [discord.Embed(title="Settings here", description=intro + body),
+        embeds: list[Any] = [discord.Embed(title="Settings here",
+                                           description=intro + body + extra),
                              await knobs_embed(interaction)]
         await interaction.response.send_message(
             embeds=embeds, ephemeral=True, allowed_mentions=NO_MENTIONS
         )
+
+
+async def _issue22_lines(interaction: discord.Interaction, reasoning: bool) -> str:
+    """Issue 22: the reasoning setting and how much of the window the conversation uses."""
+    app = bot_of(interaction).app
+    lines = [f"\n\n**Reasoning** (`<think>` split): {'on' if reasoning else 'off'}"]
+    context = app.engine.info.context_length
+    user = interaction.user
+    dm = interaction.guild_id is None
+    place = await place_of(app.turns, interaction.channel, user.id, dm)
+    usage = None
+    if place is not None and await app.turns.head(place) is not None:
+        with contextlib.suppress(UserFacingError):
+            usage = await conversation_usage(app, TurnAsk(
+                location=location_of(interaction), prompt="?", author_id=user.id,
+                author_name=display_name(user), place=place, direct=dm, shared=True,
+            ))
+    if usage is not None:
+        lines.append(f"**Context**: this conversation {usage.usage_text()}"
+                     + (f"; {usage.dropped_text()}" if usage.dropped_turns else ""))
+    else:
+        lines.append(f"**Context window**: {context:,} tokens")
+    return "\n".join(lines)
 
 
 async def setup(bot: commands.Bot) -> None:

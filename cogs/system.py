@@ -17,9 +17,14 @@ from discord.ext import commands
 
 from bot import wording
 from bot.asks import persona
+from bot.characters import MAX_PNG_BYTES, parse_card
+from bot.discord.attachments import read_attachment
 from bot.discord.common import location_of
 from bot.discord.guard import parse_id
 from bot.discord.modals import ModalRouter, send_stateless
+from bot.errors import UserFacingError
+from bot.knobs import KNOB_NAMES
+from bot.settings.personas import MAX_NAME_CHARS
 from bot.settings.scopes import MAX_SYSTEM_PROMPT_CHARS, Scope
 from cogs._common import (
     NO_MENTIONS,
@@ -30,6 +35,7 @@ from cogs._common import (
     count_write,
     scope_for_write,
     scope_word,
+    take_write_slot,
 )
 
 #: An embed's description holds 4,096 characters (a persona is at most 4,000).
@@ -180,6 +186,143 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         where = scope_word(target, interaction)
         msg = wording.persona_reset(where) if changed else wording.persona_not_set(where)
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    # --- issue 22: character cards, named personas, the reasoning setting -------------
+    # The rules live in the core (bot.characters, bot.settings.personas); these
+    # subcommands only fetch the attachment, pick the scope and say what happened.
+
+    @app_commands.command(name="import", description="Make a persona from a character card.")
+    @app_commands.describe(
+        card="A character card: V2/V3 JSON, or a PNG with the card inside",
+        scope="This channel (default) or the whole server",
+        greeting="Also post the card's greeting here",
+    )
+    async def import_(
+        self, interaction: discord.Interaction, card: discord.Attachment,
+        scope: ScopeChoice = "channel", greeting: bool = False,
+    ) -> None:
+        target = scope_for_write(interaction, scope)
+        app = bot_of(interaction).app
+        data = await read_attachment(card, MAX_PNG_BYTES)
+        parsed = parse_card(data, filename=card.filename)
+        await app.store.set_system_prompt(target, parsed.persona, actor_id=interaction.user.id)
+        count_write(interaction)
+        saved_note = ""
+        if interaction.guild_id is not None:  # named personas belong to a server, not DMs
+            try:
+                await app.personas.save(interaction.guild_id, parsed.name[:MAX_NAME_CHARS],
+                                        parsed.persona, actor_id=interaction.user.id,
+                                        greeting=parsed.greeting)
+                saved_note = f" Saved as `{parsed.name[:MAX_NAME_CHARS]}` (`/system load`)."
+            except UserFacingError as exc:
+                saved_note = f" (Not saved by name: {exc.message})"
+        lines = [f"Imported **{discord.utils.escape_markdown(parsed.name)}** as the persona "
+                 f"for {scope_word(target)}.{saved_note}"]
+        if (notice := parsed.notice()) is not None:
+            lines.append(notice)
+        await interaction.response.send_message("\n".join(lines), ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+        if greeting and parsed.greeting:
+            await _post_greeting(interaction, parsed.greeting)
+
+    @app_commands.command(name="save", description="Save the persona in effect here by name.")
+    @app_commands.describe(name="1-32 characters", knobs="Bundle this channel's own knobs too")
+    async def save(
+        self, interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, MAX_NAME_CHARS], knobs: bool = False,
+    ) -> None:
+        guild_id = _server_of(interaction)
+        take_write_slot(interaction)
+        app = bot_of(interaction).app
+        loc = location_of(interaction)
+        eff = await app.resolve(loc)
+        text, _ = persona(eff, app.settings.system_prompt)
+        if not text:
+            raise UserFacingError("There is no persona here to save; set one first.")
+        bundle = None
+        if knobs:
+            own = await app.store.scope_overrides(loc.own_scope())
+            bundle = {k: v for k, v in own.items() if k in KNOB_NAMES}
+        saved, replaced = await app.personas.save(
+            guild_id, name, text, actor_id=interaction.user.id, knobs=bundle)
+        count_write(interaction)
+        what = "Replaced" if replaced else "Saved"
+        extra = f" with {len(saved.knobs)} knob(s)" if saved.knobs else ""
+        await interaction.response.send_message(
+            f"{what} the persona `{saved.name}`{extra}.", ephemeral=True,
+            allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="load", description="Use a saved persona here.")
+    @app_commands.describe(name="A saved persona (see /system list)",
+                           scope="This channel (default) or the whole server",
+                           greeting="Also post its greeting here, if it has one")
+    async def load(
+        self, interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, MAX_NAME_CHARS],
+        scope: ScopeChoice = "channel", greeting: bool = False,
+    ) -> None:
+        guild_id = _server_of(interaction)
+        target = scope_for_write(interaction, scope)
+        app = bot_of(interaction).app
+        saved = await app.personas.load(guild_id, name)
+        await app.store.set_system_prompt(target, saved.system_prompt,
+                                          actor_id=interaction.user.id)
+        count_write(interaction)
+        notes: list[str] = []
+        if saved.knobs:
+            notes = await app.store.set_knobs(target, saved.knobs, actor_id=interaction.user.id)
+        msg = f"Loaded `{saved.name}` for {scope_word(target)}."
+        if saved.knobs:
+            msg += " Its knobs: " + ", ".join(f"{k}={v}" for k, v in saved.knobs.items()) + "."
+        msg += "".join(f"\n{n}" for n in notes)
+        await interaction.response.send_message(msg, ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+        if greeting and saved.greeting:
+            await _post_greeting(interaction, saved.greeting)
+
+    @app_commands.command(name="list", description="The personas saved on this server.")
+    async def list_(self, interaction: discord.Interaction) -> None:
+        saved = await bot_of(interaction).app.personas.saved(_server_of(interaction))
+        if not saved:
+            body = "No saved personas yet: `/system save NAME` or `/system import`."
+        else:
+            body = "\n".join(
+                f"• `{p.name}`" + (f" (+{len(p.knobs)} knobs)" if p.knobs else "")
+                + (" (greeting)" if p.greeting else "") for p in saved)
+        await interaction.response.send_message(body, ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="reasoning",
+                          description="Split a reasoning model's <think> part from the answer.")
+    @app_commands.describe(mode="on, off, or inherit (from the server / the default)",
+                           scope="This channel (default) or the whole server")
+    @app_commands.choices(mode=[app_commands.Choice(name=m, value=m)
+                                for m in ("on", "off", "inherit")])
+    async def reasoning(
+        self, interaction: discord.Interaction, mode: str, scope: ScopeChoice = "channel",
+    ) -> None:
+        target = scope_for_write(interaction, scope)
+        on = {"on": True, "off": False}.get(mode)
+        changed = await bot_of(interaction).app.store.set_reasoning(
+            target, on, actor_id=interaction.user.id)
+        count_write(interaction, changed)
+        words = {"on": "on", "off": "off", "inherit": "inherited"}.get(mode, mode)
+        await interaction.response.send_message(
+            f"Reasoning is {words} for {scope_word(target)}.", ephemeral=True,
+            allowed_mentions=NO_MENTIONS)
+
+
+def _server_of(interaction: discord.Interaction) -> int:
+    """Named personas belong to a server: refused plainly in DMs, where /system also works."""
+    if interaction.guild_id is None:
+        raise UserFacingError("Saved personas belong to a server: use them there.")
+    return interaction.guild_id
+
+
+async def _post_greeting(interaction: discord.Interaction, text: str) -> None:
+    """The card's greeting, posted in the channel as plain text (never a ping)."""
+    for start in range(0, len(text), 2000):
+        await interaction.followup.send(text[start:start + 2000], allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: commands.Bot) -> None:

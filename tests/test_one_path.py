@@ -119,7 +119,8 @@ async def test_a_long_mention_reply_keeps_stop_on_its_live_page_only(
                  for rev in first.revisions]
         assert stops[0] and not stops[-1]
         assert stops == sorted(stops, reverse=True), stops
-        assert [c.split(":")[1] for c in buttons(last)] == ["regen", "reply"]
+        # Issue 22: a reply cut at its token limit also offers Continue.
+        assert [c.split(":")[1] for c in buttons(last)] == ["regen", "reply", "cont"]
 
 
 def _ids(components: list[dict[str, Any]]) -> list[str]:

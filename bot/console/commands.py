@@ -15,14 +15,18 @@ is the console's one streaming loop, which `python -m bot ask` uses too.
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from bot.app import App
 from bot.asks import footer, persona, resolve_request
+from bot.characters import load_card_file
+from bot.continuation import finish_of, prepare_continue
 from bot.conversation import history_of, history_report
 from bot.engine import Engine, Finished, Generation, GenerationResult, Queued, TextDelta
 from bot.engine.streaming import token_pieces
@@ -36,8 +40,10 @@ from bot.knobs import (
     parse_knob_text,
 )
 from bot.model_host import model_lines
+from bot.reasoning import ReasoningFilter
 from bot.settings.scopes import Location, Scope, ScopeKind
-from bot.turns import TurnAsk, prepare_turn, record_turn
+from bot.settings.swipes import Answer
+from bot.turns import PreparedTurn, TurnAsk, conversation_usage, prepare_turn, record_turn
 
 # Ids of the console's own scopes. Discord snowflakes are far larger, so these
 # never collide with a real server sharing the same database.
@@ -53,6 +59,13 @@ Commands (a line without a slash is an /ask; each ask continues the conversation
   /system show                  the persona in effect here
   /system set <text> [--server] set the persona for this channel (or the server)
   /system reset [--server]      remove it
+  /system import FILE [--server] [--greeting]  a persona from a character card
+  /system save NAME [--knobs]   save the persona in effect by name (with this channel's knobs)
+  /system load NAME [--server]  use a saved persona; /system list shows them
+  /system reasoning on|off|inherit [--server]  split <think> reasoning from the answer
+  /swipe [prev|next]            browse the versions of the last answer (/regen makes one)
+  /regen                        another version of the last answer
+  /continue                     carry on the last answer when it stopped at its budget
   /knobs show                   every sampling setting and where it comes from
   /knobs set k=v ... [--server] e.g. /knobs set temperature=0.9 top_k=40 stop="\\n\\n"
   /knobs reset [knob ...] [--server]
@@ -66,18 +79,39 @@ Commands (a line without a slash is an /ask; each ask continues the conversation
 
 
 async def stream_reply(
-    gen: Generation, write: Callable[[str], None], *, show_queue: bool = True
+    gen: Generation, write: Callable[[str], None], *, show_queue: bool = True,
+    text_filter: ReasoningFilter | None = None,
 ) -> GenerationResult:
-    """Write a generation's text as it arrives (and its queue position); return the result."""
+    """Write a generation's text as it arrives (and its queue position); return the result.
+
+    With `text_filter` (issue 22, reasoning on) the reasoning is not written:
+    "(thinking…)" once, then the answer; the result's text is the answer alone
+    and `text_filter.reasoning` keeps the rest.
+    """
     result: GenerationResult | None = None
+    thinking_said = False
     async for event in gen.events():
         if isinstance(event, Queued) and event.ahead and show_queue:
             write(f"(queued, {event.ahead} ahead)\n")
         elif isinstance(event, TextDelta):
-            write(event.text)
+            if text_filter is None:
+                write(event.text)
+                continue
+            shown, thinking = text_filter.feed(event.text)
+            if thinking and not thinking_said:
+                write("(thinking…)\n")
+                thinking_said = True
+            if shown:
+                write(shown)
         elif isinstance(event, Finished):
             result = event.result
     assert result is not None
+    if text_filter is not None:
+        split = text_filter.finish()
+        text_filter.reasoning = split.reasoning
+        if not split.answer and split.unfinished:
+            write(split.shown_answer())
+        result = replace(result, text=split.answer)
     return result
 
 
@@ -133,6 +167,8 @@ class Console:
                 await self.tokens(rest)
             elif cmd == "/model":
                 await self.model(rest)
+            elif cmd in ("/continue", "/swipe", "/regen"):  # issue 22
+                await getattr(self, cmd[1:].replace("continue", "continue_"))(rest)
             else:
                 self.write(f"Unknown command {cmd}. Type /help.\n")
         except UserFacingError as exc:
@@ -147,17 +183,80 @@ class Console:
             location=self.location, prompt=prompt, author_id=CONSOLE_USER_ID,
             author_name="you", place=self.place,
         ), on_wait=lambda waiting: self.write(f"({waiting.message})\n"))
+        text_filter = ReasoningFilter() if turn.reasoning else None
+        result = await self._stream(turn, text_filter)
+        if not result.error:  # an empty answer is a turn too
+            answer = await record_turn(app.turns, turn, result.text, ask_id=None)
+            await app.swipes.record_finish(
+                answer.id, finish=finish_of(result), tokens=result.new_tokens,
+                reasoning=text_filter.reasoning if text_filter is not None else "")
+
+    async def _stream(self, turn: PreparedTurn, text_filter: ReasoningFilter | None = None,
+                      ) -> GenerationResult:
         gen = turn.engine.submit(turn.request, turn.prepared)
         self.current = gen
         try:
-            result = await stream_reply(gen, self.write)
+            result = await stream_reply(gen, self.write, text_filter=text_filter)
         finally:
             self.current = None
         if result.error:
             self.write(f"\nerror: {result.error}")
         self.write(f"\n[{footer(result, turn.dropped_turns, turn.footer_model)}]\n")
-        if not result.error:  # an empty answer is a turn too
-            await record_turn(app.turns, turn, result.text, ask_id=None)
+        return result
+
+    # --- issue 22: /continue, /swipe, /regen ------------------------------------------
+
+    async def _last_answer(self) -> Answer:
+        head = await self.app.turns.head(self.place)
+        found = await self.app.swipes.answer(head) if head is not None else None
+        if found is None:
+            raise UserFacingError("No answer yet: ask something first.")
+        return found
+
+    async def continue_(self, rest: str) -> None:
+        """One more budget for the last answer, printed after what it said."""
+        app = self.app
+        last = await self._last_answer()
+        answer = await app.swipes.check_continue(last.turn.id, user_id=CONSOLE_USER_ID)
+        turn = await prepare_continue(app, answer, location=self.location,
+                                      user_id=CONSOLE_USER_ID, knobs=None, shared=False)
+        self.write(answer.turn.text)
+        result = await self._stream(replace(turn, dropped_turns=0))
+        if not result.error:
+            await app.swipes.extend(answer.turn.id, result.text, user_id=CONSOLE_USER_ID,
+                                    tokens=result.new_tokens, finish=finish_of(result))
+
+    async def regen(self, rest: str) -> None:
+        """Another version of the last answer (the conversation continues from it)."""
+        app = self.app
+        last = await self._last_answer()
+        question = await app.turns.get(last.turn.parent_id) if last.turn.parent_id else None
+        if question is None:
+            raise UserFacingError("I no longer have the question of the last answer.")
+        turn = await prepare_turn(app, TurnAsk(
+            location=self.location, prompt=question.text, author_id=CONSOLE_USER_ID,
+            author_name="you", parent_id=question.parent_id, explicit=True,
+        ))
+        text_filter = ReasoningFilter() if turn.reasoning else None
+        result = await self._stream(turn, text_filter)
+        if not result.error and result.text.strip():
+            swipes = await app.swipes.add_swipe(
+                question.id, result.text, user_id=CONSOLE_USER_ID, ask_id=None,
+                finish=finish_of(result), tokens=result.new_tokens,
+                reasoning=text_filter.reasoning if text_filter is not None else "")
+            await app.turns.set_head(self.place, swipes.current.turn.id)
+            self.write(f"[version {swipes.label()}; /swipe prev|next browses them]\n")
+
+    async def swipe(self, rest: str) -> None:
+        """Show the previous or next version of the last answer; later asks continue it."""
+        way = rest.strip() or "next"
+        if way not in ("prev", "next"):
+            raise UserFacingError("Use /swipe prev or /swipe next.")
+        last = await self._last_answer()
+        swipes = await self.app.swipes.step(last.turn.id, -1 if way == "prev" else 1,
+                                            user_id=CONSOLE_USER_ID)
+        await self.app.turns.set_head(self.place, swipes.current.turn.id)
+        self.write(f"[version {swipes.label()}]\n{swipes.current.turn.text}\n")
 
     async def history(self) -> None:
         """The turns the next ask sends, each with its token count; left-out ones marked.
@@ -186,6 +285,11 @@ class Console:
             shown = flat if len(flat) <= 60 else flat[:59] + "…"
             mark = "" if line.kept else "  [left out]"
             self.write(f"  {who:<3} {line.tokens:>5} tokens  {shown}{mark}\n")
+        # Issue 22: the window's use, from the real tokenizer (the next question a stand-in).
+        usage = await conversation_usage(self.app, TurnAsk(
+            location=self.location, prompt="?", author_id=CONSOLE_USER_ID,
+            author_name="you", place=self.place))
+        self.write(f"This conversation {usage.usage_text()}.\n")
 
     def interrupt(self) -> bool:
         """Ctrl-C: stop the reply being written, if any."""
@@ -217,8 +321,61 @@ class Console:
                 f"System prompt reset for this {_scope_word(server)}.\n" if changed
                 else f"This {_scope_word(server)} had no system prompt of its own.\n"
             )
+        elif sub in ("import", "save", "load", "list", "reasoning"):  # issue 22
+            await self.system_more(sub, text.strip(), scope, server)
         else:
             raise UserFacingError("Use /system show, /system set <text> or /system reset.")
+
+    async def system_more(self, sub: str, arg: str, scope: Scope, server: bool) -> None:
+        """Issue 22: /system import FILE, save NAME, load NAME, list, reasoning on|off."""
+        app = self.app
+        where = f"this {_scope_word(server)}"
+        if sub == "import":
+            arg, greeting = _flag(arg, "--greeting")
+            if not arg:
+                raise UserFacingError("Give the card's file: /system import FILE.")
+            path = arg
+            card = await asyncio.to_thread(lambda: load_card_file(Path(path).expanduser()))
+            await app.store.set_system_prompt(scope, card.persona, actor_id=CONSOLE_USER_ID)
+            await app.personas.save(CONSOLE_GUILD_ID, card.name[:32], card.persona,
+                                    actor_id=CONSOLE_USER_ID, greeting=card.greeting)
+            self.write(f"Imported {card.name} as the persona for {where} "
+                       f"(saved as {card.name[:32]!r}).\n")
+            if (notice := card.notice()) is not None:
+                self.write(notice + "\n")
+            if greeting and card.greeting:
+                self.write(card.greeting + "\n")
+        elif sub == "save":
+            arg, with_knobs = _flag(arg, "--knobs")
+            eff = await app.resolve(self.location)
+            text, _ = persona(eff, app.settings.system_prompt)
+            if not text:
+                raise UserFacingError("There is no persona here to save; set one first.")
+            bundle = None
+            if with_knobs:
+                own = await app.store.scope_overrides(self.scope(False))
+                bundle = {k: v for k, v in own.items() if k in KNOB_NAMES}
+            saved, replaced = await app.personas.save(
+                CONSOLE_GUILD_ID, arg, text, actor_id=CONSOLE_USER_ID, knobs=bundle)
+            self.write(f"{'Replaced' if replaced else 'Saved'} the persona {saved.name!r}.\n")
+        elif sub == "load":
+            saved = await app.personas.load(CONSOLE_GUILD_ID, arg)
+            await app.store.set_system_prompt(scope, saved.system_prompt,
+                                              actor_id=CONSOLE_USER_ID)
+            if saved.knobs:
+                await app.store.set_knobs(scope, saved.knobs, actor_id=CONSOLE_USER_ID)
+            self.write(f"Loaded {saved.name!r} for {where}.\n")
+        elif sub == "list":
+            names = [p.name for p in await app.personas.saved(CONSOLE_GUILD_ID)]
+            self.write(("Saved personas: " + ", ".join(names)) if names
+                       else "No saved personas yet.")
+            self.write("\n")
+        else:
+            modes = {"on": True, "off": False, "inherit": None}
+            if arg not in modes:
+                raise UserFacingError("Use /system reasoning on, off or inherit.")
+            await app.store.set_reasoning(scope, modes[arg], actor_id=CONSOLE_USER_ID)
+            self.write(f"Reasoning is {arg} for {where}.\n")
 
     async def knobs(self, rest: str) -> None:
         words, server = _flag(rest, "--server")

@@ -42,6 +42,14 @@ class ReplyControls(Protocol):
     async def ask_followup(self, interaction: discord.Interaction, text: str,
                            ask_id: int) -> None: ...
 
+    # Issue 22: swipes and Continue (bot/discord/swipes.py does the work).
+    async def swipe(self, interaction: discord.Interaction, answer_id: int,
+                    delta: int) -> None: ...
+
+    async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None: ...
+
+    async def show_reasoning(self, interaction: discord.Interaction, answer_id: int) -> None: ...
+
 
 def runner_of(interaction: discord.Interaction) -> ReplyControls:
     """The runner of the client that received `interaction`."""
@@ -165,12 +173,124 @@ async def submit_reply(
     await runner_of(interaction).ask_followup(interaction, values.get("text", ""), ask_id)
 
 
+# --- issue 22: swipes (◀ 2/3 ▶) and Continue ------------------------------------------
+# The ids name the answer turn the message shows (not the ask): after a swipe the
+# buttons are rebuilt for the version on screen. Digits only, parsed by the
+# templates, so a forged id can name nothing but a turn, which the runner checks.
+
+SWIPE_ID = "llm:swipe:{answer_id}:{way}"
+SWIPE_LABEL_ID = "llm:swipelabel:{answer_id}"
+CONTINUE_ID = "llm:cont:{answer_id}"
+
+
+class SwipeButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"llm:swipe:(?P<answer>[0-9]{1,19}):(?P<way>prev|next)",
+):
+    """◀ / ▶: show the previous or next version of this answer, editing the message."""
+
+    def __init__(self, answer_id: int, way: str, *, disabled: bool = False) -> None:
+        super().__init__(discord.ui.Button(
+            label="◀" if way == "prev" else "▶", style=discord.ButtonStyle.secondary,
+            custom_id=SWIPE_ID.format(answer_id=answer_id, way=way), disabled=disabled, row=1,
+        ))
+        self.answer_id = answer_id
+        self.delta = -1 if way == "prev" else 1
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> SwipeButton:
+        return cls(int(match["answer"]), match["way"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await runner_of(interaction).swipe(interaction, self.answer_id, self.delta)
+        except Exception as exc:
+            await send_error(interaction, exc)
+
+
+class ContinueButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"llm:cont:(?P<answer>[0-9]{1,19})",
+):
+    """Continue a reply that stopped at its token budget, in the same message."""
+
+    def __init__(self, answer_id: int) -> None:
+        super().__init__(discord.ui.Button(
+            label="Continue", style=discord.ButtonStyle.success,
+            custom_id=CONTINUE_ID.format(answer_id=answer_id),
+        ))
+        self.answer_id = answer_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ContinueButton:
+        return cls(int(match["answer"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await runner_of(interaction).continue_reply(interaction, self.answer_id)
+        except Exception as exc:
+            await send_error(interaction, exc)
+
+
+REASONING_ID = "llm:think:{answer_id}"
+
+
+class ReasoningButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"llm:think:(?P<answer>[0-9]{1,19})",
+):
+    """A reasoning model's thoughts, shown to the presser alone (the answer stays clean)."""
+
+    def __init__(self, answer_id: int) -> None:
+        super().__init__(discord.ui.Button(
+            label="Reasoning", style=discord.ButtonStyle.secondary, emoji="💭",
+            custom_id=REASONING_ID.format(answer_id=answer_id),
+        ))
+        self.answer_id = answer_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ReasoningButton:
+        return cls(int(match["answer"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await runner_of(interaction).show_reasoning(interaction, self.answer_id)
+        except Exception as exc:
+            await send_error(interaction, exc)
+
+
+def _add_answer_controls(view: discord.ui.View, answer_id: int,
+                         versions: tuple[int, int] | None, can_continue: bool,
+                         reasoning: bool = False) -> None:
+    """Continue and Reasoning (row 0, after Reply) and ◀ n/m ▶ (row 1) for an answer."""
+    if can_continue:
+        view.add_item(ContinueButton(answer_id))
+    if reasoning:
+        view.add_item(ReasoningButton(answer_id))
+    if versions is not None and versions[1] > 1:
+        shown, count = versions
+        view.add_item(SwipeButton(answer_id, "prev", disabled=shown <= 0))
+        view.add_item(discord.ui.Button(
+            label=f"{shown + 1}/{count}", disabled=True, row=1,
+            custom_id=SWIPE_LABEL_ID.format(answer_id=answer_id),
+        ))
+        view.add_item(SwipeButton(answer_id, "next", disabled=shown + 1 >= count))
+
+
 #: Every control that answers clicks after a restart (the client registers them).
-DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton)
+DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, SwipeButton, ContinueButton,
+                 ReasoningButton)
 
 
-def reply_view(ask_id: int, *, stop_for: int | None = None,
-               reply: bool = False) -> discord.ui.View:
+def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
+               answer_id: int | None = None, versions: tuple[int, int] | None = None,
+               can_continue: bool = False, reasoning: bool = False) -> discord.ui.View:
     """The buttons under a reply: Stop while it streams; Regenerate, then Reply, once done.
 
     `stop_for` is the asker (a streaming reply); otherwise the reply is finished
@@ -185,5 +305,7 @@ def reply_view(ask_id: int, *, stop_for: int | None = None,
         view.add_item(RegenerateButton(ask_id))
         if reply:
             view.add_item(ReplyButton(ask_id))
+        if answer_id is not None:  # issue 22: `versions` is (shown index, count)
+            _add_answer_controls(view, answer_id, versions, can_continue, reasoning)
     view.stop()
     return view

@@ -23,6 +23,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import replace
 
 import discord
 
@@ -32,6 +33,7 @@ from bot.discord.common import NO_MENTIONS
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
 from bot.errors import UserFacingError
+from bot.reasoning import ReasoningFilter
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,16 @@ READING = wording.READING
 #: item 4: an edit spent at once on a status line held the first text back by a
 #: whole edit interval; Discord's own "is thinking" shows meanwhile).
 READING_AFTER_S = 0.5
+THINKING = "-# 💭 thinking…"  # issue 22: a reasoning model inside <think>
 INTERRUPTED = "⚠️ Interrupted: the bot restarted before this reply finished."
 
 
 def footer_text(
     result: GenerationResult, dropped_turns: int = 0, cap: Cap | None = None,
-    model: str | None = None,
+    model: str | None = None, *, context_length: int | None = None,
 ) -> str:
     """The reply footer in Discord's small-text markdown."""
-    return "-# " + reply_footer(result, dropped_turns, cap, model)
+    return "-# " + reply_footer(result, dropped_turns, cap, model, context_length)
 
 
 #: Discord's Unknown Message: the message is deleted (a moderator, usually), not expired.
@@ -322,8 +325,12 @@ class ReplyWriter:
     """
 
     def __init__(self, surface: Surface, gen: Generation, first: Page, stop: discord.ui.View,
-                 *, edit_interval_s: float) -> None:
+                 *, edit_interval_s: float, text_filter: ReasoningFilter | None = None) -> None:
         self.surface = surface
+        # Issue 22: a reasoning model's text goes through the filter: "thinking…"
+        # while it thinks, the answer alone on the pages, the reasoning kept apart.
+        self.text_filter = text_filter
+        self.reasoning = ""
         self.gen = gen
         self.stop = stop
         self.interval = edit_interval_s
@@ -421,14 +428,24 @@ class ReplyWriter:
                     waiting = asyncio.get_running_loop().call_later(
                         READING_AFTER_S, self._still_reading)
                 elif isinstance(event, TextDelta):
-                    self.text += event.text
-                    await self._show(wording.WRITING)
+                    if self.text_filter is None:
+                        self.text += event.text
+                        await self._show(wording.WRITING)
+                    else:
+                        shown, thinking = self.text_filter.feed(event.text)
+                        self.text += shown
+                        await self._show(THINKING if thinking else wording.WRITING)
                 elif isinstance(event, Finished):
                     result = event.result
         finally:
             if waiting is not None:
                 waiting.cancel()
         assert result is not None
+        if self.text_filter is not None:
+            split = self.text_filter.finish()
+            self.text, self.reasoning = split.shown_answer(), split.reasoning
+            # What is stored and continued is the answer alone.
+            result = replace(result, text=split.answer)
         return result
 
     async def lay_out(self, tail: str) -> None:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot import wording
+from bot.continuation import finish_of
 from bot.conversation import PrivateConversation
 from bot.discord.buttons import ReplyModal, reply_view
 from bot.discord.common import NO_MENTIONS, location_of
@@ -52,11 +53,13 @@ from bot.discord.reply import (
     Surface,
     footer_text,
 )
+from bot.discord.swipes import answer_view, continue_reply, show_reasoning, swipe
 from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
 from bot.help_text import HELP, asks_for_help
 from bot.knobs import Knobs
 from bot.limits import AskGate, QuietRefusals
+from bot.reasoning import ReasoningFilter
 from bot.settings.ask_log import AskRecord
 from bot.settings.turns import StoredTurn
 from bot.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
@@ -82,6 +85,7 @@ class Ask:
     channel_id: int | None
     private: bool = False  # an ephemeral reply: nobody else stops, sees or continues it
     open_thread: bool = False  # `/ask thread:true`: a thread from the answer, once stored
+    swipe_of: int | None = None  # issue 22: Regenerate adds a version to this question
     # Filled in as it runs:
     prepared: PreparedTurn | None = None
     gen: Generation | None = None
@@ -184,10 +188,12 @@ class AskRunner:
         self, ask: Ask, turn: PreparedTurn, gen: Generation, first: Page,
         stop: discord.ui.View, *, release: Callable[[], object],
     ) -> GenerationResult:
-        writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s)
+        writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s,
+                             text_filter=ReasoningFilter() if turn.reasoning else None)
         try:
             result = await writer.stream()
-            tail = footer_text(result, turn.dropped_turns, turn.cap, turn.footer_model)
+            tail = footer_text(result, turn.dropped_turns, turn.cap, turn.footer_model,
+                               context_length=turn.engine.info.context_length)
             if result.error:
                 tail = f"{wording.warning(result.error)}\n{tail}"
             if ask.interrupted:
@@ -196,8 +202,11 @@ class AskRunner:
             view = None
             if not result.error:
                 # Stored before the buttons show, so a Reply pressed at once finds the turns.
-                stored = await self._store(ask, turn, result, await writer.message_ids())
+                stored = await self._store(ask, turn, result, await writer.message_ids(),
+                                           reasoning=writer.reasoning)
                 view = reply_view(ask.id, reply=stored)
+                if stored and ask.answer is not None:  # issue 22: ◀ n/m ▶ and Continue
+                    view = await self._answer_view(ask, view)
             # The asker may ask again from the moment the footer shows: free the slot
             # first. (Otherwise a drained edit bucket keeps this task asleep in
             # discord.py for up to its reset *after* the footer is visible, and an ask
@@ -210,20 +219,73 @@ class AskRunner:
             raise
 
     async def _store(
-        self, ask: Ask, turn: PreparedTurn, result: GenerationResult, ids: tuple[int, ...]
+        self, ask: Ask, turn: PreparedTurn, result: GenerationResult, ids: tuple[int, ...],
+        *, reasoning: str = "",
     ) -> bool:
         """Record the exchange; False when there is nothing to continue (or it failed)."""
         if not result.text.strip():
             return False
         try:
+            if ask.swipe_of is not None:  # issue 22: a version of the same answer
+                swipes = await self.app.swipes.add_swipe(
+                    ask.swipe_of, result.text, user_id=ask.user_id, ask_id=ask.id,
+                    finish=finish_of(result), tokens=result.new_tokens, message_ids=ids,
+                    reasoning=reasoning,
+                )
+                ask.answer = swipes.current.turn
+                return True
             ask.answer = await record_turn(
                 self.turns, turn, result.text, ask_id=ask.id,
                 question_ids=ask.surface.question_ids(), answer_ids=ids,
             )
+            await self.app.swipes.record_finish(
+                ask.answer.id, finish=finish_of(result), tokens=result.new_tokens,
+                reasoning=reasoning)
+        except UserFacingError as exc:  # e.g. the cap on versions: say so under the reply
+            log.info("reply %s not stored: %s", ask.id, exc.message)
+            return False
         except Exception:
             log.exception("couldn't store the turns of reply %s", ask.id)
             return False
         return True
+
+    async def _answer_view(self, ask: Ask, fallback: discord.ui.View) -> discord.ui.View:
+        """Issue 22: the finished buttons with Continue and the versions, when known."""
+        assert ask.answer is not None
+        try:
+            answer = await self.app.swipes.answer(ask.answer.id)
+            if answer is None or answer.turn.parent_id is None:
+                return fallback
+            swipes = await self.app.swipes.swipes(answer.turn.parent_id, user_id=ask.user_id)
+        except UserFacingError:
+            return fallback
+        return answer_view(answer, swipes)
+
+    async def swipe(self, interaction: discord.Interaction, answer_id: int, delta: int) -> None:
+        """◀ / ▶ (issue 22): bot/discord/swipes.py."""
+        await swipe(self, interaction, answer_id, delta)
+
+    async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None:
+        """Continue (issue 22): bot/discord/swipes.py."""
+        await continue_reply(self, interaction, answer_id)
+
+    @contextlib.contextmanager
+    def tracking(self, interaction: discord.Interaction, turn: PreparedTurn, gen: Generation,
+                 surface: Surface) -> Iterator[None]:
+        """A Continue (issue 22) is a running reply too: Stop and shutdown find it."""
+        ask = Ask(id=interaction.id, user_id=interaction.user.id, turn=turn.ask,
+                  surface=surface, channel=interaction.channel, guild_id=interaction.guild_id,
+                  channel_id=interaction.channel_id, private=turn.private)
+        ask.prepared, ask.gen, ask.task = turn, gen, asyncio.current_task()
+        self.active[ask.id] = ask
+        try:
+            yield
+        finally:
+            self.active.pop(ask.id, None)
+
+    async def show_reasoning(self, interaction: discord.Interaction, answer_id: int) -> None:
+        """Reasoning (issue 22): bot/discord/swipes.py."""
+        await show_reasoning(self, interaction, answer_id)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -264,6 +326,7 @@ class AskRunner:
         overrides: Mapping[str, Any] | None = None, again: Knobs | None = None,
         parent_id: int | None = None, explicit: bool = False, open_thread: bool = False,
         speaker: tuple[int, str] | None = None,
+        swipe_of: int | None = None,
     ) -> None:
         user = interaction.user
         # Regenerate keeps the question's own speaker (issue 24 item 10): the model
@@ -274,7 +337,7 @@ class AskRunner:
         await self.run(Ask(
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            private=private, open_thread=open_thread,
+            private=private, open_thread=open_thread, swipe_of=swipe_of,
             surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
                                        ttl_s=lambda: self.interaction_ttl_s),
             turn=TurnAsk(
@@ -323,7 +386,12 @@ class AskRunner:
         parent_id: int | None = None
         explicit = False
         speaker: tuple[int, str] | None = None
-        question = await self.turns.question_for_ask(ask_id)
+        # Issue 22: the question is found from the answer too (a version made by
+        # Regenerate has no question of its own), and the new reply is its next version.
+        answer = await self.turns.answer_for_ask(ask_id)
+        question = (await self.turns.get(answer.parent_id)
+                    if answer is not None and answer.parent_id is not None
+                    else await self.turns.question_for_ask(ask_id))
         if question is not None:
             if not question.visible_to(interaction.user.id):
                 raise PrivateConversation()
@@ -339,6 +407,7 @@ class AskRunner:
             interaction, record.prompt, private=record.private,
             again=Knobs.model_validate(record.knobs), parent_id=parent_id, explicit=explicit,
             speaker=speaker,
+            swipe_of=question.id if question is not None and question.role == "user" else None,
         )
 
     def check_regenerate(self, interaction: discord.Interaction, record: AskRecord) -> None:

@@ -17,6 +17,7 @@ import aiosqlite
 
 from bot.errors import SettingsError
 from bot.settings.migration_models import MODEL_MIGRATION
+from bot.settings.migration_swipes import STATEMENTS as STATEMENTS_5
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: one row per (scope, key). `value` is JSON so every knob type (numbers,
@@ -113,9 +114,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
-    # issue 23 (meant as 6, after issue 22's 5, which this branch lacks: positions are
-    # versions, so it is appended at the end and the lead places it at merge):
-    # `turns.model`, the model that answered each turn (bot/settings/migration_models.py).
+    # 5 (issue 22): swipes, Continue, stored reasoning, named personas; the
+    # statements and their design notes live in `migration_swipes`.
+    STATEMENTS_5,
+    # 6 (issue 23): `turns.model`, the model that answered each turn
+    # (bot/settings/migration_models.py).
     MODEL_MIGRATION,
 )
 

@@ -9,7 +9,9 @@ a bounded time (the README's "What is stored" lists them):
   conversations, `BOT_CONVERSATION_RETENTION_DAYS`; a private ask's turns in a
   server `PRIVATE_TTL_S`, like its prompt;
 - `settings` / `settings_history`: personas and knobs admins (or a DM user, for
-  their DMs) chose, kept until changed; the trail by count and age.
+  their DMs) chose, kept until changed; the trail by count and age;
+- `personas` (named, per server) and `swipe_choices` (ids only, cascading with
+  `turns`): kept like settings / like their turns.
 
 Reads already ignore what is past its time; `prune_expired` deletes it, so an
 idle bot holds no more than a busy one (`bot.app.open_app` runs it every
@@ -99,7 +101,9 @@ async def forget(
         return Forgotten(
             asks=await delete("DELETE FROM asks WHERE guild_id = ?", gid),
             turns=await delete("DELETE FROM turns WHERE guild_id = ?", gid),
-            settings=await delete("DELETE FROM settings WHERE guild_id = ?", gid),
+            # Named personas (migration 5) are the server's settings too.
+            settings=await delete("DELETE FROM settings WHERE guild_id = ?", gid)
+            + await delete("DELETE FROM personas WHERE guild_id = ?", gid),
             settings_history=await delete(
                 "DELETE FROM settings_history WHERE guild_id = ?", gid
             ),

@@ -22,7 +22,12 @@ SYSTEM_PROMPT_KEY: Final = "system_prompt"
 MODEL_KEY: Final = "model"
 """A scope's model choice (issue 23, `bot.model_choice`): a model name, form checked only."""
 
-SETTING_KEYS: Final[tuple[str, ...]] = (*KNOB_NAMES, SYSTEM_PROMPT_KEY, MODEL_KEY)
+REASONING_KEY: Final = "reasoning"
+"""Issue 22: whether replies are split into ``<think>`` reasoning and the answer (bool)."""
+
+SETTING_KEYS: Final[tuple[str, ...]] = (
+    *KNOB_NAMES, SYSTEM_PROMPT_KEY, MODEL_KEY, REASONING_KEY
+)
 # Value checks (in and out of the database) live in `bot.settings.validation`.
 
 MAX_SYSTEM_PROMPT_CHARS: Final = 4000
@@ -157,6 +162,7 @@ class Effective:
     system_prompt: str | None
     sources: dict[str, str]
     model: str | None = None
+    reasoning: bool = False  # issue 22: split <think>…</think> from the answer
 
 
 @dataclass(frozen=True)

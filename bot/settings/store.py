@@ -54,6 +54,7 @@ from bot.settings.db import Database, utcnow
 from bot.settings.migration_models import MODEL_CHOICES_IN_GUILD_SQL
 from bot.settings.scopes import (
     MODEL_KEY,
+    REASONING_KEY,
     SETTING_KEYS,
     SYSTEM_PROMPT_KEY,
     Change,
@@ -170,6 +171,8 @@ class SettingsStore:
                     server_max = value
         prompt = values.pop(SYSTEM_PROMPT_KEY, None)
         model = values.pop(MODEL_KEY, None)
+        reasoning = bool(values.pop(REASONING_KEY, False))
+        sources.pop(REASONING_KEY, None)  # `sources` stays the knobs' and the persona's
         if server_max is not None:
             _ceil(values, sources, server_max, "server")
         if self.max_new_tokens_ceiling is not None:
@@ -184,7 +187,8 @@ class SettingsStore:
             values.pop("min_new_tokens", None)
             sources["min_new_tokens"] = "default"
             knobs = Knobs.model_validate(values)
-        return Effective(knobs=knobs, system_prompt=prompt, sources=sources, model=model)
+        return Effective(knobs=knobs, system_prompt=prompt, sources=sources, model=model,
+                         reasoning=reasoning)
 
     async def scope_overrides(self, scope: Scope) -> dict[str, Any]:
         """What `scope` itself sets (knobs and ``"system_prompt"``), ignoring invalid rows."""
@@ -316,6 +320,24 @@ class SettingsStore:
             if value is not INVALID:
                 out.append((str(value), scope))
         return out
+
+    # -- reasoning (issue 22) ---------------------------------------------------------
+
+    async def set_reasoning(self, scope: Scope, on: bool | None, *, actor_id: int) -> bool:
+        """Issue 22: reasoning on/off at `scope`, or None to inherit; True if it changed.
+
+        Off is stored too, so a channel can turn it off under a server that has it on.
+        """
+        check_id("actor_id", actor_id)
+        if on is None:
+            done = await self.db.write(
+                lambda conn: self._delete(conn, scope, [REASONING_KEY], actor_id)
+            )
+            return bool(done)
+        await self.db.write(
+            lambda conn: self._upsert(conn, scope, {REASONING_KEY: bool(on)}, actor_id)
+        )
+        return True
 
     # -- checks and row writes ----------------------------------------------------
 

@@ -21,6 +21,7 @@ from bot.model_choice import validate_model_name
 from bot.settings.scopes import (
     MAX_SYSTEM_PROMPT_CHARS,
     MODEL_KEY,
+    REASONING_KEY,
     SETTING_KEYS,
     SYSTEM_PROMPT_KEY,
     Scope,
@@ -62,6 +63,10 @@ def validate_value(key: str, value: Any) -> Any:
         return validate_system_prompt(value)
     if key == MODEL_KEY:  # its form only: whether it is served here is checked when set
         return validate_model_name(value)
+    if key == REASONING_KEY:
+        if not isinstance(value, bool):
+            raise InvalidKnobs("The reasoning setting is on or off.")
+        return value
     return validate_knob(key, value)
 
 

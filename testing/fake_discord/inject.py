@@ -181,6 +181,26 @@ class Inject(Gateway):
                     return command
         return None
 
+    # --- issue 22: attachments for slash-command options (type 11) -------------------
+
+    def attachment(self, name: str, data: bytes, *, filename: str = "card.json",
+                   content_type: str = "application/json",
+                   claimed_size: int | None = None) -> tuple[JSONDict, JSONDict]:
+        """An ATTACHMENT option and its `resolved` part; the bytes are served by the CDN.
+
+        Pass both to `inject_interaction` (`options=[option]`, `resolved=resolved`).
+        `claimed_size` makes the payload's `size` lie, as a hostile client cannot,
+        but a CDN file replaced under the same id could: the bot must still stop.
+        """
+        attachment_id = self._ids.next()
+        self.cdn_files[attachment_id] = data  # type: ignore[attr-defined]
+        size = len(data) if claimed_size is None else claimed_size
+        url = self.cdn_url(attachment_id, filename)  # type: ignore[attr-defined]
+        payload = {"id": str(attachment_id), "filename": filename, "size": size, "url": url,
+                   "proxy_url": url, "content_type": content_type}
+        option = {"name": name, "type": 11, "value": str(attachment_id)}
+        return option, {"attachments": {str(attachment_id): payload}}
+
     async def inject_component(
         self,
         custom_id: str,

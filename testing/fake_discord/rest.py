@@ -49,6 +49,10 @@ class Rest(Http, Gateway):
 
     def _setup_rest(self, *, callback_deadline: float | None) -> None:
         self.callback_deadline = callback_deadline
+        #: Issue 22: attachment bytes by id, served at `cdn_url` (see `Inject.attachment`).
+        self.cdn_files: dict[int, bytes] = {}
+        #: Issue 22: a size the CDN lies about (id → claimed size) to test streaming caps.
+        self.cdn_claimed_sizes: dict[int, int] = {}
 
     def _add_rest_routes(self, router: web.UrlDispatcher) -> None:
         p = API_PREFIX
@@ -77,6 +81,8 @@ class Rest(Http, Gateway):
         r.add_post(p + "/channels/{channel_id}/messages", self._channel_message)
         r.add_route("*", p + "/channels/{channel_id}/messages/{message_id}", self._channel_message)
         r.add_post(p + "/channels/{channel_id}/messages/{message_id}/threads", self._start_thread)
+        # Issue 22: the CDN, for attachments (`/system import`).
+        r.add_get("/cdn/attachments/{attachment_id}/{filename}", self._cdn)
 
     async def _users_me(self, request: web.Request) -> web.Response:
         self._check_auth(request)
@@ -171,6 +177,22 @@ class Rest(Http, Gateway):
         if itx.expired:
             raise HTTPError(401, "Invalid Webhook Token", 50027)
         return itx
+
+    def cdn_url(self, attachment_id: int, filename: str) -> str:
+        return f"http://127.0.0.1:{self.port}/cdn/attachments/{attachment_id}/{filename}"
+
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        """An attachment's bytes, streamed in pieces like a CDN (no length promised)."""
+        try:
+            data = self.cdn_files[int(request.match_info["attachment_id"])]
+        except (KeyError, ValueError):
+            raise HTTPError(404, "Not Found", 0) from None
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        for start in range(0, len(data), 64 * 1024):
+            await response.write(data[start:start + 64 * 1024])
+        await response.write_eof()
+        return response
 
     async def _callback(self, request: web.Request) -> web.Response:
         """Interaction response: record it, create/update the message it implies."""

@@ -1,0 +1,47 @@
+"""Reading a member's attachment (a character card for `/system import`), size-capped.
+
+The cap is checked twice: against the `size` Discord reports before anything
+is downloaded, and again while the body streams in, so a file larger than it
+claimed (or a CDN that sends more) stops at the cap instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import discord
+
+from bot.errors import UserFacingError
+
+CHUNK = 64 * 1024
+TIMEOUT_S = 30.0
+
+
+def _too_big(size: int, limit: int) -> UserFacingError:
+    return UserFacingError(
+        f"That file is {size:,} bytes; files up to {limit:,} bytes are accepted."
+    )
+
+
+async def read_attachment(attachment: discord.Attachment, limit: int) -> bytes:
+    """The attachment's bytes, at most `limit` of them (else a polite refusal)."""
+    if attachment.size > limit:
+        raise _too_big(attachment.size, limit)
+    body = bytearray()
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+            attachment.url
+        ) as response:
+            if response.status != 200:
+                raise UserFacingError(
+                    f"Discord didn't let me download that file ({response.status}); try again."
+                )
+            async for chunk in response.content.iter_chunked(CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    raise UserFacingError(
+                        f"That file is larger than {limit:,} bytes, the most accepted."
+                    )
+    except (aiohttp.ClientError, TimeoutError):
+        raise UserFacingError("I couldn't download that file; try again.") from None
+    return bytes(body)

@@ -1,0 +1,187 @@
+"""Swipes (◀ 2/3 ▶) and Continue on Discord (issue 22), beside the runner.
+
+Both are component interactions, so each press brings a fresh token: browsing
+is the press's own ``update_message`` response (it works long after the
+15-minute window of the ask that made the reply), and Continue defers the
+press and edits the pressed message, with follow-ups for more pages. The
+rules (who may browse or continue a private reply, the caps) are
+`bot.settings.swipes.SwipeStore`'s; the request is `bot.continuation`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+import discord
+
+from bot.continuation import finish_of, prepare_continue
+from bot.discord.buttons import reply_view
+from bot.discord.common import NO_MENTIONS, location_of
+from bot.discord.pages import MESSAGE_LIMIT
+from bot.discord.reply import (
+    InteractionSurface,
+    Page,
+    ReplyWriter,
+    Surface,
+    _InteractionPage,
+    footer_text,
+)
+from bot.engine import Generation
+from bot.errors import UserFacingError
+from bot.knobs import Knobs
+from bot.settings.swipes import Answer, AnswerGone, PrivateAnswer, Swipes
+from bot.turns import PreparedTurn
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.limits import AskGate
+
+
+class AskRunner(Protocol):
+    """What these controls use of `bot.discord.runner.AskRunner` (no import cycle)."""
+
+    app: App
+    gate: AskGate
+    accepting: bool
+    interaction_ttl_s: float
+    edit_interval_s: float
+
+    def tracking(self, interaction: discord.Interaction, turn: PreparedTurn, gen: Generation,
+                 surface: Surface) -> contextlib.AbstractContextManager[None]:
+        """Registers a Continue as a running reply (Stop, shutdown) while it streams."""
+
+log = logging.getLogger(__name__)
+
+
+def answer_view(answer: Answer, swipes: Swipes | None) -> discord.ui.View:
+    """The finished buttons for the version on screen: its own ask's Regenerate/Reply."""
+    ask_id = answer.turn.ask_id or 0
+    versions = (swipes.shown, len(swipes.answers)) if swipes is not None else None
+    return reply_view(ask_id, reply=ask_id > 0, answer_id=answer.turn.id, versions=versions,
+                      can_continue=answer.can_continue, reasoning=bool(answer.reasoning))
+
+
+async def show_reasoning(runner: AskRunner, interaction: discord.Interaction,
+                         answer_id: int) -> None:
+    """The Reasoning button: the thoughts, privately; a file when longer than a message."""
+    found = await runner.app.swipes.answer(answer_id)
+    if found is None:
+        raise AnswerGone()
+    if not found.turn.visible_to(interaction.user.id):
+        raise PrivateAnswer()
+    text = found.reasoning or "*(no reasoning was kept for this reply)*"
+    if len(text) <= MESSAGE_LIMIT:
+        await interaction.response.send_message(text, ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+        return
+    data = io.BytesIO(text.encode("utf-8"))
+    await interaction.response.send_message(
+        "The reasoning is long, so it is attached.", ephemeral=True,
+        file=discord.File(data, filename="reasoning.txt"), allowed_mentions=NO_MENTIONS,
+    )
+
+
+def swipe_content(answer: Answer, swipes: Swipes) -> str:
+    """One message for a version: its text (cut to fit) and which version it is."""
+    tail = f"-# version {swipes.label()}"
+    room = MESSAGE_LIMIT - len(tail) - 2
+    text = answer.turn.text.rstrip()
+    if len(text) > room:
+        text = text[: room - 1] + "…"
+    return f"{text}\n{tail}" if text else tail
+
+
+async def swipe(runner: AskRunner, interaction: discord.Interaction, answer_id: int,
+                delta: int) -> None:
+    """◀ / ▶: show another version in place; the conversation continues from it."""
+    swipes = await runner.app.swipes.step(answer_id, delta, user_id=interaction.user.id)
+    shown = swipes.current
+    await interaction.response.edit_message(
+        content=swipe_content(shown, swipes), view=answer_view(shown, swipes),
+        allowed_mentions=NO_MENTIONS,
+    )
+
+
+class _ContinueSurface(InteractionSurface):
+    """The pressed message is the first page (its token is the press's, fresh)."""
+
+    async def acknowledge(self, stop: discord.ui.View) -> Page:
+        await self.interaction.response.defer()  # deferred update: no new message
+        message = self.interaction.message
+        self.original_id = message.id if message is not None else None
+        first = _InteractionPage(self, None, original=True)
+        first.view = stop
+        self.first = first
+        return first
+
+
+def _shown_text(message: discord.Message | None) -> str:
+    """What the pressed page says above its footer (the text Continue carries on)."""
+    if message is None:
+        return ""
+    lines = message.content.split("\n")
+    while lines and lines[-1].startswith("-# "):
+        lines.pop()
+    return "\n".join(lines)
+
+
+async def continue_reply(runner: AskRunner, interaction: discord.Interaction,
+                         answer_id: int) -> None:
+    """Continue: one more budget for the same answer, appended in the same message."""
+    app = runner.app
+    user_id = interaction.user.id
+    answer = await app.swipes.check_continue(answer_id, user_id=user_id)
+    record = await app.ask_log.load(answer.turn.ask_id) if answer.turn.ask_id else None
+    knobs = Knobs.model_validate(record.knobs) if record is not None else None
+    if not runner.accepting or app.models.closing:
+        raise UserFacingError("I'm restarting, try again in a moment.")
+    with runner.gate.hold(user_id):
+        turn = await prepare_continue(app, answer, location=location_of(interaction),
+                                      user_id=user_id, knobs=knobs)
+        gen = turn.engine.submit(turn.request, turn.prepared)
+        surface = _ContinueSurface(interaction, private=answer.turn.private, header="",
+                                   ttl_s=lambda: runner.interaction_ttl_s)
+        stop = reply_view(interaction.id, stop_for=user_id)
+        try:
+            first = await surface.acknowledge(stop)
+        except BaseException:
+            gen.cancel()
+            raise
+        writer = ReplyWriter(surface, gen, first, stop, edit_interval_s=runner.edit_interval_s)
+        writer.text = _shown_text(interaction.message)
+        before = len(writer.text)
+        with runner.tracking(interaction, turn, gen, surface):
+            await _finish_continue(runner, writer, surface, answer_id, user_id, before,
+                                   turn.engine.info.context_length)
+
+
+async def _finish_continue(runner: AskRunner, writer: ReplyWriter, surface: InteractionSurface,
+                           answer_id: int, user_id: int, before: int,
+                           context_length: int) -> None:
+    """Stream the rest, then store it on the same answer and show the answer's buttons."""
+    app = runner.app
+    try:
+        result = await writer.stream()
+        tail = footer_text(result, 0, context_length=context_length)
+        if result.error:
+            tail = f"⚠️ {result.error}\n{tail}"
+        await writer.lay_out(tail)
+        more = writer.text[before:]
+        view = None
+        if not result.error:
+            try:
+                extended = await app.swipes.extend(
+                    answer_id, more, user_id=user_id, tokens=result.new_tokens,
+                    finish=finish_of(result))
+                await app.turns.add_messages(answer_id, await writer.message_ids())
+                swipes = await app.swipes.swipes_of_answer(answer_id, user_id=user_id)
+                view = answer_view(extended, swipes)
+            except UserFacingError as exc:
+                await surface.note("⚠️ " + exc.message)
+        await writer.show_final(view)
+    except BaseException:
+        await writer.abort()
+        raise
