@@ -340,6 +340,28 @@ class Engine:
         """Submit and wait for the whole reply (CLI, benchmarks, tests)."""
         return await self.submit(request).result()
 
+    async def forward(self, tokens: Sequence[str]) -> Any:
+        """The model's logits at every position of `tokens`: one forward pass, no sampling.
+
+        For the probabilities and confidence views (`bot.lab`). It runs on the
+        decoding threads' executor (one thread per replica), so it takes its turn
+        with the batches instead of adding a model call beside them, and counts as
+        a busy lane meanwhile so a persona-cache flush never unloads the weights
+        under it. Returns float32 numpy logits, shape [len(tokens), vocabulary].
+        """
+        if self._closing:
+            raise ShuttingDown()
+        while self._flushing:  # noqa: ASYNC110 - a flush is rare and short (0.05-0.2 s)
+            await asyncio.sleep(0.01)
+        model = self._backend if hasattr(self._backend, "forward_batch") else self._generator
+        self._busy_lanes += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, _forward_logits, model, list(tokens)
+            )
+        finally:
+            self._busy_lanes -= 1
+
     @property
     def queue_depth(self) -> int:
         return len(self._waiting)
@@ -776,6 +798,18 @@ def is_cuda_oom(exc: BaseException) -> bool:
     """Whether CTranslate2 failed because the GPU ran out of memory."""
     text = str(exc)
     return any(words in text for words in _CUDA_OOM)
+def _forward_logits(model: Any, tokens: list[str]) -> Any:
+    """CTranslate2's `forward_batch` for one sequence, as float32 numpy on the CPU."""
+    import numpy as np
+
+    out = model.forward_batch([tokens])
+    if str(getattr(out, "device", "cpu")) != "cpu":
+        import ctranslate2
+
+        out = out.to_device(ctranslate2.Device.cpu)
+    return np.asarray(out, dtype=np.float32)[0].copy()
+
+
 def _reload_without_state(generator: Any) -> None:
     """Unload (retrying while CTranslate2 still counts a batch) and reload the weights."""
     for _ in range(200):
