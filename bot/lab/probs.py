@@ -34,6 +34,8 @@ MAX_FORWARD_BYTES = 1 << 30
 DEFAULT_TOP = 10
 MAX_TOP = 40
 REMOVED_EXAMPLES = 5
+SHOW_REMOVED = 2
+"""When every top candidate is kept, this many removed ones are shown too, to mark the cut."""
 #: How the table names what removed a token.
 STAGE_WORDS = {
     "min_new_tokens": "min_new_tokens",
@@ -175,10 +177,18 @@ def make_candidate(engine: Engine, dist: StepDistribution, context: list[int],
 
 
 def candidate_ids(dist: StepDistribution, top: int) -> list[int]:
-    """The `top` most likely tokens by the model, plus any the knobs raised into their top."""
-    by_raw = np.argsort(-dist.raw, kind="stable")[:top]
+    """The `top` likeliest tokens by the model, any the knobs raised into their top, and the cut.
+
+    Sorted by raw probability, so the kept tokens come first unless the
+    repetition penalty reordered them.
+    """
+    order = np.argsort(-dist.raw, kind="stable")
     by_final = np.argsort(-dist.final, kind="stable")[:top]
-    chosen = {int(i) for i in by_raw} | {int(i) for i in by_final if dist.final[i] > 0}
+    chosen = {int(i) for i in order[:top]} | {int(i) for i in by_final if dist.final[i] > 0}
+    if all(dist.removed_by[i] < 0 for i in chosen):
+        # Show where the cut falls: the likeliest tokens the knobs removed.
+        removed = [int(i) for i in order[top: top + 4096] if dist.removed_by[i] >= 0]
+        chosen.update(removed[:SHOW_REMOVED])
     return sorted(chosen, key=lambda i: (-dist.raw[i], i))
 
 
