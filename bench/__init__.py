@@ -1,6 +1,6 @@
 """Benchmarks: measured numbers printed as JSON; never part of the installed bot.
 
-`python -m bot bench [--discord|--soak|--mixed|--conversation] --json` reaches `run` from a
+`python -m bot bench [--discord|--soak|--mixed|--conversation|--lab] --json` reaches `run` from a
 source checkout; `bench/store_bench.py` and `bench/gpu.sh` run on their own.
 """
 
@@ -14,6 +14,10 @@ from bot.config import Settings
 
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """Dispatch to the bench the flags ask for."""
+    if getattr(args, "lab", False):
+        from bench.lab_bench import run_lab_bench
+
+        return await run_lab_bench(settings, args)
     if getattr(args, "conversation", False):
         from bench.conversation_bench import run_conversation_bench
 
