@@ -36,9 +36,9 @@ COMPARE_VARIANTS = ("temperature=0.1", "temperature=1.5 top_p=1", "creative")
 
 
 async def lab_bench(
-    engine: Engine, new_tokens: int = 128, repeats: int = REPEATS
+    engine: Engine, new_tokens: int = 128, repeats: int = REPEATS, prompt: str = BENCH_PROMPT
 ) -> dict[str, Any]:
-    request = GenerationRequest(prompt=BENCH_PROMPT, knobs=Knobs(max_new_tokens=8))
+    request = GenerationRequest(prompt=prompt, knobs=Knobs(max_new_tokens=8))
     prompt_tokens = len(engine.prepare(request).tokens)
     await first_text(engine, request)  # warm-up: the first call pays one-off set-up
     await probs_step(engine, request)
@@ -63,7 +63,7 @@ async def lab_bench(
     renders = renders[1:]  # the first render imports matplotlib and loads the font
 
     pinned = Knobs(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    ask = GenerationRequest(prompt=BENCH_PROMPT, knobs=pinned)
+    ask = GenerationRequest(prompt=prompt, knobs=pinned)
     variants = plan_variants(COMPARE_VARIANTS, pinned)
     one: list[float] = []
     three: list[float] = []

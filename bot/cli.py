@@ -1,4 +1,4 @@
-"""Command line: `python -m bot [run|console|ask|prompt|probs|compare|bench|prepare-model|…]`.
+"""Command line: `python -m bot COMMAND`: run, console, ask, prompt, probs, compare, bench ….
 
 `run` (the default) starts the Discord bot when a token is configured and the
 local console otherwise, so the README's one run command works for everyone.

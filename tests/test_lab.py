@@ -453,3 +453,29 @@ def test_contrasting_values_are_valid_and_differ() -> None:
 def test_readme_carries_the_knob_help_table() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert markdown_table() in readme
+
+
+async def test_lab_bench_reports_every_figure(engine: Engine) -> None:
+    from bench.lab_bench import lab_bench
+
+    out = await lab_bench(engine, new_tokens=4, repeats=1, prompt=PROMPT)
+    for key in ("ttft_s", "probs_step_s", "probs_step_over_ttft", "chart_render_ms",
+                "one_ask_s", "compare_3_variants_s", "compare_3_over_one_ask"):
+        assert out[key] > 0, key
+    assert out["chart_png_bytes"] < MAX_PNG_BYTES
+
+
+def test_the_lab_imports_no_discord_no_ctranslate2_and_no_matplotlib() -> None:
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "import bot.lab.probs, bot.lab.compare, bot.lab.confidence, bot.lab.chart, "
+            "bot.lab.help, bot.lab.sampling\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True, timeout=120)
+    loaded = set(json.loads(out.stdout))
+    assert "bot" in loaded
+    assert loaded.isdisjoint({"discord", "cogs", "ctranslate2", "matplotlib", "testing"})

@@ -107,6 +107,11 @@ def assignment(name: str, value: Any) -> str:
     return f"{name}={value}"
 
 
+def help_lines() -> list[str]:
+    """Every knob in one or two lines each: the console's `/help` and "What do these do?"."""
+    return [h.line() for h in KNOB_HELP.values()]
+
+
 def markdown_table() -> str:
     """The README's knob table, generated from `KNOB_HELP` and the knobs model."""
     rows = ["| knob | what it does | range | default | typical |",
