@@ -206,6 +206,32 @@ async def test_repetition_penalty_and_min_length_match_ctranslate2(
     assert mattered >= 1, "the penalty never changed the pick: the test proves nothing"
 
 
+async def test_ctranslate2_samples_only_kept_tokens_at_the_labs_frequencies(
+    engine: Engine, ref: Reference
+) -> None:
+    """Top-k, temperature and top-p in CTranslate2's own sampler: 1,000 one-token draws."""
+    ctranslate2.set_random_seed(1234)  # before the Generator: its threads' seed
+    generator = ctranslate2.Generator(str(ref.model_dir), device="cpu", intra_threads=1)
+    vocab = engine.info.vocab_size
+    for knobs in (Knobs(temperature=5.0, top_p=0.6), Knobs(temperature=5.0, top_k=6, top_p=0.9)):
+        request = GenerationRequest("a", knobs=knobs)  # a flat step of this random model
+        step = await probs_step(engine, request)
+        final = step.dist.final
+        assert step.kept >= 2 and final.max() < 0.9, "a flat enough step to learn something"
+        tokens = engine.prepare(request).tokens
+        n = 1000
+        results = generator.generate_batch(
+            [tokens] * n, max_length=1, include_prompt_in_result=False, end_token=[],
+            **device_sampling(knobs, vocab),
+        )
+        draws = np.array([r.sequences_ids[0][0] for r in results])
+        assert set(draws.tolist()) <= set(np.flatnonzero(step.dist.kept).tolist())
+        for token in np.flatnonzero(final > 0.05):
+            p = final[token]
+            freq = float(np.mean(draws == token))
+            assert abs(freq - p) < 5 * np.sqrt(p * (1 - p) / n), (token, freq, p)
+
+
 def test_penalty_formula_on_negative_and_positive_scores() -> None:
     logits = np.array([2.0, -2.0, 1.0, -1.0], dtype=np.float32)
     out = penalize(logits, [0, 1, 1], 2.0)
