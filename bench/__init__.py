@@ -1,6 +1,6 @@
 """Benchmarks: measured numbers printed as JSON; never part of the installed bot.
 
-`python -m bench [--discord|--soak|--mixed|--conversation] --json`, from the root of
+`python -m bench [--discord|--soak|--mixed|--conversation|--lab] --json`, from the root of
 a source checkout (`python -m bot bench ...` there hands its flags here);
 `bench/store_bench.py` and `bench/gpu.sh` run on their own.
 """
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mixed prompt lengths, personas, joins, timeslices, open loop")
     parser.add_argument("--minutes", type=float, help="soak length (default 10); --mixed: 2")
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--lab", action="store_true",
+                        help="probabilities step vs TTFT, chart render, compare of 3 vs one ask")
     return parser
 
 
@@ -64,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """Dispatch to the bench the flags ask for."""
+    if getattr(args, "lab", False):
+        from bench.lab_bench import run_lab_bench
+
+        return await run_lab_bench(settings, args)
     if getattr(args, "conversation", False):
         from bench.conversation_bench import run_conversation_bench
 
