@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import discord
 
 from bot.discord.errors import send_error
+from bot.discord.lab import LAB_ITEMS, reply_lab_buttons
 
 STOP_ID = "llm:stop:{ask_id}:{user_id}"
 REGEN_ID = "llm:regen:{ask_id}"
@@ -151,7 +152,7 @@ class ReplyModal(discord.ui.Modal, title="Reply"):
 
 
 #: Every control that answers clicks after a restart (the client registers them).
-DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton)
+DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, *LAB_ITEMS)
 
 
 def reply_view(ask_id: int, *, stop_for: int | None = None,
@@ -170,5 +171,9 @@ def reply_view(ask_id: int, *, stop_for: int | None = None,
         view.add_item(RegenerateButton(ask_id))
         if reply:
             view.add_item(ReplyButton(ask_id))
+        # --- issue 19, the knobs lab: Probabilities and Confidence on every finished
+        # reply (they rebuild its prompt from the ask log; bot/discord/lab.py).
+        for item in reply_lab_buttons(ask_id):
+            view.add_item(item)
     view.stop()
     return view
