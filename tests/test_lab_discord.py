@@ -114,7 +114,8 @@ async def test_long_variants_are_cut_cleanly_with_the_full_texts_attached(
             assert body.endswith("…"), body[-40:]
             assert re.search(r"word\d+…$", body), body[-40:]  # cut between words
         assert [a["filename"] for a in msg.attachments] == ["compare.md"]
-        assert msg.attachments[0]["size"] > len(text) * 4
+        # The file holds more than the fields could show.
+        assert msg.attachments[0]["size"] > sum(len(f["value"]) for f in embed["fields"]) + 1000
         assert_no_mentions(h)
 
 
@@ -143,10 +144,8 @@ async def test_stop_stops_every_variant_and_regenerate_draws_a_new_seed(
             assert f["value"].endswith("· stopped`"), f["value"][-60:]
         first_seed = re.search(r"seed \*\*(\d+)\*\*", msg.embeds[0]["description"])
         assert first_seed is not None
-        followup = refused.followups or []
-        stranger_saw = [refused.response.data.get("data", {}).get("content", "")
-                        if refused.response else ""] + [m.content for m in followup]
-        assert any("Only the person who asked" in s for s in stranger_saw), stranger_saw
+        assert refused.response is not None
+        assert "Only the person who asked" in refused.response.data["content"]
 
         regen = next(i for i in custom_ids(msg) if i.startswith("lab:cregen:"))
         again = await h.fake.inject_component(regen, message_id=msg.id)
@@ -166,7 +165,7 @@ async def test_probs_sends_a_png_chart_ephemerally_and_steps_walk_the_reply(
     async with running_bot(tiny_model_dir, tmp_path) as h:
         itx = await h.command("probs", {"prompt": "hello there", "knobs": "top_k=5"})
         response = await itx.wait_response()
-        assert response.type == 5 and response.data["data"]["flags"] & FLAG_EPHEMERAL
+        assert response.type == 5 and response.data["flags"] & FLAG_EPHEMERAL
         msg = await probs_message(itx, h)
         assert msg.flags & FLAG_EPHEMERAL
         assert [a["filename"] for a in msg.attachments] == ["probs.png"]
@@ -204,10 +203,10 @@ async def test_probs_sends_a_png_chart_ephemerally_and_steps_walk_the_reply(
 
 
 async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
-    tiny_model_dir: Path, tmp_path: Path
+    smol_model_dir: Path, tmp_path: Path
 ) -> None:
     persona = "You are a terse lighthouse keeper."
-    async with running_bot(tiny_model_dir, tmp_path) as h:
+    async with running_bot(smol_model_dir, tmp_path) as h:
         ok = await h.command("system set", {"text": persona}, permissions=MANAGE_CHANNELS)
         await ok.wait_response()
         itx = await h.ask("what do you see?", max_new_tokens=6)
@@ -253,11 +252,11 @@ async def test_a_private_replys_lab_buttons_are_for_its_author_only(
         for cid in (f"lab:probs:{itx.id}", f"lab:conf:{itx.id}"):
             press = await h.fake.inject_component(cid, message_id=reply.id, user=stranger)
             response = await press.wait_response()
-            data = response.data.get("data", {})
+            data = response.data
             assert "Only the person who asked" in data.get("content", ""), data
             assert data.get("flags", 0) & FLAG_EPHEMERAL
             assert not press.followups
         # Custom ids are validated before use: a forged one gets a plain refusal.
         forged = await h.fake.inject_component(f"lab:step:deadbeef:{9}")
         response = await forged.wait_response()
-        assert "expired" in response.data.get("data", {}).get("content", "")
+        assert "expired" in response.data.get("content", "")

@@ -267,9 +267,16 @@ class LabRunner:
         if question is not None and not question.visible_to(interaction.user.id):
             raise UserFacingError("Only the person who asked can look inside this reply.")
         where = replace(location_of(interaction), user_id=record.user_id)
+        if question is not None:
+            name = question.author_name
+        else:
+            # No turns were stored (an empty reply): the speaker's name as Discord has it now.
+            member = (interaction.guild.get_member(record.user_id)
+                      if interaction.guild is not None else None)
+            who = member or (interaction.user if interaction.user.id == record.user_id else None)
+            name = getattr(who, "display_name", "") if who is not None else ""
         turn = await prepare_turn(app, TurnAsk(
-            location=where, prompt=record.prompt, author_id=record.user_id,
-            author_name=question.author_name if question is not None else "",
+            location=where, prompt=record.prompt, author_id=record.user_id, author_name=name,
             parent_id=question.parent_id if question is not None else None, explicit=True,
             private=record.private, direct=record.guild_id is None, shared=True,
             again=Knobs.model_validate(record.knobs),
