@@ -260,3 +260,35 @@ async def test_a_private_replys_lab_buttons_are_for_its_author_only(
         forged = await h.fake.inject_component(f"lab:step:deadbeef:{9}")
         response = await forged.wait_response()
         assert "expired" in response.data.get("content", "")
+
+
+def test_console_compare_probs_try_and_knob_help(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The console's /compare, /probs, /try and /help knob lines, in a real console process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_") and k != "DISCORD_TOKEN"}
+    env.update(BOT_MODEL_DIR=str(tiny_model_dir), BOT_DATABASE_PATH=str(tmp_path / "bot.db"),
+               BOT_DEVICE="cpu", BOT_CPU_THREADS="1", BOT_BATCH_WAIT_MS="5",
+               BOT_CONSOLE_HISTORY=str(tmp_path / "history"), PYTHONUNBUFFERED="1")
+    lines = ["/knobs set max_new_tokens=6", "/help",
+             "/compare hello there | temperature=0.1 | top_k=1 | creative",
+             "/compare hello there", "/compare hello | temperature=9",
+             "/probs hello there | top_k=3", "/try top_k", "hi", "/try top_k", "/quit"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "--env-file", "/dev/null", "console"],
+        input="".join(line + "\n" for line in lines), capture_output=True, text=True, env=env,
+        cwd=Path(__file__).resolve().parent.parent, timeout=120, check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "What the knobs do:" in out and "temperature" in out
+    for label in ("=== temperature=0.1 ===", "=== top_k=1 ===", "=== creative ==="):
+        assert label in out
+    assert "=== current settings ===" in out  # no variants: these settings vs a contrast
+    assert re.search(r"comparing 3 settings, seed \d+", out)
+    assert "error:" in out and "temperature" in out.split("/compare hello | temperature=9")[-1]
+    assert "top_k=3" in out and "raw" in out and "final" in out
+    assert "error: Ask something first" in out
+    assert "=== top_k=-1 ===" in out or "=== top_k=" in out.split("/try top_k")[-1]
