@@ -17,6 +17,7 @@ from discord.ext import commands
 
 from bot.asks import persona
 from bot.discord.common import location_of
+from bot.discord.lab import knob_help_view
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
 from cogs._common import (
     KNOB_DESCRIPTIONS,
@@ -65,7 +66,8 @@ class Knobs(
     @app_commands.command(name="show", description="Every sampling setting here, and its source.")
     async def show(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message(
-            embed=await knobs_embed(interaction), ephemeral=True, allowed_mentions=NO_MENTIONS
+            embed=await knobs_embed(interaction), ephemeral=True, allowed_mentions=NO_MENTIONS,
+            view=knob_help_view(),  # issue 19: "What do these do?" (bot/discord/lab.py)
         )
 
     @app_commands.command(name="set", description="Change sampling settings here.")

@@ -292,3 +292,34 @@ def test_console_compare_probs_try_and_knob_help(tiny_model_dir: Path, tmp_path:
     assert "top_k=3" in out and "raw" in out and "final" in out
     assert "error: Ask something first" in out
     assert "=== top_k=-1 ===" in out or "=== top_k=" in out.split("/try top_k")[-1]
+
+
+async def test_knob_help_from_knobs_show_and_try_it_on_my_last_prompt(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(tiny_model_dir, tmp_path) as h:
+        show = await h.command("knobs show", permissions=MANAGE_CHANNELS)
+        response = await show.wait_response()
+        rows = response.data["components"]
+        assert [c["custom_id"] for r in rows for c in r["components"]] == ["lab:knobhelp"]
+        help_press = await h.fake.inject_component("lab:knobhelp")
+        shown = await help_press.wait_response()
+        assert shown.data["flags"] & FLAG_EPHEMERAL
+        description = shown.data["embeds"][0]["description"]
+        assert "temperature" in description and "top_p" in description
+        tries = [c["custom_id"] for r in shown.data["components"] for c in r["components"]]
+        assert "lab:try:temperature" in tries
+
+        early = await h.fake.inject_component("lab:try:temperature")
+        assert "Ask something here first" in (await early.wait_response()).data["content"]
+        await h.ask("tell me about lighthouses", max_new_tokens=5)
+        tried = await h.fake.inject_component("lab:try:temperature")
+        msg = await finished_compare(h, tried)
+        assert msg.flags & FLAG_EPHEMERAL
+        names = [f["name"] for f in msg.embeds[0]["fields"]]
+        assert names[0] == "temperature=0.7" and names[1].startswith("temperature=")
+        assert names[1] != names[0]
+        assert "lighthouses" in msg.embeds[0]["description"]
+        forged = await h.fake.inject_component("lab:try:warmth")
+        assert "not valid" in (await forged.wait_response()).data["content"]
+        assert_no_mentions(h)

@@ -41,8 +41,9 @@ from bot.engine import Finished, GenerationRequest, TextDelta
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.lab.chart import MAX_PNG_BYTES, render_png
-from bot.lab.compare import Comparison, Variant, VariantResult, start_compare
+from bot.lab.compare import Comparison, Variant, VariantResult, knob_variants, start_compare
 from bot.lab.confidence import legend, render_ansi, score_reply, surprising_lines
+from bot.lab.help import help_lines
 from bot.lab.probs import ProbsStep, format_knobs, format_table, probs_step
 from bot.turns import TurnAsk, prepare_turn
 
@@ -72,6 +73,9 @@ CREGEN_ID = "lab:cregen:{cid}"
 STEP_ID = "lab:step:{walk}:{rank}"
 PROBS_ID = "lab:probs:{ask_id}"
 CONF_ID = "lab:conf:{ask_id}"
+KNOB_HELP_ID = "lab:knobhelp"
+TRY_ID = "lab:try:{knob}"
+TRY_KNOBS = ("temperature", "top_p", "top_k", "repetition_penalty", "min_new_tokens")
 
 
 # --------------------------------------------------------------------------- shaping
@@ -482,6 +486,38 @@ class LabRunner:
                                             allowed_mentions=NO_MENTIONS)
 
 
+    # --- knob help ----------------------------------------------------------------------
+
+    async def knob_help(self, interaction: discord.Interaction) -> None:
+        """"What do these do?": every knob in a line or two, and a "try it" per knob."""
+        embed = discord.Embed(title="What the knobs do",
+                              description="\n".join(f"• {line}" for line in help_lines())[:4096])
+        embed.set_footer(text="Try one: your last prompt here, with the knob's value here "
+                              "against a contrasting one (/compare).")
+        view = discord.ui.View(timeout=None)
+        for name in TRY_KNOBS:
+            view.add_item(TryKnobButton(name))
+        view.stop()
+        await interaction.response.send_message(embed=embed, view=view, ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+
+    async def try_knob(self, interaction: discord.Interaction, name: str) -> None:
+        """"Try it on my last prompt": a comparison of the knob's value against a contrast."""
+        if name not in TRY_KNOBS:
+            raise UserFacingError("That button is not valid.")
+        ask_id = self.last_ask.get((interaction.user.id, interaction.channel_id))
+        if ask_id is None:
+            raise UserFacingError("Ask something here first (/ask): this reruns your last prompt.")
+        request, _, _ = await self.request_of_ask(interaction, ask_id)
+        record = await self.app.ask_log.load(ask_id)
+        prompt = record.prompt if record is not None else request.prompt
+        await self.compare(interaction, CompareAsk(
+            user_id=interaction.user.id, guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id, prompt=prompt, request=request,
+            variants=knob_variants(name, request.knobs), private=True,
+        ))
+
+
 def lab_of(interaction: discord.Interaction) -> LabRunner:
     """The lab of the client that received `interaction` (its cog holds it)."""
     get_cog: Callable[[str], object] | None = getattr(interaction.client, "get_cog", None)
@@ -599,10 +635,53 @@ class CompareRegenerateButton(_LabButton, template=r"lab:cregen:(?P<cid>[0-9]{1,
         await lab.regenerate_compare(interaction, self.cid)
 
 
+class KnobHelpButton(_LabButton, template=r"lab:knobhelp"):
+    """Under /knobs show: what each knob does."""
+
+    def __init__(self) -> None:
+        super().__init__(discord.ui.Button(label="What do these do?",
+                                           style=discord.ButtonStyle.secondary,
+                                           custom_id=KNOB_HELP_ID))
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> KnobHelpButton:
+        return cls()
+
+    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
+        await lab.knob_help(interaction)
+
+
+class TryKnobButton(_LabButton, template=r"lab:try:(?P<knob>[a-z_]{1,30})"):
+    """Compare this knob's value here against a contrasting one, on the last prompt."""
+
+    def __init__(self, knob: str) -> None:
+        super().__init__(discord.ui.Button(label=f"Try {knob}",
+                                           style=discord.ButtonStyle.secondary,
+                                           custom_id=TRY_ID.format(knob=knob)))
+        self.knob = knob
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> TryKnobButton:
+        return cls(match["knob"])
+
+    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
+        await lab.try_knob(interaction, self.knob)
+
+
+def knob_help_view() -> discord.ui.View:
+    """The "What do these do?" button for /knobs show."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(KnobHelpButton())
+    view.stop()
+    return view
+
+
 #: The lab's controls that answer clicks after a restart (walks and compares do not
 #: survive one; their buttons then say so).
 LAB_ITEMS = (ProbabilitiesButton, ConfidenceButton, StepButton, CompareStopButton,
-             CompareRegenerateButton)
+             CompareRegenerateButton, KnobHelpButton, TryKnobButton)
 
 
 def reply_lab_buttons(ask_id: int) -> list[discord.ui.Item[Any]]:
@@ -610,4 +689,5 @@ def reply_lab_buttons(ask_id: int) -> list[discord.ui.Item[Any]]:
     return [ProbabilitiesButton(ask_id), ConfidenceButton(ask_id)]
 
 
-__all__ = ["LAB_ITEMS", "LabRunner", "compare_embed", "lab_of", "reply_lab_buttons"]
+__all__ = ["LAB_ITEMS", "LabRunner", "compare_embed", "knob_help_view", "lab_of",
+           "reply_lab_buttons"]
