@@ -254,7 +254,9 @@ class LabRunner:
         and its conversation turns (earlier turns and speaker names included), with
         the reply's stored knobs and the persona stored with the ask (not today's).
         Refused for another server or channel, and for anyone but the author of a
-        private ask.
+        private ask. The history is fitted to the context with today's persona before
+        the stored one replaces it: they differ only if the persona changed since, and
+        then a reply that filled the context could be refused as too long here.
         """
         app = self.app
         record = await app.ask_log.load(ask_id)
@@ -292,7 +294,13 @@ class LabRunner:
 
     async def compare(self, interaction: discord.Interaction, ask: CompareAsk, *,
                       seed: int | None = None) -> None:
-        """Run a comparison as one ask of the member's: their slot, then the engine's queue."""
+        """Run a comparison as one ask of the member's: their slot, then the engine's queue.
+
+        It edits the interaction's original response throughout; a comparison is a few
+        hundred tokens per variant, well inside the 15-minute interaction token, so it
+        has no channel-message fallback as `ReplyWriter` does (an expired token ends
+        the comparison, logged as undelivered).
+        """
         if self.app.engine.closing:
             raise UserFacingError("I'm restarting, try again in a moment.")
         with self.gate.hold(ask.user_id):
