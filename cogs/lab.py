@@ -24,9 +24,6 @@ class Lab(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         llama = cast("LlamaBot", bot)
         self.lab = LabRunner(llama.app, llama.runner.gate)
-        llama.runner.on_finish.append(
-            lambda ask, result: self.lab.remember_ask(ask.user_id, ask.channel_id, ask.id)
-        )
 
     @app_commands.command(name="compare",
                           description="One prompt under 2-4 knob settings, side by side.")

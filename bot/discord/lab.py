@@ -223,15 +223,6 @@ class LabRunner:
                                 else edit_interval_s)
         self.walks: Expiring[Walk] = Expiring(WALKS, WALK_TTL_S)
         self.compares: Expiring[CompareAsk] = Expiring(COMPARES, WALK_TTL_S)
-        self.last_ask: OrderedDict[tuple[int, int | None], int] = OrderedDict()
-
-    def remember_ask(self, user_id: int, channel_id: int | None, ask_id: int) -> None:
-        """The member's last ask here, for "try it on my last prompt" (bounded)."""
-        key = (user_id, channel_id)
-        self.last_ask[key] = ask_id
-        self.last_ask.move_to_end(key)
-        while len(self.last_ask) > 5000:
-            self.last_ask.popitem(last=False)
 
     # --- requests ---------------------------------------------------------------------
 
@@ -513,7 +504,7 @@ class LabRunner:
         """"Try it on my last prompt": a comparison of the knob's value against a contrast."""
         if name not in TRY_KNOBS:
             raise UserFacingError("That button is not valid.")
-        ask_id = self.last_ask.get((interaction.user.id, interaction.channel_id))
+        ask_id = await self.app.ask_log.latest_id(interaction.user.id, interaction.channel_id)
         if ask_id is None:
             raise UserFacingError("Ask something here first (/ask): this reruns your last prompt.")
         request, _, _ = await self.request_of_ask(interaction, ask_id)
