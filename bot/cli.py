@@ -1,4 +1,4 @@
-"""Command line: `python -m bot [run|console|ask|prompt|bench|prepare-model|settings|forget]`.
+"""Command line: `python -m bot COMMAND`: run, console, ask, prompt, probs, compare, bench ….
 
 `run` (the default) starts the Discord bot when a token is configured and the
 local console otherwise, so the README's one run command works for everyone.
@@ -13,12 +13,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings, env_file_warning, load_settings
 from bot.errors import ConfigError, UserFacingError
 from bot.knobs import KNOB_SPECS, unescape_stop
 from bot.ops.logs import setup_logging
+
+if TYPE_CHECKING:
+    from bot.engine import Engine, GenerationRequest
 
 log = logging.getLogger("bot")
 
@@ -58,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("text", help="the prompt, as a member would type it")
     prompt.add_argument("--system", help="persona (default: the console's, as /ask uses)")
     prompt.add_argument("--json", action="store_true", help="one line of JSON")
+
+    _add_lab_parsers(sub)
 
     # The benches are tooling in the checkout (`python -m bench`); their flags are theirs.
     sub.add_parser("bench", add_help=False,
@@ -151,6 +156,96 @@ async def _forget(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the knobs lab: `probs` and `compare` (bot.lab does the work) ---------------------
+
+
+def _add_lab_parsers(sub: Any) -> None:
+    probs = sub.add_parser(
+        "probs", help="the model's next-token candidates, raw and after the knobs"
+    )
+    probs.add_argument("prompt")
+    probs.add_argument("--system", help="system prompt (persona)")
+    probs.add_argument("--seed", type=int, help="seed of the sampled pick shown")
+    probs.add_argument("--top", type=int, default=10, help="candidates to show (1-40)")
+    probs.add_argument("--after", default="",
+                       help="the reply so far as token ids, comma-separated (walk a reply)")
+    probs.add_argument("--json", action="store_true", help="one line of JSON")
+    probs.add_argument("--png", type=Path, help="also write the chart to this PNG file")
+    _add_knob_flags(probs)
+    compare = sub.add_parser(
+        "compare", help="one prompt under two to four knob settings, side by side"
+    )
+    compare.add_argument("prompt")
+    compare.add_argument("--variant", action="append", default=[],
+                         help='knobs in the /knobs set syntax or a preset (repeat 2-4 times)')
+    compare.add_argument("--system", help="system prompt (persona)")
+    compare.add_argument("--seed", type=int, help="CTranslate2's seed for this process")
+    compare.add_argument("--json", action="store_true", help="a JSON list, one object per variant")
+    _add_knob_flags(compare)
+
+
+async def _lab_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`probs` and `compare`: the request an `ask` would make, then the lab."""
+    from bot.app import load_engine, model_dir_for
+    from bot.asks import make_request
+    from bot.knobs import Knobs
+
+    system = args.system if args.system is not None else settings.system_prompt or None
+    request = make_request(
+        args.prompt, base=Knobs(), system_prompt=system, overrides=_knob_values(args)
+    )
+    after = _token_ids(args.after) if args.command == "probs" else []
+    engine = await load_engine(settings, model_dir_for(settings, _progress))
+    try:
+        if args.command == "probs":
+            return await _probs(engine, request, args, after)
+        return await _compare(engine, request, args)
+    finally:
+        await engine.close()
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UserFacingError(
+            "--after takes token ids separated by commas, e.g. 504,6783."
+        ) from None
+
+
+async def _probs(
+    engine: Engine, request: GenerationRequest, args: argparse.Namespace, after: list[int]
+) -> int:
+    from bot.lab.chart import render_png
+    from bot.lab.probs import format_table, probs_step
+
+    step = await probs_step(engine, request, generated=after, top=args.top, seed=args.seed)
+    if args.png is not None:
+        png = await asyncio.to_thread(render_png, step)
+        args.png.write_bytes(png)
+    if args.json:
+        print(json.dumps(step.to_json(), ensure_ascii=False))
+    else:
+        print(format_table(step))
+    return 0
+
+
+async def _compare(engine: Engine, request: GenerationRequest, args: argparse.Namespace) -> int:
+    from bot.asks import footer
+    from bot.lab.compare import compare, plan_variants
+
+    variants = plan_variants(args.variant, request.knobs)
+    seed, results = await compare(engine, request, variants, seed=args.seed)
+    if args.json:
+        print(json.dumps([r.to_json(seed) for r in results], ensure_ascii=False))
+        return 0
+    for r in results:
+        print(f"=== {r.label} (seed {seed}) ===")
+        print(r.text)
+        print(f"--- {footer(r.result)}")
+    return 0
+
+
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -211,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print("\n".join(format_prompt_report(report)))
             return 0 if report["fits"] else 1
+        if command in ("probs", "compare"):
+            return asyncio.run(_lab_command(settings, args))
         if command == "forget":
             return asyncio.run(_forget(settings, args))
         if command == "settings":

@@ -17,6 +17,7 @@ Mapping to CTranslate2 (documented because it is not one-to-one):
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
@@ -293,6 +294,27 @@ def parse_knob_text(name: str, raw: str) -> Any:
             f"`{name}` must be {kind} from {spec.range_text()}, not {raw!r}."
         ) from None
     return validate_knob(name, value)
+
+
+def parse_assignments(text: str) -> dict[str, Any]:
+    r"""`temperature=0.9 stop="\n\n"` (the /knobs set syntax) → validated values.
+
+    One clear error per bad knob. Shared by `/compare` variants and anything else
+    that takes knobs as one line of text.
+    """
+    try:
+        items = shlex.split(text, posix=True)
+    except ValueError as exc:
+        raise InvalidKnobs(f"Couldn't read that: {exc}.") from None
+    if not items:
+        raise InvalidKnobs("Give knob=value pairs, e.g. temperature=0.9.")
+    values: dict[str, Any] = {}
+    for item in items:
+        name, eq, raw = item.partition("=")
+        if not eq:
+            raise InvalidKnobs(f"Expected knob=value, got {item!r}.")
+        values[name] = parse_knob_text(name, raw)
+    return values
 
 
 def _split_stop_list(raw: str) -> list[str]:

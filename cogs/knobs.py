@@ -20,6 +20,7 @@ from bot import wording
 from bot.asks import persona
 from bot.discord.common import location_of
 from bot.discord.conversation import display_name, place_of
+from bot.discord.lab import knob_help_view
 from bot.errors import UserFacingError
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
 from bot.turns import TurnAsk, conversation_usage
@@ -73,7 +74,8 @@ class Knobs(
     @app_commands.command(name="show", description="Every sampling setting here, and its source.")
     async def show(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message(
-            embed=await knobs_embed(interaction), ephemeral=True, allowed_mentions=NO_MENTIONS
+            embed=await knobs_embed(interaction), ephemeral=True, allowed_mentions=NO_MENTIONS,
+            view=knob_help_view(),  # issue 19: "What do these do?" (bot/discord/lab.py)
         )
 
     @app_commands.command(name="set", description="Change sampling settings here.")

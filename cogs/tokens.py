@@ -8,15 +8,12 @@ alone is empty: otherwise "20 tokens" would show 12 pieces.
 
 from __future__ import annotations
 
-import re
-from functools import cache
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.engine.streaming import token_pieces
-from bot.model.tokenizer import Tokenizer
+from bot.model.pieces import piece_label, token_bytes
 from cogs._common import NO_MENTIONS, bot_of, location_of
 
 # ANSI foreground colours Discord renders in ```ansi blocks; alternating per token.
@@ -24,48 +21,7 @@ COLOURS = ("\u001b[0;31m", "\u001b[0;32m", "\u001b[0;33m", "\u001b[0;34m", "\u00
            "\u001b[0;36m")
 RESET = "\u001b[0m"
 BLOCK_BUDGET = 1700
-_BYTE_TOKEN = re.compile(r"(?:<0x[0-9A-Fa-f]{2}>)+")
-
-
-@cache
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet (used by Llama 3, SmolLM2 …): character → byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
-
-
-def token_bytes(raw: str) -> bytes | None:
-    """The bytes a vocabulary entry stands for, when its spelling says so; else None."""
-    if _BYTE_TOKEN.fullmatch(raw):  # SentencePiece byte fallback (Llama 2, Mistral)
-        return bytes(int(raw[i + 3: i + 5], 16) for i in range(0, len(raw), 6))
-    decoder = _byte_decoder()
-    if raw and all(c in decoder for c in raw):
-        return bytes(decoder[c] for c in raw)
-    return None
-
-
-def piece_label(tokenizer: Tokenizer, token_id: int, text: str) -> str:
-    """What to show for one token: its text, or its bytes when it is part of a character."""
-    raw = tokenizer.id_to_token(token_id)
-    data = token_bytes(raw)
-    if data is not None:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            # Whole characters as text (a leading space stays a space), the rest as bytes.
-            head = data[: exc.start].decode("utf-8")
-            return head + "".join(f"<0x{b:02X}>" for b in data[exc.start:])
-    if text and "\ufffd" not in text:
-        return text
-    return raw or f"<{token_id}>"
+__all__ = ["Tokens", "piece_label", "render_tokens", "token_bytes"]
 
 
 def render_tokens(pieces: list[str]) -> tuple[str, int]:

@@ -342,7 +342,9 @@ async def test_private_conversation_is_for_its_asker_alone(
         answer = final_message(first)
         assert answer.flags & EPHEMERAL
         # Regenerate and Reply, both for the asker alone (issue 13: private replies too).
-        assert buttons(answer) == [button(answer, "llm:regen:"), button(answer, "llm:reply:")]
+        # Then the knobs lab's Probabilities and Confidence (issue 19), also the asker's alone.
+        assert buttons(answer) == [button(answer, "llm:regen:"), button(answer, "llm:reply:"),
+                                   button(answer, "lab:probs:"), button(answer, "lab:conf:")]
         # Someone else pressing that Reply (a forged click) is refused, no modal opens.
         press = await h.fake.inject_component(button(answer, "llm:reply:"),
                                               message_id=answer.id, user=BOB)

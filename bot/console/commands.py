@@ -34,11 +34,14 @@ from bot.errors import UserFacingError
 from bot.knobs import (
     KNOB_NAMES,
     PRESETS,
+    Knobs,
     build_knobs,
     display_knob,
     format_knob,
     parse_knob_text,
 )
+from bot.lab.compare import Comparison
+from bot.lab.help import help_lines
 from bot.model_host import model_lines
 from bot.reasoning import ReasoningFilter
 from bot.settings.scopes import Location, Scope, ScopeKind
@@ -74,6 +77,10 @@ Commands (a line without a slash is an /ask; each ask continues the conversation
   /model [list]                 the models served, the one in effect here
   /model set <name> [--server]  choose the model answering here (or in the server)
   /model reset [--server]       remove that choice
+  /compare <prompt> [| knobs | knobs ...]   one prompt under 2-4 settings (knob strings
+                                or presets; none: these settings vs a contrasting temperature)
+  /probs <prompt> [| knobs]     the next-token candidates, raw and after the knobs
+  /try <knob>                   your last prompt: the knob's value here vs a contrasting one
   /help, /quit                  (Ctrl-C stops a reply; at the prompt, Ctrl-C, Ctrl-D
                                 or /quit leaves)"""
 
@@ -124,6 +131,8 @@ class Console:
                                          user_id=CONSOLE_USER_ID)
     )
     current: Generation | None = None  # the generation being streamed, for Ctrl-C
+    comparing: Comparison | None = None  # a /compare running, for Ctrl-C
+    last_prompt: str | None = None  # for /try
 
     @property
     def place(self) -> str:
@@ -152,6 +161,9 @@ class Console:
                 return False
             if cmd == "/help":
                 self.write(HELP + "\n")
+                # Issue 19: what each knob does, from the lab's one table.
+                self.write("\nWhat the knobs do:\n" + "\n".join(
+                    "  " + line for line in help_lines()) + "\n")
             elif cmd == "/ask":
                 await self.ask(rest)
             elif cmd == "/new":
@@ -169,6 +181,8 @@ class Console:
                 await self.model(rest)
             elif cmd in ("/continue", "/swipe", "/regen"):  # issue 22
                 await getattr(self, cmd[1:].replace("continue", "continue_"))(rest)
+            elif cmd in ("/compare", "/probs", "/try"):  # the knobs lab (issue 19)
+                await self.lab(cmd, rest)
             else:
                 self.write(f"Unknown command {cmd}. Type /help.\n")
         except UserFacingError as exc:
@@ -178,6 +192,7 @@ class Console:
     async def ask(self, prompt: str) -> None:
         if not prompt.strip():
             raise UserFacingError("Ask something: /ask <prompt>.")
+        self.last_prompt = prompt
         app = self.app
         turn = await prepare_turn(app, TurnAsk(
             location=self.location, prompt=prompt, author_id=CONSOLE_USER_ID,
@@ -292,11 +307,54 @@ class Console:
         self.write(f"This conversation {usage.usage_text()}.\n")
 
     def interrupt(self) -> bool:
-        """Ctrl-C: stop the reply being written, if any."""
+        """Ctrl-C: stop the reply being written (or every variant of a /compare), if any."""
+        if self.comparing is not None:
+            self.comparing.cancel()
+            return True
         if self.current is not None and not self.current.done:
             self.current.cancel()
             return True
         return False
+
+    async def lab(self, cmd: str, rest: str) -> None:
+        """/compare, /probs and /try: the knobs lab on a fresh turn in the console's scope."""
+        from bot.lab.compare import knob_variants, plan_variants, start_compare
+        from bot.lab.probs import format_table, probs_step
+
+        if cmd == "/try":
+            name = rest.strip()
+            if name not in KNOB_NAMES or name == "stop":
+                names = ", ".join(n for n in KNOB_NAMES if n != "stop")
+                raise UserFacingError(f"/try takes a knob: {names}.")
+            if self.last_prompt is None:
+                raise UserFacingError("Ask something first: /try reruns your last prompt.")
+            prompt, texts = self.last_prompt, []
+        else:
+            prompt, *texts = [part.strip() for part in rest.split(" | ")]
+        if not prompt:
+            raise UserFacingError(f"Usage: {cmd} <prompt> [| knobs ...]")
+        if cmd == "/probs" and len(texts) > 1:
+            raise UserFacingError("/probs takes one set of knobs: /probs <prompt> | top_k=5")
+        turn = await prepare_turn(self.app, TurnAsk(
+            location=self.location, prompt=prompt, author_id=CONSOLE_USER_ID,
+            author_name="you", explicit=True,
+            overrides=plan_variants(texts, Knobs())[-1].overrides if cmd == "/probs" and texts
+            else {},
+        ))
+        if cmd == "/probs":
+            self.write(format_table(await probs_step(self.app.engine, turn.request)) + "\n")
+            return
+        variants = (knob_variants(name, turn.request.knobs) if cmd == "/try"
+                    else plan_variants(texts, turn.request.knobs))
+        comparison = start_compare(self.app.engine, turn.request, variants)
+        self.comparing = comparison
+        try:
+            self.write(f"(comparing {len(variants)} settings, seed {comparison.seed}: the same "
+                       "for each; CTranslate2 has no per-call seed)\n")
+            for r in await comparison.results():
+                self.write(f"=== {r.label} ===\n{r.text}\n[{footer(r.result)}]\n")
+        finally:
+            self.comparing = None
 
     async def system(self, rest: str) -> None:
         words, server = _flag(rest, "--server")

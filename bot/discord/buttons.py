@@ -17,6 +17,7 @@ import discord
 
 from bot.discord.errors import send_error
 from bot.discord.guard import parse_id, require_id
+from bot.discord.lab import LAB_ITEMS, reply_lab_buttons
 
 STOP_ID = "llm:stop:{ask_id}:{user_id}"
 REGEN_ID = "llm:regen:{ask_id}"
@@ -285,7 +286,7 @@ def _add_answer_controls(view: discord.ui.View, answer_id: int,
 
 #: Every control that answers clicks after a restart (the client registers them).
 DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, SwipeButton, ContinueButton,
-                 ReasoningButton)
+                 ReasoningButton, *LAB_ITEMS)
 
 
 def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
@@ -307,5 +308,12 @@ def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
             view.add_item(ReplyButton(ask_id))
         if answer_id is not None:  # issue 22: `versions` is (shown index, count)
             _add_answer_controls(view, answer_id, versions, can_continue, reasoning)
+        # --- issue 19, the knobs lab: Probabilities and Confidence on every finished
+        # reply (they rebuild its prompt from the ask log; bot/discord/lab.py). Row 2:
+        # row 0 holds up to four (Regenerate, Reply, Continue, Reasoning), row 1 the
+        # swipes, and Discord allows five to a row.
+        for item in reply_lab_buttons(ask_id):
+            item.row = 2
+            view.add_item(item)
     view.stop()
     return view

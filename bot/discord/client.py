@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.errors", "cogs.ask", "cogs.system", "cogs.knobs", "cogs.tokens", "cogs.status",
-              "cogs.model", "cogs.help", "cogs.conversation")  # issue 24 items 3 and 8
+              "cogs.model", "cogs.help", "cogs.conversation",  # issues 23, 24 (3, 8)
+              "cogs.lab")  # issue 19
 
 
 class LlamaBot(commands.AutoShardedBot):

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +228,30 @@ class Engine:
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Submit and wait for the whole reply (CLI, benchmarks, tests)."""
         return await self.submit(request).result()
+
+    async def forward(self, tokens: Sequence[str]) -> Any:
+        """The model's logits at every position of `tokens`: one forward pass, no sampling.
+
+        For the probabilities and confidence views (`bot.lab`). It waits for a free
+        lane like a batch does (and out a persona-cache flush, which unloads the
+        weights), holds that lane as busy while it runs, so no flush starts under
+        it and the policy sees the replica taken, and runs on the decoding threads.
+        Returns float32 numpy logits, shape [len(tokens), vocabulary].
+        """
+        # Polled: lanes free and flushes end rarely and briefly, and a forward pass
+        # is not a queued request (it has no events); 10 ms is below one decoding step.
+        while self._flushing or self._busy_lanes >= self._replicas:
+            if self._closing:
+                raise ShuttingDown()
+            await asyncio.sleep(0.01)
+        if self._closing:
+            raise ShuttingDown()
+        self._busy_lanes += 1
+        try:
+            return await self._worker.forward(tokens, self._generator)
+        finally:
+            self._busy_lanes -= 1
+            self._wakeup.set()
 
     @property
     def queue_depth(self) -> int:

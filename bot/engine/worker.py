@@ -153,6 +153,19 @@ class DecodeWorker:
         future.result()
         return reason
 
+    async def forward(self, tokens: Sequence[str], fallback: Any) -> Any:
+        """One `forward_batch` call on the decoding threads: float32 numpy logits.
+
+        On these threads (one per replica) so a forward pass takes a replica's
+        turn as a batch does rather than adding a model call beside them. A test
+        backend without `forward_batch` hands the call to `fallback` (the real
+        generator it wraps).
+        """
+        model = self.backend if hasattr(self.backend, "forward_batch") else fallback
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, _forward_logits, model, list(tokens)
+        )
+
     def shutdown(self) -> None:
         """Join the decoding threads (each ends when its call returns)."""
         self._executor.shutdown(wait=True)
@@ -260,6 +273,18 @@ def oom_retry_limit(slots: Sequence[Slot], exc: BaseException) -> int | None:
     for slot in slots:
         slot.suspended = slot.finish is None and not slot.gen.done
     return max(1, len(slots) // 2)
+
+
+def _forward_logits(model: Any, tokens: list[str]) -> Any:
+    """CTranslate2's `forward_batch` for one sequence, as float32 numpy on the CPU."""
+    import numpy as np
+
+    out = model.forward_batch([tokens])
+    if str(getattr(out, "device", "cpu")) != "cpu":
+        import ctranslate2
+
+        out = out.to_device(ctranslate2.Device.cpu)
+    return np.asarray(out, dtype=np.float32)[0].copy()
 
 
 class ClosedBackend:

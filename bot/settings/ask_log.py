@@ -107,6 +107,18 @@ class AskLog:
         )
         return max(0, cur.rowcount)
 
+    async def latest_id(self, user_id: int, channel_id: int | None) -> int | None:
+        """The id of `user_id`'s newest ask in that channel still kept (the lab's "try it
+        on my last prompt"); None when there is none."""
+        rows = await self.db.read(
+            "SELECT id FROM asks WHERE user_id = ? AND channel_id IS ? AND created_at >= ? "
+            "AND NOT (created_at < ? AND json_valid(payload) AND "
+            "json_extract(payload, '$.private') = 1) ORDER BY created_at DESC, id DESC LIMIT 1",
+            (user_id, channel_id, self._cutoff(self.retention_days * 86400),
+             self._cutoff(self.private_ttl_s)),
+        )
+        return int(rows[0][0]) if rows else None
+
     async def load(self, ask_id: int) -> AskRecord | None:
         """The ask, or None if it is unknown or past its time (not yet pruned is not enough)."""
         rows = await self.db.read(

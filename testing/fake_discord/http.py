@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from testing.fake_discord.records import RecordedRequest, Records, route_matcher
+from testing.fake_discord.records import FILE_HEAD_BYTES, RecordedRequest, Records, route_matcher
 from testing.fake_discord.world import API_PREFIX, JSONDict
 
 
@@ -244,6 +244,7 @@ class Http(Records):
             template = ""
         body: Any = None
         files: list[tuple[str, int]] = []
+        heads: list[bytes] = []
         if request.content_type.startswith("multipart/"):
             reader = await request.multipart()
             while True:
@@ -257,6 +258,7 @@ class Http(Records):
                     body = json.loads(data)
                 else:
                     files.append((part.filename or "", len(data)))
+                    heads.append(bytes(data[:FILE_HEAD_BYTES]))
         elif request.can_read_body:
             raw = await request.read()
             if raw:
@@ -274,6 +276,7 @@ class Http(Records):
             headers=dict(request.headers),
             time=time.monotonic(),
             files=files,
+            file_heads=heads,
         )
         self.requests.append(record)
         self.stats.requests += 1

@@ -14,6 +14,9 @@ from typing import Any
 
 from testing.fake_discord.world import API_PREFIX, FakeInteraction, JSONDict, StoredMessage, World
 
+FILE_HEAD_BYTES = 64
+"""How much of each uploaded file is kept: enough for a signature, not a soak's memory."""
+
 
 class Routes:
     """discord.py's route templates, so tests need not spell them out."""
@@ -50,6 +53,7 @@ class RecordedRequest:
     headers: dict[str, str]
     time: float
     files: list[tuple[str, int]] = field(default_factory=list)
+    file_heads: list[bytes] = field(default_factory=list)  # each file's first bytes (signatures)
     status: int | None = None
     finished: float | None = None  # time.monotonic() when the response was ready
 

@@ -1,0 +1,69 @@
+"""/compare and /probs: the knobs lab (bot.lab does the numbers, bot/discord/lab.py the views)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord.lab import CompareAsk, LabRunner
+from bot.lab.compare import SEED_LIMIT, parse_variant, plan_variants
+
+if TYPE_CHECKING:
+    from bot.discord.client import LlamaBot
+
+PROMPT_LIMIT = 6000
+VARIANT_HELP = "Knobs in the /knobs set syntax (temperature=1.5 top_p=1) or a preset name"
+
+
+class Lab(commands.Cog):
+    """Holds the lab's state (walks, comparisons) for the buttons to find (`lab_of`)."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        llama = cast("LlamaBot", bot)
+        self.lab = LabRunner(llama.app, llama.runner.gate)
+
+    @app_commands.command(name="compare",
+                          description="One prompt under 2-4 knob settings, side by side.")
+    @app_commands.describe(
+        prompt="What to ask", a=VARIANT_HELP, b=VARIANT_HELP, c=VARIANT_HELP, d=VARIANT_HELP,
+        seed="The seed every variant shares (default: a new one, shown)",
+        private="Only you see the comparison",
+    )
+    async def compare(
+        self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_LIMIT],
+        a: str | None = None, b: str | None = None, c: str | None = None, d: str | None = None,
+        seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None, private: bool = False,
+    ) -> None:
+        request = await self.lab.fresh_request(interaction, prompt)
+        variants = plan_variants([a, b, c, d], request.knobs)
+        await self.lab.compare(interaction, CompareAsk(
+            user_id=interaction.user.id, guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id, prompt=prompt.strip(), request=request,
+            variants=variants, private=private,
+        ), seed=seed)
+
+    @app_commands.command(name="probs",
+                          description="The model's next-token candidates, raw and after the knobs.")
+    @app_commands.describe(
+        prompt="The prompt, as you would /ask it",
+        knobs="Knobs for this view in the /knobs set syntax, or a preset (default: this channel's)",
+        seed="Seed of the sampled pick shown (default: a new one)",
+        public="Post it in the channel (default: only you see it)",
+    )
+    async def probs(
+        self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_LIMIT],
+        knobs: str | None = None, seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None,
+        public: bool = False,
+    ) -> None:
+        overrides: dict[str, Any] = parse_variant(knobs).overrides if knobs else {}
+        request = await self.lab.fresh_request(interaction, prompt, overrides)
+        await self.lab.probs(interaction, request, private=not public, seed=seed,
+                             header="Your prompt with this channel's persona.")
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Lab(bot))
+
