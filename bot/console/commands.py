@@ -16,7 +16,6 @@ is the console's one streaming loop, which `python -m bot ask` uses too.
 from __future__ import annotations
 
 import asyncio
-import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,7 +37,7 @@ from bot.knobs import (
     build_knobs,
     display_knob,
     format_knob,
-    parse_knob_text,
+    parse_assignments,
 )
 from bot.lab.compare import Comparison
 from bot.lab.help import help_lines
@@ -524,19 +523,9 @@ def _flag(text: str, flag: str) -> tuple[str, bool]:
 
 
 def _parse_assignments(text: str) -> dict[str, Any]:
-    """`temperature=0.9 stop="\\n\\n"` → validated values, one clear error per bad knob."""
-    try:
-        items = shlex.split(text, posix=True)
-    except ValueError as exc:
-        raise UserFacingError(f"Couldn't read that: {exc}.") from None
-    if not items:
+    """`/knobs set`'s arguments: the one knob-line parser, with the console's own hint."""
+    if not text.strip():
         raise UserFacingError("Give knob=value pairs, e.g. /knobs set temperature=0.9.")
-    values: dict[str, Any] = {}
-    for item in items:
-        name, eq, raw = item.partition("=")
-        if not eq:
-            raise UserFacingError(f"Expected knob=value, got {item!r}.")
-        values[name] = parse_knob_text(name, raw)
-    return values
+    return parse_assignments(text)
 
 
