@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -130,22 +130,32 @@ def engine_options_for(settings: Settings, spec: ModelSpec) -> EngineOptions:
     )
 
 
+@contextlib.contextmanager
+def device_errors_explained(compute_type: str | None) -> Iterator[None]:
+    """Turn a device failure while loading weights into a `DeviceCheckError` that says why.
+
+    Our own errors (a broken model directory) already say what is wrong and pass
+    through; so does anything `explain_device_error` does not recognise.
+    """
+    try:
+        yield
+    except (RuntimeError, ValueError) as exc:
+        reason = None if isinstance(exc, UserFacingError) else explain_device_error(
+            exc, compute_type or "the default"
+        )
+        if reason is None:
+            raise
+        raise DeviceCheckError(reason) from exc
+
+
 async def load_model(settings: Settings, spec: ModelSpec) -> Engine:
     """Load one model's engine; on CUDA it must generate before it serves.
 
     The GPU check runs per model, so a model whose device or compute type cannot
     run fails alone (the registry reports it and the others keep serving).
     """
-    try:
+    with device_errors_explained(spec.compute_type):
         engine = await Engine.load(spec.dir, engine_options_for(settings, spec))
-    except (RuntimeError, ValueError) as exc:
-        # Our own errors (a broken model directory) already say what is wrong.
-        reason = None if isinstance(exc, UserFacingError) else explain_device_error(
-            exc, spec.compute_type or "the default"
-        )
-        if reason is None:
-            raise
-        raise DeviceCheckError(reason) from exc
     log.info(
         "model %s loaded on %s (%s) in %.1fs",
         spec.name, engine.info.device, engine.info.compute_type, engine.info.load_s,
@@ -261,16 +271,8 @@ async def _serve(
                           **_stores(db, settings))
             return
         assert model_dir is not None
-        try:
+        with device_errors_explained(settings.compute_type):
             engine = await load_engine(settings, model_dir)
-        except (RuntimeError, ValueError) as exc:
-            # Our own errors (a broken model directory) already say what is wrong.
-            reason = None if isinstance(exc, UserFacingError) else explain_device_error(
-                exc, settings.compute_type or "the default"
-            )
-            if reason is None:
-                raise
-            raise DeviceCheckError(reason) from exc
         log.info(
             "model %s loaded on %s (%s) in %.1fs",
             engine.info.model_name, engine.info.device, engine.info.compute_type,
