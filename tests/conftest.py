@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from bot.app import App
+from bot.config import load_settings
 from bot.engine import Engine, EngineOptions
+from bot.settings.ask_log import AskLog
 from bot.settings.store import SettingsStore
+from testing.backends import ScriptedGenerator
 from testing.model_factory import embedded_model_dir, make_tiny_model
 
 
@@ -50,3 +54,21 @@ async def store(tmp_path: Path) -> AsyncIterator[SettingsStore]:
     s = await SettingsStore.open(tmp_path / "bot.sqlite3")
     yield s
     await s.close()
+
+
+@pytest.fixture
+async def app(tiny_model_dir: Path, tmp_path: Path) -> AsyncIterator[App]:
+    """The core App over the tiny model and a real SQLite file, no Discord: for tests of
+    turn preparation (the model writes a fixed script, so what is measured is the core)."""
+    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
+                             model_dir=tiny_model_dir, device="cpu")
+    store = await SettingsStore.open(settings.database_path)
+    engine = await Engine.load(
+        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
+    )
+    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, "word " * 20, 0.0))
+    try:
+        yield App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
+    finally:
+        await engine.close()
+        await store.close()

@@ -21,19 +21,15 @@ from typing import Any
 import pytest
 
 from bot.app import App
-from bot.config import load_settings
 from bot.conversation import fit_history
 from bot.discord.errors import GENERIC
-from bot.engine import Engine, EngineOptions, GenerationRequest, PreparedPrompt, Turn
+from bot.engine import Engine, GenerationRequest, PreparedPrompt, Turn
 from bot.errors import PromptTooLong
 from bot.knobs import Knobs
 from bot.limits import _TRACKED_LIMIT, AskGate, QuietRefusals
-from bot.settings.ask_log import AskLog
 from bot.settings.scopes import Location, Scope
-from bot.settings.store import SettingsStore
 from bot.settings.turns import NewExchange
 from bot.turns import TurnAsk, prepare_turn
-from testing.backends import ScriptedGenerator
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeInteraction, FakeUser, StoredMessage
 
@@ -99,21 +95,6 @@ async def test_fitting_a_long_history_renders_only_about_a_window_of_it(
     with contextlib.suppress(PromptTooLong):  # far too long is "would not fit" too
         assert tiny_engine.prepare(one_more).clamped
 
-
-@pytest.fixture
-async def app(tiny_model_dir: Path, tmp_path: Path) -> Any:
-    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
-                             model_dir=tiny_model_dir, device="cpu")
-    store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(
-        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
-    )
-    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, "word " * 20, 0.0))
-    try:
-        yield App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
-    finally:
-        await engine.close()
-        await store.close()
 
 
 async def test_preparing_a_500_turn_chain_runs_off_the_event_loop(

@@ -17,15 +17,11 @@ import discord.webhook.async_
 import pytest
 
 from bot.app import App
-from bot.config import load_settings
 from bot.conversation import PrivateConversation
-from bot.engine import Engine, EngineOptions, GenerationRequest, PreparedPrompt, Turn
+from bot.engine import Engine, GenerationRequest, PreparedPrompt, Turn
 from bot.errors import UserFacingError
-from bot.settings.ask_log import AskLog
 from bot.settings.scopes import Location
-from bot.settings.store import SettingsStore
 from bot.turns import TurnAsk, prepare_turn, record_turn
-from testing.backends import ScriptedGenerator
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import RecordedRequest, Routes, StoredMessage
 from tests.test_faults import _QuickAsyncio
@@ -165,21 +161,6 @@ async def test_a_mention_reply_discord_keeps_refusing_ends_with_a_clear_message(
 
 # --- the core: one turn for every front-end, its prompt encoded once ------------------
 
-
-@pytest.fixture
-async def app(tiny_model_dir: Path, tmp_path: Path) -> Any:
-    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
-                             model_dir=tiny_model_dir, device="cpu")
-    store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(
-        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
-    )
-    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, "word " * 20, 0.0))
-    try:
-        yield App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
-    finally:
-        await engine.close()
-        await store.close()
 
 
 def count_prepares(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
