@@ -17,8 +17,8 @@ import statistics
 from typing import Any
 
 from bench.common import first_text, rss_mb
+from bot.chat.history import fit_history
 from bot.config import Settings
-from bot.conversation import fit_history
 from bot.engine import Engine, GenerationRequest, Turn
 from bot.knobs import Knobs
 

@@ -34,13 +34,13 @@ from typing import Any
 
 from bench.common import BENCH_PROMPT, peak_rss_mb, rss_mb
 from bot.app import App, load_engine, model_dir_for
-from bot.asks import FINISH_WORDS
+from bot.chat.request import FINISH_WORDS
 from bot.config import Settings
 from bot.discord.client import LlamaBot
 from bot.engine import Finished, GenerationResult, TextDelta
-from bot.settings.ask_log import AskLog
-from bot.settings.scopes import Scope
-from bot.settings.store import SettingsStore
+from bot.store.ask_log import AskLog
+from bot.store.scopes import Scope
+from bot.store.store import SettingsStore
 from testing.fake_discord import (
     FakeChannel,
     FakeDiscord,

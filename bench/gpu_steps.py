@@ -268,7 +268,7 @@ def step_imports(args: argparse.Namespace) -> None:
     import ctranslate2
 
     for module in ("bot.cli", "bot.app", "bench.engine_bench", "bench.mixed_bench",
-                   "bot.model.gguf_convert", "bot.settings.store"):
+                   "bot.model.gguf_convert", "bot.store.store"):
         importlib.import_module(module)
     loaded = set(sys.modules) - before
     out: dict[str, Any] = {

@@ -28,9 +28,9 @@ from typing import Any
 from bench.common import first_text, peak_rss_mb, rss_mb
 from bot.config import Settings
 from bot.engine import Engine, GenerationRequest
-from bot.engine.registry import ModelRegistry
+from bot.hosting.catalog import ModelSpec, catalog_from_settings, weight_bytes_of
+from bot.hosting.registry import ModelRegistry
 from bot.knobs import Knobs
-from bot.model.catalog import ModelSpec, catalog_from_settings, weight_bytes_of
 
 PROMPT = "Suggest three names for a hiking club and say why in one line each."
 

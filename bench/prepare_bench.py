@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bot.chat.turns import TurnAsk, prepare_turn
 from bot.config import Settings
-from bot.settings.ask_log import AskLog
-from bot.settings.scopes import Location
-from bot.settings.store import SettingsStore
-from bot.settings.turns import NewExchange, StoredTurn
-from bot.turns import TurnAsk, prepare_turn
+from bot.store.ask_log import AskLog
+from bot.store.scopes import Location
+from bot.store.store import SettingsStore
+from bot.store.turns import NewExchange, StoredTurn
 
 TURN_COUNTS = (10, 100, 500)
 _QUESTION = "What should we pack for the hike on Saturday, and how early should we leave?"

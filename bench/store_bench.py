@@ -23,9 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.settings.scopes import Location
-from bot.settings.store import SettingsStore
-from bot.settings.transfer import EXPORT_FORMAT, import_rows
+from bot.store.scopes import Location
+from bot.store.store import SettingsStore
+from bot.store.transfer import EXPORT_FORMAT, import_rows
 
 GUILDS = 100
 CHANNELS_PER_GUILD = 100

@@ -19,20 +19,20 @@ from typing import Any
 from bot.config import Settings
 from bot.engine import Engine, EngineOptions
 from bot.engine.device_check import DeviceCheckError, explain_device_error, gpu_self_check
-from bot.engine.registry import ModelRegistry
 from bot.errors import UserFacingError
+from bot.hosting.catalog import MB, ModelCatalog, ModelSpec, catalog_from_settings
+from bot.hosting.host import ModelHost
+from bot.hosting.registry import ModelRegistry
 from bot.limits import SettingsWriteLimiter
-from bot.model.catalog import MB, ModelCatalog, ModelSpec, catalog_from_settings
 from bot.model.embedded import prepare_default_model
-from bot.model_host import ModelHost
-from bot.settings.ask_log import AskLog
-from bot.settings.db import Database
-from bot.settings.personas import PersonaStore
-from bot.settings.retention import PRUNE_EVERY_S, prune_expired
-from bot.settings.scopes import Effective, Location
-from bot.settings.store import SettingsStore
-from bot.settings.swipes import SwipeStore
-from bot.settings.turns import TurnStore
+from bot.store.ask_log import AskLog
+from bot.store.db import Database
+from bot.store.personas import PersonaStore
+from bot.store.retention import PRUNE_EVERY_S, prune_expired
+from bot.store.scopes import Effective, Location
+from bot.store.store import SettingsStore
+from bot.store.swipes import SwipeStore
+from bot.store.turns import TurnStore
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class App:
     swipes: SwipeStore = field(init=False)
     personas: PersonaStore = field(init=False)
 
-    #: Issue 23: the models this host serves (`bot.model_host`). `open_app` passes
+    #: Issue 23: the models this host serves (`bot.hosting.host`). `open_app` passes
     #: them as `model_host`; an App built around one engine serves just that one.
     #: `engine` stays the default model's engine (kept current if it is reloaded);
     #: an ask uses `models.engine(name)` for the model in effect where it is made.

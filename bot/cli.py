@@ -96,7 +96,7 @@ def _knob_values(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     from bot.app import load_engine, model_dir_for
-    from bot.asks import footer, make_request
+    from bot.chat.request import footer, make_request
     from bot.console import stream_reply
     from bot.knobs import Knobs
 
@@ -137,8 +137,8 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _forget(settings: Settings, args: argparse.Namespace) -> int:
     """`forget --user ID | --server ID`: one transaction, then what it deleted."""
-    from bot.settings.db import Database
-    from bot.settings.retention import forget
+    from bot.store.db import Database
+    from bot.store.retention import forget
 
     for value in (args.user, args.server):
         if value is not None and value < 0:
@@ -187,7 +187,7 @@ def _add_lab_parsers(sub: Any) -> None:
 async def _lab_command(settings: Settings, args: argparse.Namespace) -> int:
     """`probs` and `compare`: the request an `ask` would make, then the lab."""
     from bot.app import load_engine, model_dir_for
-    from bot.asks import make_request
+    from bot.chat.request import make_request
     from bot.knobs import Knobs
 
     system = args.system if args.system is not None else settings.system_prompt or None
@@ -231,7 +231,7 @@ async def _probs(
 
 
 async def _compare(engine: Engine, request: GenerationRequest, args: argparse.Namespace) -> int:
-    from bot.asks import footer
+    from bot.chat.request import footer
     from bot.lab.compare import compare, plan_variants
 
     variants = plan_variants(args.variant, request.knobs)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "ask":
             return asyncio.run(_ask(settings, args))
         if command == "prompt":
-            from bot.prompt_report import format_prompt_report, prompt_report
+            from bot.console.prompt_report import format_prompt_report, prompt_report
 
             report = asyncio.run(prompt_report(settings, args.text, args.system, _progress))
             if args.json:
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "forget":
             return asyncio.run(_forget(settings, args))
         if command == "settings":
-            from bot.settings.shards import run_settings_command
+            from bot.store.shards import run_settings_command
 
             return asyncio.run(run_settings_command(settings, args))
         if command == "console" or (command == "run" and not settings.has_token):

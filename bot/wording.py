@@ -1,6 +1,6 @@
 """The words a member reads, in one table, so one thing has one name everywhere.
 
-Rules every string here follows (tests/test_first_hour.py walks them): the
+Rules every string here follows (tests/acceptance/test_first_hour.py walks them): the
 thing a scope sets to steer the model is a *persona* (the commands stay
 `/system`); a place is named for what it is ("this thread" inside a thread,
 never "this channel"); counts go through `plural`, so no "1 requests"; a
@@ -167,3 +167,34 @@ ALL_FIXED: Final = (
     *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,
     PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(),
 )
+
+HELP: Final = """**How to ask**
+- `/ask prompt:…` — the reply streams in; `private:true` shows it only to you,
+  `thread:true` opens a thread from it.
+- Mention me with your question, or reply to one of my answers (ping on) to continue it.
+- Press **Reply** under an answer to continue it; **Regenerate** asks again; **Stop** ends a reply.
+- In DMs, just write: each message continues our conversation.
+
+**Commands**
+- `/settings` — the persona and sampling settings in effect here.
+- `/conversation show` — your conversation here, its tokens, what the next ask leaves out;
+  `/conversation forget` deletes it.
+- `/tokens` — how many tokens a text is. `/status` — the model, the queue, recent speed.
+- `/help` — this.
+
+**Admins' checklist**
+1. `/system set` or `/system edit` — the persona (this channel or thread, or the whole server).
+2. `/knobs set` — sampling settings; a server's `max_new_tokens` is a ceiling for its channels.
+3. `/knobs preset` — precise, balanced or creative in one go; `/knobs reset` goes back.
+4. Channel permissions decide where I may post; I answer only where I'm asked."""
+
+#: Said once when the bot joins a server, where it may post; it pings nobody.
+JOINED: Final = ("Hello! I answer questions with a language model. Ask with `/ask`, or mention "
+                 "me with your question. `/help` lists the commands and an admin's checklist.")
+
+#: What "@bot help" (or "help" in a DM) is: the whole message, case and a "/" aside.
+HELP_WORDS: Final = frozenset({"help", "/help", "help?", "!help"})
+
+
+def asks_for_help(text: str) -> bool:
+    return text.strip().lower() in HELP_WORDS

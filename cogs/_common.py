@@ -14,7 +14,7 @@ from bot.discord.errors import MissingScopePermission
 from bot.errors import UserFacingError
 from bot.knobs import KNOB_SPECS, parse_knob_text
 from bot.limits import TooManyWrites
-from bot.settings.scopes import Scope
+from bot.store.scopes import Scope
 
 if TYPE_CHECKING:
     from bot.discord.client import LlamaBot

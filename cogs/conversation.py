@@ -1,7 +1,7 @@
 """/conversation show and /conversation forget: a member's conversation, seen and cleared.
 
 Thin: where the member is (their DM, a thread /ask opened, or a channel) picks
-the conversation; `bot.conversation_view` does the rest. Both answer only
+the conversation; `bot.chat.view` does the rest. Both answer only
 the member (ephemeral), and only their own turns are shown or deleted.
 """
 
@@ -12,9 +12,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import wording
-from bot.conversation_view import describe, view_of
+from bot.chat.view import describe, view_of
 from bot.discord.conversation import dm_place, place_of
-from bot.settings.turns import StoredTurn
+from bot.store.turns import StoredTurn
 from cogs._common import NO_MENTIONS, bot_of, location_of
 
 #: Discord's message limit.

@@ -6,7 +6,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.help_text import HELP
+from bot.wording import HELP
 from cogs._common import NO_MENTIONS
 
 

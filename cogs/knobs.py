@@ -17,13 +17,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import wording
-from bot.asks import persona
+from bot.chat.request import persona
+from bot.chat.turns import TurnAsk, conversation_usage
 from bot.discord.common import location_of
 from bot.discord.conversation import display_name, place_of
 from bot.discord.lab import knob_help_view
 from bot.errors import UserFacingError
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
-from bot.turns import TurnAsk, conversation_usage
 from cogs._common import (
     KNOB_DESCRIPTIONS,
     NO_MENTIONS,

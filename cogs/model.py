@@ -15,8 +15,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.common import location_of
-from bot.model_host import model_lines
-from bot.settings.scopes import Scope, ScopeKind
+from bot.hosting.host import model_lines
+from bot.store.scopes import Scope, ScopeKind
 from cogs._common import NO_MENTIONS, ScopeChoice, bot_of, scope_for_write, scope_word
 
 #: An embed's description holds 4,096 characters.

@@ -16,16 +16,16 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import wording
-from bot.asks import persona
-from bot.characters import MAX_PNG_BYTES, parse_card
+from bot.chat.characters import MAX_PNG_BYTES, parse_card
+from bot.chat.request import persona
 from bot.discord.attachments import read_attachment
 from bot.discord.common import location_of
 from bot.discord.guard import parse_id
 from bot.discord.modals import ModalRouter, send_stateless
 from bot.errors import UserFacingError
 from bot.knobs import KNOB_NAMES
-from bot.settings.personas import MAX_NAME_CHARS
-from bot.settings.scopes import MAX_SYSTEM_PROMPT_CHARS, Scope
+from bot.store.personas import MAX_NAME_CHARS
+from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS, Scope
 from cogs._common import (
     NO_MENTIONS,
     SCOPE_HELP,
@@ -188,7 +188,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     # --- issue 22: character cards, named personas, the reasoning setting -------------
-    # The rules live in the core (bot.characters, bot.settings.personas); these
+    # The rules live in the core (bot.chat.characters, bot.store.personas); these
     # subcommands only fetch the attachment, pick the scope and say what happened.
 
     @app_commands.command(name="import", description="Make a persona from a character card.")

@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.hosting.catalog import ModelSpec
 from bot.model.bundle import ModelBundle, load_model_bundle
-from bot.model.catalog import ModelSpec
 
 
 @dataclass

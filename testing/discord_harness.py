@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import App
-from bot.asks import FINISH_WORDS
+from bot.chat.request import FINISH_WORDS
 from bot.config import Settings, load_settings
 from bot.discord.client import LlamaBot
 from bot.engine import Engine, EngineOptions
 from bot.knobs import KNOB_NAMES
-from bot.settings.ask_log import AskLog
-from bot.settings.scopes import Scope
-from bot.settings.store import SettingsStore
+from bot.store.ask_log import AskLog
+from bot.store.scopes import Scope
+from bot.store.store import SettingsStore
 from bot.wording import EMPTY_REPLY
 from testing.backends import ScriptedGenerator
 from testing.fake_discord import FakeDiscord, FakeGuild, FakeInteraction, default_guild

@@ -16,8 +16,8 @@ import pytest
 from bot.app import App
 from bot.config import load_settings
 from bot.engine import Engine, EngineOptions
-from bot.settings.ask_log import AskLog
-from bot.settings.store import SettingsStore
+from bot.store.ask_log import AskLog
+from bot.store.store import SettingsStore
 from testing.backends import ScriptedGenerator
 from testing.model_factory import embedded_model_dir, make_tiny_model
 

@@ -15,9 +15,9 @@ from bot.ops.metrics import ERROR_KINDS, error_kind
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bot", "cogs", "bench", "testing")
 CORE = (
-    "bot.engine", "bot.model.bundle", "bot.model.embedded", "bot.settings.store",
-    "bot.settings.transfer", "bot.settings.ask_log", "bot.asks", "bot.app", "bot.console",
-    "bot.cli", "bot.conversation", "bot.settings.turns", "bot.turns", "bot.prompt_report",
+    "bot.engine", "bot.model.bundle", "bot.model.embedded", "bot.store.store",
+    "bot.store.transfer", "bot.store.ask_log", "bot.chat.request", "bot.app", "bot.console",
+    "bot.cli", "bot.chat.history", "bot.store.turns", "bot.chat.turns", "bot.console.prompt_report",
 )
 FORBIDDEN = ("discord", "cogs", "bench", "testing", "aiohttp", "ctranslate2")
 

@@ -9,7 +9,7 @@ acts on the console's server scope instead of its channel scope.
 The console holds one conversation: each line continues it, `/new` starts a
 fresh one, `/history` shows what the next ask will send. Its turns live in the
 database (place ``console:<channel>``), so the conversation survives a restart.
-A turn is prepared and recorded by `bot.turns`, as on Discord; `stream_reply`
+A turn is prepared and recorded by `bot.chat.turns`, as on Discord; `stream_reply`
 is the console's one streaming loop, which `python -m bot ask` uses too.
 """
 
@@ -23,13 +23,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.app import App
-from bot.asks import footer, persona, resolve_request
-from bot.characters import load_card_file
-from bot.continuation import finish_of, prepare_continue
-from bot.conversation import history_of, history_report
+from bot.chat.characters import load_card_file
+from bot.chat.continuation import finish_of, prepare_continue
+from bot.chat.history import history_of, history_report
+from bot.chat.reasoning import ReasoningFilter
+from bot.chat.request import footer, persona, resolve_request
+from bot.chat.turns import PreparedTurn, TurnAsk, conversation_usage, prepare_turn, record_turn
 from bot.engine import Engine, Finished, Generation, GenerationResult, Queued, TextDelta
 from bot.engine.streaming import token_pieces
 from bot.errors import UserFacingError
+from bot.hosting.host import model_lines
 from bot.knobs import (
     KNOB_NAMES,
     PRESETS,
@@ -41,11 +44,8 @@ from bot.knobs import (
 )
 from bot.lab.compare import Comparison
 from bot.lab.help import help_lines
-from bot.model_host import model_lines
-from bot.reasoning import ReasoningFilter
-from bot.settings.scopes import Location, Scope, ScopeKind
-from bot.settings.swipes import Answer
-from bot.turns import PreparedTurn, TurnAsk, conversation_usage, prepare_turn, record_turn
+from bot.store.scopes import Location, Scope, ScopeKind
+from bot.store.swipes import Answer
 
 # Ids of the console's own scopes. Discord snowflakes are far larger, so these
 # never collide with a real server sharing the same database.

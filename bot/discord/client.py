@@ -29,8 +29,8 @@ from bot.discord.modals import ModalRouter
 from bot.discord.runner import AskRunner
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
-from bot.help_text import JOINED
 from bot.ops.logs import register_secret
+from bot.wording import JOINED
 
 if TYPE_CHECKING:
     from bot.ops.metrics import Metrics

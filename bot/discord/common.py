@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import discord
 
-from bot.settings.scopes import Location
+from bot.store.scopes import Location
 
 #: Passed on every send and edit (and set client-wide): model output never pings anyone.
 NO_MENTIONS = discord.AllowedMentions.none()

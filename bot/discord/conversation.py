@@ -6,7 +6,7 @@ message-content intent when the bot is mentioned (a reply that pings the bot
 counts) and in DMs. A message that reaches us without content (a reply with the
 ping switched off, a bare mention) gets a short "how to ask" instead of an answer.
 
-Where a follow-up continues from (`AskRunner` builds a `bot.turns.TurnAsk` from these):
+Where a follow-up continues from (`AskRunner` builds a `bot.chat.turns.TurnAsk` from these):
 - the Reply button: the answer it sits under (on an earlier answer: a branch);
 - a reply that pings the bot: the answer it replies to;
 - a plain DM: the user's current DM conversation (`dm:<user>`);
@@ -17,7 +17,7 @@ Where a follow-up continues from (`AskRunner` builds a `bot.turns.TurnAsk` from 
 Persona and knobs are resolved for the location at every turn. Turns are stored
 only once a reply finished, so a failed ask leaves nothing behind. Private
 answers stay private: their follow-ups are ephemeral and nobody else can
-continue them (`bot.conversation.check_continuable`).
+continue them (`bot.chat.history.check_continuable`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import discord
 
-from bot.settings.scopes import Location
-from bot.settings.turns import StoredTurn, TurnStore
+from bot.store.scopes import Location
+from bot.store.turns import StoredTurn, TurnStore
 
 HOW_TO_ASK = (
     "I found no question to answer (Discord shows me the text of a message only when it "

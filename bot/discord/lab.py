@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import discord
 
-from bot.asks import FINISH_WORDS
+from bot.chat.request import FINISH_WORDS
+from bot.chat.turns import TurnAsk, prepare_turn
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import send_error
 from bot.discord.pages import CoalescingEditor, quote_prompt
@@ -45,7 +46,6 @@ from bot.lab.compare import Comparison, Variant, VariantResult, knob_variants, s
 from bot.lab.confidence import legend, render_ansi, score_reply, surprising_lines
 from bot.lab.help import help_lines
 from bot.lab.probs import ProbsStep, format_knobs, format_table, probs_step
-from bot.turns import TurnAsk, prepare_turn
 
 if TYPE_CHECKING:
     from bot.app import App

@@ -16,8 +16,8 @@ import logging
 import discord
 
 from bot.discord.reply import Page, Surface
-from bot.engine.registry import Waiting
 from bot.errors import UserFacingError
+from bot.hosting.registry import Waiting
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from dataclasses import replace
 import discord
 
 from bot import wording
-from bot.asks import Cap, reply_footer
+from bot.chat.reasoning import ReasoningFilter
+from bot.chat.request import Cap, reply_footer
 from bot.discord.common import NO_MENTIONS
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
 from bot.errors import UserFacingError
-from bot.reasoning import ReasoningFilter
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ goes through `AskRunner.run`:
     gate → request → submit → acknowledge/log → stream → store → hooks
 
 The gate is the member's slot (`AskGate`), taken before the first await; the
-request is `bot.turns.prepare_turn` (history, persona, knobs, fitting; the
+request is `bot.chat.turns.prepare_turn` (history, persona, knobs, fitting; the
 prompt encoded once); errors up to the acknowledgement reach the member as
 the entry's own refusal; the stream is `ReplyWriter` on the ask's surface; the
 turns are stored before the buttons appear and the slot is freed before the
@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import wording
-from bot.continuation import finish_of
-from bot.conversation import PrivateConversation
+from bot.chat.continuation import finish_of
+from bot.chat.history import PrivateConversation
+from bot.chat.reasoning import ReasoningFilter
+from bot.chat.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
 from bot.discord.buttons import ReplyModal, reply_view
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.conversation import (
@@ -56,13 +58,11 @@ from bot.discord.reply import (
 from bot.discord.swipes import answer_view, continue_reply, show_reasoning, swipe
 from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
-from bot.help_text import HELP, asks_for_help
 from bot.knobs import Knobs
 from bot.limits import AskGate, QuietRefusals
-from bot.reasoning import ReasoningFilter
-from bot.settings.ask_log import AskRecord
-from bot.settings.turns import StoredTurn
-from bot.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
+from bot.store.ask_log import AskRecord
+from bot.store.turns import StoredTurn
+from bot.wording import HELP, asks_for_help
 
 if TYPE_CHECKING:
     from bot.app import App

@@ -5,7 +5,7 @@ is the press's own ``update_message`` response (it works long after the
 15-minute window of the ask that made the reply), and Continue defers the
 press and edits the pressed message, with follow-ups for more pages. The
 rules (who may browse or continue a private reply, the caps) are
-`bot.settings.swipes.SwipeStore`'s; the request is `bot.continuation`'s.
+`bot.store.swipes.SwipeStore`'s; the request is `bot.chat.continuation`'s.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import discord
 
-from bot.continuation import finish_of, prepare_continue
+from bot.chat.continuation import finish_of, prepare_continue
+from bot.chat.turns import PreparedTurn
 from bot.discord.buttons import reply_view
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.pages import MESSAGE_LIMIT
@@ -32,8 +33,7 @@ from bot.discord.reply import (
 from bot.engine import Generation
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
-from bot.settings.swipes import Answer, AnswerGone, PrivateAnswer, Swipes
-from bot.turns import PreparedTurn
+from bot.store.swipes import Answer, AnswerGone, PrivateAnswer, Swipes
 
 if TYPE_CHECKING:
     from bot.app import App

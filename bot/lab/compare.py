@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from bot.asks import within_cap
+from bot.chat.request import within_cap
 from bot.engine import Event, Finished, FinishReason, GenerationRequest, GenerationResult
 from bot.errors import InvalidKnobs, UserFacingError
 from bot.knobs import PRESETS, Knobs, build_knobs, parse_assignments

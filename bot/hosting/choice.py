@@ -1,0 +1,147 @@
+"""Which model answers: the one a scope chose (server ← channel ← thread, or a DM), and
+the one a continuing conversation keeps.
+
+Stored like the persona: a `model` row per scope holding a model name, resolved
+with the other settings. A stored name is checked for its form only, on the way
+in and out, never against the models configured now: an operator may remove a
+model and put it back, and a scope that named it must not lose its choice (it
+falls back to the default meanwhile, with a note saying so). Whether a name is
+configured is checked when an admin sets it (`check_choice`).
+
+A conversation remembers the model each turn used (the `turns.model` column,
+bot/store/migration_models.py). A follow-up keeps that model, unless the
+choice in force where it continues is another one: a scope changed it since,
+and the turn says "switched to …". Only a model this host no longer serves is
+replaced without anyone choosing so, and that is said too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from bot.config import MODEL_NAME_RE
+from bot.errors import InvalidKnobs
+
+MODEL_KEY: Final = "model"
+"""The settings key a scope's model choice is stored and reported under."""
+
+DEFAULT_SOURCE: Final = "default"
+
+
+def validate_model_name(value: object) -> str:
+    """A model name as stored in a scope (its form only); raises `InvalidKnobs`."""
+    if not isinstance(value, str):
+        raise InvalidKnobs("A model name must be text.")
+    name = value.strip().lower()
+    if not MODEL_NAME_RE.fullmatch(name):
+        raise InvalidKnobs(
+            "A model name is 1-64 lowercase letters, digits, '.', '_' or '-' "
+            "(see /model list)."
+        )
+    return name
+
+
+def check_choice(value: object, known: Collection[str]) -> str:
+    """A name an admin wants to set: well formed and configured here; raises `InvalidKnobs`."""
+    name = validate_model_name(value)
+    if name not in known:
+        raise InvalidKnobs(
+            f"There is no model called `{name}` here. Models: "
+            + ", ".join(f"`{k}`" for k in known) + "."
+        )
+    return name
+
+
+class ScopedSettings(Protocol):
+    """What the resolution reads from `bot.store.scopes.Effective`.
+
+    `model` is the name the strongest scope chose (None: none chose one) and
+    `sources[MODEL_KEY]` where it came from, as for the persona.
+    """
+
+    @property
+    def model(self) -> str | None: ...
+
+    @property
+    def sources(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model in effect somewhere, where that came from, and anything worth saying."""
+
+    name: str
+    source: str
+    """"default" (BOT_DEFAULT_MODEL), or the scope label: server, channel, thread, dm."""
+    requested: str | None = None
+    """What the scope asked for, when that is not what is served (a removed model)."""
+    note: str | None = None
+
+    def describe(self) -> str:
+        """For `/settings` and the console: "`coder` (from the channel)"."""
+        where = "the default" if self.source == DEFAULT_SOURCE else f"from the {self.source}"
+        text = f"`{self.name}` ({where})"
+        return f"{text}; {self.note}" if self.note else text
+
+
+def resolve_model(
+    chosen: str | None, source: str, *, known: Collection[str], default: str
+) -> ModelChoice:
+    """The model a scope's choice means on this host, falling back to the default."""
+    if chosen is None:
+        return ModelChoice(name=default, source=DEFAULT_SOURCE)
+    name = chosen.strip().lower()
+    if name in known:
+        return ModelChoice(name=name, source=source)
+    return ModelChoice(
+        name=default,
+        source=DEFAULT_SOURCE,
+        requested=name,
+        note=(
+            f"the {source} chose `{name}`, which this host no longer serves, so the "
+            f"default `{default}` answers"
+        ),
+    )
+
+
+def model_in_effect(
+    effective: ScopedSettings, *, known: Collection[str], default: str
+) -> ModelChoice:
+    """`resolve_model` over the settings resolved for a location."""
+    source = effective.sources.get(MODEL_KEY, DEFAULT_SOURCE)
+    return resolve_model(effective.model, source, known=known, default=default)
+
+
+@dataclass(frozen=True)
+class TurnModel:
+    """The model a turn uses, and the line its footer carries when that changed."""
+
+    name: str
+    switched_from: str | None = None
+    note: str | None = None
+
+
+def model_for_turn(
+    previous: str | None, current: ModelChoice, *, known: Collection[str]
+) -> TurnModel:
+    """Which model answers a turn that continues one answered by `previous`.
+
+    `previous` is the model stored with the turn being continued (None for a new
+    conversation, or a turn stored before models were recorded: nothing to keep).
+    The conversation keeps it while the choice in force is the same; when the
+    choice differs, a scope changed it since (a turn is always answered by the
+    choice in force when it was asked), so the new one answers and says so.
+    """
+    if previous is None or previous == current.name:
+        return TurnModel(name=current.name, note=current.note)
+    if previous not in known:
+        note = f"switched to `{current.name}`: `{previous}` is no longer served here"
+    else:
+        note = f"switched to `{current.name}` (the model set for this {current.source})" if (
+            current.source != DEFAULT_SOURCE
+        ) else f"switched to `{current.name}` (the default model)"
+    if current.note:
+        note = f"{note}; {current.note}"
+    return TurnModel(name=current.name, switched_from=previous, note=note)

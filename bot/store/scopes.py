@@ -1,0 +1,177 @@
+"""Where settings live and what a lookup returns: scopes and locations.
+
+Plain frozen dataclasses with no database behind them, so the cogs, the console
+and the ask path can name a scope or read an `Effective` without importing
+SQLite. Scopes, weakest to strongest: built-in defaults ← server ← channel. A
+thread inherits from its parent channel unless it sets its own value; a direct
+message conversation has a scope per user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+
+from bot.knobs import KNOB_NAMES, Knobs
+
+SYSTEM_PROMPT_KEY: Final = "system_prompt"
+"""The key the persona is stored and reported under (next to the knob names)."""
+
+MODEL_KEY: Final = "model"
+"""A scope's model choice (issue 23, `bot.hosting.choice`): a model name, form checked only."""
+
+REASONING_KEY: Final = "reasoning"
+"""Issue 22: whether replies are split into ``<think>`` reasoning and the answer (bool)."""
+
+SETTING_KEYS: Final[tuple[str, ...]] = (
+    *KNOB_NAMES, SYSTEM_PROMPT_KEY, MODEL_KEY, REASONING_KEY
+)
+# Value checks (in and out of the database) live in `bot.store.validation`.
+
+MAX_SYSTEM_PROMPT_CHARS: Final = 4000
+"""Long enough for a detailed persona, short enough to leave room in the context window."""
+
+_MAX_ID: Final = 2**63 - 1  # SQLite INTEGER; Discord snowflakes fit comfortably.
+
+
+class ScopeKind(StrEnum):
+    """Where a setting is stored. Threads are channels; the label says "thread"."""
+
+    SERVER = "server"
+    CHANNEL = "channel"
+    DM = "dm"
+
+
+def check_id(what: str, value: object) -> int:
+    """A trusted id from a front-end or a dump: a non-negative 64-bit integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_ID:
+        raise ValueError(f"{what} must be a non-negative 64-bit integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One place settings can be stored.
+
+    Channel (and thread) scopes carry their guild so a row can only ever apply
+    inside that guild and so a guild can be exported with its channels. For a
+    server scope `guild_id` is its own id (filled in when omitted); a DM scope
+    has none. Invalid combinations raise `ValueError`: scopes are built by
+    front-ends from trusted ids, so a mistake here is a bug, not user error.
+    """
+
+    kind: ScopeKind
+    id: int
+    guild_id: int | None = None
+
+    def __post_init__(self) -> None:
+        kind = ScopeKind(self.kind)
+        object.__setattr__(self, "kind", kind)
+        check_id("scope id", self.id)
+        if kind is ScopeKind.SERVER:
+            if self.guild_id is None:
+                object.__setattr__(self, "guild_id", self.id)
+            elif self.guild_id != self.id:
+                raise ValueError("a server scope's guild_id must be its own id")
+        elif kind is ScopeKind.CHANNEL:
+            if self.guild_id is None:
+                raise ValueError("a channel scope needs the guild_id it belongs to")
+            check_id("guild_id", self.guild_id)
+        elif self.guild_id is not None:
+            raise ValueError("a DM scope has no guild_id")
+
+    @classmethod
+    def server(cls, guild_id: int) -> Scope:
+        return cls(ScopeKind.SERVER, guild_id, guild_id)
+
+    @classmethod
+    def channel(cls, channel_id: int, guild_id: int) -> Scope:
+        return cls(ScopeKind.CHANNEL, channel_id, guild_id)
+
+    @classmethod
+    def dm(cls, user_id: int) -> Scope:
+        return cls(ScopeKind.DM, user_id)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a request happens, built by front-ends from trusted ids, never from user text.
+
+    `parent_channel_id` is set when `channel_id` is a thread; `user_id` is
+    required for direct messages (``guild_id is None``), whose settings are
+    per user rather than per DM channel.
+    """
+
+    guild_id: int | None
+    channel_id: int
+    parent_channel_id: int | None = None
+    user_id: int | None = None
+
+    def __post_init__(self) -> None:
+        check_id("channel_id", self.channel_id)
+        if self.guild_id is None:
+            if self.user_id is None:
+                raise ValueError("a DM location needs the user_id")
+            if self.parent_channel_id is not None:
+                raise ValueError("threads only exist in servers")
+            check_id("user_id", self.user_id)
+        else:
+            check_id("guild_id", self.guild_id)
+            if self.parent_channel_id is not None:
+                check_id("parent_channel_id", self.parent_channel_id)
+
+    def labelled_chain(self) -> list[tuple[str, Scope]]:
+        """The scopes that apply, weakest → strongest, with the label `sources` reports."""
+        if self.guild_id is None:
+            assert self.user_id is not None  # checked in __post_init__
+            return [("dm", Scope.dm(self.user_id))]
+        chain: list[tuple[str, Scope]] = [("server", Scope.server(self.guild_id))]
+        if self.parent_channel_id is not None and self.parent_channel_id != self.channel_id:
+            chain.append(("channel", Scope.channel(self.parent_channel_id, self.guild_id)))
+            chain.append(("thread", Scope.channel(self.channel_id, self.guild_id)))
+        else:
+            chain.append(("channel", Scope.channel(self.channel_id, self.guild_id)))
+        return chain
+
+    def chain(self) -> list[Scope]:
+        """The scopes that apply, weakest → strongest."""
+        return [scope for _, scope in self.labelled_chain()]
+
+    def own_scope(self) -> Scope:
+        """The strongest scope here: where "set it for this channel/thread/DM" writes."""
+        return self.labelled_chain()[-1][1]
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The settings in force at a location and where each came from.
+
+    `sources` maps every knob name and ``"system_prompt"`` to "default",
+    "server", "channel", "thread", "dm" or "operator" (the operator's
+    `max_new_tokens` ceiling); "server" also marks a channel's value held to
+    the server's ceiling. `system_prompt` is None when no
+    scope sets one; the front-end then uses its configured default.
+    `model` is the model name the strongest scope chose (None: none did, the
+    default model answers); `sources["model"]` is present only when one did
+    (`bot.hosting.choice.model_in_effect` reads it).
+    """
+
+    knobs: Knobs
+    system_prompt: str | None
+    sources: dict[str, str]
+    model: str | None = None
+    reasoning: bool = False  # issue 22: split <think>…</think> from the answer
+
+
+@dataclass(frozen=True)
+class Change:
+    """One audited write: `new_value` None means the key was reset at that scope."""
+
+    scope: Scope
+    key: str
+    old_value: Any
+    new_value: Any
+    actor_id: int
+    changed_at: datetime

@@ -1,0 +1,88 @@
+"""Issue 22 in the console: /continue, /swipe, /regen, /system import FILE, save|load|list.
+
+In-process with the embedded model's tokenizer and scripted output, against a
+real SQLite file, so each step's stored state can be checked after it is typed.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from bot.app import App
+from bot.config import load_settings
+from bot.console import Console
+from bot.engine import Engine, EngineOptions
+from bot.store.ask_log import AskLog
+from bot.store.store import SettingsStore
+from testing.backends import ScriptedGenerator
+from testing.character_cards import card_json, card_png
+
+
+async def test_console_continue_swipe_and_personas(smol_model_dir: Path, tmp_path: Path) -> None:
+    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
+                             model_dir=smol_model_dir, device="cpu")
+    store = await SettingsStore.open(settings.database_path)
+    engine = await Engine.load(
+        smol_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
+    )
+    counter = {"n": 0}
+
+    def answer(tokens: list[str]) -> str:
+        counter["n"] += 1
+        return f"Version {counter['n']} " + " ".join(f"w{i}" for i in range(40))
+
+    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, answer, 0.0))
+    out = io.StringIO()
+    app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
+    console = Console(app, out=out)
+    card = tmp_path / "hook.png"
+    card.write_bytes(card_png({"name": "Hook", "description": "A pirate captain.",
+                               "first_mes": "Ahoy!"}))
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(b"{nope")
+    big = tmp_path / "big.json"
+    big.write_bytes(card_json({"name": "Big", "description": "Arr. " * 40_000}))
+
+    async def say(line: str) -> str:
+        out.seek(0)
+        out.truncate()
+        assert await console.handle(line)
+        return out.getvalue()
+
+    try:
+        assert "Imported Hook" in await say(f"/system import {card} --greeting")
+        assert "Ahoy!" in out.getvalue()
+        assert "error:" in await say(f"/system import {broken}")
+        assert "shortened" in await say(f"/system import {big}")
+        listed = await say("/system list")
+        assert listed.startswith("Saved personas: ") and "Big" in listed and "Hook" in listed
+        assert "Loaded 'Hook'" in await say("/system load hook")
+        assert "Saved the persona 'Pirate'" in await say("/system save Pirate")
+        await say("/knobs set max_new_tokens=8")
+        first = await say("Count for me")
+        assert "cut at the limit" in first
+        head = await app.turns.head(console.place)
+        assert head is not None
+        before = await app.swipes.answer(head)
+        assert before is not None and before.finish == "length"
+        more = await say("/continue")
+        after = await app.swipes.answer(head)
+        assert after is not None and after.continuations == 1
+        assert after.turn.text.startswith(before.turn.text) and more.startswith(before.turn.text)
+        # /regen makes version 2; /swipe browses, and the next ask continues the one shown.
+        assert "version 2/2" in await say("/regen")
+        shown = await say("/swipe prev")
+        assert "[version 1/2]" in shown and "Version 1" in shown
+        assert "[version 1/2]" in await say("/swipe prev")  # clamped at the first
+        history = await say("/history")
+        assert re.search(r"This conversation uses [\d,]+ of [\d,]+ tokens", history)
+        assert "Version 1" in history and "Version 2" not in history
+        assert "error:" in await say("/swipe sideways")
+        await say("/knobs set max_new_tokens=200")
+        await say("/new")
+        assert "error: No answer yet" in await say("/continue")
+    finally:
+        await engine.close()
+        await store.close()

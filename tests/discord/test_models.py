@@ -1,0 +1,244 @@
+"""Several models through the real composition root, discord.py and the fake Discord.
+
+Two real models are configured with BOT_MODEL_DIRS: the embedded SmolLM2 (the
+default, `smol`) and a tiny random one built here (`tiny`); `open_app` builds
+the catalog and registry as the bot does. Which model answered is read from the
+footer (hosts with several models name it) and from each engine's own token
+counter, so a footer that lied would fail too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+
+from bot.app import open_app
+from bot.console.commands import Console
+from bot.discord.client import LlamaBot
+from bot.hosting.catalog import MB, weight_bytes_of
+from bot.hosting.registry import ModelState
+from bot.store.scopes import Scope
+from testing.discord_harness import Harness, is_final
+from testing.fake_discord import FakeDiscord, FakeInteraction, StoredMessage, default_guild
+from testing.model_factory import make_tiny_model
+
+MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
+NEW_TOKENS = 6  # short replies: the point is which model answers, not what it says
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("second"), seed=3)
+
+
+def entries(smol: Path, tiny: Path, *more: dict[str, Any]) -> str:
+    return json.dumps([{"dir": str(smol), "name": "smol"}, {"dir": str(tiny), "name": "tiny"},
+                       *more])
+
+
+@contextlib.asynccontextmanager
+async def models_bot(tmp_path: Path, model_dirs: str, **overrides: Any) -> AsyncIterator[Harness]:
+    """The bot as `run_bot` builds it (open_app with BOT_MODEL_DIRS) on the fake Discord."""
+    from bot.config import load_settings
+
+    settings = load_settings(None, **{
+        "database_path": tmp_path / "bot.sqlite3", "model_dirs": model_dirs, "device": "cpu",
+        "edit_interval_s": 0.2, "batch_wait_ms": 5, "cpu_threads": 1,
+        "settings_write_limit": 0, **overrides,
+    })
+    guild = default_guild()
+    async with open_app(settings, progress=lambda _line: None) as app:
+        # Greedy, so what each model says (and whether it is stored) is the same every run.
+        await app.store.set_knobs(Scope.server(guild.id),
+                                  {"max_new_tokens": NEW_TOKENS, "top_k": 1}, actor_id=1)
+        async with FakeDiscord(guilds=[guild]) as fake:
+            bot = fake.make_bot(LlamaBot, app=app)
+            async with fake.run_bot(bot):
+                await fake.wait_for(lambda: fake.commands or None, timeout=10)
+                yield Harness(fake=fake, bot=bot, app=app, guild=guild)
+
+
+def final_message(itx: FakeInteraction) -> StoredMessage:
+    msgs = [m for m in [itx.original, *itx.followups] if m is not None]
+    return next(m for m in reversed(msgs) if is_final(m.content))
+
+
+def footer_of(itx: FakeInteraction) -> str:
+    return final_message(itx).content.rsplit("\n", 1)[-1]
+
+
+def tokens_of(h: Harness, name: str) -> int:
+    engine = h.app.models.loaded(name)
+    return -1 if engine is None else engine.tokens_generated
+
+
+async def answer_text(itx: FakeInteraction) -> str:
+    data = (await itx.wait_response()).data
+    embeds = data.get("embeds") or []
+    return str(data.get("content") or "") + "".join(str(e.get("description", "")) for e in embeds)
+
+
+async def set_model(h: Harness, name: str, channel_id: int, **kw: Any) -> str:
+    kw.setdefault("permissions", MANAGE_CHANNELS)
+    done = await h.command("model set", {"name": name}, channel_id=channel_id, **kw)
+    return await answer_text(done)
+
+
+async def test_a_channel_chooses_a_model_and_another_keeps_the_default(
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir)) as h:
+        models = h.app.models
+        assert models.names == ("smol", "tiny") and models.default == "smol"
+        assert models.loaded("smol") is not None  # the default is loaded before serving
+        assert models.loaded("tiny") is None  # the other waits for its first ask
+
+        # Members may not choose; a name that is not served is refused politely.
+        refused = await set_model(h, "tiny", h.help, permissions="0")
+        assert "Manage Channels" in refused
+        unknown = await set_model(h, "llama-70b", h.help)
+        assert "no model called `llama-70b`" in unknown and "`tiny`" in unknown
+        assert "now answers" in await set_model(h, "tiny", h.help)
+
+        in_help = await h.ask("Say hi.", channel_id=h.help)
+        assert footer_of(in_help).endswith("· `tiny`"), footer_of(in_help)
+        assert tokens_of(h, "tiny") > 0
+        smol_before = tokens_of(h, "smol")
+        tiny_before = tokens_of(h, "tiny")
+        in_general = await h.ask("Say hi.")
+        assert footer_of(in_general).endswith("· `smol`"), footer_of(in_general)
+        assert tokens_of(h, "smol") > smol_before and tokens_of(h, "tiny") == tiny_before
+
+        listed = await answer_text(await h.command("model list", channel_id=h.help))
+        smol_line = next(line for line in listed.splitlines() if "`smol`" in line)
+        tiny_line = next(line for line in listed.splitlines() if "`tiny`" in line)
+        assert "(default)" in smol_line and "loaded" in smol_line
+        assert f"{weight_bytes_of(tiny_dir) / MB:,.0f} MB" in tiny_line
+        smol_window = h.app.models.loaded("smol").info.context_length  # type: ignore[union-attr]
+        assert f"context {smol_window:,} tokens" in smol_line
+        assert f"chosen in <#{h.help}>" in tiny_line
+        assert "**Here:** `tiny` (from the channel)" in listed
+
+        settings = await answer_text(await h.command("settings", channel_id=h.help))
+        assert "**Model** `tiny` (from the channel)" in settings
+        settings = await answer_text(await h.command("settings"))
+        assert "**Model** `smol` (the default)" in settings
+
+        assert "removed" in await answer_text(await h.command(
+            "model reset", channel_id=h.help, permissions=MANAGE_CHANNELS))
+        back = await h.ask("Say hi.", channel_id=h.help)
+        assert footer_of(back).endswith("· `smol`"), footer_of(back)
+
+
+async def test_a_budget_for_one_model_unloads_the_idle_one_and_the_ask_says_it_loads(
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    smol, tiny = weight_bytes_of(smol_model_dir), weight_bytes_of(tiny_dir)
+    budget_mb = (smol + tiny // 2) / MB  # room for smol, or for tiny, never both
+    async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir),
+                          model_memory_budget_mb=budget_mb) as h:
+        registry = h.app.models.registry
+        await set_model(h, "tiny", h.help)
+        in_help = await h.ask("Say hi.", channel_id=h.help)
+        seen = [r["content"] for r in in_help.original.revisions]  # type: ignore[union-attr]
+        assert any("Loading the model `tiny`" in c for c in seen), seen
+        assert footer_of(in_help).endswith("· `tiny`")
+        assert registry.state("smol") is ModelState.UNLOADED and registry.evictions == 1
+
+        in_general = await h.ask("Say hi.")
+        seen = [r["content"] for r in in_general.original.revisions]  # type: ignore[union-attr]
+        assert any("Loading the model `smol`" in c for c in seen), seen
+        assert footer_of(in_general).endswith("· `smol`")
+        assert registry.state("tiny") is ModelState.UNLOADED and registry.evictions == 2
+        assert h.app.engine is h.app.models.loaded("smol")  # `app.engine` follows the default
+
+
+async def test_a_broken_model_fails_clearly_while_the_others_serve(
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.bin").write_bytes(b"not a model")
+    (broken / "config.json").write_text("{}", encoding="utf-8")
+    async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir,
+                                            {"dir": str(broken), "name": "broken"})) as h:
+        await set_model(h, "broken", h.help)
+        itx = await h.command("ask", {"prompt": "Say hi."}, channel_id=h.help)
+
+        def said() -> str | None:
+            msg = itx.original
+            return msg.content if msg is not None and "could not be loaded" in msg.content else None
+
+        text = await h.fake.wait_for(said, timeout=60)
+        assert "The model `broken` could not be loaded" in text and "Other models" in text
+        ok = await h.ask("Say hi.")
+        assert footer_of(ok).endswith("· `smol`")
+        listed = await answer_text(await h.command("model list"))
+        assert "`broken` · " in listed and "failed to load" in listed
+
+
+async def test_a_conversation_keeps_its_model_until_the_channel_changes_it(
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir)) as h:
+        first = await h.ask("Say hi.")
+        assert footer_of(first).endswith("· `smol`")
+        await set_model(h, "tiny", h.general)
+        second = await reply(h, final_message(first), "And again?")
+        assert "switched to `tiny` (the model set for this channel)" in footer_of(second)
+        third = await reply(h, final_message(second), "Once more?")
+        assert footer_of(third).endswith("· `tiny`") and "switched" not in footer_of(third)
+        stored = await h.app.turns.answer_for_ask(second.id)
+        assert stored is not None
+        turns = await h.app.turns.chain(stored.id)
+        assert [t.model for t in turns] == ["smol", "smol", "tiny", "tiny"]
+
+
+async def reply(h: Harness, answer: StoredMessage, text: str) -> FakeInteraction:
+    """Press Reply under `answer`, fill the modal with `text`, wait for the follow-up."""
+    ids = [c.get("custom_id", "") for row in answer.components for c in row.get("components", [])]
+    press = await h.fake.inject_component(next(i for i in ids if i.startswith("llm:reply:")),
+                                          message_id=answer.id)
+    opened = await press.wait_response()
+    submit = await h.fake.inject_modal_submit(opened.data["custom_id"], {"text": text},
+                                              channel_id=answer.channel_id)
+    await h.finished(submit)
+    return submit
+
+
+async def test_the_console_lists_sets_and_resets_the_model(
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    from bot.config import load_settings
+
+    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3", device="cpu",
+                             model_dirs=entries(smol_model_dir, tiny_dir), cpu_threads=1)
+    async with open_app(settings, progress=lambda _line: None) as app:
+        out = io.StringIO()
+        console = Console(app, out=out)
+        await app.store.set_knobs(console.scope(server=True), {"max_new_tokens": NEW_TOKENS},
+                                  actor_id=1)
+        await console.handle("/model")
+        await console.handle("/model set tiny")
+        await console.handle("/model list")
+        await console.handle("Say hi.")
+        await console.handle("/model set nothing-here")
+        await console.handle("/model reset")
+        await console.handle("/model list")
+        said = out.getvalue()
+    assert "`smol` (default)" in said and "`tiny` · " in said
+    assert "Here: `smol` (the default)" in said
+    assert "`tiny` now answers in this channel." in said
+    assert "(Loading the model `tiny`…)" in said
+    footers = [line for line in said.splitlines() if line.startswith("[") and "tokens" in line]
+    assert footers and footers[0].endswith("· `tiny`]"), footers
+    assert "error: There is no model called `nothing-here` here." in said
+    assert "Model choice removed for this channel." in said
+    assert "chosen in the channel" in said  # listed while it was set
