@@ -19,7 +19,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from testing.fake_discord.records import FILE_HEAD_BYTES, RecordedRequest, Records, route_matcher
+from testing.fake_discord.records import FILE_HEAD_BYTES, RecordedRequest, route_matcher
+from testing.fake_discord.validation import Validation
 from testing.fake_discord.world import API_PREFIX, JSONDict
 
 
@@ -134,7 +135,7 @@ def length_errors(payload: Mapping[str, Any]) -> JSONDict:
 RECORD_KEY = web.RequestKey("fake_discord_record", RecordedRequest)
 
 
-class Http(Records):
+class Http(Validation):
     """Faults, delays and rate buckets over the recorded requests."""
 
     def _setup_http(
@@ -201,6 +202,11 @@ class Http(Records):
         request[RECORD_KEY] = record
         response = await self._respond(request, record)
         record.status = response.status
+        if isinstance(response, web.Response) and response.content_type == "application/json":
+            body = response.body
+            self._check_answer(record, response.status, body if isinstance(body, bytes) else None)
+        else:
+            self._check_answer(record, response.status, None)
         record.finished = time.monotonic()
         self.stats.by_status[response.status] += 1
         self._notify()
@@ -226,6 +232,9 @@ class Http(Records):
             limited, bucket_headers = self._take_bucket(key)
             if limited is not None:
                 return limited
+        refusal = self._refusal(record)
+        if refusal is not None:
+            return json_response(refusal.body(), refusal.status, bucket_headers)
         handler = request.match_info.handler
         try:
             response = await handler(request)

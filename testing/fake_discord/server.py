@@ -48,8 +48,13 @@ class FakeDiscord(Inject, Rest):
         bucket_window: float = 5.0,
         callback_deadline: float | None = 3.0,
         heartbeat_interval_ms: int = 41_250,
+        validate: bool = True,
     ) -> None:
-        """`token=None` accepts any token; `callback_deadline` is Discord's 3 s to answer."""
+        """`token=None` accepts any token; `callback_deadline` is Discord's 3 s to answer.
+
+        `validate` checks every request against Discord's schemas and rules (see
+        `validation`); a refusal left untaken fails the `async with` block on exit.
+        """
         World.__init__(
             self,
             guilds=guilds,
@@ -59,6 +64,7 @@ class FakeDiscord(Inject, Rest):
             token=token,
         )
         self._setup_records()
+        self._setup_validation(validate=validate)
         self._setup_http(
             enforce_buckets=enforce_buckets, bucket_limit=bucket_limit, bucket_window=bucket_window
         )
@@ -73,8 +79,10 @@ class FakeDiscord(Inject, Rest):
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         await self.close()
+        if exc_type is None:
+            self.assert_no_refusals()
 
     async def start(self) -> None:
         """Serve on 127.0.0.1 on a free port (never on a public interface)."""

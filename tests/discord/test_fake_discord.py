@@ -431,6 +431,9 @@ async def test_errors_discord_would_give(fake: FakeDiscord) -> None:
     assert isinstance(too_long, discord.HTTPException) and too_long.code == 50035
     assert isinstance(gone, discord.NotFound) and gone.code == 10015
     assert fake.edits(itx.token) == []
+    [(refused, refusal)] = fake.take_refusals()
+    assert refused.key == Routes.EDIT_ORIGINAL and refusal.errors is not None
+    assert "content" in refusal.errors
 
 
 async def test_plain_http_and_patch_is_undone() -> None:
