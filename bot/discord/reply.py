@@ -30,7 +30,7 @@ import discord
 from bot import wording
 from bot.chat.reasoning import ReasoningFilter
 from bot.chat.request import Cap, reply_footer
-from bot.discord.common import NO_MENTIONS
+from bot.discord.common import NO_MENTIONS, reply_to
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
 from bot.errors import UserFacingError
@@ -294,8 +294,7 @@ class MessageSurface(Surface):
         self.message = message
 
     async def acknowledge(self, stop: discord.ui.View) -> Page:
-        first = await self.message.reply(READING, mention_author=False, view=stop,
-                                         allowed_mentions=NO_MENTIONS)
+        first = await reply_to(self.message, READING, view=stop)
         page = _ChannelPage(first)
         page.view = stop
         page.shown = (READING, True)
@@ -311,8 +310,7 @@ class MessageSurface(Surface):
 
     async def say_undelivered(self, exc: discord.HTTPException) -> None:
         with contextlib.suppress(discord.HTTPException):
-            await self.message.reply(_undelivered(exc), mention_author=False,
-                                     allowed_mentions=NO_MENTIONS)
+            await reply_to(self.message, _undelivered(exc))
 
 
 class ReplyWriter:

@@ -31,7 +31,7 @@ from bot.chat.history import PrivateConversation
 from bot.chat.reasoning import ReasoningFilter
 from bot.chat.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
 from bot.discord.buttons import ReplyModal, reply_view
-from bot.discord.common import NO_MENTIONS, location_of
+from bot.discord.common import NO_MENTIONS, location_of, reply_to
 from bot.discord.conversation import (
     HOW_TO_ASK,
     HOW_TO_ASK_DM,
@@ -536,4 +536,4 @@ class AskRunner:
 
 async def _say(message: discord.Message, text: str) -> None:
     with contextlib.suppress(discord.HTTPException):
-        await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
+        await reply_to(message, text)

@@ -87,7 +87,7 @@ class Rest(Http, Gateway):
     async def _users_me(self, request: web.Request) -> web.Response:
         self._check_auth(request)
         data = self.bot_user.to_payload()
-        data.update(verified=True, mfa_enabled=False, flags=0)
+        data.update(verified=True, mfa_enabled=False, flags=0, locale="en-US")
         return json_response(data)
 
     async def _application_info(self, request: web.Request) -> web.Response:
@@ -104,6 +104,16 @@ class Rest(Http, Gateway):
                 "owner": owner.to_payload(),
                 "verify_key": "0" * 64,
                 "flags": 0,
+                "flags_new": "0",
+                "type": None,
+                "redirect_uris": [],
+                "interactions_endpoint_url": None,
+                "role_connections_verification_url": None,
+                "approximate_guild_count": len(self.guilds),
+                "approximate_user_install_count": 0,
+                "approximate_user_authorization_count": 0,
+                "explicit_content_filter": 0,
+                "eligible_oauth2_scopes": [],
                 "team": None,
                 "bot": self.bot_user.to_payload(),
             }
@@ -158,6 +168,10 @@ class Rest(Http, Gateway):
                 "application_id": str(self.application_id),
                 "version": str(self._ids.next()),
             }
+            if data.get("integration_types") is None:
+                data["integration_types"] = [0]
+            if data["default_member_permissions"] is not None:  # Discord answers a string
+                data["default_member_permissions"] = str(data["default_member_permissions"])
             if guild_id is not None:
                 data["guild_id"] = str(guild_id)
             echoed.append(data)
@@ -252,10 +266,9 @@ class Rest(Http, Gateway):
                 response_message_ephemeral=bool(message.flags & FLAG_EPHEMERAL),
             )
         result: JSONDict = {"interaction": info}
-        if kind in (4, 5, 7) and message is not None:
+        # Only a message sent or updated is a resource; deferrals and modals have none.
+        if kind in (4, 7) and message is not None:
             result["resource"] = {"type": kind, "message": message.to_payload()}
-        elif kind in (6, 9, 12):
-            result["resource"] = {"type": kind}
         return json_response(result)
 
     async def _webhook_message(self, request: web.Request) -> web.Response:
@@ -347,12 +360,30 @@ class Rest(Http, Gateway):
             flags=0,
             files=record.files,
         )
+        self._attach_reference(message, data.get("message_reference"))
         payload = message.to_payload()
         if message.guild_id is not None:
             await self.dispatch(
                 "MESSAGE_CREATE", payload, guild_id=message.guild_id, intent=INTENT_GUILD_MESSAGES
             )
         return json_response(payload)
+
+    def _attach_reference(self, message: StoredMessage, reference: Any) -> None:
+        """A reply to a message that exists; one that is gone (allowed by
+        `fail_if_not_exists: false`, see `validation`) is sent as a plain message."""
+        if not isinstance(reference, Mapping) or reference.get("type", 0) != 0:
+            return
+        raw = str(reference.get("message_id"))
+        target = self.messages.get(int(raw)) if raw.isdigit() else None
+        if target is None or target.deleted:
+            return
+        message.type = 19
+        message.reference = {
+            "type": 0,
+            "message_id": str(target.id),
+            "channel_id": str(target.channel_id),
+            **({"guild_id": str(target.guild_id)} if target.guild_id is not None else {}),
+        }
 
     async def _start_thread(self, request: web.Request) -> web.Response:
         """Start a public thread from a message: the thread's id is the message's, as on Discord.
@@ -386,4 +417,4 @@ class Rest(Http, Gateway):
         owner = self.bot_user.id
         payload = thread.to_payload(guild.id, owner)
         await self.dispatch("THREAD_CREATE", {**payload, "newly_created": True}, guild_id=guild.id)
-        return json_response(payload)
+        return json_response(payload, 201)

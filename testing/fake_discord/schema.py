@@ -9,6 +9,7 @@ the one branch whose `type` matches, so the error names the field, not the union
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import re
@@ -19,13 +20,14 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
+from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 JSONDict = dict[str, Any]
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "discord_api_spec" / "openapi.json"
 _BASE = "urn:discord-openapi"
+_LENIENT = "urn:discord-openapi-requests"
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,17 @@ class Spec:
 
     def __init__(self, document: JSONDict) -> None:
         self.document = document
-        resource: Resource[Any] = DRAFT202012.create_resource(document)
-        self._registry: Registry[Any] = Registry().with_resource(_BASE, resource)
+        # Discord reads a snowflake in a request from a JSON number too (discord.py sends
+        # ints); what it answers always carries strings, so answers are checked strictly.
+        lenient = copy.deepcopy(document)
+        schemas = lenient["components"]["schemas"]
+        schemas["SnowflakeType"] = {
+            "anyOf": [schemas["SnowflakeType"], {"type": "integer", "minimum": 0}]
+        }
+        self._registry: Registry[Any] = Registry().with_resources([
+            (_BASE, DRAFT202012.create_resource(document)),
+            (_LENIENT, DRAFT202012.create_resource(lenient)),
+        ])
         self._operations: list[_Operation] = []
         for path, item in document["paths"].items():
             parts = path.strip("/").split("/")
@@ -65,13 +76,12 @@ class Spec:
         ]
         return max(found, key=lambda op: op.literals, default=None)
 
-    def _validator(self, pointer: str) -> Draft202012Validator:
-        validator = self._validators.get(pointer)
+    def _validator(self, pointer: str, base: str = _BASE) -> Draft202012Validator:
+        key = f"{base}#{pointer}"
+        validator = self._validators.get(key)
         if validator is None:
-            validator = Draft202012Validator(
-                {"$ref": f"{_BASE}#{pointer}"}, registry=self._registry
-            )
-            self._validators[pointer] = validator
+            validator = Draft202012Validator({"$ref": key}, registry=self._registry)
+            self._validators[key] = validator
         return validator
 
     def request_validator(self, op: _Operation) -> Draft202012Validator | None:
@@ -79,7 +89,8 @@ class Spec:
         if body is None or "application/json" not in body.get("content", {}):
             return None
         return self._validator(
-            f"/paths/{_escape(op.path)}/{op.method}/requestBody/content/application~1json/schema"
+            f"/paths/{_escape(op.path)}/{op.method}/requestBody/content/application~1json/schema",
+            _LENIENT,
         )
 
     def response_validator(self, op: _Operation, status: int) -> Draft202012Validator | None:

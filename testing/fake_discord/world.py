@@ -77,6 +77,8 @@ class FakeUser:
             "avatar": None,
             "bot": self.bot,
             "public_flags": 0,
+            "flags": 0,
+            "primary_guild": None,
         }
 
 
@@ -96,6 +98,9 @@ class FakeRole:
             "permissions": self.permissions,
             "position": self.position,
             "color": 0,
+            "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
+            "icon": None,
+            "unicode_emoji": None,
             "hoist": False,
             "managed": False,
             "mentionable": False,
@@ -151,6 +156,22 @@ class FakeChannel:
         return data
 
 
+#: The fields a guild always carries that the fake has no use for, as a new guild has them.
+GUILD_DEFAULTS: JSONDict = {
+    "description": None, "home_header": None, "splash": None, "discovery_splash": None,
+    "banner": None, "application_id": None, "region": "deprecated", "afk_channel_id": None,
+    "afk_timeout": 300, "system_channel_id": None, "system_channel_flags": 0,
+    "widget_enabled": False, "widget_channel_id": None, "verification_level": 0,
+    "default_message_notifications": 0, "mfa_level": 0, "explicit_content_filter": 0,
+    "max_presences": None, "max_members": 25_000_000, "max_stage_video_channel_users": 50,
+    "max_video_channel_users": 25, "vanity_url_code": None, "premium_tier": 0,
+    "premium_subscription_count": 0, "rules_channel_id": None,
+    "safety_alerts_channel_id": None, "public_updates_channel_id": None,
+    "premium_progress_bar_enabled": False, "nsfw": False, "nsfw_level": 0,
+    "incidents_data": None,
+}
+
+
 @dataclass
 class FakeGuild:
     """A guild the bot is in. The @everyone role (id == guild id) is added if missing.
@@ -203,6 +224,7 @@ class FakeGuild:
             "large": False,
             "features": [],
             "preferred_locale": "en-US",
+            **GUILD_DEFAULTS,
             "roles": [r.to_payload() for r in self.roles],
             "channels": [c.to_payload(self.id, owner) for c in self.channels if not c.is_thread],
             "threads": [c.to_payload(self.id, owner) for c in self.channels if c.is_thread],
@@ -215,6 +237,43 @@ class FakeGuild:
             "guild_scheduled_events": [],
             "joined_at": now_iso(),
         }
+
+
+def stored_components(components: Sequence[Any]) -> list[JSONDict]:
+    """Components as Discord stores them: every one numbered (`id`), selects with their bounds."""
+    counter = 0
+
+    def walk(items: Sequence[Any]) -> list[JSONDict]:
+        nonlocal counter
+        out: list[JSONDict] = []
+        for item in items:
+            if not isinstance(item, Mapping):
+                continue
+            copy = dict(item)
+            counter += 1
+            copy.setdefault("id", counter)
+            if copy.get("type") in (3, 5, 6, 7, 8):
+                copy.setdefault("min_values", 1)
+                copy.setdefault("max_values", 1)
+            if isinstance(copy.get("components"), list):
+                copy["components"] = walk(copy["components"])
+            out.append(copy)
+        return out
+
+    return walk(components)
+
+
+def stored_embeds(embeds: Sequence[Any]) -> list[JSONDict]:
+    """Embeds as Discord stores them: `type` "rich", every field's `inline` set."""
+    out: list[JSONDict] = []
+    for embed in embeds:
+        if not isinstance(embed, Mapping):
+            continue
+        copy: JSONDict = {"type": "rich", **embed}
+        if isinstance(copy.get("fields"), list):
+            copy["fields"] = [{"inline": False, **f} for f in copy["fields"]]
+        out.append(copy)
+    return out
 
 
 def default_guild(guild_id: int = (1 << 22) * 1000 + 1, name: str = "Fake Guild") -> FakeGuild:
@@ -266,6 +325,7 @@ class StoredMessage:
     edited: str | None = None
     deleted: bool = False
     revisions: list[JSONDict] = field(default_factory=list)
+    reference: JSONDict | None = None  # the message this one replies to, if it exists
 
     def snapshot(self) -> JSONDict:
         return {
@@ -296,6 +356,8 @@ class StoredMessage:
         }
         if self.guild_id is not None:
             data["guild_id"] = str(self.guild_id)
+        if self.reference is not None:
+            data["message_reference"] = self.reference
         if self.webhook_id is not None:
             data["webhook_id"] = str(self.webhook_id)
             data["application_id"] = str(self.webhook_id)
@@ -455,8 +517,8 @@ class World:
             guild_id=guild_id,
             author=self.bot_user.to_payload(),
             content=content,
-            embeds=list(data.get("embeds") or []),
-            components=list(data.get("components") or []),
+            embeds=stored_embeds(data.get("embeds") or []),
+            components=stored_components(data.get("components") or []),
             flags=flags | (int(data.get("flags") or 0) & ~(FLAG_EPHEMERAL | FLAG_LOADING)),
             type=20 if itx is not None and itx.type == 2 else (19 if itx is not None else 0),
             webhook_id=self.application_id if itx is not None else None,
@@ -486,9 +548,9 @@ class World:
         if "content" in data:
             message.content = str(data["content"] or "")
         if "embeds" in data:
-            message.embeds = list(data["embeds"] or [])
+            message.embeds = stored_embeds(data["embeds"] or [])
         if "components" in data:
-            message.components = list(data["components"] or [])
+            message.components = stored_components(data["components"] or [])
         if "flags" in data and data["flags"] is not None:
             keep = message.flags & FLAG_EPHEMERAL
             message.flags = keep | (int(data["flags"]) & ~(FLAG_EPHEMERAL | FLAG_LOADING))
