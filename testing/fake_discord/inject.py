@@ -258,15 +258,16 @@ class Inject(Gateway):
         locale: str = "en-US",
         dm: bool = False,
     ) -> FakeInteraction:
-        """A modal submit (type 5): `values` maps each text input's custom_id to its text."""
-        components = [
-            {
-                "type": 18,
-                "id": index + 1,
-                "component": {"type": 4, "id": index + 100, "custom_id": key, "value": value},
-            }
-            for index, (key, value) in enumerate(values.items())
-        ]
+        """A modal submit (type 5): `values` maps each text input's custom_id to its text.
+
+        As Discord does, the answer mirrors the modal the bot opened with that
+        `custom_id` (action rows when it sent action rows, Label components when it
+        sent labels) and carries `message` when a button on a message opened it.
+        A `custom_id` the bot never opened (a forged submit) comes as Labels.
+        """
+        opener = self._modal_opener(custom_id)
+        sent = opener.modal if opener is not None else None
+        components = _submitted_components(sent, values)
         data: JSONDict = {"custom_id": custom_id, "components": components}
         payload = self._interaction_base(
             5,
@@ -279,7 +280,18 @@ class Inject(Gateway):
             locale=locale,
             dm=dm,
         )
+        if opener is not None and "message" in opener.payload:
+            opened_on = self.messages.get(int(opener.payload["message"]["id"]))
+            if opened_on is not None:
+                payload["message"] = opened_on.to_payload()
         return await self._inject(payload)
+
+    def _modal_opener(self, custom_id: str) -> FakeInteraction | None:
+        """The latest interaction the bot answered with a modal of that `custom_id`."""
+        for itx in reversed(list(self.interactions.values())):
+            if itx.modal is not None and itx.modal.get("custom_id") == custom_id:
+                return itx
+        return None
 
     async def inject_message(
         self,
@@ -381,6 +393,37 @@ class Inject(Gateway):
         payload["guild_id"] = str(message.guild_id)
         await self.dispatch("MESSAGE_DELETE", payload, guild_id=message.guild_id,
                             intent=INTENT_GUILD_MESSAGES)
+
+
+def _submitted_components(sent: JSONDict | None, values: Mapping[str, str]) -> list[JSONDict]:
+    """A modal's components as Discord submits them: the layout the bot sent, with values."""
+    def field(item: Mapping[str, Any], key: str) -> JSONDict:
+        return {"type": 4, "id": item.get("id", 0), "custom_id": key, "value": values[key]}
+
+    if sent is None:
+        return [
+            {"type": 18, "id": index + 1,
+             "component": {"type": 4, "id": index + 100, "custom_id": key, "value": value}}
+            for index, (key, value) in enumerate(values.items())
+        ]
+    answered: list[JSONDict] = []
+    for index, top in enumerate(sent.get("components") or []):
+        top_id = top.get("id", index + 1)
+        if top.get("type") == 18:
+            child = top.get("component") or {}
+            key = str(child.get("custom_id"))
+            if key in values:
+                answered.append({"type": 18, "id": top_id, "component": field(child, key)})
+        elif top.get("type") == 1:
+            children = [c for c in top.get("components") or [] if c.get("custom_id") in values]
+            if children:
+                answered.append({"type": 1, "id": top_id,
+                                 "components": [field(c, c["custom_id"]) for c in children]})
+    shown = {c["custom_id"] for top in answered
+             for c in [top.get("component"), *top.get("components", [])] if c}
+    if set(values) - shown:
+        raise KeyError(f"the modal has no text input {sorted(set(values) - shown)}")
+    return answered
 
 
 def option_type(value: object) -> int:

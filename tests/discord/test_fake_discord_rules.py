@@ -285,3 +285,30 @@ async def test_the_fakes_answers_match_discords_schemas(fake: FakeDiscord) -> No
     ]:
         assert schema_errors(spec().schema_validator(schema), payload) == {}, schema
     assert fake.answer_mismatches == [], "\n".join(fake.answer_mismatches)
+
+
+@pytest.mark.parametrize("layout", ["action rows", "labels"])
+async def test_a_modal_submit_mirrors_the_modal_the_bot_sent(fake: FakeDiscord,
+                                                              layout: str) -> None:
+    press = await fake.inject_component("open")
+    sent = modal(rows=2)
+    if layout == "labels":
+        sent["components"] = [
+            {"type": 18, "label": "Text", "component": {"type": 4, "custom_id": f"t{i}",
+                                                        "style": 1}}
+            for i in range(2)
+        ]
+    status, _ = await send(fake, Sent("POST", f"/interactions/{press.id}/{press.token}/callback",
+                                      {"type": 9, "data": sent}))
+    assert status == 204
+    submit = await fake.inject_modal_submit("m", {"t0": "hello", "t1": "there"})
+    components = submit.payload["data"]["components"]
+    if layout == "action rows":
+        assert [c["type"] for c in components] == [1, 1]
+        assert [c["components"][0]["value"] for c in components] == ["hello", "there"]
+    else:
+        assert [c["type"] for c in components] == [18, 18]
+        assert [c["component"]["value"] for c in components] == ["hello", "there"]
+    assert submit.payload["message"]["id"] == press.payload["message"]["id"]
+    with pytest.raises(KeyError):
+        await fake.inject_modal_submit("m", {"not-in-the-modal": "x"})
