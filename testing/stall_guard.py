@@ -92,14 +92,14 @@ def install() -> None:
     _installs += 1
     if _original_run is None:
         _original_run = asyncio.events.Handle._run
-        asyncio.events.Handle._run = _timed_run  # type: ignore[method-assign]
+        setattr(asyncio.events.Handle, "_run", _timed_run)  # noqa: B010
 
 
 def uninstall() -> None:
     global _original_run, _installs
     _installs -= 1
     if _installs <= 0 and _original_run is not None:
-        asyncio.events.Handle._run = _original_run  # type: ignore[method-assign]
+        setattr(asyncio.events.Handle, "_run", _original_run)  # noqa: B010
         _original_run = None
         _installs = 0
 

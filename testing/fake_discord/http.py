@@ -204,9 +204,10 @@ class Http(Validation):
         record.status = response.status
         if isinstance(response, web.Response) and response.content_type == "application/json":
             body = response.body
-            self._check_answer(record, response.status, body if isinstance(body, bytes) else None)
+            raw = body if isinstance(body, bytes) else None
+            await self._check_answer(record, response.status, raw)
         else:
-            self._check_answer(record, response.status, None)
+            await self._check_answer(record, response.status, None)
         record.finished = time.monotonic()
         self.stats.by_status[response.status] += 1
         self._notify()
@@ -232,7 +233,7 @@ class Http(Validation):
             limited, bucket_headers = self._take_bucket(key)
             if limited is not None:
                 return limited
-        refusal = self._refusal(record)
+        refusal = await self._refusal(record)
         if refusal is not None:
             return json_response(refusal.body(), refusal.status, bucket_headers)
         handler = request.match_info.handler

@@ -9,7 +9,6 @@ the one branch whose `type` matches, so the error names the field, not the union
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import re
@@ -45,11 +44,11 @@ class Spec:
         self.document = document
         # Discord reads a snowflake in a request from a JSON number too (discord.py sends
         # ints); what it answers always carries strings, so answers are checked strictly.
-        lenient = copy.deepcopy(document)
-        schemas = lenient["components"]["schemas"]
-        schemas["SnowflakeType"] = {
-            "anyOf": [schemas["SnowflakeType"], {"type": "integer", "minimum": 0}]
-        }
+        schemas = document["components"]["schemas"]
+        snowflake = {"anyOf": [schemas["SnowflakeType"], {"type": "integer", "minimum": 0}]}
+        lenient = {**document, "components": {
+            **document["components"], "schemas": {**schemas, "SnowflakeType": snowflake},
+        }}
         self._registry: Registry[Any] = Registry().with_resources([
             (_BASE, DRAFT202012.create_resource(document)),
             (_LENIENT, DRAFT202012.create_resource(lenient)),

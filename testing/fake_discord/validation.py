@@ -9,12 +9,18 @@ purpose takes it with `take_refusals()`.
 
 The fake's own answers are checked against the response schemas too
 (`answer_mismatches`), so it cannot drift from what Discord really sends.
+
+The checks run on the fake's own thread: a command sync takes jsonschema a few
+hundred milliseconds, work Discord does on its servers, not on the bot's event
+loop (where the stall guard would rightly count it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +69,10 @@ class Validation(Records):
         self.validate = validate
         self.refusals: list[tuple[RecordedRequest, Refusal]] = []
         self.answer_mismatches: list[str] = []
+        self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-discord-check")
+
+    def _close_validation(self) -> None:
+        self._checker.shutdown(wait=False, cancel_futures=True)
 
     def take_refusals(self) -> list[tuple[RecordedRequest, Refusal]]:
         """The refusals so far, which the test now answers for (they no longer fail it)."""
@@ -82,11 +92,12 @@ class Validation(Records):
 
     # ------------------------------------------------------------------ requests
 
-    def _refusal(self, record: RecordedRequest) -> Refusal | None:
+    async def _refusal(self, record: RecordedRequest) -> Refusal | None:
         """Discord's answer to an invalid request, recorded; None when it is fine."""
         if not self.validate:
             return None
-        refusal = self._check(record)
+        loop = asyncio.get_running_loop()
+        refusal = await loop.run_in_executor(self._checker, self._check, record)
         if refusal is not None:
             self.refusals.append((record, refusal))
         return refusal
@@ -143,22 +154,30 @@ class Validation(Records):
 
     # ------------------------------------------------------------------ answers
 
-    def _check_answer(self, record: RecordedRequest, status: int, raw: bytes | None) -> None:
+    async def _check_answer(self, record: RecordedRequest, status: int,
+                            raw: bytes | None) -> None:
         """Record where the fake's answer departs from Discord's response schema."""
         if not self.validate or status >= 400:
             return
+        loop = asyncio.get_running_loop()
+        mismatch = await loop.run_in_executor(
+            self._checker, self._answer_mismatch, record, status, raw
+        )
+        if mismatch is not None:
+            self.answer_mismatches.append(mismatch)
+
+    def _answer_mismatch(self, record: RecordedRequest, status: int,
+                         raw: bytes | None) -> str | None:
         op = spec().operation(record.method, record.path)
         if op is None:
-            return
+            return None
         if status not in spec().allowed_statuses(op):
-            self.answer_mismatches.append(f"{record.key}: status {status}")
-            return
+            return f"{record.key}: status {status}"
         validator = spec().response_validator(op, status)
         if validator is None or not raw:
-            return
+            return None
         errors = schema_errors(validator, json.loads(raw))
-        if errors:
-            self.answer_mismatches.append(f"{record.key}: {json.dumps(errors)}")
+        return f"{record.key}: {json.dumps(errors)}" if errors else None
 
 
 def _invalid(tree: JSONDict) -> Refusal | None:
