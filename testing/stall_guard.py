@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from types import CoroutineType
+from types import AsyncGeneratorType, CoroutineType
 from typing import Any
 
 import pytest
@@ -65,11 +65,17 @@ def _describe(handle: asyncio.Handle) -> str:
     if isinstance(task, asyncio.Task):
         frames: list[str] = [f"task {task.get_name()!r}"]
         coro: Any = task.get_coro()
-        while isinstance(coro, CoroutineType):
-            code = coro.cr_code
-            line = coro.cr_frame.f_lineno if coro.cr_frame is not None else code.co_firstlineno
+        while isinstance(coro, CoroutineType | AsyncGeneratorType):
+            code, frame = (coro.cr_code, coro.cr_frame) if isinstance(coro, CoroutineType) \
+                else (coro.ag_code, coro.ag_frame)
+            line = frame.f_lineno if frame is not None else code.co_firstlineno
             frames.append(f"{code.co_qualname} ({code.co_filename}:{line})")
-            coro = coro.cr_await
+            awaited = coro.cr_await if isinstance(coro, CoroutineType) else coro.ag_await
+            if not isinstance(awaited, CoroutineType) and frame is not None:
+                # `async with` over an async generator: step into the generator itself.
+                owner = frame.f_locals.get("self")
+                awaited = getattr(owner, "gen", awaited)
+            coro = awaited
         return " -> ".join(frames)
     return repr(handle)
 

@@ -7,6 +7,7 @@ test can check which earlier turns a follow-up really carried to the model.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ import discord
 import pytest
 
 from bot.discord.conversation import HOW_TO_ASK
-from bot.model.tokenizer import load_tokenizer
+from bot.model.tokenizer import Tokenizer, load_tokenizer
 from bot.store.scopes import Scope
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeInteraction, FakeUser, Routes, StoredMessage
@@ -30,10 +31,15 @@ class Model:
     """A scripted model that remembers every prompt it read, as text."""
 
     def __init__(self, model_dir: Path, answer: Callable[[int], str] | None = None) -> None:
-        self.tokenizer = load_tokenizer(model_dir)
+        self.model_dir = model_dir
         self.prompts: list[str] = []
         self.lengths: list[int] = []
         self.answer = answer or (lambda n: f"Answer {n}.")
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        """Loaded on first use, on the engine's thread: not on the test's event loop."""
+        return load_tokenizer(self.model_dir)
 
     def __call__(self, tokens: list[str]) -> str:
         ids = [self.tokenizer.token_to_id(t) for t in tokens]
