@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of everyday answers that end on their own per default")
     parser.add_argument("--minutes", type=float, help="soak length (default 10); --mixed: 2")
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--flood", action="store_true",
+                        help="ack latency of a flood of button presses while decoding")
+    parser.add_argument("--presses", type=int, help="--flood: how many presses (default 1000)")
     parser.add_argument("--lab", action="store_true",
                         help="probabilities step vs TTFT, chart render, compare of 3 vs one ask")
     return parser
@@ -87,6 +90,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         from bench.finish_bench import run_finish_bench
 
         return await run_finish_bench(settings, args)
+    if getattr(args, "flood", False):
+        from bench.flood_bench import run_flood_bench
+
+        return await run_flood_bench(settings, args)
     if getattr(args, "lab", False):
         from bench.lab_bench import run_lab_bench
 

@@ -191,8 +191,10 @@ def bench_guild(channels: int, users: int) -> tuple[FakeGuild, list[FakeUser]]:
 
 
 @contextlib.asynccontextmanager
-async def running_world(settings: Settings, channels: int, users: int) -> AsyncIterator[World]:
-    """The configured model, a temporary database, the real client and a pacing fake."""
+async def running_world(settings: Settings, channels: int, users: int,
+                        *, validate: bool = True) -> AsyncIterator[World]:
+    """The configured model, a temporary database, the real client and a pacing fake
+    (`validate=False`: without the fake's checks of each body against Discord's rules)."""
     model_dir = model_dir_for(settings)
     with tempfile.TemporaryDirectory(prefix="llamacord-bench-") as tmp:
         settings = settings.model_copy(update={"database_path": Path(tmp) / "bench.sqlite3"})
@@ -204,7 +206,7 @@ async def running_world(settings: Settings, channels: int, users: int) -> AsyncI
                 guild, members = bench_guild(channels, users)
                 async with FakeDiscord(
                     guilds=[guild], enforce_buckets=True, bucket_limit=EDIT_BUCKET_LIMIT,
-                    bucket_window=EDIT_BUCKET_WINDOW_S,
+                    bucket_window=EDIT_BUCKET_WINDOW_S, validate=validate,
                 ) as fake:
                     bot = fake.make_bot(LlamaBot, app=app)
                     async with fake.run_bot(bot):
