@@ -496,7 +496,10 @@ class IdModel(Model):
     def __init__(self, model_dir: Path, answer: Callable[[int], str] | None = None) -> None:
         super().__init__(model_dir, answer)
         self.ids: list[list[int]] = []
-        self.special = self.tokenizer.special_ids
+
+    @property
+    def special(self) -> frozenset[int]:
+        return self.tokenizer.special_ids
 
     def __call__(self, tokens: list[str]) -> str:
         self.ids.append([i for i in map(self.tokenizer.token_to_id, tokens) if i is not None])
