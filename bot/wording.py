@@ -162,10 +162,62 @@ def busy(waiting: int) -> str:
             "Please try again in a moment.")
 
 
+# --- replies on Discord: their lifecycle and their buttons ----------------------------------
+
+#: A reasoning model inside its <think>: the status line while it thinks.
+THINKING: Final = "-# 💭 thinking…"
+RESTARTING: Final = "I'm restarting, try again in a moment."
+EMPTY_PROMPT: Final = "Ask something: the prompt was empty."
+INTERRUPTED: Final = "⚠️ Interrupted: the bot restarted before this reply finished."
+REPLY_DELETED: Final = "This reply was deleted, so I stopped writing it."
+PRIVATE_REPLY_EXPIRED: Final = "This private reply expired before it finished."
+REPLY_MESSAGE_GONE: Final = "This reply's message is gone and I can't post in the channel."
+ALREADY_FINISHED: Final = "This reply has already finished."
+ONLY_ASKER_STOPS: Final = "Only the person who asked (or a moderator) can stop this reply."
+ONLY_ASKER_REGENERATES: Final = "Only the person who asked can regenerate this reply."
+PROMPT_GONE: Final = "I no longer have this prompt, so I can't regenerate it. Ask again!"
+CONVERSATION_GONE: Final = "I no longer have this conversation (it may have expired). Ask again!"
+THREAD_IS_PUBLIC: Final = "A thread is public: ask without `private` to open one."
+THREAD_NOT_IN_DM: Final = "Threads exist only in servers; here, just keep talking."
+THREAD_ALREADY: Final = "This is already a thread: `/ask` here continues it."
+THREAD_OPENED: Final = ("This thread continues the conversation: `/ask` here or mention me. "
+                        "Everyone can join in.")
+THREAD_REFUSED: Final = "I couldn't open a thread here (do I have Create Public Threads?)."
+#: A button whose custom id names nothing a reply could carry (crafted, or broken).
+BUTTON_INVALID: Final = "This button is not valid (it names no reply I could have sent)."
+BUTTON_OTHER_SERVER: Final = "This button belongs to another server."
+BUTTON_OTHER_CHANNEL: Final = "This button belongs to another channel."
+BUTTON_OTHER_REPLY: Final = "This button belongs to another reply."
+NO_REASONING: Final = "*(no reasoning was kept for this reply)*"
+REASONING_ATTACHED: Final = "The reasoning is long, so it is attached."
+DISCORD_FIXED: Final = (
+    THINKING, RESTARTING, EMPTY_PROMPT, INTERRUPTED, REPLY_DELETED, PRIVATE_REPLY_EXPIRED,
+    REPLY_MESSAGE_GONE, ALREADY_FINISHED, ONLY_ASKER_STOPS, ONLY_ASKER_REGENERATES,
+    PROMPT_GONE, CONVERSATION_GONE, THREAD_IS_PUBLIC, THREAD_NOT_IN_DM, THREAD_ALREADY,
+    THREAD_OPENED, THREAD_REFUSED, BUTTON_INVALID, BUTTON_OTHER_SERVER, BUTTON_OTHER_CHANNEL,
+    BUTTON_OTHER_REPLY, NO_REASONING, REASONING_ATTACHED,
+)
+
+
+def waiting_line(message: str) -> str:
+    """A run waiting for its model ("loading model X…"), as a status line."""
+    return f"-# ⏳ {message}"
+
+
+def version_line(label: str) -> str:
+    """Under a version shown by ◀ ▶: which one it is ("2/3")."""
+    return f"-# version {label}"
+
+
+def undelivered(status: int) -> str:
+    return (f"⚠️ Discord kept failing ({status}) while I was updating this reply, "
+            "so it may be incomplete. Please ask again.")
+
+
 #: Every fixed string above, for the test that checks the rules.
 ALL_FIXED: Final = (
     *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,
-    PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(),
+    PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(), *DISCORD_FIXED,
 )
 
 HELP: Final = """**How to ask**

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from bot.chat.turns import PreparedTurn, TurnAsk, prepare_turn
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
+from bot.hosting.host import OnWait
 from bot.knobs import Knobs
 from bot.store.scopes import Location
 from bot.store.swipes import Answer
@@ -44,7 +45,7 @@ def finish_of(result: GenerationResult) -> str:
 
 async def prepare_continue(
     app: App, answer: Answer, *, location: Location, user_id: int, knobs: Knobs | None,
-    shared: bool = True,
+    shared: bool = True, on_wait: OnWait | None = None,
 ) -> PreparedTurn:
     """The request that carries `answer` on (checks: `SwipeStore.check_continue` first)."""
     question = await app.turns.get(answer.turn.parent_id) if answer.turn.parent_id else None
@@ -54,7 +55,7 @@ async def prepare_continue(
         location=location, prompt=question.text, author_id=question.author_id,
         author_name=question.author_name, parent_id=question.parent_id, explicit=True,
         private=question.private, shared=shared, again=knobs,
-    ))
+    ), on_wait)
     engine = turn.engine  # the model the conversation uses (issue 23), not the default
     tokenizer = engine.bundle.tokenizer
     # The answer is people's text to the tokenizer (what the model said is never

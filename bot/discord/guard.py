@@ -19,6 +19,7 @@ from typing import Any, Final
 import discord
 from discord import app_commands
 
+from bot import wording
 from bot.discord.errors import send_error
 from bot.errors import UserFacingError
 
@@ -34,7 +35,7 @@ _SUBCOMMANDS: Final = (1, 2)
 
 class InvalidButton(UserFacingError):
     def __init__(self) -> None:
-        super().__init__("This button is not valid (it names no reply I could have sent).")
+        super().__init__(wording.BUTTON_INVALID)
 
 
 def parse_id(text: str) -> int:
