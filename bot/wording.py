@@ -214,10 +214,99 @@ def undelivered(status: int) -> str:
             "so it may be incomplete. Please ask again.")
 
 
+# --- Discord: errors, refusals and files ------------------------------------------------------
+
+GENERIC: Final = "Something went wrong on my side; it has been logged. Please try again."
+SERVER_ONLY: Final = "That command only works in a server."
+NOT_HERE: Final = "You can't use that here."
+OPTIONS_UNREADABLE: Final = "I couldn't read this command's options."
+DOWNLOAD_FAILED: Final = "I couldn't download that file; try again."
+HOW_TO_ASK: Final = (
+    "I found no question to answer (Discord shows me the text of a message only when it "
+    "mentions me). To ask me, mention me together with your question, reply to one of my "
+    "answers with the ping left on, press **Reply** under an answer, or use `/ask`."
+)
+HOW_TO_ASK_DM: Final = "Send me your question as text (or use `/ask`); I can only answer text."
+#: Option types as a member would name them.
+OPTION_KINDS: Final[Mapping[str, str]] = {
+    "integer": "a whole number", "number": "a number", "string": "text",
+    "boolean": "true or false", "user": "a member", "channel": "a channel", "role": "a role",
+    "mentionable": "a member or role", "attachment": "a file",
+}
+ERROR_FIXED: Final = (GENERIC, SERVER_ONLY, NOT_HERE, OPTIONS_UNREADABLE, DOWNLOAD_FAILED,
+                      HOW_TO_ASK, HOW_TO_ASK_DM, *OPTION_KINDS.values())
+
+
+def needs_permission(perms: str) -> str:
+    return f"You need the {perms} permission for that."
+
+
+def unreadable_option(value: object, kind: str) -> str:
+    """A value Discord's transformer refused, and what was expected."""
+    return f"I couldn't read `{value}` as {OPTION_KINDS.get(kind, kind.lower())}."
+
+
+def option_not_text(shown: str) -> str:
+    return f"I couldn't read {shown}: it should be text."
+
+
+def dm_has_no_server(command: str) -> str:
+    return f"DMs have no server settings: `/{command}` only works in a server."
+
+
+def file_too_big(size: int, limit: int) -> str:
+    return f"That file is {size:,} bytes; files up to {limit:,} bytes are accepted."
+
+
+def file_larger_than(limit: int) -> str:
+    return f"That file is larger than {limit:,} bytes, the most accepted."
+
+
+def download_refused(status: int) -> str:
+    return f"Discord didn't let me download that file ({status}); try again."
+
+
+# --- commands: who may change what, and what changed --------------------------------------
+
+PICK_A_SCOPE: Final = "Pick a scope from the list."
+DM_SETTINGS_ARE_YOURS: Final = ("DMs have no server settings: your DM settings are your own "
+                                "(use scope: This channel or thread).")
+NEEDS_MANAGE_SERVER: Final = (
+    "You need the Manage Server permission to change this server's settings.")
+STATUS_NEEDS_MANAGE_SERVER: Final = "You need the Manage Server permission for /status."
+NOTHING_TO_FORGET: Final = "You have no conversation here to forget."
+COMMAND_FIXED: Final = (PICK_A_SCOPE, DM_SETTINGS_ARE_YOURS, NEEDS_MANAGE_SERVER,
+                        STATUS_NEEDS_MANAGE_SERVER, NOTHING_TO_FORGET)
+
+
+def needs_manage_channels(*, in_thread: bool) -> str:
+    where = "thread" if in_thread else "channel"
+    return f"You need the Manage Channels permission to change this {where}'s settings."
+
+
+def forgot(removed: int) -> str:
+    """What `/conversation forget` did."""
+    if not removed:
+        return NOTHING_TO_FORGET
+    return f"Forgot {plural(removed, 'turn')} of your conversation here."
+
+
+def model_chosen(name: str, where: str) -> str:
+    return (f"`{name}` now answers in {where}; conversations already under way "
+            "switch at their next turn.")
+
+
+def model_reset(where: str, *, changed: bool) -> str:
+    if changed:
+        return f"Model choice removed for {where}."
+    return f"{where[:1].upper()}{where[1:]} has no model of its own."
+
+
 #: Every fixed string above, for the test that checks the rules.
 ALL_FIXED: Final = (
     *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,
     PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(), *DISCORD_FIXED,
+    *ERROR_FIXED, *COMMAND_FIXED,
 )
 
 HELP: Final = """**How to ask**

@@ -58,7 +58,7 @@ else:
 
         async def transform(self, interaction: discord.Interaction, value: Any) -> str:
             if value not in wording.SCOPE_CHOICES:
-                raise UserFacingError("Pick a scope from the list.")
+                raise UserFacingError(wording.PICK_A_SCOPE)
             return str(value)
 
     ScopeOpt = app_commands.Transform[str, _ScopeOption]
@@ -133,25 +133,17 @@ def _scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Sc
     guild_id = interaction.guild_id
     if guild_id is None:
         if scope == "server":
-            raise MissingScopePermission(
-                "DMs have no server settings: your DM settings are your own "
-                "(use scope: This channel or thread)."
-            )
+            raise MissingScopePermission(wording.DM_SETTINGS_ARE_YOURS)
         return Scope.dm(interaction.user.id)
     perms = interaction.permissions
     if scope == "server":
         if not perms.manage_guild:
-            raise MissingScopePermission(
-                "You need the Manage Server permission to change this server's settings."
-            )
+            raise MissingScopePermission(wording.NEEDS_MANAGE_SERVER)
         return Scope.server(guild_id)
     loc = location_of(interaction)
     in_thread = loc.parent_channel_id is not None
     if not perms.manage_channels:
-        where = "thread" if in_thread else "channel"
-        raise MissingScopePermission(
-            f"You need the Manage Channels permission to change this {where}'s settings."
-        )
+        raise MissingScopePermission(wording.needs_manage_channels(in_thread=in_thread))
     return Scope.channel(loc.channel_id, guild_id)
 
 

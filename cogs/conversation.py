@@ -14,11 +14,9 @@ from discord.ext import commands
 from bot import wording
 from bot.chat.view import describe, view_of
 from bot.discord.conversation import dm_place, place_of
+from bot.discord.pages import MESSAGE_LIMIT
 from bot.store.turns import StoredTurn
 from cogs._common import NO_MENTIONS, bot_of, location_of
-
-#: Discord's message limit.
-MESSAGE_LIMIT = 2000
 
 
 async def _chain(interaction: discord.Interaction) -> list[StoredTurn]:
@@ -61,8 +59,7 @@ class Conversation(commands.GroupCog, group_name="conversation",
             removed = await app.turns.forget_own(chain[-1].conversation_id, user_id)
         if interaction.guild_id is None:
             await app.turns.set_head(dm_place(user_id), None)  # the next DM starts afresh
-        text = (f"Forgot {wording.plural(removed, 'turn')} of your conversation here."
-                if removed else "You have no conversation here to forget.")
+        text = wording.forgot(removed)
         await interaction.response.send_message(text, ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
 

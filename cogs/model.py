@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
 from bot.discord.common import location_of
 from bot.hosting.host import model_lines
 from bot.store.scopes import Scope, ScopeKind
@@ -60,8 +61,8 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
             target, name, actor_id=interaction.user.id, known=app.models.names
         )
         await interaction.response.send_message(
-            f"`{chosen}` now answers in {scope_word(target)}; conversations already under way "
-            "switch at their next turn.", ephemeral=True, allowed_mentions=NO_MENTIONS,
+            wording.model_chosen(chosen, scope_word(target)), ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
         )
 
     @app_commands.command(name="reset", description="Remove the model chosen here.")
@@ -71,8 +72,7 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
         changed = await bot_of(interaction).app.store.reset_model(
             target, actor_id=interaction.user.id
         )
-        msg = (f"Model choice removed for {scope_word(target)}." if changed
-               else f"{scope_word(target).capitalize()} has no model of its own.")
+        msg = wording.model_reset(scope_word(target), changed=changed)
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 

@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
 from bot.discord.errors import MissingScopePermission
 from cogs._common import NO_MENTIONS, bot_of
 
@@ -32,7 +33,7 @@ class Status(commands.Cog):
         if interaction.guild_id is None:
             raise app_commands.NoPrivateMessage()
         if not interaction.permissions.manage_guild:
-            raise MissingScopePermission("You need the Manage Server permission for /status.")
+            raise MissingScopePermission(wording.STATUS_NEEDS_MANAGE_SERVER)
         bot = bot_of(interaction)
         engine = bot.app.engine
         info = engine.info

@@ -10,6 +10,7 @@ from __future__ import annotations
 import aiohttp
 import discord
 
+from bot import wording
 from bot.errors import UserFacingError
 
 CHUNK = 64 * 1024
@@ -17,9 +18,7 @@ TIMEOUT_S = 30.0
 
 
 def _too_big(size: int, limit: int) -> UserFacingError:
-    return UserFacingError(
-        f"That file is {size:,} bytes; files up to {limit:,} bytes are accepted."
-    )
+    return UserFacingError(wording.file_too_big(size, limit))
 
 
 async def read_attachment(attachment: discord.Attachment, limit: int) -> bytes:
@@ -33,15 +32,11 @@ async def read_attachment(attachment: discord.Attachment, limit: int) -> bytes:
             attachment.url
         ) as response:
             if response.status != 200:
-                raise UserFacingError(
-                    f"Discord didn't let me download that file ({response.status}); try again."
-                )
+                raise UserFacingError(wording.download_refused(response.status))
             async for chunk in response.content.iter_chunked(CHUNK):
                 body += chunk
                 if len(body) > limit:
-                    raise UserFacingError(
-                        f"That file is larger than {limit:,} bytes, the most accepted."
-                    )
+                    raise UserFacingError(wording.file_larger_than(limit))
     except (aiohttp.ClientError, TimeoutError):
-        raise UserFacingError("I couldn't download that file; try again.") from None
+        raise UserFacingError(wording.DOWNLOAD_FAILED) from None
     return bytes(body)

@@ -27,15 +27,12 @@ from dataclasses import dataclass
 
 import discord
 
+from bot import wording
 from bot.store.scopes import Location
 from bot.store.turns import StoredTurn, TurnStore
 
-HOW_TO_ASK = (
-    "I found no question to answer (Discord shows me the text of a message only when it "
-    "mentions me). To ask me, mention me together with your question, reply to one of my "
-    "answers with the ping left on, press **Reply** under an answer, or use `/ask`."
-)
-HOW_TO_ASK_DM = "Send me your question as text (or use `/ask`); I can only answer text."
+HOW_TO_ASK = wording.HOW_TO_ASK
+HOW_TO_ASK_DM = wording.HOW_TO_ASK_DM
 
 
 def dm_place(user_id: int) -> str:

@@ -63,17 +63,17 @@ def _guild_only(command: object) -> bool:
 
 def _check_options(options: object, depth: int = 0) -> None:
     if not isinstance(options, list) or depth > 2:
-        raise UserFacingError("I couldn't read this command's options.")
+        raise UserFacingError(wording.OPTIONS_UNREADABLE)
     for option in options:
         if not isinstance(option, dict):
-            raise UserFacingError("I couldn't read this command's options.")
+            raise UserFacingError(wording.OPTIONS_UNREADABLE)
         if option.get("type") in _SUBCOMMANDS:
             _check_options(option.get("options") or [], depth + 1)
         elif (option.get("type") == _STRING and "value" in option
               and not isinstance(option["value"], str)):
             name = option.get("name")
             shown = f"`{name}`" if isinstance(name, str) and len(name) <= 32 else "an option"
-            raise UserFacingError(f"I couldn't read {shown}: it should be text.")
+            raise UserFacingError(wording.option_not_text(shown))
 
 
 def check_interaction(interaction: discord.Interaction) -> None:
@@ -81,9 +81,7 @@ def check_interaction(interaction: discord.Interaction) -> None:
     command = interaction.command
     if interaction.guild_id is None and _guild_only(command):
         name = getattr(command, "qualified_name", "")
-        raise UserFacingError(
-            f"DMs have no server settings: `/{name}` only works in a server."
-        )
+        raise UserFacingError(wording.dm_has_no_server(name))
     data: Any = interaction.data or {}
     _check_options(data.get("options") or [])
 
