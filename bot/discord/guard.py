@@ -1,9 +1,9 @@
 """Checks every interaction passes before any command or button uses what it carries.
 
 A client is free to send anything: the guild-only flag a command is registered
-with is a hint Discord's own client honours, not a check (issue 24 item 18),
+with is a hint Discord's own client honours, not a check,
 and custom ids and raw option values are text and JSON a modified client
-writes (item 22). So, in one place, before any lookup or transformation:
+writes. So, in one place, before any lookup or transformation:
 
 - a server-only command that arrives from a DM is refused;
 - an option declared as text that carries anything but a string is refused;
