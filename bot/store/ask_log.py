@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, timedelta
 from typing import Any, Final
 
-import aiosqlite
-
-from bot.store.db import Database
+from bot.store.db import Database, Tx
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +75,15 @@ class AskLog:
         old = self._cutoff(self.retention_days * 86400)
         private_old = self._cutoff(self.private_ttl_s)
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        async def work(conn: Tx) -> None:
             await conn.execute(
-                "INSERT OR REPLACE INTO asks (id, guild_id, channel_id, user_id, payload, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO asks (id, guild_id, channel_id, user_id, payload, created_at, "
+                "private) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "guild_id = excluded.guild_id, channel_id = excluded.channel_id, "
+                "user_id = excluded.user_id, payload = excluded.payload, "
+                "created_at = excluded.created_at, private = excluded.private",
                 (ask_id, record.guild_id, record.channel_id, record.user_id, payload,
-                 self.db.now_iso()),
+                 self.db.now_iso(), int(record.private)),
             )
             await conn.execute(
                 "DELETE FROM asks WHERE id NOT IN (SELECT id FROM asks ORDER BY id DESC LIMIT ?)",
@@ -99,21 +100,18 @@ class AskLog:
         return await self.db.write(lambda conn: self._prune(conn, old, private_old))
 
     @staticmethod
-    async def _prune(conn: aiosqlite.Connection, old: str, private_old: str) -> int:
-        cur = await conn.execute(
-            "DELETE FROM asks WHERE created_at < ? OR (created_at < ? AND "
-            "json_valid(payload) AND json_extract(payload, '$.private') = 1)",
+    async def _prune(conn: Tx, old: str, private_old: str) -> int:
+        return await conn.execute(
+            "DELETE FROM asks WHERE created_at < ? OR (created_at < ? AND private = 1)",
             (old, private_old),
         )
-        return max(0, cur.rowcount)
 
     async def latest_id(self, user_id: int, channel_id: int | None) -> int | None:
         """The id of `user_id`'s newest ask in that channel still kept (the lab's "try it
         on my last prompt"); None when there is none."""
         rows = await self.db.read(
             "SELECT id FROM asks WHERE user_id = ? AND channel_id IS ? AND created_at >= ? "
-            "AND NOT (created_at < ? AND json_valid(payload) AND "
-            "json_extract(payload, '$.private') = 1) ORDER BY created_at DESC, id DESC LIMIT 1",
+            "AND NOT (created_at < ? AND private = 1) ORDER BY created_at DESC, id DESC LIMIT 1",
             (user_id, channel_id, self._cutoff(self.retention_days * 86400),
              self._cutoff(self.private_ttl_s)),
         )
@@ -123,7 +121,7 @@ class AskLog:
         """The ask, or None if it is unknown or past its time (not yet pruned is not enough)."""
         rows = await self.db.read(
             "SELECT payload FROM asks WHERE id = ? AND created_at >= ? AND NOT "
-            "(created_at < ? AND json_valid(payload) AND json_extract(payload, '$.private') = 1)",
+            "(created_at < ? AND private = 1)",
             (ask_id, self._cutoff(self.retention_days * 86400), self._cutoff(self.private_ttl_s)),
         )
         if not rows:

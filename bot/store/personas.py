@@ -23,11 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import aiosqlite
-
 from bot.errors import InvalidKnobs, UserFacingError
 from bot.knobs import KNOB_NAMES, build_knobs, validate_knob
-from bot.store.db import Database
+from bot.store.db import Database, Tx
 from bot.store.validation import validate_system_prompt
 
 log = logging.getLogger(__name__)
@@ -139,12 +137,12 @@ class PersonaStore:
         now = self.db.now_iso()
         payload = json.dumps(bundle, ensure_ascii=False) if bundle else None
 
-        async def work(conn: aiosqlite.Connection) -> bool:
-            async with conn.execute(
-                "SELECT COUNT(*), SUM(name_key = ?) FROM personas WHERE guild_id = ?",
+        async def work(conn: Tx) -> bool:
+            row = await conn.fetchone(
+                "SELECT COUNT(*), SUM(CASE WHEN name_key = ? THEN 1 ELSE 0 END) "
+                "FROM personas WHERE guild_id = ?",
                 (key, guild_id),
-            ) as cur:
-                row = await cur.fetchone()
+            )
             count, exists = (int(row[0]), bool(row[1])) if row else (0, False)
             if not exists and count >= MAX_PERSONAS:
                 raise UserFacingError(
@@ -201,10 +199,9 @@ class PersonaStore:
         """Forget a saved persona; True if there was one."""
         key = name_key(name)
 
-        async def work(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(
+        async def work(conn: Tx) -> int:
+            return await conn.execute(
                 "DELETE FROM personas WHERE guild_id = ? AND name_key = ?", (guild_id, key)
             )
-            return int(cur.rowcount or 0)
 
         return bool(await self.db.write(work))

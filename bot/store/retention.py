@@ -17,7 +17,8 @@ Reads already ignore what is past its time; `prune_expired` deletes it, so an
 idle bot holds no more than a busy one (`bot.app.open_app` runs it every
 `PRUNE_EVERY_S`). `forget` erases one user's or one server's text at once, for
 `python -m bot forget`. SQLite's `secure_delete` (set on every connection by
-`bot.store.db`) overwrites deleted rows in the file.
+`bot.store.db`) overwrites deleted rows in the file; on PostgreSQL a deleted row
+is gone for every host at once, and its bytes go at the server's next vacuum.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-import aiosqlite
-
 from bot.store.ask_log import PRIVATE_TTL_S, AskLog
-from bot.store.db import Database
+from bot.store.db import Database, Tx
 from bot.store.scopes import check_id
 from bot.store.turns import TurnStore
 
@@ -80,10 +79,9 @@ async def forget(
     if (user_id is None) == (guild_id is None):
         raise ValueError("forget needs exactly one of user_id and guild_id")
 
-    async def work(conn: aiosqlite.Connection) -> Forgotten:
+    async def work(conn: Tx) -> Forgotten:
         async def delete(sql: str, *params: int) -> int:
-            cur = await conn.execute(sql, params)
-            return max(0, int(cur.rowcount or 0))
+            return await conn.execute(sql, params)
 
         if user_id is not None:
             uid = check_id("user id", user_id)

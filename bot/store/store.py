@@ -43,14 +43,13 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-import aiosqlite
 from pydantic import ValidationError
 
 from bot.errors import InvalidKnobs
 from bot.hosting.choice import check_choice
 from bot.knobs import KNOB_NAMES, Knobs, build_knobs, describe_validation_error, validate_knob
 from bot.store.audit import AuditLog
-from bot.store.db import Database, utcnow
+from bot.store.db import Database, Tx, utcnow
 from bot.store.migration_models import MODEL_CHOICES_IN_GUILD_SQL
 from bot.store.scopes import (
     MODEL_KEY,
@@ -228,7 +227,7 @@ class SettingsStore:
                     f"allows at most {ceiling} new tokens per reply."
                 )
 
-        async def work(conn: aiosqlite.Connection) -> list[str]:
+        async def work(conn: Tx) -> list[str]:
             await self._check_combination(conn, scope, normalised)
             await self._upsert(conn, scope, normalised, actor_id)
             if scope.kind is not ScopeKind.CHANNEL or scope.guild_id is None:
@@ -341,13 +340,13 @@ class SettingsStore:
 
     # -- checks and row writes ----------------------------------------------------
 
-    async def _rows(self, conn: aiosqlite.Connection, scope: Scope) -> dict[str, Any]:
+    async def _rows(self, conn: Tx, scope: Scope) -> dict[str, Any]:
         """Valid values set at `scope`, read through `conn` (inside a write transaction)."""
-        rows = await conn.execute_fetchall(_SCOPE_ROWS, _scope_params(scope))
+        rows = await conn.fetchall(_SCOPE_ROWS, _scope_params(scope))
         return self.values.valid(scope, rows)
 
     async def _check_combination(
-        self, conn: aiosqlite.Connection, scope: Scope, new: dict[str, Any]
+        self, conn: Tx, scope: Scope, new: dict[str, Any]
     ) -> None:
         """Refuse values that would make the knobs in force at `scope` inconsistent."""
         chain = [scope]
@@ -378,10 +377,10 @@ class SettingsStore:
             await self._check_channels(conn, scope, knobs)
 
     async def _check_channels(
-        self, conn: aiosqlite.Connection, server: Scope, knobs: Knobs
+        self, conn: Tx, server: Scope, knobs: Knobs
     ) -> None:
         """A server-wide min/max must not conflict with channels that set the other one."""
-        rows = await conn.execute_fetchall(
+        rows = await conn.fetchall(
             "SELECT scope_id, key, value FROM settings WHERE scope_kind = 'channel' "
             "AND guild_id = ? AND key IN ('min_new_tokens', 'max_new_tokens')",
             (server.id,),
@@ -404,12 +403,12 @@ class SettingsStore:
             )
 
     async def _upsert(
-        self, conn: aiosqlite.Connection, scope: Scope, values: dict[str, Any], actor_id: int
+        self, conn: Tx, scope: Scope, values: dict[str, Any], actor_id: int
     ) -> None:
         """Write `values` at `scope` with one history row each (unchanged values skipped)."""
         now = self.db.now_iso()
         placeholders = ", ".join("?" for _ in values)
-        rows = await conn.execute_fetchall(
+        rows = await conn.fetchall(
             "SELECT key, value FROM settings WHERE scope_kind = ? AND scope_id = ? "
             f"AND key IN ({placeholders})",
             (scope.kind.value, scope.id, *values),
@@ -428,12 +427,12 @@ class SettingsStore:
         await self.audit.trim(conn, scope)
 
     async def _delete(
-        self, conn: aiosqlite.Connection, scope: Scope, keys: list[str], actor_id: int
+        self, conn: Tx, scope: Scope, keys: list[str], actor_id: int
     ) -> list[str]:
         """Delete `keys` at `scope`, auditing each; returns the keys that existed."""
         now = self.db.now_iso()
         placeholders = ", ".join("?" for _ in keys)
-        rows = await conn.execute_fetchall(
+        rows = await conn.fetchall(
             "SELECT key, value FROM settings WHERE scope_kind = ? AND scope_id = ? "
             f"AND key IN ({placeholders})",
             (scope.kind.value, scope.id, *keys),

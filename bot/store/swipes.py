@@ -24,11 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import aiosqlite
-
 from bot.errors import UserFacingError
-from bot.store.db import Database
-from bot.store.turns import _COLUMNS, StoredTurn  # one column list for every turn read
+from bot.store.db import Database, Tx
+from bot.store.turns import _COLUMNS, MAP_MESSAGE_SQL, StoredTurn  # one column list
 
 MAX_SWIPES: Final = 20
 MAX_CONTINUATIONS: Final = 8
@@ -190,20 +188,21 @@ class SwipeStore:
         now = self.db.now_iso()
         siblings = [a.turn.id for a in current.answers]
 
-        async def work(conn: aiosqlite.Connection) -> None:
-            cur = await conn.execute(
+        async def work(conn: Tx) -> None:
+            inserted = await conn.fetchone(
                 "INSERT INTO turns (conversation_id, parent_id, role, text, author_id, "
                 "author_name, ask_id, guild_id, channel_id, private, created_at, reasoning, "
-                "finish, tokens) VALUES (?, ?, 'assistant', ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?)",
+                "finish, tokens) VALUES (?, ?, 'assistant', ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
                 (question.conversation_id, question.id, text, question.author_id, ask_id,
                  question.guild_id, question.channel_id, int(question.private), now,
                  reasoning, finish, max(0, tokens)),
             )
-            new_id = int(cur.lastrowid or 0)
+            assert inserted is not None
+            new_id = int(inserted[0])
             for message_id in message_ids:
                 await conn.execute(
-                    "INSERT OR REPLACE INTO turn_messages (message_id, turn_id) VALUES (?, ?)",
-                    (message_id, new_id),
+                    MAP_MESSAGE_SQL, (message_id, new_id),
                 )
             await _show(conn, question.id, new_id, siblings, now)
 
@@ -233,7 +232,7 @@ class SwipeStore:
         """What `TurnStore.add_exchange` does not know yet: why it stopped, its tokens."""
         _check_finish(finish)
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        async def work(conn: Tx) -> None:
             await conn.execute(
                 "UPDATE turns SET finish = ?, tokens = ?, reasoning = ? "
                 "WHERE id = ? AND role = 'assistant'",
@@ -278,16 +277,15 @@ class SwipeStore:
         room = MAX_ANSWER_CHARS - len(before.turn.text)
         more = more[:max(0, room)]
 
-        async def work(conn: aiosqlite.Connection) -> int:
+        async def work(conn: Tx) -> int:
             # Conditional on the state checked above, so two Continues pressed at
             # once cannot both append to the same text.
-            cur = await conn.execute(
+            return await conn.execute(
                 "UPDATE turns SET text = text || ?, reasoning = reasoning || ?, "
                 "tokens = tokens + ?, continuations = continuations + 1, finish = ? "
                 "WHERE id = ? AND continuations = ? AND finish = 'length'",
                 (more, reasoning, max(0, tokens), finish, answer_id, before.continuations),
             )
-            return int(cur.rowcount or 0)
 
         if not await self.db.write(work):
             raise UserFacingError("This reply was just continued; press Continue again.")
@@ -297,7 +295,7 @@ class SwipeStore:
         return found
 
 
-async def _show(conn: aiosqlite.Connection, question_id: int, answer_id: int,
+async def _show(conn: Tx, question_id: int, answer_id: int,
                 siblings: Sequence[int], now: str) -> None:
     """Make `answer_id` the shown version: the choice, its messages and heads follow."""
     await conn.execute(

@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Final
 
-import aiosqlite
-
 from bot.store.ask_log import PRIVATE_TTL_S
-from bot.store.db import Database
+from bot.store.db import Database, Tx
 
 #: Longest chain walked up from a turn. Far more than any context window holds;
 #: a bound so a corrupted parent loop can never spin.
@@ -168,7 +166,7 @@ class TurnStore:
             return []
         rows = await self.db.read(
             "WITH RECURSIVE up(id, depth) AS ("
-            " SELECT ?, 0"
+            " SELECT CAST(? AS BIGINT), 0"
             " UNION ALL"
             " SELECT t.parent_id, up.depth + 1 FROM turns t JOIN up ON t.id = up.id"
             " WHERE t.parent_id IS NOT NULL AND up.depth < ?"
@@ -189,7 +187,7 @@ class TurnStore:
     async def set_head(self, place: str, turn_id: int | None) -> None:
         """Make `turn_id` the place's current turn; None starts afresh next time."""
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        async def work(conn: Tx) -> None:
             await _set_head(conn, place, turn_id, self.db.now_iso())
 
         await self.db.write(work)
@@ -208,17 +206,16 @@ class TurnStore:
         """Delete `user_id`'s turns of one conversation (their questions and the answers
         to them) and the prompts kept for Regenerate; returns how many turns went."""
 
-        async def work(conn: aiosqlite.Connection) -> int:
+        async def work(conn: Tx) -> int:
             await conn.execute(
                 "DELETE FROM asks WHERE id IN (SELECT ask_id FROM turns WHERE "
                 "conversation_id = ? AND author_id = ? AND ask_id IS NOT NULL)",
                 (conversation_id, user_id),
             )
-            cur = await conn.execute(
+            return await conn.execute(
                 "DELETE FROM turns WHERE conversation_id = ? AND author_id = ?",
                 (conversation_id, user_id),
             )
-            return int(cur.rowcount or 0)
 
         return await self.db.write(work)
 
@@ -227,14 +224,13 @@ class TurnStore:
         now = self.db.now_iso()
         expired = self.private_cutoff()
 
-        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
+        async def work(conn: Tx) -> tuple[int, int]:
             await conn.execute(f"DELETE FROM turns WHERE {_EXPIRED}", (expired,))
             conversation: int | None = None
             if ex.parent_id is not None:
-                async with conn.execute(
+                row = await conn.fetchone(
                     "SELECT conversation_id FROM turns WHERE id = ?", (ex.parent_id,)
-                ) as cur:
-                    row = await cur.fetchone()
+                )
                 conversation = int(row[0]) if row else None
             parent = ex.parent_id if conversation is not None else None
             ids: list[int] = []
@@ -242,14 +238,15 @@ class TurnStore:
                 ("user", ex.question, ex.author_id, ex.author_name, ex.question_message_ids),
                 ("assistant", ex.answer, ex.author_id, "", ex.answer_message_ids),
             ):
-                cur = await conn.execute(
+                inserted = await conn.fetchone(
                     "INSERT INTO turns (conversation_id, parent_id, role, text, author_id, "
                     "author_name, ask_id, guild_id, channel_id, private, created_at, model) "
-                    "VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (parent, role, text, author, name, ex.ask_id, ex.guild_id, ex.channel_id,
                      int(ex.private), now, ex.model),
                 )
-                turn_id = int(cur.lastrowid or 0)
+                assert inserted is not None
+                turn_id = int(inserted[0])
                 if conversation is None:
                     conversation = turn_id
                 await conn.execute(
@@ -257,7 +254,7 @@ class TurnStore:
                 )
                 for message_id in messages:
                     await conn.execute(
-                        "INSERT OR REPLACE INTO turn_messages (message_id, turn_id) VALUES (?, ?)",
+                        MAP_MESSAGE_SQL,
                         (message_id, turn_id),
                     )
                 ids.append(turn_id)
@@ -275,10 +272,10 @@ class TurnStore:
     async def add_messages(self, turn_id: int, message_ids: Sequence[int]) -> None:
         """Map more Discord messages to a turn (pages known only after it was stored)."""
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        async def work(conn: Tx) -> None:
             for message_id in message_ids:
                 await conn.execute(
-                    "INSERT OR REPLACE INTO turn_messages (message_id, turn_id) VALUES (?, ?)",
+                    MAP_MESSAGE_SQL,
                     (message_id, turn_id),
                 )
 
@@ -295,18 +292,24 @@ class TurnStore:
         cutoff = (self.db.clock() - timedelta(days=retention_days)).astimezone(UTC)
         cutoff_iso = cutoff.isoformat(timespec="milliseconds")
 
-        async def work(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(f"DELETE FROM turns WHERE {_EXPIRED}", (expired,))
-            removed = int(cur.rowcount or 0)
+        async def work(conn: Tx) -> int:
+            removed = await conn.execute(f"DELETE FROM turns WHERE {_EXPIRED}", (expired,))
             if retention_days > 0:
-                cur = await conn.execute("DELETE FROM turns WHERE created_at < ?", (cutoff_iso,))
-                removed += int(cur.rowcount or 0)
+                removed += await conn.execute(
+                    "DELETE FROM turns WHERE created_at < ?", (cutoff_iso,)
+                )
             return removed
 
         return await self.db.write(work)
 
 
-async def _set_head(conn: aiosqlite.Connection, place: str, turn_id: int | None, now: str) -> None:
+MAP_MESSAGE_SQL = (
+    "INSERT INTO turn_messages (message_id, turn_id) VALUES (?, ?) "
+    "ON CONFLICT (message_id) DO UPDATE SET turn_id = excluded.turn_id"
+)
+
+
+async def _set_head(conn: Tx, place: str, turn_id: int | None, now: str) -> None:
     await conn.execute(
         "INSERT INTO conversation_heads (place, turn_id, updated_at) VALUES (?, ?, ?) "
         "ON CONFLICT (place) DO UPDATE SET turn_id = excluded.turn_id, "
