@@ -8,7 +8,7 @@ import hashlib
 import logging
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,15 +35,6 @@ DEFAULTS = Knobs.model_validate({})
 
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "nested" / "settings.sqlite3"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SettingsStore]:
-    s = await SettingsStore.open(db_path(tmp_path))
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @contextmanager
@@ -302,6 +293,7 @@ async def test_conflict_left_by_a_reset_drops_the_minimum(
 # --- rows edited by hand ------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 async def test_hand_edited_invalid_rows_are_logged_and_ignored(
     store: SettingsStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
