@@ -263,7 +263,7 @@ async def _serve(
     model_dir: Path | None = None,
 ) -> AsyncIterator[App]:
     """The App around `engine` (or one loaded from `model_dir`), with its store and pruner."""
-    db = await Database.open(settings.database_path)
+    db = await Database.open(settings.database_target)
     try:
         if engine is not None:
             async with _pruned(db, settings):

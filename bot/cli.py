@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--shard", type=int)
     st.add_argument("--shard-count", type=int)
     st.add_argument("--file", type=Path, help="JSON file (default: stdout / stdin)")
+
+    db = sub.add_parser("db", help="the store's database: copy it between SQLite and PostgreSQL")
+    db_sub = db.add_subparsers(dest="db_action", required=True)
+    copy = db_sub.add_parser("copy", help="copy every table into an empty database, then "
+                             "compare counts and content hashes (stop the bots first)")
+    copy.add_argument("source", metavar="FROM", help="sqlite:PATH or postgresql://...")
+    copy.add_argument("destination", metavar="TO", help="sqlite:PATH or postgresql://...")
     return parser
 
 
@@ -144,12 +151,12 @@ async def _forget(settings: Settings, args: argparse.Namespace) -> int:
         if value is not None and value < 0:
             print("error: ids are positive numbers", file=sys.stderr)
             return 2
-    if not settings.database_path.is_file():
+    if settings.database_url is None and not settings.database_path.is_file():
         # Opening would create an empty database: say so instead of "deleted 0".
         print(f"error: no database at {settings.database_path} (BOT_DATABASE_PATH)",
               file=sys.stderr)
         return 1
-    async with await Database.open(settings.database_path) as db:
+    async with await Database.open(settings.database_target) as db:
         done = await forget(db, user_id=args.user, guild_id=args.server)
     who = f"user {args.user}" if args.user is not None else f"server {args.server}"
     print(f"{who}: {done.describe()}.")
@@ -310,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_lab_command(settings, args))
         if command == "forget":
             return asyncio.run(_forget(settings, args))
+        if command == "db":
+            from bot.store.copy import run_copy
+
+            status, lines = asyncio.run(run_copy(args.source, args.destination))
+            print("\n".join(lines))
+            return status
         if command == "settings":
             from bot.store.shards import run_settings_command
 

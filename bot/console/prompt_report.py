@@ -39,7 +39,7 @@ async def prompt_report(
     require_valid_unicode(text, "prompt")
     model_dir = model_dir_for(settings, progress)
     bundle = load_model_bundle(model_dir, context_length=settings.context_length)
-    store = await SettingsStore.open(settings.database_path)
+    store = await SettingsStore.open(settings.database_target)
     try:
         effective = await store.resolve(
             Location(guild_id=CONSOLE_GUILD_ID, channel_id=CONSOLE_CHANNEL_ID,

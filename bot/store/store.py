@@ -94,11 +94,12 @@ _UPSERT_SQL: Final = """
 
 
 class SettingsStore:
-    """Settings per server, channel, thread and DM user, in one SQLite file.
+    """Settings per server, channel, thread and DM user, in the store's `Database`.
 
     Build it once at start-up on a `Database` (or with `SettingsStore.open`)
-    and close it on shutdown. Only one process should write a given file (the
-    bot's shard host); several connections in one process are safe.
+    and close it on shutdown. Every write is one transaction that no other
+    writer interleaves (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's advisory
+    lock), so several processes may share one database.
     """
 
     def __init__(
@@ -119,11 +120,13 @@ class SettingsStore:
 
     @classmethod
     async def open(
-        cls, path: Path, *, busy_timeout_ms: int = 5000, clock: Any = utcnow, **limits: Any
+        cls, target: Path | str, *, busy_timeout_ms: int = 5000, clock: Any = utcnow,
+        **limits: Any,
     ) -> SettingsStore:
-        """Open (creating and migrating if needed) the database at `path` for settings alone."""
+        """Open (creating and migrating if needed) a SQLite file or PostgreSQL URL for settings
+        alone."""
         return cls(
-            await Database.open(path, busy_timeout_ms=busy_timeout_ms, clock=clock), **limits
+            await Database.open(target, busy_timeout_ms=busy_timeout_ms, clock=clock), **limits
         )
 
     async def close(self) -> None:
