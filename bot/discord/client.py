@@ -30,6 +30,7 @@ from bot.discord.runner import AskRunner
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
 from bot.ops.logs import register_secret
+from bot.store.identify import IdentifyGate
 from bot.wording import JOINED
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ class LlamaBot(commands.AutoShardedBot):
         # Edit boxes answered by custom id, like the buttons (cogs add their own routes).
         self.modals = ModalRouter()
         self.modals.add(REPLY_MODAL_PATTERN, submit_reply)
+        # Hosts sharing a PostgreSQL store take turns to identify (bot/store/identify.py).
+        self.identify_gate = (
+            IdentifyGate(settings.database_url.get_secret_value())
+            if settings.database_url is not None else None
+        )
         app.engine.on_result.append(
             lambda r: self.recent_rates.append(r.decode_tok_s) if r.decode_tok_s else None
         )
@@ -109,9 +115,17 @@ class LlamaBot(commands.AutoShardedBot):
         with contextlib.suppress(discord.HTTPException):
             await channel.send(JOINED, allowed_mentions=discord.AllowedMentions.none())
 
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        if self.identify_gate is None:
+            await super().before_identify_hook(shard_id, initial=initial)
+        else:
+            await self.identify_gate.wait_turn(shard_id or 0)
+
     async def close(self) -> None:
         self.runner.stop_pruning()
         await super().close()
+        if self.identify_gate is not None:
+            await self.identify_gate.close()
 
     async def on_ready(self) -> None:
         self.ready_event.set()
