@@ -275,3 +275,15 @@ async def test_a_crashed_writer_leaves_no_lock(postgres_url: str) -> None:
         await asyncio.wait_for(
             SettingsStore(db).set_knobs(Scope.server(G), {"top_k": 2}, actor_id=ADA), timeout=30
         )
+
+
+def test_no_server_skips_here_and_fails_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    from testing.postgres import unavailable
+
+    for name in ("CI", "LLAMACORD_REQUIRE_POSTGRES"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="PostgreSQL unavailable: no binaries"):
+        unavailable("no binaries")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="required on CI but no binaries"):
+        unavailable("no binaries")
