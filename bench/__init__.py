@@ -1,8 +1,8 @@
 """Benchmarks: measured numbers printed as JSON; never part of the installed bot.
 
 `python -m bench [--discord|--soak|--mixed|--conversation|--prepare|--models|--lab|--finish]
---json`, from the root of a source checkout (`python -m bot bench ...` there hands its flags
-here);
+--json` or `python -m bench speakers --json`, from the root of a source checkout
+(`python -m bot bench ...` there hands its flags here);
 `bench/store_bench.py` and `bench/gpu.sh` run on their own.
 """
 
@@ -27,6 +27,8 @@ log = logging.getLogger("bench")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Measure the bot and print JSON.")
+    parser.add_argument("bench", nargs="?", choices=("speakers",),
+                        help="speakers: how often replies in a shared thread speak as members")
     parser.add_argument("--env-file", default=".env", help="dotenv file (default: .env)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     parser.add_argument("--discord", action="store_true", help="through the fake Discord API")
@@ -75,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """Dispatch to the bench the flags ask for."""
+    if getattr(args, "bench", None) == "speakers":
+        from bench.speakers_bench import run_speakers_bench
+
+        return await run_speakers_bench(settings, args)
     if getattr(args, "models", False):
         from bench.models_bench import run_models_bench
 
