@@ -268,7 +268,7 @@ class Settings(BaseSettings):
         True, description="Prefix each question in a shared conversation with its speaker."
     )
     speaker_stops: bool = Field(
-        False, description="With conversation_names: stop the reply at a line that starts "
+        True, description="In shared conversations: stop the reply at a line that starts "
         "another speaker's turn (\\nName:), so the model never writes members' lines.",
     )
 

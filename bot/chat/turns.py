@@ -31,7 +31,7 @@ from bot.chat.history import (
     speaker_text,
 )
 from bot.chat.request import Cap, resolve_noting_cap
-from bot.chat.speakers import with_speaker_stops
+from bot.chat.speakers import several_people, shared_request
 from bot.chat.usage import ContextUsage, usage_of
 from bot.engine import Engine, GenerationRequest, PreparedPrompt
 from bot.errors import UserFacingError
@@ -139,7 +139,11 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     private = ask.private or ask.direct
     if check_continuable(chain, ask.author_id) and not private:
         raise UserFacingError("That conversation is private: it can only be continued privately.")
-    names = ask.shared and app.settings.conversation_names and not private
+    # Names only once two or more people take part: a lone member's "Name: text"
+    # turns taught the model to open its replies with a name.
+    names = (ask.shared and app.settings.conversation_names and not private
+             and several_people([t.author_id for t in chain if t.role == "user"]
+                                + [ask.author_id]))
     history = history_of(chain, names=names)
     if not ask.prompt.strip():  # refused before a speaker's name could make it look non-empty
         raise UserFacingError("Ask something: the prompt was empty.")
@@ -147,11 +151,13 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     # Regenerate: the ask's stored knobs under the persona and cap in force now.
     overrides = ask.again.model_dump() if ask.again is not None else ask.overrides
     request, cap = await resolve_noting_cap(app, ask.location, model_prompt, overrides)
-    if names and app.settings.speaker_stops:
-        # Issue 22: stop at a line that starts another speaker's turn (opt-in,
-        # BOT_SPEAKER_STOPS), the asker's own line first.
+    if ask.shared:
+        # A leading speaker's label is stripped from the reply, a line that starts a
+        # speaker's turn ends it (BOT_SPEAKER_STOPS, the asker's first), and with
+        # several people the persona says who is who.
         speakers = [t.author_name for t in chain if t.role == "user"] + [ask.author_name]
-        request = replace(request, knobs=with_speaker_stops(request.knobs, speakers))
+        request = shared_request(request, speakers, several=names,
+                                 stops=app.settings.speaker_stops)
     # Issue 23: the scope's model, or the one the conversation kept (`model_for_turn`);
     # fitted with that model's tokenizer and window.
     models = app.models
