@@ -37,12 +37,12 @@ class Lab(commands.Cog):
         a: str | None = None, b: str | None = None, c: str | None = None, d: str | None = None,
         seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None, private: bool = False,
     ) -> None:
-        request = await self.lab.fresh_request(interaction, prompt)
-        variants = plan_variants([a, b, c, d], request.knobs)
+        turn = await self.lab.fresh_request(interaction, prompt)
+        variants = plan_variants([a, b, c, d], turn.request.knobs)
         await self.lab.compare(interaction, CompareAsk(
             user_id=interaction.user.id, guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id, prompt=prompt.strip(), request=request,
-            variants=variants, private=private,
+            channel_id=interaction.channel_id, prompt=prompt.strip(), request=turn.request,
+            variants=variants, private=private, model=turn.model,
         ), seed=seed)
 
     @app_commands.command(name="probs",
@@ -59,8 +59,8 @@ class Lab(commands.Cog):
         public: bool = False,
     ) -> None:
         overrides: dict[str, Any] = parse_variant(knobs).overrides if knobs else {}
-        request = await self.lab.fresh_request(interaction, prompt, overrides)
-        await self.lab.probs(interaction, request, private=not public, seed=seed,
+        turn = await self.lab.fresh_request(interaction, prompt, overrides)
+        await self.lab.probs(interaction, turn, private=not public, seed=seed,
                              header="Your prompt with this channel's persona.")
 
 

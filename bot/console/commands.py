@@ -341,15 +341,17 @@ class Console:
             else {},
         ))
         if cmd == "/probs":
-            self.write(format_table(await probs_step(self.app.engine, turn.request)) + "\n")
+            self.write(f"(model {turn.model.name})\n"
+                       + format_table(await probs_step(turn.engine, turn.request)) + "\n")
             return
         variants = (knob_variants(name, turn.request.knobs) if cmd == "/try"
                     else plan_variants(texts, turn.request.knobs))
-        comparison = start_compare(self.app.engine, turn.request, variants)
+        comparison = start_compare(turn.engine, turn.request, variants)
         self.comparing = comparison
         try:
-            self.write(f"(comparing {len(variants)} settings, seed {comparison.seed}: the same "
-                       "for each; CTranslate2 has no per-call seed)\n")
+            self.write(f"(comparing {len(variants)} settings on model {turn.model.name}, seed "
+                       f"{comparison.seed}: the same for each; CTranslate2 has no per-call "
+                       "seed)\n")
             for r in await comparison.results():
                 self.write(f"=== {r.label} ===\n{r.text}\n[{footer(r.result)}]\n")
         finally:

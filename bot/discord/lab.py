@@ -38,7 +38,7 @@ from bot.chat.turns import TurnAsk, prepare_turn
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import send_error
 from bot.discord.pages import CoalescingEditor, quote_prompt
-from bot.engine import Finished, GenerationRequest, TextDelta
+from bot.engine import Engine, Finished, GenerationRequest, TextDelta
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.lab.chart import MAX_PNG_BYTES, render_png
@@ -109,9 +109,10 @@ class VariantView:
 
 
 def compare_embed(prompt: str, seed: int, views: list[VariantView], *,
-                  note: str = "") -> tuple[dict[str, Any], bool]:
+                  note: str = "", model: str = "") -> tuple[dict[str, Any], bool]:
     """The comparison as one embed (a dict) within Discord's limits; True when a text was cut."""
-    description = (quote_prompt(prompt) + f"\nseed **{seed}** · {SEED_NOTE}")[:1500]
+    named = f"model `{model}` · " if model else ""
+    description = (quote_prompt(prompt) + f"\n{named}seed **{seed}** · {SEED_NOTE}")[:1500]
     if note:
         description = (description + "\n" + note)[:2000]
     fields: list[dict[str, Any]] = []
@@ -139,11 +140,13 @@ def full_texts(prompt: str, seed: int, results: list[VariantResult]) -> str:
     return "\n".join(parts)
 
 
-def probs_content(step: ProbsStep, header: str, reply_so_far: str) -> str:
+def probs_content(step: ProbsStep, header: str, reply_so_far: str, model: str = "") -> str:
     """The text beside the chart: what was asked, the step, the table (the accessible view)."""
     ids = ",".join(str(i) for i in step.generated) or "none yet"
     so_far = reply_so_far.replace("```", "`\u200b``")
-    top = (f"**Next-token probabilities** · step {step.step + 1} · `{format_knobs(step.knobs)}`"
+    named = f" · model `{model}`" if model else ""
+    top = (f"**Next-token probabilities**{named} · step {step.step + 1} · "
+           f"`{format_knobs(step.knobs)}`"
            f" · seed {step.seed} (the lab's own draw)\n{header}\n")
     mid = f"Reply so far: `{so_far[-300:] or '∅'}` (ids: {ids})\n" if step.generated else ""
     room = MESSAGE_LIMIT - len(top) - len(mid) - 8
@@ -154,6 +157,15 @@ def probs_content(step: ProbsStep, header: str, reply_so_far: str) -> str:
 # --------------------------------------------------------------------------- state
 
 
+@dataclass(frozen=True)
+class LabTurn:
+    """What a lab view runs: the request as an ask here makes it, and the turn's model."""
+
+    request: GenerationRequest
+    model: str
+    """The model the scope (or the conversation) uses, as `/model list` names it."""
+
+
 @dataclass
 class Walk:
     """One /probs view a member steps through: the request and the reply so far."""
@@ -161,6 +173,7 @@ class Walk:
     id: str
     user_id: int
     request: GenerationRequest
+    model: str
     step: ProbsStep
     header: str
     private: bool
@@ -207,6 +220,7 @@ class CompareAsk:
     request: GenerationRequest
     variants: list[Variant]
     private: bool
+    model: str
     comparison: Comparison | None = None
 
 
@@ -227,19 +241,19 @@ class LabRunner:
     # --- requests ---------------------------------------------------------------------
 
     async def fresh_request(self, interaction: discord.Interaction, prompt: str,
-                            overrides: dict[str, Any] | None = None) -> GenerationRequest:
-        """A new conversation's request here: persona, knobs and caps as /ask resolves them."""
+                            overrides: dict[str, Any] | None = None) -> LabTurn:
+        """A new conversation's request here: persona, knobs, caps and model as /ask has them."""
         user = interaction.user
         turn = await prepare_turn(self.app, TurnAsk(
             location=location_of(interaction), prompt=prompt.strip(), author_id=user.id,
             author_name=getattr(user, "display_name", user.name), explicit=True,
             overrides=dict(overrides or {}),
         ))
-        return turn.request
+        return LabTurn(turn.request, turn.model.name)
 
     async def request_of_ask(self, interaction: discord.Interaction,
-                             ask_id: int) -> tuple[GenerationRequest, str, bool]:
-        """The exact request a finished reply was generated from: (request, reply, private).
+                             ask_id: int) -> tuple[LabTurn, str, bool]:
+        """The exact request a finished reply was generated from: (turn, reply, private).
 
         Rebuilt through the same core turn code (`prepare_turn`) from the stored ask
         and its conversation turns (earlier turns and speaker names included), with
@@ -279,7 +293,8 @@ class LabRunner:
             again=Knobs.model_validate(record.knobs),
         ))
         request = replace(turn.request, system_prompt=record.system_prompt)
-        return request, answer.text if answer is not None else "", record.private
+        lab_turn = LabTurn(request, turn.model.name)
+        return lab_turn, answer.text if answer is not None else "", record.private
 
     # --- /compare -----------------------------------------------------------------------
 
@@ -292,11 +307,12 @@ class LabRunner:
         has no channel-message fallback as `ReplyWriter` does (an expired token ends
         the comparison, logged as undelivered).
         """
-        if self.app.engine.closing:
+        if self.app.models.closing:
             raise UserFacingError("I'm restarting, try again in a moment.")
         with self.gate.hold(ask.user_id):
+            engine = await self.app.models.engine(ask.model)
             # All variants or none (QueueFull, PromptTooLong raise here, before the ack).
-            comparison = start_compare(self.app.engine, ask.request, ask.variants, seed=seed)
+            comparison = start_compare(engine, ask.request, ask.variants, seed=seed)
             ask.comparison = comparison
             cid = str(interaction.id)
             self.compares.put(cid, ask)
@@ -336,7 +352,8 @@ class LabRunner:
                 allowed_mentions=NO_MENTIONS)
 
         def key() -> str:
-            return json.dumps(compare_embed(ask.prompt, comparison.seed, views)[0])
+            return json.dumps(compare_embed(ask.prompt, comparison.seed, views,
+                                            model=ask.model)[0])
 
         editor = CoalescingEditor(send, self.edit_interval_s)
         try:
@@ -355,9 +372,9 @@ class LabRunner:
                         view.state += f" · {r.error}"[:200]
                 editor.update(key())
             results = await comparison.results()
-            embed, cut = compare_embed(ask.prompt, comparison.seed, views)
+            embed, cut = compare_embed(ask.prompt, comparison.seed, views, model=ask.model)
             if cut:
-                embed, _ = compare_embed(ask.prompt, comparison.seed, views,
+                embed, _ = compare_embed(ask.prompt, comparison.seed, views, model=ask.model,
                                          note="Some texts were cut: the full texts are attached.")
                 data = full_texts(ask.prompt, comparison.seed, results).encode()
                 state["file"] = discord.File(io.BytesIO(data), filename="compare.md")
@@ -397,19 +414,19 @@ class LabRunner:
 
     # --- /probs and its steps --------------------------------------------------------------
 
-    async def probs(self, interaction: discord.Interaction, request: GenerationRequest, *,
+    async def probs(self, interaction: discord.Interaction, turn: LabTurn, *,
                     private: bool, header: str, seed: int | None = None,
                     generated: tuple[int, ...] = ()) -> None:
         """The first view of a walk: chart + table, ephemeral unless asked public."""
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer(ephemeral=private, thinking=True)
             walk_seed = seed if seed is not None else secrets.randbelow(2**31 - 1) + 1
-            step = await probs_step(self.app.engine, request, generated=generated,
-                                    seed=walk_seed)
-            walk = Walk(secrets.token_hex(4), interaction.user.id, request, step, header,
-                        private)
+            engine = await self.app.models.engine(turn.model)
+            step = await probs_step(engine, turn.request, generated=generated, seed=walk_seed)
+            walk = Walk(secrets.token_hex(4), interaction.user.id, turn.request, turn.model,
+                        step, header, private)
             self.walks.put(walk.id, walk)
-            content, file, view = await self._walk_message(walk)
+            content, file, view = await self._walk_message(walk, engine)
             await interaction.followup.send(content, file=file, view=view, ephemeral=private,
                                             allowed_mentions=NO_MENTIONS)
 
@@ -426,20 +443,22 @@ class LabRunner:
         generated = walk.step.then(walk.choices[rank])
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer()
-            walk.step = await probs_step(self.app.engine, walk.request, generated=generated,
+            engine = await self.app.models.engine(walk.model)
+            walk.step = await probs_step(engine, walk.request, generated=generated,
                                          seed=walk.step.seed)
-            content, file, view = await self._walk_message(walk)
+            content, file, view = await self._walk_message(walk, engine)
             await interaction.edit_original_response(
                 content=content, attachments=[file], view=view, allowed_mentions=NO_MENTIONS)
 
-    async def _walk_message(self, walk: Walk) -> tuple[str, discord.File, discord.ui.View]:
+    async def _walk_message(self, walk: Walk,
+                            engine: Engine) -> tuple[str, discord.File, discord.ui.View]:
         step = walk.step
         png = await asyncio.to_thread(render_png, step)
         if len(png) > MAX_PNG_BYTES:  # never expected: a few dozen bars
             raise UserFacingError("The chart came out too large to send.")
-        tok = self.app.engine.bundle.tokenizer
+        tok = engine.bundle.tokenizer
         so_far = tok.decode(list(step.generated)) if step.generated else ""
-        content = probs_content(step, walk.header, so_far)
+        content = probs_content(step, walk.header, so_far, walk.model)
         end_ids = step.end_ids
         choices: list[int] = []
         if not step.at_limit:
@@ -460,25 +479,27 @@ class LabRunner:
 
     async def probs_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Probabilities button: the reply's own prompt, its first step (presser only)."""
-        request, _, _ = await self.request_of_ask(interaction, ask_id)
+        turn, _, _ = await self.request_of_ask(interaction, ask_id)
         header = ("The prompt this reply was generated from (its persona, knobs and earlier "
                   "turns, as stored with the ask).")
         # Always ephemeral: the view is for the presser, whoever could see the reply.
-        await self.probs(interaction, request, private=True, header=header)
+        await self.probs(interaction, turn, private=True, header=header)
 
     async def confidence_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Confidence button: the reply coloured by the model's probability of each token."""
-        request, reply, _ = await self.request_of_ask(interaction, ask_id)
+        turn, reply, _ = await self.request_of_ask(interaction, ask_id)
         if not reply.strip():
             raise UserFacingError("I no longer have this reply's text, so I can't score it.")
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer(ephemeral=True, thinking=True)
-            conf = await score_reply(self.app.engine, request, reply)
+            engine = await self.app.models.engine(turn.model)
+            conf = await score_reply(engine, turn.request, reply)
             block, shown = render_ansi(conf)
             more = f" (the first {shown} of {len(conf.tokens)} tokens)" if shown < len(
                 conf.tokens) else ""
             lines = "\n".join(f"• {line}" for line in surprising_lines(conf))
-            text = (f"**Confidence**{more} · mean {conf.mean_prob * 100:.0f}% · {legend()}\n"
+            text = (f"**Confidence**{more} · model `{turn.model}` · "
+                    f"mean {conf.mean_prob * 100:.0f}% · {legend()}\n"
                     f"```ansi\n{block}\n```")
             rest, _ = clean_cut(f"Most surprising:\n{lines}", MESSAGE_LIMIT - len(text) - 2)
             await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
@@ -507,13 +528,13 @@ class LabRunner:
         ask_id = await self.app.ask_log.latest_id(interaction.user.id, interaction.channel_id)
         if ask_id is None:
             raise UserFacingError("Ask something here first (/ask): this reruns your last prompt.")
-        request, _, _ = await self.request_of_ask(interaction, ask_id)
+        turn, _, _ = await self.request_of_ask(interaction, ask_id)
         record = await self.app.ask_log.load(ask_id)
-        prompt = record.prompt if record is not None else request.prompt
+        prompt = record.prompt if record is not None else turn.request.prompt
         await self.compare(interaction, CompareAsk(
             user_id=interaction.user.id, guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id, prompt=prompt, request=request,
-            variants=knob_variants(name, request.knobs), private=True,
+            channel_id=interaction.channel_id, prompt=prompt, request=turn.request,
+            variants=knob_variants(name, turn.request.knobs), private=True, model=turn.model,
         ))
 
 

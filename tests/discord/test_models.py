@@ -242,3 +242,58 @@ async def test_the_console_lists_sets_and_resets_the_model(
     assert "error: There is no model called `nothing-here` here." in said
     assert "Model choice removed for this channel." in said
     assert "chosen in the channel" in said  # listed while it was set
+
+
+async def test_the_lab_follows_the_model_set_here(
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """/probs, Probabilities and /compare use the channel's model, each view names it,
+    and the Step ids are that model's own (the two tokenizers differ)."""
+    from bot.lab.probs import format_table, probs_step
+
+    async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir)) as h:
+        assert "now answers" in await set_model(h, "tiny", h.help)
+        lab = h.bot.get_cog("Lab").lab  # type: ignore[union-attr]
+
+        async def probs_in(channel_id: int) -> tuple[StoredMessage, Any]:
+            itx = await h.command("probs", {"prompt": "hello there"}, channel_id=channel_id)
+            msg = (await itx.wait_followups(1, timeout=60))[0]
+            walk = next(reversed(lab.walks._items.values()))[1]
+            return msg, walk
+
+        msg, walk = await probs_in(h.help)
+        tiny = h.app.models.loaded("tiny")
+        smol = h.app.models.loaded("smol")
+        assert tiny is not None and smol is not None
+        assert tiny.bundle.tokenizer.vocab_size != smol.bundle.tokenizer.vocab_size
+        assert walk.model == "tiny" and "model `tiny`" in msg.content
+        rows = format_table(await probs_step(tiny, walk.request, top=10)).split("\n")[2:12]
+        assert all(row in msg.content for row in rows)
+        assert all(0 <= i < tiny.bundle.tokenizer.vocab_size for i in walk.choices)
+        msg, walk = await probs_in(h.general)
+        assert walk.model == "smol" and "model `smol`" in msg.content
+        rows = format_table(await probs_step(smol, walk.request, top=10)).split("\n")[2:12]
+        assert all(row in msg.content for row in rows)
+
+        # Probabilities under a reply the channel's model wrote.
+        asked = await h.ask("Say hi.", channel_id=h.help)
+        reply = final_message(asked)
+        press = await h.fake.inject_component(f"lab:probs:{asked.id}", message_id=reply.id,
+                                              channel_id=h.help)
+        shown = (await press.wait_followups(1, timeout=60))[0]
+        assert "model `tiny`" in shown.content
+
+        # /compare runs on the channel's model only.
+        smol_before, tiny_before = tokens_of(h, "smol"), tokens_of(h, "tiny")
+        itx = await h.command("compare", {"prompt": "hello", "a": "temperature=0.3",
+                                          "b": "temperature=1.2"}, channel_id=h.help)
+
+        def compared() -> StoredMessage | None:
+            msg = itx.original
+            ids = [c.get("custom_id", "") for row in (msg.components if msg else [])
+                   for c in row.get("components", [])]
+            return msg if any(i.startswith("lab:cregen:") for i in ids) else None
+
+        done = await h.fake.wait_for(compared, timeout=120)
+        assert "model `tiny`" in done.embeds[0]["description"]
+        assert tokens_of(h, "tiny") > tiny_before and tokens_of(h, "smol") == smol_before

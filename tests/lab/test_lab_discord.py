@@ -14,7 +14,6 @@ from typing import Any
 
 import discord
 
-from bot.chat.history import speaker_text
 from bot.engine import GenerationRequest
 from bot.knobs import Knobs
 from bot.lab.chart import MAX_PNG_BYTES
@@ -224,8 +223,8 @@ async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
         record = await h.app.ask_log.load(itx.id)
         question = await h.app.turns.question_for_ask(itx.id)
         assert record is not None and question is not None
-        request = GenerationRequest(speaker_text("what do you see?", question.author_name),
-                                    system_prompt=persona,
+        # A lone member's question carries no name.
+        request = GenerationRequest("what do you see?", system_prompt=persona,
                                     knobs=Knobs.model_validate(record.knobs))
         expected = await probs_step(h.app.engine, request, top=10)
         for row in format_table(expected).split("\n")[2:12]:
