@@ -171,6 +171,8 @@ def _add_lab_parsers(sub: Any) -> None:
                        help="the reply so far as token ids, comma-separated (walk a reply)")
     probs.add_argument("--json", action="store_true", help="one line of JSON")
     probs.add_argument("--png", type=Path, help="also write the chart to this PNG file")
+    probs.add_argument("--raw", action="store_true",
+                       help="continue the text as written, with no chat template or persona")
     _add_knob_flags(probs)
     compare = sub.add_parser(
         "compare", help="one prompt under two to four knob settings, side by side"
@@ -219,7 +221,8 @@ async def _probs(
     from bot.lab.chart import render_png
     from bot.lab.probs import format_table, probs_step
 
-    step = await probs_step(engine, request, generated=after, top=args.top, seed=args.seed)
+    step = await probs_step(engine, request, generated=after, top=args.top, seed=args.seed,
+                            raw=args.raw)
     if args.png is not None:
         png = await asyncio.to_thread(render_png, step)
         args.png.write_bytes(png)

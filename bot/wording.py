@@ -162,6 +162,19 @@ def busy(waiting: int) -> str:
             "Please try again in a moment.")
 
 
+# --- the lab -----------------------------------------------------------------------------
+
+#: /probs in chat mode: what the first step is.
+PROBS_CHAT: Final = ("Chat mode: your prompt as a message to me, with this channel's persona; "
+                     "step 1 is the first token of my reply.")
+#: /probs in raw text mode: the text itself continued.
+PROBS_RAW: Final = ("Raw text: your text continued as written, with no chat template and no "
+                    "persona; step 1 is the next token of the text itself.")
+#: Probabilities under a reply: the prompt that reply came from.
+PROBS_OF_REPLY: Final = ("The prompt this reply was generated from (its persona, knobs and "
+                         "earlier turns, as stored with the ask).")
+
+
 #: Every fixed string above, for the test that checks the rules.
 ALL_FIXED: Final = (
     *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,

@@ -8,6 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
 from bot.discord.lab import CompareAsk, LabRunner
 from bot.lab.compare import SEED_LIMIT, parse_variant, plan_variants
 
@@ -52,16 +53,17 @@ class Lab(commands.Cog):
         knobs="Knobs for this view in the /knobs set syntax, or a preset (default: this channel's)",
         seed="Seed of the sampled pick shown (default: a new one)",
         public="Post it in the channel (default: only you see it)",
+        raw="Continue the text as written, with no chat template (default: as a chat message)",
     )
     async def probs(
         self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_LIMIT],
         knobs: str | None = None, seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None,
-        public: bool = False,
+        public: bool = False, raw: bool = False,
     ) -> None:
         overrides: dict[str, Any] = parse_variant(knobs).overrides if knobs else {}
         turn = await self.lab.fresh_request(interaction, prompt, overrides)
-        await self.lab.probs(interaction, turn, private=not public, seed=seed,
-                             header="Your prompt with this channel's persona.")
+        await self.lab.probs(interaction, turn, private=not public, seed=seed, raw=raw,
+                             header=wording.PROBS_RAW if raw else wording.PROBS_CHAT)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import discord
 
+from bot import wording
 from bot.chat.request import FINISH_WORDS
 from bot.chat.turns import TurnAsk, prepare_turn
 from bot.discord.common import NO_MENTIONS, location_of
@@ -416,13 +417,14 @@ class LabRunner:
 
     async def probs(self, interaction: discord.Interaction, turn: LabTurn, *,
                     private: bool, header: str, seed: int | None = None,
-                    generated: tuple[int, ...] = ()) -> None:
+                    generated: tuple[int, ...] = (), raw: bool = False) -> None:
         """The first view of a walk: chart + table, ephemeral unless asked public."""
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer(ephemeral=private, thinking=True)
             walk_seed = seed if seed is not None else secrets.randbelow(2**31 - 1) + 1
             engine = await self.app.models.engine(turn.model)
-            step = await probs_step(engine, turn.request, generated=generated, seed=walk_seed)
+            step = await probs_step(engine, turn.request, generated=generated, seed=walk_seed,
+                                    raw=raw)
             walk = Walk(secrets.token_hex(4), interaction.user.id, turn.request, turn.model,
                         step, header, private)
             self.walks.put(walk.id, walk)
@@ -445,7 +447,7 @@ class LabRunner:
             await interaction.response.defer()
             engine = await self.app.models.engine(walk.model)
             walk.step = await probs_step(engine, walk.request, generated=generated,
-                                         seed=walk.step.seed)
+                                         seed=walk.step.seed, raw=walk.step.raw_text)
             content, file, view = await self._walk_message(walk, engine)
             await interaction.edit_original_response(
                 content=content, attachments=[file], view=view, allowed_mentions=NO_MENTIONS)
@@ -480,10 +482,8 @@ class LabRunner:
     async def probs_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Probabilities button: the reply's own prompt, its first step (presser only)."""
         turn, _, _ = await self.request_of_ask(interaction, ask_id)
-        header = ("The prompt this reply was generated from (its persona, knobs and earlier "
-                  "turns, as stored with the ask).")
         # Always ephemeral: the view is for the presser, whoever could see the reply.
-        await self.probs(interaction, turn, private=True, header=header)
+        await self.probs(interaction, turn, private=True, header=wording.PROBS_OF_REPLY)
 
     async def confidence_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Confidence button: the reply coloured by the model's probability of each token."""

@@ -505,3 +505,21 @@ def test_the_lab_imports_no_discord_no_ctranslate2_and_no_matplotlib() -> None:
     loaded = set(json.loads(out.stdout))
     assert "bot" in loaded
     assert loaded.isdisjoint({"discord", "cogs", "ctranslate2", "matplotlib", "testing"})
+
+
+async def test_raw_text_mode_continues_the_text_as_written(smol_engine: Engine) -> None:
+    """No chat template: the embedded model completes the sentence itself."""
+    request = GenerationRequest("The capital of France is", system_prompt="Be a pirate.")
+    raw = await probs_step(smol_engine, request, top=5, raw=True)
+    assert raw.raw_text and raw.greedy.decoded == " Paris"
+    assert raw.candidates[0].decoded == " Paris"
+    tok = smol_engine.bundle.tokenizer
+    assert raw.prompt_tokens == len(smol_engine.bundle.with_bos(tok.encode(request.prompt)))
+    assert "raw text, no chat template" in format_table(raw).splitlines()[0]
+    assert raw.to_json()["mode"] == "raw"
+    # Chat mode reads the prompt as a message: the first token of a reply is not " Paris".
+    chat = await probs_step(smol_engine, request, top=5)
+    assert not chat.raw_text and chat.prompt_tokens > raw.prompt_tokens
+    assert chat.greedy.decoded != " Paris"
+    nxt = await probs_step(smol_engine, request, generated=(raw.greedy.id,), top=5, raw=True)
+    assert nxt.prompt_tokens == raw.prompt_tokens and nxt.step == 1

@@ -201,6 +201,28 @@ async def test_probs_sends_a_png_chart_ephemerally_and_steps_walk_the_reply(
         assert_no_mentions(h)
 
 
+async def test_probs_in_raw_text_mode_completes_the_text_and_says_so(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(smol_model_dir, tmp_path) as h:
+        itx = await h.command("probs", {"prompt": "The capital of France is", "raw": True})
+        msg = await probs_message(itx, h)
+        assert "Raw text" in msg.content and "no chat template" in msg.content
+        rows = msg.content.splitlines()
+        first_row = next(line for line in rows if line.lstrip().startswith("1 "))
+        assert "␣Paris" in first_row
+        lab = h.bot.get_cog("Lab").lab  # type: ignore[union-attr]
+        walk = next(iter(lab.walks._items.values()))[1]
+        steps = [i for i in custom_ids(msg) if i.startswith("lab:step:")]
+        press = await h.fake.inject_component(steps[0], message_id=msg.id)
+        await press.wait_response()
+        await h.fake.wait_for(lambda: len(msg.revisions) > 1 or None, timeout=60)
+        assert walk.step.raw_text and "step 2" in msg.content
+        chat = await h.command("probs", {"prompt": "The capital of France is"})
+        shown = await probs_message(chat, h)
+        assert "step 1 is the first token of my reply" in shown.content
+
+
 async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
     smol_model_dir: Path, tmp_path: Path
 ) -> None:
