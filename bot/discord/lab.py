@@ -63,7 +63,8 @@ MESSAGE_LIMIT = 2000
 WALKS = 500
 WALK_TTL_S = 900.0
 COMPARES = 200
-STEP_BUTTONS = 5
+STEP_BUTTONS = 3
+"""Alternatives offered as buttons, beside Back and the reply's own next token."""
 SEED_NOTE = (
     "Same seed for every variant, so the knob is the only difference asked. CTranslate2 "
     "has no per-call seed: the seed fixes the lab's own draws, not a replay of the bot's."
@@ -72,6 +73,11 @@ SEED_NOTE = (
 CSTOP_ID = "lab:cstop:{cid}"
 CREGEN_ID = "lab:cregen:{cid}"
 STEP_ID = "lab:step:{walk}:{rank}"
+BACK_ID = "lab:back:{walk}"
+FOLLOW_ID = "lab:follow:{walk}"
+JUMP_ID = "lab:jump:{walk}"
+JUMP_OPTIONS = 25
+"""A select holds 25 options: the reply's tokens around the current one."""
 PROBS_ID = "lab:probs:{ask_id}"
 CONF_ID = "lab:conf:{ask_id}"
 KNOB_HELP_ID = "lab:knobhelp"
@@ -179,7 +185,21 @@ class Walk:
     header: str
     private: bool
     choices: tuple[int, ...] = ()
+    reply: tuple[int, ...] = ()
+    """The finished reply's tokens, when the walk inspects one (empty for /probs)."""
     created: float = field(default_factory=time.monotonic)
+
+    @property
+    def on_reply(self) -> bool:
+        """The steps so far are the reply's own (the view has not written on elsewhere)."""
+        done = self.step.generated
+        return bool(self.reply) and self.reply[:len(done)] == done
+
+    @property
+    def reply_token(self) -> int | None:
+        """The token the reply took at this step, while the walk follows it."""
+        at = len(self.step.generated)
+        return self.reply[at] if self.on_reply and at < len(self.reply) else None
 
 
 class Expiring(Generic[T]):
@@ -417,16 +437,22 @@ class LabRunner:
 
     async def probs(self, interaction: discord.Interaction, turn: LabTurn, *,
                     private: bool, header: str, seed: int | None = None,
-                    generated: tuple[int, ...] = (), raw: bool = False) -> None:
-        """The first view of a walk: chart + table, ephemeral unless asked public."""
+                    generated: tuple[int, ...] = (), raw: bool = False,
+                    reply: tuple[int, ...] = ()) -> None:
+        """The first view of a walk: chart + table, ephemeral unless asked public.
+
+        With `reply` (a finished reply's tokens) it opens on the reply's first token,
+        shown among the candidates however unlikely it was.
+        """
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer(ephemeral=private, thinking=True)
             walk_seed = seed if seed is not None else secrets.randbelow(2**31 - 1) + 1
             engine = await self.app.models.engine(turn.model)
+            include = reply[len(generated):len(generated) + 1]
             step = await probs_step(engine, turn.request, generated=generated, seed=walk_seed,
-                                    raw=raw)
+                                    raw=raw, include=include)
             walk = Walk(secrets.token_hex(4), interaction.user.id, turn.request, turn.model,
-                        step, header, private)
+                        step, header, private, reply=reply)
             self.walks.put(walk.id, walk)
             content, file, view = await self._walk_message(walk, engine)
             await interaction.followup.send(content, file=file, view=view, ephemeral=private,
@@ -434,20 +460,52 @@ class LabRunner:
 
     async def step(self, interaction: discord.Interaction, walk_id: str, rank: int) -> None:
         """A Step button: append the chosen token and show the next step (author only)."""
+        walk = self._own_walk(interaction, walk_id)
+        if not 0 <= rank < len(walk.choices):
+            raise UserFacingError("That button is out of date: step from the latest view.")
+        await self._move(interaction, walk, walk.step.then(walk.choices[rank]))
+
+    def _own_walk(self, interaction: discord.Interaction, walk_id: str) -> Walk:
         walk = self.walks.get(walk_id)
         if walk is None:
             raise UserFacingError("This walk has expired (walks are kept 15 minutes). "
                                   "Run /probs again.")
         if interaction.user.id != walk.user_id:
             raise UserFacingError("Only the person who opened this view can step it.")
-        if not 0 <= rank < len(walk.choices):
+        return walk
+
+    async def back(self, interaction: discord.Interaction, walk_id: str) -> None:
+        """Back: the step before this one."""
+        walk = self._own_walk(interaction, walk_id)
+        if not walk.step.generated:
+            raise UserFacingError("This is the first step: there is nothing before it.")
+        await self._move(interaction, walk, walk.step.generated[:-1])
+
+    async def follow(self, interaction: discord.Interaction, walk_id: str) -> None:
+        """The reply's own next token."""
+        walk = self._own_walk(interaction, walk_id)
+        token = walk.reply_token
+        if token is None:
             raise UserFacingError("That button is out of date: step from the latest view.")
-        generated = walk.step.then(walk.choices[rank])
+        await self._move(interaction, walk, walk.step.then(token))
+
+    async def jump(self, interaction: discord.Interaction, walk_id: str, at: int) -> None:
+        """The select: the step before the reply's token number `at` (0-based)."""
+        walk = self._own_walk(interaction, walk_id)
+        if not 0 <= at < len(walk.reply):
+            raise UserFacingError("That token is not in this reply.")
+        await self._move(interaction, walk, walk.reply[:at])
+
+    async def _move(self, interaction: discord.Interaction, walk: Walk,
+                    generated: tuple[int, ...]) -> None:
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer()
             engine = await self.app.models.engine(walk.model)
+            at = len(generated)
+            include = walk.reply[at:at + 1] if walk.reply[:at] == generated else ()
             walk.step = await probs_step(engine, walk.request, generated=generated,
-                                         seed=walk.step.seed, raw=walk.step.raw_text)
+                                         seed=walk.step.seed, raw=walk.step.raw_text,
+                                         include=include)
             content, file, view = await self._walk_message(walk, engine)
             await interaction.edit_original_response(
                 content=content, attachments=[file], view=view, allowed_mentions=NO_MENTIONS)
@@ -460,30 +518,52 @@ class LabRunner:
             raise UserFacingError("The chart came out too large to send.")
         tok = engine.bundle.tokenizer
         so_far = tok.decode(list(step.generated)) if step.generated else ""
-        content = probs_content(step, walk.header, so_far, walk.model)
+        taken = walk.reply_token
+        by_id = {c.id: c for c in step.candidates}
+        header = walk.header
+        if walk.reply and walk.on_reply:
+            if taken is not None and taken in by_id:
+                c = by_id[taken]
+                rank = sorted(step.candidates, key=lambda x: -x.raw).index(c) + 1
+                header += (f"\nThe reply took **{c.text}** here (token {len(step.generated) + 1} "
+                           f"of {len(walk.reply)}; choice #{rank} by the model, raw "
+                           f"{c.raw * 100:.1f}%, final {c.final * 100:.1f}%).")
+            else:
+                header += "\nThe reply ended here."
+        content = probs_content(step, header, so_far, walk.model)
         end_ids = step.end_ids
         choices: list[int] = []
         if not step.at_limit:
             for c in step.candidates:
-                if c.id in end_ids or c.special:
+                if c.id in end_ids or c.special or c.id == taken:
                     continue
                 choices.append(c.id)
                 if len(choices) == STEP_BUTTONS:
                     break
         walk.choices = tuple(choices)
         view = discord.ui.View(timeout=None)
-        labels = {c.id: c.text for c in step.candidates}
+        if step.generated:
+            view.add_item(BackButton(walk.id))
+        if taken is not None and taken in by_id:
+            view.add_item(FollowButton(walk.id, label=f"▶ {by_id[taken].text}"[:80]))
         for rank, token_id in enumerate(walk.choices):
-            label = (labels.get(token_id) or str(token_id))[:70]
-            view.add_item(StepButton(walk.id, rank, label=f"+ {label}"))
+            cand = by_id.get(token_id)
+            label = (cand.text if cand is not None else str(token_id))[:70]
+            removed = cand is not None and cand.removed_by is not None
+            view.add_item(StepButton(walk.id, rank, label=f"{'✕' if removed else '+'} {label}"))
+        if len(walk.reply) > 1:
+            view.add_item(JumpSelect(walk.id, jump_options(walk, engine)))
         view.stop()
         return content, discord.File(io.BytesIO(png), filename="probs.png"), view
 
     async def probs_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Probabilities button: the reply's own prompt, its first step (presser only)."""
-        turn, _, _ = await self.request_of_ask(interaction, ask_id)
+        turn, reply, _ = await self.request_of_ask(interaction, ask_id)
+        engine = await self.app.models.engine(turn.model)
+        ids = tuple(engine.bundle.tokenizer.encode(reply)) if reply.strip() else ()
         # Always ephemeral: the view is for the presser, whoever could see the reply.
-        await self.probs(interaction, turn, private=True, header=wording.PROBS_OF_REPLY)
+        await self.probs(interaction, turn, private=True, header=wording.PROBS_OF_REPLY,
+                         reply=ids)
 
     async def confidence_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Confidence button: the reply coloured by the model's probability of each token."""
@@ -536,6 +616,21 @@ class LabRunner:
             channel_id=interaction.channel_id, prompt=prompt, request=turn.request,
             variants=knob_variants(name, turn.request.knobs), private=True, model=turn.model,
         ))
+
+
+def jump_options(walk: Walk, engine: Engine) -> list[discord.SelectOption]:
+    """The reply's tokens around the current step, for the select (25 at most)."""
+    from bot.model.pieces import token_text_in_context, visible
+
+    tok = engine.bundle.tokenizer
+    at = min(len(walk.step.generated), len(walk.reply) - 1)
+    start = max(0, min(at - JUMP_OPTIONS // 2, len(walk.reply) - JUMP_OPTIONS))
+    out: list[discord.SelectOption] = []
+    for n in range(start, min(len(walk.reply), start + JUMP_OPTIONS)):
+        text = visible(token_text_in_context(tok, list(walk.reply[:n]), walk.reply[n]))
+        out.append(discord.SelectOption(label=f"#{n + 1} {text or '∅'}"[:100], value=str(n),
+                                        default=n == at and walk.on_reply))
+    return out
 
 
 def lab_of(interaction: discord.Interaction) -> LabRunner:
@@ -625,6 +720,66 @@ class StepButton(_LabButton, template=r"lab:step:(?P<walk>[0-9a-f]{8}):(?P<rank>
         await lab.step(interaction, self.walk_id, self.rank)
 
 
+class BackButton(_LabButton, template=r"lab:back:(?P<walk>[0-9a-f]{8})"):
+    """The step before this one."""
+
+    def __init__(self, walk_id: str) -> None:
+        super().__init__(discord.ui.Button(label="◀ Back", style=discord.ButtonStyle.secondary,
+                                           custom_id=BACK_ID.format(walk=walk_id)))
+        self.walk_id = walk_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> BackButton:
+        return cls(match["walk"])
+
+    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
+        await lab.back(interaction, self.walk_id)
+
+
+class FollowButton(_LabButton, template=r"lab:follow:(?P<walk>[0-9a-f]{8})"):
+    """The reply's own next token."""
+
+    def __init__(self, walk_id: str, label: str = "▶ the reply's token") -> None:
+        super().__init__(discord.ui.Button(label=label, style=discord.ButtonStyle.primary,
+                                           custom_id=FOLLOW_ID.format(walk=walk_id)))
+        self.walk_id = walk_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> FollowButton:
+        return cls(match["walk"])
+
+    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
+        await lab.follow(interaction, self.walk_id)
+
+
+class JumpSelect(discord.ui.DynamicItem[discord.ui.Select[discord.ui.View]],
+                 template=r"lab:jump:(?P<walk>[0-9a-f]{8})"):
+    """Jump to any token of the reply (the select offers those around this step)."""
+
+    def __init__(self, walk_id: str, options: list[discord.SelectOption] | None = None) -> None:
+        super().__init__(discord.ui.Select(
+            placeholder="Jump to a token of the reply…", custom_id=JUMP_ID.format(walk=walk_id),
+            options=options or [discord.SelectOption(label="…", value="0")]))
+        self.walk_id = walk_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> JumpSelect:
+        return cls(match["walk"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            data: Any = interaction.data or {}
+            values = data.get("values") or []
+            if len(values) != 1 or not str(values[0]).isdigit() or len(str(values[0])) > 6:
+                raise UserFacingError("That choice is not valid.")
+            await lab_of(interaction).jump(interaction, self.walk_id, int(values[0]))
+        except Exception as exc:
+            await send_error(interaction, exc)
+
+
 class CompareStopButton(_LabButton, template=r"lab:cstop:(?P<cid>[0-9]{1,20})"):
     def __init__(self, cid: str) -> None:
         super().__init__(discord.ui.Button(label="Stop", style=discord.ButtonStyle.danger,
@@ -700,7 +855,8 @@ def knob_help_view() -> discord.ui.View:
 
 #: The lab's controls that answer clicks after a restart (walks and compares do not
 #: survive one; their buttons then say so).
-LAB_ITEMS = (ProbabilitiesButton, ConfidenceButton, StepButton, CompareStopButton,
+LAB_ITEMS = (ProbabilitiesButton, ConfidenceButton, StepButton, BackButton, FollowButton,
+             JumpSelect, CompareStopButton,
              CompareRegenerateButton, KnobHelpButton, TryKnobButton)
 
 

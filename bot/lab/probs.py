@@ -184,8 +184,9 @@ def make_candidate(engine: Engine, dist: StepDistribution, context: list[int],
     )
 
 
-def candidate_ids(dist: StepDistribution, top: int) -> list[int]:
-    """The `top` likeliest tokens by the model, any the knobs raised into their top, and the cut.
+def candidate_ids(dist: StepDistribution, top: int, include: Sequence[int] = ()) -> list[int]:
+    """The `top` likeliest tokens by the model, any the knobs raised into their top, the cut,
+    and `include` (the token a reply took here, however unlikely).
 
     Sorted by raw probability, so the kept tokens come first unless the
     repetition penalty reordered them.
@@ -193,6 +194,7 @@ def candidate_ids(dist: StepDistribution, top: int) -> list[int]:
     order = np.argsort(-dist.raw, kind="stable")
     by_final = np.argsort(-dist.final, kind="stable")[:top]
     chosen = {int(i) for i in order[:top]} | {int(i) for i in by_final if dist.final[i] > 0}
+    chosen |= {int(i) for i in include if 0 <= int(i) < len(dist.raw)}
     if all(dist.removed_by[i] < 0 for i in chosen):
         # Show where the cut falls: the likeliest tokens the knobs removed.
         removed = [int(i) for i in order[top: top + 4096] if dist.removed_by[i] >= 0]
@@ -226,12 +228,14 @@ async def probs_step(
     top: int = DEFAULT_TOP,
     seed: int | None = None,
     raw: bool = False,
+    include: Sequence[int] = (),
 ) -> ProbsStep:
     """The next-token step for `request` after the reply so far (`generated`).
 
     One forward pass over prompt + `generated` (prompt exactly as the engine
     renders it, or with `raw` the prompt's text alone, `raw_prompt`); the knobs
-    are `request.knobs`, applied as CTranslate2 does.
+    are `request.knobs`, applied as CTranslate2 does. `include` are ids shown
+    among the candidates whatever their rank (the token a reply took here).
     """
     if not 1 <= top <= MAX_TOP:
         raise UserFacingError(f"Show between 1 and {MAX_TOP} candidates, not {top}.")
@@ -265,7 +269,8 @@ async def probs_step(
     sample = cand(dist.draw(seed, len(gen_ids))) if seed is not None else None
     return ProbsStep(
         knobs=request.knobs, sampling=dist.sampling, prompt_tokens=len(prepared.tokens),
-        generated=tuple(gen_ids), candidates=tuple(cand(i) for i in candidate_ids(dist, top)),
+        generated=tuple(gen_ids),
+        candidates=tuple(cand(i) for i in candidate_ids(dist, top, include)),
         kept=int(np.count_nonzero(dist.kept)), removed_counts=removed_counts,
         removed_examples=examples, left_out=dist.left_out(), greedy=cand(dist.best()),
         sample=sample, seed=seed, end_ids=end_ids, max_new_tokens=prepared.max_new_tokens,

@@ -228,13 +228,13 @@ async def test_one_turn_keeps_a_places_conversation_for_every_front_end(app: App
     _, first, history = await ask(base)
     assert history == () and await app.turns.head(place) == first
     parent, _, history = await ask(replace(base, prompt="two"))
-    assert parent == first and [t.text for t in history] == ["Ada: one", "answer to one"]
+    assert parent == first and [t.text for t in history] == ["one", "answer to one"]
     parent, fresh, history = await ask(replace(base, prompt="new", explicit=True))
     assert parent is None and history == () and await app.turns.head(place) == fresh
     await ask(replace(base, prompt="psst", private=True))
     assert await app.turns.head(place) == fresh  # the private answer did not become current
     _, after, history = await ask(replace(base, prompt="after"))
-    assert [t.text for t in history] == ["Ada: new", "answer to new"]  # psst is not in it
+    assert [t.text for t in history] == ["new", "answer to new"]  # psst is not in it
     # A private turn is continued privately by its author, and by nobody else.
     _, mine, _ = await ask(replace(base, prompt="mine", private=True, parent_id=after,
                                    explicit=True))

@@ -121,15 +121,17 @@ async def test_three_turns_by_reply_each_carry_the_conversation(
         answer3 = final_message(third)
         assert "Answer 3." in answer3.content
         assert "Answer" not in model.prompts[0]
-        # The third prompt carries both earlier exchanges, in order, with the speaker's name.
-        assert in_order(model.last, "Tester: What is a llama?", "Answer 1.",
-                        "Tester: Do they spit?", "Answer 2.", "Tester: And alpacas?")
+        # The third prompt carries both earlier exchanges, in order; a lone member's
+        # turns carry no name.
+        assert in_order(model.last, "What is a llama?", "Answer 1.",
+                        "Do they spit?", "Answer 2.", "And alpacas?")
+        assert "Tester" not in model.last
         # A reply with ping to a slash-command answer continues it as well.
         await h.fake.inject_message("Which is bigger?", reply_to=answer3.id,
                                     channel_id=h.general)
         await channel_answers(h, h.general, 1)
-        assert in_order(model.last, "Tester: What is a llama?", "Answer 2.", "And alpacas?",
-                        "Answer 3.", "Tester: Which is bigger?")
+        assert in_order(model.last, "What is a llama?", "Answer 2.", "And alpacas?",
+                        "Answer 3.", "Which is bigger?")
         # The answers' message ids come from the acknowledgements: no extra GETs.
         assert h.fake.requests_for(Routes.GET_ORIGINAL) == []
 
@@ -185,8 +187,8 @@ async def test_mention_starts_and_reply_with_ping_continues(
                                     channel_id=h.general)
         answers = await channel_answers(h, h.general, 2)
         assert "Answer 2." in answers[-1].content
-        assert in_order(model.last, "Tester: what rhymes with llama?", "Answer 1.",
-                        "Tester: and with alpaca?")
+        assert in_order(model.last, "what rhymes with llama?", "Answer 1.",
+                        "and with alpaca?")
         # Regenerate under a message answer re-does that turn with the same history.
         press = await h.fake.inject_component(button(answers[-1], "llm:regen:"),
                                                message_id=answers[-1].id)
@@ -194,7 +196,7 @@ async def test_mention_starts_and_reply_with_ping_continues(
         assert model.prompts[2] == model.prompts[1]  # the very same prompt again
         await reply(h, final_message(press), "one more")
         assert in_order(model.last, "what rhymes with llama?", "Answer 1.", "and with alpaca?",
-                        "Answer 3.", "Tester: one more")
+                        "Answer 3.", "one more")
         assert "Answer 2." not in model.last
         # Without the ping Discord sends no content: the bot says how to ask instead.
         await h.fake.inject_message("no ping here", reply_to=answers[-1].id, ping=False,
@@ -253,8 +255,8 @@ async def test_thread_with_two_users_follows_the_scope_rules_each_turn(
         assert thread_id == opener.original.id  # type: ignore[union-attr]
         assert "You are Persona One." in model.last
         await h.ask("I bring sandwiches", channel_id=thread_id)
-        assert in_order(model.last, "Tester: Plan a picnic", "Answer 1.",
-                        "Tester: I bring sandwiches")
+        assert in_order(model.last, "Plan a picnic", "Answer 1.", "I bring sandwiches")
+        assert "Tester:" not in model.last  # one member so far: no names
         # The persona is resolved at each turn: a change on the parent channel applies.
         await set_persona(h, "You are Persona Two.", h.general)
         await h.fake.inject_message("I bring juice", mention_bot=True, channel_id=thread_id,
