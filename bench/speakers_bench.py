@@ -10,7 +10,9 @@ runs of the same code decode the same replies.
 
 `share_speaking_as_others` is the share of replies, as stored and shown, that
 open with or contain a line in a member's name ("Bob: …", "**Bob:** …"):
-the bot writing someone else's turn. `share_empty` is printed beside it, so a
+the bot writing someone else's turn. `share_opening_with_a_label` is the share
+that open with any speaker's label, the persona's own ("Marlo: …") included,
+which members read as clutter. `share_empty` is printed beside them, so a
 filter that emptied replies could not pass for a fix.
 """
 
@@ -46,12 +48,13 @@ QUESTIONS: Final = (
     "Can you write us a short invitation message?",
     "Thanks! Anything we forgot?",
 )
+CARD_NAME: Final = "Marlo"
 #: A small V2 card, as members import them.
 CARD: Final = {
     "spec": "chara_card_v2",
     "spec_version": "2.0",
     "data": {
-        "name": "Marlo",
+        "name": CARD_NAME,
         "description": "Marlo is a cheerful game-shop owner who knows every tabletop game.",
         "personality": "warm, enthusiastic, practical",
         "scenario": "Marlo chats with regulars of the shop in the shop's Discord server.",
@@ -61,6 +64,12 @@ CARD: Final = {
 }
 NEW_TOKENS: Final = 96
 SEED: Final = 1234
+
+
+def opens_with_label(text: str, names: tuple[str, ...]) -> bool:
+    """Whether the first line of `text` starts with one of `names` as a label."""
+    first = text.strip().split("\n", 1)[0] if text.strip() else ""
+    return speaks_as(first, names)
 
 
 def speaks_as(text: str, names: tuple[str, ...]) -> bool:
@@ -92,6 +101,8 @@ async def _conversation(app: Any, persona: str | None, replies: int,
         await record_turn(app.turns, turn, result.text, ask_id=None)
         out.append({"asker": author_name, "text": result.text,
                     "speaks_as_others": speaks_as(result.text, names),
+                    "opens_with_label": opens_with_label(
+                        result.text, (*names, CARD_NAME, "Assistant")),
                     "empty": not result.text.strip()})
     return out
 
@@ -114,6 +125,7 @@ async def speakers_bench(app: Any, *, replies_per_case: int = 12,
         out["cases"][label] = {
             "replies": len(rows),
             "speaking_as_others": sum(r["speaks_as_others"] for r in rows),
+            "opening_with_a_label": sum(r["opens_with_label"] for r in rows),
             "empty": sum(r["empty"] for r in rows),
             "seconds": round(time.perf_counter() - start, 1),
             "samples": [f"{r['asker']} → {r['text'][:160]}" for r in rows[:4]],
@@ -121,6 +133,8 @@ async def speakers_bench(app: Any, *, replies_per_case: int = 12,
     total = len(every)
     out["replies"] = total
     out["share_speaking_as_others"] = round(sum(r["speaks_as_others"] for r in every) / total, 3)
+    out["share_opening_with_a_label"] = round(
+        sum(r["opens_with_label"] for r in every) / total, 3)
     out["share_empty"] = round(sum(r["empty"] for r in every) / total, 3)
     return out
 
