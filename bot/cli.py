@@ -224,7 +224,7 @@ async def _probs(
     step = await probs_step(engine, request, generated=after, top=args.top, seed=args.seed,
                             raw=args.raw)
     if args.png is not None:
-        png = await asyncio.to_thread(render_png, step)
+        png = await asyncio.to_thread(lambda: render_png(step, prompt=request.prompt))
         args.png.write_bytes(png)
     if args.json:
         print(json.dumps(step.to_json(), ensure_ascii=False))

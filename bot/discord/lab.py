@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import discord
@@ -513,11 +514,12 @@ class LabRunner:
     async def _walk_message(self, walk: Walk,
                             engine: Engine) -> tuple[str, discord.File, discord.ui.View]:
         step = walk.step
-        png = await asyncio.to_thread(render_png, step)
-        if len(png) > MAX_PNG_BYTES:  # never expected: a few dozen bars
-            raise UserFacingError("The chart came out too large to send.")
         tok = engine.bundle.tokenizer
         so_far = tok.decode(list(step.generated)) if step.generated else ""
+        png = await asyncio.to_thread(partial(render_png, step, prompt=walk.request.prompt,
+                                              so_far=so_far))
+        if len(png) > MAX_PNG_BYTES:  # never expected: a few dozen bars
+            raise UserFacingError("The chart came out too large to send.")
         taken = walk.reply_token
         by_id = {c.id: c for c in step.candidates}
         header = walk.header

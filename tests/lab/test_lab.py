@@ -523,3 +523,26 @@ async def test_raw_text_mode_continues_the_text_as_written(smol_engine: Engine) 
     assert chat.greedy.decoded != " Paris"
     nxt = await probs_step(smol_engine, request, generated=(raw.greedy.id,), top=5, raw=True)
     assert nxt.prompt_tokens == raw.prompt_tokens and nxt.step == 1
+
+
+async def test_chart_names_each_knobs_cut_and_idle_knobs(smol_engine: Engine) -> None:
+    """top_k=3 reads "top_k=3 cut", not the first removal's name; a penalty at step 1 and
+    a temperature under greedy decoding each get a note."""
+    from bot.lab.chart import cut_lines, idle_knobs
+
+    request = GenerationRequest("The capital of France is", knobs=build_knobs(
+        {"temperature": 1.5, "top_k": 6, "top_p": 0.8, "repetition_penalty": 0.3}))
+    step = await probs_step(smol_engine, request, top=8, seed=7, raw=True)
+    names = [name for _, name in cut_lines(step)]
+    assert names == ["top_p=0.8 cut", "top_k=6 cut"]
+    (y_p, _), (y_k, _) = cut_lines(step)
+    by_rank = [c.removed_by for c in step.candidates]
+    assert by_rank[int(y_p + 0.5)] == "top_p" and by_rank[int(y_k + 0.5)] == "top_k"
+    assert any("repetition_penalty=0.3 has nothing to act on" in n for n in idle_knobs(step))
+    after = await probs_step(smol_engine, request, generated=(step.greedy.id,), raw=True)
+    assert not any("repetition_penalty" in n for n in idle_knobs(after))
+    greedy = await probs_step(smol_engine, GenerationRequest(
+        "Hi", knobs=build_knobs({"top_k": 1, "temperature": 0.2})), top=3)
+    assert any("temperature=0.2 changes nothing" in n for n in idle_knobs(greedy))
+    png = render_png(step, prompt=request.prompt)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) < MAX_PNG_BYTES

@@ -8,6 +8,7 @@ button under a finished reply shows the exact prompt that reply came from.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,60 @@ async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
         conf = await h.fake.inject_component(f"lab:conf:{itx.id}", message_id=reply.id)
         shown = (await conf.wait_followups(1, timeout=30))[0]
         assert shown.flags & FLAG_EPHEMERAL and "```ansi" in shown.content
+        assert_no_mentions(h)
+
+
+async def test_probabilities_opens_on_the_replys_own_tokens_and_walks_them(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(smol_model_dir, tmp_path) as h:
+        itx = await h.ask("Name three colours.", max_new_tokens=6, top_k=1)
+        reply = itx.original
+        assert reply is not None
+        answer = None
+        for _ in range(200):  # stored right after the final edit
+            answer = await h.app.turns.answer_for_ask(itx.id)
+            if answer is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert answer is not None and answer.text.strip(), reply.content
+        ids = tuple(h.app.engine.bundle.tokenizer.encode(answer.text))
+        press = await h.fake.inject_component(f"lab:probs:{itx.id}", message_id=reply.id)
+        msg = await probs_message(press, h)
+        lab = h.bot.get_cog("Lab").lab  # type: ignore[union-attr]
+        walk = next(iter(lab.walks._items.values()))[1]
+        assert walk.reply == ids and walk.step.step == 0
+        # Its first token is among the candidates and named, with its rank and odds.
+        taken = next(c for c in walk.step.candidates if c.id == ids[0])
+        assert f"The reply took **{taken.text}** here (token 1 of {len(ids)}" in msg.content
+        assert f"lab:follow:{walk.id}" in custom_ids(msg)
+        assert f"lab:back:{walk.id}" not in custom_ids(msg)  # nothing before step 1
+        assert f"lab:jump:{walk.id}" in custom_ids(msg)
+
+        async def press_and_wait(custom_id: str, values: list[str] | None = None) -> None:
+            before = len(msg.revisions)
+            kw: dict[str, Any] = {"message_id": msg.id}
+            if values is not None:
+                kw.update(component_type=3, values=values)
+            p = await h.fake.inject_component(custom_id, **kw)
+            await p.wait_response()
+            await h.fake.wait_for(lambda: len(msg.revisions) > before or None, timeout=30)
+
+        await press_and_wait(f"lab:follow:{walk.id}")
+        assert walk.step.generated == ids[:1] and "token 2 of" in msg.content
+        await press_and_wait(f"lab:back:{walk.id}")
+        assert walk.step.generated == () and "token 1 of" in msg.content
+        last = len(ids) - 1
+        await press_and_wait(f"lab:jump:{walk.id}", [str(last)])
+        assert walk.step.generated == ids[:last] and f"token {last + 1} of" in msg.content
+        # A stranger cannot walk it; an id past the reply is refused politely.
+        stranger = FakeUser(999_003, "stranger")
+        no = await h.fake.inject_component(f"lab:back:{walk.id}", message_id=msg.id,
+                                           user=stranger)
+        assert "Only the person" in (await no.wait_response()).data["content"]
+        bad = await h.fake.inject_component(f"lab:jump:{walk.id}", message_id=msg.id,
+                                            component_type=3, values=["999"])
+        assert "not in this reply" in (await bad.wait_response()).data["content"]
         assert_no_mentions(h)
 
 
