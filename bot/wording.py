@@ -170,6 +170,13 @@ PROBS_CHAT: Final = ("Chat mode: your prompt as a message to me, with this chann
 #: /probs in raw text mode: the text itself continued.
 PROBS_RAW: Final = ("Raw text: your text continued as written, with no chat template and no "
                     "persona; step 1 is the next token of the text itself.")
+#: The button that scores a finished reply's tokens, and the view's title.
+WORD_ODDS: Final = "Word odds"
+#: Said once at the top of Word odds: what it measures, and what it does not.
+WORD_ODDS_NOTE: Final = ("How expected each token was to the model, not whether it is right: "
+                         "⟨marked⟩ tokens had under 10 %.")
+#: Word odds pressed under an empty reply.
+WORD_ODDS_EMPTY: Final = "This reply is empty: there are no words to score."
 #: Probabilities under a reply: the prompt that reply came from.
 PROBS_OF_REPLY: Final = ("The prompt this reply was generated from (its persona, knobs and "
                          "earlier turns, as stored with the ask).")

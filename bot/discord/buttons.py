@@ -312,7 +312,8 @@ def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
         # reply (they rebuild its prompt from the ask log; bot/discord/lab.py). Row 2:
         # row 0 holds up to four (Regenerate, Reply, Continue, Reasoning), row 1 the
         # swipes, and Discord allows five to a row.
-        for item in reply_lab_buttons(ask_id):
+        # A reply with text is stored (Reply) or has versions; an empty one has neither.
+        for item in reply_lab_buttons(ask_id, has_text=reply or answer_id is not None):
             item.row = 2
             view.add_item(item)
     view.stop()

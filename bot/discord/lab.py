@@ -568,10 +568,10 @@ class LabRunner:
                          reply=ids)
 
     async def confidence_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
-        """The Confidence button: the reply coloured by the model's probability of each token."""
+        """Word odds: the reply coloured (and low tokens marked) by the model's probability."""
         turn, reply, _ = await self.request_of_ask(interaction, ask_id)
         if not reply.strip():
-            raise UserFacingError("I no longer have this reply's text, so I can't score it.")
+            raise UserFacingError(wording.WORD_ODDS_EMPTY)
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer(ephemeral=True, thinking=True)
             engine = await self.app.models.engine(turn.model)
@@ -580,8 +580,9 @@ class LabRunner:
             more = f" (the first {shown} of {len(conf.tokens)} tokens)" if shown < len(
                 conf.tokens) else ""
             lines = "\n".join(f"• {line}" for line in surprising_lines(conf))
-            text = (f"**Confidence**{more} · model `{turn.model}` · "
+            text = (f"**{wording.WORD_ODDS}**{more} · model `{turn.model}` · "
                     f"mean {conf.mean_prob * 100:.0f}% · {legend()}\n"
+                    f"{wording.WORD_ODDS_NOTE}\n"
                     f"```ansi\n{block}\n```")
             rest, _ = clean_cut(f"Most surprising:\n{lines}", MESSAGE_LIMIT - len(text) - 2)
             await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
@@ -686,10 +687,10 @@ class ProbabilitiesButton(_LabButton, template=r"lab:probs:(?P<ask>[0-9]{1,20})"
 
 
 class ConfidenceButton(_LabButton, template=r"lab:conf:(?P<ask>[0-9]{1,20})"):
-    """Under a finished reply: the reply coloured by how likely the model found each token."""
+    """Word odds under a finished reply: how expected each of its tokens was to the model."""
 
     def __init__(self, ask_id: int) -> None:
-        super().__init__(discord.ui.Button(label="Confidence",
+        super().__init__(discord.ui.Button(label=wording.WORD_ODDS,
                                            style=discord.ButtonStyle.secondary,
                                            custom_id=CONF_ID.format(ask_id=ask_id)))
         self.ask_id = ask_id
@@ -862,9 +863,13 @@ LAB_ITEMS = (ProbabilitiesButton, ConfidenceButton, StepButton, BackButton, Foll
              CompareRegenerateButton, KnobHelpButton, TryKnobButton)
 
 
-def reply_lab_buttons(ask_id: int) -> list[discord.ui.Item[Any]]:
-    """The lab's buttons under a finished reply (buttons.py's builder adds them)."""
-    return [ProbabilitiesButton(ask_id), ConfidenceButton(ask_id)]
+def reply_lab_buttons(ask_id: int, *, has_text: bool = True) -> list[discord.ui.Item[Any]]:
+    """The lab's buttons under a finished reply (buttons.py's builder adds them); an empty
+    reply has no words to score, so no Word odds."""
+    items: list[discord.ui.Item[Any]] = [ProbabilitiesButton(ask_id)]
+    if has_text:
+        items.append(ConfidenceButton(ask_id))
+    return items
 
 
 __all__ = ["LAB_ITEMS", "LabRunner", "compare_embed", "knob_help_view", "lab_of",

@@ -128,9 +128,9 @@ def render_png(step: ProbsStep, *, dpi: int = 100, prompt: str = "",
             tick.set_color("#888888")
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
-    for y, name in cut_lines(step):
-        ax.axhline(y, color=CUT_COLOUR, linestyle="--", linewidth=1)
-        ax.text(99, y - 0.05, name, ha="right", color=CUT_COLOUR, va="bottom", fontsize=8)
+    for at, name in cut_lines(step):
+        ax.axhline(at, color=CUT_COLOUR, linestyle="--", linewidth=1)
+        ax.text(99, at - 0.05, name, ha="right", color=CUT_COLOUR, va="bottom", fontsize=8)
     ax.set_xlabel("probability (%)")
     mode = "text" if step.raw_text else "prompt"
     context = f"{mode}: {_tail(prompt, 60)!s}" if prompt else ""

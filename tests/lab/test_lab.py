@@ -546,3 +546,14 @@ async def test_chart_names_each_knobs_cut_and_idle_knobs(smol_engine: Engine) ->
     assert any("temperature=0.2 changes nothing" in n for n in idle_knobs(greedy))
     png = render_png(step, prompt=request.prompt)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) < MAX_PNG_BYTES
+
+
+def test_word_odds_mark_low_tokens_in_the_text_as_well_as_by_colour() -> None:
+    from bot.lab.confidence import RED, Confidence, ScoredToken, render_ansi
+
+    conf = Confidence((ScoredToken(1, "The", "The", 0.9, 1, ()),
+                       ScoredToken(2, " moon", "␣moon", 0.02, 7, ()),
+                       ScoredToken(3, " shines", "␣shines", 0.5, 1, ())), 10)
+    block, shown = render_ansi(conf)
+    assert shown == 3
+    assert f"{RED}⟨ moon⟩" in block and "⟨The⟩" not in block and "⟨ shines⟩" not in block

@@ -15,6 +15,7 @@ from typing import Any
 
 import discord
 
+from bot import wording
 from bot.engine import GenerationRequest
 from bot.knobs import Knobs
 from bot.lab.chart import MAX_PNG_BYTES
@@ -256,10 +257,15 @@ async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
             request.prompt, system_prompt="You are a pirate.", knobs=request.knobs), top=10)
         assert format_table(wrong).split("\n")[2:12] != format_table(expected).split("\n")[2:12]
 
-        # Confidence: the reply coloured, ephemeral.
+        # Word odds: the reply coloured, ephemeral, saying once what it measures.
+        assert wording.WORD_ODDS in [c.get("label") for row in reply.components
+                                     for c in row.get("components", [])]
         conf = await h.fake.inject_component(f"lab:conf:{itx.id}", message_id=reply.id)
         shown = (await conf.wait_followups(1, timeout=30))[0]
         assert shown.flags & FLAG_EPHEMERAL and "```ansi" in shown.content
+        assert shown.content.startswith(f"**{wording.WORD_ODDS}**")
+        assert shown.content.count(wording.WORD_ODDS_NOTE) == 1
+        assert "model `" in shown.content
         assert_no_mentions(h)
 
 
@@ -315,6 +321,15 @@ async def test_probabilities_opens_on_the_replys_own_tokens_and_walks_them(
                                             component_type=3, values=["999"])
         assert "not in this reply" in (await bad.wait_response()).data["content"]
         assert_no_mentions(h)
+
+
+async def test_an_empty_reply_offers_no_word_odds(tiny_model_dir: Path, tmp_path: Path) -> None:
+    async with running_bot(tiny_model_dir, tmp_path, scripted="") as h:
+        itx = await h.ask("say nothing")
+        reply = itx.original
+        assert reply is not None
+        ids = custom_ids(reply)
+        assert f"lab:probs:{itx.id}" in ids and f"lab:conf:{itx.id}" not in ids
 
 
 async def test_a_private_replys_lab_buttons_are_for_its_author_only(
