@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import wording
+from bot.discord.common import location_of
 from bot.discord.lab import CompareAsk, LabRunner
 from bot.lab.compare import SEED_LIMIT, parse_variant, plan_variants
 
@@ -30,20 +31,23 @@ class Lab(commands.Cog):
                           description="One prompt under 2-4 knob settings, side by side.")
     @app_commands.describe(
         prompt="What to ask", a=VARIANT_HELP, b=VARIANT_HELP, c=VARIANT_HELP, d=VARIANT_HELP,
-        seed="The seed every variant shares (default: a new one, shown)",
-        private="Only you see the comparison",
+        seed="The seed every variant shares (default: a new one, in the attached file)",
+        public="Post it in the channel (default: only you see it)",
     )
     async def compare(
         self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_LIMIT],
         a: str | None = None, b: str | None = None, c: str | None = None, d: str | None = None,
-        seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None, private: bool = False,
+        seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None, public: bool = False,
     ) -> None:
         turn = await self.lab.fresh_request(interaction, prompt)
-        variants = plan_variants([a, b, c, d], turn.request.knobs)
+        where = location_of(interaction)
+        here = ("this thread" if where.parent_channel_id is not None
+                else "this channel" if where.guild_id is not None else "your DMs")
+        variants = plan_variants([a, b, c, d], turn.request.knobs, here)
         await self.lab.compare(interaction, CompareAsk(
             user_id=interaction.user.id, guild_id=interaction.guild_id,
             channel_id=interaction.channel_id, prompt=prompt.strip(), request=turn.request,
-            variants=variants, private=private, model=turn.model,
+            variants=variants, private=not public, model=turn.model,
         ), seed=seed)
 
     @app_commands.command(name="probs",

@@ -70,6 +70,7 @@ SEED_NOTE = (
     "Same seed for every variant, so the knob is the only difference asked. CTranslate2 "
     "has no per-call seed: the seed fixes the lab's own draws, not a replay of the bot's."
 )
+"""Said only in the attached file (and the CLI): the embed stays about the texts."""
 
 CSTOP_ID = "lab:cstop:{cid}"
 CREGEN_ID = "lab:cregen:{cid}"
@@ -119,8 +120,8 @@ class VariantView:
 def compare_embed(prompt: str, seed: int, views: list[VariantView], *,
                   note: str = "", model: str = "") -> tuple[dict[str, Any], bool]:
     """The comparison as one embed (a dict) within Discord's limits; True when a text was cut."""
-    named = f"model `{model}` · " if model else ""
-    description = (quote_prompt(prompt) + f"\n{named}seed **{seed}** · {SEED_NOTE}")[:1500]
+    named = f"\nmodel `{model}`" if model else ""
+    description = (quote_prompt(prompt) + named)[:1500]
     if note:
         description = (description + "\n" + note)[:2000]
     fields: list[dict[str, Any]] = []
@@ -141,7 +142,7 @@ def compare_embed(prompt: str, seed: int, views: list[VariantView], *,
 
 def full_texts(prompt: str, seed: int, results: list[VariantResult]) -> str:
     """Every variant's whole text, for the attachment when the embed had to cut."""
-    parts = [f"# Compare\n\nPrompt: {prompt}\n\nSeed: {seed}\n"]
+    parts = [f"# Compare\n\nPrompt: {prompt}\n\nSeed: {seed}. {SEED_NOTE}\n"]
     for r in results:
         parts.append(f"## {r.label}\n\n{r.text}\n\n({r.result.new_tokens} tokens, "
                      f"{FINISH_WORDS[r.result.finish_reason]})\n")
@@ -398,8 +399,9 @@ class LabRunner:
             if cut:
                 embed, _ = compare_embed(ask.prompt, comparison.seed, views, model=ask.model,
                                          note="Some texts were cut: the full texts are attached.")
-                data = full_texts(ask.prompt, comparison.seed, results).encode()
-                state["file"] = discord.File(io.BytesIO(data), filename="compare.md")
+            # The full texts, the seed and what it can do: in the file, not the embed.
+            data = full_texts(ask.prompt, comparison.seed, results).encode()
+            state["file"] = discord.File(io.BytesIO(data), filename="compare.md")
             state["final"] = True
             await editor.finish(json.dumps(embed), force=True)
         except BaseException:

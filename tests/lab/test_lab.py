@@ -27,7 +27,14 @@ from bot.engine.generation import TOP_P_MAX_CANDIDATES, device_sampling
 from bot.errors import InvalidKnobs, ShuttingDown, UserFacingError
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, Knobs, build_knobs
 from bot.lab.chart import MAX_PNG_BYTES, render_png
-from bot.lab.compare import compare, parse_variant, plan_variants, start_compare
+from bot.lab.compare import (
+    COMPARE_NEW_TOKENS,
+    compare,
+    parse_variant,
+    plan_variants,
+    start_compare,
+    variant_requests,
+)
 from bot.lab.confidence import render_ansi, render_plain, score_reply, surprising_lines
 from bot.lab.help import KNOB_HELP, assignment, contrasting, markdown_table
 from bot.lab.probs import format_table, probs_step
@@ -366,8 +373,17 @@ async def test_compare_runs_one_request_per_variant_with_one_seed(engine: Engine
 async def test_compare_defaults_caps_and_stop(engine: Engine) -> None:
     base = Knobs(temperature=0.7, max_new_tokens=16)
     plan = plan_variants([None, "", None], base)
-    assert [v.label for v in plan] == ["current settings", "temperature=1.5"]
-    assert [v.label for v in plan_variants(["top_k=1"], base)] == ["current settings", "top_k=1"]
+    assert [v.label for v in plan] == ["current settings: temperature 0.7, top_p 0.95",
+                                       "temperature=1.5"]
+    assert [v.label for v in plan_variants(["top_k=1"], base, "this channel")] == [
+        "this channel: temperature 0.7, top_p 0.95", "top_k=1"]
+    with pytest.raises(InvalidKnobs, match="Variant b: "):
+        plan_variants(["top_k=1", "temperature=hot"], base)
+    # Variants stop at the comparison's own length unless one asks for more (within the cap).
+    long = GenerationRequest(PROMPT, knobs=Knobs(max_new_tokens=512, min_new_tokens=300))
+    requests = variant_requests(long, plan_variants(["top_k=1", "max_new_tokens=400"], base))
+    assert [r.knobs.max_new_tokens for r in requests] == [COMPARE_NEW_TOKENS, 400]
+    assert requests[0].knobs.min_new_tokens == COMPARE_NEW_TOKENS
     request = GenerationRequest(PROMPT, knobs=base)
     # A variant cannot widen the scope's cap.
     _seed, results = await compare(engine, request, plan_variants(["max_new_tokens=500"], base),

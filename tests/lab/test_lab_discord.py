@@ -66,6 +66,17 @@ async def finished_compare(h: Harness, itx: FakeInteraction, timeout: float = 60
     return await h.fake.wait_for(done, timeout=timeout)
 
 
+def compare_seeds(h: Harness) -> list[str]:
+    """The seed of each comparison delivered so far, read from its attached file."""
+    seeds = []
+    for r in h.fake.requests:
+        for (name, _size), head in zip(r.files, r.file_heads, strict=False):
+            found = re.search(rb"Seed: (\d+)", head) if name == "compare.md" else None
+            if found:
+                seeds.append(found.group(1).decode())
+    return seeds
+
+
 async def test_compare_streams_each_variant_into_one_embed(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -82,15 +93,18 @@ async def test_compare_streams_each_variant_into_one_embed(
             assert re.search(words, f["value"]), f
             assert len(f["value"]) <= 1024
         assert embed_size(embed) <= 6000 and len(fields) <= 25
-        seed = re.search(r"seed \*\*(\d+)\*\*", embed["description"])
-        assert seed is not None
+        # Each variant stopped at the comparison's own length (none asked for one).
+        assert all(int(re.findall(r"`(\d+) tokens", f["value"])[-1]) <= 150 for f in fields)
+        # The model is named; the seed and its caveats are in the file only.
+        assert "model `" in embed["description"] and "seed" not in embed["description"]
+        assert len(compare_seeds(h)) == 1
         # It streamed: the Stop button showed before the final edit, which has Regenerate.
         stops = [rev for rev in msg.revisions
                  if any("lab:cstop:" in c.get("custom_id", "")
                         for row in rev["components"] for c in row.get("components", []))]
         assert stops
-        assert not msg.attachments  # nothing was cut
-        assert not msg.flags & FLAG_EPHEMERAL
+        assert [a["filename"] for a in msg.attachments] == ["compare.md"]
+        assert msg.flags & FLAG_EPHEMERAL  # private by default, like /probs
         assert_no_mentions(h)
         # The member's slot is free again: an /ask goes through.
         await h.ask("and now?")
@@ -101,9 +115,11 @@ async def test_long_variants_are_cut_cleanly_with_the_full_texts_attached(
 ) -> None:
     text = " ".join(f"word{i}" for i in range(900))
     async with running_bot(smol_model_dir, tmp_path, scripted=text, script_delay=0.0002) as h:
-        itx = await h.command("compare", {"prompt": "write a lot", "a": "temperature=0.2",
-                                          "b": "temperature=1.2", "c": "top_k=3",
-                                          "d": "creative"})
+        # Asking for a length lifts the comparison's own.
+        long = " max_new_tokens=600"
+        itx = await h.command("compare", {"prompt": "write a lot", "a": "temperature=0.2" + long,
+                                          "b": "temperature=1.2" + long, "c": "top_k=3" + long,
+                                          "d": "top_p=0.5" + long})
         msg = await finished_compare(h, itx, timeout=120)
         embed = msg.embeds[0]
         assert len(embed["fields"]) == 4
@@ -143,16 +159,16 @@ async def test_stop_stops_every_variant_and_regenerate_draws_a_new_seed(
         msg = await finished_compare(h, itx)
         for f in msg.embeds[0]["fields"]:
             assert f["value"].endswith("· stopped`"), f["value"][-60:]
-        first_seed = re.search(r"seed \*\*(\d+)\*\*", msg.embeds[0]["description"])
-        assert first_seed is not None
+        first_seed = compare_seeds(h)
+        assert len(first_seed) == 1
         assert refused.response is not None
         assert "Only the person who asked" in refused.response.data["content"]
 
         regen = next(i for i in custom_ids(msg) if i.startswith("lab:cregen:"))
         again = await h.fake.inject_component(regen, message_id=msg.id)
         second = await finished_compare(h, again, timeout=120)
-        seed = re.search(r"seed \*\*(\d+)\*\*", second.embeds[0]["description"])
-        assert seed is not None and seed.group(1) != first_seed.group(1)
+        seeds = compare_seeds(h)
+        assert len(seeds) == 2 and seeds[1] != first_seed[0]
         assert [f["name"] for f in second.embeds[0]["fields"]] == ["temperature=0.3", "top_k=5"]
 
 
@@ -335,7 +351,7 @@ async def test_an_empty_reply_offers_no_word_odds(tiny_model_dir: Path, tmp_path
 async def test_a_private_replys_lab_buttons_are_for_its_author_only(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    async with running_bot(tiny_model_dir, tmp_path) as h:
+    async with running_bot(tiny_model_dir, tmp_path, scripted="A secret answer.") as h:
         itx = await h.ask("a secret", private=True, max_new_tokens=4)
         reply = itx.original
         assert reply is not None
@@ -377,8 +393,8 @@ def test_console_compare_probs_try_and_knob_help(tiny_model_dir: Path, tmp_path:
     assert "What the knobs do:" in out and "temperature" in out
     for label in ("=== temperature=0.1 ===", "=== top_k=1 ===", "=== creative ==="):
         assert label in out
-    assert "=== current settings ===" in out  # no variants: these settings vs a contrast
-    assert re.search(r"comparing 3 settings, seed \d+", out)
+    assert "=== current settings: temperature" in out  # no variants: these vs a contrast
+    assert re.search(r"comparing 3 settings on model \S+, seed \d+", out)
     assert "error:" in out and "temperature" in out.split("/compare hello | temperature=9")[-1]
     assert "top_k=3" in out and "raw" in out and "final" in out
     assert "error: Ask something first" in out
