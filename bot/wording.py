@@ -188,25 +188,40 @@ ALL_FIXED: Final = (
     PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(),
 )
 
-HELP: Final = """**How to ask**
-- `/ask prompt:…` — the reply streams in; `private:true` shows it only to you,
-  `thread:true` opens a thread from it.
-- Mention me with your question, or reply to one of my answers (ping on) to continue it.
-- Press **Reply** under an answer to continue it; **Regenerate** asks again; **Stop** ends a reply.
-- In DMs, just write: each message continues our conversation.
-
-**Commands**
-- `/settings` — the persona and sampling settings in effect here.
-- `/conversation show` — your conversation here, its tokens, what the next ask leaves out;
-  `/conversation forget` deletes it.
-- `/tokens` — how many tokens a text is. `/status` — the model, the queue, recent speed.
-- `/help` — this.
-
-**Admins' checklist**
-1. `/system set` or `/system edit` — the persona (this channel or thread, or the whole server).
-2. `/knobs set` — sampling settings; a server's `max_new_tokens` is a ceiling for its channels.
-3. `/knobs preset` — precise, balanced or creative in one go; `/knobs reset` goes back.
-4. Channel permissions decide where I may post; I answer only where I'm asked."""
+HELP: Final = "\n".join([
+    "**How to ask**",
+    "- `/ask prompt:…` — the reply streams in; `private:true` only you see it, "
+    "`thread:true` opens a thread.",
+    "- Mention me with your question, or reply to one of my answers (ping on) to continue it.",
+    "- In DMs, just write: each message continues our conversation.",
+    "",
+    "**Buttons under a reply**",
+    "- **Stop** ends it · **Regenerate** asks again · **Reply** continues the conversation.",
+    "- **Continue** writes on where a cut reply stopped.",
+    "- **◀ ▶** switch between its versions · **Reasoning** shows a reasoning model's thinking.",
+    "- **Probabilities** walks the reply's own tokens and what else the model could have "
+    "written.",
+    "- **Word odds** shows how expected each word was to the model (not whether it is right).",
+    "",
+    "**Commands**",
+    "- `/settings` — the model, persona and sampling settings in effect here.",
+    "- `/conversation show` — your conversation here and its tokens; `forget` deletes it.",
+    "- `/probs` — next-token odds, as a chat or (`raw`) as plain text.",
+    "- `/compare` — one prompt under 2–4 settings, side by side.",
+    "- `/tokens` — how the model splits a text · `/status` — models, queue, speed.",
+    "- `/model list` — the models served and where each answers.",
+    "- `/system show` — the persona here · `/system list` — the saved personas.",
+    "- **What do these do?** below explains every sampling setting · `/help` — this.",
+    "",
+    "**Admins' checklist**",
+    "1. `/system set`, `edit`, `import` (a character card), `save`, `load`, `reset` — the "
+    "persona here or server-wide.",
+    "2. `/knobs show`, `set`, `preset`, `reset` — sampling; a server's `max_new_tokens` caps "
+    "its channels.",
+    "3. `/model set` / `reset` — which model answers here; `/system reasoning` — split "
+    "`<think>`.",
+    "4. Channel permissions decide where I may post; I answer only where I'm asked.",
+])
 
 #: Said once when the bot joins a server, where it may post; it pings nobody.
 JOINED: Final = ("Hello! I answer questions with a language model. Ask with `/ask`, or mention "

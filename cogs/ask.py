@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.buttons import runner_of
+from bot.lab.help import KNOB_HELP
 from cogs._common import (
     KNOB_DESCRIPTIONS,
     MaxNewOpt,
@@ -29,7 +30,7 @@ class Ask(commands.Cog):
     @app_commands.command(name="ask", description="Ask the model; the reply streams in.")
     @app_commands.describe(
         prompt="What to ask",
-        **{name: f"This ask only: {text}"[:100] for name, text in KNOB_DESCRIPTIONS.items()
+        **{name: f"This ask only: {KNOB_HELP[name].option(85)}" for name in KNOB_DESCRIPTIONS
            if name != "max_new_tokens"},
         # Said where it is chosen: a larger value than the scope's is capped (issue 24 item 2).
         max_new_tokens="This ask only: at most this many tokens, up to this channel's or "

@@ -179,7 +179,7 @@ class Settings(commands.Cog):
                                            description=intro + body + extra),
                              await knobs_embed(interaction)]
         await interaction.response.send_message(
-            embeds=embeds, ephemeral=True, allowed_mentions=NO_MENTIONS
+            embeds=embeds, ephemeral=True, view=knob_help_view(), allowed_mentions=NO_MENTIONS
         )
 
 

@@ -306,7 +306,9 @@ async def test_regenerate_by_another_member_keeps_the_askers_name(
         regen = next(c for c in buttons(final(itx)) if c.startswith("llm:regen:"))
         press = await h.fake.inject_component(regen, channel_id=h.general, user=CAROL)
         await h.finished(press)
-        assert f"{asker.global_name or asker.username}: what is a llama?" in prompts[-1]
+        # One person asked: the question carries no name, and never the presser's.
+        assert "\nwhat is a llama?" in prompts[-1]
+        assert f"{asker.global_name or asker.username}:" not in prompts[-1]
         assert "Carol" not in prompts[-1]
 
 
