@@ -130,6 +130,20 @@ def cut_at(limit: int, *, can_ask_more: bool = True) -> str:
     return f"cut at the limit of {plural(limit, 'token')} — {hint}"
 
 
+#: A continued reply cut again, with Continue still offered.
+CONTINUE_HINT: Final = "press Continue for more"
+
+
+def times(n: int) -> str:
+    """"once", "twice", "3 times"."""
+    return {1: "once", 2: "twice"}.get(n, f"{n:,} times")
+
+
+def continued(total: int, continuations: int) -> str:
+    """The whole reply's length after Continue: "60 tokens, continued once"."""
+    return f"{plural(total, 'token')}, continued {times(continuations)}"
+
+
 def capped(source: str, limit: int, asked: int) -> str:
     """A per-ask length above the scope's cap: said, not cut silently."""
     owner = CAP_OWNERS.get(source, "the")

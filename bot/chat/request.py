@@ -171,6 +171,25 @@ def footer(
     return " · ".join(footer_parts(result, dropped_turns, model, context_length))
 
 
+def continue_footer(
+    result: GenerationResult, *, earlier_tokens: int, continuations: int,
+    can_continue: bool, cap: Cap | None = None,
+) -> str:
+    """A continued reply's footer: the whole reply's count, and advice that fits.
+
+    "60 tokens, continued once · cut at the limit of 20 tokens — press Continue for
+    more"; with no Continue left, the advice is the scope's (`reply_footer`'s).
+    """
+    parts = [wording.continued(earlier_tokens + result.new_tokens, continuations)]
+    if result.finish_reason is FinishReason.MAX_TOKENS and can_continue:
+        parts.append(f"{FINISH_WORDS[FinishReason.MAX_TOKENS]} of "
+                     f"{wording.plural(result.max_new_tokens, 'token')} — "
+                     f"{wording.CONTINUE_HINT}")
+    else:
+        parts.append(reply_footer(result, cap=cap).split(" · ", 1)[1])
+    return " · ".join(parts)
+
+
 def reply_footer(
     result: GenerationResult, dropped_turns: int = 0, cap: Cap | None = None,
     model: str | None = None, context_length: int | None = None,

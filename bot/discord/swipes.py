@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import discord
 
 from bot.chat.continuation import finish_of, prepare_continue
+from bot.chat.request import continue_footer
 from bot.chat.turns import PreparedTurn
 from bot.discord.buttons import reply_view
 from bot.discord.common import NO_MENTIONS, location_of
@@ -28,12 +31,11 @@ from bot.discord.reply import (
     ReplyWriter,
     Surface,
     _InteractionPage,
-    footer_text,
 )
-from bot.engine import Generation
+from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
-from bot.store.swipes import Answer, AnswerGone, PrivateAnswer, Swipes
+from bot.store.swipes import MAX_CONTINUATIONS, Answer, AnswerGone, PrivateAnswer, Swipes
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -154,18 +156,22 @@ async def continue_reply(runner: AskRunner, interaction: discord.Interaction,
         writer.text = _shown_text(interaction.message)
         before = len(writer.text)
         with runner.tracking(interaction, turn, gen, surface):
+            footer = partial(continue_footer, earlier_tokens=answer.tokens,
+                             continuations=answer.continuations + 1,
+                             can_continue=answer.continuations + 1 < MAX_CONTINUATIONS,
+                             cap=turn.cap)
             await _finish_continue(runner, writer, surface, answer_id, user_id, before,
-                                   turn.engine.info.context_length)
+                                   footer)
 
 
 async def _finish_continue(runner: AskRunner, writer: ReplyWriter, surface: InteractionSurface,
                            answer_id: int, user_id: int, before: int,
-                           context_length: int) -> None:
+                           footer: Callable[[GenerationResult], str]) -> None:
     """Stream the rest, then store it on the same answer and show the answer's buttons."""
     app = runner.app
     try:
         result = await writer.stream()
-        tail = footer_text(result, 0, context_length=context_length)
+        tail = "-# " + footer(result)
         if result.error:
             tail = f"⚠️ {result.error}\n{tail}"
         await writer.lay_out(tail)

@@ -380,6 +380,12 @@ async def test_continue_extends_the_same_answer_and_refuses_others_on_private_re
         # so it carried on its script (no new prompt) and the text is its next words.
         assert len(model.prompts) == 1
         assert text.startswith(after.turn.text) and "w9" in after.turn.text
+        # The footer counts the whole reply and, with Continue left, advises pressing it
+        # (the server caps max_new_tokens, so "ask with a larger max_new_tokens" is wrong).
+        footer = cut.content.rsplit("\n", 1)[-1]
+        assert footer.startswith("-# 24 tokens, continued once · cut at the limit of 12 tokens"
+                                 " — press Continue for more"), footer
+        assert "larger max_new_tokens" not in footer
 
 
 async def test_continue_on_a_finished_reply_is_refused(smol_model_dir: Path,
