@@ -184,6 +184,11 @@ PROBS_CHAT: Final = ("Chat mode: your prompt as a message to me, with this chann
 #: /probs in raw text mode: the text itself continued.
 PROBS_RAW: Final = ("Raw text: your text continued as written, with no chat template and no "
                     "persona; step 1 is the next token of the text itself.")
+def kept_existing(name: str) -> str:
+    """An import whose name a saved persona already had: both are kept."""
+    return f" A saved persona was already called `{name}`: it is kept as it was."
+
+
 #: The button that scores a finished reply's tokens, and the view's title.
 WORD_ODDS: Final = "Word odds"
 #: Said once at the top of Word odds: what it measures, and what it does not.

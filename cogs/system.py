@@ -18,13 +18,14 @@ from discord.ext import commands
 from bot import wording
 from bot.chat.characters import MAX_PNG_BYTES, parse_card
 from bot.chat.request import persona
+from bot.chat.speakers import fill_user
 from bot.discord.attachments import read_attachment
 from bot.discord.common import location_of
 from bot.discord.guard import parse_id
 from bot.discord.modals import ModalRouter, send_stateless
 from bot.errors import UserFacingError
 from bot.knobs import KNOB_NAMES
-from bot.store.personas import MAX_NAME_CHARS
+from bot.store.personas import MAX_NAME_CHARS, PersonaStore, name_key
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS, Scope
 from cogs._common import (
     NO_MENTIONS,
@@ -210,10 +211,13 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         saved_note = ""
         if interaction.guild_id is not None:  # named personas belong to a server, not DMs
             try:
-                await app.personas.save(interaction.guild_id, parsed.name[:MAX_NAME_CHARS],
+                name = await _free_name(app.personas, interaction.guild_id, parsed.name)
+                await app.personas.save(interaction.guild_id, name,
                                         parsed.persona, actor_id=interaction.user.id,
                                         greeting=parsed.greeting)
-                saved_note = f" Saved as `{parsed.name[:MAX_NAME_CHARS]}` (`/system load`)."
+                saved_note = f" Saved as `{name}` (`/system load`)."
+                if name != parsed.name[:MAX_NAME_CHARS]:
+                    saved_note += wording.kept_existing(parsed.name[:MAX_NAME_CHARS])
             except UserFacingError as exc:
                 saved_note = f" (Not saved by name: {exc.message})"
         lines = [f"Imported **{discord.utils.escape_markdown(parsed.name)}** as the persona "
@@ -223,7 +227,9 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         await interaction.response.send_message("\n".join(lines), ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
         if greeting and parsed.greeting:
-            await _post_greeting(interaction, parsed.greeting)
+            # Everyone reads a public greeting: its {{user}} is "you".
+            await _post_greeting(interaction, fill_user(parsed.greeting, None, default="you")
+                                 or parsed.greeting)
 
     @app_commands.command(name="save", description="Save the persona in effect here by name.")
     @app_commands.describe(name="1-32 characters", knobs="Bundle this channel's own knobs too")
@@ -317,6 +323,19 @@ def _server_of(interaction: discord.Interaction) -> int:
     if interaction.guild_id is None:
         raise UserFacingError("Saved personas belong to a server: use them there.")
     return interaction.guild_id
+
+
+async def _free_name(personas: PersonaStore, guild_id: int, name: str) -> str:
+    """`name`, or "name (2)", "name (3)"… when a saved persona already has it: an import
+    never replaces a saved persona without a word."""
+    base = name[:MAX_NAME_CHARS]
+    taken = {name_key(p.name) for p in await personas.saved(guild_id)}
+    candidate, n = base, 1
+    while name_key(candidate) in taken:
+        n += 1
+        suffix = f" ({n})"
+        candidate = base[: MAX_NAME_CHARS - len(suffix)] + suffix
+    return candidate
 
 
 async def _post_greeting(interaction: discord.Interaction, text: str) -> None:

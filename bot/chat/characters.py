@@ -51,7 +51,9 @@ _TEXT_CHUNKS: Final = (b"tEXt", b"zTXt", b"iTXt")
 _CARD_KEYS: Final = ("ccv3", "chara")  # preferred first
 _SPECS: Final = {"chara_card_v2": "v2", "chara_card_v3": "v3"}
 _PLACEHOLDER = re.compile(r"\{\{(char|user)\}\}|<(BOT|USER)>", re.IGNORECASE)
-_DEFAULT_USER: Final = "the user"
+_DEFAULT_USER: Final = "{{user}}"
+"""Without a member's name the placeholder stays, so each turn fills in its asker's
+(`bot.chat.speakers.fill_user`)."""
 
 
 class CardError(UserFacingError):

@@ -172,6 +172,20 @@ def shared_request(request: GenerationRequest, speakers: Sequence[str | None], *
     return replace(request, system_prompt=system, knobs=knobs, speakers=labels)
 
 
+#: A card's placeholder for the person talking, kept in the persona until each turn.
+USER_PLACEHOLDER: Final = "{{user}}"
+
+
+def fill_user(text: str | None, name: str | None, *, default: str = "the user") -> str | None:
+    """`text` with ``{{user}}`` as `name` (sanitised), so a card speaks to the asker.
+
+    A public greeting, read by everyone, passes ``default="you"`` and no name.
+    """
+    if not text or USER_PLACEHOLDER not in text:
+        return text
+    return text.replace(USER_PLACEHOLDER, sanitize_name(name) or default)
+
+
 def strip_label(text: str, labels: Iterable[str]) -> str:
     """`text` without one leading ``Label:`` of `labels` (a stored reply read back)."""
     strip = LeadingLabel(list(labels))

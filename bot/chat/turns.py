@@ -31,7 +31,7 @@ from bot.chat.history import (
     speaker_text,
 )
 from bot.chat.request import Cap, resolve_noting_cap
-from bot.chat.speakers import several_people, shared_request
+from bot.chat.speakers import fill_user, several_people, shared_request
 from bot.chat.usage import ContextUsage, usage_of
 from bot.engine import Engine, GenerationRequest, PreparedPrompt
 from bot.errors import UserFacingError
@@ -151,6 +151,8 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     # Regenerate: the ask's stored knobs under the persona and cap in force now.
     overrides = ask.again.model_dump() if ask.again is not None else ask.overrides
     request, cap = await resolve_noting_cap(app, ask.location, model_prompt, overrides)
+    # A card's {{user}} is whoever asks this turn.
+    request = replace(request, system_prompt=fill_user(request.system_prompt, ask.author_name))
     if ask.shared:
         # A leading speaker's label is stripped from the reply, a line that starts a
         # speaker's turn ends it (BOT_SPEAKER_STOPS, the asker's first), and with

@@ -271,6 +271,34 @@ async def test_a_card_of_200_kb_becomes_a_capped_persona_and_a_saved_one(
         assert "Captain <|im_start|>Hook" in model.last
 
 
+async def test_a_cards_user_is_each_asker_and_an_import_keeps_a_saved_namesake(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    model = Model(smol_model_dir)
+    data = card_json({"name": "Marlo", "description": "Marlo greets {{user}} by name.",
+                      "first_mes": "Welcome back, {{user}}!"})
+    async with running_bot(smol_model_dir, tmp_path, scripted=model) as h:
+        ok = await h.command("system set", {"text": "A persona someone saved."},
+                             permissions=MANAGE)
+        await ok.wait_response()
+        saved = await h.command("system save", {"name": "Marlo"}, permissions=MANAGE)
+        await saved.wait_response()
+        said = (await (await import_card(h, data, greeting=True)).wait_response()).data
+        assert "Saved as `Marlo (2)`" in said["content"], said["content"]
+        assert "already called `Marlo`" in said["content"]
+        kept = await h.app.personas.load(h.guild.id, "Marlo")
+        assert kept.system_prompt == "A persona someone saved."
+        # The public greeting speaks to everyone.
+        await h.fake.wait_for(lambda: next(
+            (m for m in h.fake.channel_messages(h.general) if "Welcome back, you!" in m.content),
+            None))
+        # Each turn's {{user}} is whoever asks it.
+        await h.ask("Hi!", user=BOB_PLAIN)
+        assert "Marlo greets Bob by name." in model.last
+        await h.ask("Hello!")
+        assert "Marlo greets Bob" not in model.last and "{{user}}" not in model.last
+
+
 async def test_bad_cards_are_refused_clearly_and_change_nothing(
     smol_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ from bot.chat.characters import (
     parse_card,
     png_text_chunks,
 )
+from bot.chat.speakers import fill_user
 from bot.model.bundle import load_model_bundle
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS
 from bot.store.validation import validate_system_prompt
@@ -67,10 +68,13 @@ def test_a_v2_card_becomes_a_persona_with_placeholders_filled() -> None:
     validate_system_prompt(card.persona)  # storable as a persona as it is
 
 
-def test_without_a_member_name_the_user_is_neutral() -> None:
+def test_without_a_member_name_each_turn_fills_in_its_asker() -> None:
     card = parse_card(card_json(SERAPHINA))
-    assert "She heals the user." in card.persona
-    assert "{{" not in card.persona and "<START>" not in card.persona
+    assert "She heals {{user}}." in card.persona
+    assert "{{char}}" not in card.persona and "<START>" not in card.persona
+    assert "She heals Ana." in (fill_user(card.persona, "Ana\n") or "")
+    assert "She heals the user." in (fill_user(card.persona, None) or "")
+    assert fill_user("Hello, {{user}}!", None, default="you") == "Hello, you!"
 
 
 def test_v3_prefers_the_nickname_for_char_and_keeps_the_card_system_prompt() -> None:
