@@ -23,6 +23,7 @@ from bot.discord.common import location_of
 from bot.discord.conversation import display_name, place_of
 from bot.discord.lab import knob_help_view
 from bot.errors import UserFacingError
+from bot.hosting.host import model_window
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
 from cogs._common import (
     KNOB_DESCRIPTIONS,
@@ -171,7 +172,8 @@ class Settings(commands.Cog):
         # Issue 23: the model answering here, and where that choice comes from.
         model = f"**Model** {bot.app.models.choice(eff).describe()}\n"
         intro = f"{model}**Persona** (from {wording.source_label(source, in_thread=thread)})\n"
-        extra = await _issue22_lines(interaction, eff.reasoning)
+        extra = await _issue22_lines(interaction, eff.reasoning,
+                                     bot.app.models.choice(eff).name)
         room = DESCRIPTION_LIMIT - len(intro) - len(extra)
         if len(body) > room:
             body = body[: room - 1] + "…"
@@ -183,11 +185,13 @@ class Settings(commands.Cog):
         )
 
 
-async def _issue22_lines(interaction: discord.Interaction, reasoning: bool) -> str:
-    """Issue 22: the reasoning setting and how much of the window the conversation uses."""
+async def _issue22_lines(interaction: discord.Interaction, reasoning: bool,
+                         model: str) -> str:
+    """The reasoning setting and how much of the window (of `model`, the one answering
+    here) the conversation uses."""
     app = bot_of(interaction).app
     lines = [f"\n\n**Reasoning** (`<think>` split): {'on' if reasoning else 'off'}"]
-    context = app.engine.info.context_length
+    context = model_window(app.models, model) or app.engine.info.context_length
     user = interaction.user
     dm = interaction.guild_id is None
     place = await place_of(app.turns, interaction.channel, user.id, dm)

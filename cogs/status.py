@@ -34,22 +34,26 @@ class Status(commands.Cog):
         if not interaction.permissions.manage_guild:
             raise MissingScopePermission("You need the Manage Server permission for /status.")
         bot = bot_of(interaction)
-        engine = bot.app.engine
-        info = engine.info
+        info = bot.app.engine.info
         rates = list(bot.recent_rates)
         rate = f"{statistics.median(rates):.1f} tok/s (median of {len(rates)})" if rates else "–"
         embed = discord.Embed(title="Status")
         models = bot.app.models
-        embed.add_field(name="Model", value=info.model_name)
-        if models.several:  # issue 23: which models are loaded now (the default first)
+        # Named as /model list names them.
+        embed.add_field(name="Model", value=f"`{models.default}` (default)")
+        engines = models.engines()
+        if models.several:  # which models are loaded now (the default first)
             embed.add_field(name="Loaded models", value=", ".join(
-                f"`{name}`" for name in models.engines()) or "none")
+                f"`{name}`" for name in engines) or "none")
         embed.add_field(name="Device", value=f"{info.device} · {info.compute_type}")
         queue = f"{models.queue_depth()} waiting · {models.active()} active"
         embed.add_field(name="Queue", value=queue)
         embed.add_field(name="Uptime", value=_uptime(time.monotonic() - bot.started_at))
         embed.add_field(name="Recent speed", value=rate)
-        embed.add_field(name="Tokens generated", value=str(engine.tokens_generated))
+        counts = [f"`{name}` {e.tokens_generated:,}" for name, e in engines.items()]
+        embed.add_field(name="Tokens generated", value=(
+            " · ".join(counts) if models.several else f"{bot.app.engine.tokens_generated:,}")
+            or "0")
         await interaction.response.send_message(
             embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
         )

@@ -170,6 +170,15 @@ class ModelHost:
         await self.registry.close()
 
 
+def model_window(host: ModelHost, name: str) -> int | None:
+    """`name`'s context window: its engine's when loaded, else its catalog entry's."""
+    engine = host.loaded(name)
+    if engine is not None:
+        return engine.info.context_length
+    status = next((s for s in host.statuses() if s.name == name), None)
+    return status.spec.window if status is not None and status.spec.window else None
+
+
 def model_lines(host: ModelHost, in_use: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """`/model list` and the console's: one line per model, in the operator's order.
 

@@ -297,3 +297,16 @@ async def test_the_lab_follows_the_model_set_here(
         done = await h.fake.wait_for(compared, timeout=120)
         assert "model `tiny`" in done.embeds[0]["description"]
         assert tokens_of(h, "tiny") > tiny_before and tokens_of(h, "smol") == smol_before
+
+        # /settings gives the window of the model answering here; /status names models as
+        # /model list does and counts every loaded model's tokens.
+        settings = await answer_text(await h.command("settings", channel_id=h.help))
+        assert f"{tiny.info.context_length:,} tokens" in settings
+        assert f"{smol.info.context_length:,} tokens" not in settings
+        status = await h.command("status", permissions=str(
+            discord.Permissions(manage_guild=True).value))
+        fields = {f["name"]: f["value"]
+                  for f in (await status.wait_response()).data["embeds"][0]["fields"]}
+        assert fields["Model"] == "`smol` (default)"
+        assert fields["Tokens generated"] == (f"`smol` {tokens_of(h, 'smol'):,} · "
+                                              f"`tiny` {tokens_of(h, 'tiny'):,}")
