@@ -11,7 +11,7 @@ from discord.ext import commands
 from bot import wording
 from bot.discord.common import location_of
 from bot.discord.lab import CompareAsk, LabRunner
-from bot.lab.compare import SEED_LIMIT, parse_variant, plan_variants
+from bot.lab.compare import SEED_LIMIT, parse_variant, plan_variants, variant_suggestions
 
 if TYPE_CHECKING:
     from bot.discord.client import LlamaBot
@@ -49,6 +49,14 @@ class Lab(commands.Cog):
             channel_id=interaction.channel_id, prompt=prompt.strip(), request=turn.request,
             variants=variants, private=not public, model=turn.model,
         ), seed=seed)
+
+    @compare.autocomplete("a")
+    @compare.autocomplete("b")
+    @compare.autocomplete("c")
+    @compare.autocomplete("d")
+    async def _variants(self, interaction: discord.Interaction,
+                        current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=text, value=text) for text in variant_suggestions(current)]
 
     @app_commands.command(name="probs",
                           description="The model's next-token candidates, raw and after the knobs.")

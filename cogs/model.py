@@ -64,6 +64,14 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
             "switch at their next turn.", ephemeral=True, allowed_mentions=NO_MENTIONS,
         )
 
+    @set_.autocomplete("name")
+    async def _model_names(self, interaction: discord.Interaction,
+                           current: str) -> list[app_commands.Choice[str]]:
+        """The models served, as /model list names them."""
+        typed = current.strip().lower()
+        return [app_commands.Choice(name=name, value=name)
+                for name in bot_of(interaction).app.models.names if typed in name.lower()][:25]
+
     @app_commands.command(name="reset", description="Remove the model chosen here.")
     @app_commands.describe(scope=SCOPE_HELP)
     async def reset(self, interaction: discord.Interaction, scope: ScopeChoice = "channel") -> None:

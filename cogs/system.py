@@ -227,9 +227,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         await interaction.response.send_message("\n".join(lines), ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
         if greeting and parsed.greeting:
-            # Everyone reads a public greeting: its {{user}} is "you".
-            await _post_greeting(interaction, fill_user(parsed.greeting, None, default="you")
-                                 or parsed.greeting)
+            await _post_greeting(interaction, parsed.greeting)
 
     @app_commands.command(name="save", description="Save the persona in effect here by name.")
     @app_commands.describe(name="1-32 characters", knobs="Bundle this channel's own knobs too")
@@ -253,7 +251,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
             guild_id, name, text, actor_id=interaction.user.id, knobs=bundle)
         count_write(interaction)
         what = "Replaced" if replaced else "Saved"
-        extra = f" with {len(saved.knobs)} knob(s)" if saved.knobs else ""
+        extra = f" with {wording.plural(len(saved.knobs), 'knob')}" if saved.knobs else ""
         await interaction.response.send_message(
             f"{what} the persona `{saved.name}`{extra}.", ephemeral=True,
             allowed_mentions=NO_MENTIONS)
@@ -285,6 +283,17 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
                                                 allowed_mentions=NO_MENTIONS)
         if greeting and saved.greeting:
             await _post_greeting(interaction, saved.greeting)
+
+    @load.autocomplete("name")
+    async def _persona_names(self, interaction: discord.Interaction,
+                             current: str) -> list[app_commands.Choice[str]]:
+        """The server's saved personas whose names contain what was typed."""
+        if interaction.guild_id is None:
+            return []
+        saved = await bot_of(interaction).app.personas.saved(interaction.guild_id)
+        typed = current.strip().lower()
+        return [app_commands.Choice(name=p.name, value=p.name) for p in saved
+                if typed in p.name.lower()][:25]
 
     @app_commands.command(name="list", description="The personas saved on this server.")
     async def list_(self, interaction: discord.Interaction) -> None:
@@ -339,7 +348,11 @@ async def _free_name(personas: PersonaStore, guild_id: int, name: str) -> str:
 
 
 async def _post_greeting(interaction: discord.Interaction, text: str) -> None:
-    """The card's greeting, posted in the channel as plain text (never a ping)."""
+    """The card's greeting, posted in the channel as plain text (never a ping).
+
+    Everyone reads it, so its ``{{user}}`` is "you".
+    """
+    text = fill_user(text, None, default="you") or text
     for start in range(0, len(text), 2000):
         await interaction.followup.send(text[start:start + 2000], allowed_mentions=NO_MENTIONS)
 

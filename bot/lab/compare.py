@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from bot.chat.request import within_cap
 from bot.engine import Event, Finished, FinishReason, GenerationRequest, GenerationResult
 from bot.errors import InvalidKnobs, UserFacingError
-from bot.knobs import PRESETS, Knobs, build_knobs, parse_assignments
+from bot.knobs import KNOB_NAMES, PRESETS, Knobs, build_knobs, parse_assignments
 from bot.lab.help import assignment, contrasting
 
 if TYPE_CHECKING:
@@ -122,6 +122,35 @@ def plan_variants(texts: Sequence[str | None], base: Knobs,
     if len(given) == 1:
         return [current_variant(base, where), *given]
     return given
+
+
+#: What a variant box offers before anything is typed: a preset or a one-knob change.
+_SUGGESTED = ("temperature=0.2", "temperature=1.2", "top_p=0.5", "top_k=5",
+              "repetition_penalty=0.3", "min_new_tokens=64")
+
+
+def variant_suggestions(typed: str, limit: int = 25) -> list[str]:
+    """Autocomplete for a variant: presets and knob assignments matching what is typed.
+
+    A complete assignment typed so far is offered first as it is (when it reads),
+    then the rest, so "temperature=1.5 to" can grow into "temperature=1.5 top_k=5".
+    """
+    text = typed.strip()
+    head, _, last = text.rpartition(" ")
+    out: list[str] = []
+    if text:
+        try:
+            parse_variant(text)
+            out.append(text)
+        except UserFacingError:
+            pass
+    words = [*PRESETS, *_SUGGESTED, *(f"{name}=" for name in KNOB_NAMES if name != "stop")]
+    for word in words:
+        if word.startswith(last.lower()) or (not last and not head):
+            candidate = f"{head} {word}".strip() if head else word
+            if candidate not in out and (head == "" or "=" in word):
+                out.append(candidate)
+    return [o[:100] for o in out][:limit]
 
 
 def new_seed() -> int:

@@ -124,8 +124,13 @@ class Inject(Gateway):
         locale: str = "en-US",
         dm: bool = False,
         resolved: JSONDict | None = None,
+        autocomplete: str | None = None,
     ) -> FakeInteraction:
         """Send an INTERACTION_CREATE for a slash command, as a member would trigger it.
+
+        With `autocomplete` (an option's name) it is the autocomplete request a client
+        sends while that option is typed (type 4, the option marked focused); the
+        bot's choices come back as the response (type 8, `data["choices"]`).
 
         `name` may name a subcommand as Discord shows it: "llama ask" or
         "llama admin reset" (group, then subcommand). `options` is a mapping whose
@@ -140,6 +145,9 @@ class Inject(Gateway):
             ]
         else:
             leaf = list(options or [])
+        if autocomplete is not None:
+            leaf = [{**o, "type": 3, "focused": True} if o.get("name") == autocomplete else o
+                    for o in leaf]
         if len(parts) == 3:
             leaf = [
                 {
@@ -162,7 +170,7 @@ class Inject(Gateway):
         if resolved is not None:
             data["resolved"] = resolved
         payload = self._interaction_base(
-            2,
+            4 if autocomplete is not None else 2,
             data,
             guild_id=target_guild,
             channel_id=channel_id,

@@ -66,3 +66,33 @@ async def test_every_knob_option_speaks_the_knob_helps_words(
             assert ask[name].startswith("This ask only: " + first), (name, ask[name])
     every = " ".join([*ask.values(), *setting.values()])
     assert "Scales the distribution" not in every and "Nucleus" not in every
+
+
+async def choices(h: Harness, command: str, option: str, typed: str,
+                  **kw: Any) -> list[str]:
+    itx = await h.command(command, {option: typed}, autocomplete=option, **kw)
+    response = await itx.wait_response()
+    assert response.type == 8, response
+    return [c["value"] for c in response.data["choices"]]
+
+
+async def test_persona_names_model_names_and_variants_autocomplete(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    manage = "16"  # Manage Channels
+    async with running_bot(tiny_model_dir, tmp_path) as h:
+        for name in ("Pirate", "Librarian", "Pirate King"):
+            await (await h.command("system set", {"text": f"You are {name}."},
+                                   permissions=manage)).wait_response()
+            await (await h.command("system save", {"name": name},
+                                   permissions=manage)).wait_response()
+        assert await choices(h, "system load", "name", "pir") == ["Pirate", "Pirate King"]
+        assert await choices(h, "model set", "name", "") == list(h.app.models.names)
+        offered = await choices(h, "compare", "b", "temperature=1.5 to")
+        assert "temperature=1.5 top_k=5" in offered
+        assert all(o.startswith("temperature=1.5 to") for o in offered), offered
+        assert "precise" in await choices(h, "compare", "a", "")
+        await (await h.command("knobs set", {"top_k": 5}, permissions=manage)).wait_response()
+        saved = await (await h.command("system save", {"name": "Pirate", "knobs": True},
+                                       permissions=manage)).wait_response()
+        assert "with 1 knob." in saved.data["content"], saved.data["content"]
