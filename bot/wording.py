@@ -184,6 +184,12 @@ PROBS_CHAT: Final = ("Chat mode: your prompt as a message to me, with this chann
 #: /probs in raw text mode: the text itself continued.
 PROBS_RAW: Final = ("Raw text: your text continued as written, with no chat template and no "
                     "persona; step 1 is the next token of the text itself.")
+def card_ignored(parts: tuple[str, ...]) -> str:
+    """What an import left out of the persona, said once."""
+    listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    return f"Not used (a persona holds no such parts): {listed}."
+
+
 def kept_existing(name: str) -> str:
     """An import whose name a saved persona already had: both are kept."""
     return f" A saved persona was already called `{name}`: it is kept as it was."

@@ -224,6 +224,8 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
                  f"for {scope_word(target)}.{saved_note}"]
         if (notice := parsed.notice()) is not None:
             lines.append(notice)
+        if parsed.ignored:
+            lines.append(wording.card_ignored(parsed.ignored))
         await interaction.response.send_message("\n".join(lines), ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
         if greeting and parsed.greeting:

@@ -73,6 +73,8 @@ class CharacterCard:
     """Length of the persona before it was fitted to the cap."""
     shortened: tuple[str, ...] = ()
     """Sections cut or left out to fit, in persona order (empty when it all fit)."""
+    ignored: tuple[str, ...] = ()
+    """The card's fields with content that the persona does not use, in people's words."""
     limit: int = MAX_SYSTEM_PROMPT_CHARS
 
     @property
@@ -179,7 +181,17 @@ def card_from_json(
     return CharacterCard(
         name=name, persona=persona, greetings=tuple(greetings[:MAX_GREETINGS]), spec=spec,
         full_chars=full, shortened=tuple(shortened), limit=max_chars,
+        ignored=tuple(words for key, words in _UNUSED.items() if fields.get(key)),
     )
+
+
+#: Card fields a persona leaves out, and how an import names them.
+_UNUSED: Final = {
+    "character_book": "the lorebook",
+    "creator_notes": "the creator's notes",
+    "post_history_instructions": "the post-history instructions",
+    "group_only_greetings": "the group-only greetings",
+}
 
 
 # --- PNG ---------------------------------------------------------------------------

@@ -276,7 +276,8 @@ async def test_a_cards_user_is_each_asker_and_an_import_keeps_a_saved_namesake(
 ) -> None:
     model = Model(smol_model_dir)
     data = card_json({"name": "Marlo", "description": "Marlo greets {{user}} by name.",
-                      "first_mes": "Welcome back, {{user}}!"})
+                      "first_mes": "Welcome back, {{user}}!", "creator_notes": "by me",
+                      "character_book": {"entries": [{"keys": ["x"], "content": "y"}]}})
     async with running_bot(smol_model_dir, tmp_path, scripted=model) as h:
         ok = await h.command("system set", {"text": "A persona someone saved."},
                              permissions=MANAGE)
@@ -286,6 +287,8 @@ async def test_a_cards_user_is_each_asker_and_an_import_keeps_a_saved_namesake(
         said = (await (await import_card(h, data, greeting=True)).wait_response()).data
         assert "Saved as `Marlo (2)`" in said["content"], said["content"]
         assert "already called `Marlo`" in said["content"]
+        assert "Not used (a persona holds no such parts): the lorebook and the creator's notes." \
+            in said["content"]
         kept = await h.app.personas.load(h.guild.id, "Marlo")
         assert kept.system_prompt == "A persona someone saved."
         # The public greeting speaks to everyone.

@@ -65,6 +65,7 @@ def test_a_v2_card_becomes_a_persona_with_placeholders_filled() -> None:
     assert card.greeting == card.greetings[0]
     assert card.notice() is None and not card.truncated
     assert "creator_notes" not in card.persona and "not part" not in card.persona
+    assert card.ignored == ("the creator's notes",)  # said at import, not silently dropped
     validate_system_prompt(card.persona)  # storable as a persona as it is
 
 
