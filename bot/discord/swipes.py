@@ -24,7 +24,7 @@ from bot.chat.request import continue_footer
 from bot.chat.turns import PreparedTurn
 from bot.discord.buttons import reply_view
 from bot.discord.common import NO_MENTIONS, location_of
-from bot.discord.pages import MESSAGE_LIMIT
+from bot.discord.pages import MESSAGE_LIMIT, quote_prompt
 from bot.discord.reply import (
     InteractionSurface,
     Page,
@@ -87,13 +87,15 @@ async def show_reasoning(runner: AskRunner, interaction: discord.Interaction,
 
 
 def swipe_content(answer: Answer, swipes: Swipes) -> str:
-    """One message for a version: its text (cut to fit) and which version it is."""
+    """One message for a version: the question's quote, its text (cut to fit) and which
+    version it is, so every version reads like the reply it replaces."""
+    head = quote_prompt(swipes.question.text) + "\n" if swipes.question.text.strip() else ""
     tail = f"-# version {swipes.label()}"
-    room = MESSAGE_LIMIT - len(tail) - 2
+    room = MESSAGE_LIMIT - len(head) - len(tail) - 2
     text = answer.turn.text.rstrip()
     if len(text) > room:
         text = text[: room - 1] + "…"
-    return f"{text}\n{tail}" if text else tail
+    return f"{head}{text}\n{tail}" if text else f"{head}{tail}"
 
 
 async def swipe(runner: AskRunner, interaction: discord.Interaction, answer_id: int,

@@ -365,6 +365,7 @@ async def test_regenerate_keeps_versions_browsed_in_place_after_the_token_expire
         assert response.type == 7  # update the message in place
         shown = h.fake.message(two.id)
         assert "Answer 1." in shown.content and "version 1/2" in shown.content
+        assert shown.content.startswith("> Tell me a joke\n")  # every version keeps the quote
         assert "1/2" in labels(shown)
         # The conversation continues from the version on screen.
         opened = await (await h.fake.inject_component(
