@@ -204,3 +204,15 @@ async def test_the_engine_strips_a_leading_name_from_text_and_result(tiny_engine
     assert shown == result.text == "Sure, see you at eight."
     unlabelled = await tiny_engine.generate(GenerationRequest(prompt="hello", knobs=knobs))
     assert unlabelled.text == "Bob: Sure, see you at eight."
+
+
+def test_the_speakers_bench_counts_lines_in_a_members_name() -> None:
+    from bench.speakers_bench import opens_with_label, speaks_as
+
+    names = ("Ada", "Bob", "Cy")
+    assert speaks_as("Bob: sure", names) and speaks_as("Fine.\n**Cy:** me too", names)
+    assert speaks_as("ok\n  Ada : hi", names)
+    assert not speaks_as("Bob is coming, Ada said: yes", names)
+    assert not speaks_as("Adam: hello", names)
+    assert opens_with_label("Marlo: hi", (*names, "Marlo"))
+    assert not opens_with_label("Hi\nMarlo: hi", (*names, "Marlo"))
