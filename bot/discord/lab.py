@@ -1,5 +1,9 @@
 """The knobs lab on Discord: `/compare` in one embed, `/probs` with Step buttons, and the
-Probabilities / Confidence buttons under finished replies.
+Probabilities / Word odds buttons under finished replies, each on the turn's model.
+
+Probabilities walks the reply's own tokens (Back, the reply's next token, a select
+to jump to any of them); every view names the model it ran on, taken from the host
+for the scope or conversation, never the default engine.
 
 The numbers come from `bot.lab` (no Discord there); this module shapes them for
 Discord's limits and keeps the little state a walk or a comparison needs:
