@@ -155,13 +155,12 @@ def full_texts(prompt: str, seed: int, results: list[VariantResult]) -> str:
 
 def probs_content(step: ProbsStep, header: str, reply_so_far: str, model: str = "") -> str:
     """The text beside the chart: what was asked, the step, the table (the accessible view)."""
-    ids = ",".join(str(i) for i in step.generated) or "none yet"
     so_far = reply_so_far.replace("```", "`\u200b``")
     named = f" · model `{model}`" if model else ""
     top = (f"**Next-token probabilities**{named} · step {step.step + 1} · "
            f"`{format_knobs(step.knobs)}`"
            f" · seed {step.seed} (the lab's own draw)\n{header}\n")
-    mid = f"Reply so far: `{so_far[-300:] or '∅'}` (ids: {ids})\n" if step.generated else ""
+    mid = f"Reply so far: `{so_far[-300:] or '∅'}`\n" if step.generated else ""
     room = MESSAGE_LIMIT - len(top) - len(mid) - 8
     table, _ = clean_cut(format_table(step).replace("```", "`\u200b``"), room)
     return f"{top}{mid}```\n{table}\n```"

@@ -45,7 +45,7 @@ SHOW_REMOVED = 2
 STAGE_WORDS = {
     "min_new_tokens": "min_new_tokens",
     "top_k": "top_k",
-    "candidate_bound": f"the engine's {TOP_P_MAX_CANDIDATES:,}-candidate bound for top_p",
+    "candidate_bound": f"top_p's shortlist (the {TOP_P_MAX_CANDIDATES:,} likeliest)",
     "top_p": "top_p",
 }
 
@@ -301,11 +301,11 @@ def format_table(step: ProbsStep) -> str:
     width = min(width, 24)
     mode = "raw text, no chat template" if step.raw_text else "chat"
     lines = [f"next token {step.step + 1} · {mode} · {format_knobs(step.knobs)}",
-             f"{'':>3} {'token':<{width}} {'id':>7} {'raw':>7} {'after T':>7} {'final':>7}"]
+             f"{'':>3} {'token':<{width}} {'raw':>7} {'after T':>7} {'final':>7}"]
     for n, c in enumerate(step.candidates, 1):
         text = c.text if len(c.text) <= width else c.text[: width - 1] + "…"
-        note = f"  removed by {c.removed_by}" if c.removed_by else ""
-        lines.append(f"{n:>3} {text:<{width}} {c.id:>7} {_pct(c.raw):>7} "
+        note = f"  ✕ removed by {STAGE_WORDS[c.removed_by]}" if c.removed_by else ""
+        lines.append(f"{n:>3} {text:<{width}} {_pct(c.raw):>7} "
                      f"{_pct(c.tempered):>7} {_pct(c.final):>7}{note}")
     lines.append(summary(step))
     return "\n".join(lines)
@@ -321,9 +321,8 @@ def summary(step: ProbsStep) -> str:
         if not n:
             continue
         shown = ", ".join(c.text for c in step.removed_examples.get(stage, ())[:3])
-        noun = "token" if n == 1 else "tokens"
         who = STAGE_WORDS[stage]
-        parts.append(f"{who} removed {n} {noun} (e.g. {shown})")
+        parts.append(f"{who} removed {n:,} {'token' if n == 1 else 'tokens'} (e.g. {shown})")
     parts.append(f"{step.kept} kept; {_pct(step.left_out)} of the model's probability left out")
     parts.append(f"greedy picks {step.greedy.text}")
     if step.sample is not None:

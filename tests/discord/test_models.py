@@ -191,6 +191,10 @@ async def test_a_conversation_keeps_its_model_until_the_channel_changes_it(
         first = await h.ask("Say hi.")
         assert footer_of(first).endswith("· `smol`")
         await set_model(h, "tiny", h.general)
+        # The random tiny model writes only newlines to some prompts; a reply needs text
+        # to be continued, and a penalty on repeats gives it some.
+        await h.app.store.set_knobs(Scope.server(h.guild.id), {"repetition_penalty": 1.0},
+                                    actor_id=1)
         second = await reply(h, final_message(first), "And again?")
         assert "switched to `tiny` (the model set for this channel)" in footer_of(second)
         third = await reply(h, final_message(second), "Once more?")

@@ -210,7 +210,8 @@ async def test_probs_sends_a_png_chart_ephemerally_and_steps_walk_the_reply(
         press = await h.fake.inject_component(steps[0], message_id=msg.id)
         await press.wait_response()
         await h.fake.wait_for(lambda: len(msg.revisions) > 1 or None, timeout=30)
-        assert f"(ids: {first_id})" in msg.content
+        so_far = h.app.engine.bundle.tokenizer.decode([first_id])
+        assert f"Reply so far: `{so_far}`" in msg.content
         nxt = await probs_step(h.app.engine, walk.request, generated=(first_id,), top=10)
         for row in format_table(nxt).split("\n")[2:12]:
             assert row in msg.content
