@@ -198,3 +198,55 @@ HELP_WORDS: Final = frozenset({"help", "/help", "help?", "!help"})
 
 def asks_for_help(text: str) -> bool:
     return text.strip().lower() in HELP_WORDS
+
+
+# --- files as context -------------------------------------------------------------
+
+FILE_SKIPPED: Final = "📎 `{name}` not read: {reason}."
+FILE_NOT_TEXT: Final = "it isn't a text file"
+FILE_NOT_UTF8: Final = "it isn't UTF-8 text (save it as UTF-8 and attach it again)"
+FILE_EMPTY: Final = "it is empty"
+FILE_TOO_BIG: Final = "it is {size:,} bytes and files up to {limit:,} bytes are read"
+FILE_TOO_MANY: Final = "I read {count} per ask"
+FILE_CUT: Final = "[… {lines} not shown: the file is longer than the model's window holds]"
+FILE_READ: Final = "📎 read {names}"
+FILE_READ_CUT: Final = "📎 read {names} (only the beginning of {cut} fits the model's window)"
+
+# --- talking without @ ----------------------------------------------------------------
+
+FOLLOWING: Final = (
+    "I'm following {place} now: every message here is for me, no @ needed. Start a message "
+    "with `{marker}`, or reply to or mention someone else, to talk among yourselves."
+)
+NOT_FOLLOWING: Final = "I no longer follow {place}: mention me or reply to my answers to ask."
+FOLLOW_NEEDS_CONTENT: Final = (
+    "⚠️ Following needs message-content mode: the operator sets BOT_MESSAGE_CONTENT=true and "
+    "switches on the Message Content intent (Developer Portal → Bot → Privileged Gateway "
+    "Intents). Until then I only answer mentions and replies."
+)
+AUTO_THREAD_ON: Final = (
+    "A mention in this channel now opens a thread of its own, which I follow."
+)
+AUTO_THREAD_OFF: Final = "Mentions in this channel are answered here again, without a thread."
+MARKER_SET: Final = "Messages starting with `{marker}` are left alone in followed places."
+THREAD_OPENED: Final = (
+    "I'll answer here. Keep talking in this thread, no @ needed; start a message with "
+    "`{marker}` to talk among yourselves."
+)
+THREAD_OPENED_MENTION: Final = (
+    "I'll answer here. Mention me in this thread (or reply to my answers) to keep talking."
+)
+FILE_ONLY_PROMPT: Final = "Here is a file."
+CONTENT_MODE_ON: Final = "on: followed threads and channels need no @ (Message Content intent)"
+CONTENT_MODE_OFF: Final = "off: mention me or reply to my answers (BOT_MESSAGE_CONTENT=false)"
+CONTENT_MODE_REFUSED: Final = (
+    "⚠️ off: Discord refused the Message Content intent; switch it on in the Developer Portal "
+    "(Bot → Privileged Gateway Intents) and restart"
+)
+CONTENT_INTENT_REFUSED_LOG: Final = (
+    "Discord refused the privileged Message Content intent (close code 4014). Switch it on "
+    "in the Developer Portal: your application → Bot → Privileged Gateway Intents → Message "
+    "Content Intent, then restart; or set BOT_MESSAGE_CONTENT=false. Running with "
+    "message-content mode off: only mentions, replies and DMs are answered."
+)
+AUTO_THREAD_IN_THREAD: Final = "Auto-threads are a channel's setting: use it in the channel."

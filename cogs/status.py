@@ -50,6 +50,8 @@ class Status(commands.Cog):
         embed.add_field(name="Uptime", value=_uptime(time.monotonic() - bot.started_at))
         embed.add_field(name="Recent speed", value=rate)
         embed.add_field(name="Tokens generated", value=str(engine.tokens_generated))
+        embed.add_field(name="Talking without @", value=bot.content_mode.status_line(),
+                        inline=False)
         await interaction.response.send_message(
             embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
         )

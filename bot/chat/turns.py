@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from bot.chat.files import TextFile, attach, with_files
 from bot.chat.history import (
     Fitted,
     check_continuable,
@@ -61,6 +62,7 @@ class TurnAsk:
     shared: bool = False  # several people talk here: questions carry names, if configured
     overrides: Mapping[str, Any] = field(default_factory=dict)  # per-ask knobs
     again: Knobs | None = None  # Regenerate: these knobs under today's persona and cap
+    files: tuple[TextFile, ...] = ()  # text files read as context, after the question
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,13 @@ class PreparedTurn:
     several: bool = False  # the host serves several models: the footer names this one
     cap: Cap | None = None  # the scope's max_new_tokens cap and the asked value (footer)
     reasoning: bool = False  # issue 22: the scope splits <think> reasoning from the answer
+    files: tuple[TextFile, ...] = ()  # the files as the model read them (cut to fit)
+    files_cut: tuple[str, ...] = ()  # names of files of which only the beginning fitted
+
+    @property
+    def question(self) -> str:
+        """The question as stored: what was typed, then its files as the model read them."""
+        return with_files(self.ask.prompt, self.files)
 
     @property
     def footer_model(self) -> str | None:
@@ -159,8 +168,20 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     turn_model = models.turn_model(chain[-1].model if chain else None, effective)
     engine = await models.engine(turn_model.name, on_wait)
 
+    files: list[TextFile] = []
+    files_cut: list[str] = []
+
     def fit(engine: Engine) -> tuple[Fitted, PreparedPrompt]:
-        fitted = fit_history(engine, replace(request, history=history))
+        asked = request
+        if ask.files:  # the files take the room the question leaves, before any history
+            prompt, kept, cut = attach(
+                request.prompt, ask.files, system=request.system_prompt,
+                context_length=engine.context_length,
+                max_new_tokens=request.knobs.max_new_tokens, count_tokens=engine.count_tokens,
+            )
+            files[:], files_cut[:] = kept, cut
+            asked = replace(request, prompt=prompt)
+        fitted = fit_history(engine, replace(asked, history=history))
         # Fitting prepared the chosen request while measuring; only a request with no
         # history to fit is prepared here, once (a prompt too long on its own raises).
         return fitted, fitted.prepared or engine.prepare(fitted.request)
@@ -178,7 +199,8 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
         engine = current
     return PreparedTurn(ask=ask, parent_id=parent, request=fitted.request, prepared=prepared,
                         dropped_turns=fitted.dropped_turns, engine=engine, model=turn_model,
-                        several=models.several, cap=cap, reasoning=effective.reasoning)
+                        several=models.several, cap=cap, reasoning=effective.reasoning,
+                        files=tuple(files), files_cut=tuple(files_cut))
 
 
 async def conversation_usage(app: App, ask: TurnAsk) -> ContextUsage:
@@ -198,7 +220,7 @@ async def record_turn(
     """Store the finished exchange (question and answer); returns the answer's turn."""
     ask = turn.ask
     _, stored = await turns.add_exchange(NewExchange(
-        parent_id=turn.parent_id, question=ask.prompt, answer=answer,
+        parent_id=turn.parent_id, question=turn.question, answer=answer,
         author_id=ask.author_id, author_name=ask.author_name, ask_id=ask_id,
         guild_id=ask.location.guild_id, channel_id=ask.location.channel_id,
         private=turn.private, question_message_ids=question_ids,

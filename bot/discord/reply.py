@@ -315,6 +315,33 @@ class MessageSurface(Surface):
                                      allowed_mentions=NO_MENTIONS)
 
 
+class ThreadSurface(Surface):
+    """The answer to a member's message, written in a thread opened from it (auto-threads)."""
+
+    def __init__(self, message: discord.Message, thread: discord.Thread) -> None:
+        self.message = message
+        self.thread = thread
+
+    async def acknowledge(self, stop: discord.ui.View) -> Page:
+        first = await self.thread.send(READING, view=stop, allowed_mentions=NO_MENTIONS)
+        page = _ChannelPage(first)
+        page.view = stop
+        page.shown = (READING, True)
+        return page
+
+    async def new_page(self, content: str, view: discord.ui.View | None) -> Page:
+        sent = await self.thread.send(content, view=_or_missing(view),
+                                      allowed_mentions=NO_MENTIONS)
+        return _ChannelPage(sent)
+
+    def question_ids(self) -> tuple[int, ...]:
+        return (self.message.id,)
+
+    async def say_undelivered(self, exc: discord.HTTPException) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await self.thread.send(_undelivered(exc), allowed_mentions=NO_MENTIONS)
+
+
 class ReplyWriter:
     """The one streaming loop: a generation's events become pages on a surface.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +27,11 @@ import discord
 
 from bot import wording
 from bot.chat.continuation import finish_of
+from bot.chat.files import TextFile
 from bot.chat.history import PrivateConversation
 from bot.chat.reasoning import ReasoningFilter
 from bot.chat.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
+from bot.discord.attachments import read_text_files
 from bot.discord.buttons import ReplyModal, reply_view
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.conversation import (
@@ -53,6 +55,7 @@ from bot.discord.reply import (
     Page,
     ReplyWriter,
     Surface,
+    ThreadSurface,
     footer_text,
 )
 from bot.discord.swipes import answer_view, continue_reply, show_reasoning, swipe
@@ -86,6 +89,7 @@ class Ask:
     private: bool = False  # an ephemeral reply: nobody else stops, sees or continues it
     open_thread: bool = False  # `/ask thread:true`: a thread from the answer, once stored
     swipe_of: int | None = None  # issue 22: Regenerate adds a version to this question
+    notes: tuple[str, ...] = ()  # one line each for attached files that were not read
     # Filled in as it runs:
     prepared: PreparedTurn | None = None
     gen: Generation | None = None
@@ -137,7 +141,8 @@ class AskRunner:
         # refusal came after its ack, leaving a reply that never finished.
         with contextlib.ExitStack() as slot:
             slot.enter_context(self.gate.hold(ask.user_id))
-            place = await place_of(self.turns, ask.channel, ask.user_id, ask.dm)
+            place = ask.turn.place or await place_of(self.turns, ask.channel, ask.user_id,
+                                                     ask.dm)
             stop = reply_view(ask.id, stop_for=ask.user_id)
             # Issue 23: a model that must load first acknowledges the ask early and says so.
             notice = LoadingNotice(ask.surface, stop)
@@ -179,7 +184,7 @@ class AskRunner:
         request = turn.request
         with contextlib.suppress(Exception):
             await self.app.ask_log.save(ask.id, AskRecord(
-                prompt=ask.turn.prompt, knobs=request.knobs.model_dump(mode="json"),
+                prompt=turn.question, knobs=request.knobs.model_dump(mode="json"),
                 system_prompt=request.system_prompt, guild_id=ask.guild_id,
                 channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
             ))
@@ -194,6 +199,9 @@ class AskRunner:
             result = await writer.stream()
             tail = footer_text(result, turn.dropped_turns, turn.cap, turn.footer_model,
                                context_length=turn.engine.info.context_length)
+            files = file_notes(turn, ask.notes)
+            if files:
+                tail = f"-# {files}\n{tail}"
             if result.error:
                 tail = f"{wording.warning(result.error)}\n{tail}"
             if ask.interrupted:
@@ -327,6 +335,7 @@ class AskRunner:
         parent_id: int | None = None, explicit: bool = False, open_thread: bool = False,
         speaker: tuple[int, str] | None = None,
         swipe_of: int | None = None,
+        files: tuple[TextFile, ...] = (), notes: tuple[str, ...] = (),
     ) -> None:
         user = interaction.user
         # Regenerate keeps the question's own speaker (issue 24 item 10): the model
@@ -337,7 +346,7 @@ class AskRunner:
         await self.run(Ask(
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            private=private, open_thread=open_thread, swipe_of=swipe_of,
+            private=private, open_thread=open_thread, swipe_of=swipe_of, notes=notes,
             surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
                                        ttl_s=lambda: self.interaction_ttl_s),
             turn=TurnAsk(
@@ -345,13 +354,14 @@ class AskRunner:
                 author_name=author_name, parent_id=parent_id,
                 # In a DM, an interaction ask starts afresh unless it names its turn.
                 explicit=explicit or dm, private=private, direct=dm, shared=True,
-                overrides=dict(overrides or {}), again=again,
+                overrides=dict(overrides or {}), again=again, files=files,
             ),
         ))
 
     async def ask_command(
         self, interaction: discord.Interaction, prompt: str, overrides: dict[str, Any], *,
         private: bool = False, thread: bool = False,
+        attachments: Sequence[discord.Attachment] = (),
     ) -> None:
         """/ask: a new conversation, or the thread's; `thread` opens one from the answer."""
         if thread:
@@ -361,8 +371,17 @@ class AskRunner:
                 raise UserFacingError("Threads exist only in servers; here, just keep talking.")
             if isinstance(interaction.channel, discord.Thread):
                 raise UserFacingError("This is already a thread: `/ask` here continues it.")
+        files, notes = await self.read_files(attachments)
         await self._interaction_ask(interaction, prompt, private=private, overrides=overrides,
-                                    open_thread=thread)
+                                    open_thread=thread, files=files, notes=notes)
+
+    async def read_files(
+        self, attachments: Sequence[discord.Attachment]
+    ) -> tuple[tuple[TextFile, ...], tuple[str, ...]]:
+        """Attached text files within the operator's caps, and notes on those not read."""
+        settings = self.app.settings
+        return await read_text_files(attachments, max_bytes=settings.file_max_bytes,
+                                     max_count=settings.file_max_count)
 
     async def open_reply(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Reply button: check who may continue, then open the follow-up modal."""
@@ -464,7 +483,7 @@ class AskRunner:
         found = await addressed(self.turns, message, me)
         if found is None:
             return
-        if not found.text:
+        if not found.text and not message.attachments:
             await _say(message, HOW_TO_ASK_DM if found.dm else HOW_TO_ASK)
             return
         if asks_for_help(found.text):  # "@bot help" is for us, not the model (issue 24 item 3)
@@ -472,15 +491,35 @@ class AskRunner:
             return
         replied = found.replied
         parent_id = replied.id if replied is not None and replied.role == "assistant" else None
-        user, channel = message.author, message.channel
+        await self.answer_message(message, found.text, parent_id=parent_id, dm=found.dm)
+
+    async def answer_message(
+        self, message: discord.Message, text: str, *, parent_id: int | None = None,
+        dm: bool = False, place: str | None = None, thread: discord.Thread | None = None,
+        attachments_from: Sequence[discord.Message] = (),
+    ) -> None:
+        """Answer a member's message (or a burst ending with it) as one turn.
+
+        `place` names the conversation it continues (a followed thread or channel);
+        `thread` writes the answer in a thread opened from the message; files come
+        from `attachments_from` (every message of a burst), else the message itself.
+        """
+        user = message.author
+        channel: object = thread or message.channel
+        channel_id = thread.id if thread is not None else message.channel.id
         guild_id = message.guild.id if message.guild is not None else None
+        attachments = [a for m in (attachments_from or [message]) for a in m.attachments]
+        files, notes = await self.read_files(attachments)
+        if not text.strip() and files:
+            text = wording.FILE_ONLY_PROMPT
+        surface = ThreadSurface(message, thread) if thread is not None else MessageSurface(message)
         ask = Ask(
-            id=message.id, user_id=user.id, surface=MessageSurface(message), channel=channel,
-            guild_id=guild_id, channel_id=channel.id,
+            id=message.id, user_id=user.id, surface=surface, channel=channel,
+            guild_id=guild_id, channel_id=channel_id, notes=notes,
             turn=TurnAsk(
-                location=location(guild_id, channel.id, channel, user.id), prompt=found.text,
+                location=location(guild_id, channel_id, channel, user.id), prompt=text,
                 author_id=user.id, author_name=display_name(user), parent_id=parent_id,
-                direct=found.dm, shared=True,
+                direct=dm, shared=True, place=place, files=files,
             ),
         )
         try:
@@ -537,3 +576,15 @@ class AskRunner:
 async def _say(message: discord.Message, text: str) -> None:
     with contextlib.suppress(discord.HTTPException):
         await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
+
+
+def file_notes(turn: PreparedTurn, skipped: Sequence[str]) -> str:
+    """The footer's line about files: which were read (and cut), which were not."""
+    lines = []
+    if turn.files:
+        names = ", ".join(f"`{f.name}`" for f in turn.files)
+        cut = ", ".join(f"`{name}`" for name in turn.files_cut)
+        lines.append(wording.FILE_READ_CUT.format(names=names, cut=cut) if cut
+                     else wording.FILE_READ.format(names=names))
+    lines.extend(skipped)
+    return "\n-# ".join(lines)

@@ -25,8 +25,22 @@ MODEL_KEY: Final = "model"
 REASONING_KEY: Final = "reasoning"
 """Issue 22: whether replies are split into ``<think>`` reasoning and the answer (bool)."""
 
+FOLLOW_KEY: Final = "follow"
+"""Whether every member message in a channel or thread is a turn, no @ needed (bool)."""
+
+AUTO_THREAD_KEY: Final = "auto_thread"
+"""Whether a mention in a channel opens a thread of its own, which is then followed (bool)."""
+
+ASIDE_MARKER_KEY: Final = "aside_marker"
+"""What a message starts with to be left alone in a followed place (server-wide text)."""
+
+DEFAULT_ASIDE_MARKER: Final = "//"
+
+#: The keys of how a place is talked in (not sampling, not the persona).
+MODE_KEYS: Final[tuple[str, ...]] = (FOLLOW_KEY, AUTO_THREAD_KEY, ASIDE_MARKER_KEY)
+
 SETTING_KEYS: Final[tuple[str, ...]] = (
-    *KNOB_NAMES, SYSTEM_PROMPT_KEY, MODEL_KEY, REASONING_KEY
+    *KNOB_NAMES, SYSTEM_PROMPT_KEY, MODEL_KEY, REASONING_KEY, *MODE_KEYS
 )
 # Value checks (in and out of the database) live in `bot.store.validation`.
 
@@ -163,6 +177,9 @@ class Effective:
     sources: dict[str, str]
     model: str | None = None
     reasoning: bool = False  # issue 22: split <think>…</think> from the answer
+    follow: bool = False  # every member message here is a turn (message-content mode)
+    auto_thread: bool = False  # a mention here opens a thread of its own
+    aside_marker: str = DEFAULT_ASIDE_MARKER  # a message starting so is left alone
 
 
 @dataclass(frozen=True)
