@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("prompt")
     ask.add_argument("--system", help="system prompt (persona)")
     ask.add_argument("--seed", type=int)
+    ask.add_argument("--file", action="append", default=[], metavar="PATH",
+                     help="a text file the model reads with the prompt (repeatable)")
     _add_knob_flags(ask)
 
     prompt = sub.add_parser(
@@ -61,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("text", help="the prompt, as a member would type it")
     prompt.add_argument("--system", help="persona (default: the console's, as /ask uses)")
     prompt.add_argument("--json", action="store_true", help="one line of JSON")
+    prompt.add_argument("--file", action="append", default=[], metavar="PATH",
+                        help="a text file read with the prompt, as an attachment (repeatable)")
 
     _add_lab_parsers(sub)
 
@@ -96,6 +101,7 @@ def _knob_values(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     from bot.app import load_engine, model_dir_for
+    from bot.chat.files import attach, read_paths
     from bot.chat.request import footer, make_request
     from bot.console import stream_reply
     from bot.knobs import Knobs
@@ -104,8 +110,21 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     request = make_request(
         args.prompt, base=Knobs(), system_prompt=system, overrides=_knob_values(args)
     )
+    files, notes = read_paths(args.file, max_bytes=settings.file_max_bytes,
+                              max_count=settings.file_max_count)
+    for note in notes:
+        print(note, file=sys.stderr)
     engine = await load_engine(settings, model_dir_for(settings, _progress))
     try:
+        if files:
+            prompt, _, cut = attach(
+                request.prompt, files, system=request.system_prompt,
+                context_length=engine.context_length,
+                max_new_tokens=request.knobs.max_new_tokens, count_tokens=engine.count_tokens,
+            )
+            request = replace(request, prompt=prompt)
+            for name in cut:
+                print(f"only the beginning of {name} fits the model's window", file=sys.stderr)
         gen = engine.submit(request)
 
         def write(text: str) -> None:
@@ -300,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "prompt":
             from bot.console.prompt_report import format_prompt_report, prompt_report
 
-            report = asyncio.run(prompt_report(settings, args.text, args.system, _progress))
+            report = asyncio.run(prompt_report(settings, args.text, args.system, _progress,
+                                               files=args.file))
             if args.json:
                 print(json.dumps(report, ensure_ascii=False))
             else:

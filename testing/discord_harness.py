@@ -87,7 +87,8 @@ def is_final(content: str) -> bool:
 async def running_bot(
     model_dir: Path, tmp_path: Path, *, scripted: Callable[[list[str]], str] | str | None = None,
     script_delay: float = 0.005, enforce_buckets: bool = False, bucket_window: float = 5.0,
-    guilds: list[FakeGuild] | None = None, **settings_overrides: Any,
+    guilds: list[FakeGuild] | None = None, privileged_intents: int = 0,
+    **settings_overrides: Any,
 ) -> AsyncIterator[Harness]:
     overrides: dict[str, Any] = {
         "database_path": tmp_path / "bot.sqlite3",
@@ -118,7 +119,8 @@ async def running_bot(
         await store.set_knobs(Scope.server(guilds[0].id), {"max_new_tokens": longest}, actor_id=1)
     try:
         async with FakeDiscord(guilds=guilds, enforce_buckets=enforce_buckets,
-                               bucket_window=bucket_window) as fake:
+                               bucket_window=bucket_window,
+                               privileged_intents=privileged_intents) as fake:
             bot = fake.make_bot(LlamaBot, app=app)
             async with fake.run_bot(bot):
                 await fake.wait_for(lambda: fake.commands or None, timeout=10)

@@ -218,3 +218,39 @@ def attach(
     budget = context_length - max_new_tokens - used - MARGIN_TOKENS
     kept, cut = fit_files(files, budget, count_tokens)
     return with_files(prompt, kept), kept, cut
+
+
+def read_paths(
+    paths: Sequence[str], *, max_bytes: int, max_count: int
+) -> tuple[list[TextFile], list[str]]:
+    """Files named on a command line, under the same rules as attachments.
+
+    A missing or unreadable path is a note like any other file not read.
+    """
+    from pathlib import Path
+
+    uploads = []
+    notes: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            notes.append(Skipped(clean_name(raw), exc.strerror or "unreadable").note)
+            continue
+        uploads.append(Upload(raw, size))
+    taken, skipped = admit(uploads, max_bytes=max_bytes, max_count=max_count)
+    notes += [s.note for s in skipped]
+    files: list[TextFile] = []
+    for upload in taken:
+        try:
+            data = Path(upload.name).read_bytes()[: max_bytes + 1]
+        except OSError as exc:
+            notes.append(Skipped(clean_name(upload.name), exc.strerror or "unreadable").note)
+            continue
+        read = decode(upload.name, data)
+        if isinstance(read, Skipped):
+            notes.append(read.note)
+        else:
+            files.append(read)
+    return files, notes

@@ -63,6 +63,7 @@ class TurnAsk:
     overrides: Mapping[str, Any] = field(default_factory=dict)  # per-ask knobs
     again: Knobs | None = None  # Regenerate: these knobs under today's persona and cap
     files: tuple[TextFile, ...] = ()  # text files read as context, after the question
+    named: bool = False  # the text names its speakers itself (a burst from several members)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,8 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     history = history_of(chain, names=names)
     if not ask.prompt.strip():  # refused before a speaker's name could make it look non-empty
         raise UserFacingError("Ask something: the prompt was empty.")
-    model_prompt = speaker_text(ask.prompt, ask.author_name) if names else ask.prompt
+    model_prompt = (speaker_text(ask.prompt, ask.author_name) if names and not ask.named
+                    else ask.prompt)
     # Regenerate: the ask's stored knobs under the persona and cap in force now.
     overrides = ask.again.model_dump() if ask.again is not None else ask.overrides
     request, cap = await resolve_noting_cap(app, ask.location, model_prompt, overrides)

@@ -164,7 +164,9 @@ class Follower:
         place = (thread_place(channel.id) if isinstance(channel, discord.Thread)
                  else channel_place(channel.id))
         text = burst_text(batch, me_id)
-        await self.runner.answer_message(last, text, place=place, attachments_from=batch)
+        named = len({m.author.id for m in batch}) > 1
+        await self.runner.answer_message(last, text, place=place, attachments_from=batch,
+                                         named=named)
 
     async def _auto_thread(self, message: discord.Message, me_id: int,
                            effective: Effective) -> None:

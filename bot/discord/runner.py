@@ -496,7 +496,7 @@ class AskRunner:
     async def answer_message(
         self, message: discord.Message, text: str, *, parent_id: int | None = None,
         dm: bool = False, place: str | None = None, thread: discord.Thread | None = None,
-        attachments_from: Sequence[discord.Message] = (),
+        attachments_from: Sequence[discord.Message] = (), named: bool = False,
     ) -> None:
         """Answer a member's message (or a burst ending with it) as one turn.
 
@@ -519,7 +519,7 @@ class AskRunner:
             turn=TurnAsk(
                 location=location(guild_id, channel_id, channel, user.id), prompt=text,
                 author_id=user.id, author_name=display_name(user), parent_id=parent_id,
-                direct=dm, shared=True, place=place, files=files,
+                direct=dm, shared=True, place=place, files=files, named=named,
             ),
         )
         try:
