@@ -339,3 +339,27 @@ async def test_a_file_on_ask_counts_in_the_budget_and_is_cut_to_fit(
         assert "only the beginning of `long.txt` fits" in text
         assert in_order(model.last, "summarise", "long.txt", "line 0:", "more lines not shown")
         assert len(model.tokens[-1]) < window
+
+
+@pytest.mark.slow
+async def test_a_refused_intent_leaves_the_bot_running_without_the_mode_and_says_why(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`python -m bot run` with BOT_MESSAGE_CONTENT=true where the Portal switch is off."""
+    from tests.ops.test_shutdown import bot_process
+
+    async with FakeDiscord(guilds=[default_guild()]) as fake, bot_process(
+        fake, tiny_model_dir, tmp_path, env={"BOT_MESSAGE_CONTENT": "true"}
+    ) as proc:
+        closed = [s for s in fake.sessions if s.intents & INTENT_MESSAGE_CONTENT]
+        live = [s for s in fake.sessions if s.live]
+        assert closed == [] or all(not s.live for s in closed)
+        assert live and all(s.intents & INTENT_MESSAGE_CONTENT == 0 for s in live)
+        assert "Message Content Intent" in proc.output and "4014" in proc.output
+        itx = await fake.inject_interaction("status", {}, channel_id=fake.guilds[0].channels[0].id,
+                                            permissions=MANAGE_GUILD)
+        embed = (await itx.wait_response()).data["embeds"][0]
+        field = next(f for f in embed["fields"] if f["name"] == "Talking without @")
+        assert "refused" in field["value"] and "Developer Portal" in field["value"]
+        code, _ = await proc.stop(timeout=30)
+        assert code == 0
