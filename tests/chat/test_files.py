@@ -76,7 +76,8 @@ def test_attach_leaves_room_for_the_question_persona_and_reply() -> None:
     f = TextFile("log.txt", "".join(f"line {i}\n" for i in range(1000)))
     prompt, kept, cut = attach("what broke?", [f], system="be brief " * 20, context_length=512,
                                max_new_tokens=100, count_tokens=words)
-    assert len(kept) == 1 and cut == ["log.txt"] and prompt.startswith("what broke?\n\nFile `log.txt`:")
+    assert len(kept) == 1 and cut == ["log.txt"]
+    assert prompt.startswith("what broke?\n\nFile `log.txt`:")
     assert words(prompt) + 40 + 100 <= 512
 
 
