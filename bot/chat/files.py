@@ -93,6 +93,12 @@ def is_text(name: str, content_type: str | None) -> bool:
     }
 
 
+def unknown_kind(name: str, content_type: str | None) -> bool:
+    """No type, or only "some bytes": the content decides (a Makefile, `.env.sample`)."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    return kind in ("", "application/octet-stream") and not is_text(name, content_type)
+
+
 def admit(
     uploads: Sequence[Upload], *, max_bytes: int, max_count: int
 ) -> tuple[list[Upload], list[Skipped]]:
@@ -101,7 +107,8 @@ def admit(
     skipped: list[Skipped] = []
     for upload in uploads:
         name = clean_name(upload.name)
-        if not is_text(upload.name, upload.content_type):
+        if not (is_text(upload.name, upload.content_type)
+                or unknown_kind(upload.name, upload.content_type)):
             skipped.append(Skipped(name, wording.FILE_NOT_TEXT))
         elif upload.size > max_bytes:
             skipped.append(Skipped(name, wording.FILE_TOO_BIG.format(
@@ -114,15 +121,19 @@ def admit(
     return taken, skipped
 
 
-def decode(name: str, data: bytes) -> TextFile | Skipped:
-    """The file's text, or why it is not read (NUL bytes, invalid UTF-8, empty)."""
+def decode(name: str, data: bytes, *, text_kind: bool = True) -> TextFile | Skipped:
+    """The file's text, or why it is not read (NUL bytes, invalid UTF-8, empty).
+
+    `text_kind` False: nothing said it was text, so bytes that aren't UTF-8 make it
+    "not a text file" rather than "not UTF-8".
+    """
     name = clean_name(name)
     if b"\x00" in data:
         return Skipped(name, wording.FILE_NOT_TEXT)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return Skipped(name, wording.FILE_NOT_UTF8)
+        return Skipped(name, wording.FILE_NOT_UTF8 if text_kind else wording.FILE_NOT_TEXT)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         return Skipped(name, wording.FILE_EMPTY)
@@ -248,7 +259,7 @@ def read_paths(
         except OSError as exc:
             notes.append(Skipped(clean_name(upload.name), exc.strerror or "unreadable").note)
             continue
-        read = decode(upload.name, data)
+        read = decode(upload.name, data, text_kind=is_text(upload.name, None))
         if isinstance(read, Skipped):
             notes.append(read.note)
         else:

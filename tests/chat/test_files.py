@@ -31,6 +31,13 @@ def test_only_text_files_within_the_caps_are_downloaded() -> None:
     ]
     taken, skipped = admit(uploads, max_bytes=100_000, max_count=3)
     assert [u.name for u in taken] == ["a.py", "d", "e.json"]
+    # No type, or only "bytes": the content decides, after the download.
+    maybe, _ = admit([Upload("Makefile.in", 5, None),
+                      Upload("x.bin", 5, "application/octet-stream"),
+                      Upload("y.zip", 5, "application/zip")], max_bytes=100, max_count=3)
+    assert [u.name for u in maybe] == ["Makefile.in", "x.bin"]
+    png = decode("x.bin", b"\x89PNG\r\n", text_kind=False)
+    assert isinstance(png, Skipped) and "isn't a text file" in png.note
     notes = {s.name: s.note for s in skipped}
     assert "isn't a text file" in notes["b.png"]
     assert "200,000 bytes" in notes["c.log"] and "100,000" in notes["c.log"]
