@@ -1,6 +1,6 @@
 """Benchmarks: measured numbers printed as JSON; never part of the installed bot.
 
-`python -m bench [--discord|--soak|--mixed|--conversation|--prepare|--models|--lab|--finish]
+`python -m bench [--discord|--soak|--mixed|--conversation|--prepare|--models|--lab|--finish|--burst]
 --json`, from the root of a source checkout (`python -m bot bench ...` there hands its flags
 here);
 `bench/store_bench.py` and `bench/gpu.sh` run on their own.
@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of everyday answers that end on their own per default")
     parser.add_argument("--minutes", type=float, help="soak length (default 10); --mixed: 2")
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--burst", action="store_true",
+                        help="a burst in a followed channel answered together; file tokens")
     parser.add_argument("--lab", action="store_true",
                         help="probabilities step vs TTFT, chart render, compare of 3 vs one ask")
     return parser
@@ -87,6 +89,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         from bench.finish_bench import run_finish_bench
 
         return await run_finish_bench(settings, args)
+    if getattr(args, "burst", False):
+        from bench.burst_bench import run_burst_bench
+
+        return await run_burst_bench(settings, args)
     if getattr(args, "lab", False):
         from bench.lab_bench import run_lab_bench
 
