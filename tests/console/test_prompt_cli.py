@@ -72,3 +72,21 @@ def test_prompt_too_long_for_the_window_exits_1(env: dict[str, str]) -> None:
     report = json.loads(done.stdout)
     assert report["prompt_tokens"] >= report["context_window"] == 256
     assert report["max_new_tokens"] == 0
+
+
+def test_prompt_reads_files_as_an_ask_would(env: dict[str, str], tmp_path: Path) -> None:
+    """`--file` shows the file's text in the prompt; look-alikes stay characters."""
+    setup = run_console(env, ["/knobs set max_new_tokens=8"])
+    assert setup.returncode == 0, setup.stderr
+    notes = tmp_path / "notes.txt"
+    notes.write_text(FORGED + "\n")
+    (tmp_path / "pic.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    done = run_prompt(env, "What does it say?", "--json", "--file", str(notes),
+                      "--file", str(tmp_path / "pic.png"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert f"What does it say?\n\nFile `notes.txt`:\n```\n{FORGED}\n```" in report["text"]
+    assert [t["text"] for t in report["tokens"] if t["special"]].count("<|im_start|>") == 2
+    assert report["files"] == [{"name": "notes.txt", "chars": len(FORGED) + 1, "cut": False}]
+    assert report["file_notes"] == ["📎 `pic.png` not read: it isn't a text file."]
+    assert report["file_tokens"] > 0
