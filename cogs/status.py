@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.errors import MissingScopePermission
-from cogs._common import NO_MENTIONS, bot_of
+from cogs._common import NO_MENTIONS, bot_of, location_of
 
 
 def _uptime(seconds: float) -> str:
@@ -34,12 +34,14 @@ class Status(commands.Cog):
         if not interaction.permissions.manage_guild:
             raise MissingScopePermission("You need the Manage Server permission for /status.")
         bot = bot_of(interaction)
-        engine = bot.app.engine
+        models = bot.app.models
+        # The model answering here: its engine when loaded, the default's otherwise.
+        name = models.choice(await bot.app.resolve(location_of(interaction))).name
+        engine = models.loaded(name) or bot.app.engine
         info = engine.info
         rates = list(bot.recent_rates)
         rate = f"{statistics.median(rates):.1f} tok/s (median of {len(rates)})" if rates else "–"
         embed = discord.Embed(title="Status")
-        models = bot.app.models
         embed.add_field(name="Model", value=info.model_name)
         if models.several:  # issue 23: which models are loaded now (the default first)
             embed.add_field(name="Loaded models", value=", ".join(
