@@ -25,8 +25,10 @@ from bot.discord.lab import knob_help_view
 from bot.errors import UserFacingError
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
 from cogs._common import (
+    DESCRIPTION_LIMIT,
     KNOB_DESCRIPTIONS,
     NO_MENTIONS,
+    SCOPE_HELP,
     MaxNewOpt,
     MinNewOpt,
     RepPenaltyOpt,
@@ -45,8 +47,6 @@ from cogs._common import (
 KNOB_CHOICES = [app_commands.Choice(name=n, value=n) for n in ("all", *KNOB_NAMES)]
 PRESET_CHOICES = [app_commands.Choice(name=n, value=n) for n in PRESETS]
 #: An embed's description holds 4,096 characters; a persona is at most 4,000.
-DESCRIPTION_LIMIT = 4096
-SCOPE_HELP = wording.SCOPE_OPTION
 
 
 async def knobs_embed(interaction: discord.Interaction) -> discord.Embed:

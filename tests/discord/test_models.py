@@ -30,6 +30,7 @@ from testing.fake_discord import FakeDiscord, FakeInteraction, StoredMessage, de
 from testing.model_factory import make_tiny_model
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
+MANAGE_GUILD = str(discord.Permissions(manage_guild=True).value)
 NEW_TOKENS = 6  # short replies: the point is which model answers, not what it says
 
 
@@ -283,3 +284,9 @@ async def test_tokens_and_the_settings_window_follow_the_channels_model(
         assert "now answers" in await set_model(h, "tiny", h.general)
         settings_general = await answer_text(await h.command("settings"))
         assert f"**Context window**: {windows['tiny']:,} tokens" in settings_general
+        # /status describes the model answering where it is asked.
+        done = await h.command("status", permissions=MANAGE_GUILD)
+        embed = (await done.wait_response()).data["embeds"][0]
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        assert smol.info.model_name != tiny.info.model_name
+        assert fields["Model"] == tiny.info.model_name, fields
