@@ -121,38 +121,11 @@ class SwipeStore:
     # --- reads ---------------------------------------------------------------------
 
     async def answer(self, answer_id: int) -> Answer | None:
-        rows = await self.db.read(
-            f"SELECT {_COLUMNS}, {_EXTRA} FROM turns WHERE id = ? AND role = 'assistant'",
-            (answer_id,),
-        )
-        return _answer(rows[0]) if rows else None
+        return await self.db.read_with(lambda conn: _answer_in(conn, answer_id))
 
     async def swipes(self, question_id: int, *, user_id: int) -> Swipes:
         """The versions of the answer to `question_id`, as `user_id` may see them."""
-        rows = await self.db.read(
-            f"SELECT {_COLUMNS} FROM turns WHERE id = ? AND role = 'user'", (question_id,)
-        )
-        if not rows:
-            raise AnswerGone()
-        question = StoredTurn.from_row(rows[0])
-        if not question.visible_to(user_id):
-            raise PrivateAnswer()
-        answers = tuple(_answer(r) for r in await self.db.read(
-            f"SELECT {_COLUMNS}, {_EXTRA} FROM turns "
-            "WHERE parent_id = ? AND role = 'assistant' ORDER BY id",
-            (question_id,),
-        ))
-        if not answers:
-            raise AnswerGone()
-        choice = await self.db.read(
-            "SELECT answer_id FROM swipe_choices WHERE question_id = ?", (question_id,)
-        )
-        shown = len(answers) - 1
-        if choice:
-            for i, a in enumerate(answers):
-                if a.turn.id == int(choice[0][0]):
-                    shown = i
-        return Swipes(question, answers, shown)
+        return await self.db.read_with(lambda conn: _swipes_in(conn, question_id, user_id))
 
     async def swipes_of_answer(self, answer_id: int, *, user_id: int) -> Swipes:
         """The versions an answer belongs to (what a ◀ ▶ button on its message names)."""

@@ -296,18 +296,6 @@ class TurnStore:
             await _set_head(conn, ex.head, stored[1].id, now)
         return stored[0], stored[1]
 
-    async def add_messages(self, turn_id: int, message_ids: Sequence[int]) -> None:
-        """Map more Discord messages to a turn (pages known only after it was stored)."""
-
-        async def work(conn: aiosqlite.Connection) -> None:
-            for message_id in message_ids:
-                await conn.execute(
-                    "INSERT OR REPLACE INTO turn_messages (message_id, turn_id) VALUES (?, ?)",
-                    (message_id, turn_id),
-                )
-
-        await self.db.write(work)
-
     async def prune(self, retention_days: int) -> int:
         """Delete turns older than `retention_days` (0: no limit in days) and private
         turns past `private_ttl_s`; returns how many.
