@@ -77,7 +77,7 @@ class App:
         )
         self.models.on_loaded.append(self._loaded)
         self.chat = Chat(self.settings, self.store, self.turns, self.swipes, self.ask_log,
-                         self.models)
+                         self.models, self.personas)
 
     def _loaded(self, name: str, engine: Engine) -> None:
         if name == self.models.default:

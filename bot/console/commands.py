@@ -385,37 +385,26 @@ class Console:
                 raise UserFacingError("Give the card's file: /system import FILE.")
             path = arg
             card = await asyncio.to_thread(lambda: load_card_file(Path(path).expanduser()))
-            await app.store.set_system_prompt(scope, card.persona, actor_id=CONSOLE_USER_ID)
-            await app.personas.save(CONSOLE_GUILD_ID, card.name[:32], card.persona,
-                                    actor_id=CONSOLE_USER_ID, greeting=card.greeting)
-            self.write(f"Imported {card.name} as the persona for {where} "
-                       f"(saved as {card.name[:32]!r}).\n")
+            saved_as, not_saved = await app.chat.import_card(
+                scope, card, guild_id=CONSOLE_GUILD_ID, actor_id=CONSOLE_USER_ID)
+            kept = f"saved as {saved_as!r}" if saved_as else f"not saved by name: {not_saved}"
+            self.write(f"Imported {card.name} as the persona for {where} ({kept}).\n")
             if (notice := card.notice()) is not None:
                 self.write(notice + "\n")
             if greeting and card.greeting:
                 self.write(card.greeting + "\n")
         elif sub == "save":
             arg, with_knobs = _flag(arg, "--knobs")
-            eff = await app.resolve(self.location)
-            text, _ = persona(eff, app.settings.system_prompt)
-            if not text:
-                raise UserFacingError("There is no persona here to save; set one first.")
-            bundle = None
-            if with_knobs:
-                own = await app.store.scope_overrides(self.scope(False))
-                bundle = {k: v for k, v in own.items() if k in KNOB_NAMES}
-            saved, replaced = await app.personas.save(
-                CONSOLE_GUILD_ID, arg, text, actor_id=CONSOLE_USER_ID, knobs=bundle)
+            saved, replaced = await app.chat.save_persona(
+                self.location, CONSOLE_GUILD_ID, arg, actor_id=CONSOLE_USER_ID,
+                with_knobs=with_knobs)
             self.write(f"{'Replaced' if replaced else 'Saved'} the persona {saved.name!r}.\n")
         elif sub == "load":
-            saved = await app.personas.load(CONSOLE_GUILD_ID, arg)
-            await app.store.set_system_prompt(scope, saved.system_prompt,
-                                              actor_id=CONSOLE_USER_ID)
-            if saved.knobs:
-                await app.store.set_knobs(scope, saved.knobs, actor_id=CONSOLE_USER_ID)
+            saved, _ = await app.chat.load_persona(scope, CONSOLE_GUILD_ID, arg,
+                                                   actor_id=CONSOLE_USER_ID)
             self.write(f"Loaded {saved.name!r} for {where}.\n")
         elif sub == "list":
-            names = [p.name for p in await app.personas.saved(CONSOLE_GUILD_ID)]
+            names = [p.name for p in await app.chat.saved_personas(CONSOLE_GUILD_ID)]
             self.write(("Saved personas: " + ", ".join(names)) if names
                        else "No saved personas yet.")
             self.write("\n")
