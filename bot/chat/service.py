@@ -28,7 +28,7 @@ from bot.chat.request import Cap, cap_of, make_request, persona, within_cap
 from bot.chat.speakers import with_speaker_stops
 from bot.chat.turns import PreparedTurn, TurnAsk, check_where
 from bot.chat.usage import ContextUsage, usage_of
-from bot.chat.view import ConversationView, TurnLine, preview
+from bot.chat.view import ConversationView, TurnLine
 from bot.config import Settings
 from bot.engine import Engine, FinishReason, GenerationRequest, GenerationResult, PreparedPrompt
 from bot.errors import UserFacingError
@@ -257,10 +257,10 @@ class Chat:
         dropped = len(visible) - len(history) + fitted.dropped_turns
         lines = tuple(
             TurnLine(role=t.role, speaker=t.author_name if t.role == "user" else "bot",
-                     tokens=n, left_out=i < dropped, preview=preview(t.text))
+                     tokens=n, left_out=i < dropped, text=t.text)
             for i, (t, n) in enumerate(zip(visible, counts, strict=True))
         )
-        return ConversationView(lines, sum(counts), window)
+        return ConversationView(lines, sum(counts), window, request.knobs.max_new_tokens)
 
     async def conversation_here(self, place: str | None, channel_id: int | None,
                                 user_id: int) -> list[StoredTurn]:
@@ -272,13 +272,6 @@ class Chat:
             return []
         latest = await self.turns.latest_answer(channel_id, user_id)
         return await self.turns.chain(latest.id if latest is not None else None)
-
-    async def history_request(self, location: Location, place: str
-                              ) -> tuple[GenerationRequest, list[StoredTurn]]:
-        """The place's conversation as the next ask would send it (the question a probe)."""
-        _, chain = await self.turns.chain_at(place)
-        request, _ = self.request(await self.store.resolve(location), PROBE)
-        return replace(request, history=history_of(chain, names=False)), chain
 
     # --- the stored conversation, for the front-ends ----------------------------------
 

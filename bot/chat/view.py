@@ -25,7 +25,12 @@ class TurnLine:
     speaker: str
     tokens: int
     left_out: bool  # the next ask here would leave it out to fit the context window
-    preview: str
+    text: str
+
+    def preview(self, chars: int = PREVIEW_CHARS) -> str:
+        """The turn as a listing quotes it: one line, at most `chars`."""
+        flat = " ".join(self.text.split())
+        return flat if len(flat) <= chars else flat[: chars - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -33,16 +38,11 @@ class ConversationView:
     turns: tuple[TurnLine, ...]
     history_tokens: int
     context_length: int
+    reply_tokens: int = 0  # the room the next ask keeps for its reply (`max_new_tokens`)
 
     @property
     def left_out(self) -> int:
         return sum(1 for t in self.turns if t.left_out)
-
-
-def preview(text: str) -> str:
-    """A turn as the listing quotes it: one line, at most `PREVIEW_CHARS`."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"
 
 
 def describe(view: ConversationView) -> str:
@@ -56,5 +56,5 @@ def describe(view: ConversationView) -> str:
         out[0] += f"; the next ask leaves out the oldest {wording.plural(view.left_out, 'turn')}"
     for t in view.turns:
         mark = " · *left out*" if t.left_out else ""
-        out.append(f"- {t.speaker} ({wording.plural(t.tokens, 'token')}{mark}): {t.preview}")
+        out.append(f"- {t.speaker} ({wording.plural(t.tokens, 'token')}{mark}): {t.preview()}")
     return "\n".join(out)

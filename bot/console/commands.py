@@ -24,7 +24,6 @@ from typing import Any, TextIO
 
 from bot.app import App
 from bot.chat.characters import load_card_file
-from bot.chat.history import history_report
 from bot.chat.reasoning import ReasoningFilter
 from bot.chat.request import footer, persona
 from bot.chat.turns import PreparedTurn, TurnAsk
@@ -272,25 +271,21 @@ class Console:
 
         The next question is unknown, so a one-token stand-in is measured in its place.
         """
-        request, _ = await self.app.chat.history_request(self.location, self.place)
-        if not request.history:
+        chat = self.app.chat
+        chain = await chat.conversation_here(self.place, None, CONSOLE_USER_ID)
+        if not chain:
             self.write("No conversation yet: the next line starts one.\n")
             return
-        engine = await self.engine_here()
-        tokenizer = engine.bundle.tokenizer
-        lines = history_report(engine, request, lambda text: len(tokenizer.encode(text)))
-        kept = sum(line.kept for line in lines)
+        view = await chat.view(self.location, chain, CONSOLE_USER_ID)
         self.write(
-            f"{len(lines)} turns; the next ask sends {kept} (context window "
-            f"{engine.info.context_length} tokens, {request.knobs.max_new_tokens} kept for "
+            f"{len(view.turns)} turns; the next ask sends {len(view.turns) - view.left_out} "
+            f"(context window {view.context_length} tokens, {view.reply_tokens} kept for "
             "the reply):\n"
         )
-        for line in lines:
+        for line in view.turns:
             who = "you" if line.role == "user" else "bot"
-            flat = " ".join(line.text.split())
-            shown = flat if len(flat) <= 60 else flat[:59] + "…"
-            mark = "" if line.kept else "  [left out]"
-            self.write(f"  {who:<3} {line.tokens:>5} tokens  {shown}{mark}\n")
+            mark = "  [left out]" if line.left_out else ""
+            self.write(f"  {who:<3} {line.tokens:>5} tokens  {line.preview(60)}{mark}\n")
         # Issue 22: the window's use, from the real tokenizer (the next question a stand-in).
         usage = await self.app.chat.usage(TurnAsk(
             location=self.location, prompt="?", author_id=CONSOLE_USER_ID,
