@@ -18,8 +18,15 @@ import pytest
 
 from bot.app import App
 from bot.chat.history import PrivateConversation
-from bot.chat.turns import TurnAsk, prepare_turn, record_turn
-from bot.engine import Engine, GenerationRequest, PreparedPrompt, Turn
+from bot.chat.turns import TurnAsk
+from bot.engine import (
+    Engine,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    PreparedPrompt,
+    Turn,
+)
 from bot.errors import UserFacingError
 from bot.store.scopes import Location
 from testing.discord_harness import Harness, is_final, running_bot
@@ -27,6 +34,13 @@ from testing.fake_discord import RecordedRequest, Routes, StoredMessage
 from tests.discord.test_faults import _QuickAsyncio
 
 LOCATION = Location(guild_id=10, channel_id=20, user_id=30)
+
+
+def answered(text: str) -> GenerationResult:
+    """A finished reply saying `text`, as the engine would report it."""
+    return GenerationResult(text=text, prompt_tokens=1, new_tokens=1, ttft_s=None,
+                            decode_tok_s=None, total_s=0.0, finish_reason=FinishReason.END,
+                            max_new_tokens=1)
 
 
 def buttons(msg: StoredMessage) -> list[str]:
@@ -188,7 +202,7 @@ async def test_a_turn_is_encoded_once_and_submitted_as_prepared(
                                                            "reply " * 12))
         parent = answer.id
     prepared = count_prepares(app.engine, monkeypatch)
-    turn = await prepare_turn(app, TurnAsk(location=LOCATION, prompt="the new one",
+    turn = await app.chat.prepare(TurnAsk(location=LOCATION, prompt="the new one",
                                            author_id=30, author_name="Ada", parent_id=parent,
                                            explicit=True))
     gen = app.engine.submit(turn.request, turn.prepared)
@@ -221,9 +235,10 @@ async def test_one_turn_keeps_a_places_conversation_for_every_front_end(app: App
                    place=place, shared=True, overrides={"max_new_tokens": 128})
 
     async def ask(turn_ask: TurnAsk) -> tuple[int | None, int, tuple[Turn, ...]]:
-        turn = await prepare_turn(app, turn_ask)
-        answer = await record_turn(app.turns, turn, f"answer to {turn_ask.prompt}", ask_id=None)
-        return turn.parent_id, answer.id, turn.request.history
+        turn = await app.chat.prepare(turn_ask)
+        stored = await app.chat.record(turn, answered(f"answer to {turn_ask.prompt}"))
+        assert stored is not None
+        return turn.parent_id, stored.current.turn.id, turn.request.history
 
     _, first, history = await ask(base)
     assert history == () and await app.turns.head(place) == first
@@ -239,8 +254,8 @@ async def test_one_turn_keeps_a_places_conversation_for_every_front_end(app: App
     _, mine, _ = await ask(replace(base, prompt="mine", private=True, parent_id=after,
                                    explicit=True))
     with pytest.raises(PrivateConversation):
-        await prepare_turn(app, replace(base, prompt="let me see", author_id=31,
+        await app.chat.prepare(replace(base, prompt="let me see", author_id=31,
                                         author_name="Bob", parent_id=mine, explicit=True))
     with pytest.raises(UserFacingError, match="only be continued privately"):
-        await prepare_turn(app, replace(base, prompt="publicly", parent_id=mine,
+        await app.chat.prepare(replace(base, prompt="publicly", parent_id=mine,
                                         explicit=True))

@@ -15,7 +15,7 @@ from typing import Any
 import discord
 
 from bot import wording
-from bot.chat.request import Cap, reply_footer
+from bot.chat.request import Cap, footer
 from bot.engine import FinishReason, GenerationResult
 from bot.knobs import Knobs
 from bot.limits import AskGate
@@ -76,13 +76,13 @@ def test_default_lets_an_everyday_answer_finish_and_a_cut_says_how_to_get_more()
     # Measured by `python -m bench --finish`: 35% of everyday answers end on their own
     # at 128 tokens, 85% at 512 (median 222 tokens).
     assert Knobs().max_new_tokens == 512
-    cut = reply_footer(result(new_tokens=512, finish_reason=FinishReason.MAX_TOKENS),
-                       cap=Cap("channel", 1024))
+    cut = footer(result(new_tokens=512, finish_reason=FinishReason.MAX_TOKENS),
+                 cap=Cap("channel", 1024))
     assert "cut at the limit of 512 tokens" in cut
     assert "ask with a larger max_new_tokens" in cut
     # At the scope's own cap a larger per-ask value can't help: say what can.
-    at_cap = reply_footer(result(new_tokens=512, finish_reason=FinishReason.MAX_TOKENS),
-                          cap=Cap("default", 512))
+    at_cap = footer(result(new_tokens=512, finish_reason=FinishReason.MAX_TOKENS),
+                    cap=Cap("default", 512))
     assert "/knobs set max_new_tokens" in at_cap
 
 
@@ -276,13 +276,13 @@ async def test_a_dm_conversation_can_be_seen_and_forgotten(
 
 
 def test_the_footer_says_only_what_tells_the_member_something() -> None:
-    plain = reply_footer(result())
+    plain = footer(result())
     assert plain == "12 tokens · done"  # no tok/s: /status has the speed
     # Shortened to fit, but the answer ended on its own well before: nothing to say.
-    quiet = reply_footer(result(clamped_to_context=True, max_new_tokens=40))
+    quiet = footer(result(clamped_to_context=True, max_new_tokens=40))
     assert "shortened" not in quiet
-    cut = reply_footer(result(new_tokens=40, max_new_tokens=40, clamped_to_context=True,
-                              finish_reason=FinishReason.MAX_TOKENS))
+    cut = footer(result(new_tokens=40, max_new_tokens=40, clamped_to_context=True,
+                        finish_reason=FinishReason.MAX_TOKENS))
     assert "shortened to 40 tokens to fit the context" in cut
 
 

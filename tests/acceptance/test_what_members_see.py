@@ -48,13 +48,13 @@ def result(**kw: Any) -> GenerationResult:
 
 
 def test_footer_words_read_as_sentences() -> None:
-    assert footer(result()) == "12 tokens · 40.1 tok/s · done"
-    cut = footer(result(new_tokens=128, finish_reason=FinishReason.MAX_TOKENS))
+    assert footer(result(), operator=True) == "12 tokens · 40.1 tok/s · done"
+    cut = footer(result(new_tokens=128, finish_reason=FinishReason.MAX_TOKENS), operator=True)
     assert cut == "128 tokens · 40.1 tok/s · cut at the limit of 128 tokens"
     # One token: singular, and no placeholder speed nobody can read.
-    assert footer(result(new_tokens=1, decode_tok_s=None)) == "1 token · done"
+    assert footer(result(new_tokens=1, decode_tok_s=None), operator=True) == "1 token · done"
     clamped = footer(result(new_tokens=40, max_new_tokens=40, clamped_to_context=True,
-                            finish_reason=FinishReason.MAX_TOKENS))
+                            finish_reason=FinishReason.MAX_TOKENS), operator=True)
     assert clamped.endswith("cut at the limit of 40 tokens · shortened to 40 tokens to fit "
                             "the context")
 

@@ -372,8 +372,9 @@ async def test_retention_prunes_old_turns(smol_model_dir: Path, tmp_path: Path) 
         later = datetime.now(UTC) + timedelta(days=3)
         db.clock = lambda: later
         recent = final_message(await h.ask("Recent question"))
-        runner = h.bot.runner
-        assert await runner.prune() == 2  # the old question and its answer
+        # The composition root's pruner (`prune_expired`) deletes turns through this.
+        retention = h.app.settings.conversation_retention_days
+        assert await h.app.turns.prune(retention) == 2  # the old question and its answer
         rows = await db.read("SELECT text FROM turns ORDER BY id", ())
         assert [r[0] for r in rows] == ["Recent question", "Answer 2."]
         press = await h.fake.inject_component(button(old, "llm:reply:"), message_id=old.id)

@@ -22,7 +22,7 @@ import pytest
 
 from bot.app import App
 from bot.chat.history import fit_history
-from bot.chat.turns import TurnAsk, prepare_turn
+from bot.chat.turns import TurnAsk
 from bot.discord.errors import GENERIC
 from bot.engine import Engine, GenerationRequest, PreparedPrompt, Turn
 from bot.errors import PromptTooLong
@@ -117,7 +117,7 @@ async def test_preparing_a_500_turn_chain_runs_off_the_event_loop(
     monkeypatch.setattr(app.engine, "prepare", prepare)
     # A short budget, set here rather than left to the default (512 since issue 24
     # item 1), so the tiny model's window keeps some of the history.
-    turn = await prepare_turn(app, TurnAsk(location=LOCATION, prompt="and now?", author_id=1,
+    turn = await app.chat.prepare(TurnAsk(location=LOCATION, prompt="and now?", author_id=1,
                                            author_name="Ada", parent_id=parent, explicit=True,
                                            overrides={"max_new_tokens": 64}))
     assert 0 < len(turn.request.history) < 500
