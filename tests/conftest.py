@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 
 from bot.app import App
-from bot.config import load_settings
 from bot.engine import Engine, EngineOptions
-from bot.store.ask_log import AskLog
 from bot.store.store import SettingsStore
-from testing.backends import ScriptedGenerator
+from testing.apps import core_app
 from testing.model_factory import embedded_model_dir, make_tiny_model
 
 
@@ -28,9 +26,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smol_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded model, converted to int8 by our converter once per test session."""
-    return embedded_model_dir(tmp_path_factory.mktemp("embedded"))
+def smol_model_dir() -> Path:
+    """The embedded model, converted to int8 by our converter once and kept across runs.
+
+    Shared by every test and worker: read it, never write into it."""
+    return embedded_model_dir()
 
 
 @pytest.fixture
@@ -58,17 +58,8 @@ async def store(tmp_path: Path) -> AsyncIterator[SettingsStore]:
 
 @pytest.fixture
 async def app(tiny_model_dir: Path, tmp_path: Path) -> AsyncIterator[App]:
-    """The core App over the tiny model and a real SQLite file, no Discord: for tests of
-    turn preparation (the model writes a fixed script, so what is measured is the core)."""
-    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
-                             model_dir=tiny_model_dir, device="cpu")
-    store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(
-        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
-    )
-    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, "word " * 20, 0.0))
-    try:
-        yield App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
-    finally:
-        await engine.close()
-        await store.close()
+    """The core App over the tiny model's tokenizer and a real SQLite file, no Discord: for
+    tests of turn preparation (the model writes a fixed script, so what is measured is the
+    core)."""
+    async with core_app(tiny_model_dir, tmp_path, "word " * 20, 0.0) as app:
+        yield app
