@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import discord.http
+import discord.webhook.async_
 import pytest
 
 from bot.app import App
@@ -18,6 +20,7 @@ from bot.engine import Engine, EngineOptions
 from bot.store.store import SettingsStore
 from testing.apps import core_app
 from testing.model_factory import embedded_model_dir, make_tiny_model
+from testing.stories import QuickAsyncio
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +66,11 @@ async def app(tiny_model_dir: Path, tmp_path: Path) -> AsyncIterator[App]:
     core)."""
     async with core_app(tiny_model_dir, tmp_path, "word " * 20, 0.0) as app:
         yield app
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """discord.py's retries after a 5xx or a 429 wait at most 50 ms (`QuickAsyncio`)."""
+    quick = QuickAsyncio()
+    monkeypatch.setattr(discord.webhook.async_, "asyncio", quick)
+    monkeypatch.setattr(discord.http, "asyncio", quick)

@@ -7,13 +7,10 @@ core ones a real tiny CTranslate2 model and a real SQLite file.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import discord.http
-import discord.webhook.async_
 import pytest
 
 from bot.app import App
@@ -24,13 +21,9 @@ from bot.errors import UserFacingError
 from bot.store.scopes import Location
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import RecordedRequest, Routes, StoredMessage
-from tests.discord.test_faults import _QuickAsyncio
+from testing.stories import buttons
 
 LOCATION = Location(guild_id=10, channel_id=20, user_id=30)
-
-
-def buttons(msg: StoredMessage) -> list[str]:
-    return [c.get("custom_id", "") for row in msg.components for c in row.get("components", [])]
 
 
 async def mention_answer(h: Harness, text: str, **kw: Any) -> StoredMessage:
@@ -124,14 +117,6 @@ async def test_a_long_mention_reply_keeps_stop_on_its_live_page_only(
 
 def _ids(components: list[dict[str, Any]]) -> list[str]:
     return [c.get("custom_id", "") for row in components for c in row.get("components", [])]
-
-
-@pytest.fixture
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    quick = _QuickAsyncio()
-    monkeypatch.setattr(discord.webhook.async_, "asyncio", quick)
-    monkeypatch.setattr(discord.http, "asyncio", quick)
-    yield
 
 
 async def test_a_mention_reply_discord_keeps_refusing_ends_with_a_clear_message(

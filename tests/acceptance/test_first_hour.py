@@ -31,6 +31,7 @@ from testing.fake_discord import (
     StoredMessage,
     default_guild,
 )
+from testing.stories import buttons
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True, manage_channels=True).value)
@@ -44,10 +45,6 @@ def result(**kw: Any) -> GenerationResult:
     )
     base.update(kw)
     return GenerationResult(**base)
-
-
-def buttons(msg: StoredMessage) -> list[str]:
-    return [c.get("custom_id", "") for row in msg.components for c in row.get("components", [])]
 
 
 def final(itx: FakeInteraction) -> StoredMessage:

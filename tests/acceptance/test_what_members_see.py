@@ -18,13 +18,9 @@ from bot.engine import FinishReason, GenerationResult
 from bot.store.scopes import Scope
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FLAG_EPHEMERAL, FakeUser, Routes, StoredMessage
+from testing.stories import buttons
 
 MANAGE_MESSAGES = str(discord.Permissions(manage_messages=True).value)
-
-
-def buttons(msg: StoredMessage | dict[str, Any]) -> list[str]:
-    rows = msg.components if isinstance(msg, StoredMessage) else msg.get("components") or []
-    return [c.get("custom_id", "") for row in rows for c in row.get("components", [])]
 
 
 def refused_as_not_yours(data: dict[str, Any] | None) -> bool:
