@@ -1,5 +1,5 @@
-"""Issue 18: one ask path. Where the slash-command and the message paths used to differ,
-the better behaviour now holds for both; and a turn's prompt is encoded once.
+"""One ask path: the slash command and the message paths behave alike (acknowledgement,
+slot release, undelivered replies, buttons), and a turn's prompt is encoded once.
 
 The Discord stories run the real discord.py client against the fake Discord; the
 core ones a real tiny CTranslate2 model and a real SQLite file.
@@ -72,7 +72,7 @@ async def test_buttons_come_in_one_order_whichever_way_one_asks(
         assert itx.original is not None
         by_command = [c.split(":")[1] for c in buttons(itx.original)]
         by_mention = [c.split(":")[1] for c in buttons(await mention_answer(h, "by mention"))]
-    # The knobs lab's Probabilities and Confidence follow (issue 19), in one order too.
+    # The knobs lab's Probabilities and Confidence follow, in one order too.
     assert by_command == by_mention == ["regen", "reply", "probs", "conf"]
 
 
@@ -109,8 +109,8 @@ async def test_a_long_mention_reply_keeps_stop_on_its_live_page_only(
                  for rev in first.revisions]
         assert stops[0] and not stops[-1]
         assert stops == sorted(stops, reverse=True), stops
-        # Issue 22: a reply cut at its token limit also offers Continue; issue 19: the
-        # lab's Probabilities and Confidence on every finished reply.
+        # A reply cut at its token limit also offers Continue; every finished reply the
+        # lab's Probabilities and Confidence.
         assert [c.split(":")[1] for c in buttons(last)] == [
             "regen", "reply", "cont", "probs", "conf"]
 
@@ -200,7 +200,7 @@ async def test_one_turn_keeps_a_places_conversation_for_every_front_end(app: App
     """A place's current turn is what the next ask continues; a chosen turn (or a
     chosen fresh start) wins; a private ask in a shared place never becomes current."""
     place = "console:20"
-    # 128 set explicitly: the default budget (512 since issue 24 item 1) leaves the
+    # 128 set explicitly: the default budget (512) leaves the
     # tiny model's 256-token window no room for history.
     base = TurnAsk(location=LOCATION, prompt="one", author_id=30, author_name="Ada",
                    place=place, shared=True, overrides={"max_new_tokens": 128})

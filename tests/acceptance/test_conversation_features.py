@@ -1,4 +1,4 @@
-"""Issue 22 through the real discord.py client, the fake Discord and the real engine.
+"""Conversation features through the real discord.py client, the fake Discord and the engine.
 
 Speakers, the window's use, reasoning models, character cards, swipes and
 Continue, each pressed or typed as a member would. The model is the embedded

@@ -1,4 +1,5 @@
-"""Issue 22 in the console: /continue, /swipe, /regen, /system import FILE, save|load|list.
+"""Conversation features in the console: /continue, /swipe, /regen, /system import FILE,
+save|load|list.
 
 In-process with the embedded model's tokenizer and scripted output, against a
 real SQLite file, so each step's stored state can be checked after it is typed.

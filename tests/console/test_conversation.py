@@ -9,10 +9,7 @@ token count and what fits is decided by arithmetic, not by what a random model s
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,29 +21,14 @@ from bot.engine import Engine, EngineOptions
 from bot.store.ask_log import AskLog
 from bot.store.store import SettingsStore
 from testing.backends import ScriptedGenerator
+from testing.processes import console_env, run_bot_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 HISTORY_ROW = re.compile(r"^  (you|bot)\s+(\d+) tokens  (.*?)(  \[left out\])?$")
-
-
-def console_env(model_dir: Path, db: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("BOT_") and k != "DISCORD_TOKEN"}
-    env.update(
-        BOT_MODEL_DIR=str(model_dir), BOT_DATABASE_PATH=str(db), BOT_DEVICE="cpu",
-        BOT_CPU_THREADS="1", BOT_BATCH_WAIT_MS="5", BOT_SEED="7",
-        BOT_CONSOLE_HISTORY=str(db.parent / "history"), PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def run(env: dict[str, str], lines: list[str]) -> list[tuple[str, str]]:
     """Run the console on `lines`; returns (line typed, what the console answered)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bot", "--env-file", "/dev/null", "console"],
-        input="".join(line + "\n" for line in lines), capture_output=True, text=True,
-        env=env, cwd=ROOT, timeout=120, check=False,
-    )
+    done = run_bot_cli(env, "console", lines=lines)
     assert done.returncode == 0, done.stderr
     said: list[tuple[str, str]] = []
     for chunk in done.stdout.split("you> ")[1:]:
@@ -63,7 +45,7 @@ def rows(text: str) -> list[tuple[str, int, str, bool]]:
 
 @pytest.fixture
 def env(tiny_model_dir: Path, tmp_path: Path) -> dict[str, str]:
-    return console_env(tiny_model_dir, tmp_path / "db" / "bot.sqlite3")
+    return console_env(tiny_model_dir, tmp_path / "db" / "bot.sqlite3", BOT_SEED="7")
 
 
 def test_plain_lines_continue_and_new_starts_afresh_across_a_restart(

@@ -1,4 +1,4 @@
-"""The knobs lab (issue 19): the numbers are the model's, the knobs act as the engine's do.
+"""The knobs lab: the numbers are the model's, the knobs act as the engine's do.
 
 A tiny random float32 Llama built from a GGUF gives an independent reference: a
 float64 numpy forward pass of the same weights (`numpy_llama_logits`). CTranslate2

@@ -1,4 +1,4 @@
-"""The knobs lab on Discord (issue 19): the real client, the real engine, the fake Discord.
+"""The knobs lab on Discord: the real client, the real engine, the fake Discord.
 
 /compare streams every variant into one embed within Discord's limits (a file when
 cut), Stop stops all, Regenerate draws a new seed; /probs sends a PNG chart and a

@@ -27,9 +27,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.ops.logs import REDACT, register_secret, setup_logging, stderr_is_journal
+from testing.bot_process import FAKE_TOKEN, GRACE_S, bot_process
 from testing.discord_harness import is_final
 from testing.fake_discord import FakeDiscord, RecordedRequest, Routes
-from tests.ops.test_shutdown import FAKE_TOKEN, GRACE_S, bot_process
 
 PRIORITY_LINE = re.compile(r"^<[0-7]>")
 

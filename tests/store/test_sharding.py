@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +28,8 @@ from bot.store.store import SettingsStore
 from bot.store.transfer import export_guilds, export_shard
 from testing.discord_harness import is_final
 from testing.fake_discord import FakeDiscord, FakeInteraction, default_guild
+from testing.processes import clean_env, run_bot_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 G0 = default_guild((1000 << 22) | 1, "Shard Zero")  # (id >> 22) % 2 == 0
 G1 = default_guild((1001 << 22) | 2, "Shard One")  # (id >> 22) % 2 == 1
@@ -140,14 +138,8 @@ async def test_each_shard_host_sees_answers_and_stores_only_its_own_guild(
 
 
 def cli(db: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("BOT_") and k != "DISCORD_TOKEN"}
-    env["BOT_DATABASE_PATH"] = str(db)
-    return subprocess.run(
-        [sys.executable, "-m", "bot", "--env-file", "/dev/null", "settings", *args],
-        input=stdin, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
-        check=False,
-    )
+    return run_bot_cli(clean_env(BOT_DATABASE_PATH=str(db)), "settings", *args, stdin=stdin,
+                       timeout=60)
 
 
 async def test_cli_export_and_import_move_one_shard_with_its_history(tmp_path: Path) -> None:
