@@ -25,6 +25,8 @@ import pytest
 
 from testing.processes import ROOT, console_env, run_bot_cli
 
+pytestmark = pytest.mark.slow  # every story here runs `python -m bot` in a process
+
 FOOTER = re.compile(r"^\[(\d+) tokens? · [^\]]*\]$", re.MULTILINE)
 KNOB_ROW = re.compile(r"^\s+(\w+)\s+(.+?)\s+\((\w+)\)$")
 

@@ -14,13 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import App
-from bot.config import load_settings
 from bot.console import Console
-from bot.engine import Engine, EngineOptions
-from bot.store.ask_log import AskLog
-from bot.store.store import SettingsStore
-from testing.backends import ScriptedGenerator
+from testing.apps import core_app
 from testing.processes import console_env, run_bot_cli
 
 HISTORY_ROW = re.compile(r"^  (you|bot)\s+(\d+) tokens  (.*?)(  \[left out\])?$")
@@ -48,6 +43,7 @@ def env(tiny_model_dir: Path, tmp_path: Path) -> dict[str, str]:
     return console_env(tiny_model_dir, tmp_path / "db" / "bot.sqlite3", BOT_SEED="7")
 
 
+@pytest.mark.slow
 def test_plain_lines_continue_and_new_starts_afresh_across_a_restart(
     env: dict[str, str],
 ) -> None:
@@ -80,27 +76,16 @@ async def test_history_marks_the_turns_that_will_be_left_out(
     # 90-token answers in a 256-token window with 100 kept for the next reply leave
     # room for one earlier exchange, not two.
     answer = "word " * 30
-    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
-                             model_dir=tiny_model_dir, device="cpu")
-    store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(
-        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
-    )
-    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, answer, 0.0))
     out = io.StringIO()
-    console = Console(App(settings=settings, engine=engine, store=store,
-                          ask_log=AskLog(store.db)), out=out)
-    tokens = len(engine.bundle.tokenizer.encode(answer))
-    try:
+    async with core_app(tiny_model_dir, tmp_path, answer, 0.0) as app:
+        console = Console(app, out=out)
+        tokens = len(app.engine.bundle.tokenizer.encode(answer))
         said = {}
         for line in ["/knobs set max_new_tokens=100", "q one", "q two", "/history", "q three"]:
             out.seek(0)
             out.truncate()
             assert await console.handle(line)
             said[line] = out.getvalue()
-    finally:
-        await engine.close()
-        await store.close()
     history = rows(said["/history"])
     assert history == [("you", 4, "q one", True), ("bot", tokens, answer.strip()[:59] + "…", True),
                        ("you", 4, "q two", False),

@@ -491,6 +491,7 @@ async def test_lab_bench_reports_every_figure(engine: Engine) -> None:
     assert out["chart_png_bytes"] < MAX_PNG_BYTES
 
 
+@pytest.mark.slow
 def test_the_lab_imports_no_discord_no_ctranslate2_and_no_matplotlib() -> None:
     import json
     import subprocess

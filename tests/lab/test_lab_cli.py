@@ -10,6 +10,8 @@ import pytest
 
 from testing.processes import console_env, run_bot_cli
 
+pytestmark = pytest.mark.slow  # every story here runs `python -m bot` in a process
+
 
 @pytest.fixture
 def env(tiny_model_dir: Path, tmp_path: Path) -> dict[str, str]:

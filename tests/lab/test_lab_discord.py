@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import discord
+import pytest
 
 from bot.chat.history import speaker_text
 from bot.engine import GenerationRequest
@@ -264,6 +265,7 @@ async def test_a_private_replys_lab_buttons_are_for_its_author_only(
         assert "expired" in response.data.get("content", "")
 
 
+@pytest.mark.slow
 def test_console_compare_probs_try_and_knob_help(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The console's /compare, /probs, /try and /help knob lines, in a real console process."""
     import os

@@ -112,6 +112,7 @@ async def _scrape_until(port: int, expected: dict[str, float], timeout: float = 
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_a_troubled_run_never_shows_the_token_and_speaks_journald(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

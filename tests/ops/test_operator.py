@@ -83,6 +83,7 @@ async def test_database_and_wal_are_created_private_under_a_normal_umask(tmp_pat
                 assert mode(f) == 0o600, (f, oct(mode(f)))
 
 
+@pytest.mark.slow
 async def test_settings_export_file_is_private(tmp_path: Path) -> None:
     db_path = tmp_path / "bot.sqlite3"
     async with await SettingsStore.open(db_path) as store:
@@ -99,6 +100,7 @@ async def test_settings_export_file_is_private(tmp_path: Path) -> None:
     assert json.loads(dump.read_text(encoding="utf-8"))["settings"][0]["value"] == 3
 
 
+@pytest.mark.slow
 def test_a_readable_env_file_is_warned_about_at_start(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("BOT_LOG_LEVEL=INFO\n", encoding="utf-8")
@@ -257,6 +259,7 @@ def test_settings_rows_need_a_real_actor_and_an_aware_time() -> None:
             prepare_import(dump_with(settings=[{**good, **bad}]))
 
 
+@pytest.mark.slow
 def test_a_failed_import_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
     db = tmp_path / "new" / "bot.sqlite3"
     env = clean_env(BOT_DATABASE_PATH=str(db))
@@ -278,6 +281,7 @@ def test_a_failed_import_is_one_line_and_creates_nothing(tmp_path: Path) -> None
 # ---------------------------------------------------------------------------- command-line errors
 
 
+@pytest.mark.slow
 def test_cli_ask_errors_are_one_line_with_exit_codes(tiny_model_dir: Path) -> None:
     env = clean_env(BOT_MODEL_DIR=str(tiny_model_dir), BOT_DEVICE="cpu", BOT_CPU_THREADS="1")
     empty = bot_cli("--env-file", "/dev/null", "ask", "  ", env=env)
@@ -297,6 +301,7 @@ def test_cli_ask_errors_are_one_line_with_exit_codes(tiny_model_dir: Path) -> No
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
+@pytest.mark.slow
 async def test_a_refused_token_is_one_line_and_never_printed(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -318,6 +323,7 @@ async def test_a_refused_token_is_one_line_and_never_printed(
     assert text.strip().splitlines()[-1].startswith("error: Discord refused the token"), text
 
 
+@pytest.mark.slow
 def test_console_says_which_line_was_not_utf8_and_carries_on(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -337,6 +343,7 @@ def test_console_says_which_line_was_not_utf8_and_carries_on(
 # ------------------------------------------------------------------------- many processes at once
 
 
+@pytest.mark.slow
 def test_many_short_asks_in_subprocesses_never_end_abnormally(tiny_model_dir: Path) -> None:
     """Each run loads the engine, decodes a few tokens and exits; some readers leave early.
 

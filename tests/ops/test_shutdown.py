@@ -17,11 +17,15 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from bot.store.ask_log import AskLog
 from bot.store.db import Database
 from testing.bot_process import GRACE_S, bot_process
 from testing.discord_harness import is_final
 from testing.fake_discord import FakeDiscord, FakeInteraction, StoredMessage
+
+pytestmark = pytest.mark.slow  # every story here runs `python -m bot` in a process
 
 #: Python start-up, closing the engine and the store: generous for a loaded CI box.
 EXIT_SLACK_S = 8.0
