@@ -2,13 +2,15 @@
 
 Each test reads as a short story: ask for `tiny_engine` (milliseconds per
 token, random weights, a real tokenizer) when behaviour does not depend on
-what the model says, and `smol_engine` (the embedded SmolLM2, converted once
-per session) when it does.
+what the model says, `smol_scripted` when it needs the embedded model's
+tokenizer and template but scripts what it says (no weights loaded), and
+`smol_engine` (the embedded SmolLM2, converted once and kept across runs) when
+the real model's words matter.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import discord.http
@@ -20,6 +22,7 @@ from bot.engine import Engine, EngineOptions
 from bot.store.store import SettingsStore
 from testing.apps import core_app
 from testing.model_factory import embedded_model_dir, make_tiny_model
+from testing.scripted import Script, scripted_engine
 from testing.stories import QuickAsyncio
 
 
@@ -50,6 +53,22 @@ async def smol_engine(smol_model_dir: Path) -> AsyncIterator[Engine]:
     engine = await Engine.load(smol_model_dir, EngineOptions(device="cpu", batch_wait_ms=5))
     yield engine
     await engine.close()
+
+
+@pytest.fixture
+async def smol_scripted(smol_model_dir: Path) -> AsyncIterator[Callable[..., Engine]]:
+    """Engines over the embedded model's tokenizer and chat template whose model says a
+    script (`testing.scripted`): no weights loaded. Call it with the script (a text, or
+    a function of the prompt's tokens) and optionally `delay` per token; closed after."""
+    engines: list[Engine] = []
+
+    def make(script: Script, delay: float = 0.0) -> Engine:
+        engines.append(scripted_engine(smol_model_dir, script, delay=delay))
+        return engines[-1]
+
+    yield make
+    for engine in engines:
+        await engine.close()
 
 
 @pytest.fixture

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from bot.console import Console
+from bot.engine import Engine
 from testing.apps import core_app
 from testing.character_cards import card_json, card_png
 
 
-async def test_console_continue_swipe_and_personas(smol_model_dir: Path, tmp_path: Path) -> None:
+async def test_console_continue_swipe_and_personas(
+    smol_model_dir: Path, smol_scripted: Callable[..., Engine], tmp_path: Path
+) -> None:
     counter = {"n": 0}
 
     def answer(tokens: list[str]) -> str:
@@ -39,7 +43,7 @@ async def test_console_continue_swipe_and_personas(smol_model_dir: Path, tmp_pat
         return out.getvalue()
 
     # The embedded model's tokenizer and template; the model itself is scripted.
-    async with core_app(smol_model_dir, tmp_path, answer, 0.0) as app:
+    async with core_app(smol_model_dir, tmp_path, engine=smol_scripted(answer)) as app:
         console = Console(app, out=out)
         assert "Imported Hook" in await say(f"/system import {card} --greeting")
         assert "Ahoy!" in out.getvalue()
