@@ -360,7 +360,9 @@ async def test_a_thousand_refused_presses_leave_the_runner_as_it_was(quick: Harn
     for n in range(1000):
         itx = await h.fake.inject_component(presses[n % len(presses)], guild_id=h.guild.id,
                                             channel_id=h.help, user=member)
-        if n % 50 == 49:  # let the bot keep up, and check each is answered plainly
+        # Let the bot keep up (a press unanswered for 3 s expires, as on Discord, and a
+        # busy machine falls behind on long bursts), and check each is answered plainly.
+        if n % 10 == 9:
             await itx.wait_response(timeout=10)
             refusal_of(itx)
     await h.fake.wait_for(lambda: all(i.response for i in h.fake.interactions.values())
