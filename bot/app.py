@@ -255,14 +255,20 @@ async def prune_forever(db: Database, settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def open_app(
-    settings: Settings, progress: Callable[[str], None] = _to_stderr
+    settings: Settings, progress: Callable[[str], None] = _to_stderr, *,
+    engine: Engine | None = None,
 ) -> AsyncIterator[App]:
     """Open the store and load the engine; close both on the way out, whatever happens.
 
     On CUDA one short generation runs before anything is served (and so before the
     Discord client reports READY=1): a host missing cuBLAS fails here, naming it,
-    instead of at its first reply.
+    instead of at its first reply. An `engine` given by the caller (tests, benches)
+    is served as it is, and stays the caller's to close.
     """
+    if engine is not None:
+        async with _serve(settings, engine, None) as app:
+            yield app
+        return
     if settings.model_dirs:
         # Issue 23: several models (BOT_MODEL_DIRS); the default is loaded now.
         async with (

@@ -1,5 +1,5 @@
-"""Issue 18: one ask path. Where the slash-command and the message paths used to differ,
-the better behaviour now holds for both; and a turn's prompt is encoded once.
+"""One ask path: the slash command and the message paths behave alike (acknowledgement,
+slot release, undelivered replies, buttons), and a turn's prompt is encoded once.
 
 The Discord stories run the real discord.py client against the fake Discord; the
 core ones a real tiny CTranslate2 model and a real SQLite file.
@@ -7,13 +7,10 @@ core ones a real tiny CTranslate2 model and a real SQLite file.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import discord.http
-import discord.webhook.async_
 import pytest
 
 from bot.app import App
@@ -31,7 +28,7 @@ from bot.errors import UserFacingError
 from bot.store.scopes import Location
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import RecordedRequest, Routes, StoredMessage
-from tests.discord.test_faults import _QuickAsyncio
+from testing.stories import buttons
 
 LOCATION = Location(guild_id=10, channel_id=20, user_id=30)
 
@@ -41,10 +38,6 @@ def answered(text: str) -> GenerationResult:
     return GenerationResult(text=text, prompt_tokens=1, new_tokens=1, ttft_s=None,
                             decode_tok_s=None, total_s=0.0, finish_reason=FinishReason.END,
                             max_new_tokens=1)
-
-
-def buttons(msg: StoredMessage) -> list[str]:
-    return [c.get("custom_id", "") for row in msg.components for c in row.get("components", [])]
 
 
 async def mention_answer(h: Harness, text: str, **kw: Any) -> StoredMessage:
@@ -93,7 +86,7 @@ async def test_buttons_come_in_one_order_whichever_way_one_asks(
         assert itx.original is not None
         by_command = [c.split(":")[1] for c in buttons(itx.original)]
         by_mention = [c.split(":")[1] for c in buttons(await mention_answer(h, "by mention"))]
-    # The knobs lab's Probabilities and Confidence follow (issue 19), in one order too.
+    # The knobs lab's Probabilities and Confidence follow, in one order too.
     assert by_command == by_mention == ["regen", "reply", "probs", "conf"]
 
 
@@ -130,22 +123,14 @@ async def test_a_long_mention_reply_keeps_stop_on_its_live_page_only(
                  for rev in first.revisions]
         assert stops[0] and not stops[-1]
         assert stops == sorted(stops, reverse=True), stops
-        # Issue 22: a reply cut at its token limit also offers Continue; issue 19: the
-        # lab's Probabilities and Confidence on every finished reply.
+        # A reply cut at its token limit also offers Continue; every finished reply the
+        # lab's Probabilities and Confidence.
         assert [c.split(":")[1] for c in buttons(last)] == [
             "regen", "reply", "cont", "probs", "conf"]
 
 
 def _ids(components: list[dict[str, Any]]) -> list[str]:
     return [c.get("custom_id", "") for row in components for c in row.get("components", [])]
-
-
-@pytest.fixture
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    quick = _QuickAsyncio()
-    monkeypatch.setattr(discord.webhook.async_, "asyncio", quick)
-    monkeypatch.setattr(discord.http, "asyncio", quick)
-    yield
 
 
 async def test_a_mention_reply_discord_keeps_refusing_ends_with_a_clear_message(
@@ -229,7 +214,7 @@ async def test_one_turn_keeps_a_places_conversation_for_every_front_end(app: App
     """A place's current turn is what the next ask continues; a chosen turn (or a
     chosen fresh start) wins; a private ask in a shared place never becomes current."""
     place = "console:20"
-    # 128 set explicitly: the default budget (512 since issue 24 item 1) leaves the
+    # 128 set explicitly: the default budget (512) leaves the
     # tiny model's 256-token window no room for history.
     base = TurnAsk(location=LOCATION, prompt="one", author_id=30, author_name="Ada",
                    place=place, shared=True, overrides={"max_new_tokens": 128})

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bot.chat.history import fit_history
 from bot.chat.usage import ContextUsage, usage_of
 from bot.engine import Engine, GenerationRequest, Turn
@@ -49,7 +51,8 @@ async def test_numbers_come_from_the_engine_and_the_real_tokenizer(tiny_engine: 
     assert usage == usage_of(tiny_engine.prepare(fitted.request), context, fitted.dropped_turns)
 
 
-def test_the_issue_22_core_modules_import_no_front_end() -> None:
+@pytest.mark.slow
+def test_the_conversation_core_modules_import_no_front_end() -> None:
     """Like test_architecture's guard, for the modules the Discord and console wiring use."""
     modules = ("bot.chat.characters", "bot.chat.reasoning", "bot.chat.speakers", "bot.chat.usage",
                "bot.store.swipes", "bot.store.personas", "bot.store.migration_swipes")

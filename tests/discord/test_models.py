@@ -25,9 +25,10 @@ from bot.discord.client import LlamaBot
 from bot.hosting.catalog import MB, weight_bytes_of
 from bot.hosting.registry import ModelState
 from bot.store.scopes import Scope
-from testing.discord_harness import Harness, is_final
+from testing.discord_harness import Harness
 from testing.fake_discord import FakeDiscord, FakeInteraction, StoredMessage, default_guild
 from testing.model_factory import make_tiny_model
+from testing.stories import final_message
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True).value)
@@ -64,11 +65,6 @@ async def models_bot(tmp_path: Path, model_dirs: str, **overrides: Any) -> Async
             async with fake.run_bot(bot):
                 await fake.wait_for(lambda: fake.commands or None, timeout=10)
                 yield Harness(fake=fake, bot=bot, app=app, guild=guild)
-
-
-def final_message(itx: FakeInteraction) -> StoredMessage:
-    msgs = [m for m in [itx.original, *itx.followups] if m is not None]
-    return next(m for m in reversed(msgs) if is_final(m.content))
 
 
 def footer_of(itx: FakeInteraction) -> str:
