@@ -1,6 +1,7 @@
 """Benchmarks: measured numbers printed as JSON; never part of the installed bot.
 
-`python -m bench [--discord|--soak|--mixed|--conversation|--prepare|--models|--lab|--finish]
+`python -m bench [--discord|--soak|--mixed|--conversation|--prepare|--models|--lab|--finish|
+--cards]
 --json`, from the root of a source checkout (`python -m bot bench ...` there hands its flags
 here);
 `bench/store_bench.py` and `bench/gpu.sh` run on their own.
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--lab", action="store_true",
                         help="probabilities step vs TTFT, chart render, compare of 3 vs one ask")
+    parser.add_argument("--cards", action="store_true",
+                        help="event-loop stall while hostile character cards are imported")
     return parser
 
 
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """Dispatch to the bench the flags ask for."""
+    if getattr(args, "cards", False):
+        from bench.cards_bench import run_cards_bench
+
+        return await run_cards_bench(settings, args)
     if getattr(args, "models", False):
         from bench.models_bench import run_models_bench
 

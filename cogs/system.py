@@ -16,7 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import wording
-from bot.chat.characters import MAX_PNG_BYTES, parse_card
+from bot.chat.characters import MAX_PNG_BYTES, read_card
 from bot.chat.request import persona
 from bot.discord.attachments import read_attachment
 from bot.discord.common import location_of
@@ -204,7 +204,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         target = scope_for_write(interaction, scope)
         app = bot_of(interaction).app
         data = await read_attachment(card, MAX_PNG_BYTES)
-        parsed = parse_card(data, filename=card.filename)
+        parsed = await read_card(data, filename=card.filename)
         await app.store.set_system_prompt(target, parsed.persona, actor_id=interaction.user.id)
         count_write(interaction)
         saved_note = ""
