@@ -105,6 +105,21 @@ def persona_not_set(where: str) -> str:
     return f"{where[:1].upper()}{where[1:]} has no persona of its own."
 
 
+#: Saved personas are the server's: saving, replacing or deleting one needs Manage Server.
+NAMED_PERSONAS_PERMISSION: Final = (
+    "You need the Manage Server permission to save or delete this server's saved personas.")
+#: `/system import` by a member who may set the persona but not save it by name.
+IMPORT_NOT_SAVED: Final = "Not saved by name: that needs the Manage Server permission."
+
+
+def persona_deleted(name: str) -> str:
+    return f"Deleted the saved persona `{name}`."
+
+
+def persona_not_saved(name: str) -> str:
+    return f"There is no saved persona named `{name}`; `/system list` shows them."
+
+
 # --- reply footers --------------------------------------------------------------------------
 
 #: The footer of a reply the model ended on its own at once: nothing but this.
@@ -165,7 +180,8 @@ def busy(waiting: int) -> str:
 #: Every fixed string above, for the test that checks the rules.
 ALL_FIXED: Final = (
     *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,
-    PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(),
+    PERSONA_NONE, NAMED_PERSONAS_PERMISSION, IMPORT_NOT_SAVED, EMPTY_REPLY, MORE_HINT,
+    RAISE_HINT, *CAP_OWNERS.values(),
 )
 
 HELP: Final = """**How to ask**

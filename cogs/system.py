@@ -20,6 +20,7 @@ from bot.chat.characters import MAX_PNG_BYTES, read_card
 from bot.chat.request import persona
 from bot.discord.attachments import read_attachment
 from bot.discord.common import location_of
+from bot.discord.errors import MissingScopePermission
 from bot.discord.guard import parse_id
 from bot.discord.modals import ModalRouter, send_stateless
 from bot.errors import UserFacingError
@@ -208,7 +209,9 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         await app.store.set_system_prompt(target, parsed.persona, actor_id=interaction.user.id)
         count_write(interaction)
         saved_note = ""
-        if interaction.guild_id is not None:  # named personas belong to a server, not DMs
+        if interaction.guild_id is not None and not _may_name_personas(interaction):
+            saved_note = f" ({wording.IMPORT_NOT_SAVED})"
+        elif interaction.guild_id is not None:  # named personas belong to a server, not DMs
             try:
                 await app.personas.save(interaction.guild_id, parsed.name[:MAX_NAME_CHARS],
                                         parsed.persona, actor_id=interaction.user.id,
@@ -231,8 +234,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         self, interaction: discord.Interaction,
         name: app_commands.Range[str, 1, MAX_NAME_CHARS], knobs: bool = False,
     ) -> None:
-        guild_id = _server_of(interaction)
-        take_write_slot(interaction)
+        guild_id = _named_personas_writer(interaction)
         app = bot_of(interaction).app
         loc = location_of(interaction)
         eff = await app.resolve(loc)
@@ -251,6 +253,20 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         await interaction.response.send_message(
             f"{what} the persona `{saved.name}`{extra}.", ephemeral=True,
             allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="delete", description="Delete a persona saved on this server.")
+    @app_commands.describe(name="A saved persona (see /system list)")
+    async def delete(
+        self, interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, MAX_NAME_CHARS],
+    ) -> None:
+        guild_id = _named_personas_writer(interaction)
+        deleted = await bot_of(interaction).app.personas.remove(guild_id, name)
+        count_write(interaction, deleted is not None)
+        msg = (wording.persona_not_saved(discord.utils.escape_markdown(" ".join(name.split())))
+               if deleted is None else wording.persona_deleted(deleted))
+        await interaction.response.send_message(msg, ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="load", description="Use a saved persona here.")
     @app_commands.describe(name="A saved persona (see /system list)",
@@ -317,6 +333,20 @@ def _server_of(interaction: discord.Interaction) -> int:
     if interaction.guild_id is None:
         raise UserFacingError("Saved personas belong to a server: use them there.")
     return interaction.guild_id
+
+
+def _may_name_personas(interaction: discord.Interaction) -> bool:
+    return bool(interaction.permissions.manage_guild)
+
+
+def _named_personas_writer(interaction: discord.Interaction) -> int:
+    """The server whose saved personas this member may change (Manage Server, like
+    `/system set scope: server`), after the settings-write limit; else a refusal."""
+    guild_id = _server_of(interaction)
+    if not _may_name_personas(interaction):
+        raise MissingScopePermission(wording.NAMED_PERSONAS_PERMISSION)
+    take_write_slot(interaction)
+    return guild_id
 
 
 async def _post_greeting(interaction: discord.Interaction, text: str) -> None:
