@@ -18,6 +18,7 @@ import pytest
 from bot.chat.characters import MAX_PNG_BYTES
 from bot.errors import UserFacingError
 from bot.model.tokenizer import load_tokenizer
+from bot.store.retention import forget
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS, Location, Scope
 from testing.character_cards import card_json
 from testing.discord_harness import Harness, is_final, running_bot
@@ -458,3 +459,46 @@ async def test_reasoning_in_dms_on_the_message_path(smol_model_dir: Path,
         await h.fake.inject_message("more", dm=True, user=dee)
         await h.fake.wait_for(lambda: answers(2), timeout=30)
     assert in_order(model.last, "hello", "Shown 1.", "more") and "hidden 1" not in model.last
+
+
+ALICE = FakeUser((1 << 22) * 1000 + 55, "alice", "Alice")
+
+
+async def test_forgetting_an_asker_erases_the_versions_others_regenerated(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every copy of the prompt goes, and a Regenerate of an erased turn refuses.
+
+    Before, Bob's Regenerate logged Alice's prompt again as his ask: after
+    `forget --user` it stayed in `asks`, and pressing Regenerate reposted it.
+    """
+    secret = "my grandmother's secret recipe"
+    async with running_bot(smol_model_dir, tmp_path, scripted=Model(smol_model_dir)) as h:
+        one = final_message(await h.ask(secret, user=ALICE))
+        press = await h.fake.inject_component(button(one, "llm:regen:"), message_id=one.id,
+                                              user=BOB_PLAIN)
+        await h.finished(press)
+        two = final_message(press)
+        assert "2/2" in labels(two)
+        db = h.app.store.db
+
+        async def copies() -> list[str]:
+            rows = [str(r[0]) for r in await db.read("SELECT payload FROM asks", ())]
+            rows += [str(r[0]) for r in await db.read("SELECT text FROM turns", ())]
+            return [r for r in rows if secret in r]
+
+        assert len(await copies()) == 3  # Alice's ask, Bob's ask, her question
+        done = await forget(db, user_id=ALICE.id)
+        assert done.asks == 2 and done.turns == 3  # question, both versions
+        assert await copies() == []
+        def posted() -> int:
+            return sum(not m.flags & EPHEMERAL for m in h.fake.channel_messages(h.general))
+
+        for msg in (two, one):
+            before = posted()
+            again = await h.fake.inject_component(button(msg, "llm:regen:"),
+                                                  message_id=msg.id, user=BOB_PLAIN)
+            said = (await again.wait_response()).data
+            assert said["flags"] & EPHEMERAL and "no longer have this prompt" in said["content"]
+            assert posted() == before
+        assert await copies() == []
