@@ -120,6 +120,30 @@ def persona_not_saved(name: str) -> str:
     return f"There is no saved persona named `{name}`; `/system list` shows them."
 
 
+# --- models that push others out of memory -----------------------------------------------
+
+#: Choosing a model that does not fit in memory beside the default one.
+MODEL_SWAP_PERMISSION: Final = (
+    "That model doesn't fit in memory beside the default one, so loading it unloads the "
+    "model everyone else here uses: choosing it needs the Manage Server permission.")
+MODEL_SWAP_NOT_IN_DMS: Final = (
+    "That model doesn't fit in memory beside the default one, so loading it would unload "
+    "the model everyone else uses: it can't be chosen for DMs.")
+
+
+def model_swaps(default: str, cooldown_s: float) -> str:
+    """What `/model` says of a model that does not fit beside the default."""
+    return (f"it doesn't fit beside `{default}`: loading it unloads it, so only Manage Server "
+            f"may choose it, and a server swaps it in at most once every {cooldown_s:,.0f} s")
+
+
+def model_swap_too_soon(name: str, pushed: tuple[str, ...], retry_in_s: float) -> str:
+    held = ", ".join(f"`{p}`" for p in pushed)
+    return (f"Loading `{name}` now would unload {held}, which others are using, and models "
+            f"were swapped here moments ago. Try again in {max(1, round(retry_in_s))} s, or "
+            "ask where the default model answers.")
+
+
 # --- reply footers --------------------------------------------------------------------------
 
 #: The footer of a reply the model ended on its own at once: nothing but this.
@@ -180,7 +204,8 @@ def busy(waiting: int) -> str:
 #: Every fixed string above, for the test that checks the rules.
 ALL_FIXED: Final = (
     *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,
-    PERSONA_NONE, NAMED_PERSONAS_PERMISSION, IMPORT_NOT_SAVED, EMPTY_REPLY, MORE_HINT,
+    PERSONA_NONE, NAMED_PERSONAS_PERMISSION, IMPORT_NOT_SAVED, MODEL_SWAP_PERMISSION,
+    MODEL_SWAP_NOT_IN_DMS, EMPTY_REPLY, MORE_HINT,
     RAISE_HINT, *CAP_OWNERS.values(),
 )
 

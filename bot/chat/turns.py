@@ -157,7 +157,10 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     models = app.models
     effective = await app.resolve(ask.location)
     turn_model = models.turn_model(chain[-1].model if chain else None, effective)
-    engine = await models.engine(turn_model.name, on_wait)
+    # Loading a model that unloads others is rate-limited per server (or DM member).
+    swapper = (f"server:{ask.location.guild_id}" if ask.location.guild_id is not None
+               else f"dm:{ask.author_id}")
+    engine = await models.engine(turn_model.name, on_wait, swapper=swapper)
 
     def fit(engine: Engine) -> tuple[Fitted, PreparedPrompt]:
         fitted = fit_history(engine, replace(request, history=history))
