@@ -464,8 +464,9 @@ async def test_reasoning_in_dms_on_the_message_path(smol_model_dir: Path,
 ALICE = FakeUser((1 << 22) * 1000 + 55, "alice", "Alice")
 
 
+@pytest.mark.parametrize("how", ["forget --user", "/conversation forget"])
 async def test_forgetting_an_asker_erases_the_versions_others_regenerated(
-    smol_model_dir: Path, tmp_path: Path
+    smol_model_dir: Path, tmp_path: Path, how: str
 ) -> None:
     """Every copy of the prompt goes, and a Regenerate of an erased turn refuses.
 
@@ -488,8 +489,12 @@ async def test_forgetting_an_asker_erases_the_versions_others_regenerated(
             return [r for r in rows if secret in r]
 
         assert len(await copies()) == 3  # Alice's ask, Bob's ask, her question
-        done = await forget(db, user_id=ALICE.id)
-        assert done.asks == 2 and done.turns == 3  # question, both versions
+        if how == "forget --user":
+            done = await forget(db, user_id=ALICE.id)
+            assert done.asks == 2 and done.turns == 3  # question, both versions
+        else:
+            itx = await h.command("conversation forget", {}, user=ALICE)
+            assert "Forgot 3 turns" in (await itx.wait_response()).data["content"]
         assert await copies() == []
         def posted() -> int:
             return sum(not m.flags & EPHEMERAL for m in h.fake.channel_messages(h.general))
