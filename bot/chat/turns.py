@@ -36,7 +36,7 @@ from bot.chat.usage import ContextUsage, usage_of
 from bot.engine import Engine, GenerationRequest, PreparedPrompt
 from bot.errors import UserFacingError
 from bot.hosting.choice import TurnModel
-from bot.hosting.host import OnWait
+from bot.hosting.host import OnWait, swapper_of
 from bot.knobs import Knobs
 from bot.store.scopes import Location
 from bot.store.turns import NewExchange, StoredTurn, TurnStore
@@ -158,9 +158,8 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
     effective = await app.resolve(ask.location)
     turn_model = models.turn_model(chain[-1].model if chain else None, effective)
     # Loading a model that unloads others is rate-limited per server (or DM member).
-    swapper = (f"server:{ask.location.guild_id}" if ask.location.guild_id is not None
-               else f"dm:{ask.author_id}")
-    engine = await models.engine(turn_model.name, on_wait, swapper=swapper)
+    engine = await models.engine(turn_model.name, on_wait,
+                                 swapper=swapper_of(ask.location.guild_id, ask.author_id))
 
     def fit(engine: Engine) -> tuple[Fitted, PreparedPrompt]:
         fitted = fit_history(engine, replace(request, history=history))

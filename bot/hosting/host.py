@@ -56,6 +56,11 @@ OnWait = Callable[[Waiting], None]
 SWAP_COOLDOWN_S: Final = 120.0
 
 
+def swapper_of(guild_id: int | None, user_id: int) -> str:
+    """Who a model swap is counted against: the server, or the member in their DMs."""
+    return f"server:{guild_id}" if guild_id is not None else f"dm:{user_id}"
+
+
 class ModelSwapTooSoon(UserFacingError):
     """Loading this model would unload others' model again too soon after the last swap."""
 

@@ -196,6 +196,14 @@ async def test_a_model_that_unloads_the_default_is_limited_in_who_and_how_often(
 
         text = await h.fake.wait_for(refused, timeout=60)
         assert "Loading `tiny` now would unload `smol`" in text
+        # /tokens loads the model answering here too: held to the same limit.
+        counted = await h.command("tokens", {"text": "hi"}, channel_id=h.help)
+
+        def tokens_refused() -> str | None:
+            msgs = [m for m in [counted.original, *counted.followups] if m is not None]
+            return next((m.content for m in msgs if "Try again in" in m.content), None)
+
+        assert "would unload `smol`" in await h.fake.wait_for(tokens_refused, timeout=60)
         assert registry.evictions == 2 and registry.state("smol") is ModelState.READY
         assert footer_of(await h.ask("Say hi.")).endswith("· `smol`")
 
