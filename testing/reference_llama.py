@@ -109,7 +109,10 @@ def random_weights(config: TinyConfig, seed: int = 0) -> dict[str, FloatArray]:
     d, hd = config.hidden, config.head_dim
 
     def mat(rows: int, cols: int, scale: float = 1.0) -> FloatArray:
-        return (rng.standard_normal((rows, cols)) * scale / np.sqrt(cols)).astype(np.float32)
+        out: FloatArray = (rng.standard_normal((rows, cols)) * scale / np.sqrt(cols)).astype(
+            np.float32
+        )
+        return out
 
     def vec(n: int, center: float, spread: float) -> FloatArray:
         return (center + spread * rng.standard_normal(n)).astype(np.float32)
@@ -157,8 +160,10 @@ def write_safetensors(
             blob = a32.astype("<f2").tobytes()
         else:  # round to nearest even, as torch does
             bits = a32.view(np.uint32).astype(np.uint64)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-            blob = bits.astype("<u2").tobytes()
+            rounded = (bits + np.uint64(0x7FFF) + ((bits >> np.uint64(16)) & np.uint64(1))) >> (
+                np.uint64(16)
+            )
+            blob = rounded.astype("<u2").tobytes()
         header[name] = {
             "dtype": dtype, "shape": list(a32.shape), "data_offsets": [offset, offset + len(blob)]
         }
@@ -300,3 +305,80 @@ def reference_logits(
     h = _rms_norm(h, w["model.norm.weight"], config.rms_eps)
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
     return np.asarray(h @ head.T, dtype=np.float64)
+
+
+def to_gguf_layout(w: FloatArray, heads: int) -> FloatArray:
+    """q/k rows from transformers' `rotate_half` order to llama.cpp's interleaved one."""
+    rows, cols = w.shape
+    out: FloatArray = np.ascontiguousarray(
+        w.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    )
+    return out
+
+
+def write_gguf(path: Path, config: TinyConfig, weights: Mapping[str, FloatArray]) -> Path:
+    """The checkpoint as llama.cpp's converter writes it: Llama 3.1 gets `rope_freqs`."""
+    import gguf
+
+    from bot.model.gguf_convert import RopeScaling
+    from testing.model_factory import byte_bpe_vocab
+
+    specials = TEMPLATE_TOKENS["llama3"]
+    tokens, merges = byte_bpe_vocab(specials.all)
+    if len(tokens) != config.vocab_size:
+        raise ValueError("write_gguf needs a checkpoint without padded rows")
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    parts = {
+        "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    }
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("Tiny Llama 3.1")
+    writer.add_block_count(config.layers)
+    writer.add_context_length(config.max_positions)
+    writer.add_embedding_length(config.hidden)
+    writer.add_feed_forward_length(config.ffn)
+    writer.add_head_count(config.heads)
+    writer.add_head_count_kv(config.kv_heads)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.rms_eps)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if tok in specials.all else 1 for tok in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokens.index(specials.bos))
+    writer.add_eos_token_id(tokens.index(specials.eos))
+    writer.add_chat_template(BUILTIN_TEMPLATES["llama3"])
+    if config.rope_scaling is not None:
+        rope = config.rope_scaling
+        scaling = RopeScaling(
+            rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"],
+            rope["original_max_position_embeddings"],
+        )
+        divisors = scaling.divisors(config.head_dim, config.rope_theta).astype(np.float32)
+        writer.add_tensor("rope_freqs.weight", divisors)
+    for name, array in weights.items():
+        if name in names:
+            writer.add_tensor(names[name], array)
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        module, kind = rest.rsplit(".", 1)
+        if module == "self_attn.q_proj":
+            array = to_gguf_layout(array, config.heads)
+        elif module == "self_attn.k_proj":
+            array = to_gguf_layout(array, config.kv_heads)
+        writer.add_tensor(f"blk.{layer}.{parts[module]}.{kind}", array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from bot.errors import UserFacingError
 from bot.model.chat import ChatTemplate, ChatTemplateError
+from bot.model.model_bin import scalars
 from bot.model.tokenizer import (
     SentencePieceTokenizer,
     Tokenizer,
@@ -231,6 +232,31 @@ def _context_length(
     return DEFAULT_CONTEXT_LENGTH
 
 
+def _require_rope_scaling(model_dir: Path, hf_config: dict[str, Any] | None) -> None:
+    """Refuse weights converted without the llama3 RoPE scaling their config asks for.
+
+    CTranslate2's own converter (4.8) writes neither the scaling factor nor the
+    original window: the runtime then scales no frequency and Llama 3.1/3.2 generate
+    other text than they were trained to, from the first long prompt on.
+    """
+    rope = (hf_config or {}).get("rope_scaling") or (hf_config or {}).get("rope_parameters")
+    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type")) != "llama3":
+        return
+    try:
+        stored = scalars(model_dir / "model.bin", "decoder/layer_0/self_attention/")
+    except (OSError, ValueError) as exc:
+        raise ModelFilesError(f"Cannot read {model_dir / 'model.bin'}: {exc}") from exc
+    if stored.get("rotary_scaling_factor", 1.0) <= 1.0 or not stored.get(
+        "original_max_position_embeddings"
+    ):
+        raise ModelFilesError(
+            f"{model_dir}: {HF_CONFIG} asks for Llama 3.1's RoPE scaling, but model.bin "
+            "was converted without it (CTranslate2's own converter drops it) and would "
+            "generate wrong text. Convert the checkpoint again with `python -m bot convert "
+            "CHECKPOINT_DIR DEST`."
+        )
+
+
 def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> ModelBundle:
     """Read a CTranslate2 model directory (ours or converted elsewhere) into a bundle.
 
@@ -252,6 +278,7 @@ def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> 
         )
     tokenizer_config = _read_json(model_dir / "tokenizer_config.json") or {}
     hf_config = _read_json(model_dir / HF_CONFIG)
+    _require_rope_scaling(model_dir, hf_config)
     generation_config = _read_json(model_dir / "generation_config.json") or {}
     try:
         tokenizer = load_tokenizer(model_dir)

@@ -143,7 +143,9 @@ def test_int8_conversion_runs(tmp_path: Path) -> None:
 
 def test_refuses_other_architectures(tmp_path: Path) -> None:
     gguf_path = write_tiny_llama_gguf(tmp_path / "q.gguf", architecture="qwen2")
-    with pytest.raises(ConversionError, match="qwen2 model. GGUF files convert when they are of the llama"):
+    with pytest.raises(
+        ConversionError, match=r"qwen2 model\. GGUF files convert when they are of the llama"
+    ):
         convert_gguf(gguf_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
