@@ -178,7 +178,8 @@ async def prepare_turn(app: App, ask: TurnAsk, on_wait: OnWait | None = None) ->
         engine = current
     return PreparedTurn(ask=ask, parent_id=parent, request=fitted.request, prepared=prepared,
                         dropped_turns=fitted.dropped_turns, engine=engine, model=turn_model,
-                        several=models.several, cap=cap, reasoning=effective.reasoning)
+                        several=models.several, cap=cap,
+                        reasoning=effective.reasoning or engine.bundle.chat.opens_reasoning)
 
 
 async def conversation_usage(app: App, ask: TurnAsk) -> ContextUsage:

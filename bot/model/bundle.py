@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bot.chat.reasoning import strip_reasoning
 from bot.errors import UserFacingError
 from bot.model.chat import ChatTemplate, ChatTemplateError
 from bot.model.model_bin import scalars
@@ -91,7 +92,14 @@ class ModelBundle:
         The persona, every earlier turn and the prompt are plain text to the
         tokenizer, whatever they contain, so nobody can forge a system turn by
         typing `<|im_start|>system`. A BOS is added only if one is due and missing.
+        Earlier replies go in without their `<think>` reasoning, whether or not it was
+        shown: the model must not read old thoughts as things it said, and reasoning
+        templates that cut them out themselves would otherwise rewrite message text.
         """
+        history = [
+            (role, strip_reasoning(text) if role == "assistant" else text)
+            for role, text in history
+        ]
         rendered = self.chat.render_spans(system, user, history)
         return self.with_bos(self.tokenizer.encode_template(rendered.text, rendered.plain_spans))
 
