@@ -22,17 +22,21 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import gguf
 import numpy as np
 import numpy.typing as npt
 from ctranslate2.specs import RotaryScalingType, common_spec, transformer_spec
+from ctranslate2.specs.model_spec import OPTIONAL, NumpyVariable
 
 from bot.errors import UserFacingError
 
 FORMAT_VERSION: Final = 1
-QUANTIZATIONS: Final = ("int8", "int8_float32", "int16", "float16", "bfloat16", "float32")
+QUANTIZATIONS: Final = (
+    "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",
+    "float32",
+)
 
 # GGUF token types (llama.cpp's llama_token_type).
 TOKEN_NORMAL: Final = 1
@@ -176,12 +180,19 @@ def build_llama_spec(
     )
     decoder = spec.decoder
     decoder.scale_embeddings = False
-    embeddings = tensors["token_embd.weight"]
-    decoder.embeddings.weight = embeddings
     decoder.layer_norm.gamma = tensors["output_norm.weight"]
-    output = tensors.get("output.weight")
-    # Tied models have no output.weight; the same array lets CT2 alias the variable.
-    decoder.projection.weight = embeddings if output is None else output
+    tied = "output.weight" not in tensors
+    if quantization is not None and isinstance(tensors, RowSource):
+        # The vocabulary matrices are the largest by far (128,256 rows for Llama 3):
+        # read and quantized a block of rows at a time.
+        _set_quantized_rows(decoder.embeddings, tensors, "token_embd.weight", quantization)
+        if not tied:
+            _set_quantized_rows(decoder.projection, tensors, "output.weight", quantization)
+    else:
+        embeddings = tensors["token_embd.weight"]
+        decoder.embeddings.weight = embeddings
+        # Tied models have no output.weight; the same array lets CT2 alias the variable.
+        decoder.projection.weight = embeddings if tied else tensors["output.weight"]
     for i, layer in enumerate(decoder.layer):
         p = f"blk.{i}."
         attention = layer.self_attention
@@ -218,8 +229,51 @@ def build_llama_spec(
     spec.config.layer_norm_epsilon = params.rms_eps
     spec.register_vocabulary(list(vocabulary))
     if quantization is not None:
-        _finish_spec(spec, quantization, tied=output is None)
+        _finish_spec(spec, quantization, tied=tied)
     return spec
+
+
+@runtime_checkable
+class RowSource(Protocol):
+    """Tensors that can also be read a block of rows at a time."""
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def read_rows(self, name: str, start: int, stop: int) -> FloatArray: ...
+
+
+ROW_BLOCK: Final = 8192
+
+
+def _set_quantized_rows(layer: Any, tensors: RowSource, name: str, quantization: str) -> None:
+    """Fill `layer.weight` (and its scale) from `name`, converted a block of rows at a time.
+
+    Each block goes through CTranslate2's own quantization (per-row scales, so blocks
+    are independent) and lands in one preallocated array: the float32 matrix never
+    exists whole.
+    """
+    rows = tensors.shape(name)[0]
+    weight: npt.NDArray[Any] | None = None
+    scale: npt.NDArray[Any] | None = None
+    for start in range(0, rows, ROW_BLOCK):
+        stop = min(rows, start + ROW_BLOCK)
+        block = common_spec.LinearSpec()
+        block.weight = tensors.read_rows(name, start, stop)
+        block.validate()
+        block._quantize(quantization)
+        values = block.weight.numpy()
+        if weight is None:
+            weight = np.empty((rows, *values.shape[1:]), dtype=values.dtype)
+        weight[start:stop] = values
+        if not isinstance(block.weight_scale, str):
+            scales = block.weight_scale.numpy()
+            if scale is None:
+                scale = np.empty(rows, dtype=scales.dtype)
+            scale[start:stop] = scales
+    assert weight is not None
+    layer.weight = NumpyVariable(weight)
+    if scale is not None:
+        layer.weight_scale = NumpyVariable(scale)
 
 
 def _set_llama3_scaling(attention: Any, scaling: RopeScaling) -> None:
@@ -242,10 +296,16 @@ def _finish_spec(
     CTranslate2's `optimize` would compare every pair of variables to find aliases
     and quantize the layers a second time; here the only alias is known.
     """
+    done = {name for name, value in spec.variables().items() if isinstance(value, NumpyVariable)}
+    if tied:  # validate() would take the alias for a string attribute: set it after
+        spec.decoder.projection.weight = OPTIONAL
     spec.validate()
     if tied:
         spec.decoder.projection.weight = "decoder/embeddings/weight"
-    spec._quantize(quantization, variable_filter=lambda name: not name.startswith("decoder/layer_"))
+    spec._quantize(
+        quantization,
+        variable_filter=lambda name: not name.startswith("decoder/layer_") and name not in done,
+    )
 
 
 def save_model_dir(
@@ -565,6 +625,19 @@ class _GGUFTensors(Mapping[str, FloatArray]):
 
     def __getitem__(self, name: str) -> FloatArray:
         return _dequantize(self._tensors[name], self._file_name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in reversed(self._tensors[name].shape))
+
+    def read_rows(self, name: str, start: int, stop: int) -> FloatArray:
+        tensor = self._tensors[name]
+        shape = self.shape(name)
+        data = np.asarray(tensor.data).reshape(shape[0], -1)[start:stop]
+        try:
+            values = gguf.quants.dequantize(data, tensor.tensor_type)
+        except NotImplementedError:
+            return _dequantize(tensor, self._file_name)[start:stop]  # raises, naming it
+        return np.asarray(values, dtype=np.float32).reshape(stop - start, *shape[1:]).copy()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tensors)

@@ -145,15 +145,23 @@ def read_safetensors_header(path: Path) -> dict[str, _Entry]:
     return out
 
 
-def _load(entry: _Entry) -> FloatArray:
-    """One tensor as a fresh, writable float32 array."""
-    count = int(np.prod(entry.shape))
-    raw = np.fromfile(entry.path, dtype=_DTYPES[entry.dtype], count=count, offset=entry.start)
+def _load(entry: _Entry, start: int = 0, stop: int | None = None) -> FloatArray:
+    """Rows [start, stop) of one tensor as a fresh, writable float32 array."""
+    rows = entry.shape[0] if entry.shape else 1
+    stop = rows if stop is None else stop
+    row = int(np.prod(entry.shape[1:]))
+    dtype = _DTYPES[entry.dtype]
+    count = (stop - start) * row
+    raw = np.fromfile(entry.path, dtype=dtype, count=count,
+                      offset=entry.start + start * row * dtype.itemsize)
     if entry.dtype == "BF16":
-        array: FloatArray = (raw.astype(np.uint32) << 16).view(np.float32)
+        # bfloat16 is the upper half of a float32: little-endian, the odd halves.
+        halves = np.zeros(2 * count, dtype=np.uint16)
+        halves[1::2] = raw
+        array: FloatArray = halves.view(np.float32)
     else:
         array = raw.astype(np.float32, copy=entry.dtype != "F32")
-    return array.reshape(entry.shape)
+    return array.reshape((stop - start, *entry.shape[1:]) if entry.shape else ())
 
 
 class SafetensorsWeights(Mapping[str, FloatArray]):
@@ -169,6 +177,12 @@ class SafetensorsWeights(Mapping[str, FloatArray]):
 
     def __getitem__(self, name: str) -> FloatArray:
         return _load(self._entries[name])
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entries[name].shape
+
+    def read_rows(self, name: str, start: int, stop: int) -> FloatArray:
+        return _load(self._entries[name], start, stop)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import ctranslate2
 import numpy as np
@@ -23,10 +24,16 @@ import numpy.typing as npt
 import pytest
 
 from bot.cli import main
+from bot.model import gguf_convert
 from bot.model.bundle import ModelFilesError, load_model_bundle
 from bot.model.convert import convert
-from bot.model.gguf_convert import ConversionError, RopeScaling, fit_llama3_scaling
-from bot.model.hf_convert import SafetensorsWeights, read_safetensors_header
+from bot.model.gguf_convert import (
+    ConversionError,
+    RopeScaling,
+    build_llama_spec,
+    fit_llama3_scaling,
+)
+from bot.model.hf_convert import SafetensorsWeights, params_from_config, read_safetensors_header
 from testing.reference_llama import (
     Arch,
     reference_logits,
@@ -295,3 +302,25 @@ def test_command_line_story(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: Nothing to convert at")
     assert "Traceback" not in failed.stderr
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int8_float16", "float16"])
+def test_row_blocks_convert_exactly_as_whole_matrices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantization: str
+) -> None:
+    """The vocabulary matrices, quantized a few rows at a time, give the same model.bin."""
+    source = tmp_path / "checkpoint"
+    write_checkpoint(source, "mistral", seed=2)
+    monkeypatch.setattr(gguf_convert, "ROW_BLOCK", 7)
+    blocks = convert(source, tmp_path / "blocks", quantization)
+    entries: dict[str, Any] = {}
+    for path in sorted(source.glob("*.safetensors")):
+        entries |= read_safetensors_header(path)
+    whole_source = SafetensorsWeights(entries)
+    weights = {name: whole_source[name] for name in whole_source}  # a plain mapping
+    params = params_from_config(json.loads((source / "config.json").read_text()))
+    vocabulary = json.loads((blocks / "vocabulary.json").read_text())
+    spec = build_llama_spec(params, weights, vocabulary, bos_token="<s>", eos_token="</s>",
+                            unk_token=None, rotary_interleave=False, quantization=quantization)
+    spec.save(str(tmp_path))
+    assert (tmp_path / "model.bin").read_bytes() == (blocks / "model.bin").read_bytes()
