@@ -24,12 +24,13 @@ from bot.hosting.catalog import MB, ModelCatalog, ModelSpec, catalog_from_settin
 from bot.hosting.host import ModelHost
 from bot.hosting.registry import ModelRegistry
 from bot.limits import SettingsWriteLimiter
+from bot.model.bundle import read_generation_defaults
 from bot.model.embedded import prepare_default_model
 from bot.store.ask_log import AskLog
 from bot.store.db import Database
 from bot.store.personas import PersonaStore
 from bot.store.retention import PRUNE_EVERY_S, prune_expired
-from bot.store.scopes import Effective, Location
+from bot.store.scopes import Effective, Location, with_model_defaults
 from bot.store.store import SettingsStore
 from bot.store.swipes import SwipeStore
 from bot.store.turns import TurnStore
@@ -78,7 +79,11 @@ class App:
             self.engine = engine
 
     async def resolve(self, loc: Location) -> Effective:
-        return await self.store.resolve(loc)
+        """The settings in force at `loc`, over the defaults of the model in effect there."""
+        effective = await self.store.resolve(loc)
+        name = self.models.choice(effective).name
+        model_dir = self.models.catalog.spec(name).dir
+        return with_model_defaults(effective, read_generation_defaults(model_dir))
 
 
 def _to_stderr(line: str) -> None:

@@ -49,6 +49,7 @@ def queued(ahead: int) -> str:
 #: The source labels `/settings` and `/system show` print (keys: `Effective.sources`).
 SOURCE_LABELS: Final[Mapping[str, str]] = {
     "default": "default",
+    "model": "model",
     "operator": "operator",
     "server": "this server",
     "channel": "this channel",

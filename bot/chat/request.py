@@ -114,7 +114,7 @@ async def resolve_noting_cap(
     app: App, location: Location, prompt: str, overrides: Mapping[str, Any] | None = None
 ) -> tuple[GenerationRequest, Cap]:
     """`resolve_request`, and whether the scope's cap lowered the asked `max_new_tokens`."""
-    effective = await app.store.resolve(location)
+    effective = await app.resolve(location)
     system, _ = persona(effective, app.settings.system_prompt)
     capped = within_cap(overrides, effective.knobs.max_new_tokens) if overrides else None
     request = make_request(prompt, base=effective.knobs, system_prompt=system, overrides=capped)

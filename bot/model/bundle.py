@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from bot.chat.reasoning import strip_reasoning
 from bot.errors import UserFacingError
+from bot.knobs import knobs_from_generation_config
 from bot.model.chat import ChatTemplate, ChatTemplateError
 from bot.model.model_bin import scalars
 from bot.model.tokenizer import (
@@ -364,6 +365,33 @@ def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> 
         num_layers=int(num_layers) if isinstance(num_layers, int) else None,
         kind="converted" if bot_model is not None else "ctranslate2",
     )
+
+
+def read_generation_defaults(model_dir: Path) -> dict[str, Any]:
+    """The knob values the model's `generation_config.json` recommends ({} without one).
+
+    Read at every settings lookup (a stat, and a parse only when the file changed),
+    so a model that is not loaded yet shows its defaults too.
+    """
+    path = model_dir / "generation_config.json"
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    cached = _GENERATION_DEFAULTS.get(path)
+    if cached is not None and cached[0] == stamp:
+        return dict(cached[1])
+    try:
+        config = _read_json(path) or {}
+    except ModelFilesError as exc:
+        log.warning("%s; the model's recommended sampling is ignored", exc)
+        config = {}
+    defaults = knobs_from_generation_config(config)
+    _GENERATION_DEFAULTS[path] = (stamp, defaults)
+    return dict(defaults)
+
+
+_GENERATION_DEFAULTS: dict[Path, tuple[int, dict[str, Any]]] = {}
 
 
 def read_context_length(model_dir: Path) -> int:
