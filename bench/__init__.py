@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--convert", action="store_true",
                         help="bot convert: time and peak RSS, embedded GGUF and a 1B checkpoint")
-    parser.add_argument("--convert-sizes", help="with --convert: embedded,1b,300m (comma list)")
+    parser.add_argument("--convert-sizes",
+                        help="with --convert: agreement,embedded,1b,300m (comma list; "
+                        "default agreement,embedded,1b)")
     parser.add_argument("--lab", action="store_true",
                         help="probabilities step vs TTFT, chart render, compare of 3 vs one ask")
     return parser

@@ -139,6 +139,46 @@ def _child(source: str, dest: str, quantization: str) -> dict[str, float]:
     return result
 
 
+def agreement(root: Path) -> dict[str, Any]:
+    """Logits of tiny converted checkpoints against the numpy reference, 300 positions.
+
+    Per architecture: as converted (float32), and for Llama 3.1 also a conversion
+    with the RoPE scaling left out (what CTranslate2's own converter produces) and
+    the same checkpoint through a GGUF file with `rope_freqs`.
+    """
+    import ctranslate2
+
+    from bot.model.convert import convert
+    from testing.reference_llama import reference_logits, write_checkpoint, write_gguf
+
+    def compare(model_dir: Path, reference: Any, ids: list[int]) -> dict[str, float]:
+        generator = ctranslate2.Generator(str(model_dir), device="cpu")
+        ours = np.asarray(generator.forward_batch([ids]))[0]
+        return {"max_abs_dlogit": float(np.abs(ours - reference).max()),
+                "argmax_agreement": float((ours.argmax(-1) == reference.argmax(-1)).mean())}
+
+    out: dict[str, Any] = {"positions": 300}
+    rng = np.random.default_rng(7)
+    for arch in ("llama3.1", "qwen2", "mistral"):
+        source = root / f"agree-{arch}"
+        config, weights = write_checkpoint(source, arch, seed=5)  # type: ignore[arg-type]
+        ids = [int(i) for i in rng.integers(8, config.vocab_size - 8, size=300)]
+        reference = reference_logits(config, weights, ids)
+        entry = {"converted": compare(convert(source, root / f"out-{arch}", "float32"),
+                                      reference, ids)}
+        if arch == "llama3.1":
+            plain = json.loads((source / "config.json").read_text())
+            plain["rope_scaling"] = None
+            (source / "config.json").write_text(json.dumps(plain))
+            entry["unscaled"] = compare(convert(source, root / "out-unscaled", "float32"),
+                                        reference, ids)
+            gguf_path = write_gguf(root / "agree.gguf", config, weights)
+            entry["gguf_rope_freqs"] = compare(convert(gguf_path, root / "out-gguf", "float32"),
+                                               reference, ids)
+        out[arch] = entry
+    return out
+
+
 def _dir_mb(path: Path) -> float:
     return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 1)
 
@@ -147,12 +187,15 @@ async def run_convert_bench(settings: Settings, args: argparse.Namespace) -> dic
     """Convert each source at int8 and report time, peak RSS and sizes."""
     from bot.model.embedded import embedded_gguf_path
 
-    sizes = [s for s in (args.convert_sizes or "embedded,1b").split(",") if s]
+    sizes = [s for s in (args.convert_sizes or "agreement,embedded,1b").split(",") if s]
     report: dict[str, Any] = {"cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 1),
                               "baseline_import": _child("-", "-", "int8")}
     with tempfile.TemporaryDirectory(prefix="convert-bench-") as tmp:
         root = Path(tmp)
         for size in sizes:
+            if size == "agreement":
+                report["agreement"] = agreement(root)
+                continue
             entry: dict[str, Any] = {"quantization": "int8"}
             if size == "embedded":
                 source = embedded_gguf_path()
