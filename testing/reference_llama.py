@@ -180,14 +180,32 @@ def write_safetensors(
 
 
 def write_checkpoint(
-    out: Path, arch: Arch, *, seed: int = 0, template: str | None = None
+    out: Path,
+    arch: Arch,
+    *,
+    seed: int = 0,
+    template: str | None = None,
+    sentencepiece: bool = False,
 ) -> tuple[TinyConfig, dict[str, FloatArray]]:
-    """A tiny Hugging Face model directory of `arch`; returns its config and weights."""
+    """A tiny Hugging Face model directory of `arch`; returns its config and weights.
+
+    `sentencepiece`: ship only a `tokenizer.model`, as some Mistral checkpoints do.
+    """
+    import sentencepiece as spm
+
+    from testing.model_factory import _sentencepiece_bytes
+
     kind = {"llama3.1": "llama3", "qwen2": "chatml", "mistral": "mistral"}[arch]
     specials = TEMPLATE_TOKENS[kind]
     tokenizer = byte_bpe_tokenizer(specials.all)
+    sp_model = _sentencepiece_bytes(kind) if sentencepiece else b""
+    n_tokens = (
+        spm.SentencePieceProcessor(model_proto=sp_model).get_piece_size()
+        if sentencepiece
+        else tokenizer.get_vocab_size()
+    )
     # Qwen2 pads its embedding rows past the tokenizer (151,936 rows, 151,646 tokens).
-    vocab = tokenizer.get_vocab_size() + (8 if arch == "qwen2" else 0)
+    vocab = n_tokens + (8 if arch == "qwen2" else 0)
     config = tiny_config(arch, vocab)
     weights = random_weights(config, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +216,10 @@ def write_checkpoint(
         write_safetensors(
             out / f"model-0000{shard}-of-00002.safetensors", {n: weights[n] for n in part}
         )
-    tokenizer.save(str(out / "tokenizer.json"))
+    if sentencepiece:
+        (out / "tokenizer.model").write_bytes(sp_model)
+    else:
+        tokenizer.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(
         json.dumps(
             {
@@ -210,7 +231,7 @@ def write_checkpoint(
         ),
         encoding="utf-8",
     )
-    eos = tokenizer.token_to_id(specials.eos)
+    eos = 2 if sentencepiece else tokenizer.token_to_id(specials.eos)
     (out / "generation_config.json").write_text(
         json.dumps({"eos_token_id": eos, "temperature": 0.6, "top_p": 0.9, "do_sample": True}),
         encoding="utf-8",

@@ -169,6 +169,21 @@ def test_half_precision_safetensors_read_exactly(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got, expected)
 
 
+def test_sentencepiece_only_checkpoint(tmp_path: Path) -> None:
+    """A Mistral checkpoint that ships only tokenizer.model converts and is served."""
+    config, weights = write_checkpoint(tmp_path / "checkpoint", "mistral", seed=3,
+                                       sentencepiece=True)
+    assert not (tmp_path / "checkpoint" / "tokenizer.json").exists()
+    model_dir = convert(tmp_path / "checkpoint", tmp_path / "model", "float32")
+    assert (model_dir / "tokenizer.model").is_file()
+    bundle = load_model_bundle(model_dir)
+    ids = bundle.encode_chat(None, "Hello world!")
+    assert ids[:2] == [bundle.bos_token_id, bundle.tokenizer.token_to_id("[INST]")]
+    assert bundle.tokenizer.decode(ids).strip() == "Hello world!"
+    reference = reference_logits(config, weights, ids)
+    assert np.abs(_logits(model_dir, ids) - reference).max() < 1e-3
+
+
 def test_int8_conversion_answers(tmp_path: Path) -> None:
     config, _ = write_checkpoint(tmp_path / "checkpoint", "qwen2", seed=1)
     model_dir = convert(tmp_path / "checkpoint", tmp_path / "model")
