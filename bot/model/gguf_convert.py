@@ -9,6 +9,12 @@ Meta's interleaved rotary layout, so the spec uses `rotary_interleave=True` and 
 weights are kept as they are; and tied models have no `output.weight`, so the output
 projection reuses the embedding matrix.
 
+Llama 3.1/3.2 files carry `rope_freqs`, the per-frequency divisors of their RoPE
+scaling; the scaling numbers are recovered from it (`fit_llama3_scaling`) and written
+into every attention layer, where CTranslate2's runtime reads them.
+
+The spec builder, the shape checks against the architecture numbers and the atomic
+directory writing are shared with the safetensors route (`bot.model.hf_convert`).
 The output directory is written to a temporary sibling and renamed at the end, so an
 interrupted conversion never leaves a half model where the bot would look for one.
 """
