@@ -136,7 +136,8 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
             os.close(devnull)
             return EXIT_BROKEN_PIPE
         ttft = f" · {result.ttft_s * 1000:.0f} ms to first token" if result.ttft_s else ""
-        print(f"{footer(result)}{ttft} · finish: {result.finish_reason}", file=sys.stderr)
+        print(f"{footer(result, operator=True)}{ttft} · finish: {result.finish_reason}",
+              file=sys.stderr)
         if result.error:
             print(f"error: {result.error}", file=sys.stderr)
             return 1
@@ -252,7 +253,7 @@ async def _compare(engine: Engine, request: GenerationRequest, args: argparse.Na
     for r in results:
         print(f"=== {r.label} (seed {seed}) ===")
         print(r.text)
-        print(f"--- {footer(r.result)}")
+        print(f"--- {footer(r.result, operator=True)}")
     return 0
 
 

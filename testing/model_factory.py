@@ -35,8 +35,8 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from bot.model.chat import BUILTIN_TEMPLATES
-from bot.model.embedded import prepare_default_model
 from bot.model.gguf_convert import LlamaParams, build_llama_spec, convert_gguf
+from testing.model_cache import cached_embedded_model
 
 TemplateKind = Literal["chatml", "llama2", "llama3", "mistral"]
 TokenizerKind = Literal["tokenizers", "sentencepiece"]
@@ -536,9 +536,9 @@ def make_tiny_model(
     return target
 
 
-def embedded_model_dir(cache_root: Path, quantization: str = "int8") -> Path:
-    """The embedded SmolLM2 converted once into `cache_root` (reused when complete)."""
-    return prepare_default_model(cache_root, quantization=quantization, progress=lambda _m: None)
+def embedded_model_dir(quantization: str = "int8") -> Path:
+    """The embedded SmolLM2, converted once and kept across runs (`testing.model_cache`)."""
+    return cached_embedded_model(quantization)
 
 
 def iter_special_ids(tok: Any, names: Sequence[str]) -> Iterator[int]:

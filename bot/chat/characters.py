@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from bot.chat.speakers import sanitize_name
 from bot.errors import UserFacingError
+from bot.store.personas import MAX_GREETING_CHARS
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS
 
 MAX_JSON_BYTES: Final = 2 * 1024 * 1024
@@ -43,7 +44,6 @@ MAX_PNG_BYTES: Final = 8 * 1024 * 1024
 MAX_PNG_CHUNKS: Final = 4096
 MAX_DEPTH: Final = 32
 MAX_GREETINGS: Final = 32
-MAX_GREETING_CHARS: Final = 4000
 MAX_CARD_NAME_CHARS: Final = 64
 
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"

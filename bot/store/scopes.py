@@ -15,13 +15,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
+from bot.hosting.choice import MODEL_KEY as MODEL_KEY
 from bot.knobs import KNOB_NAMES, Knobs
 
 SYSTEM_PROMPT_KEY: Final = "system_prompt"
 """The key the persona is stored and reported under (next to the knob names)."""
-
-MODEL_KEY: Final = "model"
-"""A scope's model choice (issue 23, `bot.hosting.choice`): a model name, form checked only."""
 
 REASONING_KEY: Final = "reasoning"
 """Issue 22: whether replies are split into ``<think>`` reasoning and the answer (bool)."""

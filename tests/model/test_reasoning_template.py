@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from bot.app import App
-from bot.chat.turns import TurnAsk, prepare_turn, record_turn
+from bot.chat.turns import TurnAsk
 from bot.config import load_settings
-from bot.engine import Engine, EngineOptions
+from bot.engine import Engine, EngineOptions, FinishReason, GenerationResult
 from bot.model.bundle import load_model_bundle
 from bot.model.chat import ChatTemplate, ChatTemplateError
 from bot.store.ask_log import AskLog
@@ -92,16 +92,23 @@ async def r1_app(r1_model_dir: Path, tmp_path: Path) -> AsyncIterator[App]:
         shutil.rmtree(tmp_path / "m", ignore_errors=True)
 
 
+def answered(text: str) -> GenerationResult:
+    """A finished reply saying `text`, as the engine reports it."""
+    return GenerationResult(text=text, prompt_tokens=1, new_tokens=1, ttft_s=None,
+                            decode_tok_s=None, total_s=0.0, finish_reason=FinishReason.END,
+                            max_new_tokens=1)
+
+
 async def test_turns_with_reasoning_display_off(r1_app: App) -> None:
     """The scope never turned reasoning on (the default): the model's template does."""
     base = TurnAsk(location=LOCATION, prompt="Hi", author_id=30, author_name="Ada",
                    place="console:20", overrides={"max_new_tokens": 16})
-    first = await prepare_turn(r1_app, base)
+    first = await r1_app.chat.prepare(base)
     assert first.reasoning
     # An answer stored with its thoughts (as a reply recorded unsplit would be).
-    await record_turn(r1_app.turns, first, REPLY, ask_id=None)
+    await r1_app.chat.record(first, answered(REPLY))
     for prompt in ("And you?", "Third turn"):
-        turn = await prepare_turn(r1_app, TurnAsk(
+        turn = await r1_app.chat.prepare(TurnAsk(
             location=LOCATION, prompt=prompt, author_id=30, author_name="Ada",
             place="console:20", overrides={"max_new_tokens": 16}))
         assert turn.reasoning and turn.request.history
@@ -109,4 +116,4 @@ async def test_turns_with_reasoning_display_off(r1_app: App) -> None:
         ids = [tokenizer.token_to_id(t) for t in turn.prepared.tokens]
         text = tokenizer.decode([i for i in ids if i is not None])
         assert THOUGHTS not in text and "Hello! How can I help?" in text
-        await record_turn(r1_app.turns, turn, "Fine.\n</think>\nFine, thanks.", ask_id=None)
+        await r1_app.chat.record(turn, answered("Fine.\n</think>\nFine, thanks."))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.app import App
-from bot.chat.request import resolve_request
+from bot.chat.turns import TurnAsk
 from bot.config import load_settings
 from bot.engine import Engine, EngineOptions
 from bot.knobs import Knobs, knobs_from_generation_config
@@ -21,7 +21,7 @@ from bot.store.ask_log import AskLog
 from bot.store.scopes import Location, Scope
 from bot.store.store import SettingsStore
 from testing.model_factory import make_tiny_model
-from tests.console.test_console import console_env, knob_table, run_console, transcript
+from testing.processes import console_env, knob_table, run_console, transcript
 
 LOCATION = Location(guild_id=10, channel_id=20, user_id=30)
 # Qwen2.5-7B-Instruct's generation_config.json.
@@ -73,14 +73,15 @@ async def test_model_layer_under_every_scope(app: App) -> None:
     assert (eff.knobs.temperature, eff.sources["temperature"]) == (0.6, "model")
     assert (eff.knobs.top_p, eff.sources["top_p"]) == (0.9, "model")
     assert (eff.knobs.top_k, eff.sources["top_k"]) == (Knobs().top_k, "default")
-    request = await resolve_request(app, LOCATION, "Hi")
+    request = (await app.chat.prepare(TurnAsk(LOCATION, "Hi", 30, "Ada"))).request
     assert (request.knobs.temperature, request.knobs.top_p) == (0.6, 0.9)
 
     await app.store.set_knobs(Scope.server(10), {"temperature": 1.0}, actor_id=1)
     eff = await app.resolve(LOCATION)
     assert (eff.knobs.temperature, eff.sources["temperature"]) == (1.0, "server")
     assert eff.sources["top_p"] == "model"
-    request = await resolve_request(app, LOCATION, "Hi", {"top_p": 0.5})
+    request = (await app.chat.prepare(TurnAsk(LOCATION, "Hi", 30, "Ada",
+                                              overrides={"top_p": 0.5}))).request
     assert (request.knobs.temperature, request.knobs.top_p) == (1.0, 0.5)
 
 
