@@ -49,6 +49,7 @@ def queued(ahead: int) -> str:
 #: The source labels `/settings` and `/system show` print (keys: `Effective.sources`).
 SOURCE_LABELS: Final[Mapping[str, str]] = {
     "default": "default",
+    "model": "model",
     "operator": "operator",
     "server": "this server",
     "channel": "this channel",
@@ -239,3 +240,12 @@ HELP_WORDS: Final = frozenset({"help", "/help", "help?", "!help"})
 
 def asks_for_help(text: str) -> bool:
     return text.strip().lower() in HELP_WORDS
+
+
+#: `/settings` where the model answering has never been loaded and its files name no window.
+CONTEXT_UNKNOWN: Final = "**Context window**: unknown until the model first loads"
+
+
+def not_loaded(model: str) -> str:
+    """`/status` where the model answering has not been loaded yet (it loads at the first ask)."""
+    return f"`{model}` (not loaded yet: it loads at the first ask)"

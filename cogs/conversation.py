@@ -12,7 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import wording
-from bot.chat.view import describe, view_of
+from bot.chat.view import describe
 from bot.discord.conversation import dm_place, place_of
 from bot.store.turns import StoredTurn
 from cogs._common import NO_MENTIONS, bot_of, location_of
@@ -22,16 +22,10 @@ MESSAGE_LIMIT = 2000
 
 
 async def _chain(interaction: discord.Interaction) -> list[StoredTurn]:
-    turns = bot_of(interaction).app.turns
+    chat = bot_of(interaction).app.chat
     user_id = interaction.user.id
-    dm = interaction.guild_id is None
-    place = await place_of(turns, interaction.channel, user_id, dm)
-    if place is not None:
-        return await turns.chain(await turns.head(place))
-    if interaction.channel_id is None:
-        return []
-    latest = await turns.latest_answer(interaction.channel_id, user_id)
-    return await turns.chain(latest.id if latest is not None else None)
+    place = await place_of(chat, interaction.channel, user_id, interaction.guild_id is None)
+    return await chat.conversation_here(place, interaction.channel_id, user_id)
 
 
 class Conversation(commands.GroupCog, group_name="conversation",
@@ -41,8 +35,8 @@ class Conversation(commands.GroupCog, group_name="conversation",
                                       "and which the next ask leaves out.")
     async def show(self, interaction: discord.Interaction) -> None:
         chain = await _chain(interaction)
-        view = await view_of(bot_of(interaction).app, location_of(interaction), chain,
-                             interaction.user.id)
+        view = await bot_of(interaction).app.chat.view(location_of(interaction), chain,
+                                                       interaction.user.id)
         text = describe(view)
         if len(text) > MESSAGE_LIMIT:
             text = text[: MESSAGE_LIMIT - 1] + "…"
@@ -53,14 +47,14 @@ class Conversation(commands.GroupCog, group_name="conversation",
                           description="Delete your turns of the conversation here "
                                       "(in DMs: the whole conversation).")
     async def forget(self, interaction: discord.Interaction) -> None:
-        app = bot_of(interaction).app
+        chat = bot_of(interaction).app.chat
         user_id = interaction.user.id
         chain = [t for t in await _chain(interaction) if t.author_id == user_id]
         removed = 0
         if chain:
-            removed = await app.turns.forget_own(chain[-1].conversation_id, user_id)
+            removed = await chat.forget_own(chain[-1].conversation_id, user_id)
         if interaction.guild_id is None:
-            await app.turns.set_head(dm_place(user_id), None)  # the next DM starts afresh
+            await chat.set_head(dm_place(user_id), None)  # the next DM starts afresh
         text = (f"Forgot {wording.plural(removed, 'turn')} of your conversation here."
                 if removed else "You have no conversation here to forget.")
         await interaction.response.send_message(text, ephemeral=True,

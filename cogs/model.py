@@ -22,10 +22,16 @@ from bot.discord.common import location_of
 from bot.discord.errors import MissingScopePermission
 from bot.hosting.host import model_lines
 from bot.store.scopes import Scope, ScopeKind
-from cogs._common import NO_MENTIONS, ScopeChoice, bot_of, scope_for_write, scope_word
+from cogs._common import (
+    DESCRIPTION_LIMIT,
+    NO_MENTIONS,
+    ScopeChoice,
+    bot_of,
+    scope_for_write,
+    scope_word,
+)
 
 #: An embed's description holds 4,096 characters.
-DESCRIPTION_LIMIT = 4096
 SCOPE_HELP = "This channel (default) or the whole server"
 
 

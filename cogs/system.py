@@ -24,7 +24,6 @@ from bot.discord.errors import MissingScopePermission
 from bot.discord.guard import parse_id
 from bot.discord.modals import ModalRouter, send_stateless
 from bot.errors import UserFacingError
-from bot.knobs import KNOB_NAMES
 from bot.store.personas import MAX_NAME_CHARS
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS, Scope
 from cogs._common import (
@@ -206,19 +205,18 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         app = bot_of(interaction).app
         data = await read_attachment(card, MAX_PNG_BYTES)
         parsed = await read_card(data, filename=card.filename)
-        await app.store.set_system_prompt(target, parsed.persona, actor_id=interaction.user.id)
+        may_save = _may_name_personas(interaction)
+        saved_as, not_saved = await app.chat.import_card(
+            target, parsed, guild_id=interaction.guild_id if may_save else None,
+            actor_id=interaction.user.id)
         count_write(interaction)
         saved_note = ""
-        if interaction.guild_id is not None and not _may_name_personas(interaction):
+        if interaction.guild_id is not None and not may_save:
             saved_note = f" ({wording.IMPORT_NOT_SAVED})"
-        elif interaction.guild_id is not None:  # named personas belong to a server, not DMs
-            try:
-                await app.personas.save(interaction.guild_id, parsed.name[:MAX_NAME_CHARS],
-                                        parsed.persona, actor_id=interaction.user.id,
-                                        greeting=parsed.greeting)
-                saved_note = f" Saved as `{parsed.name[:MAX_NAME_CHARS]}` (`/system load`)."
-            except UserFacingError as exc:
-                saved_note = f" (Not saved by name: {exc.message})"
+        elif saved_as is not None:
+            saved_note = f" Saved as `{saved_as}` (`/system load`)."
+        elif not_saved is not None:
+            saved_note = f" (Not saved by name: {not_saved})"
         lines = [f"Imported **{discord.utils.escape_markdown(parsed.name)}** as the persona "
                  f"for {scope_word(target)}.{saved_note}"]
         if (notice := parsed.notice()) is not None:
@@ -236,17 +234,9 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
     ) -> None:
         guild_id = _named_personas_writer(interaction)
         app = bot_of(interaction).app
-        loc = location_of(interaction)
-        eff = await app.resolve(loc)
-        text, _ = persona(eff, app.settings.system_prompt)
-        if not text:
-            raise UserFacingError("There is no persona here to save; set one first.")
-        bundle = None
-        if knobs:
-            own = await app.store.scope_overrides(loc.own_scope())
-            bundle = {k: v for k, v in own.items() if k in KNOB_NAMES}
-        saved, replaced = await app.personas.save(
-            guild_id, name, text, actor_id=interaction.user.id, knobs=bundle)
+        saved, replaced = await app.chat.save_persona(
+            location_of(interaction), guild_id, name, actor_id=interaction.user.id,
+            with_knobs=knobs)
         count_write(interaction)
         what = "Replaced" if replaced else "Saved"
         extra = f" with {len(saved.knobs)} knob(s)" if saved.knobs else ""
@@ -280,13 +270,9 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         guild_id = _server_of(interaction)
         target = scope_for_write(interaction, scope)
         app = bot_of(interaction).app
-        saved = await app.personas.load(guild_id, name)
-        await app.store.set_system_prompt(target, saved.system_prompt,
-                                          actor_id=interaction.user.id)
+        saved, notes = await app.chat.load_persona(target, guild_id, name,
+                                                   actor_id=interaction.user.id)
         count_write(interaction)
-        notes: list[str] = []
-        if saved.knobs:
-            notes = await app.store.set_knobs(target, saved.knobs, actor_id=interaction.user.id)
         msg = f"Loaded `{saved.name}` for {scope_word(target)}."
         if saved.knobs:
             msg += " Its knobs: " + ", ".join(f"{k}={v}" for k, v in saved.knobs.items()) + "."
@@ -298,7 +284,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
 
     @app_commands.command(name="list", description="The personas saved on this server.")
     async def list_(self, interaction: discord.Interaction) -> None:
-        saved = await bot_of(interaction).app.personas.saved(_server_of(interaction))
+        saved = await bot_of(interaction).app.chat.saved_personas(_server_of(interaction))
         if not saved:
             body = "No saved personas yet: `/system save NAME` or `/system import`."
         else:

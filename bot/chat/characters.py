@@ -41,6 +41,7 @@ from typing import Any, Final
 
 from bot.chat.speakers import sanitize_name
 from bot.errors import UserFacingError
+from bot.store.personas import MAX_GREETING_CHARS
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS
 
 MAX_JSON_BYTES: Final = 2 * 1024 * 1024
@@ -51,7 +52,6 @@ MAX_JSON_CONTAINERS: Final = 20_000
 """Objects and lists a card's JSON may hold (a card with a 1,000-entry lorebook has a
 few thousand): past it, parsing would cost far more than any real card does."""
 MAX_GREETINGS: Final = 32
-MAX_GREETING_CHARS: Final = 4000
 MAX_CARD_NAME_CHARS: Final = 64
 
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"

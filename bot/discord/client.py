@@ -78,7 +78,6 @@ class LlamaBot(commands.AutoShardedBot):
         for ext in EXTENSIONS:
             await self.load_extension(ext)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
-        self.runner.start_pruning()
         if self.app.metrics is not None:
             # After the cogs: the error cog installs the tree's error handler we wrap.
             attach_metrics(self, self.app.metrics)
@@ -108,10 +107,6 @@ class LlamaBot(commands.AutoShardedBot):
             return
         with contextlib.suppress(discord.HTTPException):
             await channel.send(JOINED, allowed_mentions=discord.AllowedMentions.none())
-
-    async def close(self) -> None:
-        self.runner.stop_pruning()
-        await super().close()
 
     async def on_ready(self) -> None:
         self.ready_event.set()

@@ -29,7 +29,6 @@ import discord
 
 from bot import wording
 from bot.chat.reasoning import ReasoningFilter
-from bot.chat.request import Cap, reply_footer
 from bot.discord.common import NO_MENTIONS
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
@@ -48,14 +47,6 @@ READING = wording.READING
 READING_AFTER_S = 0.5
 THINKING = "-# 💭 thinking…"  # issue 22: a reasoning model inside <think>
 INTERRUPTED = "⚠️ Interrupted: the bot restarted before this reply finished."
-
-
-def footer_text(
-    result: GenerationResult, dropped_turns: int = 0, cap: Cap | None = None,
-    model: str | None = None, *, context_length: int | None = None,
-) -> str:
-    """The reply footer in Discord's small-text markdown."""
-    return "-# " + reply_footer(result, dropped_turns, cap, model, context_length)
 
 
 #: Discord's Unknown Message: the message is deleted (a moderator, usually), not expired.

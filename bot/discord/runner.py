@@ -7,7 +7,7 @@ goes through `AskRunner.run`:
     gate → request → submit → acknowledge/log → stream → store → hooks
 
 The gate is the member's slot (`AskGate`), taken before the first await; the
-request is `bot.chat.turns.prepare_turn` (history, persona, knobs, fitting; the
+request is `bot.chat.service.Chat.prepare` (history, persona, knobs, fitting; the
 prompt encoded once); errors up to the acknowledgement reach the member as
 the entry's own refusal; the stream is `ReplyWriter` on the ask's surface; the
 turns are stored before the buttons appear and the slot is freed before the
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import wording
-from bot.chat.continuation import finish_of
 from bot.chat.history import PrivateConversation
 from bot.chat.reasoning import ReasoningFilter
-from bot.chat.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
+from bot.chat.request import footer
+from bot.chat.turns import PreparedTurn, TurnAsk, check_where
 from bot.discord.buttons import ReplyModal, reply_view
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.conversation import (
@@ -53,7 +53,6 @@ from bot.discord.reply import (
     Page,
     ReplyWriter,
     Surface,
-    footer_text,
 )
 from bot.discord.swipes import answer_view, continue_reply, show_reasoning, swipe
 from bot.engine import Generation, GenerationResult
@@ -61,6 +60,7 @@ from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.limits import AskGate, QuietRefusals
 from bot.store.ask_log import AskRecord
+from bot.store.swipes import Swipes
 from bot.store.turns import StoredTurn
 from bot.wording import HELP, asks_for_help
 
@@ -68,9 +68,6 @@ if TYPE_CHECKING:
     from bot.app import App
 
 log = logging.getLogger(__name__)
-
-PRUNE_EVERY_S = 3600.0
-
 
 @dataclass(eq=False)
 class Ask:
@@ -107,7 +104,7 @@ class AskRunner:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.turns = app.turns
+        self.chat = app.chat
         settings = app.settings
         self.gate = AskGate(settings.per_user_limit, settings.user_cooldown_s)
         self.edit_interval_s = settings.edit_interval_s
@@ -115,7 +112,6 @@ class AskRunner:
         self.active: dict[int, Ask] = {}  # running replies by ask id, for Stop and shutdown
         self.accepting = True
         self.on_finish: list[FinishHook] = []
-        self._pruner: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.quiet_refusals = QuietRefusals()  # refusals to messages: once per member a window
 
@@ -137,12 +133,12 @@ class AskRunner:
         # refusal came after its ack, leaving a reply that never finished.
         with contextlib.ExitStack() as slot:
             slot.enter_context(self.gate.hold(ask.user_id))
-            place = await place_of(self.turns, ask.channel, ask.user_id, ask.dm)
+            place = await place_of(self.chat, ask.channel, ask.user_id, ask.dm)
             stop = reply_view(ask.id, stop_for=ask.user_id)
             # Issue 23: a model that must load first acknowledges the ask early and says so.
             notice = LoadingNotice(ask.surface, stop)
             try:
-                turn = await prepare_turn(app, replace(ask.turn, place=place), on_wait=notice)
+                turn = await app.chat.prepare(replace(ask.turn, place=place), on_wait=notice)
                 # QueueFull / ShuttingDown raise here, before the ack.
                 gen = turn.engine.submit(turn.request, turn.prepared)
                 self.gate.accepted(ask.user_id)  # a refused ask above starts no cooldown
@@ -156,7 +152,6 @@ class AskRunner:
                 gen.cancel()
                 raise
             ask.prepared, ask.gen, ask.task = turn, gen, asyncio.current_task()
-            await self._log(ask, turn)
             self.active[ask.id] = ask
             try:
                 result = await self._stream(ask, turn, gen, first, stop, release=slot.close)
@@ -174,17 +169,17 @@ class AskRunner:
             finally:
                 self.active.pop(ask.id, None)
 
-    async def _log(self, ask: Ask, turn: PreparedTurn) -> None:
-        """Keep the ask for Regenerate (best effort: a reply matters more than its button)."""
+    @staticmethod
+    def _ask_record(ask: Ask, turn: PreparedTurn) -> AskRecord:
+        """What Regenerate needs of this ask, stored with its turns."""
         request = turn.request
-        with contextlib.suppress(Exception):
-            await self.app.ask_log.save(ask.id, AskRecord(
-                prompt=ask.turn.prompt, knobs=request.knobs.model_dump(mode="json"),
-                system_prompt=request.system_prompt, guild_id=ask.guild_id,
-                channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
-                prompt_author_id=(None if ask.turn.author_id == ask.user_id
-                                  else ask.turn.author_id),
-            ))
+        return AskRecord(
+            prompt=ask.turn.prompt, knobs=request.knobs.model_dump(mode="json"),
+            system_prompt=request.system_prompt, guild_id=ask.guild_id,
+            channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
+            prompt_author_id=(None if ask.turn.author_id == ask.user_id
+                              else ask.turn.author_id),
+        )
 
     async def _stream(
         self, ask: Ask, turn: PreparedTurn, gen: Generation, first: Page,
@@ -194,21 +189,21 @@ class AskRunner:
                              text_filter=ReasoningFilter() if turn.reasoning else None)
         try:
             result = await writer.stream()
-            tail = footer_text(result, turn.dropped_turns, turn.cap, turn.footer_model,
-                               context_length=turn.engine.info.context_length)
+            tail = "-# " + footer(result, turn.dropped_turns, turn.footer_model,
+                                  turn.engine.info.context_length, cap=turn.cap)
             if result.error:
                 tail = f"{wording.warning(result.error)}\n{tail}"
             if ask.interrupted:
                 tail = f"{INTERRUPTED}\n{tail}"
             await writer.lay_out(tail)
+            # Stored before the buttons show, so a Reply pressed at once finds the turns.
+            keep = result if not result.error and result.text.strip() else None
+            ids = await writer.message_ids() if keep is not None else ()
+            swipes = await self._store(ask, turn, keep, ids, reasoning=writer.reasoning)
             view = None
-            if not result.error:
-                # Stored before the buttons show, so a Reply pressed at once finds the turns.
-                stored = await self._store(ask, turn, result, await writer.message_ids(),
-                                           reasoning=writer.reasoning)
-                view = reply_view(ask.id, reply=stored)
-                if stored and ask.answer is not None:  # issue 22: ◀ n/m ▶ and Continue
-                    view = await self._answer_view(ask, view)
+            if not result.error:  # ◀ n/m ▶ and Continue with the versions just stored
+                view = (answer_view(swipes.current, swipes) if swipes is not None
+                        else reply_view(ask.id, reply=False))
             # The asker may ask again from the moment the footer shows: free the slot
             # first. (Otherwise a drained edit bucket keeps this task asleep in
             # discord.py for up to its reset *after* the footer is visible, and an ask
@@ -221,47 +216,30 @@ class AskRunner:
             raise
 
     async def _store(
-        self, ask: Ask, turn: PreparedTurn, result: GenerationResult, ids: tuple[int, ...],
-        *, reasoning: str = "",
-    ) -> bool:
-        """Record the exchange; False when there is nothing to continue (or it failed)."""
-        if not result.text.strip():
-            return False
+        self, ask: Ask, turn: PreparedTurn, result: GenerationResult | None,
+        ids: tuple[int, ...], *, reasoning: str = "",
+    ) -> Swipes | None:
+        """Keep the ask and record the exchange; None when there is nothing to continue.
+
+        Best effort: a reply matters more than its buttons. An answer refused (the cap
+        on versions) still keeps its ask, so Regenerate works.
+        """
+        record = self._ask_record(ask, turn)
         try:
-            if ask.swipe_of is not None:  # issue 22: a version of the same answer
-                swipes = await self.app.swipes.add_swipe(
-                    ask.swipe_of, result.text, user_id=ask.user_id, ask_id=ask.id,
-                    finish=finish_of(result), tokens=result.new_tokens, message_ids=ids,
-                    reasoning=reasoning,
-                )
-                ask.answer = swipes.current.turn
-                return True
-            ask.answer = await record_turn(
-                self.turns, turn, result.text, ask_id=ask.id,
-                question_ids=ask.surface.question_ids(), answer_ids=ids,
-            )
-            await self.app.swipes.record_finish(
-                ask.answer.id, finish=finish_of(result), tokens=result.new_tokens,
-                reasoning=reasoning)
+            swipes = await self.chat.record(
+                turn, result, ask_id=ask.id, log=record, question_ids=ask.surface.question_ids(),
+                answer_ids=ids, reasoning=reasoning, swipe_of=ask.swipe_of)
         except UserFacingError as exc:  # e.g. the cap on versions: say so under the reply
             log.info("reply %s not stored: %s", ask.id, exc.message)
-            return False
+            with contextlib.suppress(Exception):
+                await self.chat.record(turn, None, ask_id=ask.id, log=record)
+            return None
         except Exception:
             log.exception("couldn't store the turns of reply %s", ask.id)
-            return False
-        return True
-
-    async def _answer_view(self, ask: Ask, fallback: discord.ui.View) -> discord.ui.View:
-        """Issue 22: the finished buttons with Continue and the versions, when known."""
-        assert ask.answer is not None
-        try:
-            answer = await self.app.swipes.answer(ask.answer.id)
-            if answer is None or answer.turn.parent_id is None:
-                return fallback
-            swipes = await self.app.swipes.swipes(answer.turn.parent_id, user_id=ask.user_id)
-        except UserFacingError:
-            return fallback
-        return answer_view(answer, swipes)
+            return None
+        if swipes is not None:
+            ask.answer = swipes.current.turn
+        return swipes
 
     async def swipe(self, interaction: discord.Interaction, answer_id: int, delta: int) -> None:
         """◀ / ▶ (issue 22): bot/discord/swipes.py."""
@@ -307,10 +285,10 @@ class AskRunner:
             message = await surface.first_message()
             # A thread started from a message takes the message's id (Discord documents
             # this), so the conversation is in place before anyone can post in the thread.
-            await self.turns.set_head(thread_place(message.id), answer.id)
+            await self.chat.set_head(thread_place(message.id), answer.id)
             thread = await message.create_thread(name=thread_name(ask.turn.prompt))
             if thread.id != message.id:
-                await self.turns.set_head(thread_place(thread.id), answer.id)
+                await self.chat.set_head(thread_place(thread.id), answer.id)
             await thread.send(
                 "This thread continues the conversation: `/ask` here or mention me. "
                 "Everyone can join in.", allowed_mentions=NO_MENTIONS,
@@ -390,16 +368,16 @@ class AskRunner:
         speaker: tuple[int, str] | None = None
         # Issue 22: the question is found from the answer too (a version made by
         # Regenerate has no question of its own), and the new reply is its next version.
-        answer = await self.turns.answer_for_ask(ask_id)
-        question = (await self.turns.get(answer.parent_id)
+        answer = await self.chat.answer_for_ask(ask_id)
+        question = (await self.chat.get(answer.parent_id)
                     if answer is not None and answer.parent_id is not None
-                    else await self.turns.question_for_ask(ask_id))
+                    else await self.chat.question_for_ask(ask_id))
         if question is not None:
             if not question.visible_to(interaction.user.id):
                 raise PrivateConversation()
             parent_id, explicit = question.parent_id, True
             speaker = (question.author_id, question.author_name)
-        record = await self.app.ask_log.load(ask_id)
+        record = await self.chat.asked(ask_id)
         if record is None:
             raise UserFacingError(
                 "I no longer have this prompt, so I can't regenerate it. Ask again!"
@@ -428,7 +406,7 @@ class AskRunner:
             raise UserFacingError("Only the person who asked can regenerate this reply.")
 
     async def _answer_to_continue(self, ask_id: int, user_id: int) -> StoredTurn:
-        answer = await self.turns.answer_for_ask(ask_id)
+        answer = await self.chat.answer_for_ask(ask_id)
         if answer is None:
             raise UserFacingError(
                 "I no longer have this conversation (it may have expired). Ask again!"
@@ -463,7 +441,7 @@ class AskRunner:
 
     async def handle_message(self, message: discord.Message, me: discord.abc.User | None) -> None:
         """on_message: answer mentions, replies to our answers, and DMs; ignore the rest."""
-        found = await addressed(self.turns, message, me)
+        found = await addressed(self.chat, message, me)
         if found is None:
             return
         if not found.text:
@@ -494,7 +472,7 @@ class AskRunner:
         except discord.HTTPException:
             log.exception("reply %s could not be delivered", ask.id)
 
-    # --- shutdown and retention ---------------------------------------------------------
+    # --- shutdown -------------------------------------------------------------------------
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""
@@ -510,30 +488,6 @@ class AskRunner:
         if tasks:
             # Each interrupted reply gets its final "interrupted" edit before we close.
             await asyncio.wait(tasks, timeout=10)
-
-    def start_pruning(self) -> None:
-        """Prune turns past the retention now and every hour, until `stop_pruning`."""
-        if self._pruner is None:
-            self._pruner = asyncio.create_task(self._prune_loop(), name="prune-turns")
-
-    def stop_pruning(self) -> None:
-        if self._pruner is not None:
-            self._pruner.cancel()
-            self._pruner = None
-
-    async def prune(self) -> int:
-        removed = await self.turns.prune(self.app.settings.conversation_retention_days)
-        if removed:
-            log.info("pruned %d conversation turns past the retention", removed)
-        return removed
-
-    async def _prune_loop(self) -> None:
-        while True:
-            try:
-                await self.prune()
-            except Exception:
-                log.exception("pruning conversation turns failed")
-            await asyncio.sleep(PRUNE_EVERY_S)
 
 
 async def _say(message: discord.Message, text: str) -> None:

@@ -30,8 +30,9 @@ footer does not name the model.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from bot import wording
@@ -211,6 +212,22 @@ class ModelHost:
             self.check_swap(name, swapper)
         engine = await self.registry.acquire(name, on_wait)
         return self._only() if self._only is not None else engine
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str, on_wait: OnWait | None = None, *,
+                    swapper: str | None = None) -> AsyncIterator[Engine]:
+        """`engine`, kept loaded until the block ends (a turn's fitting awaits a thread)."""
+        if self.several and self.queue_depth() >= self.queue_size:
+            raise QueueFull(self.queue_size)
+        if swapper is not None and self.several:
+            self.check_swap(name, swapper)
+        async with self.registry.use(name, on_wait) as engine:
+            yield self._only() if self._only is not None else engine
+
+    def context_length(self, name: str) -> int | None:
+        """`name`'s context window: its engine's when loaded, else what its files say."""
+        engine = self.loaded(name)
+        return engine.info.context_length if engine is not None else self.catalog.spec(name).window
 
     def adopt(self, name: str, engine: Engine) -> None:
         """Wire a freshly loaded engine in: shared result hooks, the registry's poke."""

@@ -25,12 +25,14 @@ from bot.discord.client import LlamaBot
 from bot.hosting.catalog import MB, weight_bytes_of
 from bot.hosting.registry import ModelState
 from bot.store.scopes import Scope
-from testing.discord_harness import Harness, is_final
+from testing.discord_harness import Harness
 from testing.fake_discord import FakeDiscord, FakeInteraction, StoredMessage, default_guild
 from testing.model_factory import make_tiny_model
+from testing.stories import final_message
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 MANAGE_SERVER = str(discord.Permissions(manage_channels=True, manage_guild=True).value)
+MANAGE_GUILD = str(discord.Permissions(manage_guild=True).value)
 NEW_TOKENS = 6  # short replies: the point is which model answers, not what it says
 
 
@@ -64,11 +66,6 @@ async def models_bot(tmp_path: Path, model_dirs: str, **overrides: Any) -> Async
             async with fake.run_bot(bot):
                 await fake.wait_for(lambda: fake.commands or None, timeout=10)
                 yield Harness(fake=fake, bot=bot, app=app, guild=guild)
-
-
-def final_message(itx: FakeInteraction) -> StoredMessage:
-    msgs = [m for m in [itx.original, *itx.followups] if m is not None]
-    return next(m for m in reversed(msgs) if is_final(m.content))
 
 
 def footer_of(itx: FakeInteraction) -> str:
@@ -290,3 +287,50 @@ async def test_the_console_lists_sets_and_resets_the_model(
     assert "error: There is no model called `nothing-here` here." in said
     assert "Model choice removed for this channel." in said
     assert "chosen in the channel" in said  # listed while it was set
+
+
+async def test_tokens_and_the_settings_window_follow_the_channels_model(
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Two tokenizers: /tokens splits with, and /settings shows the window of, the
+    model answering in the channel, not the default's."""
+    from bot.engine.streaming import token_pieces
+
+    text = "Llamas hum softly at dusk 🦙"
+    async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir)) as h:
+        assert "now answers" in await set_model(h, "tiny", h.help)
+        await h.ask("Say hi.", channel_id=h.help)  # tiny loads (so /tokens answers at once)
+        in_help = await answer_text(await h.command("tokens", {"text": text}, channel_id=h.help))
+        in_general = await answer_text(await h.command("tokens", {"text": text}))
+        smol, tiny = (h.app.models.loaded(n) for n in ("smol", "tiny"))
+        assert smol is not None and tiny is not None
+        counts = {name: len(token_pieces(engine.bundle.tokenizer, text))
+                  for name, engine in (("smol", smol), ("tiny", tiny))}
+        windows = {"smol": smol.info.context_length, "tiny": tiny.info.context_length}
+        assert counts["smol"] != counts["tiny"] and windows["smol"] != windows["tiny"]
+        assert in_help.startswith(f"**{counts['tiny']} tokens**"), in_help
+        assert f"context window {windows['tiny']} tokens · model `tiny`" in in_help
+        assert in_general.startswith(f"**{counts['smol']} tokens**"), in_general
+        assert f"context window {windows['smol']} tokens · model `smol`" in in_general
+
+        # No conversation yet: /settings shows the window of the model answering there.
+        settings_help = await answer_text(await h.command("settings", channel_id=h.help))
+        assert f"**Context window**: {windows['tiny']:,} tokens" in settings_help
+        settings_general = await answer_text(await h.command("settings"))
+        assert f"**Context window**: {windows['smol']:,} tokens" in settings_general
+        # The conversation in #help is counted in tiny's tokens, against tiny's window.
+        shown = await answer_text(await h.command("conversation show", channel_id=h.help))
+        assert f"{windows['tiny']:,}-token window" in shown, shown
+
+        # It follows the choice: #general chooses tiny, and its window shows there.
+        assert "removed" in await answer_text(await h.command(
+            "model reset", channel_id=h.help, permissions=MANAGE_CHANNELS))
+        assert "now answers" in await set_model(h, "tiny", h.general)
+        settings_general = await answer_text(await h.command("settings"))
+        assert f"**Context window**: {windows['tiny']:,} tokens" in settings_general
+        # /status describes the model answering where it is asked.
+        done = await h.command("status", permissions=MANAGE_GUILD)
+        embed = (await done.wait_response()).data["embeds"][0]
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        assert smol.info.model_name != tiny.info.model_name
+        assert fields["Model"] == tiny.info.model_name, fields

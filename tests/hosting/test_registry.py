@@ -18,7 +18,6 @@ from bot.errors import ShuttingDown, UserFacingError
 from bot.hosting.catalog import ModelCatalog, ModelSpec, UnknownModel, weight_bytes_of
 from bot.hosting.host import ModelHost, ModelSwapTooSoon
 from bot.hosting.registry import (
-    LaneGate,
     ModelLoadFailed,
     ModelRegistry,
     ModelState,
@@ -270,31 +269,6 @@ def test_room_is_planned_per_device() -> None:
     assert choose_victims(both, residents, budget) is None
     assert choose_victims(both, residents, {"cuda:0": 10}.get) == ["gpu0-b"]
     assert choose_victims(gpu0, residents, lambda d: None) == []
-
-
-async def test_lane_gate_serves_waiting_models_in_turn() -> None:
-    gate = LaneGate(1)
-    order: list[str] = []
-    await gate.acquire("a")
-
-    async def batch(model: str, tag: str) -> None:
-        async with gate.lane(model):
-            order.append(tag)
-            await asyncio.sleep(0)
-
-    tasks = [asyncio.create_task(batch("a", f"a{i}")) for i in range(3)]
-    await asyncio.sleep(0)
-    tasks.append(asyncio.create_task(batch("b", "b0")))
-    dropped = asyncio.create_task(batch("c", "c0"))
-    await asyncio.sleep(0)
-    assert gate.waiting_besides("a") == 2
-    dropped.cancel()
-    await asyncio.sleep(0)
-    assert gate.waiting_besides("a") == 1
-    gate.release()
-    await asyncio.gather(*tasks)
-    assert order == ["a0", "b0", "a1", "a2"]  # b did not wait behind a's backlog
-    assert gate.in_use == 0
 
 
 async def test_the_queue_bound_counts_asks_waiting_for_a_load_across_models(

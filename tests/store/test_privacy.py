@@ -1,4 +1,4 @@
-"""Privacy as promised (issue 24 item 16): text is kept no longer than the README says.
+"""Privacy as promised: text is kept no longer than the README says.
 
 A private ask in a server is kept 15 minutes in every table that holds its text
 (its prompt in `asks`, its question and answer in `turns`, the message ids that
