@@ -84,7 +84,8 @@ class App:
             self.engine = engine
 
     async def resolve(self, loc: Location) -> Effective:
-        return await self.store.resolve(loc)
+        """The settings in force at `loc`, over the defaults of the model in effect there."""
+        return await self.chat.resolve(loc)
 
 
 def _to_stderr(line: str) -> None:

@@ -76,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare-model", help="convert the embedded model (idempotent)")
     prep.add_argument("--quantization", help="int8 (default), float32, int8_float16, ...")
 
+    conv = sub.add_parser(
+        "convert", help="convert a Hugging Face model directory or a GGUF file for the bot"
+    )
+    conv.add_argument("source", type=Path, help="model directory (config.json, *.safetensors, "
+                      "tokenizer) or .gguf file")
+    conv.add_argument("dest", type=Path, help="the model directory to write (replaced if present)")
+    conv.add_argument("--quantization", default="int8",
+                      choices=["int8", "int8_float16", "float16", "bfloat16", "float32"],
+                      help="weight type (default int8; float32 reproduces the checkpoint)")
+
     forget = sub.add_parser("forget", help="erase what is stored of one user or one server")
     who = forget.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="a Discord user id")
@@ -270,6 +280,21 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _convert(args: argparse.Namespace) -> int:
+    """`convert SOURCE DEST`: needs no settings, so it runs before .env is read."""
+    from bot.model.convert import convert, progress_bar
+
+    try:
+        convert(args.source, args.dest, args.quantization, progress=_progress,
+                on_layer=progress_bar())
+    except UserFacingError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def _bench(env_file: str, argv: list[str]) -> int:
     """`python -m bot bench ...` from a checkout: hand the flags to `python -m bench`.
 
@@ -293,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args.env_file, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if command == "convert":
+        return _convert(args)
     overrides: dict[str, Any] = {}
     if getattr(args, "seed", None) is not None:
         overrides["seed"] = args.seed

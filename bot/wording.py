@@ -49,6 +49,7 @@ def queued(ahead: int) -> str:
 #: The source labels `/settings` and `/system show` print (keys: `Effective.sources`).
 SOURCE_LABELS: Final[Mapping[str, str]] = {
     "default": "default",
+    "model": "model",
     "operator": "operator",
     "server": "this server",
     "channel": "this channel",
@@ -103,6 +104,45 @@ def persona_reset(where: str) -> str:
 
 def persona_not_set(where: str) -> str:
     return f"{where[:1].upper()}{where[1:]} has no persona of its own."
+
+
+#: Saved personas are the server's: saving, replacing or deleting one needs Manage Server.
+NAMED_PERSONAS_PERMISSION: Final = (
+    "You need the Manage Server permission to save or delete this server's saved personas.")
+#: `/system import` by a member who may set the persona but not save it by name.
+IMPORT_NOT_SAVED: Final = "Not saved by name: that needs the Manage Server permission."
+
+
+def persona_deleted(name: str) -> str:
+    return f"Deleted the saved persona `{name}`."
+
+
+def persona_not_saved(name: str) -> str:
+    return f"There is no saved persona named `{name}`; `/system list` shows them."
+
+
+# --- models that push others out of memory -----------------------------------------------
+
+#: Choosing a model that does not fit in memory beside the default one.
+MODEL_SWAP_PERMISSION: Final = (
+    "That model doesn't fit in memory beside the default one, so loading it unloads the "
+    "model everyone else here uses: choosing it needs the Manage Server permission.")
+MODEL_SWAP_NOT_IN_DMS: Final = (
+    "That model doesn't fit in memory beside the default one, so loading it would unload "
+    "the model everyone else uses: it can't be chosen for DMs.")
+
+
+def model_swaps(default: str, cooldown_s: float) -> str:
+    """What `/model` says of a model that does not fit beside the default."""
+    return (f"it doesn't fit beside `{default}`: loading it unloads it, so only Manage Server "
+            f"may choose it, and a server swaps it in at most once every {cooldown_s:,.0f} s")
+
+
+def model_swap_too_soon(name: str, pushed: tuple[str, ...], retry_in_s: float) -> str:
+    held = ", ".join(f"`{p}`" for p in pushed)
+    return (f"Loading `{name}` now would unload {held}, which others are using, and models "
+            f"were swapped here moments ago. Try again in {max(1, round(retry_in_s))} s, or "
+            "ask where the default model answers.")
 
 
 # --- reply footers --------------------------------------------------------------------------
@@ -165,7 +205,9 @@ def busy(waiting: int) -> str:
 #: Every fixed string above, for the test that checks the rules.
 ALL_FIXED: Final = (
     *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,
-    PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(),
+    PERSONA_NONE, NAMED_PERSONAS_PERMISSION, IMPORT_NOT_SAVED, MODEL_SWAP_PERMISSION,
+    MODEL_SWAP_NOT_IN_DMS, EMPTY_REPLY, MORE_HINT,
+    RAISE_HINT, *CAP_OWNERS.values(),
 )
 
 HELP: Final = """**How to ask**

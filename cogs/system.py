@@ -16,10 +16,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import wording
-from bot.chat.characters import MAX_PNG_BYTES, parse_card
+from bot.chat.characters import MAX_PNG_BYTES, read_card
 from bot.chat.request import persona
 from bot.discord.attachments import read_attachment
 from bot.discord.common import location_of
+from bot.discord.errors import MissingScopePermission
 from bot.discord.guard import parse_id
 from bot.discord.modals import ModalRouter, send_stateless
 from bot.errors import UserFacingError
@@ -203,12 +204,16 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         target = scope_for_write(interaction, scope)
         app = bot_of(interaction).app
         data = await read_attachment(card, MAX_PNG_BYTES)
-        parsed = parse_card(data, filename=card.filename)
+        parsed = await read_card(data, filename=card.filename)
+        may_save = _may_name_personas(interaction)
         saved_as, not_saved = await app.chat.import_card(
-            target, parsed, guild_id=interaction.guild_id, actor_id=interaction.user.id)
+            target, parsed, guild_id=interaction.guild_id if may_save else None,
+            actor_id=interaction.user.id)
         count_write(interaction)
         saved_note = ""
-        if saved_as is not None:
+        if interaction.guild_id is not None and not may_save:
+            saved_note = f" ({wording.IMPORT_NOT_SAVED})"
+        elif saved_as is not None:
             saved_note = f" Saved as `{saved_as}` (`/system load`)."
         elif not_saved is not None:
             saved_note = f" (Not saved by name: {not_saved})"
@@ -227,8 +232,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         self, interaction: discord.Interaction,
         name: app_commands.Range[str, 1, MAX_NAME_CHARS], knobs: bool = False,
     ) -> None:
-        guild_id = _server_of(interaction)
-        take_write_slot(interaction)
+        guild_id = _named_personas_writer(interaction)
         app = bot_of(interaction).app
         saved, replaced = await app.chat.save_persona(
             location_of(interaction), guild_id, name, actor_id=interaction.user.id,
@@ -239,6 +243,20 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         await interaction.response.send_message(
             f"{what} the persona `{saved.name}`{extra}.", ephemeral=True,
             allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="delete", description="Delete a persona saved on this server.")
+    @app_commands.describe(name="A saved persona (see /system list)")
+    async def delete(
+        self, interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, MAX_NAME_CHARS],
+    ) -> None:
+        guild_id = _named_personas_writer(interaction)
+        deleted = await bot_of(interaction).app.personas.remove(guild_id, name)
+        count_write(interaction, deleted is not None)
+        msg = (wording.persona_not_saved(discord.utils.escape_markdown(" ".join(name.split())))
+               if deleted is None else wording.persona_deleted(deleted))
+        await interaction.response.send_message(msg, ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="load", description="Use a saved persona here.")
     @app_commands.describe(name="A saved persona (see /system list)",
@@ -301,6 +319,20 @@ def _server_of(interaction: discord.Interaction) -> int:
     if interaction.guild_id is None:
         raise UserFacingError("Saved personas belong to a server: use them there.")
     return interaction.guild_id
+
+
+def _may_name_personas(interaction: discord.Interaction) -> bool:
+    return bool(interaction.permissions.manage_guild)
+
+
+def _named_personas_writer(interaction: discord.Interaction) -> int:
+    """The server whose saved personas this member may change (Manage Server, like
+    `/system set scope: server`), after the settings-write limit; else a refusal."""
+    guild_id = _server_of(interaction)
+    if not _may_name_personas(interaction):
+        raise MissingScopePermission(wording.NAMED_PERSONAS_PERMISSION)
+    take_write_slot(interaction)
+    return guild_id
 
 
 async def _post_greeting(interaction: discord.Interaction, text: str) -> None:

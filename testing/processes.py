@@ -9,6 +9,7 @@ command-line tools need; `run_bot_cli` runs one command to its end.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,27 @@ def run_bot_cli(env: dict[str, str], *args: str, lines: list[str] | None = None,
         input=stdin, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout,
         check=False,
     )
+
+
+#: A `/knobs show` row: the knob, its value, (its source).
+KNOB_ROW = re.compile(r"^\s+(\w+)\s+(.+?)\s+\((\w+)\)$")
+
+
+def run_console(env: dict[str, str], lines: list[str], command: str = "console",
+                ) -> subprocess.CompletedProcess[str]:
+    return run_bot_cli(env, command, lines=lines, timeout=60)
+
+
+def transcript(stdout: str) -> list[tuple[str, str]]:
+    """(line typed, what the console answered) in order; the banner is dropped."""
+    turns = []
+    for chunk in stdout.split("you> ")[1:]:
+        typed, _, answer = chunk.partition("\n")
+        turns.append((typed, answer))
+    return turns
+
+
+def knob_table(text: str) -> dict[str, tuple[str, str]]:
+    """`/knobs show` output as {knob: (shown value, source)}."""
+    rows = [KNOB_ROW.match(line) for line in text.splitlines()]
+    return {m[1]: (m[2], m[3]) for m in rows if m}

@@ -33,11 +33,12 @@ from bot.chat.view import ConversationView, TurnLine
 from bot.config import Settings
 from bot.engine import Engine, FinishReason, GenerationRequest, GenerationResult, PreparedPrompt
 from bot.errors import UserFacingError
-from bot.hosting.host import ModelHost, OnWait
+from bot.hosting.host import ModelHost, OnWait, swapper_of
 from bot.knobs import KNOB_NAMES, Knobs
+from bot.model.bundle import read_generation_defaults
 from bot.store.ask_log import AskLog, AskRecord
 from bot.store.personas import MAX_NAME_CHARS, PersonaStore, SavedPersona
-from bot.store.scopes import Effective, Location, Scope
+from bot.store.scopes import Effective, Location, Scope, with_model_defaults
 from bot.store.store import SettingsStore
 from bot.store.swipes import Answer, Swipes, SwipeStore
 from bot.store.turns import NewExchange, StoredTurn, TurnStore
@@ -73,6 +74,14 @@ class Chat:
         self.swipes = swipes
         self.ask_log = ask_log
         self.models = models
+
+    async def resolve(self, location: Location) -> Effective:
+        """The settings in force at `location`, over the defaults of the model in effect there
+        (its `generation_config.json`, shown as "(model)")."""
+        effective = await self.store.resolve(location)
+        name = self.models.choice(effective).name
+        model_dir = self.models.catalog.spec(name).dir
+        return with_model_defaults(effective, read_generation_defaults(model_dir))
 
     # --- a turn ----------------------------------------------------------------------
 
@@ -117,7 +126,7 @@ class Chat:
                         else ask.prompt)
         # Regenerate: the ask's stored knobs under the persona and cap in force now.
         overrides = ask.again.model_dump() if ask.again is not None else ask.overrides
-        effective = await self.store.resolve(ask.location)
+        effective = await self.resolve(ask.location)
         request, cap = self.request(effective, model_prompt, overrides)
         if names and self.settings.speaker_stops:
             # Stop at a line that starts another speaker's turn (opt-in,
@@ -151,11 +160,14 @@ class Chat:
         # Rendering and encoding a long conversation is CPU work: in a worker thread, so
         # no member's reply (nor the gateway's heartbeat) waits on it. The lease keeps the
         # model loaded meanwhile.
-        async with models.lease(turn_model.name, on_wait) as engine:
+        # Loading a model that unloads others is rate-limited per server (or DM member).
+        swapper = swapper_of(ask.location.guild_id, ask.author_id)
+        async with models.lease(turn_model.name, on_wait, swapper=swapper) as engine:
             fitted, prepared = await asyncio.to_thread(fit, engine)
         return PreparedTurn(ask=ask, parent_id=parent, request=fitted.request, prepared=prepared,
                             dropped_turns=fitted.dropped_turns, engine=engine, model=turn_model,
-                            several=models.several, cap=cap, reasoning=effective.reasoning,
+                            several=models.several, cap=cap,
+                            reasoning=effective.reasoning or engine.bundle.chat.opens_reasoning,
                             files=tuple(files), files_cut=tuple(files_cut))
 
     async def usage(self, ask: TurnAsk) -> ContextUsage:
@@ -260,7 +272,7 @@ class Chat:
         """The turns of `chain` the viewer may see, their tokens in the turn's model, and
         which the next ask would leave out to fit its window."""
         visible = [t for t in chain if t.visible_to(viewer_id)]
-        effective = await self.store.resolve(location)
+        effective = await self.resolve(location)
         request, _ = self.request(effective, PROBE)
         history = history_of(visible, names=False)
         name = self.models.turn_model(chain[-1].model if chain else None, effective).name
@@ -347,7 +359,7 @@ class Chat:
                            actor_id: int, with_knobs: bool) -> tuple[SavedPersona, bool]:
         """Save the persona in force at `location` (with its own scope's knobs); whether
         it replaced one of that name."""
-        text, _ = persona(await self.store.resolve(location), self.settings.system_prompt)
+        text, _ = persona(await self.resolve(location), self.settings.system_prompt)
         if not text:
             raise UserFacingError("There is no persona here to save; set one first.")
         bundle = None

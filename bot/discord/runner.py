@@ -182,6 +182,8 @@ class AskRunner:
             prompt=turn.question, knobs=request.knobs.model_dump(mode="json"),
             system_prompt=request.system_prompt, guild_id=ask.guild_id,
             channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
+            prompt_author_id=(None if ask.turn.author_id == ask.user_id
+                              else ask.turn.author_id),
         )
 
     async def _stream(

@@ -43,7 +43,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, Literal, Protocol, TypeVar
 
 from bot.errors import ShuttingDown, UserFacingError
@@ -284,6 +284,23 @@ class ModelRegistry(Generic[M]):
 
     def state(self, name: str) -> ModelState:
         return self._slot(name).state
+
+    def displaced_by(self, name: str) -> tuple[str, ...]:
+        """The loaded models that loading `name` now would unload, busy ones included
+        (the load would wait for them): () when it is loaded, loading, or fits."""
+        slot = self._slot(name)
+        if slot.state in (ModelState.READY, ModelState.LOADING):
+            return ()
+        everyone = [replace(r, evictable=True) for r in self._residents() if r.name != name]
+        return tuple(choose_victims(slot.spec, everyone, self.budget) or ())
+
+    def fits_beside(self, name: str, other: str) -> bool:
+        """Whether `name` and `other` can be loaded at once within the budget."""
+        need, there = self._slot(name).spec, self._slot(other).spec
+        if name == there.name:
+            return True
+        resident = Resident(there.name, there.devices, there.weight_bytes, 0.0, evictable=False)
+        return choose_victims(need, [resident], self.budget) == []
 
     def loaded(self, name: str) -> M | None:
         """The loaded model, without loading it or counting a use (None if not ready)."""

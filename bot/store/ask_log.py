@@ -38,6 +38,9 @@ class AskRecord:
     channel_id: int | None
     user_id: int
     private: bool = False
+    prompt_author_id: int | None = None
+    """Whose words the prompt is, when not `user_id`'s: Regenerate pressed by someone
+    else asks the asker's question again, and erasing the asker erases this copy too."""
 
     @classmethod
     def from_json(cls, data: object) -> AskRecord | None:
@@ -53,6 +56,8 @@ class AskRecord:
                 channel_id=data.get("channel_id"),
                 user_id=int(data.get("user_id") or 0),
                 private=data.get("private") is True,
+                prompt_author_id=(None if data.get("prompt_author_id") is None
+                                  else int(data["prompt_author_id"])),
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -9,7 +9,8 @@ message conversation has a scope per user.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -160,7 +161,8 @@ class Location:
 class Effective:
     """The settings in force at a location and where each came from.
 
-    `sources` maps every knob name and ``"system_prompt"`` to "default",
+    `sources` maps every knob name and ``"system_prompt"`` to "default", "model"
+    (the model's generation_config.json, `with_model_defaults`),
     "server", "channel", "thread", "dm" or "operator" (the operator's
     `max_new_tokens` ceiling); "server" also marks a channel's value held to
     the server's ceiling. `system_prompt` is None when no
@@ -178,6 +180,32 @@ class Effective:
     follow: bool = False  # every member message here is a turn (message-content mode)
     auto_thread: bool = False  # a mention here opens a thread of its own
     aside_marker: str = DEFAULT_ASIDE_MARKER  # a message starting so is left alone
+
+
+MODEL_SOURCE: Final = "model"
+"""The source of a knob the model's own `generation_config.json` recommends."""
+
+
+def with_model_defaults(effective: Effective, defaults: Mapping[str, Any]) -> Effective:
+    """`effective` with the model's recommended knobs under every scope's settings.
+
+    The layer sits between the built-in defaults and the server: a knob no scope
+    sets takes the model's value, and its source becomes "model".
+    """
+    values = {
+        name: value
+        for name, value in defaults.items()
+        if name in KNOB_NAMES and effective.sources.get(name, "default") == "default"
+    }
+    if not values:
+        return effective
+    try:
+        knobs = effective.knobs.model_copy(update=values)
+        knobs = Knobs.model_validate(knobs.model_dump())
+    except ValueError:  # pydantic's ValidationError: a combination the knobs refuse
+        return effective
+    sources = {**effective.sources, **dict.fromkeys(values, MODEL_SOURCE)}
+    return replace(effective, knobs=knobs, sources=sources)
 
 
 @dataclass(frozen=True)

@@ -23,34 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from testing.processes import ROOT, console_env, run_bot_cli
+from testing.processes import ROOT, console_env, knob_table, run_console, transcript
 
 pytestmark = pytest.mark.slow  # every story here runs `python -m bot` in a process
 
 FOOTER = re.compile(r"^\[(\d+) tokens? · [^\]]*\]$", re.MULTILINE)
-KNOB_ROW = re.compile(r"^\s+(\w+)\s+(.+?)\s+\((\w+)\)$")
-
-
-def run_console(env: dict[str, str], lines: list[str], command: str = "console",
-                ) -> subprocess.CompletedProcess[str]:
-    return run_bot_cli(env, command, lines=lines, timeout=60)
-
-
-def transcript(stdout: str) -> list[tuple[str, str]]:
-    """(line typed, what the console answered) in order; the banner is dropped."""
-    turns = []
-    for chunk in stdout.split("you> ")[1:]:
-        typed, _, answer = chunk.partition("\n")
-        turns.append((typed, answer))
-    return turns
-
-
-def knob_table(text: str) -> dict[str, tuple[str, str]]:
-    """`/knobs show` output as {knob: (shown value, source)}."""
-    rows = [KNOB_ROW.match(line) for line in text.splitlines()]
-    return {m[1]: (m[2], m[3]) for m in rows if m}
-
-
 @pytest.fixture
 def env(tiny_model_dir: Path, tmp_path: Path) -> dict[str, str]:
     return console_env(tiny_model_dir, tmp_path / "db" / "bot.sqlite3")

@@ -31,6 +31,7 @@ from testing.model_factory import make_tiny_model
 from testing.stories import final_message
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
+MANAGE_SERVER = str(discord.Permissions(manage_channels=True, manage_guild=True).value)
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True).value)
 NEW_TOKENS = 6  # short replies: the point is which model answers, not what it says
 
@@ -142,7 +143,7 @@ async def test_a_budget_for_one_model_unloads_the_idle_one_and_the_ask_says_it_l
     async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir),
                           model_memory_budget_mb=budget_mb) as h:
         registry = h.app.models.registry
-        await set_model(h, "tiny", h.help)
+        await set_model(h, "tiny", h.help, permissions=MANAGE_SERVER)
         in_help = await h.ask("Say hi.", channel_id=h.help)
         seen = [r["content"] for r in in_help.original.revisions]  # type: ignore[union-attr]
         assert any("Loading the model `tiny`" in c for c in seen), seen
@@ -155,6 +156,53 @@ async def test_a_budget_for_one_model_unloads_the_idle_one_and_the_ask_says_it_l
         assert footer_of(in_general).endswith("· `smol`")
         assert registry.state("tiny") is ModelState.UNLOADED and registry.evictions == 2
         assert h.app.engine is h.app.models.loaded("smol")  # `app.engine` follows the default
+
+
+async def test_a_model_that_unloads_the_default_is_limited_in_who_and_how_often(
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Before, under this budget a channel manager (or anyone, for their DMs) chose
+    `tiny`, and every ask there unloaded `smol`, the model the rest of the server
+    uses: three asks, three swaps. Now choosing it needs Manage Server (refused in
+    DMs), `/model` says why, and a server swaps it in once per cooldown."""
+    smol, tiny = weight_bytes_of(smol_model_dir), weight_bytes_of(tiny_dir)
+    budget_mb = (smol + tiny // 2) / MB  # room for smol, or for tiny, never both
+    async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir),
+                          model_memory_budget_mb=budget_mb) as h:
+        models, registry = h.app.models, h.app.models.registry
+        assert models.swaps_default("tiny") and not models.swaps_default("smol")
+        assert "Manage Server" in await set_model(h, "tiny", h.help)
+        assert "can't be chosen for DMs" in await set_model(h, "tiny", h.help, dm=True)
+        assert await h.app.store.model_choices(h.guild.id) == []
+        listed = await answer_text(await h.command("model list"))
+        tiny_line = next(line for line in listed.splitlines() if "`tiny`" in line)
+        assert "doesn't fit beside `smol`" in tiny_line and "only Manage Server" in tiny_line
+        said = await set_model(h, "tiny", h.help, permissions=MANAGE_SERVER)
+        assert "now answers" in said and "at most once every 120 s" in said
+
+        assert footer_of(await h.ask("Say hi.", channel_id=h.help)).endswith("· `tiny`")
+        # The default always comes back for everyone else...
+        assert footer_of(await h.ask("Say hi.")).endswith("· `smol`")
+        assert registry.evictions == 2
+        # ...and the channel cannot push it out again at once.
+        itx = await h.command("ask", {"prompt": "Say hi."}, channel_id=h.help)
+
+        def refused() -> str | None:
+            msg = itx.original
+            return msg.content if msg is not None and "Try again in" in msg.content else None
+
+        text = await h.fake.wait_for(refused, timeout=60)
+        assert "Loading `tiny` now would unload `smol`" in text
+        # /tokens loads the model answering here too: held to the same limit.
+        counted = await h.command("tokens", {"text": "hi"}, channel_id=h.help)
+
+        def tokens_refused() -> str | None:
+            msgs = [m for m in [counted.original, *counted.followups] if m is not None]
+            return next((m.content for m in msgs if "Try again in" in m.content), None)
+
+        assert "would unload `smol`" in await h.fake.wait_for(tokens_refused, timeout=60)
+        assert registry.evictions == 2 and registry.state("smol") is ModelState.READY
+        assert footer_of(await h.ask("Say hi.")).endswith("· `smol`")
 
 
 async def test_a_broken_model_fails_clearly_while_the_others_serve(
