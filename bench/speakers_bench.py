@@ -1,8 +1,8 @@
 """`python -m bench speakers --json`: how often the bot writes lines as the members.
 
 Three members (Ada, Bob and Cy) talk with the bot in one thread, taking turns,
-through the path every front-end takes (`prepare_turn` → the turn's engine →
-`record_turn`), so each reply is stored and read back as history by the next
+through the path every front-end takes (`Chat.prepare` → the turn's engine →
+`Chat.record`), so each reply is stored and read back as history by the next
 ask, as in a server. It runs twice: with the configured default persona, and
 with a character card's persona. The knobs are the defaults, except a modest
 `max_new_tokens` so the run stays short on a CPU; the sampler is seeded so two
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bot.chat.characters import card_from_json
-from bot.chat.turns import TurnAsk, prepare_turn, record_turn
+from bot.chat.turns import TurnAsk
 from bot.config import Settings
 from bot.store.ask_log import AskLog
 from bot.store.scopes import Location, Scope
@@ -96,9 +96,9 @@ async def _conversation(app: Any, persona: str | None, replies: int,
         ask = TurnAsk(location=where, prompt=QUESTIONS[n % len(QUESTIONS)],
                       author_id=author_id, author_name=author_name, place=f"thread:{THREAD}",
                       shared=True, overrides={"max_new_tokens": new_tokens})
-        turn = await prepare_turn(app, ask)
+        turn = await app.chat.prepare(ask)
         result = await turn.engine.submit(turn.request, turn.prepared).result()
-        await record_turn(app.turns, turn, result.text, ask_id=None)
+        await app.chat.record(turn, result)
         out.append({"asker": author_name, "text": result.text,
                     "speaks_as_others": speaks_as(result.text, names),
                     "opens_with_label": opens_with_label(

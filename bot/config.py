@@ -272,6 +272,16 @@ class Settings(BaseSettings):
         "another speaker's turn (\\nName:), so the model never writes members' lines.",
     )
 
+    # Talking without @ and files as context
+    message_content: bool = Field(
+        False, description="Read members' messages in followed threads and channels (needs "
+        "the privileged Message Content intent switched on in the Developer Portal).",
+    )
+    file_max_bytes: int = Field(
+        100_000, ge=1_000, le=8_000_000, description="Largest text file read as context."
+    )
+    file_max_count: int = Field(3, ge=0, le=10, description="Files read per ask; 0 = none.")
+
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int | None = Field(None, ge=1, le=65535)

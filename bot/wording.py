@@ -49,6 +49,7 @@ def queued(ahead: int) -> str:
 #: The source labels `/settings` and `/system show` print (keys: `Effective.sources`).
 SOURCE_LABELS: Final[Mapping[str, str]] = {
     "default": "default",
+    "model": "model",
     "operator": "operator",
     "server": "this server",
     "channel": "this channel",
@@ -103,6 +104,45 @@ def persona_reset(where: str) -> str:
 
 def persona_not_set(where: str) -> str:
     return f"{where[:1].upper()}{where[1:]} has no persona of its own."
+
+
+#: Saved personas are the server's: saving, replacing or deleting one needs Manage Server.
+NAMED_PERSONAS_PERMISSION: Final = (
+    "You need the Manage Server permission to save or delete this server's saved personas.")
+#: `/system import` by a member who may set the persona but not save it by name.
+IMPORT_NOT_SAVED: Final = "Not saved by name: that needs the Manage Server permission."
+
+
+def persona_deleted(name: str) -> str:
+    return f"Deleted the saved persona `{name}`."
+
+
+def persona_not_saved(name: str) -> str:
+    return f"There is no saved persona named `{name}`; `/system list` shows them."
+
+
+# --- models that push others out of memory -----------------------------------------------
+
+#: Choosing a model that does not fit in memory beside the default one.
+MODEL_SWAP_PERMISSION: Final = (
+    "That model doesn't fit in memory beside the default one, so loading it unloads the "
+    "model everyone else here uses: choosing it needs the Manage Server permission.")
+MODEL_SWAP_NOT_IN_DMS: Final = (
+    "That model doesn't fit in memory beside the default one, so loading it would unload "
+    "the model everyone else uses: it can't be chosen for DMs.")
+
+
+def model_swaps(default: str, cooldown_s: float) -> str:
+    """What `/model` says of a model that does not fit beside the default."""
+    return (f"it doesn't fit beside `{default}`: loading it unloads it, so only Manage Server "
+            f"may choose it, and a server swaps it in at most once every {cooldown_s:,.0f} s")
+
+
+def model_swap_too_soon(name: str, pushed: tuple[str, ...], retry_in_s: float) -> str:
+    held = ", ".join(f"`{p}`" for p in pushed)
+    return (f"Loading `{name}` now would unload {held}, which others are using, and models "
+            f"were swapped here moments ago. Try again in {max(1, round(retry_in_s))} s, or "
+            "ask where the default model answers.")
 
 
 # --- reply footers --------------------------------------------------------------------------
@@ -210,7 +250,9 @@ PROBS_OF_REPLY: Final = ("The prompt this reply was generated from (its persona,
 #: Every fixed string above, for the test that checks the rules.
 ALL_FIXED: Final = (
     *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,
-    PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(),
+    PERSONA_NONE, NAMED_PERSONAS_PERMISSION, IMPORT_NOT_SAVED, MODEL_SWAP_PERMISSION,
+    MODEL_SWAP_NOT_IN_DMS, EMPTY_REPLY, MORE_HINT,
+    RAISE_HINT, *CAP_OWNERS.values(),
 )
 
 HELP: Final = "\n".join([
@@ -219,6 +261,7 @@ HELP: Final = "\n".join([
     "`thread:true` opens a thread.",
     "- Mention me with your question, or reply to one of my answers (ping on) to continue it.",
     "- In DMs, just write: each message continues our conversation.",
+    "- Attach a text file (code, a log, notes) to a mention or `/ask file:` and I read it.",
     "",
     "**Buttons under a reply**",
     "- **Stop** ends it · **Regenerate** asks again · **Reply** continues the conversation.",
@@ -239,13 +282,15 @@ HELP: Final = "\n".join([
     "- **What do these do?** below explains every sampling setting · `/help` — this.",
     "",
     "**Admins' checklist**",
-    "1. `/system set`, `edit`, `import` (a character card), `save`, `load`, `reset` — the "
-    "persona here or server-wide.",
+    "1. `/system set`, `edit`, `import` (a character card), `save`, `load`, `delete`, "
+    "`reset` — the persona here or server-wide.",
     "2. `/knobs show`, `set`, `preset`, `reset` — sampling; a server's `max_new_tokens` caps "
     "its channels.",
     "3. `/model set` / `reset` — which model answers here; `/system reasoning` — split "
     "`<think>`.",
-    "4. Channel permissions decide where I may post; I answer only where I'm asked.",
+    "4. `/conversation follow`, `autothread`, `marker` — talk without @ here; a thread per "
+    "mention; what members start asides with.",
+    "5. Channel permissions decide where I may post; I answer only where I'm asked.",
 ])
 
 #: Said once when the bot joins a server, where it may post; it pings nobody.
@@ -258,3 +303,64 @@ HELP_WORDS: Final = frozenset({"help", "/help", "help?", "!help"})
 
 def asks_for_help(text: str) -> bool:
     return text.strip().lower() in HELP_WORDS
+
+
+#: `/settings` where the model answering has never been loaded and its files name no window.
+CONTEXT_UNKNOWN: Final = "**Context window**: unknown until the model first loads"
+
+
+def not_loaded(model: str) -> str:
+    """`/status` where the model answering has not been loaded yet (it loads at the first ask)."""
+    return f"`{model}` (not loaded yet: it loads at the first ask)"
+
+
+# --- files as context -------------------------------------------------------------
+
+FILE_SKIPPED: Final = "📎 `{name}` not read: {reason}."
+FILE_NOT_TEXT: Final = "it isn't a text file"
+FILE_NOT_UTF8: Final = "it isn't UTF-8 text (save it as UTF-8 and attach it again)"
+FILE_EMPTY: Final = "it is empty"
+FILE_TOO_BIG: Final = "it is {size:,} bytes and files up to {limit:,} bytes are read"
+FILE_TOO_MANY: Final = "I read {count} per ask"
+FILE_CUT: Final = "[… {lines} not shown: the file is longer than the model's window holds]"
+FILE_READ: Final = "📎 read {names}"
+FILE_READ_CUT: Final = "📎 read {names} (only the beginning of {cut} fits the model's window)"
+
+# --- talking without @ ----------------------------------------------------------------
+
+FOLLOWING: Final = (
+    "I'm following {place} now: every message here is for me, no @ needed. Start a message "
+    "with `{marker}`, or reply to or mention someone else, to talk among yourselves."
+)
+NOT_FOLLOWING: Final = "I no longer follow {place}: mention me or reply to my answers to ask."
+FOLLOW_NEEDS_CONTENT: Final = (
+    "⚠️ Following needs message-content mode: the operator sets BOT_MESSAGE_CONTENT=true and "
+    "switches on the Message Content intent (Developer Portal → Bot → Privileged Gateway "
+    "Intents). Until then I only answer mentions and replies."
+)
+AUTO_THREAD_ON: Final = (
+    "A mention in this channel now opens a thread of its own, which I follow."
+)
+AUTO_THREAD_OFF: Final = "Mentions in this channel are answered here again, without a thread."
+MARKER_SET: Final = "Messages starting with `{marker}` are left alone in followed places."
+THREAD_OPENED: Final = (
+    "I'll answer here. Keep talking in this thread, no @ needed; start a message with "
+    "`{marker}` to talk among yourselves."
+)
+THREAD_OPENED_MENTION: Final = (
+    "I'll answer here. Mention me in this thread (or reply to my answers) to keep talking."
+)
+FILE_ONLY_PROMPT: Final = "Here is a file."
+CONTENT_MODE_ON: Final = "on: followed threads and channels need no @ (Message Content intent)"
+CONTENT_MODE_OFF: Final = "off: mention me or reply to my answers (BOT_MESSAGE_CONTENT=false)"
+CONTENT_MODE_REFUSED: Final = (
+    "⚠️ off: Discord refused the Message Content intent; switch it on in the Developer Portal "
+    "(Bot → Privileged Gateway Intents) and restart"
+)
+CONTENT_INTENT_REFUSED_LOG: Final = (
+    "Discord refused the privileged Message Content intent (close code 4014). Switch it on "
+    "in the Developer Portal: your application → Bot → Privileged Gateway Intents → Message "
+    "Content Intent, then restart; or set BOT_MESSAGE_CONTENT=false. Running with "
+    "message-content mode off: only mentions, replies and DMs are answered."
+)
+AUTO_THREAD_IN_THREAD: Final = "Auto-threads are a channel's setting: use it in the channel."

@@ -66,6 +66,8 @@ else:
 
 #: The `scope:` option's description.
 SCOPE_HELP = wording.SCOPE_OPTION
+#: Discord's limit on an embed's description.
+DESCRIPTION_LIMIT = 4096
 
 __all__ = ["NO_MENTIONS", "location_of"]
 

@@ -38,6 +38,7 @@ class Ask(commands.Cog):
         stop=r"This ask only: stop sequences, separated by | (\n for a newline)",
         private="Only you see the reply and its follow-ups (only you can stop or regenerate it)",
         thread="Open a public thread from the answer; every /ask or mention there continues it",
+        file="A text file (code, a log, notes) the model reads with your question",
     )
     async def ask(
         self,
@@ -52,6 +53,7 @@ class Ask(commands.Cog):
         repetition_penalty: RepPenaltyOpt | None = None,
         private: bool = False,
         thread: bool = False,
+        file: discord.Attachment | None = None,
     ) -> None:
         overrides = knob_options(
             stop, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -59,7 +61,8 @@ class Ask(commands.Cog):
             repetition_penalty=repetition_penalty,
         )
         await runner_of(interaction).ask_command(
-            interaction, prompt, overrides, private=private, thread=thread
+            interaction, prompt, overrides, private=private, thread=thread,
+            attachments=[file] if file is not None else [],
         )
 
 

@@ -226,29 +226,3 @@ def fit_history(engine: Preparer, request: GenerationRequest) -> Fitted:
     # No history left was never probed (it "always fits"): the engine prepares that one.
     return Fitted(replace(request, history=kept), dropped_turns=len(history) - len(kept),
                   prepared=fitting.get(low))
-
-
-@dataclass(frozen=True)
-class HistoryLine:
-    """One turn of `/history`: who, what, its token count, and whether it will be sent."""
-
-    role: str
-    text: str
-    tokens: int
-    kept: bool
-
-
-def history_report(
-    engine: Preparer, request: GenerationRequest, count: TokenCounter
-) -> list[HistoryLine]:
-    """The turns the next ask would send, each with its tokens; dropped ones marked."""
-    fitted = fit_history(engine, request)
-    dropped = fitted.dropped_turns
-    return [
-        HistoryLine(turn.role, turn.text, count(turn.text), kept=i >= dropped)
-        for i, turn in enumerate(request.history)
-    ]
-
-
-class TokenCounter(Protocol):
-    def __call__(self, text: str) -> int: ...

@@ -11,6 +11,7 @@ of the buttons under a reply, so every reply shows them in the same order.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import discord
@@ -32,7 +33,8 @@ class ReplyControls(Protocol):
 
     async def ask_command(self, interaction: discord.Interaction, prompt: str,
                           overrides: dict[str, Any], *, private: bool = False,
-                          thread: bool = False) -> None: ...
+                          thread: bool = False,
+                          attachments: Sequence[discord.Attachment] = ()) -> None: ...
 
     async def stop(self, interaction: discord.Interaction, ask_id: int, owner_id: int) -> None: ...
 

@@ -40,7 +40,7 @@ import discord
 
 from bot import wording
 from bot.chat.request import FINISH_WORDS
-from bot.chat.turns import TurnAsk, prepare_turn
+from bot.chat.turns import TurnAsk
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import send_error
 from bot.discord.pages import CoalescingEditor, quote_prompt
@@ -270,7 +270,7 @@ class LabRunner:
                             overrides: dict[str, Any] | None = None) -> LabTurn:
         """A new conversation's request here: persona, knobs, caps and model as /ask has them."""
         user = interaction.user
-        turn = await prepare_turn(self.app, TurnAsk(
+        turn = await self.app.chat.prepare(TurnAsk(
             location=location_of(interaction), prompt=prompt.strip(), author_id=user.id,
             author_name=getattr(user, "display_name", user.name), explicit=True,
             overrides=dict(overrides or {}),
@@ -281,7 +281,7 @@ class LabRunner:
                              ask_id: int) -> tuple[LabTurn, str, bool]:
         """The exact request a finished reply was generated from: (turn, reply, private).
 
-        Rebuilt through the same core turn code (`prepare_turn`) from the stored ask
+        Rebuilt through the same core turn code (`Chat.prepare`) from the stored ask
         and its conversation turns (earlier turns and speaker names included), with
         the reply's stored knobs and the persona stored with the ask (not today's).
         Refused for another server or channel, and for anyone but the author of a
@@ -312,7 +312,7 @@ class LabRunner:
                       if interaction.guild is not None else None)
             who = member or (interaction.user if interaction.user.id == record.user_id else None)
             name = getattr(who, "display_name", "") if who is not None else ""
-        turn = await prepare_turn(app, TurnAsk(
+        turn = await app.chat.prepare(TurnAsk(
             location=where, prompt=record.prompt, author_id=record.user_id, author_name=name,
             parent_id=question.parent_id if question is not None else None, explicit=True,
             private=record.private, direct=record.guild_id is None, shared=True,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.chat.request import within_cap
-from bot.engine import Event, Finished, FinishReason, GenerationRequest, GenerationResult
+from bot.engine import Event, Finished, GenerationRequest, GenerationResult
 from bot.errors import InvalidKnobs, UserFacingError
 from bot.knobs import KNOB_NAMES, PRESETS, Knobs, build_knobs, parse_assignments
 from bot.lab.help import assignment, contrasting
@@ -299,8 +299,3 @@ async def compare(
         comparison.cancel()
         raise
 
-
-def finished_early(results: Sequence[VariantResult]) -> bool:
-    """Whether any variant was stopped or failed (a front-end says so under the columns)."""
-    return any(r.result.finish_reason in (FinishReason.CANCELLED, FinishReason.ERROR)
-               for r in results)

@@ -124,6 +124,14 @@ class Database:
             raise SettingsError(f"Couldn't read the settings: {exc}.") from None
         return [tuple(r) for r in rows]
 
+    async def read_with(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run `work` (reads only) on the read-only connection."""
+        try:
+            return await work(self._reader)
+        except sqlite3.Error as exc:
+            log.warning("settings read failed: %s", exc, exc_info=True)
+            raise SettingsError(f"Couldn't read the settings: {exc}.") from None
+
     async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         """Run `work` in one ``BEGIN IMMEDIATE`` transaction; roll back on any failure."""
         async with self._write_lock:

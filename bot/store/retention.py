@@ -71,8 +71,10 @@ async def forget(
 ) -> Forgotten:
     """Erase everything stored of one user's or one server's text, in one transaction.
 
-    A user: their asks, every turn they asked or that answered them (so a
-    shared conversation continues without them), their DM settings and those
+    A user: their asks and every copy of their prompts (Regenerate pressed by
+    someone else logs the prompt again), every turn they asked or that answered
+    them, every version of those answers included (so a shared conversation
+    continues without them), their DM settings and those
     settings' trail. Changes they made to a server's settings as its admin
     stay with that server. A server: its asks, turns, settings (server,
     channels, threads) and their trail. Turn-message ids go with their turns.
@@ -88,7 +90,13 @@ async def forget(
         if user_id is not None:
             uid = check_id("user id", user_id)
             return Forgotten(
-                asks=await delete("DELETE FROM asks WHERE user_id = ?", uid),
+                # Their asks, and every copy of their prompts: asks by others whose
+                # answer is one of their turns (a version someone else regenerated)
+                # or that name them as the prompt's author. Before their turns go.
+                asks=await delete(
+                    "DELETE FROM asks WHERE user_id = ? OR id IN (SELECT ask_id FROM turns "
+                    "WHERE author_id = ? AND ask_id IS NOT NULL) OR (json_valid(payload) AND "
+                    "json_extract(payload, '$.prompt_author_id') = ?)", uid, uid, uid),
                 turns=await delete("DELETE FROM turns WHERE author_id = ?", uid),
                 settings=await delete(
                     "DELETE FROM settings WHERE scope_kind = 'dm' AND scope_id = ?", uid

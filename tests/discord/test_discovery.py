@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import discord
+
 from bot import wording
 from bot.lab.help import KNOB_HELP
 from testing.discord_harness import Harness, running_bot
@@ -79,7 +81,7 @@ async def choices(h: Harness, command: str, option: str, typed: str,
 async def test_persona_names_model_names_and_variants_autocomplete(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    manage = "16"  # Manage Channels
+    manage = str(discord.Permissions(manage_channels=True, manage_guild=True).value)
     async with running_bot(tiny_model_dir, tmp_path) as h:
         for name in ("Pirate", "Librarian", "Pirate King"):
             await (await h.command("system set", {"text": f"You are {name}."},

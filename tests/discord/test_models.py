@@ -25,11 +25,14 @@ from bot.discord.client import LlamaBot
 from bot.hosting.catalog import MB, weight_bytes_of
 from bot.hosting.registry import ModelState
 from bot.store.scopes import Scope
-from testing.discord_harness import Harness, is_final
+from testing.discord_harness import Harness
 from testing.fake_discord import FakeDiscord, FakeInteraction, StoredMessage, default_guild
 from testing.model_factory import make_tiny_model
+from testing.stories import final_message
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
+MANAGE_SERVER = str(discord.Permissions(manage_channels=True, manage_guild=True).value)
+MANAGE_GUILD = str(discord.Permissions(manage_guild=True).value)
 NEW_TOKENS = 6  # short replies: the point is which model answers, not what it says
 
 
@@ -63,11 +66,6 @@ async def models_bot(tmp_path: Path, model_dirs: str, **overrides: Any) -> Async
             async with fake.run_bot(bot):
                 await fake.wait_for(lambda: fake.commands or None, timeout=10)
                 yield Harness(fake=fake, bot=bot, app=app, guild=guild)
-
-
-def final_message(itx: FakeInteraction) -> StoredMessage:
-    msgs = [m for m in [itx.original, *itx.followups] if m is not None]
-    return next(m for m in reversed(msgs) if is_final(m.content))
 
 
 def footer_of(itx: FakeInteraction) -> str:
@@ -145,7 +143,7 @@ async def test_a_budget_for_one_model_unloads_the_idle_one_and_the_ask_says_it_l
     async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir),
                           model_memory_budget_mb=budget_mb) as h:
         registry = h.app.models.registry
-        await set_model(h, "tiny", h.help)
+        await set_model(h, "tiny", h.help, permissions=MANAGE_SERVER)
         in_help = await h.ask("Say hi.", channel_id=h.help)
         seen = [r["content"] for r in in_help.original.revisions]  # type: ignore[union-attr]
         assert any("Loading the model `tiny`" in c for c in seen), seen
@@ -158,6 +156,53 @@ async def test_a_budget_for_one_model_unloads_the_idle_one_and_the_ask_says_it_l
         assert footer_of(in_general).endswith("· `smol`")
         assert registry.state("tiny") is ModelState.UNLOADED and registry.evictions == 2
         assert h.app.engine is h.app.models.loaded("smol")  # `app.engine` follows the default
+
+
+async def test_a_model_that_unloads_the_default_is_limited_in_who_and_how_often(
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Before, under this budget a channel manager (or anyone, for their DMs) chose
+    `tiny`, and every ask there unloaded `smol`, the model the rest of the server
+    uses: three asks, three swaps. Now choosing it needs Manage Server (refused in
+    DMs), `/model` says why, and a server swaps it in once per cooldown."""
+    smol, tiny = weight_bytes_of(smol_model_dir), weight_bytes_of(tiny_dir)
+    budget_mb = (smol + tiny // 2) / MB  # room for smol, or for tiny, never both
+    async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir),
+                          model_memory_budget_mb=budget_mb) as h:
+        models, registry = h.app.models, h.app.models.registry
+        assert models.swaps_default("tiny") and not models.swaps_default("smol")
+        assert "Manage Server" in await set_model(h, "tiny", h.help)
+        assert "can't be chosen for DMs" in await set_model(h, "tiny", h.help, dm=True)
+        assert await h.app.store.model_choices(h.guild.id) == []
+        listed = await answer_text(await h.command("model list"))
+        tiny_line = next(line for line in listed.splitlines() if "`tiny`" in line)
+        assert "doesn't fit beside `smol`" in tiny_line and "only Manage Server" in tiny_line
+        said = await set_model(h, "tiny", h.help, permissions=MANAGE_SERVER)
+        assert "now answers" in said and "at most once every 120 s" in said
+
+        assert footer_of(await h.ask("Say hi.", channel_id=h.help)).endswith("· `tiny`")
+        # The default always comes back for everyone else...
+        assert footer_of(await h.ask("Say hi.")).endswith("· `smol`")
+        assert registry.evictions == 2
+        # ...and the channel cannot push it out again at once.
+        itx = await h.command("ask", {"prompt": "Say hi."}, channel_id=h.help)
+
+        def refused() -> str | None:
+            msg = itx.original
+            return msg.content if msg is not None and "Try again in" in msg.content else None
+
+        text = await h.fake.wait_for(refused, timeout=60)
+        assert "Loading `tiny` now would unload `smol`" in text
+        # /tokens loads the model answering here too: held to the same limit.
+        counted = await h.command("tokens", {"text": "hi"}, channel_id=h.help)
+
+        def tokens_refused() -> str | None:
+            msgs = [m for m in [counted.original, *counted.followups] if m is not None]
+            return next((m.content for m in msgs if "Try again in" in m.content), None)
+
+        assert "would unload `smol`" in await h.fake.wait_for(tokens_refused, timeout=60)
+        assert registry.evictions == 2 and registry.state("smol") is ModelState.READY
+        assert footer_of(await h.ask("Say hi.")).endswith("· `smol`")
 
 
 async def test_a_broken_model_fails_clearly_while_the_others_serve(
@@ -314,3 +359,50 @@ async def test_the_lab_follows_the_model_set_here(
         assert fields["Model"] == "`smol` (default)"
         assert fields["Tokens generated"] == (f"`smol` {tokens_of(h, 'smol'):,} · "
                                               f"`tiny` {tokens_of(h, 'tiny'):,}")
+
+
+async def test_tokens_and_the_settings_window_follow_the_channels_model(
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Two tokenizers: /tokens splits with, and /settings shows the window of, the
+    model answering in the channel, not the default's."""
+    from bot.engine.streaming import token_pieces
+
+    text = "Llamas hum softly at dusk 🦙"
+    async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir)) as h:
+        assert "now answers" in await set_model(h, "tiny", h.help)
+        await h.ask("Say hi.", channel_id=h.help)  # tiny loads (so /tokens answers at once)
+        in_help = await answer_text(await h.command("tokens", {"text": text}, channel_id=h.help))
+        in_general = await answer_text(await h.command("tokens", {"text": text}))
+        smol, tiny = (h.app.models.loaded(n) for n in ("smol", "tiny"))
+        assert smol is not None and tiny is not None
+        counts = {name: len(token_pieces(engine.bundle.tokenizer, text))
+                  for name, engine in (("smol", smol), ("tiny", tiny))}
+        windows = {"smol": smol.info.context_length, "tiny": tiny.info.context_length}
+        assert counts["smol"] != counts["tiny"] and windows["smol"] != windows["tiny"]
+        assert in_help.startswith(f"**{counts['tiny']} tokens**"), in_help
+        assert f"context window {windows['tiny']} tokens · model `tiny`" in in_help
+        assert in_general.startswith(f"**{counts['smol']} tokens**"), in_general
+        assert f"context window {windows['smol']} tokens · model `smol`" in in_general
+
+        # No conversation yet: /settings shows the window of the model answering there.
+        settings_help = await answer_text(await h.command("settings", channel_id=h.help))
+        assert f"**Context window**: {windows['tiny']:,} tokens" in settings_help
+        settings_general = await answer_text(await h.command("settings"))
+        assert f"**Context window**: {windows['smol']:,} tokens" in settings_general
+        # The conversation in #help is counted in tiny's tokens, against tiny's window.
+        shown = await answer_text(await h.command("conversation show", channel_id=h.help))
+        assert f"{windows['tiny']:,}-token window" in shown, shown
+
+        # It follows the choice: #general chooses tiny, and its window shows there.
+        assert "removed" in await answer_text(await h.command(
+            "model reset", channel_id=h.help, permissions=MANAGE_CHANNELS))
+        assert "now answers" in await set_model(h, "tiny", h.general)
+        settings_general = await answer_text(await h.command("settings"))
+        assert f"**Context window**: {windows['tiny']:,} tokens" in settings_general
+        # /status describes the model answering where it is asked.
+        done = await h.command("status", permissions=MANAGE_GUILD)
+        embed = (await done.wait_response()).data["embeds"][0]
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        assert smol.info.model_name != tiny.info.model_name
+        assert fields["Model"] == "`tiny`", fields

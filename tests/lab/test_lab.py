@@ -1,4 +1,4 @@
-"""The knobs lab (issue 19): the numbers are the model's, the knobs act as the engine's do.
+"""The knobs lab: the numbers are the model's, the knobs act as the engine's do.
 
 A tiny random float32 Llama built from a GGUF gives an independent reference: a
 float64 numpy forward pass of the same weights (`numpy_llama_logits`). CTranslate2
@@ -507,6 +507,7 @@ async def test_lab_bench_reports_every_figure(engine: Engine) -> None:
     assert out["chart_png_bytes"] < MAX_PNG_BYTES
 
 
+@pytest.mark.slow
 def test_the_lab_imports_no_discord_no_ctranslate2_and_no_matplotlib() -> None:
     import json
     import subprocess

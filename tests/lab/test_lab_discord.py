@@ -1,4 +1,4 @@
-"""The knobs lab on Discord (issue 19): the real client, the real engine, the fake Discord.
+"""The knobs lab on Discord: the real client, the real engine, the fake Discord.
 
 /compare streams every variant into one embed within Discord's limits (a file when
 cut), Stop stops all, Regenerate draws a new seed; /probs sends a PNG chart and a
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import discord
+import pytest
 
 from bot import wording
 from bot.engine import GenerationRequest
@@ -23,13 +24,10 @@ from bot.lab.probs import format_table, probs_step
 from testing.discord_harness import Harness, running_bot
 from testing.fake_discord import FakeInteraction, FakeUser, Routes, StoredMessage
 from testing.fake_discord.world import FLAG_EPHEMERAL
+from testing.stories import buttons
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def custom_ids(msg: StoredMessage) -> list[str]:
-    return [c.get("custom_id", "") for row in msg.components for c in row.get("components", [])]
 
 
 def payloads(h: Harness) -> list[dict[str, Any]]:
@@ -59,7 +57,7 @@ def embed_size(embed: dict[str, Any]) -> int:
 async def finished_compare(h: Harness, itx: FakeInteraction, timeout: float = 60) -> StoredMessage:  # noqa: ASYNC109
     def done() -> StoredMessage | None:
         msg = itx.original
-        if msg is not None and any(i.startswith("lab:cregen:") for i in custom_ids(msg)):
+        if msg is not None and any(i.startswith("lab:cregen:") for i in buttons(msg)):
             return msg
         return None
 
@@ -144,12 +142,12 @@ async def test_stop_stops_every_variant_and_regenerate_draws_a_new_seed(
         itx = await h.command("compare", {"prompt": "go on", "a": "temperature=0.3",
                                           "b": "top_k=5"})
 
-        def stop_id() -> str | None:
-            msg = itx.original
-            found = [i for i in custom_ids(msg) if i.startswith("lab:cstop:")] if msg else []
+        def stop_id(of: FakeInteraction) -> str | None:
+            msg = of.original
+            found = [i for i in buttons(msg) if i.startswith("lab:cstop:")] if msg else []
             return found[0] if found else None
 
-        sid = await h.fake.wait_for(stop_id, timeout=30)
+        sid = await h.fake.wait_for(lambda: stop_id(itx), timeout=30)
         assert itx.original is not None
         stranger = FakeUser(999_001, "stranger")
         refused = await h.fake.inject_component(sid, message_id=itx.original.id, user=stranger)
@@ -164,8 +162,13 @@ async def test_stop_stops_every_variant_and_regenerate_draws_a_new_seed(
         assert refused.response is not None
         assert "Only the person who asked" in refused.response.data["content"]
 
-        regen = next(i for i in custom_ids(msg) if i.startswith("lab:cregen:"))
+        regen = next(i for i in buttons(msg) if i.startswith("lab:cregen:"))
         again = await h.fake.inject_component(regen, message_id=msg.id)
+        # The new draw is stopped too: its seed and its variants are what is checked.
+        again_stop = await h.fake.wait_for(lambda: stop_id(again), timeout=30)
+        assert again.original is not None
+        await (await h.fake.inject_component(again_stop, message_id=again.original.id)
+               ).wait_response()
         second = await finished_compare(h, again, timeout=120)
         seeds = compare_seeds(h)
         assert len(seeds) == 2 and seeds[1] != first_seed[0]
@@ -191,7 +194,7 @@ async def test_probs_sends_a_png_chart_ephemerally_and_steps_walk_the_reply(
         assert 0 < upload.files[0][1] < MAX_PNG_BYTES
         assert "top_k=5" in msg.content and "```" in msg.content
         assert len(msg.content) <= 2000
-        steps = [i for i in custom_ids(msg) if i.startswith("lab:step:")]
+        steps = [i for i in buttons(msg) if i.startswith("lab:step:")]
         assert 1 <= len(steps) <= 5
 
         # The table is the lab's own for that request (the channel's persona and knobs).
@@ -232,7 +235,7 @@ async def test_probs_in_raw_text_mode_completes_the_text_and_says_so(
         assert "␣Paris" in first_row
         lab = h.bot.get_cog("Lab").lab  # type: ignore[union-attr]
         walk = next(iter(lab.walks._items.values()))[1]
-        steps = [i for i in custom_ids(msg) if i.startswith("lab:step:")]
+        steps = [i for i in buttons(msg) if i.startswith("lab:step:")]
         press = await h.fake.inject_component(steps[0], message_id=msg.id)
         await press.wait_response()
         await h.fake.wait_for(lambda: len(msg.revisions) > 1 or None, timeout=60)
@@ -253,7 +256,7 @@ async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
         reply = itx.original
         assert reply is not None
         probs_id = f"lab:probs:{itx.id}"
-        assert probs_id in custom_ids(reply) and f"lab:conf:{itx.id}" in custom_ids(reply)
+        assert probs_id in buttons(reply) and f"lab:conf:{itx.id}" in buttons(reply)
         # Changing the persona afterwards does not change what that reply was made from.
         again = await h.command("system set", {"text": "You are a pirate."},
                                 permissions=MANAGE_CHANNELS)
@@ -309,9 +312,9 @@ async def test_probabilities_opens_on_the_replys_own_tokens_and_walks_them(
         # Its first token is among the candidates and named, with its rank and odds.
         taken = next(c for c in walk.step.candidates if c.id == ids[0])
         assert f"The reply took **{taken.text}** here (token 1 of {len(ids)}" in msg.content
-        assert f"lab:follow:{walk.id}" in custom_ids(msg)
-        assert f"lab:back:{walk.id}" not in custom_ids(msg)  # nothing before step 1
-        assert f"lab:jump:{walk.id}" in custom_ids(msg)
+        assert f"lab:follow:{walk.id}" in buttons(msg)
+        assert f"lab:back:{walk.id}" not in buttons(msg)  # nothing before step 1
+        assert f"lab:jump:{walk.id}" in buttons(msg)
 
         async def press_and_wait(custom_id: str, values: list[str] | None = None) -> None:
             before = len(msg.revisions)
@@ -345,7 +348,7 @@ async def test_an_empty_reply_offers_no_word_odds(tiny_model_dir: Path, tmp_path
         itx = await h.ask("say nothing")
         reply = itx.original
         assert reply is not None
-        ids = custom_ids(reply)
+        ids = buttons(reply)
         assert f"lab:probs:{itx.id}" in ids and f"lab:conf:{itx.id}" not in ids
 
 
@@ -370,6 +373,7 @@ async def test_a_private_replys_lab_buttons_are_for_its_author_only(
         assert "expired" in response.data.get("content", "")
 
 
+@pytest.mark.slow
 def test_console_compare_probs_try_and_knob_help(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The console's /compare, /probs, /try and /help knob lines, in a real console process."""
     import os
