@@ -272,9 +272,19 @@ class Settings(BaseSettings):
         True, description="Prefix each question in a shared conversation with its speaker."
     )
     speaker_stops: bool = Field(
-        False, description="With conversation_names: stop the reply at a line that starts "
+        True, description="In shared conversations: stop the reply at a line that starts "
         "another speaker's turn (\\nName:), so the model never writes members' lines.",
     )
+
+    # Talking without @ and files as context
+    message_content: bool = Field(
+        False, description="Read members' messages in followed threads and channels (needs "
+        "the privileged Message Content intent switched on in the Developer Portal).",
+    )
+    file_max_bytes: int = Field(
+        100_000, ge=1_000, le=8_000_000, description="Largest text file read as context."
+    )
+    file_max_count: int = Field(3, ge=0, le=10, description="Files read per ask; 0 = none.")
 
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -29,7 +29,6 @@ import discord
 
 from bot import wording
 from bot.chat.reasoning import ReasoningFilter
-from bot.chat.request import Cap, reply_footer
 from bot.discord.common import NO_MENTIONS
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
@@ -48,14 +47,6 @@ READING = wording.READING
 READING_AFTER_S = 0.5
 THINKING = "-# 💭 thinking…"  # issue 22: a reasoning model inside <think>
 INTERRUPTED = "⚠️ Interrupted: the bot restarted before this reply finished."
-
-
-def footer_text(
-    result: GenerationResult, dropped_turns: int = 0, cap: Cap | None = None,
-    model: str | None = None, *, context_length: int | None = None,
-) -> str:
-    """The reply footer in Discord's small-text markdown."""
-    return "-# " + reply_footer(result, dropped_turns, cap, model, context_length)
 
 
 #: Discord's Unknown Message: the message is deleted (a moderator, usually), not expired.
@@ -313,6 +304,33 @@ class MessageSurface(Surface):
         with contextlib.suppress(discord.HTTPException):
             await self.message.reply(_undelivered(exc), mention_author=False,
                                      allowed_mentions=NO_MENTIONS)
+
+
+class ThreadSurface(Surface):
+    """The answer to a member's message, written in a thread opened from it (auto-threads)."""
+
+    def __init__(self, message: discord.Message, thread: discord.Thread) -> None:
+        self.message = message
+        self.thread = thread
+
+    async def acknowledge(self, stop: discord.ui.View) -> Page:
+        first = await self.thread.send(READING, view=stop, allowed_mentions=NO_MENTIONS)
+        page = _ChannelPage(first)
+        page.view = stop
+        page.shown = (READING, True)
+        return page
+
+    async def new_page(self, content: str, view: discord.ui.View | None) -> Page:
+        sent = await self.thread.send(content, view=_or_missing(view),
+                                      allowed_mentions=NO_MENTIONS)
+        return _ChannelPage(sent)
+
+    def question_ids(self) -> tuple[int, ...]:
+        return (self.message.id,)
+
+    async def say_undelivered(self, exc: discord.HTTPException) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await self.thread.send(_undelivered(exc), allowed_mentions=NO_MENTIONS)
 
 
 class ReplyWriter:

@@ -7,7 +7,7 @@ goes through `AskRunner.run`:
     gate → request → submit → acknowledge/log → stream → store → hooks
 
 The gate is the member's slot (`AskGate`), taken before the first await; the
-request is `bot.chat.turns.prepare_turn` (history, persona, knobs, fitting; the
+request is `bot.chat.service.Chat.prepare` (history, persona, knobs, fitting; the
 prompt encoded once); errors up to the acknowledgement reach the member as
 the entry's own refusal; the stream is `ReplyWriter` on the ask's surface; the
 turns are stored before the buttons appear and the slot is freed before the
@@ -19,17 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot import wording
-from bot.chat.continuation import finish_of
+from bot.chat.files import TextFile
 from bot.chat.history import PrivateConversation
 from bot.chat.reasoning import ReasoningFilter
-from bot.chat.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
+from bot.chat.request import footer
+from bot.chat.turns import PreparedTurn, TurnAsk, check_where
+from bot.discord.attachments import read_text_files
 from bot.discord.buttons import ReplyModal, reply_view
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.conversation import (
@@ -53,7 +55,7 @@ from bot.discord.reply import (
     Page,
     ReplyWriter,
     Surface,
-    footer_text,
+    ThreadSurface,
 )
 from bot.discord.swipes import answer_view, continue_reply, show_reasoning, swipe
 from bot.engine import Generation, GenerationResult
@@ -61,6 +63,7 @@ from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.limits import AskGate, QuietRefusals
 from bot.store.ask_log import AskRecord
+from bot.store.swipes import Swipes
 from bot.store.turns import StoredTurn
 from bot.wording import HELP, asks_for_help
 
@@ -68,9 +71,6 @@ if TYPE_CHECKING:
     from bot.app import App
 
 log = logging.getLogger(__name__)
-
-PRUNE_EVERY_S = 3600.0
-
 
 @dataclass(eq=False)
 class Ask:
@@ -86,6 +86,7 @@ class Ask:
     private: bool = False  # an ephemeral reply: nobody else stops, sees or continues it
     open_thread: bool = False  # `/ask thread:true`: a thread from the answer, once stored
     swipe_of: int | None = None  # issue 22: Regenerate adds a version to this question
+    notes: tuple[str, ...] = ()  # one line each for attached files that were not read
     # Filled in as it runs:
     prepared: PreparedTurn | None = None
     gen: Generation | None = None
@@ -107,7 +108,7 @@ class AskRunner:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.turns = app.turns
+        self.chat = app.chat
         settings = app.settings
         self.gate = AskGate(settings.per_user_limit, settings.user_cooldown_s)
         self.edit_interval_s = settings.edit_interval_s
@@ -115,7 +116,6 @@ class AskRunner:
         self.active: dict[int, Ask] = {}  # running replies by ask id, for Stop and shutdown
         self.accepting = True
         self.on_finish: list[FinishHook] = []
-        self._pruner: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.quiet_refusals = QuietRefusals()  # refusals to messages: once per member a window
 
@@ -137,12 +137,13 @@ class AskRunner:
         # refusal came after its ack, leaving a reply that never finished.
         with contextlib.ExitStack() as slot:
             slot.enter_context(self.gate.hold(ask.user_id))
-            place = await place_of(self.turns, ask.channel, ask.user_id, ask.dm)
+            place = ask.turn.place or await place_of(self.chat, ask.channel, ask.user_id,
+                                                     ask.dm)
             stop = reply_view(ask.id, stop_for=ask.user_id)
             # Issue 23: a model that must load first acknowledges the ask early and says so.
             notice = LoadingNotice(ask.surface, stop)
             try:
-                turn = await prepare_turn(app, replace(ask.turn, place=place), on_wait=notice)
+                turn = await app.chat.prepare(replace(ask.turn, place=place), on_wait=notice)
                 # QueueFull / ShuttingDown raise here, before the ack.
                 gen = turn.engine.submit(turn.request, turn.prepared)
                 self.gate.accepted(ask.user_id)  # a refused ask above starts no cooldown
@@ -156,7 +157,6 @@ class AskRunner:
                 gen.cancel()
                 raise
             ask.prepared, ask.gen, ask.task = turn, gen, asyncio.current_task()
-            await self._log(ask, turn)
             self.active[ask.id] = ask
             try:
                 result = await self._stream(ask, turn, gen, first, stop, release=slot.close)
@@ -174,15 +174,17 @@ class AskRunner:
             finally:
                 self.active.pop(ask.id, None)
 
-    async def _log(self, ask: Ask, turn: PreparedTurn) -> None:
-        """Keep the ask for Regenerate (best effort: a reply matters more than its button)."""
+    @staticmethod
+    def _ask_record(ask: Ask, turn: PreparedTurn) -> AskRecord:
+        """What Regenerate needs of this ask, stored with its turns."""
         request = turn.request
-        with contextlib.suppress(Exception):
-            await self.app.ask_log.save(ask.id, AskRecord(
-                prompt=ask.turn.prompt, knobs=request.knobs.model_dump(mode="json"),
-                system_prompt=request.system_prompt, guild_id=ask.guild_id,
-                channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
-            ))
+        return AskRecord(
+            prompt=turn.question, knobs=request.knobs.model_dump(mode="json"),
+            system_prompt=request.system_prompt, guild_id=ask.guild_id,
+            channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
+            prompt_author_id=(None if ask.turn.author_id == ask.user_id
+                              else ask.turn.author_id),
+        )
 
     async def _stream(
         self, ask: Ask, turn: PreparedTurn, gen: Generation, first: Page,
@@ -192,21 +194,24 @@ class AskRunner:
                              text_filter=ReasoningFilter() if turn.reasoning else None)
         try:
             result = await writer.stream()
-            tail = footer_text(result, turn.dropped_turns, turn.cap, turn.footer_model,
-                               context_length=turn.engine.info.context_length)
+            tail = "-# " + footer(result, turn.dropped_turns, turn.footer_model,
+                                  turn.engine.info.context_length, cap=turn.cap)
+            files = file_notes(turn, ask.notes)
+            if files:
+                tail = f"-# {files}\n{tail}"
             if result.error:
                 tail = f"{wording.warning(result.error)}\n{tail}"
             if ask.interrupted:
                 tail = f"{INTERRUPTED}\n{tail}"
             await writer.lay_out(tail)
+            # Stored before the buttons show, so a Reply pressed at once finds the turns.
+            keep = result if not result.error and result.text.strip() else None
+            ids = await writer.message_ids() if keep is not None else ()
+            swipes = await self._store(ask, turn, keep, ids, reasoning=writer.reasoning)
             view = None
-            if not result.error:
-                # Stored before the buttons show, so a Reply pressed at once finds the turns.
-                stored = await self._store(ask, turn, result, await writer.message_ids(),
-                                           reasoning=writer.reasoning)
-                view = reply_view(ask.id, reply=stored)
-                if stored and ask.answer is not None:  # issue 22: ◀ n/m ▶ and Continue
-                    view = await self._answer_view(ask, view)
+            if not result.error:  # ◀ n/m ▶ and Continue with the versions just stored
+                view = (answer_view(swipes.current, swipes) if swipes is not None
+                        else reply_view(ask.id, reply=False))
             # The asker may ask again from the moment the footer shows: free the slot
             # first. (Otherwise a drained edit bucket keeps this task asleep in
             # discord.py for up to its reset *after* the footer is visible, and an ask
@@ -219,47 +224,30 @@ class AskRunner:
             raise
 
     async def _store(
-        self, ask: Ask, turn: PreparedTurn, result: GenerationResult, ids: tuple[int, ...],
-        *, reasoning: str = "",
-    ) -> bool:
-        """Record the exchange; False when there is nothing to continue (or it failed)."""
-        if not result.text.strip():
-            return False
+        self, ask: Ask, turn: PreparedTurn, result: GenerationResult | None,
+        ids: tuple[int, ...], *, reasoning: str = "",
+    ) -> Swipes | None:
+        """Keep the ask and record the exchange; None when there is nothing to continue.
+
+        Best effort: a reply matters more than its buttons. An answer refused (the cap
+        on versions) still keeps its ask, so Regenerate works.
+        """
+        record = self._ask_record(ask, turn)
         try:
-            if ask.swipe_of is not None:  # issue 22: a version of the same answer
-                swipes = await self.app.swipes.add_swipe(
-                    ask.swipe_of, result.text, user_id=ask.user_id, ask_id=ask.id,
-                    finish=finish_of(result), tokens=result.new_tokens, message_ids=ids,
-                    reasoning=reasoning,
-                )
-                ask.answer = swipes.current.turn
-                return True
-            ask.answer = await record_turn(
-                self.turns, turn, result.text, ask_id=ask.id,
-                question_ids=ask.surface.question_ids(), answer_ids=ids,
-            )
-            await self.app.swipes.record_finish(
-                ask.answer.id, finish=finish_of(result), tokens=result.new_tokens,
-                reasoning=reasoning)
+            swipes = await self.chat.record(
+                turn, result, ask_id=ask.id, log=record, question_ids=ask.surface.question_ids(),
+                answer_ids=ids, reasoning=reasoning, swipe_of=ask.swipe_of)
         except UserFacingError as exc:  # e.g. the cap on versions: say so under the reply
             log.info("reply %s not stored: %s", ask.id, exc.message)
-            return False
+            with contextlib.suppress(Exception):
+                await self.chat.record(turn, None, ask_id=ask.id, log=record)
+            return None
         except Exception:
             log.exception("couldn't store the turns of reply %s", ask.id)
-            return False
-        return True
-
-    async def _answer_view(self, ask: Ask, fallback: discord.ui.View) -> discord.ui.View:
-        """Issue 22: the finished buttons with Continue and the versions, when known."""
-        assert ask.answer is not None
-        try:
-            answer = await self.app.swipes.answer(ask.answer.id)
-            if answer is None or answer.turn.parent_id is None:
-                return fallback
-            swipes = await self.app.swipes.swipes(answer.turn.parent_id, user_id=ask.user_id)
-        except UserFacingError:
-            return fallback
-        return answer_view(answer, swipes)
+            return None
+        if swipes is not None:
+            ask.answer = swipes.current.turn
+        return swipes
 
     async def swipe(self, interaction: discord.Interaction, answer_id: int, delta: int) -> None:
         """◀ / ▶ (issue 22): bot/discord/swipes.py."""
@@ -305,10 +293,10 @@ class AskRunner:
             message = await surface.first_message()
             # A thread started from a message takes the message's id (Discord documents
             # this), so the conversation is in place before anyone can post in the thread.
-            await self.turns.set_head(thread_place(message.id), answer.id)
+            await self.chat.set_head(thread_place(message.id), answer.id)
             thread = await message.create_thread(name=thread_name(ask.turn.prompt))
             if thread.id != message.id:
-                await self.turns.set_head(thread_place(thread.id), answer.id)
+                await self.chat.set_head(thread_place(thread.id), answer.id)
             await thread.send(
                 "This thread continues the conversation: `/ask` here or mention me. "
                 "Everyone can join in.", allowed_mentions=NO_MENTIONS,
@@ -327,6 +315,7 @@ class AskRunner:
         parent_id: int | None = None, explicit: bool = False, open_thread: bool = False,
         speaker: tuple[int, str] | None = None,
         swipe_of: int | None = None,
+        files: tuple[TextFile, ...] = (), notes: tuple[str, ...] = (),
     ) -> None:
         user = interaction.user
         # Regenerate keeps the question's own speaker (issue 24 item 10): the model
@@ -337,7 +326,7 @@ class AskRunner:
         await self.run(Ask(
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            private=private, open_thread=open_thread, swipe_of=swipe_of,
+            private=private, open_thread=open_thread, swipe_of=swipe_of, notes=notes,
             surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
                                        ttl_s=lambda: self.interaction_ttl_s),
             turn=TurnAsk(
@@ -345,13 +334,14 @@ class AskRunner:
                 author_name=author_name, parent_id=parent_id,
                 # In a DM, an interaction ask starts afresh unless it names its turn.
                 explicit=explicit or dm, private=private, direct=dm, shared=True,
-                overrides=dict(overrides or {}), again=again,
+                overrides=dict(overrides or {}), again=again, files=files,
             ),
         ))
 
     async def ask_command(
         self, interaction: discord.Interaction, prompt: str, overrides: dict[str, Any], *,
         private: bool = False, thread: bool = False,
+        attachments: Sequence[discord.Attachment] = (),
     ) -> None:
         """/ask: a new conversation, or the thread's; `thread` opens one from the answer."""
         if thread:
@@ -361,8 +351,17 @@ class AskRunner:
                 raise UserFacingError("Threads exist only in servers; here, just keep talking.")
             if isinstance(interaction.channel, discord.Thread):
                 raise UserFacingError("This is already a thread: `/ask` here continues it.")
+        files, notes = await self.read_files(attachments)
         await self._interaction_ask(interaction, prompt, private=private, overrides=overrides,
-                                    open_thread=thread)
+                                    open_thread=thread, files=files, notes=notes)
+
+    async def read_files(
+        self, attachments: Sequence[discord.Attachment]
+    ) -> tuple[tuple[TextFile, ...], tuple[str, ...]]:
+        """Attached text files within the operator's caps, and notes on those not read."""
+        settings = self.app.settings
+        return await read_text_files(attachments, max_bytes=settings.file_max_bytes,
+                                     max_count=settings.file_max_count)
 
     async def open_reply(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Reply button: check who may continue, then open the follow-up modal."""
@@ -388,16 +387,16 @@ class AskRunner:
         speaker: tuple[int, str] | None = None
         # Issue 22: the question is found from the answer too (a version made by
         # Regenerate has no question of its own), and the new reply is its next version.
-        answer = await self.turns.answer_for_ask(ask_id)
-        question = (await self.turns.get(answer.parent_id)
+        answer = await self.chat.answer_for_ask(ask_id)
+        question = (await self.chat.get(answer.parent_id)
                     if answer is not None and answer.parent_id is not None
-                    else await self.turns.question_for_ask(ask_id))
+                    else await self.chat.question_for_ask(ask_id))
         if question is not None:
             if not question.visible_to(interaction.user.id):
                 raise PrivateConversation()
             parent_id, explicit = question.parent_id, True
             speaker = (question.author_id, question.author_name)
-        record = await self.app.ask_log.load(ask_id)
+        record = await self.chat.asked(ask_id)
         if record is None:
             raise UserFacingError(
                 "I no longer have this prompt, so I can't regenerate it. Ask again!"
@@ -426,7 +425,7 @@ class AskRunner:
             raise UserFacingError("Only the person who asked can regenerate this reply.")
 
     async def _answer_to_continue(self, ask_id: int, user_id: int) -> StoredTurn:
-        answer = await self.turns.answer_for_ask(ask_id)
+        answer = await self.chat.answer_for_ask(ask_id)
         if answer is None:
             raise UserFacingError(
                 "I no longer have this conversation (it may have expired). Ask again!"
@@ -461,10 +460,10 @@ class AskRunner:
 
     async def handle_message(self, message: discord.Message, me: discord.abc.User | None) -> None:
         """on_message: answer mentions, replies to our answers, and DMs; ignore the rest."""
-        found = await addressed(self.turns, message, me)
+        found = await addressed(self.chat, message, me)
         if found is None:
             return
-        if not found.text:
+        if not found.text and not message.attachments:
             await _say(message, HOW_TO_ASK_DM if found.dm else HOW_TO_ASK)
             return
         if asks_for_help(found.text):  # "@bot help" is for us, not the model (issue 24 item 3)
@@ -472,15 +471,35 @@ class AskRunner:
             return
         replied = found.replied
         parent_id = replied.id if replied is not None and replied.role == "assistant" else None
-        user, channel = message.author, message.channel
+        await self.answer_message(message, found.text, parent_id=parent_id, dm=found.dm)
+
+    async def answer_message(
+        self, message: discord.Message, text: str, *, parent_id: int | None = None,
+        dm: bool = False, place: str | None = None, thread: discord.Thread | None = None,
+        attachments_from: Sequence[discord.Message] = (), named: bool = False,
+    ) -> None:
+        """Answer a member's message (or a burst ending with it) as one turn.
+
+        `place` names the conversation it continues (a followed thread or channel);
+        `thread` writes the answer in a thread opened from the message; files come
+        from `attachments_from` (every message of a burst), else the message itself.
+        """
+        user = message.author
+        channel: object = thread or message.channel
+        channel_id = thread.id if thread is not None else message.channel.id
         guild_id = message.guild.id if message.guild is not None else None
+        attachments = [a for m in (attachments_from or [message]) for a in m.attachments]
+        files, notes = await self.read_files(attachments)
+        if not text.strip() and files:
+            text = wording.FILE_ONLY_PROMPT
+        surface = ThreadSurface(message, thread) if thread is not None else MessageSurface(message)
         ask = Ask(
-            id=message.id, user_id=user.id, surface=MessageSurface(message), channel=channel,
-            guild_id=guild_id, channel_id=channel.id,
+            id=message.id, user_id=user.id, surface=surface, channel=channel,
+            guild_id=guild_id, channel_id=channel_id, notes=notes,
             turn=TurnAsk(
-                location=location(guild_id, channel.id, channel, user.id), prompt=found.text,
+                location=location(guild_id, channel_id, channel, user.id), prompt=text,
                 author_id=user.id, author_name=display_name(user), parent_id=parent_id,
-                direct=found.dm, shared=True,
+                direct=dm, shared=True, place=place, files=files, named=named,
             ),
         )
         try:
@@ -492,7 +511,7 @@ class AskRunner:
         except discord.HTTPException:
             log.exception("reply %s could not be delivered", ask.id)
 
-    # --- shutdown and retention ---------------------------------------------------------
+    # --- shutdown -------------------------------------------------------------------------
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""
@@ -509,31 +528,19 @@ class AskRunner:
             # Each interrupted reply gets its final "interrupted" edit before we close.
             await asyncio.wait(tasks, timeout=10)
 
-    def start_pruning(self) -> None:
-        """Prune turns past the retention now and every hour, until `stop_pruning`."""
-        if self._pruner is None:
-            self._pruner = asyncio.create_task(self._prune_loop(), name="prune-turns")
-
-    def stop_pruning(self) -> None:
-        if self._pruner is not None:
-            self._pruner.cancel()
-            self._pruner = None
-
-    async def prune(self) -> int:
-        removed = await self.turns.prune(self.app.settings.conversation_retention_days)
-        if removed:
-            log.info("pruned %d conversation turns past the retention", removed)
-        return removed
-
-    async def _prune_loop(self) -> None:
-        while True:
-            try:
-                await self.prune()
-            except Exception:
-                log.exception("pruning conversation turns failed")
-            await asyncio.sleep(PRUNE_EVERY_S)
-
 
 async def _say(message: discord.Message, text: str) -> None:
     with contextlib.suppress(discord.HTTPException):
         await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
+
+
+def file_notes(turn: PreparedTurn, skipped: Sequence[str]) -> str:
+    """The footer's line about files: which were read (and cut), which were not."""
+    lines = []
+    if turn.files:
+        names = ", ".join(f"`{f.name}`" for f in turn.files)
+        cut = ", ".join(f"`{name}`" for name in turn.files_cut)
+        lines.append(wording.FILE_READ_CUT.format(names=names, cut=cut) if cut
+                     else wording.FILE_READ.format(names=names))
+    lines.extend(skipped)
+    return "\n-# ".join(lines)

@@ -5,7 +5,7 @@ is the press's own ``update_message`` response (it works long after the
 15-minute window of the ask that made the reply), and Continue defers the
 press and edits the pressed message, with follow-ups for more pages. The
 rules (who may browse or continue a private reply, the caps) are
-`bot.store.swipes.SwipeStore`'s; the request is `bot.chat.continuation`'s.
+`bot.store.swipes.SwipeStore`'s; the request is `bot.chat.service.Chat.continue_`'s.
 """
 
 from __future__ import annotations
@@ -13,27 +13,27 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import discord
 
-from bot.chat.continuation import finish_of, prepare_continue
+from bot.chat.request import continue_footer
 from bot.chat.turns import PreparedTurn
 from bot.discord.buttons import reply_view
 from bot.discord.common import NO_MENTIONS, location_of
-from bot.discord.pages import MESSAGE_LIMIT
+from bot.discord.pages import MESSAGE_LIMIT, quote_prompt
 from bot.discord.reply import (
     InteractionSurface,
     Page,
     ReplyWriter,
     Surface,
     _InteractionPage,
-    footer_text,
 )
-from bot.engine import Generation
+from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
-from bot.knobs import Knobs
-from bot.store.swipes import Answer, AnswerGone, PrivateAnswer, Swipes
+from bot.store.swipes import MAX_CONTINUATIONS, Answer, AnswerGone, PrivateAnswer, Swipes
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -67,7 +67,7 @@ def answer_view(answer: Answer, swipes: Swipes | None) -> discord.ui.View:
 async def show_reasoning(runner: AskRunner, interaction: discord.Interaction,
                          answer_id: int) -> None:
     """The Reasoning button: the thoughts, privately; a file when longer than a message."""
-    found = await runner.app.swipes.answer(answer_id)
+    found = await runner.app.chat.answer(answer_id)
     if found is None:
         raise AnswerGone()
     if not found.turn.visible_to(interaction.user.id):
@@ -85,19 +85,21 @@ async def show_reasoning(runner: AskRunner, interaction: discord.Interaction,
 
 
 def swipe_content(answer: Answer, swipes: Swipes) -> str:
-    """One message for a version: its text (cut to fit) and which version it is."""
+    """One message for a version: the question's quote, its text (cut to fit) and which
+    version it is, so every version reads like the reply it replaces."""
+    head = quote_prompt(swipes.question.text) + "\n" if swipes.question.text.strip() else ""
     tail = f"-# version {swipes.label()}"
-    room = MESSAGE_LIMIT - len(tail) - 2
+    room = MESSAGE_LIMIT - len(head) - len(tail) - 2
     text = answer.turn.text.rstrip()
     if len(text) > room:
         text = text[: room - 1] + "…"
-    return f"{text}\n{tail}" if text else tail
+    return f"{head}{text}\n{tail}" if text else f"{head}{tail}"
 
 
 async def swipe(runner: AskRunner, interaction: discord.Interaction, answer_id: int,
                 delta: int) -> None:
     """◀ / ▶: show another version in place; the conversation continues from it."""
-    swipes = await runner.app.swipes.step(answer_id, delta, user_id=interaction.user.id)
+    swipes = await runner.app.chat.step(answer_id, delta, user_id=interaction.user.id)
     shown = swipes.current
     await interaction.response.edit_message(
         content=swipe_content(shown, swipes), view=answer_view(shown, swipes),
@@ -133,14 +135,11 @@ async def continue_reply(runner: AskRunner, interaction: discord.Interaction,
     """Continue: one more budget for the same answer, appended in the same message."""
     app = runner.app
     user_id = interaction.user.id
-    answer = await app.swipes.check_continue(answer_id, user_id=user_id)
-    record = await app.ask_log.load(answer.turn.ask_id) if answer.turn.ask_id else None
-    knobs = Knobs.model_validate(record.knobs) if record is not None else None
     if not runner.accepting or app.models.closing:
         raise UserFacingError("I'm restarting, try again in a moment.")
     with runner.gate.hold(user_id):
-        turn = await prepare_continue(app, answer, location=location_of(interaction),
-                                      user_id=user_id, knobs=knobs)
+        answer, turn = await app.chat.continue_(answer_id, location=location_of(interaction),
+                                                user_id=user_id)
         gen = turn.engine.submit(turn.request, turn.prepared)
         surface = _ContinueSurface(interaction, private=answer.turn.private, header="",
                                    ttl_s=lambda: runner.interaction_ttl_s)
@@ -154,18 +153,22 @@ async def continue_reply(runner: AskRunner, interaction: discord.Interaction,
         writer.text = _shown_text(interaction.message)
         before = len(writer.text)
         with runner.tracking(interaction, turn, gen, surface):
+            make_footer = partial(continue_footer, earlier_tokens=answer.tokens,
+                                  continuations=answer.continuations + 1,
+                                  can_continue=answer.continuations + 1 < MAX_CONTINUATIONS,
+                                  cap=turn.cap)
             await _finish_continue(runner, writer, surface, answer_id, user_id, before,
-                                   turn.engine.info.context_length)
+                                   make_footer)
 
 
 async def _finish_continue(runner: AskRunner, writer: ReplyWriter, surface: InteractionSurface,
                            answer_id: int, user_id: int, before: int,
-                           context_length: int) -> None:
+                           make_footer: Callable[[GenerationResult], str]) -> None:
     """Stream the rest, then store it on the same answer and show the answer's buttons."""
     app = runner.app
     try:
         result = await writer.stream()
-        tail = footer_text(result, 0, context_length=context_length)
+        tail = "-# " + make_footer(result)
         if result.error:
             tail = f"⚠️ {result.error}\n{tail}"
         await writer.lay_out(tail)
@@ -173,11 +176,9 @@ async def _finish_continue(runner: AskRunner, writer: ReplyWriter, surface: Inte
         view = None
         if not result.error:
             try:
-                extended = await app.swipes.extend(
-                    answer_id, more, user_id=user_id, tokens=result.new_tokens,
-                    finish=finish_of(result))
-                await app.turns.add_messages(answer_id, await writer.message_ids())
-                swipes = await app.swipes.swipes_of_answer(answer_id, user_id=user_id)
+                swipes = await app.chat.extend(answer_id, more, result, user_id=user_id,
+                                               message_ids=await writer.message_ids())
+                extended = next(a for a in swipes.answers if a.turn.id == answer_id)
                 view = answer_view(extended, swipes)
             except UserFacingError as exc:
                 await surface.note("⚠️ " + exc.message)

@@ -36,6 +36,9 @@ class AskRecord:
     channel_id: int | None
     user_id: int
     private: bool = False
+    prompt_author_id: int | None = None
+    """Whose words the prompt is, when not `user_id`'s: Regenerate pressed by someone
+    else asks the asker's question again, and erasing the asker erases this copy too."""
 
     @classmethod
     def from_json(cls, data: object) -> AskRecord | None:
@@ -51,6 +54,8 @@ class AskRecord:
                 channel_id=data.get("channel_id"),
                 user_id=int(data.get("user_id") or 0),
                 private=data.get("private") is True,
+                prompt_author_id=(None if data.get("prompt_author_id") is None
+                                  else int(data["prompt_author_id"])),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -71,27 +76,28 @@ class AskLog:
 
     async def save(self, ask_id: int, record: AskRecord, keep: int = 5000) -> None:
         """Remember an ask, and forget those past their time (see the module docstring)."""
+        await self.db.write(lambda conn: self.save_in(conn, ask_id, record, keep))
+
+    async def save_in(
+        self, conn: Tx, ask_id: int, record: AskRecord, keep: int = 5000
+    ) -> None:
+        """`save` inside the caller's transaction."""
         payload = json.dumps(asdict(record), ensure_ascii=False)
-        old = self._cutoff(self.retention_days * 86400)
-        private_old = self._cutoff(self.private_ttl_s)
-
-        async def work(conn: Tx) -> None:
-            await conn.execute(
-                "INSERT INTO asks (id, guild_id, channel_id, user_id, payload, created_at, "
-                "private) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "guild_id = excluded.guild_id, channel_id = excluded.channel_id, "
-                "user_id = excluded.user_id, payload = excluded.payload, "
-                "created_at = excluded.created_at, private = excluded.private",
-                (ask_id, record.guild_id, record.channel_id, record.user_id, payload,
-                 self.db.now_iso(), int(record.private)),
-            )
-            await conn.execute(
-                "DELETE FROM asks WHERE id NOT IN (SELECT id FROM asks ORDER BY id DESC LIMIT ?)",
-                (keep,),
-            )
-            await self._prune(conn, old, private_old)
-
-        await self.db.write(work)
+        await conn.execute(
+            "INSERT INTO asks (id, guild_id, channel_id, user_id, payload, created_at, "
+            "private) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "guild_id = excluded.guild_id, channel_id = excluded.channel_id, "
+            "user_id = excluded.user_id, payload = excluded.payload, "
+            "created_at = excluded.created_at, private = excluded.private",
+            (ask_id, record.guild_id, record.channel_id, record.user_id, payload,
+             self.db.now_iso(), int(record.private)),
+        )
+        await conn.execute(
+            "DELETE FROM asks WHERE id NOT IN (SELECT id FROM asks ORDER BY id DESC LIMIT ?)",
+            (keep,),
+        )
+        await self._prune(conn, self._cutoff(self.retention_days * 86400),
+                          self._cutoff(self.private_ttl_s))
 
     async def prune(self) -> int:
         """Forget asks past their time now (at start, or from a periodic task); returns rows."""

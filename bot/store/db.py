@@ -125,6 +125,10 @@ class Database(abc.ABC):
         """Rows of one query over committed data."""
 
     @abc.abstractmethod
+    async def read_with(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `work`, several reads over committed data, without a write lock."""
+
+    @abc.abstractmethod
     async def write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         """Run `work` in one transaction that no other writer interleaves; roll back on failure."""
 
@@ -228,6 +232,14 @@ class SqliteDatabase(Database):
             log.warning("settings read failed: %s", exc, exc_info=True)
             raise SettingsError(f"Couldn't read the settings: {exc}.") from None
         return [tuple(r) for r in rows]
+
+    async def read_with(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `work` (reads only) on the read-only connection."""
+        try:
+            return await work(SqliteTx(self._reader))
+        except sqlite3.Error as exc:
+            log.warning("settings read failed: %s", exc, exc_info=True)
+            raise SettingsError(f"Couldn't read the settings: {exc}.") from None
 
     async def write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         """Run `work` in one ``BEGIN IMMEDIATE`` transaction; roll back on any failure."""

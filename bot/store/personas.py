@@ -1,4 +1,4 @@
-"""Named personas per server: `/system save NAME`, `/system load NAME`, `/system list`.
+"""Named personas per server: `/system save|load|delete NAME`, `/system list`.
 
 A saved persona is a system prompt under a name, optionally bundled with knobs
 (`temperature`, `stop`, …) and a character card's greeting, so a server can
@@ -197,11 +197,17 @@ class PersonaStore:
 
     async def delete(self, guild_id: int, name: str) -> bool:
         """Forget a saved persona; True if there was one."""
+        return await self.remove(guild_id, name) is not None
+
+    async def remove(self, guild_id: int, name: str) -> str | None:
+        """Forget a saved persona; its name as saved, or None if there was none."""
         key = name_key(name)
 
-        async def work(conn: Tx) -> int:
-            return await conn.execute(
-                "DELETE FROM personas WHERE guild_id = ? AND name_key = ?", (guild_id, key)
+        async def work(conn: Tx) -> str | None:
+            row = await conn.fetchone(
+                "DELETE FROM personas WHERE guild_id = ? AND name_key = ? RETURNING name",
+                (guild_id, key),
             )
+            return None if row is None else str(row[0])
 
-        return bool(await self.db.write(work))
+        return await self.db.write(work)

@@ -163,6 +163,14 @@ class PostgresDatabase(Database):
             raise SettingsError(f"Couldn't read the settings: {_reason(exc)}.") from None
         return [tuple(r) for r in rows]
 
+    async def read_with(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        try:
+            async with self.pool.acquire() as conn:
+                return await work(PostgresTx(conn))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("settings read failed: %s", exc, exc_info=True)
+            raise SettingsError(f"Couldn't read the settings: {_reason(exc)}.") from None
+
     async def write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         try:
             async with self.pool.acquire() as conn, conn.transaction():

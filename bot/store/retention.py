@@ -70,8 +70,10 @@ async def forget(
 ) -> Forgotten:
     """Erase everything stored of one user's or one server's text, in one transaction.
 
-    A user: their asks, every turn they asked or that answered them (so a
-    shared conversation continues without them), their DM settings and those
+    A user: their asks and every copy of their prompts (Regenerate pressed by
+    someone else logs the prompt again), every turn they asked or that answered
+    them, every version of those answers included (so a shared conversation
+    continues without them), their DM settings and those
     settings' trail. Changes they made to a server's settings as its admin
     stay with that server. A server: its asks, turns, settings (server,
     channels, threads) and their trail. Turn-message ids go with their turns.
@@ -85,8 +87,17 @@ async def forget(
 
         if user_id is not None:
             uid = check_id("user id", user_id)
+            # The prompt's author, kept in the ask's JSON payload (written by us, so valid).
+            named = ("(payload::jsonb ->> 'prompt_author_id')::bigint = ?"
+                     if db.dialect == "postgresql" else
+                     "(json_valid(payload) AND json_extract(payload, '$.prompt_author_id') = ?)")
             return Forgotten(
-                asks=await delete("DELETE FROM asks WHERE user_id = ?", uid),
+                # Their asks, and every copy of their prompts: asks by others whose
+                # answer is one of their turns (a version someone else regenerated)
+                # or that name them as the prompt's author. Before their turns go.
+                asks=await delete(
+                    "DELETE FROM asks WHERE user_id = ? OR id IN (SELECT ask_id FROM turns "
+                    f"WHERE author_id = ? AND ask_id IS NOT NULL) OR {named}", uid, uid, uid),
                 turns=await delete("DELETE FROM turns WHERE author_id = ?", uid),
                 settings=await delete(
                     "DELETE FROM settings WHERE scope_kind = 'dm' AND scope_id = ?", uid

@@ -52,6 +52,11 @@ from bot.store.audit import AuditLog
 from bot.store.db import Database, Tx, utcnow
 from bot.store.migration_models import MODEL_CHOICES_IN_GUILD_SQL
 from bot.store.scopes import (
+    ASIDE_MARKER_KEY,
+    AUTO_THREAD_KEY,
+    DEFAULT_ASIDE_MARKER,
+    FOLLOW_KEY,
+    MODE_KEYS,
     MODEL_KEY,
     REASONING_KEY,
     SETTING_KEYS,
@@ -63,7 +68,13 @@ from bot.store.scopes import (
     ScopeKind,
     check_id,
 )
-from bot.store.validation import INVALID, StoredValues, encode_value, validate_system_prompt
+from bot.store.validation import (
+    INVALID,
+    StoredValues,
+    encode_value,
+    validate_system_prompt,
+    validate_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +185,11 @@ class SettingsStore:
         prompt = values.pop(SYSTEM_PROMPT_KEY, None)
         model = values.pop(MODEL_KEY, None)
         reasoning = bool(values.pop(REASONING_KEY, False))
-        sources.pop(REASONING_KEY, None)  # `sources` stays the knobs' and the persona's
+        follow = bool(values.pop(FOLLOW_KEY, False))
+        auto_thread = bool(values.pop(AUTO_THREAD_KEY, False))
+        marker = str(values.pop(ASIDE_MARKER_KEY, DEFAULT_ASIDE_MARKER))
+        for key in (REASONING_KEY, *MODE_KEYS):  # `sources` stays the knobs' and the persona's
+            sources.pop(key, None)
         if server_max is not None:
             _ceil(values, sources, server_max, "server")
         if self.max_new_tokens_ceiling is not None:
@@ -190,7 +205,8 @@ class SettingsStore:
             sources["min_new_tokens"] = "default"
             knobs = Knobs.model_validate(values)
         return Effective(knobs=knobs, system_prompt=prompt, sources=sources, model=model,
-                         reasoning=reasoning)
+                         reasoning=reasoning, follow=follow, auto_thread=auto_thread,
+                         aside_marker=marker)
 
     async def scope_overrides(self, scope: Scope) -> dict[str, Any]:
         """What `scope` itself sets (knobs and ``"system_prompt"``), ignoring invalid rows."""
@@ -339,6 +355,24 @@ class SettingsStore:
         await self.db.write(
             lambda conn: self._upsert(conn, scope, {REASONING_KEY: bool(on)}, actor_id)
         )
+        return True
+
+    # -- how a place is talked in ----------------------------------------------------
+
+    async def set_mode(self, scope: Scope, key: str, value: bool | str | None, *,
+                       actor_id: int) -> bool:
+        """Follow, auto-thread or the aside marker at `scope` (None: inherit); audited.
+
+        True if a row was written or removed.
+        """
+        check_id("actor_id", actor_id)
+        if key not in MODE_KEYS:
+            raise ValueError(f"{key!r} is not a conversation-mode setting")
+        if value is None:
+            done = await self.db.write(lambda conn: self._delete(conn, scope, [key], actor_id))
+            return bool(done)
+        checked = validate_value(key, value)
+        await self.db.write(lambda conn: self._upsert(conn, scope, {key: checked}, actor_id))
         return True
 
     # -- checks and row writes ----------------------------------------------------

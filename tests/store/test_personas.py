@@ -69,6 +69,9 @@ async def test_save_load_list_case_insensitively_per_server(personas: PersonaSto
         await personas.load(GUILD, "ninja")
     assert await personas.delete(GUILD, "Alpha") is True
     assert await personas.delete(GUILD, "Alpha") is False
+    assert await personas.remove(OTHER, "pirate") is None  # another server's is not touched
+    assert await personas.remove(GUILD, "pirate") == "PIRATE"  # the name as saved
+    assert await personas.saved(GUILD) == []
 
 
 async def test_at_most_25_per_server_and_replacing_does_not_count(

@@ -258,7 +258,7 @@ async def test_min_above_inherited_max_is_refused(store: SettingsStore) -> None:
     with pytest.raises(InvalidKnobs, match=r"min_new_tokens \(200\).*max_new_tokens \(100\)"):
         await store.set_knobs(Scope.channel(C1, G1), {"min_new_tokens": 200}, actor_id=ADMIN)
     # Setting both together at the channel is accepted, but the server's max is a
-    # ceiling for its channels (issue 24 item 19): both are held to 100 there.
+    # ceiling for its channels: both are held to 100 there.
     await store.set_knobs(
         Scope.channel(C1, G1), {"min_new_tokens": 200, "max_new_tokens": 300}, actor_id=ADMIN
     )
@@ -278,7 +278,7 @@ async def test_conflict_left_by_a_reset_drops_the_minimum(
 ) -> None:
     """max_new_tokens is the cost cap: when scopes disagree, the minimum gives way."""
     scope = Scope.channel(C1, G1)
-    # Above the default max_new_tokens (512 since issue 24 item 1; 128 before).
+    # Above the default max_new_tokens (512).
     await store.set_knobs(scope, {"min_new_tokens": 600, "max_new_tokens": 700}, actor_id=ADMIN)
     assert await store.reset_knobs(scope, ["max_new_tokens"], actor_id=ADMIN) == [
         "max_new_tokens"
