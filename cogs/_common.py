@@ -13,6 +13,7 @@ from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import MissingScopePermission
 from bot.errors import UserFacingError
 from bot.knobs import KNOB_SPECS, parse_knob_text
+from bot.lab.help import KNOB_HELP
 from bot.limits import TooManyWrites
 from bot.store.scopes import Scope
 
@@ -65,6 +66,8 @@ else:
 
 #: The `scope:` option's description.
 SCOPE_HELP = wording.SCOPE_OPTION
+#: Discord's limit on an embed's description.
+DESCRIPTION_LIMIT = 4096
 
 __all__ = ["NO_MENTIONS", "location_of"]
 
@@ -72,9 +75,9 @@ __all__ = ["NO_MENTIONS", "location_of"]
 #: Discord option descriptions (at most 100 characters) from the knobs model, so the
 #: picker shows what each knob does and its range instead of "…". Not `stop`: how
 #: to type several in one line is worded per command.
+#: Every knob option's description, from the same help as "What do these do?".
 KNOB_DESCRIPTIONS: dict[str, str] = {
-    name: f"{spec.description.rstrip('.')} ({spec.range_text()})"[:100]
-    for name, spec in KNOB_SPECS.items() if name != "stop"
+    name: KNOB_HELP[name].option() for name in KNOB_SPECS if name != "stop"
 }
 
 def knob_options(stop: str | None, **numbers: Any) -> dict[str, Any]:

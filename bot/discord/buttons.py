@@ -16,7 +16,7 @@ reply on the pressed message. Only then does the press reach the runner
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -42,7 +42,8 @@ class ReplyControls(Protocol):
 
     async def ask_command(self, interaction: discord.Interaction, prompt: str,
                           overrides: dict[str, Any], *, private: bool = False,
-                          thread: bool = False) -> None: ...
+                          thread: bool = False,
+                          attachments: Sequence[discord.Attachment] = ()) -> None: ...
 
     async def stop(self, interaction: discord.Interaction, ask_id: int, owner_id: int) -> None: ...
 
@@ -299,8 +300,15 @@ def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
             view.add_item(ReplyButton(ask_id))
         if answer_id is not None:
             _add_answer_controls(view, answer_id, versions, can_continue, reasoning)
-        for item in reply_lab_buttons(ask_id):
-            item.row = 2
+        # The knobs lab's Probabilities and Word odds on every finished reply (they
+        # rebuild its prompt from the ask log; bot/discord/lab.py), beside the actions
+        # in row 0 when they fit (Discord allows five to a row; row 1 is the versions),
+        # else in a row of their own. A reply with text is stored (Reply) or has
+        # versions; an empty one has neither, so it gets no Word odds.
+        lab = reply_lab_buttons(ask_id, has_text=reply or answer_id is not None)
+        actions = sum(1 for item in view.children if item.row != 1)
+        for item in lab:
+            item.row = 0 if actions + len(lab) <= 5 else 2
             view.add_item(item)
     view.stop()
     return view

@@ -29,7 +29,6 @@ import discord
 
 from bot import wording
 from bot.chat.reasoning import ReasoningFilter
-from bot.chat.request import Cap, reply_footer
 from bot.discord.common import NO_MENTIONS
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
@@ -46,14 +45,6 @@ READING = wording.READING
 #: spent at once on a status line would hold the first text back by a whole edit
 #: interval; Discord's own "is thinking" shows meanwhile).
 READING_AFTER_S = 0.5
-
-
-def footer_text(
-    result: GenerationResult, dropped_turns: int = 0, cap: Cap | None = None,
-    model: str | None = None, *, context_length: int | None = None,
-) -> str:
-    """The reply footer in Discord's small-text markdown."""
-    return "-# " + reply_footer(result, dropped_turns, cap, model, context_length)
 
 
 #: Discord's Unknown Message: the message is deleted (a moderator, usually), not expired.
@@ -314,6 +305,33 @@ class MessageSurface(Surface):
         with contextlib.suppress(discord.HTTPException):
             await self.message.reply(_undelivered(exc), mention_author=False,
                                      allowed_mentions=NO_MENTIONS)
+
+
+class ThreadSurface(Surface):
+    """The answer to a member's message, written in a thread opened from it (auto-threads)."""
+
+    def __init__(self, message: discord.Message, thread: discord.Thread) -> None:
+        self.message = message
+        self.thread = thread
+
+    async def acknowledge(self, stop: discord.ui.View) -> Page:
+        first = await self.thread.send(READING, view=stop, allowed_mentions=NO_MENTIONS)
+        page = _ChannelPage(first)
+        page.view = stop
+        page.shown = (READING, True)
+        return page
+
+    async def new_page(self, content: str, view: discord.ui.View | None) -> Page:
+        sent = await self.thread.send(content, view=_or_missing(view),
+                                      allowed_mentions=NO_MENTIONS)
+        return _ChannelPage(sent)
+
+    def question_ids(self) -> tuple[int, ...]:
+        return (self.message.id,)
+
+    async def say_undelivered(self, exc: discord.HTTPException) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await self.thread.send(_undelivered(exc), allowed_mentions=NO_MENTIONS)
 
 
 class ReplyWriter:

@@ -6,7 +6,7 @@ generates for a member (the lab's) subclasses `Run` and calls `AskRunner.run`
 too. That one method is the lifecycle:
 
     refuse when restarting → the member's slot (`AskGate`, taken before the
-    first await) → `Run.start` (prepare and submit; a model that must load
+    first await) → `Run.start` (prepare through `Chat` and submit; a model that must load
     first acknowledges early through `LoadingNotice`) → the cooldown starts →
     acknowledge → `Run.deliver` (stream, store, and `release` the slot when
     generation ends, before the final edit) → finish hooks → one error tail.
@@ -24,17 +24,19 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot import wording
-from bot.chat.continuation import finish_of, prepare_continue
+from bot.chat.files import TextFile
 from bot.chat.history import PrivateConversation
 from bot.chat.reasoning import ReasoningFilter
-from bot.chat.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
+from bot.chat.request import footer
+from bot.chat.turns import PreparedTurn, TurnAsk, check_where
+from bot.discord.attachments import read_text_files
 from bot.discord.buttons import ReplyModal, reply_view
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.conversation import (
@@ -57,7 +59,7 @@ from bot.discord.reply import (
     Page,
     ReplyWriter,
     Surface,
-    footer_text,
+    ThreadSurface,
 )
 from bot.discord.swipes import (
     ContinueSurface,
@@ -74,6 +76,7 @@ from bot.hosting.host import OnWait
 from bot.knobs import Knobs
 from bot.limits import AskGate, QuietRefusals
 from bot.store.ask_log import AskRecord
+from bot.store.swipes import AnswerGone, Swipes
 from bot.store.turns import StoredTurn
 from bot.wording import HELP, asks_for_help
 
@@ -81,9 +84,6 @@ if TYPE_CHECKING:
     from bot.app import App
 
 log = logging.getLogger(__name__)
-
-PRUNE_EVERY_S = 3600.0
-
 
 @dataclass(eq=False, kw_only=True)
 class Run(ABC):
@@ -126,6 +126,7 @@ class Ask(Run):
     open_thread: bool = False  # `/ask thread:true`: a thread from the answer, once stored
     swipe_of: int | None = None  # Regenerate adds a version to this question
     continuing: Continuing | None = None  # Continue carries this answer on, in place
+    notes: tuple[str, ...] = ()  # one line each for attached files that were not read
     # Filled in as it runs:
     prepared: PreparedTurn | None = None
     gen: Generation | None = None
@@ -162,7 +163,7 @@ class AskRunner:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.turns = app.turns
+        self.chat = app.chat
         settings = app.settings
         self.gate = AskGate(settings.per_user_limit, settings.user_cooldown_s)
         self.edit_interval_s = settings.edit_interval_s
@@ -170,7 +171,6 @@ class AskRunner:
         self.active: dict[int, Run] = {}  # running replies by id, for Stop and shutdown
         self.accepting = True
         self.on_finish: list[FinishHook] = []
-        self._pruner: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.quiet_refusals = QuietRefusals()  # refusals to messages: once per member a window
 
@@ -228,21 +228,25 @@ class AskRunner:
     async def prepare(self, ask: Ask, on_wait: OnWait) -> PreparedTurn:
         """The turn an ask submits: a new one in its place, or more of an answer."""
         if ask.continuing is not None:
-            return await prepare_continue(
-                self.app, ask.continuing.answer, location=ask.turn.location,
-                user_id=ask.user_id, knobs=ask.continuing.knobs, on_wait=on_wait)
-        place = await place_of(self.turns, ask.channel, ask.user_id, ask.dm)
-        return await prepare_turn(self.app, replace(ask.turn, place=place), on_wait=on_wait)
+            answer, turn = await self.chat.continue_(
+                ask.continuing.answer_id, location=ask.turn.location, user_id=ask.user_id,
+                on_wait=on_wait)
+            ask.continuing.answer = answer
+            return turn
+        place = ask.turn.place or await place_of(self.chat, ask.channel, ask.user_id, ask.dm)
+        return await self.chat.prepare(replace(ask.turn, place=place), on_wait=on_wait)
 
-    async def _log(self, ask: Ask, turn: PreparedTurn) -> None:
-        """Keep the ask for Regenerate (best effort: a reply matters more than its button)."""
+    @staticmethod
+    def _ask_record(ask: Ask, turn: PreparedTurn) -> AskRecord:
+        """What Regenerate needs of this ask, stored with its turns."""
         request = turn.request
-        with contextlib.suppress(Exception):
-            await self.app.ask_log.save(ask.id, AskRecord(
-                prompt=ask.turn.prompt, knobs=request.knobs.model_dump(mode="json"),
-                system_prompt=request.system_prompt, guild_id=ask.guild_id,
-                channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
-            ))
+        return AskRecord(
+            prompt=turn.question, knobs=request.knobs.model_dump(mode="json"),
+            system_prompt=request.system_prompt, guild_id=ask.guild_id,
+            channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
+            prompt_author_id=(None if ask.turn.author_id == ask.user_id
+                              else ask.turn.author_id),
+        )
 
     async def stream(self, ask: Ask, first: Page, stop: discord.ui.View,
                      release: Callable[[], object]) -> GenerationResult:
@@ -250,8 +254,6 @@ class AskRunner:
         turn, gen = ask.prepared, ask.gen
         assert turn is not None and gen is not None
         continuing = ask.continuing
-        if continuing is None:
-            await self._log(ask, turn)
         reasoning = turn.reasoning and continuing is None
         writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s,
                              text_filter=ReasoningFilter() if reasoning else None)
@@ -260,21 +262,21 @@ class AskRunner:
         before = len(writer.text)
         try:
             result = await writer.stream()
-            context = turn.engine.info.context_length
             if continuing is None:
-                tail = footer_text(result, turn.dropped_turns, turn.cap, turn.footer_model,
-                                   context_length=context)
+                tail = "-# " + footer(result, turn.dropped_turns, turn.footer_model,
+                                      turn.engine.info.context_length, cap=turn.cap)
+                files = file_notes(turn, ask.notes)
+                if files:
+                    tail = f"-# {files}\n{tail}"
             else:
-                tail = footer_text(result, context_length=context)
+                tail = "-# " + continuing.footer(result, turn.cap)
             if result.error:
                 tail = f"{wording.warning(result.error)}\n{tail}"
             if ask.interrupted:
                 tail = f"{wording.INTERRUPTED}\n{tail}"
             await writer.lay_out(tail)
-            view = None
-            if not result.error:
-                # Stored before the buttons show, so a Reply pressed at once finds the turns.
-                view = await self._record(ask, turn, result, writer, writer.text[before:])
+            # Stored before the buttons show, so a Reply pressed at once finds the turns.
+            view = await self._record(ask, turn, result, writer, writer.text[before:])
             # The asker may ask again from the moment the footer shows: free the slot
             # first. (Otherwise a drained edit bucket keeps this task asleep in
             # discord.py for up to its reset *after* the footer is visible, and an ask
@@ -289,71 +291,59 @@ class AskRunner:
     async def _record(self, ask: Ask, turn: PreparedTurn, result: GenerationResult,
                       writer: ReplyWriter, more: str) -> discord.ui.View | None:
         """Store what was written; the finished buttons that go with it."""
-        ids = await writer.message_ids()
         if ask.continuing is not None:
+            if result.error:
+                return None
             try:
-                return await record_continuation(self.app, ask.continuing, user_id=ask.user_id,
-                                                  more=more, result=result, message_ids=ids)
+                return await record_continuation(
+                    self.app, ask.continuing, user_id=ask.user_id, more=more, result=result,
+                    message_ids=await writer.message_ids())
             except UserFacingError as exc:
                 if isinstance(ask.surface, InteractionSurface):
                     await ask.surface.note(wording.warning(exc.message))
                 return None
-        stored = await self._store(ask, turn, result, ids, reasoning=writer.reasoning)
-        view = reply_view(ask.id, reply=stored)
-        if stored and ask.answer is not None:  # ◀ n/m ▶ and Continue
-            view = await self._answer_view(ask, view)
-        return view
+        keep = result if not result.error and result.text.strip() else None
+        ids = await writer.message_ids() if keep is not None else ()
+        swipes = await self._store(ask, turn, keep, ids, reasoning=writer.reasoning)
+        if result.error:
+            return None
+        # ◀ n/m ▶ and Continue with the versions just stored.
+        return (answer_view(swipes.current, swipes) if swipes is not None
+                else reply_view(ask.id, reply=False))
 
     async def _store(
-        self, ask: Ask, turn: PreparedTurn, result: GenerationResult, ids: tuple[int, ...],
-        *, reasoning: str = "",
-    ) -> bool:
-        """Record the exchange; False when there is nothing to continue (or it failed)."""
-        if not result.text.strip():
-            return False
+        self, ask: Ask, turn: PreparedTurn, result: GenerationResult | None,
+        ids: tuple[int, ...], *, reasoning: str = "",
+    ) -> Swipes | None:
+        """Keep the ask and record the exchange; None when there is nothing to continue.
+
+        Best effort: a reply matters more than its buttons. An answer refused (the cap
+        on versions) still keeps its ask, so Regenerate works.
+        """
+        record = self._ask_record(ask, turn)
         try:
-            if ask.swipe_of is not None:  # a version of the same answer
-                swipes = await self.app.swipes.add_swipe(
-                    ask.swipe_of, result.text, user_id=ask.user_id, ask_id=ask.id,
-                    finish=finish_of(result), tokens=result.new_tokens, message_ids=ids,
-                    reasoning=reasoning,
-                )
-                ask.answer = swipes.current.turn
-                return True
-            ask.answer = await record_turn(
-                self.turns, turn, result.text, ask_id=ask.id,
-                question_ids=ask.surface.question_ids(), answer_ids=ids,
-            )
-            await self.app.swipes.record_finish(
-                ask.answer.id, finish=finish_of(result), tokens=result.new_tokens,
-                reasoning=reasoning)
+            swipes = await self.chat.record(
+                turn, result, ask_id=ask.id, log=record, question_ids=ask.surface.question_ids(),
+                answer_ids=ids, reasoning=reasoning, swipe_of=ask.swipe_of)
         except UserFacingError as exc:  # e.g. the cap on versions: say so under the reply
             log.info("reply %s not stored: %s", ask.id, exc.message)
-            return False
+            with contextlib.suppress(Exception):
+                await self.chat.record(turn, None, ask_id=ask.id, log=record)
+            return None
         except Exception:
             log.exception("couldn't store the turns of reply %s", ask.id)
-            return False
-        return True
-
-    async def _answer_view(self, ask: Ask, fallback: discord.ui.View) -> discord.ui.View:
-        """The finished buttons with Continue and the versions, when known."""
-        assert ask.answer is not None
-        try:
-            answer = await self.app.swipes.answer(ask.answer.id)
-            if answer is None or answer.turn.parent_id is None:
-                return fallback
-            swipes = await self.app.swipes.swipes(answer.turn.parent_id, user_id=ask.user_id)
-        except UserFacingError:
-            return fallback
-        return answer_view(answer, swipes)
+            return None
+        if swipes is not None:
+            ask.answer = swipes.current.turn
+        return swipes
 
     # --- entries: an answer's own buttons ------------------------------------------------
 
     async def bound_turns(self, turn_id: int, message_id: int | None,
                           ) -> tuple[StoredTurn | None, StoredTurn | None]:
         """The turn a button names and the turn of the message it was pressed on."""
-        named = await self.turns.get(turn_id)
-        shown = await self.turns.by_message(message_id) if message_id is not None else None
+        named = await self.chat.get(turn_id)
+        shown = await self.chat.by_message(message_id) if message_id is not None else None
         return named, shown
 
     async def swipe(self, interaction: discord.Interaction, answer_id: int, delta: int) -> None:
@@ -367,15 +357,16 @@ class AskRunner:
     async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None:
         """Continue: one more budget for the same answer, appended in the same message."""
         user = interaction.user
-        answer = await self.app.swipes.check_continue(answer_id, user_id=user.id)
-        record = await self.app.ask_log.load(answer.turn.ask_id) if answer.turn.ask_id else None
-        knobs = Knobs.model_validate(record.knobs) if record is not None else None
-        continuing = Continuing(answer, knobs, shown_text(interaction.message))
+        found = await self.chat.answer(answer_id)
+        if found is None:
+            raise AnswerGone()
+        continuing = Continuing(answer_id, shown_text(interaction.message))
+        private = found.turn.private
         await self.run(Ask(
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            private=answer.turn.private, continuing=continuing,
-            surface=ContinueSurface(interaction, continuing,
+            private=private, continuing=continuing,
+            surface=ContinueSurface(interaction, continuing, private=private,
                                     ttl_s=lambda: self.interaction_ttl_s),
             turn=TurnAsk(location=location_of(interaction), prompt="", author_id=user.id,
                          author_name=display_name(user)),
@@ -399,11 +390,11 @@ class AskRunner:
             message = await surface.first_message()
             # A thread started from a message takes the message's id (Discord documents
             # this), so the conversation is in place before anyone can post in the thread.
-            await self.turns.set_head(thread_place(message.id), answer.id)
+            await self.chat.set_head(thread_place(message.id), answer.id)
             thread = await message.create_thread(name=thread_name(ask.turn.prompt))
             if thread.id != message.id:
-                await self.turns.set_head(thread_place(thread.id), answer.id)
-            await thread.send(wording.THREAD_OPENED, allowed_mentions=NO_MENTIONS)
+                await self.chat.set_head(thread_place(thread.id), answer.id)
+            await thread.send(wording.THREAD_CONTINUES, allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:
             log.warning("couldn't open a thread for reply %s: %s", ask.id, exc)
             await surface.note(wording.warning(wording.THREAD_REFUSED))
@@ -416,6 +407,7 @@ class AskRunner:
         parent_id: int | None = None, explicit: bool = False, open_thread: bool = False,
         speaker: tuple[int, str] | None = None,
         swipe_of: int | None = None,
+        files: tuple[TextFile, ...] = (), notes: tuple[str, ...] = (),
     ) -> None:
         user = interaction.user
         # Regenerate keeps the question's own speaker: the model would read the
@@ -426,7 +418,7 @@ class AskRunner:
         await self.run(Ask(
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            private=private, open_thread=open_thread, swipe_of=swipe_of,
+            private=private, open_thread=open_thread, swipe_of=swipe_of, notes=notes,
             surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
                                        ttl_s=lambda: self.interaction_ttl_s),
             turn=TurnAsk(
@@ -434,13 +426,14 @@ class AskRunner:
                 author_name=author_name, parent_id=parent_id,
                 # In a DM, an interaction ask starts afresh unless it names its turn.
                 explicit=explicit or dm, private=private, direct=dm, shared=True,
-                overrides=dict(overrides or {}), again=again,
+                overrides=dict(overrides or {}), again=again, files=files,
             ),
         ))
 
     async def ask_command(
         self, interaction: discord.Interaction, prompt: str, overrides: dict[str, Any], *,
         private: bool = False, thread: bool = False,
+        attachments: Sequence[discord.Attachment] = (),
     ) -> None:
         """/ask: a new conversation, or the thread's; `thread` opens one from the answer."""
         if thread:
@@ -450,8 +443,17 @@ class AskRunner:
                 raise UserFacingError(wording.THREAD_NOT_IN_DM)
             if isinstance(interaction.channel, discord.Thread):
                 raise UserFacingError(wording.THREAD_ALREADY)
+        files, notes = await self.read_files(attachments)
         await self._interaction_ask(interaction, prompt, private=private, overrides=overrides,
-                                    open_thread=thread)
+                                    open_thread=thread, files=files, notes=notes)
+
+    async def read_files(
+        self, attachments: Sequence[discord.Attachment]
+    ) -> tuple[tuple[TextFile, ...], tuple[str, ...]]:
+        """Attached text files within the operator's caps, and notes on those not read."""
+        settings = self.app.settings
+        return await read_text_files(attachments, max_bytes=settings.file_max_bytes,
+                                     max_count=settings.file_max_count)
 
     async def open_reply(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Reply button: check who may continue, then open the follow-up modal."""
@@ -477,16 +479,16 @@ class AskRunner:
         speaker: tuple[int, str] | None = None
         # The question is found from the answer too (a version made by Regenerate
         # has no question of its own), and the new reply is its next version.
-        answer = await self.turns.answer_for_ask(ask_id)
-        question = (await self.turns.get(answer.parent_id)
+        answer = await self.chat.answer_for_ask(ask_id)
+        question = (await self.chat.get(answer.parent_id)
                     if answer is not None and answer.parent_id is not None
-                    else await self.turns.question_for_ask(ask_id))
+                    else await self.chat.question_for_ask(ask_id))
         if question is not None:
             if not question.visible_to(interaction.user.id):
                 raise PrivateConversation()
             parent_id, explicit = question.parent_id, True
             speaker = (question.author_id, question.author_name)
-        record = await self.app.ask_log.load(ask_id)
+        record = await self.chat.asked(ask_id)
         if record is None:
             raise UserFacingError(wording.PROMPT_GONE)
         self.check_regenerate(interaction, record)
@@ -513,7 +515,7 @@ class AskRunner:
             raise UserFacingError(wording.ONLY_ASKER_REGENERATES)
 
     async def _answer_to_continue(self, ask_id: int, user_id: int) -> StoredTurn:
-        answer = await self.turns.answer_for_ask(ask_id)
+        answer = await self.chat.answer_for_ask(ask_id)
         if answer is None:
             raise UserFacingError(wording.CONVERSATION_GONE)
         if not answer.visible_to(user_id):
@@ -546,10 +548,10 @@ class AskRunner:
 
     async def handle_message(self, message: discord.Message, me: discord.abc.User | None) -> None:
         """on_message: answer mentions, replies to our answers, and DMs; ignore the rest."""
-        found = await addressed(self.turns, message, me)
+        found = await addressed(self.chat, message, me)
         if found is None:
             return
-        if not found.text:
+        if not found.text and not message.attachments:
             await _say(message, HOW_TO_ASK_DM if found.dm else HOW_TO_ASK)
             return
         if asks_for_help(found.text):  # "@bot help" is for us, not the model
@@ -557,15 +559,35 @@ class AskRunner:
             return
         replied = found.replied
         parent_id = replied.id if replied is not None and replied.role == "assistant" else None
-        user, channel = message.author, message.channel
+        await self.answer_message(message, found.text, parent_id=parent_id, dm=found.dm)
+
+    async def answer_message(
+        self, message: discord.Message, text: str, *, parent_id: int | None = None,
+        dm: bool = False, place: str | None = None, thread: discord.Thread | None = None,
+        attachments_from: Sequence[discord.Message] = (), named: bool = False,
+    ) -> None:
+        """Answer a member's message (or a burst ending with it) as one turn.
+
+        `place` names the conversation it continues (a followed thread or channel);
+        `thread` writes the answer in a thread opened from the message; files come
+        from `attachments_from` (every message of a burst), else the message itself.
+        """
+        user = message.author
+        channel: object = thread or message.channel
+        channel_id = thread.id if thread is not None else message.channel.id
         guild_id = message.guild.id if message.guild is not None else None
+        attachments = [a for m in (attachments_from or [message]) for a in m.attachments]
+        files, notes = await self.read_files(attachments)
+        if not text.strip() and files:
+            text = wording.FILE_ONLY_PROMPT
+        surface = ThreadSurface(message, thread) if thread is not None else MessageSurface(message)
         ask = Ask(
-            id=message.id, user_id=user.id, surface=MessageSurface(message), channel=channel,
-            guild_id=guild_id, channel_id=channel.id,
+            id=message.id, user_id=user.id, surface=surface, channel=channel,
+            guild_id=guild_id, channel_id=channel_id, notes=notes,
             turn=TurnAsk(
-                location=location(guild_id, channel.id, channel, user.id), prompt=found.text,
+                location=location(guild_id, channel_id, channel, user.id), prompt=text,
                 author_id=user.id, author_name=display_name(user), parent_id=parent_id,
-                direct=found.dm, shared=True,
+                direct=dm, shared=True, place=place, files=files, named=named,
             ),
         )
         try:
@@ -577,7 +599,7 @@ class AskRunner:
         except discord.HTTPException:
             log.exception("reply %s could not be delivered", ask.id)
 
-    # --- shutdown and retention ---------------------------------------------------------
+    # --- shutdown -------------------------------------------------------------------------
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""
@@ -593,31 +615,19 @@ class AskRunner:
             # Each interrupted reply gets its final "interrupted" edit before we close.
             await asyncio.wait(tasks, timeout=10)
 
-    def start_pruning(self) -> None:
-        """Prune turns past the retention now and every hour, until `stop_pruning`."""
-        if self._pruner is None:
-            self._pruner = asyncio.create_task(self._prune_loop(), name="prune-turns")
-
-    def stop_pruning(self) -> None:
-        if self._pruner is not None:
-            self._pruner.cancel()
-            self._pruner = None
-
-    async def prune(self) -> int:
-        removed = await self.turns.prune(self.app.settings.conversation_retention_days)
-        if removed:
-            log.info("pruned %d conversation turns past the retention", removed)
-        return removed
-
-    async def _prune_loop(self) -> None:
-        while True:
-            try:
-                await self.prune()
-            except Exception:
-                log.exception("pruning conversation turns failed")
-            await asyncio.sleep(PRUNE_EVERY_S)
-
 
 async def _say(message: discord.Message, text: str) -> None:
     with contextlib.suppress(discord.HTTPException):
         await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
+
+
+def file_notes(turn: PreparedTurn, skipped: Sequence[str]) -> str:
+    """The footer's line about files: which were read (and cut), which were not."""
+    lines = []
+    if turn.files:
+        names = ", ".join(f"`{f.name}`" for f in turn.files)
+        cut = ", ".join(f"`{name}`" for name in turn.files_cut)
+        lines.append(wording.FILE_READ_CUT.format(names=names, cut=cut) if cut
+                     else wording.FILE_READ.format(names=names))
+    lines.extend(skipped)
+    return "\n-# ".join(lines)

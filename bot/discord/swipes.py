@@ -3,10 +3,10 @@
 Browsing and Reasoning are the press's own response (`update_message`, or a
 private message), so they work long after the ask's 15-minute token. Continue
 is an entry of `bot.discord.runner.AskRunner`: this module gives it its surface
-(the pressed message is the first page, acknowledged with a deferred update)
-and its record (`SwipeStore.extend` on the same answer). The rules (who may
-browse or continue a private reply, the caps) are `bot.store.swipes.SwipeStore`'s;
-the request is `bot.chat.continuation`'s.
+(the pressed message is the first page, acknowledged with a deferred update),
+its footer (the whole reply's count) and its record (`Chat.extend` on the same
+answer). The rules (who may browse or continue a private reply, the caps) are
+`bot.store.swipes.SwipeStore`'s; the request is `bot.chat.service.Chat.continue_`'s.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot import wording
-from bot.chat.continuation import finish_of
+from bot.chat.request import Cap, continue_footer
 from bot.discord.buttons import reply_view
 from bot.discord.common import NO_MENTIONS
-from bot.discord.pages import MESSAGE_LIMIT
+from bot.discord.pages import MESSAGE_LIMIT, quote_prompt
 from bot.discord.reply import InteractionSurface, Page, _InteractionPage
 from bot.engine import GenerationResult
-from bot.knobs import Knobs
-from bot.store.swipes import Answer, AnswerGone, PrivateAnswer, Swipes
+from bot.store.swipes import MAX_CONTINUATIONS, Answer, AnswerGone, PrivateAnswer, Swipes
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -42,7 +41,7 @@ def answer_view(answer: Answer, swipes: Swipes | None) -> discord.ui.View:
 
 async def show_reasoning(app: App, interaction: discord.Interaction, answer_id: int) -> None:
     """The Reasoning button: the thoughts, privately; a file when longer than a message."""
-    found = await app.swipes.answer(answer_id)
+    found = await app.chat.answer(answer_id)
     if found is None:
         raise AnswerGone()
     if not found.turn.visible_to(interaction.user.id):
@@ -60,18 +59,20 @@ async def show_reasoning(app: App, interaction: discord.Interaction, answer_id: 
 
 
 def swipe_content(answer: Answer, swipes: Swipes) -> str:
-    """One message for a version: its text (cut to fit) and which version it is."""
+    """One message for a version: the question's quote, its text (cut to fit) and which
+    version it is, so every version reads like the reply it replaces."""
+    head = quote_prompt(swipes.question.text) + "\n" if swipes.question.text.strip() else ""
     tail = wording.version_line(swipes.label())
-    room = MESSAGE_LIMIT - len(tail) - 2
+    room = MESSAGE_LIMIT - len(head) - len(tail) - 2
     text = answer.turn.text.rstrip()
     if len(text) > room:
         text = text[: room - 1] + "…"
-    return f"{text}\n{tail}" if text else tail
+    return f"{head}{text}\n{tail}" if text else f"{head}{tail}"
 
 
 async def swipe(app: App, interaction: discord.Interaction, answer_id: int, delta: int) -> None:
     """◀ / ▶: show another version in place; the conversation continues from it."""
-    swipes = await app.swipes.step(answer_id, delta, user_id=interaction.user.id)
+    swipes = await app.chat.step(answer_id, delta, user_id=interaction.user.id)
     shown = swipes.current
     await interaction.response.edit_message(
         content=swipe_content(shown, swipes), view=answer_view(shown, swipes),
@@ -92,22 +93,30 @@ def shown_text(message: discord.Message | None) -> str:
     return "\n".join(lines)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Continuing:
-    """What a Continue entry carries on: the answer, its knobs, the text on the page."""
+    """What a Continue entry carries on: the answer (as checked when it starts) and the
+    text on the pressed page."""
 
-    answer: Answer
-    knobs: Knobs | None
+    answer_id: int
     shown: str
+    answer: Answer | None = None
+
+    def footer(self, result: GenerationResult, cap: Cap | None) -> str:
+        """The whole reply's count ("60 tokens, continued once") and advice that fits."""
+        before = self.answer
+        earlier = before.tokens if before is not None else 0
+        done = (before.continuations if before is not None else 0) + 1
+        return continue_footer(result, earlier_tokens=earlier, continuations=done,
+                               can_continue=done < MAX_CONTINUATIONS, cap=cap)
 
 
 class ContinueSurface(InteractionSurface):
     """The pressed message is the first page (its token is the press's, fresh)."""
 
     def __init__(self, interaction: discord.Interaction, continuing: Continuing, *,
-                 ttl_s: Callable[[], float]) -> None:
-        super().__init__(interaction, private=continuing.answer.turn.private, header="",
-                         ttl_s=ttl_s)
+                 private: bool, ttl_s: Callable[[], float]) -> None:
+        super().__init__(interaction, private=private, header="", ttl_s=ttl_s)
         self.shown = continuing.shown
 
     async def acknowledge(self, stop: discord.ui.View) -> Page:
@@ -131,9 +140,7 @@ async def record_continuation(
     message_ids: tuple[int, ...],
 ) -> discord.ui.View:
     """The Continue's text on the same answer; the answer's buttons (raises when refused)."""
-    answer_id = continuing.answer.turn.id
-    extended = await app.swipes.extend(answer_id, more, user_id=user_id,
-                                       tokens=result.new_tokens, finish=finish_of(result))
-    await app.turns.add_messages(answer_id, message_ids)
-    swipes = await app.swipes.swipes_of_answer(answer_id, user_id=user_id)
+    swipes = await app.chat.extend(continuing.answer_id, more, result, user_id=user_id,
+                                   message_ids=message_ids)
+    extended = next(a for a in swipes.answers if a.turn.id == continuing.answer_id)
     return answer_view(extended, swipes)

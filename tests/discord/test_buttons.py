@@ -19,12 +19,7 @@ from bot.discord.buttons import DYNAMIC_ITEMS
 from bot.store.scopes import Scope
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeUser, StoredMessage, default_guild
-from tests.acceptance.test_conversation_features import (
-    button,
-    final_message,
-    labels,
-)
-from tests.discord.test_hostile_members import refusal_of
+from testing.stories import button, final_message, labels, refusal_of
 
 OTHER = default_guild((1 << 22) * 2000 + 1, "Other Guild")
 STRANGER = FakeUser((1 << 22) * 2000 + 77, "mallory", "Mallory")

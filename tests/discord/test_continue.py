@@ -17,9 +17,8 @@ from bot.hosting.catalog import MB, weight_bytes_of
 from bot.store.scopes import Scope
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeUser, RecordedRequest, Routes, StoredMessage
-from tests.acceptance.test_conversation_features import button, final_message
-from tests.discord.test_faults import quick_retries  # noqa: F401 - a fixture
-from tests.discord.test_models import entries, models_bot, set_model, tiny_dir  # noqa: F401
+from testing.model_hosts import MANAGE_SERVER, entries, models_bot, set_model
+from testing.stories import button, final_message
 
 TEXT = " ".join(f"w{i}" for i in range(200))
 BOB = FakeUser((1 << 22) * 1000 + 77, "bob", "Bob")
@@ -91,7 +90,7 @@ async def test_continue_frees_the_slot_before_its_final_edit(smol_model_dir: Pat
 
 
 async def test_a_continue_discord_keeps_refusing_ends_with_a_clear_message(
-    smol_model_dir: Path, tmp_path: Path, quick_retries: None  # noqa: F811
+    smol_model_dir: Path, tmp_path: Path, quick_retries: None
 ) -> None:
     async with running_bot(smol_model_dir, tmp_path, scripted=TEXT, script_delay=0.0) as h:
         await h.app.store.set_knobs(Scope.server(h.guild.id), {"max_new_tokens": 8}, actor_id=1)
@@ -109,7 +108,7 @@ async def test_a_continue_discord_keeps_refusing_ends_with_a_clear_message(
 
 
 async def test_continue_says_its_model_is_loading_on_the_pressed_page(
-    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path  # noqa: F811
+    smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:
     """The answer's model was unloaded for another: the press is acknowledged at once and
     the page reads "loading" under the text so far, as an /ask's page does."""
@@ -122,7 +121,7 @@ async def test_continue_says_its_model_is_loading_on_the_pressed_page(
         if "cut at the limit" not in answer.content:
             pytest.fail(f"the greedy reply was expected to use its budget: {answer.content!r}")
         text = answer.content.rsplit("\n", 1)[0]
-        await set_model(h, "tiny", h.help)
+        await set_model(h, "tiny", h.help, permissions=MANAGE_SERVER)
         await h.ask("Say hi.", channel_id=h.help)
         assert registry.evictions == 1  # smol made room for tiny
         before = answer.content
