@@ -1,8 +1,9 @@
 """Benchmarks: measured numbers printed as JSON; never part of the installed bot.
 
-`python -m bench [--discord|--soak|--mixed|--conversation|--prepare|--models|--lab|--finish]
---json`, from the root of a source checkout (`python -m bot bench ...` there hands its flags
-here);
+`python -m bench [--discord|--soak|--mixed|--conversation|--prepare|--models|--lab|--finish|
+--cards|--convert|--burst]
+--json` or `python -m bench speakers --json`, from the root of a source checkout
+(`python -m bot bench ...` there hands its flags here);
 `bench/store_bench.py` and `bench/gpu.sh` run on their own.
 """
 
@@ -27,6 +28,8 @@ log = logging.getLogger("bench")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description="Measure the bot and print JSON.")
+    parser.add_argument("bench", nargs="?", choices=("speakers",),
+                        help="speakers: how often replies in a shared thread speak as members")
     parser.add_argument("--env-file", default=".env", help="dotenv file (default: .env)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     parser.add_argument("--discord", action="store_true", help="through the fake Discord API")
@@ -48,8 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flood", action="store_true",
                         help="ack latency of a flood of button presses while decoding")
     parser.add_argument("--presses", type=int, help="--flood: how many presses (default 1000)")
+    parser.add_argument("--burst", action="store_true",
+                        help="a burst in a followed channel answered together; file tokens")
+    parser.add_argument("--convert", action="store_true",
+                        help="bot convert: time and peak RSS, embedded GGUF and a 1B checkpoint")
+    parser.add_argument("--convert-sizes",
+                        help="with --convert: agreement,embedded,1b,300m (comma list; "
+                        "default agreement,embedded,1b)")
     parser.add_argument("--lab", action="store_true",
                         help="probabilities step vs TTFT, chart render, compare of 3 vs one ask")
+    parser.add_argument("--cards", action="store_true",
+                        help="event-loop stall while hostile character cards are imported")
     return parser
 
 
@@ -78,10 +90,22 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """Dispatch to the bench the flags ask for."""
+    if getattr(args, "bench", None) == "speakers":
+        from bench.speakers_bench import run_speakers_bench
+
+        return await run_speakers_bench(settings, args)
+    if getattr(args, "cards", False):
+        from bench.cards_bench import run_cards_bench
+
+        return await run_cards_bench(settings, args)
     if getattr(args, "models", False):
         from bench.models_bench import run_models_bench
 
         return await run_models_bench(settings, args)
+    if getattr(args, "convert", False):
+        from bench.convert_bench import run_convert_bench
+
+        return await run_convert_bench(settings, args)
     if getattr(args, "prepare", False):
         from bench.prepare_bench import run_prepare_bench
 
@@ -94,6 +118,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         from bench.flood_bench import run_flood_bench
 
         return await run_flood_bench(settings, args)
+    if getattr(args, "burst", False):
+        from bench.burst_bench import run_burst_bench
+
+        return await run_burst_bench(settings, args)
     if getattr(args, "lab", False):
         from bench.lab_bench import run_lab_bench
 

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import first_text, peak_rss_mb, rss_mb
+from bot.app import catalog_from_settings
 from bot.config import Settings
 from bot.engine import Engine, GenerationRequest
-from bot.hosting.catalog import ModelSpec, catalog_from_settings, weight_bytes_of
+from bot.hosting.catalog import ModelSpec, weight_bytes_of
 from bot.hosting.registry import ModelRegistry
 from bot.knobs import Knobs
 

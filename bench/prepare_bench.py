@@ -2,7 +2,7 @@
 
 A Reply on a long chain (or a thread, or a DM history) re-reads the stored
 turns, fits them to the context window and renders the prompt before anything
-is queued. This times `prepare_turn` (the path every front-end takes: chain
+is queued. This times `Chat.prepare` (the path every front-end takes: chain
 walk, history, fitting, final render and encode) for chains of 10, 100 and 500
 ordinary turns with the configured model's tokenizer, and measures the event
 loop's longest stall while the 500-turn chain is prepared: a ticker task that
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot.chat.turns import TurnAsk, prepare_turn
+from bot.chat.turns import TurnAsk
 from bot.config import Settings
 from bot.store.ask_log import AskLog
 from bot.store.scopes import Location
@@ -68,7 +68,7 @@ async def prepare_bench(app: Any, repeats: int = 3) -> dict[str, Any]:
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            prepared = await prepare_turn(app, ask)
+            prepared = await app.chat.prepare(ask)
             times.append(time.perf_counter() - start)
         out["prepare_s"][str(turns)] = round(min(times), 4)
         out["kept_turns"][str(turns)] = len(prepared.request.history)
@@ -77,7 +77,7 @@ async def prepare_bench(app: Any, repeats: int = 3) -> dict[str, Any]:
     ticker = asyncio.create_task(_ticker(lateness, stop))
     await asyncio.sleep(0.05)
     start = time.perf_counter()
-    await prepare_turn(app, TurnAsk(**{**ask_base.__dict__, "parent_id": heads[500]}))
+    await app.chat.prepare(TurnAsk(**{**ask_base.__dict__, "parent_id": heads[500]}))
     elapsed = time.perf_counter() - start
     stop.set()
     await ticker

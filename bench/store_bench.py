@@ -5,7 +5,16 @@ each with overrides), threads and DM users, then times `resolve` at random
 locations (channels, threads, DMs, channels with nothing set) and, for scale,
 `set_knobs`. Prints one JSON object with median/p99 in milliseconds.
 
+``--shared`` measures the two backends instead (SQLite file, PostgreSQL: the
+server at ``--postgres-url``, else a throwaway one from `testing.postgres`):
+the SQL time of one `/ask` (what `bot.chat` and the runner ask of the store for
+a DM follow-up: resolve, head, chain, ask log, the exchange with its head, the
+finish), `--writers` processes × `--writes-per-writer` concurrent writes to one
+scope with the lost-update check of `testing.store_writers`, and a copy round
+trip SQLite → PostgreSQL → SQLite compared by counts and content hashes.
+
 Run: ``.venv/bin/python bench/store_bench.py [--lookups N] [--seed S]``
+     ``.venv/bin/python bench/store_bench.py --shared [--asks N] [--writes-per-writer N]``
 """
 
 from __future__ import annotations
@@ -23,9 +32,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.store.scopes import Location
+from bot.store.ask_log import AskLog, AskRecord
+from bot.store.copy import copy_database
+from bot.store.db import Database
+from bot.store.scopes import Location, Scope
 from bot.store.store import SettingsStore
+from bot.store.swipes import SwipeStore
 from bot.store.transfer import EXPORT_FORMAT, import_rows
+from bot.store.turns import NewExchange, TurnStore
+from testing.store_writers import check_writes, run_writers
 
 GUILDS = 100
 CHANNELS_PER_GUILD = 100
@@ -136,12 +151,122 @@ async def run(lookups: int, writes: int, seed: int) -> dict[str, Any]:
     }
 
 
+async def ask_sql(target: Path | str, asks: int, seed: int) -> dict[str, Any]:
+    """SQL time per `/ask` (a DM conversation of `asks` follow-ups, two members), and per step."""
+    rng = random.Random(seed)
+    steps: dict[str, list[int]] = {}
+    totals: list[int] = []
+    db = await Database.open(target)
+    try:
+        store, log, turns, swipes = SettingsStore(db), AskLog(db), TurnStore(db), SwipeStore(db)
+        for user in (11, 12):
+            await store.set_knobs(Scope.dm(user), {"temperature": 0.7}, actor_id=user)
+
+        async def timed(name: str, coro: Any) -> Any:
+            start = time.perf_counter_ns()
+            result = await coro
+            steps.setdefault(name, []).append(time.perf_counter_ns() - start)
+            return result
+
+        for i in range(asks):
+            user = rng.choice((11, 12))
+            place = f"dm:{user}"
+            began = time.perf_counter_ns()
+            await timed("resolve", store.resolve(Location(None, 1, user_id=user)))
+            parent = await timed("head", turns.head(place))
+            await timed("chain", turns.chain(parent))
+            await timed("ask_log.save", log.save(10_000 + i, AskRecord(
+                prompt=f"question {i} " * 10, knobs={}, system_prompt=None, guild_id=None,
+                channel_id=1, user_id=user)))
+            _, answer = await timed("add_exchange", turns.add_exchange(NewExchange(
+                parent_id=parent, question=f"question {i} " * 10, answer="answer " * 80,
+                author_id=user, author_name="m", ask_id=10_000 + i, guild_id=None,
+                channel_id=1, private=False, answer_message_ids=(50_000 + i,), head=place)))
+            await timed("record_finish", swipes.record_finish(answer.id, finish="stop",
+                                                              tokens=80))
+            totals.append(time.perf_counter_ns() - began)
+    finally:
+        await db.close()
+    return {"per_ask": _percentiles(totals[10:]),
+            "steps_median_ms": {k: round(statistics.median(v) / 1e6, 4) for k, v in steps.items()}}
+
+
+async def _check(target: Path | str, processes: int, writes: int) -> dict[str, Any]:
+    async with await Database.open(target) as db:
+        return await check_writes(db, processes, writes)
+
+
+async def round_trip(first: Path, postgres_url: str, last: Path) -> dict[str, Any]:
+    """SQLite (the /ask bench's file) → PostgreSQL → SQLite, compared table by table."""
+    async with await Database.open(first) as src, await Database.open(postgres_url) as mid:
+        t0 = time.perf_counter()
+        there = await copy_database(src, mid)
+        to_pg = time.perf_counter() - t0
+    async with await Database.open(postgres_url) as mid, await Database.open(last) as dst:
+        t0 = time.perf_counter()
+        back = await copy_database(mid, dst)
+        to_sqlite = time.perf_counter() - t0
+    return {
+        "rows": {t: s.rows for t, s in there.source.items()},
+        "to_postgres_s": round(to_pg, 3), "to_sqlite_s": round(to_sqlite, 3),
+        "identical": there.identical and back.identical
+        and there.source == back.destination,
+    }
+
+
+def run_shared(args: argparse.Namespace) -> dict[str, Any]:
+    server = None
+    urls: list[str]
+    if args.postgres_url:
+        urls = [args.postgres_url] * 3
+    else:
+        from testing.postgres import PostgresServer
+
+        server = PostgresServer.start()
+        urls = [server.create_database() for _ in range(3)]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            sqlite_file = Path(tmp) / "ask.sqlite3"
+            ask_url, writers_url, copy_url = urls
+            out: dict[str, Any] = {"ask_sql": {
+                "sqlite": asyncio.run(ask_sql(sqlite_file, args.asks, args.seed)),
+                "postgresql": asyncio.run(ask_sql(ask_url, args.asks, args.seed)),
+            }}
+            writers: dict[str, Any] = {}
+            for name, target in (("sqlite", str(Path(tmp) / "writers.sqlite3")),
+                                 ("postgresql", writers_url)):
+                if name == "sqlite":
+                    asyncio.run(_check(Path(target), 0, 0))  # create and migrate it once
+                wall = run_writers(target, args.writers, args.writes_per_writer)
+                found = asyncio.run(_check(
+                    Path(target) if name == "sqlite" else target,
+                    args.writers, args.writes_per_writer))
+                writers[name] = {"processes": args.writers, "wall_s": round(wall, 2), **found}
+            out["concurrent_writes"] = writers
+            out["copy_round_trip"] = asyncio.run(
+                round_trip(sqlite_file, copy_url, Path(tmp) / "back.sqlite3"))
+    finally:
+        if server is not None:
+            server.stop()
+    out["python"] = sys.version.split()[0]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lookups", type=int, default=10_000)
     parser.add_argument("--writes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--shared", action="store_true",
+                        help="SQLite vs PostgreSQL: SQL per /ask, concurrent writers, copy")
+    parser.add_argument("--postgres-url", help="an empty database (default: a throwaway server)")
+    parser.add_argument("--asks", type=int, default=500)
+    parser.add_argument("--writers", type=int, default=3)
+    parser.add_argument("--writes-per-writer", type=int, default=1000)
     args = parser.parse_args()
+    if args.shared:
+        print(json.dumps(run_shared(args), indent=2))
+        return
     print(json.dumps(asyncio.run(run(args.lookups, args.writes, args.seed)), indent=2))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,11 +17,12 @@ from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bot.chat.service import Chat
 from bot.config import Settings
 from bot.engine import Engine, EngineOptions
 from bot.engine.device_check import DeviceCheckError, explain_device_error, gpu_self_check
 from bot.errors import UserFacingError
-from bot.hosting.catalog import MB, ModelCatalog, ModelSpec, catalog_from_settings
+from bot.hosting.catalog import MB, ModelCatalog, ModelSpec, build_catalog
 from bot.hosting.host import ModelHost
 from bot.hosting.registry import ModelRegistry
 from bot.limits import SettingsWriteLimiter
@@ -60,6 +62,8 @@ class App:
     #: an ask uses `models.engine(name)` for the model in effect where it is made.
     models: ModelHost = field(init=False)
     model_host: InitVar[ModelHost | None] = None
+    #: Conversations over the stores and models above: what every front-end calls.
+    chat: Chat = field(init=False)
 
     def __post_init__(self, model_host: ModelHost | None) -> None:
         self.turns = TurnStore(self.store.db)
@@ -72,17 +76,56 @@ class App:
             self.engine, queue_size=self.settings.queue_size, current=lambda: self.engine
         )
         self.models.on_loaded.append(self._loaded)
+        self.chat = Chat(self.settings, self.store, self.turns, self.swipes, self.ask_log,
+                         self.models, self.personas)
 
     def _loaded(self, name: str, engine: Engine) -> None:
         if name == self.models.default:
             self.engine = engine
 
     async def resolve(self, loc: Location) -> Effective:
-        return await self.store.resolve(loc)
+        """The settings in force at `loc`, over the defaults of the model in effect there."""
+        return await self.chat.resolve(loc)
 
 
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def catalog_from_settings(
+    settings: Settings,
+    *,
+    prepare_embedded: Callable[[], Path] | None = None,
+    resolve_device: Callable[[str], str] | None = None,
+) -> ModelCatalog:
+    """The catalog the settings describe (built here, once, so hosting never imports the engine).
+
+    By default the embedded model is prepared in BOT_MODELS_ROOT at
+    BOT_QUANTIZATION, and "auto" asks CTranslate2 whether it sees a GPU (only
+    when some model is on "auto": that import is what costs).
+    """
+    def embedded() -> Path:
+        return prepare_default_model(settings.models_root, settings.quantization,
+                                     progress=log.info)
+
+    @functools.cache
+    def ask_ctranslate2(device: str) -> str:
+        if device != "auto":
+            return device
+        from bot.engine.loading import resolve_device as resolve
+
+        return resolve(device)
+
+    return build_catalog(
+        settings.model_entries(),
+        default=settings.default_model,
+        device=settings.device,
+        device_index=settings.device_index,
+        compute_type=settings.compute_type,
+        context_length=settings.context_length,
+        prepare_embedded=prepare_embedded or embedded,
+        resolve_device=resolve_device or ask_ctranslate2,
+    )
 
 
 def model_dir_for(settings: Settings, progress: Callable[[str], None] = _to_stderr) -> Path:
@@ -213,14 +256,20 @@ async def prune_forever(db: Database, settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def open_app(
-    settings: Settings, progress: Callable[[str], None] = _to_stderr
+    settings: Settings, progress: Callable[[str], None] = _to_stderr, *,
+    engine: Engine | None = None,
 ) -> AsyncIterator[App]:
     """Open the store and load the engine; close both on the way out, whatever happens.
 
     On CUDA one short generation runs before anything is served (and so before the
     Discord client reports READY=1): a host missing cuBLAS fails here, naming it,
-    instead of at its first reply.
+    instead of at its first reply. An `engine` given by the caller (tests, benches)
+    is served as it is, and stays the caller's to close.
     """
+    if engine is not None:
+        async with _serve(settings, engine, None) as app:
+            yield app
+        return
     if settings.model_dirs:
         # Issue 23: several models (BOT_MODEL_DIRS); the default is loaded now.
         async with (
@@ -263,7 +312,7 @@ async def _serve(
     model_dir: Path | None = None,
 ) -> AsyncIterator[App]:
     """The App around `engine` (or one loaded from `model_dir`), with its store and pruner."""
-    db = await Database.open(settings.database_path)
+    db = await Database.open(settings.database_target)
     try:
         if engine is not None:
             async with _pruned(db, settings):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("prompt")
     ask.add_argument("--system", help="system prompt (persona)")
     ask.add_argument("--seed", type=int)
+    ask.add_argument("--file", action="append", default=[], metavar="PATH",
+                     help="a text file the model reads with the prompt (repeatable)")
     _add_knob_flags(ask)
 
     prompt = sub.add_parser(
@@ -61,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("text", help="the prompt, as a member would type it")
     prompt.add_argument("--system", help="persona (default: the console's, as /ask uses)")
     prompt.add_argument("--json", action="store_true", help="one line of JSON")
+    prompt.add_argument("--file", action="append", default=[], metavar="PATH",
+                        help="a text file read with the prompt, as an attachment (repeatable)")
 
     _add_lab_parsers(sub)
 
@@ -70,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare-model", help="convert the embedded model (idempotent)")
     prep.add_argument("--quantization", help="int8 (default), float32, int8_float16, ...")
+
+    conv = sub.add_parser(
+        "convert", help="convert a Hugging Face model directory or a GGUF file for the bot"
+    )
+    conv.add_argument("source", type=Path, help="model directory (config.json, *.safetensors, "
+                      "tokenizer) or .gguf file")
+    conv.add_argument("dest", type=Path, help="the model directory to write (replaced if present)")
+    conv.add_argument("--quantization", default="int8",
+                      choices=["int8", "int8_float16", "float16", "bfloat16", "float32"],
+                      help="weight type (default int8; float32 reproduces the checkpoint)")
 
     forget = sub.add_parser("forget", help="erase what is stored of one user or one server")
     who = forget.add_mutually_exclusive_group(required=True)
@@ -82,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--shard", type=int)
     st.add_argument("--shard-count", type=int)
     st.add_argument("--file", type=Path, help="JSON file (default: stdout / stdin)")
+
+    db = sub.add_parser("db", help="the store's database: copy it between SQLite and PostgreSQL")
+    db_sub = db.add_subparsers(dest="db_action", required=True)
+    copy = db_sub.add_parser("copy", help="copy every table into an empty database, then "
+                             "compare counts and content hashes (stop the bots first)")
+    copy.add_argument("source", metavar="FROM", help="sqlite:PATH or postgresql://...")
+    copy.add_argument("destination", metavar="TO", help="sqlite:PATH or postgresql://...")
     return parser
 
 
@@ -96,6 +118,7 @@ def _knob_values(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     from bot.app import load_engine, model_dir_for
+    from bot.chat.files import attach, read_paths
     from bot.chat.request import footer, make_request
     from bot.console import stream_reply
     from bot.knobs import Knobs
@@ -104,8 +127,21 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     request = make_request(
         args.prompt, base=Knobs(), system_prompt=system, overrides=_knob_values(args)
     )
+    files, notes = read_paths(args.file, max_bytes=settings.file_max_bytes,
+                              max_count=settings.file_max_count)
+    for note in notes:
+        print(note, file=sys.stderr)
     engine = await load_engine(settings, model_dir_for(settings, _progress))
     try:
+        if files:
+            prompt, _, cut = attach(
+                request.prompt, files, system=request.system_prompt,
+                context_length=engine.context_length,
+                max_new_tokens=request.knobs.max_new_tokens, count_tokens=engine.count_tokens,
+            )
+            request = replace(request, prompt=prompt)
+            for name in cut:
+                print(f"only the beginning of {name} fits the model's window", file=sys.stderr)
         gen = engine.submit(request)
 
         def write(text: str) -> None:
@@ -126,7 +162,8 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
             os.close(devnull)
             return EXIT_BROKEN_PIPE
         ttft = f" · {result.ttft_s * 1000:.0f} ms to first token" if result.ttft_s else ""
-        print(f"{footer(result)}{ttft} · finish: {result.finish_reason}", file=sys.stderr)
+        print(f"{footer(result, operator=True)}{ttft} · finish: {result.finish_reason}",
+              file=sys.stderr)
         if result.error:
             print(f"error: {result.error}", file=sys.stderr)
             return 1
@@ -144,12 +181,12 @@ async def _forget(settings: Settings, args: argparse.Namespace) -> int:
         if value is not None and value < 0:
             print("error: ids are positive numbers", file=sys.stderr)
             return 2
-    if not settings.database_path.is_file():
+    if settings.database_url is None and not settings.database_path.is_file():
         # Opening would create an empty database: say so instead of "deleted 0".
         print(f"error: no database at {settings.database_path} (BOT_DATABASE_PATH)",
               file=sys.stderr)
         return 1
-    async with await Database.open(settings.database_path) as db:
+    async with await Database.open(settings.database_target) as db:
         done = await forget(db, user_id=args.user, guild_id=args.server)
     who = f"user {args.user}" if args.user is not None else f"server {args.server}"
     print(f"{who}: {done.describe()}.")
@@ -171,6 +208,8 @@ def _add_lab_parsers(sub: Any) -> None:
                        help="the reply so far as token ids, comma-separated (walk a reply)")
     probs.add_argument("--json", action="store_true", help="one line of JSON")
     probs.add_argument("--png", type=Path, help="also write the chart to this PNG file")
+    probs.add_argument("--raw", action="store_true",
+                       help="continue the text as written, with no chat template or persona")
     _add_knob_flags(probs)
     compare = sub.add_parser(
         "compare", help="one prompt under two to four knob settings, side by side"
@@ -219,9 +258,10 @@ async def _probs(
     from bot.lab.chart import render_png
     from bot.lab.probs import format_table, probs_step
 
-    step = await probs_step(engine, request, generated=after, top=args.top, seed=args.seed)
+    step = await probs_step(engine, request, generated=after, top=args.top, seed=args.seed,
+                            raw=args.raw)
     if args.png is not None:
-        png = await asyncio.to_thread(render_png, step)
+        png = await asyncio.to_thread(lambda: render_png(step, prompt=request.prompt))
         args.png.write_bytes(png)
     if args.json:
         print(json.dumps(step.to_json(), ensure_ascii=False))
@@ -242,12 +282,27 @@ async def _compare(engine: Engine, request: GenerationRequest, args: argparse.Na
     for r in results:
         print(f"=== {r.label} (seed {seed}) ===")
         print(r.text)
-        print(f"--- {footer(r.result)}")
+        print(f"--- {footer(r.result, operator=True)}")
     return 0
 
 
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """`convert SOURCE DEST`: needs no settings, so it runs before .env is read."""
+    from bot.model.convert import convert, progress_bar
+
+    try:
+        convert(args.source, args.dest, args.quantization, progress=_progress,
+                on_layer=progress_bar())
+    except UserFacingError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 def _bench(env_file: str, argv: list[str]) -> int:
@@ -273,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args.env_file, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if command == "convert":
+        return _convert(args)
     overrides: dict[str, Any] = {}
     if getattr(args, "seed", None) is not None:
         overrides["seed"] = args.seed
@@ -300,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "prompt":
             from bot.console.prompt_report import format_prompt_report, prompt_report
 
-            report = asyncio.run(prompt_report(settings, args.text, args.system, _progress))
+            report = asyncio.run(prompt_report(settings, args.text, args.system, _progress,
+                                               files=args.file))
             if args.json:
                 print(json.dumps(report, ensure_ascii=False))
             else:
@@ -310,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_lab_command(settings, args))
         if command == "forget":
             return asyncio.run(_forget(settings, args))
+        if command == "db":
+            from bot.store.copy import run_copy
+
+            status, lines = asyncio.run(run_copy(args.source, args.destination))
+            print("\n".join(lines))
+            return status
         if command == "settings":
             from bot.store.shards import run_settings_command
 

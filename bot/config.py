@@ -177,6 +177,10 @@ class Settings(BaseSettings):
 
     # Storage
     database_path: Path = Path("data/bot.sqlite3")
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://user:password@host/db: the store on a PostgreSQL "
+        "server shared by several hosts, instead of the SQLite file at BOT_DATABASE_PATH.",
+    )
     models_root: Path = Path("data/models")
     model_dir: Path | None = Field(
         None, description="A CTranslate2 model directory; default: the embedded model."
@@ -268,9 +272,19 @@ class Settings(BaseSettings):
         True, description="Prefix each question in a shared conversation with its speaker."
     )
     speaker_stops: bool = Field(
-        False, description="With conversation_names: stop the reply at a line that starts "
+        True, description="In shared conversations: stop the reply at a line that starts "
         "another speaker's turn (\\nName:), so the model never writes members' lines.",
     )
+
+    # Talking without @ and files as context
+    message_content: bool = Field(
+        False, description="Read members' messages in followed threads and channels (needs "
+        "the privileged Message Content intent switched on in the Developer Portal).",
+    )
+    file_max_bytes: int = Field(
+        100_000, ge=1_000, le=8_000_000, description="Largest text file read as context."
+    )
+    file_max_count: int = Field(3, ge=0, le=10, description="Files read per ask; 0 = none.")
 
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -313,6 +327,26 @@ class Settings(BaseSettings):
         if value in COMPUTE_TYPES - {"auto", "default"}:
             return value
         raise ValueError(f"must be one of {', '.join(sorted(COMPUTE_TYPES - {'auto', 'default'}))}")
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _postgres_url(cls, value: object) -> object:
+        """Empty means unset (SQLite); anything else must be a postgresql:// URL."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        if not isinstance(raw, str) or not raw.strip().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql://user:password@host:port/database URL")
+        return raw.strip()
+
+    @property
+    def database_target(self) -> Path | str:
+        """What `bot.store.db.Database.open` takes: the PostgreSQL URL if set, else the file."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return self.database_path
 
     @field_validator("discord_api_base", "discord_gateway_url")
     @classmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
@@ -217,6 +218,31 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def _soften(msg: str) -> str:
     return msg[0].lower() + msg[1:] if msg else msg
+
+
+def knobs_from_generation_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The knob values a checkpoint's `generation_config.json` recommends.
+
+    Only what the file states: temperature, top_p and top_k when it samples
+    (`do_sample` true; transformers ignores them otherwise), and repetition_penalty
+    (transformers' factor, 1 = off, becomes our additive value). A value outside a
+    knob's range is left out rather than bent into it.
+    """
+    wanted: dict[str, Any] = {}
+    if config.get("do_sample") is True:
+        for name in ("temperature", "top_p", "top_k"):
+            if name in config:
+                wanted[name] = config[name]
+    factor = config.get("repetition_penalty")
+    if isinstance(factor, int | float) and not isinstance(factor, bool):
+        wanted["repetition_penalty"] = round(float(factor) - 1.0, 6)
+    out: dict[str, Any] = {}
+    for name, value in wanted.items():
+        try:
+            out[name] = getattr(Knobs.model_validate({name: value}), name)
+        except ValidationError:
+            continue
+    return out
 
 
 def build_knobs(values: dict[str, Any], base: Knobs | None = None) -> Knobs:

@@ -49,6 +49,7 @@ def queued(ahead: int) -> str:
 #: The source labels `/settings` and `/system show` print (keys: `Effective.sources`).
 SOURCE_LABELS: Final[Mapping[str, str]] = {
     "default": "default",
+    "model": "model",
     "operator": "operator",
     "server": "this server",
     "channel": "this channel",
@@ -105,6 +106,45 @@ def persona_not_set(where: str) -> str:
     return f"{where[:1].upper()}{where[1:]} has no persona of its own."
 
 
+#: Saved personas are the server's: saving, replacing or deleting one needs Manage Server.
+NAMED_PERSONAS_PERMISSION: Final = (
+    "You need the Manage Server permission to save or delete this server's saved personas.")
+#: `/system import` by a member who may set the persona but not save it by name.
+IMPORT_NOT_SAVED: Final = "Not saved by name: that needs the Manage Server permission."
+
+
+def persona_deleted(name: str) -> str:
+    return f"Deleted the saved persona `{name}`."
+
+
+def persona_not_saved(name: str) -> str:
+    return f"There is no saved persona named `{name}`; `/system list` shows them."
+
+
+# --- models that push others out of memory -----------------------------------------------
+
+#: Choosing a model that does not fit in memory beside the default one.
+MODEL_SWAP_PERMISSION: Final = (
+    "That model doesn't fit in memory beside the default one, so loading it unloads the "
+    "model everyone else here uses: choosing it needs the Manage Server permission.")
+MODEL_SWAP_NOT_IN_DMS: Final = (
+    "That model doesn't fit in memory beside the default one, so loading it would unload "
+    "the model everyone else uses: it can't be chosen for DMs.")
+
+
+def model_swaps(default: str, cooldown_s: float) -> str:
+    """What `/model` says of a model that does not fit beside the default."""
+    return (f"it doesn't fit beside `{default}`: loading it unloads it, so only Manage Server "
+            f"may choose it, and a server swaps it in at most once every {cooldown_s:,.0f} s")
+
+
+def model_swap_too_soon(name: str, pushed: tuple[str, ...], retry_in_s: float) -> str:
+    held = ", ".join(f"`{p}`" for p in pushed)
+    return (f"Loading `{name}` now would unload {held}, which others are using, and models "
+            f"were swapped here moments ago. Try again in {max(1, round(retry_in_s))} s, or "
+            "ask where the default model answers.")
+
+
 # --- reply footers --------------------------------------------------------------------------
 
 #: The footer of a reply the model ended on its own at once: nothing but this.
@@ -128,6 +168,20 @@ def cut_at(limit: int, *, can_ask_more: bool = True) -> str:
     """A reply that used its whole budget, and how to get more."""
     hint = MORE_HINT if can_ask_more else RAISE_HINT
     return f"cut at the limit of {plural(limit, 'token')} — {hint}"
+
+
+#: A continued reply cut again, with Continue still offered.
+CONTINUE_HINT: Final = "press Continue for more"
+
+
+def times(n: int) -> str:
+    """"once", "twice", "3 times"."""
+    return {1: "once", 2: "twice"}.get(n, f"{n:,} times")
+
+
+def continued(total: int, continuations: int) -> str:
+    """The whole reply's length after Continue: "60 tokens, continued once"."""
+    return f"{plural(total, 'token')}, continued {times(continuations)}"
 
 
 def capped(source: str, limit: int, asked: int) -> str:
@@ -162,31 +216,222 @@ def busy(waiting: int) -> str:
             "Please try again in a moment.")
 
 
+# --- replies on Discord: their lifecycle and their buttons ----------------------------------
+
+#: A reasoning model inside its <think>: the status line while it thinks.
+THINKING: Final = "-# 💭 thinking…"
+RESTARTING: Final = "I'm restarting, try again in a moment."
+EMPTY_PROMPT: Final = "Ask something: the prompt was empty."
+INTERRUPTED: Final = "⚠️ Interrupted: the bot restarted before this reply finished."
+REPLY_DELETED: Final = "This reply was deleted, so I stopped writing it."
+PRIVATE_REPLY_EXPIRED: Final = "This private reply expired before it finished."
+REPLY_MESSAGE_GONE: Final = "This reply's message is gone and I can't post in the channel."
+ALREADY_FINISHED: Final = "This reply has already finished."
+ONLY_ASKER_STOPS: Final = "Only the person who asked (or a moderator) can stop this reply."
+ONLY_ASKER_REGENERATES: Final = "Only the person who asked can regenerate this reply."
+PROMPT_GONE: Final = "I no longer have this prompt, so I can't regenerate it. Ask again!"
+CONVERSATION_GONE: Final = "I no longer have this conversation (it may have expired). Ask again!"
+THREAD_IS_PUBLIC: Final = "A thread is public: ask without `private` to open one."
+THREAD_NOT_IN_DM: Final = "Threads exist only in servers; here, just keep talking."
+THREAD_ALREADY: Final = "This is already a thread: `/ask` here continues it."
+THREAD_CONTINUES: Final = ("This thread continues the conversation: `/ask` here or mention me. "
+                        "Everyone can join in.")
+THREAD_REFUSED: Final = "I couldn't open a thread here (do I have Create Public Threads?)."
+#: A button whose custom id names nothing a reply could carry (crafted, or broken).
+BUTTON_INVALID: Final = "This button is not valid (it names no reply I could have sent)."
+BUTTON_OTHER_SERVER: Final = "This button belongs to another server."
+BUTTON_OTHER_CHANNEL: Final = "This button belongs to another channel."
+BUTTON_OTHER_REPLY: Final = "This button belongs to another reply."
+NO_REASONING: Final = "*(no reasoning was kept for this reply)*"
+REASONING_ATTACHED: Final = "The reasoning is long, so it is attached."
+DISCORD_FIXED: Final = (
+    THINKING, RESTARTING, EMPTY_PROMPT, INTERRUPTED, REPLY_DELETED, PRIVATE_REPLY_EXPIRED,
+    REPLY_MESSAGE_GONE, ALREADY_FINISHED, ONLY_ASKER_STOPS, ONLY_ASKER_REGENERATES,
+    PROMPT_GONE, CONVERSATION_GONE, THREAD_IS_PUBLIC, THREAD_NOT_IN_DM, THREAD_ALREADY,
+    THREAD_CONTINUES, THREAD_REFUSED, BUTTON_INVALID, BUTTON_OTHER_SERVER, BUTTON_OTHER_CHANNEL,
+    BUTTON_OTHER_REPLY, NO_REASONING, REASONING_ATTACHED,
+)
+
+
+def waiting_line(message: str) -> str:
+    """A run waiting for its model ("loading model X…"), as a status line."""
+    return f"-# ⏳ {message}"
+
+
+def version_line(label: str) -> str:
+    """Under a version shown by ◀ ▶: which one it is ("2/3")."""
+    return f"-# version {label}"
+
+
+def undelivered(status: int) -> str:
+    return (f"⚠️ Discord kept failing ({status}) while I was updating this reply, "
+            "so it may be incomplete. Please ask again.")
+
+
+# --- Discord: errors, refusals and files ------------------------------------------------------
+
+GENERIC: Final = "Something went wrong on my side; it has been logged. Please try again."
+SERVER_ONLY: Final = "That command only works in a server."
+NOT_HERE: Final = "You can't use that here."
+OPTIONS_UNREADABLE: Final = "I couldn't read this command's options."
+DOWNLOAD_FAILED: Final = "I couldn't download that file; try again."
+HOW_TO_ASK: Final = (
+    "I found no question to answer (Discord shows me the text of a message only when it "
+    "mentions me). To ask me, mention me together with your question, reply to one of my "
+    "answers with the ping left on, press **Reply** under an answer, or use `/ask`."
+)
+HOW_TO_ASK_DM: Final = "Send me your question as text (or use `/ask`); I can only answer text."
+#: Option types as a member would name them.
+OPTION_KINDS: Final[Mapping[str, str]] = {
+    "integer": "a whole number", "number": "a number", "string": "text",
+    "boolean": "true or false", "user": "a member", "channel": "a channel", "role": "a role",
+    "mentionable": "a member or role", "attachment": "a file",
+}
+ERROR_FIXED: Final = (GENERIC, SERVER_ONLY, NOT_HERE, OPTIONS_UNREADABLE, DOWNLOAD_FAILED,
+                      HOW_TO_ASK, HOW_TO_ASK_DM, *OPTION_KINDS.values())
+
+
+def needs_permission(perms: str) -> str:
+    return f"You need the {perms} permission for that."
+
+
+def unreadable_option(value: object, kind: str) -> str:
+    """A value Discord's transformer refused, and what was expected."""
+    return f"I couldn't read `{value}` as {OPTION_KINDS.get(kind, kind.lower())}."
+
+
+def option_not_text(shown: str) -> str:
+    return f"I couldn't read {shown}: it should be text."
+
+
+def dm_has_no_server(command: str) -> str:
+    return f"DMs have no server settings: `/{command}` only works in a server."
+
+
+def file_too_big(size: int, limit: int) -> str:
+    return f"That file is {size:,} bytes; files up to {limit:,} bytes are accepted."
+
+
+def file_larger_than(limit: int) -> str:
+    return f"That file is larger than {limit:,} bytes, the most accepted."
+
+
+def download_refused(status: int) -> str:
+    return f"Discord didn't let me download that file ({status}); try again."
+
+
+# --- commands: who may change what, and what changed --------------------------------------
+
+PICK_A_SCOPE: Final = "Pick a scope from the list."
+DM_SETTINGS_ARE_YOURS: Final = ("DMs have no server settings: your DM settings are your own "
+                                "(use scope: This channel or thread).")
+NEEDS_MANAGE_SERVER: Final = (
+    "You need the Manage Server permission to change this server's settings.")
+STATUS_NEEDS_MANAGE_SERVER: Final = "You need the Manage Server permission for /status."
+NOTHING_TO_FORGET: Final = "You have no conversation here to forget."
+COMMAND_FIXED: Final = (PICK_A_SCOPE, DM_SETTINGS_ARE_YOURS, NEEDS_MANAGE_SERVER,
+                        STATUS_NEEDS_MANAGE_SERVER, NOTHING_TO_FORGET)
+
+
+def needs_manage_channels(*, in_thread: bool) -> str:
+    where = "thread" if in_thread else "channel"
+    return f"You need the Manage Channels permission to change this {where}'s settings."
+
+
+def forgot(removed: int) -> str:
+    """What `/conversation forget` did."""
+    if not removed:
+        return NOTHING_TO_FORGET
+    return f"Forgot {plural(removed, 'turn')} of your conversation here."
+
+
+def model_chosen(name: str, where: str) -> str:
+    return (f"`{name}` now answers in {where}; conversations already under way "
+            "switch at their next turn.")
+
+
+def model_reset(where: str, *, changed: bool) -> str:
+    if changed:
+        return f"Model choice removed for {where}."
+    return f"{where[:1].upper()}{where[1:]} has no model of its own."
+
+# --- the lab -----------------------------------------------------------------------------
+
+#: /probs in chat mode: what the first step is.
+PROBS_CHAT: Final = ("Chat mode: your prompt as a message to me, with this channel's persona; "
+                     "step 1 is the first token of my reply.")
+#: /probs in raw text mode: the text itself continued.
+PROBS_RAW: Final = ("Raw text: your text continued as written, with no chat template and no "
+                    "persona; step 1 is the next token of the text itself.")
+def card_ignored(parts: tuple[str, ...]) -> str:
+    """What an import left out of the persona, said once."""
+    listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    return f"Not used (a persona holds no such parts): {listed}."
+
+
+def kept_existing(name: str) -> str:
+    """An import whose name a saved persona already had: both are kept."""
+    return f" A saved persona was already called `{name}`: it is kept as it was."
+
+
+#: The button that scores a finished reply's tokens, and the view's title.
+WORD_ODDS: Final = "Word odds"
+#: Said once at the top of Word odds: what it measures, and what it does not.
+WORD_ODDS_NOTE: Final = ("How expected each token was to the model, not whether it is right: "
+                         "⟨marked⟩ tokens had under 10 %.")
+#: Word odds pressed under an empty reply.
+WORD_ODDS_EMPTY: Final = "This reply is empty: there are no words to score."
+#: Probabilities under a reply: the prompt that reply came from.
+PROBS_OF_REPLY: Final = ("The prompt this reply was generated from (its persona, knobs and "
+                         "earlier turns, as stored with the ask).")
+
+
 #: Every fixed string above, for the test that checks the rules.
 ALL_FIXED: Final = (
     *WAITING, *SOURCE_LABELS.values(), PARENT_CHANNEL, *SCOPE_CHOICES.values(), SCOPE_OPTION,
-    PERSONA_NONE, EMPTY_REPLY, MORE_HINT, RAISE_HINT, *CAP_OWNERS.values(),
+    PERSONA_NONE, NAMED_PERSONAS_PERMISSION, IMPORT_NOT_SAVED, MODEL_SWAP_PERMISSION,
+    MODEL_SWAP_NOT_IN_DMS, EMPTY_REPLY, MORE_HINT,
+    RAISE_HINT, *CAP_OWNERS.values(), *DISCORD_FIXED,
+    *ERROR_FIXED, *COMMAND_FIXED,
 )
 
-HELP: Final = """**How to ask**
-- `/ask prompt:…` — the reply streams in; `private:true` shows it only to you,
-  `thread:true` opens a thread from it.
-- Mention me with your question, or reply to one of my answers (ping on) to continue it.
-- Press **Reply** under an answer to continue it; **Regenerate** asks again; **Stop** ends a reply.
-- In DMs, just write: each message continues our conversation.
-
-**Commands**
-- `/settings` — the persona and sampling settings in effect here.
-- `/conversation show` — your conversation here, its tokens, what the next ask leaves out;
-  `/conversation forget` deletes it.
-- `/tokens` — how many tokens a text is. `/status` — the model, the queue, recent speed.
-- `/help` — this.
-
-**Admins' checklist**
-1. `/system set` or `/system edit` — the persona (this channel or thread, or the whole server).
-2. `/knobs set` — sampling settings; a server's `max_new_tokens` is a ceiling for its channels.
-3. `/knobs preset` — precise, balanced or creative in one go; `/knobs reset` goes back.
-4. Channel permissions decide where I may post; I answer only where I'm asked."""
+HELP: Final = "\n".join([
+    "**How to ask**",
+    "- `/ask prompt:…` — the reply streams in; `private:true` only you see it, "
+    "`thread:true` opens a thread.",
+    "- Mention me with your question, or reply to one of my answers (ping on) to continue it.",
+    "- In DMs, just write: each message continues our conversation.",
+    "- Attach a text file (code, a log, notes) to a mention or `/ask file:` and I read it.",
+    "",
+    "**Buttons under a reply**",
+    "- **Stop** ends it · **Regenerate** asks again · **Reply** continues the conversation.",
+    "- **Continue** writes on where a cut reply stopped.",
+    "- **◀ ▶** switch between its versions · **Reasoning** shows a reasoning model's thinking.",
+    "- **Probabilities** walks the reply's own tokens and what else the model could have "
+    "written.",
+    "- **Word odds** shows how expected each word was to the model (not whether it is right).",
+    "",
+    "**Commands**",
+    "- `/settings` — the model, persona and sampling settings in effect here.",
+    "- `/conversation show` — your conversation here and its tokens; `forget` deletes it.",
+    "- `/probs` — next-token odds, as a chat or (`raw`) as plain text.",
+    "- `/compare` — one prompt under 2–4 settings, side by side.",
+    "- `/tokens` — how the model splits a text · `/status` — models, queue, speed.",
+    "- `/model list` — the models served and where each answers.",
+    "- `/system show` — the persona here · `/system list` — the saved personas.",
+    "- **What do these do?** below explains every sampling setting · `/help` — this.",
+    "",
+    "**Admins' checklist**",
+    "1. `/system set`, `edit`, `import` (a character card), `save`, `load`, `delete`, "
+    "`reset` — the persona here or server-wide.",
+    "2. `/knobs show`, `set`, `preset`, `reset` — sampling; a server's `max_new_tokens` caps "
+    "its channels.",
+    "3. `/model set` / `reset` — which model answers here; `/system reasoning` — split "
+    "`<think>`.",
+    "4. `/conversation follow`, `autothread`, `marker` — talk without @ here; a thread per "
+    "mention; what members start asides with.",
+    "5. Channel permissions decide where I may post; I answer only where I'm asked.",
+])
 
 #: Said once when the bot joins a server, where it may post; it pings nobody.
 JOINED: Final = ("Hello! I answer questions with a language model. Ask with `/ask`, or mention "
@@ -198,3 +443,64 @@ HELP_WORDS: Final = frozenset({"help", "/help", "help?", "!help"})
 
 def asks_for_help(text: str) -> bool:
     return text.strip().lower() in HELP_WORDS
+
+
+#: `/settings` where the model answering has never been loaded and its files name no window.
+CONTEXT_UNKNOWN: Final = "**Context window**: unknown until the model first loads"
+
+
+def not_loaded(model: str) -> str:
+    """`/status` where the model answering has not been loaded yet (it loads at the first ask)."""
+    return f"`{model}` (not loaded yet: it loads at the first ask)"
+
+
+# --- files as context -------------------------------------------------------------
+
+FILE_SKIPPED: Final = "📎 `{name}` not read: {reason}."
+FILE_NOT_TEXT: Final = "it isn't a text file"
+FILE_NOT_UTF8: Final = "it isn't UTF-8 text (save it as UTF-8 and attach it again)"
+FILE_EMPTY: Final = "it is empty"
+FILE_TOO_BIG: Final = "it is {size:,} bytes and files up to {limit:,} bytes are read"
+FILE_TOO_MANY: Final = "I read {count} per ask"
+FILE_CUT: Final = "[… {lines} not shown: the file is longer than the model's window holds]"
+FILE_READ: Final = "📎 read {names}"
+FILE_READ_CUT: Final = "📎 read {names} (only the beginning of {cut} fits the model's window)"
+
+# --- talking without @ ----------------------------------------------------------------
+
+FOLLOWING: Final = (
+    "I'm following {place} now: every message here is for me, no @ needed. Start a message "
+    "with `{marker}`, or reply to or mention someone else, to talk among yourselves."
+)
+NOT_FOLLOWING: Final = "I no longer follow {place}: mention me or reply to my answers to ask."
+FOLLOW_NEEDS_CONTENT: Final = (
+    "⚠️ Following needs message-content mode: the operator sets BOT_MESSAGE_CONTENT=true and "
+    "switches on the Message Content intent (Developer Portal → Bot → Privileged Gateway "
+    "Intents). Until then I only answer mentions and replies."
+)
+AUTO_THREAD_ON: Final = (
+    "A mention in this channel now opens a thread of its own, which I follow."
+)
+AUTO_THREAD_OFF: Final = "Mentions in this channel are answered here again, without a thread."
+MARKER_SET: Final = "Messages starting with `{marker}` are left alone in followed places."
+THREAD_OPENED: Final = (
+    "I'll answer here. Keep talking in this thread, no @ needed; start a message with "
+    "`{marker}` to talk among yourselves."
+)
+THREAD_OPENED_MENTION: Final = (
+    "I'll answer here. Mention me in this thread (or reply to my answers) to keep talking."
+)
+FILE_ONLY_PROMPT: Final = "Here is a file."
+CONTENT_MODE_ON: Final = "on: followed threads and channels need no @ (Message Content intent)"
+CONTENT_MODE_OFF: Final = "off: mention me or reply to my answers (BOT_MESSAGE_CONTENT=false)"
+CONTENT_MODE_REFUSED: Final = (
+    "⚠️ off: Discord refused the Message Content intent; switch it on in the Developer Portal "
+    "(Bot → Privileged Gateway Intents) and restart"
+)
+CONTENT_INTENT_REFUSED_LOG: Final = (
+    "Discord refused the privileged Message Content intent (close code 4014). Switch it on "
+    "in the Developer Portal: your application → Bot → Privileged Gateway Intents → Message "
+    "Content Intent, then restart; or set BOT_MESSAGE_CONTENT=false. Running with "
+    "message-content mode off: only mentions, replies and DMs are answered."
+)
+AUTO_THREAD_IN_THREAD: Final = "Auto-threads are a channel's setting: use it in the channel."

@@ -13,6 +13,7 @@ from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import MissingScopePermission
 from bot.errors import UserFacingError
 from bot.knobs import KNOB_SPECS, parse_knob_text
+from bot.lab.help import KNOB_HELP
 from bot.limits import TooManyWrites
 from bot.store.scopes import Scope
 
@@ -58,13 +59,15 @@ else:
 
         async def transform(self, interaction: discord.Interaction, value: Any) -> str:
             if value not in wording.SCOPE_CHOICES:
-                raise UserFacingError("Pick a scope from the list.")
+                raise UserFacingError(wording.PICK_A_SCOPE)
             return str(value)
 
     ScopeOpt = app_commands.Transform[str, _ScopeOption]
 
 #: The `scope:` option's description.
 SCOPE_HELP = wording.SCOPE_OPTION
+#: Discord's limit on an embed's description.
+DESCRIPTION_LIMIT = 4096
 
 __all__ = ["NO_MENTIONS", "location_of"]
 
@@ -72,9 +75,9 @@ __all__ = ["NO_MENTIONS", "location_of"]
 #: Discord option descriptions (at most 100 characters) from the knobs model, so the
 #: picker shows what each knob does and its range instead of "…". Not `stop`: how
 #: to type several in one line is worded per command.
+#: Every knob option's description, from the same help as "What do these do?".
 KNOB_DESCRIPTIONS: dict[str, str] = {
-    name: f"{spec.description.rstrip('.')} ({spec.range_text()})"[:100]
-    for name, spec in KNOB_SPECS.items() if name != "stop"
+    name: KNOB_HELP[name].option() for name in KNOB_SPECS if name != "stop"
 }
 
 def knob_options(stop: str | None, **numbers: Any) -> dict[str, Any]:
@@ -133,25 +136,17 @@ def _scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Sc
     guild_id = interaction.guild_id
     if guild_id is None:
         if scope == "server":
-            raise MissingScopePermission(
-                "DMs have no server settings: your DM settings are your own "
-                "(use scope: This channel or thread)."
-            )
+            raise MissingScopePermission(wording.DM_SETTINGS_ARE_YOURS)
         return Scope.dm(interaction.user.id)
     perms = interaction.permissions
     if scope == "server":
         if not perms.manage_guild:
-            raise MissingScopePermission(
-                "You need the Manage Server permission to change this server's settings."
-            )
+            raise MissingScopePermission(wording.NEEDS_MANAGE_SERVER)
         return Scope.server(guild_id)
     loc = location_of(interaction)
     in_thread = loc.parent_channel_id is not None
     if not perms.manage_channels:
-        where = "thread" if in_thread else "channel"
-        raise MissingScopePermission(
-            f"You need the Manage Channels permission to change this {where}'s settings."
-        )
+        raise MissingScopePermission(wording.needs_manage_channels(in_thread=in_thread))
     return Scope.channel(loc.channel_id, guild_id)
 
 

@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.buttons import runner_of
+from bot.lab.help import KNOB_HELP
 from cogs._common import (
     KNOB_DESCRIPTIONS,
     MaxNewOpt,
@@ -29,7 +30,7 @@ class Ask(commands.Cog):
     @app_commands.command(name="ask", description="Ask the model; the reply streams in.")
     @app_commands.describe(
         prompt="What to ask",
-        **{name: f"This ask only: {text}"[:100] for name, text in KNOB_DESCRIPTIONS.items()
+        **{name: f"This ask only: {KNOB_HELP[name].option(85)}" for name in KNOB_DESCRIPTIONS
            if name != "max_new_tokens"},
         # Said where it is chosen: a larger value than the scope's is capped (issue 24 item 2).
         max_new_tokens="This ask only: at most this many tokens, up to this channel's or "
@@ -37,6 +38,7 @@ class Ask(commands.Cog):
         stop=r"This ask only: stop sequences, separated by | (\n for a newline)",
         private="Only you see the reply and its follow-ups (only you can stop or regenerate it)",
         thread="Open a public thread from the answer; every /ask or mention there continues it",
+        file="A text file (code, a log, notes) the model reads with your question",
     )
     async def ask(
         self,
@@ -51,6 +53,7 @@ class Ask(commands.Cog):
         repetition_penalty: RepPenaltyOpt | None = None,
         private: bool = False,
         thread: bool = False,
+        file: discord.Attachment | None = None,
     ) -> None:
         overrides = knob_options(
             stop, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -58,7 +61,8 @@ class Ask(commands.Cog):
             repetition_penalty=repetition_penalty,
         )
         await runner_of(interaction).ask_command(
-            interaction, prompt, overrides, private=private, thread=thread
+            interaction, prompt, overrides, private=private, thread=thread,
+            attachments=[file] if file is not None else [],
         )
 
 

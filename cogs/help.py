@@ -1,4 +1,4 @@
-"""/help: the ways to ask, what each command does, an admin's checklist (issue 24 item 3)."""
+"""/help: the ways to ask, every command and button, an admin's checklist, and knob help."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord.lab import knob_help_view
 from bot.wording import HELP
 from cogs._common import NO_MENTIONS
 
@@ -14,7 +15,7 @@ class Help(commands.Cog):
     @app_commands.command(name="help", description="How to ask, the commands, and an "
                                                    "admin's checklist.")
     async def help(self, interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(HELP, ephemeral=True,
+        await interaction.response.send_message(HELP, ephemeral=True, view=knob_help_view(),
                                                 allowed_mentions=NO_MENTIONS)
 
 

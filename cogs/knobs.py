@@ -18,15 +18,17 @@ from discord.ext import commands
 
 from bot import wording
 from bot.chat.request import persona
-from bot.chat.turns import TurnAsk, conversation_usage
+from bot.chat.turns import TurnAsk
 from bot.discord.common import location_of
 from bot.discord.conversation import display_name, place_of
 from bot.discord.lab import knob_help_view
 from bot.errors import UserFacingError
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
 from cogs._common import (
+    DESCRIPTION_LIMIT,
     KNOB_DESCRIPTIONS,
     NO_MENTIONS,
+    SCOPE_HELP,
     MaxNewOpt,
     MinNewOpt,
     RepPenaltyOpt,
@@ -45,8 +47,6 @@ from cogs._common import (
 KNOB_CHOICES = [app_commands.Choice(name=n, value=n) for n in ("all", *KNOB_NAMES)]
 PRESET_CHOICES = [app_commands.Choice(name=n, value=n) for n in PRESETS]
 #: An embed's description holds 4,096 characters; a persona is at most 4,000.
-DESCRIPTION_LIMIT = 4096
-SCOPE_HELP = wording.SCOPE_OPTION
 
 
 async def knobs_embed(interaction: discord.Interaction) -> discord.Embed:
@@ -169,9 +169,10 @@ class Settings(commands.Cog):
         body = text or wording.PERSONA_NONE
         thread = isinstance(interaction.channel, discord.Thread)
         # Issue 23: the model answering here, and where that choice comes from.
-        model = f"**Model** {bot.app.models.choice(eff).describe()}\n"
+        choice = bot.app.models.choice(eff)
+        model = f"**Model** {choice.describe()}\n"
         intro = f"{model}**Persona** (from {wording.source_label(source, in_thread=thread)})\n"
-        extra = await _issue22_lines(interaction, eff.reasoning)
+        extra = await _issue22_lines(interaction, eff.reasoning, choice.name)
         room = DESCRIPTION_LIMIT - len(intro) - len(extra)
         if len(body) > room:
             body = body[: room - 1] + "…"
@@ -179,30 +180,32 @@ class Settings(commands.Cog):
                                            description=intro + body + extra),
                              await knobs_embed(interaction)]
         await interaction.response.send_message(
-            embeds=embeds, ephemeral=True, allowed_mentions=NO_MENTIONS
+            embeds=embeds, ephemeral=True, view=knob_help_view(), allowed_mentions=NO_MENTIONS
         )
 
 
-async def _issue22_lines(interaction: discord.Interaction, reasoning: bool) -> str:
-    """Issue 22: the reasoning setting and how much of the window the conversation uses."""
+async def _issue22_lines(interaction: discord.Interaction, reasoning: bool, model: str) -> str:
+    """The reasoning setting and how much of the window (of `model`, the one answering
+    here) the conversation uses."""
     app = bot_of(interaction).app
     lines = [f"\n\n**Reasoning** (`<think>` split): {'on' if reasoning else 'off'}"]
-    context = app.engine.info.context_length
     user = interaction.user
     dm = interaction.guild_id is None
-    place = await place_of(app.turns, interaction.channel, user.id, dm)
+    place = await place_of(app.chat, interaction.channel, user.id, dm)
     usage = None
-    if place is not None and await app.turns.head(place) is not None:
+    if place is not None and await app.chat.head(place) is not None:
         with contextlib.suppress(UserFacingError):
-            usage = await conversation_usage(app, TurnAsk(
+            usage = await app.chat.usage(TurnAsk(
                 location=location_of(interaction), prompt="?", author_id=user.id,
                 author_name=display_name(user), place=place, direct=dm, shared=True,
             ))
     if usage is not None:
         lines.append(f"**Context**: this conversation {usage.usage_text()}"
                      + (f"; {usage.dropped_text()}" if usage.dropped_turns else ""))
-    else:
-        lines.append(f"**Context window**: {context:,} tokens")
+    else:  # the window of the model answering here
+        context = app.models.context_length(model)
+        lines.append(f"**Context window**: {context:,} tokens" if context
+                     else wording.CONTEXT_UNKNOWN)
     return "\n".join(lines)
 
 

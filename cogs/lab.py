@@ -8,8 +8,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
+from bot.discord.common import location_of
 from bot.discord.lab import CompareAsk, LabRunner
-from bot.lab.compare import SEED_LIMIT, parse_variant, plan_variants
+from bot.lab.compare import SEED_LIMIT, parse_variant, plan_variants, variant_suggestions
 
 if TYPE_CHECKING:
     from bot.discord.client import LlamaBot
@@ -29,21 +31,32 @@ class Lab(commands.Cog):
                           description="One prompt under 2-4 knob settings, side by side.")
     @app_commands.describe(
         prompt="What to ask", a=VARIANT_HELP, b=VARIANT_HELP, c=VARIANT_HELP, d=VARIANT_HELP,
-        seed="The seed every variant shares (default: a new one, shown)",
-        private="Only you see the comparison",
+        seed="The seed every variant shares (default: a new one, in the attached file)",
+        public="Post it in the channel (default: only you see it)",
     )
     async def compare(
         self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_LIMIT],
         a: str | None = None, b: str | None = None, c: str | None = None, d: str | None = None,
-        seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None, private: bool = False,
+        seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None, public: bool = False,
     ) -> None:
-        request = await self.lab.fresh_request(interaction, prompt)
-        variants = plan_variants([a, b, c, d], request.knobs)
+        turn = await self.lab.fresh_request(interaction, prompt)
+        where = location_of(interaction)
+        here = ("this thread" if where.parent_channel_id is not None
+                else "this channel" if where.guild_id is not None else "your DMs")
+        variants = plan_variants([a, b, c, d], turn.request.knobs, here)
         await self.lab.compare(interaction, CompareAsk(
             user_id=interaction.user.id, guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id, prompt=prompt.strip(), request=request,
-            variants=variants, private=private,
+            channel_id=interaction.channel_id, prompt=prompt.strip(), request=turn.request,
+            variants=variants, private=not public, model=turn.model,
         ), seed=seed)
+
+    @compare.autocomplete("a")
+    @compare.autocomplete("b")
+    @compare.autocomplete("c")
+    @compare.autocomplete("d")
+    async def _variants(self, interaction: discord.Interaction,
+                        current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=text, value=text) for text in variant_suggestions(current)]
 
     @app_commands.command(name="probs",
                           description="The model's next-token candidates, raw and after the knobs.")
@@ -52,16 +65,17 @@ class Lab(commands.Cog):
         knobs="Knobs for this view in the /knobs set syntax, or a preset (default: this channel's)",
         seed="Seed of the sampled pick shown (default: a new one)",
         public="Post it in the channel (default: only you see it)",
+        raw="Continue the text as written, with no chat template (default: as a chat message)",
     )
     async def probs(
         self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_LIMIT],
         knobs: str | None = None, seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None,
-        public: bool = False,
+        public: bool = False, raw: bool = False,
     ) -> None:
         overrides: dict[str, Any] = parse_variant(knobs).overrides if knobs else {}
-        request = await self.lab.fresh_request(interaction, prompt, overrides)
-        await self.lab.probs(interaction, request, private=not public, seed=seed,
-                             header="Your prompt with this channel's persona.")
+        turn = await self.lab.fresh_request(interaction, prompt, overrides)
+        await self.lab.probs(interaction, turn, private=not public, seed=seed, raw=raw,
+                             header=wording.PROBS_RAW if raw else wording.PROBS_CHAT)
 
 
 async def setup(bot: commands.Bot) -> None:

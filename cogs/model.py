@@ -3,7 +3,10 @@
 `/model list` is everyone's (what is served, how big, its window, loaded or not,
 where it is chosen); `set` and `reset` change a setting, so they take the same
 checks as /system and /knobs (`scope_for_write`: Manage Channels for a channel
-or thread, Manage Server for the server, a DM's own; the write limiter). The
+or thread, Manage Server for the server, a DM's own; the write limiter). A model
+that does not fit in memory beside the default one unloads it whenever it loads,
+so choosing it takes Manage Server anywhere and is refused in DMs (the host also
+rate-limits such swaps per server: bot/hosting/host.py). The
 group has no default permission because `list` is for everyone; the checks
 decide. The choice is a `model` setting of the scope, audited like the others.
 """
@@ -14,13 +17,21 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
 from bot.discord.common import location_of
+from bot.discord.errors import MissingScopePermission
 from bot.hosting.host import model_lines
 from bot.store.scopes import Scope, ScopeKind
-from cogs._common import NO_MENTIONS, ScopeChoice, bot_of, scope_for_write, scope_word
+from cogs._common import (
+    DESCRIPTION_LIMIT,
+    NO_MENTIONS,
+    ScopeChoice,
+    bot_of,
+    scope_for_write,
+    scope_word,
+)
 
 #: An embed's description holds 4,096 characters.
-DESCRIPTION_LIMIT = 4096
 SCOPE_HELP = "This channel (default) or the whole server"
 
 
@@ -56,13 +67,29 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
     ) -> None:
         target = scope_for_write(interaction, scope)
         app = bot_of(interaction).app
+        wanted = name.strip().lower()
+        swaps = wanted in app.models.names and app.models.swaps_default(wanted)
+        if swaps and interaction.guild_id is None:
+            raise MissingScopePermission(wording.MODEL_SWAP_NOT_IN_DMS)
+        if swaps and not interaction.permissions.manage_guild:
+            raise MissingScopePermission(wording.MODEL_SWAP_PERMISSION)
         chosen = await app.store.set_model(
             target, name, actor_id=interaction.user.id, known=app.models.names
         )
+        note = (f"\nNote: {wording.model_swaps(app.models.default, app.models.swap_cooldown_s)}."
+                if swaps else "")
         await interaction.response.send_message(
-            f"`{chosen}` now answers in {scope_word(target)}; conversations already under way "
-            "switch at their next turn.", ephemeral=True, allowed_mentions=NO_MENTIONS,
+            wording.model_chosen(chosen, scope_word(target)) + note, ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
         )
+
+    @set_.autocomplete("name")
+    async def _model_names(self, interaction: discord.Interaction,
+                           current: str) -> list[app_commands.Choice[str]]:
+        """The models served, as /model list names them."""
+        typed = current.strip().lower()
+        return [app_commands.Choice(name=name, value=name)
+                for name in bot_of(interaction).app.models.names if typed in name.lower()][:25]
 
     @app_commands.command(name="reset", description="Remove the model chosen here.")
     @app_commands.describe(scope=SCOPE_HELP)
@@ -71,8 +98,7 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
         changed = await bot_of(interaction).app.store.reset_model(
             target, actor_id=interaction.user.id
         )
-        msg = (f"Model choice removed for {scope_word(target)}." if changed
-               else f"{scope_word(target).capitalize()} has no model of its own.")
+        msg = wording.model_reset(scope_word(target), changed=changed)
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 

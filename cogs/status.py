@@ -13,8 +13,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
 from bot.discord.errors import MissingScopePermission
-from cogs._common import NO_MENTIONS, bot_of
+from cogs._common import NO_MENTIONS, bot_of, location_of
 
 
 def _uptime(seconds: float) -> str:
@@ -32,24 +33,36 @@ class Status(commands.Cog):
         if interaction.guild_id is None:
             raise app_commands.NoPrivateMessage()
         if not interaction.permissions.manage_guild:
-            raise MissingScopePermission("You need the Manage Server permission for /status.")
+            raise MissingScopePermission(wording.STATUS_NEEDS_MANAGE_SERVER)
         bot = bot_of(interaction)
-        engine = bot.app.engine
-        info = engine.info
+        models = bot.app.models
+        # The model answering here, named as /model list names it (one chosen but not
+        # loaded yet says so).
+        name = models.choice(await bot.app.resolve(location_of(interaction))).name
+        engine = models.loaded(name)
+        engines = models.engines()
         rates = list(bot.recent_rates)
         rate = f"{statistics.median(rates):.1f} tok/s (median of {len(rates)})" if rates else "–"
         embed = discord.Embed(title="Status")
-        models = bot.app.models
-        embed.add_field(name="Model", value=info.model_name)
-        if models.several:  # issue 23: which models are loaded now (the default first)
+        named = f"`{name}`" + (" (default)" if name == models.default else "")
+        embed.add_field(name="Model", value=named if engine is not None
+                        else wording.not_loaded(name))
+        if models.several:  # which models are loaded now (the default first)
             embed.add_field(name="Loaded models", value=", ".join(
-                f"`{name}`" for name in models.engines()) or "none")
-        embed.add_field(name="Device", value=f"{info.device} · {info.compute_type}")
+                f"`{loaded}`" for loaded in engines) or "none")
+        if engine is not None:
+            embed.add_field(name="Device",
+                            value=f"{engine.info.device} · {engine.info.compute_type}")
         queue = f"{models.queue_depth()} waiting · {models.active()} active"
         embed.add_field(name="Queue", value=queue)
         embed.add_field(name="Uptime", value=_uptime(time.monotonic() - bot.started_at))
         embed.add_field(name="Recent speed", value=rate)
-        embed.add_field(name="Tokens generated", value=str(engine.tokens_generated))
+        counts = [f"`{loaded}` {e.tokens_generated:,}" for loaded, e in engines.items()]
+        embed.add_field(name="Tokens generated", value=(
+            " · ".join(counts) if models.several
+            else f"{engine.tokens_generated if engine is not None else 0:,}") or "0")
+        embed.add_field(name="Talking without @", value=bot.content_mode.status_line(),
+                        inline=False)
         await interaction.response.send_message(
             embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
         )

@@ -16,14 +16,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import wording
-from bot.chat.characters import MAX_PNG_BYTES, parse_card
+from bot.chat.characters import MAX_PNG_BYTES, read_card
 from bot.chat.request import persona
+from bot.chat.speakers import fill_user
 from bot.discord.attachments import read_attachment
 from bot.discord.common import location_of
+from bot.discord.errors import MissingScopePermission
 from bot.discord.guard import parse_id
 from bot.discord.modals import ModalRouter, send_stateless
 from bot.errors import UserFacingError
-from bot.knobs import KNOB_NAMES
 from bot.store.personas import MAX_NAME_CHARS
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS, Scope
 from cogs._common import (
@@ -204,22 +205,27 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         target = scope_for_write(interaction, scope)
         app = bot_of(interaction).app
         data = await read_attachment(card, MAX_PNG_BYTES)
-        parsed = parse_card(data, filename=card.filename)
-        await app.store.set_system_prompt(target, parsed.persona, actor_id=interaction.user.id)
+        parsed = await read_card(data, filename=card.filename)
+        may_save = _may_name_personas(interaction)
+        saved_as, not_saved = await app.chat.import_card(
+            target, parsed, guild_id=interaction.guild_id if may_save else None,
+            actor_id=interaction.user.id)
         count_write(interaction)
         saved_note = ""
-        if interaction.guild_id is not None:  # named personas belong to a server, not DMs
-            try:
-                await app.personas.save(interaction.guild_id, parsed.name[:MAX_NAME_CHARS],
-                                        parsed.persona, actor_id=interaction.user.id,
-                                        greeting=parsed.greeting)
-                saved_note = f" Saved as `{parsed.name[:MAX_NAME_CHARS]}` (`/system load`)."
-            except UserFacingError as exc:
-                saved_note = f" (Not saved by name: {exc.message})"
+        if interaction.guild_id is not None and not may_save:
+            saved_note = f" ({wording.IMPORT_NOT_SAVED})"
+        elif saved_as is not None:
+            saved_note = f" Saved as `{saved_as}` (`/system load`)."
+            if saved_as != parsed.name[:MAX_NAME_CHARS]:
+                saved_note += wording.kept_existing(parsed.name[:MAX_NAME_CHARS])
+        elif not_saved is not None:
+            saved_note = f" (Not saved by name: {not_saved})"
         lines = [f"Imported **{discord.utils.escape_markdown(parsed.name)}** as the persona "
                  f"for {scope_word(target)}.{saved_note}"]
         if (notice := parsed.notice()) is not None:
             lines.append(notice)
+        if parsed.ignored:
+            lines.append(wording.card_ignored(parsed.ignored))
         await interaction.response.send_message("\n".join(lines), ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
         if greeting and parsed.greeting:
@@ -231,26 +237,31 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         self, interaction: discord.Interaction,
         name: app_commands.Range[str, 1, MAX_NAME_CHARS], knobs: bool = False,
     ) -> None:
-        guild_id = _server_of(interaction)
-        take_write_slot(interaction)
+        guild_id = _named_personas_writer(interaction)
         app = bot_of(interaction).app
-        loc = location_of(interaction)
-        eff = await app.resolve(loc)
-        text, _ = persona(eff, app.settings.system_prompt)
-        if not text:
-            raise UserFacingError("There is no persona here to save; set one first.")
-        bundle = None
-        if knobs:
-            own = await app.store.scope_overrides(loc.own_scope())
-            bundle = {k: v for k, v in own.items() if k in KNOB_NAMES}
-        saved, replaced = await app.personas.save(
-            guild_id, name, text, actor_id=interaction.user.id, knobs=bundle)
+        saved, replaced = await app.chat.save_persona(
+            location_of(interaction), guild_id, name, actor_id=interaction.user.id,
+            with_knobs=knobs)
         count_write(interaction)
         what = "Replaced" if replaced else "Saved"
-        extra = f" with {len(saved.knobs)} knob(s)" if saved.knobs else ""
+        extra = f" with {wording.plural(len(saved.knobs), 'knob')}" if saved.knobs else ""
         await interaction.response.send_message(
             f"{what} the persona `{saved.name}`{extra}.", ephemeral=True,
             allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="delete", description="Delete a persona saved on this server.")
+    @app_commands.describe(name="A saved persona (see /system list)")
+    async def delete(
+        self, interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, MAX_NAME_CHARS],
+    ) -> None:
+        guild_id = _named_personas_writer(interaction)
+        deleted = await bot_of(interaction).app.personas.remove(guild_id, name)
+        count_write(interaction, deleted is not None)
+        msg = (wording.persona_not_saved(discord.utils.escape_markdown(" ".join(name.split())))
+               if deleted is None else wording.persona_deleted(deleted))
+        await interaction.response.send_message(msg, ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="load", description="Use a saved persona here.")
     @app_commands.describe(name="A saved persona (see /system list)",
@@ -264,13 +275,9 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         guild_id = _server_of(interaction)
         target = scope_for_write(interaction, scope)
         app = bot_of(interaction).app
-        saved = await app.personas.load(guild_id, name)
-        await app.store.set_system_prompt(target, saved.system_prompt,
-                                          actor_id=interaction.user.id)
+        saved, notes = await app.chat.load_persona(target, guild_id, name,
+                                                   actor_id=interaction.user.id)
         count_write(interaction)
-        notes: list[str] = []
-        if saved.knobs:
-            notes = await app.store.set_knobs(target, saved.knobs, actor_id=interaction.user.id)
         msg = f"Loaded `{saved.name}` for {scope_word(target)}."
         if saved.knobs:
             msg += " Its knobs: " + ", ".join(f"{k}={v}" for k, v in saved.knobs.items()) + "."
@@ -280,9 +287,20 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         if greeting and saved.greeting:
             await _post_greeting(interaction, saved.greeting)
 
+    @load.autocomplete("name")
+    async def _persona_names(self, interaction: discord.Interaction,
+                             current: str) -> list[app_commands.Choice[str]]:
+        """The server's saved personas whose names contain what was typed."""
+        if interaction.guild_id is None:
+            return []
+        saved = await bot_of(interaction).app.personas.saved(interaction.guild_id)
+        typed = current.strip().lower()
+        return [app_commands.Choice(name=p.name, value=p.name) for p in saved
+                if typed in p.name.lower()][:25]
+
     @app_commands.command(name="list", description="The personas saved on this server.")
     async def list_(self, interaction: discord.Interaction) -> None:
-        saved = await bot_of(interaction).app.personas.saved(_server_of(interaction))
+        saved = await bot_of(interaction).app.chat.saved_personas(_server_of(interaction))
         if not saved:
             body = "No saved personas yet: `/system save NAME` or `/system import`."
         else:
@@ -319,8 +337,26 @@ def _server_of(interaction: discord.Interaction) -> int:
     return interaction.guild_id
 
 
+def _may_name_personas(interaction: discord.Interaction) -> bool:
+    return bool(interaction.permissions.manage_guild)
+
+
+def _named_personas_writer(interaction: discord.Interaction) -> int:
+    """The server whose saved personas this member may change (Manage Server, like
+    `/system set scope: server`), after the settings-write limit; else a refusal."""
+    guild_id = _server_of(interaction)
+    if not _may_name_personas(interaction):
+        raise MissingScopePermission(wording.NAMED_PERSONAS_PERMISSION)
+    take_write_slot(interaction)
+    return guild_id
+
+
 async def _post_greeting(interaction: discord.Interaction, text: str) -> None:
-    """The card's greeting, posted in the channel as plain text (never a ping)."""
+    """The card's greeting, posted in the channel as plain text (never a ping).
+
+    Everyone reads it, so its ``{{user}}`` is "you".
+    """
+    text = fill_user(text, None, default="you") or text
     for start in range(0, len(text), 2000):
         await interaction.followup.send(text[start:start + 2000], allowed_mentions=NO_MENTIONS)
 

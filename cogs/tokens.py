@@ -13,6 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.engine.streaming import token_pieces
+from bot.hosting.host import swapper_of
 from bot.model.pieces import piece_label, token_bytes
 from cogs._common import NO_MENTIONS, bot_of, location_of
 
@@ -57,7 +58,8 @@ class Tokens(commands.Cog):
         deferred = engine is None
         if engine is None:
             await interaction.response.defer(thinking=True, ephemeral=not public)
-            engine = await models.engine(name)
+            engine = await models.engine(
+                name, swapper=swapper_of(interaction.guild_id, interaction.user.id))
         tokenizer = engine.bundle.tokenizer
         pieces = [piece_label(tokenizer, i, t) for i, t in token_pieces(tokenizer, text)]
         block, shown = render_tokens(pieces)

@@ -9,3 +9,5 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
             || echo "warning: could not install systemd; the unit-file test will be skipped" >&2
     fi
 fi
+# PostgreSQL server binaries: the store's tests run against a throwaway cluster too.
+"$(dirname "$0")/install-postgres.sh"

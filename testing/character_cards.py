@@ -50,3 +50,23 @@ def card_png(data: dict[str, Any], *, spec: str = "chara_card_v2", kind: bytes =
              key: str = "chara") -> bytes:
     encoded = base64.b64encode(card_json(data, spec))
     return png(text_chunk(key, encoded, kind))
+
+
+def hostile_cards(*, cap: int, bomb_bytes: int = 64 * 1024 * 1024) -> dict[str, bytes]:
+    """Files a hostile member can upload as a card, each at most `cap` bytes.
+
+    - ``png_full_of_card_bombs``: a PNG at the upload cap made of `chara` zTXt
+      chunks that each inflate to just under the 4 MB inflate cap;
+    - ``ztxt_zip_bomb``: one `chara` zTXt chunk of `bomb_bytes` zeros;
+    - ``json_2mb_empty_objects``: a card whose 2 MB of JSON is empty objects.
+    """
+    at_cap = zlib.compress(b"A" * (4 * 1024 * 1024), 9)
+    one = chunk(b"zTXt", b"chara\x00\x00" + at_cap)
+    room = cap - len(png()) - 1
+    many = png(*[one] * (room // len(one)))
+    bomb = png(chunk(b"zTXt", b"chara\x00\x00" + zlib.compress(bytes(bomb_bytes), 9)))
+    head = b'{"name": "Empty", "objects": ['
+    n = (2 * 1024 * 1024 - len(head) - 2) // 3
+    empties = head + b",".join([b"{}"] * n) + b"]}"
+    return {"png_full_of_card_bombs": many, "ztxt_zip_bomb": bomb,
+            "json_2mb_empty_objects": empties}

@@ -1,32 +1,30 @@
 """A running bot against the fake Discord, for tests that read as short stories.
 
-`running_bot(...)` builds the real App (engine + SQLite store), the real
-`LlamaBot`, and a `FakeDiscord` on 127.0.0.1, connects them, and tears all of
-it down. `ScriptedGenerator` stands in for CTranslate2 when a test needs
-exact model output (a mention, a code block, 5,000 characters): it feeds
-real token ids of a chosen text through the engine's real callback path.
+`running_bot(...)` builds the real App through the composition root
+(`bot.app.open_app`, engine + SQLite store), the real `LlamaBot`, and a
+`FakeDiscord` on 127.0.0.1, connects them, and tears all of it down. A scripted
+model stands in for CTranslate2 when a test needs exact model output (a mention,
+a code block, 5,000 characters): it feeds real token ids of a chosen text
+through the engine's real callback path.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.app import App
+from bot.app import App, open_app
 from bot.chat.request import FINISH_WORDS
-from bot.config import Settings, load_settings
 from bot.discord.client import LlamaBot
-from bot.engine import Engine, EngineOptions
 from bot.knobs import KNOB_NAMES
-from bot.store.ask_log import AskLog
 from bot.store.scopes import Scope
-from bot.store.store import SettingsStore
 from bot.wording import EMPTY_REPLY
-from testing.backends import ScriptedGenerator
+from testing.apps import story_engine, story_settings
 from testing.fake_discord import FakeDiscord, FakeGuild, FakeInteraction, default_guild
+from testing.scripted import Script
 
 
 @dataclass
@@ -85,44 +83,35 @@ def is_final(content: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def running_bot(
-    model_dir: Path, tmp_path: Path, *, scripted: Callable[[list[str]], str] | str | None = None,
-    script_delay: float = 0.005, enforce_buckets: bool = False, bucket_window: float = 5.0,
-    guilds: list[FakeGuild] | None = None, **settings_overrides: Any,
+    model_dir: Path, tmp_path: Path, *, scripted: Script | None = None,
+    script_delay: float = 0.005, weights: bool | None = None, enforce_buckets: bool = False,
+    bucket_window: float = 5.0, guilds: list[FakeGuild] | None = None,
+    privileged_intents: int = 0,
+    **settings_overrides: Any,
 ) -> AsyncIterator[Harness]:
-    overrides: dict[str, Any] = {
-        "database_path": tmp_path / "bot.sqlite3",
-        "model_dir": model_dir,
-        "device": "cpu",
-        "edit_interval_s": 0.2,
-        "batch_wait_ms": 5,
-        "cpu_threads": 1,
-        "settings_write_limit": 0,  # stories change settings quickly; tests of the limit set it
-    }
-    overrides.update(settings_overrides)
-    settings: Settings = load_settings(None, **overrides)
-    store = await SettingsStore.open(
-        settings.database_path, max_new_tokens_ceiling=settings.max_new_tokens_ceiling
-    )
-    engine = await Engine.load(model_dir, EngineOptions(
-        device="cpu", cpu_threads=settings.cpu_threads,
-        max_batch_size=settings.max_batch_size, queue_size=settings.queue_size,
-        batch_wait_ms=settings.batch_wait_ms,
-    ))
-    if scripted is not None:
-        engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, scripted, script_delay))
-    app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
+    """The bot over `model_dir` on a fake Discord; `scripted` makes the model say that.
+
+    A scripted model runs without the CTranslate2 weights (`testing.scripted`) unless
+    `weights=True`: what needs them (probabilities, the lab) then sees the real model
+    while replies stay scripted.
+    """
     guilds = guilds or [default_guild()]
-    if scripted is not None:
-        # Scripted replies are long; let them run to their end rather than 128 tokens.
-        longest = min(1024, settings.max_new_tokens_ceiling or 1024)
-        await store.set_knobs(Scope.server(guilds[0].id), {"max_new_tokens": longest}, actor_id=1)
-    try:
+    settings = story_settings(model_dir, tmp_path, **settings_overrides)
+    if weights is None:
+        weights = scripted is None
+    async with (
+        story_engine(settings, model_dir, scripted, script_delay, weights=weights) as engine,
+        open_app(settings, engine=engine) as app,
+    ):
+        if scripted is not None:
+            # Scripted replies are long; let them run to their end rather than 128 tokens.
+            longest = min(1024, settings.max_new_tokens_ceiling or 1024)
+            await app.store.set_knobs(Scope.server(guilds[0].id), {"max_new_tokens": longest},
+                                      actor_id=1)
         async with FakeDiscord(guilds=guilds, enforce_buckets=enforce_buckets,
-                               bucket_window=bucket_window) as fake:
+                               bucket_window=bucket_window,
+                               privileged_intents=privileged_intents) as fake:
             bot = fake.make_bot(LlamaBot, app=app)
             async with fake.run_bot(bot):
                 await fake.wait_for(lambda: fake.commands or None, timeout=10)
                 yield Harness(fake=fake, bot=bot, app=app, guild=guilds[0])
-    finally:
-        await engine.close()
-        await store.close()

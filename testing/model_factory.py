@@ -35,8 +35,8 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from bot.model.chat import BUILTIN_TEMPLATES
-from bot.model.embedded import prepare_default_model
 from bot.model.gguf_convert import LlamaParams, build_llama_spec, convert_gguf
+from testing.model_cache import cached_embedded_model
 
 TemplateKind = Literal["chatml", "llama2", "llama3", "mistral"]
 TokenizerKind = Literal["tokenizers", "sentencepiece"]
@@ -263,7 +263,7 @@ def write_tiny_llama_gguf(
     context_length: int = 256,
     tied: bool = True,
     template: TemplateKind = "chatml",
-    dtype: Literal["f32", "f16"] = "f32",
+    dtype: Literal["f32", "f16", "q8_0"] = "f32",
     architecture: str = "llama",
 ) -> Path:
     """Write a random llama GGUF with llama.cpp's names, layout and tokenizer metadata.
@@ -309,6 +309,10 @@ def write_tiny_llama_gguf(
     writer.add_add_bos_token(specials.add_bos_token)
     writer.add_chat_template(BUILTIN_TEMPLATES[template])
     for name, array in weights.items():
+        if dtype == "q8_0" and array.ndim == 2:
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(array, q8), raw_dtype=q8)
+            continue
         data = array.astype(np.float16) if dtype == "f16" and array.ndim == 2 else array
         writer.add_tensor(name, data)
     writer.write_header_to_file()
@@ -532,9 +536,9 @@ def make_tiny_model(
     return target
 
 
-def embedded_model_dir(cache_root: Path, quantization: str = "int8") -> Path:
-    """The embedded SmolLM2 converted once into `cache_root` (reused when complete)."""
-    return prepare_default_model(cache_root, quantization=quantization, progress=lambda _m: None)
+def embedded_model_dir(quantization: str = "int8") -> Path:
+    """The embedded SmolLM2, converted once and kept across runs (`testing.model_cache`)."""
+    return cached_embedded_model(quantization)
 
 
 def iter_special_ids(tok: Any, names: Sequence[str]) -> Iterator[int]:

@@ -2,24 +2,28 @@
 
 Each test reads as a short story: ask for `tiny_engine` (milliseconds per
 token, random weights, a real tokenizer) when behaviour does not depend on
-what the model says, and `smol_engine` (the embedded SmolLM2, converted once
-per session) when it does.
+what the model says, `smol_scripted` when it needs the embedded model's
+tokenizer and template but scripts what it says (no weights loaded), and
+`smol_engine` (the embedded SmolLM2, converted once and kept across runs) when
+the real model's words matter.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import discord.http
+import discord.webhook.async_
 import pytest
 
 from bot.app import App
-from bot.config import load_settings
 from bot.engine import Engine, EngineOptions
-from bot.store.ask_log import AskLog
 from bot.store.store import SettingsStore
-from testing.backends import ScriptedGenerator
+from testing.apps import core_app
 from testing.model_factory import embedded_model_dir, make_tiny_model
+from testing.scripted import Script, scripted_engine
+from testing.stories import QuickAsyncio
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +32,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smol_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded model, converted to int8 by our converter once per test session."""
-    return embedded_model_dir(tmp_path_factory.mktemp("embedded"))
+def smol_model_dir() -> Path:
+    """The embedded model, converted to int8 by our converter once and kept across runs.
+
+    Shared by every test and worker: read it, never write into it."""
+    return embedded_model_dir()
 
 
 @pytest.fixture
@@ -50,6 +56,22 @@ async def smol_engine(smol_model_dir: Path) -> AsyncIterator[Engine]:
 
 
 @pytest.fixture
+async def smol_scripted(smol_model_dir: Path) -> AsyncIterator[Callable[..., Engine]]:
+    """Engines over the embedded model's tokenizer and chat template whose model says a
+    script (`testing.scripted`): no weights loaded. Call it with the script (a text, or
+    a function of the prompt's tokens) and optionally `delay` per token; closed after."""
+    engines: list[Engine] = []
+
+    def make(script: Script, delay: float = 0.0) -> Engine:
+        engines.append(scripted_engine(smol_model_dir, script, delay=delay))
+        return engines[-1]
+
+    yield make
+    for engine in engines:
+        await engine.close()
+
+
+@pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SettingsStore]:
     s = await SettingsStore.open(tmp_path / "bot.sqlite3")
     yield s
@@ -58,17 +80,16 @@ async def store(tmp_path: Path) -> AsyncIterator[SettingsStore]:
 
 @pytest.fixture
 async def app(tiny_model_dir: Path, tmp_path: Path) -> AsyncIterator[App]:
-    """The core App over the tiny model and a real SQLite file, no Discord: for tests of
-    turn preparation (the model writes a fixed script, so what is measured is the core)."""
-    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
-                             model_dir=tiny_model_dir, device="cpu")
-    store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(
-        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
-    )
-    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, "word " * 20, 0.0))
-    try:
-        yield App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
-    finally:
-        await engine.close()
-        await store.close()
+    """The core App over the tiny model's tokenizer and a real SQLite file, no Discord: for
+    tests of turn preparation (the model writes a fixed script, so what is measured is the
+    core)."""
+    async with core_app(tiny_model_dir, tmp_path, "word " * 20, 0.0) as app:
+        yield app
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """discord.py's retries after a 5xx or a 429 wait at most 50 ms (`QuickAsyncio`)."""
+    quick = QuickAsyncio()
+    monkeypatch.setattr(discord.webhook.async_, "asyncio", quick)
+    monkeypatch.setattr(discord.http, "asyncio", quick)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import bot
 from bot.ops.metrics import ERROR_KINDS, error_kind
 
@@ -22,6 +24,7 @@ CORE = (
 FORBIDDEN = ("discord", "cogs", "bench", "testing", "aiohttp", "ctranslate2")
 
 
+@pytest.mark.slow
 def test_the_core_imports_no_discord_no_tooling_and_no_ctranslate2_until_a_model_loads() -> None:
     code = (
         "import json, sys\n"
@@ -167,6 +170,7 @@ def test_the_installed_package_never_edits_the_import_path() -> None:
     assert not edits, edits
 
 
+@pytest.mark.slow
 def test_the_benches_run_as_python_m_bench_and_bot_bench_hands_them_its_flags(
     tmp_path: Path,
 ) -> None:

@@ -2,11 +2,15 @@
 
 A card is someone else's file, so it is read as hostile input: the size is capped
 before anything is parsed, PNG chunks are walked by hand (`struct` + `zlib`, CRCs
-checked, a chunk count and a decompressed-size cap against zip bombs), JSON
-nesting is bounded, every field we use must be text, and every failure is a
-`CardError` that says what is wrong with the file. Nothing here uses a regular
-expression that can backtrack, and every step is one pass over the input, so a
-2 MB card costs milliseconds.
+checked, a chunk count), and only the one card chunk that is used is ever
+inflated, through a `decompressobj` capped at the size a card may have, so a
+file full of zip bombs costs one capped inflate. JSON is refused before parsing
+when it holds more objects and lists than a card needs, nesting is bounded,
+every field we use must be text, and every failure is a `CardError` that says
+what is wrong with the file. Nothing here uses a regular expression that can
+backtrack, and every step is one pass over the input, so a card at the upload
+cap costs milliseconds; `read_card` still parses in a worker thread, so no
+file a member uploads holds up the event loop.
 
 What comes out is plain text: the persona flows through the same encode path as
 any persona, where people's text is never a control token, so a card containing
@@ -23,6 +27,7 @@ is the sentence a front-end shows so nobody is surprised.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -36,14 +41,17 @@ from typing import Any, Final
 
 from bot.chat.speakers import sanitize_name
 from bot.errors import UserFacingError
+from bot.store.personas import MAX_GREETING_CHARS
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS
 
 MAX_JSON_BYTES: Final = 2 * 1024 * 1024
 MAX_PNG_BYTES: Final = 8 * 1024 * 1024
 MAX_PNG_CHUNKS: Final = 4096
 MAX_DEPTH: Final = 32
+MAX_JSON_CONTAINERS: Final = 20_000
+"""Objects and lists a card's JSON may hold (a card with a 1,000-entry lorebook has a
+few thousand): past it, parsing would cost far more than any real card does."""
 MAX_GREETINGS: Final = 32
-MAX_GREETING_CHARS: Final = 4000
 MAX_CARD_NAME_CHARS: Final = 64
 
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
@@ -51,7 +59,9 @@ _TEXT_CHUNKS: Final = (b"tEXt", b"zTXt", b"iTXt")
 _CARD_KEYS: Final = ("ccv3", "chara")  # preferred first
 _SPECS: Final = {"chara_card_v2": "v2", "chara_card_v3": "v3"}
 _PLACEHOLDER = re.compile(r"\{\{(char|user)\}\}|<(BOT|USER)>", re.IGNORECASE)
-_DEFAULT_USER: Final = "the user"
+_DEFAULT_USER: Final = "{{user}}"
+"""Without a member's name the placeholder stays, so each turn fills in its asker's
+(`bot.chat.speakers.fill_user`)."""
 
 
 class CardError(UserFacingError):
@@ -71,6 +81,8 @@ class CharacterCard:
     """Length of the persona before it was fitted to the cap."""
     shortened: tuple[str, ...] = ()
     """Sections cut or left out to fit, in persona order (empty when it all fit)."""
+    ignored: tuple[str, ...] = ()
+    """The card's fields with content that the persona does not use, in people's words."""
     limit: int = MAX_SYSTEM_PROMPT_CHARS
 
     @property
@@ -104,6 +116,18 @@ def load_card_file(path: Path, *, user_name: str | None = None,
     except OSError as exc:
         raise CardError(f"Couldn't read {path}: {exc.strerror or exc}.") from None
     return parse_card(data, filename=path.name, user_name=user_name, max_chars=max_chars)
+
+
+async def read_card(
+    data: bytes,
+    *,
+    filename: str | None = None,
+    user_name: str | None = None,
+    max_chars: int = MAX_SYSTEM_PROMPT_CHARS,
+) -> CharacterCard:
+    """`parse_card` in a worker thread: what front-ends on the event loop call."""
+    return await asyncio.to_thread(parse_card, data, filename=filename, user_name=user_name,
+                                   max_chars=max_chars)
 
 
 def parse_card(
@@ -177,20 +201,38 @@ def card_from_json(
     return CharacterCard(
         name=name, persona=persona, greetings=tuple(greetings[:MAX_GREETINGS]), spec=spec,
         full_chars=full, shortened=tuple(shortened), limit=max_chars,
+        ignored=tuple(words for key, words in _UNUSED.items() if fields.get(key)),
     )
+
+
+#: Card fields a persona leaves out, and how an import names them.
+_UNUSED: Final = {
+    "character_book": "the lorebook",
+    "creator_notes": "the creator's notes",
+    "post_history_instructions": "the post-history instructions",
+    "group_only_greetings": "the group-only greetings",
+}
 
 
 # --- PNG ---------------------------------------------------------------------------
 
 
 def png_text_chunks(data: bytes) -> dict[str, bytes]:
-    """The card chunks (tEXt, zTXt, iTXt keyed `chara`/`ccv3`) of a PNG, keyword → bytes.
+    """The card chunks (tEXt, zTXt, iTXt keyed `chara`/`ccv3`) of a PNG, keyword → text.
 
-    The first chunk of each keyword wins; other text chunks are skipped unread.
+    The first chunk of each keyword counts; every other text chunk is skipped
+    unread, and compressed text is inflated with a cap, so a small chunk cannot
+    expand into gigabytes.
+    """
+    return {key: _chunk_text(kind, key, body) for key, (kind, body) in _card_chunks(data).items()}
+
+
+def _card_chunks(data: bytes) -> dict[str, tuple[bytes, bytes]]:
+    """keyword → (chunk type, body after the keyword) of the first chunk of each card key.
 
     Walks the chunk list once, checking each length against what is left and
-    each CRC, and stops at IEND. Compressed text is inflated with a cap, so a
-    small chunk cannot expand into gigabytes.
+    each CRC; stops at IEND, or as soon as both keys are found. Nothing is
+    inflated here.
     """
     if not data.startswith(PNG_SIGNATURE):
         raise CardError("That file is not a PNG image.")
@@ -199,10 +241,10 @@ def png_text_chunks(data: bytes) -> dict[str, bytes]:
             f"That image is {len(data):,} bytes; card images up to {MAX_PNG_BYTES:,} bytes "
             "are accepted."
         )
-    found: dict[str, bytes] = {}
+    found: dict[str, tuple[bytes, bytes]] = {}
     pos = len(PNG_SIGNATURE)
     count = 0
-    while True:
+    while len(found) < len(_CARD_KEYS):
         if pos == len(data):
             break  # no IEND: tolerated, the chunks read so far are whole
         if pos + 12 > len(data):
@@ -215,26 +257,30 @@ def png_text_chunks(data: bytes) -> dict[str, bytes]:
         start, end = pos + 8, pos + 8 + length
         if end + 4 > len(data):
             raise CardError("That PNG is cut short (a chunk runs past the end of the file).")
-        body = data[start:end]
+        body = memoryview(data)[start:end]
         (crc,) = struct.unpack_from(">I", data, end)
-        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
+        if zlib.crc32(body, zlib.crc32(kind)) & 0xFFFFFFFF != crc:
             raise CardError(f"That PNG is damaged (a {_chunk_name(kind)} chunk fails its "
                             "checksum).")
         pos = end + 4
         if kind == b"IEND":
             break
         if kind in _TEXT_CHUNKS:
-            parsed = _text_chunk(kind, body)
-            if parsed is not None and parsed[0] not in found:
-                found[parsed[0]] = parsed[1]
+            sep = data.find(b"\x00", start, min(end, start + 80))
+            if sep <= start:
+                continue  # keywords are 1-79 bytes; anything else is not a card chunk
+            keyword = data[start:sep].decode("latin-1")
+            if keyword in _CARD_KEYS and keyword not in found:
+                found[keyword] = (kind, data[sep + 1:end])
     return found
 
 
 def _card_json_from_png(data: bytes) -> bytes:
-    chunks = png_text_chunks(data)
+    chunks = _card_chunks(data)
     for key in _CARD_KEYS:
         if key in chunks:
-            return _decode_base64_json(chunks[key], key)
+            kind, body = chunks[key]
+            return _decode_base64_json(_chunk_text(kind, key, body), key)
     raise CardError(
         "That PNG has no character card in it (no `chara` or `ccv3` text chunk). "
         "Export the card as a PNG or JSON from your card editor."
@@ -245,21 +291,14 @@ def _chunk_name(kind: bytes) -> str:
     return kind.decode("ascii", "replace") if kind.isalpha() else repr(kind)
 
 
-def _text_chunk(kind: bytes, body: bytes) -> tuple[str, bytes] | None:
-    """(keyword, raw text) of one card chunk, or None when it is not one we want."""
-    sep = body.find(b"\x00", 0, 80)
-    if sep <= 0:
-        return None  # keywords are 1-79 bytes; anything else is not a card chunk
-    keyword = body[:sep].decode("latin-1")
-    if keyword not in _CARD_KEYS:
-        return None  # skip other chunks without inflating them
-    rest = body[sep + 1:]
+def _chunk_text(kind: bytes, keyword: str, rest: bytes) -> bytes:
+    """The raw text of one card chunk (`rest` is its body after the keyword's NUL)."""
     if kind == b"tEXt":
-        return keyword, rest
+        return rest
     if kind == b"zTXt":
         if not rest or rest[0] != 0:
             raise CardError(f"The card's `{keyword}` chunk uses an unknown compression.")
-        return keyword, _inflate(rest[1:], keyword)
+        return _inflate(rest[1:], keyword)
     # iTXt: flag, method, language\0, translated keyword\0, UTF-8 text
     if len(rest) < 2:
         raise CardError(f"The card's `{keyword}` chunk is cut short.")
@@ -273,7 +312,7 @@ def _text_chunk(kind: bytes, body: bytes) -> tuple[str, bytes] | None:
         if method != 0:
             raise CardError(f"The card's `{keyword}` chunk uses an unknown compression.")
         text = _inflate(text, keyword)
-    return keyword, text
+    return text
 
 
 def _inflate(data: bytes, keyword: str) -> bytes:
@@ -308,6 +347,11 @@ def _decode_base64_json(raw: bytes, key: str) -> bytes:
 def _load_json(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_JSON_BYTES:
         raise CardError(f"That card is larger than {MAX_JSON_BYTES:,} bytes.")
+    if _containers_at_most(payload) > MAX_JSON_CONTAINERS:
+        raise CardError(
+            f"That card holds more than {MAX_JSON_CONTAINERS:,} JSON objects and lists; "
+            "a character card needs far fewer."
+        )
     try:
         text = payload.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -326,6 +370,15 @@ def _load_json(payload: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CardError("That card is not a JSON object.")
     return obj
+
+
+def _containers_at_most(payload: bytes) -> int:
+    """An upper bound on the objects and lists in `payload`, from byte counts alone.
+
+    ``{{`` cannot occur outside a string in valid JSON, so each one is text (a
+    ``{{char}}`` placeholder) and its two braces are not objects.
+    """
+    return payload.count(b"{") - 2 * payload.count(b"{{") + payload.count(b"[")
 
 
 def _check_depth(obj: Any) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-# Issue 22: names sanitised (one line, capped); re-exported for the front-ends.
+from bot.chat.speakers import ASSISTANT_LABELS, participants, strip_label
 from bot.chat.speakers import speaker_text as speaker_text
 from bot.engine import GenerationRequest, PreparedPrompt, Turn
 from bot.errors import PromptTooLong, UserFacingError
@@ -59,8 +59,12 @@ def history_of(chain: Sequence[StoredTurn], *, names: bool) -> tuple[Turn, ...]:
 
     Retention can cut a chain anywhere, so a leading answer (its question was
     pruned) is left out, as is any turn that would break the alternation the
-    chat templates insist on. `names` prefixes each question with its speaker.
+    chat templates insist on. `names` prefixes each question with its speaker;
+    an answer stored with a speaker's label in front is read without it, so
+    no reply teaches the model to open with a name.
     """
+    labels = [*participants(t.author_name for t in chain if t.role == "user"),
+              *ASSISTANT_LABELS]
     turns: list[Turn] = []
     for stored in chain:
         want = "user" if not turns or turns[-1].role == "assistant" else "assistant"
@@ -69,6 +73,8 @@ def history_of(chain: Sequence[StoredTurn], *, names: bool) -> tuple[Turn, ...]:
         text = stored.text
         if stored.role == "user" and names:
             text = speaker_text(text, stored.author_name)
+        elif stored.role == "assistant":
+            text = strip_label(text, labels)
         turns.append(Turn(stored.role, text))
     if turns and turns[-1].role == "user":
         turns.pop()  # an unanswered question cannot precede a new one
@@ -220,29 +226,3 @@ def fit_history(engine: Preparer, request: GenerationRequest) -> Fitted:
     # No history left was never probed (it "always fits"): the engine prepares that one.
     return Fitted(replace(request, history=kept), dropped_turns=len(history) - len(kept),
                   prepared=fitting.get(low))
-
-
-@dataclass(frozen=True)
-class HistoryLine:
-    """One turn of `/history`: who, what, its token count, and whether it will be sent."""
-
-    role: str
-    text: str
-    tokens: int
-    kept: bool
-
-
-def history_report(
-    engine: Preparer, request: GenerationRequest, count: TokenCounter
-) -> list[HistoryLine]:
-    """The turns the next ask would send, each with its tokens; dropped ones marked."""
-    fitted = fit_history(engine, request)
-    dropped = fitted.dropped_turns
-    return [
-        HistoryLine(turn.role, turn.text, count(turn.text), kept=i >= dropped)
-        for i, turn in enumerate(request.history)
-    ]
-
-
-class TokenCounter(Protocol):
-    def __call__(self, text: str) -> int: ...

@@ -5,25 +5,23 @@ the location, then the overrides, then the configured default persona when no
 scope sets one. An admin's `max_new_tokens` is a cap: a member's per-ask value may
 narrow it, never widen it, and Regenerate applies the persona and cap in force
 when it is pressed, not those of the original ask.
-And the one footer every front-end prints under a reply, so the
-words for "why it ended" are written once.
+`bot.chat.service.Chat.request` applies these to the settings it resolved.
+And the one footer every front-end prints under a reply, so the words for
+"why it ended" are written once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from bot import wording
 from bot.chat.usage import ContextUsage
 from bot.engine import FinishReason, GenerationRequest, GenerationResult
 from bot.errors import UserFacingError
 from bot.knobs import Knobs, build_knobs
-from bot.store.scopes import SYSTEM_PROMPT_KEY, Effective, Location
-
-if TYPE_CHECKING:
-    from bot.app import App
+from bot.store.scopes import SYSTEM_PROMPT_KEY, Effective
 
 #: How each front-end words the reason a reply ended. Each is also the start of
 #: what the footer shows, so "is this the footer?" is a substring test; a reply
@@ -102,107 +100,63 @@ def cap_of(effective: Effective, overrides: Mapping[str, Any] | None) -> Cap:
     return Cap(source, effective.knobs.max_new_tokens, asked)
 
 
-async def resolve_request(
-    app: App, location: Location, prompt: str, overrides: Mapping[str, Any] | None = None
-) -> GenerationRequest:
-    """The request an ask at `location` makes: stored settings, then per-ask overrides."""
-    request, _ = await resolve_noting_cap(app, location, prompt, overrides)
-    return request
-
-
-async def resolve_noting_cap(
-    app: App, location: Location, prompt: str, overrides: Mapping[str, Any] | None = None
-) -> tuple[GenerationRequest, Cap]:
-    """`resolve_request`, and whether the scope's cap lowered the asked `max_new_tokens`."""
-    effective = await app.store.resolve(location)
-    system, _ = persona(effective, app.settings.system_prompt)
-    capped = within_cap(overrides, effective.knobs.max_new_tokens) if overrides else None
-    request = make_request(prompt, base=effective.knobs, system_prompt=system, overrides=capped)
-    return request, cap_of(effective, overrides)
-
-
-async def resolve_again(
-    app: App, location: Location, prompt: str, knobs: Knobs
-) -> GenerationRequest:
-    """Regenerate: the ask's stored knobs under the persona and cap in force now."""
-    return await resolve_request(app, location, prompt, knobs.model_dump())
-
-
-def _tokens(n: int) -> str:
-    return f"{n} token" if n == 1 else f"{n} tokens"
-
-
-def footer_parts(
-    result: GenerationResult, dropped_turns: int = 0, model: str | None = None,
-    context_length: int | None = None,
-) -> list[str]:
-    """Tokens, speed, why it ended, and whether the budget or the history was cut to fit.
-
-    The speed is left out when there is none to give (a one-token reply has no
-    decoding interval), rather than printing a placeholder a member can't read.
-    A reply cut at its budget names the budget, so "why did it stop mid-sentence?"
-    answers itself.
-    """
-    parts = [_tokens(result.new_tokens)]
-    if result.decode_tok_s:
-        parts.append(f"{result.decode_tok_s:.1f} tok/s")
-    words = FINISH_WORDS[result.finish_reason]
-    if result.finish_reason is FinishReason.MAX_TOKENS:
-        words = f"{words} of {_tokens(result.max_new_tokens)}"
-    parts.append(words)
-    if result.clamped_to_context:
-        parts.append(f"shortened to {_tokens(result.max_new_tokens)} to fit the context")
-    if dropped_turns and context_length:
-        # Issue 22: how many, and the window's size ("3 earlier turns left out · 2,048 tokens").
-        parts.append(ContextUsage(0, context_length, dropped_turns).dropped_text() or "")
-    elif dropped_turns:
-        turns = "turn" if dropped_turns == 1 else "turns"
-        parts.append(f"{dropped_turns} earlier {turns} left out to fit the context")
-    if model:  # issue 23: the model (or "switched to …"), on hosts serving several
-        parts.append(model)
-    return parts
-
-
 def footer(
     result: GenerationResult, dropped_turns: int = 0, model: str | None = None,
-    context_length: int | None = None,
+    context_length: int | None = None, *, cap: Cap | None = None, operator: bool = False,
 ) -> str:
-    """The footer as one line, e.g. ``12 tokens · 40.1 tok/s · done``."""
-    return " · ".join(footer_parts(result, dropped_turns, model, context_length))
+    """The one footer under a reply, e.g. ``12 tokens · done``.
 
-
-def reply_footer(
-    result: GenerationResult, dropped_turns: int = 0, cap: Cap | None = None,
-    model: str | None = None, context_length: int | None = None,
-) -> str:
-    """A chat reply's footer: only what tells the member something (issue 24 items 1, 2, 9, 10).
-
-    No decoding speed (an operator's number: /status has it); a cut reply says
+    A member's (chat replies): only what tells them something: a cut reply says
     how to get more, or that the scope's cap lowered what was asked; "shortened
     to fit the context" only when that shortening is what ended the reply; an
-    empty reply says so and points at Regenerate instead of "0 tokens · done".
+    empty reply says so and points at Regenerate. An operator's (`operator`: the
+    console, the command line, the lab) adds the decoding speed, when there is
+    one, and the plain finish words. Both name the earlier turns left out and,
+    on hosts serving several, the model.
     """
     parts = [wording.plural(result.new_tokens, "token")]
+    if operator and result.decode_tok_s:
+        parts.append(f"{result.decode_tok_s:.1f} tok/s")
     reason = result.finish_reason
-    if reason is FinishReason.MAX_TOKENS:
-        limit = result.max_new_tokens
+    limit = result.max_new_tokens
+    if reason is FinishReason.MAX_TOKENS and operator:
+        parts.append(f"{FINISH_WORDS[reason]} of {wording.plural(limit, 'token')}")
+    elif reason is FinishReason.MAX_TOKENS:
         if cap is not None and cap.lowered and limit == cap.cap:
             assert cap.asked is not None
             parts.append(wording.capped(cap.source, cap.cap, cap.asked))
         else:
-            can_ask_more = cap is None or limit < cap.cap
-            parts.append(wording.cut_at(limit, can_ask_more=can_ask_more))
-        if result.clamped_to_context:
-            parts.append(wording.shortened(result.max_new_tokens))
-    elif reason is FinishReason.END and not result.text.strip():
+            parts.append(wording.cut_at(limit, can_ask_more=cap is None or limit < cap.cap))
+    elif reason is FinishReason.END and not operator and not result.text.strip():
         parts.append(wording.EMPTY_REPLY)
     else:
         parts.append(FINISH_WORDS[reason])
+    if result.clamped_to_context and (operator or reason is FinishReason.MAX_TOKENS):
+        parts.append(wording.shortened(limit))
     if dropped_turns and context_length:
-        # Issue 22: how many, and the window's size ("3 earlier turns left out · 2,048 tokens").
+        # How many, and the window's size ("3 earlier turns left out · 2,048 tokens").
         parts.append(ContextUsage(0, context_length, dropped_turns).dropped_text() or "")
     elif dropped_turns:
         parts.append(wording.left_out(dropped_turns))
-    if model:  # issue 23: the model (or "switched to …"), on hosts serving several
+    if model:  # the model (or "switched to …"), on hosts serving several
         parts.append(model)
+    return " · ".join(parts)
+
+
+def continue_footer(
+    result: GenerationResult, *, earlier_tokens: int, continuations: int,
+    can_continue: bool, cap: Cap | None = None,
+) -> str:
+    """A continued reply's footer: the whole reply's count, and advice that fits.
+
+    "60 tokens, continued once · cut at the limit of 20 tokens — press Continue for
+    more"; with no Continue left, the advice is the scope's (`footer`'s).
+    """
+    parts = [wording.continued(earlier_tokens + result.new_tokens, continuations)]
+    if result.finish_reason is FinishReason.MAX_TOKENS and can_continue:
+        parts.append(f"{FINISH_WORDS[FinishReason.MAX_TOKENS]} of "
+                     f"{wording.plural(result.max_new_tokens, 'token')} — "
+                     f"{wording.CONTINUE_HINT}")
+    else:
+        parts.append(footer(result, cap=cap).split(" · ", 1)[1])
     return " · ".join(parts)

@@ -3,7 +3,7 @@
 One place for the numbers the footer, `/settings` and the console's `/history`
 show, so they always agree: "3 earlier turns left out · 2,048 tokens" when
 fitting dropped turns, and "uses 1,234 of 2,048 tokens (60 %)". The counts are
-the real tokenizer's: `measure` takes them from the engine's own `prepare`
+the real tokenizer's: `usage_of` takes them from the engine's own `prepare`
 (the chat template rendered and encoded exactly as an ask is), never from an
 estimate.
 """
@@ -11,13 +11,8 @@ estimate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-from bot.engine import GenerationRequest, PreparedPrompt
-
-
-class _Preparer(Protocol):
-    def prepare(self, request: GenerationRequest) -> PreparedPrompt: ...
+from bot.engine import PreparedPrompt
 
 
 @dataclass(frozen=True)
@@ -57,11 +52,3 @@ def usage_of(prepared: PreparedPrompt, context_length: int,
     return ContextUsage(len(prepared.tokens), context_length, dropped_turns,
                         prepared.max_new_tokens)
 
-
-def measure(engine: _Preparer, request: GenerationRequest, context_length: int,
-            dropped_turns: int = 0) -> ContextUsage:
-    """Prepare `request` (already fitted) and report its usage.
-
-    `context_length` is the engine's window (`Engine.info.context_length`).
-    """
-    return usage_of(engine.prepare(request), context_length, dropped_turns)

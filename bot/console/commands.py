@@ -9,7 +9,7 @@ acts on the console's server scope instead of its channel scope.
 The console holds one conversation: each line continues it, `/new` starts a
 fresh one, `/history` shows what the next ask will send. Its turns live in the
 database (place ``console:<channel>``), so the conversation survives a restart.
-A turn is prepared and recorded by `bot.chat.turns`, as on Discord; `stream_reply`
+A turn is prepared and recorded by `bot.chat.service.Chat`, as on Discord; `stream_reply`
 is the console's one streaming loop, which `python -m bot ask` uses too.
 """
 
@@ -24,11 +24,9 @@ from typing import Any, TextIO
 
 from bot.app import App
 from bot.chat.characters import load_card_file
-from bot.chat.continuation import finish_of, prepare_continue
-from bot.chat.history import history_of, history_report
 from bot.chat.reasoning import ReasoningFilter
-from bot.chat.request import footer, persona, resolve_request
-from bot.chat.turns import PreparedTurn, TurnAsk, conversation_usage, prepare_turn, record_turn
+from bot.chat.request import footer, persona
+from bot.chat.turns import PreparedTurn, TurnAsk
 from bot.engine import Engine, Finished, Generation, GenerationResult, Queued, TextDelta
 from bot.engine.streaming import token_pieces
 from bot.errors import UserFacingError
@@ -166,7 +164,7 @@ class Console:
             elif cmd == "/ask":
                 await self.ask(rest)
             elif cmd == "/new":
-                await self.app.turns.set_head(self.place, None)
+                await self.app.chat.set_head(self.place, None)
                 self.write("Started a new conversation.\n")
             elif cmd == "/history":
                 await self.history()
@@ -192,18 +190,16 @@ class Console:
         if not prompt.strip():
             raise UserFacingError("Ask something: /ask <prompt>.")
         self.last_prompt = prompt
-        app = self.app
-        turn = await prepare_turn(app, TurnAsk(
+        chat = self.app.chat
+        turn = await chat.prepare(TurnAsk(
             location=self.location, prompt=prompt, author_id=CONSOLE_USER_ID,
             author_name="you", place=self.place,
         ), on_wait=lambda waiting: self.write(f"({waiting.message})\n"))
         text_filter = ReasoningFilter() if turn.reasoning else None
         result = await self._stream(turn, text_filter)
         if not result.error:  # an empty answer is a turn too
-            answer = await record_turn(app.turns, turn, result.text, ask_id=None)
-            await app.swipes.record_finish(
-                answer.id, finish=finish_of(result), tokens=result.new_tokens,
-                reasoning=text_filter.reasoning if text_filter is not None else "")
+            await chat.record(turn, result, reasoning=text_filter.reasoning
+                              if text_filter is not None else "")
 
     async def _stream(self, turn: PreparedTurn, text_filter: ReasoningFilter | None = None,
                       ) -> GenerationResult:
@@ -215,50 +211,48 @@ class Console:
             self.current = None
         if result.error:
             self.write(f"\nerror: {result.error}")
-        self.write(f"\n[{footer(result, turn.dropped_turns, turn.footer_model)}]\n")
+        self.write(f"\n[{footer(result, turn.dropped_turns, turn.footer_model, operator=True)}]\n")
         return result
 
     # --- issue 22: /continue, /swipe, /regen ------------------------------------------
 
     async def _last_answer(self) -> Answer:
-        head = await self.app.turns.head(self.place)
-        found = await self.app.swipes.answer(head) if head is not None else None
+        head = await self.app.chat.head(self.place)
+        found = await self.app.chat.answer(head) if head is not None else None
         if found is None:
             raise UserFacingError("No answer yet: ask something first.")
         return found
 
     async def continue_(self, rest: str) -> None:
         """One more budget for the last answer, printed after what it said."""
-        app = self.app
+        chat = self.app.chat
         last = await self._last_answer()
-        answer = await app.swipes.check_continue(last.turn.id, user_id=CONSOLE_USER_ID)
-        turn = await prepare_continue(app, answer, location=self.location,
-                                      user_id=CONSOLE_USER_ID, knobs=None, shared=False)
+        answer, turn = await chat.continue_(last.turn.id, location=self.location,
+                                            user_id=CONSOLE_USER_ID, shared=False)
         self.write(answer.turn.text)
-        result = await self._stream(replace(turn, dropped_turns=0))
+        result = await self._stream(turn)
         if not result.error:
-            await app.swipes.extend(answer.turn.id, result.text, user_id=CONSOLE_USER_ID,
-                                    tokens=result.new_tokens, finish=finish_of(result))
+            await chat.extend(answer.turn.id, result.text, result, user_id=CONSOLE_USER_ID)
 
     async def regen(self, rest: str) -> None:
         """Another version of the last answer (the conversation continues from it)."""
-        app = self.app
+        chat = self.app.chat
         last = await self._last_answer()
-        question = await app.turns.get(last.turn.parent_id) if last.turn.parent_id else None
+        question = await chat.get(last.turn.parent_id) if last.turn.parent_id else None
         if question is None:
             raise UserFacingError("I no longer have the question of the last answer.")
-        turn = await prepare_turn(app, TurnAsk(
+        turn = await chat.prepare(TurnAsk(
             location=self.location, prompt=question.text, author_id=CONSOLE_USER_ID,
             author_name="you", parent_id=question.parent_id, explicit=True,
         ))
         text_filter = ReasoningFilter() if turn.reasoning else None
         result = await self._stream(turn, text_filter)
         if not result.error and result.text.strip():
-            swipes = await app.swipes.add_swipe(
-                question.id, result.text, user_id=CONSOLE_USER_ID, ask_id=None,
-                finish=finish_of(result), tokens=result.new_tokens,
+            swipes = await chat.record(
+                turn, result, swipe_of=question.id,
                 reasoning=text_filter.reasoning if text_filter is not None else "")
-            await app.turns.set_head(self.place, swipes.current.turn.id)
+            assert swipes is not None
+            await chat.set_head(self.place, swipes.current.turn.id)
             self.write(f"[version {swipes.label()}; /swipe prev|next browses them]\n")
 
     async def swipe(self, rest: str) -> None:
@@ -267,9 +261,9 @@ class Console:
         if way not in ("prev", "next"):
             raise UserFacingError("Use /swipe prev or /swipe next.")
         last = await self._last_answer()
-        swipes = await self.app.swipes.step(last.turn.id, -1 if way == "prev" else 1,
-                                            user_id=CONSOLE_USER_ID)
-        await self.app.turns.set_head(self.place, swipes.current.turn.id)
+        swipes = await self.app.chat.step(last.turn.id, -1 if way == "prev" else 1,
+                                          user_id=CONSOLE_USER_ID)
+        await self.app.chat.set_head(self.place, swipes.current.turn.id)
         self.write(f"[version {swipes.label()}]\n{swipes.current.turn.text}\n")
 
     async def history(self) -> None:
@@ -277,30 +271,23 @@ class Console:
 
         The next question is unknown, so a one-token stand-in is measured in its place.
         """
-        turns = self.app.turns
-        history = history_of(await turns.chain(await turns.head(self.place)), names=False)
-        if not history:
+        chat = self.app.chat
+        chain = await chat.conversation_here(self.place, None, CONSOLE_USER_ID)
+        if not chain:
             self.write("No conversation yet: the next line starts one.\n")
             return
-        engine = await self.engine_here()
-        base = await resolve_request(self.app, self.location, "?")
-        request = replace(base, history=history)
-        tokenizer = engine.bundle.tokenizer
-        lines = history_report(engine, request, lambda text: len(tokenizer.encode(text)))
-        kept = sum(line.kept for line in lines)
+        view = await chat.view(self.location, chain, CONSOLE_USER_ID)
         self.write(
-            f"{len(lines)} turns; the next ask sends {kept} (context window "
-            f"{engine.info.context_length} tokens, {request.knobs.max_new_tokens} kept for "
+            f"{len(view.turns)} turns; the next ask sends {len(view.turns) - view.left_out} "
+            f"(context window {view.context_length} tokens, {view.reply_tokens} kept for "
             "the reply):\n"
         )
-        for line in lines:
+        for line in view.turns:
             who = "you" if line.role == "user" else "bot"
-            flat = " ".join(line.text.split())
-            shown = flat if len(flat) <= 60 else flat[:59] + "…"
-            mark = "" if line.kept else "  [left out]"
-            self.write(f"  {who:<3} {line.tokens:>5} tokens  {shown}{mark}\n")
+            mark = "  [left out]" if line.left_out else ""
+            self.write(f"  {who:<3} {line.tokens:>5} tokens  {line.preview(60)}{mark}\n")
         # Issue 22: the window's use, from the real tokenizer (the next question a stand-in).
-        usage = await conversation_usage(self.app, TurnAsk(
+        usage = await self.app.chat.usage(TurnAsk(
             location=self.location, prompt="?", author_id=CONSOLE_USER_ID,
             author_name="you", place=self.place))
         self.write(f"This conversation {usage.usage_text()}.\n")
@@ -334,24 +321,26 @@ class Console:
             raise UserFacingError(f"Usage: {cmd} <prompt> [| knobs ...]")
         if cmd == "/probs" and len(texts) > 1:
             raise UserFacingError("/probs takes one set of knobs: /probs <prompt> | top_k=5")
-        turn = await prepare_turn(self.app, TurnAsk(
+        turn = await self.app.chat.prepare(TurnAsk(
             location=self.location, prompt=prompt, author_id=CONSOLE_USER_ID,
             author_name="you", explicit=True,
             overrides=plan_variants(texts, Knobs())[-1].overrides if cmd == "/probs" and texts
             else {},
         ))
         if cmd == "/probs":
-            self.write(format_table(await probs_step(self.app.engine, turn.request)) + "\n")
+            self.write(f"(model {turn.model.name})\n"
+                       + format_table(await probs_step(turn.engine, turn.request)) + "\n")
             return
         variants = (knob_variants(name, turn.request.knobs) if cmd == "/try"
                     else plan_variants(texts, turn.request.knobs))
-        comparison = start_compare(self.app.engine, turn.request, variants)
+        comparison = start_compare(turn.engine, turn.request, variants)
         self.comparing = comparison
         try:
-            self.write(f"(comparing {len(variants)} settings, seed {comparison.seed}: the same "
-                       "for each; CTranslate2 has no per-call seed)\n")
+            self.write(f"(comparing {len(variants)} settings on model {turn.model.name}, seed "
+                       f"{comparison.seed}: the same for each; CTranslate2 has no per-call "
+                       "seed)\n")
             for r in await comparison.results():
-                self.write(f"=== {r.label} ===\n{r.text}\n[{footer(r.result)}]\n")
+                self.write(f"=== {r.label} ===\n{r.text}\n[{footer(r.result, operator=True)}]\n")
         finally:
             self.comparing = None
 
@@ -393,37 +382,26 @@ class Console:
                 raise UserFacingError("Give the card's file: /system import FILE.")
             path = arg
             card = await asyncio.to_thread(lambda: load_card_file(Path(path).expanduser()))
-            await app.store.set_system_prompt(scope, card.persona, actor_id=CONSOLE_USER_ID)
-            await app.personas.save(CONSOLE_GUILD_ID, card.name[:32], card.persona,
-                                    actor_id=CONSOLE_USER_ID, greeting=card.greeting)
-            self.write(f"Imported {card.name} as the persona for {where} "
-                       f"(saved as {card.name[:32]!r}).\n")
+            saved_as, not_saved = await app.chat.import_card(
+                scope, card, guild_id=CONSOLE_GUILD_ID, actor_id=CONSOLE_USER_ID)
+            kept = f"saved as {saved_as!r}" if saved_as else f"not saved by name: {not_saved}"
+            self.write(f"Imported {card.name} as the persona for {where} ({kept}).\n")
             if (notice := card.notice()) is not None:
                 self.write(notice + "\n")
             if greeting and card.greeting:
                 self.write(card.greeting + "\n")
         elif sub == "save":
             arg, with_knobs = _flag(arg, "--knobs")
-            eff = await app.resolve(self.location)
-            text, _ = persona(eff, app.settings.system_prompt)
-            if not text:
-                raise UserFacingError("There is no persona here to save; set one first.")
-            bundle = None
-            if with_knobs:
-                own = await app.store.scope_overrides(self.scope(False))
-                bundle = {k: v for k, v in own.items() if k in KNOB_NAMES}
-            saved, replaced = await app.personas.save(
-                CONSOLE_GUILD_ID, arg, text, actor_id=CONSOLE_USER_ID, knobs=bundle)
+            saved, replaced = await app.chat.save_persona(
+                self.location, CONSOLE_GUILD_ID, arg, actor_id=CONSOLE_USER_ID,
+                with_knobs=with_knobs)
             self.write(f"{'Replaced' if replaced else 'Saved'} the persona {saved.name!r}.\n")
         elif sub == "load":
-            saved = await app.personas.load(CONSOLE_GUILD_ID, arg)
-            await app.store.set_system_prompt(scope, saved.system_prompt,
-                                              actor_id=CONSOLE_USER_ID)
-            if saved.knobs:
-                await app.store.set_knobs(scope, saved.knobs, actor_id=CONSOLE_USER_ID)
+            saved, _ = await app.chat.load_persona(scope, CONSOLE_GUILD_ID, arg,
+                                                   actor_id=CONSOLE_USER_ID)
             self.write(f"Loaded {saved.name!r} for {where}.\n")
         elif sub == "list":
-            names = [p.name for p in await app.personas.saved(CONSOLE_GUILD_ID)]
+            names = [p.name for p in await app.chat.saved_personas(CONSOLE_GUILD_ID)]
             self.write(("Saved personas: " + ", ".join(names)) if names
                        else "No saved personas yet.")
             self.write("\n")

@@ -10,10 +10,11 @@ loaded, not the weights.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot.app import model_dir_for
+from bot.chat.files import TextFile, attach, read_paths
 from bot.chat.request import persona
 from bot.config import Settings
 from bot.console import CONSOLE_CHANNEL_ID, CONSOLE_GUILD_ID, CONSOLE_USER_ID
@@ -29,17 +30,19 @@ __all__ = ["format_prompt_report", "prompt_report"]
 
 
 async def prompt_report(
-    settings: Settings, text: str, system: str | None, progress: Callable[[str], None]
+    settings: Settings, text: str, system: str | None, progress: Callable[[str], None],
+    *, files: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The report as data (what `--json` prints): the rendered text, every token, totals.
 
     `system` overrides the console's persona; `progress` hears about a first-use
-    conversion of the embedded model.
+    conversion of the embedded model; `files` are paths read as an ask's
+    attachments are (the same caps, the same cut to the window).
     """
     require_valid_unicode(text, "prompt")
     model_dir = model_dir_for(settings, progress)
     bundle = load_model_bundle(model_dir, context_length=settings.context_length)
-    store = await SettingsStore.open(settings.database_path)
+    store = await SettingsStore.open(settings.database_target)
     try:
         effective = await store.resolve(
             Location(guild_id=CONSOLE_GUILD_ID, channel_id=CONSOLE_CHANNEL_ID,
@@ -51,9 +54,20 @@ async def prompt_report(
     if system is None:
         system, source = persona(effective, settings.system_prompt)
     system = system or None
+    read, notes = read_paths(files, max_bytes=settings.file_max_bytes,
+                             max_count=settings.file_max_count)
+    asked = text
+    kept: list[TextFile] = []
+    cut: list[str] = []
+    if read:
+        asked, kept, cut = attach(
+            text, read, system=system, context_length=bundle.context_length,
+            max_new_tokens=effective.knobs.max_new_tokens,
+            count_tokens=lambda s: len(bundle.tokenizer.encode(s)),
+        )
     try:
-        rendered = bundle.chat.render_spans(system, text)
-        ids = bundle.encode_chat(system, text)
+        rendered = bundle.chat.render_spans(system, asked)
+        ids = bundle.encode_chat(system, asked)
     except ChatTemplateError as exc:
         raise UserFacingError(str(exc)) from exc
     tok = bundle.tokenizer
@@ -81,6 +95,9 @@ async def prompt_report(
         "context_window": context,
         "max_new_tokens": max(0, min(effective.knobs.max_new_tokens, context - len(ids))),
         "fits": len(ids) < context,
+        "files": [{"name": f.name, "chars": len(f.text), "cut": f.name in cut} for f in kept],
+        "file_notes": notes,
+        "file_tokens": len(ids) - len(bundle.encode_chat(system, text)) if kept else 0,
     }
 
 

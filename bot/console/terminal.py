@@ -168,7 +168,6 @@ async def run_console(settings: Settings) -> int:
     restore_terminal = _save_terminal() if interactive else (lambda: None)
     save_history = _setup_history() if interactive else (lambda: None)
     async with open_app(settings, progress=lambda s: print(s, file=sys.stderr, flush=True)) as app:
-        await app.turns.prune(settings.conversation_retention_days)
         info = app.engine.info
         print(
             f"{info.model_name} on {info.device} ({info.compute_type}). Local console: no "

@@ -1,28 +1,38 @@
-"""The reply's controls: Stop, Regenerate, Reply and the Reply modal, typed, in one place.
+"""Every button under a reply, declared once through one id-button factory.
 
-Each button is a `DynamicItem` parsed back from its custom id, so a reply sent
-before a restart still answers clicks. The controls know nothing of how replies
-run: they find the client's `ReplyControls` (the `AskRunner`) through
-`runner_of`, which checks the type instead of trusting an untyped attribute;
-the /ask cog reaches the runner the same way. `reply_view` is the one builder
-of the buttons under a reply, so every reply shows them in the same order.
+A button is a `DynamicItem` parsed back from its custom id, so a reply sent
+before a restart still answers clicks. A custom id is text a client sends back,
+so `id_button` owns, for every kind: its format (``llm:<kind>:<id>[:<id>…][:<word>]``),
+its parsing and range checks (`bot.discord.guard.parse_id`: a number past 64
+bits, negative or not a number, a missing or extra part, an unknown word is a
+plain refusal from `wording`, never the generic apology), and, for the buttons
+under one answer (versions, Continue, Reasoning), the check against the stored
+binding: the answer they name belongs to this server and channel, and to the
+reply on the pressed message. Only then does the press reach the runner
+(`ReplyControls`), found through `runner_of`, which checks its type.
+`reply_view` is the one builder of the buttons under a reply.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import discord
 
+from bot import wording
+from bot.discord.common import location_of
 from bot.discord.errors import send_error
-from bot.discord.guard import parse_id, require_id
+from bot.discord.guard import BAD_ID, parse_id, require_id
 from bot.discord.lab import LAB_ITEMS, reply_lab_buttons
+from bot.errors import UserFacingError
+from bot.store.swipes import AnswerGone
+from bot.store.turns import StoredTurn
 
-STOP_ID = "llm:stop:{ask_id}:{user_id}"
-REGEN_ID = "llm:regen:{ask_id}"
-REPLY_ID = "llm:reply:{ask_id}"
 MODAL_ID = "llm:replymodal:{ask_id}"
+SWIPE_LABEL_ID = "llm:swipelabel:{answer_id}"
 FOLLOWUP_LIMIT = 4000  # Discord's limit for a modal text input
 
 
@@ -32,7 +42,8 @@ class ReplyControls(Protocol):
 
     async def ask_command(self, interaction: discord.Interaction, prompt: str,
                           overrides: dict[str, Any], *, private: bool = False,
-                          thread: bool = False) -> None: ...
+                          thread: bool = False,
+                          attachments: Sequence[discord.Attachment] = ()) -> None: ...
 
     async def stop(self, interaction: discord.Interaction, ask_id: int, owner_id: int) -> None: ...
 
@@ -43,13 +54,17 @@ class ReplyControls(Protocol):
     async def ask_followup(self, interaction: discord.Interaction, text: str,
                            ask_id: int) -> None: ...
 
-    # Issue 22: swipes and Continue (bot/discord/swipes.py does the work).
     async def swipe(self, interaction: discord.Interaction, answer_id: int,
                     delta: int) -> None: ...
 
     async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None: ...
 
     async def show_reasoning(self, interaction: discord.Interaction, answer_id: int) -> None: ...
+
+    async def bound_turns(self, turn_id: int, message_id: int | None,
+                          ) -> tuple[StoredTurn | None, StoredTurn | None]:
+        """The turn a button names and the turn of the message it was pressed on."""
+        ...
 
 
 def runner_of(interaction: discord.Interaction) -> ReplyControls:
@@ -60,86 +75,153 @@ def runner_of(interaction: discord.Interaction) -> ReplyControls:
     return runner
 
 
-class StopButton(
-    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"llm:stop:(?P<ask>[0-9]+):(?P<user>[0-9]+)",
-):
-    """Stop a streaming reply; parsed from its custom id, so it survives restarts."""
+# --- the factory -------------------------------------------------------------------------
 
-    def __init__(self, ask_id: int, user_id: int) -> None:
+
+class ButtonElsewhere(UserFacingError):
+    """A press that names an answer of another server, channel or message."""
+
+
+async def check_binding(interaction: discord.Interaction, runner: ReplyControls,
+                        answer_id: int) -> None:
+    """Refuse a press whose answer is not this place's, nor the pressed message's reply.
+
+    Turn ids are sequential, so a forged custom id could name any answer: the
+    stored answer's own server and channel (a thread of it counts) must be the
+    press's, and the pressed message must show a version of the same answer.
+    """
+    message = interaction.message
+    named, shown = await runner.bound_turns(answer_id, message.id if message else None)
+    if named is None or named.role != "assistant":
+        raise AnswerGone()
+    where = location_of(interaction)
+    if named.guild_id != where.guild_id:
+        raise ButtonElsewhere(wording.BUTTON_OTHER_SERVER)
+    if named.channel_id is not None and named.channel_id not in (
+        where.channel_id, where.parent_channel_id
+    ):
+        raise ButtonElsewhere(wording.BUTTON_OTHER_CHANNEL)
+    if shown is None or shown.role != "assistant" or (
+        shown.id != named.id and shown.parent_id != named.parent_id
+    ):
+        raise ButtonElsewhere(wording.BUTTON_OTHER_REPLY)
+
+
+@dataclass(frozen=True)
+class Press:
+    """A press, parsed: its ids (each checked by `require_id`) and its word, if any."""
+
+    ids: tuple[int, ...]
+    word: str = ""
+
+
+#: What a press does once its id checked out: the runner, the interaction, the press.
+OnPress = Callable[[ReplyControls, discord.Interaction, Press], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ButtonSpec:
+    kind: str
+    ids: int
+    words: tuple[str, ...]
+    label: str
+    style: discord.ButtonStyle
+    on_press: OnPress
+    bound: bool
+    row: int | None
+    emoji: str | None
+
+
+class IdButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"(?!)"):
+    """A button made by `id_button`; its class attribute `spec` says which."""
+
+    spec: ClassVar[ButtonSpec]
+
+    def __init__(self, *ids: int, word: str = "", label: str | None = None,
+                 disabled: bool = False) -> None:
+        spec = self.spec
+        parts = [spec.kind, *map(str, ids), *([word] if spec.words else [])]
         super().__init__(discord.ui.Button(
-            label="Stop", style=discord.ButtonStyle.danger,
-            custom_id=STOP_ID.format(ask_id=ask_id, user_id=user_id),
+            label=label or spec.label, style=spec.style, emoji=spec.emoji,
+            custom_id=":".join(["llm", *parts]), disabled=disabled, row=spec.row,
         ))
-        self.ask_id = ask_id
-        self.user_id = user_id
+        self.press = Press(ids, word)
 
     @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> StopButton:
-        return cls(parse_id(match["ask"]), parse_id(match["user"]))
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> IdButton:
+        spec = cls.spec
+        parts = match["rest"].split(":")
+        word = parts.pop() if spec.words and parts else ""
+        ids = [parse_id(part) for part in parts]
+        if len(ids) != spec.ids or (spec.words and word not in spec.words):
+            ids, word = [BAD_ID] * spec.ids, spec.words[0] if spec.words else ""
+        return cls(*ids, word=word)
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            require_id(self.ask_id, self.user_id)  # a crafted id: refused before any lookup
-            await runner_of(interaction).stop(interaction, self.ask_id, self.user_id)
+            require_id(*self.press.ids)  # a crafted id: refused before any lookup
+            runner = runner_of(interaction)
+            if self.spec.bound:
+                await check_binding(interaction, runner, self.press.ids[0])
+            await self.spec.on_press(runner, interaction, self.press)
         except Exception as exc:
             await send_error(interaction, exc)
 
 
-class RegenerateButton(
-    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"llm:regen:(?P<ask>[0-9]+)",
-):
-    """Ask again with the same prompt and settings; the prompt is kept in the database."""
+def id_button(kind: str, on_press: OnPress, *, label: str, ids: int = 1,
+              words: tuple[str, ...] = (),
+              style: discord.ButtonStyle = discord.ButtonStyle.secondary,
+              bound: bool = False, row: int | None = None,
+              emoji: str | None = None) -> type[IdButton]:
+    """A button class whose custom id is ``llm:<kind>:<id>…[:<word>]``.
 
-    def __init__(self, ask_id: int) -> None:
-        super().__init__(discord.ui.Button(
-            label="Regenerate", style=discord.ButtonStyle.secondary,
-            custom_id=REGEN_ID.format(ask_id=ask_id),
-        ))
-        self.ask_id = ask_id
+    Anything after ``llm:<kind>:`` matches, so a malformed id still reaches the
+    button and gets a plain refusal instead of no answer at all. `bound`: the
+    first id is an answer turn, checked by `check_binding` before `on_press`.
+    """
+    spec = ButtonSpec(kind, ids, words, label, style, on_press, bound, row, emoji)
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> RegenerateButton:
-        return cls(parse_id(match["ask"]))
+    class Declared(IdButton, template=rf"llm:{re.escape(kind)}:(?P<rest>[\s\S]*)"):
+        pass
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            require_id(self.ask_id)
-            await runner_of(interaction).regenerate(interaction, self.ask_id)
-        except Exception as exc:
-            await send_error(interaction, exc)
+    Declared.spec = spec
+    Declared.__name__ = Declared.__qualname__ = f"{kind.title()}Button"
+    return Declared
 
 
-class ReplyButton(
-    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"llm:reply:(?P<ask>[0-9]+)",
-):
-    """Continue the conversation from this answer; parsed from its id, so it survives restarts."""
+# --- the declarations --------------------------------------------------------------------
 
-    def __init__(self, ask_id: int) -> None:
-        super().__init__(discord.ui.Button(
-            label="Reply", style=discord.ButtonStyle.primary,
-            custom_id=REPLY_ID.format(ask_id=ask_id),
-        ))
-        self.ask_id = ask_id
+StopButton = id_button(
+    "stop", lambda runner, itx, p: runner.stop(itx, p.ids[0], p.ids[1]), ids=2,
+    label="Stop", style=discord.ButtonStyle.danger)
+"""Stop a streaming reply: ``llm:stop:<ask>:<user>`` (the user only for old buttons)."""
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> ReplyButton:
-        return cls(parse_id(match["ask"]))
+RegenerateButton = id_button(
+    "regen", lambda runner, itx, p: runner.regenerate(itx, p.ids[0]), label="Regenerate")
+"""Ask again with the same prompt and settings (kept in the ask log)."""
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            require_id(self.ask_id)
-            await runner_of(interaction).open_reply(interaction, self.ask_id)
-        except Exception as exc:
-            await send_error(interaction, exc)
+ReplyButton = id_button(
+    "reply", lambda runner, itx, p: runner.open_reply(itx, p.ids[0]), label="Reply",
+    style=discord.ButtonStyle.primary)
+"""Continue the conversation from this answer (opens the Reply modal)."""
+
+# The answer's own buttons name the answer turn the message shows (not the ask):
+# after a swipe they are rebuilt for the version on screen.
+SwipeButton = id_button(
+    "swipe", lambda runner, itx, p: runner.swipe(itx, p.ids[0], -1 if p.word == "prev" else 1),
+    words=("prev", "next"), label="▶", bound=True, row=1)
+"""◀ / ▶: the previous or next version of this answer, in place."""
+
+ContinueButton = id_button(
+    "cont", lambda runner, itx, p: runner.continue_reply(itx, p.ids[0]), label="Continue",
+    style=discord.ButtonStyle.success, bound=True)
+"""Continue a reply that stopped at its token budget, in the same message."""
+
+ReasoningButton = id_button(
+    "think", lambda runner, itx, p: runner.show_reasoning(itx, p.ids[0]), label="Reasoning",
+    emoji="💭", bound=True)
+"""A reasoning model's thoughts, shown to the presser alone."""
 
 
 class ReplyModal(discord.ui.Modal, title="Reply"):
@@ -159,7 +241,6 @@ class ReplyModal(discord.ui.Modal, title="Reply"):
         self.add_item(self.text)
 
 
-
 #: The Reply box's submission, routed by its custom id (bot/discord/modals.py), so
 #: a box submitted after a restart still continues the conversation.
 REPLY_MODAL_PATTERN = r"llm:replymodal:(?P<ask>[0-9]+)"
@@ -174,98 +255,6 @@ async def submit_reply(
     await runner_of(interaction).ask_followup(interaction, values.get("text", ""), ask_id)
 
 
-# --- issue 22: swipes (◀ 2/3 ▶) and Continue ------------------------------------------
-# The ids name the answer turn the message shows (not the ask): after a swipe the
-# buttons are rebuilt for the version on screen. Digits only, parsed by the
-# templates, so a forged id can name nothing but a turn, which the runner checks.
-
-SWIPE_ID = "llm:swipe:{answer_id}:{way}"
-SWIPE_LABEL_ID = "llm:swipelabel:{answer_id}"
-CONTINUE_ID = "llm:cont:{answer_id}"
-
-
-class SwipeButton(
-    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"llm:swipe:(?P<answer>[0-9]{1,19}):(?P<way>prev|next)",
-):
-    """◀ / ▶: show the previous or next version of this answer, editing the message."""
-
-    def __init__(self, answer_id: int, way: str, *, disabled: bool = False) -> None:
-        super().__init__(discord.ui.Button(
-            label="◀" if way == "prev" else "▶", style=discord.ButtonStyle.secondary,
-            custom_id=SWIPE_ID.format(answer_id=answer_id, way=way), disabled=disabled, row=1,
-        ))
-        self.answer_id = answer_id
-        self.delta = -1 if way == "prev" else 1
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> SwipeButton:
-        return cls(int(match["answer"]), match["way"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await runner_of(interaction).swipe(interaction, self.answer_id, self.delta)
-        except Exception as exc:
-            await send_error(interaction, exc)
-
-
-class ContinueButton(
-    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"llm:cont:(?P<answer>[0-9]{1,19})",
-):
-    """Continue a reply that stopped at its token budget, in the same message."""
-
-    def __init__(self, answer_id: int) -> None:
-        super().__init__(discord.ui.Button(
-            label="Continue", style=discord.ButtonStyle.success,
-            custom_id=CONTINUE_ID.format(answer_id=answer_id),
-        ))
-        self.answer_id = answer_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> ContinueButton:
-        return cls(int(match["answer"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await runner_of(interaction).continue_reply(interaction, self.answer_id)
-        except Exception as exc:
-            await send_error(interaction, exc)
-
-
-REASONING_ID = "llm:think:{answer_id}"
-
-
-class ReasoningButton(
-    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-    template=r"llm:think:(?P<answer>[0-9]{1,19})",
-):
-    """A reasoning model's thoughts, shown to the presser alone (the answer stays clean)."""
-
-    def __init__(self, answer_id: int) -> None:
-        super().__init__(discord.ui.Button(
-            label="Reasoning", style=discord.ButtonStyle.secondary, emoji="💭",
-            custom_id=REASONING_ID.format(answer_id=answer_id),
-        ))
-        self.answer_id = answer_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> ReasoningButton:
-        return cls(int(match["answer"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await runner_of(interaction).show_reasoning(interaction, self.answer_id)
-        except Exception as exc:
-            await send_error(interaction, exc)
-
-
 def _add_answer_controls(view: discord.ui.View, answer_id: int,
                          versions: tuple[int, int] | None, can_continue: bool,
                          reasoning: bool = False) -> None:
@@ -276,12 +265,12 @@ def _add_answer_controls(view: discord.ui.View, answer_id: int,
         view.add_item(ReasoningButton(answer_id))
     if versions is not None and versions[1] > 1:
         shown, count = versions
-        view.add_item(SwipeButton(answer_id, "prev", disabled=shown <= 0))
+        view.add_item(SwipeButton(answer_id, word="prev", label="◀", disabled=shown <= 0))
         view.add_item(discord.ui.Button(
             label=f"{shown + 1}/{count}", disabled=True, row=1,
             custom_id=SWIPE_LABEL_ID.format(answer_id=answer_id),
         ))
-        view.add_item(SwipeButton(answer_id, "next", disabled=shown + 1 >= count))
+        view.add_item(SwipeButton(answer_id, word="next", disabled=shown + 1 >= count))
 
 
 #: Every control that answers clicks after a restart (the client registers them).
@@ -295,9 +284,12 @@ def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
     """The buttons under a reply: Stop while it streams; Regenerate, then Reply, once done.
 
     `stop_for` is the asker (a streaming reply); otherwise the reply is finished
-    and `reply` adds Reply (only once its turns are stored, so a press finds them).
+    and `reply` adds Reply (only once its turns are stored, so a press finds them);
+    `answer_id` adds the answer's own buttons, `versions` being (shown index, count).
     The view is stopped, so discord.py never stores it: the dynamic items above
     handle the clicks, and thousands of replies do not accumulate views in memory.
+    The lab's Probabilities and Confidence go on row 2: row 0 holds up to four
+    (Regenerate, Reply, Continue, Reasoning), row 1 the versions, five to a row.
     """
     view = discord.ui.View(timeout=None)
     if stop_for is not None:
@@ -306,14 +298,17 @@ def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
         view.add_item(RegenerateButton(ask_id))
         if reply:
             view.add_item(ReplyButton(ask_id))
-        if answer_id is not None:  # issue 22: `versions` is (shown index, count)
+        if answer_id is not None:
             _add_answer_controls(view, answer_id, versions, can_continue, reasoning)
-        # --- issue 19, the knobs lab: Probabilities and Confidence on every finished
-        # reply (they rebuild its prompt from the ask log; bot/discord/lab.py). Row 2:
-        # row 0 holds up to four (Regenerate, Reply, Continue, Reasoning), row 1 the
-        # swipes, and Discord allows five to a row.
-        for item in reply_lab_buttons(ask_id):
-            item.row = 2
+        # The knobs lab's Probabilities and Word odds on every finished reply (they
+        # rebuild its prompt from the ask log; bot/discord/lab.py), beside the actions
+        # in row 0 when they fit (Discord allows five to a row; row 1 is the versions),
+        # else in a row of their own. A reply with text is stored (Reply) or has
+        # versions; an empty one has neither, so it gets no Word odds.
+        lab = reply_lab_buttons(ask_id, has_text=reply or answer_id is not None)
+        actions = sum(1 for item in view.children if item.row != 1)
+        for item in lab:
+            item.row = 0 if actions + len(lab) <= 5 else 2
             view.add_item(item)
     view.stop()
     return view

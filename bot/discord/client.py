@@ -1,7 +1,8 @@
 """The Discord client: built around an `App`, loads the cogs, runs until SIGTERM.
 
-No privileged intents: slash commands and buttons arrive as interactions,
-which need only the default intents. Mentions are disabled client-wide and
+No privileged intent unless message-content mode asks for it
+(`bot.discord.follow`): slash commands and buttons arrive as interactions, which
+need only the default intents. Mentions are disabled client-wide and
 again on every send, so model output can never ping anyone.
 """
 
@@ -24,16 +25,19 @@ from discord.ext import commands
 from bot.app import App, open_app
 from bot.config import Settings
 from bot.discord.buttons import DYNAMIC_ITEMS, REPLY_MODAL_PATTERN, submit_reply
+from bot.discord.follow import ContentMode, Follower
 from bot.discord.guard import GuardedTree
 from bot.discord.modals import ModalRouter
 from bot.discord.runner import AskRunner
 from bot.engine import FinishReason, GenerationResult
 from bot.errors import UserFacingError
 from bot.ops.logs import register_secret
-from bot.wording import JOINED
+from bot.store.identify import IdentifyGate
+from bot.wording import CONTENT_INTENT_REFUSED_LOG, JOINED
 
 if TYPE_CHECKING:
     from bot.ops.metrics import Metrics
+    from bot.ops.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +54,15 @@ class LlamaBot(commands.AutoShardedBot):
     `BOT_SHARD_COUNT` / `BOT_SHARD_IDS` give a host its range of shards.
     """
 
-    def __init__(self, app: App, **kwargs: Any) -> None:
+    def __init__(self, app: App, *, content_mode: ContentMode | None = None,
+                 **kwargs: Any) -> None:
         settings = app.settings
+        mode = content_mode or ContentMode(settings.message_content)
+        intents = kwargs.pop("intents", None) or discord.Intents.default()
+        intents.message_content = mode.on
         options: dict[str, Any] = {
             "command_prefix": commands.when_mentioned,
-            "intents": discord.Intents.default(),
+            "intents": intents,
             "allowed_mentions": discord.AllowedMentions.none(),
             "help_command": None,
             "shard_count": settings.shard_count or 1,
@@ -67,9 +75,16 @@ class LlamaBot(commands.AutoShardedBot):
         self.recent_rates: deque[float] = deque(maxlen=50)
         self.ready_event = asyncio.Event()
         self.runner = AskRunner(app)
+        self.content_mode = mode
+        self.follower = Follower(self.runner, mode)
         # Edit boxes answered by custom id, like the buttons (cogs add their own routes).
         self.modals = ModalRouter()
         self.modals.add(REPLY_MODAL_PATTERN, submit_reply)
+        # Hosts sharing a PostgreSQL store take turns to identify (bot/store/identify.py).
+        self.identify_gate = (
+            IdentifyGate(settings.database_url.get_secret_value())
+            if settings.database_url is not None else None
+        )
         app.engine.on_result.append(
             lambda r: self.recent_rates.append(r.decode_tok_s) if r.decode_tok_s else None
         )
@@ -78,7 +93,6 @@ class LlamaBot(commands.AutoShardedBot):
         for ext in EXTENSIONS:
             await self.load_extension(ext)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
-        self.runner.start_pruning()
         if self.app.metrics is not None:
             # After the cogs: the error cog installs the tree's error handler we wrap.
             attach_metrics(self, self.app.metrics)
@@ -94,7 +108,10 @@ class LlamaBot(commands.AutoShardedBot):
                  "guilds " + str(guild_ids) if guild_ids else "global")
 
     async def on_message(self, message: discord.Message) -> None:
-        """Mentions, replies to our answers and DMs continue conversations (no intent needed)."""
+        """Followed places and auto-threads first; then mentions, replies to our answers and
+        DMs, which continue conversations with no intent needed."""
+        if await self.follower.handle(message, self.user):
+            return
         await self.runner.handle_message(message, self.user)
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
@@ -109,9 +126,16 @@ class LlamaBot(commands.AutoShardedBot):
         with contextlib.suppress(discord.HTTPException):
             await channel.send(JOINED, allowed_mentions=discord.AllowedMentions.none())
 
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        if self.identify_gate is None:
+            await super().before_identify_hook(shard_id, initial=initial)
+        else:
+            await self.identify_gate.wait_turn(shard_id or 0)
+
     async def close(self) -> None:
-        self.runner.stop_pruning()
         await super().close()
+        if self.identify_gate is not None:
+            await self.identify_gate.close()
 
     async def on_ready(self) -> None:
         self.ready_event.set()
@@ -243,7 +267,7 @@ async def graceful_stop(bot: LlamaBot, grace_s: float) -> None:
 
 async def run_bot(settings: Settings) -> int:
     """Serve Discord until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
-    from bot.ops.sdnotify import Notifier, watchdog_loop
+    from bot.ops.sdnotify import Notifier
 
     assert settings.discord_token is not None
     token = settings.discord_token.get_secret_value()
@@ -259,45 +283,65 @@ async def run_bot(settings: Settings) -> int:
             metrics = Metrics()
             metrics_server = metrics.start_server(settings.metrics_port)
             app.metrics = metrics  # wired to the bot in setup_hook, once the cogs load
-        bot = make_bot(app)
-        loop = asyncio.get_running_loop()
-        stopping: asyncio.Task[None] | None = None
-
-        def on_term() -> None:
-            nonlocal stopping
-            if stopping is None:
-                # Refuse asks from this instant, before anything else runs: an ask
-                # arriving after STOPPING=1 must never start a reply we then cut off.
-                bot.runner.accepting = False
-                notifier.stopping()
-                stopping = asyncio.create_task(graceful_stop(bot, settings.shutdown_grace_s))
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, on_term)
-        watchdog: asyncio.Task[None] | None = None
-        interval = notifier.watchdog_interval()
-        if interval:
-            watchdog = asyncio.create_task(watchdog_loop(notifier, interval))
-
-        async def announce_ready() -> None:
-            await bot.ready_event.wait()
-            if stopping is None:
-                notifier.ready(status=f"serving {app.engine.info.model_name}")
-
-        ready_task = asyncio.create_task(announce_ready())
-        try:
-            async with bot:
-                await bot.start(token)
-        finally:
-            ready_task.cancel()
-            if watchdog is not None:
-                watchdog.cancel()
-            if stopping is not None:
-                with contextlib.suppress(Exception):
-                    await stopping
-            if metrics_server is not None:
-                with contextlib.suppress(Exception):
-                    metrics_server.close()
+        mode = ContentMode(settings.message_content)
+        while True:
+            bot = make_bot(app, content_mode=mode)
+            try:
+                await _serve(bot, app, token, notifier, settings)
+            except discord.PrivilegedIntentsRequired:
+                if not mode.on:
+                    raise
+                # The Portal switch is off: say how to fix it, and serve without the mode
+                # rather than not at all (/status says so too).
+                log.error("%s", CONTENT_INTENT_REFUSED_LOG)
+                mode = ContentMode(wanted=True, refused=True)
+                continue
+            break
+        if metrics_server is not None:
+            with contextlib.suppress(Exception):
+                metrics_server.close()
     log.info("stopped cleanly")
     return 0
+
+
+async def _serve(bot: LlamaBot, app: App, token: str, notifier: Notifier,
+                 settings: Settings) -> None:
+    """Run `bot` until it closes: a signal stops it gracefully; systemd hears ready/stopping."""
+    from bot.ops.sdnotify import watchdog_loop
+
+    loop = asyncio.get_running_loop()
+    stopping: asyncio.Task[None] | None = None
+
+    def on_term() -> None:
+        nonlocal stopping
+        if stopping is None:
+            # Refuse asks from this instant, before anything else runs: an ask
+            # arriving after STOPPING=1 must never start a reply we then cut off.
+            bot.runner.accepting = False
+            notifier.stopping()
+            stopping = asyncio.create_task(graceful_stop(bot, settings.shutdown_grace_s))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, on_term)
+    watchdog: asyncio.Task[None] | None = None
+    interval = notifier.watchdog_interval()
+    if interval:
+        watchdog = asyncio.create_task(watchdog_loop(notifier, interval))
+
+    async def announce_ready() -> None:
+        await bot.ready_event.wait()
+        if stopping is None:
+            notifier.ready(status=f"serving {app.engine.info.model_name}")
+
+    ready_task = asyncio.create_task(announce_ready())
+    try:
+        async with bot:
+            await bot.start(token)
+    finally:
+        ready_task.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
+        if stopping is not None:
+            with contextlib.suppress(Exception):
+                await stopping

@@ -27,15 +27,13 @@ from dataclasses import dataclass
 
 import discord
 
+from bot import wording
+from bot.chat.service import Chat
 from bot.store.scopes import Location
-from bot.store.turns import StoredTurn, TurnStore
+from bot.store.turns import StoredTurn
 
-HOW_TO_ASK = (
-    "I found no question to answer (Discord shows me the text of a message only when it "
-    "mentions me). To ask me, mention me together with your question, reply to one of my "
-    "answers with the ping left on, press **Reply** under an answer, or use `/ask`."
-)
-HOW_TO_ASK_DM = "Send me your question as text (or use `/ask`); I can only answer text."
+HOW_TO_ASK = wording.HOW_TO_ASK
+HOW_TO_ASK_DM = wording.HOW_TO_ASK_DM
 
 
 def dm_place(user_id: int) -> str:
@@ -80,13 +78,13 @@ def location(guild_id: int | None, channel_id: int, channel: object, user_id: in
                     user_id=user_id)
 
 
-async def place_of(turns: TurnStore, channel: object, user_id: int, dm: bool) -> str | None:
+async def place_of(chat: Chat, channel: object, user_id: int, dm: bool) -> str | None:
     """The conversation an ask here is in: the user's DM, a thread /ask opened, or none."""
     if dm:
         return dm_place(user_id)
     if isinstance(channel, discord.Thread):
         place = thread_place(channel.id)
-        if await turns.head(place) is not None:
+        if await chat.head(place) is not None:
             return place
     return None
 
@@ -101,7 +99,7 @@ class Addressed:
 
 
 async def addressed(
-    turns: TurnStore, message: discord.Message, me: discord.abc.User | None
+    chat: Chat, message: discord.Message, me: discord.abc.User | None
 ) -> Addressed | None:
     """Mentions, replies to our answers and DMs address the bot; None for everything else."""
     if me is None or message.author.bot or message.author.id == me.id:
@@ -117,7 +115,7 @@ async def addressed(
         resolved = ref.resolved
         replied_to_me = isinstance(resolved, discord.Message) and resolved.author.id == me.id
         if replied_to_me or mentioned or dm:
-            replied = await turns.by_message(ref.message_id)
+            replied = await chat.by_message(ref.message_id)
             replied_to_me = replied_to_me or replied is not None
     if not (dm or mentioned or replied_to_me):
         return None

@@ -17,16 +17,12 @@ import logging
 import discord
 from discord import app_commands
 
+from bot import wording
 from bot.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
-GENERIC = "Something went wrong on my side; it has been logged. Please try again."
-
-#: Option types as a member would name them.
-_KINDS = {"integer": "a whole number", "number": "a number", "string": "text",
-          "boolean": "true or false", "user": "a member", "channel": "a channel",
-          "role": "a role", "mentionable": "a member or role", "attachment": "a file"}
+GENERIC = wording.GENERIC
 
 
 class MissingScopePermission(app_commands.CheckFailure):
@@ -45,21 +41,20 @@ def message_for(error: BaseException) -> str:
         return error.message
     if isinstance(error, app_commands.MissingPermissions):
         perms = ", ".join(p.replace("_", " ").title() for p in error.missing_permissions)
-        return f"You need the {perms} permission for that."
+        return wording.needs_permission(perms)
     if isinstance(error, app_commands.NoPrivateMessage):
-        return "That command only works in a server."
+        return wording.SERVER_ONLY
     if isinstance(error, app_commands.TransformerError):
-        kind = _KINDS.get(error.type.name, error.type.name.lower())
-        return f"I couldn't read `{error.value}` as {kind}."
+        return wording.unreadable_option(error.value, error.type.name)
     if isinstance(error, app_commands.CheckFailure):
-        return "You can't use that here."
+        return wording.NOT_HERE
     log.error("unhandled error in an interaction", exc_info=error)
     return GENERIC
 
 
 async def send_error(interaction: discord.Interaction, error: BaseException) -> None:
     """Answer the interaction with the error, as a follow-up if it was already answered."""
-    text = "⚠️ " + message_for(error)
+    text = wording.warning(message_for(error))
     try:
         if interaction.response.is_done():
             await interaction.followup.send(

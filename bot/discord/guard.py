@@ -1,9 +1,9 @@
 """Checks every interaction passes before any command or button uses what it carries.
 
 A client is free to send anything: the guild-only flag a command is registered
-with is a hint Discord's own client honours, not a check (issue 24 item 18),
+with is a hint Discord's own client honours, not a check,
 and custom ids and raw option values are text and JSON a modified client
-writes (item 22). So, in one place, before any lookup or transformation:
+writes. So, in one place, before any lookup or transformation:
 
 - a server-only command that arrives from a DM is refused;
 - an option declared as text that carries anything but a string is refused;
@@ -19,6 +19,7 @@ from typing import Any, Final
 import discord
 from discord import app_commands
 
+from bot import wording
 from bot.discord.errors import send_error
 from bot.errors import UserFacingError
 
@@ -34,7 +35,7 @@ _SUBCOMMANDS: Final = (1, 2)
 
 class InvalidButton(UserFacingError):
     def __init__(self) -> None:
-        super().__init__("This button is not valid (it names no reply I could have sent).")
+        super().__init__(wording.BUTTON_INVALID)
 
 
 def parse_id(text: str) -> int:
@@ -62,17 +63,17 @@ def _guild_only(command: object) -> bool:
 
 def _check_options(options: object, depth: int = 0) -> None:
     if not isinstance(options, list) or depth > 2:
-        raise UserFacingError("I couldn't read this command's options.")
+        raise UserFacingError(wording.OPTIONS_UNREADABLE)
     for option in options:
         if not isinstance(option, dict):
-            raise UserFacingError("I couldn't read this command's options.")
+            raise UserFacingError(wording.OPTIONS_UNREADABLE)
         if option.get("type") in _SUBCOMMANDS:
             _check_options(option.get("options") or [], depth + 1)
         elif (option.get("type") == _STRING and "value" in option
               and not isinstance(option["value"], str)):
             name = option.get("name")
             shown = f"`{name}`" if isinstance(name, str) and len(name) <= 32 else "an option"
-            raise UserFacingError(f"I couldn't read {shown}: it should be text.")
+            raise UserFacingError(wording.option_not_text(shown))
 
 
 def check_interaction(interaction: discord.Interaction) -> None:
@@ -80,9 +81,7 @@ def check_interaction(interaction: discord.Interaction) -> None:
     command = interaction.command
     if interaction.guild_id is None and _guild_only(command):
         name = getattr(command, "qualified_name", "")
-        raise UserFacingError(
-            f"DMs have no server settings: `/{name}` only works in a server."
-        )
+        raise UserFacingError(wording.dm_has_no_server(name))
     data: Any = interaction.data or {}
     _check_options(data.get("options") or [])
 

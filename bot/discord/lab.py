@@ -1,5 +1,9 @@
 """The knobs lab on Discord: `/compare` in one embed, `/probs` with Step buttons, and the
-Probabilities / Confidence buttons under finished replies.
+Probabilities / Word odds buttons under finished replies, each on the turn's model.
+
+Probabilities walks the reply's own tokens (Back, the reply's next token, a select
+to jump to any of them); every view names the model it ran on, taken from the host
+for the scope or conversation, never the default engine.
 
 The numbers come from `bot.lab` (no Discord there); this module shapes them for
 Discord's limits and keeps the little state a walk or a comparison needs:
@@ -29,16 +33,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import discord
 
+from bot import wording
 from bot.chat.request import FINISH_WORDS
-from bot.chat.turns import TurnAsk, prepare_turn
+from bot.chat.turns import TurnAsk
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import send_error
 from bot.discord.pages import CoalescingEditor, quote_prompt
-from bot.engine import Finished, GenerationRequest, TextDelta
+from bot.engine import Engine, Finished, GenerationRequest, TextDelta
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.lab.chart import MAX_PNG_BYTES, render_png
@@ -62,15 +68,22 @@ MESSAGE_LIMIT = 2000
 WALKS = 500
 WALK_TTL_S = 900.0
 COMPARES = 200
-STEP_BUTTONS = 5
+STEP_BUTTONS = 3
+"""Alternatives offered as buttons, beside Back and the reply's own next token."""
 SEED_NOTE = (
     "Same seed for every variant, so the knob is the only difference asked. CTranslate2 "
     "has no per-call seed: the seed fixes the lab's own draws, not a replay of the bot's."
 )
+"""Said only in the attached file (and the CLI): the embed stays about the texts."""
 
 CSTOP_ID = "lab:cstop:{cid}"
 CREGEN_ID = "lab:cregen:{cid}"
 STEP_ID = "lab:step:{walk}:{rank}"
+BACK_ID = "lab:back:{walk}"
+FOLLOW_ID = "lab:follow:{walk}"
+JUMP_ID = "lab:jump:{walk}"
+JUMP_OPTIONS = 25
+"""A select holds 25 options: the reply's tokens around the current one."""
 PROBS_ID = "lab:probs:{ask_id}"
 CONF_ID = "lab:conf:{ask_id}"
 KNOB_HELP_ID = "lab:knobhelp"
@@ -109,9 +122,10 @@ class VariantView:
 
 
 def compare_embed(prompt: str, seed: int, views: list[VariantView], *,
-                  note: str = "") -> tuple[dict[str, Any], bool]:
+                  note: str = "", model: str = "") -> tuple[dict[str, Any], bool]:
     """The comparison as one embed (a dict) within Discord's limits; True when a text was cut."""
-    description = (quote_prompt(prompt) + f"\nseed **{seed}** · {SEED_NOTE}")[:1500]
+    named = f"\nmodel `{model}`" if model else ""
+    description = (quote_prompt(prompt) + named)[:1500]
     if note:
         description = (description + "\n" + note)[:2000]
     fields: list[dict[str, Any]] = []
@@ -132,26 +146,36 @@ def compare_embed(prompt: str, seed: int, views: list[VariantView], *,
 
 def full_texts(prompt: str, seed: int, results: list[VariantResult]) -> str:
     """Every variant's whole text, for the attachment when the embed had to cut."""
-    parts = [f"# Compare\n\nPrompt: {prompt}\n\nSeed: {seed}\n"]
+    parts = [f"# Compare\n\nPrompt: {prompt}\n\nSeed: {seed}. {SEED_NOTE}\n"]
     for r in results:
         parts.append(f"## {r.label}\n\n{r.text}\n\n({r.result.new_tokens} tokens, "
                      f"{FINISH_WORDS[r.result.finish_reason]})\n")
     return "\n".join(parts)
 
 
-def probs_content(step: ProbsStep, header: str, reply_so_far: str) -> str:
+def probs_content(step: ProbsStep, header: str, reply_so_far: str, model: str = "") -> str:
     """The text beside the chart: what was asked, the step, the table (the accessible view)."""
-    ids = ",".join(str(i) for i in step.generated) or "none yet"
     so_far = reply_so_far.replace("```", "`\u200b``")
-    top = (f"**Next-token probabilities** · step {step.step + 1} · `{format_knobs(step.knobs)}`"
+    named = f" · model `{model}`" if model else ""
+    top = (f"**Next-token probabilities**{named} · step {step.step + 1} · "
+           f"`{format_knobs(step.knobs)}`"
            f" · seed {step.seed} (the lab's own draw)\n{header}\n")
-    mid = f"Reply so far: `{so_far[-300:] or '∅'}` (ids: {ids})\n" if step.generated else ""
+    mid = f"Reply so far: `{so_far[-300:] or '∅'}`\n" if step.generated else ""
     room = MESSAGE_LIMIT - len(top) - len(mid) - 8
     table, _ = clean_cut(format_table(step).replace("```", "`\u200b``"), room)
     return f"{top}{mid}```\n{table}\n```"
 
 
 # --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class LabTurn:
+    """What a lab view runs: the request as an ask here makes it, and the turn's model."""
+
+    request: GenerationRequest
+    model: str
+    """The model the scope (or the conversation) uses, as `/model list` names it."""
 
 
 @dataclass
@@ -161,11 +185,26 @@ class Walk:
     id: str
     user_id: int
     request: GenerationRequest
+    model: str
     step: ProbsStep
     header: str
     private: bool
     choices: tuple[int, ...] = ()
+    reply: tuple[int, ...] = ()
+    """The finished reply's tokens, when the walk inspects one (empty for /probs)."""
     created: float = field(default_factory=time.monotonic)
+
+    @property
+    def on_reply(self) -> bool:
+        """The steps so far are the reply's own (the view has not written on elsewhere)."""
+        done = self.step.generated
+        return bool(self.reply) and self.reply[:len(done)] == done
+
+    @property
+    def reply_token(self) -> int | None:
+        """The token the reply took at this step, while the walk follows it."""
+        at = len(self.step.generated)
+        return self.reply[at] if self.on_reply and at < len(self.reply) else None
 
 
 class Expiring(Generic[T]):
@@ -207,6 +246,7 @@ class CompareAsk:
     request: GenerationRequest
     variants: list[Variant]
     private: bool
+    model: str
     comparison: Comparison | None = None
 
 
@@ -227,21 +267,21 @@ class LabRunner:
     # --- requests ---------------------------------------------------------------------
 
     async def fresh_request(self, interaction: discord.Interaction, prompt: str,
-                            overrides: dict[str, Any] | None = None) -> GenerationRequest:
-        """A new conversation's request here: persona, knobs and caps as /ask resolves them."""
+                            overrides: dict[str, Any] | None = None) -> LabTurn:
+        """A new conversation's request here: persona, knobs, caps and model as /ask has them."""
         user = interaction.user
-        turn = await prepare_turn(self.app, TurnAsk(
+        turn = await self.app.chat.prepare(TurnAsk(
             location=location_of(interaction), prompt=prompt.strip(), author_id=user.id,
             author_name=getattr(user, "display_name", user.name), explicit=True,
             overrides=dict(overrides or {}),
         ))
-        return turn.request
+        return LabTurn(turn.request, turn.model.name)
 
     async def request_of_ask(self, interaction: discord.Interaction,
-                             ask_id: int) -> tuple[GenerationRequest, str, bool]:
-        """The exact request a finished reply was generated from: (request, reply, private).
+                             ask_id: int) -> tuple[LabTurn, str, bool]:
+        """The exact request a finished reply was generated from: (turn, reply, private).
 
-        Rebuilt through the same core turn code (`prepare_turn`) from the stored ask
+        Rebuilt through the same core turn code (`Chat.prepare`) from the stored ask
         and its conversation turns (earlier turns and speaker names included), with
         the reply's stored knobs and the persona stored with the ask (not today's).
         Refused for another server or channel, and for anyone but the author of a
@@ -272,14 +312,15 @@ class LabRunner:
                       if interaction.guild is not None else None)
             who = member or (interaction.user if interaction.user.id == record.user_id else None)
             name = getattr(who, "display_name", "") if who is not None else ""
-        turn = await prepare_turn(app, TurnAsk(
+        turn = await app.chat.prepare(TurnAsk(
             location=where, prompt=record.prompt, author_id=record.user_id, author_name=name,
             parent_id=question.parent_id if question is not None else None, explicit=True,
             private=record.private, direct=record.guild_id is None, shared=True,
             again=Knobs.model_validate(record.knobs),
         ))
         request = replace(turn.request, system_prompt=record.system_prompt)
-        return request, answer.text if answer is not None else "", record.private
+        lab_turn = LabTurn(request, turn.model.name)
+        return lab_turn, answer.text if answer is not None else "", record.private
 
     # --- /compare -----------------------------------------------------------------------
 
@@ -292,11 +333,12 @@ class LabRunner:
         has no channel-message fallback as `ReplyWriter` does (an expired token ends
         the comparison, logged as undelivered).
         """
-        if self.app.engine.closing:
+        if self.app.models.closing:
             raise UserFacingError("I'm restarting, try again in a moment.")
         with self.gate.hold(ask.user_id):
+            engine = await self.app.models.engine(ask.model)
             # All variants or none (QueueFull, PromptTooLong raise here, before the ack).
-            comparison = start_compare(self.app.engine, ask.request, ask.variants, seed=seed)
+            comparison = start_compare(engine, ask.request, ask.variants, seed=seed)
             ask.comparison = comparison
             cid = str(interaction.id)
             self.compares.put(cid, ask)
@@ -336,7 +378,8 @@ class LabRunner:
                 allowed_mentions=NO_MENTIONS)
 
         def key() -> str:
-            return json.dumps(compare_embed(ask.prompt, comparison.seed, views)[0])
+            return json.dumps(compare_embed(ask.prompt, comparison.seed, views,
+                                            model=ask.model)[0])
 
         editor = CoalescingEditor(send, self.edit_interval_s)
         try:
@@ -355,12 +398,13 @@ class LabRunner:
                         view.state += f" · {r.error}"[:200]
                 editor.update(key())
             results = await comparison.results()
-            embed, cut = compare_embed(ask.prompt, comparison.seed, views)
+            embed, cut = compare_embed(ask.prompt, comparison.seed, views, model=ask.model)
             if cut:
-                embed, _ = compare_embed(ask.prompt, comparison.seed, views,
+                embed, _ = compare_embed(ask.prompt, comparison.seed, views, model=ask.model,
                                          note="Some texts were cut: the full texts are attached.")
-                data = full_texts(ask.prompt, comparison.seed, results).encode()
-                state["file"] = discord.File(io.BytesIO(data), filename="compare.md")
+            # The full texts, the seed and what it can do: in the file, not the embed.
+            data = full_texts(ask.prompt, comparison.seed, results).encode()
+            state["file"] = discord.File(io.BytesIO(data), filename="compare.md")
             state["final"] = True
             await editor.finish(json.dumps(embed), force=True)
         except BaseException:
@@ -397,88 +441,153 @@ class LabRunner:
 
     # --- /probs and its steps --------------------------------------------------------------
 
-    async def probs(self, interaction: discord.Interaction, request: GenerationRequest, *,
+    async def probs(self, interaction: discord.Interaction, turn: LabTurn, *,
                     private: bool, header: str, seed: int | None = None,
-                    generated: tuple[int, ...] = ()) -> None:
-        """The first view of a walk: chart + table, ephemeral unless asked public."""
+                    generated: tuple[int, ...] = (), raw: bool = False,
+                    reply: tuple[int, ...] = ()) -> None:
+        """The first view of a walk: chart + table, ephemeral unless asked public.
+
+        With `reply` (a finished reply's tokens) it opens on the reply's first token,
+        shown among the candidates however unlikely it was.
+        """
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer(ephemeral=private, thinking=True)
             walk_seed = seed if seed is not None else secrets.randbelow(2**31 - 1) + 1
-            step = await probs_step(self.app.engine, request, generated=generated,
-                                    seed=walk_seed)
-            walk = Walk(secrets.token_hex(4), interaction.user.id, request, step, header,
-                        private)
+            engine = await self.app.models.engine(turn.model)
+            include = reply[len(generated):len(generated) + 1]
+            step = await probs_step(engine, turn.request, generated=generated, seed=walk_seed,
+                                    raw=raw, include=include)
+            walk = Walk(secrets.token_hex(4), interaction.user.id, turn.request, turn.model,
+                        step, header, private, reply=reply)
             self.walks.put(walk.id, walk)
-            content, file, view = await self._walk_message(walk)
+            content, file, view = await self._walk_message(walk, engine)
             await interaction.followup.send(content, file=file, view=view, ephemeral=private,
                                             allowed_mentions=NO_MENTIONS)
 
     async def step(self, interaction: discord.Interaction, walk_id: str, rank: int) -> None:
         """A Step button: append the chosen token and show the next step (author only)."""
+        walk = self._own_walk(interaction, walk_id)
+        if not 0 <= rank < len(walk.choices):
+            raise UserFacingError("That button is out of date: step from the latest view.")
+        await self._move(interaction, walk, walk.step.then(walk.choices[rank]))
+
+    def _own_walk(self, interaction: discord.Interaction, walk_id: str) -> Walk:
         walk = self.walks.get(walk_id)
         if walk is None:
             raise UserFacingError("This walk has expired (walks are kept 15 minutes). "
                                   "Run /probs again.")
         if interaction.user.id != walk.user_id:
             raise UserFacingError("Only the person who opened this view can step it.")
-        if not 0 <= rank < len(walk.choices):
+        return walk
+
+    async def back(self, interaction: discord.Interaction, walk_id: str) -> None:
+        """Back: the step before this one."""
+        walk = self._own_walk(interaction, walk_id)
+        if not walk.step.generated:
+            raise UserFacingError("This is the first step: there is nothing before it.")
+        await self._move(interaction, walk, walk.step.generated[:-1])
+
+    async def follow(self, interaction: discord.Interaction, walk_id: str) -> None:
+        """The reply's own next token."""
+        walk = self._own_walk(interaction, walk_id)
+        token = walk.reply_token
+        if token is None:
             raise UserFacingError("That button is out of date: step from the latest view.")
-        generated = walk.step.then(walk.choices[rank])
+        await self._move(interaction, walk, walk.step.then(token))
+
+    async def jump(self, interaction: discord.Interaction, walk_id: str, at: int) -> None:
+        """The select: the step before the reply's token number `at` (0-based)."""
+        walk = self._own_walk(interaction, walk_id)
+        if not 0 <= at < len(walk.reply):
+            raise UserFacingError("That token is not in this reply.")
+        await self._move(interaction, walk, walk.reply[:at])
+
+    async def _move(self, interaction: discord.Interaction, walk: Walk,
+                    generated: tuple[int, ...]) -> None:
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer()
-            walk.step = await probs_step(self.app.engine, walk.request, generated=generated,
-                                         seed=walk.step.seed)
-            content, file, view = await self._walk_message(walk)
+            engine = await self.app.models.engine(walk.model)
+            at = len(generated)
+            include = walk.reply[at:at + 1] if walk.reply[:at] == generated else ()
+            walk.step = await probs_step(engine, walk.request, generated=generated,
+                                         seed=walk.step.seed, raw=walk.step.raw_text,
+                                         include=include)
+            content, file, view = await self._walk_message(walk, engine)
             await interaction.edit_original_response(
                 content=content, attachments=[file], view=view, allowed_mentions=NO_MENTIONS)
 
-    async def _walk_message(self, walk: Walk) -> tuple[str, discord.File, discord.ui.View]:
+    async def _walk_message(self, walk: Walk,
+                            engine: Engine) -> tuple[str, discord.File, discord.ui.View]:
         step = walk.step
-        png = await asyncio.to_thread(render_png, step)
+        tok = engine.bundle.tokenizer
+        so_far = tok.decode(list(step.generated)) if step.generated else ""
+        png = await asyncio.to_thread(partial(render_png, step, prompt=walk.request.prompt,
+                                              so_far=so_far))
         if len(png) > MAX_PNG_BYTES:  # never expected: a few dozen bars
             raise UserFacingError("The chart came out too large to send.")
-        tok = self.app.engine.bundle.tokenizer
-        so_far = tok.decode(list(step.generated)) if step.generated else ""
-        content = probs_content(step, walk.header, so_far)
+        taken = walk.reply_token
+        by_id = {c.id: c for c in step.candidates}
+        header = walk.header
+        if walk.reply and walk.on_reply:
+            if taken is not None and taken in by_id:
+                c = by_id[taken]
+                rank = sorted(step.candidates, key=lambda x: -x.raw).index(c) + 1
+                header += (f"\nThe reply took **{c.text}** here (token {len(step.generated) + 1} "
+                           f"of {len(walk.reply)}; choice #{rank} by the model, raw "
+                           f"{c.raw * 100:.1f}%, final {c.final * 100:.1f}%).")
+            else:
+                header += "\nThe reply ended here."
+        content = probs_content(step, header, so_far, walk.model)
         end_ids = step.end_ids
         choices: list[int] = []
         if not step.at_limit:
             for c in step.candidates:
-                if c.id in end_ids or c.special:
+                if c.id in end_ids or c.special or c.id == taken:
                     continue
                 choices.append(c.id)
                 if len(choices) == STEP_BUTTONS:
                     break
         walk.choices = tuple(choices)
         view = discord.ui.View(timeout=None)
-        labels = {c.id: c.text for c in step.candidates}
+        if step.generated:
+            view.add_item(BackButton(walk.id))
+        if taken is not None and taken in by_id:
+            view.add_item(FollowButton(walk.id, label=f"▶ {by_id[taken].text}"[:80]))
         for rank, token_id in enumerate(walk.choices):
-            label = (labels.get(token_id) or str(token_id))[:70]
-            view.add_item(StepButton(walk.id, rank, label=f"+ {label}"))
+            cand = by_id.get(token_id)
+            label = (cand.text if cand is not None else str(token_id))[:70]
+            removed = cand is not None and cand.removed_by is not None
+            view.add_item(StepButton(walk.id, rank, label=f"{'✕' if removed else '+'} {label}"))
+        if len(walk.reply) > 1:
+            view.add_item(JumpSelect(walk.id, jump_options(walk, engine)))
         view.stop()
         return content, discord.File(io.BytesIO(png), filename="probs.png"), view
 
     async def probs_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Probabilities button: the reply's own prompt, its first step (presser only)."""
-        request, _, _ = await self.request_of_ask(interaction, ask_id)
-        header = ("The prompt this reply was generated from (its persona, knobs and earlier "
-                  "turns, as stored with the ask).")
+        turn, reply, _ = await self.request_of_ask(interaction, ask_id)
+        engine = await self.app.models.engine(turn.model)
+        ids = tuple(engine.bundle.tokenizer.encode(reply)) if reply.strip() else ()
         # Always ephemeral: the view is for the presser, whoever could see the reply.
-        await self.probs(interaction, request, private=True, header=header)
+        await self.probs(interaction, turn, private=True, header=wording.PROBS_OF_REPLY,
+                         reply=ids)
 
     async def confidence_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
-        """The Confidence button: the reply coloured by the model's probability of each token."""
-        request, reply, _ = await self.request_of_ask(interaction, ask_id)
+        """Word odds: the reply coloured (and low tokens marked) by the model's probability."""
+        turn, reply, _ = await self.request_of_ask(interaction, ask_id)
         if not reply.strip():
-            raise UserFacingError("I no longer have this reply's text, so I can't score it.")
+            raise UserFacingError(wording.WORD_ODDS_EMPTY)
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer(ephemeral=True, thinking=True)
-            conf = await score_reply(self.app.engine, request, reply)
+            engine = await self.app.models.engine(turn.model)
+            conf = await score_reply(engine, turn.request, reply)
             block, shown = render_ansi(conf)
             more = f" (the first {shown} of {len(conf.tokens)} tokens)" if shown < len(
                 conf.tokens) else ""
             lines = "\n".join(f"• {line}" for line in surprising_lines(conf))
-            text = (f"**Confidence**{more} · mean {conf.mean_prob * 100:.0f}% · {legend()}\n"
+            text = (f"**{wording.WORD_ODDS}**{more} · model `{turn.model}` · "
+                    f"mean {conf.mean_prob * 100:.0f}% · {legend()}\n"
+                    f"{wording.WORD_ODDS_NOTE}\n"
                     f"```ansi\n{block}\n```")
             rest, _ = clean_cut(f"Most surprising:\n{lines}", MESSAGE_LIMIT - len(text) - 2)
             await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
@@ -507,14 +616,29 @@ class LabRunner:
         ask_id = await self.app.ask_log.latest_id(interaction.user.id, interaction.channel_id)
         if ask_id is None:
             raise UserFacingError("Ask something here first (/ask): this reruns your last prompt.")
-        request, _, _ = await self.request_of_ask(interaction, ask_id)
+        turn, _, _ = await self.request_of_ask(interaction, ask_id)
         record = await self.app.ask_log.load(ask_id)
-        prompt = record.prompt if record is not None else request.prompt
+        prompt = record.prompt if record is not None else turn.request.prompt
         await self.compare(interaction, CompareAsk(
             user_id=interaction.user.id, guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id, prompt=prompt, request=request,
-            variants=knob_variants(name, request.knobs), private=True,
+            channel_id=interaction.channel_id, prompt=prompt, request=turn.request,
+            variants=knob_variants(name, turn.request.knobs), private=True, model=turn.model,
         ))
+
+
+def jump_options(walk: Walk, engine: Engine) -> list[discord.SelectOption]:
+    """The reply's tokens around the current step, for the select (25 at most)."""
+    from bot.model.pieces import token_text_in_context, visible
+
+    tok = engine.bundle.tokenizer
+    at = min(len(walk.step.generated), len(walk.reply) - 1)
+    start = max(0, min(at - JUMP_OPTIONS // 2, len(walk.reply) - JUMP_OPTIONS))
+    out: list[discord.SelectOption] = []
+    for n in range(start, min(len(walk.reply), start + JUMP_OPTIONS)):
+        text = visible(token_text_in_context(tok, list(walk.reply[:n]), walk.reply[n]))
+        out.append(discord.SelectOption(label=f"#{n + 1} {text or '∅'}"[:100], value=str(n),
+                                        default=n == at and walk.on_reply))
+    return out
 
 
 def lab_of(interaction: discord.Interaction) -> LabRunner:
@@ -568,10 +692,10 @@ class ProbabilitiesButton(_LabButton, template=r"lab:probs:(?P<ask>[0-9]{1,20})"
 
 
 class ConfidenceButton(_LabButton, template=r"lab:conf:(?P<ask>[0-9]{1,20})"):
-    """Under a finished reply: the reply coloured by how likely the model found each token."""
+    """Word odds under a finished reply: how expected each of its tokens was to the model."""
 
     def __init__(self, ask_id: int) -> None:
-        super().__init__(discord.ui.Button(label="Confidence",
+        super().__init__(discord.ui.Button(label=wording.WORD_ODDS,
                                            style=discord.ButtonStyle.secondary,
                                            custom_id=CONF_ID.format(ask_id=ask_id)))
         self.ask_id = ask_id
@@ -602,6 +726,66 @@ class StepButton(_LabButton, template=r"lab:step:(?P<walk>[0-9a-f]{8}):(?P<rank>
 
     async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
         await lab.step(interaction, self.walk_id, self.rank)
+
+
+class BackButton(_LabButton, template=r"lab:back:(?P<walk>[0-9a-f]{8})"):
+    """The step before this one."""
+
+    def __init__(self, walk_id: str) -> None:
+        super().__init__(discord.ui.Button(label="◀ Back", style=discord.ButtonStyle.secondary,
+                                           custom_id=BACK_ID.format(walk=walk_id)))
+        self.walk_id = walk_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> BackButton:
+        return cls(match["walk"])
+
+    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
+        await lab.back(interaction, self.walk_id)
+
+
+class FollowButton(_LabButton, template=r"lab:follow:(?P<walk>[0-9a-f]{8})"):
+    """The reply's own next token."""
+
+    def __init__(self, walk_id: str, label: str = "▶ the reply's token") -> None:
+        super().__init__(discord.ui.Button(label=label, style=discord.ButtonStyle.primary,
+                                           custom_id=FOLLOW_ID.format(walk=walk_id)))
+        self.walk_id = walk_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> FollowButton:
+        return cls(match["walk"])
+
+    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
+        await lab.follow(interaction, self.walk_id)
+
+
+class JumpSelect(discord.ui.DynamicItem[discord.ui.Select[discord.ui.View]],
+                 template=r"lab:jump:(?P<walk>[0-9a-f]{8})"):
+    """Jump to any token of the reply (the select offers those around this step)."""
+
+    def __init__(self, walk_id: str, options: list[discord.SelectOption] | None = None) -> None:
+        super().__init__(discord.ui.Select(
+            placeholder="Jump to a token of the reply…", custom_id=JUMP_ID.format(walk=walk_id),
+            options=options or [discord.SelectOption(label="…", value="0")]))
+        self.walk_id = walk_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> JumpSelect:
+        return cls(match["walk"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            data: Any = interaction.data or {}
+            values = data.get("values") or []
+            if len(values) != 1 or not str(values[0]).isdigit() or len(str(values[0])) > 6:
+                raise UserFacingError("That choice is not valid.")
+            await lab_of(interaction).jump(interaction, self.walk_id, int(values[0]))
+        except Exception as exc:
+            await send_error(interaction, exc)
 
 
 class CompareStopButton(_LabButton, template=r"lab:cstop:(?P<cid>[0-9]{1,20})"):
@@ -679,13 +863,18 @@ def knob_help_view() -> discord.ui.View:
 
 #: The lab's controls that answer clicks after a restart (walks and compares do not
 #: survive one; their buttons then say so).
-LAB_ITEMS = (ProbabilitiesButton, ConfidenceButton, StepButton, CompareStopButton,
+LAB_ITEMS = (ProbabilitiesButton, ConfidenceButton, StepButton, BackButton, FollowButton,
+             JumpSelect, CompareStopButton,
              CompareRegenerateButton, KnobHelpButton, TryKnobButton)
 
 
-def reply_lab_buttons(ask_id: int) -> list[discord.ui.Item[Any]]:
-    """The lab's buttons under a finished reply (buttons.py's builder adds them)."""
-    return [ProbabilitiesButton(ask_id), ConfidenceButton(ask_id)]
+def reply_lab_buttons(ask_id: int, *, has_text: bool = True) -> list[discord.ui.Item[Any]]:
+    """The lab's buttons under a finished reply (buttons.py's builder adds them); an empty
+    reply has no words to score, so no Word odds."""
+    items: list[discord.ui.Item[Any]] = [ProbabilitiesButton(ask_id)]
+    if has_text:
+        items.append(ConfidenceButton(ask_id))
+    return items
 
 
 __all__ = ["LAB_ITEMS", "LabRunner", "compare_embed", "knob_help_view", "lab_of",

@@ -1,4 +1,4 @@
-"""Issue 23: an ask whose model must load first is acknowledged at once and says so.
+"""A run whose model must load first is acknowledged at once and says so.
 
 Discord wants an interaction answered within 3 s and a model load takes longer,
 so the registry's first `Waiting` ("loading model X…", "waiting for memory…")
@@ -15,6 +15,7 @@ import logging
 
 import discord
 
+from bot import wording
 from bot.discord.reply import Page, Surface
 from bot.errors import UserFacingError
 from bot.hosting.registry import Waiting
@@ -32,14 +33,13 @@ class LoadingNotice:
         self._edits: list[asyncio.Task[None]] = []
 
     def __call__(self, waiting: Waiting) -> None:
-        status = f"-# ⏳ {waiting.message}"
+        status = wording.waiting_line(waiting.message)
         if self._task is None:
             self._task = asyncio.create_task(self.surface.acknowledge(self.stop))
         self._edits.append(asyncio.create_task(self._show(self._task, status)))
 
     def _content(self, status: str) -> str:
-        header = self.surface.header
-        return f"{header}\n{status}" if header else status
+        return self.surface.status_page(status)
 
     async def _show(self, ack: asyncio.Task[Page], status: str) -> None:
         with contextlib.suppress(Exception):  # the ack's own failure is raised by `page`
@@ -63,7 +63,7 @@ class LoadingNotice:
         try:
             page = await self.page()
             assert page is not None
-            await page.edit(self._content(f"⚠️ {exc.message}"), None)
+            await page.edit(self._content(wording.warning(exc.message)), None)
         except discord.HTTPException:
             log.warning("could not show why an ask was refused: %s", exc.message)
         return True

@@ -29,7 +29,6 @@ import discord
 
 from bot import wording
 from bot.chat.reasoning import ReasoningFilter
-from bot.chat.request import Cap, reply_footer
 from bot.discord.common import NO_MENTIONS, reply_to
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
@@ -42,20 +41,10 @@ NEXT_IN_LINE = wording.NEXT_IN_LINE
 #: How long a reply with nobody ahead may wait before it says "next in line".
 NEXT_IN_LINE_AFTER_S = 0.5
 READING = wording.READING
-#: How long a started reply may go without text before it says "reading…" (issue 24
-#: item 4: an edit spent at once on a status line held the first text back by a
-#: whole edit interval; Discord's own "is thinking" shows meanwhile).
+#: How long a started reply may go without text before it says "reading…" (an edit
+#: spent at once on a status line would hold the first text back by a whole edit
+#: interval; Discord's own "is thinking" shows meanwhile).
 READING_AFTER_S = 0.5
-THINKING = "-# 💭 thinking…"  # issue 22: a reasoning model inside <think>
-INTERRUPTED = "⚠️ Interrupted: the bot restarted before this reply finished."
-
-
-def footer_text(
-    result: GenerationResult, dropped_turns: int = 0, cap: Cap | None = None,
-    model: str | None = None, *, context_length: int | None = None,
-) -> str:
-    """The reply footer in Discord's small-text markdown."""
-    return "-# " + reply_footer(result, dropped_turns, cap, model, context_length)
 
 
 #: Discord's Unknown Message: the message is deleted (a moderator, usually), not expired.
@@ -65,12 +54,12 @@ UNKNOWN_MESSAGE = 10008
 class ReplyDeleted(UserFacingError):
     """Someone deleted a page of this reply: its generation is cancelled, nothing reposted.
 
-    Issue 24 item 20: an edit's Unknown Message used to be taken for an expired
-    token, and the reply came back as a new channel message and kept streaming.
+    An edit's Unknown Message is not an expired token: the reply must not come
+    back as a new channel message and keep streaming.
     """
 
     def __init__(self) -> None:
-        super().__init__("This reply was deleted, so I stopped writing it.")
+        super().__init__(wording.REPLY_DELETED)
 
 
 def _deleted(exc: discord.HTTPException) -> bool:
@@ -150,10 +139,13 @@ class Surface(ABC):
         """The member's own message that asked, when there is one."""
         return ()
 
+    def status_page(self, status: str) -> str:
+        """The first page while the run waits for its model (`LoadingNotice`)."""
+        return f"{self.header}\n{status}" if self.header else status
+
 
 def _undelivered(exc: discord.HTTPException) -> str:
-    return (f"⚠️ Discord kept failing ({exc.status}) while I was updating this reply, "
-            "so it may be incomplete. Please ask again.")
+    return wording.undelivered(exc.status)
 
 
 class InteractionSurface(Surface):
@@ -273,10 +265,10 @@ class _InteractionPage(Page):
     async def move_to_channel(self, content: str, view: discord.ui.View | None) -> None:
         surface = self.surface
         if surface.private:
-            raise UserFacingError("This private reply expired before it finished.")
+            raise UserFacingError(wording.PRIVATE_REPLY_EXPIRED)
         channel = surface.interaction.channel
         if channel is None or not hasattr(channel, "send"):
-            raise UserFacingError("This reply's message is gone and I can't post in the channel.")
+            raise UserFacingError(wording.REPLY_MESSAGE_GONE)
         log.info("reply %s continues as a channel message", surface.interaction.id)
         surface.moved_to_channel = True
         self.channel_message = await channel.send(
@@ -313,6 +305,33 @@ class MessageSurface(Surface):
             await reply_to(self.message, _undelivered(exc))
 
 
+class ThreadSurface(Surface):
+    """The answer to a member's message, written in a thread opened from it (auto-threads)."""
+
+    def __init__(self, message: discord.Message, thread: discord.Thread) -> None:
+        self.message = message
+        self.thread = thread
+
+    async def acknowledge(self, stop: discord.ui.View) -> Page:
+        first = await self.thread.send(READING, view=stop, allowed_mentions=NO_MENTIONS)
+        page = _ChannelPage(first)
+        page.view = stop
+        page.shown = (READING, True)
+        return page
+
+    async def new_page(self, content: str, view: discord.ui.View | None) -> Page:
+        sent = await self.thread.send(content, view=_or_missing(view),
+                                      allowed_mentions=NO_MENTIONS)
+        return _ChannelPage(sent)
+
+    def question_ids(self) -> tuple[int, ...]:
+        return (self.message.id,)
+
+    async def say_undelivered(self, exc: discord.HTTPException) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await self.thread.send(_undelivered(exc), allowed_mentions=NO_MENTIONS)
+
+
 class ReplyWriter:
     """The one streaming loop: a generation's events become pages on a surface.
 
@@ -325,8 +344,8 @@ class ReplyWriter:
     def __init__(self, surface: Surface, gen: Generation, first: Page, stop: discord.ui.View,
                  *, edit_interval_s: float, text_filter: ReasoningFilter | None = None) -> None:
         self.surface = surface
-        # Issue 22: a reasoning model's text goes through the filter: "thinking…"
-        # while it thinks, the answer alone on the pages, the reasoning kept apart.
+        # A reasoning model's text goes through the filter: "thinking…" while it
+        # thinks, the answer alone on the pages, the reasoning kept apart.
         self.text_filter = text_filter
         self.reasoning = ""
         self.gen = gen
@@ -432,7 +451,7 @@ class ReplyWriter:
                     else:
                         shown, thinking = self.text_filter.feed(event.text)
                         self.text += shown
-                        await self._show(THINKING if thinking else wording.WRITING)
+                        await self._show(wording.THINKING if thinking else wording.WRITING)
                 elif isinstance(event, Finished):
                     result = event.result
         finally:

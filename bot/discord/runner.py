@@ -1,17 +1,21 @@
-"""The ask runner: every Discord ask, from its entry to its last edit, in one lifecycle.
+"""The runner: every generating entry on Discord, from its press to its last edit, in one lifecycle.
 
-Entries: slash `/ask`, the Reply modal, Regenerate (interactions) and mentions,
-replies and DMs (messages). Each becomes an `Ask`, the per-ask context, and
-goes through `AskRunner.run`:
+Entries: slash `/ask`, the Reply modal, Regenerate, Continue (interactions) and
+mentions, replies and DMs (messages) each become an `Ask`; any other run that
+generates for a member (the lab's) subclasses `Run` and calls `AskRunner.run`
+too. That one method is the lifecycle:
 
-    gate → request → submit → acknowledge/log → stream → store → hooks
+    refuse when restarting → the member's slot (`AskGate`, taken before the
+    first await) → `Run.start` (prepare through `Chat` and submit; a model that must load
+    first acknowledges early through `LoadingNotice`) → the cooldown starts →
+    acknowledge → `Run.deliver` (stream, store, and `release` the slot when
+    generation ends, before the final edit) → finish hooks → one error tail.
 
-The gate is the member's slot (`AskGate`), taken before the first await; the
-request is `bot.chat.turns.prepare_turn` (history, persona, knobs, fitting; the
-prompt encoded once); errors up to the acknowledgement reach the member as
-the entry's own refusal; the stream is `ReplyWriter` on the ask's surface; the
-turns are stored before the buttons appear and the slot is freed before the
-footer shows. Stop checks the running `Ask`, never the button's custom id.
+A refusal before the acknowledgement reaches the entry as `UserFacingError`
+(or is said on the early "loading" page); after it, the reply itself says how
+it ended, and a reply Discord keeps refusing gets `Surface.say_undelivered`.
+Stop and shutdown find a running `Run` in `AskRunner.active` by its id, never
+by what a button's custom id claims.
 """
 
 from __future__ import annotations
@@ -19,17 +23,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot import wording
-from bot.chat.continuation import finish_of
+from bot.chat.files import TextFile
 from bot.chat.history import PrivateConversation
 from bot.chat.reasoning import ReasoningFilter
-from bot.chat.turns import PreparedTurn, TurnAsk, check_where, prepare_turn, record_turn
+from bot.chat.request import footer
+from bot.chat.turns import PreparedTurn, TurnAsk, check_where
+from bot.discord.attachments import read_text_files
 from bot.discord.buttons import ReplyModal, reply_view
 from bot.discord.common import NO_MENTIONS, location_of, reply_to
 from bot.discord.conversation import (
@@ -47,20 +54,29 @@ from bot.discord.model_wait import LoadingNotice
 from bot.discord.pages import quote_prompt
 from bot.discord.reply import (
     INTERACTION_TTL_S,
-    INTERRUPTED,
     InteractionSurface,
     MessageSurface,
     Page,
     ReplyWriter,
     Surface,
-    footer_text,
+    ThreadSurface,
 )
-from bot.discord.swipes import answer_view, continue_reply, show_reasoning, swipe
+from bot.discord.swipes import (
+    ContinueSurface,
+    Continuing,
+    answer_view,
+    record_continuation,
+    show_reasoning,
+    shown_text,
+    swipe,
+)
 from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
+from bot.hosting.host import OnWait
 from bot.knobs import Knobs
 from bot.limits import AskGate, QuietRefusals
 from bot.store.ask_log import AskRecord
+from bot.store.swipes import AnswerGone, Swipes
 from bot.store.turns import StoredTurn
 from bot.wording import HELP, asks_for_help
 
@@ -69,144 +85,198 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRUNE_EVERY_S = 3600.0
+@dataclass(eq=False, kw_only=True)
+class Run(ABC):
+    """One entry of the lifecycle: who asked, where, and the surface it writes on."""
 
-
-@dataclass(eq=False)
-class Ask:
-    """One ask from its entry to its last edit: what it continues and where it replies."""
-
-    id: int  # the interaction's or message's id: the ask id its buttons carry
+    id: int  # the interaction's or message's id: the id its Stop button carries
     user_id: int
-    turn: TurnAsk  # what the core needs to prepare the turn (its place is found later)
     surface: Surface
-    channel: object  # where it was asked (a thread's conversation is looked up from it)
     guild_id: int | None
     channel_id: int | None
     private: bool = False  # an ephemeral reply: nobody else stops, sees or continues it
+    task: asyncio.Task[Any] | None = None
+    interrupted: bool = False  # the bot is stopping: the footer says so
+
+    @abstractmethod
+    async def start(self, runner: AskRunner, on_wait: OnWait) -> None:
+        """Prepare and submit the work; raise `UserFacingError` to refuse (nothing shown yet)."""
+
+    @abstractmethod
+    async def deliver(self, runner: AskRunner, first: Page, stop: discord.ui.View,
+                      release: Callable[[], object]) -> GenerationResult | None:
+        """Stream onto `first` (and more pages); call `release` once generation has ended."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Stop generating (Stop, shutdown, a failed acknowledgement)."""
+
+    @property
+    @abstractmethod
+    def running(self) -> bool:
+        """Whether there is generation to stop."""
+
+
+@dataclass(eq=False, kw_only=True)
+class Ask(Run):
+    """A reply: a new answer, a version of one (`swipe_of`) or more of one (`continuing`)."""
+
+    turn: TurnAsk  # what the core needs to prepare the turn (its place is found later)
+    channel: object  # where it was asked (a thread's conversation is looked up from it)
     open_thread: bool = False  # `/ask thread:true`: a thread from the answer, once stored
-    swipe_of: int | None = None  # issue 22: Regenerate adds a version to this question
+    swipe_of: int | None = None  # Regenerate adds a version to this question
+    continuing: Continuing | None = None  # Continue carries this answer on, in place
+    notes: tuple[str, ...] = ()  # one line each for attached files that were not read
     # Filled in as it runs:
     prepared: PreparedTurn | None = None
     gen: Generation | None = None
-    task: asyncio.Task[Any] | None = None
-    interrupted: bool = False  # the bot is stopping: the footer says so
     answer: StoredTurn | None = None
     dm: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.dm = self.guild_id is None
 
+    async def start(self, runner: AskRunner, on_wait: OnWait) -> None:
+        turn = await runner.prepare(self, on_wait)
+        self.gen = turn.engine.submit(turn.request, turn.prepared)  # QueueFull refuses here
+        self.prepared = turn
+
+    async def deliver(self, runner: AskRunner, first: Page, stop: discord.ui.View,
+                      release: Callable[[], object]) -> GenerationResult:
+        return await runner.stream(self, first, stop, release)
+
+    def cancel(self) -> None:
+        if self.gen is not None:
+            self.gen.cancel()
+
+    @property
+    def running(self) -> bool:
+        return self.gen is not None
+
 
 #: Called with each finished reply (to a command, a button, a mention or a DM).
-FinishHook = Callable[[Ask, GenerationResult], Awaitable[None] | None]
+FinishHook = Callable[[Run, GenerationResult], Awaitable[None] | None]
 
 
 class AskRunner:
-    """Runs asks for the bot: fairness, conversations, streaming, Stop/Regenerate/Reply."""
+    """Runs asks for the bot: fairness, conversations, streaming, the reply's buttons."""
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.turns = app.turns
+        self.chat = app.chat
         settings = app.settings
         self.gate = AskGate(settings.per_user_limit, settings.user_cooldown_s)
         self.edit_interval_s = settings.edit_interval_s
         self.interaction_ttl_s: float = INTERACTION_TTL_S - 30
-        self.active: dict[int, Ask] = {}  # running replies by ask id, for Stop and shutdown
+        self.active: dict[int, Run] = {}  # running replies by id, for Stop and shutdown
         self.accepting = True
         self.on_finish: list[FinishHook] = []
-        self._pruner: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.quiet_refusals = QuietRefusals()  # refusals to messages: once per member a window
 
     # --- the lifecycle ---------------------------------------------------------------
 
-    async def run(self, ask: Ask) -> None:
-        """gate → request → submit → acknowledge/log → stream → store → hooks.
+    async def run(self, run: Run) -> None:
+        """The one lifecycle (see the module): every entry's, the lab's runs' too.
 
         Refusals up to the acknowledgement raise `UserFacingError` to the entry;
         after it, the reply itself says how it ended.
         """
-        app = self.app
-        if not self.accepting or app.models.closing:
-            raise UserFacingError("I'm restarting, try again in a moment.")
-        if not ask.turn.prompt:
-            raise UserFacingError("Ask something: the prompt was empty.")
+        if not self.accepting or self.app.models.closing:
+            raise UserFacingError(wording.RESTARTING)
+        if isinstance(run, Ask) and run.continuing is None and not run.turn.prompt:
+            raise UserFacingError(wording.EMPTY_PROMPT)
         # Take the member's slot before the first await: checked here but taken later,
         # two simultaneous asks by one person both passed the check, and the loser's
         # refusal came after its ack, leaving a reply that never finished.
         with contextlib.ExitStack() as slot:
-            slot.enter_context(self.gate.hold(ask.user_id))
-            place = await place_of(self.turns, ask.channel, ask.user_id, ask.dm)
-            stop = reply_view(ask.id, stop_for=ask.user_id)
-            # Issue 23: a model that must load first acknowledges the ask early and says so.
-            notice = LoadingNotice(ask.surface, stop)
+            slot.enter_context(self.gate.hold(run.user_id))
+            stop = reply_view(run.id, stop_for=run.user_id)
+            # A model that must load first acknowledges the ask early and says so.
+            notice = LoadingNotice(run.surface, stop)
             try:
-                turn = await prepare_turn(app, replace(ask.turn, place=place), on_wait=notice)
-                # QueueFull / ShuttingDown raise here, before the ack.
-                gen = turn.engine.submit(turn.request, turn.prepared)
-                self.gate.accepted(ask.user_id)  # a refused ask above starts no cooldown
+                await run.start(self, notice)
+                self.gate.accepted(run.user_id)  # a refused run above starts no cooldown
             except UserFacingError as exc:
                 if not await notice.refuse(exc):
                     raise
                 return
             try:
-                first = await notice.page() or await ask.surface.acknowledge(stop)
+                first = await notice.page() or await run.surface.acknowledge(stop)
             except BaseException:
-                gen.cancel()
+                run.cancel()
                 raise
-            ask.prepared, ask.gen, ask.task = turn, gen, asyncio.current_task()
-            await self._log(ask, turn)
-            self.active[ask.id] = ask
+            run.task = asyncio.current_task()
+            self.active[run.id] = run
             try:
-                result = await self._stream(ask, turn, gen, first, stop, release=slot.close)
-                for hook in self.on_finish:
-                    maybe = hook(ask, result)
-                    if maybe is not None:
-                        await maybe
-                if ask.open_thread and ask.answer is not None:
-                    self._in_background(self._open_thread(ask, ask.answer))
+                result = await run.deliver(self, first, stop, slot.close)
+                if result is not None:
+                    for hook in self.on_finish:
+                        maybe = hook(run, result)
+                        if maybe is not None:
+                            await maybe
+                if isinstance(run, Ask) and run.open_thread and run.answer is not None:
+                    self._in_background(self._open_thread(run, run.answer))
             except UserFacingError as exc:
-                log.info("reply %s ended early: %s", ask.id, exc.message)
+                log.info("reply %s ended early: %s", run.id, exc.message)
             except discord.HTTPException as exc:
-                log.exception("reply %s could not be delivered", ask.id)
-                await ask.surface.say_undelivered(exc)
+                log.exception("reply %s could not be delivered", run.id)
+                await run.surface.say_undelivered(exc)
             finally:
-                self.active.pop(ask.id, None)
+                self.active.pop(run.id, None)
 
-    async def _log(self, ask: Ask, turn: PreparedTurn) -> None:
-        """Keep the ask for Regenerate (best effort: a reply matters more than its button)."""
+    async def prepare(self, ask: Ask, on_wait: OnWait) -> PreparedTurn:
+        """The turn an ask submits: a new one in its place, or more of an answer."""
+        if ask.continuing is not None:
+            answer, turn = await self.chat.continue_(
+                ask.continuing.answer_id, location=ask.turn.location, user_id=ask.user_id,
+                on_wait=on_wait)
+            ask.continuing.answer = answer
+            return turn
+        place = ask.turn.place or await place_of(self.chat, ask.channel, ask.user_id, ask.dm)
+        return await self.chat.prepare(replace(ask.turn, place=place), on_wait=on_wait)
+
+    @staticmethod
+    def _ask_record(ask: Ask, turn: PreparedTurn) -> AskRecord:
+        """What Regenerate needs of this ask, stored with its turns."""
         request = turn.request
-        with contextlib.suppress(Exception):
-            await self.app.ask_log.save(ask.id, AskRecord(
-                prompt=ask.turn.prompt, knobs=request.knobs.model_dump(mode="json"),
-                system_prompt=request.system_prompt, guild_id=ask.guild_id,
-                channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
-            ))
+        return AskRecord(
+            prompt=turn.question, knobs=request.knobs.model_dump(mode="json"),
+            system_prompt=request.system_prompt, guild_id=ask.guild_id,
+            channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
+            prompt_author_id=(None if ask.turn.author_id == ask.user_id
+                              else ask.turn.author_id),
+        )
 
-    async def _stream(
-        self, ask: Ask, turn: PreparedTurn, gen: Generation, first: Page,
-        stop: discord.ui.View, *, release: Callable[[], object],
-    ) -> GenerationResult:
+    async def stream(self, ask: Ask, first: Page, stop: discord.ui.View,
+                     release: Callable[[], object]) -> GenerationResult:
+        """An ask's delivery: the text, the footer, the record, then the finished buttons."""
+        turn, gen = ask.prepared, ask.gen
+        assert turn is not None and gen is not None
+        continuing = ask.continuing
+        reasoning = turn.reasoning and continuing is None
         writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s,
-                             text_filter=ReasoningFilter() if turn.reasoning else None)
+                             text_filter=ReasoningFilter() if reasoning else None)
+        if continuing is not None:
+            writer.text = continuing.shown
+        before = len(writer.text)
         try:
             result = await writer.stream()
-            tail = footer_text(result, turn.dropped_turns, turn.cap, turn.footer_model,
-                               context_length=turn.engine.info.context_length)
+            if continuing is None:
+                tail = "-# " + footer(result, turn.dropped_turns, turn.footer_model,
+                                      turn.engine.info.context_length, cap=turn.cap)
+                files = file_notes(turn, ask.notes)
+                if files:
+                    tail = f"-# {files}\n{tail}"
+            else:
+                tail = "-# " + continuing.footer(result, turn.cap)
             if result.error:
                 tail = f"{wording.warning(result.error)}\n{tail}"
             if ask.interrupted:
-                tail = f"{INTERRUPTED}\n{tail}"
+                tail = f"{wording.INTERRUPTED}\n{tail}"
             await writer.lay_out(tail)
-            view = None
-            if not result.error:
-                # Stored before the buttons show, so a Reply pressed at once finds the turns.
-                stored = await self._store(ask, turn, result, await writer.message_ids(),
-                                           reasoning=writer.reasoning)
-                view = reply_view(ask.id, reply=stored)
-                if stored and ask.answer is not None:  # issue 22: ◀ n/m ▶ and Continue
-                    view = await self._answer_view(ask, view)
+            # Stored before the buttons show, so a Reply pressed at once finds the turns.
+            view = await self._record(ask, turn, result, writer, writer.text[before:])
             # The asker may ask again from the moment the footer shows: free the slot
             # first. (Otherwise a drained edit bucket keeps this task asleep in
             # discord.py for up to its reset *after* the footer is visible, and an ask
@@ -218,74 +288,89 @@ class AskRunner:
             await writer.abort()
             raise
 
+    async def _record(self, ask: Ask, turn: PreparedTurn, result: GenerationResult,
+                      writer: ReplyWriter, more: str) -> discord.ui.View | None:
+        """Store what was written; the finished buttons that go with it."""
+        if ask.continuing is not None:
+            if result.error:
+                return None
+            try:
+                return await record_continuation(
+                    self.app, ask.continuing, user_id=ask.user_id, more=more, result=result,
+                    message_ids=await writer.message_ids())
+            except UserFacingError as exc:
+                if isinstance(ask.surface, InteractionSurface):
+                    await ask.surface.note(wording.warning(exc.message))
+                return None
+        keep = result if not result.error and result.text.strip() else None
+        ids = await writer.message_ids() if keep is not None else ()
+        swipes = await self._store(ask, turn, keep, ids, reasoning=writer.reasoning)
+        if result.error:
+            return None
+        # ◀ n/m ▶ and Continue with the versions just stored.
+        return (answer_view(swipes.current, swipes) if swipes is not None
+                else reply_view(ask.id, reply=False))
+
     async def _store(
-        self, ask: Ask, turn: PreparedTurn, result: GenerationResult, ids: tuple[int, ...],
-        *, reasoning: str = "",
-    ) -> bool:
-        """Record the exchange; False when there is nothing to continue (or it failed)."""
-        if not result.text.strip():
-            return False
+        self, ask: Ask, turn: PreparedTurn, result: GenerationResult | None,
+        ids: tuple[int, ...], *, reasoning: str = "",
+    ) -> Swipes | None:
+        """Keep the ask and record the exchange; None when there is nothing to continue.
+
+        Best effort: a reply matters more than its buttons. An answer refused (the cap
+        on versions) still keeps its ask, so Regenerate works.
+        """
+        record = self._ask_record(ask, turn)
         try:
-            if ask.swipe_of is not None:  # issue 22: a version of the same answer
-                swipes = await self.app.swipes.add_swipe(
-                    ask.swipe_of, result.text, user_id=ask.user_id, ask_id=ask.id,
-                    finish=finish_of(result), tokens=result.new_tokens, message_ids=ids,
-                    reasoning=reasoning,
-                )
-                ask.answer = swipes.current.turn
-                return True
-            ask.answer = await record_turn(
-                self.turns, turn, result.text, ask_id=ask.id,
-                question_ids=ask.surface.question_ids(), answer_ids=ids,
-            )
-            await self.app.swipes.record_finish(
-                ask.answer.id, finish=finish_of(result), tokens=result.new_tokens,
-                reasoning=reasoning)
+            swipes = await self.chat.record(
+                turn, result, ask_id=ask.id, log=record, question_ids=ask.surface.question_ids(),
+                answer_ids=ids, reasoning=reasoning, swipe_of=ask.swipe_of)
         except UserFacingError as exc:  # e.g. the cap on versions: say so under the reply
             log.info("reply %s not stored: %s", ask.id, exc.message)
-            return False
+            with contextlib.suppress(Exception):
+                await self.chat.record(turn, None, ask_id=ask.id, log=record)
+            return None
         except Exception:
             log.exception("couldn't store the turns of reply %s", ask.id)
-            return False
-        return True
+            return None
+        if swipes is not None:
+            ask.answer = swipes.current.turn
+        return swipes
 
-    async def _answer_view(self, ask: Ask, fallback: discord.ui.View) -> discord.ui.View:
-        """Issue 22: the finished buttons with Continue and the versions, when known."""
-        assert ask.answer is not None
-        try:
-            answer = await self.app.swipes.answer(ask.answer.id)
-            if answer is None or answer.turn.parent_id is None:
-                return fallback
-            swipes = await self.app.swipes.swipes(answer.turn.parent_id, user_id=ask.user_id)
-        except UserFacingError:
-            return fallback
-        return answer_view(answer, swipes)
+    # --- entries: an answer's own buttons ------------------------------------------------
+
+    async def bound_turns(self, turn_id: int, message_id: int | None,
+                          ) -> tuple[StoredTurn | None, StoredTurn | None]:
+        """The turn a button names and the turn of the message it was pressed on."""
+        named = await self.chat.get(turn_id)
+        shown = await self.chat.by_message(message_id) if message_id is not None else None
+        return named, shown
 
     async def swipe(self, interaction: discord.Interaction, answer_id: int, delta: int) -> None:
-        """◀ / ▶ (issue 22): bot/discord/swipes.py."""
-        await swipe(self, interaction, answer_id, delta)
-
-    async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None:
-        """Continue (issue 22): bot/discord/swipes.py."""
-        await continue_reply(self, interaction, answer_id)
-
-    @contextlib.contextmanager
-    def tracking(self, interaction: discord.Interaction, turn: PreparedTurn, gen: Generation,
-                 surface: Surface) -> Iterator[None]:
-        """A Continue (issue 22) is a running reply too: Stop and shutdown find it."""
-        ask = Ask(id=interaction.id, user_id=interaction.user.id, turn=turn.ask,
-                  surface=surface, channel=interaction.channel, guild_id=interaction.guild_id,
-                  channel_id=interaction.channel_id, private=turn.private)
-        ask.prepared, ask.gen, ask.task = turn, gen, asyncio.current_task()
-        self.active[ask.id] = ask
-        try:
-            yield
-        finally:
-            self.active.pop(ask.id, None)
+        """◀ / ▶: the press's own response, no generation (bot/discord/swipes.py)."""
+        await swipe(self.app, interaction, answer_id, delta)
 
     async def show_reasoning(self, interaction: discord.Interaction, answer_id: int) -> None:
-        """Reasoning (issue 22): bot/discord/swipes.py."""
-        await show_reasoning(self, interaction, answer_id)
+        """Reasoning: the thoughts, to the presser alone (bot/discord/swipes.py)."""
+        await show_reasoning(self.app, interaction, answer_id)
+
+    async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None:
+        """Continue: one more budget for the same answer, appended in the same message."""
+        user = interaction.user
+        found = await self.chat.answer(answer_id)
+        if found is None:
+            raise AnswerGone()
+        continuing = Continuing(answer_id, shown_text(interaction.message))
+        private = found.turn.private
+        await self.run(Ask(
+            id=interaction.id, user_id=user.id, channel=interaction.channel,
+            guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+            private=private, continuing=continuing,
+            surface=ContinueSurface(interaction, continuing, private=private,
+                                    ttl_s=lambda: self.interaction_ttl_s),
+            turn=TurnAsk(location=location_of(interaction), prompt="", author_id=user.id,
+                         author_name=display_name(user)),
+        ))
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -305,19 +390,14 @@ class AskRunner:
             message = await surface.first_message()
             # A thread started from a message takes the message's id (Discord documents
             # this), so the conversation is in place before anyone can post in the thread.
-            await self.turns.set_head(thread_place(message.id), answer.id)
+            await self.chat.set_head(thread_place(message.id), answer.id)
             thread = await message.create_thread(name=thread_name(ask.turn.prompt))
             if thread.id != message.id:
-                await self.turns.set_head(thread_place(thread.id), answer.id)
-            await thread.send(
-                "This thread continues the conversation: `/ask` here or mention me. "
-                "Everyone can join in.", allowed_mentions=NO_MENTIONS,
-            )
+                await self.chat.set_head(thread_place(thread.id), answer.id)
+            await thread.send(wording.THREAD_CONTINUES, allowed_mentions=NO_MENTIONS)
         except discord.HTTPException as exc:
             log.warning("couldn't open a thread for reply %s: %s", ask.id, exc)
-            await surface.note(
-                "⚠️ I couldn't open a thread here (do I have Create Public Threads?)."
-            )
+            await surface.note(wording.warning(wording.THREAD_REFUSED))
 
     # --- entries: interactions ---------------------------------------------------------
 
@@ -327,17 +407,18 @@ class AskRunner:
         parent_id: int | None = None, explicit: bool = False, open_thread: bool = False,
         speaker: tuple[int, str] | None = None,
         swipe_of: int | None = None,
+        files: tuple[TextFile, ...] = (), notes: tuple[str, ...] = (),
     ) -> None:
         user = interaction.user
-        # Regenerate keeps the question's own speaker (issue 24 item 10): the model
-        # read the presser's name as the asker's when someone else pressed it.
+        # Regenerate keeps the question's own speaker: the model would read the
+        # presser's name as the asker's when someone else pressed it.
         author_id, author_name = speaker or (user.id, display_name(user))
         dm = interaction.guild_id is None
         prompt = prompt.strip()
         await self.run(Ask(
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            private=private, open_thread=open_thread, swipe_of=swipe_of,
+            private=private, open_thread=open_thread, swipe_of=swipe_of, notes=notes,
             surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
                                        ttl_s=lambda: self.interaction_ttl_s),
             turn=TurnAsk(
@@ -345,29 +426,39 @@ class AskRunner:
                 author_name=author_name, parent_id=parent_id,
                 # In a DM, an interaction ask starts afresh unless it names its turn.
                 explicit=explicit or dm, private=private, direct=dm, shared=True,
-                overrides=dict(overrides or {}), again=again,
+                overrides=dict(overrides or {}), again=again, files=files,
             ),
         ))
 
     async def ask_command(
         self, interaction: discord.Interaction, prompt: str, overrides: dict[str, Any], *,
         private: bool = False, thread: bool = False,
+        attachments: Sequence[discord.Attachment] = (),
     ) -> None:
         """/ask: a new conversation, or the thread's; `thread` opens one from the answer."""
         if thread:
             if private:
-                raise UserFacingError("A thread is public: ask without `private` to open one.")
+                raise UserFacingError(wording.THREAD_IS_PUBLIC)
             if interaction.guild_id is None:
-                raise UserFacingError("Threads exist only in servers; here, just keep talking.")
+                raise UserFacingError(wording.THREAD_NOT_IN_DM)
             if isinstance(interaction.channel, discord.Thread):
-                raise UserFacingError("This is already a thread: `/ask` here continues it.")
+                raise UserFacingError(wording.THREAD_ALREADY)
+        files, notes = await self.read_files(attachments)
         await self._interaction_ask(interaction, prompt, private=private, overrides=overrides,
-                                    open_thread=thread)
+                                    open_thread=thread, files=files, notes=notes)
+
+    async def read_files(
+        self, attachments: Sequence[discord.Attachment]
+    ) -> tuple[tuple[TextFile, ...], tuple[str, ...]]:
+        """Attached text files within the operator's caps, and notes on those not read."""
+        settings = self.app.settings
+        return await read_text_files(attachments, max_bytes=settings.file_max_bytes,
+                                     max_count=settings.file_max_count)
 
     async def open_reply(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Reply button: check who may continue, then open the follow-up modal."""
         answer = await self._answer_to_continue(ask_id, interaction.user.id)
-        check_where(answer, location_of(interaction))  # and where (item 13); again on submit
+        check_where(answer, location_of(interaction))  # and where; again on submit
         await send_stateless(interaction, ReplyModal(ask_id))
 
     async def ask_followup(self, interaction: discord.Interaction, text: str, ask_id: int) -> None:
@@ -386,22 +477,20 @@ class AskRunner:
         parent_id: int | None = None
         explicit = False
         speaker: tuple[int, str] | None = None
-        # Issue 22: the question is found from the answer too (a version made by
-        # Regenerate has no question of its own), and the new reply is its next version.
-        answer = await self.turns.answer_for_ask(ask_id)
-        question = (await self.turns.get(answer.parent_id)
+        # The question is found from the answer too (a version made by Regenerate
+        # has no question of its own), and the new reply is its next version.
+        answer = await self.chat.answer_for_ask(ask_id)
+        question = (await self.chat.get(answer.parent_id)
                     if answer is not None and answer.parent_id is not None
-                    else await self.turns.question_for_ask(ask_id))
+                    else await self.chat.question_for_ask(ask_id))
         if question is not None:
             if not question.visible_to(interaction.user.id):
                 raise PrivateConversation()
             parent_id, explicit = question.parent_id, True
             speaker = (question.author_id, question.author_name)
-        record = await self.app.ask_log.load(ask_id)
+        record = await self.chat.asked(ask_id)
         if record is None:
-            raise UserFacingError(
-                "I no longer have this prompt, so I can't regenerate it. Ask again!"
-            )
+            raise UserFacingError(wording.PROMPT_GONE)
         self.check_regenerate(interaction, record)
         await self._interaction_ask(
             interaction, record.prompt, private=record.private,
@@ -419,18 +508,16 @@ class AskRunner:
         as the first one (`regenerate` passes `record.private` on).
         """
         if record.guild_id != interaction.guild_id:
-            raise UserFacingError("This button belongs to another server.")
+            raise UserFacingError(wording.BUTTON_OTHER_SERVER)
         if record.channel_id is not None and record.channel_id != interaction.channel_id:
-            raise UserFacingError("This button belongs to another channel.")
+            raise UserFacingError(wording.BUTTON_OTHER_CHANNEL)
         if (record.private or record.guild_id is None) and interaction.user.id != record.user_id:
-            raise UserFacingError("Only the person who asked can regenerate this reply.")
+            raise UserFacingError(wording.ONLY_ASKER_REGENERATES)
 
     async def _answer_to_continue(self, ask_id: int, user_id: int) -> StoredTurn:
-        answer = await self.turns.answer_for_ask(ask_id)
+        answer = await self.chat.answer_for_ask(ask_id)
         if answer is None:
-            raise UserFacingError(
-                "I no longer have this conversation (it may have expired). Ask again!"
-            )
+            raise UserFacingError(wording.CONVERSATION_GONE)
         if not answer.visible_to(user_id):
             raise PrivateConversation()
         return answer
@@ -443,8 +530,8 @@ class AskRunner:
         custom id is text a client sends back, and proves nothing.
         """
         active = self.active.get(ask_id)
-        if active is None or active.gen is None:
-            raise UserFacingError("This reply has already finished.")
+        if active is None or not active.running:
+            raise UserFacingError(wording.ALREADY_FINISHED)
         owner = interaction.user.id == active.user_id
         moderator = (
             not active.private
@@ -453,46 +540,66 @@ class AskRunner:
             and interaction.permissions.manage_messages
         )
         if not (owner or moderator):
-            raise UserFacingError("Only the person who asked (or a moderator) can stop this reply.")
-        active.gen.cancel()
+            raise UserFacingError(wording.ONLY_ASKER_STOPS)
+        active.cancel()
         await interaction.response.defer()
 
     # --- entries: messages (mentions, replies, DMs) -------------------------------------
 
     async def handle_message(self, message: discord.Message, me: discord.abc.User | None) -> None:
         """on_message: answer mentions, replies to our answers, and DMs; ignore the rest."""
-        found = await addressed(self.turns, message, me)
+        found = await addressed(self.chat, message, me)
         if found is None:
             return
-        if not found.text:
+        if not found.text and not message.attachments:
             await _say(message, HOW_TO_ASK_DM if found.dm else HOW_TO_ASK)
             return
-        if asks_for_help(found.text):  # "@bot help" is for us, not the model (issue 24 item 3)
+        if asks_for_help(found.text):  # "@bot help" is for us, not the model
             await _say(message, HELP)
             return
         replied = found.replied
         parent_id = replied.id if replied is not None and replied.role == "assistant" else None
-        user, channel = message.author, message.channel
+        await self.answer_message(message, found.text, parent_id=parent_id, dm=found.dm)
+
+    async def answer_message(
+        self, message: discord.Message, text: str, *, parent_id: int | None = None,
+        dm: bool = False, place: str | None = None, thread: discord.Thread | None = None,
+        attachments_from: Sequence[discord.Message] = (), named: bool = False,
+    ) -> None:
+        """Answer a member's message (or a burst ending with it) as one turn.
+
+        `place` names the conversation it continues (a followed thread or channel);
+        `thread` writes the answer in a thread opened from the message; files come
+        from `attachments_from` (every message of a burst), else the message itself.
+        """
+        user = message.author
+        channel: object = thread or message.channel
+        channel_id = thread.id if thread is not None else message.channel.id
         guild_id = message.guild.id if message.guild is not None else None
+        attachments = [a for m in (attachments_from or [message]) for a in m.attachments]
+        files, notes = await self.read_files(attachments)
+        if not text.strip() and files:
+            text = wording.FILE_ONLY_PROMPT
+        surface = ThreadSurface(message, thread) if thread is not None else MessageSurface(message)
         ask = Ask(
-            id=message.id, user_id=user.id, surface=MessageSurface(message), channel=channel,
-            guild_id=guild_id, channel_id=channel.id,
+            id=message.id, user_id=user.id, surface=surface, channel=channel,
+            guild_id=guild_id, channel_id=channel_id, notes=notes,
             turn=TurnAsk(
-                location=location(guild_id, channel.id, channel, user.id), prompt=found.text,
+                location=location(guild_id, channel_id, channel, user.id), prompt=text,
                 author_id=user.id, author_name=display_name(user), parent_id=parent_id,
-                direct=found.dm, shared=True,
+                direct=dm, shared=True, place=place, files=files, named=named,
             ),
         )
         try:
             await self.run(ask)
         except UserFacingError as exc:
-            # Once per member per window: a refusal is a channel message (item 21).
+            # Once per member per window: a refusal is a channel message.
             if self.quiet_refusals.should_say(user.id):
-                await _say(message, "⚠️ " + exc.message)
+                await _say(message, wording.warning(exc.message))
         except discord.HTTPException:
             log.exception("reply %s could not be delivered", ask.id)
 
-    # --- shutdown and retention ---------------------------------------------------------
+    # --- shutdown -------------------------------------------------------------------------
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking asks; let replies finish for `grace_s`, then interrupt the rest."""
@@ -502,38 +609,25 @@ class AskRunner:
             await asyncio.wait(tasks, timeout=grace_s)
         for active in list(self.active.values()):
             active.interrupted = True
-            if active.gen is not None:
-                active.gen.cancel()
+            active.cancel()
         tasks = [a.task for a in self.active.values() if a.task is not None]
         if tasks:
             # Each interrupted reply gets its final "interrupted" edit before we close.
             await asyncio.wait(tasks, timeout=10)
 
-    def start_pruning(self) -> None:
-        """Prune turns past the retention now and every hour, until `stop_pruning`."""
-        if self._pruner is None:
-            self._pruner = asyncio.create_task(self._prune_loop(), name="prune-turns")
-
-    def stop_pruning(self) -> None:
-        if self._pruner is not None:
-            self._pruner.cancel()
-            self._pruner = None
-
-    async def prune(self) -> int:
-        removed = await self.turns.prune(self.app.settings.conversation_retention_days)
-        if removed:
-            log.info("pruned %d conversation turns past the retention", removed)
-        return removed
-
-    async def _prune_loop(self) -> None:
-        while True:
-            try:
-                await self.prune()
-            except Exception:
-                log.exception("pruning conversation turns failed")
-            await asyncio.sleep(PRUNE_EVERY_S)
-
 
 async def _say(message: discord.Message, text: str) -> None:
     with contextlib.suppress(discord.HTTPException):
         await reply_to(message, text)
+
+
+def file_notes(turn: PreparedTurn, skipped: Sequence[str]) -> str:
+    """The footer's line about files: which were read (and cut), which were not."""
+    lines = []
+    if turn.files:
+        names = ", ".join(f"`{f.name}`" for f in turn.files)
+        cut = ", ".join(f"`{name}`" for name in turn.files_cut)
+        lines.append(wording.FILE_READ_CUT.format(names=names, cut=cut) if cut
+                     else wording.FILE_READ.format(names=names))
+    lines.extend(skipped)
+    return "\n-# ".join(lines)

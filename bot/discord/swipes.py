@@ -1,59 +1,34 @@
-"""Swipes (◀ 2/3 ▶) and Continue on Discord (issue 22), beside the runner.
+"""Versions (◀ 2/3 ▶), Reasoning and what Continue brings to the runner's lifecycle.
 
-Both are component interactions, so each press brings a fresh token: browsing
-is the press's own ``update_message`` response (it works long after the
-15-minute window of the ask that made the reply), and Continue defers the
-press and edits the pressed message, with follow-ups for more pages. The
-rules (who may browse or continue a private reply, the caps) are
-`bot.store.swipes.SwipeStore`'s; the request is `bot.chat.continuation`'s.
+Browsing and Reasoning are the press's own response (`update_message`, or a
+private message), so they work long after the ask's 15-minute token. Continue
+is an entry of `bot.discord.runner.AskRunner`: this module gives it its surface
+(the pressed message is the first page, acknowledged with a deferred update),
+its footer (the whole reply's count) and its record (`Chat.extend` on the same
+answer). The rules (who may browse or continue a private reply, the caps) are
+`bot.store.swipes.SwipeStore`'s; the request is `bot.chat.service.Chat.continue_`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import discord
 
-from bot.chat.continuation import finish_of, prepare_continue
-from bot.chat.turns import PreparedTurn
+from bot import wording
+from bot.chat.request import Cap, continue_footer
 from bot.discord.buttons import reply_view
-from bot.discord.common import NO_MENTIONS, location_of
-from bot.discord.pages import MESSAGE_LIMIT
-from bot.discord.reply import (
-    InteractionSurface,
-    Page,
-    ReplyWriter,
-    Surface,
-    _InteractionPage,
-    footer_text,
-)
-from bot.engine import Generation
-from bot.errors import UserFacingError
-from bot.knobs import Knobs
-from bot.store.swipes import Answer, AnswerGone, PrivateAnswer, Swipes
+from bot.discord.common import NO_MENTIONS
+from bot.discord.pages import MESSAGE_LIMIT, quote_prompt
+from bot.discord.reply import InteractionSurface, Page, _InteractionPage
+from bot.engine import GenerationResult
+from bot.store.swipes import MAX_CONTINUATIONS, Answer, AnswerGone, PrivateAnswer, Swipes
 
 if TYPE_CHECKING:
     from bot.app import App
-    from bot.limits import AskGate
-
-
-class AskRunner(Protocol):
-    """What these controls use of `bot.discord.runner.AskRunner` (no import cycle)."""
-
-    app: App
-    gate: AskGate
-    accepting: bool
-    interaction_ttl_s: float
-    edit_interval_s: float
-
-    def tracking(self, interaction: discord.Interaction, turn: PreparedTurn, gen: Generation,
-                 surface: Surface) -> contextlib.AbstractContextManager[None]:
-        """Registers a Continue as a running reply (Stop, shutdown) while it streams."""
-
-log = logging.getLogger(__name__)
 
 
 def answer_view(answer: Answer, swipes: Swipes | None) -> discord.ui.View:
@@ -64,40 +39,40 @@ def answer_view(answer: Answer, swipes: Swipes | None) -> discord.ui.View:
                       can_continue=answer.can_continue, reasoning=bool(answer.reasoning))
 
 
-async def show_reasoning(runner: AskRunner, interaction: discord.Interaction,
-                         answer_id: int) -> None:
+async def show_reasoning(app: App, interaction: discord.Interaction, answer_id: int) -> None:
     """The Reasoning button: the thoughts, privately; a file when longer than a message."""
-    found = await runner.app.swipes.answer(answer_id)
+    found = await app.chat.answer(answer_id)
     if found is None:
         raise AnswerGone()
     if not found.turn.visible_to(interaction.user.id):
         raise PrivateAnswer()
-    text = found.reasoning or "*(no reasoning was kept for this reply)*"
+    text = found.reasoning or wording.NO_REASONING
     if len(text) <= MESSAGE_LIMIT:
         await interaction.response.send_message(text, ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
         return
     data = io.BytesIO(text.encode("utf-8"))
     await interaction.response.send_message(
-        "The reasoning is long, so it is attached.", ephemeral=True,
+        wording.REASONING_ATTACHED, ephemeral=True,
         file=discord.File(data, filename="reasoning.txt"), allowed_mentions=NO_MENTIONS,
     )
 
 
 def swipe_content(answer: Answer, swipes: Swipes) -> str:
-    """One message for a version: its text (cut to fit) and which version it is."""
-    tail = f"-# version {swipes.label()}"
-    room = MESSAGE_LIMIT - len(tail) - 2
+    """One message for a version: the question's quote, its text (cut to fit) and which
+    version it is, so every version reads like the reply it replaces."""
+    head = quote_prompt(swipes.question.text) + "\n" if swipes.question.text.strip() else ""
+    tail = wording.version_line(swipes.label())
+    room = MESSAGE_LIMIT - len(head) - len(tail) - 2
     text = answer.turn.text.rstrip()
     if len(text) > room:
         text = text[: room - 1] + "…"
-    return f"{text}\n{tail}" if text else tail
+    return f"{head}{text}\n{tail}" if text else f"{head}{tail}"
 
 
-async def swipe(runner: AskRunner, interaction: discord.Interaction, answer_id: int,
-                delta: int) -> None:
+async def swipe(app: App, interaction: discord.Interaction, answer_id: int, delta: int) -> None:
     """◀ / ▶: show another version in place; the conversation continues from it."""
-    swipes = await runner.app.swipes.step(answer_id, delta, user_id=interaction.user.id)
+    swipes = await app.chat.step(answer_id, delta, user_id=interaction.user.id)
     shown = swipes.current
     await interaction.response.edit_message(
         content=swipe_content(shown, swipes), view=answer_view(shown, swipes),
@@ -105,8 +80,44 @@ async def swipe(runner: AskRunner, interaction: discord.Interaction, answer_id: 
     )
 
 
-class _ContinueSurface(InteractionSurface):
+# --- Continue ---------------------------------------------------------------------------
+
+
+def shown_text(message: discord.Message | None) -> str:
+    """What the pressed page says above its footer (the text Continue carries on)."""
+    if message is None:
+        return ""
+    lines = message.content.split("\n")
+    while lines and lines[-1].startswith("-# "):
+        lines.pop()
+    return "\n".join(lines)
+
+
+@dataclass
+class Continuing:
+    """What a Continue entry carries on: the answer (as checked when it starts) and the
+    text on the pressed page."""
+
+    answer_id: int
+    shown: str
+    answer: Answer | None = None
+
+    def footer(self, result: GenerationResult, cap: Cap | None) -> str:
+        """The whole reply's count ("60 tokens, continued once") and advice that fits."""
+        before = self.answer
+        earlier = before.tokens if before is not None else 0
+        done = (before.continuations if before is not None else 0) + 1
+        return continue_footer(result, earlier_tokens=earlier, continuations=done,
+                               can_continue=done < MAX_CONTINUATIONS, cap=cap)
+
+
+class ContinueSurface(InteractionSurface):
     """The pressed message is the first page (its token is the press's, fresh)."""
+
+    def __init__(self, interaction: discord.Interaction, continuing: Continuing, *,
+                 private: bool, ttl_s: Callable[[], float]) -> None:
+        super().__init__(interaction, private=private, header="", ttl_s=ttl_s)
+        self.shown = continuing.shown
 
     async def acknowledge(self, stop: discord.ui.View) -> Page:
         await self.interaction.response.defer()  # deferred update: no new message
@@ -117,71 +128,19 @@ class _ContinueSurface(InteractionSurface):
         self.first = first
         return first
 
-
-def _shown_text(message: discord.Message | None) -> str:
-    """What the pressed page says above its footer (the text Continue carries on)."""
-    if message is None:
-        return ""
-    lines = message.content.split("\n")
-    while lines and lines[-1].startswith("-# "):
-        lines.pop()
-    return "\n".join(lines)
+    def status_page(self, status: str) -> str:
+        """The text so far stays on screen while a model loads."""
+        room = MESSAGE_LIMIT - len(status) - 1
+        text = self.shown if len(self.shown) <= room else self.shown[: max(0, room - 1)] + "…"
+        return f"{text}\n{status}" if text else status
 
 
-async def continue_reply(runner: AskRunner, interaction: discord.Interaction,
-                         answer_id: int) -> None:
-    """Continue: one more budget for the same answer, appended in the same message."""
-    app = runner.app
-    user_id = interaction.user.id
-    answer = await app.swipes.check_continue(answer_id, user_id=user_id)
-    record = await app.ask_log.load(answer.turn.ask_id) if answer.turn.ask_id else None
-    knobs = Knobs.model_validate(record.knobs) if record is not None else None
-    if not runner.accepting or app.models.closing:
-        raise UserFacingError("I'm restarting, try again in a moment.")
-    with runner.gate.hold(user_id):
-        turn = await prepare_continue(app, answer, location=location_of(interaction),
-                                      user_id=user_id, knobs=knobs)
-        gen = turn.engine.submit(turn.request, turn.prepared)
-        surface = _ContinueSurface(interaction, private=answer.turn.private, header="",
-                                   ttl_s=lambda: runner.interaction_ttl_s)
-        stop = reply_view(interaction.id, stop_for=user_id)
-        try:
-            first = await surface.acknowledge(stop)
-        except BaseException:
-            gen.cancel()
-            raise
-        writer = ReplyWriter(surface, gen, first, stop, edit_interval_s=runner.edit_interval_s)
-        writer.text = _shown_text(interaction.message)
-        before = len(writer.text)
-        with runner.tracking(interaction, turn, gen, surface):
-            await _finish_continue(runner, writer, surface, answer_id, user_id, before,
-                                   turn.engine.info.context_length)
-
-
-async def _finish_continue(runner: AskRunner, writer: ReplyWriter, surface: InteractionSurface,
-                           answer_id: int, user_id: int, before: int,
-                           context_length: int) -> None:
-    """Stream the rest, then store it on the same answer and show the answer's buttons."""
-    app = runner.app
-    try:
-        result = await writer.stream()
-        tail = footer_text(result, 0, context_length=context_length)
-        if result.error:
-            tail = f"⚠️ {result.error}\n{tail}"
-        await writer.lay_out(tail)
-        more = writer.text[before:]
-        view = None
-        if not result.error:
-            try:
-                extended = await app.swipes.extend(
-                    answer_id, more, user_id=user_id, tokens=result.new_tokens,
-                    finish=finish_of(result))
-                await app.turns.add_messages(answer_id, await writer.message_ids())
-                swipes = await app.swipes.swipes_of_answer(answer_id, user_id=user_id)
-                view = answer_view(extended, swipes)
-            except UserFacingError as exc:
-                await surface.note("⚠️ " + exc.message)
-        await writer.show_final(view)
-    except BaseException:
-        await writer.abort()
-        raise
+async def record_continuation(
+    app: App, continuing: Continuing, *, user_id: int, more: str, result: GenerationResult,
+    message_ids: tuple[int, ...],
+) -> discord.ui.View:
+    """The Continue's text on the same answer; the answer's buttons (raises when refused)."""
+    swipes = await app.chat.extend(continuing.answer_id, more, result, user_id=user_id,
+                                   message_ids=message_ids)
+    extended = next(a for a in swipes.answers if a.turn.id == continuing.answer_id)
+    return answer_view(extended, swipes)

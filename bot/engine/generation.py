@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bot.engine.streaming import IncrementalDetokenizer, StopMatcher
+from bot.engine.streaming import IncrementalDetokenizer, LeadingLabel, StopMatcher
 from bot.engine.types import (
     Event,
     Finished,
@@ -113,6 +113,7 @@ class Slot:
         self.gen = gen
         self.detok = IncrementalDetokenizer(bundle.tokenizer.decode)
         self.stops = StopMatcher(gen.request.knobs.stop)
+        self.label = LeadingLabel(gen.request.speakers)
         self.end_ids = end_ids
         self.max_new = gen.prepared.max_new_tokens
         self.new_tokens = 0
@@ -159,7 +160,7 @@ class Slot:
             return self.flush(), True
         self.new_tokens += 1
         self.generated.append(self._id_to_token(token_id))
-        text = self.stops.feed(self.detok.push(token_id))
+        text = self.stops.feed(self.label.feed(self.detok.push(token_id)))
         if self.stops.stopped:
             self.finish = FinishReason.STOP_SEQUENCE
             return self._keep(text), True
@@ -169,7 +170,7 @@ class Slot:
         return self._keep(text), False
 
     def flush(self) -> str:
-        tail = self.stops.feed(self.detok.flush())
+        tail = self.stops.feed(self.label.feed(self.detok.flush()) + self.label.flush())
         if self.stops.stopped:
             self.finish = FinishReason.STOP_SEQUENCE
             return self._keep(tail)

@@ -20,6 +20,13 @@ Why these rules:
   to give requests with other settings their turn (round robin). It yields only
   when `CostModel` says the people waiting gain more than the re-reading costs,
   and never so that a streaming reply stalls for more than a few steps.
+- CTranslate2's repetition penalty counts the tokens it decoded in the call,
+  including prompt tokens fed one per step, but not those read in one pass. A
+  reply resumed as prompt + reply so far would forget what it said, and one
+  batched with shorter prompts would be penalized for its own prompt. So a reply
+  with a repetition penalty runs in one call to the end (it never yields) and
+  shares it only with prompts of its own length: it is token for token what it
+  would be alone (`penalized`).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ __all__ = [
     "compatible",
     "fits",
     "free_lanes",
+    "penalized",
     "preempt_reason",
     "read_length",
     "reread_s",
@@ -167,6 +175,11 @@ def read_length(gen: Generation) -> int:
     return len(gen.prepared.tokens) - gen.prepared.prefix_tokens
 
 
+def penalized(gen: Generation) -> bool:
+    """A reply with a repetition penalty: it must not be resumed nor read unevenly."""
+    return gen.request.knobs.repetition_penalty > 0
+
+
 def compatible(a: Generation, b: Generation) -> bool:
     """Same sampling settings and the same persona prefix: one call can serve both."""
     return batch_key(a) == batch_key(b) and prefix_of(a) == prefix_of(b)
@@ -185,6 +198,8 @@ def fits(members: Sequence[Generation], running: Collection[Generation]) -> bool
     """
     lengths = [read_length(g) for g in members]
     shortest = min(lengths)
+    if any(penalized(g) for g in members) and max(lengths) != shortest:
+        return False
     for gen, length in zip(members, lengths, strict=True):
         extra = length - shortest
         streaming = gen.slot is not None and (gen in running or gen.slot.joining)
@@ -265,7 +280,7 @@ def preempt_reason(
     if not queue:
         return None
     alive = [g for g in batch if not g.done and g.slot is not None]
-    if not alive:
+    if not alive or any(penalized(g) for g in alive):
         return None
     left = max(g.slot.max_new - g.slot.new_tokens for g in alive if g.slot)
     if left < 16:

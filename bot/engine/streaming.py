@@ -8,6 +8,8 @@ test and can run inside CTranslate2's per-token callback:
   spacing matches what the tokenizer gives when decoding the whole sequence.
 - `StopMatcher` holds back any tail of the text that could still become a stop
   sequence, so a stop sequence never flashes on screen before being removed.
+- `LeadingLabel` removes a speaker's label ("Ada:", "**Ada:**") the reply opens
+  with, holding the first characters back until they cannot be one.
 """
 
 from __future__ import annotations
@@ -111,6 +113,61 @@ class StopMatcher:
                     best = k
                     break
         return best
+
+
+class LeadingLabel:
+    """Strip one leading ``Label:`` (also bold, ``**Label:**``) from a streamed reply.
+
+    In a shared conversation the model reads ``Name: text`` turns and may open its
+    own with a name; that label is not part of the reply. Text is held while what
+    came so far (after leading spaces) could still be a label, then released
+    either untouched or without the label and the spaces after it.
+    """
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        forms: list[str] = []
+        for label in labels:
+            if label:
+                forms += [f"{label}:", f"**{label}:**", f"**{label}**:"]
+        self._forms = tuple(forms)
+        self._pending = ""
+        self._done = not self._forms
+        self._trim = False  # a label was removed: drop the spaces that follow it
+        self.stripped: str | None = None
+
+    def feed(self, delta: str) -> str:
+        if self._trim:
+            delta = delta.lstrip()
+            if delta:
+                self._trim = False
+            return delta
+        if self._done:
+            return delta
+        text = self._pending + delta
+        bare = text.lstrip()
+        for form in self._forms:
+            if bare.startswith(form):
+                self._done = True
+                self.stripped = form
+                self._pending = ""
+                rest = bare[len(form):].lstrip()
+                self._trim = not rest
+                return rest
+        if bare and any(form.startswith(bare) for form in self._forms):
+            self._pending = text
+            return ""
+        if not bare:
+            self._pending = text
+            return ""
+        self._done = True
+        self._pending = ""
+        return text
+
+    def flush(self) -> str:
+        """At the end: whatever was held was not a label after all."""
+        out, self._pending = self._pending, ""
+        self._done = True
+        return out
 
 
 def token_pieces(tokenizer: Tokenizer, text: str) -> list[tuple[int, str]]:

@@ -36,12 +36,16 @@ class GenerationRequest:
 
     `history` is the conversation before `prompt`, oldest first, alternating
     user/assistant and starting with a user turn; empty for a single-turn ask.
+    `speakers` are the labels (people's and the persona's names) a reply in a
+    shared conversation must not open with: a leading ``Name:`` is removed from
+    what is streamed and returned.
     """
 
     prompt: str
     knobs: Knobs = field(default_factory=Knobs)
     system_prompt: str | None = None
     history: tuple[Turn, ...] = ()
+    speakers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

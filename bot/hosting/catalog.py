@@ -15,14 +15,13 @@ weights as int8, say) weighs something else; `weight_mb` in its entry says so.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.config import MODEL_NAME_RE, ModelEntry, Settings, model_slug
+from bot.config import MODEL_NAME_RE, ModelEntry, model_slug
 from bot.errors import ConfigError, UserFacingError
 from bot.model.bundle import read_context_length
 
@@ -198,41 +197,3 @@ def build_catalog(
             + ", ".join(where) + "."
         )
     return ModelCatalog(specs=tuple(specs), default=chosen)
-
-
-def catalog_from_settings(
-    settings: Settings,
-    *,
-    prepare_embedded: Callable[[], Path] | None = None,
-    resolve_device: Callable[[str], str] | None = None,
-) -> ModelCatalog:
-    """The catalog the settings describe (the composition root calls this once).
-
-    By default the embedded model is prepared in BOT_MODELS_ROOT at
-    BOT_QUANTIZATION, and "auto" asks CTranslate2 whether it sees a GPU (only
-    when some model is on "auto": that import is what costs).
-    """
-    def embedded() -> Path:
-        from bot.model.embedded import prepare_default_model
-
-        return prepare_default_model(settings.models_root, settings.quantization,
-                                     progress=log.info)
-
-    @functools.cache
-    def ask_ctranslate2(device: str) -> str:
-        if device != "auto":
-            return device
-        from bot.engine.loading import resolve_device as resolve
-
-        return resolve(device)
-
-    return build_catalog(
-        settings.model_entries(),
-        default=settings.default_model,
-        device=settings.device,
-        device_index=settings.device_index,
-        compute_type=settings.compute_type,
-        context_length=settings.context_length,
-        prepare_embedded=prepare_embedded or embedded,
-        resolve_device=resolve_device or ask_ctranslate2,
-    )

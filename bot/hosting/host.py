@@ -15,6 +15,14 @@ the registry directly:
   (metrics, recent rates) see every model's results, and each result pokes
   the registry (a model waiting for room re-checks at once).
 
+Under a tight memory budget, a model that does not fit beside the default one
+unloads it each time it loads, and with it the model every other scope uses. So
+choosing such a model is limited (`swaps_default`: a front-end asks for Manage
+Server), and loading any model that would unload others is rate-limited per
+server (or per DM member): `engine(..., swapper=...)` refuses a second such swap
+within `swap_cooldown_s`, saying when to retry. The default model itself always
+loads: it is what everyone else needs back.
+
 A host built around one engine (`ModelHost.single`: tests, benches, a host
 with one model) behaves exactly as before: one name, never unloaded, and the
 footer does not name the model.
@@ -22,11 +30,14 @@ footer does not name the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final
 
+from bot import wording
 from bot.config import model_slug
-from bot.errors import QueueFull
+from bot.errors import QueueFull, UserFacingError
 from bot.hosting.catalog import MB, ModelCatalog, ModelSpec
 from bot.hosting.choice import (
     ModelChoice,
@@ -42,6 +53,18 @@ if TYPE_CHECKING:
 
 OnWait = Callable[[Waiting], None]
 
+#: How often one server (or one DM member) may load a model that unloads others.
+SWAP_COOLDOWN_S: Final = 120.0
+
+
+def swapper_of(guild_id: int | None, user_id: int) -> str:
+    """Who a model swap is counted against: the server, or the member in their DMs."""
+    return f"server:{guild_id}" if guild_id is not None else f"dm:{user_id}"
+
+
+class ModelSwapTooSoon(UserFacingError):
+    """Loading this model would unload others' model again too soon after the last swap."""
+
 
 class ModelHost:
     """Catalog + registry of `Engine`s, with the choice rules and a total queue bound."""
@@ -49,8 +72,13 @@ class ModelHost:
     def __init__(
         self, catalog: ModelCatalog, registry: ModelRegistry[Engine], *, queue_size: int,
         on_result: list[Callable[[GenerationResult], None]] | None = None,
+        swap_cooldown_s: float = SWAP_COOLDOWN_S, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.catalog = catalog
+        self.swap_cooldown_s = swap_cooldown_s
+        self._clock = clock
+        #: When each server ("server:ID") or DM member ("dm:ID") last swapped a model in.
+        self._swaps: dict[str, float] = {}
         self.registry = registry
         self.queue_size = queue_size
         #: Shared by every engine this host loads (see `adopt`).
@@ -147,17 +175,59 @@ class ModelHost:
         """The model of a turn continuing one answered by `previous` (None: a new one)."""
         return model_for_turn(previous, self.choice(effective), known=self.names)
 
-    async def engine(self, name: str, on_wait: OnWait | None = None) -> Engine:
+    def swaps_default(self, name: str) -> bool:
+        """Whether `name` cannot be loaded beside the default model (loading it unloads it)."""
+        return name != self.default and not self.registry.fits_beside(name, self.default)
+
+    def check_swap(self, name: str, swapper: str) -> None:
+        """Refuse loading `name` for `swapper` when it would unload other models and
+        `swapper` did so less than `swap_cooldown_s` ago; else count this swap."""
+        if name == self.default or self.swap_cooldown_s <= 0:
+            return
+        pushed = self.registry.displaced_by(name)
+        if not pushed:
+            return
+        now = self._clock()
+        last = self._swaps.get(swapper)
+        if last is not None and now - last < self.swap_cooldown_s:
+            raise ModelSwapTooSoon(wording.model_swap_too_soon(
+                name, pushed, self.swap_cooldown_s - (now - last)))
+        if len(self._swaps) > 10_000:  # forget swaps whose cooldown is over
+            self._swaps = {k: t for k, t in self._swaps.items()
+                           if now - t < self.swap_cooldown_s}
+        self._swaps[swapper] = now
+
+    async def engine(self, name: str, on_wait: OnWait | None = None, *,
+                     swapper: str | None = None) -> Engine:
         """The engine of `name`, loading it first if needed; submit to it before awaiting.
 
         With several models, asks waiting for a load count towards the one queue
         bound (`BOT_QUEUE_SIZE`) with the engines' own queues; each engine still
-        refuses past its own bound, so a single-model host is unchanged.
+        refuses past its own bound, so a single-model host is unchanged. `swapper`
+        (the asking server or DM member) is held to `check_swap`.
         """
         if self.several and self.queue_depth() >= self.queue_size:
             raise QueueFull(self.queue_size)
+        if swapper is not None and self.several:
+            self.check_swap(name, swapper)
         engine = await self.registry.acquire(name, on_wait)
         return self._only() if self._only is not None else engine
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str, on_wait: OnWait | None = None, *,
+                    swapper: str | None = None) -> AsyncIterator[Engine]:
+        """`engine`, kept loaded until the block ends (a turn's fitting awaits a thread)."""
+        if self.several and self.queue_depth() >= self.queue_size:
+            raise QueueFull(self.queue_size)
+        if swapper is not None and self.several:
+            self.check_swap(name, swapper)
+        async with self.registry.use(name, on_wait) as engine:
+            yield self._only() if self._only is not None else engine
+
+    def context_length(self, name: str) -> int | None:
+        """`name`'s context window: its engine's when loaded, else what its files say."""
+        engine = self.loaded(name)
+        return engine.info.context_length if engine is not None else self.catalog.spec(name).window
 
     def adopt(self, name: str, engine: Engine) -> None:
         """Wire a freshly loaded engine in: shared result hooks, the registry's poke."""
@@ -168,6 +238,15 @@ class ModelHost:
     async def close(self) -> None:
         """Refuse new asks and unload every model (each engine gets the shutdown grace)."""
         await self.registry.close()
+
+
+def model_window(host: ModelHost, name: str) -> int | None:
+    """`name`'s context window: its engine's when loaded, else its catalog entry's."""
+    engine = host.loaded(name)
+    if engine is not None:
+        return engine.info.context_length
+    status = next((s for s in host.statuses() if s.name == name), None)
+    return status.spec.window if status is not None and status.spec.window else None
 
 
 def model_lines(host: ModelHost, in_use: Mapping[str, Sequence[str]] | None = None) -> list[str]:
@@ -192,6 +271,8 @@ def model_lines(host: ModelHost, in_use: Mapping[str, Sequence[str]] | None = No
             parts.append("loaded, answering" if status.busy else "loaded")
         else:
             parts.append(status.state.value)
+        if host.swaps_default(status.name):
+            parts.append(wording.model_swaps(host.default, host.swap_cooldown_s))
         where = list((in_use or {}).get(status.name, ()))
         if where:
             parts.append("chosen in " + ", ".join(where))

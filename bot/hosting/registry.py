@@ -25,8 +25,7 @@ The rules, and why:
 
 Fairness across models is not here: each loaded model has its own scheduler (and
 persona cache); the per-user gate and the total queue bound live in front of
-`acquire`, and `LaneGate` is the shared limit on batches decoding at once that
-engines can take a turn from (round robin between models).
+`acquire`.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ import contextlib
 import enum
 import logging
 import time
-from collections import deque
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -45,7 +43,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, Literal, Protocol, TypeVar
 
 from bot.errors import ShuttingDown, UserFacingError
@@ -286,6 +284,23 @@ class ModelRegistry(Generic[M]):
 
     def state(self, name: str) -> ModelState:
         return self._slot(name).state
+
+    def displaced_by(self, name: str) -> tuple[str, ...]:
+        """The loaded models that loading `name` now would unload, busy ones included
+        (the load would wait for them): () when it is loaded, loading, or fits."""
+        slot = self._slot(name)
+        if slot.state in (ModelState.READY, ModelState.LOADING):
+            return ()
+        everyone = [replace(r, evictable=True) for r in self._residents() if r.name != name]
+        return tuple(choose_victims(slot.spec, everyone, self.budget) or ())
+
+    def fits_beside(self, name: str, other: str) -> bool:
+        """Whether `name` and `other` can be loaded at once within the budget."""
+        need, there = self._slot(name).spec, self._slot(other).spec
+        if name == there.name:
+            return True
+        resident = Resident(there.name, there.devices, there.weight_bytes, 0.0, evictable=False)
+        return choose_victims(need, [resident], self.budget) == []
 
     def loaded(self, name: str) -> M | None:
         """The loaded model, without loading it or counting a use (None if not ready)."""
@@ -590,79 +605,3 @@ def _retrieve(task: asyncio.Task[object]) -> None:
     """Mark a load's failure as seen: every asker got it; nobody left must not log it twice."""
     if not task.cancelled():
         task.exception()
-
-
-class LaneGate:
-    """At most `lanes` batches decode at once across every loaded model, taken in turns.
-
-    Each model has its own scheduler; on a CPU two of them each running their
-    replicas would oversubscribe the cores, and on one GPU a busy model could
-    starve another. An engine takes a lane around each `generate_batch` call
-    (`async with gate.lane(model_name)`); when lanes are short, waiting models
-    are served round robin, one batch each, so no model waits behind another's
-    backlog. `waiting_besides(model)` lets a scheduler yield a long batch (its
-    timeslice) when another model waits.
-    """
-
-    def __init__(self, lanes: int) -> None:
-        if lanes < 1:
-            raise ValueError("a lane gate needs at least one lane")
-        self.lanes = lanes
-        self.in_use = 0
-        self._queues: dict[str, deque[asyncio.Future[None]]] = {}
-        self._turns: deque[str] = deque()
-
-    def waiting_besides(self, model: str) -> int:
-        return sum(len(q) for name, q in self._queues.items() if name != model)
-
-    async def acquire(self, model: str) -> None:
-        if self.in_use < self.lanes and not self._turns:
-            self.in_use += 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(model, deque()).append(fut)
-        if model not in self._turns:
-            self._turns.append(model)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # the lane was handed over as we were cancelled: pass it on
-            else:
-                self._forget(model, fut)
-            raise
-
-    def release(self) -> None:
-        """Hand the lane to the next model in turn, or free it."""
-        while self._turns:
-            model = self._turns.popleft()
-            queue = self._queues.get(model)
-            if not queue:
-                self._queues.pop(model, None)
-                continue
-            fut = queue.popleft()
-            if queue:
-                self._turns.append(model)  # back of the line: round robin
-            else:
-                del self._queues[model]
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.in_use -= 1
-
-    @contextlib.asynccontextmanager
-    async def lane(self, model: str) -> AsyncIterator[None]:
-        await self.acquire(model)
-        try:
-            yield
-        finally:
-            self.release()
-
-    def _forget(self, model: str, fut: asyncio.Future[None]) -> None:
-        queue = self._queues.get(model)
-        if queue is not None and fut in queue:
-            queue.remove(fut)
-            if not queue:
-                del self._queues[model]
-                with contextlib.suppress(ValueError):
-                    self._turns.remove(model)

@@ -29,9 +29,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.chat.request import within_cap
-from bot.engine import Event, Finished, FinishReason, GenerationRequest, GenerationResult
+from bot.engine import Event, Finished, GenerationRequest, GenerationResult
 from bot.errors import InvalidKnobs, UserFacingError
-from bot.knobs import PRESETS, Knobs, build_knobs, parse_assignments
+from bot.knobs import KNOB_NAMES, PRESETS, Knobs, build_knobs, parse_assignments
 from bot.lab.help import assignment, contrasting
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 MIN_VARIANTS = 2
 MAX_VARIANTS = 4
+COMPARE_NEW_TOKENS = 150
+"""Each variant's length unless it asks for one (`max_new_tokens=`): a comparison is
+read side by side, and four 512-token replies are neither readable nor quick."""
 SEED_LIMIT = 2**31
 """Seeds are shown and typed by people: kept to a positive 31-bit number."""
 
@@ -66,14 +69,26 @@ def parse_variant(text: str) -> Variant:
     return Variant(raw, parse_assignments(raw))
 
 
-def current_variant() -> Variant:
-    return Variant("current settings", {})
+def settings_words(knobs: Knobs) -> str:
+    """The sampling settings a variant shares with the scope, briefly."""
+    words = [f"temperature {knobs.temperature:g}"]
+    if knobs.top_p < 1:
+        words.append(f"top_p {knobs.top_p:g}")
+    if knobs.top_k > 0:
+        words.append(f"top_k {knobs.top_k}")
+    return ", ".join(words)
 
 
-def default_variants(base: Knobs) -> list[Variant]:
+def current_variant(base: Knobs, where: str = "current settings") -> Variant:
+    """The scope's own settings, labelled with where they come from and what they are."""
+    return Variant(f"{where}: {settings_words(base)}", {})
+
+
+def default_variants(base: Knobs, where: str = "current settings") -> list[Variant]:
     """No variants given: the scope's settings against a contrasting temperature."""
     value = contrasting("temperature", base)
-    return [current_variant(), Variant(assignment("temperature", value), {"temperature": value})]
+    return [current_variant(base, where),
+            Variant(assignment("temperature", value), {"temperature": value})]
 
 
 def knob_variants(name: str, base: Knobs) -> list[Variant]:
@@ -84,20 +99,58 @@ def knob_variants(name: str, base: Knobs) -> list[Variant]:
             Variant(assignment(name, other), {name: other})]
 
 
-def plan_variants(texts: Sequence[str | None], base: Knobs) -> list[Variant]:
+def plan_variants(texts: Sequence[str | None], base: Knobs,
+                  where: str = "current settings") -> list[Variant]:
     """The variants of a `/compare`: those typed (blank ones skipped), completed to two.
 
-    One variant alone is compared with the scope's settings; none gives
-    `default_variants`.
+    One variant alone is compared with the scope's settings (labelled `where`);
+    none gives `default_variants`. A variant that cannot be read is named in
+    the error ("variant b: …").
     """
-    given = [parse_variant(t) for t in texts if t is not None and t.strip()]
+    given: list[Variant] = []
+    for n, text in enumerate(texts):
+        if text is None or not text.strip():
+            continue
+        try:
+            given.append(parse_variant(text))
+        except InvalidKnobs as exc:
+            raise InvalidKnobs(f"Variant {'abcdefgh'[n % 8]}: {exc.message}") from None
     if len(given) > MAX_VARIANTS:
         raise UserFacingError(f"Compare at most {MAX_VARIANTS} settings at once, not {len(given)}.")
     if not given:
-        return default_variants(base)
+        return default_variants(base, where)
     if len(given) == 1:
-        return [current_variant(), *given]
+        return [current_variant(base, where), *given]
     return given
+
+
+#: What a variant box offers before anything is typed: a preset or a one-knob change.
+_SUGGESTED = ("temperature=0.2", "temperature=1.2", "top_p=0.5", "top_k=5",
+              "repetition_penalty=0.3", "min_new_tokens=64")
+
+
+def variant_suggestions(typed: str, limit: int = 25) -> list[str]:
+    """Autocomplete for a variant: presets and knob assignments matching what is typed.
+
+    A complete assignment typed so far is offered first as it is (when it reads),
+    then the rest, so "temperature=1.5 to" can grow into "temperature=1.5 top_k=5".
+    """
+    text = typed.strip()
+    head, _, last = text.rpartition(" ")
+    out: list[str] = []
+    if text:
+        try:
+            parse_variant(text)
+            out.append(text)
+        except UserFacingError:
+            pass
+    words = [*PRESETS, *_SUGGESTED, *(f"{name}=" for name in KNOB_NAMES if name != "stop")]
+    for word in words:
+        if word.startswith(last.lower()) or (not last and not head):
+            candidate = f"{head} {word}".strip() if head else word
+            if candidate not in out and (head == "" or "=" in word):
+                out.append(candidate)
+    return [o[:100] for o in out][:limit]
 
 
 def new_seed() -> int:
@@ -181,15 +234,25 @@ def variant_requests(request: GenerationRequest, variants: Sequence[Variant],
 
     `cap` is the scope's `max_new_tokens` (an admin's limit): a variant may
     narrow it, never widen it, as for an ask. It defaults to the request's own.
+    A variant that does not ask for a length gets `COMPARE_NEW_TOKENS` at most.
     """
     if not MIN_VARIANTS <= len(variants) <= MAX_VARIANTS:
         raise UserFacingError(
             f"Compare {MIN_VARIANTS} to {MAX_VARIANTS} settings, not {len(variants)}."
         )
     limit = request.knobs.max_new_tokens if cap is None else cap
+    short = min(limit, request.knobs.max_new_tokens, COMPARE_NEW_TOKENS)
     out: list[GenerationRequest] = []
     for v in variants:
-        knobs = build_knobs(within_cap(v.overrides, limit), base=request.knobs)
+        overrides = dict(v.overrides)
+        if "max_new_tokens" not in overrides:
+            overrides["max_new_tokens"] = short
+            if "min_new_tokens" not in overrides and request.knobs.min_new_tokens > short:
+                overrides["min_new_tokens"] = short
+        try:
+            knobs = build_knobs(within_cap(overrides, limit), base=request.knobs)
+        except InvalidKnobs as exc:
+            raise InvalidKnobs(f"Variant {v.label}: {exc.message}") from None
         out.append(replace(request, knobs=knobs))
     return out
 
@@ -236,8 +299,3 @@ async def compare(
         comparison.cancel()
         raise
 
-
-def finished_early(results: Sequence[VariantResult]) -> bool:
-    """Whether any variant was stopped or failed (a front-end says so under the columns)."""
-    return any(r.result.finish_reason in (FinishReason.CANCELLED, FinishReason.ERROR)
-               for r in results)

@@ -14,7 +14,7 @@ sampled reply took an unusual split, the scores are for the usual one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -137,13 +137,22 @@ def colour_of(prob: float) -> str:
     return RED
 
 
+LOW: Final = 0.1
+"""Below this probability a token is marked ⟨like this⟩ as well as coloured red."""
+
+
 def render_ansi(conf: Confidence, budget: int = BLOCK_BUDGET) -> tuple[str, int]:
-    """The reply coloured by confidence for a ```ansi block, and how many tokens fit."""
+    """The reply coloured by confidence for a ```ansi block, and how many tokens fit.
+
+    Tokens under `LOW` are also marked ⟨like this⟩: colour is lost where a client
+    does not render ANSI (Discord's phone apps), the marks are not.
+    """
     out: list[str] = []
     used = shown = 0
     for t in conf.tokens:
         # Only a run of three backticks could close the code block: break every run.
-        chunk = colour_of(t.prob) + t.text.replace("`", "`\u200b")
+        text = t.text.replace("`", "`\u200b")
+        chunk = colour_of(t.prob) + (f"⟨{text}⟩" if t.prob < LOW else text)
         if used + len(chunk) > budget:
             break
         out.append(chunk)
@@ -152,7 +161,7 @@ def render_ansi(conf: Confidence, budget: int = BLOCK_BUDGET) -> tuple[str, int]
     return "".join(out) + RESET, shown
 
 
-def render_plain(conf: Confidence, below: float = 0.1) -> str:
+def render_plain(conf: Confidence, below: float = LOW) -> str:
     """The plain fallback: tokens the model gave under `below` are marked ⟨like this⟩."""
     return "".join(f"⟨{t.text}⟩" if t.prob < below else t.text for t in conf.tokens)
 

@@ -30,6 +30,20 @@ class KnobHelp:
     def default_text(self) -> str:
         return display_knob(self.name, KNOB_SPECS[self.name].default)
 
+    def option(self, limit: int = 100) -> str:
+        """A slash option's description: the help's first clause and the range, in `limit`.
+
+        Discord holds 100 characters; the words are this knob's help, so an option
+        never describes a knob differently from "What do these do?".
+        """
+        first = self.what.split(". ")[0].rstrip(".")
+        text = f"{first} ({self.range_text})"
+        if len(text) <= limit:
+            return text
+        clause = first.split(": ")[0].split(" (")[0].split("; ")[0].rstrip(".")
+        text = f"{clause} ({self.range_text})"
+        return text if len(text) <= limit else clause[: limit - 1] + "…"
+
     def line(self) -> str:
         """The knob in one or two lines, as the console and an embed show it."""
         return (f"{self.name}: {self.what} Range {self.range_text}; default "

@@ -1,8 +1,11 @@
 """Next-token probabilities for an ask: one forward pass, then the knobs (`sampling`).
 
-The prompt is exactly what the engine would read for the request (`Engine.prepare`:
-persona, earlier turns, template, plain-text user text), so a Probabilities view
-on a finished reply shows the step that reply was generated from. A walk through
+In chat mode the prompt is exactly what the engine would read for the request
+(`Engine.prepare`: persona, earlier turns, template, plain-text user text), so
+the first step is the first token of the bot's reply and a Probabilities view
+on a finished reply shows the step that reply was generated from. In raw mode
+(`raw_prompt`) the text is continued as written, with no template: "The capital
+of France is" shows what comes next in the text itself. A walk through
 a reply token by token appends the chosen ids (`generated`) and asks again; each
 step is one forward pass over prompt + reply so far, queued with the engine's
 batches (`Engine.forward`).
@@ -19,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bot.engine.generation import TOP_P_MAX_CANDIDATES
-from bot.errors import ModelError, UserFacingError
+from bot.engine.types import PreparedPrompt
+from bot.errors import ModelError, PromptTooLong, UserFacingError
 from bot.knobs import Knobs
 from bot.lab.sampling import STAGES, StepDistribution, apply_knobs
 from bot.model.pieces import piece_label, token_text_in_context, visible
+from bot.model.tokenizer import require_valid_unicode
 
 if TYPE_CHECKING:
     from bot.engine import Engine, GenerationRequest
@@ -40,7 +45,7 @@ SHOW_REMOVED = 2
 STAGE_WORDS = {
     "min_new_tokens": "min_new_tokens",
     "top_k": "top_k",
-    "candidate_bound": f"the engine's {TOP_P_MAX_CANDIDATES:,}-candidate bound for top_p",
+    "candidate_bound": f"top_p's shortlist (the {TOP_P_MAX_CANDIDATES:,} likeliest)",
     "top_p": "top_p",
 }
 
@@ -88,6 +93,8 @@ class ProbsStep:
     max_new_tokens: int
     forward_s: float
     dist: StepDistribution = field(repr=False)
+    raw_text: bool = False
+    """The prompt was read as plain text, without the chat template."""
 
     @property
     def step(self) -> int:
@@ -128,6 +135,7 @@ class ProbsStep:
             "sample": self.sample.to_json() if self.sample else None,
             "seed": self.seed,
             "forward_s": self.forward_s,
+            "mode": "raw" if self.raw_text else "chat",
         }
 
 
@@ -176,8 +184,9 @@ def make_candidate(engine: Engine, dist: StepDistribution, context: list[int],
     )
 
 
-def candidate_ids(dist: StepDistribution, top: int) -> list[int]:
-    """The `top` likeliest tokens by the model, any the knobs raised into their top, and the cut.
+def candidate_ids(dist: StepDistribution, top: int, include: Sequence[int] = ()) -> list[int]:
+    """The `top` likeliest tokens by the model, any the knobs raised into their top, the cut,
+    and `include` (the token a reply took here, however unlikely).
 
     Sorted by raw probability, so the kept tokens come first unless the
     repetition penalty reordered them.
@@ -185,11 +194,30 @@ def candidate_ids(dist: StepDistribution, top: int) -> list[int]:
     order = np.argsort(-dist.raw, kind="stable")
     by_final = np.argsort(-dist.final, kind="stable")[:top]
     chosen = {int(i) for i in order[:top]} | {int(i) for i in by_final if dist.final[i] > 0}
+    chosen |= {int(i) for i in include if 0 <= int(i) < len(dist.raw)}
     if all(dist.removed_by[i] < 0 for i in chosen):
         # Show where the cut falls: the likeliest tokens the knobs removed.
         removed = [int(i) for i in order[top: top + 4096] if dist.removed_by[i] >= 0]
         chosen.update(removed[:SHOW_REMOVED])
     return sorted(chosen, key=lambda i: (-dist.raw[i], i))
+
+
+def raw_prompt(engine: Engine, request: GenerationRequest) -> PreparedPrompt:
+    """`request.prompt` as plain text to continue: no template, no persona, no history.
+
+    The model's BOS is added when its tokenizer adds one; the text is people's
+    text, so a control-token string in it stays characters.
+    """
+    require_valid_unicode(request.prompt, "prompt")
+    bundle = engine.bundle
+    ids = bundle.with_bos(bundle.tokenizer.encode(request.prompt))
+    context = bundle.context_length
+    if len(ids) >= context:
+        raise PromptTooLong(len(ids), context)
+    max_new = min(request.knobs.max_new_tokens, context - len(ids))
+    return PreparedPrompt(tokens=[bundle.tokenizer.id_to_token(i) for i in ids],
+                          max_new_tokens=max_new,
+                          clamped=max_new < request.knobs.max_new_tokens)
 
 
 async def probs_step(
@@ -199,15 +227,19 @@ async def probs_step(
     generated: Sequence[int] = (),
     top: int = DEFAULT_TOP,
     seed: int | None = None,
+    raw: bool = False,
+    include: Sequence[int] = (),
 ) -> ProbsStep:
     """The next-token step for `request` after the reply so far (`generated`).
 
     One forward pass over prompt + `generated` (prompt exactly as the engine
-    renders it); the knobs are `request.knobs`, applied as CTranslate2 does.
+    renders it, or with `raw` the prompt's text alone, `raw_prompt`); the knobs
+    are `request.knobs`, applied as CTranslate2 does. `include` are ids shown
+    among the candidates whatever their rank (the token a reply took here).
     """
     if not 1 <= top <= MAX_TOP:
         raise UserFacingError(f"Show between 1 and {MAX_TOP} candidates, not {top}.")
-    prepared = engine.prepare(request)
+    prepared = raw_prompt(engine, request) if raw else engine.prepare(request)
     tok = engine.bundle.tokenizer
     vocab = engine.info.vocab_size or 0
     gen_ids = [int(i) for i in generated]
@@ -237,11 +269,12 @@ async def probs_step(
     sample = cand(dist.draw(seed, len(gen_ids))) if seed is not None else None
     return ProbsStep(
         knobs=request.knobs, sampling=dist.sampling, prompt_tokens=len(prepared.tokens),
-        generated=tuple(gen_ids), candidates=tuple(cand(i) for i in candidate_ids(dist, top)),
+        generated=tuple(gen_ids),
+        candidates=tuple(cand(i) for i in candidate_ids(dist, top, include)),
         kept=int(np.count_nonzero(dist.kept)), removed_counts=removed_counts,
         removed_examples=examples, left_out=dist.left_out(), greedy=cand(dist.best()),
         sample=sample, seed=seed, end_ids=end_ids, max_new_tokens=prepared.max_new_tokens,
-        forward_s=forward_s, dist=dist,
+        forward_s=forward_s, dist=dist, raw_text=raw,
     )
 
 
@@ -266,12 +299,13 @@ def format_table(step: ProbsStep) -> str:
     """The step as a monospace table and a few plain sentences (console, CLI, accessibility)."""
     width = max([len(c.text) for c in step.candidates] + [5])
     width = min(width, 24)
-    lines = [f"next token {step.step + 1} · {format_knobs(step.knobs)}",
-             f"{'':>3} {'token':<{width}} {'id':>7} {'raw':>7} {'after T':>7} {'final':>7}"]
+    mode = "raw text, no chat template" if step.raw_text else "chat"
+    lines = [f"next token {step.step + 1} · {mode} · {format_knobs(step.knobs)}",
+             f"{'':>3} {'token':<{width}} {'raw':>7} {'after T':>7} {'final':>7}"]
     for n, c in enumerate(step.candidates, 1):
         text = c.text if len(c.text) <= width else c.text[: width - 1] + "…"
-        note = f"  removed by {c.removed_by}" if c.removed_by else ""
-        lines.append(f"{n:>3} {text:<{width}} {c.id:>7} {_pct(c.raw):>7} "
+        note = f"  ✕ removed by {STAGE_WORDS[c.removed_by]}" if c.removed_by else ""
+        lines.append(f"{n:>3} {text:<{width}} {_pct(c.raw):>7} "
                      f"{_pct(c.tempered):>7} {_pct(c.final):>7}{note}")
     lines.append(summary(step))
     return "\n".join(lines)
@@ -287,9 +321,8 @@ def summary(step: ProbsStep) -> str:
         if not n:
             continue
         shown = ", ".join(c.text for c in step.removed_examples.get(stage, ())[:3])
-        noun = "token" if n == 1 else "tokens"
         who = STAGE_WORDS[stage]
-        parts.append(f"{who} removed {n} {noun} (e.g. {shown})")
+        parts.append(f"{who} removed {n:,} {'token' if n == 1 else 'tokens'} (e.g. {shown})")
     parts.append(f"{step.kept} kept; {_pct(step.left_out)} of the model's probability left out")
     parts.append(f"greedy picks {step.greedy.text}")
     if step.sample is not None:

@@ -29,8 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bot.chat.reasoning import strip_reasoning
 from bot.errors import UserFacingError
+from bot.knobs import knobs_from_generation_config
 from bot.model.chat import ChatTemplate, ChatTemplateError
+from bot.model.model_bin import scalars
 from bot.model.tokenizer import (
     SentencePieceTokenizer,
     Tokenizer,
@@ -90,7 +93,14 @@ class ModelBundle:
         The persona, every earlier turn and the prompt are plain text to the
         tokenizer, whatever they contain, so nobody can forge a system turn by
         typing `<|im_start|>system`. A BOS is added only if one is due and missing.
+        Earlier replies go in without their `<think>` reasoning, whether or not it was
+        shown: the model must not read old thoughts as things it said, and reasoning
+        templates that cut them out themselves would otherwise rewrite message text.
         """
+        history = [
+            (role, strip_reasoning(text) if role == "assistant" else text)
+            for role, text in history
+        ]
         rendered = self.chat.render_spans(system, user, history)
         return self.with_bos(self.tokenizer.encode_template(rendered.text, rendered.plain_spans))
 
@@ -231,6 +241,31 @@ def _context_length(
     return DEFAULT_CONTEXT_LENGTH
 
 
+def _require_rope_scaling(model_dir: Path, hf_config: dict[str, Any] | None) -> None:
+    """Refuse weights converted without the llama3 RoPE scaling their config asks for.
+
+    CTranslate2's own converter (4.8) writes neither the scaling factor nor the
+    original window: the runtime then scales no frequency and Llama 3.1/3.2 generate
+    other text than they were trained to, from the first long prompt on.
+    """
+    rope = (hf_config or {}).get("rope_scaling") or (hf_config or {}).get("rope_parameters")
+    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type")) != "llama3":
+        return
+    try:
+        stored = scalars(model_dir / "model.bin", "decoder/layer_0/self_attention/")
+    except (OSError, ValueError) as exc:
+        raise ModelFilesError(f"Cannot read {model_dir / 'model.bin'}: {exc}") from exc
+    if stored.get("rotary_scaling_factor", 1.0) <= 1.0 or not stored.get(
+        "original_max_position_embeddings"
+    ):
+        raise ModelFilesError(
+            f"{model_dir}: {HF_CONFIG} asks for Llama 3.1's RoPE scaling, but model.bin "
+            "was converted without it (CTranslate2's own converter drops it) and would "
+            "generate wrong text. Convert the checkpoint again with `python -m bot convert "
+            "CHECKPOINT_DIR DEST`."
+        )
+
+
 def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> ModelBundle:
     """Read a CTranslate2 model directory (ours or converted elsewhere) into a bundle.
 
@@ -252,6 +287,7 @@ def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> 
         )
     tokenizer_config = _read_json(model_dir / "tokenizer_config.json") or {}
     hf_config = _read_json(model_dir / HF_CONFIG)
+    _require_rope_scaling(model_dir, hf_config)
     generation_config = _read_json(model_dir / "generation_config.json") or {}
     try:
         tokenizer = load_tokenizer(model_dir)
@@ -329,6 +365,33 @@ def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> 
         num_layers=int(num_layers) if isinstance(num_layers, int) else None,
         kind="converted" if bot_model is not None else "ctranslate2",
     )
+
+
+def read_generation_defaults(model_dir: Path) -> dict[str, Any]:
+    """The knob values the model's `generation_config.json` recommends ({} without one).
+
+    Read at every settings lookup (a stat, and a parse only when the file changed),
+    so a model that is not loaded yet shows its defaults too.
+    """
+    path = model_dir / "generation_config.json"
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    cached = _GENERATION_DEFAULTS.get(path)
+    if cached is not None and cached[0] == stamp:
+        return dict(cached[1])
+    try:
+        config = _read_json(path) or {}
+    except ModelFilesError as exc:
+        log.warning("%s; the model's recommended sampling is ignored", exc)
+        config = {}
+    defaults = knobs_from_generation_config(config)
+    _GENERATION_DEFAULTS[path] = (stamp, defaults)
+    return dict(defaults)
+
+
+_GENERATION_DEFAULTS: dict[Path, tuple[int, dict[str, Any]]] = {}
 
 
 def read_context_length(model_dir: Path) -> int:

@@ -224,6 +224,9 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+THINK_OPEN: Final = "<think>"
+
+
 class ChatTemplate:
     """A compiled chat template plus the BOS/EOS strings it is rendered with."""
 
@@ -245,6 +248,18 @@ class ChatTemplate:
             raise ChatTemplateError(
                 f"The {name} chat template does not compile (line {exc.lineno}): {exc.message}"
             ) from exc
+        self.opens_reasoning = self._opens_reasoning()
+        """The generation prompt ends inside `<think>` (DeepSeek-R1 distills): every
+        reply starts with reasoning, so the model's replies are always split."""
+
+    def _opens_reasoning(self) -> bool:
+        if THINK_OPEN not in self.source:
+            return False
+        try:
+            text = self.render_messages([{"role": "user", "content": "Hi"}])
+        except (ChatTemplateError, jinja2.exceptions.TemplateError):
+            return False  # a template that refuses a lone user turn fails later, clearly
+        return text.rstrip().endswith(THINK_OPEN)
 
     @classmethod
     def builtin(

@@ -22,7 +22,9 @@ checkpoint ships it: some tokenizer.json files list ChatML's markers as ordinary
 (non-special) added tokens, and some SentencePiece models carry them as
 user-defined pieces, both of which the libraries match in any text. The bundle
 names the template's markers (`with_template_markers`), and each backend then
-treats them exactly as it treats its own special tokens.
+treats them exactly as it treats its own special tokens. Added tokens shaped like
+markup that the template does not use (`</think>` on some models) are neither:
+never control tokens, and never matched in people's text either.
 """
 
 from __future__ import annotations
@@ -160,8 +162,19 @@ class HFTokenizer:
                     entry["special"] = True
             tokenizer = tokenizers.Tokenizer.from_str(json.dumps(data))
             added = tokenizer.get_added_tokens_decoder()
+        #: Added tokens no template uses that look like markup (`</think>`): the
+        #: library would still match them in any text, so people's text reads them
+        #: as characters (`text_only_ids` never come out of `encode`).
+        self.text_only: frozenset[str] = frozenset(
+            t for t in self.marker_candidates - promote if looks_like_markup(t))
+        self.text_only_ids: frozenset[int] = frozenset(
+            idx for idx, tok in added.items() if tok.content in self.text_only)
         self._tok = tokenizer
-        self._plain = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        plain = json.loads(tokenizer.to_str())
+        for entry in plain.get("added_tokens", []):
+            if entry.get("content") in self.text_only:
+                entry["special"] = True  # in this copy only: read as characters
+        self._plain = tokenizers.Tokenizer.from_str(json.dumps(plain))
         self._plain.encode_special_tokens = True
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
         self.bos_token: str | None = bos_token
@@ -193,14 +206,15 @@ class HFTokenizer:
         """Ids for people's text without BOS; special-token strings stay characters."""
         enc = self._plain.encode(text, add_special_tokens=False)
         ids = [int(i) for i in enc.ids]
-        if self.special_ids.isdisjoint(ids):
+        never = self.special_ids | self.text_only_ids
+        if never.isdisjoint(ids):
             return ids
         # The model's own merges spelled a special token out of ordinary characters
         # (a vocabulary with `ignore_merges` can look whole words up): encode that
         # stretch in two halves until no special id is left.
         out: list[int] = []
         for idx, (start, end) in zip(ids, enc.offsets, strict=True):
-            if idx not in self.special_ids:
+            if idx not in never:
                 out.append(idx)
                 continue
             if end - start < 2:
@@ -215,9 +229,10 @@ class HFTokenizer:
     def encode_template(self, text: str, plain_spans: Sequence[tuple[int, int]] = ()) -> list[int]:
         """Template text as the library reads it, unless people's text holds a special.
 
-        The common case, no special token inside `plain_spans`, returns exactly the
-        library's ids. Otherwise the text is cut only at the template's own special
-        tokens, and the pieces between them are encoded as people's text.
+        The common case, no special token inside `plain_spans` (and no text-only
+        added token anywhere), returns exactly the library's ids. Otherwise the text
+        is cut only at the template's own special tokens, and the pieces between
+        them are encoded as people's text.
         """
         enc = self._tok.encode(text, add_special_tokens=False)
         ids = [int(i) for i in enc.ids]
@@ -225,7 +240,8 @@ class HFTokenizer:
         offsets = enc.offsets  # a property that builds the whole list: read it once
         forged = {
             i for i, idx in enumerate(ids)
-            if idx in self.special_ids and spans.overlaps(*offsets[i])
+            if idx in self.text_only_ids
+            or (idx in self.special_ids and spans.overlaps(*offsets[i]))
         }
         if not forged:
             return ids
@@ -297,9 +313,13 @@ class SentencePieceTokenizer:
         #: text, so the template's markers become control pieces in a second copy of
         #: the model, which SentencePiece never produces from text.
         self._plain = processor
-        if promote:
+        #: User-defined pieces no template uses that look like markup (`</think>`):
+        #: control pieces in the copy people's text is encoded with, so they stay text.
+        self.text_only: frozenset[str] = frozenset(
+            p for p in self.marker_candidates - promote if looks_like_markup(p))
+        if promote or self.text_only:
             self._plain = spm.SentencePieceProcessor(
-                model_proto=_sp_with_control(proto, promote)
+                model_proto=_sp_with_control(proto, promote | self.text_only)
             )
             special.update({piece: user_defined[piece] for piece in promote})
         self._special_to_id = special
@@ -465,6 +485,17 @@ def _sp_with_control(proto: bytes, pieces: Collection[str]) -> bytes:
                 continue
         out += raw
     return bytes(out)
+
+
+def looks_like_markup(token: str) -> bool:
+    """An added token shaped like a tag (`</think>`, `<tool_call>`, `[TOOL_CALLS]`).
+
+    Only these stay text when no template uses them: other non-special added tokens
+    (runs of spaces, whole words some vocabularies add) are how the model was
+    trained to read ordinary text, and matching them is right.
+    """
+    return (len(token) >= 3 and not any(c.isspace() for c in token)
+            and ((token[0] == "<" and token[-1] == ">") or (token[0] == "[" and token[-1] == "]")))
 
 
 def with_template_markers(tok: Tokenizer, uses: Callable[[str], bool]) -> Tokenizer:

@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, timedelta
 from typing import Any, Final
 
-import aiosqlite
-
-from bot.store.db import Database
+from bot.store.db import Database, Tx
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +36,9 @@ class AskRecord:
     channel_id: int | None
     user_id: int
     private: bool = False
+    prompt_author_id: int | None = None
+    """Whose words the prompt is, when not `user_id`'s: Regenerate pressed by someone
+    else asks the asker's question again, and erasing the asker erases this copy too."""
 
     @classmethod
     def from_json(cls, data: object) -> AskRecord | None:
@@ -53,6 +54,8 @@ class AskRecord:
                 channel_id=data.get("channel_id"),
                 user_id=int(data.get("user_id") or 0),
                 private=data.get("private") is True,
+                prompt_author_id=(None if data.get("prompt_author_id") is None
+                                  else int(data["prompt_author_id"])),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -73,24 +76,28 @@ class AskLog:
 
     async def save(self, ask_id: int, record: AskRecord, keep: int = 5000) -> None:
         """Remember an ask, and forget those past their time (see the module docstring)."""
+        await self.db.write(lambda conn: self.save_in(conn, ask_id, record, keep))
+
+    async def save_in(
+        self, conn: Tx, ask_id: int, record: AskRecord, keep: int = 5000
+    ) -> None:
+        """`save` inside the caller's transaction."""
         payload = json.dumps(asdict(record), ensure_ascii=False)
-        old = self._cutoff(self.retention_days * 86400)
-        private_old = self._cutoff(self.private_ttl_s)
-
-        async def work(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "INSERT OR REPLACE INTO asks (id, guild_id, channel_id, user_id, payload, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (ask_id, record.guild_id, record.channel_id, record.user_id, payload,
-                 self.db.now_iso()),
-            )
-            await conn.execute(
-                "DELETE FROM asks WHERE id NOT IN (SELECT id FROM asks ORDER BY id DESC LIMIT ?)",
-                (keep,),
-            )
-            await self._prune(conn, old, private_old)
-
-        await self.db.write(work)
+        await conn.execute(
+            "INSERT INTO asks (id, guild_id, channel_id, user_id, payload, created_at, "
+            "private) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "guild_id = excluded.guild_id, channel_id = excluded.channel_id, "
+            "user_id = excluded.user_id, payload = excluded.payload, "
+            "created_at = excluded.created_at, private = excluded.private",
+            (ask_id, record.guild_id, record.channel_id, record.user_id, payload,
+             self.db.now_iso(), int(record.private)),
+        )
+        await conn.execute(
+            "DELETE FROM asks WHERE id NOT IN (SELECT id FROM asks ORDER BY id DESC LIMIT ?)",
+            (keep,),
+        )
+        await self._prune(conn, self._cutoff(self.retention_days * 86400),
+                          self._cutoff(self.private_ttl_s))
 
     async def prune(self) -> int:
         """Forget asks past their time now (at start, or from a periodic task); returns rows."""
@@ -99,21 +106,18 @@ class AskLog:
         return await self.db.write(lambda conn: self._prune(conn, old, private_old))
 
     @staticmethod
-    async def _prune(conn: aiosqlite.Connection, old: str, private_old: str) -> int:
-        cur = await conn.execute(
-            "DELETE FROM asks WHERE created_at < ? OR (created_at < ? AND "
-            "json_valid(payload) AND json_extract(payload, '$.private') = 1)",
+    async def _prune(conn: Tx, old: str, private_old: str) -> int:
+        return await conn.execute(
+            "DELETE FROM asks WHERE created_at < ? OR (created_at < ? AND private = 1)",
             (old, private_old),
         )
-        return max(0, cur.rowcount)
 
     async def latest_id(self, user_id: int, channel_id: int | None) -> int | None:
         """The id of `user_id`'s newest ask in that channel still kept (the lab's "try it
         on my last prompt"); None when there is none."""
         rows = await self.db.read(
             "SELECT id FROM asks WHERE user_id = ? AND channel_id IS ? AND created_at >= ? "
-            "AND NOT (created_at < ? AND json_valid(payload) AND "
-            "json_extract(payload, '$.private') = 1) ORDER BY created_at DESC, id DESC LIMIT 1",
+            "AND NOT (created_at < ? AND private = 1) ORDER BY created_at DESC, id DESC LIMIT 1",
             (user_id, channel_id, self._cutoff(self.retention_days * 86400),
              self._cutoff(self.private_ttl_s)),
         )
@@ -123,7 +127,7 @@ class AskLog:
         """The ask, or None if it is unknown or past its time (not yet pruned is not enough)."""
         rows = await self.db.read(
             "SELECT payload FROM asks WHERE id = ? AND created_at >= ? AND NOT "
-            "(created_at < ? AND json_valid(payload) AND json_extract(payload, '$.private') = 1)",
+            "(created_at < ? AND private = 1)",
             (ask_id, self._cutoff(self.retention_days * 86400), self._cutoff(self.private_ttl_s)),
         )
         if not rows:

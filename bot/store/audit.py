@@ -16,9 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-import aiosqlite
-
-from bot.store.db import Database
+from bot.store.db import Database, Tx
 from bot.store.scopes import Change, Scope
 from bot.store.validation import decode_loosely
 
@@ -57,7 +55,7 @@ class AuditLog:
 
     async def record(
         self,
-        conn: aiosqlite.Connection,
+        conn: Tx,
         scope: Scope,
         key: str,
         old: str | None,
@@ -72,7 +70,7 @@ class AuditLog:
             (scope.kind.value, scope.id, scope.guild_id, key, old, new, actor_id, at),
         )
 
-    async def trim(self, conn: aiosqlite.Connection, scope: Scope) -> None:
+    async def trim(self, conn: Tx, scope: Scope) -> None:
         """Keep `scope`'s newest `per_scope` changes; at most hourly, drop old ones everywhere.
 
         The per-scope cap uses the (scope_kind, scope_id, id) index, so it is

@@ -1,15 +1,26 @@
-"""The settings database: one SQLite file, two connections, explicit transactions.
+"""The store's database: one interface, two backends (SQLite embedded, PostgreSQL shared).
 
-Why two connections: writes go through a writer connection under an
-`asyncio.Lock` inside ``BEGIN IMMEDIATE`` (so a check reads the same state it
-writes over, even against another process); lookups use a read-only second
-connection, which in WAL mode sees only committed data and is never blocked by
-a writer. SQLite errors never escape raw: they become `SettingsError` with a
+`Database` is what every store module talks to: `read` for lookups and `write`
+for one transaction that sees the same state it writes over, even against
+another process. Inside `write` the work gets a `Tx`: `execute` (rows
+affected), `executemany`, `fetchall` and `fetchone`, all taking SQL with ``?``
+placeholders. The store's SQL is kept portable (``INSERT ... ON CONFLICT``,
+``RETURNING``, no SQLite-only functions); what still differs (``$n``
+placeholders, ``IS ?``) is translated in one place, `bot.store.postgres`.
+
+`Database.open(target)` picks the backend: a ``postgresql://`` URL opens
+`bot.store.postgres.PostgresDatabase`, anything else is a SQLite file path
+(`SqliteDatabase`). Errors never escape raw: they become `SettingsError` with a
 sentence a person can act on, after the transaction is rolled back.
+
+SQLite: writes go through a writer connection under an `asyncio.Lock` inside
+``BEGIN IMMEDIATE``; lookups use a read-only second connection, which in WAL
+mode sees only committed data and is never blocked by a writer.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import os
@@ -28,13 +39,121 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: One stored row, as both backends return it.
+Row = tuple[Any, ...]
+
+#: The URL schemes that select PostgreSQL.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Database:
-    """The connections and the write lock; the store, ask log and transfer share one."""
+def is_postgres_url(target: object) -> bool:
+    """True when `target` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+class Tx(abc.ABC):
+    """One write transaction, as the work passed to `Database.write` sees it."""
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; returns the rows it changed (0 where that means nothing)."""
+
+    @abc.abstractmethod
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement once per parameter row."""
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Every row a query returns."""
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """The first row a query returns, or None."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+
+class Database(abc.ABC):
+    """The store's connections and transactions; the store, ask log and transfer share one.
+
+    `dialect` is ``"sqlite"`` or ``"postgresql"``; `where` names the database in
+    messages (a file path, or a URL without its password); `path` is the SQLite
+    file, None on PostgreSQL.
+    """
+
+    dialect: str
+    where: str
+    path: Path | None
+    clock: Callable[[], datetime]
+
+    @classmethod
+    async def open(
+        cls,
+        target: Path | str,
+        *,
+        busy_timeout_ms: int = 5000,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> Database:
+        """Open (creating and migrating if needed) a SQLite file or a PostgreSQL URL."""
+        if is_postgres_url(target):
+            from bot.store.postgres import PostgresDatabase
+
+            return await PostgresDatabase.connect(str(target), clock=clock)
+        return await SqliteDatabase.open_file(
+            Path(target), busy_timeout_ms=busy_timeout_ms, clock=clock
+        )
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close every connection."""
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def now_iso(self) -> str:
+        """The clock's time as stored in rows: UTC, milliseconds."""
+        return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
+
+    @abc.abstractmethod
+    async def read(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        """Rows of one query over committed data."""
+
+    @abc.abstractmethod
+    async def read_with(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `work`, several reads over committed data, without a write lock."""
+
+    @abc.abstractmethod
+    async def write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `work` in one transaction that no other writer interleaves; roll back on failure."""
+
+
+class SqliteTx(Tx):
+    """A `Tx` over the SQLite writer connection."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self.conn.execute(sql, params) as cur:
+            return max(0, int(cur.rowcount or 0))
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.conn.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(r) for r in await self.conn.execute_fetchall(sql, params)]
+
+
+class SqliteDatabase(Database):
+    """The embedded backend: one SQLite file, a writer and a read-only reader connection."""
+
+    dialect = "sqlite"
 
     def __init__(
         self,
@@ -43,22 +162,22 @@ class Database:
         reader: aiosqlite.Connection,
         clock: Callable[[], datetime],
     ) -> None:
-        """Use `open`; this only stores what `open` built."""
+        """Use `Database.open`; this only stores what it built."""
         self.path = path
+        self.where = str(path)
         self.clock = clock
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
 
-
     @classmethod
-    async def open(
+    async def open_file(
         cls,
         path: Path,
         *,
         busy_timeout_ms: int = 5000,
         clock: Callable[[], datetime] = utcnow,
-    ) -> Database:
+    ) -> SqliteDatabase:
         """Open (creating if needed) and migrate the database at `path`.
 
         The schema version is checked before anything is written, so a file
@@ -106,17 +225,7 @@ class Database:
         await self._reader.close()
         await self._writer.close()
 
-    async def __aenter__(self) -> Database:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def now_iso(self) -> str:
-        """The clock's time as stored in rows: UTC, milliseconds."""
-        return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
-
-    async def read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def read(self, sql: str, params: Sequence[Any]) -> list[Row]:
         try:
             rows = await self._reader.execute_fetchall(sql, params)
         except sqlite3.Error as exc:
@@ -124,13 +233,21 @@ class Database:
             raise SettingsError(f"Couldn't read the settings: {exc}.") from None
         return [tuple(r) for r in rows]
 
-    async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def read_with(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `work` (reads only) on the read-only connection."""
+        try:
+            return await work(SqliteTx(self._reader))
+        except sqlite3.Error as exc:
+            log.warning("settings read failed: %s", exc, exc_info=True)
+            raise SettingsError(f"Couldn't read the settings: {exc}.") from None
+
+    async def write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         """Run `work` in one ``BEGIN IMMEDIATE`` transaction; roll back on any failure."""
         async with self._write_lock:
             conn = self._writer
             try:
                 await conn.execute("BEGIN IMMEDIATE")
-                result = await work(conn)
+                result = await work(SqliteTx(conn))
                 await conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 await self._rollback()

@@ -1,6 +1,8 @@
 """Numbered, forward-only schema migrations for the settings database.
 
-The schema version lives inside the database (``PRAGMA user_version``) so a
+Written for SQLite; `bot.store.migrations_postgres` applies the same list to
+PostgreSQL, translating the column types. The SQLite schema version lives
+inside the database (``PRAGMA user_version``) so a
 file carries its own version wherever it is copied. Migration *N* (1-based,
 its position in `MIGRATIONS`) moves the file from version N-1 to N. Each one
 runs in its own ``BEGIN IMMEDIATE`` transaction together with the version bump,
@@ -18,6 +20,20 @@ import aiosqlite
 from bot.errors import SettingsError
 from bot.store.migration_models import MODEL_MIGRATION
 from bot.store.migration_swipes import STATEMENTS as STATEMENTS_5
+
+#: Migration 7's backfill: SQLite JSON functions over rows written before it. A
+#: PostgreSQL database starts at the latest version, so it has no such rows.
+ASK_PRIVATE_BACKFILL = (
+    "UPDATE asks SET private = 1 "
+    "WHERE json_valid(payload) AND json_extract(payload, '$.private') = 1"
+)
+ASK_PRIVATE_MIGRATION: tuple[str, ...] = (
+    "ALTER TABLE asks ADD COLUMN private INTEGER NOT NULL DEFAULT 0",
+    ASK_PRIVATE_BACKFILL,
+)
+
+#: Statements that only a SQLite file needs (`bot.store.migrations_postgres` skips them).
+SQLITE_ONLY: frozenset[str] = frozenset({ASK_PRIVATE_BACKFILL})
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: one row per (scope, key). `value` is JSON so every knob type (numbers,
@@ -120,6 +136,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 6 (issue 23): `turns.model`, the model that answered each turn
     # (bot/store/migration_models.py).
     MODEL_MIGRATION,
+    # 7: whether an ask was private, as a column: reads and pruning test it
+    # without JSON functions, so the same SQL runs on SQLite and PostgreSQL.
+    ASK_PRIVATE_MIGRATION,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -1,4 +1,4 @@
-"""Named personas per server: `/system save NAME`, `/system load NAME`, `/system list`.
+"""Named personas per server: `/system save|load|delete NAME`, `/system list`.
 
 A saved persona is a system prompt under a name, optionally bundled with knobs
 (`temperature`, `stop`, …) and a character card's greeting, so a server can
@@ -23,11 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import aiosqlite
-
 from bot.errors import InvalidKnobs, UserFacingError
 from bot.knobs import KNOB_NAMES, build_knobs, validate_knob
-from bot.store.db import Database
+from bot.store.db import Database, Tx
 from bot.store.validation import validate_system_prompt
 
 log = logging.getLogger(__name__)
@@ -139,12 +137,12 @@ class PersonaStore:
         now = self.db.now_iso()
         payload = json.dumps(bundle, ensure_ascii=False) if bundle else None
 
-        async def work(conn: aiosqlite.Connection) -> bool:
-            async with conn.execute(
-                "SELECT COUNT(*), SUM(name_key = ?) FROM personas WHERE guild_id = ?",
+        async def work(conn: Tx) -> bool:
+            row = await conn.fetchone(
+                "SELECT COUNT(*), SUM(CASE WHEN name_key = ? THEN 1 ELSE 0 END) "
+                "FROM personas WHERE guild_id = ?",
                 (key, guild_id),
-            ) as cur:
-                row = await cur.fetchone()
+            )
             count, exists = (int(row[0]), bool(row[1])) if row else (0, False)
             if not exists and count >= MAX_PERSONAS:
                 raise UserFacingError(
@@ -199,12 +197,17 @@ class PersonaStore:
 
     async def delete(self, guild_id: int, name: str) -> bool:
         """Forget a saved persona; True if there was one."""
+        return await self.remove(guild_id, name) is not None
+
+    async def remove(self, guild_id: int, name: str) -> str | None:
+        """Forget a saved persona; its name as saved, or None if there was none."""
         key = name_key(name)
 
-        async def work(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(
-                "DELETE FROM personas WHERE guild_id = ? AND name_key = ?", (guild_id, key)
+        async def work(conn: Tx) -> str | None:
+            row = await conn.fetchone(
+                "DELETE FROM personas WHERE guild_id = ? AND name_key = ? RETURNING name",
+                (guild_id, key),
             )
-            return int(cur.rowcount or 0)
+            return None if row is None else str(row[0])
 
-        return bool(await self.db.write(work))
+        return await self.db.write(work)

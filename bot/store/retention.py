@@ -17,7 +17,8 @@ Reads already ignore what is past its time; `prune_expired` deletes it, so an
 idle bot holds no more than a busy one (`bot.app.open_app` runs it every
 `PRUNE_EVERY_S`). `forget` erases one user's or one server's text at once, for
 `python -m bot forget`. SQLite's `secure_delete` (set on every connection by
-`bot.store.db`) overwrites deleted rows in the file.
+`bot.store.db`) overwrites deleted rows in the file; on PostgreSQL a deleted row
+is gone for every host at once, and its bytes go at the server's next vacuum.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-import aiosqlite
-
 from bot.store.ask_log import PRIVATE_TTL_S, AskLog
-from bot.store.db import Database
+from bot.store.db import Database, Tx
 from bot.store.scopes import check_id
 from bot.store.turns import TurnStore
 
@@ -71,8 +70,10 @@ async def forget(
 ) -> Forgotten:
     """Erase everything stored of one user's or one server's text, in one transaction.
 
-    A user: their asks, every turn they asked or that answered them (so a
-    shared conversation continues without them), their DM settings and those
+    A user: their asks and every copy of their prompts (Regenerate pressed by
+    someone else logs the prompt again), every turn they asked or that answered
+    them, every version of those answers included (so a shared conversation
+    continues without them), their DM settings and those
     settings' trail. Changes they made to a server's settings as its admin
     stay with that server. A server: its asks, turns, settings (server,
     channels, threads) and their trail. Turn-message ids go with their turns.
@@ -80,15 +81,23 @@ async def forget(
     if (user_id is None) == (guild_id is None):
         raise ValueError("forget needs exactly one of user_id and guild_id")
 
-    async def work(conn: aiosqlite.Connection) -> Forgotten:
+    async def work(conn: Tx) -> Forgotten:
         async def delete(sql: str, *params: int) -> int:
-            cur = await conn.execute(sql, params)
-            return max(0, int(cur.rowcount or 0))
+            return await conn.execute(sql, params)
 
         if user_id is not None:
             uid = check_id("user id", user_id)
+            # The prompt's author, kept in the ask's JSON payload (written by us, so valid).
+            named = ("(payload::jsonb ->> 'prompt_author_id')::bigint = ?"
+                     if db.dialect == "postgresql" else
+                     "(json_valid(payload) AND json_extract(payload, '$.prompt_author_id') = ?)")
             return Forgotten(
-                asks=await delete("DELETE FROM asks WHERE user_id = ?", uid),
+                # Their asks, and every copy of their prompts: asks by others whose
+                # answer is one of their turns (a version someone else regenerated)
+                # or that name them as the prompt's author. Before their turns go.
+                asks=await delete(
+                    "DELETE FROM asks WHERE user_id = ? OR id IN (SELECT ask_id FROM turns "
+                    f"WHERE author_id = ? AND ask_id IS NOT NULL) OR {named}", uid, uid, uid),
                 turns=await delete("DELETE FROM turns WHERE author_id = ?", uid),
                 settings=await delete(
                     "DELETE FROM settings WHERE scope_kind = 'dm' AND scope_id = ?", uid

@@ -9,24 +9,37 @@ message conversation has a scope per user.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
+from bot.hosting.choice import MODEL_KEY as MODEL_KEY
 from bot.knobs import KNOB_NAMES, Knobs
 
 SYSTEM_PROMPT_KEY: Final = "system_prompt"
 """The key the persona is stored and reported under (next to the knob names)."""
 
-MODEL_KEY: Final = "model"
-"""A scope's model choice (issue 23, `bot.hosting.choice`): a model name, form checked only."""
-
 REASONING_KEY: Final = "reasoning"
 """Issue 22: whether replies are split into ``<think>`` reasoning and the answer (bool)."""
 
+FOLLOW_KEY: Final = "follow"
+"""Whether every member message in a channel or thread is a turn, no @ needed (bool)."""
+
+AUTO_THREAD_KEY: Final = "auto_thread"
+"""Whether a mention in a channel opens a thread of its own, which is then followed (bool)."""
+
+ASIDE_MARKER_KEY: Final = "aside_marker"
+"""What a message starts with to be left alone in a followed place (server-wide text)."""
+
+DEFAULT_ASIDE_MARKER: Final = "//"
+
+#: The keys of how a place is talked in (not sampling, not the persona).
+MODE_KEYS: Final[tuple[str, ...]] = (FOLLOW_KEY, AUTO_THREAD_KEY, ASIDE_MARKER_KEY)
+
 SETTING_KEYS: Final[tuple[str, ...]] = (
-    *KNOB_NAMES, SYSTEM_PROMPT_KEY, MODEL_KEY, REASONING_KEY
+    *KNOB_NAMES, SYSTEM_PROMPT_KEY, MODEL_KEY, REASONING_KEY, *MODE_KEYS
 )
 # Value checks (in and out of the database) live in `bot.store.validation`.
 
@@ -148,7 +161,8 @@ class Location:
 class Effective:
     """The settings in force at a location and where each came from.
 
-    `sources` maps every knob name and ``"system_prompt"`` to "default",
+    `sources` maps every knob name and ``"system_prompt"`` to "default", "model"
+    (the model's generation_config.json, `with_model_defaults`),
     "server", "channel", "thread", "dm" or "operator" (the operator's
     `max_new_tokens` ceiling); "server" also marks a channel's value held to
     the server's ceiling. `system_prompt` is None when no
@@ -163,6 +177,35 @@ class Effective:
     sources: dict[str, str]
     model: str | None = None
     reasoning: bool = False  # issue 22: split <think>…</think> from the answer
+    follow: bool = False  # every member message here is a turn (message-content mode)
+    auto_thread: bool = False  # a mention here opens a thread of its own
+    aside_marker: str = DEFAULT_ASIDE_MARKER  # a message starting so is left alone
+
+
+MODEL_SOURCE: Final = "model"
+"""The source of a knob the model's own `generation_config.json` recommends."""
+
+
+def with_model_defaults(effective: Effective, defaults: Mapping[str, Any]) -> Effective:
+    """`effective` with the model's recommended knobs under every scope's settings.
+
+    The layer sits between the built-in defaults and the server: a knob no scope
+    sets takes the model's value, and its source becomes "model".
+    """
+    values = {
+        name: value
+        for name, value in defaults.items()
+        if name in KNOB_NAMES and effective.sources.get(name, "default") == "default"
+    }
+    if not values:
+        return effective
+    try:
+        knobs = effective.knobs.model_copy(update=values)
+        knobs = Knobs.model_validate(knobs.model_dump())
+    except ValueError:  # pydantic's ValidationError: a combination the knobs refuse
+        return effective
+    sources = {**effective.sources, **dict.fromkeys(values, MODEL_SOURCE)}
+    return replace(effective, knobs=knobs, sources=sources)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """`python -m bot settings export|import`: move servers' settings between shard hosts.
 
-Each shard host keeps its own SQLite file (one writer per file), so when the
-shard layout changes an operator exports the servers a shard owned from the
-old host and imports them on the new one. The store does the real work
+Each shard host with its own SQLite file needs this when the shard layout
+changes: an operator exports the servers a shard owned from the old host and
+imports them on the new one (or into the shared PostgreSQL database, when
+``BOT_DATABASE_URL`` is set; hosts already sharing one need nothing). The store does the real work
 (`export_shard`, `import_rows`: validated, one transaction); this module only
 reads the arguments, the file and the shard filter, and reports in one line.
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from bot.config import Settings
 from bot.errors import UserFacingError
+from bot.store.postgres import redact
 from bot.store.store import SettingsStore
 from bot.store.transfer import export_shard, import_rows, prepare_import
 
@@ -100,13 +102,13 @@ def _write_dump(path: Path | None, dump: Mapping[str, Any]) -> None:
         raise UserFacingError(f"Couldn't write {path}: {exc.strerror or exc}.") from None
 
 
-async def _import_into(db: Path, prepared: Any, *, created: bool) -> int:
+async def _import_into(db: Path | str, prepared: Any, *, created: bool) -> int:
     """Write a validated dump; a database this import `created` is removed if it fails."""
     try:
         async with await SettingsStore.open(db) as store:
             return await import_rows(store, prepared)
     except BaseException:
-        if created:
+        if created and isinstance(db, Path):
             for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
@@ -120,10 +122,12 @@ async def run_settings_command(settings: Settings, args: argparse.Namespace) -> 
         return _fail(shard_or_error, EXIT_USAGE)
     shard, count = shard_or_error
     path: Path | None = getattr(args, "file", None)
-    db = settings.database_path
+    db = settings.database_target
+    # Named in messages without the URL's password.
+    where = db if isinstance(db, Path) else redact(db)
     try:
         if args.action == "export":
-            if not db.exists():
+            if isinstance(db, Path) and not db.exists():
                 raise UserFacingError(f"There is no settings database at {db} to export from.")
             async with await SettingsStore.open(db) as store:
                 dump = await export_shard(store, shard, count)
@@ -131,7 +135,7 @@ async def run_settings_command(settings: Settings, args: argparse.Namespace) -> 
             guilds = {row["guild_id"] for row in dump["settings"]}
             print(
                 f"exported {len(dump['settings'])} settings and {len(dump['history'])} "
-                f"history rows of {len(guilds)} servers (shard {shard} of {count}) from {db}"
+                f"history rows of {len(guilds)} servers (shard {shard} of {count}) from {where}"
                 + (f" to {path}" if path is not None else ""),
                 file=sys.stderr,
             )
@@ -149,10 +153,12 @@ async def run_settings_command(settings: Settings, args: argparse.Namespace) -> 
             }
             # Validated before the database is opened: a bad dump creates nothing.
             prepared = prepare_import(filtered)
-            written = await _import_into(db, prepared, created=not db.exists())
+            written = await _import_into(
+                db, prepared, created=isinstance(db, Path) and not db.exists()
+            )
             skipped = len(rows) - len(mine)
             print(
-                f"imported {written} settings rows (shard {shard} of {count}) into {db}"
+                f"imported {written} settings rows (shard {shard} of {count}) into {where}"
                 + (f"; skipped {skipped} of other shards" if skipped else ""),
                 file=sys.stderr,
             )

@@ -43,16 +43,20 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-import aiosqlite
 from pydantic import ValidationError
 
 from bot.errors import InvalidKnobs
 from bot.hosting.choice import check_choice
 from bot.knobs import KNOB_NAMES, Knobs, build_knobs, describe_validation_error, validate_knob
 from bot.store.audit import AuditLog
-from bot.store.db import Database, utcnow
+from bot.store.db import Database, Tx, utcnow
 from bot.store.migration_models import MODEL_CHOICES_IN_GUILD_SQL
 from bot.store.scopes import (
+    ASIDE_MARKER_KEY,
+    AUTO_THREAD_KEY,
+    DEFAULT_ASIDE_MARKER,
+    FOLLOW_KEY,
+    MODE_KEYS,
     MODEL_KEY,
     REASONING_KEY,
     SETTING_KEYS,
@@ -64,7 +68,13 @@ from bot.store.scopes import (
     ScopeKind,
     check_id,
 )
-from bot.store.validation import INVALID, StoredValues, encode_value, validate_system_prompt
+from bot.store.validation import (
+    INVALID,
+    StoredValues,
+    encode_value,
+    validate_system_prompt,
+    validate_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +105,12 @@ _UPSERT_SQL: Final = """
 
 
 class SettingsStore:
-    """Settings per server, channel, thread and DM user, in one SQLite file.
+    """Settings per server, channel, thread and DM user, in the store's `Database`.
 
     Build it once at start-up on a `Database` (or with `SettingsStore.open`)
-    and close it on shutdown. Only one process should write a given file (the
-    bot's shard host); several connections in one process are safe.
+    and close it on shutdown. Every write is one transaction that no other
+    writer interleaves (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's advisory
+    lock), so several processes may share one database.
     """
 
     def __init__(
@@ -120,11 +131,13 @@ class SettingsStore:
 
     @classmethod
     async def open(
-        cls, path: Path, *, busy_timeout_ms: int = 5000, clock: Any = utcnow, **limits: Any
+        cls, target: Path | str, *, busy_timeout_ms: int = 5000, clock: Any = utcnow,
+        **limits: Any,
     ) -> SettingsStore:
-        """Open (creating and migrating if needed) the database at `path` for settings alone."""
+        """Open (creating and migrating if needed) a SQLite file or PostgreSQL URL for settings
+        alone."""
         return cls(
-            await Database.open(path, busy_timeout_ms=busy_timeout_ms, clock=clock), **limits
+            await Database.open(target, busy_timeout_ms=busy_timeout_ms, clock=clock), **limits
         )
 
     async def close(self) -> None:
@@ -172,7 +185,11 @@ class SettingsStore:
         prompt = values.pop(SYSTEM_PROMPT_KEY, None)
         model = values.pop(MODEL_KEY, None)
         reasoning = bool(values.pop(REASONING_KEY, False))
-        sources.pop(REASONING_KEY, None)  # `sources` stays the knobs' and the persona's
+        follow = bool(values.pop(FOLLOW_KEY, False))
+        auto_thread = bool(values.pop(AUTO_THREAD_KEY, False))
+        marker = str(values.pop(ASIDE_MARKER_KEY, DEFAULT_ASIDE_MARKER))
+        for key in (REASONING_KEY, *MODE_KEYS):  # `sources` stays the knobs' and the persona's
+            sources.pop(key, None)
         if server_max is not None:
             _ceil(values, sources, server_max, "server")
         if self.max_new_tokens_ceiling is not None:
@@ -188,7 +205,8 @@ class SettingsStore:
             sources["min_new_tokens"] = "default"
             knobs = Knobs.model_validate(values)
         return Effective(knobs=knobs, system_prompt=prompt, sources=sources, model=model,
-                         reasoning=reasoning)
+                         reasoning=reasoning, follow=follow, auto_thread=auto_thread,
+                         aside_marker=marker)
 
     async def scope_overrides(self, scope: Scope) -> dict[str, Any]:
         """What `scope` itself sets (knobs and ``"system_prompt"``), ignoring invalid rows."""
@@ -228,7 +246,7 @@ class SettingsStore:
                     f"allows at most {ceiling} new tokens per reply."
                 )
 
-        async def work(conn: aiosqlite.Connection) -> list[str]:
+        async def work(conn: Tx) -> list[str]:
             await self._check_combination(conn, scope, normalised)
             await self._upsert(conn, scope, normalised, actor_id)
             if scope.kind is not ScopeKind.CHANNEL or scope.guild_id is None:
@@ -339,15 +357,33 @@ class SettingsStore:
         )
         return True
 
+    # -- how a place is talked in ----------------------------------------------------
+
+    async def set_mode(self, scope: Scope, key: str, value: bool | str | None, *,
+                       actor_id: int) -> bool:
+        """Follow, auto-thread or the aside marker at `scope` (None: inherit); audited.
+
+        True if a row was written or removed.
+        """
+        check_id("actor_id", actor_id)
+        if key not in MODE_KEYS:
+            raise ValueError(f"{key!r} is not a conversation-mode setting")
+        if value is None:
+            done = await self.db.write(lambda conn: self._delete(conn, scope, [key], actor_id))
+            return bool(done)
+        checked = validate_value(key, value)
+        await self.db.write(lambda conn: self._upsert(conn, scope, {key: checked}, actor_id))
+        return True
+
     # -- checks and row writes ----------------------------------------------------
 
-    async def _rows(self, conn: aiosqlite.Connection, scope: Scope) -> dict[str, Any]:
+    async def _rows(self, conn: Tx, scope: Scope) -> dict[str, Any]:
         """Valid values set at `scope`, read through `conn` (inside a write transaction)."""
-        rows = await conn.execute_fetchall(_SCOPE_ROWS, _scope_params(scope))
+        rows = await conn.fetchall(_SCOPE_ROWS, _scope_params(scope))
         return self.values.valid(scope, rows)
 
     async def _check_combination(
-        self, conn: aiosqlite.Connection, scope: Scope, new: dict[str, Any]
+        self, conn: Tx, scope: Scope, new: dict[str, Any]
     ) -> None:
         """Refuse values that would make the knobs in force at `scope` inconsistent."""
         chain = [scope]
@@ -378,10 +414,10 @@ class SettingsStore:
             await self._check_channels(conn, scope, knobs)
 
     async def _check_channels(
-        self, conn: aiosqlite.Connection, server: Scope, knobs: Knobs
+        self, conn: Tx, server: Scope, knobs: Knobs
     ) -> None:
         """A server-wide min/max must not conflict with channels that set the other one."""
-        rows = await conn.execute_fetchall(
+        rows = await conn.fetchall(
             "SELECT scope_id, key, value FROM settings WHERE scope_kind = 'channel' "
             "AND guild_id = ? AND key IN ('min_new_tokens', 'max_new_tokens')",
             (server.id,),
@@ -404,12 +440,12 @@ class SettingsStore:
             )
 
     async def _upsert(
-        self, conn: aiosqlite.Connection, scope: Scope, values: dict[str, Any], actor_id: int
+        self, conn: Tx, scope: Scope, values: dict[str, Any], actor_id: int
     ) -> None:
         """Write `values` at `scope` with one history row each (unchanged values skipped)."""
         now = self.db.now_iso()
         placeholders = ", ".join("?" for _ in values)
-        rows = await conn.execute_fetchall(
+        rows = await conn.fetchall(
             "SELECT key, value FROM settings WHERE scope_kind = ? AND scope_id = ? "
             f"AND key IN ({placeholders})",
             (scope.kind.value, scope.id, *values),
@@ -428,12 +464,12 @@ class SettingsStore:
         await self.audit.trim(conn, scope)
 
     async def _delete(
-        self, conn: aiosqlite.Connection, scope: Scope, keys: list[str], actor_id: int
+        self, conn: Tx, scope: Scope, keys: list[str], actor_id: int
     ) -> list[str]:
         """Delete `keys` at `scope`, auditing each; returns the keys that existed."""
         now = self.db.now_iso()
         placeholders = ", ".join("?" for _ in keys)
-        rows = await conn.execute_fetchall(
+        rows = await conn.fetchall(
             "SELECT key, value FROM settings WHERE scope_kind = ? AND scope_id = ? "
             f"AND key IN ({placeholders})",
             (scope.kind.value, scope.id, *keys),

@@ -24,11 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import aiosqlite
-
 from bot.errors import UserFacingError
-from bot.store.db import Database
-from bot.store.turns import _COLUMNS, StoredTurn  # one column list for every turn read
+from bot.store.db import Database, Tx
+from bot.store.turns import _COLUMNS, MAP_MESSAGE_SQL, StoredTurn  # one column list
 
 MAX_SWIPES: Final = 20
 MAX_CONTINUATIONS: Final = 8
@@ -121,38 +119,11 @@ class SwipeStore:
     # --- reads ---------------------------------------------------------------------
 
     async def answer(self, answer_id: int) -> Answer | None:
-        rows = await self.db.read(
-            f"SELECT {_COLUMNS}, {_EXTRA} FROM turns WHERE id = ? AND role = 'assistant'",
-            (answer_id,),
-        )
-        return _answer(rows[0]) if rows else None
+        return await self.db.read_with(lambda conn: _answer_in(conn, answer_id))
 
     async def swipes(self, question_id: int, *, user_id: int) -> Swipes:
         """The versions of the answer to `question_id`, as `user_id` may see them."""
-        rows = await self.db.read(
-            f"SELECT {_COLUMNS} FROM turns WHERE id = ? AND role = 'user'", (question_id,)
-        )
-        if not rows:
-            raise AnswerGone()
-        question = StoredTurn.from_row(rows[0])
-        if not question.visible_to(user_id):
-            raise PrivateAnswer()
-        answers = tuple(_answer(r) for r in await self.db.read(
-            f"SELECT {_COLUMNS}, {_EXTRA} FROM turns "
-            "WHERE parent_id = ? AND role = 'assistant' ORDER BY id",
-            (question_id,),
-        ))
-        if not answers:
-            raise AnswerGone()
-        choice = await self.db.read(
-            "SELECT answer_id FROM swipe_choices WHERE question_id = ?", (question_id,)
-        )
-        shown = len(answers) - 1
-        if choice:
-            for i, a in enumerate(answers):
-                if a.turn.id == int(choice[0][0]):
-                    shown = i
-        return Swipes(question, answers, shown)
+        return await self.db.read_with(lambda conn: _swipes_in(conn, question_id, user_id))
 
     async def swipes_of_answer(self, answer_id: int, *, user_id: int) -> Swipes:
         """The versions an answer belongs to (what a ◀ ▶ button on its message names)."""
@@ -180,35 +151,49 @@ class SwipeStore:
         Refused past `MAX_SWIPES` versions (the message says so) and, for a
         private question, for anyone but its author.
         """
+        now = self.db.now_iso()
+        return await self.db.write(lambda conn: self.add_swipe_in(
+            conn, question_id, text, now, user_id=user_id, ask_id=ask_id, reasoning=reasoning,
+            finish=finish, tokens=tokens, message_ids=message_ids))
+
+    async def add_swipe_in(
+        self, conn: Tx, question_id: int, text: str, now: str, *,
+        user_id: int, ask_id: int | None, reasoning: str = "", finish: str | None = None,
+        tokens: int = 0, message_ids: Sequence[int] = (),
+    ) -> Swipes:
+        """`add_swipe` inside the caller's transaction; the versions returned include it."""
         _check_finish(finish)
-        current = await self.swipes(question_id, user_id=user_id)
+        current = await _swipes_in(conn, question_id, user_id)
         if len(current.answers) >= MAX_SWIPES:
             raise UserFacingError(
                 f"This reply has {MAX_SWIPES} versions already; ask again to start afresh."
             )
         question = current.question
-        now = self.db.now_iso()
-        siblings = [a.turn.id for a in current.answers]
-
-        async def work(conn: aiosqlite.Connection) -> None:
-            cur = await conn.execute(
-                "INSERT INTO turns (conversation_id, parent_id, role, text, author_id, "
-                "author_name, ask_id, guild_id, channel_id, private, created_at, reasoning, "
-                "finish, tokens) VALUES (?, ?, 'assistant', ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (question.conversation_id, question.id, text, question.author_id, ask_id,
-                 question.guild_id, question.channel_id, int(question.private), now,
-                 reasoning, finish, max(0, tokens)),
-            )
-            new_id = int(cur.lastrowid or 0)
-            for message_id in message_ids:
-                await conn.execute(
-                    "INSERT OR REPLACE INTO turn_messages (message_id, turn_id) VALUES (?, ?)",
-                    (message_id, new_id),
-                )
-            await _show(conn, question.id, new_id, siblings, now)
-
-        await self.db.write(work)
-        return await self.swipes(question_id, user_id=user_id)
+        inserted = await conn.fetchone(
+            "INSERT INTO turns (conversation_id, parent_id, role, text, author_id, "
+            "author_name, ask_id, guild_id, channel_id, private, created_at, reasoning, "
+            "finish, tokens) VALUES (?, ?, 'assistant', ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING id",
+            (question.conversation_id, question.id, text, question.author_id, ask_id,
+             question.guild_id, question.channel_id, int(question.private), now,
+             reasoning, finish, max(0, tokens)),
+        )
+        assert inserted is not None
+        new_id = int(inserted[0])
+        for message_id in message_ids:
+            await conn.execute(MAP_MESSAGE_SQL, (message_id, new_id))
+        await _show(conn, question.id, new_id, [a.turn.id for a in current.answers], now)
+        added = Answer(
+            turn=StoredTurn(
+                id=new_id, conversation_id=question.conversation_id, parent_id=question.id,
+                role="assistant", text=text, author_id=question.author_id, author_name="",
+                ask_id=ask_id, guild_id=question.guild_id, channel_id=question.channel_id,
+                private=question.private, created_at=now,
+            ),
+            reasoning=reasoning, finish=finish, continuations=0, tokens=max(0, tokens),
+        )
+        answers = (*current.answers, added)
+        return Swipes(question, answers, len(answers) - 1)
 
     async def show(self, question_id: int, index: int, *, user_id: int) -> Swipes:
         """Show version `index` (0-based, clamped to the versions there are)."""
@@ -233,7 +218,7 @@ class SwipeStore:
         """What `TurnStore.add_exchange` does not know yet: why it stopped, its tokens."""
         _check_finish(finish)
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        async def work(conn: Tx) -> None:
             await conn.execute(
                 "UPDATE turns SET finish = ?, tokens = ?, reasoning = ? "
                 "WHERE id = ? AND role = 'assistant'",
@@ -244,23 +229,7 @@ class SwipeStore:
 
     async def check_continue(self, answer_id: int, *, user_id: int) -> Answer:
         """The answer Continue would extend, or the reason it cannot be (before generating)."""
-        found = await self.answer(answer_id)
-        if found is None:
-            raise AnswerGone()
-        if not found.turn.visible_to(user_id):
-            raise PrivateAnswer()
-        if found.finish != "length":
-            raise UserFacingError(
-                "Continue is for a reply that stopped at its token limit; this one finished."
-            )
-        if found.continuations >= MAX_CONTINUATIONS:
-            raise UserFacingError(
-                f"This reply has been continued {MAX_CONTINUATIONS} times already; "
-                "ask a follow-up instead."
-            )
-        if len(found.turn.text) >= MAX_ANSWER_CHARS:
-            raise UserFacingError("This reply is as long as a reply can be; ask a follow-up.")
-        return found
+        return _continuable(await self.answer(answer_id), user_id)
 
     async def extend(
         self,
@@ -273,31 +242,92 @@ class SwipeStore:
         reasoning: str = "",
     ) -> Answer:
         """Append one Continue's text to the same answer (checks re-run in the write)."""
+        swipes = await self.db.write(lambda conn: self.extend_in(
+            conn, answer_id, more, user_id=user_id, tokens=tokens, finish=finish,
+            reasoning=reasoning))
+        return next(a for a in swipes.answers if a.turn.id == answer_id)
+
+    async def extend_in(
+        self, conn: Tx, answer_id: int, more: str, *, user_id: int,
+        tokens: int, finish: str | None, reasoning: str = "", message_ids: Sequence[int] = (),
+    ) -> Swipes:
+        """`extend` inside the caller's transaction (with the new pages' messages);
+        returns the versions the extended answer belongs to."""
         _check_finish(finish)
-        before = await self.check_continue(answer_id, user_id=user_id)
+        before = _continuable(await _answer_in(conn, answer_id), user_id)
         room = MAX_ANSWER_CHARS - len(before.turn.text)
         more = more[:max(0, room)]
-
-        async def work(conn: aiosqlite.Connection) -> int:
-            # Conditional on the state checked above, so two Continues pressed at
-            # once cannot both append to the same text.
-            cur = await conn.execute(
-                "UPDATE turns SET text = text || ?, reasoning = reasoning || ?, "
-                "tokens = tokens + ?, continuations = continuations + 1, finish = ? "
-                "WHERE id = ? AND continuations = ? AND finish = 'length'",
-                (more, reasoning, max(0, tokens), finish, answer_id, before.continuations),
-            )
-            return int(cur.rowcount or 0)
-
-        if not await self.db.write(work):
+        changed = await conn.execute(
+            "UPDATE turns SET text = text || ?, reasoning = reasoning || ?, "
+            "tokens = tokens + ?, continuations = continuations + 1, finish = ? "
+            "WHERE id = ? AND continuations = ? AND finish = 'length'",
+            (more, reasoning, max(0, tokens), finish, answer_id, before.continuations),
+        )
+        if not changed:
             raise UserFacingError("This reply was just continued; press Continue again.")
-        found = await self.answer(answer_id)
-        if found is None:
+        for message_id in message_ids:
+            await conn.execute(MAP_MESSAGE_SQL, (message_id, answer_id))
+        if before.turn.parent_id is None:
             raise AnswerGone()
-        return found
+        return await _swipes_in(conn, before.turn.parent_id, user_id)
 
 
-async def _show(conn: aiosqlite.Connection, question_id: int, answer_id: int,
+async def _answer_in(conn: Tx, answer_id: int) -> Answer | None:
+    row = await conn.fetchone(
+        f"SELECT {_COLUMNS}, {_EXTRA} FROM turns WHERE id = ? AND role = 'assistant'",
+        (answer_id,),
+    )
+    return _answer(tuple(row)) if row is not None else None
+
+
+async def _swipes_in(conn: Tx, question_id: int, user_id: int) -> Swipes:
+    """`SwipeStore.swipes` on the caller's connection (inside its transaction)."""
+    row = await conn.fetchone(
+        f"SELECT {_COLUMNS} FROM turns WHERE id = ? AND role = 'user'", (question_id,)
+    )
+    if row is None:
+        raise AnswerGone()
+    question = StoredTurn.from_row(tuple(row))
+    if not question.visible_to(user_id):
+        raise PrivateAnswer()
+    answers = tuple(_answer(tuple(r)) for r in await conn.fetchall(
+        f"SELECT {_COLUMNS}, {_EXTRA} FROM turns "
+        "WHERE parent_id = ? AND role = 'assistant' ORDER BY id", (question_id,)
+    ))
+    if not answers:
+        raise AnswerGone()
+    choice = await conn.fetchone(
+        "SELECT answer_id FROM swipe_choices WHERE question_id = ?", (question_id,)
+    )
+    shown = len(answers) - 1
+    if choice is not None:
+        for i, a in enumerate(answers):
+            if a.turn.id == int(choice[0]):
+                shown = i
+    return Swipes(question, answers, shown)
+
+
+def _continuable(found: Answer | None, user_id: int) -> Answer:
+    """The answer Continue would extend, or the reason it cannot be."""
+    if found is None:
+        raise AnswerGone()
+    if not found.turn.visible_to(user_id):
+        raise PrivateAnswer()
+    if found.finish != "length":
+        raise UserFacingError(
+            "Continue is for a reply that stopped at its token limit; this one finished."
+        )
+    if found.continuations >= MAX_CONTINUATIONS:
+        raise UserFacingError(
+            f"This reply has been continued {MAX_CONTINUATIONS} times already; "
+            "ask a follow-up instead."
+        )
+    if len(found.turn.text) >= MAX_ANSWER_CHARS:
+        raise UserFacingError("This reply is as long as a reply can be; ask a follow-up.")
+    return found
+
+
+async def _show(conn: Tx, question_id: int, answer_id: int,
                 siblings: Sequence[int], now: str) -> None:
     """Make `answer_id` the shown version: the choice, its messages and heads follow."""
     await conn.execute(

@@ -12,15 +12,13 @@ guild filters below); every value is a parameter.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import aiosqlite
-
 from bot.errors import InvalidKnobs, SettingsError
+from bot.store.db import Tx
 from bot.store.migrations import LATEST_VERSION
 from bot.store.scopes import SETTING_KEYS, Scope, ScopeKind, check_id
 from bot.store.store import SettingsStore
@@ -52,8 +50,10 @@ store: SettingsStore, guilds: Iterable[int] | Callable[[int], bool]
         ids = [int(g) for (g,) in found if predicate(int(g))]
     else:
         ids = [check_id("guild_id", g) for g in guilds]
-    where = "guild_id IN (SELECT value FROM json_each(?))"
-    return await _export(store, where, (json.dumps(ids),))
+    if not ids:
+        return await _export(store, "0 = 1", ())
+    where = f"guild_id IN ({', '.join('?' for _ in ids)})"
+    return await _export(store, where, ids)
 
 async def export_shard(store: SettingsStore, shard_id: int, shard_count: int) -> dict[str, Any]:
     """Dump the guilds Discord routes to `shard_id`: ``(guild_id >> 22) % shard_count``."""
@@ -103,15 +103,19 @@ async def import_rows(store: SettingsStore, data: Mapping[str, Any] | PreparedIm
     prepared = data if isinstance(data, PreparedImport) else prepare_import(data)
     settings, history = prepared.settings, prepared.history
 
-    async def work(conn: aiosqlite.Connection) -> int:
+    async def work(conn: Tx) -> int:
         await conn.executemany(
-            f"INSERT OR REPLACE INTO settings ({_SETTINGS_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO settings ({_SETTINGS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (scope_kind, scope_id, key) DO UPDATE SET "
+            "guild_id = excluded.guild_id, value = excluded.value, "
+            "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
             settings,
         )
         await conn.executemany(
             f"INSERT INTO settings_history ({_HISTORY_COLUMNS}) "
-            "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ("
+            "SELECT CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT), "
+            "CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT) "
+            "WHERE NOT EXISTS ("
             " SELECT 1 FROM settings_history WHERE scope_kind = ?1 AND scope_id = ?2"
             " AND key = ?4 AND new_value IS ?6 AND actor_id = ?7 AND changed_at = ?8)",
             history,

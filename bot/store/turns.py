@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Final
 
-import aiosqlite
-
 from bot.store.ask_log import PRIVATE_TTL_S
-from bot.store.db import Database
+from bot.store.db import Database, Tx
 
 #: Longest chain walked up from a turn. Far more than any context window holds;
 #: a bound so a corrupted parent loop can never spin.
@@ -168,7 +166,7 @@ class TurnStore:
             return []
         rows = await self.db.read(
             "WITH RECURSIVE up(id, depth) AS ("
-            " SELECT ?, 0"
+            " SELECT CAST(? AS BIGINT), 0"
             " UNION ALL"
             " SELECT t.parent_id, up.depth + 1 FROM turns t JOIN up ON t.id = up.id"
             " WHERE t.parent_id IS NOT NULL AND up.depth < ?"
@@ -178,6 +176,23 @@ class TurnStore:
             (turn_id, MAX_CHAIN, self.private_cutoff()),
         )
         return [StoredTurn.from_row(r[:-1]) for r in rows]
+
+    async def chain_at(self, place: str) -> tuple[int | None, list[StoredTurn]]:
+        """A place's current turn and its chain, in one query (None, [] when it has none)."""
+        rows = await self.db.read(
+            "WITH RECURSIVE up(id, depth) AS ("
+            " SELECT turn_id, 0 FROM conversation_heads WHERE place = ? AND turn_id IS NOT NULL"
+            " UNION ALL"
+            " SELECT t.parent_id, up.depth + 1 FROM turns t JOIN up ON t.id = up.id"
+            " WHERE t.parent_id IS NOT NULL AND up.depth < ?"
+            f") SELECT {', '.join('t.' + c.strip() for c in _COLUMNS.split(','))}, up.depth "
+            f"FROM up JOIN turns t ON t.id = up.id WHERE NOT ({_EXPIRED_T}) "
+            "ORDER BY up.depth DESC",
+            (place, MAX_CHAIN, self.private_cutoff()),
+        )
+        chain = [StoredTurn.from_row(r[:-1]) for r in rows]
+        head = chain[-1].id if rows and int(rows[-1][-1]) == 0 else None
+        return head, chain
 
     async def head(self, place: str) -> int | None:
         """The current turn of a place (a DM, a thread, the console), if any."""
@@ -189,7 +204,7 @@ class TurnStore:
     async def set_head(self, place: str, turn_id: int | None) -> None:
         """Make `turn_id` the place's current turn; None starts afresh next time."""
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        async def work(conn: Tx) -> None:
             await _set_head(conn, place, turn_id, self.db.now_iso())
 
         await self.db.write(work)
@@ -208,17 +223,16 @@ class TurnStore:
         """Delete `user_id`'s turns of one conversation (their questions and the answers
         to them) and the prompts kept for Regenerate; returns how many turns went."""
 
-        async def work(conn: aiosqlite.Connection) -> int:
+        async def work(conn: Tx) -> int:
             await conn.execute(
                 "DELETE FROM asks WHERE id IN (SELECT ask_id FROM turns WHERE "
                 "conversation_id = ? AND author_id = ? AND ask_id IS NOT NULL)",
                 (conversation_id, user_id),
             )
-            cur = await conn.execute(
+            return await conn.execute(
                 "DELETE FROM turns WHERE conversation_id = ? AND author_id = ?",
                 (conversation_id, user_id),
             )
-            return int(cur.rowcount or 0)
 
         return await self.db.write(work)
 
@@ -226,63 +240,56 @@ class TurnStore:
         """Store a question and its answer in one transaction; returns both turns."""
         now = self.db.now_iso()
         expired = self.private_cutoff()
+        return await self.db.write(lambda conn: self.exchange_in(conn, ex, now, expired))
 
-        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
-            await conn.execute(f"DELETE FROM turns WHERE {_EXPIRED}", (expired,))
-            conversation: int | None = None
-            if ex.parent_id is not None:
-                async with conn.execute(
-                    "SELECT conversation_id FROM turns WHERE id = ?", (ex.parent_id,)
-                ) as cur:
-                    row = await cur.fetchone()
-                conversation = int(row[0]) if row else None
-            parent = ex.parent_id if conversation is not None else None
-            ids: list[int] = []
-            for role, text, author, name, messages in (
-                ("user", ex.question, ex.author_id, ex.author_name, ex.question_message_ids),
-                ("assistant", ex.answer, ex.author_id, "", ex.answer_message_ids),
-            ):
-                cur = await conn.execute(
-                    "INSERT INTO turns (conversation_id, parent_id, role, text, author_id, "
-                    "author_name, ask_id, guild_id, channel_id, private, created_at, model) "
-                    "VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (parent, role, text, author, name, ex.ask_id, ex.guild_id, ex.channel_id,
-                     int(ex.private), now, ex.model),
-                )
-                turn_id = int(cur.lastrowid or 0)
-                if conversation is None:
-                    conversation = turn_id
+    async def exchange_in(
+        self, conn: Tx, ex: NewExchange, now: str, expired: str, *,
+        finish: str | None = None, tokens: int = 0, reasoning: str = "",
+    ) -> tuple[StoredTurn, StoredTurn]:
+        """`add_exchange` inside the caller's transaction; the answer may carry why it
+        stopped, its tokens and its reasoning. The turns returned are built from what was
+        written (nothing is read back)."""
+        await conn.execute(f"DELETE FROM turns WHERE {_EXPIRED}", (expired,))
+        conversation: int | None = None
+        if ex.parent_id is not None:
+            row = await conn.fetchone(
+                "SELECT conversation_id FROM turns WHERE id = ?", (ex.parent_id,)
+            )
+            conversation = int(row[0]) if row else None
+        parent = ex.parent_id if conversation is not None else None
+        stored: list[StoredTurn] = []
+        for role, text, name, messages, extra in (
+            ("user", ex.question, ex.author_name, ex.question_message_ids, (None, 0, "")),
+            ("assistant", ex.answer, "", ex.answer_message_ids,
+             (finish, max(0, tokens), reasoning)),
+        ):
+            inserted = await conn.fetchone(
+                "INSERT INTO turns (conversation_id, parent_id, role, text, author_id, "
+                "author_name, ask_id, guild_id, channel_id, private, created_at, model, "
+                "finish, tokens, reasoning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
+                (conversation or 0, parent, role, text, ex.author_id, name, ex.ask_id,
+                 ex.guild_id, ex.channel_id, int(ex.private), now, ex.model, *extra),
+            )
+            assert inserted is not None
+            turn_id = int(inserted[0])
+            if conversation is None:
+                conversation = turn_id
                 await conn.execute(
                     "UPDATE turns SET conversation_id = ? WHERE id = ?", (conversation, turn_id)
                 )
-                for message_id in messages:
-                    await conn.execute(
-                        "INSERT OR REPLACE INTO turn_messages (message_id, turn_id) VALUES (?, ?)",
-                        (message_id, turn_id),
-                    )
-                ids.append(turn_id)
-                parent = turn_id
-            if ex.head is not None:
-                await _set_head(conn, ex.head, ids[1], now)
-            return ids[0], ids[1]
-
-        question_id, answer_id = await self.db.write(work)
-        question = await self.get(question_id)
-        answer = await self.get(answer_id)
-        assert question is not None and answer is not None
-        return question, answer
-
-    async def add_messages(self, turn_id: int, message_ids: Sequence[int]) -> None:
-        """Map more Discord messages to a turn (pages known only after it was stored)."""
-
-        async def work(conn: aiosqlite.Connection) -> None:
-            for message_id in message_ids:
-                await conn.execute(
-                    "INSERT OR REPLACE INTO turn_messages (message_id, turn_id) VALUES (?, ?)",
-                    (message_id, turn_id),
-                )
-
-        await self.db.write(work)
+            for message_id in messages:
+                await conn.execute(MAP_MESSAGE_SQL, (message_id, turn_id))
+            stored.append(StoredTurn(
+                id=turn_id, conversation_id=conversation, parent_id=parent, role=role,
+                text=text, author_id=ex.author_id, author_name=name, ask_id=ex.ask_id,
+                guild_id=ex.guild_id, channel_id=ex.channel_id, private=ex.private,
+                created_at=now, model=ex.model,
+            ))
+            parent = turn_id
+        if ex.head is not None:
+            await _set_head(conn, ex.head, stored[1].id, now)
+        return stored[0], stored[1]
 
     async def prune(self, retention_days: int) -> int:
         """Delete turns older than `retention_days` (0: no limit in days) and private
@@ -295,18 +302,24 @@ class TurnStore:
         cutoff = (self.db.clock() - timedelta(days=retention_days)).astimezone(UTC)
         cutoff_iso = cutoff.isoformat(timespec="milliseconds")
 
-        async def work(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(f"DELETE FROM turns WHERE {_EXPIRED}", (expired,))
-            removed = int(cur.rowcount or 0)
+        async def work(conn: Tx) -> int:
+            removed = await conn.execute(f"DELETE FROM turns WHERE {_EXPIRED}", (expired,))
             if retention_days > 0:
-                cur = await conn.execute("DELETE FROM turns WHERE created_at < ?", (cutoff_iso,))
-                removed += int(cur.rowcount or 0)
+                removed += await conn.execute(
+                    "DELETE FROM turns WHERE created_at < ?", (cutoff_iso,)
+                )
             return removed
 
         return await self.db.write(work)
 
 
-async def _set_head(conn: aiosqlite.Connection, place: str, turn_id: int | None, now: str) -> None:
+MAP_MESSAGE_SQL = (
+    "INSERT INTO turn_messages (message_id, turn_id) VALUES (?, ?) "
+    "ON CONFLICT (message_id) DO UPDATE SET turn_id = excluded.turn_id"
+)
+
+
+async def _set_head(conn: Tx, place: str, turn_id: int | None, now: str) -> None:
     await conn.execute(
         "INSERT INTO conversation_heads (place, turn_id, updated_at) VALUES (?, ?, ?) "
         "ON CONFLICT (place) DO UPDATE SET turn_id = excluded.turn_id, "

@@ -19,6 +19,9 @@ from bot.errors import InvalidKnobs
 from bot.hosting.choice import validate_model_name
 from bot.knobs import validate_knob
 from bot.store.scopes import (
+    ASIDE_MARKER_KEY,
+    AUTO_THREAD_KEY,
+    FOLLOW_KEY,
     MAX_SYSTEM_PROMPT_CHARS,
     MODEL_KEY,
     REASONING_KEY,
@@ -57,16 +60,35 @@ def validate_system_prompt(text: object) -> str:
     return text
 
 
+MAX_ASIDE_MARKER_CHARS = 8
+
+
+def validate_aside_marker(value: object) -> str:
+    """A short marker with no spaces or mentions (what a message starts with to be ignored)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidKnobs("The marker is a few characters, such as `//`.")
+    value = value.strip()
+    if len(value) > MAX_ASIDE_MARKER_CHARS or any(c.isspace() for c in value):
+        raise InvalidKnobs(
+            f"The marker is at most {MAX_ASIDE_MARKER_CHARS} characters, without spaces."
+        )
+    if "<" in value or "@" in value:
+        raise InvalidKnobs("The marker can't contain `<` or `@` (mentions start so).")
+    return value
+
+
 def validate_value(key: str, value: Any) -> Any:
     """Normalise one stored or submitted value (raises `InvalidKnobs`)."""
     if key == SYSTEM_PROMPT_KEY:
         return validate_system_prompt(value)
     if key == MODEL_KEY:  # its form only: whether it is served here is checked when set
         return validate_model_name(value)
-    if key == REASONING_KEY:
+    if key in (REASONING_KEY, FOLLOW_KEY, AUTO_THREAD_KEY):
         if not isinstance(value, bool):
-            raise InvalidKnobs("The reasoning setting is on or off.")
+            raise InvalidKnobs(f"The {key.replace('_', ' ')} setting is on or off.")
         return value
+    if key == ASIDE_MARKER_KEY:
+        return validate_aside_marker(value)
     return validate_knob(key, value)
 
 

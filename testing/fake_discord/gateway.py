@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from testing.fake_discord.records import Records
-from testing.fake_discord.world import JSONDict
+from testing.fake_discord.world import PRIVILEGED_INTENTS, JSONDict
 
 # Gateway close codes after which Discord refuses a RESUME of the same session.
 NON_RESUMABLE_CLOSE_CODES = frozenset({4007, 4009})
@@ -54,8 +54,9 @@ class GatewaySession:
 class Gateway(Records):
     """The websocket side of the fake: sessions, dispatch and the ops tests trigger."""
 
-    def _setup_gateway(self, *, heartbeat_interval_ms: int) -> None:
+    def _setup_gateway(self, *, heartbeat_interval_ms: int, privileged_intents: int = 0) -> None:
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.privileged_intents = privileged_intents
         self._sessions: dict[str, GatewaySession] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._server_closed: set[web.WebSocketResponse] = set()
@@ -133,6 +134,10 @@ class Gateway(Records):
     async def _identify(self, ws: web.WebSocketResponse, data: JSONDict) -> GatewaySession | None:
         if self.token is not None and data.get("token") != self.token:
             await ws.close(code=4004, message=b"Authentication failed.")
+            return None
+        asked = int(data.get("intents") or 0)
+        if asked & PRIVILEGED_INTENTS & ~self.privileged_intents:
+            await ws.close(code=4014, message=b"Disallowed intent(s).")
             return None
         shard_data = data.get("shard")
         shard: tuple[int, int] | None = None

@@ -124,8 +124,13 @@ class Inject(Gateway):
         locale: str = "en-US",
         dm: bool = False,
         resolved: JSONDict | None = None,
+        autocomplete: str | None = None,
     ) -> FakeInteraction:
         """Send an INTERACTION_CREATE for a slash command, as a member would trigger it.
+
+        With `autocomplete` (an option's name) it is the autocomplete request a client
+        sends while that option is typed (type 4, the option marked focused); the
+        bot's choices come back as the response (type 8, `data["choices"]`).
 
         `name` may name a subcommand as Discord shows it: "llama ask" or
         "llama admin reset" (group, then subcommand). `options` is a mapping whose
@@ -140,6 +145,9 @@ class Inject(Gateway):
             ]
         else:
             leaf = list(options or [])
+        if autocomplete is not None:
+            leaf = [{**o, "type": 3, "focused": True} if o.get("name") == autocomplete else o
+                    for o in leaf]
         if len(parts) == 3:
             leaf = [
                 {
@@ -162,7 +170,7 @@ class Inject(Gateway):
         if resolved is not None:
             data["resolved"] = resolved
         payload = self._interaction_base(
-            2,
+            4 if autocomplete is not None else 2,
             data,
             guild_id=target_guild,
             channel_id=channel_id,
@@ -303,6 +311,8 @@ class Inject(Gateway):
         reply_to: int | None = None,
         ping: bool = True,
         dm: bool = False,
+        files: Sequence[tuple[str, bytes, str | None]] = (),
+        mention: FakeUser | None = None,
     ) -> StoredMessage:
         """A member posts a message (MESSAGE_CREATE), as Discord delivers it to the bot.
 
@@ -311,7 +321,9 @@ class Inject(Gateway):
         `ping=False`; `dm` posts in the user's DM channel with the bot. Like
         Discord, a guild message reaches a bot without the message-content intent
         with its content emptied unless the bot is mentioned (a reply that pings the
-        bot counts); DMs always carry their content.
+        bot counts); DMs always carry their content. `files` are attachments
+        (name, bytes, content type), served at their CDN URL; `mention` mentions
+        another member.
         """
         if dm:
             author = user or FakeUser(self.application_id + 2, "dm-user")
@@ -341,12 +353,24 @@ class Inject(Gateway):
             author=author.to_payload(),
             content=content,
         )
+        for filename, data, content_type in files:
+            attachment_id = self._ids.next()
+            self.cdn_files[attachment_id] = data  # type: ignore[attr-defined]
+            url = self.cdn_url(attachment_id, filename)  # type: ignore[attr-defined]
+            message.attachments.append({
+                "id": str(attachment_id), "filename": filename, "size": len(data), "url": url,
+                "proxy_url": url, **({"content_type": content_type} if content_type else {}),
+            })
+        if mention is not None:
+            message.content = f"<@{mention.id}> {message.content}"
         message.revisions.append(message.snapshot())
         self.messages[message.id] = message
         payload = message.to_payload()
         mentions: list[JSONDict] = []
         if mention_bot:
             mentions.append(self.bot_user.to_payload())
+        if mention is not None:
+            mentions.append(mention.to_payload())
         if reply_to is not None:
             referenced = self.message(reply_to)
             payload["type"] = 19

@@ -49,11 +49,15 @@ class FakeDiscord(Inject, Rest):
         callback_deadline: float | None = 3.0,
         heartbeat_interval_ms: int = 41_250,
         validate: bool = True,
+        privileged_intents: int = 0,
     ) -> None:
         """`token=None` accepts any token; `callback_deadline` is Discord's 3 s to answer.
 
         `validate` checks every request against Discord's schemas and rules (see
         `validation`); a refusal left untaken fails the `async with` block on exit.
+        `privileged_intents` are those switched on in the Developer Portal
+        (`INTENT_MESSAGE_CONTENT`, ...): an IDENTIFY asking for any other privileged
+        intent is closed with 4014, as Discord does.
         """
         World.__init__(
             self,
@@ -68,7 +72,8 @@ class FakeDiscord(Inject, Rest):
         self._setup_http(
             enforce_buckets=enforce_buckets, bucket_limit=bucket_limit, bucket_window=bucket_window
         )
-        self._setup_gateway(heartbeat_interval_ms=heartbeat_interval_ms)
+        self._setup_gateway(heartbeat_interval_ms=heartbeat_interval_ms,
+                            privileged_intents=privileged_intents)
         self._setup_rest(callback_deadline=callback_deadline)
         self._runner: web.AppRunner | None = None
         self._saved: tuple[str, yarl.URL] | None = None

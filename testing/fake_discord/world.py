@@ -28,6 +28,10 @@ FLAG_LOADING = 1 << 7
 INTENT_GUILD_MESSAGES = 1 << 9
 INTENT_DM_MESSAGES = 1 << 12
 INTENT_MESSAGE_CONTENT = 1 << 15
+INTENT_GUILD_MEMBERS = 1 << 1
+INTENT_GUILD_PRESENCES = 1 << 8
+#: The intents a bot must switch on in the Developer Portal before asking for them.
+PRIVILEGED_INTENTS = INTENT_GUILD_MEMBERS | INTENT_GUILD_PRESENCES | INTENT_MESSAGE_CONTENT
 # Gateway close codes after which Discord refuses a RESUME of the same session.
 NON_RESUMABLE_CLOSE_CODES = frozenset({4007, 4009})
 DEFAULT_MEMBER_PERMISSIONS = str(

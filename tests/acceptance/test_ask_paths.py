@@ -1,5 +1,5 @@
-"""Issue 18: one ask path. Where the slash-command and the message paths used to differ,
-the better behaviour now holds for both; and a turn's prompt is encoded once.
+"""One ask path: the slash command and the message paths behave alike (acknowledgement,
+slot release, undelivered replies, buttons), and a turn's prompt is encoded once.
 
 The Discord stories run the real discord.py client against the fake Discord; the
 core ones a real tiny CTranslate2 model and a real SQLite file.
@@ -7,30 +7,37 @@ core ones a real tiny CTranslate2 model and a real SQLite file.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import discord.http
-import discord.webhook.async_
 import pytest
 
 from bot.app import App
 from bot.chat.history import PrivateConversation
-from bot.chat.turns import TurnAsk, prepare_turn, record_turn
-from bot.engine import Engine, GenerationRequest, PreparedPrompt, Turn
+from bot.chat.turns import TurnAsk
+from bot.engine import (
+    Engine,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    PreparedPrompt,
+    Turn,
+)
 from bot.errors import UserFacingError
 from bot.store.scopes import Location
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import RecordedRequest, Routes, StoredMessage
-from tests.discord.test_faults import _QuickAsyncio
+from testing.stories import buttons
 
 LOCATION = Location(guild_id=10, channel_id=20, user_id=30)
 
 
-def buttons(msg: StoredMessage) -> list[str]:
-    return [c.get("custom_id", "") for row in msg.components for c in row.get("components", [])]
+def answered(text: str) -> GenerationResult:
+    """A finished reply saying `text`, as the engine would report it."""
+    return GenerationResult(text=text, prompt_tokens=1, new_tokens=1, ttft_s=None,
+                            decode_tok_s=None, total_s=0.0, finish_reason=FinishReason.END,
+                            max_new_tokens=1)
 
 
 async def mention_answer(h: Harness, text: str, **kw: Any) -> StoredMessage:
@@ -79,7 +86,7 @@ async def test_buttons_come_in_one_order_whichever_way_one_asks(
         assert itx.original is not None
         by_command = [c.split(":")[1] for c in buttons(itx.original)]
         by_mention = [c.split(":")[1] for c in buttons(await mention_answer(h, "by mention"))]
-    # The knobs lab's Probabilities and Confidence follow (issue 19), in one order too.
+    # The knobs lab's Probabilities and Confidence follow, in one order too.
     assert by_command == by_mention == ["regen", "reply", "probs", "conf"]
 
 
@@ -116,22 +123,14 @@ async def test_a_long_mention_reply_keeps_stop_on_its_live_page_only(
                  for rev in first.revisions]
         assert stops[0] and not stops[-1]
         assert stops == sorted(stops, reverse=True), stops
-        # Issue 22: a reply cut at its token limit also offers Continue; issue 19: the
-        # lab's Probabilities and Confidence on every finished reply.
+        # A reply cut at its token limit also offers Continue; every finished reply the
+        # lab's Probabilities and Confidence.
         assert [c.split(":")[1] for c in buttons(last)] == [
             "regen", "reply", "cont", "probs", "conf"]
 
 
 def _ids(components: list[dict[str, Any]]) -> list[str]:
     return [c.get("custom_id", "") for row in components for c in row.get("components", [])]
-
-
-@pytest.fixture
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    quick = _QuickAsyncio()
-    monkeypatch.setattr(discord.webhook.async_, "asyncio", quick)
-    monkeypatch.setattr(discord.http, "asyncio", quick)
-    yield
 
 
 async def test_a_mention_reply_discord_keeps_refusing_ends_with_a_clear_message(
@@ -188,7 +187,7 @@ async def test_a_turn_is_encoded_once_and_submitted_as_prepared(
                                                            "reply " * 12))
         parent = answer.id
     prepared = count_prepares(app.engine, monkeypatch)
-    turn = await prepare_turn(app, TurnAsk(location=LOCATION, prompt="the new one",
+    turn = await app.chat.prepare(TurnAsk(location=LOCATION, prompt="the new one",
                                            author_id=30, author_name="Ada", parent_id=parent,
                                            explicit=True))
     gen = app.engine.submit(turn.request, turn.prepared)
@@ -215,32 +214,33 @@ async def test_one_turn_keeps_a_places_conversation_for_every_front_end(app: App
     """A place's current turn is what the next ask continues; a chosen turn (or a
     chosen fresh start) wins; a private ask in a shared place never becomes current."""
     place = "console:20"
-    # 128 set explicitly: the default budget (512 since issue 24 item 1) leaves the
+    # 128 set explicitly: the default budget (512) leaves the
     # tiny model's 256-token window no room for history.
     base = TurnAsk(location=LOCATION, prompt="one", author_id=30, author_name="Ada",
                    place=place, shared=True, overrides={"max_new_tokens": 128})
 
     async def ask(turn_ask: TurnAsk) -> tuple[int | None, int, tuple[Turn, ...]]:
-        turn = await prepare_turn(app, turn_ask)
-        answer = await record_turn(app.turns, turn, f"answer to {turn_ask.prompt}", ask_id=None)
-        return turn.parent_id, answer.id, turn.request.history
+        turn = await app.chat.prepare(turn_ask)
+        stored = await app.chat.record(turn, answered(f"answer to {turn_ask.prompt}"))
+        assert stored is not None
+        return turn.parent_id, stored.current.turn.id, turn.request.history
 
     _, first, history = await ask(base)
     assert history == () and await app.turns.head(place) == first
     parent, _, history = await ask(replace(base, prompt="two"))
-    assert parent == first and [t.text for t in history] == ["Ada: one", "answer to one"]
+    assert parent == first and [t.text for t in history] == ["one", "answer to one"]
     parent, fresh, history = await ask(replace(base, prompt="new", explicit=True))
     assert parent is None and history == () and await app.turns.head(place) == fresh
     await ask(replace(base, prompt="psst", private=True))
     assert await app.turns.head(place) == fresh  # the private answer did not become current
     _, after, history = await ask(replace(base, prompt="after"))
-    assert [t.text for t in history] == ["Ada: new", "answer to new"]  # psst is not in it
+    assert [t.text for t in history] == ["new", "answer to new"]  # psst is not in it
     # A private turn is continued privately by its author, and by nobody else.
     _, mine, _ = await ask(replace(base, prompt="mine", private=True, parent_id=after,
                                    explicit=True))
     with pytest.raises(PrivateConversation):
-        await prepare_turn(app, replace(base, prompt="let me see", author_id=31,
+        await app.chat.prepare(replace(base, prompt="let me see", author_id=31,
                                         author_name="Bob", parent_id=mine, explicit=True))
     with pytest.raises(UserFacingError, match="only be continued privately"):
-        await prepare_turn(app, replace(base, prompt="publicly", parent_id=mine,
+        await app.chat.prepare(replace(base, prompt="publicly", parent_id=mine,
                                         explicit=True))

@@ -1,6 +1,6 @@
-"""Issue 24, items 1–12: a member's and an admin's first hour with the bot.
+"""A member's and an admin's first hour with the bot, as stories.
 
-One test (or two) per item, each failing before its fix: the real discord.py
+The real discord.py
 client against the fake Discord, a real SQLite file, a real (tiny or
 embedded) CTranslate2 model; the model is scripted where a test needs exact
 output.
@@ -15,7 +15,7 @@ from typing import Any
 import discord
 
 from bot import wording
-from bot.chat.request import Cap, reply_footer
+from bot.chat.request import Cap, footer
 from bot.engine import FinishReason, GenerationResult
 from bot.knobs import Knobs
 from bot.limits import AskGate
@@ -31,6 +31,7 @@ from testing.fake_discord import (
     StoredMessage,
     default_guild,
 )
+from testing.stories import buttons
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True, manage_channels=True).value)
@@ -44,10 +45,6 @@ def result(**kw: Any) -> GenerationResult:
     )
     base.update(kw)
     return GenerationResult(**base)
-
-
-def buttons(msg: StoredMessage) -> list[str]:
-    return [c.get("custom_id", "") for row in msg.components for c in row.get("components", [])]
 
 
 def final(itx: FakeInteraction) -> StoredMessage:
@@ -69,24 +66,24 @@ async def content(itx: FakeInteraction) -> str:
     return str(resp.data.get("content", ""))
 
 
-# --------------------------------------------------------------------------- item 1
+# ----------------------------------------------------------------------------------- reply length
 
 
 def test_default_lets_an_everyday_answer_finish_and_a_cut_says_how_to_get_more() -> None:
     # Measured by `python -m bench --finish`: 35% of everyday answers end on their own
     # at 128 tokens, 85% at 512 (median 222 tokens).
     assert Knobs().max_new_tokens == 512
-    cut = reply_footer(result(new_tokens=512, finish_reason=FinishReason.MAX_TOKENS),
-                       cap=Cap("channel", 1024))
+    cut = footer(result(new_tokens=512, finish_reason=FinishReason.MAX_TOKENS),
+                 cap=Cap("channel", 1024))
     assert "cut at the limit of 512 tokens" in cut
     assert "ask with a larger max_new_tokens" in cut
     # At the scope's own cap a larger per-ask value can't help: say what can.
-    at_cap = reply_footer(result(new_tokens=512, finish_reason=FinishReason.MAX_TOKENS),
-                          cap=Cap("default", 512))
+    at_cap = footer(result(new_tokens=512, finish_reason=FinishReason.MAX_TOKENS),
+                    cap=Cap("default", 512))
     assert "/knobs set max_new_tokens" in at_cap
 
 
-# --------------------------------------------------------------------------- item 2
+# -------------------------------------------------------------------------------- the per-ask cap
 
 
 async def test_a_per_ask_length_above_the_cap_is_said_not_cut_silently(
@@ -103,7 +100,7 @@ async def test_a_per_ask_length_above_the_cap_is_said_not_cut_silently(
         assert "limit" in option["description"] and "channel" in option["description"]
 
 
-# --------------------------------------------------------------------------- item 3
+# ------------------------------------------------------------------------------------------- help
 
 
 async def test_help_on_discord_and_at_mention_help_is_not_sent_to_the_model(
@@ -128,7 +125,7 @@ async def test_help_on_discord_and_at_mention_help_is_not_sent_to_the_model(
         assert calls == []  # the model never saw it
 
 
-# --------------------------------------------------------------------------- item 4
+# --------------------------------------------------------------------------------- the first text
 
 
 async def test_the_first_text_is_not_held_back_by_a_status_edit(
@@ -145,7 +142,7 @@ async def test_the_first_text_is_not_held_back_by_a_status_edit(
         assert not any("thinking" in e for e in edits), edits
 
 
-# --------------------------------------------------------------------------- item 5
+# ----------------------------------------------------------------------------- the settings limit
 
 
 async def test_only_real_changes_count_against_the_settings_limit(
@@ -169,7 +166,7 @@ async def test_only_real_changes_count_against_the_settings_limit(
         assert "too quickly" in said and re.search(r"<t:\d+:R>", said), said
 
 
-# --------------------------------------------------------------------------- item 6
+# -------------------------------------------------------------------------- boxes after a restart
 
 
 async def test_reply_and_persona_boxes_submitted_after_a_restart_are_answered(
@@ -202,7 +199,7 @@ async def test_reply_and_persona_boxes_submitted_after_a_restart_are_answered(
         assert "Manage Channels" in await content(late)
 
 
-# --------------------------------------------------------------------------- item 7
+# ---------------------------------------------------------------------------------------- wording
 
 
 def test_one_table_of_words_follows_its_rules() -> None:
@@ -241,7 +238,7 @@ async def test_inside_a_thread_it_says_this_thread_and_sources_read_as_words(
         assert await content(persona) == "Persona set for this thread."
 
 
-# --------------------------------------------------------------------------- item 8
+# ------------------------------------------------------------------------------- DM conversations
 
 
 async def test_a_dm_conversation_can_be_seen_and_forgotten(
@@ -272,21 +269,21 @@ async def test_a_dm_conversation_can_be_seen_and_forgotten(
         assert await content(again) == "No conversation here yet."
 
 
-# --------------------------------------------------------------------------- item 9
+# ------------------------------------------------------------------------------------- the footer
 
 
 def test_the_footer_says_only_what_tells_the_member_something() -> None:
-    plain = reply_footer(result())
+    plain = footer(result())
     assert plain == "12 tokens · done"  # no tok/s: /status has the speed
     # Shortened to fit, but the answer ended on its own well before: nothing to say.
-    quiet = reply_footer(result(clamped_to_context=True, max_new_tokens=40))
+    quiet = footer(result(clamped_to_context=True, max_new_tokens=40))
     assert "shortened" not in quiet
-    cut = reply_footer(result(new_tokens=40, max_new_tokens=40, clamped_to_context=True,
-                              finish_reason=FinishReason.MAX_TOKENS))
+    cut = footer(result(new_tokens=40, max_new_tokens=40, clamped_to_context=True,
+                        finish_reason=FinishReason.MAX_TOKENS))
     assert "shortened to 40 tokens to fit the context" in cut
 
 
-# --------------------------------------------------------------------------- item 10
+# ------------------------------------------------------------------- regenerate by another member
 
 
 async def test_regenerate_by_another_member_keeps_the_askers_name(
@@ -306,7 +303,9 @@ async def test_regenerate_by_another_member_keeps_the_askers_name(
         regen = next(c for c in buttons(final(itx)) if c.startswith("llm:regen:"))
         press = await h.fake.inject_component(regen, channel_id=h.general, user=CAROL)
         await h.finished(press)
-        assert f"{asker.global_name or asker.username}: what is a llama?" in prompts[-1]
+        # One person asked: the question carries no name, and never the presser's.
+        assert "\nwhat is a llama?" in prompts[-1]
+        assert f"{asker.global_name or asker.username}:" not in prompts[-1]
         assert "Carol" not in prompts[-1]
 
 
@@ -320,7 +319,7 @@ async def test_an_empty_reply_says_so_and_offers_regenerate(
         assert any(c.startswith("llm:regen:") for c in buttons(msg))
 
 
-# --------------------------------------------------------------------------- item 11
+# --------------------------------------------------------------------------------------- cooldown
 
 
 def test_a_refused_ask_starts_no_cooldown() -> None:
@@ -351,7 +350,7 @@ async def test_a_too_long_prompt_does_not_make_the_asker_wait(
         assert ok.original is not None and "3 tokens" in ok.original.content
 
 
-# --------------------------------------------------------------------------- item 12
+# ---------------------------------------------------------------------------------- scope choices
 
 
 async def test_scope_choices_read_right_in_threads_and_dms_have_a_persona(

@@ -1,4 +1,4 @@
-"""What members see, read as they see it: issue 13's polish items, each as a story.
+"""What members see, read as they see it: each detail of a reply's messages as a story.
 
 Replies run through the real client against the fake Discord with a scripted
 model (exact text), so every assertion is about a payload a member would read.
@@ -18,13 +18,9 @@ from bot.engine import FinishReason, GenerationResult
 from bot.store.scopes import Scope
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FLAG_EPHEMERAL, FakeUser, Routes, StoredMessage
+from testing.stories import buttons
 
 MANAGE_MESSAGES = str(discord.Permissions(manage_messages=True).value)
-
-
-def buttons(msg: StoredMessage | dict[str, Any]) -> list[str]:
-    rows = msg.components if isinstance(msg, StoredMessage) else msg.get("components") or []
-    return [c.get("custom_id", "") for row in rows for c in row.get("components", [])]
 
 
 def refused_as_not_yours(data: dict[str, Any] | None) -> bool:
@@ -44,22 +40,22 @@ def result(**kw: Any) -> GenerationResult:
     return GenerationResult(**base)
 
 
-# --------------------------------------------------------------------------- item 3: footer
+# ----------------------------------------------------------------------------------------- footer
 
 
 def test_footer_words_read_as_sentences() -> None:
-    assert footer(result()) == "12 tokens · 40.1 tok/s · done"
-    cut = footer(result(new_tokens=128, finish_reason=FinishReason.MAX_TOKENS))
+    assert footer(result(), operator=True) == "12 tokens · 40.1 tok/s · done"
+    cut = footer(result(new_tokens=128, finish_reason=FinishReason.MAX_TOKENS), operator=True)
     assert cut == "128 tokens · 40.1 tok/s · cut at the limit of 128 tokens"
     # One token: singular, and no placeholder speed nobody can read.
-    assert footer(result(new_tokens=1, decode_tok_s=None)) == "1 token · done"
+    assert footer(result(new_tokens=1, decode_tok_s=None), operator=True) == "1 token · done"
     clamped = footer(result(new_tokens=40, max_new_tokens=40, clamped_to_context=True,
-                            finish_reason=FinishReason.MAX_TOKENS))
+                            finish_reason=FinishReason.MAX_TOKENS), operator=True)
     assert clamped.endswith("cut at the limit of 40 tokens · shortened to 40 tokens to fit "
                             "the context")
 
 
-# --------------------------------------------------------------------------- item 9: the quote
+# -------------------------------------------------------------------------------------- the quote
 
 
 def test_quoted_prompt_is_plain_text_not_markup() -> None:
@@ -79,7 +75,7 @@ def test_quoted_prompt_is_plain_text_not_markup() -> None:
     assert long.replace("\\", "").endswith("…") and len(long.replace("\\", "")) == 2 + 180
 
 
-# --------------------------------------------------------------------------- items 1, 4, 6
+# -------------------------------------------------------------- private replies and their buttons
 
 
 async def test_private_reply_has_stop_then_regenerate_and_stays_private(
@@ -176,7 +172,7 @@ async def test_regenerate_stays_in_its_channel_and_dm_asks_stay_their_authors(
         assert "an answer" in by_alice.original.content  # type: ignore[union-attr]
 
 
-# --------------------------------------------------------------------------- item 5: pages
+# ------------------------------------------------------------------------------------------ pages
 
 
 def _live_stops_over_time(h: Harness, token: str, followup_ids: list[int]) -> list[int]:
@@ -221,7 +217,7 @@ async def test_page_split_posts_once_and_only_the_live_page_has_stop(
         assert is_final(pages[-1].content)  # type: ignore[union-attr]
 
 
-# --------------------------------------------------------------------------- items 2, 10
+# ----------------------------------------------------------------- commands as Discord lists them
 
 
 def _synced(h: Harness) -> dict[str, dict[str, Any]]:
@@ -249,7 +245,7 @@ async def test_commands_sync_with_real_descriptions_and_who_may_use_them(
         assert synced["status"]["contexts"] == [0]
 
 
-# --------------------------------------------------------------------------- items 11, 17, 18
+# ------------------------------------------------------------------------- permissions and places
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True, manage_channels=True).value)
@@ -277,7 +273,7 @@ async def test_settings_read_in_words_and_persona_is_shown_whole(
         # Everyone's /settings: the persona, where it comes from, and the knobs.
         everyone = await h.command("settings")
         embeds = (await everyone.wait_response()).data["embeds"]  # type: ignore[index]
-        assert "from this server" in embeds[0]["description"]  # issue 24 item 7: no raw labels
+        assert "from this server" in embeds[0]["description"]  # no raw labels
         assert long_persona.strip() in embeds[0]["description"]
         assert any(f["name"] == "temperature" for f in embeds[1]["fields"])
 
@@ -323,7 +319,7 @@ async def test_manage_threads_alone_cannot_change_a_thread(
         assert "Set temperature" in (await ok.wait_response()).data["content"]  # type: ignore[index]
 
 
-# --------------------------------------------------------------------------- items 7, 8
+# ---------------------------------------------------------------------------------------- /tokens
 
 
 async def test_tokens_shows_byte_pieces_privately_unless_asked(
@@ -351,7 +347,7 @@ async def test_knob_errors_read_as_sentences(tiny_model_dir: Path, tmp_path: Pat
         assert content == "⚠️ `stop` takes up to 4 sequences, not 5."
 
 
-# --------------------------------------------------------------------------- item 21
+# ------------------------------------------------------------------------------ the Discord bench
 
 
 def test_discord_bench_streams_long_enough_for_its_figures() -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from bot.chat.characters import (
     MAX_DEPTH,
     MAX_JSON_BYTES,
+    MAX_JSON_CONTAINERS,
     MAX_PNG_BYTES,
     MAX_PNG_CHUNKS,
     CardError,
@@ -24,11 +25,14 @@ from bot.chat.characters import (
     load_card_file,
     parse_card,
     png_text_chunks,
+    read_card,
 )
+from bot.chat.speakers import fill_user
 from bot.model.bundle import load_model_bundle
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS
 from bot.store.validation import validate_system_prompt
-from testing.character_cards import card_json, card_png, chunk, png, text_chunk
+from testing.character_cards import card_json, card_png, chunk, hostile_cards, png, text_chunk
+from testing.loop_watch import LoopWatch
 from testing.model_factory import make_tiny_model
 
 SERAPHINA: dict[str, Any] = {
@@ -64,13 +68,17 @@ def test_a_v2_card_becomes_a_persona_with_placeholders_filled() -> None:
     assert card.greeting == card.greetings[0]
     assert card.notice() is None and not card.truncated
     assert "creator_notes" not in card.persona and "not part" not in card.persona
+    assert card.ignored == ("the creator's notes",)  # said at import, not silently dropped
     validate_system_prompt(card.persona)  # storable as a persona as it is
 
 
-def test_without_a_member_name_the_user_is_neutral() -> None:
+def test_without_a_member_name_each_turn_fills_in_its_asker() -> None:
     card = parse_card(card_json(SERAPHINA))
-    assert "She heals the user." in card.persona
-    assert "{{" not in card.persona and "<START>" not in card.persona
+    assert "She heals {{user}}." in card.persona
+    assert "{{char}}" not in card.persona and "<START>" not in card.persona
+    assert "She heals Ana." in (fill_user(card.persona, "Ana\n") or "")
+    assert "She heals the user." in (fill_user(card.persona, None) or "")
+    assert fill_user("Hello, {{user}}!", None, default="you") == "Hello, you!"
 
 
 def test_v3_prefers_the_nickname_for_char_and_keeps_the_card_system_prompt() -> None:
@@ -151,9 +159,11 @@ def test_deep_nesting_is_refused_at_any_depth() -> None:
         inner["x"] = {}
         inner = inner["x"]
     assert parse_card(card_json(shallow_enough)).name == "A"
-    for depth in (MAX_DEPTH + 5, 5000, 200_000):
+    for depth in (MAX_DEPTH + 5, 5000):
         nested = b'{"name": "A", "x": ' + b"[" * depth + b"]" * depth + b"}"
         assert f"nests deeper than {MAX_DEPTH}" in _error(nested)
+    nested = b'{"name": "A", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    assert f"more than {MAX_JSON_CONTAINERS:,} JSON objects and lists" in _error(nested)
 
 
 def test_png_errors() -> None:
@@ -176,6 +186,63 @@ def test_png_errors() -> None:
     huge = png(chunk(b"teSt", b"\x00" * MAX_PNG_BYTES))
     assert "bytes; card images up to" in _error(huge)
     assert "cards up to" in _error(b"{" + b" " * MAX_JSON_BYTES + b"}")
+
+
+@pytest.fixture(scope="module")
+def hostile() -> dict[str, bytes]:
+    return hostile_cards(cap=MAX_PNG_BYTES)
+
+
+@pytest.mark.parametrize("name", ["png_full_of_card_bombs", "ztxt_zip_bomb",
+                                  "json_2mb_empty_objects"])
+async def test_no_hostile_card_holds_up_the_event_loop(hostile: dict[str, bytes],
+                                                       name: str) -> None:
+    """Every upload up to the cap is refused while the loop keeps ticking.
+
+    Before, every `chara` chunk of a PNG was inflated on the loop (an 8 MB PNG of
+    them held it 54 s) and 2 MB of empty objects were parsed there (1.8 s).
+    The watch counts a gap only as far as CPU time backs it, so a machine busy
+    with other work cannot fail this; `python -m bench --cards` gives the figures.
+    """
+    data = hostile[name]
+    assert len(data) <= MAX_PNG_BYTES
+    filename = "card.json" if name.startswith("json") else "card.png"
+    async with LoopWatch() as watch:
+        with pytest.raises(CardError):
+            await read_card(data, filename=filename)
+    assert watch.wakes > 0
+    assert watch.worst_busy_s < 0.1, watch.worst_busy_s
+
+
+def test_only_the_card_chunk_that_is_used_is_inflated() -> None:
+    """Card-keyed bombs after the first are never inflated: one cap's worth of work."""
+    bomb = zlib.compress(b"A" * (MAX_JSON_BYTES * 2), 9)
+    card = base64.b64encode(card_json({"name": "First", "description": "d"}))
+    data = png(text_chunk("chara", card, kind=b"zTXt"),
+               *[chunk(b"zTXt", b"chara\x00\x00" + bomb)] * 200)
+    inflated: list[int] = []
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self) -> None:
+            self.inner = real()
+            self.unconsumed_tail = b""
+
+        def decompress(self, raw: bytes, limit: int) -> bytes:
+            out = self.inner.decompress(raw, limit)
+            self.unconsumed_tail = self.inner.unconsumed_tail
+            inflated.append(len(out))
+            return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zlib, "decompressobj", Counting)
+        assert parse_card(data).name == "First"
+    assert len(inflated) == 1
+
+
+def test_a_card_with_many_placeholders_is_not_mistaken_for_many_objects() -> None:
+    text = "{{char}} waves at {{user}}. " * 20_000
+    assert parse_card(card_json({"name": "A", "description": text})).name == "A"
 
 
 def test_card_text_controls_and_lone_surrogates_are_cleaned() -> None:

@@ -23,7 +23,7 @@ from bot.knobs import (
 def test_defaults_follow_the_guide() -> None:
     k = Knobs()
     assert (k.temperature, k.top_p, k.top_k) == (0.7, 0.95, -1)
-    # max_new_tokens: 512, measured for chat (issue 24 item 1; the guide's demos use 128).
+    # max_new_tokens: 512, measured for chat (the guide's demos use 128).
     assert (k.max_new_tokens, k.min_new_tokens, k.stop, k.repetition_penalty) == (512, -1, (), 0.0)
 
 

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from bot.chat.characters import card_from_json
 from bot.chat.speakers import (
     MAX_NAME_CHARS,
     participants,
+    persona_name,
     sanitize_name,
+    several_people,
+    shared_request,
     speaker_stops,
     speaker_text,
+    strip_label,
     with_speaker_stops,
 )
-from bot.engine import Engine, GenerationRequest, Turn
-from bot.engine.streaming import StopMatcher
+from bot.engine import Engine, GenerationRequest, TextDelta, Turn
+from bot.engine.streaming import LeadingLabel, StopMatcher
 from bot.knobs import MAX_STOP_LENGTH, MAX_STOP_SEQUENCES, build_knobs
 from bot.model.bundle import load_model_bundle
+from testing.backends import ScriptedGenerator
 from testing.model_factory import make_tiny_model
 
 HOSTILE_NAMES = {
@@ -131,3 +138,81 @@ def test_the_engine_stop_matcher_cuts_at_another_speakers_line() -> None:
     other = StopMatcher(speaker_stops(["Ana"]))
     text = "".join(other.feed(p) for p in ["Bob: is not a stop\nAnal", "ysis"]) + other.flush()
     assert text == "Bob: is not a stop\nAnalysis" and not other.stopped
+
+
+def feed_all(pieces: list[str], labels: list[str]) -> tuple[str, str | None]:
+    strip = LeadingLabel(labels)
+    text = "".join(strip.feed(p) for p in pieces) + strip.flush()
+    return text, strip.stripped
+
+
+def test_a_leading_label_is_removed_as_the_reply_streams() -> None:
+    names = ["Ada", "Bob", "Marlo"]
+    assert feed_all(["A", "da", ":", " Hello", " there"], names) == ("Hello there", "Ada:")
+    assert feed_all(["**Bob", ":**", "  ", "Sure."], names) == ("Sure.", "**Bob:**")
+    assert feed_all(["\n", "**Marlo", "**:", " Hi"], names) == ("Hi", "**Marlo**:")
+    # Not a label: released untouched, the held part included.
+    assert feed_all(["Ad", "am is here"], names) == ("Adam is here", None)
+    assert feed_all(["Bob is", " late: sorry"], names) == ("Bob is late: sorry", None)
+    assert feed_all(["Ada"], names) == ("Ada", None)
+    # Only the opening label goes; a later line is the stop matcher's job.
+    assert feed_all(["Fine.\nAda: x"], names) == ("Fine.\nAda: x", None)
+    assert feed_all(["Hi"], []) == ("Hi", None)
+
+
+def test_strip_label_on_stored_text() -> None:
+    assert strip_label("Ada: hello", ["Ada"]) == "hello"
+    assert strip_label("Adam: hello", ["Ada"]) == "Adam: hello"
+    assert strip_label("  ", ["Ada"]) == "  "
+
+
+def test_persona_name_comes_from_a_cards_opening_line() -> None:
+    card = card_from_json(json.dumps({"name": "Marlo", "description": "Runs a shop."}).encode())
+    assert persona_name(card.persona) == "Marlo"
+    assert persona_name("You are a helpful pirate.") is None
+    assert persona_name(None) is None
+
+
+def test_several_people_counts_ids_not_names() -> None:
+    assert not several_people([1, 1, 1])
+    assert several_people([1, 2])
+
+
+def test_shared_request_says_who_is_who_and_strips_every_name() -> None:
+    card = card_from_json(json.dumps({"name": "Marlo", "description": "Runs a shop."}).encode())
+    base = GenerationRequest(prompt="Bob: hi", system_prompt=card.persona)
+    shared = shared_request(base, ["Ada", "Bob", "Ada", "Cy"])
+    assert shared.system_prompt is not None
+    assert shared.system_prompt.startswith(card.persona)
+    assert "between Bob, Ada and Cy and you, Marlo." in shared.system_prompt
+    assert set(shared.speakers) >= {"Ada", "Bob", "Cy", "Marlo", "Assistant"}
+    assert shared.knobs.stop[:3] == ("\nCy:", "\nAda:", "\nBob:")
+    plain = shared_request(GenerationRequest(prompt="x"), ["Ada", "Bob"], stops=False)
+    assert plain.system_prompt is not None and "you, the assistant." in plain.system_prompt
+    assert plain.knobs.stop == ()
+
+
+async def test_the_engine_strips_a_leading_name_from_text_and_result(tiny_engine: Engine) -> None:
+    """Through the real engine, token by token: the label never streams, nor is it stored."""
+    tiny_engine.set_backend(ScriptedGenerator(tiny_engine.bundle.tokenizer,
+                                              "Bob: Sure, see you at eight.\nAda: ok"))
+    knobs = build_knobs({"max_new_tokens": 40, "stop": ["\nAda:"]})
+    request = GenerationRequest(prompt="hello", knobs=knobs, speakers=("Ada", "Bob"))
+    gen = tiny_engine.submit(request)
+    shown = "".join([e.text async for e in gen.events() if isinstance(e, TextDelta)])
+    result = await gen.result()
+    assert shown == result.text == "Sure, see you at eight."
+    unlabelled = await tiny_engine.generate(GenerationRequest(prompt="hello", knobs=knobs))
+    assert unlabelled.text == "Bob: Sure, see you at eight."
+
+
+def test_the_speakers_bench_counts_lines_in_a_members_name() -> None:
+    from bench.speakers_bench import opens_with_label, speaks_as
+
+    names = ("Ada", "Bob", "Cy")
+    assert speaks_as("Bob: sure", names) and speaks_as("Fine.\n**Cy:** me too", names)
+    assert speaks_as("ok\n  Ada : hi", names)
+    assert not speaks_as("Bob is coming, Ada said: yes", names)
+    assert not speaks_as("Adam: hello", names)
+    assert opens_with_label("Marlo: hi", (*names, "Marlo"))
+    assert not opens_with_label("Hi\nMarlo: hi", (*names, "Marlo"))

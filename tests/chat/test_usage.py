@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bot.chat.history import fit_history
-from bot.chat.usage import ContextUsage, measure, usage_of
+from bot.chat.usage import ContextUsage, usage_of
 from bot.engine import Engine, GenerationRequest, Turn
 from bot.knobs import Knobs
 
@@ -36,7 +38,7 @@ async def test_numbers_come_from_the_engine_and_the_real_tokenizer(tiny_engine: 
                                 system_prompt="Be brief.", history=tuple(history))
     fitted = fit_history(tiny_engine, request)
     assert fitted.dropped_turns > 0
-    usage = measure(tiny_engine, fitted.request, context, fitted.dropped_turns)
+    usage = usage_of(tiny_engine.prepare(fitted.request), context, fitted.dropped_turns)
     ids = tiny_engine.bundle.encode_chat(
         "Be brief.", "Bob: the new question",
         [(t.role, t.text) for t in fitted.request.history])
@@ -49,7 +51,8 @@ async def test_numbers_come_from_the_engine_and_the_real_tokenizer(tiny_engine: 
     assert usage == usage_of(tiny_engine.prepare(fitted.request), context, fitted.dropped_turns)
 
 
-def test_the_issue_22_core_modules_import_no_front_end() -> None:
+@pytest.mark.slow
+def test_the_conversation_core_modules_import_no_front_end() -> None:
     """Like test_architecture's guard, for the modules the Discord and console wiring use."""
     modules = ("bot.chat.characters", "bot.chat.reasoning", "bot.chat.speakers", "bot.chat.usage",
                "bot.store.swipes", "bot.store.personas", "bot.store.migration_swipes")

@@ -23,51 +23,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from testing.processes import ROOT, console_env, knob_table, run_console, transcript
+
+pytestmark = pytest.mark.slow  # every story here runs `python -m bot` in a process
+
 FOOTER = re.compile(r"^\[(\d+) tokens? · [^\]]*\]$", re.MULTILINE)
-KNOB_ROW = re.compile(r"^\s+(\w+)\s+(.+?)\s+\((\w+)\)$")
-
-
-def console_env(model_dir: Path, db: Path) -> dict[str, str]:
-    """This process's environment minus anything that configures the bot, plus ours."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("BOT_") and k != "DISCORD_TOKEN"}
-    env.update(
-        BOT_MODEL_DIR=str(model_dir),
-        BOT_DATABASE_PATH=str(db),
-        BOT_DEVICE="cpu",
-        BOT_CPU_THREADS="1",
-        BOT_BATCH_WAIT_MS="5",
-        BOT_CONSOLE_HISTORY=str(db.parent / "history"),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def run_console(env: dict[str, str], lines: list[str], command: str = "console",
-                ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot", "--env-file", "/dev/null", command],
-        input="".join(line + "\n" for line in lines), capture_output=True, text=True,
-        env=env, cwd=ROOT, timeout=60, check=False,
-    )
-
-
-def transcript(stdout: str) -> list[tuple[str, str]]:
-    """(line typed, what the console answered) in order; the banner is dropped."""
-    turns = []
-    for chunk in stdout.split("you> ")[1:]:
-        typed, _, answer = chunk.partition("\n")
-        turns.append((typed, answer))
-    return turns
-
-
-def knob_table(text: str) -> dict[str, tuple[str, str]]:
-    """`/knobs show` output as {knob: (shown value, source)}."""
-    rows = [KNOB_ROW.match(line) for line in text.splitlines()]
-    return {m[1]: (m[2], m[3]) for m in rows if m}
-
-
 @pytest.fixture
 def env(tiny_model_dir: Path, tmp_path: Path) -> dict[str, str]:
     return console_env(tiny_model_dir, tmp_path / "db" / "bot.sqlite3")
@@ -107,7 +67,7 @@ def test_scripted_session_sets_persona_and_knobs_that_survive_a_restart(
     assert channel["min_new_tokens"] == ("5", "channel")
     assert channel["stop"] == ('"\\n\\n"', "channel")
     assert channel["top_k"][1] == "default"
-    # Sentinels read as words, as on Discord (issue 13, item 11).
+    # Sentinels read as words, as on Discord.
     assert channel["repetition_penalty"] == ("off", "default")
     assert re.search(r"top_k\s+no limit\s+\(default\)", turns[2][1]), turns[2][1]
     assert said["/knobs set --server top_k=7"] == "Set top_k=7 for this server.\n"

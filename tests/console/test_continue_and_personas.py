@@ -1,4 +1,5 @@
-"""Issue 22 in the console: /continue, /swipe, /regen, /system import FILE, save|load|list.
+"""Conversation features in the console: /continue, /swipe, /regen, /system import FILE,
+save|load|list.
 
 In-process with the embedded model's tokenizer and scripted output, against a
 real SQLite file, so each step's stored state can be checked after it is typed.
@@ -8,35 +9,25 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
 
-from bot.app import App
-from bot.config import load_settings
 from bot.console import Console
-from bot.engine import Engine, EngineOptions
-from bot.store.ask_log import AskLog
-from bot.store.store import SettingsStore
-from testing.backends import ScriptedGenerator
+from bot.engine import Engine
+from testing.apps import core_app
 from testing.character_cards import card_json, card_png
 
 
-async def test_console_continue_swipe_and_personas(smol_model_dir: Path, tmp_path: Path) -> None:
-    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
-                             model_dir=smol_model_dir, device="cpu")
-    store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(
-        smol_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
-    )
+async def test_console_continue_swipe_and_personas(
+    smol_model_dir: Path, smol_scripted: Callable[..., Engine], tmp_path: Path
+) -> None:
     counter = {"n": 0}
 
     def answer(tokens: list[str]) -> str:
         counter["n"] += 1
         return f"Version {counter['n']} " + " ".join(f"w{i}" for i in range(40))
 
-    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, answer, 0.0))
     out = io.StringIO()
-    app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
-    console = Console(app, out=out)
     card = tmp_path / "hook.png"
     card.write_bytes(card_png({"name": "Hook", "description": "A pirate captain.",
                                "first_mes": "Ahoy!"}))
@@ -51,7 +42,9 @@ async def test_console_continue_swipe_and_personas(smol_model_dir: Path, tmp_pat
         assert await console.handle(line)
         return out.getvalue()
 
-    try:
+    # The embedded model's tokenizer and template; the model itself is scripted.
+    async with core_app(smol_model_dir, tmp_path, engine=smol_scripted(answer)) as app:
+        console = Console(app, out=out)
         assert "Imported Hook" in await say(f"/system import {card} --greeting")
         assert "Ahoy!" in out.getvalue()
         assert "error:" in await say(f"/system import {broken}")
@@ -83,6 +76,3 @@ async def test_console_continue_swipe_and_personas(smol_model_dir: Path, tmp_pat
         await say("/knobs set max_new_tokens=200")
         await say("/new")
         assert "error: No answer yet" in await say("/continue")
-    finally:
-        await engine.close()
-        await store.close()

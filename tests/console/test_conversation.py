@@ -9,44 +9,21 @@ token count and what fits is decided by arithmetic, not by what a random model s
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from bot.app import App
-from bot.config import load_settings
 from bot.console import Console
-from bot.engine import Engine, EngineOptions
-from bot.store.ask_log import AskLog
-from bot.store.store import SettingsStore
-from testing.backends import ScriptedGenerator
+from testing.apps import core_app
+from testing.processes import console_env, run_bot_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 HISTORY_ROW = re.compile(r"^  (you|bot)\s+(\d+) tokens  (.*?)(  \[left out\])?$")
-
-
-def console_env(model_dir: Path, db: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("BOT_") and k != "DISCORD_TOKEN"}
-    env.update(
-        BOT_MODEL_DIR=str(model_dir), BOT_DATABASE_PATH=str(db), BOT_DEVICE="cpu",
-        BOT_CPU_THREADS="1", BOT_BATCH_WAIT_MS="5", BOT_SEED="7",
-        BOT_CONSOLE_HISTORY=str(db.parent / "history"), PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def run(env: dict[str, str], lines: list[str]) -> list[tuple[str, str]]:
     """Run the console on `lines`; returns (line typed, what the console answered)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bot", "--env-file", "/dev/null", "console"],
-        input="".join(line + "\n" for line in lines), capture_output=True, text=True,
-        env=env, cwd=ROOT, timeout=120, check=False,
-    )
+    done = run_bot_cli(env, "console", lines=lines)
     assert done.returncode == 0, done.stderr
     said: list[tuple[str, str]] = []
     for chunk in done.stdout.split("you> ")[1:]:
@@ -63,9 +40,10 @@ def rows(text: str) -> list[tuple[str, int, str, bool]]:
 
 @pytest.fixture
 def env(tiny_model_dir: Path, tmp_path: Path) -> dict[str, str]:
-    return console_env(tiny_model_dir, tmp_path / "db" / "bot.sqlite3")
+    return console_env(tiny_model_dir, tmp_path / "db" / "bot.sqlite3", BOT_SEED="7")
 
 
+@pytest.mark.slow
 def test_plain_lines_continue_and_new_starts_afresh_across_a_restart(
     env: dict[str, str],
 ) -> None:
@@ -98,27 +76,16 @@ async def test_history_marks_the_turns_that_will_be_left_out(
     # 90-token answers in a 256-token window with 100 kept for the next reply leave
     # room for one earlier exchange, not two.
     answer = "word " * 30
-    settings = load_settings(None, database_path=tmp_path / "bot.sqlite3",
-                             model_dir=tiny_model_dir, device="cpu")
-    store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(
-        tiny_model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
-    )
-    engine.set_backend(ScriptedGenerator(engine.bundle.tokenizer, answer, 0.0))
     out = io.StringIO()
-    console = Console(App(settings=settings, engine=engine, store=store,
-                          ask_log=AskLog(store.db)), out=out)
-    tokens = len(engine.bundle.tokenizer.encode(answer))
-    try:
+    async with core_app(tiny_model_dir, tmp_path, answer, 0.0) as app:
+        console = Console(app, out=out)
+        tokens = len(app.engine.bundle.tokenizer.encode(answer))
         said = {}
         for line in ["/knobs set max_new_tokens=100", "q one", "q two", "/history", "q three"]:
             out.seek(0)
             out.truncate()
             assert await console.handle(line)
             said[line] = out.getvalue()
-    finally:
-        await engine.close()
-        await store.close()
     history = rows(said["/history"])
     assert history == [("you", 4, "q one", True), ("bot", tokens, answer.strip()[:59] + "…", True),
                        ("you", 4, "q two", False),

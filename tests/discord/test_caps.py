@@ -1,8 +1,8 @@
 """Admin caps hold: a member's per-ask max_new_tokens may narrow the scope's, never widen it.
 
-Issue 11: with a server `max_new_tokens=8`, `/ask max_new_tokens:1024` produced 690
-tokens, and Regenerate replayed the old persona and knobs after an admin changed
-both. Replies are counted from the engine's results, not from the footer's wording.
+With a server `max_new_tokens=8`, `/ask max_new_tokens:1024` gets 8 tokens, and
+Regenerate uses the persona and knobs in effect when it is pressed. Replies are counted
+from the engine's results, not from the footer's wording.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Caps mean one thing (issue 24 item 19): a ceiling, at the server and for the operator.
+"""Caps mean one thing: a ceiling, at the server and for the operator.
 
 A server's `max_new_tokens` is a ceiling for its channels and threads: a channel
 asking for more gets the server's value (and `/knobs set` says so). The operator's

@@ -12,14 +12,11 @@ import discord
 from bot.store.scopes import Scope
 from testing.backends import FailsMidway
 from testing.discord_harness import FOOTER_WORDS, Harness, is_final, running_bot
-from testing.fake_discord import FakeUser, Routes, StoredMessage
+from testing.fake_discord import FakeUser, Routes
+from testing.stories import buttons
 
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True, manage_channels=True).value)
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
-
-
-def buttons(msg: StoredMessage) -> list[str]:
-    return [c.get("custom_id", "") for row in msg.components for c in row.get("components", [])]
 
 
 def contents_of_edits(h: Harness, token: str) -> list[str]:

@@ -17,6 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from testing.fake_discord import (
+    INTENT_MESSAGE_CONTENT,
     FakeChannel,
     FakeDiscord,
     FakeGuild,
@@ -255,6 +256,7 @@ async def test_subcommand_group_options_permissions_and_locale(fake: FakeDiscord
 async def test_prefix_command_dm_interaction_and_expired_token(fake: FakeDiscord) -> None:
     intents = discord.Intents.default()
     intents.message_content = True
+    fake.privileged_intents = INTENT_MESSAGE_CONTENT  # switched on in the Developer Portal
     bot = fake.make_bot(intents=intents, command_prefix="!")
 
     @bot.command()

@@ -8,12 +8,9 @@ seconds; the retry logic itself is discord.py's, unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import discord
@@ -25,35 +22,13 @@ from bot.engine import Engine
 from testing.backends import Exploding
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import RecordedRequest, Routes
-from tests.discord.test_load import body, use_script
+from testing.stories import body, use_script
 
 TEXT = " ".join(f"t{i}" for i in range(40))
 # About 2,700 characters in about 550 tokens: the reply needs one follow-up message.
 LONG = "the quick brown fox jumps over the lazy dog. " * 60 + "The end."
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 MANAGE_GUILD = str(discord.Permissions(manage_guild=True, manage_channels=True).value)
-
-
-class _QuickAsyncio(ModuleType):
-    """`asyncio` as discord.py sees it, with its retry sleeps capped at 50 ms."""
-
-    def __init__(self) -> None:
-        super().__init__("asyncio")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    @staticmethod
-    async def sleep(delay: float, result: Any = None) -> Any:
-        return await asyncio.sleep(min(delay, 0.05), result)
-
-
-@pytest.fixture
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    quick = _QuickAsyncio()
-    monkeypatch.setattr(discord.webhook.async_, "asyncio", quick)
-    monkeypatch.setattr(discord.http, "asyncio", quick)
-    yield
 
 
 async def still_serving(h: Harness) -> None:

@@ -32,7 +32,7 @@ from bot.store.ask_log import AskRecord
 from bot.store.scopes import Location, Scope
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeChannel, FakeGuild, FakeInteraction, FakeUser, Routes
-from tests.discord.test_load import use_script
+from testing.stories import use_script
 
 T = TypeVar("T")
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)

@@ -1,11 +1,11 @@
-"""Issue 24, hostile members: what one member (or a crafted client) can do to the bot.
+"""Hostile members: what one member (or a crafted client) can do to the bot.
 
-Long conversations never stall the bot (item 17); continuations are bound to where
-they started (13); refused presses leave nothing behind (14); server-only commands
-are refused from DMs (18); a reply a moderator deletes stays deleted (20);
-refusals do not amplify (21); crafted ids and option values get a plain refusal
-(22). The core stories run a real tiny CTranslate2 model and a real SQLite file;
-the Discord ones the real discord.py client against the fake Discord.
+Long conversations never stall the bot; continuations are bound to where they
+started; refused presses leave nothing behind; server-only commands are refused
+from DMs; a reply a moderator deletes stays deleted; refusals do not amplify;
+crafted ids and option values get a plain refusal. The core stories run a real tiny
+CTranslate2 model and a real SQLite file; the Discord ones the real discord.py client
+against the fake Discord.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import pytest
 
 from bot.app import App
 from bot.chat.history import fit_history
-from bot.chat.turns import TurnAsk, prepare_turn
-from bot.discord.errors import GENERIC
+from bot.chat.turns import TurnAsk
 from bot.engine import Engine, GenerationRequest, PreparedPrompt, Turn
 from bot.errors import PromptTooLong
 from bot.knobs import Knobs
@@ -31,7 +30,8 @@ from bot.limits import _TRACKED_LIMIT, AskGate, QuietRefusals
 from bot.store.scopes import Location, Scope
 from bot.store.turns import NewExchange
 from testing.discord_harness import Harness, is_final, running_bot
-from testing.fake_discord import FakeInteraction, FakeUser, StoredMessage
+from testing.fake_discord import FakeUser, StoredMessage
+from testing.stories import refusal_of
 
 LOCATION = Location(guild_id=10, channel_id=20)
 
@@ -57,7 +57,7 @@ def watch_prepares(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[Gene
     return seen
 
 
-# --- item 17: long conversations never stall the bot ----------------------------------
+# --- long conversations never stall the bot ---------------------------------------------------
 
 
 @pytest.mark.parametrize("pairs", [50, 250])
@@ -115,16 +115,16 @@ async def test_preparing_a_500_turn_chain_runs_off_the_event_loop(
         return real(request)
 
     monkeypatch.setattr(app.engine, "prepare", prepare)
-    # A short budget, set here rather than left to the default (512 since issue 24
-    # item 1), so the tiny model's window keeps some of the history.
-    turn = await prepare_turn(app, TurnAsk(location=LOCATION, prompt="and now?", author_id=1,
+    # A short budget, set here rather than left to the default (512), so the
+    # tiny model's window keeps some of the history.
+    turn = await app.chat.prepare(TurnAsk(location=LOCATION, prompt="and now?", author_id=1,
                                            author_name="Ada", parent_id=parent, explicit=True,
                                            overrides={"max_new_tokens": 64}))
     assert 0 < len(turn.request.history) < 500
     assert threads and all(t is not threading.main_thread() for t in threads)
 
 
-# --- item 20: a reply a moderator deletes stays deleted --------------------------------
+# --- a reply a moderator deletes stays deleted ------------------------------------------------
 
 LONG_SCRIPT = "word " * 400  # ~8 s at 20 ms a token: deleted long before its end
 
@@ -176,7 +176,7 @@ async def test_a_deleted_mention_reply_stays_deleted_and_stops_generating(h: Har
     await delete_while_streaming(h, reply)
 
 
-# --- item 21: refusals do not amplify --------------------------------------------------
+# --- refusals do not amplify ------------------------------------------------------------------
 
 
 async def test_thirty_mentions_during_a_reply_get_one_refusal(h: Harness) -> None:
@@ -197,16 +197,9 @@ async def test_thirty_mentions_during_a_reply_get_one_refusal(h: Harness) -> Non
     assert h.bot.runner.active  # the live reply runs on
 
 
-# --- item 22: crafted ids and raw option values get a plain refusal --------------------
+# --- crafted ids and raw option values get a plain refusal ------------------------------------
 
 
-def refusal_of(itx: FakeInteraction) -> str:
-    resp = itx.response
-    assert resp is not None, "the interaction was never answered"
-    assert resp.type == 4 and resp.data["flags"] & 64, resp
-    text = str(resp.data["content"])
-    assert GENERIC not in text
-    return text
 
 
 @pytest.mark.parametrize("custom_id", [
@@ -252,7 +245,7 @@ async def test_a_display_name_with_invalid_unicode_never_refuses_the_ask(h: Harn
     assert "⚠️" not in h.full_text(itx)
 
 
-# --- item 18: server-only commands are refused from DMs, whatever the client says -------
+# --- server-only commands are refused from DMs, whatever the client says ----------------------
 
 
 @pytest.mark.parametrize("name", ["status"])
@@ -265,7 +258,7 @@ async def test_server_only_commands_from_a_dm_are_refused(h: Harness, name: str)
 
 
 async def test_a_dm_cannot_write_server_settings_whatever_the_client_sends(h: Harness) -> None:
-    """/system works in DMs since issue 24 item 12 (a persona of one's own), but only there.
+    """/system works in DMs (a persona of one's own), but only there.
 
     Sent from a DM with scope "server" and every permission bit set, it is refused and
     nothing is written to the DM or to any server.
@@ -282,7 +275,7 @@ async def test_a_dm_cannot_write_server_settings_whatever_the_client_sends(h: Ha
             ).system_prompt != "DM persona"
 
 
-# --- item 13: every continuation is bound to where it started ---------------------------
+# --- every continuation is bound to where it started ------------------------------------------
 
 
 @pytest.fixture
@@ -324,7 +317,7 @@ async def test_a_message_replying_to_an_answer_from_another_channel_is_refused(
     assert await h.app.turns.head(f"thread:{h.help}") is None
 
 
-# --- item 14: nothing grows with refused presses ----------------------------------------
+# --- nothing grows with refused presses -------------------------------------------------------
 
 
 def state_sizes(h: Harness) -> dict[str, int]:
@@ -351,7 +344,7 @@ async def test_a_thousand_refused_presses_leave_the_runner_as_it_was(quick: Harn
     await asyncio.sleep(0.3)
     before = state_sizes(h)
     presses = [
-        f"llm:reply:{asked.id}",           # another channel (refused, item 13)
+        f"llm:reply:{asked.id}",           # another channel (refused)
         f"llm:regen:{asked.id}",           # another channel
         f"llm:stop:{asked.id}:{member.id}",  # finished already
         "llm:regen:" + "9" * 30,           # beyond 64 bits
@@ -360,7 +353,9 @@ async def test_a_thousand_refused_presses_leave_the_runner_as_it_was(quick: Harn
     for n in range(1000):
         itx = await h.fake.inject_component(presses[n % len(presses)], guild_id=h.guild.id,
                                             channel_id=h.help, user=member)
-        if n % 50 == 49:  # let the bot keep up, and check each is answered plainly
+        # Let the bot keep up (a press unanswered for 3 s expires, as on Discord, and a
+        # busy machine falls behind on long bursts), and check each is answered plainly.
+        if n % 10 == 9:
             await itx.wait_response(timeout=10)
             refusal_of(itx)
     await h.fake.wait_for(lambda: all(i.response for i in h.fake.interactions.values())

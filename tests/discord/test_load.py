@@ -28,32 +28,16 @@ import asyncio
 import dataclasses
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bot.engine import Engine, EngineOptions
-from testing.backends import ScriptedGenerator
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeChannel, FakeGuild, FakeInteraction, FakeUser
+from testing.stories import body, scripted, use_script
 
 REPLY = " ".join(f"r{i}" for i in range(24))
 QUEUED = re.compile(r"queued, (\d+) ahead|next in line")
-
-
-def use_script(engine: Engine, text_for: Callable[[str], str], delay: float) -> None:
-    engine.set_backend(scripted(engine, text_for, delay))
-
-
-def scripted(engine: Engine, text_for: Callable[[str], str], delay: float) -> ScriptedGenerator:
-    """Scripted replies chosen by the prompt's text; they resume after a preemption."""
-    return ScriptedGenerator(engine.bundle.tokenizer, lambda toks: text_for("".join(toks)), delay)
-
-
-def body(itx: FakeInteraction) -> str:
-    """The reply's text without the quoted prompt and the footer."""
-    assert itx.original is not None
-    return itx.original.content.split("\n", 1)[1].rsplit("\n-# ", 1)[0]
 
 
 def crowd_guild(channels: int = 10, users: int = 20) -> tuple[FakeGuild, list[FakeUser]]:

@@ -159,6 +159,7 @@ async def test_a_failing_batch_ends_only_its_own_replies_with_two_lanes(
         await engine.close()
 
 
+@pytest.mark.slow
 def test_bench_mixed_prints_every_key(tiny_model_dir: Path) -> None:
     """`bench --mixed --json` on a tiny model for a few seconds: the keys, not the speed."""
     env = {**os.environ, "BOT_MODEL_DIR": str(tiny_model_dir), "BOT_DEVICE": "cpu"}

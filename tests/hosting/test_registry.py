@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from bot.errors import ShuttingDown, UserFacingError
-from bot.hosting.catalog import ModelSpec, UnknownModel, weight_bytes_of
+from bot.hosting.catalog import ModelCatalog, ModelSpec, UnknownModel, weight_bytes_of
+from bot.hosting.host import ModelHost, ModelSwapTooSoon
 from bot.hosting.registry import (
-    LaneGate,
     ModelLoadFailed,
     ModelRegistry,
     ModelState,
@@ -271,31 +271,6 @@ def test_room_is_planned_per_device() -> None:
     assert choose_victims(gpu0, residents, lambda d: None) == []
 
 
-async def test_lane_gate_serves_waiting_models_in_turn() -> None:
-    gate = LaneGate(1)
-    order: list[str] = []
-    await gate.acquire("a")
-
-    async def batch(model: str, tag: str) -> None:
-        async with gate.lane(model):
-            order.append(tag)
-            await asyncio.sleep(0)
-
-    tasks = [asyncio.create_task(batch("a", f"a{i}")) for i in range(3)]
-    await asyncio.sleep(0)
-    tasks.append(asyncio.create_task(batch("b", "b0")))
-    dropped = asyncio.create_task(batch("c", "c0"))
-    await asyncio.sleep(0)
-    assert gate.waiting_besides("a") == 2
-    dropped.cancel()
-    await asyncio.sleep(0)
-    assert gate.waiting_besides("a") == 1
-    gate.release()
-    await asyncio.gather(*tasks)
-    assert order == ["a0", "b0", "a1", "a2"]  # b did not wait behind a's backlog
-    assert gate.in_use == 0
-
-
 async def test_the_queue_bound_counts_asks_waiting_for_a_load_across_models(
     model_dirs: dict[str, Path],
 ) -> None:
@@ -334,3 +309,36 @@ async def test_the_queue_bound_counts_asks_waiting_for_a_load_across_models(
     finally:
         gate.set()
         await host.close()
+
+
+async def test_swaps_that_unload_others_are_limited_per_server(
+    model_dirs: dict[str, Path],
+) -> None:
+    """`a` is the default; `b` fits beside it only when `c` is not loaded too."""
+    specs = specs_for(model_dirs)
+    reg, _ = registry(specs, budget=two_of_three(model_dirs))
+    now = [0.0]
+    host = ModelHost(ModelCatalog(specs=tuple(specs), default="a"), reg,  # type: ignore[arg-type]
+                     queue_size=8, swap_cooldown_s=60.0, clock=lambda: now[0])
+
+    async def load(name: str, swapper: str | None = None) -> None:
+        """What `ModelHost.engine` does before handing out the engine."""
+        if swapper is not None:
+            host.check_swap(name, swapper)
+        await reg.acquire(name)
+
+    try:
+        assert not host.swaps_default("b") and reg.fits_beside("b", "c")
+        await load("a")
+        await load("b", swapper="server:1")  # fits: not a swap
+        assert reg.displaced_by("c") == ("a",)  # least recently used goes, busy or not
+        await load("c", swapper="server:1")  # a swap (`a` goes): counted
+        await load("a", swapper="server:1")  # the default always comes back (`b` goes)
+        with pytest.raises(ModelSwapTooSoon, match=r"Loading `b` now would unload `c`.*60 s"):
+            await load("b", swapper="server:1")
+        await load("b", swapper="server:2")  # another server has its own allowance
+        now[0] = 61.0
+        await load("c", swapper="server:1")  # the cooldown is over
+        assert reg.evictions == 4
+    finally:
+        await reg.close()

@@ -1,4 +1,4 @@
-"""The knobs lab (issue 19): the numbers are the model's, the knobs act as the engine's do.
+"""The knobs lab: the numbers are the model's, the knobs act as the engine's do.
 
 A tiny random float32 Llama built from a GGUF gives an independent reference: a
 float64 numpy forward pass of the same weights (`numpy_llama_logits`). CTranslate2
@@ -27,7 +27,14 @@ from bot.engine.generation import TOP_P_MAX_CANDIDATES, device_sampling
 from bot.errors import InvalidKnobs, ShuttingDown, UserFacingError
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, Knobs, build_knobs
 from bot.lab.chart import MAX_PNG_BYTES, render_png
-from bot.lab.compare import compare, parse_variant, plan_variants, start_compare
+from bot.lab.compare import (
+    COMPARE_NEW_TOKENS,
+    compare,
+    parse_variant,
+    plan_variants,
+    start_compare,
+    variant_requests,
+)
 from bot.lab.confidence import render_ansi, render_plain, score_reply, surprising_lines
 from bot.lab.help import KNOB_HELP, assignment, contrasting, markdown_table
 from bot.lab.probs import format_table, probs_step
@@ -366,8 +373,17 @@ async def test_compare_runs_one_request_per_variant_with_one_seed(engine: Engine
 async def test_compare_defaults_caps_and_stop(engine: Engine) -> None:
     base = Knobs(temperature=0.7, max_new_tokens=16)
     plan = plan_variants([None, "", None], base)
-    assert [v.label for v in plan] == ["current settings", "temperature=1.5"]
-    assert [v.label for v in plan_variants(["top_k=1"], base)] == ["current settings", "top_k=1"]
+    assert [v.label for v in plan] == ["current settings: temperature 0.7, top_p 0.95",
+                                       "temperature=1.5"]
+    assert [v.label for v in plan_variants(["top_k=1"], base, "this channel")] == [
+        "this channel: temperature 0.7, top_p 0.95", "top_k=1"]
+    with pytest.raises(InvalidKnobs, match="Variant b: "):
+        plan_variants(["top_k=1", "temperature=hot"], base)
+    # Variants stop at the comparison's own length unless one asks for more (within the cap).
+    long = GenerationRequest(PROMPT, knobs=Knobs(max_new_tokens=512, min_new_tokens=300))
+    requests = variant_requests(long, plan_variants(["top_k=1", "max_new_tokens=400"], base))
+    assert [r.knobs.max_new_tokens for r in requests] == [COMPARE_NEW_TOKENS, 400]
+    assert requests[0].knobs.min_new_tokens == COMPARE_NEW_TOKENS
     request = GenerationRequest(PROMPT, knobs=base)
     # A variant cannot widen the scope's cap.
     _seed, results = await compare(engine, request, plan_variants(["max_new_tokens=500"], base),
@@ -491,6 +507,7 @@ async def test_lab_bench_reports_every_figure(engine: Engine) -> None:
     assert out["chart_png_bytes"] < MAX_PNG_BYTES
 
 
+@pytest.mark.slow
 def test_the_lab_imports_no_discord_no_ctranslate2_and_no_matplotlib() -> None:
     import json
     import subprocess
@@ -505,3 +522,55 @@ def test_the_lab_imports_no_discord_no_ctranslate2_and_no_matplotlib() -> None:
     loaded = set(json.loads(out.stdout))
     assert "bot" in loaded
     assert loaded.isdisjoint({"discord", "cogs", "ctranslate2", "matplotlib", "testing"})
+
+
+async def test_raw_text_mode_continues_the_text_as_written(smol_engine: Engine) -> None:
+    """No chat template: the embedded model completes the sentence itself."""
+    request = GenerationRequest("The capital of France is", system_prompt="Be a pirate.")
+    raw = await probs_step(smol_engine, request, top=5, raw=True)
+    assert raw.raw_text and raw.greedy.decoded == " Paris"
+    assert raw.candidates[0].decoded == " Paris"
+    tok = smol_engine.bundle.tokenizer
+    assert raw.prompt_tokens == len(smol_engine.bundle.with_bos(tok.encode(request.prompt)))
+    assert "raw text, no chat template" in format_table(raw).splitlines()[0]
+    assert raw.to_json()["mode"] == "raw"
+    # Chat mode reads the prompt as a message: the first token of a reply is not " Paris".
+    chat = await probs_step(smol_engine, request, top=5)
+    assert not chat.raw_text and chat.prompt_tokens > raw.prompt_tokens
+    assert chat.greedy.decoded != " Paris"
+    nxt = await probs_step(smol_engine, request, generated=(raw.greedy.id,), top=5, raw=True)
+    assert nxt.prompt_tokens == raw.prompt_tokens and nxt.step == 1
+
+
+async def test_chart_names_each_knobs_cut_and_idle_knobs(smol_engine: Engine) -> None:
+    """top_k=3 reads "top_k=3 cut", not the first removal's name; a penalty at step 1 and
+    a temperature under greedy decoding each get a note."""
+    from bot.lab.chart import cut_lines, idle_knobs
+
+    request = GenerationRequest("The capital of France is", knobs=build_knobs(
+        {"temperature": 1.5, "top_k": 6, "top_p": 0.8, "repetition_penalty": 0.3}))
+    step = await probs_step(smol_engine, request, top=8, seed=7, raw=True)
+    names = [name for _, name in cut_lines(step)]
+    assert names == ["top_p=0.8 cut", "top_k=6 cut"]
+    (y_p, _), (y_k, _) = cut_lines(step)
+    by_rank = [c.removed_by for c in step.candidates]
+    assert by_rank[int(y_p + 0.5)] == "top_p" and by_rank[int(y_k + 0.5)] == "top_k"
+    assert any("repetition_penalty=0.3 has nothing to act on" in n for n in idle_knobs(step))
+    after = await probs_step(smol_engine, request, generated=(step.greedy.id,), raw=True)
+    assert not any("repetition_penalty" in n for n in idle_knobs(after))
+    greedy = await probs_step(smol_engine, GenerationRequest(
+        "Hi", knobs=build_knobs({"top_k": 1, "temperature": 0.2})), top=3)
+    assert any("temperature=0.2 changes nothing" in n for n in idle_knobs(greedy))
+    png = render_png(step, prompt=request.prompt)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) < MAX_PNG_BYTES
+
+
+def test_word_odds_mark_low_tokens_in_the_text_as_well_as_by_colour() -> None:
+    from bot.lab.confidence import RED, Confidence, ScoredToken, render_ansi
+
+    conf = Confidence((ScoredToken(1, "The", "The", 0.9, 1, ()),
+                       ScoredToken(2, " moon", "␣moon", 0.02, 7, ()),
+                       ScoredToken(3, " shines", "␣shines", 0.5, 1, ())), 10)
+    block, shown = render_ansi(conf)
+    assert shown == 3
+    assert f"{RED}⟨ moon⟩" in block and "⟨The⟩" not in block and "⟨ shines⟩" not in block

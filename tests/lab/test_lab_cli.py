@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.console.test_console import ROOT, console_env
+from testing.processes import console_env, run_bot_cli
+
+pytestmark = pytest.mark.slow  # every story here runs `python -m bot` in a process
 
 
 @pytest.fixture
@@ -18,10 +19,7 @@ def env(tiny_model_dir: Path, tmp_path: Path) -> dict[str, str]:
 
 
 def run_bot(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot", "--env-file", "/dev/null", *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,
-    )
+    return run_bot_cli(env, *args)
 
 
 def test_probs_json_and_png(env: dict[str, str], tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The knobs lab on Discord (issue 19): the real client, the real engine, the fake Discord.
+"""The knobs lab on Discord: the real client, the real engine, the fake Discord.
 
 /compare streams every variant into one embed within Discord's limits (a file when
 cut), Stop stops all, Regenerate draws a new seed; /probs sends a PNG chart and a
@@ -8,13 +8,15 @@ button under a finished reply shows the exact prompt that reply came from.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
 
 import discord
+import pytest
 
-from bot.chat.history import speaker_text
+from bot import wording
 from bot.engine import GenerationRequest
 from bot.knobs import Knobs
 from bot.lab.chart import MAX_PNG_BYTES
@@ -22,13 +24,10 @@ from bot.lab.probs import format_table, probs_step
 from testing.discord_harness import Harness, running_bot
 from testing.fake_discord import FakeInteraction, FakeUser, Routes, StoredMessage
 from testing.fake_discord.world import FLAG_EPHEMERAL
+from testing.stories import buttons
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def custom_ids(msg: StoredMessage) -> list[str]:
-    return [c.get("custom_id", "") for row in msg.components for c in row.get("components", [])]
 
 
 def payloads(h: Harness) -> list[dict[str, Any]]:
@@ -58,11 +57,22 @@ def embed_size(embed: dict[str, Any]) -> int:
 async def finished_compare(h: Harness, itx: FakeInteraction, timeout: float = 60) -> StoredMessage:  # noqa: ASYNC109
     def done() -> StoredMessage | None:
         msg = itx.original
-        if msg is not None and any(i.startswith("lab:cregen:") for i in custom_ids(msg)):
+        if msg is not None and any(i.startswith("lab:cregen:") for i in buttons(msg)):
             return msg
         return None
 
     return await h.fake.wait_for(done, timeout=timeout)
+
+
+def compare_seeds(h: Harness) -> list[str]:
+    """The seed of each comparison delivered so far, read from its attached file."""
+    seeds = []
+    for r in h.fake.requests:
+        for (name, _size), head in zip(r.files, r.file_heads, strict=False):
+            found = re.search(rb"Seed: (\d+)", head) if name == "compare.md" else None
+            if found:
+                seeds.append(found.group(1).decode())
+    return seeds
 
 
 async def test_compare_streams_each_variant_into_one_embed(
@@ -81,15 +91,18 @@ async def test_compare_streams_each_variant_into_one_embed(
             assert re.search(words, f["value"]), f
             assert len(f["value"]) <= 1024
         assert embed_size(embed) <= 6000 and len(fields) <= 25
-        seed = re.search(r"seed \*\*(\d+)\*\*", embed["description"])
-        assert seed is not None
+        # Each variant stopped at the comparison's own length (none asked for one).
+        assert all(int(re.findall(r"`(\d+) tokens", f["value"])[-1]) <= 150 for f in fields)
+        # The model is named; the seed and its caveats are in the file only.
+        assert "model `" in embed["description"] and "seed" not in embed["description"]
+        assert len(compare_seeds(h)) == 1
         # It streamed: the Stop button showed before the final edit, which has Regenerate.
         stops = [rev for rev in msg.revisions
                  if any("lab:cstop:" in c.get("custom_id", "")
                         for row in rev["components"] for c in row.get("components", []))]
         assert stops
-        assert not msg.attachments  # nothing was cut
-        assert not msg.flags & FLAG_EPHEMERAL
+        assert [a["filename"] for a in msg.attachments] == ["compare.md"]
+        assert msg.flags & FLAG_EPHEMERAL  # private by default, like /probs
         assert_no_mentions(h)
         # The member's slot is free again: an /ask goes through.
         await h.ask("and now?")
@@ -100,9 +113,11 @@ async def test_long_variants_are_cut_cleanly_with_the_full_texts_attached(
 ) -> None:
     text = " ".join(f"word{i}" for i in range(900))
     async with running_bot(smol_model_dir, tmp_path, scripted=text, script_delay=0.0002) as h:
-        itx = await h.command("compare", {"prompt": "write a lot", "a": "temperature=0.2",
-                                          "b": "temperature=1.2", "c": "top_k=3",
-                                          "d": "creative"})
+        # Asking for a length lifts the comparison's own.
+        long = " max_new_tokens=600"
+        itx = await h.command("compare", {"prompt": "write a lot", "a": "temperature=0.2" + long,
+                                          "b": "temperature=1.2" + long, "c": "top_k=3" + long,
+                                          "d": "top_p=0.5" + long})
         msg = await finished_compare(h, itx, timeout=120)
         embed = msg.embeds[0]
         assert len(embed["fields"]) == 4
@@ -127,12 +142,12 @@ async def test_stop_stops_every_variant_and_regenerate_draws_a_new_seed(
         itx = await h.command("compare", {"prompt": "go on", "a": "temperature=0.3",
                                           "b": "top_k=5"})
 
-        def stop_id() -> str | None:
-            msg = itx.original
-            found = [i for i in custom_ids(msg) if i.startswith("lab:cstop:")] if msg else []
+        def stop_id(of: FakeInteraction) -> str | None:
+            msg = of.original
+            found = [i for i in buttons(msg) if i.startswith("lab:cstop:")] if msg else []
             return found[0] if found else None
 
-        sid = await h.fake.wait_for(stop_id, timeout=30)
+        sid = await h.fake.wait_for(lambda: stop_id(itx), timeout=30)
         assert itx.original is not None
         stranger = FakeUser(999_001, "stranger")
         refused = await h.fake.inject_component(sid, message_id=itx.original.id, user=stranger)
@@ -142,16 +157,21 @@ async def test_stop_stops_every_variant_and_regenerate_draws_a_new_seed(
         msg = await finished_compare(h, itx)
         for f in msg.embeds[0]["fields"]:
             assert f["value"].endswith("· stopped`"), f["value"][-60:]
-        first_seed = re.search(r"seed \*\*(\d+)\*\*", msg.embeds[0]["description"])
-        assert first_seed is not None
+        first_seed = compare_seeds(h)
+        assert len(first_seed) == 1
         assert refused.response is not None
         assert "Only the person who asked" in refused.response.data["content"]
 
-        regen = next(i for i in custom_ids(msg) if i.startswith("lab:cregen:"))
+        regen = next(i for i in buttons(msg) if i.startswith("lab:cregen:"))
         again = await h.fake.inject_component(regen, message_id=msg.id)
+        # The new draw is stopped too: its seed and its variants are what is checked.
+        again_stop = await h.fake.wait_for(lambda: stop_id(again), timeout=30)
+        assert again.original is not None
+        await (await h.fake.inject_component(again_stop, message_id=again.original.id)
+               ).wait_response()
         second = await finished_compare(h, again, timeout=120)
-        seed = re.search(r"seed \*\*(\d+)\*\*", second.embeds[0]["description"])
-        assert seed is not None and seed.group(1) != first_seed.group(1)
+        seeds = compare_seeds(h)
+        assert len(seeds) == 2 and seeds[1] != first_seed[0]
         assert [f["name"] for f in second.embeds[0]["fields"]] == ["temperature=0.3", "top_k=5"]
 
 
@@ -174,7 +194,7 @@ async def test_probs_sends_a_png_chart_ephemerally_and_steps_walk_the_reply(
         assert 0 < upload.files[0][1] < MAX_PNG_BYTES
         assert "top_k=5" in msg.content and "```" in msg.content
         assert len(msg.content) <= 2000
-        steps = [i for i in custom_ids(msg) if i.startswith("lab:step:")]
+        steps = [i for i in buttons(msg) if i.startswith("lab:step:")]
         assert 1 <= len(steps) <= 5
 
         # The table is the lab's own for that request (the channel's persona and knobs).
@@ -193,13 +213,36 @@ async def test_probs_sends_a_png_chart_ephemerally_and_steps_walk_the_reply(
         press = await h.fake.inject_component(steps[0], message_id=msg.id)
         await press.wait_response()
         await h.fake.wait_for(lambda: len(msg.revisions) > 1 or None, timeout=30)
-        assert f"(ids: {first_id})" in msg.content
+        so_far = h.app.engine.bundle.tokenizer.decode([first_id])
+        assert f"Reply so far: `{so_far}`" in msg.content
         nxt = await probs_step(h.app.engine, walk.request, generated=(first_id,), top=10)
         for row in format_table(nxt).split("\n")[2:12]:
             assert row in msg.content
         assert "step 2" in msg.content
         assert [a["filename"] for a in msg.attachments] == ["probs.png"]
         assert_no_mentions(h)
+
+
+async def test_probs_in_raw_text_mode_completes_the_text_and_says_so(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(smol_model_dir, tmp_path) as h:
+        itx = await h.command("probs", {"prompt": "The capital of France is", "raw": True})
+        msg = await probs_message(itx, h)
+        assert "Raw text" in msg.content and "no chat template" in msg.content
+        rows = msg.content.splitlines()
+        first_row = next(line for line in rows if line.lstrip().startswith("1 "))
+        assert "␣Paris" in first_row
+        lab = h.bot.get_cog("Lab").lab  # type: ignore[union-attr]
+        walk = next(iter(lab.walks._items.values()))[1]
+        steps = [i for i in buttons(msg) if i.startswith("lab:step:")]
+        press = await h.fake.inject_component(steps[0], message_id=msg.id)
+        await press.wait_response()
+        await h.fake.wait_for(lambda: len(msg.revisions) > 1 or None, timeout=60)
+        assert walk.step.raw_text and "step 2" in msg.content
+        chat = await h.command("probs", {"prompt": "The capital of France is"})
+        shown = await probs_message(chat, h)
+        assert "step 1 is the first token of my reply" in shown.content
 
 
 async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
@@ -213,7 +256,7 @@ async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
         reply = itx.original
         assert reply is not None
         probs_id = f"lab:probs:{itx.id}"
-        assert probs_id in custom_ids(reply) and f"lab:conf:{itx.id}" in custom_ids(reply)
+        assert probs_id in buttons(reply) and f"lab:conf:{itx.id}" in buttons(reply)
         # Changing the persona afterwards does not change what that reply was made from.
         again = await h.command("system set", {"text": "You are a pirate."},
                                 permissions=MANAGE_CHANNELS)
@@ -224,8 +267,8 @@ async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
         record = await h.app.ask_log.load(itx.id)
         question = await h.app.turns.question_for_ask(itx.id)
         assert record is not None and question is not None
-        request = GenerationRequest(speaker_text("what do you see?", question.author_name),
-                                    system_prompt=persona,
+        # A lone member's question carries no name.
+        request = GenerationRequest("what do you see?", system_prompt=persona,
                                     knobs=Knobs.model_validate(record.knobs))
         expected = await probs_step(h.app.engine, request, top=10)
         for row in format_table(expected).split("\n")[2:12]:
@@ -234,17 +277,85 @@ async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
             request.prompt, system_prompt="You are a pirate.", knobs=request.knobs), top=10)
         assert format_table(wrong).split("\n")[2:12] != format_table(expected).split("\n")[2:12]
 
-        # Confidence: the reply coloured, ephemeral.
+        # Word odds: the reply coloured, ephemeral, saying once what it measures.
+        assert wording.WORD_ODDS in [c.get("label") for row in reply.components
+                                     for c in row.get("components", [])]
         conf = await h.fake.inject_component(f"lab:conf:{itx.id}", message_id=reply.id)
         shown = (await conf.wait_followups(1, timeout=30))[0]
         assert shown.flags & FLAG_EPHEMERAL and "```ansi" in shown.content
+        assert shown.content.startswith(f"**{wording.WORD_ODDS}**")
+        assert shown.content.count(wording.WORD_ODDS_NOTE) == 1
+        assert "model `" in shown.content
         assert_no_mentions(h)
+
+
+async def test_probabilities_opens_on_the_replys_own_tokens_and_walks_them(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(smol_model_dir, tmp_path) as h:
+        itx = await h.ask("Name three colours.", max_new_tokens=6, top_k=1)
+        reply = itx.original
+        assert reply is not None
+        answer = None
+        for _ in range(200):  # stored right after the final edit
+            answer = await h.app.turns.answer_for_ask(itx.id)
+            if answer is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert answer is not None and answer.text.strip(), reply.content
+        ids = tuple(h.app.engine.bundle.tokenizer.encode(answer.text))
+        press = await h.fake.inject_component(f"lab:probs:{itx.id}", message_id=reply.id)
+        msg = await probs_message(press, h)
+        lab = h.bot.get_cog("Lab").lab  # type: ignore[union-attr]
+        walk = next(iter(lab.walks._items.values()))[1]
+        assert walk.reply == ids and walk.step.step == 0
+        # Its first token is among the candidates and named, with its rank and odds.
+        taken = next(c for c in walk.step.candidates if c.id == ids[0])
+        assert f"The reply took **{taken.text}** here (token 1 of {len(ids)}" in msg.content
+        assert f"lab:follow:{walk.id}" in buttons(msg)
+        assert f"lab:back:{walk.id}" not in buttons(msg)  # nothing before step 1
+        assert f"lab:jump:{walk.id}" in buttons(msg)
+
+        async def press_and_wait(custom_id: str, values: list[str] | None = None) -> None:
+            before = len(msg.revisions)
+            kw: dict[str, Any] = {"message_id": msg.id}
+            if values is not None:
+                kw.update(component_type=3, values=values)
+            p = await h.fake.inject_component(custom_id, **kw)
+            await p.wait_response()
+            await h.fake.wait_for(lambda: len(msg.revisions) > before or None, timeout=30)
+
+        await press_and_wait(f"lab:follow:{walk.id}")
+        assert walk.step.generated == ids[:1] and "token 2 of" in msg.content
+        await press_and_wait(f"lab:back:{walk.id}")
+        assert walk.step.generated == () and "token 1 of" in msg.content
+        last = len(ids) - 1
+        await press_and_wait(f"lab:jump:{walk.id}", [str(last)])
+        assert walk.step.generated == ids[:last] and f"token {last + 1} of" in msg.content
+        # A stranger cannot walk it; an id past the reply is refused politely.
+        stranger = FakeUser(999_003, "stranger")
+        no = await h.fake.inject_component(f"lab:back:{walk.id}", message_id=msg.id,
+                                           user=stranger)
+        assert "Only the person" in (await no.wait_response()).data["content"]
+        bad = await h.fake.inject_component(f"lab:jump:{walk.id}", message_id=msg.id,
+                                            component_type=3, values=["999"])
+        assert "not in this reply" in (await bad.wait_response()).data["content"]
+        assert_no_mentions(h)
+
+
+async def test_an_empty_reply_offers_no_word_odds(tiny_model_dir: Path, tmp_path: Path) -> None:
+    async with running_bot(tiny_model_dir, tmp_path, scripted="") as h:
+        itx = await h.ask("say nothing")
+        reply = itx.original
+        assert reply is not None
+        ids = buttons(reply)
+        assert f"lab:probs:{itx.id}" in ids and f"lab:conf:{itx.id}" not in ids
 
 
 async def test_a_private_replys_lab_buttons_are_for_its_author_only(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    async with running_bot(tiny_model_dir, tmp_path) as h:
+    async with running_bot(tiny_model_dir, tmp_path, scripted="A secret answer.") as h:
         itx = await h.ask("a secret", private=True, max_new_tokens=4)
         reply = itx.original
         assert reply is not None
@@ -262,6 +373,7 @@ async def test_a_private_replys_lab_buttons_are_for_its_author_only(
         assert "expired" in response.data.get("content", "")
 
 
+@pytest.mark.slow
 def test_console_compare_probs_try_and_knob_help(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The console's /compare, /probs, /try and /help knob lines, in a real console process."""
     import os
@@ -286,8 +398,8 @@ def test_console_compare_probs_try_and_knob_help(tiny_model_dir: Path, tmp_path:
     assert "What the knobs do:" in out and "temperature" in out
     for label in ("=== temperature=0.1 ===", "=== top_k=1 ===", "=== creative ==="):
         assert label in out
-    assert "=== current settings ===" in out  # no variants: these settings vs a contrast
-    assert re.search(r"comparing 3 settings, seed \d+", out)
+    assert "=== current settings: temperature" in out  # no variants: these vs a contrast
+    assert re.search(r"comparing 3 settings on model \S+, seed \d+", out)
     assert "error:" in out and "temperature" in out.split("/compare hello | temperature=9")[-1]
     assert "top_k=3" in out and "raw" in out and "final" in out
     assert "error: Ask something first" in out

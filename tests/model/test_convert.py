@@ -141,9 +141,24 @@ def test_int8_conversion_runs(tmp_path: Path) -> None:
     assert len(result[0].sequences_ids[0]) == 4
 
 
+def test_quantized_gguf_rows_convert_in_blocks_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Untied Q8_0 vocabulary matrices read a few rows at a time give the same model.bin."""
+    from bot.model import gguf_convert
+
+    gguf_path = write_tiny_llama_gguf(tmp_path / "tiny.gguf", seed=1, tied=False, dtype="q8_0")
+    whole = convert_gguf(gguf_path, tmp_path / "whole", quantization="int8")
+    monkeypatch.setattr(gguf_convert, "ROW_BLOCK", 5)
+    blocks = convert_gguf(gguf_path, tmp_path / "blocks", quantization="int8")
+    assert (whole / "model.bin").read_bytes() == (blocks / "model.bin").read_bytes()
+
+
 def test_refuses_other_architectures(tmp_path: Path) -> None:
     gguf_path = write_tiny_llama_gguf(tmp_path / "q.gguf", architecture="qwen2")
-    with pytest.raises(ConversionError, match="qwen2 model; only the llama"):
+    with pytest.raises(
+        ConversionError, match=r"qwen2 model\. GGUF files convert when they are of the llama"
+    ):
         convert_gguf(gguf_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -194,9 +209,9 @@ def test_embedded_gguf_is_found() -> None:
 
 
 @pytest.mark.slow
-def test_embedded_model_converts_and_answers(tmp_path_factory: pytest.TempPathFactory) -> None:
-    root = tmp_path_factory.mktemp("embedded")
-    model_dir = embedded_model_dir(root)
+def test_embedded_model_converts_and_answers() -> None:
+    model_dir = embedded_model_dir()  # our converter's output, kept across runs
+    root = model_dir.parent
     bundle = load_model_bundle(model_dir)
     assert bundle.context_length == 8192
     assert bundle.end_token_ids == (2,)

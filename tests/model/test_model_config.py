@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.app import catalog_from_settings
 from bot.config import ModelEntry, load_settings, model_slug
 from bot.errors import ConfigError
 from bot.hosting.catalog import (
@@ -20,7 +21,6 @@ from bot.hosting.catalog import (
     ModelSpec,
     UnknownModel,
     build_catalog,
-    catalog_from_settings,
     weight_bytes_of,
 )
 from testing.model_factory import make_tiny_model

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 GPU_SH = ROOT / "bench" / "gpu.sh"
 STEPS_PY = ROOT / "bench" / "gpu_steps.py"
@@ -43,6 +45,7 @@ def _rehearse(out: Path, **env: str) -> tuple[list[dict[str, Any]], float]:
     return lines, seconds
 
 
+@pytest.mark.slow
 def test_rehearsal_runs_every_step_and_records_each(tmp_path: Path) -> None:
     lines, _seconds = _rehearse(tmp_path / "out")
     assert [line["step"] for line in lines] == REHEARSAL_STEPS
@@ -76,6 +79,7 @@ def test_rehearsal_runs_every_step_and_records_each(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "steps" / "ask.err").is_file()
 
 
+@pytest.mark.slow
 def test_a_spent_budget_skips_the_rest_but_records_every_step(tmp_path: Path) -> None:
     """A run cut short by its budget still says, step by step, what it did not do."""
     lines, _ = _rehearse(tmp_path / "out", GPU_BUDGET_S="6")
@@ -104,6 +108,7 @@ def _cublas(
     return proc.returncode, json.loads(proc.stdout), env_file.read_text()
 
 
+@pytest.mark.slow
 def test_cuda13_cublas_is_exposed_under_the_names_ctranslate2_opens(tmp_path: Path) -> None:
     lib = tmp_path / "site" / "nvidia" / "cu13" / "lib"
     lib.mkdir(parents=True)
@@ -120,6 +125,7 @@ def test_cuda13_cublas_is_exposed_under_the_names_ctranslate2_opens(tmp_path: Pa
     assert env == f"export LD_LIBRARY_PATH='{shim}:{lib}:/opt/x'\n"
 
 
+@pytest.mark.slow
 def test_cuda12_cublas_is_used_as_it_is(tmp_path: Path) -> None:
     lib = tmp_path / "cuda12"
     lib.mkdir()
@@ -132,6 +138,7 @@ def test_cuda12_cublas_is_used_as_it_is(tmp_path: Path) -> None:
     assert env == f"export LD_LIBRARY_PATH='{lib}:/opt/x'\n"
 
 
+@pytest.mark.slow
 def test_no_cublas_is_an_error_on_the_gpu_run_only(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     rc, out, env = _cublas(tmp_path, tmp_path / "empty")
@@ -140,6 +147,7 @@ def test_no_cublas_is_an_error_on_the_gpu_run_only(tmp_path: Path) -> None:
     assert (rc, out["route"]) == (1, "missing")
 
 
+@pytest.mark.slow
 def test_gpu_memory_gives_each_step_its_peak(tmp_path: Path) -> None:
     from datetime import datetime
 

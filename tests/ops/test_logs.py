@@ -27,9 +27,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.ops.logs import REDACT, register_secret, setup_logging, stderr_is_journal
+from testing.bot_process import FAKE_TOKEN, GRACE_S, bot_process
 from testing.discord_harness import is_final
 from testing.fake_discord import FakeDiscord, RecordedRequest, Routes
-from tests.ops.test_shutdown import FAKE_TOKEN, GRACE_S, bot_process
 
 PRIORITY_LINE = re.compile(r"^<[0-7]>")
 
@@ -112,6 +112,7 @@ async def _scrape_until(port: int, expected: dict[str, float], timeout: float = 
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_a_troubled_run_never_shows_the_token_and_speaks_journald(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

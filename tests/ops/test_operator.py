@@ -1,4 +1,4 @@
-"""What admins and operators need (issue 13): private files, bounded growth, strict
+"""What admins and operators need: private files, bounded growth, strict
 imports, one-line errors with exit codes, and a deterministic shutdown.
 
 Real SQLite files, the real CLI in subprocesses, the real client against the fake
@@ -33,15 +33,9 @@ from bot.store.store import SettingsStore
 from bot.store.transfer import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, prepare_import
 from testing.discord_harness import running_bot
 from testing.fake_discord import FakeDiscord, FakeUser
+from testing.processes import ROOT, clean_env
 
-ROOT = Path(__file__).resolve().parents[2]
 GUILD = (1000 << 22) | 1
-
-
-def bot_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_") and k != "DISCORD_TOKEN"}
-    env.update(extra)
-    return env
 
 
 def bot_cli(*args: str, env: dict[str, str], stdin: str | bytes | None = None,
@@ -74,7 +68,7 @@ class Clock:
         return self.now
 
 
-# --------------------------------------------------------------------------- item 12
+# ---------------------------------------------------------------------------------- private files
 
 
 async def test_database_and_wal_are_created_private_under_a_normal_umask(tmp_path: Path) -> None:
@@ -89,6 +83,7 @@ async def test_database_and_wal_are_created_private_under_a_normal_umask(tmp_pat
                 assert mode(f) == 0o600, (f, oct(mode(f)))
 
 
+@pytest.mark.slow
 async def test_settings_export_file_is_private(tmp_path: Path) -> None:
     db_path = tmp_path / "bot.sqlite3"
     async with await SettingsStore.open(db_path) as store:
@@ -99,12 +94,13 @@ async def test_settings_export_file_is_private(tmp_path: Path) -> None:
     with umask(0o022):
         out = bot_cli("--env-file", "/dev/null", "settings", "export", "--shard", "0",
                       "--shard-count", "1", "--file", str(dump),
-                      env=bot_env(BOT_DATABASE_PATH=str(db_path)))
+                      env=clean_env(BOT_DATABASE_PATH=str(db_path)))
     assert out.returncode == 0, out.stderr
     assert mode(dump) == 0o600
     assert json.loads(dump.read_text(encoding="utf-8"))["settings"][0]["value"] == 3
 
 
+@pytest.mark.slow
 def test_a_readable_env_file_is_warned_about_at_start(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("BOT_LOG_LEVEL=INFO\n", encoding="utf-8")
@@ -112,14 +108,14 @@ def test_a_readable_env_file_is_warned_about_at_start(tmp_path: Path) -> None:
     warning = env_file_warning(env_file)
     assert warning is not None and "chmod 600" in warning and "0644" in warning
     # Printed at start (here by a command that then fails fast, without a model).
-    out = bot_cli("--env-file", str(env_file), "ask", "", env=bot_env())
+    out = bot_cli("--env-file", str(env_file), "ask", "", env=clean_env())
     assert b"chmod 600" in out.stderr
     env_file.chmod(0o600)
     assert env_file_warning(env_file) is None
     assert env_file_warning(tmp_path / "missing.env") is None
 
 
-# --------------------------------------------------------------------------- items 13, 14
+# -------------------------------------------------------------------------- settings write limits
 
 
 def test_write_limiter_refuses_a_flood_and_recovers() -> None:
@@ -205,7 +201,7 @@ async def test_asks_are_forgotten_in_time_and_private_ones_sooner(tmp_path: Path
         await db.close()
 
 
-# --------------------------------------------------------------------------- item 15
+# ---------------------------------------------------------------------------------- settings dump
 
 
 def dump_with(
@@ -263,9 +259,10 @@ def test_settings_rows_need_a_real_actor_and_an_aware_time() -> None:
             prepare_import(dump_with(settings=[{**good, **bad}]))
 
 
+@pytest.mark.slow
 def test_a_failed_import_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
     db = tmp_path / "new" / "bot.sqlite3"
-    env = bot_env(BOT_DATABASE_PATH=str(db))
+    env = clean_env(BOT_DATABASE_PATH=str(db))
     cases: list[tuple[bytes, str]] = [
         (json.dumps(dump_with(history=[history_row(actor_id=0)])).encode(), "actor_id"),
         (nested(200_000).encode(), "nested too deeply"),
@@ -281,11 +278,12 @@ def test_a_failed_import_is_one_line_and_creates_nothing(tmp_path: Path) -> None
         assert not db.exists() and not db.parent.exists(), "a failed import created files"
 
 
-# --------------------------------------------------------------------------- item 16
+# ---------------------------------------------------------------------------- command-line errors
 
 
+@pytest.mark.slow
 def test_cli_ask_errors_are_one_line_with_exit_codes(tiny_model_dir: Path) -> None:
-    env = bot_env(BOT_MODEL_DIR=str(tiny_model_dir), BOT_DEVICE="cpu", BOT_CPU_THREADS="1")
+    env = clean_env(BOT_MODEL_DIR=str(tiny_model_dir), BOT_DEVICE="cpu", BOT_CPU_THREADS="1")
     empty = bot_cli("--env-file", "/dev/null", "ask", "  ", env=env)
     assert empty.returncode == 1
     assert empty.stderr.decode() == "error: Ask something: the prompt was empty.\n"
@@ -303,12 +301,13 @@ def test_cli_ask_errors_are_one_line_with_exit_codes(tiny_model_dir: Path) -> No
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
+@pytest.mark.slow
 async def test_a_refused_token_is_one_line_and_never_printed(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     wrong = "MTE.wrong-token.for-this-test-0123456789"
     async with FakeDiscord(token="the-right-token") as fake:
-        env = bot_env(
+        env = clean_env(
             DISCORD_TOKEN=wrong, BOT_MODEL_DIR=str(tiny_model_dir), BOT_DEVICE="cpu",
             BOT_CPU_THREADS="1", BOT_DATABASE_PATH=str(tmp_path / "bot.sqlite3"),
             BOT_DISCORD_API_BASE=fake.api_base, BOT_DISCORD_GATEWAY_URL=fake.gateway_url,
@@ -324,10 +323,11 @@ async def test_a_refused_token_is_one_line_and_never_printed(
     assert text.strip().splitlines()[-1].startswith("error: Discord refused the token"), text
 
 
+@pytest.mark.slow
 def test_console_says_which_line_was_not_utf8_and_carries_on(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    env = bot_env(BOT_MODEL_DIR=str(tiny_model_dir), BOT_DEVICE="cpu", BOT_CPU_THREADS="1",
+    env = clean_env(BOT_MODEL_DIR=str(tiny_model_dir), BOT_DEVICE="cpu", BOT_CPU_THREADS="1",
                   BOT_DATABASE_PATH=str(tmp_path / "bot.sqlite3"),
                   BOT_CONSOLE_HISTORY=str(tmp_path / "history"),
                   PYTHONIOENCODING="utf-8:strict", PYTHONUNBUFFERED="1")
@@ -340,9 +340,10 @@ def test_console_says_which_line_was_not_utf8_and_carries_on(
     assert "you> /knobs show" in text and text.rstrip().endswith("bye")
 
 
-# --------------------------------------------------------------------------- item 20
+# ------------------------------------------------------------------------- many processes at once
 
 
+@pytest.mark.slow
 def test_many_short_asks_in_subprocesses_never_end_abnormally(tiny_model_dir: Path) -> None:
     """Each run loads the engine, decodes a few tokens and exits; some readers leave early.
 
@@ -350,7 +351,7 @@ def test_many_short_asks_in_subprocesses_never_end_abnormally(tiny_model_dir: Pa
     left), never by a signal: a negative return code is how subprocess reports
     SIGABRT (-6) or SIGSEGV (-11).
     """
-    env = bot_env(BOT_MODEL_DIR=str(tiny_model_dir), BOT_DEVICE="cpu", BOT_CPU_THREADS="1",
+    env = clean_env(BOT_MODEL_DIR=str(tiny_model_dir), BOT_DEVICE="cpu", BOT_CPU_THREADS="1",
                   BOT_INTER_THREADS="2")
 
     def one(i: int) -> tuple[int, int, str]:

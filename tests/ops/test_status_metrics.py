@@ -108,8 +108,8 @@ async def test_status_shows_model_device_queue_uptime_to_managers_only(
     assert resp.type == 4 and resp.data["flags"] & 64
     embed = resp.data["embeds"][0]
     fields = {f["name"]: f["value"] for f in embed["fields"]}
-    info = h.app.engine.info
-    assert fields["Model"] == info.model_name
+    assert fields["Model"] == f"`{h.app.models.default}` (default)"  # as /model list names it
+    assert fields["Tokens generated"] == f"{h.app.engine.tokens_generated:,}"
     assert fields["Device"].startswith("cpu")
     assert fields["Queue"].startswith("0 waiting")
     assert "h " in fields["Uptime"] and fields["Uptime"].endswith("s")

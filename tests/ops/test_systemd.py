@@ -82,12 +82,14 @@ def _seconds(value: str) -> float:
     return int(match[1]) * (60 if match[2] == "min" else 1)
 
 
+@pytest.mark.slow
 @needs_analyze
 def test_unit_verifies_cleanly(tmp_path: Path) -> None:
     rc, problems = _verify(_unit_copy(tmp_path))
     assert rc == 0 and problems == [], "\n".join(problems)
 
 
+@pytest.mark.slow
 @needs_analyze
 @pytest.mark.parametrize(
     ("description", "old", "new"),
@@ -109,6 +111,7 @@ def test_a_broken_unit_fails_verification(
     assert rc != 0 or problems, f"{description} went unnoticed"
 
 
+@pytest.mark.slow
 @needs_analyze
 def test_security_exposure_is_low(tmp_path: Path) -> None:
     assert ANALYZE is not None
@@ -154,6 +157,7 @@ def test_unit_agrees_with_the_bot() -> None:
     assert "ReadWritePaths" not in d  # the state and cache directories are the only ones
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers missing")
 def test_sysusers_creates_the_system_user(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
@@ -166,6 +170,7 @@ def test_sysusers_creates_the_system_user(tmp_path: Path) -> None:
     assert (home, shell) == ("/var/lib/llamacord", "/usr/sbin/nologin")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="systemd-tmpfiles missing")
 def test_tmpfiles_creates_private_config_dir(tmp_path: Path) -> None:
     root = tmp_path / "root"

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from bot.chat.characters import parse_card
 from bot.errors import InvalidKnobs, UserFacingError
-from bot.store.db import Database
 from bot.store.personas import (
     MAX_NAME_CHARS,
     MAX_PERSONAS,
@@ -24,14 +21,6 @@ from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS
 from testing.character_cards import card_json
 
 GUILD, OTHER, ADA = 1, 2, 101
-
-
-@pytest.fixture
-async def personas(tmp_path: Path) -> AsyncIterator[PersonaStore]:
-    database = await Database.open(tmp_path / "bot.sqlite3")
-    store = PersonaStore(database)
-    yield store
-    await database.close()
 
 
 def test_name_rules() -> None:
@@ -80,6 +69,9 @@ async def test_save_load_list_case_insensitively_per_server(personas: PersonaSto
         await personas.load(GUILD, "ninja")
     assert await personas.delete(GUILD, "Alpha") is True
     assert await personas.delete(GUILD, "Alpha") is False
+    assert await personas.remove(OTHER, "pirate") is None  # another server's is not touched
+    assert await personas.remove(GUILD, "pirate") == "PIRATE"  # the name as saved
+    assert await personas.saved(GUILD) == []
 
 
 async def test_at_most_25_per_server_and_replacing_does_not_count(

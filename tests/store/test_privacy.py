@@ -1,4 +1,4 @@
-"""Privacy as promised (issue 24 item 16): text is kept no longer than the README says.
+"""Privacy as promised: text is kept no longer than the README says.
 
 A private ask in a server is kept 15 minutes in every table that holds its text
 (its prompt in `asks`, its question and answer in `turns`, the message ids that
@@ -186,3 +186,19 @@ async def test_forget_erases_a_user_then_a_server(
     with pytest.raises(ValueError, match="exactly one"):
         async with await Database.open(path) as db:
             await forget(db, user_id=1, guild_id=2)
+
+
+async def test_forget_erases_a_prompt_someone_else_asked_again(tmp_path: Path) -> None:
+    """A Regenerate by Bob of Ada's ask logs her prompt under his id, naming her as
+    its author: forgetting Ada takes it even when its answer was never stored."""
+    async with await Database.open(tmp_path / "bot.sqlite3") as db:
+        log = AskLog(db)
+        mine = AskRecord(prompt="Bob's own", knobs={}, system_prompt=None, guild_id=G,
+                         channel_id=C, user_id=BOB)
+        again = AskRecord(prompt="Ada's words", knobs={}, system_prompt=None, guild_id=G,
+                          channel_id=C, user_id=BOB, prompt_author_id=ADA)
+        await log.save(1, mine)
+        await log.save(2, again)
+        assert await log.load(2) == again
+        assert (await forget(db, user_id=ADA)).asks == 1
+        assert await log.load(2) is None and await log.load(1) == mine

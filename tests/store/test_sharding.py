@@ -10,28 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import discord
+import pytest
 
 from bot.app import App
-from bot.config import load_settings
 from bot.discord.client import LlamaBot, make_bot
-from bot.engine import Engine, EngineOptions, GenerationResult
-from bot.store.ask_log import AskLog
+from bot.engine import GenerationResult
 from bot.store.scopes import Location, Scope
 from bot.store.store import SettingsStore
 from bot.store.transfer import export_guilds, export_shard
+from testing.apps import core_app
 from testing.discord_harness import is_final
 from testing.fake_discord import FakeDiscord, FakeInteraction, default_guild
+from testing.processes import clean_env, run_bot_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 G0 = default_guild((1000 << 22) | 1, "Shard Zero")  # (id >> 22) % 2 == 0
 G1 = default_guild((1001 << 22) | 2, "Shard One")  # (id >> 22) % 2 == 1
@@ -50,26 +48,15 @@ class Host:
 async def shard_host(
     fake: FakeDiscord, model_dir: Path, db: Path, shard_id: int
 ) -> AsyncIterator[Host]:
-    settings = load_settings(
-        None, database_path=db, model_dir=model_dir, device="cpu", cpu_threads=1,
-        batch_wait_ms=5, edit_interval_s=0.2, shard_count=2, shard_ids=[shard_id],
-    )
-    store = await SettingsStore.open(settings.database_path)
-    engine = await Engine.load(
-        model_dir, EngineOptions(device="cpu", cpu_threads=1, batch_wait_ms=5)
-    )
-    app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
-    try:
+    async with core_app(model_dir, db.parent, database_path=db, shard_count=2,
+                        shard_ids=[shard_id]) as app:
         # The production factory, with the fake's test-friendly ready timeout.
         bot = make_bot(app, guild_ready_timeout=0.05)
         assert isinstance(bot, LlamaBot)
         host = Host(bot=bot, app=app)
-        engine.on_result.append(host.results.append)
+        app.engine.on_result.append(host.results.append)
         async with fake.run_bot(bot):
             yield host
-    finally:
-        await engine.close()
-        await store.close()
 
 
 async def finished(fake: FakeDiscord, itx: FakeInteraction) -> str:
@@ -140,16 +127,11 @@ async def test_each_shard_host_sees_answers_and_stores_only_its_own_guild(
 
 
 def cli(db: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("BOT_") and k != "DISCORD_TOKEN"}
-    env["BOT_DATABASE_PATH"] = str(db)
-    return subprocess.run(
-        [sys.executable, "-m", "bot", "--env-file", "/dev/null", "settings", *args],
-        input=stdin, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
-        check=False,
-    )
+    return run_bot_cli(clean_env(BOT_DATABASE_PATH=str(db)), "settings", *args, stdin=stdin,
+                       timeout=60)
 
 
+@pytest.mark.slow
 async def test_cli_export_and_import_move_one_shard_with_its_history(tmp_path: Path) -> None:
     old_db, new_db = tmp_path / "old.sqlite3", tmp_path / "new.sqlite3"
     c0, c1, thread = G0.channels[0].id, G1.channels[0].id, G1.channels[2].id
@@ -201,6 +183,7 @@ async def test_cli_export_and_import_move_one_shard_with_its_history(tmp_path: P
         assert (await export_guilds(store, lambda _gid: True))["settings"] == expected["settings"]
 
 
+@pytest.mark.slow
 def test_cli_settings_errors_are_one_clear_line(tmp_path: Path) -> None:
     db = tmp_path / "db.sqlite3"
     cases = [

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,15 +35,6 @@ DEFAULTS = Knobs.model_validate({})
 
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "nested" / "settings.sqlite3"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SettingsStore]:
-    s = await SettingsStore.open(db_path(tmp_path))
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @contextmanager
@@ -267,7 +258,7 @@ async def test_min_above_inherited_max_is_refused(store: SettingsStore) -> None:
     with pytest.raises(InvalidKnobs, match=r"min_new_tokens \(200\).*max_new_tokens \(100\)"):
         await store.set_knobs(Scope.channel(C1, G1), {"min_new_tokens": 200}, actor_id=ADMIN)
     # Setting both together at the channel is accepted, but the server's max is a
-    # ceiling for its channels (issue 24 item 19): both are held to 100 there.
+    # ceiling for its channels: both are held to 100 there.
     await store.set_knobs(
         Scope.channel(C1, G1), {"min_new_tokens": 200, "max_new_tokens": 300}, actor_id=ADMIN
     )
@@ -287,7 +278,7 @@ async def test_conflict_left_by_a_reset_drops_the_minimum(
 ) -> None:
     """max_new_tokens is the cost cap: when scopes disagree, the minimum gives way."""
     scope = Scope.channel(C1, G1)
-    # Above the default max_new_tokens (512 since issue 24 item 1; 128 before).
+    # Above the default max_new_tokens (512).
     await store.set_knobs(scope, {"min_new_tokens": 600, "max_new_tokens": 700}, actor_id=ADMIN)
     assert await store.reset_knobs(scope, ["max_new_tokens"], actor_id=ADMIN) == [
         "max_new_tokens"
@@ -302,6 +293,7 @@ async def test_conflict_left_by_a_reset_drops_the_minimum(
 # --- rows edited by hand ------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 async def test_hand_edited_invalid_rows_are_logged_and_ignored(
     store: SettingsStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -25,6 +25,8 @@ import pytest
 from bot.store.scopes import Location, Scope
 from bot.store.store import SettingsStore
 
+pytestmark = pytest.mark.slow  # every story here runs `python -m bot` in a process
+
 GUILD = 4242 << 22
 REPO = Path(__file__).resolve().parents[2]
 

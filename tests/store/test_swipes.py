@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ from bot.store.swipes import (
 from bot.store.turns import NewExchange, TurnStore
 
 ADA, BEN = 101, 202
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "bot.sqlite3")
-    yield database
-    await database.close()
 
 
 def exchange(parent: int | None, q: str, a: str, *, author: int = ADA, private: bool = False,

@@ -1,0 +1,129 @@
+"""What stories read off the fake Discord, and the scripted models they talk to.
+
+Helpers several test files share: the custom ids and labels of a message's buttons,
+a reply's finished message and its text, an order check on a prompt, a scripted
+model that remembers what it read (`RecordingModel`), a script chosen by the
+prompt's text (`use_script`), and discord.py with its retry sleeps cut short
+(`QuickAsyncio`, behind the `quick_retries` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from bot.engine import Engine
+from bot.model.tokenizer import Tokenizer, load_tokenizer
+from bot.wording import GENERIC
+from testing.backends import ScriptedGenerator
+from testing.discord_harness import is_final
+from testing.fake_discord import FakeInteraction, StoredMessage
+
+
+def buttons(msg: StoredMessage | dict[str, Any]) -> list[str]:
+    """The custom ids of a message's components (a stored message or a payload)."""
+    rows = msg.components if isinstance(msg, StoredMessage) else msg.get("components") or []
+    return [c.get("custom_id", "") for row in rows for c in row.get("components", [])]
+
+
+def labels(msg: StoredMessage) -> list[str]:
+    return [c.get("label", "") for row in msg.components for c in row.get("components", [])]
+
+
+def button(msg: StoredMessage, prefix: str) -> str:
+    """The custom id of the message's first button starting with `prefix`; fails if none."""
+    found = [c for c in buttons(msg) if c.startswith(prefix)]
+    assert found, f"no {prefix} button on {msg.content!r}: {buttons(msg)}"
+    return found[0]
+
+
+def final_message(itx: FakeInteraction) -> StoredMessage:
+    """The last message of a reply that carries its footer."""
+    msgs = [m for m in [itx.original, *itx.followups] if m is not None]
+    return next(m for m in reversed(msgs) if is_final(m.content))
+
+
+def body(itx: FakeInteraction) -> str:
+    """The reply's text without the quoted prompt and the footer."""
+    assert itx.original is not None
+    return itx.original.content.split("\n", 1)[1].rsplit("\n-# ", 1)[0]
+
+
+def in_order(text: str, *parts: str) -> bool:
+    """Whether every part occurs in `text`, each after the previous one."""
+    at = 0
+    for part in parts:
+        found = text.find(part, at)
+        if found < 0:
+            return False
+        at = found + len(part)
+    return True
+
+
+class RecordingModel:
+    """A script that remembers each prompt it read, as text and as token ids.
+
+    Its N-th answer is `answer(N)` ("Answer N." unless told), so a story knows what
+    the model "said" and can check which turns a follow-up carried to it.
+    """
+
+    def __init__(self, model_dir: Path, answer: Callable[[int], str] | None = None) -> None:
+        self.model_dir = model_dir
+        self.prompts: list[str] = []
+        self.ids: list[list[int]] = []
+        self.lengths: list[int] = []
+        self.answer = answer or (lambda n: f"Answer {n}.")
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        """Loaded on first use, on the engine's thread: not on the test's event loop."""
+        return load_tokenizer(self.model_dir)
+
+    def __call__(self, tokens: list[str]) -> str:
+        ids = [i for i in (self.tokenizer.token_to_id(t) for t in tokens) if i is not None]
+        self.ids.append(ids)
+        self.prompts.append(self.tokenizer.decode(ids))
+        self.lengths.append(len(tokens))
+        return self.answer(len(self.prompts))
+
+    @property
+    def last(self) -> str:
+        return self.prompts[-1]
+
+
+def scripted(engine: Engine, text_for: Callable[[str], str], delay: float) -> ScriptedGenerator:
+    """Scripted replies chosen by the prompt's text; they resume after a preemption."""
+    return ScriptedGenerator(engine.bundle.tokenizer, lambda toks: text_for("".join(toks)), delay)
+
+
+def use_script(engine: Engine, text_for: Callable[[str], str], delay: float) -> None:
+    """From the next batch on, the engine's model answers `text_for(prompt text)`."""
+    engine.set_backend(scripted(engine, text_for, delay))
+
+
+class QuickAsyncio(ModuleType):
+    """`asyncio` as discord.py sees it, with its retry sleeps capped at 50 ms."""
+
+    def __init__(self) -> None:
+        super().__init__("asyncio")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    async def sleep(delay: float, result: Any = None) -> Any:
+        return await asyncio.sleep(min(delay, 0.05), result)
+
+
+def refusal_of(itx: FakeInteraction) -> str:
+    """The private refusal an interaction got (never the generic apology)."""
+    resp = itx.response
+    assert resp is not None, "the interaction was never answered"
+    assert resp.type == 4 and resp.data["flags"] & 64, resp
+    text = str(resp.data["content"])
+    assert GENERIC not in text
+    return text

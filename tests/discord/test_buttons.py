@@ -1,0 +1,153 @@
+"""The id-button factory against crafted and forged presses, through discord.py and the fake.
+
+A custom id is text a client sends back. Every button's id is parsed and
+range-checked in one place, and the buttons under an answer (versions,
+Continue, Reasoning) name an answer that must belong to the press's server and
+channel and to the reply on the pressed message. Each refusal is plain (never
+the generic apology) and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot import wording
+from bot.discord.buttons import DYNAMIC_ITEMS
+from bot.store.scopes import Scope
+from testing.discord_harness import Harness, is_final, running_bot
+from testing.fake_discord import FakeUser, StoredMessage, default_guild
+from testing.stories import button, final_message, labels, refusal_of
+
+OTHER = default_guild((1 << 22) * 2000 + 1, "Other Guild")
+STRANGER = FakeUser((1 << 22) * 2000 + 77, "mallory", "Mallory")
+TEXT = " ".join(f"w{i}" for i in range(80))
+
+
+@pytest.fixture
+async def two_servers(smol_model_dir: Path, tmp_path: Path) -> AsyncIterator[Harness]:
+    """Replies cut at 8 tokens (so they offer Continue), in two servers."""
+    async with running_bot(smol_model_dir, tmp_path, scripted=TEXT, script_delay=0.0,
+                           guilds=[default_guild(), OTHER]) as h:
+        await h.app.store.set_knobs(Scope.server(h.guild.id), {"max_new_tokens": 8}, actor_id=1)
+        yield h
+
+
+async def cut_answer(h: Harness, prompt: str) -> StoredMessage:
+    answer = final_message(await h.ask(prompt))
+    assert "cut at the limit" in answer.content
+    return answer
+
+
+def answer_id_of(msg: StoredMessage) -> int:
+    return int(button(msg, "llm:cont:").rsplit(":", 1)[1])
+
+
+async def test_every_reply_button_is_declared_through_the_factory() -> None:
+    ours = [item for item in DYNAMIC_ITEMS if item.__module__ == "bot.discord.buttons"]
+    assert len(ours) == 6
+    assert all(getattr(item, "spec", None) is not None for item in ours)
+
+
+@pytest.mark.parametrize("custom_id", [
+    "llm:cont:" + str(2**63),        # one past SQLite's integers
+    "llm:cont:" + "9" * 19,
+    "llm:cont:-5",
+    "llm:cont:abc",
+    "llm:cont:",
+    "llm:cont:1:2",                  # a part too many
+    "llm:think:" + str(2**64),
+    "llm:think:١٢",                  # digits, but not ASCII ones
+    "llm:swipe:" + str(2**63) + ":next",
+    "llm:swipe:1:sideways",          # no such way
+    "llm:swipe:1",                   # no way at all
+    "llm:stop:1",                    # a part missing
+    "llm:regen:0",
+    "llm:reply:-1",
+])
+async def test_crafted_ids_on_every_button_get_a_plain_refusal(
+    two_servers: Harness, custom_id: str
+) -> None:
+    h = two_servers
+    itx = await h.fake.inject_component(custom_id, guild_id=h.guild.id, channel_id=h.general)
+    await itx.wait_response(timeout=10)
+    assert wording.BUTTON_INVALID in refusal_of(itx)
+
+
+async def test_a_continue_forged_from_another_server_is_refused_and_changes_nothing(
+    two_servers: Harness,
+) -> None:
+    h = two_servers
+    answer = await cut_answer(h, "the secret plan")
+    answer_id = answer_id_of(answer)
+    before = await h.app.swipes.answer(answer_id)
+    assert before is not None
+    for custom_id in (f"llm:cont:{answer_id}", f"llm:think:{answer_id}",
+                      f"llm:swipe:{answer_id}:next"):
+        # The press comes from a message in the other server that carries the forged id.
+        itx = await h.fake.inject_component(custom_id, guild_id=OTHER.id,
+                                            channel_id=OTHER.channels[0].id, user=STRANGER)
+        await itx.wait_response(timeout=10)
+        said = refusal_of(itx)
+        assert said == wording.warning(wording.BUTTON_OTHER_SERVER), said
+        assert "w0" not in said
+    after = await h.app.swipes.answer(answer_id)
+    assert after == before
+    assert not h.bot.runner.active and h.bot.runner.gate.active(STRANGER.id) == 0
+
+
+async def test_a_version_press_from_another_channel_is_refused(two_servers: Harness) -> None:
+    h = two_servers
+    answer = await cut_answer(h, "for #general only")
+    answer_id = answer_id_of(answer)
+    itx = await h.fake.inject_component(f"llm:swipe:{answer_id}:prev", guild_id=h.guild.id,
+                                        channel_id=h.help)
+    await itx.wait_response(timeout=10)
+    assert wording.BUTTON_OTHER_CHANNEL in refusal_of(itx)
+
+
+async def test_a_press_naming_another_replys_answer_is_refused(two_servers: Harness) -> None:
+    """A guessed answer id in this very channel, on a message that is not that answer's."""
+    h = two_servers
+    mine = await cut_answer(h, "mine")
+    theirs = await cut_answer(h, "theirs")
+    shown = mine.content
+    for custom_id in (f"llm:cont:{answer_id_of(theirs)}", f"llm:think:{answer_id_of(mine)}",
+                      f"llm:swipe:{answer_id_of(theirs)}:next"):
+        # Without `message_id` the press comes on a message made to carry the forged id.
+        itx = await h.fake.inject_component(custom_id, guild_id=h.guild.id,
+                                            channel_id=h.general)
+        await itx.wait_response(timeout=10)
+        assert wording.BUTTON_OTHER_REPLY in refusal_of(itx)
+    stored = await h.app.swipes.answer(answer_id_of(theirs))
+    assert stored is not None and stored.continuations == 0
+    # The genuine press on the answer's own message works: Continue carries it on.
+    press = await h.fake.inject_component(button(mine, "llm:cont:"), message_id=mine.id)
+    assert (await press.wait_response(timeout=10)).type == 6
+    await h.fake.wait_for(lambda: (h.fake.message(mine.id).content != shown
+                                   and is_final(h.fake.message(mine.id).content)) or None,
+                          timeout=30)
+
+
+async def test_an_earlier_versions_buttons_still_work_on_its_own_message(
+    two_servers: Harness,
+) -> None:
+    """The binding is the answer's, not one version's: Regenerate points the first
+    message at the new version, and the first version's Continue still works there."""
+    h = two_servers
+    first = await cut_answer(h, "a joke")
+    again = await h.fake.inject_component(button(first, "llm:regen:"), message_id=first.id)
+    await h.finished(again)
+    two = final_message(again)
+    assert "2/2" in labels(two)
+    assert (await h.app.turns.by_message(first.id)) is not None
+    shown, answer_id = first.content, answer_id_of(first)
+    press = await h.fake.inject_component(button(first, "llm:cont:"), message_id=first.id)
+    assert (await press.wait_response(timeout=10)).type == 6
+    await h.fake.wait_for(lambda: (h.fake.message(first.id).content != shown
+                                   and is_final(h.fake.message(first.id).content)) or None,
+                          timeout=30)
+    continued = await h.app.swipes.answer(answer_id)
+    assert continued is not None and continued.continuations == 1
