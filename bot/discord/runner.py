@@ -125,6 +125,7 @@ class Ask(Run):
     channel: object  # where it was asked (a thread's conversation is looked up from it)
     open_thread: bool = False  # `/ask thread:true`: a thread from the answer, once stored
     swipe_of: int | None = None  # Regenerate adds a version to this question
+    supersedes: discord.Message | None = None  # the reply Regenerate was pressed on
     continuing: Continuing | None = None  # Continue carries this answer on, in place
     notes: tuple[str, ...] = ()  # one line each for attached files that were not read
     # Filled in as it runs:
@@ -143,7 +144,10 @@ class Ask(Run):
 
     async def deliver(self, runner: AskRunner, first: Page, stop: discord.ui.View,
                       release: Callable[[], object]) -> GenerationResult:
-        return await runner.stream(self, first, stop, release)
+        result = await runner.stream(self, first, stop, release)
+        if self.supersedes is not None and self.supersedes.id != await first.message_id():
+            await _retire(self.supersedes)
+        return result
 
     def cancel(self) -> None:
         if self.gen is not None:
@@ -406,7 +410,7 @@ class AskRunner:
         overrides: Mapping[str, Any] | None = None, again: Knobs | None = None,
         parent_id: int | None = None, explicit: bool = False, open_thread: bool = False,
         speaker: tuple[int, str] | None = None,
-        swipe_of: int | None = None,
+        swipe_of: int | None = None, supersedes: discord.Message | None = None,
         files: tuple[TextFile, ...] = (), notes: tuple[str, ...] = (),
     ) -> None:
         user = interaction.user
@@ -419,6 +423,7 @@ class AskRunner:
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
             private=private, open_thread=open_thread, swipe_of=swipe_of, notes=notes,
+            supersedes=supersedes,
             surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
                                        ttl_s=lambda: self.interaction_ttl_s),
             turn=TurnAsk(
@@ -497,6 +502,7 @@ class AskRunner:
             again=Knobs.model_validate(record.knobs), parent_id=parent_id, explicit=explicit,
             speaker=speaker,
             swipe_of=question.id if question is not None and question.role == "user" else None,
+            supersedes=interaction.message,
         )
 
     def check_regenerate(self, interaction: discord.Interaction, record: AskRecord) -> None:
@@ -631,3 +637,20 @@ def file_notes(turn: PreparedTurn, skipped: Sequence[str]) -> str:
                      else wording.FILE_READ.format(names=names))
     lines.extend(skipped)
     return "\n-# ".join(lines)
+
+
+async def _retire(message: discord.Message | None) -> None:
+    """Take every button off a reply that Regenerate superseded with a new message.
+
+    The new message carries the actions and the ◀ ▶ row over every version, so
+    the old one keeps only its text: two live version rows switching the same
+    versions would leave a member unsure which message is the conversation.
+    """
+    if message is None or message.flags.ephemeral:
+        return
+    if not (message.content or message.embeds or message.attachments):
+        return  # only buttons: taking them off would leave nothing to show
+    try:
+        await message.edit(view=None, allowed_mentions=NO_MENTIONS)
+    except discord.HTTPException as exc:
+        log.warning("couldn't take the buttons off superseded reply %s: %s", message.id, exc)

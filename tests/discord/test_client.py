@@ -129,6 +129,23 @@ async def test_regenerate_makes_a_new_reply_even_after_a_restart(
         assert "second answer" in new.content
 
 
+async def test_regenerate_takes_the_buttons_off_the_superseded_reply(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(smol_model_dir, tmp_path, scripted="an answer") as h:
+        itx = await h.ask("a question", max_new_tokens=20)
+        old = itx.original
+        assert old is not None
+        regen_id = next(c for c in buttons(old) if c.startswith("llm:regen:"))
+        press = await h.fake.inject_component(regen_id, message_id=old.id)
+        await h.finished(press)
+        assert press.original is not None and press.original.id != old.id
+        # The new message carries the actions and the versions; the old one only its text.
+        assert any(c.startswith("llm:regen:") for c in buttons(press.original))
+        await h.fake.wait_for(lambda: not buttons(h.fake.message(old.id)))
+        assert "an answer" in h.fake.message(old.id).content
+
+
 async def test_long_reply_overflows_into_followups_with_balanced_fences(
     smol_model_dir: Path, tmp_path: Path
 ) -> None:
