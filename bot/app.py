@@ -28,6 +28,7 @@ from bot.hosting.registry import ModelRegistry
 from bot.limits import SettingsWriteLimiter
 from bot.model.embedded import prepare_default_model
 from bot.store.ask_log import AskLog
+from bot.store.connect import open_database
 from bot.store.db import Database
 from bot.store.personas import PersonaStore
 from bot.store.retention import PRUNE_EVERY_S, prune_expired
@@ -312,7 +313,7 @@ async def _serve(
     model_dir: Path | None = None,
 ) -> AsyncIterator[App]:
     """The App around `engine` (or one loaded from `model_dir`), with its store and pruner."""
-    db = await Database.open(settings.database_target)
+    db = await open_database(settings.database_target)
     try:
         if engine is not None:
             async with _pruned(db, settings):

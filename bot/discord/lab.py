@@ -513,8 +513,10 @@ class LabRunner:
                                          seed=walk.step.seed, raw=walk.step.raw_text,
                                          include=include)
             content, file, view = await self._walk_message(walk, engine)
-            await interaction.edit_original_response(
-                content=content, attachments=[file], view=view, allowed_mentions=NO_MENTIONS)
+        # The member's slot is free before the edit, as a reply's is before its final edit:
+        # a press made on seeing the new step is never refused as "in progress".
+        await interaction.edit_original_response(
+            content=content, attachments=[file], view=view, allowed_mentions=NO_MENTIONS)
 
     async def _walk_message(self, walk: Walk,
                             engine: Engine) -> tuple[str, discord.File, discord.ui.View]:
