@@ -461,8 +461,9 @@ class LabRunner:
                         step, header, private, reply=reply)
             self.walks.put(walk.id, walk)
             content, file, view = await self._walk_message(walk, engine)
-            await interaction.followup.send(content, file=file, view=view, ephemeral=private,
-                                            allowed_mentions=NO_MENTIONS)
+        # The slot is free before the view shows, so a Step pressed at once is taken.
+        await interaction.followup.send(content, file=file, view=view, ephemeral=private,
+                                        allowed_mentions=NO_MENTIONS)
 
     async def step(self, interaction: discord.Interaction, walk_id: str, rank: int) -> None:
         """A Step button: append the chosen token and show the next step (author only)."""
@@ -592,8 +593,8 @@ class LabRunner:
                     f"{wording.WORD_ODDS_NOTE}\n"
                     f"```ansi\n{block}\n```")
             rest, _ = clean_cut(f"Most surprising:\n{lines}", MESSAGE_LIMIT - len(text) - 2)
-            await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
-                                            allowed_mentions=NO_MENTIONS)
+        await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
+                                        allowed_mentions=NO_MENTIONS)
 
 
     # --- knob help ----------------------------------------------------------------------
