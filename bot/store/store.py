@@ -301,7 +301,7 @@ class SettingsStore:
         )
         return bool(done)
 
-    # -- the model choice (issue 23) ------------------------------------------------
+    # -- the model choice ------------------------------------------------
 
     async def set_model(
         self, scope: Scope, name: str, *, actor_id: int, known: Collection[str]
@@ -340,10 +340,10 @@ class SettingsStore:
                 out.append((str(value), scope))
         return out
 
-    # -- reasoning (issue 22) ---------------------------------------------------------
+    # -- reasoning ---------------------------------------------------------
 
     async def set_reasoning(self, scope: Scope, on: bool | None, *, actor_id: int) -> bool:
-        """Issue 22: reasoning on/off at `scope`, or None to inherit; True if it changed.
+        """Reasoning on/off at `scope`, or None to inherit; True if it changed.
 
         Off is stored too, so a channel can turn it off under a server that has it on.
         """
