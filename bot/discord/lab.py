@@ -461,8 +461,9 @@ class LabRunner:
                         step, header, private, reply=reply)
             self.walks.put(walk.id, walk)
             content, file, view = await self._walk_message(walk, engine)
-            await interaction.followup.send(content, file=file, view=view, ephemeral=private,
-                                            allowed_mentions=NO_MENTIONS)
+        # The slot is free before the view shows, so a Step pressed at once is taken.
+        await interaction.followup.send(content, file=file, view=view, ephemeral=private,
+                                        allowed_mentions=NO_MENTIONS)
 
     async def step(self, interaction: discord.Interaction, walk_id: str, rank: int) -> None:
         """A Step button: append the chosen token and show the next step (author only)."""
@@ -513,8 +514,10 @@ class LabRunner:
                                          seed=walk.step.seed, raw=walk.step.raw_text,
                                          include=include)
             content, file, view = await self._walk_message(walk, engine)
-            await interaction.edit_original_response(
-                content=content, attachments=[file], view=view, allowed_mentions=NO_MENTIONS)
+        # The member's slot is free before the edit, as a reply's is before its final edit:
+        # a press made on seeing the new step is never refused as "in progress".
+        await interaction.edit_original_response(
+            content=content, attachments=[file], view=view, allowed_mentions=NO_MENTIONS)
 
     async def _walk_message(self, walk: Walk,
                             engine: Engine) -> tuple[str, discord.File, discord.ui.View]:
@@ -590,8 +593,8 @@ class LabRunner:
                     f"{wording.WORD_ODDS_NOTE}\n"
                     f"```ansi\n{block}\n```")
             rest, _ = clean_cut(f"Most surprising:\n{lines}", MESSAGE_LIMIT - len(text) - 2)
-            await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
-                                            allowed_mentions=NO_MENTIONS)
+        await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
+                                        allowed_mentions=NO_MENTIONS)
 
 
     # --- knob help ----------------------------------------------------------------------
