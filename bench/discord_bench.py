@@ -368,7 +368,7 @@ def stream_tokens(decode_tok_s: float | None, edit_interval_s: float, at_least: 
 
 
 async def single_first_text(world: World, repeats: int = 5) -> dict[str, Any]:
-    """Submit → first visible text for one ask at a time on an idle bot (issue 24 item 4).
+    """Submit → first visible text for one ask at a time on an idle bot.
 
     Under 20 concurrent asks the queue dominates `first_text_s`; here nothing
     waits, so what shows is what the reply path itself adds (a status edit

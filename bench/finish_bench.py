@@ -1,6 +1,6 @@
 """`python -m bench --finish --json`: how often an everyday answer ends on its own.
 
-Issue 24 item 1: at a `max_new_tokens` of 128, five of six ordinary answers from
+At a `max_new_tokens` of 128, five of six ordinary answers from
 the embedded model were "cut at the limit". This asks each prompt of
 `bench/data/everyday_prompts.txt` once, through the engine with the default
 knobs (a fixed seed, one ask at a time), with the largest candidate as the

@@ -1,4 +1,4 @@
-"""`python -m bot bench --lab --json`: what the knobs lab costs (issue 19).
+"""`python -m bot bench --lab --json`: what the knobs lab costs.
 
 - One probabilities step (`probs_step`: one forward pass over the prompt, the knobs
   in numpy, the candidates' texts) against the time to first text of the same

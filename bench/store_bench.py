@@ -33,8 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.store.ask_log import AskLog, AskRecord
+from bot.store.connect import open_database
 from bot.store.copy import copy_database
-from bot.store.db import Database
 from bot.store.scopes import Location, Scope
 from bot.store.store import SettingsStore
 from bot.store.swipes import SwipeStore
@@ -156,7 +156,7 @@ async def ask_sql(target: Path | str, asks: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     steps: dict[str, list[int]] = {}
     totals: list[int] = []
-    db = await Database.open(target)
+    db = await open_database(target)
     try:
         store, log, turns, swipes = SettingsStore(db), AskLog(db), TurnStore(db), SwipeStore(db)
         for user in (11, 12):
@@ -192,17 +192,17 @@ async def ask_sql(target: Path | str, asks: int, seed: int) -> dict[str, Any]:
 
 
 async def _check(target: Path | str, processes: int, writes: int) -> dict[str, Any]:
-    async with await Database.open(target) as db:
+    async with await open_database(target) as db:
         return await check_writes(db, processes, writes)
 
 
 async def round_trip(first: Path, postgres_url: str, last: Path) -> dict[str, Any]:
     """SQLite (the /ask bench's file) → PostgreSQL → SQLite, compared table by table."""
-    async with await Database.open(first) as src, await Database.open(postgres_url) as mid:
+    async with await open_database(first) as src, await open_database(postgres_url) as mid:
         t0 = time.perf_counter()
         there = await copy_database(src, mid)
         to_pg = time.perf_counter() - t0
-    async with await Database.open(postgres_url) as mid, await Database.open(last) as dst:
+    async with await open_database(postgres_url) as mid, await open_database(last) as dst:
         t0 = time.perf_counter()
         back = await copy_database(mid, dst)
         to_sqlite = time.perf_counter() - t0

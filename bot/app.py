@@ -28,6 +28,7 @@ from bot.hosting.registry import ModelRegistry
 from bot.limits import SettingsWriteLimiter
 from bot.model.embedded import prepare_default_model
 from bot.store.ask_log import AskLog
+from bot.store.connect import open_database
 from bot.store.db import Database
 from bot.store.personas import PersonaStore
 from bot.store.retention import PRUNE_EVERY_S, prune_expired
@@ -52,11 +53,11 @@ class App:
     #: One per process, from `BOT_SETTINGS_WRITE_LIMIT`/`_WINDOW_S`: every front-end that
     #: lets members change settings takes a slot here before it writes.
     write_limiter: SettingsWriteLimiter = field(init=False)
-    #: Issue 22: versions of answers / Continue, and named personas, on the same database.
+    #: Versions of answers / Continue, and named personas, on the same database.
     swipes: SwipeStore = field(init=False)
     personas: PersonaStore = field(init=False)
 
-    #: Issue 23: the models this host serves (`bot.hosting.host`). `open_app` passes
+    #: The models this host serves (`bot.hosting.host`). `open_app` passes
     #: them as `model_host`; an App built around one engine serves just that one.
     #: `engine` stays the default model's engine (kept current if it is reloaded);
     #: an ask uses `models.engine(name)` for the model in effect where it is made.
@@ -271,7 +272,7 @@ async def open_app(
             yield app
         return
     if settings.model_dirs:
-        # Issue 23: several models (BOT_MODEL_DIRS); the default is loaded now.
+        # Several models (BOT_MODEL_DIRS); the default is loaded now.
         async with (
             _open_models(settings, progress) as (engine, host),
             _serve(settings, engine, host) as app,
@@ -312,7 +313,7 @@ async def _serve(
     model_dir: Path | None = None,
 ) -> AsyncIterator[App]:
     """The App around `engine` (or one loaded from `model_dir`), with its store and pruner."""
-    db = await Database.open(settings.database_target)
+    db = await open_database(settings.database_target)
     try:
         if engine is not None:
             async with _pruned(db, settings):

@@ -20,6 +20,7 @@ from bot.config import Settings, env_file_warning, load_settings
 from bot.errors import ConfigError, UserFacingError
 from bot.knobs import KNOB_SPECS, unescape_stop
 from bot.ops.logs import setup_logging
+from bot.store.connect import open_database
 
 if TYPE_CHECKING:
     from bot.engine import Engine, GenerationRequest
@@ -174,7 +175,6 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _forget(settings: Settings, args: argparse.Namespace) -> int:
     """`forget --user ID | --server ID`: one transaction, then what it deleted."""
-    from bot.store.db import Database
     from bot.store.retention import forget
 
     for value in (args.user, args.server):
@@ -186,7 +186,7 @@ async def _forget(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: no database at {settings.database_path} (BOT_DATABASE_PATH)",
               file=sys.stderr)
         return 1
-    async with await Database.open(settings.database_target) as db:
+    async with await open_database(settings.database_target) as db:
         done = await forget(db, user_id=args.user, guild_id=args.server)
     who = f"user {args.user}" if args.user is not None else f"server {args.server}"
     print(f"{who}: {done.describe()}.")

@@ -343,7 +343,7 @@ class Settings(BaseSettings):
 
     @property
     def database_target(self) -> Path | str:
-        """What `bot.store.db.Database.open` takes: the PostgreSQL URL if set, else the file."""
+        """What `bot.store.connect.open_database` takes: the PostgreSQL URL, else the file."""
         if self.database_url is not None:
             return self.database_url.get_secret_value()
         return self.database_path

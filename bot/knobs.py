@@ -65,7 +65,7 @@ class Knobs(BaseModel):
     top_k: Annotated[int, Ge(-1), Le(50)] = Field(
         -1, description="Sample among the k most likely tokens; -1 = no limit."
     )
-    # 512, measured (issue 24 item 1, `python -m bench --finish`): of 20 everyday
+    # 512, measured (`python -m bench --finish`): of 20 everyday
     # prompts to the embedded model, 35% of answers ended on their own at 128 tokens,
     # 60% at 256, 70% at 384, 85% at 512 (median answer 222 tokens). The guide's
     # playground uses 128 for short demos, not for a chat.

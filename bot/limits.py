@@ -48,8 +48,8 @@ class AskGate:
         """The ask was taken (queued): its cooldown starts now.
 
         Not at `hold`: an ask refused after the slot was taken (a prompt too long,
-        a full queue, bad knobs) must not make its asker wait (issue 24 item 11).
-        Bounded (issue 24 item 14): the oldest cooldown stamps go first.
+        a full queue, bad knobs) must not make its asker wait.
+        Bounded: the oldest cooldown stamps go first.
         """
         self._last.pop(user_id, None)
         while len(self._last) >= _TRACKED_LIMIT:
@@ -101,7 +101,7 @@ class SettingsWriteLimiter:
         """Refuse (`TooManyWrites`) if `actor_id` has no write left in the window; count nothing.
 
         A front-end checks before it writes and `record`s only a write that changed
-        something (issue 24 item 5: opening an edit box or a reset that found
+        something (opening an edit box or a reset that found
         nothing to reset used up an admin's writes while setting up).
         """
         if self.limit <= 0 or self.window_s <= 0:
@@ -128,7 +128,7 @@ class SettingsWriteLimiter:
 
 
 class QuietRefusals:
-    """Say a refusal once per member per window, then stay quiet (issue 24 item 21).
+    """Say a refusal once per member per window, then stay quiet.
 
     A refusal to a message (a mention, a reply, a DM) is a new channel message on
     the same send budget live replies need: 30 mentions while a reply runs gave

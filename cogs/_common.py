@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 else:
     class _ScopeOption(app_commands.Transformer):
         """The `scope:` option, its choices named so they read right in a thread too
-        ("This channel or thread", "Whole server"; issue 24 item 12); values unchanged."""
+        ("This channel or thread", "Whole server"); values unchanged."""
 
         @property
         def type(self) -> discord.AppCommandOptionType:
@@ -108,7 +108,7 @@ def take_write_slot(interaction: discord.Interaction) -> None:
 
 
 def count_write(interaction: discord.Interaction, changed: bool = True) -> None:
-    """Count a settings change that changed something (issue 24 item 5)."""
+    """Count a settings change that changed something."""
     if changed:
         bot_of(interaction).app.write_limiter.record(interaction.user.id)
 

@@ -32,7 +32,7 @@ class Ask(commands.Cog):
         prompt="What to ask",
         **{name: f"This ask only: {KNOB_HELP[name].option(85)}" for name in KNOB_DESCRIPTIONS
            if name != "max_new_tokens"},
-        # Said where it is chosen: a larger value than the scope's is capped (issue 24 item 2).
+        # Said where it is chosen: a larger value than the scope's is capped.
         max_new_tokens="This ask only: at most this many tokens, up to this channel's or "
                        "server's limit",
         stop=r"This ask only: stop sequences, separated by | (\n for a newline)",

@@ -75,7 +75,7 @@ class Knobs(
     async def show(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message(
             embed=await knobs_embed(interaction), ephemeral=True, allowed_mentions=NO_MENTIONS,
-            view=knob_help_view(),  # issue 19: "What do these do?" (bot/discord/lab.py)
+            view=knob_help_view(),  # "What do these do?" (bot/discord/lab.py)
         )
 
     @app_commands.command(name="set", description="Change sampling settings here.")
@@ -168,7 +168,7 @@ class Settings(commands.Cog):
         text, source = persona(eff, bot.app.settings.system_prompt)
         body = text or wording.PERSONA_NONE
         thread = isinstance(interaction.channel, discord.Thread)
-        # Issue 23: the model answering here, and where that choice comes from.
+        # The model answering here, and where that choice comes from.
         choice = bot.app.models.choice(eff)
         model = f"**Model** {choice.describe()}\n"
         intro = f"{model}**Persona** (from {wording.source_label(source, in_thread=thread)})\n"

@@ -1,4 +1,4 @@
-"""/model: which model answers, per server and channel (issue 23).
+"""/model: which model answers, per server and channel.
 
 `/model list` is everyone's (what is served, how big, its window, loaded or not,
 where it is chosen); `set` and `reset` change a setting, so they take the same

@@ -3,8 +3,8 @@
 Every subcommand but `show` changes something, so the group carries Manage
 Channels as its default permission (members read the persona with /settings);
 `scope_for_write` is still the check that decides, at the command and again
-when the edit box is submitted. In DMs the persona is the member's own (issue
-24 item 12). Members read "persona" everywhere; only the command is /system.
+when the edit box is submitted. In DMs the persona is the member's own.
+Members read "persona" everywhere; only the command is /system.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ LABEL_LIMIT = 45
 
 
 #: The edit box's custom id: its scope choice and the scope's id, so its submission
-#: is routed after a restart too (issue 24 item 6; see bot/discord/modals.py).
+#: is routed after a restart too (see bot/discord/modals.py).
 PERSONA_MODAL_ID = "llm:persona:{choice}:{scope_id}"
 PERSONA_MODAL_PATTERN = r"llm:persona:(?P<choice>channel|server):(?P<scope>[0-9]+)"
 
@@ -156,7 +156,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
     @app_commands.command(name="edit", description="Edit the persona in a multi-line box.")
     @app_commands.describe(scope=SCOPE_HELP)
     async def edit(self, interaction: discord.Interaction, scope: ScopeOpt = "channel") -> None:
-        # Checked, not counted: opening the box changes nothing (issue 24 item 5).
+        # Checked, not counted: opening the box changes nothing.
         target = scope_for_write(interaction, scope)
         choice: ScopeChoice = "server" if scope == "server" else "channel"
         bot = bot_of(interaction)
@@ -188,7 +188,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         msg = wording.persona_reset(where) if changed else wording.persona_not_set(where)
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
-    # --- issue 22: character cards, named personas, the reasoning setting -------------
+    # --- character cards, named personas, the reasoning setting -------------
     # The rules live in the core (bot.chat.characters, bot.store.personas); these
     # subcommands only fetch the attachment, pick the scope and say what happened.
 

@@ -51,7 +51,7 @@ class Tokens(commands.Cog):
         public: bool = False,
     ) -> None:
         app = bot_of(interaction).app
-        # Issue 23: the tokenizer of the model answering here, loaded first if it is not.
+        # The tokenizer of the model answering here, loaded first if it is not.
         models = app.models
         name = models.choice(await app.resolve(location_of(interaction))).name
         engine = models.loaded(name)

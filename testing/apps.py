@@ -17,7 +17,7 @@ from bot.app import App, engine_options, load_engine, open_app
 from bot.config import Settings, load_settings
 from bot.engine import Engine
 from testing.backends import ScriptedGenerator
-from testing.scripted import Script, scripted_engine
+from testing.scripted import Script, load_bundle, scripted_engine
 
 
 def story_settings(model_dir: Path, tmp_path: Path, **overrides: Any) -> Settings:
@@ -48,7 +48,11 @@ async def story_engine(
     probabilities while the replies stay scripted).
     """
     if script is not None and not weights:
-        engine = scripted_engine(model_dir, script, delay=delay, options=engine_options(settings))
+        # Reading the tokenizer and template is CPU work: off the event loop, as the bot's
+        # own engine load is.
+        options = engine_options(settings)
+        engine = scripted_engine(model_dir, script, delay=delay, options=options,
+                                 bundle=await load_bundle(model_dir, options))
     else:
         engine = await load_engine(settings, model_dir)
         if script is not None:

@@ -22,7 +22,7 @@ from bot.engine import Engine, EngineOptions
 from bot.store.store import SettingsStore
 from testing.apps import core_app
 from testing.model_factory import embedded_model_dir, make_tiny_model
-from testing.scripted import Script, scripted_engine
+from testing.scripted import Script, load_bundle, scripted_engine
 from testing.stories import QuickAsyncio
 
 
@@ -61,9 +61,11 @@ async def smol_scripted(smol_model_dir: Path) -> AsyncIterator[Callable[..., Eng
     script (`testing.scripted`): no weights loaded. Call it with the script (a text, or
     a function of the prompt's tokens) and optionally `delay` per token; closed after."""
     engines: list[Engine] = []
+    # The tokenizer and template are read once, in a worker thread (off the event loop).
+    bundle = await load_bundle(smol_model_dir, EngineOptions(device="cpu", cpu_threads=1))
 
     def make(script: Script, delay: float = 0.0) -> Engine:
-        engines.append(scripted_engine(smol_model_dir, script, delay=delay))
+        engines.append(scripted_engine(smol_model_dir, script, delay=delay, bundle=bundle))
         return engines[-1]
 
     yield make

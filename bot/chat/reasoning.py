@@ -202,7 +202,7 @@ def strip_reasoning(text: str) -> str:
 
 
 class ReasoningFilter:
-    """The streaming loops' text filter (issue 22): what to show while a reply streams.
+    """The streaming loops' text filter: what to show while a reply streams.
 
     `feed` returns the answer text a piece added (nothing while the model thinks)
     and whether it is thinking now, so a front-end shows "thinking…" and then the

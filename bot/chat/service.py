@@ -335,6 +335,10 @@ class Chat:
         """The stored ask (for Regenerate), or None once it is past its time."""
         return await self.ask_log.load(ask_id)
 
+    async def latest_ask(self, user_id: int, channel_id: int | None) -> int | None:
+        """The member's newest ask still kept in that channel (the lab's "try it")."""
+        return await self.ask_log.latest_id(user_id, channel_id)
+
     async def forget_own(self, conversation_id: int, user_id: int) -> int:
         return await self.turns.forget_own(conversation_id, user_id)
 

@@ -55,13 +55,13 @@ class PreparedTurn:
     request: GenerationRequest
     prepared: PreparedPrompt  # `request` rendered and encoded: submit it, don't redo it
     dropped_turns: int  # earlier turns left out to fit the context (for the footer)
-    # Issue 23: the engine of the model answering (submit to it at once: an idle model
+    # The engine of the model answering (submit to it at once: an idle model
     # may be unloaded after the next await) and which model that is, with its note.
     engine: Engine
     model: TurnModel
     several: bool = False  # the host serves several models: the footer names this one
     cap: Cap | None = None  # the scope's max_new_tokens cap and the asked value (footer)
-    reasoning: bool = False  # issue 22: the scope splits <think> reasoning from the answer
+    reasoning: bool = False  # the scope splits <think> reasoning from the answer
     files: tuple[TextFile, ...] = ()  # the files as the model read them (cut to fit)
     files_cut: tuple[str, ...] = ()  # names of files of which only the beginning fitted
 
@@ -89,7 +89,7 @@ class PreparedTurn:
 
 
 class ElsewhereConversation(UserFacingError):
-    """A continuation named a conversation of another server or channel (item 13)."""
+    """A continuation named a conversation of another server or channel."""
 
     def __init__(self) -> None:
         super().__init__(

@@ -1,4 +1,4 @@
-"""A member's conversation as they can see it and clear it (issue 24 item 8).
+"""A member's conversation as they can see it and clear it.
 
 The console has /history and /new; on Discord, `/conversation show` lists the
 turns of the member's conversation where they ask it (their DM conversation,

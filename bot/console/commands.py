@@ -88,7 +88,7 @@ async def stream_reply(
 ) -> GenerationResult:
     """Write a generation's text as it arrives (and its queue position); return the result.
 
-    With `text_filter` (issue 22, reasoning on) the reasoning is not written:
+    With `text_filter` (reasoning on) the reasoning is not written:
     "(thinking…)" once, then the answer; the result's text is the answer alone
     and `text_filter.reasoning` keeps the rest.
     """
@@ -158,7 +158,7 @@ class Console:
                 return False
             if cmd == "/help":
                 self.write(HELP + "\n")
-                # Issue 19: what each knob does, from the lab's one table.
+                # What each knob does, from the lab's one table.
                 self.write("\nWhat the knobs do:\n" + "\n".join(
                     "  " + line for line in help_lines()) + "\n")
             elif cmd == "/ask":
@@ -176,9 +176,9 @@ class Console:
                 await self.tokens(rest)
             elif cmd == "/model":
                 await self.model(rest)
-            elif cmd in ("/continue", "/swipe", "/regen"):  # issue 22
+            elif cmd in ("/continue", "/swipe", "/regen"):
                 await getattr(self, cmd[1:].replace("continue", "continue_"))(rest)
-            elif cmd in ("/compare", "/probs", "/try"):  # the knobs lab (issue 19)
+            elif cmd in ("/compare", "/probs", "/try"):  # the knobs lab
                 await self.lab(cmd, rest)
             else:
                 self.write(f"Unknown command {cmd}. Type /help.\n")
@@ -214,7 +214,7 @@ class Console:
         self.write(f"\n[{footer(result, turn.dropped_turns, turn.footer_model, operator=True)}]\n")
         return result
 
-    # --- issue 22: /continue, /swipe, /regen ------------------------------------------
+    # --- /continue, /swipe, /regen ------------------------------------------
 
     async def _last_answer(self) -> Answer:
         head = await self.app.chat.head(self.place)
@@ -286,7 +286,7 @@ class Console:
             who = "you" if line.role == "user" else "bot"
             mark = "  [left out]" if line.left_out else ""
             self.write(f"  {who:<3} {line.tokens:>5} tokens  {line.preview(60)}{mark}\n")
-        # Issue 22: the window's use, from the real tokenizer (the next question a stand-in).
+        # The window's use, from the real tokenizer (the next question a stand-in).
         usage = await self.app.chat.usage(TurnAsk(
             location=self.location, prompt="?", author_id=CONSOLE_USER_ID,
             author_name="you", place=self.place))
@@ -367,13 +367,13 @@ class Console:
                 f"System prompt reset for this {_scope_word(server)}.\n" if changed
                 else f"This {_scope_word(server)} had no system prompt of its own.\n"
             )
-        elif sub in ("import", "save", "load", "list", "reasoning"):  # issue 22
+        elif sub in ("import", "save", "load", "list", "reasoning"):
             await self.system_more(sub, text.strip(), scope, server)
         else:
             raise UserFacingError("Use /system show, /system set <text> or /system reset.")
 
     async def system_more(self, sub: str, arg: str, scope: Scope, server: bool) -> None:
-        """Issue 22: /system import FILE, save NAME, load NAME, list, reasoning on|off."""
+        """/system import FILE, save NAME, load NAME, list, reasoning on|off."""
         app = self.app
         where = f"this {_scope_word(server)}"
         if sub == "import":
@@ -445,7 +445,7 @@ class Console:
             raise UserFacingError("Use /knobs show, /knobs set k=v, /knobs reset or /knobs preset.")
 
     async def engine_here(self) -> Engine:
-        """The engine of the model in effect here (issue 23), loaded first if needed."""
+        """The engine of the model in effect here, loaded first if needed."""
         models = self.app.models
         name = models.choice(await self.app.resolve(self.location)).name
         return await models.engine(name, lambda waiting: self.write(f"({waiting.message})\n"))
@@ -461,7 +461,7 @@ class Console:
         )
 
     async def model(self, rest: str) -> None:
-        """Issue 23: /model list|set|reset, as on Discord, on the console's scopes."""
+        """/model list|set|reset, as on Discord, on the console's scopes."""
         words, server = _flag(rest, "--server")
         sub, _, name = words.partition(" ")
         scope = self.scope(server)

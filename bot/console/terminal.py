@@ -175,7 +175,7 @@ async def run_console(settings: Settings) -> int:
             "Type /help for commands; a plain line asks the model.",
             flush=True,
         )
-        if app.models.several:  # issue 23
+        if app.models.several:
             print(f"Models: {', '.join(app.models.names)} (/model list).", flush=True)
         try:
             await console_loop(app, interactive)

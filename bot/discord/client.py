@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.errors", "cogs.ask", "cogs.system", "cogs.knobs", "cogs.tokens", "cogs.status",
-              "cogs.model", "cogs.help", "cogs.conversation",  # issues 23, 24 (3, 8)
-              "cogs.lab")  # issue 19
+              "cogs.model", "cogs.help", "cogs.conversation",
+              "cogs.lab")
 
 
 class LlamaBot(commands.AutoShardedBot):
@@ -197,7 +197,7 @@ def attach_metrics(bot: LlamaBot, metrics: Metrics) -> Callable[[], None]:
     engine = app.engine
     app.metrics = metrics
     engine.on_result.append(metrics.observe)
-    metrics.queue_depth_from(app.models.queue_depth)  # every model's queue (issue 23)
+    metrics.queue_depth_from(app.models.queue_depth)  # every model's queue
     metrics.active_replies_from(lambda: len(runner.active))
 
     def on_finish(_ask: Any, result: GenerationResult) -> None:

@@ -50,8 +50,8 @@ def display_name(user: discord.abc.User) -> str:
     """The speaker's name as the model reads it, always valid Unicode.
 
     A crafted client can set a name with lone surrogates; the engine refuses
-    invalid Unicode in a prompt, and a name must never refuse its member's ask
-    (issue 24 item 22): each surrogate becomes U+FFFD.
+    invalid Unicode in a prompt, and a name must never refuse its member's ask:
+    each surrogate becomes U+FFFD.
     """
     name = user.display_name or user.name or ""
     return _SURROGATE.sub("\ufffd", name)

@@ -43,7 +43,8 @@ from bot.chat.request import FINISH_WORDS
 from bot.chat.turns import TurnAsk
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import send_error
-from bot.discord.pages import CoalescingEditor, quote_prompt
+from bot.discord.guard import parse_id, require_id
+from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, quote_prompt
 from bot.engine import Engine, Finished, GenerationRequest, TextDelta
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
@@ -64,7 +65,6 @@ T = TypeVar("T")
 FIELD_LIMIT = 1024
 EMBED_LIMIT = 6000
 FIELD_NAME_LIMIT = 256
-MESSAGE_LIMIT = 2000
 WALKS = 500
 WALK_TTL_S = 900.0
 COMPARES = 200
@@ -290,7 +290,7 @@ class LabRunner:
         then a reply that filled the context could be refused as too long here.
         """
         app = self.app
-        record = await app.ask_log.load(ask_id)
+        record = await app.chat.asked(ask_id)
         if record is None:
             raise UserFacingError("I no longer have this prompt (it may have expired). Ask again!")
         if record.guild_id != interaction.guild_id:
@@ -299,8 +299,8 @@ class LabRunner:
             raise UserFacingError("This button belongs to another channel.")
         if (record.private or record.guild_id is None) and interaction.user.id != record.user_id:
             raise UserFacingError("Only the person who asked can look inside this reply.")
-        question = await app.turns.question_for_ask(ask_id)
-        answer = await app.turns.answer_for_ask(ask_id)
+        question = await app.chat.question_for_ask(ask_id)
+        answer = await app.chat.answer_for_ask(ask_id)
         if question is not None and not question.visible_to(interaction.user.id):
             raise UserFacingError("Only the person who asked can look inside this reply.")
         where = replace(location_of(interaction), user_id=record.user_id)
@@ -461,8 +461,9 @@ class LabRunner:
                         step, header, private, reply=reply)
             self.walks.put(walk.id, walk)
             content, file, view = await self._walk_message(walk, engine)
-            await interaction.followup.send(content, file=file, view=view, ephemeral=private,
-                                            allowed_mentions=NO_MENTIONS)
+        # The slot is free before the view shows, so a Step pressed at once is taken.
+        await interaction.followup.send(content, file=file, view=view, ephemeral=private,
+                                        allowed_mentions=NO_MENTIONS)
 
     async def step(self, interaction: discord.Interaction, walk_id: str, rank: int) -> None:
         """A Step button: append the chosen token and show the next step (author only)."""
@@ -513,8 +514,10 @@ class LabRunner:
                                          seed=walk.step.seed, raw=walk.step.raw_text,
                                          include=include)
             content, file, view = await self._walk_message(walk, engine)
-            await interaction.edit_original_response(
-                content=content, attachments=[file], view=view, allowed_mentions=NO_MENTIONS)
+        # The member's slot is free before the edit, as a reply's is before its final edit:
+        # a press made on seeing the new step is never refused as "in progress".
+        await interaction.edit_original_response(
+            content=content, attachments=[file], view=view, allowed_mentions=NO_MENTIONS)
 
     async def _walk_message(self, walk: Walk,
                             engine: Engine) -> tuple[str, discord.File, discord.ui.View]:
@@ -590,8 +593,8 @@ class LabRunner:
                     f"{wording.WORD_ODDS_NOTE}\n"
                     f"```ansi\n{block}\n```")
             rest, _ = clean_cut(f"Most surprising:\n{lines}", MESSAGE_LIMIT - len(text) - 2)
-            await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
-                                            allowed_mentions=NO_MENTIONS)
+        await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
+                                        allowed_mentions=NO_MENTIONS)
 
 
     # --- knob help ----------------------------------------------------------------------
@@ -613,11 +616,11 @@ class LabRunner:
         """"Try it on my last prompt": a comparison of the knob's value against a contrast."""
         if name not in TRY_KNOBS:
             raise UserFacingError("That button is not valid.")
-        ask_id = await self.app.ask_log.latest_id(interaction.user.id, interaction.channel_id)
+        ask_id = await self.app.chat.latest_ask(interaction.user.id, interaction.channel_id)
         if ask_id is None:
             raise UserFacingError("Ask something here first (/ask): this reruns your last prompt.")
         turn, _, _ = await self.request_of_ask(interaction, ask_id)
-        record = await self.app.ask_log.load(ask_id)
+        record = await self.app.chat.asked(ask_id)
         prompt = record.prompt if record is not None else turn.request.prompt
         await self.compare(interaction, CompareAsk(
             user_id=interaction.user.id, guild_id=interaction.guild_id,
@@ -667,13 +670,11 @@ class _LabButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
 
 
 def _ask_id(match: re.Match[str]) -> int:
-    value = int(match["ask"])
-    if not 0 < value < 2**64:
-        raise UserFacingError("That button is not valid.")
-    return value
+    """The ask a button names, parsed as every button's id is (`parse_id`)."""
+    return parse_id(match["ask"])
 
 
-class ProbabilitiesButton(_LabButton, template=r"lab:probs:(?P<ask>[0-9]{1,20})"):
+class ProbabilitiesButton(_LabButton, template=r"lab:probs:(?P<ask>[\s\S]*)"):
     """Under a finished reply: the next-token view of the exact prompt it came from."""
 
     def __init__(self, ask_id: int) -> None:
@@ -688,10 +689,11 @@ class ProbabilitiesButton(_LabButton, template=r"lab:probs:(?P<ask>[0-9]{1,20})"
         return cls(_ask_id(match))
 
     async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
+        require_id(self.ask_id)
         await lab.probs_of_ask(interaction, self.ask_id)
 
 
-class ConfidenceButton(_LabButton, template=r"lab:conf:(?P<ask>[0-9]{1,20})"):
+class ConfidenceButton(_LabButton, template=r"lab:conf:(?P<ask>[\s\S]*)"):
     """Word odds under a finished reply: how expected each of its tokens was to the model."""
 
     def __init__(self, ask_id: int) -> None:
@@ -706,6 +708,7 @@ class ConfidenceButton(_LabButton, template=r"lab:conf:(?P<ask>[0-9]{1,20})"):
         return cls(_ask_id(match))
 
     async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
+        require_id(self.ask_id)
         await lab.confidence_of_ask(interaction, self.ask_id)
 
 

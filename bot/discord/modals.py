@@ -2,7 +2,7 @@
 
 discord.py keeps a sent modal in memory and drops a submission it has no
 object for: a Reply or `/system edit` box open across a restart got no
-answer and its text was lost (issue 24 item 6), although buttons survive
+answer and its text was lost, although buttons survive
 restarts. Here every box of ours is routed the way its buttons are: the
 modal is only the form we send (and is forgotten at once, so discord.py never
 answers it too); its submission arrives as an interaction whose custom id

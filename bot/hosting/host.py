@@ -1,4 +1,4 @@
-"""The models one host serves, as the front-ends see them (issue 23).
+"""The models one host serves, as the front-ends see them.
 
 `App.models` is a `ModelHost`: the catalog (what is configured, the default),
 the registry (what is loaded, within the memory budget) and the few rules the

@@ -30,7 +30,7 @@ The knobs reach CTranslate2 through `bot.engine.generation.device_sampling`, the
 very function the engine calls, so the two cannot drift: ``top_k = -1`` becomes
 0 (all), ``top_p = 0`` becomes greedy (top-k 1), the repetition penalty is
 ``1 + value``, and with ``top_p < 1`` top-k is bounded to 8,192 (the CUDA top-p
-kernel's limit, issue 10) — so top-p's nucleus is taken among those 8,192.
+kernel's limit) — so top-p's nucleus is taken among those 8,192.
 
 What the seed can and cannot do: CTranslate2 4.8.5 has no per-call seed; its
 generator is seeded once per process (`set_random_seed`) and each decoding

@@ -106,7 +106,7 @@ class _Spans:
 
     A long conversation has a span per turn and a control token or two per turn:
     testing each token against every span made encoding a prompt quadratic in
-    the conversation's length (seconds for a few hundred turns, issue 24).
+    the conversation's length (seconds for a few hundred turns).
     """
 
     def __init__(self, spans: Sequence[tuple[int, int]]) -> None:

@@ -5,7 +5,7 @@ back) must lose nothing, so the copy is checked, not trusted: every table of
 the source is copied in one transaction on the destination (all or nothing),
 then both sides are read again and each table's row count and a SHA-256 of its
 rows (in primary-key order, as JSON) are compared. Both sides are opened
-through `Database.open`, so both are at this bot's schema version; the
+through `open_database`, so both are at this bot's schema version; the
 destination must be empty (a copy never merges). On PostgreSQL the identity
 columns' sequences are moved past the copied ids, so new rows do not collide.
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bot.errors import UserFacingError
+from bot.store.connect import open_database
 from bot.store.db import Database, Tx, is_postgres_url
 from bot.store.migrations_postgres import IDENTITY_TABLES
 
@@ -37,7 +38,7 @@ _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 def parse_target(text: str) -> Path | str:
-    """``sqlite:PATH`` or a ``postgresql://`` URL, as `Database.open` takes it."""
+    """``sqlite:PATH`` or a ``postgresql://`` URL, as `open_database` takes it."""
     if is_postgres_url(text):
         return text
     if text.startswith("sqlite:") and len(text) > len("sqlite:"):
@@ -199,8 +200,8 @@ async def run_copy(source_text: str, destination_text: str) -> tuple[int, list[s
         raise UserFacingError(f"There is no SQLite database at {source_target} to copy from.")
     if source_target == destination_target:
         raise UserFacingError("FROM and TO are the same database.")
-    async with await Database.open(source_target) as source, \
-            await Database.open(destination_target) as destination:
+    async with await open_database(source_target) as source, \
+            await open_database(destination_target) as destination:
         report = await copy_database(source, destination)
         lines = [f"copied {source.where} -> {destination.where}", *report.lines()]
     if report.identical:

@@ -8,7 +8,7 @@ placeholders. The store's SQL is kept portable (``INSERT ... ON CONFLICT``,
 ``RETURNING``, no SQLite-only functions); what still differs (``$n``
 placeholders, ``IS ?``) is translated in one place, `bot.store.postgres`.
 
-`Database.open(target)` picks the backend: a ``postgresql://`` URL opens
+`bot.store.connect.open_database(target)` picks the backend: a ``postgresql://`` URL opens
 `bot.store.postgres.PostgresDatabase`, anything else is a SQLite file path
 (`SqliteDatabase`). Errors never escape raw: they become `SettingsError` with a
 sentence a person can act on, after the transaction is rolled back.
@@ -89,23 +89,6 @@ class Database(abc.ABC):
     path: Path | None
     clock: Callable[[], datetime]
 
-    @classmethod
-    async def open(
-        cls,
-        target: Path | str,
-        *,
-        busy_timeout_ms: int = 5000,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> Database:
-        """Open (creating and migrating if needed) a SQLite file or a PostgreSQL URL."""
-        if is_postgres_url(target):
-            from bot.store.postgres import PostgresDatabase
-
-            return await PostgresDatabase.connect(str(target), clock=clock)
-        return await SqliteDatabase.open_file(
-            Path(target), busy_timeout_ms=busy_timeout_ms, clock=clock
-        )
-
     @abc.abstractmethod
     async def close(self) -> None:
         """Close every connection."""
@@ -162,7 +145,7 @@ class SqliteDatabase(Database):
         reader: aiosqlite.Connection,
         clock: Callable[[], datetime],
     ) -> None:
-        """Use `Database.open`; this only stores what it built."""
+        """Use `open_database`; this only stores what it built."""
         self.path = path
         self.where = str(path)
         self.clock = clock

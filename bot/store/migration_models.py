@@ -1,7 +1,7 @@
 """The schema change and queries that several models need.
 
-`MODEL_MIGRATION` is appended to `bot.store.migrations.MIGRATIONS` (issue 23's
-migration, after issue 22's; it only adds a nullable column, so its position
+`MODEL_MIGRATION` is appended to `bot.store.migrations.MIGRATIONS` (migration 6,
+after the versions' migration 5; it only adds a nullable column, so its position
 does not matter).
 
 - `turns.model`: the model that answered (assistant turns) or was in force

@@ -1,4 +1,4 @@
-"""Migration 5 (issue 22): swipes, Continue, stored reasoning, named personas.
+"""Migration 5: swipes, Continue, stored reasoning, named personas.
 
 `bot.store.migrations.MIGRATIONS` lists `STATEMENTS` as migration 5; they
 live here beside their design notes. Released: never edit, only add a migration.

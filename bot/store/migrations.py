@@ -130,10 +130,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
-    # 5 (issue 22): swipes, Continue, stored reasoning, named personas; the
+    # 5: swipes, Continue, stored reasoning, named personas; the
     # statements and their design notes live in `migration_swipes`.
     STATEMENTS_5,
-    # 6 (issue 23): `turns.model`, the model that answered each turn
+    # 6: `turns.model`, the model that answered each turn
     # (bot/store/migration_models.py).
     MODEL_MIGRATION,
     # 7: whether an ask was private, as a column: reads and pruning test it

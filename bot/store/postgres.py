@@ -111,7 +111,7 @@ class PostgresDatabase(Database):
     dialect = "postgresql"
 
     def __init__(self, url: str, pool: asyncpg.Pool, clock: Callable[[], datetime]) -> None:
-        """Use `Database.open` (or `connect`); this only stores what it built."""
+        """Use `open_database` (or `connect`); this only stores what it built."""
         self.url = url
         self.where = redact(url)
         self.path = None

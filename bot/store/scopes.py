@@ -22,7 +22,7 @@ SYSTEM_PROMPT_KEY: Final = "system_prompt"
 """The key the persona is stored and reported under (next to the knob names)."""
 
 REASONING_KEY: Final = "reasoning"
-"""Issue 22: whether replies are split into ``<think>`` reasoning and the answer (bool)."""
+"""Whether replies are split into ``<think>`` reasoning and the answer (bool)."""
 
 FOLLOW_KEY: Final = "follow"
 """Whether every member message in a channel or thread is a turn, no @ needed (bool)."""
@@ -176,7 +176,7 @@ class Effective:
     system_prompt: str | None
     sources: dict[str, str]
     model: str | None = None
-    reasoning: bool = False  # issue 22: split <think>…</think> from the answer
+    reasoning: bool = False  # split <think>…</think> from the answer
     follow: bool = False  # every member message here is a turn (message-content mode)
     auto_thread: bool = False  # a mention here opens a thread of its own
     aside_marker: str = DEFAULT_ASIDE_MARKER  # a message starting so is left alone

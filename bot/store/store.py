@@ -49,6 +49,7 @@ from bot.errors import InvalidKnobs
 from bot.hosting.choice import check_choice
 from bot.knobs import KNOB_NAMES, Knobs, build_knobs, describe_validation_error, validate_knob
 from bot.store.audit import AuditLog
+from bot.store.connect import open_database
 from bot.store.db import Database, Tx, utcnow
 from bot.store.migration_models import MODEL_CHOICES_IN_GUILD_SQL
 from bot.store.scopes import (
@@ -137,7 +138,7 @@ class SettingsStore:
         """Open (creating and migrating if needed) a SQLite file or PostgreSQL URL for settings
         alone."""
         return cls(
-            await Database.open(target, busy_timeout_ms=busy_timeout_ms, clock=clock), **limits
+            await open_database(target, busy_timeout_ms=busy_timeout_ms, clock=clock), **limits
         )
 
     async def close(self) -> None:
@@ -300,7 +301,7 @@ class SettingsStore:
         )
         return bool(done)
 
-    # -- the model choice (issue 23) ------------------------------------------------
+    # -- the model choice ------------------------------------------------
 
     async def set_model(
         self, scope: Scope, name: str, *, actor_id: int, known: Collection[str]
@@ -339,10 +340,10 @@ class SettingsStore:
                 out.append((str(value), scope))
         return out
 
-    # -- reasoning (issue 22) ---------------------------------------------------------
+    # -- reasoning ---------------------------------------------------------
 
     async def set_reasoning(self, scope: Scope, on: bool | None, *, actor_id: int) -> bool:
-        """Issue 22: reasoning on/off at `scope`, or None to inherit; True if it changed.
+        """Reasoning on/off at `scope`, or None to inherit; True if it changed.
 
         Off is stored too, so a channel can turn it off under a server that has it on.
         """

@@ -109,7 +109,7 @@ class NewExchange:
     question_message_ids: tuple[int, ...] = ()
     answer_message_ids: tuple[int, ...] = ()
     head: str | None = None  # the place whose current turn becomes this answer
-    model: str | None = None  # the model that answered (issue 23: a follow-up keeps it)
+    model: str | None = None  # the model that answered (a follow-up keeps it)
 
 
 class TurnStore:
@@ -209,7 +209,7 @@ class TurnStore:
 
         await self.db.write(work)
 
-    # --- issue 24 item 8: a member sees and clears their conversation (/conversation) ---
+    # --- a member sees and clears their conversation (/conversation) ---
 
     async def latest_answer(self, channel_id: int, user_id: int) -> StoredTurn | None:
         """The newest answer to `user_id` in `channel_id`: their conversation there."""

@@ -189,7 +189,7 @@ class Inject(Gateway):
                     return command
         return None
 
-    # --- issue 22: attachments for slash-command options (type 11) -------------------
+    # --- attachments for slash-command options (type 11) -------------------
 
     def attachment(self, name: str, data: bytes, *, filename: str = "card.json",
                    content_type: str = "application/json",
@@ -399,7 +399,7 @@ class Inject(Gateway):
         )
         return message
 
-    # --- a moderator deletes a message (issue 24 item 20) -----------------------------
+    # --- a moderator deletes a message -----------------------------
 
     async def moderator_delete(self, message_id: int) -> None:
         """Someone else deletes a message (the bot's reply): it is gone, as on Discord.

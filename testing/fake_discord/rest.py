@@ -49,9 +49,9 @@ class Rest(Http, Gateway):
 
     def _setup_rest(self, *, callback_deadline: float | None) -> None:
         self.callback_deadline = callback_deadline
-        #: Issue 22: attachment bytes by id, served at `cdn_url` (see `Inject.attachment`).
+        #: Attachment bytes by id, served at `cdn_url` (see `Inject.attachment`).
         self.cdn_files: dict[int, bytes] = {}
-        #: Issue 22: a size the CDN lies about (id → claimed size) to test streaming caps.
+        #: A size the CDN lies about (id → claimed size) to test streaming caps.
         self.cdn_claimed_sizes: dict[int, int] = {}
 
     def _add_rest_routes(self, router: web.UrlDispatcher) -> None:
@@ -81,7 +81,7 @@ class Rest(Http, Gateway):
         r.add_post(p + "/channels/{channel_id}/messages", self._channel_message)
         r.add_route("*", p + "/channels/{channel_id}/messages/{message_id}", self._channel_message)
         r.add_post(p + "/channels/{channel_id}/messages/{message_id}/threads", self._start_thread)
-        # Issue 22: the CDN, for attachments (`/system import`).
+        # The CDN, for attachments (`/system import`).
         r.add_get("/cdn/attachments/{attachment_id}/{filename}", self._cdn)
 
     async def _users_me(self, request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ output.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,7 @@ async def test_a_dm_conversation_can_be_seen_and_forgotten(
 ) -> None:
     user = FakeUser(4243, "dmer", "Dee")
     dm_channel = user.id + 7
-    tokenizer = load_tokenizer(smol_model_dir)
+    tokenizer = await asyncio.to_thread(load_tokenizer, smol_model_dir)
     async with running_bot(smol_model_dir, tmp_path, scripted="An answer.") as h:
         for n, text in enumerate(("hello there", "tell me more"), start=1):
             await h.fake.inject_message(text, dm=True, user=user)
@@ -289,7 +290,7 @@ def test_the_footer_says_only_what_tells_the_member_something() -> None:
 async def test_regenerate_by_another_member_keeps_the_askers_name(
     smol_model_dir: Path, tmp_path: Path
 ) -> None:
-    tokenizer = load_tokenizer(smol_model_dir)
+    tokenizer = await asyncio.to_thread(load_tokenizer, smol_model_dir)
     prompts: list[str] = []
 
     def model(tokens: list[str]) -> str:

@@ -66,6 +66,14 @@ async def test_every_reply_button_is_declared_through_the_factory() -> None:
     "llm:stop:1",                    # a part missing
     "llm:regen:0",
     "llm:reply:-1",
+    "lab:probs:" + str(2**63),       # the lab's buttons under a reply, too
+    "lab:probs:-1",
+    "lab:probs:abc",
+    "lab:probs:",
+    "lab:conf:" + str(2**64),
+    "lab:conf:-1",
+    "lab:conf:abc",
+    "lab:conf:",
 ])
 async def test_crafted_ids_on_every_button_get_a_plain_refusal(
     two_servers: Harness, custom_id: str

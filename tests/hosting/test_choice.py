@@ -23,7 +23,7 @@ from bot.hosting.choice import (
     validate_model_name,
 )
 from bot.knobs import Knobs
-from bot.store.db import Database
+from bot.store.connect import open_database
 from bot.store.migration_models import (
     MODEL_CHOICES_IN_GUILD_SQL,
     MODEL_MIGRATION,
@@ -88,7 +88,7 @@ def test_a_turn_keeps_its_model_unless_the_choice_changed() -> None:
 
 
 async def test_a_conversation_story_on_the_turns_model_column(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "bot.sqlite3")
+    db = await open_database(tmp_path / "bot.sqlite3")
     try:
         turns = TurnStore(db)
 

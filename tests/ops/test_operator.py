@@ -27,6 +27,7 @@ from bot.config import env_file_warning
 from bot.errors import SettingsError, UserFacingError
 from bot.limits import SettingsWriteLimiter
 from bot.store.ask_log import AskLog, AskRecord
+from bot.store.connect import open_database
 from bot.store.db import Database
 from bot.store.scopes import Scope
 from bot.store.store import SettingsStore
@@ -175,7 +176,7 @@ async def test_history_is_capped_per_scope_and_dropped_by_age(tmp_path: Path) ->
 
 async def test_asks_are_forgotten_in_time_and_private_ones_sooner(tmp_path: Path) -> None:
     clock = Clock(datetime(2026, 1, 1, tzinfo=UTC))
-    db = await Database.open(tmp_path / "bot.sqlite3", clock=clock)
+    db = await open_database(tmp_path / "bot.sqlite3", clock=clock)
     try:
         log = AskLog(db, retention_days=7)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bot.store.ask_log import AskLog
-from bot.store.db import Database
+from bot.store.connect import open_database
 from testing.bot_process import GRACE_S, bot_process
 from testing.discord_harness import is_final
 from testing.fake_discord import FakeDiscord, FakeInteraction, StoredMessage
@@ -82,7 +82,7 @@ async def test_sigterm_refuses_new_asks_interrupts_replies_and_exits_cleanly(
     assert not wal.exists() or wal.stat().st_size == 0
     with contextlib.closing(sqlite3.connect(bot.database_path)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    db = await Database.open(bot.database_path)
+    db = await open_database(bot.database_path)
     try:
         asks = AskLog(db)
         record = await asks.load(first.id)

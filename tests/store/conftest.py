@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.store.connect import open_database
 from bot.store.db import Database
 from bot.store.personas import PersonaStore
 from bot.store.store import SettingsStore
@@ -38,7 +39,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def database_target(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Path | str:
-    """What `Database.open` takes: a new SQLite file's path, or a new PostgreSQL database's URL.
+    """What `open_database` takes: a new SQLite file's path, or a new PostgreSQL database's URL.
 
     The SQLite path is ``tmp_path/nested/settings.sqlite3`` (tests that read the
     file itself find it there).
@@ -59,7 +60,7 @@ async def store(database_target: Path | str) -> AsyncIterator[SettingsStore]:
 
 @pytest.fixture
 async def db(database_target: Path | str) -> AsyncIterator[Database]:
-    database = await Database.open(database_target)
+    database = await open_database(database_target)
     try:
         yield database
     finally:

@@ -18,6 +18,7 @@ import pytest
 
 from bot.cli import main
 from bot.store.ask_log import AskLog, AskRecord
+from bot.store.connect import open_database
 from bot.store.db import Database
 from bot.store.retention import forget, prune_expired
 from bot.store.scopes import Scope
@@ -60,7 +61,7 @@ async def test_private_text_is_kept_no_longer_than_promised_in_any_table(
 ) -> None:
     path = tmp_path / "bot.sqlite3"
     clock = Clock()
-    async with await Database.open(path, clock=clock) as db:
+    async with await open_database(path, clock=clock) as db:
         asks = AskLog(db, retention_days=7)
         turns = TurnStore(db)
         record = AskRecord(prompt="my secret plan", knobs={}, system_prompt=None,
@@ -117,7 +118,7 @@ def file_bytes(folder: Path, prefix: str) -> bytes:
 async def test_a_private_ask_is_also_pruned_by_the_next_write(tmp_path: Path) -> None:
     """An expired private turn goes with the next exchange stored, prune loop or not."""
     clock = Clock()
-    async with await Database.open(tmp_path / "bot.sqlite3", clock=clock) as db:
+    async with await open_database(tmp_path / "bot.sqlite3", clock=clock) as db:
         turns = TurnStore(db)
         await turns.add_exchange(exchange(1, "psst", private=True, guild=G, author=ADA, message=1))
         clock.now = START + timedelta(minutes=16)
@@ -156,7 +157,7 @@ async def test_forget_erases_a_user_then_a_server(
     assert await cli("--env-file", env, "forget", "--user", str(ADA), "--database", str(path)) == 0
     said = capsys.readouterr().out
     assert f"user {ADA}: deleted 3 asks, 6 conversation turns, 1 settings and 1 audit" in said
-    async with await Database.open(path) as db:
+    async with await open_database(path) as db:
         assert await db.read("SELECT 1 FROM asks WHERE user_id = ?", (ADA,)) == []
         assert await db.read("SELECT 1 FROM turns WHERE author_id = ?", (ADA,)) == []
         assert [r[0] for r in await db.read("SELECT text FROM turns", ())] == ["q1", "answer to q1"]
@@ -169,7 +170,7 @@ async def test_forget_erases_a_user_then_a_server(
     assert await cli("--env-file", env, "forget", "--server", str(G), "--database", str(path)) == 0
     said = capsys.readouterr().out
     assert f"server {G}: deleted 1 asks, 2 conversation turns, 2 settings" in said
-    async with await Database.open(path) as db:
+    async with await open_database(path) as db:
         for table in ("asks", "turns", "settings", "settings_history"):
             assert await db.read(f"SELECT 1 FROM {table} WHERE guild_id = ?", (G,)) == [], table
         assert await db.read("SELECT COUNT(*) FROM turn_messages", ()) == [(0,)]
@@ -184,14 +185,14 @@ async def test_forget_erases_a_user_then_a_server(
     with pytest.raises(SystemExit):
         await cli("--env-file", env, "forget", "--database", str(path))
     with pytest.raises(ValueError, match="exactly one"):
-        async with await Database.open(path) as db:
+        async with await open_database(path) as db:
             await forget(db, user_id=1, guild_id=2)
 
 
 async def test_forget_erases_a_prompt_someone_else_asked_again(tmp_path: Path) -> None:
     """A Regenerate by Bob of Ada's ask logs her prompt under his id, naming her as
     its author: forgetting Ada takes it even when its answer was never stored."""
-    async with await Database.open(tmp_path / "bot.sqlite3") as db:
+    async with await open_database(tmp_path / "bot.sqlite3") as db:
         log = AskLog(db)
         mine = AskRecord(prompt="Bob's own", knobs={}, system_prompt=None, guild_id=G,
                          channel_id=C, user_id=BOB)

@@ -23,6 +23,7 @@ from bot.cli import main
 from bot.config import load_settings
 from bot.errors import ConfigError, SettingsError
 from bot.store.ask_log import AskLog, AskRecord
+from bot.store.connect import open_database
 from bot.store.copy import copy_database, summarise
 from bot.store.db import Database
 from bot.store.identify import IdentifyGate
@@ -122,7 +123,7 @@ def test_database_url_is_a_secret_and_must_be_postgresql(
 async def test_two_hosts_starting_at_once_migrate_once_and_a_newer_schema_is_refused(
     postgres_url: str,
 ) -> None:
-    first, second = await asyncio.gather(Database.open(postgres_url), Database.open(postgres_url))
+    first, second = await asyncio.gather(open_database(postgres_url), open_database(postgres_url))
     try:
         assert await first.read("SELECT version FROM store_schema", ()) == [(LATEST_VERSION,)]
         await SettingsStore(first).set_knobs(Scope.server(G), {"top_k": 3}, actor_id=ADA)
@@ -134,12 +135,12 @@ async def test_two_hosts_starting_at_once_migrate_once_and_a_newer_schema_is_ref
         await first.close()
         await second.close()
     with pytest.raises(SettingsError, match=rf"schema version {LATEST_VERSION + 1}.*not modified"):
-        await Database.open(postgres_url)
+        await open_database(postgres_url)
 
 
 async def test_an_unreachable_server_is_one_sentence_without_the_password() -> None:
     with pytest.raises(SettingsError) as caught:
-        await Database.open("postgresql://bot:s3cret@127.0.0.1:1/llamacord")
+        await open_database("postgresql://bot:s3cret@127.0.0.1:1/llamacord")
     assert "cannot be reached" in caught.value.message
     assert "s3cret" not in caught.value.message
 
@@ -155,7 +156,7 @@ async def test_three_processes_writing_one_scope_at_once_lose_nothing(
     if isinstance(database_target, Path):
         database_target.parent.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(run_writers, target, 3, 60)
-    async with await Database.open(database_target) as db:
+    async with await open_database(database_target) as db:
         found = await check_writes(db, 3, 60)
     assert found == {"writes": 180, "trail_rows": 180, "missing": 0, "broken_links": 0,
                      "final_is_last": True, "lost": 0}
@@ -165,8 +166,8 @@ async def test_forget_and_retention_reach_every_host(postgres_url: str) -> None:
     """A forget-me handled by one host erases what another host stored; pruning too."""
     now = datetime(2026, 3, 1, tzinfo=UTC)
     clock = lambda: now  # noqa: E731
-    host0 = await Database.open(postgres_url, clock=clock)  # shard 0: the DMs
-    host1 = await Database.open(postgres_url, clock=clock)  # shard 1: a server
+    host0 = await open_database(postgres_url, clock=clock)  # shard 0: the DMs
+    host1 = await open_database(postgres_url, clock=clock)  # shard 1: a server
     try:
         await TurnStore(host0).add_exchange(exchange(1, "dm secret", author=ADA, guild=None))
         await TurnStore(host1).add_exchange(exchange(2, "server q", author=ADA))
@@ -186,7 +187,7 @@ async def test_forget_and_retention_reach_every_host(postgres_url: str) -> None:
 
 async def test_hosts_take_turns_to_identify(postgres_url: str) -> None:
     """Two hosts' identifies of one bucket start at least the spacing apart."""
-    async with await Database.open(postgres_url):
+    async with await open_database(postgres_url):
         pass
     spacing = 0.4
     gates = [IdentifyGate(postgres_url, spacing_s=spacing) for _ in range(2)]
@@ -224,7 +225,7 @@ async def test_copy_round_trip_sqlite_postgres_sqlite_is_identical(
     postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     first, last = tmp_path / "first.sqlite3", tmp_path / "last.sqlite3"
-    async with await Database.open(first) as db:
+    async with await open_database(first) as db:
         await seed(db)
         before = await summarise(db)
     env = str(tmp_path / "none.env")
@@ -233,7 +234,7 @@ async def test_copy_round_trip_sqlite_postgres_sqlite_is_identical(
     assert "identical" in said and "turns: 7 rows" in said
     assert await cli("--env-file", env, "db", "copy", postgres_url, f"sqlite:{last}") == 0
     assert "identical" in capsys.readouterr().out
-    async with await Database.open(last) as db:
+    async with await open_database(last) as db:
         assert await summarise(db) == before
     with sqlite3.connect(first) as a, sqlite3.connect(last) as b:
         for table in before:
@@ -241,12 +242,12 @@ async def test_copy_round_trip_sqlite_postgres_sqlite_is_identical(
                 b.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall(), table
 
     # The copy is a working store: new rows get new ids, not copied ones.
-    async with await Database.open(postgres_url) as db:
+    async with await open_database(postgres_url) as db:
         _, answer = await TurnStore(db).add_exchange(exchange(50, "after", author=BOB))
         assert answer.id > 7
         # A second copy into a database that has rows is refused, changing nothing.
         with pytest.raises(Exception, match="not empty"):
-            async with await Database.open(first) as src:
+            async with await open_database(first) as src:
                 await copy_database(src, db)
         assert len(await db.read("SELECT 1 FROM turns", ())) == 9
 
@@ -265,7 +266,7 @@ async def test_copy_refuses_bad_targets_and_a_missing_source(
 
 async def test_a_crashed_writer_leaves_no_lock(postgres_url: str) -> None:
     """A host killed inside a write (connection gone) does not block the others."""
-    async with await Database.open(postgres_url) as db:
+    async with await open_database(postgres_url) as db:
         conn = await asyncpg.connect(postgres_url)
         try:
             await conn.execute("BEGIN")

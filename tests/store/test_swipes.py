@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.errors import UserFacingError
+from bot.store.connect import open_database
 from bot.store.db import Database
 from bot.store.migration_swipes import STATEMENTS
 from bot.store.migrations import LATEST_VERSION, MIGRATIONS
@@ -36,14 +37,14 @@ def exchange(parent: int | None, q: str, a: str, *, author: int = ADA, private: 
 
 async def test_migration_5_gives_a_new_database_the_swipe_tables(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
-    async with await Database.open(path) as database:
+    async with await open_database(path) as database:
         columns = {r[1] for r in await database.read("PRAGMA table_info(turns)", ())}
         assert {"reasoning", "finish", "continuations", "tokens"} <= columns
         tables = {r[0] for r in await database.read(
             "SELECT name FROM sqlite_master WHERE type = 'table'", ())}
         assert {"swipe_choices", "personas"} <= tables
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    async with await Database.open(path) as again:
+    async with await open_database(path) as again:
         rows = await again.read("PRAGMA user_version", ())
         assert rows[0][0] == LATEST_VERSION >= 5
     assert MIGRATIONS[4] == STATEMENTS and len(STATEMENTS) == 7
