@@ -24,6 +24,7 @@ Discord's limits and keeps the little state a walk or a comparison needs:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -335,7 +336,8 @@ class LabRunner:
         """
         if self.app.models.closing:
             raise UserFacingError("I'm restarting, try again in a moment.")
-        with self.gate.hold(ask.user_id):
+        with contextlib.ExitStack() as slot:
+            slot.enter_context(self.gate.hold(ask.user_id))
             engine = await self.app.models.engine(ask.model)
             # All variants or none (QueueFull, PromptTooLong raise here, before the ack).
             comparison = start_compare(engine, ask.request, ask.variants, seed=seed)
@@ -348,7 +350,8 @@ class LabRunner:
                 comparison.cancel()
                 raise
             try:
-                await self._stream_compare(interaction, cid, ask, comparison)
+                await self._stream_compare(interaction, cid, ask, comparison,
+                                           release=slot.close)
             except discord.HTTPException:
                 comparison.cancel()
                 log.exception("comparison %s could not be delivered", cid)
@@ -356,7 +359,8 @@ class LabRunner:
                 comparison.cancel()  # no-op when finished; on a cancelled task, stops all
 
     async def _stream_compare(self, interaction: discord.Interaction, cid: str, ask: CompareAsk,
-                              comparison: Comparison) -> None:
+                              comparison: Comparison, *,
+                              release: Callable[[], object]) -> None:
         views = [VariantView(v.label) for v in comparison.variants]
         state: dict[str, Any] = {"final": False, "file": None}
         running = discord.ui.View(timeout=None)
@@ -406,6 +410,9 @@ class LabRunner:
             data = full_texts(ask.prompt, comparison.seed, results).encode()
             state["file"] = discord.File(io.BytesIO(data), filename="compare.md")
             state["final"] = True
+            # Generation has ended: the member may ask again before the final edit lands,
+            # as after a reply.
+            release()
             await editor.finish(json.dumps(embed), force=True)
         except BaseException:
             await editor.abort()
