@@ -16,8 +16,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bot.engine import Engine
+from bot.engine import Engine, GenerationRequest, PreparedPrompt
 from bot.model.tokenizer import Tokenizer, load_tokenizer
+from bot.store.turns import NewExchange
 from bot.wording import GENERIC
 from testing.backends import ScriptedGenerator
 from testing.discord_harness import is_final
@@ -127,3 +128,29 @@ def refusal_of(itx: FakeInteraction) -> str:
     text = str(resp.data["content"])
     assert GENERIC not in text
     return text
+
+
+#: Two members of the stories' conversations, by id.
+ADA, BEN = 101, 202
+
+
+def exchange(parent: int | None, q: str, a: str, *, author: int = ADA, private: bool = False,
+             head: str | None = None, messages: tuple[int, ...] = ()) -> NewExchange:
+    """A question and its answer as the turn store takes them (Ada's unless `author`)."""
+    return NewExchange(parent_id=parent, question=q, answer=a, author_id=author,
+                       author_name="Ada" if author == ADA else "Ben", ask_id=None,
+                       guild_id=1, channel_id=2, private=private, head=head,
+                       answer_message_ids=messages)
+
+
+def watch_prepares(engine: Engine, monkeypatch: Any) -> list[GenerationRequest]:
+    """Every request the engine renders and encodes from now on (a pytest monkeypatch)."""
+    seen: list[GenerationRequest] = []
+    real = engine.prepare
+
+    def prepare(request: GenerationRequest) -> PreparedPrompt:
+        seen.append(request)
+        return real(request)
+
+    monkeypatch.setattr(engine, "prepare", prepare)
+    return seen

@@ -17,18 +17,15 @@ from bot.app import App
 from bot.chat.history import PrivateConversation
 from bot.chat.turns import TurnAsk
 from bot.engine import (
-    Engine,
     FinishReason,
-    GenerationRequest,
     GenerationResult,
-    PreparedPrompt,
     Turn,
 )
 from bot.errors import UserFacingError
 from bot.store.scopes import Location
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import RecordedRequest, Routes, StoredMessage
-from testing.stories import buttons
+from testing.stories import buttons, watch_prepares
 
 LOCATION = Location(guild_id=10, channel_id=20, user_id=30)
 
@@ -162,18 +159,6 @@ async def test_a_mention_reply_discord_keeps_refusing_ends_with_a_clear_message(
 
 
 
-def count_prepares(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
-    """Every request the engine renders and encodes from now on."""
-    seen: list[GenerationRequest] = []
-    real = engine.prepare
-
-    def prepare(request: GenerationRequest) -> PreparedPrompt:
-        seen.append(request)
-        return real(request)
-
-    monkeypatch.setattr(engine, "prepare", prepare)
-    return seen
-
 
 @pytest.mark.parametrize("pairs", [0, 2, 12])
 async def test_a_turn_is_encoded_once_and_submitted_as_prepared(
@@ -186,7 +171,7 @@ async def test_a_turn_is_encoded_once_and_submitted_as_prepared(
         _, answer = await app.turns.add_exchange(_exchange(parent, f"question {n}",
                                                            "reply " * 12))
         parent = answer.id
-    prepared = count_prepares(app.engine, monkeypatch)
+    prepared = watch_prepares(app.engine, monkeypatch)
     turn = await app.chat.prepare(TurnAsk(location=LOCATION, prompt="the new one",
                                            author_id=30, author_name="Ada", parent_id=parent,
                                            explicit=True))

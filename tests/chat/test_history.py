@@ -22,17 +22,8 @@ from bot.engine import Engine, GenerationRequest, Turn
 from bot.errors import PromptTooLong
 from bot.knobs import Knobs
 from bot.store.store import SettingsStore
-from bot.store.turns import NewExchange, TurnStore
-
-ADA, BEN = 101, 202
-
-
-def exchange(parent: int | None, q: str, a: str, *, author: int = ADA, private: bool = False,
-             head: str | None = None, messages: tuple[int, ...] = ()) -> NewExchange:
-    return NewExchange(parent_id=parent, question=q, answer=a, author_id=author,
-                       author_name="Ada" if author == ADA else "Ben", ask_id=None,
-                       guild_id=1, channel_id=2, private=private, head=head,
-                       answer_message_ids=messages)
+from bot.store.turns import TurnStore
+from testing.stories import ADA, BEN, exchange
 
 
 async def test_chains_branch_and_find_their_messages(store: SettingsStore) -> None:

@@ -31,7 +31,7 @@ from bot.store.scopes import Location, Scope
 from bot.store.turns import NewExchange
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeUser, StoredMessage
-from testing.stories import refusal_of
+from testing.stories import refusal_of, watch_prepares
 
 LOCATION = Location(guild_id=10, channel_id=20)
 
@@ -43,18 +43,6 @@ def _history(pairs: int) -> tuple[Turn, ...]:
                 Turn("assistant", f"{n}: pack water, a jacket and snacks")]
     return tuple(out)
 
-
-def watch_prepares(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[GenerationRequest]:
-    """Every request the engine renders and encodes from now on."""
-    seen: list[GenerationRequest] = []
-    real = engine.prepare
-
-    def prepare(request: GenerationRequest) -> PreparedPrompt:
-        seen.append(request)
-        return real(request)
-
-    monkeypatch.setattr(engine, "prepare", prepare)
-    return seen
 
 
 # --- long conversations never stall the bot ---------------------------------------------------
