@@ -140,6 +140,12 @@ def decode(name: str, data: bytes, *, text_kind: bool = True) -> TextFile | Skip
     return TextFile(name, text)
 
 
+def decode_upload(upload: Upload, data: bytes) -> TextFile | Skipped:
+    """An admitted upload's bytes read as text: a file nothing declared as text is "not a
+    text file" when its bytes aren't UTF-8, rather than "not UTF-8"."""
+    return decode(upload.name, data, text_kind=is_text(upload.name, upload.content_type))
+
+
 def _fence(text: str) -> str:
     """A backtick fence longer than any run inside `text`, so the file cannot close it."""
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
@@ -259,7 +265,7 @@ def read_paths(
         except OSError as exc:
             notes.append(Skipped(clean_name(upload.name), exc.strerror or "unreadable").note)
             continue
-        read = decode(upload.name, data, text_kind=is_text(upload.name, None))
+        read = decode_upload(upload, data)
         if isinstance(read, Skipped):
             notes.append(read.note)
         else:

@@ -13,7 +13,7 @@ import aiohttp
 import discord
 
 from bot import wording
-from bot.chat.files import Skipped, TextFile, Upload, admit, clean_name, decode, is_text
+from bot.chat.files import Skipped, TextFile, Upload, admit, clean_name, decode_upload
 from bot.errors import UserFacingError
 
 CHUNK = 64 * 1024
@@ -67,8 +67,7 @@ async def read_text_files(
         except UserFacingError as exc:
             notes.append(Skipped(clean_name(upload.name), exc.message.rstrip(".")).note)
             continue
-        read = decode(upload.name, data,
-                      text_kind=is_text(upload.name, upload.content_type))
+        read = decode_upload(upload, data)
         if isinstance(read, Skipped):
             notes.append(read.note)
         else:

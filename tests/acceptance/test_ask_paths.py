@@ -158,8 +158,6 @@ async def test_a_mention_reply_discord_keeps_refusing_ends_with_a_clear_message(
 # --- the core: one turn for every front-end, its prompt encoded once ------------------
 
 
-
-
 @pytest.mark.parametrize("pairs", [0, 2, 12])
 async def test_a_turn_is_encoded_once_and_submitted_as_prepared(
     app: App, monkeypatch: pytest.MonkeyPatch, pairs: int
