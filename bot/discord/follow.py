@@ -126,10 +126,12 @@ class Follower:
             return False
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return False
+        mentioned = any(u.id == me.id for u in message.mentions)
+        if not (self.mode.on or mentioned):
+            return False  # nothing here can be for us: no settings read per server message
         channel = message.channel
         loc = location(message.guild.id, channel.id, channel, message.author.id)
         effective = await self.runner.app.resolve(loc)
-        mentioned = any(u.id == me.id for u in message.mentions)
         if self.mode.on and followed(channel, me.id, effective):
             if not mentioned and is_aside(message, me.id, effective.aside_marker):
                 return True  # members among themselves: not for the bot
