@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -124,6 +125,10 @@ def assert_handled(bot: BotThread, itx: FakeInteraction) -> str:
         assert GENERIC not in content, "a cog crashed on this input"
         return "error" if content.startswith("⚠️") else "reply"
     assert resp.type == 5
+    # The final edit is sent before the ask leaves the runner's table: give it a moment.
+    deadline = time.monotonic() + 10
+    while bot.h.bot.runner.active and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not bot.h.bot.runner.active
     return "reply"
 
