@@ -11,6 +11,7 @@ with medians of enough samples that a chance failure is far below 1 in 10,000
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import subprocess
@@ -74,10 +75,13 @@ async def test_temperature_low_stays_near_greedy_high_wanders(smol_engine: Engin
     first token already differs from greedy in every sample we drew.
     """
     greedy = await gen(smol_engine, CATS, top_k=1, max_new_tokens=24)
-    low = [await gen(smol_engine, CATS, temperature=0.1, top_p=1.0, max_new_tokens=24)
-           for _ in range(16)]
-    high = [await gen(smol_engine, CATS, temperature=3.0, top_p=1.0, max_new_tokens=24)
-            for _ in range(6)]
+    # Together: equal knobs share the engine's batches, as members' asks do.
+    low = await asyncio.gather(*(
+        gen(smol_engine, CATS, temperature=0.1, top_p=1.0, max_new_tokens=24)
+        for _ in range(16)))
+    high = await asyncio.gather(*(
+        gen(smol_engine, CATS, temperature=3.0, top_p=1.0, max_new_tokens=24)
+        for _ in range(6)))
     low_prefix = statistics.median(common_prefix(greedy, t) for t in low)
     high_prefix = statistics.median(common_prefix(greedy, t) for t in high)
     assert low_prefix > 10, sorted(common_prefix(greedy, t) for t in low)
