@@ -17,6 +17,7 @@ from testing.character_cards import card_json
 from testing.discord_harness import Harness, running_bot
 from testing.fake_discord import FakeUser, StoredMessage
 from testing.stories import (
+    CARD_ADMIN,
     RecordingModel,
     button,
     buttons,
@@ -147,3 +148,20 @@ async def test_a_greeting_in_a_dm_starts_the_members_dm_conversation(
             (m for m in h.fake.channel_messages(dm_channel)
              if "Answer 1." in m.content and "llm:regen:" in "".join(buttons(m))), None))
         assert (await forget(h.app.chat.turns.db, user_id=BEA.id)).turns == 6
+
+
+async def test_loading_a_saved_persona_with_its_greeting_starts_a_conversation_too(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    model = RecordingModel(smol_model_dir)
+    async with running_bot(smol_model_dir, tmp_path, scripted=model) as h:
+        await (await import_card(h, CARD)).wait_response()  # saved as "Marlo", no greeting
+        assert not [m for m in h.fake.channel_messages(h.general) if "lighthouse" in m.content]
+        loaded = await h.command("system load", {"name": "Marlo", "greeting": True},
+                                 channel_id=h.help, permissions=CARD_ADMIN)
+        await loaded.wait_response()
+        greeting = await greeting_message(h, h.help)
+        # A saved persona keeps one greeting: Reply alone, no versions.
+        assert greeting.content == GREETINGS[0] and labels(greeting) == ["Reply"]
+        stored = await h.app.chat.by_message(greeting.id)
+        assert stored is not None and stored.text == GREETINGS[0]
