@@ -165,3 +165,20 @@ async def test_loading_a_saved_persona_with_its_greeting_starts_a_conversation_t
         assert greeting.content == GREETINGS[0] and labels(greeting) == ["Reply"]
         stored = await h.app.chat.by_message(greeting.id)
         assert stored is not None and stored.text == GREETINGS[0]
+
+
+async def test_a_greeting_in_a_thread_becomes_the_threads_conversation(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    model = RecordingModel(smol_model_dir)
+    async with running_bot(smol_model_dir, tmp_path, scripted=model) as h:
+        await (await import_card(h, CARD, greeting=True, channel_id=h.thread)).wait_response()
+        greeting = await greeting_message(h, h.thread)
+        # Anyone's /ask in the thread continues from the greeting shown.
+        press = await h.fake.inject_component(
+            next(b for b in buttons(greeting) if b.endswith(":next")), message_id=greeting.id,
+            channel_id=h.thread)
+        await press.wait_response()
+        await h.ask("Which way to the lamp?", channel_id=h.thread, user=BEA)
+        assert in_order(model.last, f"assistant\n{GREETINGS[1]}", "user\nWhich way to the lamp?")
+        assert GREETINGS[0] not in model.last
