@@ -18,10 +18,10 @@ from discord.ext import commands
 from bot import wording
 from bot.chat.characters import MAX_PNG_BYTES, read_card
 from bot.chat.request import persona
-from bot.chat.speakers import fill_user
 from bot.discord.attachments import read_attachment
 from bot.discord.common import location_of
 from bot.discord.errors import MissingScopePermission
+from bot.discord.greeting import post_greeting
 from bot.discord.guard import parse_id
 from bot.discord.modals import ModalRouter, send_stateless
 from bot.errors import UserFacingError
@@ -196,7 +196,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
     @app_commands.describe(
         card="A character card: V2/V3 JSON, or a PNG with the card inside",
         scope="This channel (default) or the whole server",
-        greeting="Also post the card's greeting here",
+        greeting="Also post the card's greeting here; replies to it continue from it",
     )
     async def import_(
         self, interaction: discord.Interaction, card: discord.Attachment,
@@ -228,8 +228,8 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
             lines.append(wording.card_ignored(parsed.ignored))
         await interaction.response.send_message("\n".join(lines), ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
-        if greeting and parsed.greeting:
-            await _post_greeting(interaction, parsed.greeting)
+        if greeting and parsed.greetings:
+            await post_greeting(app, interaction, parsed.greetings)
 
     @app_commands.command(name="save", description="Save the persona in effect here by name.")
     @app_commands.describe(name="1-32 characters", knobs="Bundle this channel's own knobs too")
@@ -285,7 +285,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         await interaction.response.send_message(msg, ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
         if greeting and saved.greeting:
-            await _post_greeting(interaction, saved.greeting)
+            await post_greeting(app, interaction, [saved.greeting])
 
     @load.autocomplete("name")
     async def _persona_names(self, interaction: discord.Interaction,
@@ -349,16 +349,6 @@ def _named_personas_writer(interaction: discord.Interaction) -> int:
         raise MissingScopePermission(wording.NAMED_PERSONAS_PERMISSION)
     take_write_slot(interaction)
     return guild_id
-
-
-async def _post_greeting(interaction: discord.Interaction, text: str) -> None:
-    """The card's greeting, posted in the channel as plain text (never a ping).
-
-    Everyone reads it, so its ``{{user}}`` is "you".
-    """
-    text = fill_user(text, None, default="you") or text
-    for start in range(0, len(text), 2000):
-        await interaction.followup.send(text[start:start + 2000], allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -16,13 +16,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import discord
+
 from bot.engine import Engine, GenerationRequest, PreparedPrompt
 from bot.model.tokenizer import Tokenizer, load_tokenizer
 from bot.store.turns import NewExchange
 from bot.wording import GENERIC
 from testing.backends import ScriptedGenerator
-from testing.discord_harness import is_final
-from testing.fake_discord import FakeInteraction, StoredMessage
+from testing.discord_harness import Harness, is_final
+from testing.fake_discord import FakeInteraction, FakeUser, StoredMessage
 
 
 def buttons(msg: StoredMessage | dict[str, Any]) -> list[str]:
@@ -154,3 +156,25 @@ def watch_prepares(engine: Engine, monkeypatch: Any) -> list[GenerationRequest]:
 
     monkeypatch.setattr(engine, "prepare", prepare)
     return seen
+
+
+#: Manage Channels and Manage Server: may import a card and save it by name.
+CARD_ADMIN = str(discord.Permissions(manage_channels=True, manage_guild=True).value)
+
+
+async def import_card(h: Harness, data: bytes, *, filename: str = "card.json",
+                      greeting: bool = False, claimed: int | None = None,
+                      permissions: str = CARD_ADMIN, channel_id: int | None = None,
+                      dm: FakeUser | None = None) -> FakeInteraction:
+    """`/system import card:<attachment> [greeting:true]` in #general (or `channel_id`,
+    or the DM of `dm`)."""
+    option, resolved = h.fake.attachment("card", data, filename=filename, claimed_size=claimed)
+    options = [option]
+    if greeting:
+        options.append({"name": "greeting", "type": 5, "value": True})
+    if dm is not None:
+        return await h.fake.inject_interaction("system import", options, resolved=resolved,
+                                               dm=True, user=dm)
+    return await h.fake.inject_interaction("system import", options, resolved=resolved,
+                                           channel_id=channel_id or h.general,
+                                           permissions=permissions)

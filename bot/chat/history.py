@@ -59,7 +59,10 @@ def history_of(chain: Sequence[StoredTurn], *, names: bool) -> tuple[Turn, ...]:
 
     Retention can cut a chain anywhere, so a leading answer (its question was
     pruned) is left out, as is any turn that would break the alternation the
-    chat templates insist on. `names` prefixes each question with its speaker;
+    chat templates insist on. A conversation a greeting opened starts with an
+    empty user turn (nobody asked), which the chat template renders as the
+    greeting being the assistant's first turn (`bot.model.chat.ChatTemplate`).
+    `names` prefixes each question with its speaker;
     an answer stored with a speaker's label in front is read without it, so
     no reply teaches the model to open with a name.
     """
@@ -71,7 +74,7 @@ def history_of(chain: Sequence[StoredTurn], *, names: bool) -> tuple[Turn, ...]:
         if stored.role != want:
             continue
         text = stored.text
-        if stored.role == "user" and names:
+        if stored.role == "user" and names and not stored.opening:
             text = speaker_text(text, stored.author_name)
         elif stored.role == "assistant":
             text = strip_label(text, labels)

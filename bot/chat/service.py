@@ -120,9 +120,9 @@ class Chat:
                 "That conversation is private: it can only be continued privately.")
         # Names only once two or more people take part: a lone member's "Name: text"
         # turns taught the model to open its replies with a name.
+        questions = [t for t in chain if t.role == "user" and not t.opening]  # not a greeting's
         names = (ask.shared and self.settings.conversation_names and not private
-                 and several_people([t.author_id for t in chain if t.role == "user"]
-                                    + [ask.author_id]))
+                 and several_people([t.author_id for t in questions] + [ask.author_id]))
         history = history_of(chain, names=names)
         if not ask.prompt.strip():  # refused before a speaker's name could make it look non-empty
             raise UserFacingError("Ask something: the prompt was empty.")
@@ -139,7 +139,7 @@ class Chat:
             # A leading speaker's label is stripped from the reply, a line that starts a
             # speaker's turn ends it (BOT_SPEAKER_STOPS, the asker's first), and with
             # several people the persona says who is who.
-            speakers = [t.author_name for t in chain if t.role == "user"] + [ask.author_name]
+            speakers = [t.author_name for t in questions] + [ask.author_name]
             request = shared_request(request, speakers, several=names,
                                      stops=self.settings.speaker_stops)
         # The scope's model, or the one the conversation kept; fitted with that model's
@@ -297,6 +297,7 @@ class Chat:
             TurnLine(role=t.role, speaker=t.author_name if t.role == "user" else "bot",
                      tokens=n, left_out=i < dropped, text=t.text)
             for i, (t, n) in enumerate(zip(visible, counts, strict=True))
+            if not t.opening  # the empty question before a greeting: nothing to list
         )
         return ConversationView(lines, sum(counts), window, request.knobs.max_new_tokens)
 
@@ -350,6 +351,24 @@ class Chat:
         return await self.swipes.step(answer_id, delta, user_id=user_id)
 
     # --- personas: character cards and saved ones -------------------------------------
+
+    async def record_greeting(
+        self, greetings: Sequence[str], location: Location, *, ask_id: int | None,
+        message_ids: Sequence[int] = (), place: str | None = None, owner_id: int | None = None,
+    ) -> Swipes:
+        """A posted greeting as the first assistant turn of a new conversation, each
+        alternate greeting another version of it (the first shown).
+
+        Nobody asked for it, so in a server it belongs to no member (`owner_id` None:
+        public, and no member's erasure removes it; retention removes it like any
+        turn); in a DM `owner_id` is the member, whose private conversation it is.
+        `place` (a DM, a thread, the console) makes it the conversation there.
+        """
+        return await self.swipes.add_opening(
+            greetings, author_id=owner_id or 0, ask_id=ask_id, guild_id=location.guild_id,
+            channel_id=location.channel_id, private=owner_id is not None,
+            message_ids=message_ids, head=place)
+
 
     async def import_card(self, scope: Scope, card: CharacterCard, *, guild_id: int | None,
                           actor_id: int) -> tuple[str | None, str | None]:

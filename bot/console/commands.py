@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,6 +26,7 @@ from bot.app import App
 from bot.chat.characters import load_card_file
 from bot.chat.reasoning import ReasoningFilter
 from bot.chat.request import footer, persona
+from bot.chat.speakers import fill_user
 from bot.chat.turns import PreparedTurn, TurnAsk
 from bot.engine import Engine, Finished, Generation, GenerationResult, Queued, TextDelta
 from bot.engine.streaming import token_pieces
@@ -241,6 +242,9 @@ class Console:
         question = await chat.get(last.turn.parent_id) if last.turn.parent_id else None
         if question is None:
             raise UserFacingError("I no longer have the question of the last answer.")
+        if question.opening:
+            raise UserFacingError("A greeting has no question to ask again; /swipe shows "
+                                  "its other versions.")
         turn = await chat.prepare(TurnAsk(
             location=self.location, prompt=question.text, author_id=CONSOLE_USER_ID,
             author_name="you", parent_id=question.parent_id, explicit=True,
@@ -253,6 +257,16 @@ class Console:
                 reasoning=text_filter.reasoning if text_filter is not None else "")
             assert swipes is not None
             await chat.set_head(self.place, swipes.current.turn.id)
+            self.write(f"[version {swipes.label()}; /swipe prev|next browses them]\n")
+
+    async def greet(self, greetings: Sequence[str]) -> None:
+        """A card's greeting as the conversation's first answer here (its alternate
+        greetings are versions of it: /swipe), printed like an answer."""
+        texts = [fill_user(g, None, default="you") or g for g in greetings]
+        swipes = await self.app.chat.record_greeting(texts, self.location, ask_id=None,
+                                                     place=self.place)
+        self.write(swipes.current.turn.text + "\n")
+        if len(swipes.answers) > 1:
             self.write(f"[version {swipes.label()}; /swipe prev|next browses them]\n")
 
     async def swipe(self, rest: str) -> None:
@@ -388,8 +402,8 @@ class Console:
             self.write(f"Imported {card.name} as the persona for {where} ({kept}).\n")
             if (notice := card.notice()) is not None:
                 self.write(notice + "\n")
-            if greeting and card.greeting:
-                self.write(card.greeting + "\n")
+            if greeting and card.greetings:
+                await self.greet(card.greetings)
         elif sub == "save":
             arg, with_knobs = _flag(arg, "--knobs")
             saved, replaced = await app.chat.save_persona(

@@ -278,6 +278,20 @@ DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, SwipeButton, Continu
                  ReasoningButton, *LAB_ITEMS)
 
 
+def greeting_view(ask_id: int, answer_id: int,
+                  versions: tuple[int, int] | None) -> discord.ui.View:
+    """Under a character's greeting: Reply, and ◀ n/m ▶ over its alternate greetings.
+
+    No Regenerate and no lab buttons: no prompt produced it, so there is none to
+    run again or to inspect.
+    """
+    view = discord.ui.View(timeout=None)
+    view.add_item(ReplyButton(ask_id))
+    _add_answer_controls(view, answer_id, versions, can_continue=False)
+    view.stop()
+    return view
+
+
 def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
                answer_id: int | None = None, versions: tuple[int, int] | None = None,
                can_continue: bool = False, reasoning: bool = False) -> discord.ui.View:

@@ -20,7 +20,7 @@ import discord
 
 from bot import wording
 from bot.chat.request import Cap, continue_footer
-from bot.discord.buttons import reply_view
+from bot.discord.buttons import greeting_view, reply_view
 from bot.discord.common import NO_MENTIONS
 from bot.discord.pages import MESSAGE_LIMIT, quote_prompt
 from bot.discord.reply import InteractionSurface, Page, _InteractionPage
@@ -32,9 +32,12 @@ if TYPE_CHECKING:
 
 
 def answer_view(answer: Answer, swipes: Swipes | None) -> discord.ui.View:
-    """The finished buttons for the version on screen: its own ask's Regenerate/Reply."""
+    """The finished buttons for the version on screen: its own ask's Regenerate/Reply
+    (a greeting's: Reply alone)."""
     ask_id = answer.turn.ask_id or 0
     versions = (swipes.shown, len(swipes.answers)) if swipes is not None else None
+    if swipes is not None and swipes.question.opening:
+        return greeting_view(ask_id, answer.turn.id, versions)
     return reply_view(ask_id, reply=ask_id > 0, answer_id=answer.turn.id, versions=versions,
                       can_continue=answer.can_continue, reasoning=bool(answer.reasoning))
 
@@ -61,10 +64,15 @@ async def show_reasoning(app: App, interaction: discord.Interaction, answer_id: 
 def swipe_content(answer: Answer, swipes: Swipes) -> str:
     """One message for a version: the question's quote, its text (cut to fit) and which
     version it is, so every version reads like the reply it replaces."""
-    head = quote_prompt(swipes.question.text) + "\n" if swipes.question.text.strip() else ""
-    tail = wording.version_line(swipes.label())
+    return version_content(swipes.question.text, answer.turn.text, swipes.label())
+
+
+def version_content(question: str, text: str, label: str) -> str:
+    """`swipe_content` from its parts: no quote for a greeting, which nobody asked."""
+    head = quote_prompt(question) + "\n" if question.strip() else ""
+    tail = wording.version_line(label)
     room = MESSAGE_LIMIT - len(head) - len(tail) - 2
-    text = answer.turn.text.rstrip()
+    text = text.rstrip()
     if len(text) > room:
         text = text[: room - 1] + "…"
     return f"{head}{text}\n{tail}" if text else f"{head}{tail}"

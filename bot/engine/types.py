@@ -35,7 +35,9 @@ class GenerationRequest:
     """One ask, already resolved against the settings store.
 
     `history` is the conversation before `prompt`, oldest first, alternating
-    user/assistant and starting with a user turn; empty for a single-turn ask.
+    user/assistant and starting with a user turn; empty for a single-turn ask. An
+    empty first user turn means nobody spoke before the assistant (a character's
+    greeting opened the conversation); the chat template renders it away.
     `speakers` are the labels (people's and the persona's names) a reply in a
     shared conversation must not open with: a leading ``Name:`` is removed from
     what is streamed and returned.

@@ -226,6 +226,13 @@ def _environment() -> ImmutableSandboxedEnvironment:
 
 THINK_OPEN: Final = "<think>"
 
+#: An empty first user turn: nobody spoke before the assistant (a greeting).
+_NOBODY: Final = {"role": "user", "content": ""}
+#: What stands in for it with a template that insists on a user turn first
+#: (Llama 2, Mistral): an empty one cannot be told apart from the persona that
+#: Llama 2 folds into it.
+OPENING_USER_TEXT: Final = "…"
+
 
 class ChatTemplate:
     """A compiled chat template plus the BOS/EOS strings it is rendered with."""
@@ -314,7 +321,8 @@ class ChatTemplate:
         """The prompt text for a user turn, ending where the assistant should speak.
 
         `history` holds earlier (role, text) turns, oldest first, roles "user" and
-        "assistant" alternating from a user turn. No system message is sent when
+        "assistant" alternating from a user turn; an empty first user turn means
+        the assistant spoke first (a greeting). No system message is sent when
         `system` is empty, so a template's own default (SmolLM2's, for one) applies.
         A template that refuses a system role gets the system prompt folded into the
         first user message instead, as Mistral's docs advise.
@@ -335,13 +343,33 @@ class ChatTemplate:
         """
         turns = [{"role": role, "content": text} for role, text in history]
         turns.append({"role": "user", "content": user})
+        try:
+            if len(turns) > 2 and turns[0] == _NOBODY and turns[1]["role"] == "assistant":
+                # A greeting opened the conversation: the assistant's turn comes first,
+                # right after the persona, where the template allows it; a template that
+                # wants a user turn first gets one that says only "…".
+                try:
+                    return self._render_turns(system, turns[1:])
+                except _TemplateRejected:
+                    turns[0] = {"role": "user", "content": OPENING_USER_TEXT}
+            return self._render_turns(system, turns)
+        except _TemplateRejected as exc:
+            raise ChatTemplateError(
+                f"The {self.name} chat template rejects this conversation: {exc}"
+            ) from exc
+
+    def _render_turns(self, system: str | None, turns: list[dict[str, str]]) -> RenderedChat:
+        """Render with the persona as a system message, or folded into the first user
+        message for a template that refuses a system role (as Mistral's docs advise)."""
         if not system:
-            return self._render_or_explain(turns)
+            return self._render_located(turns)
         try:
             return self._render_located([{"role": "system", "content": system}, *turns])
         except _TemplateRejected:
+            if turns[0]["role"] != "user":
+                raise
             first = {"role": "user", "content": f"{system}\n\n{turns[0]['content']}"}
-            return self._render_or_explain([first, *turns[1:]])
+            return self._render_located([first, *turns[1:]])
 
     def _render_located(self, messages: list[dict[str, str]]) -> RenderedChat:
         """Render for real and with markers, at one instant, and line the two up."""
@@ -359,12 +387,3 @@ class ChatTemplate:
                 "Use a template that inserts message text as it is."
             )
         return RenderedChat(real, tuple(spans))
-
-    def _render_or_explain(self, messages: list[dict[str, str]]) -> RenderedChat:
-        """Render, turning a rejection of a plain user turn into a clear error."""
-        try:
-            return self._render_located(messages)
-        except _TemplateRejected as exc:
-            raise ChatTemplateError(
-                f"The {self.name} chat template rejects this conversation: {exc}"
-            ) from exc

@@ -74,7 +74,9 @@ async def forget(
     someone else logs the prompt again), every turn they asked or that answered
     them, every version of those answers included (so a shared conversation
     continues without them), their DM settings and those
-    settings' trail. Changes they made to a server's settings as its admin
+    settings' trail. A card's greeting in a server was written by no member (its
+    turns' author is 0, `bot.store.turns.is_opening`), so it stays; in a DM it is
+    the member's and goes. Changes they made to a server's settings as its admin
     stay with that server. A server: its asks, turns, settings (server,
     channels, threads) and their trail. Turn-message ids go with their turns.
     """

@@ -26,7 +26,12 @@ from typing import Final
 
 from bot.errors import UserFacingError
 from bot.store.db import Database, Tx
-from bot.store.turns import _COLUMNS, MAP_MESSAGE_SQL, StoredTurn  # one column list
+from bot.store.turns import (  # one column list
+    _COLUMNS,
+    MAP_MESSAGE_SQL,
+    StoredTurn,
+    set_head_in,
+)
 
 MAX_SWIPES: Final = 20
 MAX_CONTINUATIONS: Final = 8
@@ -194,6 +199,43 @@ class SwipeStore:
         )
         answers = (*current.answers, added)
         return Swipes(question, answers, len(answers) - 1)
+
+    async def add_opening(
+        self, greetings: Sequence[str], *, author_id: int, ask_id: int | None,
+        guild_id: int | None, channel_id: int | None, private: bool,
+        message_ids: Sequence[int] = (), head: str | None = None,
+    ) -> Swipes:
+        """Start a conversation with a character's greetings: the empty question nobody
+        asked (`bot.store.turns.is_opening`) and each greeting a version of its answer,
+        the first one shown (on `message_ids`, and current at the place `head`)."""
+        if not greetings or not all(g.strip() for g in greetings):
+            raise ValueError("a greeting needs text")
+        now = self.db.now_iso()
+
+        async def work(conn: Tx) -> Swipes:
+            async def insert(conversation: int, parent: int | None, role: str, text: str) -> int:
+                inserted = await conn.fetchone(
+                    "INSERT INTO turns (conversation_id, parent_id, role, text, author_id, "
+                    "author_name, ask_id, guild_id, channel_id, private, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?) RETURNING id",
+                    (conversation, parent, role, text, author_id, ask_id, guild_id,
+                     channel_id, int(private), now),
+                )
+                assert inserted is not None
+                return int(inserted[0])
+
+            root = await insert(0, None, "user", "")
+            await conn.execute("UPDATE turns SET conversation_id = ? WHERE id = ?", (root, root))
+            versions = [await insert(root, root, "assistant", g) for g in greetings[:MAX_SWIPES]]
+            first = versions[0]
+            for message_id in message_ids:
+                await conn.execute(MAP_MESSAGE_SQL, (message_id, first))
+            await _show(conn, root, first, versions, now)
+            if head is not None:
+                await set_head_in(conn, head, first, now)
+            return await _swipes_in(conn, root, author_id)
+
+        return await self.db.write(work)
 
     async def show(self, question_id: int, index: int, *, user_id: int) -> Swipes:
         """Show version `index` (0-based, clamped to the versions there are)."""

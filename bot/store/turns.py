@@ -92,6 +92,25 @@ class StoredTurn:
         """Public turns are everyone's; a private one only its author's."""
         return not self.private or self.author_id == user_id
 
+    @property
+    def opening(self) -> bool:
+        """The empty question a character's greeting answers (`is_opening`)."""
+        return is_opening(self)
+
+
+def is_opening(turn: StoredTurn) -> bool:
+    """Whether `turn` is the empty question before a greeting: nobody asked it.
+
+    A conversation a character card's greeting starts has this user turn as its
+    root and the greeting (with each alternate greeting as another version) as its
+    answer, so the greeting is the conversation's first assistant turn and its
+    versions are what ◀ ▶ browses. Every question people ask has text (an empty
+    prompt is refused), so the empty text is what marks it. Its `author_id` is
+    0 in a server (no member wrote it, so no member's erasure removes it) and
+    the member in a DM, whose conversation it is.
+    """
+    return turn.role == "user" and turn.text == ""
+
 
 @dataclass(frozen=True)
 class NewExchange:
@@ -145,9 +164,12 @@ class TurnStore:
         return await self._for_ask(ask_id, "user")
 
     async def _for_ask(self, ask_id: int, role: str) -> StoredTurn | None:
+        # One ask may store several versions at once (a card's greetings): the one
+        # shown is its answer, else the newest.
         return await self._one(
-            f"SELECT {_COLUMNS} FROM turns WHERE ask_id = ? AND role = ? "
-            f"AND NOT ({_EXPIRED}) ORDER BY id DESC LIMIT 1",
+            f"SELECT {_COLUMNS} FROM turns t WHERE ask_id = ? AND role = ? "
+            f"AND NOT ({_EXPIRED}) ORDER BY EXISTS (SELECT 1 FROM swipe_choices c "
+            "WHERE c.answer_id = t.id) DESC, id DESC LIMIT 1",
             (ask_id, role),
         )
 
@@ -205,7 +227,7 @@ class TurnStore:
         """Make `turn_id` the place's current turn; None starts afresh next time."""
 
         async def work(conn: Tx) -> None:
-            await _set_head(conn, place, turn_id, self.db.now_iso())
+            await set_head_in(conn, place, turn_id, self.db.now_iso())
 
         await self.db.write(work)
 
@@ -288,7 +310,7 @@ class TurnStore:
             ))
             parent = turn_id
         if ex.head is not None:
-            await _set_head(conn, ex.head, stored[1].id, now)
+            await set_head_in(conn, ex.head, stored[1].id, now)
         return stored[0], stored[1]
 
     async def prune(self, retention_days: int) -> int:
@@ -319,7 +341,8 @@ MAP_MESSAGE_SQL = (
 )
 
 
-async def _set_head(conn: Tx, place: str, turn_id: int | None, now: str) -> None:
+async def set_head_in(conn: Tx, place: str, turn_id: int | None, now: str) -> None:
+    """Make `turn_id` the current turn of `place`, inside the caller's transaction."""
     await conn.execute(
         "INSERT INTO conversation_heads (place, turn_id, updated_at) VALUES (?, ?, ?) "
         "ON CONFLICT (place) DO UPDATE SET turn_id = excluded.turn_id, "

@@ -20,9 +20,17 @@ from bot.store.retention import forget
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS, Location, Scope
 from testing.character_cards import card_json
 from testing.discord_harness import Harness, is_final, running_bot
-from testing.fake_discord import FakeInteraction, FakeUser, StoredMessage
+from testing.fake_discord import FakeUser, StoredMessage
 from testing.fake_discord.world import DEFAULT_MEMBER_PERMISSIONS
-from testing.stories import RecordingModel, button, buttons, final_message, in_order, labels
+from testing.stories import (
+    RecordingModel,
+    button,
+    buttons,
+    final_message,
+    import_card,
+    in_order,
+    labels,
+)
 
 EPHEMERAL = 1 << 6
 MANAGE = str(discord.Permissions(manage_channels=True).value)
@@ -187,17 +195,6 @@ BOB_PLAIN = FakeUser((1 << 22) * 1000 + 77, "bob", "Bob")
 
 
 # --- 4. character cards ----------------------------------------------------------------
-
-
-async def import_card(h: Harness, data: bytes, *, filename: str = "card.json",
-                      greeting: bool = False, claimed: int | None = None,
-                      permissions: str = ADMIN) -> FakeInteraction:
-    option, resolved = h.fake.attachment("card", data, filename=filename, claimed_size=claimed)
-    options = [option]
-    if greeting:
-        options.append({"name": "greeting", "type": 5, "value": True})
-    return await h.fake.inject_interaction("system import", options, resolved=resolved,
-                                           channel_id=h.general, permissions=permissions)
 
 
 async def test_a_card_of_200_kb_becomes_a_capped_persona_and_a_saved_one(

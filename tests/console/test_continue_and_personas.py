@@ -76,3 +76,38 @@ async def test_console_continue_swipe_and_personas(
         await say("/knobs set max_new_tokens=200")
         await say("/new")
         assert "error: No answer yet" in await say("/continue")
+
+
+async def test_console_greeting_is_the_first_answer_and_swipe_browses_alternates(
+    smol_model_dir: Path, smol_scripted: Callable[..., Engine], tmp_path: Path
+) -> None:
+    prompts: list[str] = []
+
+    def answer(tokens: list[str]) -> str:
+        prompts.append("".join(tokens).replace("Ċ", "\n").replace("Ġ", " "))  # byte-level BPE
+        return "Aye."
+
+    out = io.StringIO()
+    card = tmp_path / "hook.json"
+    card.write_bytes(card_json({"name": "Hook", "description": "A pirate captain.",
+                                "first_mes": "Ahoy, {{user}}!",
+                                "alternate_greetings": ["Who goes there?"]}))
+
+    async def say(line: str) -> str:
+        out.seek(0)
+        out.truncate()
+        assert await console.handle(line)
+        return out.getvalue()
+
+    async with core_app(smol_model_dir, tmp_path, engine=smol_scripted(answer)) as app:
+        console = Console(app, out=out)
+        said = await say(f"/system import {card} --greeting")
+        assert "Ahoy, you!" in said and "[version 1/2; /swipe prev|next" in said
+        assert "Who goes there?" in await say("/swipe next")
+        assert "error: A greeting has no question" in await say("/regen")
+        await say("Ahoy yourself")
+        # The greeting on screen is the assistant's turn before the question.
+        assert "assistant\nWho goes there?<|im_end|>" in prompts[-1]
+        assert "Ahoy, you!" not in prompts[-1]
+        history = await say("/history")
+        assert "Who goes there?" in history and "Ahoy yourself" in history

@@ -180,3 +180,43 @@ async def test_pruned_versions_fall_back_and_gone_answers_say_so(db: Database) -
         await swipes.check_continue(123456, user_id=ADA)
     with pytest.raises(ValueError, match="unknown finish"):
         await swipes.record_finish(two.current.turn.id, finish="bogus", tokens=1)
+
+
+async def test_greetings_open_a_conversation_as_versions_of_its_first_answer(
+    db: Database
+) -> None:
+    turns, swipes = TurnStore(db), SwipeStore(db)
+    opened = await swipes.add_opening(["Hello.", "Hi there.", "Welcome."], author_id=0,
+                                      ask_id=900, guild_id=1, channel_id=2, private=False,
+                                      message_ids=(600,), head="thread:5")
+    # The root is the empty question nobody asked; the first greeting is shown.
+    assert opened.question.opening and opened.question.parent_id is None
+    assert [a.turn.text for a in opened.answers] == ["Hello.", "Hi there.", "Welcome."]
+    assert opened.label() == "1/3" and opened.current.turn.author_id == 0
+    assert {a.turn.conversation_id for a in opened.answers} == {opened.question.id}
+    first = opened.current.turn
+    assert await turns.head("thread:5") == first.id
+    assert await turns.by_message(600) == first
+    # Anyone browses a public greeting; the message, the place and the ask's answer
+    # (what Reply continues) follow the version shown.
+    second = await swipes.step(first.id, 1, user_id=BEN)
+    assert second.label() == "2/3" and second.current.turn.text == "Hi there."
+    assert await turns.head("thread:5") == second.current.turn.id
+    assert await turns.by_message(600) == second.current.turn
+    assert await turns.answer_for_ask(900) == second.current.turn
+    # A follow-up continues from it: its chain starts with the opening.
+    q, _ = await turns.add_exchange(exchange(second.current.turn.id, "Hi!", "Answer."))
+    chain = await turns.chain(q.id)
+    assert [t.text for t in chain[:2]] == ["", "Hi there."] and chain[0].opening
+    with pytest.raises(ValueError, match="greeting needs text"):
+        await swipes.add_opening(["  "], author_id=0, ask_id=None, guild_id=1, channel_id=2,
+                                 private=False)
+
+
+async def test_a_dm_greeting_is_its_members_private_conversation(db: Database) -> None:
+    swipes = SwipeStore(db)
+    opened = await swipes.add_opening(["Hello."], author_id=ADA, ask_id=None, guild_id=None,
+                                      channel_id=7, private=True, head="dm:101")
+    assert opened.current.turn.private and opened.current.turn.visible_to(ADA)
+    with pytest.raises(PrivateAnswer):
+        await swipes.swipes_of_answer(opened.current.turn.id, user_id=BEN)
