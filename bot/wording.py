@@ -113,6 +113,10 @@ NAMED_PERSONAS_PERMISSION: Final = (
 IMPORT_NOT_SAVED: Final = "Not saved by name: that needs the Manage Server permission."
 
 
+#: `/system save` where no persona is in force.
+NO_PERSONA_TO_SAVE: Final = "There is no persona here to save; set one first."
+
+
 def persona_deleted(name: str) -> str:
     return f"Deleted the saved persona `{name}`."
 
@@ -204,6 +208,11 @@ def left_out(turns: int) -> str:
 def settings_too_fast(retry_at: int) -> str:
     """Too many settings changes: when to retry, as a Discord timestamp (`<t:…:R>`)."""
     return f"You're changing settings too quickly; try again <t:{retry_at}:R>."
+
+
+def settings_too_fast_in(seconds: int) -> str:
+    """Too many settings changes, where no client shows a timestamp (the console)."""
+    return f"You're changing settings too quickly; try again in {seconds} s."
 
 
 def slow_down(seconds: float) -> str:

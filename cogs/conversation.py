@@ -22,10 +22,10 @@ from bot.store.validation import validate_aside_marker
 from cogs._common import (
     NO_MENTIONS,
     bot_of,
-    count_write,
     location_of,
     scope_for_write,
     scope_word,
+    settings_of,
 )
 
 
@@ -75,9 +75,8 @@ class Conversation(commands.GroupCog, group_name="conversation",
     async def follow(self, interaction: discord.Interaction, on: bool) -> None:
         bot = bot_of(interaction)
         scope = scope_for_write(interaction, "channel")
-        changed = await bot.app.store.set_mode(scope, FOLLOW_KEY, True if on else None,
-                                               actor_id=interaction.user.id)
-        count_write(interaction, changed)
+        await settings_of(interaction).set_mode(scope, FOLLOW_KEY, True if on else None,
+                                                actor_id=interaction.user.id)
         effective = await bot.app.resolve(location_of(interaction))
         place = scope_word(scope, interaction)
         if not on:
@@ -98,9 +97,8 @@ class Conversation(commands.GroupCog, group_name="conversation",
         if isinstance(interaction.channel, discord.Thread):
             raise UserFacingError(wording.AUTO_THREAD_IN_THREAD)
         scope = scope_for_write(interaction, "channel")
-        changed = await bot_of(interaction).app.store.set_mode(
+        await settings_of(interaction).set_mode(
             scope, AUTO_THREAD_KEY, True if on else None, actor_id=interaction.user.id)
-        count_write(interaction, changed)
         await interaction.response.send_message(
             wording.AUTO_THREAD_ON if on else wording.AUTO_THREAD_OFF, ephemeral=True,
             allowed_mentions=NO_MENTIONS)
@@ -114,9 +112,8 @@ class Conversation(commands.GroupCog, group_name="conversation",
                      marker: app_commands.Range[str, 1, 8]) -> None:
         scope = scope_for_write(interaction, "server")
         checked = validate_aside_marker(marker)
-        changed = await bot_of(interaction).app.store.set_mode(
+        await settings_of(interaction).set_mode(
             scope, ASIDE_MARKER_KEY, checked, actor_id=interaction.user.id)
-        count_write(interaction, changed)
         await interaction.response.send_message(
             wording.MARKER_SET.format(marker=checked), ephemeral=True,
             allowed_mentions=NO_MENTIONS)

@@ -37,10 +37,10 @@ from cogs._common import (
     TopKOpt,
     TopPOpt,
     bot_of,
-    count_write,
     knob_options,
     scope_for_write,
     scope_word,
+    settings_of,
 )
 
 # Choices built from the knobs model, so a new knob or preset needs no edit here.
@@ -108,13 +108,11 @@ class Knobs(
             )
             return
         target = scope_for_write(interaction, scope)
-        store = bot_of(interaction).app.store
-        before = await store.scope_overrides(target)
-        notes = await store.set_knobs(target, values, actor_id=interaction.user.id)
-        count_write(interaction, await store.scope_overrides(target) != before)
+        change = await settings_of(interaction).set_knobs(target, values,
+                                                          actor_id=interaction.user.id)
         shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
         await interaction.response.send_message(
-            " ".join([f"Set {shown} for {scope_word(target, interaction)}.", *notes]),
+            " ".join([f"Set {shown} for {scope_word(target, interaction)}.", *change.notes]),
             ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
@@ -128,10 +126,8 @@ class Knobs(
     ) -> None:
         target = scope_for_write(interaction, scope)
         names = None if knob == "all" else [knob]
-        done = await bot_of(interaction).app.store.reset_knobs(
-            target, names, actor_id=interaction.user.id
-        )
-        count_write(interaction, bool(done))  # a reset that found nothing is not a change
+        done = (await settings_of(interaction).reset_knobs(
+            target, names, actor_id=interaction.user.id)).names
         what = "sampling setting" if names is None else knob
         where = scope_word(target, interaction)
         msg = (f"Reset {', '.join(done)} for {where}." if done
@@ -147,10 +143,7 @@ class Knobs(
     ) -> None:
         target = scope_for_write(interaction, scope)
         values = dict(PRESETS[name])
-        store = bot_of(interaction).app.store
-        before = await store.scope_overrides(target)
-        await store.set_knobs(target, values, actor_id=interaction.user.id)
-        count_write(interaction, await store.scope_overrides(target) != before)
+        await settings_of(interaction).set_knobs(target, values, actor_id=interaction.user.id)
         shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
         await interaction.response.send_message(
             f"Applied **{name}** to {scope_word(target, interaction)}: {shown}.", ephemeral=True,

@@ -19,7 +19,6 @@ from discord.ext import commands
 
 from bot import wording
 from bot.discord.common import location_of
-from bot.discord.errors import MissingScopePermission
 from bot.hosting.host import model_lines
 from bot.store.scopes import Scope, ScopeKind
 from cogs._common import (
@@ -29,6 +28,7 @@ from cogs._common import (
     bot_of,
     scope_for_write,
     scope_word,
+    settings_of,
 )
 
 #: An embed's description holds 4,096 characters.
@@ -47,7 +47,7 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
         app = bot_of(interaction).app
         in_use: dict[str, list[str]] = {}
         if interaction.guild_id is not None:
-            for name, scope in await app.store.model_choices(interaction.guild_id):
+            for name, scope in await app.scope_settings.model_choices(interaction.guild_id):
                 in_use.setdefault(name, []).append(_where(scope))
         choice = app.models.choice(await app.resolve(location_of(interaction)))
         body = "\n".join(f"• {line}" for line in model_lines(app.models, in_use))
@@ -66,20 +66,14 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
         scope: ScopeChoice = "channel",
     ) -> None:
         target = scope_for_write(interaction, scope)
-        app = bot_of(interaction).app
-        wanted = name.strip().lower()
-        swaps = wanted in app.models.names and app.models.swaps_default(wanted)
-        if swaps and interaction.guild_id is None:
-            raise MissingScopePermission(wording.MODEL_SWAP_NOT_IN_DMS)
-        if swaps and not interaction.permissions.manage_guild:
-            raise MissingScopePermission(wording.MODEL_SWAP_PERMISSION)
-        chosen = await app.store.set_model(
-            target, name, actor_id=interaction.user.id, known=app.models.names
-        )
-        note = (f"\nNote: {wording.model_swaps(app.models.default, app.models.swap_cooldown_s)}."
-                if swaps else "")
+        models = bot_of(interaction).app.models
+        change = await settings_of(interaction).set_model(
+            target, name, actor_id=interaction.user.id,
+            manage_server=interaction.permissions.manage_guild)
+        note = (f"\nNote: {wording.model_swaps(models.default, models.swap_cooldown_s)}."
+                if change.swaps else "")
         await interaction.response.send_message(
-            wording.model_chosen(chosen, scope_word(target)) + note, ephemeral=True,
+            wording.model_chosen(change.value, scope_word(target)) + note, ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
 
@@ -95,10 +89,8 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
     @app_commands.describe(scope=SCOPE_HELP)
     async def reset(self, interaction: discord.Interaction, scope: ScopeChoice = "channel") -> None:
         target = scope_for_write(interaction, scope)
-        changed = await bot_of(interaction).app.store.reset_model(
-            target, actor_id=interaction.user.id
-        )
-        msg = wording.model_reset(scope_word(target), changed=changed)
+        change = await settings_of(interaction).reset_model(target, actor_id=interaction.user.id)
+        msg = wording.model_reset(scope_word(target), changed=change.changed)
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 

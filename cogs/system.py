@@ -33,10 +33,9 @@ from cogs._common import (
     ScopeChoice,
     ScopeOpt,
     bot_of,
-    count_write,
     scope_for_write,
     scope_word,
-    take_write_slot,
+    settings_of,
 )
 
 #: An embed's description holds 4,096 characters (a persona is at most 4,000).
@@ -94,15 +93,12 @@ async def submit_persona(
 
 
 async def save_persona(interaction: discord.Interaction, target: Scope, text: str) -> None:
-    """The edit box's text becomes the persona at `target` (counted only if it changed).
+    """The edit box's text becomes the persona at `target`.
 
     Shared by the live modal and by the route that answers a box submitted after
     a restart, which has no modal object left (bot/discord/modals.py).
     """
-    store = bot_of(interaction).app.store
-    before = (await store.scope_overrides(target)).get("system_prompt")
-    await store.set_system_prompt(target, text, actor_id=interaction.user.id)
-    count_write(interaction, (await store.scope_overrides(target)).get("system_prompt") != before)
+    await settings_of(interaction).set_persona(target, text, actor_id=interaction.user.id)
     await interaction.response.send_message(
         wording.persona_saved(scope_word(target, interaction)), ephemeral=True,
         allowed_mentions=NO_MENTIONS,
@@ -143,11 +139,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         scope: ScopeOpt = "channel",
     ) -> None:
         target = scope_for_write(interaction, scope)
-        store = bot_of(interaction).app.store
-        before = (await store.scope_overrides(target)).get("system_prompt")
-        await store.set_system_prompt(target, text, actor_id=interaction.user.id)
-        count_write(interaction, (await store.scope_overrides(target)).get("system_prompt")
-                    != before)
+        await settings_of(interaction).set_persona(target, text, actor_id=interaction.user.id)
         await interaction.response.send_message(
             wording.persona_set(scope_word(target, interaction)), ephemeral=True,
             allowed_mentions=NO_MENTIONS,
@@ -156,36 +148,24 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
     @app_commands.command(name="edit", description="Edit the persona in a multi-line box.")
     @app_commands.describe(scope=SCOPE_HELP)
     async def edit(self, interaction: discord.Interaction, scope: ScopeOpt = "channel") -> None:
-        # Checked, not counted: opening the box changes nothing.
         target = scope_for_write(interaction, scope)
         choice: ScopeChoice = "server" if scope == "server" else "channel"
-        bot = bot_of(interaction)
-        overrides = await bot.app.store.scope_overrides(target)
-        own = overrides.get("system_prompt")
+        draft = await settings_of(interaction).persona_draft(
+            target, location_of(interaction), actor_id=interaction.user.id)
         where = scope_word(target, interaction)
-        if own is not None:
-            current, source = str(own), where
-        else:
-            # Nothing set here yet: start from what applies here now, and say whose it is.
-            eff = await bot.app.resolve(location_of(interaction))
-            if target.kind.value == "server":
-                # A server persona is inherited by channels, never from them.
-                text, src = (bot.app.settings.system_prompt or None), "default"
-            else:
-                text, src = persona(eff, bot.app.settings.system_prompt)
-            current, source = text or "", _source_words(src, _in_thread(interaction))
-        await send_stateless(interaction, SystemPromptModal(target, choice, current, source, where))
+        source = (where if draft.source is None
+                  else _source_words(draft.source, _in_thread(interaction)))
+        await send_stateless(interaction, SystemPromptModal(target, choice, draft.text, source,
+                                                            where))
 
     @app_commands.command(name="reset", description="Remove the persona set here.")
     @app_commands.describe(scope=SCOPE_HELP)
     async def reset(self, interaction: discord.Interaction, scope: ScopeOpt = "channel") -> None:
         target = scope_for_write(interaction, scope)
-        changed = await bot_of(interaction).app.store.reset_system_prompt(
-            target, actor_id=interaction.user.id
-        )
-        count_write(interaction, changed)  # a reset that found nothing is not a change
+        change = await settings_of(interaction).reset_persona(target,
+                                                              actor_id=interaction.user.id)
         where = scope_word(target, interaction)
-        msg = wording.persona_reset(where) if changed else wording.persona_not_set(where)
+        msg = wording.persona_reset(where) if change.changed else wording.persona_not_set(where)
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     # --- character cards, named personas, the reasoning setting -------------
@@ -203,14 +183,13 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         scope: ScopeChoice = "channel", greeting: bool = False,
     ) -> None:
         target = scope_for_write(interaction, scope)
-        app = bot_of(interaction).app
         data = await read_attachment(card, MAX_PNG_BYTES)
         parsed = await read_card(data, filename=card.filename)
         may_save = _may_name_personas(interaction)
-        saved_as, not_saved = await app.chat.import_card(
+        done = await settings_of(interaction).import_card(
             target, parsed, guild_id=interaction.guild_id if may_save else None,
             actor_id=interaction.user.id)
-        count_write(interaction)
+        saved_as, not_saved = done.saved_as, done.not_saved
         saved_note = ""
         if interaction.guild_id is not None and not may_save:
             saved_note = f" ({wording.IMPORT_NOT_SAVED})"
@@ -238,11 +217,9 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         name: app_commands.Range[str, 1, MAX_NAME_CHARS], knobs: bool = False,
     ) -> None:
         guild_id = _named_personas_writer(interaction)
-        app = bot_of(interaction).app
-        saved, replaced = await app.chat.save_persona(
+        saved, replaced = await settings_of(interaction).save_persona(
             location_of(interaction), guild_id, name, actor_id=interaction.user.id,
             with_knobs=knobs)
-        count_write(interaction)
         what = "Replaced" if replaced else "Saved"
         extra = f" with {wording.plural(len(saved.knobs), 'knob')}" if saved.knobs else ""
         await interaction.response.send_message(
@@ -256,8 +233,8 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         name: app_commands.Range[str, 1, MAX_NAME_CHARS],
     ) -> None:
         guild_id = _named_personas_writer(interaction)
-        deleted = await bot_of(interaction).app.personas.remove(guild_id, name)
-        count_write(interaction, deleted is not None)
+        deleted = await settings_of(interaction).delete_persona(guild_id, name,
+                                                                actor_id=interaction.user.id)
         msg = (wording.persona_not_saved(discord.utils.escape_markdown(" ".join(name.split())))
                if deleted is None else wording.persona_deleted(deleted))
         await interaction.response.send_message(msg, ephemeral=True,
@@ -274,14 +251,12 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
     ) -> None:
         guild_id = _server_of(interaction)
         target = scope_for_write(interaction, scope)
-        app = bot_of(interaction).app
-        saved, notes = await app.chat.load_persona(target, guild_id, name,
-                                                   actor_id=interaction.user.id)
-        count_write(interaction)
+        saved, change = await settings_of(interaction).load_persona(
+            target, guild_id, name, actor_id=interaction.user.id)
         msg = f"Loaded `{saved.name}` for {scope_word(target)}."
         if saved.knobs:
             msg += " Its knobs: " + ", ".join(f"{k}={v}" for k, v in saved.knobs.items()) + "."
-        msg += "".join(f"\n{n}" for n in notes)
+        msg += "".join(f"\n{n}" for n in change.notes)
         await interaction.response.send_message(msg, ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
         if greeting and saved.greeting:
@@ -293,14 +268,14 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         """The server's saved personas whose names contain what was typed."""
         if interaction.guild_id is None:
             return []
-        saved = await bot_of(interaction).app.personas.saved(interaction.guild_id)
+        saved = await settings_of(interaction).saved_personas(interaction.guild_id)
         typed = current.strip().lower()
         return [app_commands.Choice(name=p.name, value=p.name) for p in saved
                 if typed in p.name.lower()][:25]
 
     @app_commands.command(name="list", description="The personas saved on this server.")
     async def list_(self, interaction: discord.Interaction) -> None:
-        saved = await bot_of(interaction).app.chat.saved_personas(_server_of(interaction))
+        saved = await settings_of(interaction).saved_personas(_server_of(interaction))
         if not saved:
             body = "No saved personas yet: `/system save NAME` or `/system import`."
         else:
@@ -321,9 +296,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
     ) -> None:
         target = scope_for_write(interaction, scope)
         on = {"on": True, "off": False}.get(mode)
-        changed = await bot_of(interaction).app.store.set_reasoning(
-            target, on, actor_id=interaction.user.id)
-        count_write(interaction, changed)
+        await settings_of(interaction).set_reasoning(target, on, actor_id=interaction.user.id)
         words = {"on": "on", "off": "off", "inherit": "inherited"}.get(mode, mode)
         await interaction.response.send_message(
             f"Reasoning is {words} for {scope_word(target)}.", ephemeral=True,
@@ -343,11 +316,10 @@ def _may_name_personas(interaction: discord.Interaction) -> bool:
 
 def _named_personas_writer(interaction: discord.Interaction) -> int:
     """The server whose saved personas this member may change (Manage Server, like
-    `/system set scope: server`), after the settings-write limit; else a refusal."""
+    `/system set scope: server`); else a refusal."""
     guild_id = _server_of(interaction)
     if not _may_name_personas(interaction):
         raise MissingScopePermission(wording.NAMED_PERSONAS_PERMISSION)
-    take_write_slot(interaction)
     return guild_id
 
 

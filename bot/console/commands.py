@@ -359,12 +359,13 @@ class Console:
         elif sub == "set":
             if not text.strip():
                 raise UserFacingError("Give the text: /system set <text>.")
-            await self.app.store.set_system_prompt(scope, text.strip(), actor_id=CONSOLE_USER_ID)
+            await self.app.scope_settings.set_persona(scope, text.strip(),
+                                                      actor_id=CONSOLE_USER_ID)
             self.write(f"System prompt set for this {_scope_word(server)}.\n")
         elif sub == "reset":
-            changed = await self.app.store.reset_system_prompt(scope, actor_id=CONSOLE_USER_ID)
+            change = await self.app.scope_settings.reset_persona(scope, actor_id=CONSOLE_USER_ID)
             self.write(
-                f"System prompt reset for this {_scope_word(server)}.\n" if changed
+                f"System prompt reset for this {_scope_word(server)}.\n" if change.changed
                 else f"This {_scope_word(server)} had no system prompt of its own.\n"
             )
         elif sub in ("import", "save", "load", "list", "reasoning"):
@@ -374,7 +375,7 @@ class Console:
 
     async def system_more(self, sub: str, arg: str, scope: Scope, server: bool) -> None:
         """/system import FILE, save NAME, load NAME, list, reasoning on|off."""
-        app = self.app
+        settings = self.app.scope_settings
         where = f"this {_scope_word(server)}"
         if sub == "import":
             arg, greeting = _flag(arg, "--greeting")
@@ -382,9 +383,10 @@ class Console:
                 raise UserFacingError("Give the card's file: /system import FILE.")
             path = arg
             card = await asyncio.to_thread(lambda: load_card_file(Path(path).expanduser()))
-            saved_as, not_saved = await app.chat.import_card(
-                scope, card, guild_id=CONSOLE_GUILD_ID, actor_id=CONSOLE_USER_ID)
-            kept = f"saved as {saved_as!r}" if saved_as else f"not saved by name: {not_saved}"
+            done = await settings.import_card(scope, card, guild_id=CONSOLE_GUILD_ID,
+                                              actor_id=CONSOLE_USER_ID)
+            kept = (f"saved as {done.saved_as!r}" if done.saved_as
+                    else f"not saved by name: {done.not_saved}")
             self.write(f"Imported {card.name} as the persona for {where} ({kept}).\n")
             if (notice := card.notice()) is not None:
                 self.write(notice + "\n")
@@ -392,16 +394,16 @@ class Console:
                 self.write(card.greeting + "\n")
         elif sub == "save":
             arg, with_knobs = _flag(arg, "--knobs")
-            saved, replaced = await app.chat.save_persona(
+            saved, replaced = await settings.save_persona(
                 self.location, CONSOLE_GUILD_ID, arg, actor_id=CONSOLE_USER_ID,
                 with_knobs=with_knobs)
             self.write(f"{'Replaced' if replaced else 'Saved'} the persona {saved.name!r}.\n")
         elif sub == "load":
-            saved, _ = await app.chat.load_persona(scope, CONSOLE_GUILD_ID, arg,
+            saved, _ = await settings.load_persona(scope, CONSOLE_GUILD_ID, arg,
                                                    actor_id=CONSOLE_USER_ID)
             self.write(f"Loaded {saved.name!r} for {where}.\n")
         elif sub == "list":
-            names = [p.name for p in await app.chat.saved_personas(CONSOLE_GUILD_ID)]
+            names = [p.name for p in await settings.saved_personas(CONSOLE_GUILD_ID)]
             self.write(("Saved personas: " + ", ".join(names)) if names
                        else "No saved personas yet.")
             self.write("\n")
@@ -409,7 +411,7 @@ class Console:
             modes = {"on": True, "off": False, "inherit": None}
             if arg not in modes:
                 raise UserFacingError("Use /system reasoning on, off or inherit.")
-            await app.store.set_reasoning(scope, modes[arg], actor_id=CONSOLE_USER_ID)
+            await settings.set_reasoning(scope, modes[arg], actor_id=CONSOLE_USER_ID)
             self.write(f"Reasoning is {arg} for {where}.\n")
 
     async def knobs(self, rest: str) -> None:
@@ -424,12 +426,13 @@ class Console:
                 self.write(f"  {name:<19} {display_knob(name, value):<12} ({src})\n")
         elif sub == "set":
             values = _parse_assignments(args)
-            await self.app.store.set_knobs(scope, values, actor_id=CONSOLE_USER_ID)
+            await self.app.scope_settings.set_knobs(scope, values, actor_id=CONSOLE_USER_ID)
             shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in values.items())
             self.write(f"Set {shown} for this {_scope_word(server)}.\n")
         elif sub == "reset":
             names = args.split() or None
-            reset = await self.app.store.reset_knobs(scope, names, actor_id=CONSOLE_USER_ID)
+            reset = (await self.app.scope_settings.reset_knobs(
+                scope, names, actor_id=CONSOLE_USER_ID)).names
             self.write(
                 f"Reset {', '.join(reset)} for this {_scope_word(server)}.\n" if reset
                 else "Nothing to reset.\n"
@@ -439,7 +442,8 @@ class Console:
             if name not in PRESETS:
                 raise UserFacingError(f"Presets: {', '.join(PRESETS)}.")
             build_knobs(PRESETS[name])
-            await self.app.store.set_knobs(scope, dict(PRESETS[name]), actor_id=CONSOLE_USER_ID)
+            await self.app.scope_settings.set_knobs(scope, dict(PRESETS[name]),
+                                                    actor_id=CONSOLE_USER_ID)
             self.write(f"Applied the {name} preset to this {_scope_word(server)}.\n")
         else:
             raise UserFacingError("Use /knobs show, /knobs set k=v, /knobs reset or /knobs preset.")
@@ -468,7 +472,7 @@ class Console:
         app = self.app
         if sub in ("", "list"):
             in_use: dict[str, list[str]] = {}
-            for chosen, where in await app.store.model_choices(CONSOLE_GUILD_ID):
+            for chosen, where in await app.scope_settings.model_choices(CONSOLE_GUILD_ID):
                 in_use.setdefault(chosen, []).append(f"the {where.kind.value}")
             for line in model_lines(app.models, in_use):
                 self.write(f"  {line}\n")
@@ -477,13 +481,15 @@ class Console:
         elif sub == "set":
             if not name.strip():
                 raise UserFacingError("Give the model: /model set <name> (see /model list).")
-            chosen = await app.store.set_model(scope, name.strip(), actor_id=CONSOLE_USER_ID,
-                                               known=app.models.names)
-            self.write(f"`{chosen}` now answers in this {_scope_word(server)}.\n")
+            # The console's user is the operator: a model that unloads others is theirs to pick.
+            change = await app.scope_settings.set_model(scope, name.strip(),
+                                                        actor_id=CONSOLE_USER_ID,
+                                                        manage_server=True)
+            self.write(f"`{change.value}` now answers in this {_scope_word(server)}.\n")
         elif sub == "reset":
-            changed = await app.store.reset_model(scope, actor_id=CONSOLE_USER_ID)
+            reset = await app.scope_settings.reset_model(scope, actor_id=CONSOLE_USER_ID)
             self.write(
-                f"Model choice removed for this {_scope_word(server)}.\n" if changed
+                f"Model choice removed for this {_scope_word(server)}.\n" if reset.changed
                 else f"This {_scope_word(server)} had no model of its own.\n"
             )
         else:
