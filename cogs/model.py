@@ -31,18 +31,16 @@ from cogs._common import (
     settings_of,
 )
 
-#: An embed's description holds 4,096 characters.
-SCOPE_HELP = "This channel (default) or the whole server"
-
 
 def _where(scope: Scope) -> str:
     if scope.kind is ScopeKind.SERVER:
-        return "this server"
+        return wording.place_word(scope.kind.value)
     return f"<#{scope.id}>"  # a channel mention pings nobody, and names threads too
 
 
-class Model(commands.GroupCog, group_name="model", group_description="Which model answers here"):
-    @app_commands.command(name="list", description="The models served, and where each is used.")
+class Model(commands.GroupCog, group_name="model",
+            group_description=wording.COMMANDS["model"]):
+    @app_commands.command(name="list", description=wording.COMMANDS["model list"])
     async def list_(self, interaction: discord.Interaction) -> None:
         app = bot_of(interaction).app
         in_use: dict[str, list[str]] = {}
@@ -51,16 +49,16 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
                 in_use.setdefault(name, []).append(_where(scope))
         choice = app.models.choice(await app.resolve(location_of(interaction)))
         body = "\n".join(f"• {line}" for line in model_lines(app.models, in_use))
-        body += f"\n\n**Here:** {choice.describe()}"
+        body += wording.model_here(choice.describe())
         if len(body) > DESCRIPTION_LIMIT:
             body = body[: DESCRIPTION_LIMIT - 1] + "…"
         await interaction.response.send_message(
-            embed=discord.Embed(title="Models", description=body), ephemeral=True,
+            embed=discord.Embed(title=wording.MODELS_TITLE, description=body), ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
 
-    @app_commands.command(name="set", description="Choose the model that answers here.")
-    @app_commands.describe(name="A model from /model list", scope=SCOPE_HELP)
+    @app_commands.command(name="set", description=wording.COMMANDS["model set"])
+    @app_commands.describe(**wording.OPTIONS["model set"])
     async def set_(
         self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 64],
         scope: ScopeChoice = "channel",
@@ -70,7 +68,7 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
         change = await settings_of(interaction).set_model(
             target, name, actor_id=interaction.user.id,
             manage_server=interaction.permissions.manage_guild)
-        note = (f"\nNote: {wording.model_swaps(models.default, models.swap_cooldown_s)}."
+        note = (wording.model_swap_note(models.default, models.swap_cooldown_s)
                 if change.swaps else "")
         await interaction.response.send_message(
             wording.model_chosen(change.value, scope_word(target)) + note, ephemeral=True,
@@ -85,8 +83,8 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
         return [app_commands.Choice(name=name, value=name)
                 for name in bot_of(interaction).app.models.names if typed in name.lower()][:25]
 
-    @app_commands.command(name="reset", description="Remove the model chosen here.")
-    @app_commands.describe(scope=SCOPE_HELP)
+    @app_commands.command(name="reset", description=wording.COMMANDS["model reset"])
+    @app_commands.describe(**wording.OPTIONS["model reset"])
     async def reset(self, interaction: discord.Interaction, scope: ScopeChoice = "channel") -> None:
         target = scope_for_write(interaction, scope)
         change = await settings_of(interaction).reset_model(target, actor_id=interaction.user.id)
