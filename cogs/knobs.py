@@ -9,7 +9,6 @@ the settings in force is `/settings`, open to everyone. The checks in
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import discord
@@ -18,11 +17,11 @@ from discord.ext import commands
 
 from bot import wording
 from bot.chat.request import persona
+from bot.chat.service import PROBE
 from bot.chat.turns import TurnAsk
 from bot.discord.common import location_of
 from bot.discord.conversation import display_name, place_of
 from bot.discord.lab import knob_help_view
-from bot.errors import UserFacingError
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
 from cogs._common import (
     DESCRIPTION_LIMIT,
@@ -177,14 +176,11 @@ async def _reasoning_and_context(interaction: discord.Interaction, reasoning: bo
     lines = ["\n\n" + wording.reasoning_setting(reasoning)]
     user = interaction.user
     dm = interaction.guild_id is None
-    place = await place_of(app.chat, interaction.channel, user.id, dm)
-    usage = None
-    if place is not None and await app.chat.head(place) is not None:
-        with contextlib.suppress(UserFacingError):
-            usage = await app.chat.usage(TurnAsk(
-                location=location_of(interaction), prompt="?", author_id=user.id,
-                author_name=display_name(user), place=place, direct=dm, shared=True,
-            ))
+    usage = await app.chat.usage_here(TurnAsk(
+        location=location_of(interaction), prompt=PROBE, author_id=user.id,
+        author_name=display_name(user), direct=dm, shared=True,
+        place=await place_of(app.chat, interaction.channel, user.id, dm),
+    ))
     if usage is not None:
         lines.append(wording.context_in_use(
             usage.usage_text(), usage.dropped_text() if usage.dropped_turns else None))

@@ -184,6 +184,17 @@ class Chat:
         turn = await self.prepare(ask)
         return usage_of(turn.prepared, turn.engine.info.context_length, turn.dropped_turns)
 
+    async def usage_here(self, ask: TurnAsk) -> ContextUsage | None:
+        """`usage` of the conversation at `ask.place`; None where there is none yet, or
+        where it cannot be measured now (a private chain, a model that cannot load):
+        `/settings` then shows the window of the model answering instead."""
+        if ask.place is None or await self.turns.head(ask.place) is None:
+            return None
+        try:
+            return await self.usage(ask)
+        except UserFacingError:
+            return None
+
     async def record(
         self, turn: PreparedTurn, result: GenerationResult | None, *, ask_id: int | None = None,
         log: AskRecord | None = None, question_ids: tuple[int, ...] = (),
