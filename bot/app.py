@@ -17,6 +17,7 @@ from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bot.chat.scope_settings import ScopeSettings
 from bot.chat.service import Chat
 from bot.config import Settings
 from bot.engine import Engine, EngineOptions
@@ -65,6 +66,9 @@ class App:
     model_host: InitVar[ModelHost | None] = None
     #: Conversations over the stores and models above: what every front-end calls.
     chat: Chat = field(init=False)
+    #: Every settings change (persona, knobs, model, modes, saved personas), under the
+    #: write limit: what every front-end calls to change settings.
+    scope_settings: ScopeSettings = field(init=False)
 
     def __post_init__(self, model_host: ModelHost | None) -> None:
         self.turns = TurnStore(self.store.db)
@@ -78,7 +82,9 @@ class App:
         )
         self.models.on_loaded.append(self._loaded)
         self.chat = Chat(self.settings, self.store, self.turns, self.swipes, self.ask_log,
-                         self.models, self.personas)
+                         self.models)
+        self.scope_settings = ScopeSettings(self.store, self.personas, self.write_limiter,
+                                            self.models, self.settings.system_prompt)
 
     def _loaded(self, name: str, engine: Engine) -> None:
         if name == self.models.default:

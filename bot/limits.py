@@ -162,5 +162,5 @@ class TooManyWrites(UserFacingError):
     """Too many settings changes; `retry_in_s` says when the next one is allowed."""
 
     def __init__(self, retry_in_s: int) -> None:
-        super().__init__(f"You're changing settings too quickly; try again in {retry_in_s} s.")
+        super().__init__(wording.settings_too_fast_in(retry_in_s))
         self.retry_in_s = retry_in_s

@@ -5,13 +5,14 @@ thing a scope sets to steer the model is a *persona* (the commands stay
 `/system`); a place is named for what it is ("this thread" inside a thread,
 never "this channel"); counts go through `plural`, so no "1 requests"; a
 warning starts with ⚠️; a reply waiting says so with one of the `WAITING`
-words. No Discord here: the console and benchmarks may use it too. Other
-front-ends adopt it string by string; new user-facing text should land here.
+words. No Discord here: the console and benchmarks use it too. The cogs and
+the console hold no sentence of their own (tests/test_architecture.py checks);
+command and option descriptions are the `COMMANDS` and `OPTIONS` tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 
@@ -113,6 +114,10 @@ NAMED_PERSONAS_PERMISSION: Final = (
 IMPORT_NOT_SAVED: Final = "Not saved by name: that needs the Manage Server permission."
 
 
+#: `/system save` where no persona is in force.
+NO_PERSONA_TO_SAVE: Final = "There is no persona here to save; set one first."
+
+
 def persona_deleted(name: str) -> str:
     return f"Deleted the saved persona `{name}`."
 
@@ -204,6 +209,11 @@ def left_out(turns: int) -> str:
 def settings_too_fast(retry_at: int) -> str:
     """Too many settings changes: when to retry, as a Discord timestamp (`<t:…:R>`)."""
     return f"You're changing settings too quickly; try again <t:{retry_at}:R>."
+
+
+def settings_too_fast_in(seconds: int) -> str:
+    """Too many settings changes, where no client shows a timestamp (the console)."""
+    return f"You're changing settings too quickly; try again in {seconds} s."
 
 
 def slow_down(seconds: float) -> str:
@@ -504,3 +514,475 @@ CONTENT_INTENT_REFUSED_LOG: Final = (
     "message-content mode off: only mentions, replies and DMs are answered."
 )
 AUTO_THREAD_IN_THREAD: Final = "Auto-threads are a channel's setting: use it in the channel."
+
+
+# --- the settings commands: what they show and what changed ----------------------------
+
+KNOBS_TITLE: Final = "Sampling settings"
+SETTINGS_TITLE: Final = "Settings here"
+PICK_A_SETTING: Final = "Pick at least one setting to change."
+
+
+def knob_list(shown: Mapping[str, str]) -> str:
+    """Knobs as `/knobs` lists them: "temperature = `0.3`, top_k = `5`" (values as shown)."""
+    return ", ".join(f"{k} = `{v}`" for k, v in shown.items())
+
+
+def knobs_set(shown: Mapping[str, str], where: str, notes: Sequence[str] = ()) -> str:
+    return " ".join([f"Set {knob_list(shown)} for {where}.", *notes])
+
+
+def knobs_reset(names: Sequence[str], where: str) -> str:
+    return f"Reset {', '.join(names)} for {where}."
+
+
+def nothing_to_reset(knob: str | None, where: str) -> str:
+    """A reset that found nothing set at the scope itself (`knob` None: all of them)."""
+    what = "sampling setting" if knob is None else knob
+    return f"Nothing to reset: no {what} is set for {where} itself."
+
+
+def preset_applied(name: str, shown: Mapping[str, str], where: str) -> str:
+    return f"Applied **{name}** to {where}: {knob_list(shown)}."
+
+
+def settings_intro(model: str, persona_source: str) -> str:
+    """The head of `/settings`: the model answering here and where the persona comes from."""
+    return f"**Model** {model}\n**Persona** (from {persona_source})\n"
+
+
+def reasoning_setting(on: bool) -> str:
+    return f"**Reasoning** (`<think>` split): {'on' if on else 'off'}"
+
+
+def context_in_use(usage: str, dropped: str | None) -> str:
+    """`/settings`: how much of the window the member's conversation here uses."""
+    return f"**Context**: this conversation {usage}" + (f"; {dropped}" if dropped else "")
+
+
+def context_window(tokens: int) -> str:
+    return f"**Context window**: {plural(tokens, 'token')}"
+
+
+# --- the persona commands ---------------------------------------------------------------
+
+PERSONA_TITLE: Final = "Persona"
+#: The edit box of `/system edit`.
+PERSONA_BOX_TITLE: Final = "Edit the persona"
+BOX_OPENED_ELSEWHERE: Final = "This edit box was opened somewhere else."
+NO_SAVED_PERSONAS: Final = "No saved personas yet: `/system save NAME` or `/system import`."
+SAVED_PERSONAS_NEED_A_SERVER: Final = "Saved personas belong to a server: use them there."
+
+
+def persona_source(source: str) -> str:
+    """Under `/system show`: where the persona comes from."""
+    return f"from: {source}"
+
+
+def persona_box_label(where: str, source: str) -> str:
+    """The edit box's label: the scope it sets, or where the text it opens with comes from."""
+    return f"Persona for {where}" if source == where else f"Persona (now from: {source})"
+
+
+def persona_box_placeholder(where: str) -> str:
+    return f"Saving sets the persona for {where}."
+
+
+def card_imported(name: str, where: str, note: str = "") -> str:
+    """`/system import`: the card's name (markdown escaped by the caller) and a saved note."""
+    return f"Imported **{name}** as the persona for {where}.{note}"
+
+
+def card_saved_as(name: str) -> str:
+    return f" Saved as `{name}` (`/system load`)."
+
+
+def card_not_saved(why: str) -> str:
+    return f" (Not saved by name: {why})"
+
+
+def persona_named(name: str, *, replaced: bool, knobs: int) -> str:
+    """`/system save`: saved or replaced, with how many knobs it bundles."""
+    extra = f" with {plural(knobs, 'knob')}" if knobs else ""
+    return f"{'Replaced' if replaced else 'Saved'} the persona `{name}`{extra}."
+
+
+def persona_loaded(name: str, where: str, knobs: Mapping[str, object],
+                   notes: Sequence[str] = ()) -> str:
+    text = f"Loaded `{name}` for {where}."
+    if knobs:
+        text += " Its knobs: " + ", ".join(f"{k}={v}" for k, v in knobs.items()) + "."
+    return text + "".join(f"\n{n}" for n in notes)
+
+
+def saved_persona_line(name: str, *, knobs: int, greeting: bool) -> str:
+    """A line of `/system list`."""
+    return (f"• `{name}`" + (f" (+{plural(knobs, 'knob')})" if knobs else "")
+            + (" (greeting)" if greeting else ""))
+
+
+#: `/system reasoning`'s modes as a sentence says them.
+REASONING_MODES: Final[Mapping[str, str]] = {"on": "on", "off": "off", "inherit": "inherited"}
+
+
+def reasoning_is(mode: str, where: str) -> str:
+    return f"Reasoning is {REASONING_MODES.get(mode, mode)} for {where}."
+
+
+# --- /model, /status, /tokens --------------------------------------------------------------
+
+MODELS_TITLE: Final = "Models"
+STATUS_TITLE: Final = "Status"
+#: `/status`'s fields, by what each shows.
+STATUS_FIELDS: Final[Mapping[str, str]] = {
+    "model": "Model", "loaded": "Loaded models", "device": "Device", "queue": "Queue",
+    "uptime": "Uptime", "speed": "Recent speed", "tokens": "Tokens generated",
+    "content": "Talking without @",
+}
+DEFAULT_MARK: Final = " (default)"
+NONE: Final = "none"
+
+
+def model_here(choice: str) -> str:
+    """Under `/model list`: the model answering where it was asked."""
+    return f"\n\n**Here:** {choice}"
+
+
+def model_swap_note(default: str, cooldown_s: float) -> str:
+    return f"\nNote: {model_swaps(default, cooldown_s)}."
+
+
+def recent_speed(median: float, runs: int) -> str:
+    return f"{median:.1f} tok/s (median of {runs:,})"
+
+
+def queue_state(waiting: int, active: int) -> str:
+    return f"{waiting:,} waiting · {active:,} active"
+
+
+def uptime(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m {sec}s"
+
+
+def tokens_head(count: int, shown: int, context: int, model: str | None) -> str:
+    """`/tokens`: how many tokens (and how many fit to be shown), the window, the model."""
+    more = f" (showing the first {shown:,})" if shown < count else ""
+    which = f" · model `{model}`" if model else ""
+    return f"**{plural(count, 'token')}**{more} · context window {context} tokens{which}"
+
+
+# --- the commands and their options, as Discord's picker shows them -------------------------
+
+#: Each command's (and command group's) description, by its name as typed.
+COMMANDS: Final[Mapping[str, str]] = {
+    "ask": "Ask the model; the reply streams in.",
+    "settings": "The persona and sampling settings in effect here.",
+    "help": "How to ask, the commands, and an admin's checklist.",
+    "status": "Model, device, queue and speed.",
+    "tokens": "Show how the model splits text into tokens.",
+    "compare": "One prompt under 2-4 knob settings, side by side.",
+    "probs": "The model's next-token candidates, raw and after the knobs.",
+    "knobs": "Change the sampling settings",
+    "knobs show": "Every sampling setting here, and its source.",
+    "knobs set": "Change sampling settings here.",
+    "knobs reset": "Go back to the inherited value.",
+    "knobs preset": "Apply a preset: precise, balanced, creative.",
+    "system": "The bot's persona",
+    "system show": "Show the persona in effect here.",
+    "system set": "Set the persona (one line; see /system edit).",
+    "system edit": "Edit the persona in a multi-line box.",
+    "system reset": "Remove the persona set here.",
+    "system import": "Make a persona from a character card.",
+    "system save": "Save the persona in effect here by name.",
+    "system delete": "Delete a persona saved on this server.",
+    "system load": "Use a saved persona here.",
+    "system list": "The personas saved on this server.",
+    "system reasoning": "Split a reasoning model's <think> part from the answer.",
+    "model": "Which model answers here",
+    "model list": "The models served, and where each is used.",
+    "model set": "Choose the model that answers here.",
+    "model reset": "Remove the model chosen here.",
+    "conversation": "Your conversation with the bot here",
+    "conversation show": ("Your conversation here: its turns, their tokens, and which the next "
+                          "ask leaves out."),
+    "conversation forget": ("Delete your turns of the conversation here (in DMs: the whole "
+                            "conversation)."),
+    "conversation follow": "Answer every message here, no @ needed (admins).",
+    "conversation autothread": "A mention in this channel opens a thread of its own (admins).",
+    "conversation marker": ("What a message starts with to be left alone where I follow "
+                            "(admins)."),
+}
+
+_POST_IT: Final = "Post it in the channel (default: only you see it)"
+_SCOPE_SHORT: Final = "This channel (default) or the whole server"
+_VARIANT: Final = "Knobs in the /knobs set syntax (temperature=1.5 top_p=1) or a preset name"
+_SAVED_NAME: Final = "A saved persona (see /system list)"
+
+#: Each command's option descriptions that are not a knob's (knobs take their help's words).
+OPTIONS: Final[Mapping[str, Mapping[str, str]]] = {
+    "ask": {
+        "prompt": "What to ask",
+        # Said where it is chosen: a larger value than the scope's is capped.
+        "max_new_tokens": ("This ask only: at most this many tokens, up to this channel's or "
+                           "server's limit"),
+        "stop": r"This ask only: stop sequences, separated by | (\n for a newline)",
+        "private": ("Only you see the reply and its follow-ups (only you can stop or "
+                    "regenerate it)"),
+        "thread": ("Open a public thread from the answer; every /ask or mention there "
+                   "continues it"),
+        "file": "A text file (code, a log, notes) the model reads with your question",
+    },
+    "knobs set": {
+        "stop": r"Stop sequences separated by | (\n for a newline; 'none' clears them)",
+        "scope": SCOPE_OPTION,
+    },
+    "knobs reset": {"knob": "Which setting (default: all)", "scope": SCOPE_OPTION},
+    "knobs preset": {"name": "The preset", "scope": SCOPE_OPTION},
+    "system set": {"text": "The persona", "scope": SCOPE_OPTION},
+    "system edit": {"scope": SCOPE_OPTION},
+    "system reset": {"scope": SCOPE_OPTION},
+    "system import": {
+        "card": "A character card: V2/V3 JSON, or a PNG with the card inside",
+        "scope": _SCOPE_SHORT,
+        "greeting": "Also post the card's greeting here; replies to it continue from it",
+    },
+    "system save": {"name": "1-32 characters", "knobs": "Bundle this channel's own knobs too"},
+    "system delete": {"name": _SAVED_NAME},
+    "system load": {"name": _SAVED_NAME, "scope": _SCOPE_SHORT,
+                    "greeting": "Also post its greeting here, if it has one"},
+    "system reasoning": {"mode": "on, off, or inherit (from the server / the default)",
+                         "scope": _SCOPE_SHORT},
+    "model set": {"name": "A model from /model list", "scope": _SCOPE_SHORT},
+    "model reset": {"scope": _SCOPE_SHORT},
+    "conversation follow": {"on": "on: every member message here is for me; off: mentions only"},
+    "conversation autothread": {
+        "on": "on: each mention here gets its own thread; off: answered here"},
+    "conversation marker": {"marker": "A few characters, such as // (the default)"},
+    "tokens": {"text": "The text to tokenize", "public": _POST_IT},
+    "compare": {
+        "prompt": "What to ask", "a": _VARIANT, "b": _VARIANT, "c": _VARIANT, "d": _VARIANT,
+        "seed": "The seed every variant shares (default: a new one, in the attached file)",
+        "public": _POST_IT,
+    },
+    "probs": {
+        "prompt": "The prompt, as you would /ask it",
+        "knobs": ("Knobs for this view in the /knobs set syntax, or a preset (default: this "
+                  "channel's)"),
+        "seed": "Seed of the sampled pick shown (default: a new one)",
+        "public": _POST_IT,
+        "raw": ("Continue the text as written, with no chat template (default: as a chat "
+                "message)"),
+    },
+}
+
+
+def ask_only(help_text: str) -> str:
+    """A knob option of `/ask`: it applies to this ask alone."""
+    return f"This ask only: {help_text}"
+
+
+# --- the console ----------------------------------------------------------------------------
+# The console is the operator's: it names the persona by its command's word, "system prompt".
+
+CONSOLE_HELP: Final = """\
+Commands (a line without a slash is an /ask; each ask continues the conversation):
+  /ask <prompt>                 stream a reply
+  /new                          start a new conversation
+  /history                      the turns the next ask sends, with token counts
+  /system show                  the persona in effect here
+  /system set <text> [--server] set the persona for this channel (or the server)
+  /system reset [--server]      remove it
+  /system import FILE [--server] [--greeting]  a persona from a character card
+  /system save NAME [--knobs]   save the persona in effect by name (with this channel's knobs)
+  /system load NAME [--server]  use a saved persona; /system list shows them
+  /system reasoning on|off|inherit [--server]  split <think> reasoning from the answer
+  /swipe [prev|next]            browse the versions of the last answer (/regen makes one)
+  /regen                        another version of the last answer
+  /continue                     carry on the last answer when it stopped at its budget
+  /knobs show                   every sampling setting and where it comes from
+  /knobs set k=v ... [--server] e.g. /knobs set temperature=0.9 top_k=40 stop="\\n\\n"
+  /knobs reset [knob ...] [--server]
+  /knobs preset precise|balanced|creative [--server]
+  /tokens <text>                how the model's tokenizer splits text
+  /model [list]                 the models served, the one in effect here
+  /model set <name> [--server]  choose the model answering here (or in the server)
+  /model reset [--server]       remove that choice
+  /compare <prompt> [| knobs | knobs ...]   one prompt under 2-4 settings (knob strings
+                                or presets; none: these settings vs a contrasting temperature)
+  /probs <prompt> [| knobs]     the next-token candidates, raw and after the knobs
+  /try <knob>                   your last prompt: the knob's value here vs a contrasting one
+  /help, /quit                  (Ctrl-C stops a reply; at the prompt, Ctrl-C, Ctrl-D
+                                or /quit leaves)"""
+CONSOLE_KNOBS_HELP: Final = "\nWhat the knobs do:\n"
+CONSOLE_NEW: Final = "Started a new conversation."
+CONSOLE_ASK_USAGE: Final = "Ask something: /ask <prompt>."
+CONSOLE_NO_ANSWER: Final = "No answer yet: ask something first."
+CONSOLE_QUESTION_GONE: Final = "I no longer have the question of the last answer."
+CONSOLE_GREETING_NO_QUESTION: Final = ("A greeting has no question to ask again; /swipe shows "
+                                       "its other versions.")
+CONSOLE_SWIPE_USAGE: Final = "Use /swipe prev or /swipe next."
+CONSOLE_NO_CONVERSATION: Final = "No conversation yet: the next line starts one."
+CONSOLE_TRY_FIRST: Final = "Ask something first: /try reruns your last prompt."
+CONSOLE_PROBS_ONE_SET: Final = "/probs takes one set of knobs: /probs <prompt> | top_k=5"
+CONSOLE_THINKING: Final = "(thinking…)"
+CONSOLE_SYSTEM_USAGE: Final = "Use /system show, /system set <text> or /system reset."
+CONSOLE_SYSTEM_SET_USAGE: Final = "Give the text: /system set <text>."
+CONSOLE_CARD_USAGE: Final = "Give the card's file: /system import FILE."
+CONSOLE_NO_SAVED_PERSONAS: Final = "No saved personas yet."
+CONSOLE_REASONING_USAGE: Final = "Use /system reasoning on, off or inherit."
+CONSOLE_NOTHING_TO_RESET: Final = "Nothing to reset."
+CONSOLE_KNOBS_USAGE: Final = "Use /knobs show, /knobs set k=v, /knobs reset or /knobs preset."
+CONSOLE_KNOB_PAIRS_USAGE: Final = "Give knob=value pairs, e.g. /knobs set temperature=0.9."
+CONSOLE_MODEL_SET_USAGE: Final = "Give the model: /model set <name> (see /model list)."
+CONSOLE_MODEL_USAGE: Final = "Use /model list, /model set <name> or /model reset."
+CONSOLE_NOT_UTF8: Final = "error: that line is not valid UTF-8; nothing was run."
+CONSOLE_PREPARING: Final = ("Preparing the model… (first start converts the embedded model, "
+                            "about 10 s)")
+CONSOLE_LEFT_OUT: Final = "  [left out]"
+
+
+def console_error(message: str) -> str:
+    return f"error: {message}"
+
+
+def console_unknown(command: str) -> str:
+    return f"Unknown command {command}. Type /help."
+
+
+def console_queued(ahead: int) -> str:
+    return f"(queued, {ahead} ahead)"
+
+
+def console_banner(model: str, device: str, compute_type: str) -> str:
+    return (f"{model} on {device} ({compute_type}). Local console: no Discord token is "
+            "configured (set DISCORD_TOKEN in .env to run the bot).\n"
+            "Type /help for commands; a plain line asks the model.")
+
+
+def console_models(names: Sequence[str]) -> str:
+    return f"Models: {', '.join(names)} (/model list)."
+
+
+def console_version(label: str, *, hint: bool = False) -> str:
+    """A version of the last answer: made by /regen (`hint`: how to browse) or shown by /swipe."""
+    return f"[version {label}; /swipe prev|next browses them]" if hint else f"[version {label}]"
+
+
+def console_history_head(turns: int, sent: int, window: int, reply: int) -> str:
+    return (f"{turns} turns; the next ask sends {sent} (context window {window} tokens, "
+            f"{reply} kept for the reply):")
+
+
+def console_history_line(who: str, tokens: int, preview: str, *, left_out: bool) -> str:
+    return f"  {who:<3} {tokens:>5} tokens  {preview}{CONSOLE_LEFT_OUT if left_out else ''}"
+
+
+def console_usage(usage: str) -> str:
+    return f"This conversation {usage}."
+
+
+def console_try_takes(names: Sequence[str]) -> str:
+    return f"/try takes a knob: {', '.join(names)}."
+
+
+def console_lab_usage(command: str) -> str:
+    return f"Usage: {command} <prompt> [| knobs ...]"
+
+
+def console_model_of(name: str) -> str:
+    return f"(model {name})"
+
+
+def console_comparing(variants: int, model: str, seed: int) -> str:
+    return (f"(comparing {variants} settings on model {model}, seed {seed}: the same for each; "
+            "CTranslate2 has no per-call seed)")
+
+
+def console_system_prompt(text: str | None, source: str) -> str:
+    """`/system show` in the console: the prompt in force and where it comes from."""
+    if source == "default":
+        return f"System prompt (default): {text or PERSONA_NONE.strip('*')}"
+    return f"System prompt (from {source}):\n{text}"
+
+
+def console_system_set(where: str) -> str:
+    return f"System prompt set for this {where}."
+
+
+def console_system_reset(where: str, *, changed: bool) -> str:
+    if changed:
+        return f"System prompt reset for this {where}."
+    return f"This {where} had no system prompt of its own."
+
+
+def console_card_imported(name: str, where: str, saved_as: str | None,
+                          not_saved: str | None) -> str:
+    kept = f"saved as {saved_as!r}" if saved_as else f"not saved by name: {not_saved}"
+    return f"Imported {name} as the persona for {where} ({kept})."
+
+
+def console_persona_named(name: str, *, replaced: bool) -> str:
+    return f"{'Replaced' if replaced else 'Saved'} the persona {name!r}."
+
+
+def console_persona_loaded(name: str, where: str) -> str:
+    return f"Loaded {name!r} for {where}."
+
+
+def console_saved_personas(names: Sequence[str]) -> str:
+    return ("Saved personas: " + ", ".join(names)) if names else CONSOLE_NO_SAVED_PERSONAS
+
+
+def console_knobs_set(shown: Mapping[str, str], where: str) -> str:
+    listed = ", ".join(f"{k}={v}" for k, v in shown.items())
+    return f"Set {listed} for this {where}."
+
+
+def console_knobs_reset(names: Sequence[str], where: str) -> str:
+    return f"Reset {', '.join(names)} for this {where}." if names else CONSOLE_NOTHING_TO_RESET
+
+
+def console_presets(names: Sequence[str]) -> str:
+    return f"Presets: {', '.join(names)}."
+
+
+def console_preset_applied(name: str, where: str) -> str:
+    return f"Applied the {name} preset to this {where}."
+
+
+def console_tokens(count: int, context: int, shown: str) -> str:
+    return f"{count} token{'' if count == 1 else 's'} (context window {context}):\n{shown}"
+
+
+def console_model_chosen(name: str, where: str) -> str:
+    return f"`{name}` now answers in this {where}."
+
+
+def console_model_reset(where: str, *, changed: bool) -> str:
+    if changed:
+        return f"Model choice removed for this {where}."
+    return f"This {where} had no model of its own."
+
+
+def console_model_here(choice: str) -> str:
+    return f"Here: {choice}"
+
+
+def console_model_use(where: str) -> str:
+    """Where `/model list` says a model is chosen, in the console's scopes."""
+    return f"the {where}"
+
+
+# --- python -m bot prompt ---------------------------------------------------------------------
+
+PROMPT_TEMPLATE_PERSONA: Final = "persona: the template's own default"
+PROMPT_RENDERED: Final = "--- rendered prompt ---"
+PROMPT_TOKENS: Final = "--- tokens (id, text; * = control token) ---"
+
+
+def prompt_totals(tokens: int, control: int, window: int, room: int) -> str:
+    return (f"--- {tokens} prompt tokens ({control} control) of a {window}-token context "
+            f"window; room for {room} new tokens ---")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
@@ -14,10 +13,10 @@ from bot.discord.errors import MissingScopePermission
 from bot.errors import UserFacingError
 from bot.knobs import KNOB_SPECS, parse_knob_text
 from bot.lab.help import KNOB_HELP
-from bot.limits import TooManyWrites
 from bot.store.scopes import Scope
 
 if TYPE_CHECKING:
+    from bot.chat.scope_settings import ScopeSettings
     from bot.discord.client import LlamaBot
 
     TemperatureOpt = float
@@ -72,10 +71,9 @@ DESCRIPTION_LIMIT = 4096
 __all__ = ["NO_MENTIONS", "location_of"]
 
 
-#: Discord option descriptions (at most 100 characters) from the knobs model, so the
-#: picker shows what each knob does and its range instead of "…". Not `stop`: how
-#: to type several in one line is worded per command.
-#: Every knob option's description, from the same help as "What do these do?".
+#: Discord option descriptions (at most 100 characters) from the same knob help as
+#: "What do these do?", so the picker shows what each knob does and its range. Not
+#: `stop`: how to type several in one line is worded per command.
 KNOB_DESCRIPTIONS: dict[str, str] = {
     name: KNOB_HELP[name].option() for name in KNOB_SPECS if name != "stop"
 }
@@ -92,47 +90,20 @@ def bot_of(interaction: discord.Interaction) -> LlamaBot:
     return interaction.client  # type: ignore[return-value]
 
 
-def take_write_slot(interaction: discord.Interaction) -> None:
-    """Refuse a settings change when this member has none left (`BOT_SETTINGS_WRITE_LIMIT`).
-
-    Only checks: `count_write` counts, once the change is known to change something.
-    The refusal names the moment to retry as a Discord timestamp, which every
-    member's client shows in their own time zone and counts down.
-    """
-    try:
-        bot_of(interaction).app.write_limiter.check(interaction.user.id)
-    except TooManyWrites as exc:
-        raise UserFacingError(
-            wording.settings_too_fast(int(time.time()) + exc.retry_in_s)
-        ) from None
+def settings_of(interaction: discord.Interaction) -> ScopeSettings:
+    """The core's settings changes (write limit, store, what changed)."""
+    return bot_of(interaction).app.scope_settings
 
 
-def count_write(interaction: discord.Interaction, changed: bool = True) -> None:
-    """Count a settings change that changed something."""
-    if changed:
-        bot_of(interaction).app.write_limiter.record(interaction.user.id)
-
-
-def scope_for_write(
-    interaction: discord.Interaction, scope: ScopeChoice, *, count: bool = True
-) -> Scope:
+def scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Scope:
     """The scope a settings change applies to, after checking the member may change it.
 
     `default_permissions` only hides commands in clients; this is the check
-    that counts, run again when a modal is submitted. `count` checks the member's
-    settings-write limit (`count_write` counts a change once it changed
-    something). Ids come from the interaction,
-    never from user text. A thread's settings need Manage Channels like a
-    channel's (Manage Threads alone is not enough), as the README says and as
-    the commands' default permissions show them.
+    that counts, run again when a modal is submitted. Ids come from the
+    interaction, never from user text. A thread's settings need Manage Channels
+    like a channel's (Manage Threads alone is not enough). The write limit is
+    the core's (`bot.chat.scope_settings`).
     """
-    where = _scope_for_write(interaction, scope)
-    if count:
-        take_write_slot(interaction)
-    return where
-
-
-def _scope_for_write(interaction: discord.Interaction, scope: ScopeChoice) -> Scope:
     guild_id = interaction.guild_id
     if guild_id is None:
         if scope == "server":

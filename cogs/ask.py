@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
 from bot.discord.buttons import runner_of
 from bot.lab.help import KNOB_HELP
 from cogs._common import (
@@ -27,19 +28,11 @@ PROMPT_LIMIT = 6000  # Discord's own limit for a string option
 
 
 class Ask(commands.Cog):
-    @app_commands.command(name="ask", description="Ask the model; the reply streams in.")
-    @app_commands.describe(
-        prompt="What to ask",
-        **{name: f"This ask only: {KNOB_HELP[name].option(85)}" for name in KNOB_DESCRIPTIONS
-           if name != "max_new_tokens"},
-        # Said where it is chosen: a larger value than the scope's is capped.
-        max_new_tokens="This ask only: at most this many tokens, up to this channel's or "
-                       "server's limit",
-        stop=r"This ask only: stop sequences, separated by | (\n for a newline)",
-        private="Only you see the reply and its follow-ups (only you can stop or regenerate it)",
-        thread="Open a public thread from the answer; every /ask or mention there continues it",
-        file="A text file (code, a log, notes) the model reads with your question",
-    )
+    @app_commands.command(name="ask", description=wording.COMMANDS["ask"])
+    @app_commands.describe(**{
+        **{name: wording.ask_only(KNOB_HELP[name].option(85)) for name in KNOB_DESCRIPTIONS},
+        **wording.OPTIONS["ask"],  # max_new_tokens: said how the scope's value caps it
+    })
     async def ask(
         self,
         interaction: discord.Interaction,

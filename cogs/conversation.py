@@ -22,10 +22,10 @@ from bot.store.validation import validate_aside_marker
 from cogs._common import (
     NO_MENTIONS,
     bot_of,
-    count_write,
     location_of,
     scope_for_write,
     scope_word,
+    settings_of,
 )
 
 
@@ -37,10 +37,8 @@ async def _chain(interaction: discord.Interaction) -> list[StoredTurn]:
 
 
 class Conversation(commands.GroupCog, group_name="conversation",
-                   group_description="Your conversation with the bot here"):
-    @app_commands.command(name="show",
-                          description="Your conversation here: its turns, their tokens, "
-                                      "and which the next ask leaves out.")
+                   group_description=wording.COMMANDS["conversation"]):
+    @app_commands.command(name="show", description=wording.COMMANDS["conversation show"])
     async def show(self, interaction: discord.Interaction) -> None:
         chain = await _chain(interaction)
         view = await bot_of(interaction).app.chat.view(location_of(interaction), chain,
@@ -51,9 +49,7 @@ class Conversation(commands.GroupCog, group_name="conversation",
         await interaction.response.send_message(text, ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
 
-    @app_commands.command(name="forget",
-                          description="Delete your turns of the conversation here "
-                                      "(in DMs: the whole conversation).")
+    @app_commands.command(name="forget", description=wording.COMMANDS["conversation forget"])
     async def forget(self, interaction: discord.Interaction) -> None:
         chat = bot_of(interaction).app.chat
         user_id = interaction.user.id
@@ -68,16 +64,14 @@ class Conversation(commands.GroupCog, group_name="conversation",
                                                 allowed_mentions=NO_MENTIONS)
 
 
-    @app_commands.command(name="follow",
-                          description="Answer every message here, no @ needed (admins).")
-    @app_commands.describe(on="on: every member message here is for me; off: mentions only")
+    @app_commands.command(name="follow", description=wording.COMMANDS["conversation follow"])
+    @app_commands.describe(**wording.OPTIONS["conversation follow"])
     @app_commands.guild_only()
     async def follow(self, interaction: discord.Interaction, on: bool) -> None:
         bot = bot_of(interaction)
         scope = scope_for_write(interaction, "channel")
-        changed = await bot.app.store.set_mode(scope, FOLLOW_KEY, True if on else None,
-                                               actor_id=interaction.user.id)
-        count_write(interaction, changed)
+        await settings_of(interaction).set_mode(scope, FOLLOW_KEY, True if on else None,
+                                                actor_id=interaction.user.id)
         effective = await bot.app.resolve(location_of(interaction))
         place = scope_word(scope, interaction)
         if not on:
@@ -90,33 +84,28 @@ class Conversation(commands.GroupCog, group_name="conversation",
                                                 allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="autothread",
-                          description="A mention in this channel opens a thread of its own "
-                                      "(admins).")
-    @app_commands.describe(on="on: each mention here gets its own thread; off: answered here")
+                          description=wording.COMMANDS["conversation autothread"])
+    @app_commands.describe(**wording.OPTIONS["conversation autothread"])
     @app_commands.guild_only()
     async def autothread(self, interaction: discord.Interaction, on: bool) -> None:
         if isinstance(interaction.channel, discord.Thread):
             raise UserFacingError(wording.AUTO_THREAD_IN_THREAD)
         scope = scope_for_write(interaction, "channel")
-        changed = await bot_of(interaction).app.store.set_mode(
+        await settings_of(interaction).set_mode(
             scope, AUTO_THREAD_KEY, True if on else None, actor_id=interaction.user.id)
-        count_write(interaction, changed)
         await interaction.response.send_message(
             wording.AUTO_THREAD_ON if on else wording.AUTO_THREAD_OFF, ephemeral=True,
             allowed_mentions=NO_MENTIONS)
 
-    @app_commands.command(name="marker",
-                          description="What a message starts with to be left alone where I "
-                                      "follow (admins).")
-    @app_commands.describe(marker="A few characters, such as // (the default)")
+    @app_commands.command(name="marker", description=wording.COMMANDS["conversation marker"])
+    @app_commands.describe(**wording.OPTIONS["conversation marker"])
     @app_commands.guild_only()
     async def marker(self, interaction: discord.Interaction,
                      marker: app_commands.Range[str, 1, 8]) -> None:
         scope = scope_for_write(interaction, "server")
         checked = validate_aside_marker(marker)
-        changed = await bot_of(interaction).app.store.set_mode(
+        await settings_of(interaction).set_mode(
             scope, ASIDE_MARKER_KEY, checked, actor_id=interaction.user.id)
-        count_write(interaction, changed)
         await interaction.response.send_message(
             wording.MARKER_SET.format(marker=checked), ephemeral=True,
             allowed_mentions=NO_MENTIONS)

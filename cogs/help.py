@@ -6,16 +6,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
 from bot.discord.lab import knob_help_view
-from bot.wording import HELP
 from cogs._common import NO_MENTIONS
 
 
 class Help(commands.Cog):
-    @app_commands.command(name="help", description="How to ask, the commands, and an "
-                                                   "admin's checklist.")
+    @app_commands.command(name="help", description=wording.COMMANDS["help"])
     async def help(self, interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(HELP, ephemeral=True, view=knob_help_view(),
+        await interaction.response.send_message(wording.HELP, ephemeral=True, view=knob_help_view(),
                                                 allowed_mentions=NO_MENTIONS)
 
 

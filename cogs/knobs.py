@@ -9,7 +9,6 @@ the settings in force is `/settings`, open to everyone. The checks in
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import discord
@@ -18,17 +17,16 @@ from discord.ext import commands
 
 from bot import wording
 from bot.chat.request import persona
+from bot.chat.service import PROBE
 from bot.chat.turns import TurnAsk
 from bot.discord.common import location_of
 from bot.discord.conversation import display_name, place_of
 from bot.discord.lab import knob_help_view
-from bot.errors import UserFacingError
 from bot.knobs import KNOB_NAMES, KNOB_SPECS, PRESETS, display_knob
 from cogs._common import (
     DESCRIPTION_LIMIT,
     KNOB_DESCRIPTIONS,
     NO_MENTIONS,
-    SCOPE_HELP,
     MaxNewOpt,
     MinNewOpt,
     RepPenaltyOpt,
@@ -37,10 +35,10 @@ from cogs._common import (
     TopKOpt,
     TopPOpt,
     bot_of,
-    count_write,
     knob_options,
     scope_for_write,
     scope_word,
+    settings_of,
 )
 
 # Choices built from the knobs model, so a new knob or preset needs no edit here.
@@ -52,7 +50,7 @@ PRESET_CHOICES = [app_commands.Choice(name=n, value=n) for n in PRESETS]
 async def knobs_embed(interaction: discord.Interaction) -> discord.Embed:
     """Every knob here: its value in words, where it comes from, and its range."""
     eff = await bot_of(interaction).app.resolve(location_of(interaction))
-    embed = discord.Embed(title="Sampling settings")
+    embed = discord.Embed(title=wording.KNOBS_TITLE)
     thread = isinstance(interaction.channel, discord.Thread)
     for name in KNOB_NAMES:
         spec = KNOB_SPECS[name]
@@ -69,21 +67,17 @@ async def knobs_embed(interaction: discord.Interaction) -> discord.Embed:
 # Members who may not change settings see /settings, never the /knobs actions.
 @app_commands.default_permissions(manage_channels=True)
 class Knobs(
-    commands.GroupCog, group_name="knobs", group_description="Change the sampling settings"
+    commands.GroupCog, group_name="knobs", group_description=wording.COMMANDS["knobs"]
 ):
-    @app_commands.command(name="show", description="Every sampling setting here, and its source.")
+    @app_commands.command(name="show", description=wording.COMMANDS["knobs show"])
     async def show(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message(
             embed=await knobs_embed(interaction), ephemeral=True, allowed_mentions=NO_MENTIONS,
             view=knob_help_view(),  # "What do these do?" (bot/discord/lab.py)
         )
 
-    @app_commands.command(name="set", description="Change sampling settings here.")
-    @app_commands.describe(
-        **KNOB_DESCRIPTIONS,
-        stop=r"Stop sequences separated by | (\n for a newline; 'none' clears them)",
-        scope=SCOPE_HELP,
-    )
+    @app_commands.command(name="set", description=wording.COMMANDS["knobs set"])
+    @app_commands.describe(**KNOB_DESCRIPTIONS, **wording.OPTIONS["knobs set"])
     async def set_(
         self,
         interaction: discord.Interaction,
@@ -103,24 +97,22 @@ class Knobs(
         )
         if not values:
             await interaction.response.send_message(
-                "Pick at least one setting to change.", ephemeral=True,
+                wording.PICK_A_SETTING, ephemeral=True,
                 allowed_mentions=NO_MENTIONS,
             )
             return
         target = scope_for_write(interaction, scope)
-        store = bot_of(interaction).app.store
-        before = await store.scope_overrides(target)
-        notes = await store.set_knobs(target, values, actor_id=interaction.user.id)
-        count_write(interaction, await store.scope_overrides(target) != before)
-        shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
+        change = await settings_of(interaction).set_knobs(target, values,
+                                                          actor_id=interaction.user.id)
+        shown = {k: display_knob(k, v) for k, v in values.items()}
         await interaction.response.send_message(
-            " ".join([f"Set {shown} for {scope_word(target, interaction)}.", *notes]),
+            wording.knobs_set(shown, scope_word(target, interaction), change.notes),
             ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
 
-    @app_commands.command(name="reset", description="Go back to the inherited value.")
-    @app_commands.describe(knob="Which setting (default: all)", scope=SCOPE_HELP)
+    @app_commands.command(name="reset", description=wording.COMMANDS["knobs reset"])
+    @app_commands.describe(**wording.OPTIONS["knobs reset"])
     @app_commands.choices(knob=KNOB_CHOICES)
     async def reset(
         self, interaction: discord.Interaction, knob: str = "all",
@@ -128,18 +120,15 @@ class Knobs(
     ) -> None:
         target = scope_for_write(interaction, scope)
         names = None if knob == "all" else [knob]
-        done = await bot_of(interaction).app.store.reset_knobs(
-            target, names, actor_id=interaction.user.id
-        )
-        count_write(interaction, bool(done))  # a reset that found nothing is not a change
-        what = "sampling setting" if names is None else knob
+        done = (await settings_of(interaction).reset_knobs(
+            target, names, actor_id=interaction.user.id)).names
         where = scope_word(target, interaction)
-        msg = (f"Reset {', '.join(done)} for {where}." if done
-               else f"Nothing to reset: no {what} is set for {where} itself.")
+        msg = (wording.knobs_reset(done, where) if done
+               else wording.nothing_to_reset(None if names is None else knob, where))
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
-    @app_commands.command(name="preset", description="Apply a preset: precise, balanced, creative.")
-    @app_commands.describe(name="The preset", scope=SCOPE_HELP)
+    @app_commands.command(name="preset", description=wording.COMMANDS["knobs preset"])
+    @app_commands.describe(**wording.OPTIONS["knobs preset"])
     @app_commands.choices(name=PRESET_CHOICES)
     async def preset(
         self, interaction: discord.Interaction, name: str,
@@ -147,21 +136,16 @@ class Knobs(
     ) -> None:
         target = scope_for_write(interaction, scope)
         values = dict(PRESETS[name])
-        store = bot_of(interaction).app.store
-        before = await store.scope_overrides(target)
-        await store.set_knobs(target, values, actor_id=interaction.user.id)
-        count_write(interaction, await store.scope_overrides(target) != before)
-        shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
+        await settings_of(interaction).set_knobs(target, values, actor_id=interaction.user.id)
+        shown = {k: display_knob(k, v) for k, v in values.items()}
         await interaction.response.send_message(
-            f"Applied **{name}** to {scope_word(target, interaction)}: {shown}.", ephemeral=True,
+            wording.preset_applied(name, shown, scope_word(target, interaction)), ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
 
 
 class Settings(commands.Cog):
-    @app_commands.command(
-        name="settings", description="The persona and sampling settings in effect here."
-    )
+    @app_commands.command(name="settings", description=wording.COMMANDS["settings"])
     async def settings(self, interaction: discord.Interaction) -> None:
         bot = bot_of(interaction)
         eff = await bot.app.resolve(location_of(interaction))
@@ -170,13 +154,13 @@ class Settings(commands.Cog):
         thread = isinstance(interaction.channel, discord.Thread)
         # The model answering here, and where that choice comes from.
         choice = bot.app.models.choice(eff)
-        model = f"**Model** {choice.describe()}\n"
-        intro = f"{model}**Persona** (from {wording.source_label(source, in_thread=thread)})\n"
-        extra = await _issue22_lines(interaction, eff.reasoning, choice.name)
+        intro = wording.settings_intro(choice.describe(),
+                                       wording.source_label(source, in_thread=thread))
+        extra = await _reasoning_and_context(interaction, eff.reasoning, choice.name)
         room = DESCRIPTION_LIMIT - len(intro) - len(extra)
         if len(body) > room:
             body = body[: room - 1] + "…"
-        embeds: list[Any] = [discord.Embed(title="Settings here",
+        embeds: list[Any] = [discord.Embed(title=wording.SETTINGS_TITLE,
                                            description=intro + body + extra),
                              await knobs_embed(interaction)]
         await interaction.response.send_message(
@@ -184,28 +168,25 @@ class Settings(commands.Cog):
         )
 
 
-async def _issue22_lines(interaction: discord.Interaction, reasoning: bool, model: str) -> str:
+async def _reasoning_and_context(interaction: discord.Interaction, reasoning: bool,
+                                 model: str) -> str:
     """The reasoning setting and how much of the window (of `model`, the one answering
     here) the conversation uses."""
     app = bot_of(interaction).app
-    lines = [f"\n\n**Reasoning** (`<think>` split): {'on' if reasoning else 'off'}"]
+    lines = ["\n\n" + wording.reasoning_setting(reasoning)]
     user = interaction.user
     dm = interaction.guild_id is None
-    place = await place_of(app.chat, interaction.channel, user.id, dm)
-    usage = None
-    if place is not None and await app.chat.head(place) is not None:
-        with contextlib.suppress(UserFacingError):
-            usage = await app.chat.usage(TurnAsk(
-                location=location_of(interaction), prompt="?", author_id=user.id,
-                author_name=display_name(user), place=place, direct=dm, shared=True,
-            ))
+    usage = await app.chat.usage_here(TurnAsk(
+        location=location_of(interaction), prompt=PROBE, author_id=user.id,
+        author_name=display_name(user), direct=dm, shared=True,
+        place=await place_of(app.chat, interaction.channel, user.id, dm),
+    ))
     if usage is not None:
-        lines.append(f"**Context**: this conversation {usage.usage_text()}"
-                     + (f"; {usage.dropped_text()}" if usage.dropped_turns else ""))
+        lines.append(wording.context_in_use(
+            usage.usage_text(), usage.dropped_text() if usage.dropped_turns else None))
     else:  # the window of the model answering here
         context = app.models.context_length(model)
-        lines.append(f"**Context window**: {context:,} tokens" if context
-                     else wording.CONTEXT_UNKNOWN)
+        lines.append(wording.context_window(context) if context else wording.CONTEXT_UNKNOWN)
     return "\n".join(lines)
 
 

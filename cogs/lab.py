@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from bot.discord.client import LlamaBot
 
 PROMPT_LIMIT = 6000
-VARIANT_HELP = "Knobs in the /knobs set syntax (temperature=1.5 top_p=1) or a preset name"
 
 
 class Lab(commands.Cog):
@@ -27,13 +26,8 @@ class Lab(commands.Cog):
         llama = cast("LlamaBot", bot)
         self.lab = LabRunner(llama.app, llama.runner.gate)
 
-    @app_commands.command(name="compare",
-                          description="One prompt under 2-4 knob settings, side by side.")
-    @app_commands.describe(
-        prompt="What to ask", a=VARIANT_HELP, b=VARIANT_HELP, c=VARIANT_HELP, d=VARIANT_HELP,
-        seed="The seed every variant shares (default: a new one, in the attached file)",
-        public="Post it in the channel (default: only you see it)",
-    )
+    @app_commands.command(name="compare", description=wording.COMMANDS["compare"])
+    @app_commands.describe(**wording.OPTIONS["compare"])
     async def compare(
         self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_LIMIT],
         a: str | None = None, b: str | None = None, c: str | None = None, d: str | None = None,
@@ -41,8 +35,8 @@ class Lab(commands.Cog):
     ) -> None:
         turn = await self.lab.fresh_request(interaction, prompt)
         where = location_of(interaction)
-        here = ("this thread" if where.parent_channel_id is not None
-                else "this channel" if where.guild_id is not None else "your DMs")
+        here = wording.place_word("channel" if where.guild_id is not None else "dm",
+                                  in_thread=where.parent_channel_id is not None)
         variants = plan_variants([a, b, c, d], turn.request.knobs, here)
         await self.lab.compare(interaction, CompareAsk(
             user_id=interaction.user.id, guild_id=interaction.guild_id,
@@ -58,15 +52,8 @@ class Lab(commands.Cog):
                         current: str) -> list[app_commands.Choice[str]]:
         return [app_commands.Choice(name=text, value=text) for text in variant_suggestions(current)]
 
-    @app_commands.command(name="probs",
-                          description="The model's next-token candidates, raw and after the knobs.")
-    @app_commands.describe(
-        prompt="The prompt, as you would /ask it",
-        knobs="Knobs for this view in the /knobs set syntax, or a preset (default: this channel's)",
-        seed="Seed of the sampled pick shown (default: a new one)",
-        public="Post it in the channel (default: only you see it)",
-        raw="Continue the text as written, with no chat template (default: as a chat message)",
-    )
+    @app_commands.command(name="probs", description=wording.COMMANDS["probs"])
+    @app_commands.describe(**wording.OPTIONS["probs"])
     async def probs(
         self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_LIMIT],
         knobs: str | None = None, seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None,

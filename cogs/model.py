@@ -19,7 +19,6 @@ from discord.ext import commands
 
 from bot import wording
 from bot.discord.common import location_of
-from bot.discord.errors import MissingScopePermission
 from bot.hosting.host import model_lines
 from bot.store.scopes import Scope, ScopeKind
 from cogs._common import (
@@ -29,57 +28,50 @@ from cogs._common import (
     bot_of,
     scope_for_write,
     scope_word,
+    settings_of,
 )
-
-#: An embed's description holds 4,096 characters.
-SCOPE_HELP = "This channel (default) or the whole server"
 
 
 def _where(scope: Scope) -> str:
     if scope.kind is ScopeKind.SERVER:
-        return "this server"
+        return wording.place_word(scope.kind.value)
     return f"<#{scope.id}>"  # a channel mention pings nobody, and names threads too
 
 
-class Model(commands.GroupCog, group_name="model", group_description="Which model answers here"):
-    @app_commands.command(name="list", description="The models served, and where each is used.")
+class Model(commands.GroupCog, group_name="model",
+            group_description=wording.COMMANDS["model"]):
+    @app_commands.command(name="list", description=wording.COMMANDS["model list"])
     async def list_(self, interaction: discord.Interaction) -> None:
         app = bot_of(interaction).app
         in_use: dict[str, list[str]] = {}
         if interaction.guild_id is not None:
-            for name, scope in await app.store.model_choices(interaction.guild_id):
+            for name, scope in await app.scope_settings.model_choices(interaction.guild_id):
                 in_use.setdefault(name, []).append(_where(scope))
         choice = app.models.choice(await app.resolve(location_of(interaction)))
         body = "\n".join(f"• {line}" for line in model_lines(app.models, in_use))
-        body += f"\n\n**Here:** {choice.describe()}"
+        body += wording.model_here(choice.describe())
         if len(body) > DESCRIPTION_LIMIT:
             body = body[: DESCRIPTION_LIMIT - 1] + "…"
         await interaction.response.send_message(
-            embed=discord.Embed(title="Models", description=body), ephemeral=True,
+            embed=discord.Embed(title=wording.MODELS_TITLE, description=body), ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
 
-    @app_commands.command(name="set", description="Choose the model that answers here.")
-    @app_commands.describe(name="A model from /model list", scope=SCOPE_HELP)
+    @app_commands.command(name="set", description=wording.COMMANDS["model set"])
+    @app_commands.describe(**wording.OPTIONS["model set"])
     async def set_(
         self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 64],
         scope: ScopeChoice = "channel",
     ) -> None:
         target = scope_for_write(interaction, scope)
-        app = bot_of(interaction).app
-        wanted = name.strip().lower()
-        swaps = wanted in app.models.names and app.models.swaps_default(wanted)
-        if swaps and interaction.guild_id is None:
-            raise MissingScopePermission(wording.MODEL_SWAP_NOT_IN_DMS)
-        if swaps and not interaction.permissions.manage_guild:
-            raise MissingScopePermission(wording.MODEL_SWAP_PERMISSION)
-        chosen = await app.store.set_model(
-            target, name, actor_id=interaction.user.id, known=app.models.names
-        )
-        note = (f"\nNote: {wording.model_swaps(app.models.default, app.models.swap_cooldown_s)}."
-                if swaps else "")
+        models = bot_of(interaction).app.models
+        change = await settings_of(interaction).set_model(
+            target, name, actor_id=interaction.user.id,
+            manage_server=interaction.permissions.manage_guild)
+        note = (wording.model_swap_note(models.default, models.swap_cooldown_s)
+                if change.swaps else "")
         await interaction.response.send_message(
-            wording.model_chosen(chosen, scope_word(target)) + note, ephemeral=True,
+            wording.model_chosen(change.value, scope_word(target)) + note, ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
 
@@ -91,14 +83,12 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
         return [app_commands.Choice(name=name, value=name)
                 for name in bot_of(interaction).app.models.names if typed in name.lower()][:25]
 
-    @app_commands.command(name="reset", description="Remove the model chosen here.")
-    @app_commands.describe(scope=SCOPE_HELP)
+    @app_commands.command(name="reset", description=wording.COMMANDS["model reset"])
+    @app_commands.describe(**wording.OPTIONS["model reset"])
     async def reset(self, interaction: discord.Interaction, scope: ScopeChoice = "channel") -> None:
         target = scope_for_write(interaction, scope)
-        changed = await bot_of(interaction).app.store.reset_model(
-            target, actor_id=interaction.user.id
-        )
-        msg = wording.model_reset(scope_word(target), changed=changed)
+        change = await settings_of(interaction).reset_model(target, actor_id=interaction.user.id)
+        msg = wording.model_reset(scope_word(target), changed=change.changed)
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 

@@ -18,15 +18,8 @@ from bot.discord.errors import MissingScopePermission
 from cogs._common import NO_MENTIONS, bot_of, location_of
 
 
-def _uptime(seconds: float) -> str:
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m {sec}s"
-
-
 class Status(commands.Cog):
-    @app_commands.command(name="status", description="Model, device, queue and speed.")
+    @app_commands.command(name="status", description=wording.COMMANDS["status"])
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.guild_only()
     async def status(self, interaction: discord.Interaction) -> None:
@@ -42,26 +35,28 @@ class Status(commands.Cog):
         engine = models.loaded(name)
         engines = models.engines()
         rates = list(bot.recent_rates)
-        rate = f"{statistics.median(rates):.1f} tok/s (median of {len(rates)})" if rates else "–"
-        embed = discord.Embed(title="Status")
-        named = f"`{name}`" + (" (default)" if name == models.default else "")
-        embed.add_field(name="Model", value=named if engine is not None
+        rate = wording.recent_speed(statistics.median(rates), len(rates)) if rates else "–"
+        field = wording.STATUS_FIELDS
+        embed = discord.Embed(title=wording.STATUS_TITLE)
+        named = f"`{name}`" + (wording.DEFAULT_MARK if name == models.default else "")
+        embed.add_field(name=field["model"], value=named if engine is not None
                         else wording.not_loaded(name))
         if models.several:  # which models are loaded now (the default first)
-            embed.add_field(name="Loaded models", value=", ".join(
-                f"`{loaded}`" for loaded in engines) or "none")
+            embed.add_field(name=field["loaded"], value=", ".join(
+                f"`{loaded}`" for loaded in engines) or wording.NONE)
         if engine is not None:
-            embed.add_field(name="Device",
+            embed.add_field(name=field["device"],
                             value=f"{engine.info.device} · {engine.info.compute_type}")
-        queue = f"{models.queue_depth()} waiting · {models.active()} active"
-        embed.add_field(name="Queue", value=queue)
-        embed.add_field(name="Uptime", value=_uptime(time.monotonic() - bot.started_at))
-        embed.add_field(name="Recent speed", value=rate)
+        embed.add_field(name=field["queue"],
+                        value=wording.queue_state(models.queue_depth(), models.active()))
+        embed.add_field(name=field["uptime"],
+                        value=wording.uptime(time.monotonic() - bot.started_at))
+        embed.add_field(name=field["speed"], value=rate)
         counts = [f"`{loaded}` {e.tokens_generated:,}" for loaded, e in engines.items()]
-        embed.add_field(name="Tokens generated", value=(
+        embed.add_field(name=field["tokens"], value=(
             " · ".join(counts) if models.several
             else f"{engine.tokens_generated if engine is not None else 0:,}") or "0")
-        embed.add_field(name="Talking without @", value=bot.content_mode.status_line(),
+        embed.add_field(name=field["content"], value=bot.content_mode.status_line(),
                         inline=False)
         await interaction.response.send_message(
             embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS

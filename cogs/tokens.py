@@ -12,6 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import wording
 from bot.engine.streaming import token_pieces
 from bot.hosting.host import swapper_of
 from bot.model.pieces import piece_label, token_bytes
@@ -43,9 +44,8 @@ def render_tokens(pieces: list[str]) -> tuple[str, int]:
 
 
 class Tokens(commands.Cog):
-    @app_commands.command(name="tokens", description="Show how the model splits text into tokens.")
-    @app_commands.describe(text="The text to tokenize",
-                           public="Post it in the channel (default: only you see it)")
+    @app_commands.command(name="tokens", description=wording.COMMANDS["tokens"])
+    @app_commands.describe(**wording.OPTIONS["tokens"])
     async def tokens(
         self, interaction: discord.Interaction, text: app_commands.Range[str, 1, 6000],
         public: bool = False,
@@ -63,11 +63,9 @@ class Tokens(commands.Cog):
         tokenizer = engine.bundle.tokenizer
         pieces = [piece_label(tokenizer, i, t) for i, t in token_pieces(tokenizer, text)]
         block, shown = render_tokens(pieces)
-        more = f" (showing the first {shown})" if shown < len(pieces) else ""
-        noun = "token" if len(pieces) == 1 else "tokens"
-        which = f" · model `{name}`" if models.several else ""
-        content = (f"**{len(pieces)} {noun}**{more} · context window "
-                   f"{engine.info.context_length} tokens{which}\n```ansi\n{block}\n```")
+        head = wording.tokens_head(len(pieces), shown, engine.info.context_length,
+                                   name if models.several else None)
+        content = f"{head}\n```ansi\n{block}\n```"
         if deferred:
             await interaction.followup.send(content, ephemeral=not public,
                                             allowed_mentions=NO_MENTIONS)

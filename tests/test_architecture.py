@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,80 @@ def test_the_benches_run_as_python_m_bench_and_bot_bench_hands_them_its_flags(
         "error: the benchmarks live in the source checkout: run `python -m bench ...` "
         "from its root."
     ]
+
+
+# ------------------------------------------------------------- the front-ends call the core
+
+FRONT_ENDS = ("cogs", "bot/discord", "bot/console")
+#: The App's stores: what a front-end reaches through `Chat` and `ScopeSettings` instead.
+STORES = frozenset({"store", "ask_log", "turns", "swipes", "personas", "write_limiter"})
+
+
+def _store_uses(path: Path) -> list[int]:
+    """Lines taking a store from an App: `app.store`, `self.app.personas`…"""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr in STORES:
+            base = node.value
+            named = base.id if isinstance(base, ast.Name) else getattr(base, "attr", None)
+            if named == "app":
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_cogs_the_discord_layer_and_the_console_reach_no_store() -> None:
+    files = [p for folder in FRONT_ENDS for p in sorted((ROOT / folder).rglob("*.py"))]
+    assert len(files) > 20  # the folders really were read
+    uses = [f"{p.relative_to(ROOT)}:{line}" for p in files for line in _store_uses(p)]
+    assert not uses, uses
+
+
+def test_the_store_check_sees_a_store_taken_from_an_app(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("async def f(bot, app, view):\n"
+                     "    await bot.app.store.set_knobs()\n"
+                     "    s = app.personas\n"
+                     "    n = view.turns\n"
+                     "    m = app.scope_settings\n", encoding="utf-8")
+    assert _store_uses(probe) == [2, 3]
+
+
+# ------------------------------------------------------------ every sentence in bot.wording
+
+#: Two words in a row: a sentence, a label or a phrase a member reads.
+_WORDS = re.compile(r"[A-Za-z']+[,;:]? +[A-Za-z']+")
+
+
+def _inline_sentences(path: Path) -> list[int]:
+    """Lines with a string literal of two or more words; docstrings and table keys
+    (``wording.COMMANDS["knobs set"]``) left aside."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)):
+            skip.add(id(body[0].value))
+        if isinstance(node, ast.Subscript):
+            skip.add(id(node.slice))
+    return sorted(node.lineno for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and id(node) not in skip and _WORDS.search(node.value))
+
+
+def test_cogs_and_the_console_hold_no_sentence_of_their_own() -> None:
+    files = [p for folder in ("cogs", "bot/console") for p in sorted((ROOT / folder).rglob("*.py"))]
+    assert len(files) > 10
+    inline = [f"{p.relative_to(ROOT)}:{line}" for p in files for line in _inline_sentences(p)]
+    assert not inline, inline
+
+
+def test_the_sentence_check_finds_a_sentence_in_code(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text('"""A docstring is not a sentence a member reads."""\n'
+                     'X = {"knobs set": "Change the knobs"}\n'
+                     'y = X["knobs set"]\n'
+                     'ID = "llm:persona:{choice}"\n'
+                     'msg = f"Set {y} for this channel."\n', encoding="utf-8")
+    assert _inline_sentences(probe) == [2, 2, 5]

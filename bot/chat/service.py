@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
-from bot.chat.characters import CharacterCard
 from bot.chat.files import TextFile, attach
 from bot.chat.history import Fitted, check_continuable, fit_history, history_of, speaker_text
 from bot.chat.request import Cap, cap_of, make_request, persona, within_cap
@@ -34,11 +33,10 @@ from bot.config import Settings
 from bot.engine import Engine, FinishReason, GenerationRequest, GenerationResult, PreparedPrompt
 from bot.errors import UserFacingError
 from bot.hosting.host import ModelHost, OnWait, swapper_of
-from bot.knobs import KNOB_NAMES, Knobs
+from bot.knobs import Knobs
 from bot.model.bundle import read_generation_defaults
 from bot.store.ask_log import AskLog, AskRecord
-from bot.store.personas import MAX_NAME_CHARS, PersonaStore, SavedPersona, name_key
-from bot.store.scopes import Effective, Location, Scope, with_model_defaults
+from bot.store.scopes import Effective, Location, with_model_defaults
 from bot.store.store import SettingsStore
 from bot.store.swipes import Answer, Swipes, SwipeStore
 from bot.store.turns import NewExchange, StoredTurn, TurnStore
@@ -65,11 +63,9 @@ class Chat:
     """Conversations over the settings, turns, versions and ask log of one database."""
 
     def __init__(self, settings: Settings, store: SettingsStore, turns: TurnStore,
-                 swipes: SwipeStore, ask_log: AskLog, models: ModelHost,
-                 personas: PersonaStore) -> None:
+                 swipes: SwipeStore, ask_log: AskLog, models: ModelHost) -> None:
         self.settings = settings
         self.store = store
-        self.personas = personas
         self.turns = turns
         self.swipes = swipes
         self.ask_log = ask_log
@@ -187,6 +183,17 @@ class Chat:
         """
         turn = await self.prepare(ask)
         return usage_of(turn.prepared, turn.engine.info.context_length, turn.dropped_turns)
+
+    async def usage_here(self, ask: TurnAsk) -> ContextUsage | None:
+        """`usage` of the conversation at `ask.place`; None where there is none yet, or
+        where it cannot be measured now (a private chain, a model that cannot load):
+        `/settings` then shows the window of the model answering instead."""
+        if ask.place is None or await self.turns.head(ask.place) is None:
+            return None
+        try:
+            return await self.usage(ask)
+        except UserFacingError:
+            return None
 
     async def record(
         self, turn: PreparedTurn, result: GenerationResult | None, *, ask_id: int | None = None,
@@ -350,7 +357,7 @@ class Chat:
         """◀ (−1) or ▶ (+1) from the version `answer_id`'s message shows."""
         return await self.swipes.step(answer_id, delta, user_id=user_id)
 
-    # --- personas: character cards and saved ones -------------------------------------
+    # --- greetings ----------------------------------------------------------------------
 
     async def record_greeting(
         self, greetings: Sequence[str], location: Location, *, ask_id: int | None,
@@ -368,60 +375,3 @@ class Chat:
             greetings, author_id=owner_id or 0, ask_id=ask_id, guild_id=location.guild_id,
             channel_id=location.channel_id, private=owner_id is not None,
             message_ids=message_ids, head=place)
-
-
-    async def import_card(self, scope: Scope, card: CharacterCard, *, guild_id: int | None,
-                          actor_id: int) -> tuple[str | None, str | None]:
-        """The card's persona at `scope`, and on a server saved by its name.
-
-        Returns the name it was saved under, or why it was not (the persona is set
-        either way); None for both in DMs, where named personas do not exist.
-        """
-        await self.store.set_system_prompt(scope, card.persona, actor_id=actor_id)
-        if guild_id is None:
-            return None, None
-        name = await self._free_name(guild_id, card.name)
-        try:
-            await self.personas.save(guild_id, name, card.persona, actor_id=actor_id,
-                                     greeting=card.greeting)
-        except UserFacingError as exc:
-            return None, exc.message
-        return name, None
-
-    async def _free_name(self, guild_id: int, name: str) -> str:
-        """`name`, or "name (2)", "name (3)"… when a saved persona already has it: an import
-        never replaces a saved persona without a word."""
-        base = name[:MAX_NAME_CHARS]
-        taken = {name_key(p.name) for p in await self.personas.saved(guild_id)}
-        candidate, n = base, 1
-        while name_key(candidate) in taken:
-            n += 1
-            suffix = f" ({n})"
-            candidate = base[: MAX_NAME_CHARS - len(suffix)] + suffix
-        return candidate
-
-    async def save_persona(self, location: Location, guild_id: int, name: str, *,
-                           actor_id: int, with_knobs: bool) -> tuple[SavedPersona, bool]:
-        """Save the persona in force at `location` (with its own scope's knobs); whether
-        it replaced one of that name."""
-        text, _ = persona(await self.resolve(location), self.settings.system_prompt)
-        if not text:
-            raise UserFacingError("There is no persona here to save; set one first.")
-        bundle = None
-        if with_knobs:
-            own = await self.store.scope_overrides(location.own_scope())
-            bundle = {k: v for k, v in own.items() if k in KNOB_NAMES}
-        return await self.personas.save(guild_id, name, text, actor_id=actor_id, knobs=bundle)
-
-    async def load_persona(self, scope: Scope, guild_id: int, name: str, *,
-                           actor_id: int) -> tuple[SavedPersona, list[str]]:
-        """Use a saved persona (and its knobs) at `scope`; the notes setting its knobs made."""
-        saved = await self.personas.load(guild_id, name)
-        await self.store.set_system_prompt(scope, saved.system_prompt, actor_id=actor_id)
-        notes: list[str] = []
-        if saved.knobs:
-            notes = await self.store.set_knobs(scope, saved.knobs, actor_id=actor_id)
-        return saved, notes
-
-    async def saved_personas(self, guild_id: int) -> list[SavedPersona]:
-        return await self.personas.saved(guild_id)

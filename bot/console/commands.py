@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot import wording
 from bot.app import App
 from bot.chat.characters import load_card_file
 from bot.chat.reasoning import ReasoningFilter
@@ -52,35 +53,7 @@ CONSOLE_GUILD_ID = 1
 CONSOLE_CHANNEL_ID = 2
 CONSOLE_USER_ID = 3
 
-HELP = """\
-Commands (a line without a slash is an /ask; each ask continues the conversation):
-  /ask <prompt>                 stream a reply
-  /new                          start a new conversation
-  /history                      the turns the next ask sends, with token counts
-  /system show                  the persona in effect here
-  /system set <text> [--server] set the persona for this channel (or the server)
-  /system reset [--server]      remove it
-  /system import FILE [--server] [--greeting]  a persona from a character card
-  /system save NAME [--knobs]   save the persona in effect by name (with this channel's knobs)
-  /system load NAME [--server]  use a saved persona; /system list shows them
-  /system reasoning on|off|inherit [--server]  split <think> reasoning from the answer
-  /swipe [prev|next]            browse the versions of the last answer (/regen makes one)
-  /regen                        another version of the last answer
-  /continue                     carry on the last answer when it stopped at its budget
-  /knobs show                   every sampling setting and where it comes from
-  /knobs set k=v ... [--server] e.g. /knobs set temperature=0.9 top_k=40 stop="\\n\\n"
-  /knobs reset [knob ...] [--server]
-  /knobs preset precise|balanced|creative [--server]
-  /tokens <text>                how the model's tokenizer splits text
-  /model [list]                 the models served, the one in effect here
-  /model set <name> [--server]  choose the model answering here (or in the server)
-  /model reset [--server]       remove that choice
-  /compare <prompt> [| knobs | knobs ...]   one prompt under 2-4 settings (knob strings
-                                or presets; none: these settings vs a contrasting temperature)
-  /probs <prompt> [| knobs]     the next-token candidates, raw and after the knobs
-  /try <knob>                   your last prompt: the knob's value here vs a contrasting one
-  /help, /quit                  (Ctrl-C stops a reply; at the prompt, Ctrl-C, Ctrl-D
-                                or /quit leaves)"""
+HELP = wording.CONSOLE_HELP
 
 
 async def stream_reply(
@@ -97,14 +70,14 @@ async def stream_reply(
     thinking_said = False
     async for event in gen.events():
         if isinstance(event, Queued) and event.ahead and show_queue:
-            write(f"(queued, {event.ahead} ahead)\n")
+            write(wording.console_queued(event.ahead) + "\n")
         elif isinstance(event, TextDelta):
             if text_filter is None:
                 write(event.text)
                 continue
             shown, thinking = text_filter.feed(event.text)
             if thinking and not thinking_said:
-                write("(thinking…)\n")
+                write(wording.CONSOLE_THINKING + "\n")
                 thinking_said = True
             if shown:
                 write(shown)
@@ -160,13 +133,13 @@ class Console:
             if cmd == "/help":
                 self.write(HELP + "\n")
                 # What each knob does, from the lab's one table.
-                self.write("\nWhat the knobs do:\n" + "\n".join(
+                self.write(wording.CONSOLE_KNOBS_HELP + "\n".join(
                     "  " + line for line in help_lines()) + "\n")
             elif cmd == "/ask":
                 await self.ask(rest)
             elif cmd == "/new":
                 await self.app.chat.set_head(self.place, None)
-                self.write("Started a new conversation.\n")
+                self.write(wording.CONSOLE_NEW + "\n")
             elif cmd == "/history":
                 await self.history()
             elif cmd == "/system":
@@ -182,14 +155,14 @@ class Console:
             elif cmd in ("/compare", "/probs", "/try"):  # the knobs lab
                 await self.lab(cmd, rest)
             else:
-                self.write(f"Unknown command {cmd}. Type /help.\n")
+                self.write(wording.console_unknown(cmd) + "\n")
         except UserFacingError as exc:
-            self.write(f"error: {exc.message}\n")
+            self.write(wording.console_error(exc.message) + "\n")
         return True
 
     async def ask(self, prompt: str) -> None:
         if not prompt.strip():
-            raise UserFacingError("Ask something: /ask <prompt>.")
+            raise UserFacingError(wording.CONSOLE_ASK_USAGE)
         self.last_prompt = prompt
         chat = self.app.chat
         turn = await chat.prepare(TurnAsk(
@@ -211,7 +184,7 @@ class Console:
         finally:
             self.current = None
         if result.error:
-            self.write(f"\nerror: {result.error}")
+            self.write("\n" + wording.console_error(result.error))
         self.write(f"\n[{footer(result, turn.dropped_turns, turn.footer_model, operator=True)}]\n")
         return result
 
@@ -221,7 +194,7 @@ class Console:
         head = await self.app.chat.head(self.place)
         found = await self.app.chat.answer(head) if head is not None else None
         if found is None:
-            raise UserFacingError("No answer yet: ask something first.")
+            raise UserFacingError(wording.CONSOLE_NO_ANSWER)
         return found
 
     async def continue_(self, rest: str) -> None:
@@ -241,10 +214,9 @@ class Console:
         last = await self._last_answer()
         question = await chat.get(last.turn.parent_id) if last.turn.parent_id else None
         if question is None:
-            raise UserFacingError("I no longer have the question of the last answer.")
+            raise UserFacingError(wording.CONSOLE_QUESTION_GONE)
         if question.opening:
-            raise UserFacingError("A greeting has no question to ask again; /swipe shows "
-                                  "its other versions.")
+            raise UserFacingError(wording.CONSOLE_GREETING_NO_QUESTION)
         turn = await chat.prepare(TurnAsk(
             location=self.location, prompt=question.text, author_id=CONSOLE_USER_ID,
             author_name="you", parent_id=question.parent_id, explicit=True,
@@ -257,7 +229,7 @@ class Console:
                 reasoning=text_filter.reasoning if text_filter is not None else "")
             assert swipes is not None
             await chat.set_head(self.place, swipes.current.turn.id)
-            self.write(f"[version {swipes.label()}; /swipe prev|next browses them]\n")
+            self.write(wording.console_version(swipes.label(), hint=True) + "\n")
 
     async def greet(self, greetings: Sequence[str]) -> None:
         """A card's greeting as the conversation's first answer here (its alternate
@@ -267,18 +239,18 @@ class Console:
                                                      place=self.place)
         self.write(swipes.current.turn.text + "\n")
         if len(swipes.answers) > 1:
-            self.write(f"[version {swipes.label()}; /swipe prev|next browses them]\n")
+            self.write(wording.console_version(swipes.label(), hint=True) + "\n")
 
     async def swipe(self, rest: str) -> None:
         """Show the previous or next version of the last answer; later asks continue it."""
         way = rest.strip() or "next"
         if way not in ("prev", "next"):
-            raise UserFacingError("Use /swipe prev or /swipe next.")
+            raise UserFacingError(wording.CONSOLE_SWIPE_USAGE)
         last = await self._last_answer()
         swipes = await self.app.chat.step(last.turn.id, -1 if way == "prev" else 1,
                                           user_id=CONSOLE_USER_ID)
         await self.app.chat.set_head(self.place, swipes.current.turn.id)
-        self.write(f"[version {swipes.label()}]\n{swipes.current.turn.text}\n")
+        self.write(f"{wording.console_version(swipes.label())}\n{swipes.current.turn.text}\n")
 
     async def history(self) -> None:
         """The turns the next ask sends, each with its token count; left-out ones marked.
@@ -288,23 +260,21 @@ class Console:
         chat = self.app.chat
         chain = await chat.conversation_here(self.place, None, CONSOLE_USER_ID)
         if not chain:
-            self.write("No conversation yet: the next line starts one.\n")
+            self.write(wording.CONSOLE_NO_CONVERSATION + "\n")
             return
         view = await chat.view(self.location, chain, CONSOLE_USER_ID)
-        self.write(
-            f"{len(view.turns)} turns; the next ask sends {len(view.turns) - view.left_out} "
-            f"(context window {view.context_length} tokens, {view.reply_tokens} kept for "
-            "the reply):\n"
-        )
+        self.write(wording.console_history_head(
+            len(view.turns), len(view.turns) - view.left_out, view.context_length,
+            view.reply_tokens) + "\n")
         for line in view.turns:
             who = "you" if line.role == "user" else "bot"
-            mark = "  [left out]" if line.left_out else ""
-            self.write(f"  {who:<3} {line.tokens:>5} tokens  {line.preview(60)}{mark}\n")
+            self.write(wording.console_history_line(who, line.tokens, line.preview(60),
+                                                    left_out=line.left_out) + "\n")
         # The window's use, from the real tokenizer (the next question a stand-in).
         usage = await self.app.chat.usage(TurnAsk(
             location=self.location, prompt="?", author_id=CONSOLE_USER_ID,
             author_name="you", place=self.place))
-        self.write(f"This conversation {usage.usage_text()}.\n")
+        self.write(wording.console_usage(usage.usage_text()) + "\n")
 
     def interrupt(self) -> bool:
         """Ctrl-C: stop the reply being written (or every variant of a /compare), if any."""
@@ -324,17 +294,17 @@ class Console:
         if cmd == "/try":
             name = rest.strip()
             if name not in KNOB_NAMES or name == "stop":
-                names = ", ".join(n for n in KNOB_NAMES if n != "stop")
-                raise UserFacingError(f"/try takes a knob: {names}.")
+                raise UserFacingError(wording.console_try_takes(
+                    [n for n in KNOB_NAMES if n != "stop"]))
             if self.last_prompt is None:
-                raise UserFacingError("Ask something first: /try reruns your last prompt.")
+                raise UserFacingError(wording.CONSOLE_TRY_FIRST)
             prompt, texts = self.last_prompt, []
         else:
             prompt, *texts = [part.strip() for part in rest.split(" | ")]
         if not prompt:
-            raise UserFacingError(f"Usage: {cmd} <prompt> [| knobs ...]")
+            raise UserFacingError(wording.console_lab_usage(cmd))
         if cmd == "/probs" and len(texts) > 1:
-            raise UserFacingError("/probs takes one set of knobs: /probs <prompt> | top_k=5")
+            raise UserFacingError(wording.CONSOLE_PROBS_ONE_SET)
         turn = await self.app.chat.prepare(TurnAsk(
             location=self.location, prompt=prompt, author_id=CONSOLE_USER_ID,
             author_name="you", explicit=True,
@@ -342,7 +312,7 @@ class Console:
             else {},
         ))
         if cmd == "/probs":
-            self.write(f"(model {turn.model.name})\n"
+            self.write(wording.console_model_of(turn.model.name) + "\n"
                        + format_table(await probs_step(turn.engine, turn.request)) + "\n")
             return
         variants = (knob_variants(name, turn.request.knobs) if cmd == "/try"
@@ -350,9 +320,8 @@ class Console:
         comparison = start_compare(turn.engine, turn.request, variants)
         self.comparing = comparison
         try:
-            self.write(f"(comparing {len(variants)} settings on model {turn.model.name}, seed "
-                       f"{comparison.seed}: the same for each; CTranslate2 has no per-call "
-                       "seed)\n")
+            self.write(wording.console_comparing(len(variants), turn.model.name, comparison.seed)
+                       + "\n")
             for r in await comparison.results():
                 self.write(f"=== {r.label} ===\n{r.text}\n[{footer(r.result, operator=True)}]\n")
         finally:
@@ -365,66 +334,59 @@ class Console:
         if sub in ("", "show"):
             eff = await self.app.resolve(self.location)
             text_in_force, src = persona(eff, self.app.settings.system_prompt)
-            if src == "default":
-                shown = text_in_force or "(none: the model's own default applies)"
-                self.write(f"System prompt (default): {shown}\n")
-            else:
-                self.write(f"System prompt (from {src}):\n{text_in_force}\n")
+            self.write(wording.console_system_prompt(text_in_force, src) + "\n")
         elif sub == "set":
             if not text.strip():
-                raise UserFacingError("Give the text: /system set <text>.")
-            await self.app.store.set_system_prompt(scope, text.strip(), actor_id=CONSOLE_USER_ID)
-            self.write(f"System prompt set for this {_scope_word(server)}.\n")
+                raise UserFacingError(wording.CONSOLE_SYSTEM_SET_USAGE)
+            await self.app.scope_settings.set_persona(scope, text.strip(),
+                                                      actor_id=CONSOLE_USER_ID)
+            self.write(wording.console_system_set(_scope_word(server)) + "\n")
         elif sub == "reset":
-            changed = await self.app.store.reset_system_prompt(scope, actor_id=CONSOLE_USER_ID)
-            self.write(
-                f"System prompt reset for this {_scope_word(server)}.\n" if changed
-                else f"This {_scope_word(server)} had no system prompt of its own.\n"
-            )
+            change = await self.app.scope_settings.reset_persona(scope, actor_id=CONSOLE_USER_ID)
+            self.write(wording.console_system_reset(_scope_word(server), changed=change.changed)
+                       + "\n")
         elif sub in ("import", "save", "load", "list", "reasoning"):
             await self.system_more(sub, text.strip(), scope, server)
         else:
-            raise UserFacingError("Use /system show, /system set <text> or /system reset.")
+            raise UserFacingError(wording.CONSOLE_SYSTEM_USAGE)
 
     async def system_more(self, sub: str, arg: str, scope: Scope, server: bool) -> None:
         """/system import FILE, save NAME, load NAME, list, reasoning on|off."""
-        app = self.app
+        settings = self.app.scope_settings
         where = f"this {_scope_word(server)}"
         if sub == "import":
             arg, greeting = _flag(arg, "--greeting")
             if not arg:
-                raise UserFacingError("Give the card's file: /system import FILE.")
+                raise UserFacingError(wording.CONSOLE_CARD_USAGE)
             path = arg
             card = await asyncio.to_thread(lambda: load_card_file(Path(path).expanduser()))
-            saved_as, not_saved = await app.chat.import_card(
-                scope, card, guild_id=CONSOLE_GUILD_ID, actor_id=CONSOLE_USER_ID)
-            kept = f"saved as {saved_as!r}" if saved_as else f"not saved by name: {not_saved}"
-            self.write(f"Imported {card.name} as the persona for {where} ({kept}).\n")
+            done = await settings.import_card(scope, card, guild_id=CONSOLE_GUILD_ID,
+                                              actor_id=CONSOLE_USER_ID)
+            self.write(wording.console_card_imported(card.name, where, done.saved_as,
+                                                     done.not_saved) + "\n")
             if (notice := card.notice()) is not None:
                 self.write(notice + "\n")
             if greeting and card.greetings:
                 await self.greet(card.greetings)
         elif sub == "save":
             arg, with_knobs = _flag(arg, "--knobs")
-            saved, replaced = await app.chat.save_persona(
+            saved, replaced = await settings.save_persona(
                 self.location, CONSOLE_GUILD_ID, arg, actor_id=CONSOLE_USER_ID,
                 with_knobs=with_knobs)
-            self.write(f"{'Replaced' if replaced else 'Saved'} the persona {saved.name!r}.\n")
+            self.write(wording.console_persona_named(saved.name, replaced=replaced) + "\n")
         elif sub == "load":
-            saved, _ = await app.chat.load_persona(scope, CONSOLE_GUILD_ID, arg,
+            saved, _ = await settings.load_persona(scope, CONSOLE_GUILD_ID, arg,
                                                    actor_id=CONSOLE_USER_ID)
-            self.write(f"Loaded {saved.name!r} for {where}.\n")
+            self.write(wording.console_persona_loaded(saved.name, where) + "\n")
         elif sub == "list":
-            names = [p.name for p in await app.chat.saved_personas(CONSOLE_GUILD_ID)]
-            self.write(("Saved personas: " + ", ".join(names)) if names
-                       else "No saved personas yet.")
-            self.write("\n")
+            names = [p.name for p in await settings.saved_personas(CONSOLE_GUILD_ID)]
+            self.write(wording.console_saved_personas(names) + "\n")
         else:
             modes = {"on": True, "off": False, "inherit": None}
             if arg not in modes:
-                raise UserFacingError("Use /system reasoning on, off or inherit.")
-            await app.store.set_reasoning(scope, modes[arg], actor_id=CONSOLE_USER_ID)
-            self.write(f"Reasoning is {arg} for {where}.\n")
+                raise UserFacingError(wording.CONSOLE_REASONING_USAGE)
+            await settings.set_reasoning(scope, modes[arg], actor_id=CONSOLE_USER_ID)
+            self.write(wording.reasoning_is(arg, where) + "\n")
 
     async def knobs(self, rest: str) -> None:
         words, server = _flag(rest, "--server")
@@ -438,25 +400,24 @@ class Console:
                 self.write(f"  {name:<19} {display_knob(name, value):<12} ({src})\n")
         elif sub == "set":
             values = _parse_assignments(args)
-            await self.app.store.set_knobs(scope, values, actor_id=CONSOLE_USER_ID)
-            shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in values.items())
-            self.write(f"Set {shown} for this {_scope_word(server)}.\n")
+            await self.app.scope_settings.set_knobs(scope, values, actor_id=CONSOLE_USER_ID)
+            shown = {k: format_knob(k, v) for k, v in values.items()}
+            self.write(wording.console_knobs_set(shown, _scope_word(server)) + "\n")
         elif sub == "reset":
             names = args.split() or None
-            reset = await self.app.store.reset_knobs(scope, names, actor_id=CONSOLE_USER_ID)
-            self.write(
-                f"Reset {', '.join(reset)} for this {_scope_word(server)}.\n" if reset
-                else "Nothing to reset.\n"
-            )
+            reset = (await self.app.scope_settings.reset_knobs(
+                scope, names, actor_id=CONSOLE_USER_ID)).names
+            self.write(wording.console_knobs_reset(reset, _scope_word(server)) + "\n")
         elif sub == "preset":
             name = args.strip()
             if name not in PRESETS:
-                raise UserFacingError(f"Presets: {', '.join(PRESETS)}.")
+                raise UserFacingError(wording.console_presets(list(PRESETS)))
             build_knobs(PRESETS[name])
-            await self.app.store.set_knobs(scope, dict(PRESETS[name]), actor_id=CONSOLE_USER_ID)
-            self.write(f"Applied the {name} preset to this {_scope_word(server)}.\n")
+            await self.app.scope_settings.set_knobs(scope, dict(PRESETS[name]),
+                                                    actor_id=CONSOLE_USER_ID)
+            self.write(wording.console_preset_applied(name, _scope_word(server)) + "\n")
         else:
-            raise UserFacingError("Use /knobs show, /knobs set k=v, /knobs reset or /knobs preset.")
+            raise UserFacingError(wording.CONSOLE_KNOBS_USAGE)
 
     async def engine_here(self) -> Engine:
         """The engine of the model in effect here, loaded first if needed."""
@@ -468,11 +429,7 @@ class Console:
         engine = await self.engine_here()
         pieces = token_pieces(engine.bundle.tokenizer, text)
         shown = "|".join(p for _, p in pieces)
-        self.write(
-            f"{len(pieces)} token{'' if len(pieces) == 1 else 's'} "
-            f"(context window {engine.info.context_length}):\n"
-            f"{shown}\n"
-        )
+        self.write(wording.console_tokens(len(pieces), engine.info.context_length, shown) + "\n")
 
     async def model(self, rest: str) -> None:
         """/model list|set|reset, as on Discord, on the console's scopes."""
@@ -482,26 +439,26 @@ class Console:
         app = self.app
         if sub in ("", "list"):
             in_use: dict[str, list[str]] = {}
-            for chosen, where in await app.store.model_choices(CONSOLE_GUILD_ID):
-                in_use.setdefault(chosen, []).append(f"the {where.kind.value}")
+            for chosen, where in await app.scope_settings.model_choices(CONSOLE_GUILD_ID):
+                in_use.setdefault(chosen, []).append(wording.console_model_use(where.kind.value))
             for line in model_lines(app.models, in_use):
                 self.write(f"  {line}\n")
             choice = app.models.choice(await app.resolve(self.location))
-            self.write(f"Here: {choice.describe()}\n")
+            self.write(wording.console_model_here(choice.describe()) + "\n")
         elif sub == "set":
             if not name.strip():
-                raise UserFacingError("Give the model: /model set <name> (see /model list).")
-            chosen = await app.store.set_model(scope, name.strip(), actor_id=CONSOLE_USER_ID,
-                                               known=app.models.names)
-            self.write(f"`{chosen}` now answers in this {_scope_word(server)}.\n")
+                raise UserFacingError(wording.CONSOLE_MODEL_SET_USAGE)
+            # The console's user is the operator: a model that unloads others is theirs to pick.
+            change = await app.scope_settings.set_model(scope, name.strip(),
+                                                        actor_id=CONSOLE_USER_ID,
+                                                        manage_server=True)
+            self.write(wording.console_model_chosen(change.value, _scope_word(server)) + "\n")
         elif sub == "reset":
-            changed = await app.store.reset_model(scope, actor_id=CONSOLE_USER_ID)
-            self.write(
-                f"Model choice removed for this {_scope_word(server)}.\n" if changed
-                else f"This {_scope_word(server)} had no model of its own.\n"
-            )
+            reset = await app.scope_settings.reset_model(scope, actor_id=CONSOLE_USER_ID)
+            self.write(wording.console_model_reset(_scope_word(server), changed=reset.changed)
+                       + "\n")
         else:
-            raise UserFacingError("Use /model list, /model set <name> or /model reset.")
+            raise UserFacingError(wording.CONSOLE_MODEL_USAGE)
 
 
 def _scope_word(server: bool) -> str:
@@ -517,7 +474,7 @@ def _flag(text: str, flag: str) -> tuple[str, bool]:
 def _parse_assignments(text: str) -> dict[str, Any]:
     """`/knobs set`'s arguments: the one knob-line parser, with the console's own hint."""
     if not text.strip():
-        raise UserFacingError("Give knob=value pairs, e.g. /knobs set temperature=0.9.")
+        raise UserFacingError(wording.CONSOLE_KNOB_PAIRS_USAGE)
     return parse_assignments(text)
 
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bot import wording
 from bot.app import model_dir_for
 from bot.chat.files import TextFile, attach, read_paths
 from bot.chat.request import persona
@@ -105,20 +106,17 @@ def format_prompt_report(report: dict[str, Any]) -> list[str]:
     """The report for people: the text, one line per token, then the totals."""
     persona_line = (
         f"persona ({report['system_prompt_source']}): {report['system_prompt']!r}"
-        if report["system_prompt"] else "persona: the template's own default"
+        if report["system_prompt"] else wording.PROMPT_TEMPLATE_PERSONA
     )
     lines = [
         f"model {report['model']} · template {report['template']} · {persona_line}",
-        "--- rendered prompt ---",
+        wording.PROMPT_RENDERED,
         report["text"],
-        "--- tokens (id, text; * = control token) ---",
+        wording.PROMPT_TOKENS,
     ]
     for token in report["tokens"]:
         mark = "*" if token["special"] else " "
         lines.append(f"{token['id']:>8} {mark} {json.dumps(token['text'], ensure_ascii=False)}")
-    lines.append(
-        f"--- {report['prompt_tokens']} prompt tokens ({report['special_tokens']} control) "
-        f"of a {report['context_window']}-token context window; "
-        f"room for {report['max_new_tokens']} new tokens ---"
-    )
+    lines.append(wording.prompt_totals(report["prompt_tokens"], report["special_tokens"],
+                                       report["context_window"], report["max_new_tokens"]))
     return lines

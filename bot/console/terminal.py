@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from bot import wording
 from bot.app import App, open_app
 from bot.config import Settings
 from bot.console.commands import Console
@@ -148,7 +149,7 @@ async def console_loop(app: App, interactive: bool) -> None:
             if line is None:
                 break
             if isinstance(line, _Unreadable):
-                console.write("error: that line is not valid UTF-8; nothing was run.\n")
+                console.write(wording.CONSOLE_NOT_UTF8 + "\n")
                 continue
             if not interactive and line.strip():
                 console.write(f"you> {line.strip()}\n")
@@ -163,20 +164,15 @@ async def console_loop(app: App, interactive: bool) -> None:
 async def run_console(settings: Settings) -> int:
     interactive = sys.stdin.isatty()
     if settings.model_dir is None:
-        print("Preparing the model… (first start converts the embedded model, about 10 s)",
-              file=sys.stderr, flush=True)
+        print(wording.CONSOLE_PREPARING, file=sys.stderr, flush=True)
     restore_terminal = _save_terminal() if interactive else (lambda: None)
     save_history = _setup_history() if interactive else (lambda: None)
     async with open_app(settings, progress=lambda s: print(s, file=sys.stderr, flush=True)) as app:
         info = app.engine.info
-        print(
-            f"{info.model_name} on {info.device} ({info.compute_type}). Local console: no "
-            "Discord token is configured (set DISCORD_TOKEN in .env to run the bot).\n"
-            "Type /help for commands; a plain line asks the model.",
-            flush=True,
-        )
+        print(wording.console_banner(info.model_name, info.device, info.compute_type),
+              flush=True)
         if app.models.several:
-            print(f"Models: {', '.join(app.models.names)} (/model list).", flush=True)
+            print(wording.console_models(app.models.names), flush=True)
         try:
             await console_loop(app, interactive)
         finally:

@@ -2,7 +2,8 @@
 
 Order of handling (mirrors the slash-command error flow):
 1. `UserFacingError` (and its kinds: bad knobs, queue full, prompt too long):
-   its message, as written for the user.
+   its message, as written for the user; a settings-write refusal names the
+   moment to retry as a Discord timestamp.
 2. Permission check failures: which permission is missing, and where.
 3. Discord's own transformer/range failures: the option and what was expected.
 4. Anything else is a bug: a generic apology to the user, the traceback to the log.
@@ -13,12 +14,14 @@ answered, it goes out as a follow-up instead of a second response.
 from __future__ import annotations
 
 import logging
+import time
 
 import discord
 from discord import app_commands
 
 from bot import wording
 from bot.errors import UserFacingError
+from bot.limits import TooManyWrites
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ def message_for(error: BaseException) -> str:
     original = getattr(error, "original", None)
     if isinstance(error, app_commands.CommandInvokeError) and original is not None:
         error = original
+    if isinstance(error, TooManyWrites):
+        # A Discord timestamp: every member's client shows it in their time zone, counting down.
+        return wording.settings_too_fast(int(time.time()) + error.retry_in_s)
     if isinstance(error, UserFacingError):
         return error.message
     if isinstance(error, MissingScopePermission):

@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bot.chat.history import fit_history
+from bot.chat.service import PROBE
+from bot.chat.turns import TurnAsk
 from bot.chat.usage import ContextUsage, usage_of
 from bot.engine import Engine, GenerationRequest, Turn
 from bot.knobs import Knobs
+from bot.store.scopes import Location, Scope
+from testing.apps import core_app
+from testing.stories import ADA, exchange
 
 
 def test_wording_with_thousands_separators() -> None:
@@ -63,3 +69,21 @@ def test_the_conversation_core_modules_import_no_front_end() -> None:
     loaded = set(json.loads(out.stdout))
     assert "bot" in loaded
     assert not loaded & {"discord", "cogs", "bench", "testing", "aiohttp", "ctranslate2"}
+
+
+async def test_usage_here_is_the_conversations_own_or_none(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`/settings` shows a conversation's use of the window only where there is one."""
+    async with core_app(tiny_model_dir, tmp_path, script="an answer") as app:
+        ask = TurnAsk(location=Location(guild_id=1, channel_id=2, user_id=ADA), prompt=PROBE,
+                      author_id=ADA, author_name="Ada", place="thread:9", shared=True)
+        assert await app.chat.usage_here(replace(ask, place=None)) is None
+        assert await app.chat.usage_here(ask) is None  # nothing said in that thread yet
+        await app.store.set_knobs(Scope.server(1), {"max_new_tokens": 32}, actor_id=1)
+        await app.turns.add_exchange(exchange(None, "a question " * 10, "an answer",
+                                              head="thread:9"))
+        usage = await app.chat.usage_here(ask)
+        assert usage is not None and usage == await app.chat.usage(ask)
+        alone = await app.chat.usage(replace(ask, place="thread:10"))  # the probe, no history
+        assert usage.dropped_turns == 0 and usage.prompt_tokens > alone.prompt_tokens + 10
