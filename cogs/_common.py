@@ -92,7 +92,7 @@ def bot_of(interaction: discord.Interaction) -> LlamaBot:
     return interaction.client  # type: ignore[return-value]
 
 
-def take_write_slot(interaction: discord.Interaction) -> None:
+async def take_write_slot(interaction: discord.Interaction) -> None:
     """Refuse a settings change when this member has none left (`BOT_SETTINGS_WRITE_LIMIT`).
 
     Only checks: `count_write` counts, once the change is known to change something.
@@ -100,20 +100,20 @@ def take_write_slot(interaction: discord.Interaction) -> None:
     member's client shows in their own time zone and counts down.
     """
     try:
-        bot_of(interaction).app.write_limiter.check(interaction.user.id)
+        await bot_of(interaction).app.write_limiter.check(interaction.user.id)
     except TooManyWrites as exc:
         raise UserFacingError(
             wording.settings_too_fast(int(time.time()) + exc.retry_in_s)
         ) from None
 
 
-def count_write(interaction: discord.Interaction, changed: bool = True) -> None:
+async def count_write(interaction: discord.Interaction, changed: bool = True) -> None:
     """Count a settings change that changed something."""
     if changed:
-        bot_of(interaction).app.write_limiter.record(interaction.user.id)
+        await bot_of(interaction).app.write_limiter.record(interaction.user.id)
 
 
-def scope_for_write(
+async def scope_for_write(
     interaction: discord.Interaction, scope: ScopeChoice, *, count: bool = True
 ) -> Scope:
     """The scope a settings change applies to, after checking the member may change it.
@@ -128,7 +128,7 @@ def scope_for_write(
     """
     where = _scope_for_write(interaction, scope)
     if count:
-        take_write_slot(interaction)
+        await take_write_slot(interaction)
     return where
 
 

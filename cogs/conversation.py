@@ -74,10 +74,10 @@ class Conversation(commands.GroupCog, group_name="conversation",
     @app_commands.guild_only()
     async def follow(self, interaction: discord.Interaction, on: bool) -> None:
         bot = bot_of(interaction)
-        scope = scope_for_write(interaction, "channel")
+        scope = await scope_for_write(interaction, "channel")
         changed = await bot.app.store.set_mode(scope, FOLLOW_KEY, True if on else None,
                                                actor_id=interaction.user.id)
-        count_write(interaction, changed)
+        await count_write(interaction, changed)
         effective = await bot.app.resolve(location_of(interaction))
         place = scope_word(scope, interaction)
         if not on:
@@ -97,10 +97,10 @@ class Conversation(commands.GroupCog, group_name="conversation",
     async def autothread(self, interaction: discord.Interaction, on: bool) -> None:
         if isinstance(interaction.channel, discord.Thread):
             raise UserFacingError(wording.AUTO_THREAD_IN_THREAD)
-        scope = scope_for_write(interaction, "channel")
+        scope = await scope_for_write(interaction, "channel")
         changed = await bot_of(interaction).app.store.set_mode(
             scope, AUTO_THREAD_KEY, True if on else None, actor_id=interaction.user.id)
-        count_write(interaction, changed)
+        await count_write(interaction, changed)
         await interaction.response.send_message(
             wording.AUTO_THREAD_ON if on else wording.AUTO_THREAD_OFF, ephemeral=True,
             allowed_mentions=NO_MENTIONS)
@@ -112,11 +112,11 @@ class Conversation(commands.GroupCog, group_name="conversation",
     @app_commands.guild_only()
     async def marker(self, interaction: discord.Interaction,
                      marker: app_commands.Range[str, 1, 8]) -> None:
-        scope = scope_for_write(interaction, "server")
+        scope = await scope_for_write(interaction, "server")
         checked = validate_aside_marker(marker)
         changed = await bot_of(interaction).app.store.set_mode(
             scope, ASIDE_MARKER_KEY, checked, actor_id=interaction.user.id)
-        count_write(interaction, changed)
+        await count_write(interaction, changed)
         await interaction.response.send_message(
             wording.MARKER_SET.format(marker=checked), ephemeral=True,
             allowed_mentions=NO_MENTIONS)

@@ -107,11 +107,11 @@ class Knobs(
                 allowed_mentions=NO_MENTIONS,
             )
             return
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         store = bot_of(interaction).app.store
         before = await store.scope_overrides(target)
         notes = await store.set_knobs(target, values, actor_id=interaction.user.id)
-        count_write(interaction, await store.scope_overrides(target) != before)
+        await count_write(interaction, await store.scope_overrides(target) != before)
         shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
         await interaction.response.send_message(
             " ".join([f"Set {shown} for {scope_word(target, interaction)}.", *notes]),
@@ -126,12 +126,12 @@ class Knobs(
         self, interaction: discord.Interaction, knob: str = "all",
         scope: ScopeOpt = "channel",
     ) -> None:
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         names = None if knob == "all" else [knob]
         done = await bot_of(interaction).app.store.reset_knobs(
             target, names, actor_id=interaction.user.id
         )
-        count_write(interaction, bool(done))  # a reset that found nothing is not a change
+        await count_write(interaction, bool(done))  # a reset that found nothing is not a change
         what = "sampling setting" if names is None else knob
         where = scope_word(target, interaction)
         msg = (f"Reset {', '.join(done)} for {where}." if done
@@ -145,12 +145,12 @@ class Knobs(
         self, interaction: discord.Interaction, name: str,
         scope: ScopeOpt = "channel",
     ) -> None:
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         values = dict(PRESETS[name])
         store = bot_of(interaction).app.store
         before = await store.scope_overrides(target)
         await store.set_knobs(target, values, actor_id=interaction.user.id)
-        count_write(interaction, await store.scope_overrides(target) != before)
+        await count_write(interaction, await store.scope_overrides(target) != before)
         shown = ", ".join(f"{k} = `{display_knob(k, v)}`" for k, v in values.items())
         await interaction.response.send_message(
             f"Applied **{name}** to {scope_word(target, interaction)}: {shown}.", ephemeral=True,

@@ -65,7 +65,7 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
         self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 64],
         scope: ScopeChoice = "channel",
     ) -> None:
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         app = bot_of(interaction).app
         wanted = name.strip().lower()
         swaps = wanted in app.models.names and app.models.swaps_default(wanted)
@@ -94,7 +94,7 @@ class Model(commands.GroupCog, group_name="model", group_description="Which mode
     @app_commands.command(name="reset", description="Remove the model chosen here.")
     @app_commands.describe(scope=SCOPE_HELP)
     async def reset(self, interaction: discord.Interaction, scope: ScopeChoice = "channel") -> None:
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         changed = await bot_of(interaction).app.store.reset_model(
             target, actor_id=interaction.user.id
         )

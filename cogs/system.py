@@ -87,7 +87,7 @@ async def submit_persona(
     box may come from another channel than the one it is submitted in.
     """
     choice: ScopeChoice = "server" if match["choice"] == "server" else "channel"
-    target = scope_for_write(interaction, choice)
+    target = await scope_for_write(interaction, choice)
     if target.id != parse_id(match["scope"]):
         raise app_commands.CheckFailure("This edit box was opened somewhere else.")
     await save_persona(interaction, target, values.get("text", ""))
@@ -102,7 +102,8 @@ async def save_persona(interaction: discord.Interaction, target: Scope, text: st
     store = bot_of(interaction).app.store
     before = (await store.scope_overrides(target)).get("system_prompt")
     await store.set_system_prompt(target, text, actor_id=interaction.user.id)
-    count_write(interaction, (await store.scope_overrides(target)).get("system_prompt") != before)
+    now = (await store.scope_overrides(target)).get("system_prompt")
+    await count_write(interaction, now != before)
     await interaction.response.send_message(
         wording.persona_saved(scope_word(target, interaction)), ephemeral=True,
         allowed_mentions=NO_MENTIONS,
@@ -142,12 +143,12 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         text: app_commands.Range[str, 1, MAX_SYSTEM_PROMPT_CHARS],
         scope: ScopeOpt = "channel",
     ) -> None:
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         store = bot_of(interaction).app.store
         before = (await store.scope_overrides(target)).get("system_prompt")
         await store.set_system_prompt(target, text, actor_id=interaction.user.id)
-        count_write(interaction, (await store.scope_overrides(target)).get("system_prompt")
-                    != before)
+        now = (await store.scope_overrides(target)).get("system_prompt")
+        await count_write(interaction, now != before)
         await interaction.response.send_message(
             wording.persona_set(scope_word(target, interaction)), ephemeral=True,
             allowed_mentions=NO_MENTIONS,
@@ -157,7 +158,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
     @app_commands.describe(scope=SCOPE_HELP)
     async def edit(self, interaction: discord.Interaction, scope: ScopeOpt = "channel") -> None:
         # Checked, not counted: opening the box changes nothing.
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         choice: ScopeChoice = "server" if scope == "server" else "channel"
         bot = bot_of(interaction)
         overrides = await bot.app.store.scope_overrides(target)
@@ -179,11 +180,11 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
     @app_commands.command(name="reset", description="Remove the persona set here.")
     @app_commands.describe(scope=SCOPE_HELP)
     async def reset(self, interaction: discord.Interaction, scope: ScopeOpt = "channel") -> None:
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         changed = await bot_of(interaction).app.store.reset_system_prompt(
             target, actor_id=interaction.user.id
         )
-        count_write(interaction, changed)  # a reset that found nothing is not a change
+        await count_write(interaction, changed)  # a reset that found nothing is not a change
         where = scope_word(target, interaction)
         msg = wording.persona_reset(where) if changed else wording.persona_not_set(where)
         await interaction.response.send_message(msg, ephemeral=True, allowed_mentions=NO_MENTIONS)
@@ -202,7 +203,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         self, interaction: discord.Interaction, card: discord.Attachment,
         scope: ScopeChoice = "channel", greeting: bool = False,
     ) -> None:
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         app = bot_of(interaction).app
         data = await read_attachment(card, MAX_PNG_BYTES)
         parsed = await read_card(data, filename=card.filename)
@@ -210,7 +211,7 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         saved_as, not_saved = await app.chat.import_card(
             target, parsed, guild_id=interaction.guild_id if may_save else None,
             actor_id=interaction.user.id)
-        count_write(interaction)
+        await count_write(interaction)
         saved_note = ""
         if interaction.guild_id is not None and not may_save:
             saved_note = f" ({wording.IMPORT_NOT_SAVED})"
@@ -237,12 +238,12 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         self, interaction: discord.Interaction,
         name: app_commands.Range[str, 1, MAX_NAME_CHARS], knobs: bool = False,
     ) -> None:
-        guild_id = _named_personas_writer(interaction)
+        guild_id = await _named_personas_writer(interaction)
         app = bot_of(interaction).app
         saved, replaced = await app.chat.save_persona(
             location_of(interaction), guild_id, name, actor_id=interaction.user.id,
             with_knobs=knobs)
-        count_write(interaction)
+        await count_write(interaction)
         what = "Replaced" if replaced else "Saved"
         extra = f" with {wording.plural(len(saved.knobs), 'knob')}" if saved.knobs else ""
         await interaction.response.send_message(
@@ -255,9 +256,9 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         self, interaction: discord.Interaction,
         name: app_commands.Range[str, 1, MAX_NAME_CHARS],
     ) -> None:
-        guild_id = _named_personas_writer(interaction)
+        guild_id = await _named_personas_writer(interaction)
         deleted = await bot_of(interaction).app.personas.remove(guild_id, name)
-        count_write(interaction, deleted is not None)
+        await count_write(interaction, deleted is not None)
         msg = (wording.persona_not_saved(discord.utils.escape_markdown(" ".join(name.split())))
                if deleted is None else wording.persona_deleted(deleted))
         await interaction.response.send_message(msg, ephemeral=True,
@@ -273,11 +274,11 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
         scope: ScopeChoice = "channel", greeting: bool = False,
     ) -> None:
         guild_id = _server_of(interaction)
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         app = bot_of(interaction).app
         saved, notes = await app.chat.load_persona(target, guild_id, name,
                                                    actor_id=interaction.user.id)
-        count_write(interaction)
+        await count_write(interaction)
         msg = f"Loaded `{saved.name}` for {scope_word(target)}."
         if saved.knobs:
             msg += " Its knobs: " + ", ".join(f"{k}={v}" for k, v in saved.knobs.items()) + "."
@@ -319,11 +320,11 @@ class System(commands.GroupCog, group_name="system", group_description="The bot'
     async def reasoning(
         self, interaction: discord.Interaction, mode: str, scope: ScopeChoice = "channel",
     ) -> None:
-        target = scope_for_write(interaction, scope)
+        target = await scope_for_write(interaction, scope)
         on = {"on": True, "off": False}.get(mode)
         changed = await bot_of(interaction).app.store.set_reasoning(
             target, on, actor_id=interaction.user.id)
-        count_write(interaction, changed)
+        await count_write(interaction, changed)
         words = {"on": "on", "off": "off", "inherit": "inherited"}.get(mode, mode)
         await interaction.response.send_message(
             f"Reasoning is {words} for {scope_word(target)}.", ephemeral=True,
@@ -341,13 +342,13 @@ def _may_name_personas(interaction: discord.Interaction) -> bool:
     return bool(interaction.permissions.manage_guild)
 
 
-def _named_personas_writer(interaction: discord.Interaction) -> int:
+async def _named_personas_writer(interaction: discord.Interaction) -> int:
     """The server whose saved personas this member may change (Manage Server, like
     `/system set scope: server`), after the settings-write limit; else a refusal."""
     guild_id = _server_of(interaction)
     if not _may_name_personas(interaction):
         raise MissingScopePermission(wording.NAMED_PERSONAS_PERMISSION)
-    take_write_slot(interaction)
+    await take_write_slot(interaction)
     return guild_id
 
 
