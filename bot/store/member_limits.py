@@ -215,8 +215,8 @@ class MemberLimits:
             try:
                 await self._execute(_RENEW, held, self.lease_s)
                 await self._execute(_FORGET_IDLE)
-            except SettingsError as exc:
-                log.warning("member slots not renewed: %s", exc)
+            except Exception:  # the next round tries again; the loop must outlive a failure
+                log.warning("member slots not renewed", exc_info=True)
 
     # --- settings writes ------------------------------------------------------------------
 

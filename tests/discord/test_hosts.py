@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import discord
 import pytest
 
 from bot import wording
@@ -92,10 +93,11 @@ async def test_three_hosts_give_a_member_one_reply_between_them(
 
 @contextlib.asynccontextmanager
 async def shard_host(fake: FakeDiscord, model_dir: Path, tmp_path: Path, url: str, shard: int,
-                     script: str, delay: float) -> AsyncIterator[LlamaBot]:
+                     script: str, delay: float, **overrides: Any) -> AsyncIterator[LlamaBot]:
     """Shard `shard` of two, as `python -m bot run` builds it, on the shared database."""
     async with core_app(model_dir, tmp_path / f"shard{shard}", script=script, delay=delay,
-                        database_url=url, shard_count=2, shard_ids=[shard]) as app:
+                        database_url=url, shard_count=2, shard_ids=[shard],
+                        **overrides) as app:
         bot = make_bot(app, guild_ready_timeout=0.05)
         assert isinstance(bot, LlamaBot) and bot.identify_gate is not None
         bot.identify_gate.spacing_s = 0.05  # the fake has no identify rate limit
@@ -179,6 +181,31 @@ async def test_settings_writes_are_limited_across_hosts(
             await limiter.record(BOB.id)
         with pytest.raises(TooManyWrites):
             await limiters[0].check(BOB.id)
+
+
+async def test_knobs_changes_on_two_shard_hosts_share_one_limit(
+    smol_model_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    """/knobs set in a server of each host: the member's third change is refused."""
+    g0, g1 = (default_guild((n << 22) | n, f"Shard {n}") for n in (1000, 1001))
+    manage = str(discord.Permissions(manage_channels=True).value)
+    async with (
+        FakeDiscord(guilds=[g0, g1], shard_count=2) as fake,
+        shard_host(fake, smol_model_dir, tmp_path, postgres_url, 0, "hi", 0.005,
+                   settings_write_limit=2),
+        shard_host(fake, smol_model_dir, tmp_path, postgres_url, 1, "hi", 0.005,
+                   settings_write_limit=2),
+    ):
+        async def knobs_set(guild: FakeGuild, top_k: int) -> str:
+            itx = await fake.inject_interaction(
+                "knobs set", {"top_k": top_k}, guild_id=guild.id,
+                channel_id=guild.channels[0].id, user=ADA, permissions=manage)
+            return str((await itx.wait_response()).data["content"])
+
+        assert "top_k" in await knobs_set(g0, 3)
+        assert "top_k" in await knobs_set(g1, 4)
+        assert "changing settings too quickly" in await knobs_set(g0, 5)
+        assert "changing settings too quickly" in await knobs_set(g1, 6)
 
 
 async def test_a_slot_left_by_a_dead_host_expires(
