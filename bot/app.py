@@ -26,7 +26,7 @@ from bot.errors import UserFacingError
 from bot.hosting.catalog import MB, ModelCatalog, ModelSpec, build_catalog
 from bot.hosting.host import ModelHost
 from bot.hosting.registry import ModelRegistry
-from bot.limits import SettingsWriteLimiter
+from bot.limits import SettingsWriteLimiter, SharedLimits
 from bot.model.embedded import prepare_default_model
 from bot.store.ask_log import AskLog
 from bot.store.connect import open_database
@@ -48,6 +48,9 @@ class App:
     store: SettingsStore
     ask_log: AskLog
     metrics: Any = None  # bot.ops.metrics.Metrics when the Prometheus endpoint is enabled
+    #: Members' limits on the shared database (several hosts on PostgreSQL); None keeps
+    #: them in this process's memory (one host).
+    shared_limits: SharedLimits | None = None
     #: Conversation turns on the store's database: the one TurnStore every front-end uses.
     turns: TurnStore = field(init=False)
 
@@ -75,7 +78,8 @@ class App:
         self.swipes = SwipeStore(self.store.db)
         self.personas = PersonaStore(self.store.db)
         self.write_limiter = SettingsWriteLimiter(
-            self.settings.settings_write_limit, self.settings.settings_write_window_s
+            self.settings.settings_write_limit, self.settings.settings_write_window_s,
+            shared=self.shared_limits,
         )
         self.models = model_host or ModelHost.single(
             self.engine, queue_size=self.settings.queue_size, current=lambda: self.engine
@@ -322,9 +326,9 @@ async def _serve(
     db = await open_database(settings.database_target)
     try:
         if engine is not None:
-            async with _pruned(db, settings):
+            async with _pruned(db, settings), _shared_limits(db) as limits:
                 yield App(settings=settings, engine=engine, model_host=host,
-                          **_stores(db, settings))
+                          shared_limits=limits, **_stores(db, settings))
             return
         assert model_dir is not None
         with device_errors_explained(settings.compute_type):
@@ -338,8 +342,9 @@ async def _serve(
             if engine.info.device == "cuda":
                 await gpu_self_check(engine)
                 log.info("GPU check passed: %s generates", engine.info.compute_type)
-            async with _pruned(db, settings):
-                yield App(settings=settings, engine=engine, **_stores(db, settings))
+            async with _pruned(db, settings), _shared_limits(db) as limits:
+                yield App(settings=settings, engine=engine, shared_limits=limits,
+                          **_stores(db, settings))
         finally:
             await engine.close(grace_s=settings.shutdown_grace_s)
     finally:
@@ -353,6 +358,23 @@ def _stores(db: Database, settings: Settings) -> dict[str, Any]:
                                max_new_tokens_ceiling=settings.max_new_tokens_ceiling),
         "ask_log": AskLog(db, retention_days=settings.ask_retention_days),
     }
+
+
+@contextlib.asynccontextmanager
+async def _shared_limits(db: Database) -> AsyncIterator[SharedLimits | None]:
+    """Members' limits on the database when hosts share it (PostgreSQL), else None."""
+    if db.dialect != "postgresql":
+        yield None
+        return
+    from bot.store.member_limits import MemberLimits
+    from bot.store.postgres import PostgresDatabase
+
+    assert isinstance(db, PostgresDatabase)
+    limits = await MemberLimits.open(db)
+    try:
+        yield limits
+    finally:
+        await limits.close()
 
 
 @contextlib.asynccontextmanager

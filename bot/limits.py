@@ -4,14 +4,20 @@ The engine's queue bounds the total; `AskGate` keeps one person from filling
 it, and `SettingsWriteLimiter` keeps one member from flooding the settings
 database and its audit trail. Kept apart from Discord so the console and
 benchmarks can use them too; `bot.app.App` builds one of each kind it needs.
+
+One host (SQLite) keeps this state in memory: no SQL on an ask. Several hosts
+on one PostgreSQL database pass a `SharedLimits` (`bot.store.member_limits`),
+so a member's limits hold across every host; the in-memory count still runs
+first and refuses this host's own duplicates without a round trip.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from bot import wording
 from bot.errors import UserFacingError
@@ -20,34 +26,103 @@ from bot.errors import UserFacingError
 _TRACKED_LIMIT = 10_000
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A shared claim's answer: the slot taken (None when refused), the member's live
+    slots on every host (this one included), and the cooldown left when that refused."""
+
+    slot_id: int | None
+    active: int
+    wait_s: float
+
+
+class SharedLimits(Protocol):
+    """Limits kept where every host sees them (`bot.store.member_limits.MemberLimits`)."""
+
+    async def claim(self, member: int, limit: int, cooldown_s: float) -> Claim: ...
+
+    def accepted(self, member: int) -> None: ...
+
+    def release(self, member: int, slot_id: int) -> None: ...
+
+    async def write_wait(self, member: int, limit: int, window_s: float) -> float | None: ...
+
+    async def write_record(self, member: int, window_s: float) -> None: ...
+
+
+class Slot:
+    """One reply in progress for a member, held until `release` (or the `with` block ends)."""
+
+    def __init__(self, gate: AskGate, user_id: int) -> None:
+        self.gate = gate
+        self.user_id = user_id
+        self.shared_id: int | None = None
+        self._held = True
+
+    def release(self) -> None:
+        """Free the slot (again is a no-op): here at once, on other hosts just after."""
+        if not self._held:
+            return
+        self._held = False
+        self.gate._drop(self.user_id)
+        if self.shared_id is not None and self.gate.shared is not None:
+            self.gate.shared.release(self.user_id, self.shared_id)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class AskGate:
-    def __init__(self, per_user_limit: int = 1, cooldown_s: float = 0.0) -> None:
+    def __init__(self, per_user_limit: int = 1, cooldown_s: float = 0.0,
+                 shared: SharedLimits | None = None) -> None:
         self.per_user_limit = per_user_limit
         self.cooldown_s = cooldown_s
+        self.shared = shared
         self._active: dict[int, int] = {}
         self._last: dict[int, float] = {}
 
     def check(self, user_id: int) -> None:
-        """Raise a polite error if this user may not ask right now."""
+        """Raise a polite error if this user may not ask right now (as far as this host knows)."""
         active = self._active.get(user_id, 0)
         if active >= self.per_user_limit:
-            if self.per_user_limit == 1:
-                raise UserFacingError(
-                    "You already have a reply in progress; wait for it to finish or press Stop."
-                )
-            raise UserFacingError(
-                f"You already have {active} replies in progress (the limit is "
-                f"{self.per_user_limit}); wait for one to finish."
-            )
+            raise UserFacingError(wording.in_progress(active, self.per_user_limit))
         if self.cooldown_s > 0:
             since = time.monotonic() - self._last.get(user_id, -1e9)
             if since < self.cooldown_s:
                 raise UserFacingError(wording.slow_down(self.cooldown_s - since))
 
+    async def take(self, user_id: int) -> Slot:
+        """Count a reply in progress for `user_id`, or refuse it politely.
+
+        This host's count is taken before the first await, so two asks of one
+        member here never both pass; with `shared`, one round trip then takes
+        the slot on every host (or refuses it as this host would have).
+        """
+        self.check(user_id)
+        self._active[user_id] = self._active.get(user_id, 0) + 1
+        slot = Slot(self, user_id)
+        if self.shared is None:
+            return slot
+        try:
+            claim = await self.shared.claim(user_id, self.per_user_limit, self.cooldown_s)
+        except BaseException:
+            slot.release()
+            raise
+        if claim.slot_id is None:
+            slot.release()
+            if claim.wait_s > 0:
+                raise UserFacingError(wording.slow_down(claim.wait_s))
+            raise UserFacingError(wording.in_progress(claim.active, self.per_user_limit))
+        slot.shared_id = claim.slot_id
+        return slot
+
     def accepted(self, user_id: int) -> None:
         """The ask was taken (queued): its cooldown starts now.
 
-        Not at `hold`: an ask refused after the slot was taken (a prompt too long,
+        Not at `take`: an ask refused after the slot was taken (a prompt too long,
         a full queue, bad knobs) must not make its asker wait.
         Bounded: the oldest cooldown stamps go first.
         """
@@ -55,22 +130,18 @@ class AskGate:
         while len(self._last) >= _TRACKED_LIMIT:
             self._last.pop(next(iter(self._last)))
         self._last[user_id] = time.monotonic()
+        if self.shared is not None and self.cooldown_s > 0:
+            self.shared.accepted(user_id)
 
-    @contextmanager
-    def hold(self, user_id: int) -> Iterator[None]:
-        """Count a reply in progress for `user_id` until the block ends."""
-        self.check(user_id)
-        self._active[user_id] = self._active.get(user_id, 0) + 1
-        try:
-            yield
-        finally:
-            left = self._active.get(user_id, 1) - 1
-            if left > 0:
-                self._active[user_id] = left
-            else:
-                self._active.pop(user_id, None)
+    def _drop(self, user_id: int) -> None:
+        left = self._active.get(user_id, 1) - 1
+        if left > 0:
+            self._active[user_id] = left
+        else:
+            self._active.pop(user_id, None)
 
     def active(self, user_id: int) -> int:
+        """Replies in progress for `user_id` on this host."""
         return self._active.get(user_id, 0)
 
 
@@ -79,44 +150,59 @@ class SettingsWriteLimiter:
 
     The store accepts every valid write; a front-end open to anyone (Discord,
     where every DM user may write their own DM settings) takes a slot here
-    first, so one member cannot flood the database or its audit trail. Kept in
-    memory: a restart forgets it, which costs at most one more burst. A
-    `limit` or `window_s` of 0 turns it off (`BOT_SETTINGS_WRITE_LIMIT=0`).
+    first, so one member cannot flood the database or its audit trail. In
+    memory on one host (a restart forgets it, which costs at most one more
+    burst); in `shared` with several. A `limit` or `window_s` of 0 turns it off
+    (`BOT_SETTINGS_WRITE_LIMIT=0`).
     """
 
     def __init__(
-        self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic
+        self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic,
+        shared: SharedLimits | None = None,
     ) -> None:
         self.limit = limit
         self.window_s = window_s
+        self.shared = shared
         self._clock = clock
         self._recent: dict[int, deque[float]] = {}
 
-    def take(self, actor_id: int) -> None:
-        """Count a write by `actor_id`, or refuse it with when to try again."""
-        self.check(actor_id)
-        self.record(actor_id)
+    @property
+    def off(self) -> bool:
+        return self.limit <= 0 or self.window_s <= 0
 
-    def check(self, actor_id: int) -> None:
+    async def take(self, actor_id: int) -> None:
+        """Count a write by `actor_id`, or refuse it with when to try again."""
+        await self.check(actor_id)
+        await self.record(actor_id)
+
+    async def check(self, actor_id: int) -> None:
         """Refuse (`TooManyWrites`) if `actor_id` has no write left in the window; count nothing.
 
         A front-end checks before it writes and `record`s only a write that changed
         something (opening an edit box or a reset that found
         nothing to reset used up an admin's writes while setting up).
         """
-        if self.limit <= 0 or self.window_s <= 0:
+        if self.off:
+            return
+        if self.shared is not None:
+            wait = await self.shared.write_wait(actor_id, self.limit, self.window_s)
+            if wait is not None:
+                raise TooManyWrites(max(1, round(wait)))
             return
         now = self._clock()
         recent = self._recent.setdefault(actor_id, deque())
         while recent and now - recent[0] >= self.window_s:
             recent.popleft()
         if len(recent) >= self.limit:
-            wait = max(1, round(self.window_s - (now - recent[0])))
-            raise TooManyWrites(wait)
+            wait_s = max(1, round(self.window_s - (now - recent[0])))
+            raise TooManyWrites(wait_s)
 
-    def record(self, actor_id: int) -> None:
+    async def record(self, actor_id: int) -> None:
         """Count one real change by `actor_id`."""
-        if self.limit <= 0 or self.window_s <= 0:
+        if self.off:
+            return
+        if self.shared is not None:
+            await self.shared.write_record(actor_id, self.window_s)
             return
         now = self._clock()
         self._recent.setdefault(actor_id, deque()).append(now)
@@ -158,6 +244,8 @@ class QuietRefusals:
 
     def __len__(self) -> int:
         return len(self._said)
+
+
 class TooManyWrites(UserFacingError):
     """Too many settings changes; `retry_in_s` says when the next one is allowed."""
 

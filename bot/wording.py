@@ -220,6 +220,18 @@ def slow_down(seconds: float) -> str:
     return f"Slow down a little: try again in {max(1, round(seconds))} s."
 
 
+def in_progress(active: int, limit: int) -> str:
+    """The member's replies in progress (on any host) are at their limit."""
+    if limit == 1:
+        return "You already have a reply in progress; wait for it to finish or press Stop."
+    return (f"You already have {active} replies in progress (the limit is {limit}); "
+            "wait for one to finish.")
+
+
+#: The shared database that holds members' limits (several hosts) cannot be reached.
+LIMITS_UNREACHABLE: Final = "I can't reach my database right now; try again in a moment."
+
+
 def busy(waiting: int) -> str:
     verb = "is" if waiting == 1 else "are"
     return (f"I'm busy: {plural(waiting, 'request')} {verb} already waiting. "

@@ -86,7 +86,7 @@ async def running_bot(
     model_dir: Path, tmp_path: Path, *, scripted: Script | None = None,
     script_delay: float = 0.005, weights: bool | None = None, enforce_buckets: bool = False,
     bucket_window: float = 5.0, guilds: list[FakeGuild] | None = None,
-    privileged_intents: int = 0,
+    privileged_intents: int = 0, max_concurrency: int = 1,
     **settings_overrides: Any,
 ) -> AsyncIterator[Harness]:
     """The bot over `model_dir` on a fake Discord; `scripted` makes the model say that.
@@ -110,7 +110,8 @@ async def running_bot(
                                       actor_id=1)
         async with FakeDiscord(guilds=guilds, enforce_buckets=enforce_buckets,
                                bucket_window=bucket_window,
-                               privileged_intents=privileged_intents) as fake:
+                               privileged_intents=privileged_intents,
+                               max_concurrency=max_concurrency) as fake:
             bot = fake.make_bot(LlamaBot, app=app)
             async with fake.run_bot(bot):
                 await fake.wait_for(lambda: fake.commands or None, timeout=10)

@@ -84,13 +84,13 @@ class ScopeSettings:
         self._models = models
         self._default_persona = default_persona
 
-    def check_write(self, actor_id: int) -> None:
+    async def check_write(self, actor_id: int) -> None:
         """Refuse (`TooManyWrites`) when `actor_id` has no settings write left; count nothing."""
-        self._limiter.check(actor_id)
+        await self._limiter.check(actor_id)
 
-    def _counted(self, actor_id: int, changed: bool) -> None:
+    async def _counted(self, actor_id: int, changed: bool) -> None:
         if changed:
-            self._limiter.record(actor_id)
+            await self._limiter.record(actor_id)
 
     async def _own(self, scope: Scope) -> dict[str, Any]:
         return await self._store.scope_overrides(scope)
@@ -99,28 +99,28 @@ class ScopeSettings:
 
     async def set_knobs(self, scope: Scope, values: Mapping[str, Any], *,
                         actor_id: int) -> Change:
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         before = await self._own(scope)
         notes = await self._store.set_knobs(scope, values, actor_id=actor_id)
         changed = await self._own(scope) != before
-        self._counted(actor_id, changed)
+        await self._counted(actor_id, changed)
         return Change(scope, changed, value=dict(values), notes=tuple(notes))
 
     async def reset_knobs(self, scope: Scope, names: Sequence[str] | None, *,
                           actor_id: int) -> Change:
         """Stop setting `names` (None: every knob) at `scope`; a reset that finds nothing
         changes nothing."""
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         done = await self._store.reset_knobs(scope, names, actor_id=actor_id)
-        self._counted(actor_id, bool(done))
+        await self._counted(actor_id, bool(done))
         return Change(scope, bool(done), names=tuple(done))
 
     # --- the persona ---------------------------------------------------------------
 
     async def set_persona(self, scope: Scope, text: str, *, actor_id: int) -> Change:
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         changed = await self._write_persona(scope, text, actor_id)
-        self._counted(actor_id, changed)
+        await self._counted(actor_id, changed)
         return Change(scope, changed, value=text)
 
     async def _write_persona(self, scope: Scope, text: str, actor_id: int) -> bool:
@@ -129,9 +129,9 @@ class ScopeSettings:
         return (await self._own(scope)).get(SYSTEM_PROMPT_KEY) != before
 
     async def reset_persona(self, scope: Scope, *, actor_id: int) -> Change:
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         changed = await self._store.reset_system_prompt(scope, actor_id=actor_id)
-        self._counted(actor_id, changed)
+        await self._counted(actor_id, changed)
         return Change(scope, changed)
 
     async def persona_draft(self, scope: Scope, location: Location, *,
@@ -139,7 +139,7 @@ class ScopeSettings:
         """What an edit box for `scope` opens with: the persona set there, else the one in
         force (a server's: only the configured default, since a server never inherits a
         channel's). Checked against the write limit, not counted: opening changes nothing."""
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         own = (await self._own(scope)).get(SYSTEM_PROMPT_KEY)
         if own is not None:
             return PersonaDraft(str(own), None)
@@ -154,7 +154,7 @@ class ScopeSettings:
                         manage_server: bool) -> ModelChange:
         """Choose the model answering at `scope`. One that unloads the default one is
         everyone's business: it takes Manage Server (`manage_server`), and never in DMs."""
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         models = self._models
         wanted = name.strip().lower()
         swaps = wanted in models.names and models.swaps_default(wanted)
@@ -165,13 +165,13 @@ class ScopeSettings:
         before = (await self._own(scope)).get(MODEL_KEY)
         chosen = await self._store.set_model(scope, name, actor_id=actor_id, known=models.names)
         changed = chosen != before
-        self._counted(actor_id, changed)
+        await self._counted(actor_id, changed)
         return ModelChange(scope, changed, value=chosen, swaps=swaps)
 
     async def reset_model(self, scope: Scope, *, actor_id: int) -> Change:
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         changed = await self._store.reset_model(scope, actor_id=actor_id)
-        self._counted(actor_id, changed)
+        await self._counted(actor_id, changed)
         return Change(scope, changed)
 
     async def model_choices(self, guild_id: int) -> list[tuple[str, Scope]]:
@@ -195,11 +195,11 @@ class ScopeSettings:
 
     async def _set_key(self, scope: Scope, key: str, value: Any, actor_id: int,
                        write: Callable[[], Awaitable[object]]) -> Change:
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         before = (await self._own(scope)).get(key)
         await write()
         changed = (await self._own(scope)).get(key) != before
-        self._counted(actor_id, changed)
+        await self._counted(actor_id, changed)
         return Change(scope, changed, value=value)
 
     # --- character cards and saved personas ------------------------------------------
@@ -211,7 +211,7 @@ class ScopeSettings:
         The persona is set either way; a name already taken gets "name (2)", so an
         import never replaces a saved persona without a word.
         """
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         changed = await self._write_persona(scope, card.persona, actor_id)
         saved_as = not_saved = None
         if guild_id is not None:
@@ -222,7 +222,7 @@ class ScopeSettings:
                 saved_as = name
             except UserFacingError as exc:
                 not_saved = exc.message
-        self._counted(actor_id, changed or saved_as is not None)
+        await self._counted(actor_id, changed or saved_as is not None)
         return CardImport(scope, saved_as, not_saved)
 
     async def _free_name(self, guild_id: int, name: str) -> str:
@@ -239,7 +239,7 @@ class ScopeSettings:
                            actor_id: int, with_knobs: bool) -> tuple[SavedPersona, bool]:
         """Save the persona in force at `location` (with its own scope's knobs) by name;
         whether it replaced one of that name. Always a write: the saved row is new."""
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         text, _ = persona(await self._store.resolve(location), self._default_persona)
         if not text:
             raise UserFacingError(wording.NO_PERSONA_TO_SAVE)
@@ -249,13 +249,13 @@ class ScopeSettings:
             bundle = {k: v for k, v in own.items() if k in KNOB_NAMES}
         saved, replaced = await self._personas.save(guild_id, name, text, actor_id=actor_id,
                                           knobs=bundle)
-        self._counted(actor_id, True)
+        await self._counted(actor_id, True)
         return saved, replaced
 
     async def load_persona(self, scope: Scope, guild_id: int, name: str, *,
                            actor_id: int) -> tuple[SavedPersona, Change]:
         """Use a saved persona (and its knobs) at `scope`."""
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         saved = await self._personas.load(guild_id, name)
         before = await self._own(scope)
         await self._store.set_system_prompt(scope, saved.system_prompt, actor_id=actor_id)
@@ -263,14 +263,14 @@ class ScopeSettings:
         if saved.knobs:
             notes = await self._store.set_knobs(scope, saved.knobs, actor_id=actor_id)
         changed = await self._own(scope) != before
-        self._counted(actor_id, changed)
+        await self._counted(actor_id, changed)
         return saved, Change(scope, changed, value=saved.name, notes=tuple(notes))
 
     async def delete_persona(self, guild_id: int, name: str, *, actor_id: int) -> str | None:
         """Delete a server's saved persona; its name as saved, or None if none had it."""
-        self.check_write(actor_id)
+        await self.check_write(actor_id)
         deleted = await self._personas.remove(guild_id, name)
-        self._counted(actor_id, deleted is not None)
+        await self._counted(actor_id, deleted is not None)
         return deleted
 
     async def saved_personas(self, guild_id: int) -> list[SavedPersona]:

@@ -90,6 +90,8 @@ class LlamaBot(commands.AutoShardedBot):
         )
 
     async def setup_hook(self) -> None:
+        if self.identify_gate is not None:
+            await self._take_identify_concurrency(self.identify_gate)
         for ext in EXTENSIONS:
             await self.load_extension(ext)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
@@ -125,6 +127,17 @@ class LlamaBot(commands.AutoShardedBot):
             return
         with contextlib.suppress(discord.HTTPException):
             await channel.send(JOINED, allowed_mentions=discord.AllowedMentions.none())
+
+    async def _take_identify_concurrency(self, gate: IdentifyGate) -> None:
+        """Discord's `max_concurrency` for this bot (GET /gateway/bot), before any shard
+        identifies; where it cannot be read, one at a time, which is always allowed."""
+        try:
+            limits = await self.fetch_session_start_limits()
+        except (discord.HTTPException, discord.GatewayNotFound) as exc:
+            log.warning("session start limits unavailable (%s); identifying one at a time", exc)
+            return
+        gate.max_concurrency = max(1, int(limits.max_concurrency))
+        log.info("identify concurrency: %d", gate.max_concurrency)
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         if self.identify_gate is None:

@@ -337,7 +337,7 @@ class LabRunner:
         if self.app.models.closing:
             raise UserFacingError("I'm restarting, try again in a moment.")
         with contextlib.ExitStack() as slot:
-            slot.enter_context(self.gate.hold(ask.user_id))
+            slot.enter_context(await self.gate.take(ask.user_id))
             engine = await self.app.models.engine(ask.model)
             # All variants or none (QueueFull, PromptTooLong raise here, before the ack).
             comparison = start_compare(engine, ask.request, ask.variants, seed=seed)
@@ -457,7 +457,7 @@ class LabRunner:
         With `reply` (a finished reply's tokens) it opens on the reply's first token,
         shown among the candidates however unlikely it was.
         """
-        with self.gate.hold(interaction.user.id):
+        with await self.gate.take(interaction.user.id):
             await interaction.response.defer(ephemeral=private, thinking=True)
             walk_seed = seed if seed is not None else secrets.randbelow(2**31 - 1) + 1
             engine = await self.app.models.engine(turn.model)
@@ -512,7 +512,7 @@ class LabRunner:
 
     async def _move(self, interaction: discord.Interaction, walk: Walk,
                     generated: tuple[int, ...]) -> None:
-        with self.gate.hold(interaction.user.id):
+        with await self.gate.take(interaction.user.id):
             await interaction.response.defer()
             engine = await self.app.models.engine(walk.model)
             at = len(generated)
@@ -587,7 +587,7 @@ class LabRunner:
         turn, reply, _ = await self.request_of_ask(interaction, ask_id)
         if not reply.strip():
             raise UserFacingError(wording.WORD_ODDS_EMPTY)
-        with self.gate.hold(interaction.user.id):
+        with await self.gate.take(interaction.user.id):
             await interaction.response.defer(ephemeral=True, thinking=True)
             engine = await self.app.models.engine(turn.model)
             conf = await score_reply(engine, turn.request, reply)

@@ -169,7 +169,8 @@ class AskRunner:
         self.app = app
         self.chat = app.chat
         settings = app.settings
-        self.gate = AskGate(settings.per_user_limit, settings.user_cooldown_s)
+        self.gate = AskGate(settings.per_user_limit, settings.user_cooldown_s,
+                            shared=app.shared_limits)
         self.edit_interval_s = settings.edit_interval_s
         self.interaction_ttl_s: float = INTERACTION_TTL_S - 30
         self.active: dict[int, Run] = {}  # running replies by id, for Stop and shutdown
@@ -190,11 +191,12 @@ class AskRunner:
             raise UserFacingError(wording.RESTARTING)
         if isinstance(run, Ask) and run.continuing is None and not run.turn.prompt:
             raise UserFacingError(wording.EMPTY_PROMPT)
-        # Take the member's slot before the first await: checked here but taken later,
-        # two simultaneous asks by one person both passed the check, and the loser's
-        # refusal came after its ack, leaving a reply that never finished.
+        # The member's slot is taken here before anything else awaits (`AskGate.take`
+        # counts it on this host before its first await): checked here but taken
+        # later, two simultaneous asks by one person both passed the check, and the
+        # loser's refusal came after its ack, leaving a reply that never finished.
         with contextlib.ExitStack() as slot:
-            slot.enter_context(self.gate.hold(run.user_id))
+            slot.enter_context(await self.gate.take(run.user_id))
             stop = reply_view(run.id, stop_for=run.user_id)
             # A model that must load first acknowledges the ask early and says so.
             notice = LoadingNotice(run.surface, stop)

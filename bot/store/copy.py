@@ -25,6 +25,7 @@ from typing import Any, Final
 from bot.errors import UserFacingError
 from bot.store.connect import open_database
 from bot.store.db import Database, Tx, is_postgres_url
+from bot.store.member_limits import EPHEMERAL_TABLES
 from bot.store.migrations_postgres import IDENTITY_TABLES
 
 #: Tables in an order that satisfies their foreign keys; others follow by name.
@@ -84,7 +85,7 @@ def _name(name: object) -> str:
 
 
 async def tables(db: Database) -> list[str]:
-    """The store's tables (not the schema bookkeeping), in `TABLE_ORDER`."""
+    """The store's tables (not the schema bookkeeping, nor live limits), in `TABLE_ORDER`."""
     if db.dialect == "sqlite":
         rows = await db.read(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
@@ -97,7 +98,7 @@ async def tables(db: Database) -> list[str]:
             "AND table_name <> 'store_schema'",
             (),
         )
-    names = {_name(r[0]) for r in rows}
+    names = {_name(r[0]) for r in rows} - set(EPHEMERAL_TABLES)
     return [t for t in TABLE_ORDER if t in names] + sorted(names - set(TABLE_ORDER))
 
 

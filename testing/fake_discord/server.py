@@ -40,6 +40,7 @@ class FakeDiscord(Inject, Rest):
         *,
         guilds: Sequence[FakeGuild] | None = None,
         shard_count: int = 1,
+        max_concurrency: int = 1,
         application_id: int = 1_100_000_000_000_000_001,
         bot_name: str = "llamacord",
         token: str | None = None,
@@ -57,12 +58,14 @@ class FakeDiscord(Inject, Rest):
         `validation`); a refusal left untaken fails the `async with` block on exit.
         `privileged_intents` are those switched on in the Developer Portal
         (`INTENT_MESSAGE_CONTENT`, ...): an IDENTIFY asking for any other privileged
-        intent is closed with 4014, as Discord does.
+        intent is closed with 4014, as Discord does. `max_concurrency` is what
+        ``GET /gateway/bot`` says may identify at once.
         """
         World.__init__(
             self,
             guilds=guilds,
             shard_count=shard_count,
+            max_concurrency=max_concurrency,
             application_id=application_id,
             bot_name=bot_name,
             token=token,

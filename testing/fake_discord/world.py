@@ -440,11 +440,13 @@ class World:
         application_id: int,
         bot_name: str,
         token: str | None,
+        max_concurrency: int = 1,
     ) -> None:
         self.application_id = application_id
         self.bot_user = FakeUser(application_id, bot_name, bot_name, bot=True)
         self.guilds: list[FakeGuild] = list(guilds) if guilds is not None else [default_guild()]
         self.shard_count = shard_count
+        self.max_concurrency = max_concurrency  # GET /gateway/bot's session_start_limit
         self.token = token
         self.messages: dict[int, StoredMessage] = {}
         self.interactions: dict[int, FakeInteraction] = {}

@@ -323,15 +323,15 @@ async def test_an_empty_reply_says_so_and_offers_regenerate(
 # --------------------------------------------------------------------------------------- cooldown
 
 
-def test_a_refused_ask_starts_no_cooldown() -> None:
+async def test_a_refused_ask_starts_no_cooldown() -> None:
     gate = AskGate(1, cooldown_s=60.0)
     try:
-        with gate.hold(5):
+        with await gate.take(5):
             raise ValueError("the prompt was too long")
     except ValueError:
         pass
     gate.check(5)  # not "Slow down": nothing was asked
-    with gate.hold(5):
+    with await gate.take(5):
         gate.accepted(5)
     try:
         gate.check(5)

@@ -362,9 +362,9 @@ def test_refusal_memory_is_bounded_and_forgets_after_its_window() -> None:
     assert quiet.should_say(11)  # a new window: told once more
 
 
-def test_the_ask_gate_remembers_a_bounded_number_of_members() -> None:
+async def test_the_ask_gate_remembers_a_bounded_number_of_members() -> None:
     gate = AskGate(1, cooldown_s=0.0)
     for user in range(_TRACKED_LIMIT + 50):
-        with gate.hold(user):
+        with await gate.take(user):
             gate.accepted(user)
     assert len(gate._last) == _TRACKED_LIMIT and not gate._active

@@ -119,16 +119,16 @@ def test_a_readable_env_file_is_warned_about_at_start(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------- settings write limits
 
 
-def test_write_limiter_refuses_a_flood_and_recovers() -> None:
+async def test_write_limiter_refuses_a_flood_and_recovers() -> None:
     now = [100.0]
     limiter = SettingsWriteLimiter(3, 60.0, clock=lambda: now[0])
     for _ in range(3):
-        limiter.take(1)
+        await limiter.take(1)
     with pytest.raises(UserFacingError, match="too quickly; try again in 60 s"):
-        limiter.take(1)
-    limiter.take(2)  # another member is not affected
+        await limiter.take(1)
+    await limiter.take(2)  # another member is not affected
     now[0] += 60.0
-    limiter.take(1)
+    await limiter.take(1)
 
 
 async def test_a_dm_user_cannot_flood_the_database(tiny_model_dir: Path, tmp_path: Path) -> None:
