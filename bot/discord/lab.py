@@ -1,12 +1,10 @@
-"""The knobs lab on Discord: `/compare` in one embed, `/probs` with Step buttons, and the
-Probabilities / Word odds buttons under finished replies, each on the turn's model.
+"""The knobs lab on Discord: `/compare` in one embed, `/probs` with Step buttons, and
+Inspect under finished replies (bot/discord/inspect.py), each on the turn's model.
 
-Probabilities walks the reply's own tokens (Back, the reply's next token, a select
-to jump to any of them); every view names the model it ran on, taken from the host
-for the scope or conversation, never the default engine.
-
-The numbers come from `bot.lab` (no Discord there); this module shapes them for
-Discord's limits and keeps the little state a walk or a comparison needs:
+Every view names the model it ran on, taken from the host for the scope or
+conversation, never the default engine. The numbers come from `bot.lab` (no
+Discord there); this module shapes them for Discord's limits and keeps the little
+state a walk, a comparison or an Inspect view needs:
 
 - A comparison streams all its variants into ONE message, one embed field per
   variant. It is a second streaming surface beside `ReplyWriter` because its unit
@@ -39,25 +37,23 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import discord
 
-from bot import wording
 from bot.chat.request import FINISH_WORDS
 from bot.chat.turns import TurnAsk
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.errors import send_error
-from bot.discord.guard import parse_id, require_id
+from bot.discord.inspect import Inspection, Inspector
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, quote_prompt
 from bot.engine import Engine, Finished, GenerationRequest, TextDelta
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.lab.chart import MAX_PNG_BYTES, render_png
 from bot.lab.compare import Comparison, Variant, VariantResult, knob_variants, start_compare
-from bot.lab.confidence import legend, render_ansi, score_reply, surprising_lines
 from bot.lab.help import help_lines
 from bot.lab.probs import ProbsStep, format_knobs, format_table, probs_step
 
 if TYPE_CHECKING:
     from bot.app import App
-    from bot.limits import AskGate
+    from bot.discord.runner import AskRunner
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +66,7 @@ WALKS = 500
 WALK_TTL_S = 900.0
 COMPARES = 200
 STEP_BUTTONS = 3
-"""Alternatives offered as buttons, beside Back and the reply's own next token."""
+"""Alternatives offered as buttons, beside Back."""
 SEED_NOTE = (
     "Same seed for every variant, so the knob is the only difference asked. CTranslate2 "
     "has no per-call seed: the seed fixes the lab's own draws, not a replay of the bot's."
@@ -81,12 +77,6 @@ CSTOP_ID = "lab:cstop:{cid}"
 CREGEN_ID = "lab:cregen:{cid}"
 STEP_ID = "lab:step:{walk}:{rank}"
 BACK_ID = "lab:back:{walk}"
-FOLLOW_ID = "lab:follow:{walk}"
-JUMP_ID = "lab:jump:{walk}"
-JUMP_OPTIONS = 25
-"""A select holds 25 options: the reply's tokens around the current one."""
-PROBS_ID = "lab:probs:{ask_id}"
-CONF_ID = "lab:conf:{ask_id}"
 KNOB_HELP_ID = "lab:knobhelp"
 TRY_ID = "lab:try:{knob}"
 TRY_KNOBS = ("temperature", "top_p", "top_k", "repetition_penalty", "min_new_tokens")
@@ -191,21 +181,18 @@ class Walk:
     header: str
     private: bool
     choices: tuple[int, ...] = ()
-    reply: tuple[int, ...] = ()
-    """The finished reply's tokens, when the walk inspects one (empty for /probs)."""
     created: float = field(default_factory=time.monotonic)
 
-    @property
-    def on_reply(self) -> bool:
-        """The steps so far are the reply's own (the view has not written on elsewhere)."""
-        done = self.step.generated
-        return bool(self.reply) and self.reply[:len(done)] == done
 
-    @property
-    def reply_token(self) -> int | None:
-        """The token the reply took at this step, while the walk follows it."""
-        at = len(self.step.generated)
-        return self.reply[at] if self.on_reply and at < len(self.reply) else None
+@dataclass(frozen=True)
+class AskedReply:
+    """A finished reply as its ask left it: the request it came from, its text, its ids."""
+
+    turn: LabTurn
+    text: str
+    private: bool
+    ids: tuple[int, ...]
+    """The ids the model wrote (empty for a reply stored before they were kept)."""
 
 
 class Expiring(Generic[T]):
@@ -257,13 +244,37 @@ class CompareAsk:
 class LabRunner:
     """The lab's Discord side: compares, walks, and the buttons under replies."""
 
-    def __init__(self, app: App, gate: AskGate, *, edit_interval_s: float | None = None) -> None:
+    def __init__(self, app: App, runner: AskRunner, *,
+                 edit_interval_s: float | None = None) -> None:
         self.app = app
-        self.gate = gate
+        self.runner = runner
+        self.gate = runner.gate
         self.edit_interval_s = (app.settings.edit_interval_s if edit_interval_s is None
                                 else edit_interval_s)
         self.walks: Expiring[Walk] = Expiring(WALKS, WALK_TTL_S)
         self.compares: Expiring[CompareAsk] = Expiring(COMPARES, WALK_TTL_S)
+        self.inspections: Expiring[Inspection] = Expiring(WALKS, WALK_TTL_S)
+        self.inspector = Inspector(self, self.inspections)
+
+    # --- Inspect (bot/discord/inspect.py) ------------------------------------------------
+
+    async def inspect(self, interaction: discord.Interaction, ask_id: int) -> None:
+        await self.inspector.open(interaction, ask_id)
+
+    async def inspect_token(self, interaction: discord.Interaction, view_id: int,
+                            at: int) -> None:
+        await self.inspector.token(interaction, view_id, at)
+
+    async def inspect_page(self, interaction: discord.Interaction, view_id: int,
+                           delta: int) -> None:
+        await self.inspector.page(interaction, view_id, delta)
+
+    async def inspect_back(self, interaction: discord.Interaction, view_id: int) -> None:
+        await self.inspector.back(interaction, view_id)
+
+    async def write_on(self, interaction: discord.Interaction, view_id: int,
+                       token_id: int) -> None:
+        await self.inspector.write_on(interaction, view_id, token_id)
 
     # --- requests ---------------------------------------------------------------------
 
@@ -279,8 +290,8 @@ class LabRunner:
         return LabTurn(turn.request, turn.model.name)
 
     async def request_of_ask(self, interaction: discord.Interaction,
-                             ask_id: int) -> tuple[LabTurn, str, bool]:
-        """The exact request a finished reply was generated from: (turn, reply, private).
+                             ask_id: int) -> AskedReply:
+        """The exact request a finished reply was generated from, and the reply.
 
         Rebuilt through the same core turn code (`Chat.prepare`) from the stored ask
         and its conversation turns (earlier turns and speaker names included), with
@@ -320,8 +331,9 @@ class LabRunner:
             again=Knobs.model_validate(record.knobs),
         ))
         request = replace(turn.request, system_prompt=record.system_prompt)
-        lab_turn = LabTurn(request, turn.model.name)
-        return lab_turn, answer.text if answer is not None else "", record.private
+        return AskedReply(LabTurn(request, turn.model.name),
+                          answer.text if answer is not None else "", record.private,
+                          record.reply_ids)
 
     # --- /compare -----------------------------------------------------------------------
 
@@ -450,22 +462,16 @@ class LabRunner:
 
     async def probs(self, interaction: discord.Interaction, turn: LabTurn, *,
                     private: bool, header: str, seed: int | None = None,
-                    generated: tuple[int, ...] = (), raw: bool = False,
-                    reply: tuple[int, ...] = ()) -> None:
-        """The first view of a walk: chart + table, ephemeral unless asked public.
-
-        With `reply` (a finished reply's tokens) it opens on the reply's first token,
-        shown among the candidates however unlikely it was.
-        """
+                    generated: tuple[int, ...] = (), raw: bool = False) -> None:
+        """The first view of a walk: chart + table, ephemeral unless asked public."""
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer(ephemeral=private, thinking=True)
             walk_seed = seed if seed is not None else secrets.randbelow(2**31 - 1) + 1
             engine = await self.app.models.engine(turn.model)
-            include = reply[len(generated):len(generated) + 1]
             step = await probs_step(engine, turn.request, generated=generated, seed=walk_seed,
-                                    raw=raw, include=include)
+                                    raw=raw)
             walk = Walk(secrets.token_hex(4), interaction.user.id, turn.request, turn.model,
-                        step, header, private, reply=reply)
+                        step, header, private)
             self.walks.put(walk.id, walk)
             content, file, view = await self._walk_message(walk, engine)
         # The slot is free before the view shows, so a Step pressed at once is taken.
@@ -495,31 +501,13 @@ class LabRunner:
             raise UserFacingError("This is the first step: there is nothing before it.")
         await self._move(interaction, walk, walk.step.generated[:-1])
 
-    async def follow(self, interaction: discord.Interaction, walk_id: str) -> None:
-        """The reply's own next token."""
-        walk = self._own_walk(interaction, walk_id)
-        token = walk.reply_token
-        if token is None:
-            raise UserFacingError("That button is out of date: step from the latest view.")
-        await self._move(interaction, walk, walk.step.then(token))
-
-    async def jump(self, interaction: discord.Interaction, walk_id: str, at: int) -> None:
-        """The select: the step before the reply's token number `at` (0-based)."""
-        walk = self._own_walk(interaction, walk_id)
-        if not 0 <= at < len(walk.reply):
-            raise UserFacingError("That token is not in this reply.")
-        await self._move(interaction, walk, walk.reply[:at])
-
     async def _move(self, interaction: discord.Interaction, walk: Walk,
                     generated: tuple[int, ...]) -> None:
         with self.gate.hold(interaction.user.id):
             await interaction.response.defer()
             engine = await self.app.models.engine(walk.model)
-            at = len(generated)
-            include = walk.reply[at:at + 1] if walk.reply[:at] == generated else ()
             walk.step = await probs_step(engine, walk.request, generated=generated,
-                                         seed=walk.step.seed, raw=walk.step.raw_text,
-                                         include=include)
+                                         seed=walk.step.seed, raw=walk.step.raw_text)
             content, file, view = await self._walk_message(walk, engine)
         # The member's slot is free before the edit, as a reply's is before its final edit:
         # a press made on seeing the new step is never refused as "in progress".
@@ -535,24 +523,14 @@ class LabRunner:
                                               so_far=so_far))
         if len(png) > MAX_PNG_BYTES:  # never expected: a few dozen bars
             raise UserFacingError("The chart came out too large to send.")
-        taken = walk.reply_token
         by_id = {c.id: c for c in step.candidates}
         header = walk.header
-        if walk.reply and walk.on_reply:
-            if taken is not None and taken in by_id:
-                c = by_id[taken]
-                rank = sorted(step.candidates, key=lambda x: -x.raw).index(c) + 1
-                header += (f"\nThe reply took **{c.text}** here (token {len(step.generated) + 1} "
-                           f"of {len(walk.reply)}; choice #{rank} by the model, raw "
-                           f"{c.raw * 100:.1f}%, final {c.final * 100:.1f}%).")
-            else:
-                header += "\nThe reply ended here."
         content = probs_content(step, header, so_far, walk.model)
         end_ids = step.end_ids
         choices: list[int] = []
         if not step.at_limit:
             for c in step.candidates:
-                if c.id in end_ids or c.special or c.id == taken:
+                if c.id in end_ids or c.special:
                     continue
                 choices.append(c.id)
                 if len(choices) == STEP_BUTTONS:
@@ -561,48 +539,13 @@ class LabRunner:
         view = discord.ui.View(timeout=None)
         if step.generated:
             view.add_item(BackButton(walk.id))
-        if taken is not None and taken in by_id:
-            view.add_item(FollowButton(walk.id, label=f"▶ {by_id[taken].text}"[:80]))
         for rank, token_id in enumerate(walk.choices):
             cand = by_id.get(token_id)
             label = (cand.text if cand is not None else str(token_id))[:70]
             removed = cand is not None and cand.removed_by is not None
             view.add_item(StepButton(walk.id, rank, label=f"{'✕' if removed else '+'} {label}"))
-        if len(walk.reply) > 1:
-            view.add_item(JumpSelect(walk.id, jump_options(walk, engine)))
         view.stop()
         return content, discord.File(io.BytesIO(png), filename="probs.png"), view
-
-    async def probs_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
-        """The Probabilities button: the reply's own prompt, its first step (presser only)."""
-        turn, reply, _ = await self.request_of_ask(interaction, ask_id)
-        engine = await self.app.models.engine(turn.model)
-        ids = tuple(engine.bundle.tokenizer.encode(reply)) if reply.strip() else ()
-        # Always ephemeral: the view is for the presser, whoever could see the reply.
-        await self.probs(interaction, turn, private=True, header=wording.PROBS_OF_REPLY,
-                         reply=ids)
-
-    async def confidence_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
-        """Word odds: the reply coloured (and low tokens marked) by the model's probability."""
-        turn, reply, _ = await self.request_of_ask(interaction, ask_id)
-        if not reply.strip():
-            raise UserFacingError(wording.WORD_ODDS_EMPTY)
-        with self.gate.hold(interaction.user.id):
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            engine = await self.app.models.engine(turn.model)
-            conf = await score_reply(engine, turn.request, reply)
-            block, shown = render_ansi(conf)
-            more = f" (the first {shown} of {len(conf.tokens)} tokens)" if shown < len(
-                conf.tokens) else ""
-            lines = "\n".join(f"• {line}" for line in surprising_lines(conf))
-            text = (f"**{wording.WORD_ODDS}**{more} · model `{turn.model}` · "
-                    f"mean {conf.mean_prob * 100:.0f}% · {legend()}\n"
-                    f"{wording.WORD_ODDS_NOTE}\n"
-                    f"```ansi\n{block}\n```")
-            rest, _ = clean_cut(f"Most surprising:\n{lines}", MESSAGE_LIMIT - len(text) - 2)
-        await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
-                                        allowed_mentions=NO_MENTIONS)
-
 
     # --- knob help ----------------------------------------------------------------------
 
@@ -626,7 +569,7 @@ class LabRunner:
         ask_id = await self.app.chat.latest_ask(interaction.user.id, interaction.channel_id)
         if ask_id is None:
             raise UserFacingError("Ask something here first (/ask): this reruns your last prompt.")
-        turn, _, _ = await self.request_of_ask(interaction, ask_id)
+        turn = (await self.request_of_ask(interaction, ask_id)).turn
         record = await self.app.chat.asked(ask_id)
         prompt = record.prompt if record is not None else turn.request.prompt
         await self.compare(interaction, CompareAsk(
@@ -636,26 +579,9 @@ class LabRunner:
         ))
 
 
-def jump_options(walk: Walk, engine: Engine) -> list[discord.SelectOption]:
-    """The reply's tokens around the current step, for the select (25 at most)."""
-    from bot.model.pieces import token_text_in_context, visible
-
-    tok = engine.bundle.tokenizer
-    at = min(len(walk.step.generated), len(walk.reply) - 1)
-    start = max(0, min(at - JUMP_OPTIONS // 2, len(walk.reply) - JUMP_OPTIONS))
-    out: list[discord.SelectOption] = []
-    for n in range(start, min(len(walk.reply), start + JUMP_OPTIONS)):
-        text = visible(token_text_in_context(tok, list(walk.reply[:n]), walk.reply[n]))
-        out.append(discord.SelectOption(label=f"#{n + 1} {text or '∅'}"[:100], value=str(n),
-                                        default=n == at and walk.on_reply))
-    return out
-
-
 def lab_of(interaction: discord.Interaction) -> LabRunner:
-    """The lab of the client that received `interaction` (its cog holds it)."""
-    get_cog: Callable[[str], object] | None = getattr(interaction.client, "get_cog", None)
-    cog = get_cog("Lab") if get_cog is not None else None
-    lab = getattr(cog, "lab", None)
+    """The lab of the client that received `interaction` (the client holds it)."""
+    lab = getattr(interaction.client, "lab", None)
     if not isinstance(lab, LabRunner):
         raise UserFacingError("The knobs lab is not available on this bot.")
     return lab
@@ -674,49 +600,6 @@ class _LabButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
             await self.run(lab_of(interaction), interaction)
         except Exception as exc:
             await send_error(interaction, exc)
-
-
-def _ask_id(match: re.Match[str]) -> int:
-    """The ask a button names, parsed as every button's id is (`parse_id`)."""
-    return parse_id(match["ask"])
-
-
-class ProbabilitiesButton(_LabButton, template=r"lab:probs:(?P<ask>[\s\S]*)"):
-    """Under a finished reply: the next-token view of the exact prompt it came from."""
-
-    def __init__(self, ask_id: int) -> None:
-        super().__init__(discord.ui.Button(label="Probabilities",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=PROBS_ID.format(ask_id=ask_id)))
-        self.ask_id = ask_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> ProbabilitiesButton:
-        return cls(_ask_id(match))
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        require_id(self.ask_id)
-        await lab.probs_of_ask(interaction, self.ask_id)
-
-
-class ConfidenceButton(_LabButton, template=r"lab:conf:(?P<ask>[\s\S]*)"):
-    """Word odds under a finished reply: how expected each of its tokens was to the model."""
-
-    def __init__(self, ask_id: int) -> None:
-        super().__init__(discord.ui.Button(label=wording.WORD_ODDS,
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=CONF_ID.format(ask_id=ask_id)))
-        self.ask_id = ask_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> ConfidenceButton:
-        return cls(_ask_id(match))
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        require_id(self.ask_id)
-        await lab.confidence_of_ask(interaction, self.ask_id)
 
 
 class StepButton(_LabButton, template=r"lab:step:(?P<walk>[0-9a-f]{8}):(?P<rank>[0-9])"):
@@ -753,49 +636,6 @@ class BackButton(_LabButton, template=r"lab:back:(?P<walk>[0-9a-f]{8})"):
 
     async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
         await lab.back(interaction, self.walk_id)
-
-
-class FollowButton(_LabButton, template=r"lab:follow:(?P<walk>[0-9a-f]{8})"):
-    """The reply's own next token."""
-
-    def __init__(self, walk_id: str, label: str = "▶ the reply's token") -> None:
-        super().__init__(discord.ui.Button(label=label, style=discord.ButtonStyle.primary,
-                                           custom_id=FOLLOW_ID.format(walk=walk_id)))
-        self.walk_id = walk_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> FollowButton:
-        return cls(match["walk"])
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.follow(interaction, self.walk_id)
-
-
-class JumpSelect(discord.ui.DynamicItem[discord.ui.Select[discord.ui.View]],
-                 template=r"lab:jump:(?P<walk>[0-9a-f]{8})"):
-    """Jump to any token of the reply (the select offers those around this step)."""
-
-    def __init__(self, walk_id: str, options: list[discord.SelectOption] | None = None) -> None:
-        super().__init__(discord.ui.Select(
-            placeholder="Jump to a token of the reply…", custom_id=JUMP_ID.format(walk=walk_id),
-            options=options or [discord.SelectOption(label="…", value="0")]))
-        self.walk_id = walk_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> JumpSelect:
-        return cls(match["walk"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            data: Any = interaction.data or {}
-            values = data.get("values") or []
-            if len(values) != 1 or not str(values[0]).isdigit() or len(str(values[0])) > 6:
-                raise UserFacingError("That choice is not valid.")
-            await lab_of(interaction).jump(interaction, self.walk_id, int(values[0]))
-        except Exception as exc:
-            await send_error(interaction, exc)
 
 
 class CompareStopButton(_LabButton, template=r"lab:cstop:(?P<cid>[0-9]{1,20})"):
@@ -873,19 +713,8 @@ def knob_help_view() -> discord.ui.View:
 
 #: The lab's controls that answer clicks after a restart (walks and compares do not
 #: survive one; their buttons then say so).
-LAB_ITEMS = (ProbabilitiesButton, ConfidenceButton, StepButton, BackButton, FollowButton,
-             JumpSelect, CompareStopButton,
-             CompareRegenerateButton, KnobHelpButton, TryKnobButton)
+LAB_ITEMS = (StepButton, BackButton, CompareStopButton, CompareRegenerateButton,
+             KnobHelpButton, TryKnobButton)
 
 
-def reply_lab_buttons(ask_id: int, *, has_text: bool = True) -> list[discord.ui.Item[Any]]:
-    """The lab's buttons under a finished reply (buttons.py's builder adds them); an empty
-    reply has no words to score, so no Word odds."""
-    items: list[discord.ui.Item[Any]] = [ProbabilitiesButton(ask_id)]
-    if has_text:
-        items.append(ConfidenceButton(ask_id))
-    return items
-
-
-__all__ = ["LAB_ITEMS", "LabRunner", "compare_embed", "knob_help_view", "lab_of",
-           "reply_lab_buttons"]
+__all__ = ["LAB_ITEMS", "LabRunner", "compare_embed", "knob_help_view", "lab_of"]
