@@ -381,9 +381,6 @@ WORD_ODDS_NOTE: Final = ("How expected each token was to the model, not whether 
                          "⟨marked⟩ tokens had under 10 %.")
 #: Inspect pressed under an empty reply (one sent before Inspect left empty replies).
 WORD_ODDS_EMPTY: Final = "This reply is empty: there are no words to score."
-#: /probs on a reply: the prompt that reply came from.
-PROBS_OF_REPLY: Final = ("The prompt this reply was generated from (its persona, knobs and "
-                         "earlier turns, as stored with the ask).")
 #: The button under a finished reply, and what its view offers.
 INSPECT: Final = "Inspect"
 INSPECT_PICK_TOKEN: Final = "Jump to a token of the reply…"
@@ -402,7 +399,6 @@ INSPECT_OLD_SPELLING: Final = ("This reply was stored before its tokens were kep
                                "its text's tokens, which may split a word differently.")
 WRITE_ON_NO_ROOM: Final = ("That is the last token this reply's max_new_tokens allows: there "
                            "is nothing left to write after it.")
-WRITE_ON_WRITING: Final = "Writing a new version of the reply from that token…"
 
 
 def inspect_token(n: int, count: int, taken: str, rank: int, raw: float, final: float) -> str:
@@ -416,9 +412,10 @@ def inspect_window(first: int, last: int, count: int) -> str:
     return f"Jump to a token ({first}–{last} of {count})…"
 
 
-def written_version(label: str) -> str:
-    """Under a written-on version streamed in the Inspect view: where it is now."""
-    return f"Saved as version {label} of the reply: the reply's message shows it."
+INSPECT_FIXED: Final = (
+    WORD_ODDS_NOTE, WORD_ODDS_EMPTY, INSPECT_HOW, WRITE_ON_HOW, INSPECT_GONE, INSPECT_NOT_YOURS,
+    INSPECT_NOT_IN_REPLY, INSPECT_NOT_OFFERED, INSPECT_OLD_SPELLING, WRITE_ON_NO_ROOM,
+)
 
 
 #: Every fixed string above, for the test that checks the rules.
@@ -427,7 +424,7 @@ ALL_FIXED: Final = (
     PERSONA_NONE, NAMED_PERSONAS_PERMISSION, IMPORT_NOT_SAVED, MODEL_SWAP_PERMISSION,
     MODEL_SWAP_NOT_IN_DMS, EMPTY_REPLY, MORE_HINT,
     RAISE_HINT, *CAP_OWNERS.values(), *DISCORD_FIXED,
-    *ERROR_FIXED, *COMMAND_FIXED,
+    *ERROR_FIXED, *COMMAND_FIXED, *INSPECT_FIXED,
 )
 
 HELP: Final = "\n".join([
