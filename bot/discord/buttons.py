@@ -1,15 +1,17 @@
-"""Every button under a reply, declared once through one id-button factory.
+"""Every button and select the bot sends, declared once through one id factory.
 
-A button is a `DynamicItem` parsed back from its custom id, so a reply sent
+A control is a `DynamicItem` parsed back from its custom id, so a message sent
 before a restart still answers clicks. A custom id is text a client sends back,
-so `id_button` owns, for every kind: its format (``llm:<kind>:<id>[:<id>…][:<word>]``),
-its parsing and range checks (`bot.discord.guard.parse_id`: a number past 64
-bits, negative or not a number, a missing or extra part, an unknown word is a
-plain refusal from `wording`, never the generic apology), and, for the buttons
-under one answer (versions, Continue, Reasoning), the check against the stored
-binding: the answer they name belongs to this server and channel, and to the
-reply on the pressed message. Only then does the press reach the runner
-(`ReplyControls`), found through `runner_of`, which checks its type.
+so `id_button` and `id_select` own, for every kind: its format
+(``llm:<kind>:<id>[:<id>…][:<word>]``; ``lab:`` for the lab's ids already sent),
+its parsing and range checks (`bot.discord.guard.parse_id`, and `parse_choice`
+for a select's option: a number past 64 bits, negative or not a number, a
+missing or extra part, an unknown word is a plain refusal from `wording`, never
+the generic apology), and, for the buttons under one answer (versions,
+Continue, Reasoning), the check against the stored binding: the answer they
+name belongs to this server and channel, and to the reply on the pressed
+message. Only then does the press reach the runner (`ReplyControls`, found by
+`runner_of`) or the lab (`LabControls`, found by `lab_of`), each checked by type.
 `reply_view` is the one builder of the buttons under a reply.
 """
 
@@ -91,6 +93,18 @@ class LabControls(Protocol):
     async def write_on(self, interaction: discord.Interaction, view_id: int,
                        token_id: int) -> None: ...
 
+    async def step(self, interaction: discord.Interaction, walk_id: int, rank: int) -> None: ...
+
+    async def back(self, interaction: discord.Interaction, walk_id: int) -> None: ...
+
+    async def stop_compare(self, interaction: discord.Interaction, cid: int) -> None: ...
+
+    async def regenerate_compare(self, interaction: discord.Interaction, cid: int) -> None: ...
+
+    async def knob_help(self, interaction: discord.Interaction) -> None: ...
+
+    async def try_knob(self, interaction: discord.Interaction, name: str) -> None: ...
+
 
 def lab_of(interaction: discord.Interaction) -> LabControls:
     """The lab of the client that received `interaction` (the client holds it)."""
@@ -140,6 +154,8 @@ class Press:
     ids: tuple[int, ...]
     word: str = ""
     choice: int = -1
+    valid: bool = True
+    """False when the custom id did not parse (an id-less kind has no `BAD_ID` to carry)."""
 
 
 #: What a press does once its id checked out: the runner, the interaction, the press.
@@ -177,19 +193,22 @@ def parse_choice(interaction: discord.Interaction) -> int:
     return int(value)
 
 
-def _parse_rest(spec: ButtonSpec, rest: str) -> tuple[list[int], str]:
-    """A custom id's ids and word after ``<prefix>:<kind>:``; `BAD_ID`s when malformed."""
-    parts = rest.split(":")
+def _parse_rest(spec: ButtonSpec, rest: str | None) -> Press:
+    """A custom id's ids and word after ``<prefix>:<kind>``; `BAD_ID`s and not `valid`
+    when malformed."""
+    parts = rest.split(":") if rest is not None else []
     word = parts.pop() if spec.words and parts else ""
     ids = [parse_id(part) for part in parts]
     if len(ids) != spec.ids or (spec.words and word not in spec.words):
-        ids, word = [BAD_ID] * spec.ids, spec.words[0] if spec.words else ""
-    return ids, word
+        return Press((BAD_ID,) * spec.ids, spec.words[0] if spec.words else "", valid=False)
+    return Press(tuple(ids), word)
 
 
 async def _run_press(spec: ButtonSpec, interaction: discord.Interaction, press: Press) -> None:
     """The checks every press passes, in order, then its handler; errors by the one path."""
     try:
+        if not press.valid:
+            raise InvalidButton()
         require_id(*press.ids)  # a crafted id: refused before any lookup
         runner = runner_of(interaction)
         if spec.bound:
@@ -205,11 +224,11 @@ class IdButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], templ
     spec: ClassVar[ButtonSpec]
 
     def __init__(self, *ids: int, word: str = "", label: str | None = None,
-                 disabled: bool = False) -> None:
+                 disabled: bool = False, style: discord.ButtonStyle | None = None) -> None:
         spec = self.spec
         parts = [spec.prefix, spec.kind, *map(str, ids), *([word] if spec.words else [])]
         super().__init__(discord.ui.Button(
-            label=label or spec.label, style=spec.style, emoji=spec.emoji,
+            label=label or spec.label, style=style or spec.style, emoji=spec.emoji,
             custom_id=":".join(parts), disabled=disabled, row=spec.row,
         ))
         self.press = Press(ids, word)
@@ -217,8 +236,10 @@ class IdButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], templ
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> IdButton:
-        ids, word = _parse_rest(cls.spec, match["rest"])
-        return cls(*ids, word=word)
+        press = _parse_rest(cls.spec, match["rest"])
+        made = cls(*press.ids, word=press.word)
+        made.press = press
+        return made
 
     async def callback(self, interaction: discord.Interaction) -> None:
         await _run_press(self.spec, interaction, self.press)
@@ -244,8 +265,10 @@ class IdSelect(discord.ui.DynamicItem[discord.ui.Select[discord.ui.View]], templ
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> IdSelect:
-        ids, _ = _parse_rest(cls.spec, match["rest"])
-        return cls(*ids)
+        press = _parse_rest(cls.spec, match["rest"])
+        made = cls(*press.ids)
+        made.press = press
+        return made
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
@@ -259,7 +282,7 @@ class IdSelect(discord.ui.DynamicItem[discord.ui.Select[discord.ui.View]], templ
 def _template(prefix: str, kind: str) -> str:
     # Anything after ``<prefix>:<kind>:`` matches, so a malformed id still reaches the
     # item and gets a plain refusal instead of no answer at all.
-    return rf"{re.escape(prefix)}:{re.escape(kind)}:(?P<rest>[\s\S]*)"
+    return rf"{re.escape(prefix)}:{re.escape(kind)}(?::(?P<rest>[\s\S]*))?"
 
 
 def id_button(kind: str, on_press: OnPress, *, label: str, ids: int = 1,
@@ -368,6 +391,43 @@ WriteOnSelect = id_select(
 """Take another token here and write on: a new version of the reply."""
 
 
+# The knobs lab's other controls. Walks and comparisons live 15 minutes in the lab's
+# memory, so their ids name that state (a /probs or /compare interaction's id), checked
+# there; "What do these do?" and Try keep the ids messages already carry.
+StepButton = id_button(
+    "step", lambda runner, itx, p: lab_of(itx).step(itx, p.ids[0], p.ids[1] - 1), ids=2,
+    label="step", prefix="lab")
+"""/probs: append this candidate (its rank, 1-based in the id) and show the next step."""
+
+WalkBackButton = id_button(
+    "back", lambda runner, itx, p: lab_of(itx).back(itx, p.ids[0]), label="◀ Back",
+    prefix="lab")
+"""/probs: the step before this one."""
+
+CompareStopButton = id_button(
+    "cstop", lambda runner, itx, p: lab_of(itx).stop_compare(itx, p.ids[0]), label="Stop",
+    style=discord.ButtonStyle.danger, prefix="lab")
+"""/compare: stop every variant."""
+
+CompareRegenerateButton = id_button(
+    "cregen", lambda runner, itx, p: lab_of(itx).regenerate_compare(itx, p.ids[0]),
+    label="Regenerate", prefix="lab")
+"""/compare: the same variants again, a new seed."""
+
+KnobHelpButton = id_button(
+    "knobhelp", lambda runner, itx, p: lab_of(itx).knob_help(itx), ids=0,
+    label="What do these do?", prefix="lab")
+"""Under /help, /settings and /knobs show: what each knob does."""
+
+#: The knobs a Try button compares (the knob help's view offers one each).
+TRY_KNOBS = ("temperature", "top_p", "top_k", "repetition_penalty", "min_new_tokens")
+
+TryKnobButton = id_button(
+    "try", lambda runner, itx, p: lab_of(itx).try_knob(itx, p.word), ids=0, words=TRY_KNOBS,
+    label="Try", prefix="lab")
+"""Compare a knob's value here against a contrasting one, on the presser's last prompt."""
+
+
 class ReplyModal(discord.ui.Modal, title="Reply"):
     """The follow-up editor: multi-line, up to Discord's 4,000 characters.
 
@@ -420,7 +480,9 @@ def _add_answer_controls(view: discord.ui.View, answer_id: int,
 #: Every control that answers clicks after a restart (the client registers them).
 DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, SwipeButton, ContinueButton,
                  ReasoningButton, InspectButton, ProbsButton, ConfButton, InspectTokenSelect,
-                 InspectPageButton, InspectBackButton, WriteOnSelect)
+                 InspectPageButton, InspectBackButton, WriteOnSelect, StepButton,
+                 WalkBackButton, CompareStopButton, CompareRegenerateButton, KnobHelpButton,
+                 TryKnobButton)
 
 
 def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,

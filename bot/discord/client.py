@@ -27,7 +27,7 @@ from bot.config import Settings
 from bot.discord.buttons import DYNAMIC_ITEMS, REPLY_MODAL_PATTERN, submit_reply
 from bot.discord.follow import ContentMode, Follower
 from bot.discord.guard import GuardedTree
-from bot.discord.lab import LAB_ITEMS, LabRunner
+from bot.discord.lab import LabRunner
 from bot.discord.modals import ModalRouter
 from bot.discord.runner import AskRunner
 from bot.engine import FinishReason, GenerationResult
@@ -95,7 +95,7 @@ class LlamaBot(commands.AutoShardedBot):
     async def setup_hook(self) -> None:
         for ext in EXTENSIONS:
             await self.load_extension(ext)
-        self.add_dynamic_items(*DYNAMIC_ITEMS, *LAB_ITEMS)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
         if self.app.metrics is not None:
             # After the cogs: the error cog installs the tree's error handler we wrap.
             attach_metrics(self, self.app.metrics)

@@ -26,7 +26,6 @@ import contextlib
 import io
 import json
 import logging
-import re
 import secrets
 import time
 from collections import OrderedDict
@@ -39,8 +38,16 @@ import discord
 
 from bot.chat.request import FINISH_WORDS
 from bot.chat.turns import TurnAsk
+from bot.discord.buttons import (
+    TRY_KNOBS,
+    CompareRegenerateButton,
+    CompareStopButton,
+    KnobHelpButton,
+    StepButton,
+    TryKnobButton,
+    WalkBackButton,
+)
 from bot.discord.common import NO_MENTIONS, location_of
-from bot.discord.errors import send_error
 from bot.discord.inspect import Inspection, Inspector
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, quote_prompt
 from bot.engine import Engine, Finished, GenerationRequest, TextDelta
@@ -73,13 +80,6 @@ SEED_NOTE = (
 )
 """Said only in the attached file (and the CLI): the embed stays about the texts."""
 
-CSTOP_ID = "lab:cstop:{cid}"
-CREGEN_ID = "lab:cregen:{cid}"
-STEP_ID = "lab:step:{walk}:{rank}"
-BACK_ID = "lab:back:{walk}"
-KNOB_HELP_ID = "lab:knobhelp"
-TRY_ID = "lab:try:{knob}"
-TRY_KNOBS = ("temperature", "top_p", "top_k", "repetition_penalty", "min_new_tokens")
 
 
 # --------------------------------------------------------------------------- shaping
@@ -173,7 +173,8 @@ class LabTurn:
 class Walk:
     """One /probs view a member steps through: the request and the reply so far."""
 
-    id: str
+    id: int
+    """The /probs interaction's id, which its buttons carry."""
     user_id: int
     request: GenerationRequest
     model: str
@@ -354,8 +355,8 @@ class LabRunner:
             # All variants or none (QueueFull, PromptTooLong raise here, before the ack).
             comparison = start_compare(engine, ask.request, ask.variants, seed=seed)
             ask.comparison = comparison
-            cid = str(interaction.id)
-            self.compares.put(cid, ask)
+            cid = interaction.id
+            self.compares.put(str(cid), ask)
             try:
                 await interaction.response.defer(ephemeral=ask.private, thinking=True)
             except BaseException:
@@ -370,7 +371,7 @@ class LabRunner:
             finally:
                 comparison.cancel()  # no-op when finished; on a cancelled task, stops all
 
-    async def _stream_compare(self, interaction: discord.Interaction, cid: str, ask: CompareAsk,
+    async def _stream_compare(self, interaction: discord.Interaction, cid: int, ask: CompareAsk,
                               comparison: Comparison, *,
                               release: Callable[[], object]) -> None:
         views = [VariantView(v.label) for v in comparison.variants]
@@ -430,9 +431,9 @@ class LabRunner:
             await editor.abort()
             raise
 
-    async def stop_compare(self, interaction: discord.Interaction, cid: str) -> None:
+    async def stop_compare(self, interaction: discord.Interaction, cid: int) -> None:
         """Stop stops every variant: the asker, or a moderator where a public one runs."""
-        ask = self.compares.get(cid)
+        ask = self.compares.get(str(cid))
         if ask is None or ask.comparison is None:
             raise UserFacingError("This comparison has already finished.")
         owner = interaction.user.id == ask.user_id
@@ -444,9 +445,9 @@ class LabRunner:
         ask.comparison.cancel()
         await interaction.response.defer()
 
-    async def regenerate_compare(self, interaction: discord.Interaction, cid: str) -> None:
+    async def regenerate_compare(self, interaction: discord.Interaction, cid: int) -> None:
         """The same prompt and variants, a new seed; as private as the first one."""
-        ask = self.compares.get(cid)
+        ask = self.compares.get(str(cid))
         if ask is None:
             raise UserFacingError(
                 "I no longer have this comparison (they are kept 15 minutes). Run /compare again!"
@@ -470,23 +471,23 @@ class LabRunner:
             engine = await self.app.models.engine(turn.model)
             step = await probs_step(engine, turn.request, generated=generated, seed=walk_seed,
                                     raw=raw)
-            walk = Walk(secrets.token_hex(4), interaction.user.id, turn.request, turn.model,
+            walk = Walk(interaction.id, interaction.user.id, turn.request, turn.model,
                         step, header, private)
-            self.walks.put(walk.id, walk)
+            self.walks.put(str(walk.id), walk)
             content, file, view = await self._walk_message(walk, engine)
         # The slot is free before the view shows, so a Step pressed at once is taken.
         await interaction.followup.send(content, file=file, view=view, ephemeral=private,
                                         allowed_mentions=NO_MENTIONS)
 
-    async def step(self, interaction: discord.Interaction, walk_id: str, rank: int) -> None:
+    async def step(self, interaction: discord.Interaction, walk_id: int, rank: int) -> None:
         """A Step button: append the chosen token and show the next step (author only)."""
         walk = self._own_walk(interaction, walk_id)
         if not 0 <= rank < len(walk.choices):
             raise UserFacingError("That button is out of date: step from the latest view.")
         await self._move(interaction, walk, walk.step.then(walk.choices[rank]))
 
-    def _own_walk(self, interaction: discord.Interaction, walk_id: str) -> Walk:
-        walk = self.walks.get(walk_id)
+    def _own_walk(self, interaction: discord.Interaction, walk_id: int) -> Walk:
+        walk = self.walks.get(str(walk_id))
         if walk is None:
             raise UserFacingError("This walk has expired (walks are kept 15 minutes). "
                                   "Run /probs again.")
@@ -494,7 +495,7 @@ class LabRunner:
             raise UserFacingError("Only the person who opened this view can step it.")
         return walk
 
-    async def back(self, interaction: discord.Interaction, walk_id: str) -> None:
+    async def back(self, interaction: discord.Interaction, walk_id: int) -> None:
         """Back: the step before this one."""
         walk = self._own_walk(interaction, walk_id)
         if not walk.step.generated:
@@ -538,12 +539,12 @@ class LabRunner:
         walk.choices = tuple(choices)
         view = discord.ui.View(timeout=None)
         if step.generated:
-            view.add_item(BackButton(walk.id))
+            view.add_item(WalkBackButton(walk.id))
         for rank, token_id in enumerate(walk.choices):
             cand = by_id.get(token_id)
             label = (cand.text if cand is not None else str(token_id))[:70]
             removed = cand is not None and cand.removed_by is not None
-            view.add_item(StepButton(walk.id, rank, label=f"{'✕' if removed else '+'} {label}"))
+            view.add_item(StepButton(walk.id, rank + 1, label=f"{'✕' if removed else '+'} {label}"))
         view.stop()
         return content, discord.File(io.BytesIO(png), filename="probs.png"), view
 
@@ -557,15 +558,13 @@ class LabRunner:
                               "against a contrasting one (/compare).")
         view = discord.ui.View(timeout=None)
         for name in TRY_KNOBS:
-            view.add_item(TryKnobButton(name))
+            view.add_item(TryKnobButton(word=name, label=f"Try {name}"))
         view.stop()
         await interaction.response.send_message(embed=embed, view=view, ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
 
     async def try_knob(self, interaction: discord.Interaction, name: str) -> None:
         """"Try it on my last prompt": a comparison of the knob's value against a contrast."""
-        if name not in TRY_KNOBS:
-            raise UserFacingError("That button is not valid.")
         ask_id = await self.app.chat.latest_ask(interaction.user.id, interaction.channel_id)
         if ask_id is None:
             raise UserFacingError("Ask something here first (/ask): this reruns your last prompt.")
@@ -579,142 +578,12 @@ class LabRunner:
         ))
 
 
-def lab_of(interaction: discord.Interaction) -> LabRunner:
-    """The lab of the client that received `interaction` (the client holds it)."""
-    lab = getattr(interaction.client, "lab", None)
-    if not isinstance(lab, LabRunner):
-        raise UserFacingError("The knobs lab is not available on this bot.")
-    return lab
-
-
-# --------------------------------------------------------------------------- buttons
-
-
-class _LabButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-                 template=r"lab:never"):
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        raise NotImplementedError
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await self.run(lab_of(interaction), interaction)
-        except Exception as exc:
-            await send_error(interaction, exc)
-
-
-class StepButton(_LabButton, template=r"lab:step:(?P<walk>[0-9a-f]{8}):(?P<rank>[0-9])"):
-    """Append this candidate to the walk's reply and show the next step."""
-
-    def __init__(self, walk_id: str, rank: int, label: str = "step") -> None:
-        super().__init__(discord.ui.Button(label=label or "step",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=STEP_ID.format(walk=walk_id, rank=rank)))
-        self.walk_id = walk_id
-        self.rank = rank
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> StepButton:
-        return cls(match["walk"], int(match["rank"]))
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.step(interaction, self.walk_id, self.rank)
-
-
-class BackButton(_LabButton, template=r"lab:back:(?P<walk>[0-9a-f]{8})"):
-    """The step before this one."""
-
-    def __init__(self, walk_id: str) -> None:
-        super().__init__(discord.ui.Button(label="◀ Back", style=discord.ButtonStyle.secondary,
-                                           custom_id=BACK_ID.format(walk=walk_id)))
-        self.walk_id = walk_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> BackButton:
-        return cls(match["walk"])
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.back(interaction, self.walk_id)
-
-
-class CompareStopButton(_LabButton, template=r"lab:cstop:(?P<cid>[0-9]{1,20})"):
-    def __init__(self, cid: str) -> None:
-        super().__init__(discord.ui.Button(label="Stop", style=discord.ButtonStyle.danger,
-                                           custom_id=CSTOP_ID.format(cid=cid)))
-        self.cid = cid
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> CompareStopButton:
-        return cls(match["cid"])
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.stop_compare(interaction, self.cid)
-
-
-class CompareRegenerateButton(_LabButton, template=r"lab:cregen:(?P<cid>[0-9]{1,20})"):
-    def __init__(self, cid: str) -> None:
-        super().__init__(discord.ui.Button(label="Regenerate", style=discord.ButtonStyle.secondary,
-                                           custom_id=CREGEN_ID.format(cid=cid)))
-        self.cid = cid
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> CompareRegenerateButton:
-        return cls(match["cid"])
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.regenerate_compare(interaction, self.cid)
-
-
-class KnobHelpButton(_LabButton, template=r"lab:knobhelp"):
-    """Under /knobs show: what each knob does."""
-
-    def __init__(self) -> None:
-        super().__init__(discord.ui.Button(label="What do these do?",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=KNOB_HELP_ID))
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> KnobHelpButton:
-        return cls()
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.knob_help(interaction)
-
-
-class TryKnobButton(_LabButton, template=r"lab:try:(?P<knob>[a-z_]{1,30})"):
-    """Compare this knob's value here against a contrasting one, on the last prompt."""
-
-    def __init__(self, knob: str) -> None:
-        super().__init__(discord.ui.Button(label=f"Try {knob}",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=TRY_ID.format(knob=knob)))
-        self.knob = knob
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> TryKnobButton:
-        return cls(match["knob"])
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.try_knob(interaction, self.knob)
-
-
 def knob_help_view() -> discord.ui.View:
-    """The "What do these do?" button for /knobs show."""
+    """The "What do these do?" button for /knobs show, /help and /settings."""
     view = discord.ui.View(timeout=None)
     view.add_item(KnobHelpButton())
     view.stop()
     return view
 
 
-#: The lab's controls that answer clicks after a restart (walks and compares do not
-#: survive one; their buttons then say so).
-LAB_ITEMS = (StepButton, BackButton, CompareStopButton, CompareRegenerateButton,
-             KnobHelpButton, TryKnobButton)
-
-
-__all__ = ["LAB_ITEMS", "LabRunner", "compare_embed", "knob_help_view", "lab_of"]
+__all__ = ["LabRunner", "compare_embed", "knob_help_view"]

@@ -81,6 +81,13 @@ async def test_every_reply_button_is_declared_through_the_factory() -> None:
     "llm:ipage:1:sideways",
     "llm:iback:",
     "llm:iwrite:" + "9" * 25,
+    "lab:step:abc:1",                # the lab's /probs and /compare controls
+    "lab:step:1",
+    "lab:back:1:2",
+    "lab:cstop:" + "9" * 25,
+    "lab:cregen:-1",
+    "lab:try:warmth",                # a knob with no Try
+    "lab:knobhelp:1",
 ])
 async def test_crafted_ids_on_every_button_get_a_plain_refusal(
     two_servers: Harness, custom_id: str

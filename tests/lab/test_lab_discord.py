@@ -318,7 +318,7 @@ async def test_a_private_replys_inspect_is_for_its_author_only(
             assert data.get("flags", 0) & FLAG_EPHEMERAL
             assert not press.followups
         # Custom ids are validated before use: a forged one gets a plain refusal.
-        forged = await h.fake.inject_component(f"lab:step:deadbeef:{9}")
+        forged = await h.fake.inject_component("lab:step:12345:9")
         response = await forged.wait_response()
         assert "expired" in response.data.get("content", "")
 
