@@ -97,8 +97,6 @@ class LabControls(Protocol):
 
     async def back(self, interaction: discord.Interaction, walk_id: int) -> None: ...
 
-    async def stop_compare(self, interaction: discord.Interaction, cid: int) -> None: ...
-
     async def regenerate_compare(self, interaction: discord.Interaction, cid: int) -> None: ...
 
     async def knob_help(self, interaction: discord.Interaction) -> None: ...
@@ -391,9 +389,10 @@ WriteOnSelect = id_select(
 """Take another token here and write on: a new version of the reply."""
 
 
-# The knobs lab's other controls. Walks and comparisons live 15 minutes in the lab's
-# memory, so their ids name that state (a /probs or /compare interaction's id), checked
-# there; "What do these do?" and Try keep the ids messages already carry.
+# The knobs lab's other controls (a running /compare has the runner's Stop). Walks and
+# comparisons live 15 minutes in the lab's memory, so their ids name that state (a /probs
+# or /compare interaction's id), checked there; "What do these do?" and Try keep the ids
+# messages already carry.
 StepButton = id_button(
     "step", lambda runner, itx, p: lab_of(itx).step(itx, p.ids[0], p.ids[1] - 1), ids=2,
     label="step", prefix="lab")
@@ -403,11 +402,6 @@ WalkBackButton = id_button(
     "back", lambda runner, itx, p: lab_of(itx).back(itx, p.ids[0]), label="◀ Back",
     prefix="lab")
 """/probs: the step before this one."""
-
-CompareStopButton = id_button(
-    "cstop", lambda runner, itx, p: lab_of(itx).stop_compare(itx, p.ids[0]), label="Stop",
-    style=discord.ButtonStyle.danger, prefix="lab")
-"""/compare: stop every variant."""
 
 CompareRegenerateButton = id_button(
     "cregen", lambda runner, itx, p: lab_of(itx).regenerate_compare(itx, p.ids[0]),
@@ -481,7 +475,7 @@ def _add_answer_controls(view: discord.ui.View, answer_id: int,
 DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, SwipeButton, ContinueButton,
                  ReasoningButton, InspectButton, ProbsButton, ConfButton, InspectTokenSelect,
                  InspectPageButton, InspectBackButton, WriteOnSelect, StepButton,
-                 WalkBackButton, CompareStopButton, CompareRegenerateButton, KnobHelpButton,
+                 WalkBackButton, CompareRegenerateButton, KnobHelpButton,
                  TryKnobButton)
 
 

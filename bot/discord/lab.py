@@ -22,7 +22,6 @@ state a walk, a comparison or an Inspect view needs:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
@@ -41,7 +40,6 @@ from bot.chat.turns import TurnAsk
 from bot.discord.buttons import (
     TRY_KNOBS,
     CompareRegenerateButton,
-    CompareStopButton,
     KnobHelpButton,
     StepButton,
     TryKnobButton,
@@ -50,7 +48,9 @@ from bot.discord.buttons import (
 from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.inspect import Inspection, Inspector
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, quote_prompt
-from bot.engine import Engine, Finished, GenerationRequest, TextDelta
+from bot.discord.reply import InteractionSurface, Page
+from bot.discord.runner import Run
+from bot.engine import Engine, Finished, GenerationRequest, GenerationResult, TextDelta
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.lab.chart import MAX_PNG_BYTES, render_png
@@ -61,6 +61,7 @@ from bot.lab.probs import ProbsStep, format_knobs, format_table, probs_step
 if TYPE_CHECKING:
     from bot.app import App
     from bot.discord.runner import AskRunner
+    from bot.hosting.host import OnWait
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,43 @@ class CompareAsk:
     comparison: Comparison | None = None
 
 
+@dataclass(eq=False, kw_only=True)
+class CompareRun(Run):
+    """/compare (and Try, and its Regenerate) as an entry of the runner's lifecycle."""
+
+    lab: LabRunner
+    ask: CompareAsk
+    interaction: discord.Interaction
+    seed: int | None = None
+    comparison: Comparison | None = None
+
+    async def start(self, runner: AskRunner, on_wait: OnWait) -> None:
+        engine = await self.lab.app.models.engine(self.ask.model, on_wait)
+        # All variants or none (QueueFull, PromptTooLong raise here, before the ack).
+        self.comparison = start_compare(engine, self.ask.request, self.ask.variants,
+                                        seed=self.seed)
+        self.ask.comparison = self.comparison
+        self.lab.compares.put(str(self.id), self.ask)
+
+    async def deliver(self, runner: AskRunner, first: Page, stop: discord.ui.View,
+                      release: Callable[[], object]) -> GenerationResult | None:
+        assert self.comparison is not None
+        try:
+            await self.lab.stream_compare(self.interaction, self.id, self.ask, self.comparison,
+                                          stop, release=release)
+        finally:
+            self.comparison.cancel()  # no-op when finished; on a cancelled task, stops all
+        return None
+
+    def cancel(self) -> None:
+        if self.comparison is not None:
+            self.comparison.cancel()
+
+    @property
+    def running(self) -> bool:
+        return self.comparison is not None
+
+
 # --------------------------------------------------------------------------- the runner
 
 
@@ -340,45 +378,28 @@ class LabRunner:
 
     async def compare(self, interaction: discord.Interaction, ask: CompareAsk, *,
                       seed: int | None = None) -> None:
-        """Run a comparison as one ask of the member's: their slot, then the engine's queue.
+        """Run a comparison as an entry of the runner's lifecycle: the member's slot and
+        cooldown, the engine's queue (all variants or none), the runner's Stop, one error
+        tail.
 
         It edits the interaction's original response throughout; a comparison is a few
         hundred tokens per variant, well inside the 15-minute interaction token, so it
-        has no channel-message fallback as `ReplyWriter` does (an expired token ends
-        the comparison, logged as undelivered).
+        has no channel-message fallback as `ReplyWriter` does.
         """
-        if self.app.models.closing:
-            raise UserFacingError("I'm restarting, try again in a moment.")
-        with contextlib.ExitStack() as slot:
-            slot.enter_context(self.gate.hold(ask.user_id))
-            engine = await self.app.models.engine(ask.model)
-            # All variants or none (QueueFull, PromptTooLong raise here, before the ack).
-            comparison = start_compare(engine, ask.request, ask.variants, seed=seed)
-            ask.comparison = comparison
-            cid = interaction.id
-            self.compares.put(str(cid), ask)
-            try:
-                await interaction.response.defer(ephemeral=ask.private, thinking=True)
-            except BaseException:
-                comparison.cancel()
-                raise
-            try:
-                await self._stream_compare(interaction, cid, ask, comparison,
-                                           release=slot.close)
-            except discord.HTTPException:
-                comparison.cancel()
-                log.exception("comparison %s could not be delivered", cid)
-            finally:
-                comparison.cancel()  # no-op when finished; on a cancelled task, stops all
+        await self.runner.run(CompareRun(
+            id=interaction.id, user_id=ask.user_id, guild_id=ask.guild_id,
+            channel_id=ask.channel_id, private=ask.private, lab=self, ask=ask, seed=seed,
+            interaction=interaction,
+            surface=InteractionSurface(interaction, private=ask.private, header="",
+                                       ttl_s=lambda: self.runner.interaction_ttl_s),
+        ))
 
-    async def _stream_compare(self, interaction: discord.Interaction, cid: int, ask: CompareAsk,
-                              comparison: Comparison, *,
-                              release: Callable[[], object]) -> None:
+    async def stream_compare(self, interaction: discord.Interaction, cid: int, ask: CompareAsk,
+                             comparison: Comparison, running: discord.ui.View, *,
+                             release: Callable[[], object]) -> None:
+        """Every variant into one embed, `running` (Stop) under it until the end."""
         views = [VariantView(v.label) for v in comparison.variants]
         state: dict[str, Any] = {"final": False, "file": None}
-        running = discord.ui.View(timeout=None)
-        running.add_item(CompareStopButton(cid))
-        running.stop()
 
         async def send(key: str) -> None:
             embed = discord.Embed.from_dict(json.loads(key))
@@ -430,20 +451,6 @@ class LabRunner:
         except BaseException:
             await editor.abort()
             raise
-
-    async def stop_compare(self, interaction: discord.Interaction, cid: int) -> None:
-        """Stop stops every variant: the asker, or a moderator where a public one runs."""
-        ask = self.compares.get(str(cid))
-        if ask is None or ask.comparison is None:
-            raise UserFacingError("This comparison has already finished.")
-        owner = interaction.user.id == ask.user_id
-        moderator = (not ask.private and interaction.guild_id is not None
-                     and interaction.channel_id == ask.channel_id
-                     and interaction.permissions.manage_messages)
-        if not (owner or moderator):
-            raise UserFacingError("Only the person who asked (or a moderator) can stop this.")
-        ask.comparison.cancel()
-        await interaction.response.defer()
 
     async def regenerate_compare(self, interaction: discord.Interaction, cid: int) -> None:
         """The same prompt and variants, a new seed; as private as the first one."""

@@ -84,7 +84,7 @@ async def test_every_reply_button_is_declared_through_the_factory() -> None:
     "lab:step:abc:1",                # the lab's /probs and /compare controls
     "lab:step:1",
     "lab:back:1:2",
-    "lab:cstop:" + "9" * 25,
+    "lab:cregen:" + "9" * 25,
     "lab:cregen:-1",
     "lab:try:warmth",                # a knob with no Try
     "lab:knobhelp:1",

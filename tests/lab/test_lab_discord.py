@@ -98,7 +98,7 @@ async def test_compare_streams_each_variant_into_one_embed(
         assert len(compare_seeds(h)) == 1
         # It streamed: the Stop button showed before the final edit, which has Regenerate.
         stops = [rev for rev in msg.revisions
-                 if any("lab:cstop:" in c.get("custom_id", "")
+                 if any("llm:stop:" in c.get("custom_id", "")
                         for row in rev["components"] for c in row.get("components", []))]
         assert stops
         assert [a["filename"] for a in msg.attachments] == ["compare.md"]
@@ -144,7 +144,7 @@ async def test_stop_stops_every_variant_and_regenerate_draws_a_new_seed(
 
         def stop_id(of: FakeInteraction) -> str | None:
             msg = of.original
-            found = [i for i in buttons(msg) if i.startswith("lab:cstop:")] if msg else []
+            found = [i for i in buttons(msg) if i.startswith("llm:stop:")] if msg else []
             return found[0] if found else None
 
         sid = await h.fake.wait_for(lambda: stop_id(itx), timeout=30)
@@ -173,6 +173,24 @@ async def test_stop_stops_every_variant_and_regenerate_draws_a_new_seed(
         seeds = compare_seeds(h)
         assert len(seeds) == 2 and seeds[1] != first_seed[0]
         assert [f["name"] for f in second.embeds[0]["fields"]] == ["temperature=0.3", "top_k=5"]
+
+
+async def test_compare_is_an_entry_of_the_runner_cooldown_included(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A comparison takes the member's slot and starts their cooldown, as an /ask does;
+    while it runs it is in the runner's table (its Stop is the runner's)."""
+    async with running_bot(tiny_model_dir, tmp_path, scripted="Short answer.",
+                           script_delay=0.05, user_cooldown_s=600) as h:
+        itx = await h.command("compare", {"prompt": "hi", "a": "temperature=0.1",
+                                          "b": "top_k=1"})
+        await h.fake.wait_for(lambda: h.bot.runner.active.get(itx.id), timeout=30)
+        await finished_compare(h, itx)
+        assert itx.id not in h.bot.runner.active
+        for name, options in (("ask", {"prompt": "and now?"}), ("compare", {"prompt": "hi"})):
+            refused = await h.command(name, options)
+            said = (await refused.wait_response()).data["content"]
+            assert "Slow down a little" in said, said
 
 
 async def probs_message(itx: FakeInteraction, h: Harness) -> StoredMessage:
