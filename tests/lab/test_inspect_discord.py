@@ -252,6 +252,14 @@ async def test_write_on_is_refused_to_a_member_who_may_not_regenerate(
         versions = await h.app.swipes.swipes(question.id, user_id=h.guild.members[0].id)
         assert len(versions.answers) == 1
         assert not h.bot.runner.active
+        # The asker may. Their reply is ephemeral (no message of it can be edited now), so
+        # the new version stays in the view with the version's own buttons.
+        await h.fake.inject_component(f"llm:iwrite:{press.id}", message_id=view.id,
+                                      component_type=3, values=[chosen])
+        await h.fake.wait_for(lambda: "2/2" in labels(view) or None, timeout=60)
+        assert is_final(view.content) and "llm:inspect:" in "".join(buttons(view))
+        versions = await h.app.swipes.swipes(question.id, user_id=h.guild.members[0].id)
+        assert len(versions.answers) == 2 and versions.current.turn.private
 
 
 async def test_continue_adds_its_ids_to_the_replys_own(
