@@ -1,9 +1,9 @@
 """The runner: every generating entry on Discord, from its press to its last edit, in one lifecycle.
 
-Entries: slash `/ask`, the Reply modal, Regenerate, Continue (interactions) and
-mentions, replies and DMs (messages) each become an `Ask`; any other run that
-generates for a member (the lab's) subclasses `Run` and calls `AskRunner.run`
-too. That one method is the lifecycle:
+Entries: slash `/ask`, the Reply modal, Regenerate, Continue, Inspect's write on
+(interactions) and mentions, replies and DMs (messages) each become an `Ask`; any
+other run that generates for a member (the lab's `/compare`, `CompareRun`)
+subclasses `Run` and calls `AskRunner.run` too. That one method is the lifecycle:
 
     refuse when restarting → the member's slot (`AskGate`, taken before the
     first await) → `Run.start` (prepare through `Chat` and submit; a model that must load
