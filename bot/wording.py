@@ -396,16 +396,48 @@ def kept_existing(name: str) -> str:
     return f" A saved persona was already called `{name}`: it is kept as it was."
 
 
-#: The button that scores a finished reply's tokens, and the view's title.
+#: The view of a reply's own tokens opened by Inspect, and its first part's title.
 WORD_ODDS: Final = "Word odds"
 #: Said once at the top of Word odds: what it measures, and what it does not.
 WORD_ODDS_NOTE: Final = ("How expected each token was to the model, not whether it is right: "
                          "⟨marked⟩ tokens had under 10 %.")
-#: Word odds pressed under an empty reply.
+#: Inspect pressed under an empty reply (one sent before Inspect left empty replies).
 WORD_ODDS_EMPTY: Final = "This reply is empty: there are no words to score."
-#: Probabilities under a reply: the prompt that reply came from.
-PROBS_OF_REPLY: Final = ("The prompt this reply was generated from (its persona, knobs and "
-                         "earlier turns, as stored with the ask).")
+#: The button under a finished reply, and what its view offers.
+INSPECT: Final = "Inspect"
+INSPECT_PICK_TOKEN: Final = "Jump to a token of the reply…"
+INSPECT_BACK: Final = "◀ Back"
+INSPECT_HOW: Final = "Pick a token below to see what else the model could have written there."
+WRITE_ON_PICK: Final = "Write on from here with…"
+WRITE_ON_HOW: Final = ("Pick another token below to write on from here: the reply up to this "
+                       "token, then yours, continued with the reply's own knobs, becomes a new "
+                       "version of the reply.")
+INSPECT_GONE: Final = ("This view has expired (views are kept 15 minutes): press Inspect "
+                       "under the reply again.")
+INSPECT_NOT_YOURS: Final = "Only the person who opened this view can use it."
+INSPECT_NOT_IN_REPLY: Final = "That token is not in this reply."
+INSPECT_NOT_OFFERED: Final = "That token is not one offered here: pick one from the latest view."
+INSPECT_OLD_SPELLING: Final = ("This reply was stored before its tokens were kept: these are "
+                               "its text's tokens, which may split a word differently.")
+WRITE_ON_NO_ROOM: Final = ("That is the last token this reply's max_new_tokens allows: there "
+                           "is nothing left to write after it.")
+
+
+def inspect_token(n: int, count: int, taken: str, rank: int, raw: float, final: float) -> str:
+    """The line above a token's alternatives: which token, and how the model rated it."""
+    return (f"Token {n} of {count}: the reply took **{taken}** here (choice #{rank} by the "
+            f"model, raw {raw * 100:.1f}%, final {final * 100:.1f}%).")
+
+
+def inspect_window(first: int, last: int, count: int) -> str:
+    """The select's placeholder when the reply has more tokens than it holds."""
+    return f"Jump to a token ({first}–{last} of {count})…"
+
+
+INSPECT_FIXED: Final = (
+    WORD_ODDS_NOTE, WORD_ODDS_EMPTY, INSPECT_HOW, WRITE_ON_HOW, INSPECT_GONE, INSPECT_NOT_YOURS,
+    INSPECT_NOT_IN_REPLY, INSPECT_NOT_OFFERED, INSPECT_OLD_SPELLING, WRITE_ON_NO_ROOM,
+)
 
 
 #: Every fixed string above, for the test that checks the rules.
@@ -414,7 +446,7 @@ ALL_FIXED: Final = (
     PERSONA_NONE, NAMED_PERSONAS_PERMISSION, IMPORT_NOT_SAVED, MODEL_SWAP_PERMISSION,
     MODEL_SWAP_NOT_IN_DMS, EMPTY_REPLY, MORE_HINT,
     RAISE_HINT, *CAP_OWNERS.values(), *DISCORD_FIXED,
-    *ERROR_FIXED, *COMMAND_FIXED,
+    *ERROR_FIXED, *COMMAND_FIXED, *INSPECT_FIXED,
 )
 
 HELP: Final = "\n".join([
@@ -429,9 +461,8 @@ HELP: Final = "\n".join([
     "- **Stop** ends it · **Regenerate** asks again · **Reply** continues the conversation.",
     "- **Continue** writes on where a cut reply stopped.",
     "- **◀ ▶** switch between its versions · **Reasoning** shows a reasoning model's thinking.",
-    "- **Probabilities** walks the reply's own tokens and what else the model could have "
-    "written.",
-    "- **Word odds** shows how expected each word was to the model (not whether it is right).",
+    "- **Inspect** shows how expected each word was to the model (not whether it is right), "
+    "what else it could have written at any token, and writes on from there.",
     "",
     "**Commands**",
     "- `/settings` — the model, persona and sampling settings in effect here.",

@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot import wording
 from bot.discord.common import location_of
-from bot.discord.lab import CompareAsk, LabRunner
+from bot.discord.lab import CompareAsk
 from bot.lab.compare import SEED_LIMIT, parse_variant, plan_variants, variant_suggestions
 
 if TYPE_CHECKING:
@@ -20,11 +20,10 @@ PROMPT_LIMIT = 6000
 
 
 class Lab(commands.Cog):
-    """Holds the lab's state (walks, comparisons) for the buttons to find (`lab_of`)."""
+    """/compare and /probs on the client's lab (`LlamaBot.lab`, which the buttons find)."""
 
     def __init__(self, bot: commands.Bot) -> None:
-        llama = cast("LlamaBot", bot)
-        self.lab = LabRunner(llama.app, llama.runner.gate)
+        self.lab = cast("LlamaBot", bot).lab
 
     @app_commands.command(name="compare", description=wording.COMMANDS["compare"])
     @app_commands.describe(**wording.OPTIONS["compare"])

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
+from bot import wording
 from bot.chat.files import TextFile, attach
 from bot.chat.history import Fitted, check_continuable, fit_history, history_of, speaker_text
 from bot.chat.request import Cap, cap_of, make_request, persona, within_cap
@@ -57,6 +58,20 @@ PROBE = "?"
 def finish_of(result: GenerationResult) -> str:
     """Why a reply stopped, in the stored words ('length' is what Continue is for)."""
     return "error" if result.error else _FINISH[result.finish_reason]
+
+
+def written_on(engine: Engine, prepared: PreparedPrompt, ids: Sequence[int]) -> PreparedPrompt:
+    """`prepared` with a reply's first tokens inside its open assistant turn (no end marker),
+    so the model carries them on; the budget is what is left of the reply's."""
+    tokenizer = engine.bundle.tokenizer
+    vocab = engine.info.vocab_size or tokenizer.vocab_size
+    if any(not 0 <= i < vocab for i in ids):
+        raise UserFacingError("That reply holds a token this model does not have.")
+    tokens = [*prepared.tokens, *(tokenizer.id_to_token(i) for i in ids)]
+    budget = min(prepared.max_new_tokens - len(ids), engine.info.context_length - len(tokens))
+    if budget <= 0:
+        raise UserFacingError(wording.WRITE_ON_NO_ROOM)
+    return replace(prepared, tokens=tokens, max_new_tokens=budget)
 
 
 class Chat:
@@ -160,7 +175,8 @@ class Chat:
             fitted = fit_history(engine, replace(asked, history=history))
             # Fitting prepared the chosen request while measuring; only a request with no
             # history to fit is prepared here, once (a prompt too long on its own raises).
-            return fitted, fitted.prepared or engine.prepare(fitted.request)
+            prepared = fitted.prepared or engine.prepare(fitted.request)
+            return fitted, written_on(engine, prepared, ask.written) if ask.written else prepared
 
         # Rendering and encoding a long conversation is CPU work: in a worker thread, so
         # no member's reply (nor the gateway's heartbeat) waits on it. The lease keeps the
@@ -277,10 +293,19 @@ class Chat:
 
     async def extend(self, answer_id: int, more: str, result: GenerationResult, *,
                      user_id: int, message_ids: Sequence[int] = ()) -> Swipes:
-        """Append a Continue's text to its answer, in one transaction; the versions after."""
-        return await self.turns.db.write(lambda conn: self.swipes.extend_in(
-            conn, answer_id, more, user_id=user_id, tokens=result.new_tokens,
-            finish=finish_of(result), message_ids=message_ids))
+        """Append a Continue's text (and its ids, to its ask) to its answer, in one
+        transaction; the versions after."""
+        async def work(conn: Any) -> Swipes:
+            swipes = await self.swipes.extend_in(
+                conn, answer_id, more, user_id=user_id, tokens=result.new_tokens,
+                finish=finish_of(result), message_ids=message_ids)
+            ask_id = next((a.turn.ask_id for a in swipes.answers if a.turn.id == answer_id),
+                          None)
+            if ask_id is not None:
+                await self.ask_log.extend_reply_in(conn, ask_id, result.token_ids)
+            return swipes
+
+        return await self.turns.db.write(work)
 
     # --- what a member sees of their conversation ----------------------------------------
 

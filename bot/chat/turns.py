@@ -44,6 +44,9 @@ class TurnAsk:
     again: Knobs | None = None  # Regenerate: these knobs under today's persona and cap
     files: tuple[TextFile, ...] = ()  # text files read as context, after the question
     named: bool = False  # the text names its speakers itself (a burst from several members)
+    # Inspect's "write on": the reply's tokens so far, which the model reads inside its
+    # open turn and carries on, within what is left of the reply's max_new_tokens.
+    written: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

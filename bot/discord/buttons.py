@@ -1,15 +1,17 @@
-"""Every button under a reply, declared once through one id-button factory.
+"""Every button and select the bot sends, declared once through one id factory.
 
-A button is a `DynamicItem` parsed back from its custom id, so a reply sent
+A control is a `DynamicItem` parsed back from its custom id, so a message sent
 before a restart still answers clicks. A custom id is text a client sends back,
-so `id_button` owns, for every kind: its format (``llm:<kind>:<id>[:<id>…][:<word>]``),
-its parsing and range checks (`bot.discord.guard.parse_id`: a number past 64
-bits, negative or not a number, a missing or extra part, an unknown word is a
-plain refusal from `wording`, never the generic apology), and, for the buttons
-under one answer (versions, Continue, Reasoning), the check against the stored
-binding: the answer they name belongs to this server and channel, and to the
-reply on the pressed message. Only then does the press reach the runner
-(`ReplyControls`), found through `runner_of`, which checks its type.
+so `id_button` and `id_select` own, for every kind: its format
+(``llm:<kind>:<id>[:<id>…][:<word>]``; ``lab:`` for the lab's ids already sent),
+its parsing and range checks (`bot.discord.guard.parse_id`, and `parse_choice`
+for a select's option: a number past 64 bits, negative or not a number, a
+missing or extra part, an unknown word is a plain refusal from `wording`, never
+the generic apology), and, for the buttons under one answer (versions,
+Continue, Reasoning), the check against the stored binding: the answer they
+name belongs to this server and channel, and to the reply on the pressed
+message. Only then does the press reach the runner (`ReplyControls`, found by
+`runner_of`) or the lab (`LabControls`, found by `lab_of`), each checked by type.
 `reply_view` is the one builder of the buttons under a reply.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import discord
@@ -25,8 +27,7 @@ import discord
 from bot import wording
 from bot.discord.common import location_of
 from bot.discord.errors import send_error
-from bot.discord.guard import BAD_ID, parse_id, require_id
-from bot.discord.lab import LAB_ITEMS, reply_lab_buttons
+from bot.discord.guard import BAD_ID, InvalidButton, parse_id, require_id
 from bot.errors import UserFacingError
 from bot.store.swipes import AnswerGone
 from bot.store.turns import StoredTurn
@@ -75,6 +76,42 @@ def runner_of(interaction: discord.Interaction) -> ReplyControls:
     return runner
 
 
+@runtime_checkable
+class LabControls(Protocol):
+    """What the lab's buttons ask of the lab (`bot.discord.lab.LabRunner`)."""
+
+    async def inspect(self, interaction: discord.Interaction, ask_id: int) -> None: ...
+
+    async def inspect_token(self, interaction: discord.Interaction, view_id: int,
+                            at: int) -> None: ...
+
+    async def inspect_page(self, interaction: discord.Interaction, view_id: int,
+                           delta: int) -> None: ...
+
+    async def inspect_back(self, interaction: discord.Interaction, view_id: int) -> None: ...
+
+    async def write_on(self, interaction: discord.Interaction, view_id: int,
+                       token_id: int) -> None: ...
+
+    async def step(self, interaction: discord.Interaction, walk_id: int, rank: int) -> None: ...
+
+    async def back(self, interaction: discord.Interaction, walk_id: int) -> None: ...
+
+    async def regenerate_compare(self, interaction: discord.Interaction, cid: int) -> None: ...
+
+    async def knob_help(self, interaction: discord.Interaction) -> None: ...
+
+    async def try_knob(self, interaction: discord.Interaction, name: str) -> None: ...
+
+
+def lab_of(interaction: discord.Interaction) -> LabControls:
+    """The lab of the client that received `interaction` (the client holds it)."""
+    lab = getattr(interaction.client, "lab", None)
+    if not isinstance(lab, LabControls):
+        raise TypeError("this client has no lab")
+    return lab
+
+
 # --- the factory -------------------------------------------------------------------------
 
 
@@ -109,10 +146,14 @@ async def check_binding(interaction: discord.Interaction, runner: ReplyControls,
 
 @dataclass(frozen=True)
 class Press:
-    """A press, parsed: its ids (each checked by `require_id`) and its word, if any."""
+    """A press, parsed: its ids (each checked by `require_id`), its word, if any, and
+    for a select the option chosen (`parse_choice`)."""
 
     ids: tuple[int, ...]
     word: str = ""
+    choice: int = -1
+    valid: bool = True
+    """False when the custom id did not parse (an id-less kind has no `BAD_ID` to carry)."""
 
 
 #: What a press does once its id checked out: the runner, the interaction, the press.
@@ -130,6 +171,49 @@ class ButtonSpec:
     bound: bool
     row: int | None
     emoji: str | None
+    prefix: str = "llm"
+
+
+#: A select's option values are numbers the bot wrote: a token's place or id.
+_CHOICE_DIGITS = 9
+
+
+def parse_choice(interaction: discord.Interaction) -> int:
+    """The one option a select sent, as a number; anything else is a plain refusal."""
+    data: Any = interaction.data or {}
+    values = data.get("values") if isinstance(data, dict) else None
+    if not isinstance(values, list) or len(values) != 1:
+        raise InvalidButton()
+    value = values[0]
+    if (not isinstance(value, str) or not value.isascii() or not value.isdigit()
+            or len(value) > _CHOICE_DIGITS):
+        raise InvalidButton()
+    return int(value)
+
+
+def _parse_rest(spec: ButtonSpec, rest: str | None) -> Press:
+    """A custom id's ids and word after ``<prefix>:<kind>``; `BAD_ID`s and not `valid`
+    when malformed."""
+    parts = rest.split(":") if rest is not None else []
+    word = parts.pop() if spec.words and parts else ""
+    ids = [parse_id(part) for part in parts]
+    if len(ids) != spec.ids or (spec.words and word not in spec.words):
+        return Press((BAD_ID,) * spec.ids, spec.words[0] if spec.words else "", valid=False)
+    return Press(tuple(ids), word)
+
+
+async def _run_press(spec: ButtonSpec, interaction: discord.Interaction, press: Press) -> None:
+    """The checks every press passes, in order, then its handler; errors by the one path."""
+    try:
+        if not press.valid:
+            raise InvalidButton()
+        require_id(*press.ids)  # a crafted id: refused before any lookup
+        runner = runner_of(interaction)
+        if spec.bound:
+            await check_binding(interaction, runner, press.ids[0])
+        await spec.on_press(runner, interaction, press)
+    except Exception as exc:
+        await send_error(interaction, exc)
 
 
 class IdButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"(?!)"):
@@ -138,55 +222,99 @@ class IdButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], templ
     spec: ClassVar[ButtonSpec]
 
     def __init__(self, *ids: int, word: str = "", label: str | None = None,
-                 disabled: bool = False) -> None:
+                 disabled: bool = False, style: discord.ButtonStyle | None = None) -> None:
         spec = self.spec
-        parts = [spec.kind, *map(str, ids), *([word] if spec.words else [])]
+        parts = [spec.prefix, spec.kind, *map(str, ids), *([word] if spec.words else [])]
         super().__init__(discord.ui.Button(
-            label=label or spec.label, style=spec.style, emoji=spec.emoji,
-            custom_id=":".join(["llm", *parts]), disabled=disabled, row=spec.row,
+            label=label or spec.label, style=style or spec.style, emoji=spec.emoji,
+            custom_id=":".join(parts), disabled=disabled, row=spec.row,
         ))
         self.press = Press(ids, word)
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> IdButton:
-        spec = cls.spec
-        parts = match["rest"].split(":")
-        word = parts.pop() if spec.words and parts else ""
-        ids = [parse_id(part) for part in parts]
-        if len(ids) != spec.ids or (spec.words and word not in spec.words):
-            ids, word = [BAD_ID] * spec.ids, spec.words[0] if spec.words else ""
-        return cls(*ids, word=word)
+        press = _parse_rest(cls.spec, match["rest"])
+        made = cls(*press.ids, word=press.word)
+        made.press = press
+        return made
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _run_press(self.spec, interaction, self.press)
+
+
+class IdSelect(discord.ui.DynamicItem[discord.ui.Select[discord.ui.View]], template=r"(?!)"):
+    """A select made by `id_select`: its custom id parsed like a button's, and the option
+    chosen parsed by `parse_choice` before its handler sees the press."""
+
+    spec: ClassVar[ButtonSpec]
+
+    def __init__(self, *ids: int, options: Sequence[discord.SelectOption] = (),
+                 placeholder: str | None = None) -> None:
+        spec = self.spec
+        super().__init__(discord.ui.Select(
+            placeholder=placeholder or spec.label, row=spec.row,
+            custom_id=":".join([spec.prefix, spec.kind, *map(str, ids)]),
+            # Discord needs one option at least; a select rebuilt from a press has none.
+            options=list(options) or [discord.SelectOption(label="…", value="0")],
+        ))
+        self.press = Press(ids)
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> IdSelect:
+        press = _parse_rest(cls.spec, match["rest"])
+        made = cls(*press.ids)
+        made.press = press
+        return made
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            require_id(*self.press.ids)  # a crafted id: refused before any lookup
-            runner = runner_of(interaction)
-            if self.spec.bound:
-                await check_binding(interaction, runner, self.press.ids[0])
-            await self.spec.on_press(runner, interaction, self.press)
+            press = replace(self.press, choice=parse_choice(interaction))
         except Exception as exc:
             await send_error(interaction, exc)
+            return
+        await _run_press(self.spec, interaction, press)
+
+
+def _template(prefix: str, kind: str) -> str:
+    # Anything after ``<prefix>:<kind>:`` matches, so a malformed id still reaches the
+    # item and gets a plain refusal instead of no answer at all.
+    return rf"{re.escape(prefix)}:{re.escape(kind)}(?::(?P<rest>[\s\S]*))?"
 
 
 def id_button(kind: str, on_press: OnPress, *, label: str, ids: int = 1,
               words: tuple[str, ...] = (),
               style: discord.ButtonStyle = discord.ButtonStyle.secondary,
               bound: bool = False, row: int | None = None,
-              emoji: str | None = None) -> type[IdButton]:
-    """A button class whose custom id is ``llm:<kind>:<id>…[:<word>]``.
+              emoji: str | None = None, prefix: str = "llm") -> type[IdButton]:
+    """A button class whose custom id is ``<prefix>:<kind>:<id>…[:<word>]``.
 
-    Anything after ``llm:<kind>:`` matches, so a malformed id still reaches the
-    button and gets a plain refusal instead of no answer at all. `bound`: the
-    first id is an answer turn, checked by `check_binding` before `on_press`.
+    `bound`: the first id is an answer turn, checked by `check_binding` before
+    `on_press`. `prefix` other than ``llm`` is for ids already sent under it.
     """
-    spec = ButtonSpec(kind, ids, words, label, style, on_press, bound, row, emoji)
+    spec = ButtonSpec(kind, ids, words, label, style, on_press, bound, row, emoji, prefix)
 
-    class Declared(IdButton, template=rf"llm:{re.escape(kind)}:(?P<rest>[\s\S]*)"):
+    class Declared(IdButton, template=_template(prefix, kind)):
         pass
 
     Declared.spec = spec
     Declared.__name__ = Declared.__qualname__ = f"{kind.title()}Button"
+    return Declared
+
+
+def id_select(kind: str, on_choose: OnPress, *, placeholder: str, ids: int = 1,
+              row: int | None = None) -> type[IdSelect]:
+    """A select class whose custom id is ``llm:<kind>:<id>…``; `on_choose` gets the
+    press with its `choice`."""
+    spec = ButtonSpec(kind, ids, (), placeholder, discord.ButtonStyle.secondary, on_choose,
+                      False, row, None)
+
+    class Declared(IdSelect, template=_template(spec.prefix, kind)):
+        pass
+
+    Declared.spec = spec
+    Declared.__name__ = Declared.__qualname__ = f"{kind.title()}Select"
     return Declared
 
 
@@ -222,6 +350,76 @@ ReasoningButton = id_button(
     "think", lambda runner, itx, p: runner.show_reasoning(itx, p.ids[0]), label="Reasoning",
     emoji="💭", bound=True)
 """A reasoning model's thoughts, shown to the presser alone."""
+
+
+InspectButton = id_button(
+    "inspect", lambda runner, itx, p: lab_of(itx).inspect(itx, p.ids[0]),
+    label=wording.INSPECT)
+"""A finished reply's own tokens: Word odds, any token's alternatives, write on from one."""
+
+# Probabilities and Word odds, on replies sent before Inspect took their place, open it.
+ProbsButton = id_button(
+    "probs", lambda runner, itx, p: lab_of(itx).inspect(itx, p.ids[0]),
+    label=wording.INSPECT, prefix="lab")
+ConfButton = id_button(
+    "conf", lambda runner, itx, p: lab_of(itx).inspect(itx, p.ids[0]),
+    label=wording.INSPECT, prefix="lab")
+
+# The Inspect view's controls name the view (kept server-side by the lab), never a token:
+# the option chosen is checked against the view's own state.
+InspectTokenSelect = id_select(
+    "itoken", lambda runner, itx, p: lab_of(itx).inspect_token(itx, p.ids[0], p.choice),
+    placeholder=wording.INSPECT_PICK_TOKEN, row=0)
+"""Jump to any token of the reply (25 at a time: `InspectPageButton` pages them)."""
+
+InspectPageButton = id_button(
+    "ipage", lambda runner, itx, p: lab_of(itx).inspect_page(
+        itx, p.ids[0], -1 if p.word == "prev" else 1),
+    words=("prev", "next"), label="▶", row=1)
+"""The select's previous or next 25 tokens."""
+
+InspectBackButton = id_button(
+    "iback", lambda runner, itx, p: lab_of(itx).inspect_back(itx, p.ids[0]),
+    label=wording.INSPECT_BACK, row=1)
+"""From a token back to the whole reply (Word odds)."""
+
+WriteOnSelect = id_select(
+    "iwrite", lambda runner, itx, p: lab_of(itx).write_on(itx, p.ids[0], p.choice),
+    placeholder=wording.WRITE_ON_PICK, row=2)
+"""Take another token here and write on: a new version of the reply."""
+
+
+# The knobs lab's other controls (a running /compare has the runner's Stop). Walks and
+# comparisons live 15 minutes in the lab's memory, so their ids name that state (a /probs
+# or /compare interaction's id), checked there; "What do these do?" and Try keep the ids
+# messages already carry.
+StepButton = id_button(
+    "step", lambda runner, itx, p: lab_of(itx).step(itx, p.ids[0], p.ids[1] - 1), ids=2,
+    label="step", prefix="lab")
+"""/probs: append this candidate (its rank, 1-based in the id) and show the next step."""
+
+WalkBackButton = id_button(
+    "back", lambda runner, itx, p: lab_of(itx).back(itx, p.ids[0]), label="◀ Back",
+    prefix="lab")
+"""/probs: the step before this one."""
+
+CompareRegenerateButton = id_button(
+    "cregen", lambda runner, itx, p: lab_of(itx).regenerate_compare(itx, p.ids[0]),
+    label="Regenerate", prefix="lab")
+"""/compare: the same variants again, a new seed."""
+
+KnobHelpButton = id_button(
+    "knobhelp", lambda runner, itx, p: lab_of(itx).knob_help(itx), ids=0,
+    label="What do these do?", prefix="lab")
+"""Under /help, /settings and /knobs show: what each knob does."""
+
+#: The knobs a Try button compares (the knob help's view offers one each).
+TRY_KNOBS = ("temperature", "top_p", "top_k", "repetition_penalty", "min_new_tokens")
+
+TryKnobButton = id_button(
+    "try", lambda runner, itx, p: lab_of(itx).try_knob(itx, p.word), ids=0, words=TRY_KNOBS,
+    label="Try", prefix="lab")
+"""Compare a knob's value here against a contrasting one, on the presser's last prompt."""
 
 
 class ReplyModal(discord.ui.Modal, title="Reply"):
@@ -275,7 +473,10 @@ def _add_answer_controls(view: discord.ui.View, answer_id: int,
 
 #: Every control that answers clicks after a restart (the client registers them).
 DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, SwipeButton, ContinueButton,
-                 ReasoningButton, *LAB_ITEMS)
+                 ReasoningButton, InspectButton, ProbsButton, ConfButton, InspectTokenSelect,
+                 InspectPageButton, InspectBackButton, WriteOnSelect, StepButton,
+                 WalkBackButton, CompareRegenerateButton, KnobHelpButton,
+                 TryKnobButton)
 
 
 def greeting_view(ask_id: int, answer_id: int,
@@ -300,10 +501,11 @@ def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
     `stop_for` is the asker (a streaming reply); otherwise the reply is finished
     and `reply` adds Reply (only once its turns are stored, so a press finds them);
     `answer_id` adds the answer's own buttons, `versions` being (shown index, count).
+    A reply with text (stored: Reply, or versions) gets Inspect; an empty one has no
+    tokens to inspect. One row of actions (at most five: Regenerate, Reply,
+    Continue, Reasoning, Inspect) and the versions' row.
     The view is stopped, so discord.py never stores it: the dynamic items above
     handle the clicks, and thousands of replies do not accumulate views in memory.
-    The lab's Probabilities and Confidence go on row 2: row 0 holds up to four
-    (Regenerate, Reply, Continue, Reasoning), row 1 the versions, five to a row.
     """
     view = discord.ui.View(timeout=None)
     if stop_for is not None:
@@ -314,15 +516,9 @@ def reply_view(ask_id: int, *, stop_for: int | None = None, reply: bool = False,
             view.add_item(ReplyButton(ask_id))
         if answer_id is not None:
             _add_answer_controls(view, answer_id, versions, can_continue, reasoning)
-        # The knobs lab's Probabilities and Word odds on every finished reply (they
-        # rebuild its prompt from the ask log; bot/discord/lab.py), beside the actions
-        # in row 0 when they fit (Discord allows five to a row; row 1 is the versions),
-        # else in a row of their own. A reply with text is stored (Reply) or has
-        # versions; an empty one has neither, so it gets no Word odds.
-        lab = reply_lab_buttons(ask_id, has_text=reply or answer_id is not None)
-        actions = sum(1 for item in view.children if item.row != 1)
-        for item in lab:
-            item.row = 0 if actions + len(lab) <= 5 else 2
-            view.add_item(item)
+        if reply or answer_id is not None:
+            inspect = InspectButton(ask_id)
+            inspect.item.row = 0
+            view.add_item(inspect)
     view.stop()
     return view

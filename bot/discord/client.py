@@ -27,6 +27,7 @@ from bot.config import Settings
 from bot.discord.buttons import DYNAMIC_ITEMS, REPLY_MODAL_PATTERN, submit_reply
 from bot.discord.follow import ContentMode, Follower
 from bot.discord.guard import GuardedTree
+from bot.discord.lab import LabRunner
 from bot.discord.modals import ModalRouter
 from bot.discord.runner import AskRunner
 from bot.engine import FinishReason, GenerationResult
@@ -77,6 +78,8 @@ class LlamaBot(commands.AutoShardedBot):
         self.runner = AskRunner(app)
         self.content_mode = mode
         self.follower = Follower(self.runner, mode)
+        # The knobs lab (/compare, /probs, Inspect): its buttons find it here.
+        self.lab = LabRunner(app, self.runner)
         # Edit boxes answered by custom id, like the buttons (cogs add their own routes).
         self.modals = ModalRouter()
         self.modals.add(REPLY_MODAL_PATTERN, submit_reply)

@@ -1,12 +1,10 @@
-"""The knobs lab on Discord: `/compare` in one embed, `/probs` with Step buttons, and the
-Probabilities / Word odds buttons under finished replies, each on the turn's model.
+"""The knobs lab on Discord: `/compare` in one embed, `/probs` with Step buttons, and
+Inspect under finished replies (bot/discord/inspect.py), each on the turn's model.
 
-Probabilities walks the reply's own tokens (Back, the reply's next token, a select
-to jump to any of them); every view names the model it ran on, taken from the host
-for the scope or conversation, never the default engine.
-
-The numbers come from `bot.lab` (no Discord there); this module shapes them for
-Discord's limits and keeps the little state a walk or a comparison needs:
+Every view names the model it ran on, taken from the host for the scope or
+conversation, never the default engine. The numbers come from `bot.lab` (no
+Discord there); this module shapes them for Discord's limits and keeps the little
+state a walk, a comparison or an Inspect view needs:
 
 - A comparison streams all its variants into ONE message, one embed field per
   variant. It is a second streaming surface beside `ReplyWriter` because its unit
@@ -24,40 +22,45 @@ Discord's limits and keeps the little state a walk or a comparison needs:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
-import re
 import secrets
-import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 
-from bot import wording
 from bot.chat.request import FINISH_WORDS
 from bot.chat.turns import TurnAsk
+from bot.discord.buttons import (
+    TRY_KNOBS,
+    CompareRegenerateButton,
+    KnobHelpButton,
+    StepButton,
+    TryKnobButton,
+    WalkBackButton,
+)
 from bot.discord.common import NO_MENTIONS, location_of
-from bot.discord.errors import send_error
-from bot.discord.guard import parse_id, require_id
+from bot.discord.inspect import Inspection, Inspector
+from bot.discord.lab_state import AskedReply, Expiring, LabTurn, Walk
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, quote_prompt
-from bot.engine import Engine, Finished, GenerationRequest, TextDelta
+from bot.discord.reply import InteractionSurface, Page
+from bot.discord.runner import Run
+from bot.engine import Engine, Finished, GenerationRequest, GenerationResult, TextDelta
 from bot.errors import UserFacingError
 from bot.knobs import Knobs
 from bot.lab.chart import MAX_PNG_BYTES, render_png
 from bot.lab.compare import Comparison, Variant, VariantResult, knob_variants, start_compare
-from bot.lab.confidence import legend, render_ansi, score_reply, surprising_lines
 from bot.lab.help import help_lines
 from bot.lab.probs import ProbsStep, format_knobs, format_table, probs_step
 
 if TYPE_CHECKING:
     from bot.app import App
-    from bot.limits import AskGate
+    from bot.discord.runner import AskRunner
+    from bot.hosting.host import OnWait
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +73,13 @@ WALKS = 500
 WALK_TTL_S = 900.0
 COMPARES = 200
 STEP_BUTTONS = 3
-"""Alternatives offered as buttons, beside Back and the reply's own next token."""
+"""Alternatives offered as buttons, beside Back."""
 SEED_NOTE = (
     "Same seed for every variant, so the knob is the only difference asked. CTranslate2 "
     "has no per-call seed: the seed fixes the lab's own draws, not a replay of the bot's."
 )
 """Said only in the attached file (and the CLI): the embed stays about the texts."""
 
-CSTOP_ID = "lab:cstop:{cid}"
-CREGEN_ID = "lab:cregen:{cid}"
-STEP_ID = "lab:step:{walk}:{rank}"
-BACK_ID = "lab:back:{walk}"
-FOLLOW_ID = "lab:follow:{walk}"
-JUMP_ID = "lab:jump:{walk}"
-JUMP_OPTIONS = 25
-"""A select holds 25 options: the reply's tokens around the current one."""
-PROBS_ID = "lab:probs:{ask_id}"
-CONF_ID = "lab:conf:{ask_id}"
-KNOB_HELP_ID = "lab:knobhelp"
-TRY_ID = "lab:try:{knob}"
-TRY_KNOBS = ("temperature", "top_p", "top_k", "repetition_penalty", "min_new_tokens")
 
 
 # --------------------------------------------------------------------------- shaping
@@ -170,72 +160,6 @@ def probs_content(step: ProbsStep, header: str, reply_so_far: str, model: str = 
 # --------------------------------------------------------------------------- state
 
 
-@dataclass(frozen=True)
-class LabTurn:
-    """What a lab view runs: the request as an ask here makes it, and the turn's model."""
-
-    request: GenerationRequest
-    model: str
-    """The model the scope (or the conversation) uses, as `/model list` names it."""
-
-
-@dataclass
-class Walk:
-    """One /probs view a member steps through: the request and the reply so far."""
-
-    id: str
-    user_id: int
-    request: GenerationRequest
-    model: str
-    step: ProbsStep
-    header: str
-    private: bool
-    choices: tuple[int, ...] = ()
-    reply: tuple[int, ...] = ()
-    """The finished reply's tokens, when the walk inspects one (empty for /probs)."""
-    created: float = field(default_factory=time.monotonic)
-
-    @property
-    def on_reply(self) -> bool:
-        """The steps so far are the reply's own (the view has not written on elsewhere)."""
-        done = self.step.generated
-        return bool(self.reply) and self.reply[:len(done)] == done
-
-    @property
-    def reply_token(self) -> int | None:
-        """The token the reply took at this step, while the walk follows it."""
-        at = len(self.step.generated)
-        return self.reply[at] if self.on_reply and at < len(self.reply) else None
-
-
-class Expiring(Generic[T]):
-    """A bounded LRU of recent views (walks, comparisons); old or surplus ones are dropped."""
-
-    def __init__(self, limit: int, ttl_s: float) -> None:
-        self.limit = limit
-        self.ttl_s = ttl_s
-        self._items: OrderedDict[str, tuple[float, T]] = OrderedDict()
-
-    def put(self, key: str, value: T) -> None:
-        self._items[key] = (time.monotonic(), value)
-        self._items.move_to_end(key)
-        while len(self._items) > self.limit:
-            self._items.popitem(last=False)
-
-    def get(self, key: str) -> T | None:
-        found = self._items.get(key)
-        if found is None:
-            return None
-        if time.monotonic() - found[0] > self.ttl_s:
-            del self._items[key]
-            return None
-        self._items.move_to_end(key)
-        return found[1]
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 @dataclass
 class CompareAsk:
     """What Regenerate needs to run a comparison again: the same prompt and variants."""
@@ -251,19 +175,80 @@ class CompareAsk:
     comparison: Comparison | None = None
 
 
+@dataclass(eq=False, kw_only=True)
+class CompareRun(Run):
+    """/compare (and Try, and its Regenerate) as an entry of the runner's lifecycle."""
+
+    lab: LabRunner
+    ask: CompareAsk
+    interaction: discord.Interaction
+    seed: int | None = None
+    comparison: Comparison | None = None
+
+    async def start(self, runner: AskRunner, on_wait: OnWait) -> None:
+        engine = await self.lab.app.models.engine(self.ask.model, on_wait)
+        # All variants or none (QueueFull, PromptTooLong raise here, before the ack).
+        self.comparison = start_compare(engine, self.ask.request, self.ask.variants,
+                                        seed=self.seed)
+        self.ask.comparison = self.comparison
+        self.lab.compares.put(str(self.id), self.ask)
+
+    async def deliver(self, runner: AskRunner, first: Page, stop: discord.ui.View,
+                      release: Callable[[], object]) -> GenerationResult | None:
+        assert self.comparison is not None
+        try:
+            await self.lab.stream_compare(self.interaction, self.id, self.ask, self.comparison,
+                                          stop, release=release)
+        finally:
+            self.comparison.cancel()  # no-op when finished; on a cancelled task, stops all
+        return None
+
+    def cancel(self) -> None:
+        if self.comparison is not None:
+            self.comparison.cancel()
+
+    @property
+    def running(self) -> bool:
+        return self.comparison is not None
+
+
 # --------------------------------------------------------------------------- the runner
 
 
 class LabRunner:
     """The lab's Discord side: compares, walks, and the buttons under replies."""
 
-    def __init__(self, app: App, gate: AskGate, *, edit_interval_s: float | None = None) -> None:
+    def __init__(self, app: App, runner: AskRunner, *,
+                 edit_interval_s: float | None = None) -> None:
         self.app = app
-        self.gate = gate
+        self.runner = runner
+        self.gate = runner.gate
         self.edit_interval_s = (app.settings.edit_interval_s if edit_interval_s is None
                                 else edit_interval_s)
         self.walks: Expiring[Walk] = Expiring(WALKS, WALK_TTL_S)
         self.compares: Expiring[CompareAsk] = Expiring(COMPARES, WALK_TTL_S)
+        self.inspections: Expiring[Inspection] = Expiring(WALKS, WALK_TTL_S)
+        self.inspector = Inspector(app, runner, self.request_of_ask, self.inspections)
+
+    # --- Inspect (bot/discord/inspect.py) ------------------------------------------------
+
+    async def inspect(self, interaction: discord.Interaction, ask_id: int) -> None:
+        await self.inspector.open(interaction, ask_id)
+
+    async def inspect_token(self, interaction: discord.Interaction, view_id: int,
+                            at: int) -> None:
+        await self.inspector.token(interaction, view_id, at)
+
+    async def inspect_page(self, interaction: discord.Interaction, view_id: int,
+                           delta: int) -> None:
+        await self.inspector.page(interaction, view_id, delta)
+
+    async def inspect_back(self, interaction: discord.Interaction, view_id: int) -> None:
+        await self.inspector.back(interaction, view_id)
+
+    async def write_on(self, interaction: discord.Interaction, view_id: int,
+                       token_id: int) -> None:
+        await self.inspector.write_on(interaction, view_id, token_id)
 
     # --- requests ---------------------------------------------------------------------
 
@@ -279,8 +264,8 @@ class LabRunner:
         return LabTurn(turn.request, turn.model.name)
 
     async def request_of_ask(self, interaction: discord.Interaction,
-                             ask_id: int) -> tuple[LabTurn, str, bool]:
-        """The exact request a finished reply was generated from: (turn, reply, private).
+                             ask_id: int) -> AskedReply:
+        """The exact request a finished reply was generated from, and the reply.
 
         Rebuilt through the same core turn code (`Chat.prepare`) from the stored ask
         and its conversation turns (earlier turns and speaker names included), with
@@ -320,52 +305,36 @@ class LabRunner:
             again=Knobs.model_validate(record.knobs),
         ))
         request = replace(turn.request, system_prompt=record.system_prompt)
-        lab_turn = LabTurn(request, turn.model.name)
-        return lab_turn, answer.text if answer is not None else "", record.private
+        return AskedReply(LabTurn(request, turn.model.name),
+                          answer.text if answer is not None else "", record.private,
+                          record.reply_ids)
 
     # --- /compare -----------------------------------------------------------------------
 
     async def compare(self, interaction: discord.Interaction, ask: CompareAsk, *,
                       seed: int | None = None) -> None:
-        """Run a comparison as one ask of the member's: their slot, then the engine's queue.
+        """Run a comparison as an entry of the runner's lifecycle: the member's slot and
+        cooldown, the engine's queue (all variants or none), the runner's Stop, one error
+        tail.
 
         It edits the interaction's original response throughout; a comparison is a few
         hundred tokens per variant, well inside the 15-minute interaction token, so it
-        has no channel-message fallback as `ReplyWriter` does (an expired token ends
-        the comparison, logged as undelivered).
+        has no channel-message fallback as `ReplyWriter` does.
         """
-        if self.app.models.closing:
-            raise UserFacingError("I'm restarting, try again in a moment.")
-        with contextlib.ExitStack() as slot:
-            slot.enter_context(await self.gate.take(ask.user_id))
-            engine = await self.app.models.engine(ask.model)
-            # All variants or none (QueueFull, PromptTooLong raise here, before the ack).
-            comparison = start_compare(engine, ask.request, ask.variants, seed=seed)
-            ask.comparison = comparison
-            cid = str(interaction.id)
-            self.compares.put(cid, ask)
-            try:
-                await interaction.response.defer(ephemeral=ask.private, thinking=True)
-            except BaseException:
-                comparison.cancel()
-                raise
-            try:
-                await self._stream_compare(interaction, cid, ask, comparison,
-                                           release=slot.close)
-            except discord.HTTPException:
-                comparison.cancel()
-                log.exception("comparison %s could not be delivered", cid)
-            finally:
-                comparison.cancel()  # no-op when finished; on a cancelled task, stops all
+        await self.runner.run(CompareRun(
+            id=interaction.id, user_id=ask.user_id, guild_id=ask.guild_id,
+            channel_id=ask.channel_id, private=ask.private, lab=self, ask=ask, seed=seed,
+            interaction=interaction,
+            surface=InteractionSurface(interaction, private=ask.private, header="",
+                                       ttl_s=lambda: self.runner.interaction_ttl_s),
+        ))
 
-    async def _stream_compare(self, interaction: discord.Interaction, cid: str, ask: CompareAsk,
-                              comparison: Comparison, *,
-                              release: Callable[[], object]) -> None:
+    async def stream_compare(self, interaction: discord.Interaction, cid: int, ask: CompareAsk,
+                             comparison: Comparison, running: discord.ui.View, *,
+                             release: Callable[[], object]) -> None:
+        """Every variant into one embed, `running` (Stop) under it until the end."""
         views = [VariantView(v.label) for v in comparison.variants]
         state: dict[str, Any] = {"final": False, "file": None}
-        running = discord.ui.View(timeout=None)
-        running.add_item(CompareStopButton(cid))
-        running.stop()
 
         async def send(key: str) -> None:
             embed = discord.Embed.from_dict(json.loads(key))
@@ -418,23 +387,9 @@ class LabRunner:
             await editor.abort()
             raise
 
-    async def stop_compare(self, interaction: discord.Interaction, cid: str) -> None:
-        """Stop stops every variant: the asker, or a moderator where a public one runs."""
-        ask = self.compares.get(cid)
-        if ask is None or ask.comparison is None:
-            raise UserFacingError("This comparison has already finished.")
-        owner = interaction.user.id == ask.user_id
-        moderator = (not ask.private and interaction.guild_id is not None
-                     and interaction.channel_id == ask.channel_id
-                     and interaction.permissions.manage_messages)
-        if not (owner or moderator):
-            raise UserFacingError("Only the person who asked (or a moderator) can stop this.")
-        ask.comparison.cancel()
-        await interaction.response.defer()
-
-    async def regenerate_compare(self, interaction: discord.Interaction, cid: str) -> None:
+    async def regenerate_compare(self, interaction: discord.Interaction, cid: int) -> None:
         """The same prompt and variants, a new seed; as private as the first one."""
-        ask = self.compares.get(cid)
+        ask = self.compares.get(str(cid))
         if ask is None:
             raise UserFacingError(
                 "I no longer have this comparison (they are kept 15 minutes). Run /compare again!"
@@ -450,37 +405,31 @@ class LabRunner:
 
     async def probs(self, interaction: discord.Interaction, turn: LabTurn, *,
                     private: bool, header: str, seed: int | None = None,
-                    generated: tuple[int, ...] = (), raw: bool = False,
-                    reply: tuple[int, ...] = ()) -> None:
-        """The first view of a walk: chart + table, ephemeral unless asked public.
-
-        With `reply` (a finished reply's tokens) it opens on the reply's first token,
-        shown among the candidates however unlikely it was.
-        """
+                    generated: tuple[int, ...] = (), raw: bool = False) -> None:
+        """The first view of a walk: chart + table, ephemeral unless asked public."""
         with await self.gate.take(interaction.user.id):
             await interaction.response.defer(ephemeral=private, thinking=True)
             walk_seed = seed if seed is not None else secrets.randbelow(2**31 - 1) + 1
             engine = await self.app.models.engine(turn.model)
-            include = reply[len(generated):len(generated) + 1]
             step = await probs_step(engine, turn.request, generated=generated, seed=walk_seed,
-                                    raw=raw, include=include)
-            walk = Walk(secrets.token_hex(4), interaction.user.id, turn.request, turn.model,
-                        step, header, private, reply=reply)
-            self.walks.put(walk.id, walk)
+                                    raw=raw)
+            walk = Walk(interaction.id, interaction.user.id, turn.request, turn.model,
+                        step, header, private)
+            self.walks.put(str(walk.id), walk)
             content, file, view = await self._walk_message(walk, engine)
         # The slot is free before the view shows, so a Step pressed at once is taken.
         await interaction.followup.send(content, file=file, view=view, ephemeral=private,
                                         allowed_mentions=NO_MENTIONS)
 
-    async def step(self, interaction: discord.Interaction, walk_id: str, rank: int) -> None:
+    async def step(self, interaction: discord.Interaction, walk_id: int, rank: int) -> None:
         """A Step button: append the chosen token and show the next step (author only)."""
         walk = self._own_walk(interaction, walk_id)
         if not 0 <= rank < len(walk.choices):
             raise UserFacingError("That button is out of date: step from the latest view.")
         await self._move(interaction, walk, walk.step.then(walk.choices[rank]))
 
-    def _own_walk(self, interaction: discord.Interaction, walk_id: str) -> Walk:
-        walk = self.walks.get(walk_id)
+    def _own_walk(self, interaction: discord.Interaction, walk_id: int) -> Walk:
+        walk = self.walks.get(str(walk_id))
         if walk is None:
             raise UserFacingError("This walk has expired (walks are kept 15 minutes). "
                                   "Run /probs again.")
@@ -488,38 +437,20 @@ class LabRunner:
             raise UserFacingError("Only the person who opened this view can step it.")
         return walk
 
-    async def back(self, interaction: discord.Interaction, walk_id: str) -> None:
+    async def back(self, interaction: discord.Interaction, walk_id: int) -> None:
         """Back: the step before this one."""
         walk = self._own_walk(interaction, walk_id)
         if not walk.step.generated:
             raise UserFacingError("This is the first step: there is nothing before it.")
         await self._move(interaction, walk, walk.step.generated[:-1])
 
-    async def follow(self, interaction: discord.Interaction, walk_id: str) -> None:
-        """The reply's own next token."""
-        walk = self._own_walk(interaction, walk_id)
-        token = walk.reply_token
-        if token is None:
-            raise UserFacingError("That button is out of date: step from the latest view.")
-        await self._move(interaction, walk, walk.step.then(token))
-
-    async def jump(self, interaction: discord.Interaction, walk_id: str, at: int) -> None:
-        """The select: the step before the reply's token number `at` (0-based)."""
-        walk = self._own_walk(interaction, walk_id)
-        if not 0 <= at < len(walk.reply):
-            raise UserFacingError("That token is not in this reply.")
-        await self._move(interaction, walk, walk.reply[:at])
-
     async def _move(self, interaction: discord.Interaction, walk: Walk,
                     generated: tuple[int, ...]) -> None:
         with await self.gate.take(interaction.user.id):
             await interaction.response.defer()
             engine = await self.app.models.engine(walk.model)
-            at = len(generated)
-            include = walk.reply[at:at + 1] if walk.reply[:at] == generated else ()
             walk.step = await probs_step(engine, walk.request, generated=generated,
-                                         seed=walk.step.seed, raw=walk.step.raw_text,
-                                         include=include)
+                                         seed=walk.step.seed, raw=walk.step.raw_text)
             content, file, view = await self._walk_message(walk, engine)
         # The member's slot is free before the edit, as a reply's is before its final edit:
         # a press made on seeing the new step is never refused as "in progress".
@@ -535,24 +466,14 @@ class LabRunner:
                                               so_far=so_far))
         if len(png) > MAX_PNG_BYTES:  # never expected: a few dozen bars
             raise UserFacingError("The chart came out too large to send.")
-        taken = walk.reply_token
         by_id = {c.id: c for c in step.candidates}
         header = walk.header
-        if walk.reply and walk.on_reply:
-            if taken is not None and taken in by_id:
-                c = by_id[taken]
-                rank = sorted(step.candidates, key=lambda x: -x.raw).index(c) + 1
-                header += (f"\nThe reply took **{c.text}** here (token {len(step.generated) + 1} "
-                           f"of {len(walk.reply)}; choice #{rank} by the model, raw "
-                           f"{c.raw * 100:.1f}%, final {c.final * 100:.1f}%).")
-            else:
-                header += "\nThe reply ended here."
         content = probs_content(step, header, so_far, walk.model)
         end_ids = step.end_ids
         choices: list[int] = []
         if not step.at_limit:
             for c in step.candidates:
-                if c.id in end_ids or c.special or c.id == taken:
+                if c.id in end_ids or c.special:
                     continue
                 choices.append(c.id)
                 if len(choices) == STEP_BUTTONS:
@@ -560,49 +481,14 @@ class LabRunner:
         walk.choices = tuple(choices)
         view = discord.ui.View(timeout=None)
         if step.generated:
-            view.add_item(BackButton(walk.id))
-        if taken is not None and taken in by_id:
-            view.add_item(FollowButton(walk.id, label=f"▶ {by_id[taken].text}"[:80]))
+            view.add_item(WalkBackButton(walk.id))
         for rank, token_id in enumerate(walk.choices):
             cand = by_id.get(token_id)
             label = (cand.text if cand is not None else str(token_id))[:70]
             removed = cand is not None and cand.removed_by is not None
-            view.add_item(StepButton(walk.id, rank, label=f"{'✕' if removed else '+'} {label}"))
-        if len(walk.reply) > 1:
-            view.add_item(JumpSelect(walk.id, jump_options(walk, engine)))
+            view.add_item(StepButton(walk.id, rank + 1, label=f"{'✕' if removed else '+'} {label}"))
         view.stop()
         return content, discord.File(io.BytesIO(png), filename="probs.png"), view
-
-    async def probs_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
-        """The Probabilities button: the reply's own prompt, its first step (presser only)."""
-        turn, reply, _ = await self.request_of_ask(interaction, ask_id)
-        engine = await self.app.models.engine(turn.model)
-        ids = tuple(engine.bundle.tokenizer.encode(reply)) if reply.strip() else ()
-        # Always ephemeral: the view is for the presser, whoever could see the reply.
-        await self.probs(interaction, turn, private=True, header=wording.PROBS_OF_REPLY,
-                         reply=ids)
-
-    async def confidence_of_ask(self, interaction: discord.Interaction, ask_id: int) -> None:
-        """Word odds: the reply coloured (and low tokens marked) by the model's probability."""
-        turn, reply, _ = await self.request_of_ask(interaction, ask_id)
-        if not reply.strip():
-            raise UserFacingError(wording.WORD_ODDS_EMPTY)
-        with await self.gate.take(interaction.user.id):
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            engine = await self.app.models.engine(turn.model)
-            conf = await score_reply(engine, turn.request, reply)
-            block, shown = render_ansi(conf)
-            more = f" (the first {shown} of {len(conf.tokens)} tokens)" if shown < len(
-                conf.tokens) else ""
-            lines = "\n".join(f"• {line}" for line in surprising_lines(conf))
-            text = (f"**{wording.WORD_ODDS}**{more} · model `{turn.model}` · "
-                    f"mean {conf.mean_prob * 100:.0f}% · {legend()}\n"
-                    f"{wording.WORD_ODDS_NOTE}\n"
-                    f"```ansi\n{block}\n```")
-            rest, _ = clean_cut(f"Most surprising:\n{lines}", MESSAGE_LIMIT - len(text) - 2)
-        await interaction.followup.send(f"{text}\n{rest}", ephemeral=True,
-                                        allowed_mentions=NO_MENTIONS)
-
 
     # --- knob help ----------------------------------------------------------------------
 
@@ -614,19 +500,17 @@ class LabRunner:
                               "against a contrasting one (/compare).")
         view = discord.ui.View(timeout=None)
         for name in TRY_KNOBS:
-            view.add_item(TryKnobButton(name))
+            view.add_item(TryKnobButton(word=name, label=f"Try {name}"))
         view.stop()
         await interaction.response.send_message(embed=embed, view=view, ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
 
     async def try_knob(self, interaction: discord.Interaction, name: str) -> None:
         """"Try it on my last prompt": a comparison of the knob's value against a contrast."""
-        if name not in TRY_KNOBS:
-            raise UserFacingError("That button is not valid.")
         ask_id = await self.app.chat.latest_ask(interaction.user.id, interaction.channel_id)
         if ask_id is None:
             raise UserFacingError("Ask something here first (/ask): this reruns your last prompt.")
-        turn, _, _ = await self.request_of_ask(interaction, ask_id)
+        turn = (await self.request_of_ask(interaction, ask_id)).turn
         record = await self.app.chat.asked(ask_id)
         prompt = record.prompt if record is not None else turn.request.prompt
         await self.compare(interaction, CompareAsk(
@@ -636,256 +520,12 @@ class LabRunner:
         ))
 
 
-def jump_options(walk: Walk, engine: Engine) -> list[discord.SelectOption]:
-    """The reply's tokens around the current step, for the select (25 at most)."""
-    from bot.model.pieces import token_text_in_context, visible
-
-    tok = engine.bundle.tokenizer
-    at = min(len(walk.step.generated), len(walk.reply) - 1)
-    start = max(0, min(at - JUMP_OPTIONS // 2, len(walk.reply) - JUMP_OPTIONS))
-    out: list[discord.SelectOption] = []
-    for n in range(start, min(len(walk.reply), start + JUMP_OPTIONS)):
-        text = visible(token_text_in_context(tok, list(walk.reply[:n]), walk.reply[n]))
-        out.append(discord.SelectOption(label=f"#{n + 1} {text or '∅'}"[:100], value=str(n),
-                                        default=n == at and walk.on_reply))
-    return out
-
-
-def lab_of(interaction: discord.Interaction) -> LabRunner:
-    """The lab of the client that received `interaction` (its cog holds it)."""
-    get_cog: Callable[[str], object] | None = getattr(interaction.client, "get_cog", None)
-    cog = get_cog("Lab") if get_cog is not None else None
-    lab = getattr(cog, "lab", None)
-    if not isinstance(lab, LabRunner):
-        raise UserFacingError("The knobs lab is not available on this bot.")
-    return lab
-
-
-# --------------------------------------------------------------------------- buttons
-
-
-class _LabButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
-                 template=r"lab:never"):
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        raise NotImplementedError
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            await self.run(lab_of(interaction), interaction)
-        except Exception as exc:
-            await send_error(interaction, exc)
-
-
-def _ask_id(match: re.Match[str]) -> int:
-    """The ask a button names, parsed as every button's id is (`parse_id`)."""
-    return parse_id(match["ask"])
-
-
-class ProbabilitiesButton(_LabButton, template=r"lab:probs:(?P<ask>[\s\S]*)"):
-    """Under a finished reply: the next-token view of the exact prompt it came from."""
-
-    def __init__(self, ask_id: int) -> None:
-        super().__init__(discord.ui.Button(label="Probabilities",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=PROBS_ID.format(ask_id=ask_id)))
-        self.ask_id = ask_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> ProbabilitiesButton:
-        return cls(_ask_id(match))
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        require_id(self.ask_id)
-        await lab.probs_of_ask(interaction, self.ask_id)
-
-
-class ConfidenceButton(_LabButton, template=r"lab:conf:(?P<ask>[\s\S]*)"):
-    """Word odds under a finished reply: how expected each of its tokens was to the model."""
-
-    def __init__(self, ask_id: int) -> None:
-        super().__init__(discord.ui.Button(label=wording.WORD_ODDS,
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=CONF_ID.format(ask_id=ask_id)))
-        self.ask_id = ask_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> ConfidenceButton:
-        return cls(_ask_id(match))
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        require_id(self.ask_id)
-        await lab.confidence_of_ask(interaction, self.ask_id)
-
-
-class StepButton(_LabButton, template=r"lab:step:(?P<walk>[0-9a-f]{8}):(?P<rank>[0-9])"):
-    """Append this candidate to the walk's reply and show the next step."""
-
-    def __init__(self, walk_id: str, rank: int, label: str = "step") -> None:
-        super().__init__(discord.ui.Button(label=label or "step",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=STEP_ID.format(walk=walk_id, rank=rank)))
-        self.walk_id = walk_id
-        self.rank = rank
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> StepButton:
-        return cls(match["walk"], int(match["rank"]))
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.step(interaction, self.walk_id, self.rank)
-
-
-class BackButton(_LabButton, template=r"lab:back:(?P<walk>[0-9a-f]{8})"):
-    """The step before this one."""
-
-    def __init__(self, walk_id: str) -> None:
-        super().__init__(discord.ui.Button(label="◀ Back", style=discord.ButtonStyle.secondary,
-                                           custom_id=BACK_ID.format(walk=walk_id)))
-        self.walk_id = walk_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> BackButton:
-        return cls(match["walk"])
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.back(interaction, self.walk_id)
-
-
-class FollowButton(_LabButton, template=r"lab:follow:(?P<walk>[0-9a-f]{8})"):
-    """The reply's own next token."""
-
-    def __init__(self, walk_id: str, label: str = "▶ the reply's token") -> None:
-        super().__init__(discord.ui.Button(label=label, style=discord.ButtonStyle.primary,
-                                           custom_id=FOLLOW_ID.format(walk=walk_id)))
-        self.walk_id = walk_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> FollowButton:
-        return cls(match["walk"])
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.follow(interaction, self.walk_id)
-
-
-class JumpSelect(discord.ui.DynamicItem[discord.ui.Select[discord.ui.View]],
-                 template=r"lab:jump:(?P<walk>[0-9a-f]{8})"):
-    """Jump to any token of the reply (the select offers those around this step)."""
-
-    def __init__(self, walk_id: str, options: list[discord.SelectOption] | None = None) -> None:
-        super().__init__(discord.ui.Select(
-            placeholder="Jump to a token of the reply…", custom_id=JUMP_ID.format(walk=walk_id),
-            options=options or [discord.SelectOption(label="…", value="0")]))
-        self.walk_id = walk_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> JumpSelect:
-        return cls(match["walk"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        try:
-            data: Any = interaction.data or {}
-            values = data.get("values") or []
-            if len(values) != 1 or not str(values[0]).isdigit() or len(str(values[0])) > 6:
-                raise UserFacingError("That choice is not valid.")
-            await lab_of(interaction).jump(interaction, self.walk_id, int(values[0]))
-        except Exception as exc:
-            await send_error(interaction, exc)
-
-
-class CompareStopButton(_LabButton, template=r"lab:cstop:(?P<cid>[0-9]{1,20})"):
-    def __init__(self, cid: str) -> None:
-        super().__init__(discord.ui.Button(label="Stop", style=discord.ButtonStyle.danger,
-                                           custom_id=CSTOP_ID.format(cid=cid)))
-        self.cid = cid
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> CompareStopButton:
-        return cls(match["cid"])
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.stop_compare(interaction, self.cid)
-
-
-class CompareRegenerateButton(_LabButton, template=r"lab:cregen:(?P<cid>[0-9]{1,20})"):
-    def __init__(self, cid: str) -> None:
-        super().__init__(discord.ui.Button(label="Regenerate", style=discord.ButtonStyle.secondary,
-                                           custom_id=CREGEN_ID.format(cid=cid)))
-        self.cid = cid
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> CompareRegenerateButton:
-        return cls(match["cid"])
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.regenerate_compare(interaction, self.cid)
-
-
-class KnobHelpButton(_LabButton, template=r"lab:knobhelp"):
-    """Under /knobs show: what each knob does."""
-
-    def __init__(self) -> None:
-        super().__init__(discord.ui.Button(label="What do these do?",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=KNOB_HELP_ID))
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> KnobHelpButton:
-        return cls()
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.knob_help(interaction)
-
-
-class TryKnobButton(_LabButton, template=r"lab:try:(?P<knob>[a-z_]{1,30})"):
-    """Compare this knob's value here against a contrasting one, on the last prompt."""
-
-    def __init__(self, knob: str) -> None:
-        super().__init__(discord.ui.Button(label=f"Try {knob}",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=TRY_ID.format(knob=knob)))
-        self.knob = knob
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> TryKnobButton:
-        return cls(match["knob"])
-
-    async def run(self, lab: LabRunner, interaction: discord.Interaction) -> None:
-        await lab.try_knob(interaction, self.knob)
-
-
 def knob_help_view() -> discord.ui.View:
-    """The "What do these do?" button for /knobs show."""
+    """The "What do these do?" button for /knobs show, /help and /settings."""
     view = discord.ui.View(timeout=None)
     view.add_item(KnobHelpButton())
     view.stop()
     return view
 
 
-#: The lab's controls that answer clicks after a restart (walks and compares do not
-#: survive one; their buttons then say so).
-LAB_ITEMS = (ProbabilitiesButton, ConfidenceButton, StepButton, BackButton, FollowButton,
-             JumpSelect, CompareStopButton,
-             CompareRegenerateButton, KnobHelpButton, TryKnobButton)
-
-
-def reply_lab_buttons(ask_id: int, *, has_text: bool = True) -> list[discord.ui.Item[Any]]:
-    """The lab's buttons under a finished reply (buttons.py's builder adds them); an empty
-    reply has no words to score, so no Word odds."""
-    items: list[discord.ui.Item[Any]] = [ProbabilitiesButton(ask_id)]
-    if has_text:
-        items.append(ConfidenceButton(ask_id))
-    return items
-
-
-__all__ = ["LAB_ITEMS", "LabRunner", "compare_embed", "knob_help_view", "lab_of",
-           "reply_lab_buttons"]
+__all__ = ["LabRunner", "compare_embed", "knob_help_view"]

@@ -1,9 +1,9 @@
 """The runner: every generating entry on Discord, from its press to its last edit, in one lifecycle.
 
-Entries: slash `/ask`, the Reply modal, Regenerate, Continue (interactions) and
-mentions, replies and DMs (messages) each become an `Ask`; any other run that
-generates for a member (the lab's) subclasses `Run` and calls `AskRunner.run`
-too. That one method is the lifecycle:
+Entries: slash `/ask`, the Reply modal, Regenerate, Continue, Inspect's write on
+(interactions) and mentions, replies and DMs (messages) each become an `Ask`; any
+other run that generates for a member (the lab's `/compare`, `CompareRun`)
+subclasses `Run` and calls `AskRunner.run` too. That one method is the lifecycle:
 
     refuse when restarting → the member's slot (`AskGate`, taken before the
     first await) → `Run.start` (prepare through `Chat` and submit; a model that must load
@@ -62,13 +62,14 @@ from bot.discord.reply import (
     ThreadSurface,
 )
 from bot.discord.swipes import (
-    ContinueSurface,
     Continuing,
+    PressedSurface,
     answer_view,
     record_continuation,
     show_reasoning,
     shown_text,
     swipe,
+    swipe_content,
 )
 from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
@@ -126,6 +127,7 @@ class Ask(Run):
     open_thread: bool = False  # `/ask thread:true`: a thread from the answer, once stored
     swipe_of: int | None = None  # Regenerate adds a version to this question
     supersedes: discord.Message | None = None  # the reply Regenerate was pressed on
+    shows_in: discord.PartialMessage | None = None  # the reply a version written on shows in
     continuing: Continuing | None = None  # Continue carries this answer on, in place
     notes: tuple[str, ...] = ()  # one line each for attached files that were not read
     # Filled in as it runs:
@@ -243,8 +245,8 @@ class AskRunner:
         return await self.chat.prepare(replace(ask.turn, place=place), on_wait=on_wait)
 
     @staticmethod
-    def _ask_record(ask: Ask, turn: PreparedTurn) -> AskRecord:
-        """What Regenerate needs of this ask, stored with its turns."""
+    def _ask_record(ask: Ask, turn: PreparedTurn, token_ids: tuple[int, ...] = ()) -> AskRecord:
+        """What Regenerate (and Inspect: the ids the model wrote) needs of this ask."""
         request = turn.request
         return AskRecord(
             prompt=turn.question, knobs=request.knobs.model_dump(mode="json"),
@@ -252,6 +254,7 @@ class AskRunner:
             channel_id=ask.channel_id, user_id=ask.user_id, private=ask.private,
             prompt_author_id=(None if ask.turn.author_id == ask.user_id
                               else ask.turn.author_id),
+            reply_ids=token_ids,
         )
 
     async def stream(self, ask: Ask, first: Page, stop: discord.ui.View,
@@ -260,14 +263,22 @@ class AskRunner:
         turn, gen = ask.prepared, ask.gen
         assert turn is not None and gen is not None
         continuing = ask.continuing
-        reasoning = turn.reasoning and continuing is None
+        written = ask.turn.written
+        reasoning = turn.reasoning and continuing is None and not written
         writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s,
                              text_filter=ReasoningFilter() if reasoning else None)
+        so_far = turn.engine.bundle.tokenizer.decode(list(written)) if written else ""
         if continuing is not None:
             writer.text = continuing.shown
         before = len(writer.text)
+        writer.text += so_far
         try:
             result = await writer.stream()
+            if written:  # the version is the reply so far and what the model wrote on
+                result = replace(result, text=so_far + result.text,
+                                 token_ids=written + result.token_ids,
+                                 new_tokens=len(written) + result.new_tokens,
+                                 max_new_tokens=len(written) + result.max_new_tokens)
             if continuing is None:
                 tail = "-# " + footer(result, turn.dropped_turns, turn.footer_model,
                                       turn.engine.info.context_length, cap=turn.cap)
@@ -310,23 +321,34 @@ class AskRunner:
                 return None
         keep = result if not result.error and result.text.strip() else None
         ids = await writer.message_ids() if keep is not None else ()
-        swipes = await self._store(ask, turn, keep, ids, reasoning=writer.reasoning)
+        swipes = await self._store(ask, turn, keep, ids, reasoning=writer.reasoning,
+                                   token_ids=result.token_ids)
         if result.error:
             return None
+        if ask.shows_in is not None and swipes is not None:
+            # Written on from Inspect: the reply's own message shows the new version, as a
+            # version swipe would, and holds its buttons; the streamed copy keeps none.
+            try:
+                await ask.shows_in.edit(
+                    content=swipe_content(swipes.current, swipes),
+                    view=answer_view(swipes.current, swipes), allowed_mentions=NO_MENTIONS)
+                return None
+            except discord.HTTPException as exc:
+                log.warning("couldn't show version on reply %s: %s", ask.shows_in.id, exc)
         # ◀ n/m ▶ and Continue with the versions just stored.
         return (answer_view(swipes.current, swipes) if swipes is not None
                 else reply_view(ask.id, reply=False))
 
     async def _store(
         self, ask: Ask, turn: PreparedTurn, result: GenerationResult | None,
-        ids: tuple[int, ...], *, reasoning: str = "",
+        ids: tuple[int, ...], *, reasoning: str = "", token_ids: tuple[int, ...] = (),
     ) -> Swipes | None:
         """Keep the ask and record the exchange; None when there is nothing to continue.
 
         Best effort: a reply matters more than its buttons. An answer refused (the cap
         on versions) still keeps its ask, so Regenerate works.
         """
-        record = self._ask_record(ask, turn)
+        record = self._ask_record(ask, turn, token_ids)
         try:
             swipes = await self.chat.record(
                 turn, result, ask_id=ask.id, log=record, question_ids=ask.surface.question_ids(),
@@ -372,8 +394,8 @@ class AskRunner:
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
             private=private, continuing=continuing,
-            surface=ContinueSurface(interaction, continuing, private=private,
-                                    ttl_s=lambda: self.interaction_ttl_s),
+            surface=PressedSurface(interaction, shown=continuing.shown, private=private,
+                                   ttl_s=lambda: self.interaction_ttl_s),
             turn=TurnAsk(location=location_of(interaction), prompt="", author_id=user.id,
                          author_name=display_name(user)),
         ))
@@ -414,6 +436,7 @@ class AskRunner:
         speaker: tuple[int, str] | None = None,
         swipe_of: int | None = None, supersedes: discord.Message | None = None,
         files: tuple[TextFile, ...] = (), notes: tuple[str, ...] = (),
+        written: tuple[int, ...] = (), shows_in: discord.PartialMessage | None = None,
     ) -> None:
         user = interaction.user
         # Regenerate keeps the question's own speaker: the model would read the
@@ -421,19 +444,24 @@ class AskRunner:
         author_id, author_name = speaker or (user.id, display_name(user))
         dm = interaction.guild_id is None
         prompt = prompt.strip()
+        header = quote_prompt(prompt)
+        # Written on: the version streams on the pressed Inspect message, which only the
+        # presser sees, whatever the reply's own privacy.
+        surface = (PressedSurface(interaction, header=header, private=True,
+                                  ttl_s=lambda: self.interaction_ttl_s) if written
+                   else InteractionSurface(interaction, private=private, header=header,
+                                           ttl_s=lambda: self.interaction_ttl_s))
         await self.run(Ask(
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
             private=private, open_thread=open_thread, swipe_of=swipe_of, notes=notes,
-            supersedes=supersedes,
-            surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
-                                       ttl_s=lambda: self.interaction_ttl_s),
+            supersedes=supersedes, shows_in=shows_in, surface=surface,
             turn=TurnAsk(
                 location=location_of(interaction), prompt=prompt, author_id=author_id,
                 author_name=author_name, parent_id=parent_id,
                 # In a DM, an interaction ask starts afresh unless it names its turn.
                 explicit=explicit or dm, private=private, direct=dm, shared=True,
-                overrides=dict(overrides or {}), again=again, files=files,
+                overrides=dict(overrides or {}), again=again, files=files, written=written,
             ),
         ))
 
@@ -481,6 +509,22 @@ class AskRunner:
         The persona and the max_new_tokens cap are those in force now: an admin who
         changed them since the first ask must not be overridden by a button.
         """
+        await self._again(interaction, ask_id)
+
+    async def write_on(self, interaction: discord.Interaction, ask_id: int,
+                       written: tuple[int, ...], shows_in: discord.PartialMessage | None,
+                       ) -> None:
+        """Inspect's "write on": Regenerate from the reply's first tokens (`written`).
+
+        Whoever may regenerate the reply may; the new version streams on the pressed
+        (Inspect) message and is then shown in `shows_in`, the reply's own message.
+        """
+        await self._again(interaction, ask_id, written=written, shows_in=shows_in)
+
+    async def _again(self, interaction: discord.Interaction, ask_id: int, *,
+                     written: tuple[int, ...] = (),
+                     shows_in: discord.PartialMessage | None = None) -> None:
+        """A new version of the reply to `ask_id`: Regenerate, or written on from Inspect."""
         parent_id: int | None = None
         explicit = False
         speaker: tuple[int, str] | None = None
@@ -499,12 +543,14 @@ class AskRunner:
         if record is None:
             raise UserFacingError(wording.PROMPT_GONE)
         self.check_regenerate(interaction, record)
+        swipe_of = question.id if question is not None and question.role == "user" else None
+        if written and swipe_of is None:
+            raise UserFacingError(wording.CONVERSATION_GONE)
         await self._interaction_ask(
             interaction, record.prompt, private=record.private,
             again=Knobs.model_validate(record.knobs), parent_id=parent_id, explicit=explicit,
-            speaker=speaker,
-            swipe_of=question.id if question is not None and question.role == "user" else None,
-            supersedes=interaction.message,
+            speaker=speaker, swipe_of=swipe_of, written=written, shows_in=shows_in,
+            supersedes=None if written else interaction.message,
         )
 
     def check_regenerate(self, interaction: discord.Interaction, record: AskRecord) -> None:

@@ -3,7 +3,8 @@
 Browsing and Reasoning are the press's own response (`update_message`, or a
 private message), so they work long after the ask's 15-minute token. Continue
 is an entry of `bot.discord.runner.AskRunner`: this module gives it its surface
-(the pressed message is the first page, acknowledged with a deferred update),
+(`PressedSurface`: the pressed message is the first page, acknowledged with a
+deferred update),
 its footer (the whole reply's count) and its record (`Chat.extend` on the same
 answer). The rules (who may browse or continue a private reply, the caps) are
 `bot.store.swipes.SwipeStore`'s; the request is `bot.chat.service.Chat.continue_`'s.
@@ -119,13 +120,14 @@ class Continuing:
                                can_continue=done < MAX_CONTINUATIONS, cap=cap)
 
 
-class ContinueSurface(InteractionSurface):
-    """The pressed message is the first page (its token is the press's, fresh)."""
+class PressedSurface(InteractionSurface):
+    """The pressed message is the first page (its token is the press's, fresh): Continue
+    writes on under the text it shows (`shown`), Inspect's write on in its own view."""
 
-    def __init__(self, interaction: discord.Interaction, continuing: Continuing, *,
+    def __init__(self, interaction: discord.Interaction, *, shown: str = "", header: str = "",
                  private: bool, ttl_s: Callable[[], float]) -> None:
-        super().__init__(interaction, private=private, header="", ttl_s=ttl_s)
-        self.shown = continuing.shown
+        super().__init__(interaction, private=private, header=header, ttl_s=ttl_s)
+        self.shown = shown
 
     async def acknowledge(self, stop: discord.ui.View) -> Page:
         await self.interaction.response.defer()  # deferred update: no new message
@@ -138,9 +140,11 @@ class ContinueSurface(InteractionSurface):
 
     def status_page(self, status: str) -> str:
         """The text so far stays on screen while a model loads."""
+        if not self.shown:
+            return super().status_page(status)
         room = MESSAGE_LIMIT - len(status) - 1
         text = self.shown if len(self.shown) <= room else self.shown[: max(0, room - 1)] + "…"
-        return f"{text}\n{status}" if text else status
+        return f"{text}\n{status}"
 
 
 async def record_continuation(

@@ -123,6 +123,7 @@ class Slot:
         self.last_token_at: float | None = None
         self.finish: FinishReason | None = None
         self.generated: list[str] = []  # token strings, to resume after a preemption
+        self.ids: list[int] = []  # the same tokens' ids, for the result
         self.suspended = False
         self.runs = 0  # `generate_batch` calls this request has been part of
         self.joining = False  # paused only to let newcomers join: still streaming
@@ -160,6 +161,7 @@ class Slot:
             return self.flush(), True
         self.new_tokens += 1
         self.generated.append(self._id_to_token(token_id))
+        self.ids.append(int(token_id))
         text = self.stops.feed(self.label.feed(self.detok.push(token_id)))
         if self.stops.stopped:
             self.finish = FinishReason.STOP_SEQUENCE
@@ -202,6 +204,7 @@ class Slot:
             max_new_tokens=self.max_new,
             clamped_to_context=self.gen.prepared.clamped,
             error=error,
+            token_ids=tuple(self.ids),
         )
 
 

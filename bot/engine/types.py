@@ -62,6 +62,9 @@ class GenerationResult:
     max_new_tokens: int
     clamped_to_context: bool = False
     error: str | None = None
+    token_ids: tuple[int, ...] = ()
+    """The ids the model wrote, end token excluded: the reply as generated, before a
+    stop sequence or a speaker's label is cut from `text` (what Inspect walks)."""
 
 
 @dataclass(frozen=True)

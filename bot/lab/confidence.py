@@ -6,13 +6,14 @@ the probability of the token the reply has there, its rank, and the likeliest
 alternatives. These are the model's raw probabilities (softmax of the logits),
 before any knob: "how surprising was this token to the model".
 
-The reply's tokens are its text encoded again as plain text. A reply is usually
-written in the tokenizer's own spelling, so that is the same sequence; where a
-sampled reply took an unusual split, the scores are for the usual one.
+The reply's tokens are the ids the model wrote when they are known (Inspect),
+else its text encoded again as plain text (the CLI): usually the same sequence,
+but where a sampled reply took an unusual split, the scores are for the usual one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -87,11 +88,16 @@ def _log_softmax(rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 async def score_reply(
-    engine: Engine, request: GenerationRequest, reply: str, *, alternatives: int = ALTERNATIVES
+    engine: Engine, request: GenerationRequest, reply: str, *, alternatives: int = ALTERNATIVES,
+    ids: Sequence[int] | None = None,
 ) -> Confidence:
-    """Each token of `reply` (the answer to `request`) with the model's probability for it."""
+    """Each token of `reply` (the answer to `request`) with the model's probability for it;
+    `ids` are the reply's own tokens when known (`reply` is then not encoded)."""
     tok = engine.bundle.tokenizer
-    reply_ids = tok.encode(reply)
+    reply_ids = [int(i) for i in ids] if ids is not None else tok.encode(reply)
+    vocab = engine.info.vocab_size or 0
+    if any(i < 0 or (vocab and i >= vocab) for i in reply_ids):
+        raise UserFacingError("That reply holds a token this model does not have.")
     if not reply_ids:
         raise UserFacingError("That reply is empty: there is nothing to score.")
     prepared = engine.prepare(request)

@@ -2,8 +2,8 @@
 
 In chat mode the prompt is exactly what the engine would read for the request
 (`Engine.prepare`: persona, earlier turns, template, plain-text user text), so
-the first step is the first token of the bot's reply and a Probabilities view
-on a finished reply shows the step that reply was generated from. In raw mode
+the first step is the first token of the bot's reply, and Inspect on a finished
+reply shows each step as that reply was generated. In raw mode
 (`raw_prompt`) the text is continued as written, with no template: "The capital
 of France is" shows what comes next in the text itself. A walk through
 a reply token by token appends the chosen ids (`generated`) and asks again; each

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, timedelta
 from typing import Any, Final
@@ -39,6 +40,9 @@ class AskRecord:
     prompt_author_id: int | None = None
     """Whose words the prompt is, when not `user_id`'s: Regenerate pressed by someone
     else asks the asker's question again, and erasing the asker erases this copy too."""
+    reply_ids: tuple[int, ...] = ()
+    """The token ids the model wrote for this ask's reply (Continue appends its own):
+    Inspect walks the reply as generated, not its text encoded again."""
 
     @classmethod
     def from_json(cls, data: object) -> AskRecord | None:
@@ -56,6 +60,7 @@ class AskRecord:
                 private=data.get("private") is True,
                 prompt_author_id=(None if data.get("prompt_author_id") is None
                                   else int(data["prompt_author_id"])),
+                reply_ids=tuple(int(i) for i in data.get("reply_ids") or ()),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -98,6 +103,24 @@ class AskLog:
         )
         await self._prune(conn, self._cutoff(self.retention_days * 86400),
                           self._cutoff(self.private_ttl_s))
+
+    async def extend_reply_in(self, conn: Tx, ask_id: int, more: Sequence[int]) -> None:
+        """A Continue's ids after the reply's own, so Inspect walks the whole reply.
+
+        Only onto ids already kept: a reply stored without them stays without.
+        """
+        row = await conn.fetchone("SELECT payload FROM asks WHERE id = ?", (ask_id,))
+        if row is None or not more:
+            return
+        try:
+            data = json.loads(row[0])
+        except (TypeError, ValueError):
+            return
+        if not isinstance(data, dict) or not data.get("reply_ids"):
+            return
+        data["reply_ids"] = [*data["reply_ids"], *(int(i) for i in more)]
+        await conn.execute("UPDATE asks SET payload = ? WHERE id = ?",
+                           (json.dumps(data, ensure_ascii=False), ask_id))
 
     async def prune(self) -> int:
         """Forget asks past their time now (at start, or from a periodic task); returns rows."""

@@ -83,8 +83,8 @@ async def test_buttons_come_in_one_order_whichever_way_one_asks(
         assert itx.original is not None
         by_command = [c.split(":")[1] for c in buttons(itx.original)]
         by_mention = [c.split(":")[1] for c in buttons(await mention_answer(h, "by mention"))]
-    # The knobs lab's Probabilities and Confidence follow, in one order too.
-    assert by_command == by_mention == ["regen", "reply", "probs", "conf"]
+    # Inspect follows, in one order too.
+    assert by_command == by_mention == ["regen", "reply", "inspect"]
 
 
 async def test_an_idle_bot_says_no_next_in_line_to_a_mention_either(
@@ -120,10 +120,10 @@ async def test_a_long_mention_reply_keeps_stop_on_its_live_page_only(
                  for rev in first.revisions]
         assert stops[0] and not stops[-1]
         assert stops == sorted(stops, reverse=True), stops
-        # A reply cut at its token limit also offers Continue; every finished reply the
-        # lab's Probabilities and Confidence.
+        # A reply cut at its token limit also offers Continue; every finished reply with
+        # text, Inspect.
         assert [c.split(":")[1] for c in buttons(last)] == [
-            "regen", "reply", "cont", "probs", "conf"]
+            "regen", "reply", "cont", "inspect"]
 
 
 def _ids(components: list[dict[str, Any]]) -> list[str]:

@@ -348,10 +348,11 @@ async def test_regenerate_keeps_versions_browsed_in_place_after_the_token_expire
         await h.finished(press)
         two = final_message(press)
         assert "Answer 2." in two.content and "2/2" in labels(two)
-        # One row of actions (the lab's beside them) and the versions' row.
+        # One row of actions (Inspect among them) and the versions' row.
         assert len(two.components) == 2
-        assert [c.get("custom_id", "")[:9] for c in two.components[0]["components"]] == [
-            "llm:regen", "llm:reply", "lab:probs", "lab:conf:"]
+        assert [c.get("custom_id", "").rsplit(":", 1)[0]
+                for c in two.components[0]["components"]] == [
+            "llm:regen", "llm:reply", "llm:inspect"]
         # Both interactions' 15 minutes are over: browsing is the press's own response.
         for itx in (first, press):
             h.fake.expire_token(itx.token)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot import wording
-from bot.discord.buttons import DYNAMIC_ITEMS
+from bot.discord.buttons import DYNAMIC_ITEMS, IdButton, IdSelect
 from bot.store.scopes import Scope
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeUser, StoredMessage, default_guild
@@ -46,9 +46,9 @@ def answer_id_of(msg: StoredMessage) -> int:
 
 
 async def test_every_reply_button_is_declared_through_the_factory() -> None:
-    ours = [item for item in DYNAMIC_ITEMS if item.__module__ == "bot.discord.buttons"]
-    assert len(ours) == 6
-    assert all(getattr(item, "spec", None) is not None for item in ours)
+    assert all(issubclass(item, (IdButton, IdSelect)) for item in DYNAMIC_ITEMS)
+    kinds = [(item.spec.prefix, item.spec.kind) for item in DYNAMIC_ITEMS]
+    assert len(set(kinds)) == len(kinds) >= 13
 
 
 @pytest.mark.parametrize("custom_id", [
@@ -74,6 +74,20 @@ async def test_every_reply_button_is_declared_through_the_factory() -> None:
     "lab:conf:-1",
     "lab:conf:abc",
     "lab:conf:",
+    "llm:inspect:" + str(2**63),     # Inspect, and its view's controls
+    "llm:inspect:-1",
+    "llm:inspect:1:2",
+    "llm:itoken:abc",
+    "llm:ipage:1:sideways",
+    "llm:iback:",
+    "llm:iwrite:" + "9" * 25,
+    "lab:step:abc:1",                # the lab's /probs and /compare controls
+    "lab:step:1",
+    "lab:back:1:2",
+    "lab:cregen:" + "9" * 25,
+    "lab:cregen:-1",
+    "lab:try:warmth",                # a knob with no Try
+    "lab:knobhelp:1",
 ])
 async def test_crafted_ids_on_every_button_get_a_plain_refusal(
     two_servers: Harness, custom_id: str

@@ -298,9 +298,9 @@ async def test_private_conversation_is_for_its_asker_alone(
         answer = final_message(first)
         assert answer.flags & EPHEMERAL
         # Regenerate and Reply, both for the asker alone (private replies too).
-        # Then the knobs lab's Probabilities and Confidence, also the asker's alone.
+        # Then Inspect, also the asker's alone.
         assert buttons(answer) == [button(answer, "llm:regen:"), button(answer, "llm:reply:"),
-                                   button(answer, "lab:probs:"), button(answer, "lab:conf:")]
+                                   button(answer, "llm:inspect:")]
         # Someone else pressing that Reply (a forged click) is refused, no modal opens.
         press = await h.fake.inject_component(button(answer, "llm:reply:"),
                                               message_id=answer.id, user=BOB)

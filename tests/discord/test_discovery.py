@@ -39,7 +39,7 @@ async def test_help_lists_every_command_and_button_and_leads_to_knob_help(
             for sub in subs:
                 assert f"`{sub}`" in text or f"/{name} {sub}" in text, (name, sub)
         for button in ("Stop", "Regenerate", "Reply", "Continue", "Reasoning",
-                       "Probabilities", wording.WORD_ODDS):
+                       wording.INSPECT):
             assert f"**{button}**" in text, button
         # Knob help, for a member with no permissions, from /help and from /settings.
         assert "lab:knobhelp" in custom_ids(help_)

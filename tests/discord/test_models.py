@@ -244,13 +244,13 @@ async def test_the_console_lists_sets_and_resets_the_model(
 async def test_the_lab_follows_the_model_set_here(
     smol_model_dir: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:
-    """/probs, Probabilities and /compare use the channel's model, each view names it,
+    """/probs, Inspect and /compare use the channel's model, each view names it,
     and the Step ids are that model's own (the two tokenizers differ)."""
     from bot.lab.probs import format_table, probs_step
 
     async with models_bot(tmp_path, entries(smol_model_dir, tiny_dir)) as h:
         assert "now answers" in await set_model(h, "tiny", h.help)
-        lab = h.bot.get_cog("Lab").lab  # type: ignore[union-attr]
+        lab = h.bot.lab
 
         async def probs_in(channel_id: int) -> tuple[StoredMessage, Any]:
             itx = await h.command("probs", {"prompt": "hello there"}, channel_id=channel_id)
@@ -272,10 +272,10 @@ async def test_the_lab_follows_the_model_set_here(
         rows = format_table(await probs_step(smol, walk.request, top=10)).split("\n")[2:12]
         assert all(row in msg.content for row in rows)
 
-        # Probabilities under a reply the channel's model wrote.
+        # Inspect under a reply the channel's model wrote.
         asked = await h.ask("Say hi.", channel_id=h.help)
         reply = final_message(asked)
-        press = await h.fake.inject_component(f"lab:probs:{asked.id}", message_id=reply.id,
+        press = await h.fake.inject_component(f"llm:inspect:{asked.id}", message_id=reply.id,
                                               channel_id=h.help)
         shown = (await press.wait_followups(1, timeout=60))[0]
         assert "model `tiny`" in shown.content

@@ -2,13 +2,13 @@
 
 /compare streams every variant into one embed within Discord's limits (a file when
 cut), Stop stops all, Regenerate draws a new seed; /probs sends a PNG chart and a
-table, ephemeral by default, and its Step buttons walk a reply; the Probabilities
-button under a finished reply shows the exact prompt that reply came from.
+table, ephemeral by default, and its Step buttons walk a reply; Inspect under a
+finished reply reads the exact prompt that reply came from (tests/lab/test_inspect_discord.py
+covers the rest of Inspect).
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ async def test_compare_streams_each_variant_into_one_embed(
         assert len(compare_seeds(h)) == 1
         # It streamed: the Stop button showed before the final edit, which has Regenerate.
         stops = [rev for rev in msg.revisions
-                 if any("lab:cstop:" in c.get("custom_id", "")
+                 if any("llm:stop:" in c.get("custom_id", "")
                         for row in rev["components"] for c in row.get("components", []))]
         assert stops
         assert [a["filename"] for a in msg.attachments] == ["compare.md"]
@@ -144,7 +144,7 @@ async def test_stop_stops_every_variant_and_regenerate_draws_a_new_seed(
 
         def stop_id(of: FakeInteraction) -> str | None:
             msg = of.original
-            found = [i for i in buttons(msg) if i.startswith("lab:cstop:")] if msg else []
+            found = [i for i in buttons(msg) if i.startswith("llm:stop:")] if msg else []
             return found[0] if found else None
 
         sid = await h.fake.wait_for(lambda: stop_id(itx), timeout=30)
@@ -175,6 +175,24 @@ async def test_stop_stops_every_variant_and_regenerate_draws_a_new_seed(
         assert [f["name"] for f in second.embeds[0]["fields"]] == ["temperature=0.3", "top_k=5"]
 
 
+async def test_compare_is_an_entry_of_the_runner_cooldown_included(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A comparison takes the member's slot and starts their cooldown, as an /ask does;
+    while it runs it is in the runner's table (its Stop is the runner's)."""
+    async with running_bot(tiny_model_dir, tmp_path, scripted="Short answer.",
+                           script_delay=0.05, user_cooldown_s=600) as h:
+        itx = await h.command("compare", {"prompt": "hi", "a": "temperature=0.1",
+                                          "b": "top_k=1"})
+        await h.fake.wait_for(lambda: h.bot.runner.active.get(itx.id), timeout=30)
+        await finished_compare(h, itx)
+        assert itx.id not in h.bot.runner.active
+        for name, options in (("ask", {"prompt": "and now?"}), ("compare", {"prompt": "hi"})):
+            refused = await h.command(name, options)
+            said = (await refused.wait_response()).data["content"]
+            assert "Slow down a little" in said, said
+
+
 async def probs_message(itx: FakeInteraction, h: Harness) -> StoredMessage:
     return (await itx.wait_followups(1, timeout=30))[0]
 
@@ -198,7 +216,7 @@ async def test_probs_sends_a_png_chart_ephemerally_and_steps_walk_the_reply(
         assert 1 <= len(steps) <= 5
 
         # The table is the lab's own for that request (the channel's persona and knobs).
-        lab = h.bot.get_cog("Lab").lab  # type: ignore[union-attr]
+        lab = h.bot.lab
         walk = next(iter(lab.walks._items.values()))[1]
         first_id = walk.choices[0]
         expected = await probs_step(h.app.engine, walk.request, top=10)
@@ -233,7 +251,7 @@ async def test_probs_in_raw_text_mode_completes_the_text_and_says_so(
         rows = msg.content.splitlines()
         first_row = next(line for line in rows if line.lstrip().startswith("1 "))
         assert "␣Paris" in first_row
-        lab = h.bot.get_cog("Lab").lab  # type: ignore[union-attr]
+        lab = h.bot.lab
         walk = next(iter(lab.walks._items.values()))[1]
         steps = [i for i in buttons(msg) if i.startswith("lab:step:")]
         press = await h.fake.inject_component(steps[0], message_id=msg.id)
@@ -245,7 +263,7 @@ async def test_probs_in_raw_text_mode_completes_the_text_and_says_so(
         assert "step 1 is the first token of my reply" in shown.content
 
 
-async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
+async def test_inspect_reads_the_replys_own_prompt_persona_included(
     smol_model_dir: Path, tmp_path: Path
 ) -> None:
     persona = "You are a terse lighthouse keeper."
@@ -255,104 +273,52 @@ async def test_probabilities_button_uses_the_replys_own_prompt_persona_included(
         itx = await h.ask("what do you see?", max_new_tokens=6)
         reply = itx.original
         assert reply is not None
-        probs_id = f"lab:probs:{itx.id}"
-        assert probs_id in buttons(reply) and f"lab:conf:{itx.id}" in buttons(reply)
+        inspect_id = f"llm:inspect:{itx.id}"
+        assert inspect_id in buttons(reply)
         # Changing the persona afterwards does not change what that reply was made from.
         again = await h.command("system set", {"text": "You are a pirate."},
                                 permissions=MANAGE_CHANNELS)
         await again.wait_response()
-        press = await h.fake.inject_component(probs_id, message_id=reply.id)
+        press = await h.fake.inject_component(inspect_id, message_id=reply.id)
         msg = await probs_message(press, h)
-        assert msg.flags & FLAG_EPHEMERAL
+        # Word odds first: the reply coloured, ephemeral, saying once what it measures.
+        assert msg.flags & FLAG_EPHEMERAL and "```ansi" in msg.content
+        assert msg.content.startswith(f"**{wording.WORD_ODDS}**")
+        assert msg.content.count(wording.WORD_ODDS_NOTE) == 1
+        assert "model `" in msg.content
         record = await h.app.ask_log.load(itx.id)
-        question = await h.app.turns.question_for_ask(itx.id)
-        assert record is not None and question is not None
+        assert record is not None and record.reply_ids
+        # Its first token: the table is the one of the prompt the reply came from.
+        await h.fake.inject_component(f"llm:itoken:{press.id}", message_id=msg.id,
+                                      component_type=3, values=["0"])
+        await h.fake.wait_for(lambda: len(msg.revisions) > 1 or None, timeout=30)
         # A lone member's question carries no name.
         request = GenerationRequest("what do you see?", system_prompt=persona,
                                     knobs=Knobs.model_validate(record.knobs))
-        expected = await probs_step(h.app.engine, request, top=10)
+        first = record.reply_ids[:1]
+        expected = await probs_step(h.app.engine, request, include=first)
         for row in format_table(expected).split("\n")[2:12]:
             assert row in msg.content
         wrong = await probs_step(h.app.engine, GenerationRequest(
-            request.prompt, system_prompt="You are a pirate.", knobs=request.knobs), top=10)
+            request.prompt, system_prompt="You are a pirate.", knobs=request.knobs),
+            include=first)
         assert format_table(wrong).split("\n")[2:12] != format_table(expected).split("\n")[2:12]
-
-        # Word odds: the reply coloured, ephemeral, saying once what it measures.
-        assert wording.WORD_ODDS in [c.get("label") for row in reply.components
-                                     for c in row.get("components", [])]
-        conf = await h.fake.inject_component(f"lab:conf:{itx.id}", message_id=reply.id)
-        shown = (await conf.wait_followups(1, timeout=30))[0]
-        assert shown.flags & FLAG_EPHEMERAL and "```ansi" in shown.content
-        assert shown.content.startswith(f"**{wording.WORD_ODDS}**")
-        assert shown.content.count(wording.WORD_ODDS_NOTE) == 1
-        assert "model `" in shown.content
         assert_no_mentions(h)
 
 
-async def test_probabilities_opens_on_the_replys_own_tokens_and_walks_them(
-    smol_model_dir: Path, tmp_path: Path
-) -> None:
-    async with running_bot(smol_model_dir, tmp_path) as h:
-        itx = await h.ask("Name three colours.", max_new_tokens=6, top_k=1)
-        reply = itx.original
-        assert reply is not None
-        answer = None
-        for _ in range(200):  # stored right after the final edit
-            answer = await h.app.turns.answer_for_ask(itx.id)
-            if answer is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert answer is not None and answer.text.strip(), reply.content
-        ids = tuple(h.app.engine.bundle.tokenizer.encode(answer.text))
-        press = await h.fake.inject_component(f"lab:probs:{itx.id}", message_id=reply.id)
-        msg = await probs_message(press, h)
-        lab = h.bot.get_cog("Lab").lab  # type: ignore[union-attr]
-        walk = next(iter(lab.walks._items.values()))[1]
-        assert walk.reply == ids and walk.step.step == 0
-        # Its first token is among the candidates and named, with its rank and odds.
-        taken = next(c for c in walk.step.candidates if c.id == ids[0])
-        assert f"The reply took **{taken.text}** here (token 1 of {len(ids)}" in msg.content
-        assert f"lab:follow:{walk.id}" in buttons(msg)
-        assert f"lab:back:{walk.id}" not in buttons(msg)  # nothing before step 1
-        assert f"lab:jump:{walk.id}" in buttons(msg)
-
-        async def press_and_wait(custom_id: str, values: list[str] | None = None) -> None:
-            before = len(msg.revisions)
-            kw: dict[str, Any] = {"message_id": msg.id}
-            if values is not None:
-                kw.update(component_type=3, values=values)
-            p = await h.fake.inject_component(custom_id, **kw)
-            await p.wait_response()
-            await h.fake.wait_for(lambda: len(msg.revisions) > before or None, timeout=30)
-
-        await press_and_wait(f"lab:follow:{walk.id}")
-        assert walk.step.generated == ids[:1] and "token 2 of" in msg.content
-        await press_and_wait(f"lab:back:{walk.id}")
-        assert walk.step.generated == () and "token 1 of" in msg.content
-        last = len(ids) - 1
-        await press_and_wait(f"lab:jump:{walk.id}", [str(last)])
-        assert walk.step.generated == ids[:last] and f"token {last + 1} of" in msg.content
-        # A stranger cannot walk it; an id past the reply is refused politely.
-        stranger = FakeUser(999_003, "stranger")
-        no = await h.fake.inject_component(f"lab:back:{walk.id}", message_id=msg.id,
-                                           user=stranger)
-        assert "Only the person" in (await no.wait_response()).data["content"]
-        bad = await h.fake.inject_component(f"lab:jump:{walk.id}", message_id=msg.id,
-                                            component_type=3, values=["999"])
-        assert "not in this reply" in (await bad.wait_response()).data["content"]
-        assert_no_mentions(h)
-
-
-async def test_an_empty_reply_offers_no_word_odds(tiny_model_dir: Path, tmp_path: Path) -> None:
+async def test_an_empty_reply_offers_no_inspect(tiny_model_dir: Path, tmp_path: Path) -> None:
     async with running_bot(tiny_model_dir, tmp_path, scripted="") as h:
         itx = await h.ask("say nothing")
         reply = itx.original
         assert reply is not None
-        ids = buttons(reply)
-        assert f"lab:probs:{itx.id}" in ids and f"lab:conf:{itx.id}" not in ids
+        assert not [i for i in buttons(reply) if "inspect" in i]
+        # A button of a reply sent before Inspect still answers, plainly (the press comes
+        # on a message that carries it).
+        press = await h.fake.inject_component(f"lab:conf:{itx.id}", channel_id=h.general)
+        assert wording.WORD_ODDS_EMPTY in (await press.wait_response()).data["content"]
 
 
-async def test_a_private_replys_lab_buttons_are_for_its_author_only(
+async def test_a_private_replys_inspect_is_for_its_author_only(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     async with running_bot(tiny_model_dir, tmp_path, scripted="A secret answer.") as h:
@@ -360,15 +326,17 @@ async def test_a_private_replys_lab_buttons_are_for_its_author_only(
         reply = itx.original
         assert reply is not None
         stranger = FakeUser(999_003, "stranger")
-        for cid in (f"lab:probs:{itx.id}", f"lab:conf:{itx.id}"):
-            press = await h.fake.inject_component(cid, message_id=reply.id, user=stranger)
+        # Inspect, and the Probabilities and Word odds of replies sent before it.
+        for cid in (f"llm:inspect:{itx.id}", f"lab:probs:{itx.id}", f"lab:conf:{itx.id}"):
+            on = {"message_id": reply.id} if cid in buttons(reply) else {"channel_id": h.general}
+            press = await h.fake.inject_component(cid, user=stranger, **on)
             response = await press.wait_response()
             data = response.data
             assert "Only the person who asked" in data.get("content", ""), data
             assert data.get("flags", 0) & FLAG_EPHEMERAL
             assert not press.followups
         # Custom ids are validated before use: a forged one gets a plain refusal.
-        forged = await h.fake.inject_component(f"lab:step:deadbeef:{9}")
+        forged = await h.fake.inject_component("lab:step:12345:9")
         response = await forged.wait_response()
         assert "expired" in response.data.get("content", "")
 
