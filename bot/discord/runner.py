@@ -11,6 +11,11 @@ too. That one method is the lifecycle:
     acknowledge → `Run.deliver` (stream, store, and `release` the slot when
     generation ends, before the final edit) → finish hooks → one error tail.
 
+Regenerate must read the store before it knows whether to refuse, and reads queue
+under load, so it takes the slot and acknowledges before them (`early_ack`,
+`InteractionSurface.defer`); a refusal found later withdraws that acknowledgement
+and is said privately (`InteractionSurface.withdraw`).
+
 A refusal before the acknowledgement reaches the entry as `UserFacingError`
 (or is said on the early "loading" page); after it, the reply itself says how
 it ended, and a reply Discord keeps refusing gets `Surface.say_undelivered`.
@@ -24,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -180,21 +185,24 @@ class AskRunner:
 
     # --- the lifecycle ---------------------------------------------------------------
 
-    async def run(self, run: Run) -> None:
+    async def run(self, run: Run, held: contextlib.ExitStack | None = None) -> None:
         """The one lifecycle (see the module): every entry's, the lab's runs' too.
 
         Refusals up to the acknowledgement raise `UserFacingError` to the entry;
-        after it, the reply itself says how it ended.
+        after it, the reply itself says how it ended. `held`: the member's slot,
+        already taken by an entry that acknowledged before its store reads.
         """
-        if not self.accepting or self.app.models.closing:
-            raise UserFacingError(wording.RESTARTING)
+        self.check_open()
         if isinstance(run, Ask) and run.continuing is None and not run.turn.prompt:
             raise UserFacingError(wording.EMPTY_PROMPT)
         # Take the member's slot before the first await: checked here but taken later,
         # two simultaneous asks by one person both passed the check, and the loser's
         # refusal came after its ack, leaving a reply that never finished.
         with contextlib.ExitStack() as slot:
-            slot.enter_context(self.gate.hold(run.user_id))
+            if held is None:
+                slot.enter_context(self.gate.hold(run.user_id))
+            else:
+                slot.push(held)
             stop = reply_view(run.id, stop_for=run.user_id)
             # A model that must load first acknowledges the ask early and says so.
             notice = LoadingNotice(run.surface, stop)
@@ -228,6 +236,25 @@ class AskRunner:
                 await run.surface.say_undelivered(exc)
             finally:
                 self.active.pop(run.id, None)
+
+    def check_open(self) -> None:
+        """Refuse new work while the bot is stopping."""
+        if not self.accepting or self.app.models.closing:
+            raise UserFacingError(wording.RESTARTING)
+
+    @contextlib.contextmanager
+    def early_ack(self, interaction: discord.Interaction) -> Iterator[contextlib.ExitStack]:
+        """The member's slot for a press that acknowledges before reading the store.
+
+        Only in-memory checks come before the acknowledgement (stopping, a reply
+        already in progress, the cooldown), so they refuse with the press's own
+        response; the slot is held from here, so a second press by the same member
+        is refused at once instead of after store reads of its own.
+        """
+        self.check_open()
+        with contextlib.ExitStack() as slot:
+            slot.enter_context(self.gate.hold(interaction.user.id))
+            yield slot
 
     async def prepare(self, ask: Ask, on_wait: OnWait) -> PreparedTurn:
         """The turn an ask submits: a new one in its place, or more of an answer."""
@@ -412,6 +439,7 @@ class AskRunner:
         speaker: tuple[int, str] | None = None,
         swipe_of: int | None = None, supersedes: discord.Message | None = None,
         files: tuple[TextFile, ...] = (), notes: tuple[str, ...] = (),
+        surface: InteractionSurface | None = None, held: contextlib.ExitStack | None = None,
     ) -> None:
         user = interaction.user
         # Regenerate keeps the question's own speaker: the model would read the
@@ -419,13 +447,14 @@ class AskRunner:
         author_id, author_name = speaker or (user.id, display_name(user))
         dm = interaction.guild_id is None
         prompt = prompt.strip()
+        if surface is None:
+            surface = self.interaction_surface(interaction, private=private)
+        surface.header = quote_prompt(prompt)
         await self.run(Ask(
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
             private=private, open_thread=open_thread, swipe_of=swipe_of, notes=notes,
-            supersedes=supersedes,
-            surface=InteractionSurface(interaction, private=private, header=quote_prompt(prompt),
-                                       ttl_s=lambda: self.interaction_ttl_s),
+            supersedes=supersedes, surface=surface,
             turn=TurnAsk(
                 location=location_of(interaction), prompt=prompt, author_id=author_id,
                 author_name=author_name, parent_id=parent_id,
@@ -433,7 +462,12 @@ class AskRunner:
                 explicit=explicit or dm, private=private, direct=dm, shared=True,
                 overrides=dict(overrides or {}), again=again, files=files,
             ),
-        ))
+        ), held)
+
+    def interaction_surface(self, interaction: discord.Interaction, *,
+                            private: bool) -> InteractionSurface:
+        return InteractionSurface(interaction, private=private, header="",
+                                  ttl_s=lambda: self.interaction_ttl_s)
 
     async def ask_command(
         self, interaction: discord.Interaction, prompt: str, overrides: dict[str, Any], *,
@@ -478,7 +512,24 @@ class AskRunner:
 
         The persona and the max_new_tokens cap are those in force now: an admin who
         changed them since the first ask must not be overridden by a button.
+
+        Acknowledged before the store is read (reads queue under load, and Discord
+        allows 3 s): the "thinking" message is as private as the message pressed, so
+        the new reply's privacy is known without the store; a refusal found in the
+        store takes that message back and is said privately (`InteractionSurface.withdraw`).
         """
+        with self.early_ack(interaction) as held:
+            private = pressed_privately(interaction)
+            surface = self.interaction_surface(interaction, private=private)
+            await surface.defer()
+            try:
+                await self._regenerate(interaction, ask_id, surface, held)
+            except Exception as exc:
+                if not await surface.withdraw(exc):
+                    raise
+
+    async def _regenerate(self, interaction: discord.Interaction, ask_id: int,
+                          surface: InteractionSurface, held: contextlib.ExitStack) -> None:
         parent_id: int | None = None
         explicit = False
         speaker: tuple[int, str] | None = None
@@ -497,12 +548,14 @@ class AskRunner:
         if record is None:
             raise UserFacingError(wording.PROMPT_GONE)
         self.check_regenerate(interaction, record)
+        if record.private != surface.private:
+            raise UserFacingError(wording.BUTTON_OTHER_REPLY)  # not pressed on its reply
         await self._interaction_ask(
             interaction, record.prompt, private=record.private,
             again=Knobs.model_validate(record.knobs), parent_id=parent_id, explicit=explicit,
             speaker=speaker,
             swipe_of=question.id if question is not None and question.role == "user" else None,
-            supersedes=interaction.message,
+            supersedes=interaction.message, surface=surface, held=held,
         )
 
     def check_regenerate(self, interaction: discord.Interaction, record: AskRecord) -> None:
@@ -620,6 +673,12 @@ class AskRunner:
         if tasks:
             # Each interrupted reply gets its final "interrupted" edit before we close.
             await asyncio.wait(tasks, timeout=10)
+
+
+def pressed_privately(interaction: discord.Interaction) -> bool:
+    """Whether the pressed message is ephemeral (a private reply's buttons are on one)."""
+    message = interaction.message
+    return message is not None and message.flags.ephemeral
 
 
 async def _say(message: discord.Message, text: str) -> None:

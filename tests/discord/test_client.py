@@ -106,6 +106,8 @@ async def test_stop_button_refuses_strangers_and_stale_replies(
         assert resp.data and "Only the person who asked" in resp.data["content"]
         assert resp.data["flags"] & 64  # ephemeral
         await h.finished(itx)
+        # The footer shows a moment before the reply leaves the runner's table.
+        await h.fake.wait_for(lambda: not h.bot.runner.active or None, timeout=10)
         # A Stop button left on a message (e.g. by a restart mid-reply) answers clearly.
         late = await h.fake.inject_component(stop_id, channel_id=h.general)
         resp = await late.wait_response()
