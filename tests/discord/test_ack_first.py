@@ -100,3 +100,18 @@ async def test_a_private_reply_regenerates_privately_and_is_acknowledged_so(
         refusal = await refused(forged)
         assert refusal["content"].endswith(wording.BUTTON_OTHER_REPLY)
         assert forged.original is not None and forged.original.deleted
+
+
+async def test_the_client_keeps_a_bounded_pool_of_connections_to_discord(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every press's acknowledgement is one request: a flood reuses kept-alive
+    connections rather than opening one per request (discord.py's default)."""
+    async with running_bot(smol_model_dir, tmp_path, scripted="Hi.", http_connections=8) as h:
+        connector = h.bot.http.connector
+        assert connector.limit == 8
+        presses = [await h.fake.inject_component("llm:regen:" + "9" * 30, channel_id=h.general,
+                                                 user=FakeUser(900_000 + n, f"m{n}"))
+                   for n in range(40)]
+        for press in presses:
+            assert (await press.wait_response(timeout=10)).type == 4
