@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flood", action="store_true",
                         help="ack latency of a flood of button presses while decoding")
     parser.add_argument("--presses", type=int, help="--flood: how many presses (default 1000)")
+    parser.add_argument("--fake-same-loop", action="store_true",
+                        help="--flood: the fake Discord on the bot's event loop (measured "
+                             "with it) instead of its own thread")
     parser.add_argument("--burst", action="store_true",
                         help="a burst in a followed channel answered together; file tokens")
     parser.add_argument("--convert", action="store_true",

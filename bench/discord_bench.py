@@ -27,10 +27,10 @@ import math
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from bench.common import BENCH_PROMPT, peak_rss_mb, rss_mb
 from bot.app import App, load_engine, model_dir_for
@@ -50,8 +50,12 @@ from testing.fake_discord import (
     RecordedRequest,
     Routes,
 )
+from testing.fake_discord.threaded import FakeOnThread
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 EDIT_BUCKET_LIMIT = 5  # Discord: 5 edits of one interaction's messages per 5 s
 EDIT_BUCKET_WINDOW_S = 5.0
@@ -159,14 +163,22 @@ class World:
     users: list[FakeUser]
     results: list[tuple[float, GenerationResult]] = field(default_factory=list)
     first_text_only: bool = False  # `--discord --first-text`: only `single_first_text`
+    threaded: FakeOnThread | None = None  # the fake's own thread and loop, if it has one
 
     @property
     def channels(self) -> list[int]:
         return [c.id for c in self.guild.channels]
 
+    async def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await `fn` (the fake's: injecting, waiting) on the loop the fake runs on."""
+        if self.threaded is not None:
+            return await self.threaded.call(fn, *args, **kwargs)
+        return await fn(*args, **kwargs)
+
     async def ask(self, prompt: str, user: FakeUser, channel_id: int,
                   **options: Any) -> FakeInteraction:
-        return await self.fake.inject_interaction(
+        return await self.call(
+            self.fake.inject_interaction,
             "ask", {"prompt": prompt, **options}, user=user, channel_id=channel_id
         )
 
@@ -192,9 +204,11 @@ def bench_guild(channels: int, users: int) -> tuple[FakeGuild, list[FakeUser]]:
 
 @contextlib.asynccontextmanager
 async def running_world(settings: Settings, channels: int, users: int,
-                        *, validate: bool = True) -> AsyncIterator[World]:
+                        *, validate: bool = True, fake_thread: bool = False,
+                        ) -> AsyncIterator[World]:
     """The configured model, a temporary database, the real client and a pacing fake
-    (`validate=False`: without the fake's checks of each body against Discord's rules)."""
+    (`validate=False`: without the fake's checks of each body against Discord's rules;
+    `fake_thread`: the fake on its own thread and loop, off the bot's)."""
     model_dir = model_dir_for(settings)
     with tempfile.TemporaryDirectory(prefix="llamacord-bench-") as tmp:
         settings = settings.model_copy(update={"database_path": Path(tmp) / "bench.sqlite3"})
@@ -204,14 +218,23 @@ async def running_world(settings: Settings, channels: int, users: int,
             try:
                 app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
                 guild, members = bench_guild(channels, users)
-                async with FakeDiscord(
+                options: dict[str, Any] = dict(
                     guilds=[guild], enforce_buckets=True, bucket_limit=EDIT_BUCKET_LIMIT,
                     bucket_window=EDIT_BUCKET_WINDOW_S, validate=validate,
-                ) as fake:
+                )
+                async with contextlib.AsyncExitStack() as stack:
+                    threaded: FakeOnThread | None = None
+                    if fake_thread:
+                        threaded = await stack.enter_async_context(FakeOnThread(**options))
+                        fake = threaded.fake
+                    else:
+                        fake = await stack.enter_async_context(FakeDiscord(**options))
                     bot = fake.make_bot(LlamaBot, app=app)
                     async with fake.run_bot(bot):
-                        await fake.wait_for(lambda: fake.commands or None, timeout=30)
-                        world = World(fake=fake, bot=bot, app=app, guild=guild, users=members)
+                        world = World(fake=fake, bot=bot, app=app, guild=guild, users=members,
+                                      threaded=threaded)
+                        await world.call(fake.wait_for, lambda: fake.commands or None,
+                                         timeout=30)
                         engine.on_result.append(
                             lambda r: world.results.append((time.monotonic(), r))
                         )

@@ -240,6 +240,11 @@ class Settings(BaseSettings):
         1.25, ge=0.2, le=10.0,
         description="Seconds between edits; 5 edits per 5 s leaves one slot for the footer.",
     )
+    http_connections: int = Field(
+        64, ge=1, le=1000,
+        description="Connections kept open to Discord's API; a flood of presses reuses "
+                    "them instead of opening (and TLS-handshaking) one per request.",
+    )
     per_user_limit: int = Field(1, ge=1, le=100)
     user_cooldown_s: float = Field(0.0, ge=0.0, le=3600.0)
     shutdown_grace_s: float = Field(20.0, ge=0.0, le=600.0)

@@ -24,7 +24,7 @@ from bot.store.turns import NewExchange
 from bot.wording import GENERIC
 from testing.backends import ScriptedGenerator
 from testing.discord_harness import Harness, is_final
-from testing.fake_discord import FakeInteraction, FakeUser, StoredMessage
+from testing.fake_discord import FLAG_EPHEMERAL, FakeInteraction, FakeUser, StoredMessage
 
 
 def buttons(msg: StoredMessage | dict[str, Any]) -> list[str]:
@@ -122,12 +122,40 @@ class QuickAsyncio(ModuleType):
         return await asyncio.sleep(min(delay, 0.05), result)
 
 
+def _private_refusal(itx: FakeInteraction) -> dict[str, Any] | None:
+    """The refusal's message data once it is there: the response itself, or an
+    ephemeral follow-up after a deferral whose "thinking" message was deleted."""
+    resp = itx.response
+    if resp is None:
+        return None
+    if resp.type == 4:
+        return resp.data
+    original = itx.original
+    if resp.type == 5 and original is not None and not original.deleted:
+        return None
+    return next(({"content": m.content, "flags": m.flags} for m in itx.followups
+                 if m.flags & FLAG_EPHEMERAL), None)
+
+
+async def refused(itx: FakeInteraction, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109 - tests read better with timeout=
+    """The private refusal a press got, as message data (`content`, `flags`).
+
+    A press answered in memory is refused in its response; one acknowledged before
+    its store reads (Regenerate) is refused in an ephemeral follow-up, its deferred
+    "thinking" message deleted.
+    """
+    data = await itx.fake.wait_for(lambda: _private_refusal(itx), timeout=timeout)
+    assert int(data.get("flags") or 0) & FLAG_EPHEMERAL, data
+    return data
+
+
 def refusal_of(itx: FakeInteraction) -> str:
     """The private refusal an interaction got (never the generic apology)."""
     resp = itx.response
     assert resp is not None, "the interaction was never answered"
-    assert resp.type == 4 and resp.data["flags"] & 64, resp
-    text = str(resp.data["content"])
+    data = _private_refusal(itx)
+    assert data is not None and data["flags"] & FLAG_EPHEMERAL, resp
+    text = str(data["content"])
     assert GENERIC not in text
     return text
 

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -91,6 +92,12 @@ class LlamaBot(commands.AutoShardedBot):
         app.engine.on_result.append(
             lambda r: self.recent_rates.append(r.decode_tok_s) if r.decode_tok_s else None
         )
+
+    async def login(self, token: str) -> None:
+        """A bounded pool of kept-alive connections to Discord's API (discord.py's default
+        has no bound: a flood of presses opened a connection per acknowledgement)."""
+        self.http.connector = aiohttp.TCPConnector(limit=self.app.settings.http_connections)
+        await super().login(token)
 
     async def setup_hook(self) -> None:
         if self.identify_gate is not None:

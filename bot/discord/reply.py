@@ -30,6 +30,7 @@ import discord
 from bot import wording
 from bot.chat.reasoning import ReasoningFilter
 from bot.discord.common import NO_MENTIONS, reply_to
+from bot.discord.errors import send_error
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
 from bot.errors import UserFacingError
@@ -160,14 +161,38 @@ class InteractionSurface(Surface):
         self.started = time.monotonic()
         self.moved_to_channel = False
         self.original_id: int | None = None  # the original response's id, from the ack
+        self.thinking = False  # acknowledged with a "thinking" message of its own
         self.first: _InteractionPage | None = None
 
     def token_alive(self) -> bool:
         return time.monotonic() - self.started < self._ttl_s()
 
-    async def acknowledge(self, stop: discord.ui.View) -> Page:
+    async def defer(self) -> None:
+        """Acknowledge with Discord's "thinking" message, which the reply then becomes.
+
+        A press that must read the store before it knows whether to refuse defers
+        first (`withdraw` takes the message back if it then refuses); otherwise
+        `acknowledge` does it.
+        """
+        if self.interaction.response.is_done():
+            return
         ack = await self.interaction.response.defer(thinking=True, ephemeral=self.private)
         self.original_id = ack.message_id if ack is not None else None
+        self.thinking = True
+
+    async def withdraw(self, error: BaseException) -> bool:
+        """A deferred ask refused before its reply began: the "thinking" message goes and
+        the refusal is said to the presser alone. False when there is no such deferral."""
+        if self.first is not None or not self.interaction.response.is_done():
+            return False
+        if self.thinking:
+            with contextlib.suppress(discord.HTTPException):
+                await self.interaction.delete_original_response()
+        await send_error(self.interaction, error)
+        return True
+
+    async def acknowledge(self, stop: discord.ui.View) -> Page:
+        await self.defer()
         # The deferred "thinking" message has no buttons: Stop comes with the first edit.
         self.first = _InteractionPage(self, None, original=True)
         self.first.view = stop

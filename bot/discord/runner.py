@@ -11,6 +11,11 @@ subclasses `Run` and calls `AskRunner.run` too. That one method is the lifecycle
     acknowledge → `Run.deliver` (stream, store, and `release` the slot when
     generation ends, before the final edit) → finish hooks → one error tail.
 
+Regenerate must read the store before it knows whether to refuse, and reads queue
+under load, so it takes the slot and acknowledges before them (`early_ack`,
+`InteractionSurface.defer`); a refusal found later withdraws that acknowledgement
+and is said privately (`InteractionSurface.withdraw`).
+
 A refusal before the acknowledgement reaches the entry as `UserFacingError`
 (or is said on the early "loading" page); after it, the reply itself says how
 it ended, and a reply Discord keeps refusing gets `Surface.say_undelivered`.
@@ -24,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -183,14 +188,14 @@ class AskRunner:
 
     # --- the lifecycle ---------------------------------------------------------------
 
-    async def run(self, run: Run) -> None:
+    async def run(self, run: Run, held: contextlib.ExitStack | None = None) -> None:
         """The one lifecycle (see the module): every entry's, the lab's runs' too.
 
         Refusals up to the acknowledgement raise `UserFacingError` to the entry;
-        after it, the reply itself says how it ended.
+        after it, the reply itself says how it ended. `held`: the member's slot,
+        already taken by an entry that acknowledged before its store reads.
         """
-        if not self.accepting or self.app.models.closing:
-            raise UserFacingError(wording.RESTARTING)
+        self.check_open()
         if isinstance(run, Ask) and run.continuing is None and not run.turn.prompt:
             raise UserFacingError(wording.EMPTY_PROMPT)
         # The member's slot is taken here before anything else awaits (`AskGate.take`
@@ -198,7 +203,10 @@ class AskRunner:
         # later, two simultaneous asks by one person both passed the check, and the
         # loser's refusal came after its ack, leaving a reply that never finished.
         with contextlib.ExitStack() as slot:
-            slot.enter_context(await self.gate.take(run.user_id))
+            if held is None:
+                slot.enter_context(await self.gate.take(run.user_id))
+            else:
+                slot.push(held)
             stop = reply_view(run.id, stop_for=run.user_id)
             # A model that must load first acknowledges the ask early and says so.
             notice = LoadingNotice(run.surface, stop)
@@ -232,6 +240,26 @@ class AskRunner:
                 await run.surface.say_undelivered(exc)
             finally:
                 self.active.pop(run.id, None)
+
+    def check_open(self) -> None:
+        """Refuse new work while the bot is stopping."""
+        if not self.accepting or self.app.models.closing:
+            raise UserFacingError(wording.RESTARTING)
+
+    @contextlib.asynccontextmanager
+    async def early_ack(self, interaction: discord.Interaction,
+                        ) -> AsyncIterator[contextlib.ExitStack]:
+        """The member's slot for a press that acknowledges before reading the store.
+
+        Only in-memory checks come before the acknowledgement (stopping, a reply
+        already in progress, the cooldown), so they refuse with the press's own
+        response; the slot is held from here, so a second press by the same member
+        is refused at once instead of after store reads of its own.
+        """
+        self.check_open()
+        with contextlib.ExitStack() as slot:
+            slot.enter_context(await self.gate.take(interaction.user.id))
+            yield slot
 
     async def prepare(self, ask: Ask, on_wait: OnWait) -> PreparedTurn:
         """The turn an ask submits: a new one in its place, or more of an answer."""
@@ -437,6 +465,7 @@ class AskRunner:
         swipe_of: int | None = None, supersedes: discord.Message | None = None,
         files: tuple[TextFile, ...] = (), notes: tuple[str, ...] = (),
         written: tuple[int, ...] = (), shows_in: discord.PartialMessage | None = None,
+        surface: InteractionSurface | None = None, held: contextlib.ExitStack | None = None,
     ) -> None:
         user = interaction.user
         # Regenerate keeps the question's own speaker: the model would read the
@@ -444,13 +473,9 @@ class AskRunner:
         author_id, author_name = speaker or (user.id, display_name(user))
         dm = interaction.guild_id is None
         prompt = prompt.strip()
-        header = quote_prompt(prompt)
-        # Written on: the version streams on the pressed Inspect message, which only the
-        # presser sees, whatever the reply's own privacy.
-        surface = (PressedSurface(interaction, header=header, private=True,
-                                  ttl_s=lambda: self.interaction_ttl_s) if written
-                   else InteractionSurface(interaction, private=private, header=header,
-                                           ttl_s=lambda: self.interaction_ttl_s))
+        if surface is None:
+            surface = self.interaction_surface(interaction, private=private)
+        surface.header = quote_prompt(prompt)
         await self.run(Ask(
             id=interaction.id, user_id=user.id, channel=interaction.channel,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
@@ -463,7 +488,12 @@ class AskRunner:
                 explicit=explicit or dm, private=private, direct=dm, shared=True,
                 overrides=dict(overrides or {}), again=again, files=files, written=written,
             ),
-        ))
+        ), held)
+
+    def interaction_surface(self, interaction: discord.Interaction, *,
+                            private: bool) -> InteractionSurface:
+        return InteractionSurface(interaction, private=private, header="",
+                                  ttl_s=lambda: self.interaction_ttl_s)
 
     async def ask_command(
         self, interaction: discord.Interaction, prompt: str, overrides: dict[str, Any], *,
@@ -508,8 +538,21 @@ class AskRunner:
 
         The persona and the max_new_tokens cap are those in force now: an admin who
         changed them since the first ask must not be overridden by a button.
+
+        Acknowledged before the store is read (reads queue under load, and Discord
+        allows 3 s): the "thinking" message is as private as the message pressed, so
+        the new reply's privacy is known without the store; a refusal found in the
+        store takes that message back and is said privately (`InteractionSurface.withdraw`).
         """
-        await self._again(interaction, ask_id)
+        async with self.early_ack(interaction) as held:
+            surface = self.interaction_surface(interaction,
+                                               private=pressed_privately(interaction))
+            await surface.defer()
+            try:
+                await self._again(interaction, ask_id, surface, held)
+            except Exception as exc:
+                if not await surface.withdraw(exc):
+                    raise
 
     async def write_on(self, interaction: discord.Interaction, ask_id: int,
                        written: tuple[int, ...], shows_in: discord.PartialMessage | None,
@@ -517,11 +560,14 @@ class AskRunner:
         """Inspect's "write on": Regenerate from the reply's first tokens (`written`).
 
         Whoever may regenerate the reply may; the new version streams on the pressed
-        (Inspect) message and is then shown in `shows_in`, the reply's own message.
+        (Inspect) message, which only the presser sees whatever the reply's own
+        privacy, and is then shown in `shows_in`, the reply's own message.
         """
-        await self._again(interaction, ask_id, written=written, shows_in=shows_in)
+        surface = PressedSurface(interaction, private=True, ttl_s=lambda: self.interaction_ttl_s)
+        await self._again(interaction, ask_id, surface, None, written=written, shows_in=shows_in)
 
-    async def _again(self, interaction: discord.Interaction, ask_id: int, *,
+    async def _again(self, interaction: discord.Interaction, ask_id: int,
+                     surface: InteractionSurface, held: contextlib.ExitStack | None, *,
                      written: tuple[int, ...] = (),
                      shows_in: discord.PartialMessage | None = None) -> None:
         """A new version of the reply to `ask_id`: Regenerate, or written on from Inspect."""
@@ -546,11 +592,13 @@ class AskRunner:
         swipe_of = question.id if question is not None and question.role == "user" else None
         if written and swipe_of is None:
             raise UserFacingError(wording.CONVERSATION_GONE)
+        if not written and record.private != surface.private:
+            raise UserFacingError(wording.BUTTON_OTHER_REPLY)  # not pressed on its reply
         await self._interaction_ask(
             interaction, record.prompt, private=record.private,
             again=Knobs.model_validate(record.knobs), parent_id=parent_id, explicit=explicit,
             speaker=speaker, swipe_of=swipe_of, written=written, shows_in=shows_in,
-            supersedes=None if written else interaction.message,
+            supersedes=None if written else interaction.message, surface=surface, held=held,
         )
 
     def check_regenerate(self, interaction: discord.Interaction, record: AskRecord) -> None:
@@ -668,6 +716,12 @@ class AskRunner:
         if tasks:
             # Each interrupted reply gets its final "interrupted" edit before we close.
             await asyncio.wait(tasks, timeout=10)
+
+
+def pressed_privately(interaction: discord.Interaction) -> bool:
+    """Whether the pressed message is ephemeral (a private reply's buttons are on one)."""
+    message = interaction.message
+    return message is not None and message.flags.ephemeral
 
 
 async def _say(message: discord.Message, text: str) -> None:

@@ -3,8 +3,9 @@
 CTranslate2 decodes on its own threads; the worker calls `generate_batch` from a
 small thread pool (one thread per replica) and gets a Python callback per token.
 The callback detokenizes, matches stop sequences and hands the new text to the
-event loop with `call_soon_threadsafe`, so the loop never waits on the model
-(CTranslate2's own async helper, which polls the loop, is not used). Each
+event loop through an `Outbox` (`call_soon_threadsafe`, one wake-up for whatever
+piled up meanwhile, not one per token per reply), so the loop never waits on the
+model (CTranslate2's own async helper, which polls the loop, is not used). Each
 request stops on its own: returning True from the callback ends that request
 (cancel, stop sequence, its own budget) while the rest of the batch continues.
 
@@ -34,6 +35,7 @@ __all__ = [
     "BIG_STATE_BYTES",
     "ClosedBackend",
     "DecodeWorker",
+    "Outbox",
     "StepCallback",
     "generate_with_callback",
     "give_memory_back",
@@ -51,6 +53,35 @@ BIG_STATE_BYTES = 64 * 1024 * 1024
 
 #: CTranslate2's words for a GPU out of memory (its CUDA_CHECK / CUBLAS_CHECK messages).
 _CUDA_OOM = ("CUDA failed with error out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+class Outbox:
+    """Events from a decoding thread to the loop, in order, in as few wake-ups as it takes.
+
+    Every wake-up of the loop from another thread costs a write to its self-pipe
+    and a turn of the loop. A batch yields one token per reply per step, so one
+    wake-up is scheduled only when none is pending; events put meanwhile go with it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Callable[[Any], object], Any]] = []
+        self.wakeups = 0
+
+    def put(self, deliver: Callable[[Any], object], event: Any) -> None:
+        with self._lock:
+            self._pending.append((deliver, event))
+            if len(self._pending) > 1:
+                return  # the wake-up already scheduled takes this one too
+            self.wakeups += 1
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for deliver, event in pending:
+            deliver(event)
 
 
 class StepCallback:
@@ -186,6 +217,7 @@ class DecodeWorker:
         `keep_prefix` (decided on the event loop, which owns the cache's accounting).
         """
         lock = threading.Lock()
+        outbox = Outbox(loop)
         finished = [False] * len(slots)
         steps: list[float] = []
 
@@ -206,9 +238,9 @@ class DecodeWorker:
                     # The token is kept; the request resumes from here later.
                     slot.suspended = finished[i] = True
             if text:
-                loop.call_soon_threadsafe(slot.gen.emit, TextDelta(text))
+                outbox.put(slot.gen.emit, TextDelta(text))
             if over:
-                loop.call_soon_threadsafe(slot.gen.emit, Finished(slot.result()))
+                outbox.put(slot.gen.emit, Finished(slot.result()))
             return over or slot.suspended
 
         sampling = device_sampling(slots[0].gen.request.knobs, self._vocab_size)
@@ -250,13 +282,13 @@ class DecodeWorker:
             if not finished[i]:
                 tail = slot.flush()
                 if tail:
-                    loop.call_soon_threadsafe(slot.gen.emit, TextDelta(tail))
+                    outbox.put(slot.gen.emit, TextDelta(tail))
                 if slot.finish is None:
                     slot.finish = (
                         FinishReason.CANCELLED if slot.gen.cancel_requested
                         else FinishReason.MAX_TOKENS
                     )
-                loop.call_soon_threadsafe(slot.gen.emit, Finished(slot.result()))
+                outbox.put(slot.gen.emit, Finished(slot.result()))
 
 
 def oom_retry_limit(slots: Sequence[Slot], exc: BaseException) -> int | None:

@@ -33,7 +33,7 @@ from bot.store.ask_log import AskRecord
 from bot.store.scopes import Location, Scope
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeChannel, FakeGuild, FakeInteraction, FakeUser, Routes
-from testing.stories import use_script
+from testing.stories import refused, use_script
 
 T = TypeVar("T")
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
@@ -341,8 +341,8 @@ def test_other_servers_and_dms_cannot_touch_this_server(bot: BotThread) -> None:
     )))
     press = bot.run(h.fake.inject_component("llm:regen:4242", guild_id=AWAY.id, channel_id=away,
                                             user=AWAY.members[0]))
-    resp = bot.run(press.wait_response())
-    assert "belongs to another server" in resp.data["content"] and resp.data["flags"] & 64
+    refusal = bot.run(refused(press))
+    assert "belongs to another server" in refusal["content"]
 
 
 SETTINGS_COMMANDS: list[tuple[str, list[dict[str, Any]]]] = [

@@ -1,0 +1,117 @@
+"""A press is acknowledged before anything that can queue: here, a store that cannot read.
+
+Discord allows 3 s for an interaction's first response, and under a flood of
+presses the store's reads queue. The store's read connection is held on a real
+query (a SQL function that waits) while members press Regenerate: the presses
+are acknowledged all the same, and what the store then decides (the new reply,
+or a refusal) follows once it reads again; a refusal stays private.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from bot import wording
+from bot.store.db import Database
+from testing.discord_harness import running_bot
+from testing.fake_discord import FLAG_EPHEMERAL, FakeUser
+from testing.stories import button, final_message, refused
+
+#: Well within Discord's 3 s, with room for a slow shared test machine.
+ACK_WITHIN_S = 2.0
+
+
+@contextlib.asynccontextmanager
+async def reads_held(db: Database) -> AsyncIterator[asyncio.Task[object]]:
+    """Every read of `db` waits until the block ends: its read connection runs a query
+    that does not return until then (the reads queue behind it, as under load)."""
+    release = threading.Event()
+    reader = db._reader  # type: ignore[attr-defined]  # the SQLite reader: its queue is the point
+
+    def held() -> int:
+        release.wait(30)
+        return 1
+
+    await reader.create_function("held", 0, held)
+    holding = asyncio.create_task(db.read("SELECT held()", ()))
+    try:
+        yield holding
+    finally:
+        release.set()
+        await holding
+
+
+async def test_regenerate_is_acknowledged_while_the_store_cannot_read(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(smol_model_dir, tmp_path, scripted="A fresh answer.") as h:
+        asked = await h.ask("hello", channel_id=h.help)
+        first = final_message(asked)
+        regen = button(first, "llm:regen:")
+        other = FakeUser(818181, "other", "Other")
+        async with reads_held(h.app.store.db) as holding:
+            press = await h.fake.inject_component(regen, message_id=first.id)
+            # The same custom id pressed from another channel: refused, but only the
+            # store knows the ask's channel, so it too is acknowledged first.
+            elsewhere = await h.fake.inject_component(regen, channel_id=h.general, user=other)
+            for itx in (press, elsewhere):
+                ack = await itx.wait_response(timeout=ACK_WITHIN_S)
+                assert ack.type == 5 and not int(ack.data.get("flags") or 0) & FLAG_EPHEMERAL
+            # A second press by the same member is refused at once, from memory.
+            again = await h.fake.inject_component(regen, message_id=first.id)
+            second = await again.wait_response(timeout=ACK_WITHIN_S)
+            assert second.type == 4 and second.data["flags"] & FLAG_EPHEMERAL
+            assert "in progress" in second.data["content"]
+            assert not holding.done()  # every answer above came while the store was held
+            assert press.original is not None and not press.original.content
+        await h.finished(press)
+        assert "A fresh answer." in final_message(press).content
+        refusal = await refused(elsewhere)
+        assert refusal["content"].endswith(wording.BUTTON_OTHER_CHANNEL)
+        assert elsewhere.original is not None and elsewhere.original.deleted
+
+
+async def test_a_private_reply_regenerates_privately_and_is_acknowledged_so(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """The pressed message's privacy decides the acknowledgement's, before the store
+    says whether the ask was private; a press of a private ask's id on a public
+    message is refused (privately), never answered in public."""
+    async with running_bot(smol_model_dir, tmp_path, scripted="Just for you.") as h:
+        asked = await h.command("ask", {"prompt": "secret", "private": True})
+        await h.finished(asked)
+        mine = final_message(asked)
+        assert mine.flags & FLAG_EPHEMERAL
+        regen = button(mine, "llm:regen:")
+        async with reads_held(h.app.store.db) as holding:
+            press = await h.fake.inject_component(regen, message_id=mine.id)
+            ack = await press.wait_response(timeout=ACK_WITHIN_S)
+            assert ack.type == 5 and ack.data["flags"] & FLAG_EPHEMERAL
+            assert not holding.done()
+        await h.finished(press)
+        assert final_message(press).flags & FLAG_EPHEMERAL
+        # The same id on a public message (a forged one): refused, and the public
+        # "thinking" message it was acknowledged with is taken back.
+        forged = await h.fake.inject_component(regen, channel_id=h.general)
+        refusal = await refused(forged)
+        assert refusal["content"].endswith(wording.BUTTON_OTHER_REPLY)
+        assert forged.original is not None and forged.original.deleted
+
+
+async def test_the_client_keeps_a_bounded_pool_of_connections_to_discord(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every press's acknowledgement is one request: a flood reuses kept-alive
+    connections rather than opening one per request (discord.py's default)."""
+    async with running_bot(smol_model_dir, tmp_path, scripted="Hi.", http_connections=8) as h:
+        connector = h.bot.http.connector
+        assert connector.limit == 8
+        presses = [await h.fake.inject_component("llm:regen:" + "9" * 30, channel_id=h.general,
+                                                 user=FakeUser(900_000 + n, f"m{n}"))
+                   for n in range(40)]
+        for press in presses:
+            assert (await press.wait_response(timeout=10)).type == 4
