@@ -8,12 +8,14 @@ start-up check that the device really generates is `bot.engine.device_check`.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
 from bot.engine.types import EngineInfo, EngineOptions
 from bot.model.bundle import ModelBundle, load_model_bundle
+from bot.model.model_bin import read_index
 
 
 def resolve_device(device: str) -> str:
@@ -85,55 +87,23 @@ def load_ctranslate2(
     return bundle, generator, info
 
 
-_SCALAR_FORMATS = {1: "<b", 2: "<h", 3: "<i"}  # CTranslate2 DataType: int8, int16, int32
-
-
 def read_decoder_shape(model_dir: Path) -> dict[str, int]:
     """Layer count, widths and vocabulary of a CTranslate2 decoder, from `model.bin`'s index.
 
     CTranslate2 does not expose them, yet the persona cache charges per token and
-    the sampling bounds need the output vocabulary. Only variable headers are read.
-    {} for a format it does not recognise; callers fall back.
+    the sampling bounds need the output vocabulary. {} for a file it cannot read;
+    callers fall back.
     """
-    import struct
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    scalars: dict[str, int] = {}
     try:
-        with open(model_dir / "model.bin", "rb") as fh:
-
-            def take(fmt: str) -> Any:
-                size = struct.calcsize(fmt)
-                return struct.unpack(fmt, fh.read(size))
-
-            def string() -> str:
-                (length,) = take("<H")
-                return fh.read(length).rstrip(b"\0").decode("utf-8")
-
-            (version,) = take("<I")
-            if version < 4:
-                return {}
-            string()
-            take("<I")
-            (count,) = take("<I")
-            for _ in range(count):
-                name = string()
-                (rank,) = take("<B")
-                dims = take(f"<{rank}I") if rank else ()
-                type_id, num_bytes = take("<BI")
-                if rank == 0 and type_id in _SCALAR_FORMATS and num_bytes <= 4:
-                    (scalars[name],) = struct.unpack(_SCALAR_FORMATS[type_id], fh.read(num_bytes))
-                    continue
-                shapes[name] = tuple(dims)
-                fh.seek(num_bytes, 1)
-    except (OSError, struct.error, UnicodeDecodeError):
+        shapes, scalars = read_index(model_dir / "model.bin")
+    except (OSError, ValueError, struct.error):
         return {}
     layers = sum(
         1 for name in shapes if name.startswith("decoder/layer_")
         and name.endswith("/self_attention/linear_0/weight")
     )
     embeddings = shapes.get("decoder/embeddings/weight")
-    heads = scalars.get("decoder/num_heads")
+    heads = int(scalars.get("decoder/num_heads", 0))
     if not layers or not embeddings or not heads:
         return {}
     d_model = embeddings[1]
