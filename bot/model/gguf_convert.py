@@ -25,13 +25,10 @@ import numpy.typing as npt
 from ctranslate2.specs import RotaryScalingType, common_spec, transformer_spec
 from ctranslate2.specs.model_spec import OPTIONAL, NumpyVariable
 
+from bot.config import QUANTIZATIONS
 from bot.errors import UserFacingError
 
 FORMAT_VERSION: Final = 1
-QUANTIZATIONS: Final = (
-    "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",
-    "float32",
-)
 
 # GGUF token types (llama.cpp's llama_token_type).
 TOKEN_NORMAL: Final = 1
@@ -48,6 +45,14 @@ FloatArray = npt.NDArray[np.float32]
 
 class ConversionError(UserFacingError, ValueError):
     """The GGUF file cannot be converted; the message says which file and why."""
+
+
+def check_quantization(quantization: str) -> None:
+    """Refuse a weight type CTranslate2 cannot write, before any file is read."""
+    if quantization not in QUANTIZATIONS:
+        raise ConversionError(
+            f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -684,10 +689,7 @@ def convert_gguf(
     replacing an existing `out_dir`. `on_layer(done, total)` follows the layers.
     """
     say = progress or (lambda _msg: None)
-    if quantization not in QUANTIZATIONS:
-        raise ConversionError(
-            f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}."
-        )
+    check_quantization(quantization)
     if not gguf_path.is_file():
         raise ConversionError(f"GGUF file not found: {gguf_path}")
     say(f"Reading {gguf_path.name}")

@@ -20,12 +20,12 @@ import numpy as np
 
 from bot.model.gguf_convert import (
     FORMAT_VERSION,
-    QUANTIZATIONS,
     ConversionError,
     FloatArray,
     LlamaParams,
     RopeScaling,
     build_llama_spec,
+    check_quantization,
     check_shapes,
     save_model_dir,
 )
@@ -304,10 +304,7 @@ def convert_checkpoint(
     directory is written atomically; an existing `out_dir` is replaced.
     """
     say = progress or (lambda _msg: None)
-    if quantization not in QUANTIZATIONS:
-        raise ConversionError(
-            f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}."
-        )
+    check_quantization(quantization)
     config = _read_config(source)
     params = params_from_config(config)
     try:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from bot.config import POSTGRES_SCHEMES
 from bot.errors import SettingsError
 from bot.store.migrations import LATEST_VERSION, migrate, schema_version, too_new_error
 
@@ -31,10 +32,6 @@ T = TypeVar("T")
 
 #: One stored row, as both backends return it.
 Row = tuple[Any, ...]
-
-#: The URL schemes that select PostgreSQL.
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
