@@ -122,11 +122,9 @@ def model_for_turn(
 ) -> TurnModel:
     """Which model answers a turn that continues one answered by `previous`.
 
-    `previous` is the model stored with the turn being continued (None for a new
-    conversation, or a turn stored before models were recorded: nothing to keep).
-    The conversation keeps it while the choice in force is the same; when the
-    choice differs, a scope changed it since (a turn is always answered by the
-    choice in force when it was asked), so the new one answers and says so.
+    `previous` is the model stored with the turn being continued (None: nothing to
+    keep). A differing choice in force means a scope changed it since, so the new
+    one answers and says so.
     """
     if previous is None or previous == current.name:
         return TurnModel(name=current.name, note=current.note)

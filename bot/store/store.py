@@ -131,12 +131,9 @@ class SettingsStore:
     async def resolve(self, loc: Location) -> Effective:
         """The settings in force at `loc`: one query, invalid rows logged and skipped.
 
-        If scopes combine into ``min_new_tokens > max_new_tokens`` (a weaker
-        scope changed after a stronger one was set, or a hand edit), the
-        minimum is dropped rather than the maximum: the maximum is the cost
-        cap an admin chose and must hold. Before that the ceilings apply: a
-        server's `max_new_tokens` over its channels and threads (source
-        "server"), then the operator's over everything (source "operator").
+        The server's `max_new_tokens` ceiling applies over its channels, then the
+        operator's over everything. If scopes still combine into ``min_new_tokens >
+        max_new_tokens``, the minimum is dropped: the maximum is the cost cap.
         """
         chain = loc.labelled_chain()
         params: list[Any] = []
@@ -202,14 +199,11 @@ class SettingsStore:
     ) -> list[str]:
         """Set knobs at `scope`; all or nothing. Returns notes for the member (may be empty).
 
-        Each value is validated on its own first (the message names the knob),
-        then against the operator's ceiling, then the combination in force at
-        that scope (defaults ← server ← scope) is checked, so
-        ``min_new_tokens`` can't end up above an inherited ``max_new_tokens``.
-        For a server scope, channels of that server that set their own min/max
-        are checked too. A channel value above the server's `max_new_tokens`
-        is stored (it applies if the server's ceiling rises) and the note says
-        what applies meanwhile.
+        Checked alone, against the operator's ceiling, then combined with what
+        the scope inherits (and, for a server, with its channels' own min/max),
+        so ``min_new_tokens`` never ends above ``max_new_tokens``. A channel value
+        above the server's `max_new_tokens` is stored, with a note saying what
+        applies meanwhile.
         """
         check_id("actor_id", actor_id)
         if not values:
