@@ -117,17 +117,24 @@ def _knob_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-async def _ask(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.app import load_engine, model_dir_for
-    from bot.chat.files import attach, read_paths
-    from bot.chat.request import footer, make_request
-    from bot.console import stream_reply
+def _request(settings: Settings, args: argparse.Namespace) -> GenerationRequest:
+    """The request `ask`, `probs` and `compare` make: the flags over the default knobs."""
+    from bot.chat.request import make_request
     from bot.knobs import Knobs
 
     system = args.system if args.system is not None else settings.system_prompt or None
-    request = make_request(
+    return make_request(
         args.prompt, base=Knobs(), system_prompt=system, overrides=_knob_values(args)
     )
+
+
+async def _ask(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.app import load_engine, model_dir_for
+    from bot.chat.files import attach, read_paths
+    from bot.chat.request import footer
+    from bot.console import stream_reply
+
+    request = _request(settings, args)
     files, notes = read_paths(args.file, max_bytes=settings.file_max_bytes,
                               max_count=settings.file_max_count)
     for note in notes:
@@ -226,13 +233,8 @@ def _add_lab_parsers(sub: Any) -> None:
 async def _lab_command(settings: Settings, args: argparse.Namespace) -> int:
     """`probs` and `compare`: the request an `ask` would make, then the lab."""
     from bot.app import load_engine, model_dir_for
-    from bot.chat.request import make_request
-    from bot.knobs import Knobs
 
-    system = args.system if args.system is not None else settings.system_prompt or None
-    request = make_request(
-        args.prompt, base=Knobs(), system_prompt=system, overrides=_knob_values(args)
-    )
+    request = _request(settings, args)
     after = _token_ids(args.after) if args.command == "probs" else []
     engine = await load_engine(settings, model_dir_for(settings, _progress))
     try:

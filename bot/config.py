@@ -29,12 +29,20 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bot.errors import ConfigError
 
 ENV_PREFIX = "BOT_"
-DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 
 #: What a model may be called: what `/model set` takes and a scope stores.
 MODEL_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 #: The `dir` of a BOT_MODEL_DIRS entry that means the model shipped with the bot.
 EMBEDDED_DIR: Final = "embedded"
+#: The weight types CTranslate2 can store (the converters' and BOT_QUANTIZATION's choices).
+QUANTIZATIONS: Final = (
+    "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",
+    "float32",
+)
+#: BOT_COMPUTE_TYPE's choices: a weight type, or CTranslate2's own pick.
+COMPUTE_TYPES: Final = frozenset({"default", "auto", *QUANTIZATIONS})
+#: The URL schemes that select PostgreSQL.
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
 
 
 def model_slug(text: str) -> str:
@@ -86,9 +94,7 @@ class ModelEntry(BaseModel):
     @field_validator("compute_type")
     @classmethod
     def _compute_type(cls, value: str | None) -> str | None:
-        if value is None or value in COMPUTE_TYPES:
-            return value
-        raise ValueError(f"must be one of {', '.join(sorted(COMPUTE_TYPES))}")
+        return _known_compute_type(value)
 
     @field_validator("device_index")
     @classmethod
@@ -100,6 +106,12 @@ class ModelEntry(BaseModel):
     @property
     def embedded(self) -> bool:
         return self.dir is None
+
+
+def _known_compute_type(value: str | None) -> str | None:
+    if value is None or value in COMPUTE_TYPES:
+        return value
+    raise ValueError(f"must be one of {', '.join(sorted(COMPUTE_TYPES))}")
 
 
 def parse_model_dirs(value: object) -> list[ModelEntry] | None:
@@ -321,17 +333,15 @@ class Settings(BaseSettings):
 
     @field_validator("compute_type")
     @classmethod
-    def _known_compute_type(cls, value: str | None) -> str | None:
-        if value is None or value in COMPUTE_TYPES:
-            return value
-        raise ValueError(f"must be one of {', '.join(sorted(COMPUTE_TYPES))}")
+    def _compute_type(cls, value: str | None) -> str | None:
+        return _known_compute_type(value)
 
     @field_validator("quantization")
     @classmethod
     def _known_quantization(cls, value: str) -> str:
-        if value in COMPUTE_TYPES - {"auto", "default"}:
+        if value in QUANTIZATIONS:
             return value
-        raise ValueError(f"must be one of {', '.join(sorted(COMPUTE_TYPES - {'auto', 'default'}))}")
+        raise ValueError(f"must be one of {', '.join(sorted(QUANTIZATIONS))}")
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -340,9 +350,7 @@ class Settings(BaseSettings):
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             return None
-        if not isinstance(raw, str) or not raw.strip().startswith(
-            ("postgresql://", "postgres://")
-        ):
+        if not isinstance(raw, str) or not raw.strip().startswith(POSTGRES_SCHEMES):
             raise ValueError("must be a postgresql://user:password@host:port/database URL")
         return raw.strip()
 
@@ -367,14 +375,6 @@ class Settings(BaseSettings):
     @property
     def has_token(self) -> bool:
         return self.discord_token is not None and bool(self.discord_token.get_secret_value())
-
-
-COMPUTE_TYPES = frozenset(
-    {
-        "default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
-        "int16", "float16", "bfloat16", "float32",
-    }
-)
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:

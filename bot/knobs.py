@@ -1,10 +1,8 @@
 """The sampling knobs: one pydantic model that is the single source of truth.
 
-Names, defaults and ranges follow the guide our users learn from. The console,
-the settings store, the slash-command option ranges and the engine all read
-them from here, so a range changed in `Knobs` changes everywhere at once.
-
-Mapping to CTranslate2 (documented because it is not one-to-one):
+Names, defaults and ranges follow the guide our users learn from; the console,
+the store, the slash-command ranges and the engine all read them from here.
+Mapping to CTranslate2, which is not one-to-one:
 
 - ``top_k = -1`` (no limit) becomes ``sampling_topk = 0`` (full distribution).
 - ``top_p = 0`` keeps only the most likely token, which CTranslate2 expresses as
@@ -65,10 +63,8 @@ class Knobs(BaseModel):
     top_k: Annotated[int, Ge(-1), Le(50)] = Field(
         -1, description="Sample among the k most likely tokens; -1 = no limit."
     )
-    # 512, measured (`python -m bench --finish`): of 20 everyday
-    # prompts to the embedded model, 35% of answers ended on their own at 128 tokens,
-    # 60% at 256, 70% at 384, 85% at 512 (median answer 222 tokens). The guide's
-    # playground uses 128 for short demos, not for a chat.
+    # 512: 85% of the embedded model's answers to 20 everyday prompts end on their
+    # own by then, 35% by 128 (median 222 tokens; `python -m bench --finish`).
     max_new_tokens: Annotated[int, Ge(1), Le(1024)] = Field(
         512, description="The reply never exceeds this many tokens."
     )
@@ -204,9 +200,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         spec = KNOB_SPECS.get(loc)
         if spec is not None and spec.kind in (int, float):
             # Range, type and parse errors read as one sentence: what it takes, what it got.
-            kind = "a whole number" if spec.kind is int else "a number"
-            parts.append(f"`{loc}` must be {kind} from {spec.range_text()}, "
-                         f"not {err.get('input')!r}.")
+            parts.append(_must_be(spec, err.get("input")))
         elif spec is not None:
             parts.append(f"`{loc}` {_soften(msg)}.")
         elif loc:
@@ -218,6 +212,18 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def _soften(msg: str) -> str:
     return msg[0].lower() + msg[1:] if msg else msg
+
+
+def _must_be(spec: KnobSpec, got: Any) -> str:
+    kind = "a whole number" if spec.kind is int else "a number"
+    return f"`{spec.name}` must be {kind} from {spec.range_text()}, not {got!r}."
+
+
+def _known(name: str) -> KnobSpec:
+    spec = KNOB_SPECS.get(name)
+    if spec is None:
+        raise InvalidKnobs(f"Unknown setting `{name}`. Known: {', '.join(KNOB_NAMES)}.")
+    return spec
 
 
 def knobs_from_generation_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,8 +269,7 @@ def build_knobs(values: dict[str, Any], base: Knobs | None = None) -> Knobs:
 
 def validate_knob(name: str, value: Any) -> Any:
     """Validate one knob on its own (the cross-knob min/max rule is checked when merged)."""
-    if name not in KNOB_SPECS:
-        raise InvalidKnobs(f"Unknown setting `{name}`. Known: {', '.join(KNOB_NAMES)}.")
+    _known(name)
     probe: dict[str, Any] = {name: value}
     if name == "min_new_tokens":
         probe["max_new_tokens"] = KNOB_SPECS["max_new_tokens"].maximum
@@ -302,9 +307,7 @@ def escape_stop(text: str) -> str:
 
 def parse_knob_text(name: str, raw: str) -> Any:
     """Parse a knob typed as text (console, `/knobs set stop:`) into a validated value."""
-    if name not in KNOB_SPECS:
-        raise InvalidKnobs(f"Unknown setting `{name}`. Known: {', '.join(KNOB_NAMES)}.")
-    spec = KNOB_SPECS[name]
+    spec = _known(name)
     if name == "stop":
         raw = raw.strip()
         if raw in ("", "none", "[]"):
@@ -315,10 +318,7 @@ def parse_knob_text(name: str, raw: str) -> Any:
     try:
         value: Any = int(text) if spec.kind is int else float(text)
     except ValueError:
-        kind = "a whole number" if spec.kind is int else "a number"
-        raise InvalidKnobs(
-            f"`{name}` must be {kind} from {spec.range_text()}, not {raw!r}."
-        ) from None
+        raise InvalidKnobs(_must_be(spec, raw)) from None
     return validate_knob(name, value)
 
 

@@ -1,14 +1,9 @@
 """The start-up check that the device really generates, and CTranslate2's device errors in words.
 
 A GPU host can load a model and still fail at its first reply: the ctranslate2
-wheel loads `libcublas.so.12` only when it first multiplies on the GPU, and the
-driver alone passes `get_cuda_device_count()`. So on CUDA `gpu_self_check` runs
-one short generation through the engine, with the configured compute type and the
-default knobs, before the bot reports READY=1, and turns CTranslate2's error
-into a sentence that names what is missing.
-
-Apart from `loading` (which the engine imports) because it needs the engine: with
-both in one module, loading and the engine imported each other.
+wheel loads `libcublas.so.12` only at its first GPU multiply, and the driver alone
+passes `get_cuda_device_count()`. So on CUDA one short generation runs before the
+bot reports READY=1. Apart from `loading` because it imports the engine.
 """
 
 from __future__ import annotations
@@ -31,15 +26,7 @@ class DeviceCheckError(UserFacingError):
 
 
 def explain_device_error(exc: BaseException, compute_type: str) -> str | None:
-    """A sentence for CTranslate2's device errors (its exact strings), or None.
-
-    Matched on CTranslate2 4.x's messages: "Library libcublas.so.12 is not found or
-    cannot be loaded", "CUDA failed with error out of memory", "cuBLAS failed with
-    status CUBLAS_STATUS_ALLOC_FAILED", "CUDA failed with error CUDA driver version
-    is insufficient for CUDA runtime version", "Requested int8_float16 compute type,
-    but the target device or backend do not support efficient int8_float16
-    computation".
-    """
+    """A sentence for CTranslate2 4.x's device errors, matched on its exact messages, or None."""
     text = str(exc)
     if "libcublas" in text or "cublas64" in text:
         return (
@@ -92,10 +79,9 @@ class _Recording:
 async def gpu_self_check(engine: Engine) -> None:
     """One short generation with the default knobs; raises `DeviceCheckError` if it fails.
 
-    Through the engine itself (its encoder, scheduler and sampling settings), so
-    what passes here is what a first reply will do. The engine turns model errors
-    into a reply's error message; the wrapper keeps CTranslate2's own exception so
-    the start-up failure can name the missing piece.
+    Through the engine itself, so what passes here is what a first reply does. The
+    engine turns model errors into a reply's message; the wrapper keeps
+    CTranslate2's own exception so the failure can name the missing piece.
     """
     previous = engine.backend
     recording = _Recording(previous)

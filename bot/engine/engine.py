@@ -1,13 +1,10 @@
 """The engine's public face: (persona, prompt, knobs) in, a stream of text out.
 
 `Engine` owns the bounded FIFO queue (which reports positions) and one lane per
-replica; a lane takes a batch by the policy's rules (`bot.engine.policy`: who
-shares a call, when a running call yields) and hands it to the decode worker
-(`bot.engine.worker`: the `generate_batch` call on a thread, its out-of-memory
-handling). Concurrent requests that share sampling settings are decoded together
-in one `generate_batch` call: on a 2-core CPU that is where aggregate throughput
-comes from. Requests with different settings, or arriving while every replica is
-busy, wait in the queue.
+replica; a lane takes a batch by the policy's rules (`bot.engine.policy`) and
+hands it to the decode worker (`bot.engine.worker`). Requests sharing sampling
+settings are decoded together in one `generate_batch` call: on a 2-core CPU that
+is where aggregate throughput comes from.
 """
 
 from __future__ import annotations
@@ -156,9 +153,8 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` encoded on its own as plain text, cached per text.
 
-        Fitting a conversation sums these to choose the history to keep, so each
-        stored turn is encoded once, not once per candidate prompt; a Reply on
-        the same chain finds its turns' counts here. Bounded (oldest out first).
+        Fitting a conversation sums these per stored turn, so each turn is encoded
+        once, not once per candidate prompt. Least recently used out first.
         """
         with self._counts_lock:  # preparation runs in worker threads
             count = self._counts.pop(text, None)
@@ -230,16 +226,13 @@ class Engine:
         return await self.submit(request).result()
 
     async def forward(self, tokens: Sequence[str]) -> Any:
-        """The model's logits at every position of `tokens`: one forward pass, no sampling.
+        """Float32 logits [len(tokens), vocabulary]: one forward pass, no sampling (`bot.lab`).
 
-        For the probabilities and confidence views (`bot.lab`). It waits for a free
-        lane like a batch does (and out a persona-cache flush, which unloads the
-        weights), holds that lane as busy while it runs, so no flush starts under
-        it and the policy sees the replica taken, and runs on the decoding threads.
-        Returns float32 numpy logits, shape [len(tokens), vocabulary].
+        Waits for a free lane and for any persona-cache flush (which unloads the
+        weights), and holds the lane as busy while it runs on the decoding threads.
         """
-        # Polled: lanes free and flushes end rarely and briefly, and a forward pass
-        # is not a queued request (it has no events); 10 ms is below one decoding step.
+        # Polled: a forward pass is not a queued request (it has no events), and
+        # 10 ms is below one decoding step.
         while self._flushing or self._busy_lanes >= self._replicas:
             if self._closing:
                 raise ShuttingDown()
@@ -271,23 +264,17 @@ class Engine:
         return self._worker.backend
 
     def set_backend(self, backend: GeneratorBackend) -> GeneratorBackend:
-        """Swap the backend for the next batch (tests, benches); returns the previous one.
-
-        The public seam for test backends (scripted, failing, CUDA-rule enforcing),
-        so nothing outside the engine assigns its private members.
-        """
+        """Swap the backend for the next batch (tests, benches); returns the previous one."""
         previous, self._worker.backend = self._worker.backend, backend
         return previous
 
     async def close(self, grace_s: float = 0.0) -> None:
         """Refuse new work, let running replies finish for `grace_s`, cancel the rest.
 
-        Then shut down deterministically, in this order: the lanes end (each waits
-        for its `generate_batch` call to return), the decoding threads are joined,
-        and the CTranslate2 generator is unloaded and dropped here, on our terms.
-        Left to the garbage collector, it could be destroyed during interpreter
-        exit, its C++ thread pool torn down while the runtime's own threads and
-        statics go away: one such race ended a `python -m bot ask` with SIGABRT.
+        Then, in order: the lanes end (each after its `generate_batch` call returns),
+        the decoding threads are joined, and an owned generator is unloaded and
+        dropped here. Left to the garbage collector at interpreter exit, its C++
+        thread pool can be torn down after the runtime's statics (SIGABRT).
         Closing twice is harmless.
         """
         self._closing = True
@@ -372,14 +359,10 @@ class Engine:
                 self._lane_batches.pop(index, None)
 
     async def _flush_persona_cache(self) -> None:
-        """Empty CTranslate2's persona cache: unload and reload the weights (no batch runs).
+        """Empty CTranslate2's persona cache by unloading and reloading the weights.
 
         CTranslate2 offers no other way to drop what `cache_static_prompt` kept.
-        `unload_model` silently does nothing while CTranslate2 still counts a batch
-        as active (it can, for a moment after `generate_batch` returned), so it is
-        retried until the model reports unloaded. Freed memory is handed back to
-        the system (`malloc_trim`), or the process would keep its peak for good.
-        Lanes wait meanwhile; for the embedded model on the CPU this took 0.05–0.15 s.
+        Lanes wait meanwhile (`reload_without_state` has the details).
         """
         self._flushing = True
         started = time.perf_counter()

@@ -2,8 +2,6 @@
 
 `Generation` is what a front-end holds (events, cancel, result); `Slot` is what
 the decoding thread owns while a batch runs (detokenizer, stop matcher, counts).
-The scheduler talks to a `Generation` only through its public methods and the two
-callbacks it passes in, so neither reaches into the other's private state.
 """
 
 from __future__ import annotations
@@ -212,15 +210,11 @@ def device_sampling(knobs: Knobs, vocab_size: int) -> dict[str, Any]:
     """`knobs.ct2_sampling()` within what every device's kernels accept.
 
     CTranslate2's CUDA top-p kernel sorts at most 8,192 classes and throws on more,
-    so "no top-k" (the full vocabulary) with top-p < 1 fails at the first token on
-    a GPU. Top-p therefore chooses among the `TOP_P_MAX_CANDIDATES` (8,192, the
-    kernel's limit) most likely tokens: a top-k applied first, as CTranslate2
-    orders them. The CPU gets the same bound, so a reply does not depend on the
-    device: on the embedded model those 8,192 tokens held at least 99 % of the
-    probability in every measured step at temperature 0.7 and 1.0 (the nucleus at
-    the default top_p 0.95 is the same set as without the bound), and the CPU
-    decoded faster with it than sorting the whole row (docs/benchmarks.md). A top-k
-    above the vocabulary is clamped to it (CTranslate2 refuses it on every device).
+    so top-p picks among the `TOP_P_MAX_CANDIDATES` likeliest tokens (a top-k
+    applied first, as CTranslate2 orders them). The CPU gets the same bound so a
+    reply does not depend on the device; on the embedded model those tokens hold
+    over 99 % of the probability (docs/benchmarks.md). A top-k above the
+    vocabulary is clamped to it: CTranslate2 refuses it on every device.
     """
     sampling = knobs.ct2_sampling()
     topk = int(sampling["sampling_topk"])

@@ -8,12 +8,14 @@ start-up check that the device really generates is `bot.engine.device_check`.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
 from bot.engine.types import EngineInfo, EngineOptions
 from bot.model.bundle import ModelBundle, load_model_bundle
+from bot.model.model_bin import read_index
 
 
 def resolve_device(device: str) -> str:
@@ -28,11 +30,10 @@ def resolve_device(device: str) -> str:
 def cpu_layout(device: str, inter_threads: int, cpu_threads: int) -> tuple[int, int]:
     """Replicas and threads per replica; 0 means "choose" for either.
 
-    On the CPU, several single-threaded replicas beat one multi-threaded one on
-    the 2-core reference machine by a wide margin (one stream: 82 vs 31 tok/s
-    with 1 vs 2 threads; 8 concurrent: ~190 vs ~90 tok/s for 2x1 vs 1x2; see
-    docs/benchmarks.md), so "auto" is one replica per core up to 4, sharing the
-    cores left over as threads. On CUDA one replica per GPU is the default.
+    On the CPU, single-threaded replicas beat one multi-threaded replica (about
+    2x for 8 concurrent asks on 2 cores, docs/benchmarks.md), so "auto" is one
+    replica per core up to 4, the cores left over shared as threads. On CUDA,
+    one replica per GPU.
     """
     cores = os.cpu_count() or 1
     if inter_threads == 0:
@@ -60,8 +61,7 @@ def load_ctranslate2(
     )
     bundle = load_model_bundle(model_dir, context_length=options.context_length)
     if options.seed is not None:
-        # CTranslate2 seeds each worker's sampler when the Generator is
-        # built; setting it later has no effect, so it is per process.
+        # CTranslate2 seeds each worker's sampler when the Generator is built.
         ctranslate2.set_random_seed(options.seed)
     generator = ctranslate2.Generator(
         str(model_dir),
@@ -87,57 +87,23 @@ def load_ctranslate2(
     return bundle, generator, info
 
 
-_SCALAR_FORMATS = {1: "<b", 2: "<h", 3: "<i"}  # CTranslate2 DataType: int8, int16, int32
-
-
 def read_decoder_shape(model_dir: Path) -> dict[str, int]:
     """Layer count, widths and vocabulary of a CTranslate2 decoder, from `model.bin`'s index.
 
-    CTranslate2 does not expose them, yet the persona cache must charge each cached
-    token what it really keeps (keys and values of every layer: with grouped-query
-    attention that is a fraction of `2 * layers * d_model`), and the CUDA rules need
-    the output vocabulary. Only the variable headers are read; payloads are skipped.
-    Returns {} on any format it does not recognise, and callers fall back.
+    CTranslate2 does not expose them, yet the persona cache charges per token and
+    the sampling bounds need the output vocabulary. {} for a file it cannot read;
+    callers fall back.
     """
-    import struct
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    scalars: dict[str, int] = {}
     try:
-        with open(model_dir / "model.bin", "rb") as fh:
-
-            def take(fmt: str) -> Any:
-                size = struct.calcsize(fmt)
-                return struct.unpack(fmt, fh.read(size))
-
-            def string() -> str:
-                (length,) = take("<H")
-                return fh.read(length).rstrip(b"\0").decode("utf-8")
-
-            (version,) = take("<I")
-            if version < 4:
-                return {}
-            string()
-            take("<I")
-            (count,) = take("<I")
-            for _ in range(count):
-                name = string()
-                (rank,) = take("<B")
-                dims = take(f"<{rank}I") if rank else ()
-                type_id, num_bytes = take("<BI")
-                if rank == 0 and type_id in _SCALAR_FORMATS and num_bytes <= 4:
-                    (scalars[name],) = struct.unpack(_SCALAR_FORMATS[type_id], fh.read(num_bytes))
-                    continue
-                shapes[name] = tuple(dims)
-                fh.seek(num_bytes, 1)
-    except (OSError, struct.error, UnicodeDecodeError):
+        shapes, scalars = read_index(model_dir / "model.bin")
+    except (OSError, ValueError, struct.error):
         return {}
     layers = sum(
         1 for name in shapes if name.startswith("decoder/layer_")
         and name.endswith("/self_attention/linear_0/weight")
     )
     embeddings = shapes.get("decoder/embeddings/weight")
-    heads = scalars.get("decoder/num_heads")
+    heads = int(scalars.get("decoder/num_heads", 0))
     if not layers or not embeddings or not heads:
         return {}
     d_model = embeddings[1]
@@ -156,14 +122,12 @@ def read_decoder_shape(model_dir: Path) -> dict[str, int]:
 
 
 def kv_bytes_per_token(shape: dict[str, int], compute_type: str) -> int:
-    """What one cached prompt token costs: keys and values of every layer, as measured.
+    """What one cached prompt token costs: keys and values of every layer.
 
-    CTranslate2 keeps the state with every attention head's keys and values (not
-    only the grouped-query ones), in 2-byte floats for half-precision compute
-    types and float32 otherwise (int8 on the CPU computes in float32): 2 x layers
-    x d_model x width. Measured on the embedded model on the CPU: 149–188 KB a
-    token against 138 KB so computed, so a quarter is added for what the allocator
-    keeps around it. 0 (cache nothing) when the shape is unknown.
+    CTranslate2 keeps every head's keys and values (not only the grouped-query
+    ones), in 2-byte floats for half-precision compute types, else float32:
+    2 x layers x d_model x width, plus a quarter the allocator keeps around it
+    (measured on the embedded model). 0 (cache nothing) when the shape is unknown.
     """
     width = 2 if ("float16" in compute_type or "bfloat16" in compute_type) else 4
     if not shape:

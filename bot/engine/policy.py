@@ -1,32 +1,22 @@
 """The batching policy: which requests share a call, and when a running one yields.
 
-Plain functions over the queue's `Generation`s and two small measured models, so
-a test can put requests in a deque and ask what the scheduler would do, without
-an engine, a model call or a clock. The engine (`bot.engine.engine`) owns the
-queue and the lanes and calls these; the decode worker (`bot.engine.worker`)
-feeds `CostModel` its measurements.
+Plain functions over queued `Generation`s and two small measured models, so a
+test can ask what the scheduler would do without an engine, a model or a clock.
 
-Why these rules:
+Why these rules (CTranslate2's behaviour):
 
-- CTranslate2 reads only the first (shortest prompt - 1) tokens of a batch in
-  one pass and feeds the rest of every longer prompt one token per decoding
-  step. So a batch holds requests of similar remaining length (`fits`), and a
-  request's persona (system prompt) is passed apart as `static_prompt`: read once
-  per batch, and kept between calls by CTranslate2 within `PersonaCache`'s bound.
-- CTranslate2 cannot add a request to a running `generate_batch` call. So a
-  running batch is *preempted* at a token boundary when that serves the people
-  waiting: to let compatible newcomers join it (continuous batching, at the price
-  of re-reading each member's prompt plus reply so far), or, after a timeslice,
-  to give requests with other settings their turn (round robin). It yields only
-  when `CostModel` says the people waiting gain more than the re-reading costs,
-  and never so that a streaming reply stalls for more than a few steps.
-- CTranslate2's repetition penalty counts the tokens it decoded in the call,
-  including prompt tokens fed one per step, but not those read in one pass. A
-  reply resumed as prompt + reply so far would forget what it said, and one
-  batched with shorter prompts would be penalized for its own prompt. So a reply
-  with a repetition penalty runs in one call to the end (it never yields) and
-  shares it only with prompts of its own length: it is token for token what it
-  would be alone (`penalized`).
+- A batch's prompts are read in one pass only up to the shortest; the rest of
+  each longer prompt is fed one token per step. So a batch holds requests of
+  similar length (`fits`), and the persona is passed apart as `static_prompt`,
+  read once per batch and kept between calls within `PersonaCache`'s bound.
+- A running `generate_batch` call takes no newcomers. So a batch is preempted at
+  a token boundary to let compatible requests join, or after a timeslice to let
+  other settings run, only when `CostModel` says the waiting gain more than the
+  re-reading costs, and never stalling a streaming reply more than a few steps.
+- The repetition penalty counts only tokens decoded in the call, not those read
+  in one pass. So a penalized reply runs to the end in one call, batched only
+  with prompts of its own length (`penalized`): token for token what it would be
+  alone.
 """
 
 from __future__ import annotations
@@ -66,9 +56,9 @@ REREAD_SHARE = 0.25
 class CostModel:
     """Seconds per prompt token read in one pass and per decoding step, as measured.
 
-    Starts from a pessimistic guess (a slow CPU), so nothing is preempted on the
-    strength of a guess; the first measurement replaces the guess and later ones
-    are averaged in (exponentially, so a change of load shows within a few batches).
+    Starts from a pessimistic guess (a slow CPU) so nothing is preempted on a
+    guess; the first measurement replaces it, later ones are averaged in
+    exponentially, so a change of load shows within a few batches.
     """
 
     def __init__(self, prefill_s: float = 0.002, step_s: float = 0.02, *,
@@ -111,13 +101,11 @@ class CostModel:
 class PersonaCache:
     """Which persona prefixes CTranslate2 may keep decoder state for, within a byte bound.
 
-    CTranslate2's `cache_static_prompt` keeps every distinct static prompt it sees,
-    in a map with no eviction, until the model is unloaded. So the engine decides
-    what goes in: a prefix is admitted while the charged total (prefix tokens x
-    `bytes_per_token`, every layer's keys and values) stays within `bound_bytes`;
-    a prefix that does not fit is still read once per batch, just not kept, and asks
-    for a flush, which the engine performs (unload + reload: the only way to
-    empty CTranslate2's map) the next time no batch is running.
+    `cache_static_prompt` keeps every static prompt it sees, with no eviction,
+    until the model is unloaded. So a prefix is admitted while the charged total
+    (tokens x `bytes_per_token`) stays within `bound_bytes`; one that does not fit
+    is read but not kept, and asks the engine for a flush (unload + reload) the
+    next time no batch runs.
     """
 
     def __init__(self, bound_bytes: int, bytes_per_token: int) -> None:
@@ -188,13 +176,11 @@ def compatible(a: Generation, b: Generation) -> bool:
 def fits(members: Sequence[Generation], running: Collection[Generation]) -> bool:
     """Whether one call reads these prompts without sequential reading that hurts.
 
-    CTranslate2 feeds every token beyond the shortest prompt one per step. A
-    reply that is streaming (in `running`, or paused only to let newcomers join)
-    may be held back `STALL_STEPS` steps at most: its reader sees a pause, not a
-    freeze. Any other request may take `SKEW_TOKENS` (or a quarter of the
-    shortest prompt) such steps, which costs it less than waiting for a whole
-    batch; that includes replies resumed after a timeslice, so a batch that
-    yielded comes back whole.
+    Every token beyond the shortest prompt is fed one per step. A streaming reply
+    (in `running`, or paused only to let newcomers join) may be held back
+    `STALL_STEPS` steps at most; any other request, including one resumed after a
+    timeslice, `SKEW_TOKENS` (or a quarter of the shortest prompt), which costs it
+    less than waiting for a whole batch.
     """
     lengths = [read_length(g) for g in members]
     shortest = min(lengths)
@@ -210,9 +196,9 @@ def fits(members: Sequence[Generation], running: Collection[Generation]) -> bool
 
 
 def free_lanes(replicas: int, lane_batches: Iterable[Sequence[Generation]]) -> int:
-    """Lanes a new batch may count on: a lane whose replies all finished is as good as free.
+    """Lanes a new batch may count on, at least one (the lane asking).
 
-    (Its call is only returning.) Never less than one: the lane asking is free.
+    A lane whose replies all finished counts as free: its call is only returning.
     """
     decoding = sum(1 for gens in lane_batches if any(not g.done for g in gens))
     return max(1, replicas - decoding)
@@ -223,11 +209,9 @@ def take_batch(
 ) -> list[Generation]:
     """Remove and return the head of the queue plus compatible requests of similar length.
 
-    With several lanes free (`lanes`), a burst is split between them (two batches
-    of 4 decode faster than one of 8 on two replicas) rather than all going to one;
-    but when requests of another kind wait too, they need a lane of their own, so
-    this kind is not spread over it. Requests that do not fit the head's batch keep
-    their place for the next lane.
+    A burst is split over the free `lanes` (two batches of 4 decode faster than
+    one of 8 on two replicas), leaving one lane for other kinds when they wait.
+    Requests that do not fit the head's batch keep their place.
     """
     head = waiting.popleft()
     batch = [head]

@@ -1,7 +1,7 @@
 """Turning a stream of token ids into text that is safe to show as it grows.
 
-Two small state machines, both pure (no threads, no I/O) so they are easy to
-test and can run inside CTranslate2's per-token callback:
+Small pure state machines (no threads, no I/O), cheap enough for CTranslate2's
+per-token callback:
 
 - `IncrementalDetokenizer` emits only complete text: a multi-byte character
   split across tokens (emoji, CJK, accents) is held until it is whole, and the
@@ -27,9 +27,8 @@ class IncrementalDetokenizer:
     Decoding a token on its own is wrong for byte-level BPE (half a UTF-8
     character) and for SentencePiece (the leading-space marker depends on the
     previous token), so each step decodes a short window that starts a few
-    tokens back and returns only what the new token added. This is the scheme
-    used by Hugging Face's TextStreamer and vLLM, bounded so each step costs
-    O(window) rather than O(reply).
+    tokens back and returns only what the new token added (as Hugging Face's
+    TextStreamer and vLLM do), so each step costs O(window), not O(reply).
     """
 
     def __init__(self, decode: Callable[[Sequence[int]], str]) -> None:
@@ -58,17 +57,12 @@ class IncrementalDetokenizer:
             return new_text[len(prefix_text) :]
         return ""
 
-    @property
-    def token_count(self) -> int:
-        return len(self._ids)
-
 
 class StopMatcher:
     """Cut text at the first stop sequence, holding back possible partial matches.
 
-    Text already emitted can never contain the start of a stop sequence: any
-    tail that is a prefix of one is held until the next delta settles it. So a
-    match is only ever searched for in the held-back text plus the new delta.
+    A tail that could begin a stop sequence is held until the next delta settles
+    it, so a match is only searched for in the held text plus the new delta.
     """
 
     def __init__(self, stops: Sequence[str]) -> None:

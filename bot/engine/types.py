@@ -1,7 +1,7 @@
 """The engine's vocabulary: what goes in, what comes out, and the backend seam.
 
-Frozen dataclasses so a result handed to a front-end, a metric hook or a test
-cannot be changed under anyone else's feet. Nothing here imports CTranslate2.
+Frozen dataclasses, so a result shared by a front-end, a metric hook and a test
+cannot change under any of them. Nothing here imports CTranslate2.
 """
 
 from __future__ import annotations
@@ -104,11 +104,8 @@ class PreparedPrompt:
     max_new_tokens: int
     clamped: bool
     prefix_tokens: int = 0
-    """How many leading tokens are the persona part (system prompt as rendered).
-
-    The scheduler reads that part once per batch as CTranslate2's `static_prompt`
-    and may keep its decoder state between calls; 0 when too short to matter.
-    """
+    """Leading tokens that are the rendered persona, read once per batch as CTranslate2's
+    `static_prompt`; 0 when too short to matter."""
 
 
 @dataclass(frozen=True)
@@ -123,22 +120,12 @@ class EngineInfo:
     load_s: float
     vocab_size: int = 0
     kv_bytes_per_token: int = 0
-    """Decoder state one prompt token keeps (keys and values of every layer), in bytes.
-
-    What the persona cache is charged per cached token; 0 if unknown.
-    """
-
-
+    """Bytes of decoder state one cached prompt token keeps; 0 if unknown."""
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How one model is loaded and scheduled: the engine's whole configuration.
-
-    Built once from the settings (`bot.app.engine_options`) and handed to
-    `Engine.load` / `Engine`, so an option is named here and in `Settings` only.
-    One object per model: a host serving several models gives each its own.
-    """
+    """How one model is loaded and scheduled; built from `Settings`, one per model."""
 
     device: str = "auto"
     """"cpu", "cuda" or "auto" (CUDA when CTranslate2 sees a GPU)."""

@@ -1,16 +1,11 @@
 """Which models this host serves: names, folders, devices and what their weights weigh.
 
-Built once at start-up from `BOT_MODEL_DIRS` (or `BOT_MODEL_DIR`, or the embedded
-model) without loading anything: `/model list` must describe models that are not
-loaded, and a broken folder must not stop the others from serving. So only cheap
-facts are read here (bot_model.json's name, model.bin's size, the context window
-the files state); tokenizer, template and weights are read when a model is first
-used (`bot.hosting.registry`), and a broken one fails then, alone, with its reason.
-
-The memory budget is charged `weight_bytes`: model.bin's size on disk, which is
-what CTranslate2 holds when the compute type keeps the stored weight type (an int8
-folder loaded as int8 or int8_float16). A folder loaded with another type (float16
-weights as int8, say) weighs something else; `weight_mb` in its entry says so.
+Built at start-up from `BOT_MODEL_DIRS` (or `BOT_MODEL_DIR`, or the embedded model)
+from cheap facts only (bot_model.json's name, model.bin's size, the files' context
+window): `/model list` describes models not loaded, and a broken folder fails
+alone at its first load. The memory budget is charged model.bin's size, what
+CTranslate2 holds when the compute type keeps the stored weight type; an entry's
+`weight_mb` says otherwise.
 """
 
 from __future__ import annotations

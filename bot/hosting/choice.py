@@ -1,18 +1,12 @@
 """Which model answers: the one a scope chose (server ← channel ← thread, or a DM), and
 the one a continuing conversation keeps.
 
-Stored like the persona: a `model` row per scope holding a model name, resolved
-with the other settings. A stored name is checked for its form only, on the way
-in and out, never against the models configured now: an operator may remove a
-model and put it back, and a scope that named it must not lose its choice (it
-falls back to the default meanwhile, with a note saying so). Whether a name is
-configured is checked when an admin sets it (`check_choice`).
-
-A conversation remembers the model each turn used (the `turns.model` column,
-bot/store/migration_models.py). A follow-up keeps that model, unless the
-choice in force where it continues is another one: a scope changed it since,
-and the turn says "switched to …". Only a model this host no longer serves is
-replaced without anyone choosing so, and that is said too.
+Stored like the persona, a `model` setting per scope. A stored name is checked for
+its form only, never against the models configured now: a model an operator
+removes and puts back keeps its scopes (the default answers meanwhile, with a
+note); `check_choice` checks a name when an admin sets it. A follow-up keeps the
+model its conversation used (`turns.model`) unless the choice in force differs,
+and then says "switched to …".
 """
 
 from __future__ import annotations
@@ -128,11 +122,9 @@ def model_for_turn(
 ) -> TurnModel:
     """Which model answers a turn that continues one answered by `previous`.
 
-    `previous` is the model stored with the turn being continued (None for a new
-    conversation, or a turn stored before models were recorded: nothing to keep).
-    The conversation keeps it while the choice in force is the same; when the
-    choice differs, a scope changed it since (a turn is always answered by the
-    choice in force when it was asked), so the new one answers and says so.
+    `previous` is the model stored with the turn being continued (None: nothing to
+    keep). A differing choice in force means a scope changed it since, so the new
+    one answers and says so.
     """
     if previous is None or previous == current.name:
         return TurnModel(name=current.name, note=current.note)

@@ -1,31 +1,17 @@
 """The models one host serves, as the front-ends see them.
 
-`App.models` is a `ModelHost`: the catalog (what is configured, the default),
-the registry (what is loaded, within the memory budget) and the few rules the
-ask path needs on top of them, so runner, console, turns and cogs never touch
-the registry directly:
+`App.models` is a `ModelHost`: the catalog, the registry and the rules the ask
+path needs on top of them, so no front-end touches the registry: which model
+answers where (`choice`, `turn_model`), its engine loaded on first use with
+`on_wait` told while it loads, one queue bound across models, and one `on_result`
+list shared by every engine (metrics see all models; each result pokes the
+registry).
 
-- which model answers at a location (`choice`), and which one a turn that
-  continues a conversation uses (`turn_model`: it keeps its model unless the
-  scope's choice changed since, and then says so once);
-- its engine (`engine`), loaded on first use; `on_wait` hears "loading model
-  X…" while the ask waits for it. The total queue bound holds across models:
-  asks waiting for a load count with the engines' queues;
-- every engine shares one `on_result` list, so hooks attached to `app.engine`
-  (metrics, recent rates) see every model's results, and each result pokes
-  the registry (a model waiting for room re-checks at once).
-
-Under a tight memory budget, a model that does not fit beside the default one
-unloads it each time it loads, and with it the model every other scope uses. So
-choosing such a model is limited (`swaps_default`: a front-end asks for Manage
-Server), and loading any model that would unload others is rate-limited per
-server (or per DM member): `engine(..., swapper=...)` refuses a second such swap
-within `swap_cooldown_s`, saying when to retry. The default model itself always
-loads: it is what everyone else needs back.
-
-A host built around one engine (`ModelHost.single`: tests, benches, a host
-with one model) behaves exactly as before: one name, never unloaded, and the
-footer does not name the model.
+Under a tight budget, a model that does not fit beside the default unloads the
+model everyone else uses. So choosing one needs Manage Server (`swaps_default`),
+and loading a model that unloads others is limited to once per `swap_cooldown_s`
+per server or DM member (`check_swap`). `ModelHost.single` serves one engine:
+never unloaded, and footers do not name the model.
 """
 
 from __future__ import annotations
@@ -98,7 +84,7 @@ class ModelHost:
         """A host serving one engine that is already loaded (and closed by its owner).
 
         `current` returns the engine to use now (`App` passes its `engine` field, so
-        a test or bench that swaps `app.engine` is served by the new one, as before).
+        a test or bench that swaps `app.engine` is served by the new one).
         """
         info = engine.info
         spec = ModelSpec(
@@ -201,26 +187,25 @@ class ModelHost:
                      swapper: str | None = None) -> Engine:
         """The engine of `name`, loading it first if needed; submit to it before awaiting.
 
-        With several models, asks waiting for a load count towards the one queue
-        bound (`BOT_QUEUE_SIZE`) with the engines' own queues; each engine still
-        refuses past its own bound, so a single-model host is unchanged. `swapper`
-        (the asking server or DM member) is held to `check_swap`.
+        `swapper` (the asking server or DM member) is held to `check_swap`.
         """
+        self._admit(name, swapper)
+        engine = await self.registry.acquire(name, on_wait)
+        return self._only() if self._only is not None else engine
+
+    def _admit(self, name: str, swapper: str | None) -> None:
+        """With several models, asks waiting for a load count towards `BOT_QUEUE_SIZE`
+        with the engines' queues (each engine still enforces its own bound)."""
         if self.several and self.queue_depth() >= self.queue_size:
             raise QueueFull(self.queue_size)
         if swapper is not None and self.several:
             self.check_swap(name, swapper)
-        engine = await self.registry.acquire(name, on_wait)
-        return self._only() if self._only is not None else engine
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str, on_wait: OnWait | None = None, *,
                     swapper: str | None = None) -> AsyncIterator[Engine]:
         """`engine`, kept loaded until the block ends (a turn's fitting awaits a thread)."""
-        if self.several and self.queue_depth() >= self.queue_size:
-            raise QueueFull(self.queue_size)
-        if swapper is not None and self.several:
-            self.check_swap(name, swapper)
+        self._admit(name, swapper)
         async with self.registry.use(name, on_wait) as engine:
             yield self._only() if self._only is not None else engine
 
@@ -238,15 +223,6 @@ class ModelHost:
     async def close(self) -> None:
         """Refuse new asks and unload every model (each engine gets the shutdown grace)."""
         await self.registry.close()
-
-
-def model_window(host: ModelHost, name: str) -> int | None:
-    """`name`'s context window: its engine's when loaded, else its catalog entry's."""
-    engine = host.loaded(name)
-    if engine is not None:
-        return engine.info.context_length
-    status = next((s for s in host.statuses() if s.name == name), None)
-    return status.spec.window if status is not None and status.spec.window else None
 
 
 def model_lines(host: ModelHost, in_use: Mapping[str, Sequence[str]] | None = None) -> list[str]:

@@ -1,31 +1,17 @@
 """Several models on one host: loaded on first use, kept within a memory budget per device.
 
-`ModelRegistry` owns which models are loaded, not how: the composition root hands
-it an async `load(spec)` (an `Engine` around the folder, in the bot) and an
-`unload(model)` (closing that engine), so the rules below are tested with any
-loaded thing that can say whether it is `busy()`.
+`ModelRegistry` owns which models are loaded, not how: it is handed async `load`
+and `unload` callables, so its rules are tested with anything that says `busy()`:
 
-The rules, and why:
-
-- A model loads when it is first asked for, once: concurrent askers wait on the
-  same load (an 8B model takes seconds to read), and may be told they are waiting
-  (`on_wait`), so a front-end can say "loading model X…" instead of looking stuck.
-- Loaded weights stay within `budget_bytes` per device ("cpu", "cuda:0", …; a
-  model on two GPUs is charged on both). When a model needs room, the least
-  recently used *idle* models on its devices are unloaded first. A busy model
-  (a generation running or queued, or a lease held by `use`) is never unloaded:
-  the newcomer waits for room, up to `room_timeout_s`, then is refused saying
-  which models hold the memory. One that can never fit (bigger than the budget)
-  is refused at once.
-- A model that fails to load gets a `ModelLoadFailed` with the reason; the others
-  keep serving, and the next try waits out a backoff (doubling up to
-  `max_retry_s`) so a broken folder is not re-read at every ask.
-- Room is reserved when a load is planned, before the victims finish unloading,
-  so two loads can never both count the same free bytes.
-
-Fairness across models is not here: each loaded model has its own scheduler (and
-persona cache); the per-user gate and the total queue bound live in front of
-`acquire`.
+- A model loads once when first asked for; concurrent askers share the load and
+  hear `on_wait`, so a front-end can say "loading model X…".
+- Weights stay within `budget_bytes` per device (a model on two GPUs is charged on
+  both): least recently used idle models are unloaded for room; a busy one (work
+  queued or running, or a `use` lease) never is, and the newcomer waits up to
+  `room_timeout_s`. Room is reserved when a load is planned, so two loads never
+  count the same free bytes.
+- A failed load raises `ModelLoadFailed` and is retried only after a backoff
+  (doubling up to `max_retry_s`), so a broken folder is not re-read at every ask.
 """
 
 from __future__ import annotations
@@ -365,9 +351,7 @@ class ModelRegistry(Generic[M]):
     def poke(self) -> None:
         """Something finished (a generation, a lease): re-check waiting loads now.
 
-        Waiters also re-check every `poll_s`, since `busy()` can turn false
-        without anyone telling the registry; hooking this to the engines'
-        results only makes the wait shorter.
+        Waiters also re-check every `poll_s`, since `busy()` can turn false unseen.
         """
         self._change.set()
         self._change = asyncio.Event()
@@ -377,10 +361,9 @@ class ModelRegistry(Generic[M]):
     async def acquire(self, name: str, on_wait: Callable[[Waiting], None] | None = None) -> M:
         """The loaded model `name`, loading it (and making room) first if needed.
 
-        Counts as a use for the LRU order. The model may be unloaded once it is
-        idle, so submit work to it before the next `await`, or hold `use()`.
-        Raises `UnknownModel`, `ModelLoadFailed`, `ModelTooLarge`,
-        `NoRoomForModel` or `ShuttingDown`, each a `UserFacingError`.
+        The model may be unloaded once idle, so submit work to it before the next
+        `await`, or hold `use()`. Raises a `UserFacingError` (`UnknownModel`,
+        `ModelLoadFailed`, `ModelTooLarge`, `NoRoomForModel`, `ShuttingDown`).
         """
         slot = self._slot(name)
         if slot.state is ModelState.READY and not self._closed:

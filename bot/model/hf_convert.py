@@ -1,17 +1,11 @@
 """Convert a Hugging Face checkpoint directory (safetensors) into a model directory, no torch.
 
-Covers the Llama family (Llama 2, 3, 3.1, 3.2, Mistral, SmolLM) and Qwen2: one decoder
-shape with optional q/k/v biases, built into a CTranslate2 spec by the same code as the
-GGUF route. Safetensors files are read with numpy through a memory map (an 8-byte
-header length, a JSON header, raw little-endian data), one tensor at a time, and each
-layer is quantized as soon as it is filled, so peak memory stays near one copy of the
-output.
-
-Transformers checkpoints keep q/k in `rotate_half` layout, so `rotary_interleave=False`
-and the weights stay as they are. Llama 3.1's `rope_scaling` is written into every
-attention layer (CTranslate2's own converter drops the factor and the original window).
-The checkpoint's tokenizer, chat template and generation config are copied; its
-config.json is kept as `hf_config.json`.
+Covers the Llama family (Llama 2, 3, 3.1, 3.2, Mistral, SmolLM) and Qwen2, built by
+the GGUF route's spec code. Safetensors are memory-mapped and read one tensor at a
+time, each layer quantized once filled, so peak memory stays near one copy of the
+output. Transformers keep q/k in `rotate_half` layout (`rotary_interleave=False`).
+Llama 3.1's `rope_scaling` is written into every attention layer (CTranslate2's own
+converter drops it). The checkpoint's config.json is kept as `hf_config.json`.
 """
 
 from __future__ import annotations
@@ -26,12 +20,12 @@ import numpy as np
 
 from bot.model.gguf_convert import (
     FORMAT_VERSION,
-    QUANTIZATIONS,
     ConversionError,
     FloatArray,
     LlamaParams,
     RopeScaling,
     build_llama_spec,
+    check_quantization,
     check_shapes,
     save_model_dir,
 )
@@ -310,10 +304,7 @@ def convert_checkpoint(
     directory is written atomically; an existing `out_dir` is replaced.
     """
     say = progress or (lambda _msg: None)
-    if quantization not in QUANTIZATIONS:
-        raise ConversionError(
-            f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}."
-        )
+    check_quantization(quantization)
     config = _read_config(source)
     params = params_from_config(config)
     try:

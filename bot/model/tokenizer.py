@@ -1,12 +1,8 @@
 """One tokenizer interface over the two formats Llama-family checkpoints ship with.
 
-Hugging Face checkpoints carry either a `tokenizer.json` (the `tokenizers` library;
-Llama 3, SmolLM, and anything our GGUF converter writes) or a SentencePiece
-`tokenizer.model` (Llama 2, Mistral). The engine must not care which: it needs ids for a
-rendered chat prompt, the token strings CTranslate2's vocabulary uses, and cheap,
-deterministic decoding for incremental streaming.
-
-Three rules hold for both backends:
+A `tokenizer.json` (the `tokenizers` library: Llama 3, SmolLM, our GGUF converter's
+output) or a SentencePiece `tokenizer.model` (Llama 2, Mistral). Three rules hold
+for both backends:
 
 * `encode` is for text people wrote (a prompt, a persona, an earlier turn, /tokens):
   it never adds a BOS and never turns a control-token string (`<s>`, `<|im_start|>`,
@@ -17,14 +13,11 @@ Three rules hold for both backends:
   their ids, except inside the spans the caller marks as people's text;
 * `decode` drops special/control tokens, so they never reach a user.
 
-"Control token" means every token the chat template itself uses, however the
-checkpoint ships it: some tokenizer.json files list ChatML's markers as ordinary
-(non-special) added tokens, and some SentencePiece models carry them as
-user-defined pieces, both of which the libraries match in any text. The bundle
-names the template's markers (`with_template_markers`), and each backend then
-treats them exactly as it treats its own special tokens. Added tokens shaped like
-markup that the template does not use (`</think>` on some models) are neither:
-never control tokens, and never matched in people's text either.
+"Control token" means every token the chat template uses, however the checkpoint
+ships it (some list ChatML's markers as ordinary added tokens or user-defined
+pieces, which the libraries match in any text): `with_template_markers` promotes
+them. Markup-shaped added tokens no template uses (`</think>`) are neither control
+tokens nor matched in people's text.
 """
 
 from __future__ import annotations
@@ -92,8 +85,8 @@ class Tokenizer(Protocol):
         ...
 
 
-def _token_content(value: Any) -> str | None:
-    """A special token from `tokenizer_config.json`: a string or an AddedToken dict."""
+def token_name(value: Any) -> str | None:
+    """A token string from a config value: a string or an AddedToken-style dict."""
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and isinstance(value.get("content"), str):
@@ -104,9 +97,8 @@ def _token_content(value: Any) -> str | None:
 class _Spans:
     """People's [start, end) ranges, sorted once, for overlap tests in O(log n).
 
-    A long conversation has a span per turn and a control token or two per turn:
-    testing each token against every span made encoding a prompt quadratic in
-    the conversation's length (seconds for a few hundred turns).
+    A conversation has a span and a control token or two per turn; testing each
+    token against every span would make encoding quadratic in its length.
     """
 
     def __init__(self, spans: Sequence[tuple[int, int]]) -> None:
@@ -129,14 +121,11 @@ class _Spans:
 class HFTokenizer:
     """A `tokenizers` (tokenizer.json) backend.
 
-    The `tokenizers` library splits added tokens out of the text before the model
-    runs, which is right for a rendered template and wrong for people's text. So two
-    copies are kept: the library's own, for template text, and one with
-    `encode_special_tokens` set, which reads special-token strings as ordinary
-    characters, for people's text. Two objects rather than one flag flipped per
-    call, because the tokenizer is shared with decoding threads.
-    `add_special_tokens=False` turns off the post-processor, which is what would
-    prepend a BOS (Llama 3).
+    The library splits added tokens out of any text: right for a rendered template,
+    wrong for people's text. So two copies are kept, the library's own for template
+    text and one with `encode_special_tokens` set for people's text (two objects,
+    not a flag flipped per call, since decoding threads share them).
+    `add_special_tokens=False` turns off the post-processor that would prepend a BOS.
     """
 
     def __init__(
@@ -229,10 +218,8 @@ class HFTokenizer:
     def encode_template(self, text: str, plain_spans: Sequence[tuple[int, int]] = ()) -> list[int]:
         """Template text as the library reads it, unless people's text holds a special.
 
-        The common case, no special token inside `plain_spans` (and no text-only
-        added token anywhere), returns exactly the library's ids. Otherwise the text
-        is cut only at the template's own special tokens, and the pieces between
-        them are encoded as people's text.
+        Then the text is cut only at the template's own special tokens and the pieces
+        between them are encoded as people's text.
         """
         enc = self._tok.encode(text, add_special_tokens=False)
         ids = [int(i) for i in enc.ids]
@@ -276,14 +263,11 @@ class HFTokenizer:
 class SentencePieceTokenizer:
     """A SentencePiece (tokenizer.model) backend.
 
-    SentencePiece never maps control-token strings in the text to their ids, so
-    people's text is simply `sp.encode`d, as Meta's and mistral-common's reference
-    encoders do. Template text is cut at the template's control tokens and the
-    pieces between them encoded the same way. Each piece gets SentencePiece's
-    dummy-prefix `▁`; a piece that follows a control token and starts with a space
-    loses that one space first, because the prefix already stands for it:
-    mistral-common encodes `[INST] Hello` as `[INST]`, `▁Hello`, where encoding
-    " Hello" as is would give `▁`, `▁Hello`.
+    SentencePiece never maps control-token strings in text to their ids, so people's
+    text is simply `sp.encode`d (as Meta's and mistral-common's encoders do).
+    Template text is cut at control tokens and the pieces encoded alike; a piece
+    after a control token loses one leading space, which the dummy prefix `▁`
+    already stands for (mistral-common: `[INST] Hello` → `[INST]`, `▁Hello`).
     """
 
     def __init__(
@@ -541,8 +525,8 @@ def _special_token_names(model_dir: Path) -> tuple[str | None, str | None]:
         if not path.is_file():
             continue
         data = _read_json(path)
-        bos = _token_content(data.get("bos_token"))
-        eos = _token_content(data.get("eos_token"))
+        bos = token_name(data.get("bos_token"))
+        eos = token_name(data.get("eos_token"))
         if bos is not None or eos is not None:
             return bos or None, eos or None
     return None, None

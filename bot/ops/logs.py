@@ -1,13 +1,9 @@
 """Logging for a service that journald collects: one line per record, level first.
 
-journald adds its own timestamps, so when stderr is the journal stream the format
-leaves them out and prefixes the syslog priority (`<3>` for errors), which journald
-turns into the record's level. journald stores each line as its own entry, so every
-line of a multi-line record (a traceback) carries the prefix: otherwise the lines
-of an error's traceback would be filed at the default, informational level.
-
-Registered secrets (the Discord token) are masked in the final text of every
-record, tracebacks included, in case any library or exception ever prints one.
+When stderr is the journal stream, timestamps are left to journald and every line
+(a traceback's too, since journald files each line apart) is prefixed with its
+syslog priority (`<3>` for errors). Registered secrets (the Discord token) are
+masked in the final text of every record, tracebacks included.
 """
 
 from __future__ import annotations
@@ -26,9 +22,8 @@ MASK = "***"
 class RedactFilter(logging.Filter):
     """Replace any registered secret in a record's final message with ***.
 
-    The formatters below also mask their whole output (a filter cannot reach a
-    traceback's text); the filter stays so that any other handler added to the
-    root logger sees masked messages too.
+    The formatters also mask their whole output (a filter cannot reach a traceback);
+    the filter serves any other handler added to the root logger.
     """
 
     def __init__(self) -> None:
@@ -74,10 +69,8 @@ def stderr_is_journal(
 ) -> bool:
     """Whether stderr is connected to journald, as systemd.exec(5) says to check.
 
-    systemd sets `$JOURNAL_STREAM` to the `device:inode` of the stream it connected
-    to the journal; a process whose stderr was redirected elsewhere (`2>file`, a
-    pipe to a test) inherits the variable, so it only counts when stderr's own
-    device and inode match.
+    `$JOURNAL_STREAM` is the `device:inode` systemd connected; a redirected stderr
+    inherits the variable, so it counts only when stderr's own device and inode match.
     """
     env = os.environ if environ is None else environ
     value = env.get("JOURNAL_STREAM", "")
@@ -94,11 +87,9 @@ def stderr_is_journal(
 def setup_logging(level: str = "INFO") -> None:
     """One stderr handler on the root logger; discord.py's chatter kept at INFO or above.
 
-    `level` filters what is printed, at the handler; loggers still pass WARNING
-    records on, because `bot.ops.metrics.LogCounter` learns of Discord's 429s only from
-    discord.py's warnings, and `BOT_LOG_LEVEL=ERROR` must not zero that metric.
-    Python warnings (deprecations in libraries) are routed through logging so they
-    get the same prefix and masking instead of raw lines on stderr.
+    `level` filters at the handler; loggers still pass WARNING records on, because
+    `bot.ops.metrics.LogCounter` learns of Discord's 429s only from discord.py's
+    warnings. Python warnings go through logging, for the same prefix and masking.
     """
     threshold = logging.getLevelName(level)
     if not isinstance(threshold, int):

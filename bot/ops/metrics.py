@@ -1,19 +1,10 @@
 """Prometheus metrics: how fast the model answers, how busy the bot is, what goes wrong.
 
-Every metric lives on a `CollectorRegistry` owned by one `Metrics` object rather than
-on prometheus_client's global registry, for the same reason the rest of the bot
-builds its resources at start-up and passes them in: importing this module changes
-nothing, and tests (or a benchmark beside a running bot) can make as many independent
-`Metrics` as they like without "Duplicated timeseries" errors.
-
-The HTTP endpoint binds to 127.0.0.1 by default: the numbers are not secret, but
-there is no reason to expose a port to the internet; scrape it through the host's
-Prometheus agent or an SSH tunnel (docs/deploy.md).
-
-Metric names carry the `llamacord_` prefix (Prometheus naming practice: one
-namespace per application), e.g. `llamacord_asks_total{outcome="ok"}`. Label values
-should come from small fixed sets (outcomes, error kinds, finish reasons), never from
-user input, or every distinct value becomes a new time series.
+Metrics live on a `CollectorRegistry` owned by one `Metrics` object, not the global
+one: importing this module changes nothing, and tests can build as many as they like.
+The endpoint binds to 127.0.0.1 by default (docs/deploy.md). Names carry the
+`llamacord_` prefix; label values come from small fixed sets, never user input, or
+every distinct value becomes a new time series.
 """
 
 from __future__ import annotations
@@ -51,10 +42,7 @@ FINISH_REASONS: Final = ("end", "max_tokens", "stop_sequence", "cancelled", "err
 
 
 class GenerationOutcome(Protocol):
-    """What `Metrics.observe` reads from a result (bot.engine.GenerationResult fits).
-
-    A protocol rather than an import keeps this module free of CTranslate2.
-    """
+    """What `Metrics.observe` reads from a result (bot.engine.GenerationResult fits)."""
 
     @property
     def ttft_s(self) -> float | None: ...
@@ -199,8 +187,7 @@ class Metrics:
     def active_replies_from(self, callback: Callable[[], float]) -> None:
         """Read the number of replies in progress at scrape time (same rules as above).
 
-        Counting from the owner's own bookkeeping (e.g. `len(runner.active)`) cannot
-        drift the way paired inc/dec calls do when a path forgets one of them.
+        Counted from the owner's bookkeeping, which cannot drift as paired inc/dec can.
         """
         self.active_replies.set_function(callback)
 
@@ -221,11 +208,9 @@ class Metrics:
 #: interaction responses and follow-ups), or give up on (`max_ratelimit_timeout`).
 RATE_LIMIT_TEMPLATES: Final = ("We are being rate limited.", "Webhook ID %s is rate limited.")
 
-#: Logger prefixes to `errors_total{kind}`, most specific first; anything else is "other".
 #: `errors_total{kind}` labels: one per layer package of the bot (`bot.<layer>.…`), plus
-#: the slash-command cogs and discord.py itself. Derived from package names rather than
-#: listed per module, so moving a module inside its layer cannot relabel its errors;
-#: `tests/test_architecture.py` checks every module of `bot` maps to a known kind.
+#: the slash-command cogs and discord.py itself; derived from package names, so moving a
+#: module inside its layer cannot relabel its errors.
 LAYER_KINDS: Final = ("engine", "model", "settings", "discord", "ops")
 ERROR_KINDS: Final = (*LAYER_KINDS, "command", "other")
 
@@ -233,11 +218,10 @@ ERROR_KINDS: Final = (*LAYER_KINDS, "command", "other")
 class LogCounter(logging.Handler):
     """Counts what only the log reports: Discord 429s and errors anywhere in the process.
 
-    discord.py waits out a 429 and retries inside its HTTP client, so the bot never
-    sees one; its only trace is a WARNING on the `discord.http` / `discord.webhook`
-    loggers. Attached to the root logger, this handler matches those records by their
-    message template (not the formatted text, which holds URLs) and counts every
-    ERROR record by the subsystem that logged it. It never formats or prints.
+    discord.py waits out a 429 inside its HTTP client; its only trace is a WARNING on
+    the `discord.http` / `discord.webhook` loggers, matched here by message template
+    (the formatted text holds URLs). ERROR records are counted by the subsystem that
+    logged them. Attached to the root logger; it never formats or prints.
     """
 
     def __init__(self, metrics: Metrics) -> None:

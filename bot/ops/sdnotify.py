@@ -1,31 +1,11 @@
 """A dependency-free `sd_notify` client: tell systemd we are ready, alive or stopping.
 
-The unit (`systemd/llamacord.service`) runs the bot with `Type=notify` and
-`WatchdogSec=60`, so systemd waits for `READY=1` before it calls the service started
-(model loading takes minutes; dependants should not see a half-started bot) and
-kills and restarts the bot when the `WATCHDOG=1` pings stop.
-
-The protocol is one datagram per message, `KEY=value` lines, sent to the AF_UNIX
-socket named by `$NOTIFY_SOCKET` (a path, or `@name` for Linux's abstract
-namespace). Outside systemd the variable is unset and every call is a no-op, so the
-console, tests and benchmarks need no special casing.
-
-Intended use (in the process that owns the event loop)::
-
-    notifier = Notifier.from_env()
-    notifier.status("Loading model")
-    ...                                   # load engine, log in to Discord
-    notifier.ready(status="Serving")
-    interval = notifier.watchdog_interval()
-    if interval is not None:
-        task = asyncio.create_task(watchdog_loop(notifier, interval))
-    ...
-    notifier.stopping()                   # on SIGTERM, before the shutdown grace
-
-Failure policy: if the very first connect fails the socket is misconfigured and the
-`OSError` propagates, so a broken deployment shows up at start-up. After one
-successful connect, send errors (systemd re-executing, a full receive queue) are
-logged at warning and swallowed: a lost status line must never take the bot down.
+The unit runs the bot with `Type=notify` and `WatchdogSec=60`: systemd waits for
+`READY=1` (model loading takes minutes) and restarts the bot when `WATCHDOG=1`
+pings stop. One datagram of `KEY=value` lines per message, to the AF_UNIX socket
+in `$NOTIFY_SOCKET`; without it every call is a no-op. A failed first connect
+raises (a misconfigured deployment shows at start-up); later send errors are
+logged and swallowed, since a lost status line must never take the bot down.
 """
 
 from __future__ import annotations
@@ -97,20 +77,11 @@ class Notifier:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, unset_environment: bool = False
+        cls, environ: Mapping[str, str] | None = None
     ) -> Notifier:
-        """Build from `$NOTIFY_SOCKET` / `$WATCHDOG_USEC` / `$WATCHDOG_PID`.
-
-        With `unset_environment=True` the variables are removed from `os.environ`
-        afterwards (like sd_notify's flag), so a subprocess cannot inherit them and
-        speak for the service.
-        """
+        """Build from `$NOTIFY_SOCKET` / `$WATCHDOG_USEC` / `$WATCHDOG_PID`."""
         env = os.environ if environ is None else environ
-        notifier = cls(env.get("NOTIFY_SOCKET"), watchdog_interval_s=watchdog_interval(env))
-        if unset_environment:
-            for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-                os.environ.pop(name, None)
-        return notifier
+        return cls(env.get("NOTIFY_SOCKET"), watchdog_interval_s=watchdog_interval(env))
 
     @property
     def enabled(self) -> bool:
@@ -155,14 +126,6 @@ class Notifier:
         """A one-line status shown by `systemctl status llamacord`."""
         return self.notify(STATUS=text)
 
-    def extend_timeout(self, seconds: float) -> bool:
-        """Ask for `seconds` more before the start (or stop) timeout fires.
-
-        Loading a very large model can outlast TimeoutStartSec; calling this while
-        progress is being made keeps systemd from killing a healthy start.
-        """
-        return self.notify(EXTEND_TIMEOUT_USEC=max(0, int(seconds * 1_000_000)))
-
     def close(self) -> None:
         """Release the socket; a later message reconnects."""
         if self._sock is not None:
@@ -201,9 +164,8 @@ class Notifier:
 async def watchdog_loop(notifier: Notifier, interval: float) -> None:
     """Ping `WATCHDOG=1` every `interval` seconds until cancelled.
 
-    It runs as a task on the bot's own event loop on purpose: if the loop hangs (a
-    blocking call, a deadlock), the pings stop and systemd restarts the service,
-    which a pinging thread would hide. Returns at once when not under systemd.
+    A task on the bot's own event loop, not a thread: if the loop hangs, the pings
+    stop and systemd restarts the service. Returns at once when not under systemd.
     """
     if not notifier.enabled:
         return

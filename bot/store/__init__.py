@@ -1,8 +1,7 @@
-"""Settings per server, channel, thread and DM user, and the recent-asks log, in SQLite.
+"""Everything the bot keeps in its database (SQLite, or PostgreSQL when shared).
 
-Modules: `scopes` (scope and location types, value checks; no database),
-`db` (connections, transactions, PRAGMAs), `migrations` (numbered schema steps),
-`store` (`SettingsStore`: resolve and audited writes), `transfer` (export and
-import between shard hosts), `shards` (the `settings` command), `ask_log`
-(what Stop and Regenerate need).
+Modules: `scopes` (scope and location types; no database), `db`, `postgres`,
+`connect` (backends), `migration*` (numbered schema steps), `store`
+(`SettingsStore`), `audit`, `validation`, `personas`, `ask_log`, `turns`,
+`swipes`, `retention`, `transfer`, `shards`, `copy` (moving data), `identify`.
 """

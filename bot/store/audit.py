@@ -1,12 +1,9 @@
 """The settings audit trail: who changed which setting where, when, from what to what.
 
-One row per change (a reset records ``new_value`` NULL), written in the same
-transaction as the change itself, so the trail never claims a write that did
-not happen nor misses one that did. It is bounded two ways, because a member
-who may write (every DM user may, for their own DMs) must not be able to grow
-the file without bound: each scope keeps its newest `per_scope` changes, and
-none older than `retention_days` (a table scan, so at most hourly). The write
-limiter in `bot.limits` paces the writes themselves.
+One row per change (a reset stores ``new_value`` NULL), written in the change's
+own transaction. Bounded, since every DM user may write: each scope keeps its
+newest `per_scope` changes, none older than `retention_days` (a table scan, so
+at most hourly).
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""Opening the store: a ``postgresql://`` URL or a SQLite file, whichever is configured.
-
-Apart from `bot.store.db` (the interface and the SQLite backend) so that neither
-backend imports the other: this is the one module that knows both.
-"""
+"""Opening the store: a ``postgresql://`` URL or a SQLite file (the one module that knows both)."""
 
 from __future__ import annotations
 

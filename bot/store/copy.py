@@ -1,16 +1,9 @@
 """`python -m bot db copy FROM TO`: the whole store from one backend to another.
 
-Moving a deployment from its SQLite file to a shared PostgreSQL server (or
-back) must lose nothing, so the copy is checked, not trusted: every table of
-the source is copied in one transaction on the destination (all or nothing),
-then both sides are read again and each table's row count and a SHA-256 of its
-rows (in primary-key order, as JSON) are compared. Both sides are opened
-through `open_database`, so both are at this bot's schema version; the
-destination must be empty (a copy never merges). On PostgreSQL the identity
-columns' sequences are moved past the copied ids, so new rows do not collide.
-
-Run it with the bots stopped: a row written during the copy would be missed
-and the comparison would say so.
+A move between SQLite and PostgreSQL must lose nothing, so the copy is checked:
+one transaction on the (empty) destination, then each table's row count and a
+SHA-256 of its rows in primary-key order compared on both sides. On PostgreSQL
+identity sequences are moved past the copied ids. Run it with the bots stopped.
 """
 
 from __future__ import annotations

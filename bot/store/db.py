@@ -1,21 +1,11 @@
 """The store's database: one interface, two backends (SQLite embedded, PostgreSQL shared).
 
-`Database` is what every store module talks to: `read` for lookups and `write`
-for one transaction that sees the same state it writes over, even against
-another process. Inside `write` the work gets a `Tx`: `execute` (rows
-affected), `executemany`, `fetchall` and `fetchone`, all taking SQL with ``?``
-placeholders. The store's SQL is kept portable (``INSERT ... ON CONFLICT``,
-``RETURNING``, no SQLite-only functions); what still differs (``$n``
-placeholders, ``IS ?``) is translated in one place, `bot.store.postgres`.
-
-`bot.store.connect.open_database(target)` picks the backend: a ``postgresql://`` URL opens
-`bot.store.postgres.PostgresDatabase`, anything else is a SQLite file path
-(`SqliteDatabase`). Errors never escape raw: they become `SettingsError` with a
-sentence a person can act on, after the transaction is rolled back.
-
-SQLite: writes go through a writer connection under an `asyncio.Lock` inside
-``BEGIN IMMEDIATE``; lookups use a read-only second connection, which in WAL
-mode sees only committed data and is never blocked by a writer.
+`Database.read` for lookups over committed data, `write` for one transaction no
+other writer interleaves, even in another process; the work gets a `Tx`. SQL uses
+``?`` placeholders and portable syntax; `bot.store.postgres` translates the rest.
+Errors become `SettingsError` with a sentence a person can act on, after rollback.
+SQLite: a writer connection under an `asyncio.Lock` in ``BEGIN IMMEDIATE``, and a
+read-only reader that in WAL mode is never blocked by it.
 """
 
 from __future__ import annotations
@@ -32,6 +22,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from bot.config import POSTGRES_SCHEMES
 from bot.errors import SettingsError
 from bot.store.migrations import LATEST_VERSION, migrate, schema_version, too_new_error
 
@@ -41,10 +32,6 @@ T = TypeVar("T")
 
 #: One stored row, as both backends return it.
 Row = tuple[Any, ...]
-
-#: The URL schemes that select PostgreSQL.
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -1,16 +1,11 @@
 """Gateway logins (IDENTIFY) spaced across every host that shares one PostgreSQL database.
 
-Discord lets a bot start `max_concurrency` sessions per 5 seconds (1 for most
-bots); a host that identifies while another does is throttled and retries.
-With the store on PostgreSQL every host already reaches one server, so the
-spacing is a session advisory lock there: a host takes its bucket's lock
-before identifying and lets it go `spacing_s` later, so no two identifies of
-one bucket, on any host, start closer than that. A host that dies mid-wait
-loses its connection, and the server drops its lock with it.
-
-One dedicated connection per bucket holds the lock (session locks are
-re-entrant within a connection, so an `asyncio.Lock` per bucket keeps this
-process's own shards apart too).
+Discord allows `max_concurrency` sessions per 5 seconds (1 for most bots). A host
+takes its bucket's session advisory lock before identifying and releases it
+`spacing_s` later, so no two identifies of a bucket start closer than that on any
+host; a host that dies loses its connection and its lock with it. Session locks
+are re-entrant within a connection, so an `asyncio.Lock` per bucket keeps this
+process's own shards apart.
 """
 
 from __future__ import annotations

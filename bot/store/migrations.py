@@ -1,16 +1,9 @@
 """Numbered, forward-only schema migrations for the settings database.
 
-Written for SQLite; `bot.store.migrations_postgres` applies the same list to
-PostgreSQL, translating the column types. The SQLite schema version lives
-inside the database (``PRAGMA user_version``) so a
-file carries its own version wherever it is copied. Migration *N* (1-based,
-its position in `MIGRATIONS`) moves the file from version N-1 to N. Each one
-runs in its own ``BEGIN IMMEDIATE`` transaction together with the version bump,
-so a crash half-way leaves the file at the previous version, never in between.
-
-Rules for adding one: append, never edit or reorder a released migration, and
-keep each statement free of data from outside the code (no user text is ever
-formatted into SQL; the only formatted value is the integer version).
+The SQLite version lives in the file (``PRAGMA user_version``), so it travels with
+it; `bot.store.migrations_postgres` applies the same list to PostgreSQL. Migration
+N (its position in `MIGRATIONS`) runs with its version bump in one ``BEGIN
+IMMEDIATE`` transaction. Append only: never edit or reorder a released migration.
 """
 
 from __future__ import annotations

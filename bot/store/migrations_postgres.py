@@ -1,20 +1,11 @@
-"""The store's migrations on PostgreSQL: the SQLite list, with PostgreSQL's types.
+"""The store's migrations on PostgreSQL: the SQLite list, translated by fixed rules.
 
-`bot.store.migrations.MIGRATIONS` stays the one list of schema steps; each
-statement is translated here by a few fixed rules, so a new migration needs no
-second copy unless it uses something SQLite-only (then it goes in
-`bot.store.migrations.SQLITE_ONLY`, or gets a rule here):
-
-- ``id INTEGER PRIMARY KEY`` (SQLite's rowid alias, numbered on insert) becomes
-  an identity column; every other ``INTEGER`` is ``BIGINT`` (Discord ids need 64 bits);
-- ``TEXT`` is ``TEXT COLLATE "C"``: comparisons and order by code point, as in
-  SQLite, whatever locale the server's database was created with (stored times
-  are ISO text compared as text);
-- ``WITHOUT ROWID`` is dropped (PostgreSQL tables have no rowid).
-
-The version is one row of `store_schema`, set in the same transaction as the
-migration's statements (PostgreSQL's DDL is transactional), under an advisory
-lock so two hosts starting at once apply each migration once.
+``id INTEGER PRIMARY KEY`` becomes an identity column and other ``INTEGER``s
+``BIGINT`` (Discord ids need 64 bits); ``TEXT`` is ``TEXT COLLATE "C"``, ordering by
+code point as SQLite does (stored times are ISO text); ``WITHOUT ROWID`` is
+dropped. SQLite-only statements go in `bot.store.migrations.SQLITE_ONLY`. The
+version is a row of `store_schema`, set in the migration's transaction under an
+advisory lock, so two hosts starting at once apply each migration once.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Named personas per server: `/system save|load|delete NAME`, `/system list`.
 
-A saved persona is a system prompt under a name, optionally bundled with knobs
-(`temperature`, `stop`, …) and a character card's greeting, so a server can
-switch characters in one command. Names are what people type, so they are
-compared case-insensitively (``Captain`` and ``captain`` are one persona), kept
-as first typed for display, 1–32 characters of one line. A server holds at most
-`MAX_PERSONAS`; saving over an existing name replaces it and does not count.
-
-Everything is validated on the way in and again on the way out (knob ranges
-may tighten in a later version): a stored knob that no longer validates is
-left out of the bundle rather than failing the load. Loading only returns the
-persona; applying it (writing the scope's system prompt and knobs) is the
-settings store's job, so audit and permission checks stay in one place.
+A persona is a system prompt under a name, optionally with knobs and a character
+card's greeting. Names compare case-insensitively, are kept as first typed, 1–32
+characters of one line, at most `MAX_PERSONAS` per server. Knobs are validated in
+and out: one that no longer validates is left out of the bundle rather than
+failing the load. Applying a persona is the settings store's job, so audit and
+permission checks stay in one place.
 """
 
 from __future__ import annotations

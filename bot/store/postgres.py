@@ -1,17 +1,10 @@
 """The shared backend: the whole store on a PostgreSQL server, through asyncpg.
 
-Several bot processes (shard hosts) use one database: guild settings, every
-member's conversations and forget-me, retention and the identify lock are then
-the same for all of them. The store modules' SQL is written once, with ``?``
-placeholders; `to_postgres` is the one place it is translated (``$n``
-placeholders, ``IS ?`` as ``IS NOT DISTINCT FROM``).
-
-Writes: every `write` is one transaction that first takes a transaction-scoped
-advisory lock (`WRITE_LOCK`), the equivalent of SQLite's ``BEGIN IMMEDIATE``:
-no two writers on any host interleave, so a check reads the same state it
-writes over. Writes are small (a turn, a setting) and the lock is released at
-COMMIT, so this costs a round trip, not throughput that matters here.
-Reads go straight to the pool and see committed data only.
+Several bot processes (shard hosts) share one database. The store's SQL is
+written once with ``?`` placeholders; `to_postgres` is the one place it is
+translated. Every `write` first takes a transaction-scoped advisory lock
+(`WRITE_LOCK`), the equivalent of SQLite's ``BEGIN IMMEDIATE``, so no two writers
+on any host interleave; reads go straight to the pool.
 """
 
 from __future__ import annotations

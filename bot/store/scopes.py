@@ -1,10 +1,7 @@
 """Where settings live and what a lookup returns: scopes and locations.
 
-Plain frozen dataclasses with no database behind them, so the cogs, the console
-and the ask path can name a scope or read an `Effective` without importing
-SQLite. Scopes, weakest to strongest: built-in defaults ← server ← channel. A
-thread inherits from its parent channel unless it sets its own value; a direct
-message conversation has a scope per user.
+Plain frozen dataclasses with no database behind them, so cogs, the console and
+the ask path can name a scope or read an `Effective` without importing SQLite.
 """
 
 from __future__ import annotations
@@ -162,14 +159,10 @@ class Effective:
     """The settings in force at a location and where each came from.
 
     `sources` maps every knob name and ``"system_prompt"`` to "default", "model"
-    (the model's generation_config.json, `with_model_defaults`),
-    "server", "channel", "thread", "dm" or "operator" (the operator's
-    `max_new_tokens` ceiling); "server" also marks a channel's value held to
-    the server's ceiling. `system_prompt` is None when no
-    scope sets one; the front-end then uses its configured default.
-    `model` is the model name the strongest scope chose (None: none did, the
-    default model answers); `sources["model"]` is present only when one did
-    (`bot.hosting.choice.model_in_effect` reads it).
+    (the model's generation_config.json), "server", "channel", "thread", "dm" or
+    "operator" (the operator's ceiling); "server" also marks a channel's value held
+    to the server's ceiling. `system_prompt` None: no scope sets one. `model`: the
+    name the strongest scope chose, with `sources["model"]` only when one did.
     """
 
     knobs: Knobs

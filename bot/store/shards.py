@@ -1,14 +1,9 @@
 """`python -m bot settings export|import`: move servers' settings between shard hosts.
 
-Each shard host with its own SQLite file needs this when the shard layout
-changes: an operator exports the servers a shard owned from the old host and
-imports them on the new one (or into the shared PostgreSQL database, when
-``BOT_DATABASE_URL`` is set; hosts already sharing one need nothing). The store does the real work
-(`export_shard`, `import_rows`: validated, one transaction); this module only
-reads the arguments, the file and the shard filter, and reports in one line.
-
-Exit codes: 0 done, 1 the file or the database could not be used, 2 the
-command line itself is wrong (argparse's convention).
+For hosts with their own SQLite files when the shard layout changes (hosts sharing
+PostgreSQL need nothing). The store does the work (`export_shard`, `import_rows`);
+this reads the arguments and the file and reports in one line. Exit codes: 0
+done, 1 the file or database unusable, 2 a bad command line.
 """
 
 from __future__ import annotations

@@ -1,40 +1,17 @@
-"""Per-scope settings (system prompt and knobs) kept in SQLite.
+"""`SettingsStore`: the persona, knobs, model and modes per scope, resolved and audited.
 
-Scopes, weakest to strongest: built-in defaults ← server ← channel. A thread
-inherits from its parent channel unless it sets its own value (defaults ←
-server ← parent channel ← thread); a direct-message conversation has a scope
-per user (defaults ← dm). Every knob and the system prompt is stored as its
-own row, so each can be set or reset independently at each scope, and a lookup
-can say which scope each effective value came from.
-
-Design choices, and why:
-
-- One row per (scope_kind, scope_id, key) with a JSON value: adding a knob to
-  `bot.knobs.Knobs` needs no migration, and a reset is a plain ``DELETE``.
-- Connections, transactions and error wording live in `bot.store.db`:
-  `resolve` reads through the read-only connection, so it neither waits behind
-  a slow save nor sees half of one.
-- No cache: `resolve` is one ``UNION ALL`` query over primary-key lookups and
-  measures well under a millisecond (see ``bench/store_bench.py``); a cache
-  would add an invalidation problem for no visible gain.
-- Values are validated on the way in (raising `InvalidKnobs` with a message
-  naming the knob) *and* on the way out (`bot.store.validation`): a row
-  edited by hand into something invalid is logged once and ignored, so a bad
-  row can never stop the bot from answering.
-- Every write is audited in the same transaction, and the trail is bounded by
-  count and age (`bot.store.audit`); `bot.limits.SettingsWriteLimiter`
-  (built by `App`, used by the Discord front-end) paces the writes.
-- `max_new_tokens` is a ceiling at two levels: the operator's
-  (`BOT_MAX_NEW_TOKENS_CEILING`, every scope, DMs included: values above it are
-  refused when set and clamped when resolved) and a server's own value, a
-  ceiling for its channels and threads (a channel asking for more gets the
-  server's value, and `set_knobs` says so). `min_new_tokens` follows the
-  ceiling down, as a per-ask value does (`bot.chat.request.within_cap`).
-- No SQL is built from user text. Formatted SQL only joins constants of this
-  package: the scope-chain ``UNION ALL`` (one term per scope) and ``?``
-  placeholder lists sized by the number of keys; every value is a parameter.
+Scopes, weakest to strongest: defaults ← server ← channel ← thread (a thread
+inherits from its parent channel), or defaults ← dm, per user. One row per
+(scope, key) with a JSON value: a new knob needs no migration, a reset is a
+``DELETE``, and a lookup says where each value came from. `resolve` is one
+``UNION ALL`` of primary-key lookups (well under a millisecond,
+``bench/store_bench.py``), so there is no cache to invalidate. Values are checked
+on the way in and out (`bot.store.validation`): a hand-edited bad row is logged
+and ignored. Every write is audited in its own transaction (`bot.store.audit`).
+`max_new_tokens` has two ceilings: the operator's (`BOT_MAX_NEW_TOKENS_CEILING`:
+refused when set, clamped when resolved) and a server's own over its channels.
+SQL is formatted only from this package's constants; every value is a parameter.
 """
-
 
 from __future__ import annotations
 
@@ -104,7 +81,6 @@ _UPSERT_SQL: Final = """
 """
 
 
-
 class SettingsStore:
     """Settings per server, channel, thread and DM user, in the store's `Database`.
 
@@ -155,12 +131,9 @@ class SettingsStore:
     async def resolve(self, loc: Location) -> Effective:
         """The settings in force at `loc`: one query, invalid rows logged and skipped.
 
-        If scopes combine into ``min_new_tokens > max_new_tokens`` (a weaker
-        scope changed after a stronger one was set, or a hand edit), the
-        minimum is dropped rather than the maximum: the maximum is the cost
-        cap an admin chose and must hold. Before that the ceilings apply: a
-        server's `max_new_tokens` over its channels and threads (source
-        "server"), then the operator's over everything (source "operator").
+        The server's `max_new_tokens` ceiling applies over its channels, then the
+        operator's over everything. If scopes still combine into ``min_new_tokens >
+        max_new_tokens``, the minimum is dropped: the maximum is the cost cap.
         """
         chain = loc.labelled_chain()
         params: list[Any] = []
@@ -226,14 +199,11 @@ class SettingsStore:
     ) -> list[str]:
         """Set knobs at `scope`; all or nothing. Returns notes for the member (may be empty).
 
-        Each value is validated on its own first (the message names the knob),
-        then against the operator's ceiling, then the combination in force at
-        that scope (defaults ← server ← scope) is checked, so
-        ``min_new_tokens`` can't end up above an inherited ``max_new_tokens``.
-        For a server scope, channels of that server that set their own min/max
-        are checked too. A channel value above the server's `max_new_tokens`
-        is stored (it applies if the server's ceiling rises) and the note says
-        what applies meanwhile.
+        Checked alone, against the operator's ceiling, then combined with what
+        the scope inherits (and, for a server, with its channels' own min/max),
+        so ``min_new_tokens`` never ends above ``max_new_tokens``. A channel value
+        above the server's `max_new_tokens` is stored, with a note saying what
+        applies meanwhile.
         """
         check_id("actor_id", actor_id)
         if not values:
@@ -445,13 +415,7 @@ class SettingsStore:
     ) -> None:
         """Write `values` at `scope` with one history row each (unchanged values skipped)."""
         now = self.db.now_iso()
-        placeholders = ", ".join("?" for _ in values)
-        rows = await conn.fetchall(
-            "SELECT key, value FROM settings WHERE scope_kind = ? AND scope_id = ? "
-            f"AND key IN ({placeholders})",
-            (scope.kind.value, scope.id, *values),
-        )
-        existing: dict[str, str] = {str(k): str(v) for k, v in rows}
+        existing = await _stored(conn, scope, values)
         for key, value in values.items():
             encoded = encode_value(value)
             old = existing.get(key)
@@ -469,13 +433,7 @@ class SettingsStore:
     ) -> list[str]:
         """Delete `keys` at `scope`, auditing each; returns the keys that existed."""
         now = self.db.now_iso()
-        placeholders = ", ".join("?" for _ in keys)
-        rows = await conn.fetchall(
-            "SELECT key, value FROM settings WHERE scope_kind = ? AND scope_id = ? "
-            f"AND key IN ({placeholders})",
-            (scope.kind.value, scope.id, *keys),
-        )
-        existing: dict[str, str] = {str(k): str(v) for k, v in rows}
+        existing = await _stored(conn, scope, keys)
         done = [k for k in keys if k in existing]
         for key in done:
             await conn.execute(
@@ -498,6 +456,17 @@ def _scope_params(scope: Scope) -> tuple[str, int, int | None]:
     return (scope.kind.value, scope.id, scope.guild_id)
 
 
+async def _stored(conn: Tx, scope: Scope, keys: Collection[str]) -> dict[str, str]:
+    """The raw values `scope` stores for `keys`, read inside a write transaction."""
+    placeholders = ", ".join("?" for _ in keys)
+    rows = await conn.fetchall(
+        "SELECT key, value FROM settings WHERE scope_kind = ? AND scope_id = ? "
+        f"AND key IN ({placeholders})",
+        (scope.kind.value, scope.id, *keys),
+    )
+    return {str(k): str(v) for k, v in rows}
+
+
 def _ceil(values: dict[str, Any], sources: dict[str, str], cap: int, label: str) -> None:
     """Bound the new-token knobs in `values` by `cap`, crediting `label` where it bites."""
     defaults = Knobs()
@@ -505,7 +474,6 @@ def _ceil(values: dict[str, Any], sources: dict[str, str], cap: int, label: str)
         if values.get(name, getattr(defaults, name)) > cap:
             values[name] = cap
             sources[name] = label
-
 
 
 __all__ = [

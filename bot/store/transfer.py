@@ -1,13 +1,9 @@
 """Export and import of servers' settings, to move them between shard hosts.
 
 A dump is JSON: every settings and history row of the chosen guilds. Import
-validates every row before writing anything (`prepare_import`, which needs no
-database, so a bad dump creates no file either) and is one transaction, so a
-bad dump changes nothing. History rows are validated like settings rows (a
-known key, values that are valid JSON for that key, a real actor, an aware
-timestamp), since they are shown to admins and kept in the same file.
-Formatted SQL here joins only this module's constants (column lists and the
-guild filters below); every value is a parameter.
+validates every row first (`prepare_import`, no database needed) and writes in one
+transaction, so a bad dump changes nothing. Formatted SQL joins only this
+module's constants; every value is a parameter.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Setting values on the way in and on the way out of the database.
 
-On the way in a value is refused with `InvalidKnobs` naming the knob, so a
-member's typo loses nothing; on the way out a row that no longer validates (a
-hand edit, a knob whose range narrowed) is logged once and skipped, so a bad
-row can never stop the bot from answering. Both directions share one set of
-rules, the knobs model's, so what the store accepts is exactly what it serves.
-No database here: the store, the dump importer and tests use these directly.
+In, a bad value is refused with `InvalidKnobs` naming the knob; out, a row that no
+longer validates (a hand edit, a narrowed range) is logged once and skipped, so
+a bad row never stops the bot answering. Both use the knobs model's rules.
 """
 
 from __future__ import annotations

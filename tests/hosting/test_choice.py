@@ -24,11 +24,7 @@ from bot.hosting.choice import (
 )
 from bot.knobs import Knobs
 from bot.store.connect import open_database
-from bot.store.migration_models import (
-    MODEL_CHOICES_IN_GUILD_SQL,
-    MODEL_MIGRATION,
-    TURN_MODEL_SQL,
-)
+from bot.store.migration_models import MODEL_CHOICES_IN_GUILD_SQL, MODEL_MIGRATION
 from bot.store.migrations import MIGRATIONS
 from bot.store.scopes import SETTING_KEYS, Effective
 from bot.store.turns import NewExchange, TurnStore
@@ -103,7 +99,7 @@ async def test_a_conversation_story_on_the_turns_model_column(tmp_path: Path) ->
         _, legacy = await turns.add_exchange(exchange(None, "before the migration"))
 
         async def stored(turn_id: int) -> str | None:
-            rows = await db.read(TURN_MODEL_SQL, (turn_id,))
+            rows = await db.read("SELECT model FROM turns WHERE id = ?", (turn_id,))
             return None if rows[0][0] is None else str(rows[0][0])
 
         assert await stored(legacy.id) is None  # old turns: nothing to keep
