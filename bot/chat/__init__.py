@@ -1,2 +1,2 @@
 """Conversations, free of Discord: a request from settings and history, turns, continuation,
-the footer's numbers, speakers, reasoning and character cards."""
+the footer's numbers, speakers and character cards."""

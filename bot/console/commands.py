@@ -25,7 +25,6 @@ from typing import Any, TextIO
 from bot import wording
 from bot.app import App
 from bot.chat.characters import load_card_file
-from bot.chat.reasoning import ReasoningFilter
 from bot.chat.request import footer, persona
 from bot.chat.speakers import fill_user
 from bot.chat.turns import PreparedTurn, TurnAsk
@@ -44,6 +43,7 @@ from bot.knobs import (
 )
 from bot.lab.compare import Comparison
 from bot.lab.help import help_lines
+from bot.model.reasoning import ReasoningFilter
 from bot.store.scopes import Location, Scope, ScopeKind
 from bot.store.swipes import Answer
 

@@ -22,9 +22,8 @@ from discord import app_commands
 from bot import wording
 from bot.discord.errors import send_error
 from bot.errors import UserFacingError
+from bot.store.scopes import MAX_ID
 
-#: The largest id SQLite (and Discord's snowflakes) hold: 2**63 - 1.
-MAX_ID: Final = 2**63 - 1
 #: What a malformed id parses to: no ask, message or user has it (snowflakes are
 #: positive), and the button's template still matches it when it is rebuilt.
 BAD_ID: Final = 0

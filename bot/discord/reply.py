@@ -24,20 +24,23 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Final
 
 import discord
 
 from bot import wording
-from bot.chat.reasoning import ReasoningFilter
 from bot.discord.common import NO_MENTIONS, reply_to
 from bot.discord.errors import send_error
 from bot.discord.pages import MESSAGE_LIMIT, CoalescingEditor, Paginator
 from bot.engine import Finished, Generation, GenerationResult, Queued, Started, TextDelta
 from bot.errors import UserFacingError
+from bot.model.reasoning import ReasoningFilter
+from bot.store.ask_log import PRIVATE_TTL_S
 
 log = logging.getLogger(__name__)
 
-INTERACTION_TTL_S = 15 * 60
+#: An interaction token lives 15 minutes (so does a private prompt in the store).
+INTERACTION_TTL_S: Final = PRIVATE_TTL_S
 NEXT_IN_LINE = wording.NEXT_IN_LINE
 #: How long a reply with nobody ahead may wait before it says "next in line".
 NEXT_IN_LINE_AFTER_S = 0.5

@@ -38,7 +38,6 @@ import discord
 from bot import wording
 from bot.chat.files import TextFile
 from bot.chat.history import PrivateConversation
-from bot.chat.reasoning import ReasoningFilter
 from bot.chat.request import footer
 from bot.chat.turns import PreparedTurn, TurnAsk, check_where
 from bot.discord.attachments import read_text_files
@@ -81,6 +80,7 @@ from bot.errors import UserFacingError
 from bot.hosting.host import OnWait
 from bot.knobs import Knobs
 from bot.limits import AskGate, QuietRefusals
+from bot.model.reasoning import ReasoningFilter
 from bot.store.ask_log import AskRecord
 from bot.store.swipes import AnswerGone, Swipes
 from bot.store.turns import StoredTurn

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from bot.chat.reasoning import strip_reasoning
 from bot.errors import UserFacingError
 from bot.knobs import knobs_from_generation_config
 from bot.model.chat import ChatTemplate, ChatTemplateError
 from bot.model.model_bin import scalars
+from bot.model.reasoning import strip_reasoning
 from bot.model.tokenizer import (
     SentencePieceTokenizer,
     Tokenizer,
@@ -232,7 +233,7 @@ def _require_rope_scaling(model_dir: Path, hf_config: dict[str, Any] | None) -> 
         return
     try:
         stored = scalars(model_dir / "model.bin", "decoder/layer_0/self_attention/")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, struct.error) as exc:
         raise ModelFilesError(f"Cannot read {model_dir / 'model.bin'}: {exc}") from exc
     if stored.get("rotary_scaling_factor", 1.0) <= 1.0 or not stored.get(
         "original_max_position_embeddings"

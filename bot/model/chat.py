@@ -21,6 +21,8 @@ from typing import Any, Final, NoReturn
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from bot.model.reasoning import OPEN
+
 
 class ChatTemplateError(ValueError):
     """A chat template is broken, or rejects even a single user message."""
@@ -217,8 +219,6 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
-THINK_OPEN: Final = "<think>"
-
 #: An empty first user turn: nobody spoke before the assistant (a greeting).
 _NOBODY: Final = {"role": "user", "content": ""}
 #: What stands in for it with a template that insists on a user turn first
@@ -253,13 +253,13 @@ class ChatTemplate:
         reply starts with reasoning, so the model's replies are always split."""
 
     def _opens_reasoning(self) -> bool:
-        if THINK_OPEN not in self.source:
+        if OPEN not in self.source:
             return False
         try:
             text = self.render_messages([{"role": "user", "content": "Hi"}])
         except (ChatTemplateError, jinja2.exceptions.TemplateError):
             return False  # a template that refuses a lone user turn fails later, clearly
-        return text.rstrip().endswith(THINK_OPEN)
+        return text.rstrip().endswith(OPEN)
 
     @classmethod
     def builtin(

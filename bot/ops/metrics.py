@@ -211,7 +211,8 @@ RATE_LIMIT_TEMPLATES: Final = ("We are being rate limited.", "Webhook ID %s is r
 #: `errors_total{kind}` labels: one per layer package of the bot (`bot.<layer>.…`), plus
 #: the slash-command cogs and discord.py itself; derived from package names, so moving a
 #: module inside its layer cannot relabel its errors.
-LAYER_KINDS: Final = ("engine", "model", "settings", "discord", "ops")
+LAYER_KINDS: Final = ("engine", "model", "hosting", "store", "chat", "lab", "discord",
+                      "console", "ops")
 ERROR_KINDS: Final = (*LAYER_KINDS, "command", "other")
 
 

@@ -43,7 +43,8 @@ SETTING_KEYS: Final[tuple[str, ...]] = (
 MAX_SYSTEM_PROMPT_CHARS: Final = 4000
 """Long enough for a detailed persona, short enough to leave room in the context window."""
 
-_MAX_ID: Final = 2**63 - 1  # SQLite INTEGER; Discord snowflakes fit comfortably.
+#: The largest id a column holds (SQLite INTEGER); Discord snowflakes fit comfortably.
+MAX_ID: Final = 2**63 - 1
 
 
 class ScopeKind(StrEnum):
@@ -56,7 +57,7 @@ class ScopeKind(StrEnum):
 
 def check_id(what: str, value: object) -> int:
     """A trusted id from a front-end or a dump: a non-negative 64-bit integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_ID:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
         raise ValueError(f"{what} must be a non-negative 64-bit integer, got {value!r}")
     return value
 

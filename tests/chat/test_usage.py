@@ -60,7 +60,7 @@ async def test_numbers_come_from_the_engine_and_the_real_tokenizer(tiny_engine: 
 @pytest.mark.slow
 def test_the_conversation_core_modules_import_no_front_end() -> None:
     """Like test_architecture's guard, for the modules the Discord and console wiring use."""
-    modules = ("bot.chat.characters", "bot.chat.reasoning", "bot.chat.speakers", "bot.chat.usage",
+    modules = ("bot.chat.characters", "bot.model.reasoning", "bot.chat.speakers", "bot.chat.usage",
                "bot.store.swipes", "bot.store.personas", "bot.store.migration_swipes")
     code = ("import json, sys\n" + "".join(f"import {m}\n" for m in modules)
             + "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")

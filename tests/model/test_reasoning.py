@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.chat.reasoning import (
+from bot.model.reasoning import (
     UNFINISHED_NOTE,
     Phase,
     ReasoningSplitter,
