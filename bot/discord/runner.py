@@ -292,18 +292,24 @@ class AskRunner:
         assert turn is not None and gen is not None
         continuing = ask.continuing
         written = ask.turn.written
-        reasoning = turn.reasoning and continuing is None and not written
+        text_filter = ReasoningFilter() if turn.reasoning and continuing is None else None
         writer = ReplyWriter(ask.surface, gen, first, stop, edit_interval_s=self.edit_interval_s,
-                             text_filter=ReasoningFilter() if reasoning else None)
+                             text_filter=text_filter)
         so_far = turn.engine.bundle.tokenizer.decode(list(written)) if written else ""
         if continuing is not None:
             writer.text = continuing.shown
         before = len(writer.text)
-        writer.text += so_far
+        if text_filter is not None and so_far:
+            # Written on: the reply so far is the start of this stream, its thoughts
+            # included; the filter reads it first, so they stay apart from the answer.
+            writer.text += text_filter.feed(so_far)[0]
+        else:
+            writer.text += so_far
         try:
             result = await writer.stream()
             if written:  # the version is the reply so far and what the model wrote on
-                result = replace(result, text=so_far + result.text,
+                text = result.text if text_filter is not None else so_far + result.text
+                result = replace(result, text=text,
                                  token_ids=written + result.token_ids,
                                  new_tokens=len(written) + result.new_tokens,
                                  max_new_tokens=len(written) + result.max_new_tokens)

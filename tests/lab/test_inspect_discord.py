@@ -17,6 +17,7 @@ from bot.engine import GenerationRequest
 from bot.knobs import Knobs
 from bot.lab.probs import format_table, probs_step
 from bot.model.tokenizer import Tokenizer
+from bot.store.scopes import Scope
 from testing.backends import ScriptedGenerator
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeInteraction, FakeUser, StoredMessage
@@ -284,3 +285,37 @@ async def test_continue_adds_its_ids_to_the_replys_own(
             await asyncio.sleep(0.05)
             ids = await stored_reply_ids(h, itx.id)
         assert len(ids) == 12 and ids[:6] == written[:6]
+
+
+async def test_write_on_from_a_reasoning_reply_keeps_its_thoughts_apart(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The reply's own ids include its thoughts: written on, they are thoughts again
+    (behind Reasoning), never the version's answer, as when the reply first streamed."""
+    thought = "<think>I ponder stripes.</think>Zebras hum softly."
+    async with running_bot(tiny_model_dir, tmp_path, scripted=thought, weights=True) as h:
+        written = spell(h, thought)
+        await h.app.store.set_reasoning(Scope.server(h.guild.id), True, actor_id=1)
+        itx = await h.ask("tell me of zebras")
+        reply = itx.original
+        assert reply is not None and "ponder" not in reply.content
+        press, view = await open_inspect(h, reply, itx.id)
+        n = len("<think>I ponder stripes.</think>Zebras h")
+        await choose(h, view, f"llm:itoken:{press.id}", str(n))
+        chosen = int(select(view, "llm:iwrite:")["options"][0]["value"])
+        spell(h, "um on.")  # what the model writes on with
+        await h.fake.inject_component(f"llm:iwrite:{press.id}", message_id=view.id,
+                                      component_type=3, values=[str(chosen)])
+        public = h.fake.message(reply.id)
+        await h.fake.wait_for(lambda: "2/2" in labels(public) or None, timeout=60)
+        prefix = h.app.engine.bundle.tokenizer.decode([*written[:n], chosen])
+        answer = prefix.split("</think>")[1] + "um on."
+        question = await h.app.turns.question_for_ask(itx.id)
+        assert question is not None
+        versions = await h.app.swipes.swipes(question.id, user_id=h.guild.members[0].id)
+        assert versions.current.turn.text == answer
+        assert versions.current.reasoning == "I ponder stripes."
+        assert public.content.startswith("> tell me of zebras\n" + answer), public.content
+        assert "think>" not in public.content and "Reasoning" in labels(public)
+        await h.fake.wait_for(lambda: is_final(view.content) or None, timeout=30)
+        assert "ponder" not in view.content
