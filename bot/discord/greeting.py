@@ -20,6 +20,7 @@ from bot.discord.common import NO_MENTIONS, location_of
 from bot.discord.conversation import dm_place, thread_place
 from bot.discord.pages import Paginator
 from bot.discord.swipes import answer_view, version_content
+from bot.store.swipes import MAX_SWIPES
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -33,7 +34,8 @@ async def post_greeting(app: App, interaction: discord.Interaction,
     Everyone reads it, so its ``{{user}}`` is "you". In a DM the conversation is the
     member's own; in a thread it becomes the thread's conversation.
     """
-    texts = [fill_user(g, None, default="you") or g for g in greetings if g.strip()]
+    # An answer keeps at most MAX_SWIPES versions: the message counts only those stored.
+    texts = [fill_user(g, None, default="you") or g for g in greetings if g.strip()][:MAX_SWIPES]
     if not texts:
         return
     user, channel = interaction.user, interaction.channel

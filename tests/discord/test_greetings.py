@@ -182,3 +182,25 @@ async def test_a_greeting_in_a_thread_becomes_the_threads_conversation(
         await h.ask("Which way to the lamp?", channel_id=h.thread, user=BEA)
         assert in_order(model.last, f"assistant\n{GREETINGS[1]}", "user\nWhich way to the lamp?")
         assert GREETINGS[0] not in model.last
+
+
+async def test_a_card_with_more_greetings_than_versions_says_the_versions_it_keeps(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """A card may hold more alternate greetings than an answer keeps versions: the
+    message's "version 1/n" and its ◀ 1/n ▶ count the same greetings, those stored."""
+    many = card_json({
+        "name": "Marlo", "description": "Marlo keeps a lighthouse.",
+        "first_mes": "Welcome to the lighthouse.",
+        "alternate_greetings": [f"Greeting {n} at the lighthouse." for n in range(2, 31)],
+    })
+    async with running_bot(smol_model_dir, tmp_path, scripted="Hi.") as h:
+        await (await import_card(h, many, greeting=True)).wait_response()
+        greeting = await greeting_message(h)
+        stored = await h.app.chat.by_message(greeting.id)
+        assert stored is not None
+        versions = await h.app.swipes.swipes_of_answer(stored.id, user_id=BEA.id)
+        count = len(versions.answers)
+        assert count < 30  # the card had more than an answer keeps
+        assert f"version 1/{count}" in greeting.content, greeting.content
+        assert f"1/{count}" in labels(greeting)
