@@ -364,6 +364,14 @@ class Chat:
     async def question_for_ask(self, ask_id: int) -> StoredTurn | None:
         return await self.turns.question_for_ask(ask_id)
 
+    async def question_of_ask(self, ask_id: int) -> StoredTurn | None:
+        """The question an ask's reply answers: the ask's own, or for a version made by
+        Regenerate or Inspect's write on (no question of its own) its answer's parent."""
+        answer = await self.turns.answer_for_ask(ask_id)
+        if answer is not None and answer.parent_id is not None:
+            return await self.turns.get(answer.parent_id)
+        return await self.turns.question_for_ask(ask_id)
+
     async def asked(self, ask_id: int) -> AskRecord | None:
         """The stored ask (for Regenerate), or None once it is past its time."""
         return await self.ask_log.load(ask_id)

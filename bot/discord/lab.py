@@ -285,7 +285,9 @@ class LabRunner:
             raise UserFacingError("This button belongs to another channel.")
         if (record.private or record.guild_id is None) and interaction.user.id != record.user_id:
             raise UserFacingError("Only the person who asked can look inside this reply.")
-        question = await app.chat.question_for_ask(ask_id)
+        # A version made by Regenerate or write on has no question of its own: its
+        # answer's is the one it was generated from, earlier turns and speaker included.
+        question = await app.chat.question_of_ask(ask_id)
         answer = await app.chat.answer_for_ask(ask_id)
         if question is not None and not question.visible_to(interaction.user.id):
             raise UserFacingError("Only the person who asked can look inside this reply.")
@@ -299,7 +301,9 @@ class LabRunner:
             who = member or (interaction.user if interaction.user.id == record.user_id else None)
             name = getattr(who, "display_name", "") if who is not None else ""
         turn = await app.chat.prepare(TurnAsk(
-            location=where, prompt=record.prompt, author_id=record.user_id, author_name=name,
+            location=where, prompt=record.prompt,
+            author_id=question.author_id if question is not None else record.user_id,
+            author_name=name,
             parent_id=question.parent_id if question is not None else None, explicit=True,
             private=record.private, direct=record.guild_id is None, shared=True,
             again=Knobs.model_validate(record.knobs),

@@ -582,10 +582,7 @@ class AskRunner:
         speaker: tuple[int, str] | None = None
         # The question is found from the answer too (a version made by Regenerate
         # has no question of its own), and the new reply is its next version.
-        answer = await self.chat.answer_for_ask(ask_id)
-        question = (await self.chat.get(answer.parent_id)
-                    if answer is not None and answer.parent_id is not None
-                    else await self.chat.question_for_ask(ask_id))
+        question = await self.chat.question_of_ask(ask_id)
         if question is not None:
             if not question.visible_to(interaction.user.id):
                 raise PrivateConversation()

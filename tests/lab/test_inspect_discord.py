@@ -319,3 +319,41 @@ async def test_write_on_from_a_reasoning_reply_keeps_its_thoughts_apart(
         assert "think>" not in public.content and "Reasoning" in labels(public)
         await h.fake.wait_for(lambda: is_final(view.content) or None, timeout=30)
         assert "ponder" not in view.content
+
+
+async def test_inspect_on_a_regenerated_version_reads_the_conversation_it_was_written_in(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A version made by Regenerate has no question turn of its own: Inspect finds it
+    through the answer, so its odds are those of the prompt it was written on (earlier
+    turns included), as for the first version."""
+    async with running_bot(tiny_model_dir, tmp_path, scripted=TEXT, weights=True) as h:
+        spell(h)
+        # Room in the tiny model's window for the earlier exchange.
+        await h.app.store.set_knobs(Scope.server(h.guild.id), {"max_new_tokens": 48},
+                                    actor_id=1)
+        first = await h.ask("first question about zebras")
+        assert first.original is not None
+        opened = await (await h.fake.inject_component(
+            f"llm:reply:{first.id}", message_id=first.original.id)).wait_response()
+        asked = await h.fake.inject_modal_submit(opened.data["custom_id"],
+                                                 {"text": "second question"},
+                                                 channel_id=h.general)
+        await h.finished(asked)
+        reply = asked.original
+        assert reply is not None
+        await h.fake.wait_for(lambda: "llm:regen:" in "".join(buttons(reply)) or None)
+        regen = await h.fake.inject_component(f"llm:regen:{asked.id}", message_id=reply.id)
+        await h.finished(regen)
+        assert regen.original is not None
+
+        def request_seen(press: FakeInteraction) -> GenerationRequest:
+            insp = h.bot.lab.inspections.get(str(press.id))
+            assert insp is not None
+            return insp.turn.request
+
+        press, _ = await open_inspect(h, reply, asked.id)
+        press_v2, _ = await open_inspect(h, regen.original, regen.id)
+        earlier = request_seen(press).history
+        assert [t.text for t in earlier] == ["first question about zebras", TEXT]
+        assert request_seen(press_v2) == request_seen(press)
