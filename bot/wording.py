@@ -434,9 +434,29 @@ def inspect_window(first: int, last: int, count: int) -> str:
     return f"Jump to a token ({first}–{last} of {count})…"
 
 
+#: Above Word odds' list of the tokens the model least expected.
+INSPECT_SURPRISING: Final = "Most surprising:"
+
+
+def inspect_first_tokens(shown: int, count: int) -> str:
+    """After Word odds' title when the reply is longer than one message shows."""
+    return f" (the first {shown} of {count} tokens)"
+
+
+def inspect_so_far(text: str) -> str:
+    """Above a token's alternatives: the reply up to it (already quoted as code)."""
+    return f"Reply so far: `{text}`"
+
+
+def removed_by(stage: str) -> str:
+    """A write-on choice the knobs would have removed, and which knob."""
+    return f"✕ removed by {stage}"
+
+
 INSPECT_FIXED: Final = (
     WORD_ODDS_NOTE, WORD_ODDS_EMPTY, INSPECT_HOW, WRITE_ON_HOW, INSPECT_GONE, INSPECT_NOT_YOURS,
     INSPECT_NOT_IN_REPLY, INSPECT_NOT_OFFERED, INSPECT_OLD_SPELLING, WRITE_ON_NO_ROOM,
+    INSPECT_SURPRISING,
 )
 
 

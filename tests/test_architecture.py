@@ -238,16 +238,14 @@ _WORDS = re.compile(r"[A-Za-z']+[,;:]? +[A-Za-z']+")
 
 
 def _inline_sentences(path: Path) -> list[int]:
-    """Lines with a string literal of two or more words; docstrings and table keys
+    """Lines with a string literal of two or more words; docstrings (an attribute's
+    too: any string standing alone as a statement) and table keys
     (``wording.COMMANDS["knobs set"]``) left aside."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skip: set[int] = set()
     for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-                and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant)):
-            skip.add(id(body[0].value))
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            skip.add(id(node.value))
         if isinstance(node, ast.Subscript):
             skip.add(id(node.slice))
     return sorted(node.lineno for node in ast.walk(tree)
@@ -255,8 +253,15 @@ def _inline_sentences(path: Path) -> list[int]:
                   and id(node) not in skip and _WORDS.search(node.value))
 
 
+#: Discord modules whose every sentence is in bot.wording too (the views that came after
+#: the rule; older modules of bot/discord still hold some of their own).
+_WORDED_MODULES = ("bot/discord/inspect.py", "bot/discord/greeting.py",
+                   "bot/discord/lab_state.py")
+
+
 def test_cogs_and_the_console_hold_no_sentence_of_their_own() -> None:
     files = [p for folder in ("cogs", "bot/console") for p in sorted((ROOT / folder).rglob("*.py"))]
+    files += [ROOT / name for name in _WORDED_MODULES]
     assert len(files) > 10
     inline = [f"{p.relative_to(ROOT)}:{line}" for p in files for line in _inline_sentences(p)]
     assert not inline, inline

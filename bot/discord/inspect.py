@@ -79,14 +79,14 @@ def overview_text(conf: Confidence, model: str, *, from_text: bool) -> str:
     """Word odds: the coloured reply, the note on what it measures, the surprises."""
     block, shown = render_ansi(conf)
     count = len(conf.tokens)
-    more = f" (the first {shown} of {count} tokens)" if shown < count else ""
+    more = wording.inspect_first_tokens(shown, count) if shown < count else ""
     head = (f"**{wording.WORD_ODDS}**{more} · model `{model}` · "
             f"mean {conf.mean_prob * 100:.0f}% · {legend()}\n{wording.WORD_ODDS_NOTE}\n")
     if from_text:
         head += f"-# {wording.INSPECT_OLD_SPELLING}\n"
     text = f"{head}```ansi\n{block}\n```"
     lines = "\n".join(f"• {line}" for line in surprising_lines(conf))
-    rest = f"Most surprising:\n{lines}\n{wording.INSPECT_HOW}"
+    rest = f"{wording.INSPECT_SURPRISING}\n{lines}\n{wording.INSPECT_HOW}"
     room = MESSAGE_LIMIT - len(text) - 1
     if len(rest) > room:
         rest = wording.INSPECT_HOW if len(wording.INSPECT_HOW) <= room else ""
@@ -105,7 +105,7 @@ def token_text(insp: Inspection, step: ProbsStep, so_far: str) -> str:
                                     mine.raw, mine.final) + "\n")
     shown = so_far.replace("```", "`\u200b``")[-300:]
     if shown:
-        head += f"Reply so far: `{shown}`\n"
+        head += wording.inspect_so_far(shown) + "\n"
     tail = f"\n{wording.WRITE_ON_HOW}" if insp.offered else ""
     room = MESSAGE_LIMIT - len(head) - len(tail) - 8
     table = format_table(step).replace("```", "`\u200b``")
@@ -122,7 +122,7 @@ def write_on_options(insp: Inspection, step: ProbsStep) -> list[discord.SelectOp
     for c in step.candidates:
         if c.id == taken or c.id in step.end_ids or c.special:
             continue
-        removed = f" · ✕ removed by {STAGE_WORDS[c.removed_by]}" if c.removed_by else ""
+        removed = f" · {wording.removed_by(STAGE_WORDS[c.removed_by])}" if c.removed_by else ""
         out.append(discord.SelectOption(
             label=f"{c.text} · raw {_pct(c.raw)} · final {_pct(c.final)}{removed}"[:100],
             value=str(c.id)))
