@@ -15,6 +15,8 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from bot import wording
 from bot.store.db import Database
 from testing.discord_harness import running_bot
@@ -115,3 +117,29 @@ async def test_the_client_keeps_a_bounded_pool_of_connections_to_discord(
                    for n in range(40)]
         for press in presses:
             assert (await press.wait_response(timeout=10)).type == 4
+
+
+async def test_a_regenerate_that_fails_in_the_store_is_withdrawn_and_frees_the_slot(
+    smol_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a refusal but a failure (the store raising): the public "thinking" message
+    goes all the same, the apology is private, and the member may press again."""
+    async with running_bot(smol_model_dir, tmp_path, scripted="A fresh answer.") as h:
+        asked = await h.ask("hello")
+        first = final_message(asked)
+        regen = button(first, "llm:regen:")
+        real = h.app.chat.asked
+
+        async def failing(ask_id: int) -> object:
+            raise RuntimeError("the store is down")
+
+        monkeypatch.setattr(h.app.chat, "asked", failing)
+        press = await h.fake.inject_component(regen, message_id=first.id)
+        refusal = await refused(press)
+        assert refusal["content"].endswith(wording.GENERIC)
+        assert press.original is not None and press.original.deleted
+        assert h.bot.runner.gate.active(h.guild.members[0].id) == 0
+        monkeypatch.setattr(h.app.chat, "asked", real)
+        again = await h.fake.inject_component(regen, message_id=first.id)
+        await h.finished(again)
+        assert "A fresh answer." in final_message(again).content

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from bot import wording
 from bot.store.retention import forget
 from testing.character_cards import card_json
 from testing.discord_harness import Harness, running_bot
@@ -25,6 +26,7 @@ from testing.stories import (
     import_card,
     in_order,
     labels,
+    refused,
 )
 
 CARD = card_json({
@@ -204,3 +206,30 @@ async def test_a_card_with_more_greetings_than_versions_says_the_versions_it_kee
         assert count < 30  # the card had more than an answer keeps
         assert f"version 1/{count}" in greeting.content, greeting.content
         assert f"1/{count}" in labels(greeting)
+
+
+async def test_regenerate_continue_or_inspect_named_on_a_greeting_are_refused_privately(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """The greeting carries none of them, but a custom id is the client's to send: each
+    is refused to the presser alone (nothing was asked), and no slot is left held."""
+    async with running_bot(smol_model_dir, tmp_path, scripted="Hi.") as h:
+        imported = await import_card(h, CARD, greeting=True)
+        await imported.wait_response()
+        greeting = await greeting_message(h)
+        answer_id = button(greeting, "llm:swipe:").split(":")[2]
+        for custom_id in (f"llm:regen:{imported.id}", f"llm:inspect:{imported.id}",
+                          f"llm:cont:{answer_id}"):
+            press = await h.fake.inject_component(custom_id, channel_id=h.general, user=BEA)
+            assert refusal_of_press(await refused(press))
+            assert press.response is not None
+            if press.response.type == 5:  # Regenerate's "thinking" message is taken back
+                assert press.original is not None and press.original.deleted
+        assert h.bot.runner.gate.active(BEA.id) == 0
+        assert not h.bot.runner.active
+
+
+def refusal_of_press(data: dict[str, object]) -> str:
+    text = str(data["content"])
+    assert wording.GENERIC not in text
+    return text
