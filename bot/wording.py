@@ -860,7 +860,8 @@ Commands (a line without a slash is an /ask; each ask continues the conversation
   /system reset [--server]      remove it
   /system import FILE [--server] [--greeting]  a persona from a character card
   /system save NAME [--knobs]   save the persona in effect by name (with this channel's knobs)
-  /system load NAME [--server]  use a saved persona; /system list shows them
+  /system load NAME [--server] [--greeting]  use a saved persona (and post its greeting);
+                                /system list shows them
   /system reasoning on|off|inherit [--server]  split <think> reasoning from the answer
   /swipe [prev|next]            browse the versions of the last answer (/regen makes one)
   /regen                        another version of the last answer

@@ -375,9 +375,12 @@ class Console:
                 with_knobs=with_knobs)
             self.write(wording.console_persona_named(saved.name, replaced=replaced) + "\n")
         elif sub == "load":
+            arg, greeting = _flag(arg, "--greeting")
             saved, _ = await settings.load_persona(scope, CONSOLE_GUILD_ID, arg,
                                                    actor_id=CONSOLE_USER_ID)
             self.write(wording.console_persona_loaded(saved.name, where) + "\n")
+            if greeting and saved.greeting:
+                await self.greet([saved.greeting])
         elif sub == "list":
             names = [p.name for p in await settings.saved_personas(CONSOLE_GUILD_ID)]
             self.write(wording.console_saved_personas(names) + "\n")

@@ -51,7 +51,10 @@ async def test_console_continue_swipe_and_personas(
         assert "shortened" in await say(f"/system import {big}")
         listed = await say("/system list")
         assert listed.startswith("Saved personas: ") and "Big" in listed and "Hook" in listed
-        assert "Loaded 'Hook'" in await say("/system load hook")
+        loaded = await say("/system load hook --greeting")
+        assert "Loaded 'Hook'" in loaded and "Ahoy!" in loaded  # its greeting, posted again
+        plain = await say("/system load hook")
+        assert "Loaded 'Hook'" in plain and "Ahoy!" not in plain
         assert "Saved the persona 'Pirate'" in await say("/system save Pirate")
         await say("/knobs set max_new_tokens=8")
         first = await say("Count for me")
