@@ -275,3 +275,41 @@ def test_the_sentence_check_finds_a_sentence_in_code(tmp_path: Path) -> None:
                      'ID = "llm:persona:{choice}"\n'
                      'msg = f"Set {y} for this channel."\n', encoding="utf-8")
     assert _inline_sentences(probe) == [2, 2, 5]
+
+
+# ------------------------------------------------------------------ layers import downward
+
+#: Each of `bot`'s packages, with the packages below it that it may import. The model
+#: (files, tokenizer, template) is the bottom; the engine runs it and knows no
+#: conversation, store or front-end; the store knows no conversation; the
+#: conversation core and the lab know no front-end (`discord`, `console`).
+LAYERS: dict[str, frozenset[str]] = {
+    "bot.model": frozenset(),
+    "bot.engine": frozenset({"bot.model"}),
+    "bot.hosting": frozenset({"bot.engine", "bot.model"}),
+    "bot.store": frozenset({"bot.hosting"}),  # a model choice's rules (`hosting.choice`)
+    "bot.chat": frozenset({"bot.engine", "bot.model", "bot.store", "bot.hosting"}),
+    "bot.lab": frozenset({"bot.engine", "bot.model", "bot.chat"}),
+}
+_BOT_PACKAGES = frozenset({"bot.engine", "bot.model", "bot.store", "bot.hosting", "bot.lab",
+                           "bot.chat", "bot.discord", "bot.console", "bot.ops"})
+
+
+def _package(module: str) -> str | None:
+    parts = module.split(".")
+    name = ".".join(parts[:2])
+    return name if len(parts) > 1 and name in _BOT_PACKAGES else None
+
+
+def test_the_lower_layers_import_nothing_above_them() -> None:
+    modules = _modules()
+    upward = []
+    for name, path in modules.items():
+        here = _package(name)
+        if here not in LAYERS:
+            continue
+        for target in _edges(name, path, set(modules)):
+            there = _package(target)
+            if there is not None and there != here and there not in LAYERS[here]:
+                upward.append(f"{name} → {target}")
+    assert not upward, upward
