@@ -930,6 +930,11 @@ def console_models(names: Sequence[str]) -> str:
     return f"Models: {', '.join(names)} (/model list)."
 
 
+def versions_full(cap: int) -> str:
+    """Regenerate (or write on) past the cap on an answer's versions."""
+    return f"This reply has {cap} versions already; ask again to start afresh."
+
+
 def console_version(label: str, *, hint: bool = False) -> str:
     """A version of the last answer: made by /regen (`hint`: how to browse) or shown by /swipe."""
     return f"[version {label}; /swipe prev|next browses them]" if hint else f"[version {label}]"

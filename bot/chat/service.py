@@ -39,7 +39,7 @@ from bot.model.bundle import read_generation_defaults
 from bot.store.ask_log import AskLog, AskRecord
 from bot.store.scopes import Effective, Location, with_model_defaults
 from bot.store.store import SettingsStore
-from bot.store.swipes import Answer, Swipes, SwipeStore
+from bot.store.swipes import MAX_SWIPES, Answer, Swipes, SwipeStore
 from bot.store.turns import NewExchange, StoredTurn, TurnStore
 
 #: `GenerationResult.finish_reason` as the turns table records it.
@@ -371,6 +371,13 @@ class Chat:
         if answer is not None and answer.parent_id is not None:
             return await self.turns.get(answer.parent_id)
         return await self.turns.question_for_ask(ask_id)
+
+    async def room_for_version(self, question_id: int, *, user_id: int) -> None:
+        """Refuse, before anything is generated, a version `record` would refuse after it:
+        the answer to `question_id` has all the versions it may keep."""
+        kept = await self.swipes.swipes(question_id, user_id=user_id)
+        if len(kept.answers) >= MAX_SWIPES:
+            raise UserFacingError(wording.versions_full(MAX_SWIPES))
 
     async def asked(self, ask_id: int) -> AskRecord | None:
         """The stored ask (for Regenerate), or None once it is past its time."""

@@ -389,6 +389,8 @@ class AskRunner:
                 answer_ids=ids, reasoning=reasoning, swipe_of=ask.swipe_of)
         except UserFacingError as exc:  # e.g. the cap on versions: say so under the reply
             log.info("reply %s not stored: %s", ask.id, exc.message)
+            if isinstance(ask.surface, InteractionSurface):
+                await ask.surface.note(wording.warning(exc.message))
             with contextlib.suppress(Exception):
                 await self.chat.record(turn, None, ask_id=ask.id, log=record)
             return None
@@ -595,6 +597,8 @@ class AskRunner:
         swipe_of = question.id if question is not None and question.role == "user" else None
         if written and swipe_of is None:
             raise UserFacingError(wording.CONVERSATION_GONE)
+        if swipe_of is not None:
+            await self.chat.room_for_version(swipe_of, user_id=interaction.user.id)
         if not written and record.private != surface.private:
             raise UserFacingError(wording.BUTTON_OTHER_REPLY)  # not pressed on its reply
         await self._interaction_ask(

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from bot import wording
 from bot.errors import UserFacingError
 from bot.store.db import Database, Tx
 from bot.store.turns import (  # one column list
@@ -170,9 +171,7 @@ class SwipeStore:
         _check_finish(finish)
         current = await _swipes_in(conn, question_id, user_id)
         if len(current.answers) >= MAX_SWIPES:
-            raise UserFacingError(
-                f"This reply has {MAX_SWIPES} versions already; ask again to start afresh."
-            )
+            raise UserFacingError(wording.versions_full(MAX_SWIPES))
         question = current.question
         inserted = await conn.fetchone(
             "INSERT INTO turns (conversation_id, parent_id, role, text, author_id, "

@@ -14,10 +14,12 @@ from pathlib import Path
 import discord
 import pytest
 
+from bot import wording
 from bot.chat.characters import MAX_PNG_BYTES
 from bot.errors import UserFacingError
 from bot.store.retention import forget
 from bot.store.scopes import MAX_SYSTEM_PROMPT_CHARS, Location, Scope
+from bot.store.swipes import MAX_SWIPES
 from testing.character_cards import card_json
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeUser, StoredMessage
@@ -336,6 +338,30 @@ async def test_saved_personas_are_saved_and_deleted_only_with_manage_server(
 
 
 # --- 5. swipes and Continue --------------------------------------------------------------
+
+
+async def test_regenerate_at_the_cap_on_versions_is_refused_before_it_generates(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """An answer keeps MAX_SWIPES versions: one more Regenerate is refused privately
+    before the model writes anything (it used to generate, show the reply and drop it
+    from the versions without a word)."""
+    model = RecordingModel(smol_model_dir)
+    async with running_bot(smol_model_dir, tmp_path, scripted=model) as h:
+        first = await h.ask("Tell me a joke")
+        one = final_message(first)
+        answer = await h.app.chat.answer_for_ask(first.id)
+        assert answer is not None and answer.parent_id is not None
+        asker = answer.author_id
+        for n in range(MAX_SWIPES - 1):
+            await h.app.swipes.add_swipe(answer.parent_id, f"v{n}", user_id=asker,
+                                         ask_id=None)
+        press = await h.fake.inject_component(button(one, "llm:regen:"), message_id=one.id)
+        refusal = await refused(press)
+        assert refusal["content"].endswith(wording.versions_full(MAX_SWIPES))
+        assert press.original is not None and press.original.deleted
+        assert len(model.prompts) == 1  # only the first ask reached the model
+        assert h.bot.runner.gate.active(asker) == 0
 
 
 async def test_regenerate_keeps_versions_browsed_in_place_after_the_token_expired(
