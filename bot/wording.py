@@ -419,6 +419,7 @@ INSPECT_NOT_IN_REPLY: Final = "That token is not in this reply."
 INSPECT_NOT_OFFERED: Final = "That token is not one offered here: pick one from the latest view."
 INSPECT_OLD_SPELLING: Final = ("This reply was stored before its tokens were kept: these are "
                                "its text's tokens, which may split a word differently.")
+WRITE_ON_UNKNOWN_TOKEN: Final = "That reply holds a token this model does not have."
 WRITE_ON_NO_ROOM: Final = ("That is the last token this reply's max_new_tokens allows: there "
                            "is nothing left to write after it.")
 
@@ -456,6 +457,7 @@ def removed_by(stage: str) -> str:
 INSPECT_FIXED: Final = (
     WORD_ODDS_NOTE, WORD_ODDS_EMPTY, INSPECT_HOW, WRITE_ON_HOW, INSPECT_GONE, INSPECT_NOT_YOURS,
     INSPECT_NOT_IN_REPLY, INSPECT_NOT_OFFERED, INSPECT_OLD_SPELLING, WRITE_ON_NO_ROOM,
+    WRITE_ON_UNKNOWN_TOKEN,
     INSPECT_SURPRISING,
 )
 
@@ -928,6 +930,12 @@ def console_banner(model: str, device: str, compute_type: str) -> str:
 
 def console_models(names: Sequence[str]) -> str:
     return f"Models: {', '.join(names)} (/model list)."
+
+
+def write_on_past_budget(budget: int) -> str:
+    """Inspect at a token from which writing on would leave no room (max_new_tokens)."""
+    return (f"Writing on is offered within the reply's first {budget - 1:,} tokens: from "
+            f"here, max_new_tokens ({budget:,}) leaves nothing to write.")
 
 
 def versions_full(cap: int) -> str:

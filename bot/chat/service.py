@@ -66,7 +66,7 @@ def written_on(engine: Engine, prepared: PreparedPrompt, ids: Sequence[int]) -> 
     tokenizer = engine.bundle.tokenizer
     vocab = engine.info.vocab_size or tokenizer.vocab_size
     if any(not 0 <= i < vocab for i in ids):
-        raise UserFacingError("That reply holds a token this model does not have.")
+        raise UserFacingError(wording.WRITE_ON_UNKNOWN_TOKEN)
     tokens = [*prepared.tokens, *(tokenizer.id_to_token(i) for i in ids)]
     budget = min(prepared.max_new_tokens - len(ids), engine.info.context_length - len(tokens))
     if budget <= 0:

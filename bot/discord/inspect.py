@@ -106,7 +106,9 @@ def token_text(insp: Inspection, step: ProbsStep, so_far: str) -> str:
     shown = so_far.replace("```", "`\u200b``")[-300:]
     if shown:
         head += wording.inspect_so_far(shown) + "\n"
-    tail = f"\n{wording.WRITE_ON_HOW}" if insp.offered else ""
+    budget = insp.turn.request.knobs.max_new_tokens
+    tail = (f"\n{wording.WRITE_ON_HOW}" if insp.offered
+            else f"\n{wording.write_on_past_budget(budget)}" if at + 1 >= budget else "")
     room = MESSAGE_LIMIT - len(head) - len(tail) - 8
     table = format_table(step).replace("```", "`\u200b``")
     if len(table) > room:
@@ -116,7 +118,10 @@ def token_text(insp: Inspection, step: ProbsStep, so_far: str) -> str:
 
 def write_on_options(insp: Inspection, step: ProbsStep) -> list[discord.SelectOption]:
     """The alternatives to write on with: every candidate but the reply's own token and
-    the tokens that would end it; those the knobs removed say so."""
+    the tokens that would end it; those the knobs removed say so. None from the reply's
+    last allowed token on (a continued reply runs past it): nothing would be left to write."""
+    if step.step + 1 >= insp.turn.request.knobs.max_new_tokens:
+        return []
     taken = insp.reply[step.step]
     out: list[discord.SelectOption] = []
     for c in step.candidates:

@@ -357,3 +357,33 @@ async def test_inspect_on_a_regenerated_version_reads_the_conversation_it_was_wr
         earlier = request_seen(press).history
         assert [t.text for t in earlier] == ["first question about zebras", TEXT]
         assert request_seen(press_v2) == request_seen(press)
+
+
+async def test_write_on_is_offered_only_where_the_budget_leaves_room(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A reply cut at max_new_tokens and continued runs past its budget: from its last
+    allowed token on, writing on would leave nothing to write, so no choice is offered
+    there (and the view says why) rather than a choice that is always refused."""
+    async with running_bot(tiny_model_dir, tmp_path, scripted=TEXT, weights=True) as h:
+        itx = await h.ask("tell me of zebras", max_new_tokens=6)
+        reply = itx.original
+        assert reply is not None
+        cont = next(i for i in buttons(reply) if i.startswith("llm:cont:"))
+        shown = reply.content
+        await h.fake.inject_component(cont, message_id=reply.id)
+        await h.fake.wait_for(lambda: (h.fake.message(reply.id).content != shown
+                                       and is_final(h.fake.message(reply.id).content)) or None,
+                              timeout=30)
+        for _ in range(100):  # the ask is updated with the continued answer
+            if len(await stored_reply_ids(h, itx.id)) > 6:
+                break
+            await asyncio.sleep(0.05)
+        press, view = await open_inspect(h, h.fake.message(reply.id), itx.id)
+        await choose(h, view, f"llm:itoken:{press.id}", "2")
+        assert select(view, "llm:iwrite:")["options"]
+        assert wording.WRITE_ON_HOW in view.content
+        for past in ("5", "8"):  # the budget's last token, and one a Continue wrote
+            await choose(h, view, f"llm:itoken:{press.id}", past)
+            assert not [c for c in components(view) if "iwrite" in c.get("custom_id", "")]
+            assert wording.write_on_past_budget(6) in view.content
