@@ -362,11 +362,15 @@ class AskRunner:
         if ask.shows_in is not None and swipes is not None:
             # Written on from Inspect: the reply's own message shows the new version, as a
             # version swipe would, and holds its buttons; the streamed copy keeps none.
+            # Unless a Regenerate retired that message meanwhile (its buttons gone): it
+            # stays retired, and the streamed copy keeps the buttons.
             try:
-                await ask.shows_in.edit(
-                    content=swipe_content(swipes.current, swipes),
-                    view=answer_view(swipes.current, swipes), allowed_mentions=NO_MENTIONS)
-                return None
+                shown = await ask.shows_in.fetch()
+                if shown.components:
+                    await shown.edit(
+                        content=swipe_content(swipes.current, swipes),
+                        view=answer_view(swipes.current, swipes), allowed_mentions=NO_MENTIONS)
+                    return None
             except discord.HTTPException as exc:
                 log.warning("couldn't show version on reply %s: %s", ask.shows_in.id, exc)
         # ◀ n/m ▶ and Continue with the versions just stored.

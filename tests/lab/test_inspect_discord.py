@@ -387,3 +387,32 @@ async def test_write_on_is_offered_only_where_the_budget_leaves_room(
             await choose(h, view, f"llm:itoken:{press.id}", past)
             assert not [c for c in components(view) if "iwrite" in c.get("custom_id", "")]
             assert wording.write_on_past_budget(6) in view.content
+
+
+async def test_write_on_leaves_a_reply_regenerate_retired_without_buttons(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Inspect opened on a reply, then Regenerate (a new message; the old one loses its
+    buttons), then write on from the still-open view: the retired message stays
+    retired, and the version written on keeps its buttons in the view."""
+    async with running_bot(tiny_model_dir, tmp_path, scripted=TEXT, weights=True) as h:
+        spell(h)
+        itx = await h.ask("tell me of zebras")
+        reply = itx.original
+        assert reply is not None
+        press, view = await open_inspect(h, reply, itx.id)
+        await choose(h, view, f"llm:itoken:{press.id}", "4")
+        again = await h.fake.inject_component(f"llm:regen:{itx.id}", message_id=reply.id)
+        await h.finished(again)
+        assert again.original is not None and again.original.id != reply.id
+        await h.fake.wait_for(lambda: not buttons(h.fake.message(reply.id)) or None, timeout=30)
+        retired = h.fake.message(reply.id).content
+        option = select(view, "llm:iwrite:")["options"][0]
+        wrote = await h.fake.inject_component(f"llm:iwrite:{press.id}", message_id=view.id,
+                                              component_type=3, values=[option["value"]])
+        assert (await wrote.wait_response(timeout=30)).type == 6
+        await h.fake.wait_for(lambda: (is_final(view.content) and "3/3" in labels(view))
+                              or None, timeout=60)
+        old = h.fake.message(reply.id)
+        assert not buttons(old) and old.content == retired
+        assert h.bot.runner.gate.active(h.guild.members[0].id) == 0
