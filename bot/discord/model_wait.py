@@ -46,6 +46,11 @@ class LoadingNotice:
             page = await ack
             await page.edit(self._content(status), None)  # Stop comes with the reply
 
+    @property
+    def acknowledged(self) -> bool:
+        """Whether the ask was acknowledged early (a page to say the outcome on)."""
+        return self._task is not None
+
     async def page(self) -> Page | None:
         """The page acknowledged early (the status edits done), or None if none was."""
         if self._task is None:

@@ -217,6 +217,13 @@ class AskRunner:
                 if not await notice.refuse(exc):
                     raise
                 return
+            except Exception:
+                if not notice.acknowledged:
+                    raise  # the entry's error handler answers the press
+                # A bug after the early "loading" page: the apology goes there, not stale.
+                log.exception("reply %s failed before it began", run.id)
+                await notice.refuse(UserFacingError(wording.GENERIC))
+                return
             try:
                 first = await notice.page() or await run.surface.acknowledge(stop)
             except BaseException:

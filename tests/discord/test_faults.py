@@ -19,6 +19,8 @@ import discord.webhook.async_
 import pytest
 
 from bot.engine import Engine
+from bot.hosting.registry import Waiting
+from bot.wording import GENERIC
 from testing.backends import Exploding
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import RecordedRequest, Routes
@@ -253,3 +255,29 @@ async def test_reply_ending_while_an_edit_waits_out_the_bucket_still_gets_its_fo
         assert h.fake.stats.rate_limited == 0
         await h.fake.wait_for(lambda: not h.bot.runner.active or None, timeout=10)
         await still_serving(h)
+
+
+async def test_a_failure_after_the_loading_page_leaves_an_apology_not_a_stale_page(
+    smol_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ask whose model must load is acknowledged early with a "loading" page; a bug
+    after that (not a refusal) ends the page with the apology, once, instead of
+    leaving "Loading…" on screen and a second message under it."""
+    async with running_bot(smol_model_dir, tmp_path, scripted=TEXT) as h:
+        chat = h.app.chat
+
+        async def loads_then_breaks(ask: Any, on_wait: Any = None) -> Any:
+            assert on_wait is not None
+            on_wait(Waiting("smol", "loading", "Loading the model `smol`…"))
+            await h.fake.wait_for(lambda: (itx.original is not None and "Loading" in
+                                  itx.original.content) or None, timeout=10)
+            raise RuntimeError("a bug after the load")
+
+        monkeypatch.setattr(chat, "prepare", loads_then_breaks)
+        itx = await h.command("ask", {"prompt": "hello"})
+        page = await h.fake.wait_for(
+            lambda: (itx.original is not None and GENERIC in itx.original.content
+                     and itx.original) or None, timeout=10)
+        assert "Loading" not in page.content
+        assert not itx.followup_ids  # said once, on the page
+        assert h.bot.runner.gate.active(h.guild.members[0].id) == 0
