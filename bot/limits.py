@@ -59,6 +59,28 @@ class Slot:
         self.shared_id: int | None = None
         self._held = True
 
+    async def share(self) -> None:
+        """Claim this slot on every host (no-op on one host, or once claimed); refused as
+        this host would refuse, the slot then freed."""
+        shared = self.gate.shared
+        if shared is None or self.shared_id is not None or not self._held:
+            return
+        gate = self.gate
+        try:
+            claim = await shared.claim(self.user_id, gate.per_user_limit, gate.cooldown_s)
+        except BaseException:
+            self.release()
+            raise
+        if claim.slot_id is None:
+            self.release()
+            if claim.wait_s > 0:
+                raise UserFacingError(wording.slow_down(claim.wait_s))
+            raise UserFacingError(wording.in_progress(claim.active, gate.per_user_limit))
+        if not self._held:  # released while the claim was in flight: free it there too
+            shared.release(self.user_id, claim.slot_id)
+            return
+        self.shared_id = claim.slot_id
+
     def release(self) -> None:
         """Free the slot (again is a no-op): here at once, on other hosts just after."""
         if not self._held:
@@ -94,29 +116,22 @@ class AskGate:
             if since < self.cooldown_s:
                 raise UserFacingError(wording.slow_down(self.cooldown_s - since))
 
-    async def take(self, user_id: int) -> Slot:
-        """Count a reply in progress for `user_id`, or refuse it politely.
+    def hold(self, user_id: int) -> Slot:
+        """Count a reply in progress for `user_id` on this host, or refuse it politely.
 
-        This host's count is taken before the first await, so two asks of one
-        member here never both pass; with `shared`, one round trip then takes
-        the slot on every host (or refuses it as this host would have).
+        No await: two asks of one member here never both pass. With `shared`, the
+        slot counts on other hosts only once `Slot.share` has claimed it; a press
+        that acknowledges first (Discord's 3 s) holds, acknowledges, then shares.
         """
         self.check(user_id)
         self._active[user_id] = self._active.get(user_id, 0) + 1
-        slot = Slot(self, user_id)
-        if self.shared is None:
-            return slot
-        try:
-            claim = await self.shared.claim(user_id, self.per_user_limit, self.cooldown_s)
-        except BaseException:
-            slot.release()
-            raise
-        if claim.slot_id is None:
-            slot.release()
-            if claim.wait_s > 0:
-                raise UserFacingError(wording.slow_down(claim.wait_s))
-            raise UserFacingError(wording.in_progress(claim.active, self.per_user_limit))
-        slot.shared_id = claim.slot_id
+        return Slot(self, user_id)
+
+    async def take(self, user_id: int) -> Slot:
+        """`hold`, then with `shared` the one round trip that takes the slot on every
+        host (or refuses it as this host would have)."""
+        slot = self.hold(user_id)
+        await slot.share()
         return slot
 
     def accepted(self, user_id: int) -> None:
