@@ -13,6 +13,13 @@ name belongs to this server and channel, and to the reply on the pressed
 message. Only then does the press reach the runner (`ReplyControls`, found by
 `runner_of`) or the lab (`LabControls`, found by `lab_of`), each checked by type.
 `reply_view` is the one builder of the buttons under a reply.
+
+A press is routed by `dispatch_press` (the client's `on_interaction`), by its
+id's ``<prefix>:<kind>``, not through discord.py's dynamic items: those rebuild
+the pressed message's whole view and each of its buttons before the callback
+runs, work the id already makes needless, and under a flood of presses it is
+what the acknowledgements wait behind. As discord.py did, a press of a control
+the pressed message does not show is ignored.
 """
 
 from __future__ import annotations
@@ -216,6 +223,51 @@ async def _run_press(spec: ButtonSpec, interaction: discord.Interaction, press: 
         await send_error(interaction, exc)
 
 
+#: Every declared control by its custom id's ``(prefix, kind)``, with its pattern.
+_CONTROLS: dict[tuple[str, str], tuple[re.Pattern[str], type[IdButton] | type[IdSelect]]] = {}
+
+
+def _shows(message: discord.Message, custom_id: str, component_type: object) -> bool:
+    """Whether the message carries a component of that type and custom id."""
+    todo: list[Any] = list(message.components)
+    while todo:
+        component = todo.pop()
+        if (getattr(component, "custom_id", None) == custom_id
+                and component.type.value == component_type):
+            return True
+        todo.extend(getattr(component, "children", ()) or ())
+    return False
+
+
+async def dispatch_press(interaction: discord.Interaction) -> bool:
+    """Answer a press of one of our controls; True if it was one (answered or ignored)."""
+    if interaction.type is not discord.InteractionType.component:
+        return False
+    data: Any = interaction.data or {}
+    custom_id = data.get("custom_id")
+    if not isinstance(custom_id, str):
+        return False
+    prefix, _, rest = custom_id.partition(":")
+    kind = rest.partition(":")[0]
+    found = _CONTROLS.get((prefix, kind))
+    match = found[0].fullmatch(custom_id) if found is not None else None
+    if found is None or match is None:
+        return False
+    control = found[1]
+    message = interaction.message
+    if message is None or not _shows(message, custom_id, data.get("component_type")):
+        return True
+    press = _parse_rest(control.spec, match["rest"])
+    if issubclass(control, IdSelect):
+        try:
+            press = replace(press, choice=parse_choice(interaction))
+        except Exception as exc:
+            await send_error(interaction, exc)
+            return True
+    await _run_press(control.spec, interaction, press)
+    return True
+
+
 class IdButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"(?!)"):
     """A button made by `id_button`; its class attribute `spec` says which."""
 
@@ -300,6 +352,7 @@ def id_button(kind: str, on_press: OnPress, *, label: str, ids: int = 1,
 
     Declared.spec = spec
     Declared.__name__ = Declared.__qualname__ = f"{kind.title()}Button"
+    _CONTROLS[(prefix, kind)] = (re.compile(_template(prefix, kind)), Declared)
     return Declared
 
 
@@ -315,6 +368,7 @@ def id_select(kind: str, on_choose: OnPress, *, placeholder: str, ids: int = 1,
 
     Declared.spec = spec
     Declared.__name__ = Declared.__qualname__ = f"{kind.title()}Select"
+    _CONTROLS[(spec.prefix, kind)] = (re.compile(_template(spec.prefix, kind)), Declared)
     return Declared
 
 
@@ -471,7 +525,7 @@ def _add_answer_controls(view: discord.ui.View, answer_id: int,
         view.add_item(SwipeButton(answer_id, word="next", disabled=shown + 1 >= count))
 
 
-#: Every control that answers clicks after a restart (the client registers them).
+#: Every control that answers clicks, after a restart too (`dispatch_press` routes them).
 DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, SwipeButton, ContinueButton,
                  ReasoningButton, InspectButton, ProbsButton, ConfButton, InspectTokenSelect,
                  InspectPageButton, InspectBackButton, WriteOnSelect, StepButton,
