@@ -11,7 +11,9 @@ the generic apology), and, for the buttons under one answer (versions,
 Continue, Reasoning), the check against the stored binding: the answer they
 name belongs to this server and channel, and to the reply on the pressed
 message. Only then does the press reach the runner (`ReplyControls`, found by
-`runner_of`) or the lab (`LabControls`, found by `lab_of`), each checked by type.
+`runner_of`) or the lab (`LabControls`, found by `lab_of`), each checked by type;
+those that acknowledge before their store reads (`ButtonSpec.acks_first`: the
+versions, Continue, Reasoning) check the binding once they have.
 `reply_view` is the one builder of the buttons under a reply.
 
 A press is routed by `dispatch_press` (the client's `on_interaction`), by its
@@ -179,6 +181,9 @@ class ButtonSpec:
     row: int | None
     emoji: str | None
     prefix: str = "llm"
+    acks_first: bool = False
+    """A bound press whose handler acknowledges before the store is read and calls
+    `check_binding` itself after (reads queue under load; Discord allows 3 s)."""
 
 
 #: A select's option values are numbers the bot wrote: a token's place or id.
@@ -216,7 +221,7 @@ async def _run_press(spec: ButtonSpec, interaction: discord.Interaction, press: 
             raise InvalidButton()
         require_id(*press.ids)  # a crafted id: refused before any lookup
         runner = runner_of(interaction)
-        if spec.bound:
+        if spec.bound and not spec.acks_first:
             await check_binding(interaction, runner, press.ids[0])
         await spec.on_press(runner, interaction, press)
     except Exception as exc:
@@ -339,13 +344,16 @@ def id_button(kind: str, on_press: OnPress, *, label: str, ids: int = 1,
               words: tuple[str, ...] = (),
               style: discord.ButtonStyle = discord.ButtonStyle.secondary,
               bound: bool = False, row: int | None = None,
-              emoji: str | None = None, prefix: str = "llm") -> type[IdButton]:
+              emoji: str | None = None, prefix: str = "llm",
+              acks_first: bool = False) -> type[IdButton]:
     """A button class whose custom id is ``<prefix>:<kind>:<id>…[:<word>]``.
 
     `bound`: the first id is an answer turn, checked by `check_binding` before
-    `on_press`. `prefix` other than ``llm`` is for ids already sent under it.
+    `on_press` (with `acks_first`, by `on_press` once it has acknowledged).
+    `prefix` other than ``llm`` is for ids already sent under it.
     """
-    spec = ButtonSpec(kind, ids, words, label, style, on_press, bound, row, emoji, prefix)
+    spec = ButtonSpec(kind, ids, words, label, style, on_press, bound, row, emoji, prefix,
+                      acks_first)
 
     class Declared(IdButton, template=_template(prefix, kind)):
         pass
@@ -392,17 +400,17 @@ ReplyButton = id_button(
 # after a swipe they are rebuilt for the version on screen.
 SwipeButton = id_button(
     "swipe", lambda runner, itx, p: runner.swipe(itx, p.ids[0], -1 if p.word == "prev" else 1),
-    words=("prev", "next"), label="▶", bound=True, row=1)
+    words=("prev", "next"), label="▶", bound=True, acks_first=True, row=1)
 """◀ / ▶: the previous or next version of this answer, in place."""
 
 ContinueButton = id_button(
     "cont", lambda runner, itx, p: runner.continue_reply(itx, p.ids[0]), label="Continue",
-    style=discord.ButtonStyle.success, bound=True)
+    style=discord.ButtonStyle.success, bound=True, acks_first=True)
 """Continue a reply that stopped at its token budget, in the same message."""
 
 ReasoningButton = id_button(
     "think", lambda runner, itx, p: runner.show_reasoning(itx, p.ids[0]), label="Reasoning",
-    emoji="💭", bound=True)
+    emoji="💭", bound=True, acks_first=True)
 """A reasoning model's thoughts, shown to the presser alone."""
 
 

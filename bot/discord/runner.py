@@ -11,10 +11,11 @@ subclasses `Run` and calls `AskRunner.run` too. That one method is the lifecycle
     acknowledge → `Run.deliver` (stream, store, and `release` the slot when
     generation ends, before the final edit) → finish hooks → one error tail.
 
-Regenerate must read the store before it knows whether to refuse, and reads queue
-under load, so it takes the slot and acknowledges before them (`early_ack`,
-`InteractionSurface.defer`); a refusal found later withdraws that acknowledgement
-and is said privately (`InteractionSurface.withdraw`).
+Regenerate and Continue must read the store before they know whether to refuse,
+and reads queue under load, so they take the slot and acknowledge before them
+(`early_ack`, `InteractionSurface.defer`, a deferred update for Continue); a
+refusal found later withdraws that acknowledgement and is said privately
+(`InteractionSurface.withdraw`, a follow-up).
 
 A refusal before the acknowledgement reaches the entry as `UserFacingError`
 (or is said on the early "loading" page); after it, the reply itself says how
@@ -42,7 +43,7 @@ from bot.chat.reasoning import ReasoningFilter
 from bot.chat.request import footer
 from bot.chat.turns import PreparedTurn, TurnAsk, check_where
 from bot.discord.attachments import read_text_files
-from bot.discord.buttons import ReplyModal, reply_view
+from bot.discord.buttons import ReplyModal, check_binding, reply_view
 from bot.discord.common import NO_MENTIONS, location_of, reply_to
 from bot.discord.conversation import (
     HOW_TO_ASK,
@@ -404,29 +405,39 @@ class AskRunner:
 
     async def swipe(self, interaction: discord.Interaction, answer_id: int, delta: int) -> None:
         """◀ / ▶: the press's own response, no generation (bot/discord/swipes.py)."""
-        await swipe(self.app, interaction, answer_id, delta)
+        await swipe(self.app, interaction, answer_id, delta,
+                    lambda: check_binding(interaction, self, answer_id))
 
     async def show_reasoning(self, interaction: discord.Interaction, answer_id: int) -> None:
         """Reasoning: the thoughts, to the presser alone (bot/discord/swipes.py)."""
-        await show_reasoning(self.app, interaction, answer_id)
+        await show_reasoning(self.app, interaction, answer_id,
+                             lambda: check_binding(interaction, self, answer_id))
 
     async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None:
-        """Continue: one more budget for the same answer, appended in the same message."""
-        user = interaction.user
-        found = await self.chat.answer(answer_id)
-        if found is None:
-            raise AnswerGone()
-        continuing = Continuing(answer_id, shown_text(interaction.message))
-        private = found.turn.private
-        await self.run(Ask(
-            id=interaction.id, user_id=user.id, channel=interaction.channel,
-            guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            private=private, continuing=continuing,
-            surface=PressedSurface(interaction, shown=continuing.shown, private=private,
-                                   ttl_s=lambda: self.interaction_ttl_s),
-            turn=TurnAsk(location=location_of(interaction), prompt="", author_id=user.id,
-                         author_name=display_name(user)),
-        ))
+        """Continue: one more budget for the same answer, appended in the same message.
+
+        Acknowledged (a deferred update: the pressed message is the reply's page)
+        before the store is read, as Regenerate is, the slot taken first; a refusal
+        found in the store is said privately in a follow-up (the press's error path).
+        """
+        async with self.early_ack(interaction) as held:
+            await interaction.response.defer()
+            await check_binding(interaction, self, answer_id)
+            user = interaction.user
+            found = await self.chat.answer(answer_id)
+            if found is None:
+                raise AnswerGone()
+            continuing = Continuing(answer_id, shown_text(interaction.message))
+            private = found.turn.private
+            await self.run(Ask(
+                id=interaction.id, user_id=user.id, channel=interaction.channel,
+                guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+                private=private, continuing=continuing,
+                surface=PressedSurface(interaction, shown=continuing.shown, private=private,
+                                       ttl_s=lambda: self.interaction_ttl_s),
+                turn=TurnAsk(location=location_of(interaction), prompt="", author_id=user.id,
+                             author_name=display_name(user)),
+            ), held)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
