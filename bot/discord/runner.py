@@ -538,11 +538,30 @@ class AskRunner:
         await send_stateless(interaction, ReplyModal(ask_id))
 
     async def ask_followup(self, interaction: discord.Interaction, text: str, ask_id: int) -> None:
-        """The Reply modal was sent: a new reply continuing from the answer of `ask_id`."""
-        answer = await self._answer_to_continue(ask_id, interaction.user.id)
-        private = answer.private and interaction.guild_id is not None
-        await self._interaction_ask(interaction, text, private=private, parent_id=answer.id,
-                                    explicit=True)
+        """The Reply modal was sent: a new reply continuing from the answer of `ask_id`.
+
+        Acknowledged before the store is read, as Regenerate is: the "thinking" message
+        is as private as the message the box was opened from (a private answer's
+        buttons are on an ephemeral one); a refusal found in the store, or an answer
+        whose privacy is not that message's, takes it back and is said privately.
+        """
+        if not text.strip():
+            raise UserFacingError(wording.EMPTY_PROMPT)
+        async with self.early_ack(interaction) as held:
+            dm = interaction.guild_id is None
+            surface = self.interaction_surface(
+                interaction, private=pressed_privately(interaction) and not dm)
+            await surface.defer()
+            try:
+                answer = await self._answer_to_continue(ask_id, interaction.user.id)
+                if (answer.private and not dm) != surface.private:
+                    raise UserFacingError(wording.BUTTON_OTHER_REPLY)
+                await self._interaction_ask(interaction, text, private=surface.private,
+                                            parent_id=answer.id, explicit=True,
+                                            surface=surface, held=held)
+            except Exception as exc:
+                if not await surface.withdraw(exc):
+                    raise
 
     async def regenerate(self, interaction: discord.Interaction, ask_id: int) -> None:
         """Regenerate: the same prompt and knobs, a new sample; that turn only (a sibling answer).

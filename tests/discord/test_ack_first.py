@@ -136,12 +136,10 @@ async def test_continue_and_the_versions_are_acknowledged_while_the_store_cannot
         stranger = FakeUser(828282, "stranger", "Stranger")
         async with reads_held(h.app.store.db) as holding:
             back = await h.fake.inject_component(button(two, "llm:swipe:"), message_id=two.id)
-            cont = await h.fake.inject_component(button(two, "llm:cont:"), message_id=two.id,
-                                                 user=stranger)
             # Continue of another place's answer: only the store knows it is refused.
-            forged = await h.fake.inject_component(button(two, "llm:cont:"), channel_id=h.help,
-                                                   user=FakeUser(838383, "other", "Other"))
-            for itx in (back, cont, forged):
+            forged = await h.fake.inject_component(button(two, "llm:cont:"),
+                                                   channel_id=h.help, user=stranger)
+            for itx in (back, forged):
                 ack = await itx.wait_response(timeout=ACK_WITHIN_S)
                 assert ack.type == 6  # a deferred update: the pressed message stays
             assert not holding.done()
@@ -149,11 +147,15 @@ async def test_continue_and_the_versions_are_acknowledged_while_the_store_cannot
         await h.fake.wait_for(lambda: "version 1/2" in shown.content or None, timeout=10)
         refusal = await refused(forged)
         assert refusal["content"].endswith(wording.BUTTON_OTHER_CHANNEL)
-        continued = await h.fake.wait_for(
-            lambda: next((m for m in [cont.original, *cont.followups]
-                          if m is not None and is_final(m.content) and "continued" in m.content),
-                         None), timeout=30)
-        assert continued.id == two.id  # carried on in the pressed message
+        before = shown.content
+        async with reads_held(h.app.store.db) as holding:
+            cont = await h.fake.inject_component(button(shown, "llm:cont:"), message_id=two.id,
+                                                 user=FakeUser(838383, "other", "Other"))
+            assert (await cont.wait_response(timeout=ACK_WITHIN_S)).type == 6
+            assert not holding.done()
+        # Carried on in the pressed message once the store reads again.
+        await h.fake.wait_for(lambda: (shown.content != before and is_final(shown.content)
+                                       and "continued" in shown.content) or None, timeout=30)
 
 
 async def test_reasoning_is_acknowledged_privately_while_the_store_cannot_read(
@@ -180,3 +182,23 @@ async def test_reasoning_is_acknowledged_privately_while_the_store_cannot_read(
         refusal = await refused(forged)
         assert refusal["content"].endswith(wording.BUTTON_OTHER_CHANNEL)
         assert forged.original is not None and forged.original.deleted
+
+
+async def test_a_reply_box_is_acknowledged_while_the_store_cannot_read(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """The box is opened before the hold (a modal must be the press's first response, so
+    Reply itself cannot acknowledge first); its submission is acknowledged during it."""
+    async with running_bot(smol_model_dir, tmp_path, scripted="More to say.") as h:
+        answer = final_message(await h.ask("hello", channel_id=h.help))
+        opened = await (await h.fake.inject_component(button(answer, "llm:reply:"),
+                                                      message_id=answer.id)).wait_response()
+        assert opened.type == 9  # the box
+        async with reads_held(h.app.store.db) as holding:
+            submit = await h.fake.inject_modal_submit(opened.data["custom_id"],
+                                                      {"text": "go on"}, channel_id=h.help)
+            ack = await submit.wait_response(timeout=ACK_WITHIN_S)
+            assert ack.type == 5 and not int(ack.data.get("flags") or 0) & FLAG_EPHEMERAL
+            assert not holding.done()
+        await h.finished(submit)
+        assert "More to say." in final_message(submit).content
