@@ -162,6 +162,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         compute_type=settings.compute_type,
         cpu_threads=settings.cpu_threads,
         inter_threads=settings.inter_threads,
+        decode_nice=settings.decode_nice,
         max_batch_size=settings.max_batch_size,
         queue_size=settings.queue_size,
         batch_wait_ms=settings.batch_wait_ms,

@@ -227,6 +227,11 @@ class Settings(BaseSettings):
         0, ge=0, le=64,
         description="Model replicas sharing the weights; 0 = auto (1 on CUDA, 1 per core up to 4).",
     )
+    decode_nice: int = Field(
+        10, ge=0, le=19,
+        description="How much lower than the event loop CTranslate2's decoding threads run "
+        "(Linux nice); 0 = the same.",
+    )
     max_batch_size: int = Field(8, ge=1, le=256)
     batch_wait_ms: int = Field(
         15, ge=0, le=1000, description="How long a free replica waits to fill a batch."

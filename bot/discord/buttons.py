@@ -11,8 +11,17 @@ the generic apology), and, for the buttons under one answer (versions,
 Continue, Reasoning), the check against the stored binding: the answer they
 name belongs to this server and channel, and to the reply on the pressed
 message. Only then does the press reach the runner (`ReplyControls`, found by
-`runner_of`) or the lab (`LabControls`, found by `lab_of`), each checked by type.
+`runner_of`) or the lab (`LabControls`, found by `lab_of`), each checked by type;
+those that acknowledge before their store reads (`ButtonSpec.acks_first`: the
+versions, Continue, Reasoning) check the binding once they have.
 `reply_view` is the one builder of the buttons under a reply.
+
+A press is routed by `dispatch_press` (the client's `on_interaction`), by its
+id's ``<prefix>:<kind>``, not through discord.py's dynamic items: those rebuild
+the pressed message's whole view and each of its buttons before the callback
+runs, work the id already makes needless, and under a flood of presses it is
+what the acknowledgements wait behind. As discord.py did, a press of a control
+the pressed message does not show is ignored.
 """
 
 from __future__ import annotations
@@ -172,6 +181,9 @@ class ButtonSpec:
     row: int | None
     emoji: str | None
     prefix: str = "llm"
+    acks_first: bool = False
+    """A bound press whose handler acknowledges before the store is read and calls
+    `check_binding` itself after (reads queue under load; Discord allows 3 s)."""
 
 
 #: A select's option values are numbers the bot wrote: a token's place or id.
@@ -209,11 +221,56 @@ async def _run_press(spec: ButtonSpec, interaction: discord.Interaction, press: 
             raise InvalidButton()
         require_id(*press.ids)  # a crafted id: refused before any lookup
         runner = runner_of(interaction)
-        if spec.bound:
+        if spec.bound and not spec.acks_first:
             await check_binding(interaction, runner, press.ids[0])
         await spec.on_press(runner, interaction, press)
     except Exception as exc:
         await send_error(interaction, exc)
+
+
+#: Every declared control by its custom id's ``(prefix, kind)``, with its pattern.
+_CONTROLS: dict[tuple[str, str], tuple[re.Pattern[str], type[IdButton] | type[IdSelect]]] = {}
+
+
+def _shows(message: discord.Message, custom_id: str, component_type: object) -> bool:
+    """Whether the message carries a component of that type and custom id."""
+    todo: list[Any] = list(message.components)
+    while todo:
+        component = todo.pop()
+        if (getattr(component, "custom_id", None) == custom_id
+                and component.type.value == component_type):
+            return True
+        todo.extend(getattr(component, "children", ()) or ())
+    return False
+
+
+async def dispatch_press(interaction: discord.Interaction) -> bool:
+    """Answer a press of one of our controls; True if it was one (answered or ignored)."""
+    if interaction.type is not discord.InteractionType.component:
+        return False
+    data: Any = interaction.data or {}
+    custom_id = data.get("custom_id")
+    if not isinstance(custom_id, str):
+        return False
+    prefix, _, rest = custom_id.partition(":")
+    kind = rest.partition(":")[0]
+    found = _CONTROLS.get((prefix, kind))
+    match = found[0].fullmatch(custom_id) if found is not None else None
+    if found is None or match is None:
+        return False
+    control = found[1]
+    message = interaction.message
+    if message is None or not _shows(message, custom_id, data.get("component_type")):
+        return True
+    press = _parse_rest(control.spec, match["rest"])
+    if issubclass(control, IdSelect):
+        try:
+            press = replace(press, choice=parse_choice(interaction))
+        except Exception as exc:
+            await send_error(interaction, exc)
+            return True
+    await _run_press(control.spec, interaction, press)
+    return True
 
 
 class IdButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"(?!)"):
@@ -287,19 +344,23 @@ def id_button(kind: str, on_press: OnPress, *, label: str, ids: int = 1,
               words: tuple[str, ...] = (),
               style: discord.ButtonStyle = discord.ButtonStyle.secondary,
               bound: bool = False, row: int | None = None,
-              emoji: str | None = None, prefix: str = "llm") -> type[IdButton]:
+              emoji: str | None = None, prefix: str = "llm",
+              acks_first: bool = False) -> type[IdButton]:
     """A button class whose custom id is ``<prefix>:<kind>:<id>…[:<word>]``.
 
     `bound`: the first id is an answer turn, checked by `check_binding` before
-    `on_press`. `prefix` other than ``llm`` is for ids already sent under it.
+    `on_press` (with `acks_first`, by `on_press` once it has acknowledged).
+    `prefix` other than ``llm`` is for ids already sent under it.
     """
-    spec = ButtonSpec(kind, ids, words, label, style, on_press, bound, row, emoji, prefix)
+    spec = ButtonSpec(kind, ids, words, label, style, on_press, bound, row, emoji, prefix,
+                      acks_first)
 
     class Declared(IdButton, template=_template(prefix, kind)):
         pass
 
     Declared.spec = spec
     Declared.__name__ = Declared.__qualname__ = f"{kind.title()}Button"
+    _CONTROLS[(prefix, kind)] = (re.compile(_template(prefix, kind)), Declared)
     return Declared
 
 
@@ -315,6 +376,7 @@ def id_select(kind: str, on_choose: OnPress, *, placeholder: str, ids: int = 1,
 
     Declared.spec = spec
     Declared.__name__ = Declared.__qualname__ = f"{kind.title()}Select"
+    _CONTROLS[(spec.prefix, kind)] = (re.compile(_template(spec.prefix, kind)), Declared)
     return Declared
 
 
@@ -338,17 +400,17 @@ ReplyButton = id_button(
 # after a swipe they are rebuilt for the version on screen.
 SwipeButton = id_button(
     "swipe", lambda runner, itx, p: runner.swipe(itx, p.ids[0], -1 if p.word == "prev" else 1),
-    words=("prev", "next"), label="▶", bound=True, row=1)
+    words=("prev", "next"), label="▶", bound=True, acks_first=True, row=1)
 """◀ / ▶: the previous or next version of this answer, in place."""
 
 ContinueButton = id_button(
     "cont", lambda runner, itx, p: runner.continue_reply(itx, p.ids[0]), label="Continue",
-    style=discord.ButtonStyle.success, bound=True)
+    style=discord.ButtonStyle.success, bound=True, acks_first=True)
 """Continue a reply that stopped at its token budget, in the same message."""
 
 ReasoningButton = id_button(
     "think", lambda runner, itx, p: runner.show_reasoning(itx, p.ids[0]), label="Reasoning",
-    emoji="💭", bound=True)
+    emoji="💭", bound=True, acks_first=True)
 """A reasoning model's thoughts, shown to the presser alone."""
 
 
@@ -471,7 +533,7 @@ def _add_answer_controls(view: discord.ui.View, answer_id: int,
         view.add_item(SwipeButton(answer_id, word="next", disabled=shown + 1 >= count))
 
 
-#: Every control that answers clicks after a restart (the client registers them).
+#: Every control that answers clicks, after a restart too (`dispatch_press` routes them).
 DYNAMIC_ITEMS = (StopButton, RegenerateButton, ReplyButton, SwipeButton, ContinueButton,
                  ReasoningButton, InspectButton, ProbsButton, ConfButton, InspectTokenSelect,
                  InspectPageButton, InspectBackButton, WriteOnSelect, StepButton,

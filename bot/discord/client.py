@@ -25,7 +25,7 @@ from discord.ext import commands
 
 from bot.app import App, open_app
 from bot.config import Settings
-from bot.discord.buttons import DYNAMIC_ITEMS, REPLY_MODAL_PATTERN, submit_reply
+from bot.discord.buttons import REPLY_MODAL_PATTERN, dispatch_press, submit_reply
 from bot.discord.follow import ContentMode, Follower
 from bot.discord.guard import GuardedTree
 from bot.discord.lab import LabRunner
@@ -104,7 +104,6 @@ class LlamaBot(commands.AutoShardedBot):
             await self._take_identify_concurrency(self.identify_gate)
         for ext in EXTENSIONS:
             await self.load_extension(ext)
-        self.add_dynamic_items(*DYNAMIC_ITEMS)
         if self.app.metrics is not None:
             # After the cogs: the error cog installs the tree's error handler we wrap.
             attach_metrics(self, self.app.metrics)
@@ -127,7 +126,10 @@ class LlamaBot(commands.AutoShardedBot):
         await self.runner.handle_message(message, self.user)
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        """Our edit boxes' submissions, live or from before a restart (bot/discord/modals.py)."""
+        """Presses of our controls (bot/discord/buttons.py) and our edit boxes' submissions
+        (bot/discord/modals.py), live or from before a restart."""
+        if await dispatch_press(interaction):
+            return
         await self.modals.dispatch(interaction)
 
     async def on_guild_join(self, guild: discord.Guild) -> None:

@@ -11,10 +11,11 @@ subclasses `Run` and calls `AskRunner.run` too. That one method is the lifecycle
     acknowledge → `Run.deliver` (stream, store, and `release` the slot when
     generation ends, before the final edit) → finish hooks → one error tail.
 
-Regenerate must read the store before it knows whether to refuse, and reads queue
-under load, so it takes the slot and acknowledges before them (`early_ack`,
-`InteractionSurface.defer`); a refusal found later withdraws that acknowledgement
-and is said privately (`InteractionSurface.withdraw`).
+Regenerate and Continue must read the store before they know whether to refuse,
+and reads queue under load, so they take the slot and acknowledge before them
+(`early_ack`, `InteractionSurface.defer`, a deferred update for Continue); a
+refusal found later withdraws that acknowledgement and is said privately
+(`InteractionSurface.withdraw`, a follow-up).
 
 A refusal before the acknowledgement reaches the entry as `UserFacingError`
 (or is said on the early "loading" page); after it, the reply itself says how
@@ -29,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ from bot.chat.history import PrivateConversation
 from bot.chat.request import footer
 from bot.chat.turns import PreparedTurn, TurnAsk, check_where
 from bot.discord.attachments import read_text_files
-from bot.discord.buttons import ReplyModal, reply_view
+from bot.discord.buttons import ReplyModal, check_binding, reply_view
 from bot.discord.common import NO_MENTIONS, location_of, reply_to
 from bot.discord.conversation import (
     HOW_TO_ASK,
@@ -79,7 +80,7 @@ from bot.engine import Generation, GenerationResult
 from bot.errors import UserFacingError
 from bot.hosting.host import OnWait
 from bot.knobs import Knobs
-from bot.limits import AskGate, QuietRefusals
+from bot.limits import AskGate, QuietRefusals, Slot
 from bot.model.reasoning import ReasoningFilter
 from bot.store.ask_log import AskRecord
 from bot.store.swipes import AnswerGone, Swipes
@@ -188,7 +189,7 @@ class AskRunner:
 
     # --- the lifecycle ---------------------------------------------------------------
 
-    async def run(self, run: Run, held: contextlib.ExitStack | None = None) -> None:
+    async def run(self, run: Run, held: Slot | None = None) -> None:
         """The one lifecycle (see the module): every entry's, the lab's runs' too.
 
         Refusals up to the acknowledgement raise `UserFacingError` to the entry;
@@ -206,7 +207,8 @@ class AskRunner:
             if held is None:
                 slot.enter_context(await self.gate.take(run.user_id))
             else:
-                slot.push(held)
+                slot.enter_context(held)
+                await held.share()  # on every host, now that the press is acknowledged
             stop = reply_view(run.id, stop_for=run.user_id)
             # A model that must load first acknowledges the ask early and says so.
             notice = LoadingNotice(run.surface, stop)
@@ -253,19 +255,18 @@ class AskRunner:
         if not self.accepting or self.app.models.closing:
             raise UserFacingError(wording.RESTARTING)
 
-    @contextlib.asynccontextmanager
-    async def early_ack(self, interaction: discord.Interaction,
-                        ) -> AsyncIterator[contextlib.ExitStack]:
+    @contextlib.contextmanager
+    def early_ack(self, interaction: discord.Interaction) -> Iterator[Slot]:
         """The member's slot for a press that acknowledges before reading the store.
 
         Only in-memory checks come before the acknowledgement (stopping, a reply
-        already in progress, the cooldown), so they refuse with the press's own
-        response; the slot is held from here, so a second press by the same member
-        is refused at once instead of after store reads of its own.
+        already in progress here, the cooldown), so they refuse with the press's own
+        response; the slot is held on this host from here, so a second press by the
+        same member is refused at once. With several hosts, `run` claims it on every
+        host once the press is acknowledged (`Slot.share`): that round trip can queue.
         """
         self.check_open()
-        with contextlib.ExitStack() as slot:
-            slot.enter_context(await self.gate.take(interaction.user.id))
+        with self.gate.hold(interaction.user.id) as slot:
             yield slot
 
     async def prepare(self, ask: Ask, on_wait: OnWait) -> PreparedTurn:
@@ -423,29 +424,39 @@ class AskRunner:
 
     async def swipe(self, interaction: discord.Interaction, answer_id: int, delta: int) -> None:
         """◀ / ▶: the press's own response, no generation (bot/discord/swipes.py)."""
-        await swipe(self.app, interaction, answer_id, delta)
+        await swipe(self.app, interaction, answer_id, delta,
+                    lambda: check_binding(interaction, self, answer_id))
 
     async def show_reasoning(self, interaction: discord.Interaction, answer_id: int) -> None:
         """Reasoning: the thoughts, to the presser alone (bot/discord/swipes.py)."""
-        await show_reasoning(self.app, interaction, answer_id)
+        await show_reasoning(self.app, interaction, answer_id,
+                             lambda: check_binding(interaction, self, answer_id))
 
     async def continue_reply(self, interaction: discord.Interaction, answer_id: int) -> None:
-        """Continue: one more budget for the same answer, appended in the same message."""
-        user = interaction.user
-        found = await self.chat.answer(answer_id)
-        if found is None:
-            raise AnswerGone()
-        continuing = Continuing(answer_id, shown_text(interaction.message))
-        private = found.turn.private
-        await self.run(Ask(
-            id=interaction.id, user_id=user.id, channel=interaction.channel,
-            guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            private=private, continuing=continuing,
-            surface=PressedSurface(interaction, shown=continuing.shown, private=private,
-                                   ttl_s=lambda: self.interaction_ttl_s),
-            turn=TurnAsk(location=location_of(interaction), prompt="", author_id=user.id,
-                         author_name=display_name(user)),
-        ))
+        """Continue: one more budget for the same answer, appended in the same message.
+
+        Acknowledged (a deferred update: the pressed message is the reply's page)
+        before the store is read, as Regenerate is, the slot taken first; a refusal
+        found in the store is said privately in a follow-up (the press's error path).
+        """
+        with self.early_ack(interaction) as held:
+            await interaction.response.defer()
+            await check_binding(interaction, self, answer_id)
+            user = interaction.user
+            found = await self.chat.answer(answer_id)
+            if found is None:
+                raise AnswerGone()
+            continuing = Continuing(answer_id, shown_text(interaction.message))
+            private = found.turn.private
+            await self.run(Ask(
+                id=interaction.id, user_id=user.id, channel=interaction.channel,
+                guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+                private=private, continuing=continuing,
+                surface=PressedSurface(interaction, shown=continuing.shown, private=private,
+                                       ttl_s=lambda: self.interaction_ttl_s),
+                turn=TurnAsk(location=location_of(interaction), prompt="", author_id=user.id,
+                             author_name=display_name(user)),
+            ), held)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -484,7 +495,7 @@ class AskRunner:
         swipe_of: int | None = None, supersedes: discord.Message | None = None,
         files: tuple[TextFile, ...] = (), notes: tuple[str, ...] = (),
         written: tuple[int, ...] = (), shows_in: discord.PartialMessage | None = None,
-        surface: InteractionSurface | None = None, held: contextlib.ExitStack | None = None,
+        surface: InteractionSurface | None = None, held: Slot | None = None,
     ) -> None:
         user = interaction.user
         # Regenerate keeps the question's own speaker: the model would read the
@@ -546,11 +557,30 @@ class AskRunner:
         await send_stateless(interaction, ReplyModal(ask_id))
 
     async def ask_followup(self, interaction: discord.Interaction, text: str, ask_id: int) -> None:
-        """The Reply modal was sent: a new reply continuing from the answer of `ask_id`."""
-        answer = await self._answer_to_continue(ask_id, interaction.user.id)
-        private = answer.private and interaction.guild_id is not None
-        await self._interaction_ask(interaction, text, private=private, parent_id=answer.id,
-                                    explicit=True)
+        """The Reply modal was sent: a new reply continuing from the answer of `ask_id`.
+
+        Acknowledged before the store is read, as Regenerate is: the "thinking" message
+        is as private as the message the box was opened from (a private answer's
+        buttons are on an ephemeral one); a refusal found in the store, or an answer
+        whose privacy is not that message's, takes it back and is said privately.
+        """
+        if not text.strip():
+            raise UserFacingError(wording.EMPTY_PROMPT)
+        with self.early_ack(interaction) as held:
+            dm = interaction.guild_id is None
+            surface = self.interaction_surface(
+                interaction, private=pressed_privately(interaction) and not dm)
+            await surface.defer()
+            try:
+                answer = await self._answer_to_continue(ask_id, interaction.user.id)
+                if (answer.private and not dm) != surface.private:
+                    raise UserFacingError(wording.BUTTON_OTHER_REPLY)
+                await self._interaction_ask(interaction, text, private=surface.private,
+                                            parent_id=answer.id, explicit=True,
+                                            surface=surface, held=held)
+            except Exception as exc:
+                if not await surface.withdraw(exc):
+                    raise
 
     async def regenerate(self, interaction: discord.Interaction, ask_id: int) -> None:
         """Regenerate: the same prompt and knobs, a new sample; that turn only (a sibling answer).
@@ -563,7 +593,7 @@ class AskRunner:
         the new reply's privacy is known without the store; a refusal found in the
         store takes that message back and is said privately (`InteractionSurface.withdraw`).
         """
-        async with self.early_ack(interaction) as held:
+        with self.early_ack(interaction) as held:
             surface = self.interaction_surface(interaction,
                                                private=pressed_privately(interaction))
             await surface.defer()
@@ -586,7 +616,7 @@ class AskRunner:
         await self._again(interaction, ask_id, surface, None, written=written, shows_in=shows_in)
 
     async def _again(self, interaction: discord.Interaction, ask_id: int,
-                     surface: InteractionSurface, held: contextlib.ExitStack | None, *,
+                     surface: InteractionSurface, held: Slot | None, *,
                      written: tuple[int, ...] = (),
                      shows_in: discord.PartialMessage | None = None) -> None:
         """A new version of the reply to `ask_id`: Regenerate, or written on from Inspect."""

@@ -1,7 +1,11 @@
 """Versions (◀ 2/3 ▶), Reasoning and what Continue brings to the runner's lifecycle.
 
-Browsing and Reasoning are the press's own response (`update_message`, or a
-private message), so they work long after the ask's 15-minute token. Continue
+Browsing and Reasoning answer with the press's own token (a deferred update then
+the pressed message edited, or a private "thinking" message then its text), so
+they work long after the ask's 15-minute token. Every press here is acknowledged
+before the store is read (reads queue under a flood, and Discord allows 3 s): the
+binding check and the store's refusals come after, said privately in a follow-up
+(`bot.discord.errors.send_error`), a "thinking" message taken back first. Continue
 is an entry of `bot.discord.runner.AskRunner`: this module gives it its surface
 (`PressedSurface`: the pressed message is the first page, acknowledged with a
 deferred update),
@@ -12,8 +16,9 @@ answer). The rules (who may browse or continue a private reply, the caps) are
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,22 +48,35 @@ def answer_view(answer: Answer, swipes: Swipes | None) -> discord.ui.View:
                       can_continue=answer.can_continue, reasoning=bool(answer.reasoning))
 
 
-async def show_reasoning(app: App, interaction: discord.Interaction, answer_id: int) -> None:
+#: A press's checks against the store (`bot.discord.buttons.check_binding`), run once
+#: it is acknowledged.
+Check = Callable[[], Awaitable[None]]
+
+
+async def show_reasoning(app: App, interaction: discord.Interaction, answer_id: int,
+                         check: Check) -> None:
     """The Reasoning button: the thoughts, privately; a file when longer than a message."""
-    found = await app.chat.answer(answer_id)
-    if found is None:
-        raise AnswerGone()
-    if not found.turn.visible_to(interaction.user.id):
-        raise PrivateAnswer()
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    try:
+        await check()
+        found = await app.chat.answer(answer_id)
+        if found is None:
+            raise AnswerGone()
+        if not found.turn.visible_to(interaction.user.id):
+            raise PrivateAnswer()
+    except Exception:
+        # The refusal follows privately (the press's error path): no "thinking" left behind.
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.delete_original_response()
+        raise
     text = found.reasoning or wording.NO_REASONING
     if len(text) <= MESSAGE_LIMIT:
-        await interaction.response.send_message(text, ephemeral=True,
-                                                allowed_mentions=NO_MENTIONS)
+        await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
         return
     data = io.BytesIO(text.encode("utf-8"))
-    await interaction.response.send_message(
-        wording.REASONING_ATTACHED, ephemeral=True,
-        file=discord.File(data, filename="reasoning.txt"), allowed_mentions=NO_MENTIONS,
+    await interaction.edit_original_response(
+        content=wording.REASONING_ATTACHED,
+        attachments=[discord.File(data, filename="reasoning.txt")], allowed_mentions=NO_MENTIONS,
     )
 
 
@@ -79,11 +97,18 @@ def version_content(question: str, text: str, label: str) -> str:
     return f"{head}{text}\n{tail}" if text else f"{head}{tail}"
 
 
-async def swipe(app: App, interaction: discord.Interaction, answer_id: int, delta: int) -> None:
-    """◀ / ▶: show another version in place; the conversation continues from it."""
+async def swipe(app: App, interaction: discord.Interaction, answer_id: int, delta: int,
+                check: Check) -> None:
+    """◀ / ▶: show another version in place; the conversation continues from it.
+
+    A deferred update first: the pressed message stays as it is until the edit, or
+    for good if the store refuses.
+    """
+    await interaction.response.defer()
+    await check()
     swipes = await app.chat.step(answer_id, delta, user_id=interaction.user.id)
     shown = swipes.current
-    await interaction.response.edit_message(
+    await interaction.edit_original_response(
         content=swipe_content(shown, swipes), view=answer_view(shown, swipes),
         allowed_mentions=NO_MENTIONS,
     )
@@ -130,7 +155,8 @@ class PressedSurface(InteractionSurface):
         self.shown = shown
 
     async def acknowledge(self, stop: discord.ui.View) -> Page:
-        await self.interaction.response.defer()  # deferred update: no new message
+        if not self.interaction.response.is_done():  # Continue acknowledged on its press
+            await self.interaction.response.defer()  # deferred update: no new message
         message = self.interaction.message
         self.original_id = message.id if message is not None else None
         first = _InteractionPage(self, None, original=True)

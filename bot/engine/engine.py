@@ -21,7 +21,7 @@ from typing import Any
 
 from bot.engine import policy
 from bot.engine.generation import Generation, Slot, cancelled_result
-from bot.engine.loading import load_ctranslate2
+from bot.engine.loading import load_ctranslate2, load_off_loop
 from bot.engine.policy import MIN_PREFIX_TOKENS, CostModel, PersonaCache
 from bot.engine.types import (
     EngineInfo,
@@ -115,9 +115,11 @@ class Engine:
 
     @classmethod
     async def load(cls, model_dir: Path, options: EngineOptions | None = None) -> Engine:
-        """Load tokenizer, template and weights off the event loop."""
+        """Load tokenizer, template and weights off the event loop (CTranslate2's threads
+        at `options.decode_nice`, `bot.engine.loading`)."""
         options = options or EngineOptions()
-        bundle, generator, info = await asyncio.to_thread(load_ctranslate2, model_dir, options)
+        bundle, generator, info = await load_off_loop(
+            lambda: load_ctranslate2(model_dir, options), nice=options.decode_nice)
         return cls(bundle, generator, info=info, options=options, owns_backend=True)
 
     # --- public API --------------------------------------------------------------

@@ -3,19 +3,32 @@
 The only module of the engine that imports `ctranslate2`, and only inside a
 function, so importing the engine costs nothing until a model is loaded. The
 start-up check that the device really generates is `bot.engine.device_check`.
+
+CTranslate2 starts its replicas' threads when a `Generator` is built, and on
+Linux a thread starts at its creator's nice value: `load_off_loop` builds it on a
+thread of its own lowered by `EngineOptions.decode_nice`, so decoding takes the
+cores the event loop leaves (a flood of presses is acknowledged while replies
+decode) and still all of them when the loop is idle.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import struct
+import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.engine.types import EngineInfo, EngineOptions
 from bot.model.bundle import ModelBundle, load_model_bundle
 from bot.model.model_bin import read_index
+
+T = TypeVar("T")
 
 
 def resolve_device(device: str) -> str:
@@ -45,6 +58,42 @@ def cpu_layout(device: str, inter_threads: int, cpu_threads: int) -> tuple[int, 
 
 def default_compute_type(device: str) -> str:
     return "int8_float16" if device == "cuda" else "int8"
+
+
+def lower_thread_priority(by: int) -> None:
+    """Raise the calling thread's nice value by `by` (Linux only: elsewhere the call
+    would lower the whole process, event loop included, so it does nothing)."""
+    if by <= 0 or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):  # on Linux, PRIO_PROCESS 0 is the calling thread
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + by))
+
+
+async def load_off_loop(fn: Callable[[], T], *, nice: int) -> T:
+    """`fn()` on a thread of its own, first lowered by `nice`: the threads `fn` starts
+    inherit that, and no pooled thread is left lowered for other work."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]  # None only with an error
+
+    def body() -> None:
+        lower_thread_priority(nice)
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task, raised there
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=body, name="model-load", daemon=True).start()
+    return await done
 
 
 def load_ctranslate2(

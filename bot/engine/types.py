@@ -137,6 +137,8 @@ class EngineOptions:
     """Threads per replica on the CPU; 0 = the cores left per replica."""
     inter_threads: int = 1
     """Replicas sharing the weights; 0 = auto (1 on CUDA, 1 per core up to 4)."""
+    decode_nice: int = 0
+    """How much lower CTranslate2's own threads run than the loop (Linux nice; 0 = the same)."""
     max_batch_size: int = 8
     queue_size: int = 32
     """Requests allowed to wait; one more is refused with `QueueFull`."""

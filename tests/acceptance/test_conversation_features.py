@@ -180,8 +180,13 @@ async def test_reasoning_on_shows_the_answer_alone_and_the_thoughts_behind_a_but
         assert not any("secret plan 2" in e for e in edits)  # never shown, even mid-stream
         press = await h.fake.inject_component(button(answer, "llm:think:"),
                                               message_id=answer.id, user=BOB_PLAIN)
+        # Acknowledged privately before the store is read, then the thoughts are shown.
         shown = await press.wait_response()
-        assert shown.data["flags"] & EPHEMERAL and "secret plan 2" in shown.data["content"]
+        assert shown.type == 5 and shown.data["flags"] & EPHEMERAL
+        thoughts = await h.fake.wait_for(
+            lambda: press.original if press.original is not None
+            and "secret plan 2" in press.original.content else None, timeout=10)
+        assert thoughts.flags & EPHEMERAL
         # Continuing the conversation: the model reads the answer, never its thoughts.
         opened = await (await h.fake.inject_component(
             button(answer, "llm:reply:"), message_id=answer.id)).wait_response()
@@ -385,8 +390,9 @@ async def test_regenerate_keeps_versions_browsed_in_place_after_the_token_expire
             h.fake.expire_token(itx.token)
         back = await h.fake.inject_component(button(two, "llm:swipe:"), message_id=two.id)
         response = await back.wait_response()
-        assert response.type == 7  # update the message in place
+        assert response.type == 6  # a deferred update, before the store is read
         shown = h.fake.message(two.id)
+        await h.fake.wait_for(lambda: "version 1/2" in shown.content or None, timeout=10)
         assert "Answer 1." in shown.content and "version 1/2" in shown.content
         assert shown.content.startswith("> Tell me a joke\n")  # every version keeps the quote
         assert "1/2" in labels(shown)
@@ -413,9 +419,9 @@ async def test_continue_extends_the_same_answer_and_refuses_others_on_private_re
         assert "cut at the limit" in cut.content.rsplit("\n", 1)[-1]
         cont = button(cut, "llm:cont:")
         # Someone else's press on a private reply is refused, and nothing changes.
-        refused = await (await h.fake.inject_component(cont, message_id=cut.id,
-                                                       user=BOB_PLAIN)).wait_response()
-        assert refused.data["flags"] & EPHEMERAL and "private" in refused.data["content"]
+        said = await refused(await h.fake.inject_component(cont, message_id=cut.id,
+                                                           user=BOB_PLAIN))
+        assert "private" in said["content"]  # in a private follow-up, after the ack
         answer_id = int(cont.rsplit(":", 1)[1])
         before = await h.app.swipes.answer(answer_id)
         assert before is not None and before.continuations == 0

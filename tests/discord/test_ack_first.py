@@ -2,9 +2,10 @@
 
 Discord allows 3 s for an interaction's first response, and under a flood of
 presses the store's reads queue. The store's read connection is held on a real
-query (a SQL function that waits) while members press Regenerate: the presses
-are acknowledged all the same, and what the store then decides (the new reply,
-or a refusal) follows once it reads again; a refusal stays private.
+query (a SQL function that waits) while members press Regenerate, Continue, the
+versions' ◀ ▶ and Reasoning: the presses are acknowledged all the same, and what
+the store then decides (the new reply, or a refusal) follows once it reads
+again; a refusal stays private.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import discord
 import pytest
 
 from bot import wording
 from bot.store.db import Database
-from testing.discord_harness import running_bot
+from bot.store.scopes import Scope
+from testing.discord_harness import is_final, running_bot
 from testing.fake_discord import FLAG_EPHEMERAL, FakeUser
-from testing.stories import button, final_message, refused
+from testing.stories import RecordingModel, button, final_message, labels, refused
 
 #: Well within Discord's 3 s, with room for a slow shared test machine.
 ACK_WITHIN_S = 2.0
@@ -117,6 +120,89 @@ async def test_the_client_keeps_a_bounded_pool_of_connections_to_discord(
                    for n in range(40)]
         for press in presses:
             assert (await press.wait_response(timeout=10)).type == 4
+
+
+async def test_continue_and_the_versions_are_acknowledged_while_the_store_cannot_read(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    text = " ".join(f"w{i}" for i in range(60))
+    async with running_bot(smol_model_dir, tmp_path, scripted=text, script_delay=0.0) as h:
+        await h.app.store.set_knobs(Scope.server(h.guild.id), {"max_new_tokens": 8},
+                                    actor_id=1)
+        first = final_message(await h.ask("count"))
+        again = await h.fake.inject_component(button(first, "llm:regen:"), message_id=first.id)
+        await h.finished(again)
+        two = final_message(again)
+        assert "2/2" in labels(two)
+        stranger = FakeUser(828282, "stranger", "Stranger")
+        async with reads_held(h.app.store.db) as holding:
+            back = await h.fake.inject_component(button(two, "llm:swipe:"), message_id=two.id)
+            # Continue of another place's answer: only the store knows it is refused.
+            forged = await h.fake.inject_component(button(two, "llm:cont:"),
+                                                   channel_id=h.help, user=stranger)
+            for itx in (back, forged):
+                ack = await itx.wait_response(timeout=ACK_WITHIN_S)
+                assert ack.type == 6  # a deferred update: the pressed message stays
+            assert not holding.done()
+        shown = h.fake.message(two.id)
+        await h.fake.wait_for(lambda: "version 1/2" in shown.content or None, timeout=10)
+        refusal = await refused(forged)
+        assert refusal["content"].endswith(wording.BUTTON_OTHER_CHANNEL)
+        before = shown.content
+        async with reads_held(h.app.store.db) as holding:
+            cont = await h.fake.inject_component(button(shown, "llm:cont:"), message_id=two.id,
+                                                 user=FakeUser(838383, "other", "Other"))
+            assert (await cont.wait_response(timeout=ACK_WITHIN_S)).type == 6
+            assert not holding.done()
+        # Carried on in the pressed message once the store reads again.
+        await h.fake.wait_for(lambda: (shown.content != before and is_final(shown.content)
+                                       and "continued" in shown.content) or None, timeout=30)
+
+
+async def test_reasoning_is_acknowledged_privately_while_the_store_cannot_read(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    model = RecordingModel(smol_model_dir, answer=lambda n: f"<think>plan {n}</think>Answer {n}.")
+    manage = str(discord.Permissions(manage_channels=True).value)
+    async with running_bot(smol_model_dir, tmp_path, scripted=model) as h:
+        turned = await h.command("system reasoning", {"mode": "on"}, permissions=manage)
+        await turned.wait_response()
+        answer = final_message(await h.ask("Why?"))
+        think = button(answer, "llm:think:")
+        async with reads_held(h.app.store.db) as holding:
+            press = await h.fake.inject_component(think, message_id=answer.id)
+            forged = await h.fake.inject_component(think, channel_id=h.help)
+            for itx in (press, forged):
+                ack = await itx.wait_response(timeout=ACK_WITHIN_S)
+                assert ack.type == 5 and ack.data["flags"] & FLAG_EPHEMERAL
+            assert not holding.done()
+        thoughts = await h.fake.wait_for(
+            lambda: press.original if press.original is not None
+            and "plan 1" in press.original.content else None, timeout=10)
+        assert thoughts.flags & FLAG_EPHEMERAL
+        refusal = await refused(forged)
+        assert refusal["content"].endswith(wording.BUTTON_OTHER_CHANNEL)
+        assert forged.original is not None and forged.original.deleted
+
+
+async def test_a_reply_box_is_acknowledged_while_the_store_cannot_read(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """The box is opened before the hold (a modal must be the press's first response, so
+    Reply itself cannot acknowledge first); its submission is acknowledged during it."""
+    async with running_bot(smol_model_dir, tmp_path, scripted="More to say.") as h:
+        answer = final_message(await h.ask("hello", channel_id=h.help))
+        opened = await (await h.fake.inject_component(button(answer, "llm:reply:"),
+                                                      message_id=answer.id)).wait_response()
+        assert opened.type == 9  # the box
+        async with reads_held(h.app.store.db) as holding:
+            submit = await h.fake.inject_modal_submit(opened.data["custom_id"],
+                                                      {"text": "go on"}, channel_id=h.help)
+            ack = await submit.wait_response(timeout=ACK_WITHIN_S)
+            assert ack.type == 5 and not int(ack.data.get("flags") or 0) & FLAG_EPHEMERAL
+            assert not holding.done()
+        await h.finished(submit)
+        assert "More to say." in final_message(submit).content
 
 
 async def test_a_regenerate_that_fails_in_the_store_is_withdrawn_and_frees_the_slot(

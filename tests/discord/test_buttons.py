@@ -19,7 +19,7 @@ from bot.discord.buttons import DYNAMIC_ITEMS, IdButton, IdSelect
 from bot.store.scopes import Scope
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeUser, StoredMessage, default_guild
-from testing.stories import button, buttons, final_message, labels, refusal_of
+from testing.stories import button, buttons, final_message, labels, refusal_of, refused
 
 OTHER = default_guild((1 << 22) * 2000 + 1, "Other Guild")
 STRANGER = FakeUser((1 << 22) * 2000 + 77, "mallory", "Mallory")
@@ -111,8 +111,7 @@ async def test_a_continue_forged_from_another_server_is_refused_and_changes_noth
         # The press comes from a message in the other server that carries the forged id.
         itx = await h.fake.inject_component(custom_id, guild_id=OTHER.id,
                                             channel_id=OTHER.channels[0].id, user=STRANGER)
-        await itx.wait_response(timeout=10)
-        said = refusal_of(itx)
+        said = (await refused(itx, timeout=10))["content"]
         assert said == wording.warning(wording.BUTTON_OTHER_SERVER), said
         assert "w0" not in said
     after = await h.app.swipes.answer(answer_id)
@@ -126,8 +125,7 @@ async def test_a_version_press_from_another_channel_is_refused(two_servers: Harn
     answer_id = answer_id_of(answer)
     itx = await h.fake.inject_component(f"llm:swipe:{answer_id}:prev", guild_id=h.guild.id,
                                         channel_id=h.help)
-    await itx.wait_response(timeout=10)
-    assert wording.BUTTON_OTHER_CHANNEL in refusal_of(itx)
+    assert wording.BUTTON_OTHER_CHANNEL in (await refused(itx, timeout=10))["content"]
 
 
 async def test_a_press_naming_another_replys_answer_is_refused(two_servers: Harness) -> None:
@@ -141,8 +139,7 @@ async def test_a_press_naming_another_replys_answer_is_refused(two_servers: Harn
         # Without `message_id` the press comes on a message made to carry the forged id.
         itx = await h.fake.inject_component(custom_id, guild_id=h.guild.id,
                                             channel_id=h.general)
-        await itx.wait_response(timeout=10)
-        assert wording.BUTTON_OTHER_REPLY in refusal_of(itx)
+        assert wording.BUTTON_OTHER_REPLY in (await refused(itx, timeout=10))["content"]
     stored = await h.app.swipes.answer(answer_id_of(theirs))
     assert stored is not None and stored.continuations == 0
     # The genuine press on the answer's own message works: Continue carries it on.

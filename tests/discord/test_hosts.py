@@ -280,3 +280,43 @@ async def test_hosts_identify_as_many_at_once_as_discord_allows(
         # One host on SQLite: discord.py's own identify pacing, nothing fetched.
         assert h.bot.identify_gate is None
         assert not h.fake.requests_for(Routes.GATEWAY_BOT)
+
+
+async def test_a_press_is_acknowledged_before_its_slot_is_claimed_on_every_host(
+    smol_model_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    """The shared claim is a round trip that can queue (here: the member's row is held
+    by another transaction, as by a busy host): Regenerate is acknowledged on this
+    host's own count first, and the claim follows, before the reply is written."""
+    import asyncpg
+
+    async with running_bot(smol_model_dir, tmp_path, scripted="A fresh answer.",
+                           database_url=postgres_url) as h:
+        asked = await h.ask("hello")
+        first = asked.original
+        assert first is not None
+        regen = next(i for i in buttons_of(first) if i.startswith("llm:regen:"))
+        asker = h.guild.members[0].id
+        await shared(h.app).settle()
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("INSERT INTO member_limits (member_id) VALUES ($1) "
+                               "ON CONFLICT DO NOTHING", asker)
+            await conn.execute("SELECT 1 FROM member_limits WHERE member_id = $1 FOR UPDATE",
+                               asker)
+            press = await h.fake.inject_component(regen, message_id=first.id)
+            ack = await press.wait_response(timeout=5)
+            assert ack.type == 5  # acknowledged while the claim waits on the row
+            await asyncio.sleep(0.3)
+            assert press.original is not None and not press.original.content
+            await tx.rollback()
+        finally:
+            await conn.close()
+        await h.finished(press)
+        assert "A fresh answer." in (press.original.content if press.original else "")
+
+
+def buttons_of(message: Any) -> list[str]:
+    return [c.get("custom_id", "") for row in message.components for c in row["components"]]
