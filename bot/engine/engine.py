@@ -371,7 +371,9 @@ class Engine:
         generator = self._generator
         try:
             if hasattr(generator, "unload_model") and hasattr(generator, "load_model"):
-                await asyncio.to_thread(reload_without_state, generator)
+                # As at load: whatever threads CTranslate2 starts again start lowered.
+                await load_off_loop(lambda: reload_without_state(generator),
+                                    nice=self.options.decode_nice)
             self.persona_cache.clear()
             log.info("persona cache flushed in %.2f s", time.perf_counter() - started)
         except Exception:
