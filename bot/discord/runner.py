@@ -55,7 +55,7 @@ from bot.discord.conversation import (
     thread_place,
 )
 from bot.discord.modals import send_stateless
-from bot.discord.model_wait import LoadingNotice
+from bot.discord.model_wait import ACK_WITHIN_S, LoadingNotice
 from bot.discord.pages import quote_prompt
 from bot.discord.reply import (
     INTERACTION_TTL_S,
@@ -199,20 +199,21 @@ class AskRunner:
         self.check_open()
         if isinstance(run, Ask) and run.continuing is None and not run.turn.prompt:
             raise UserFacingError(wording.EMPTY_PROMPT)
-        # The member's slot is taken here before anything else awaits (`AskGate.take`
-        # counts it on this host before its first await): checked here but taken
-        # later, two simultaneous asks by one person both passed the check, and the
-        # loser's refusal came after its ack, leaving a reply that never finished.
+        # The member's slot is taken here before anything else awaits (`AskGate.hold`,
+        # this host's count, no round trip): checked here but taken later, two
+        # simultaneous asks by one person both passed the check, and the loser's
+        # refusal came after its ack, leaving a reply that never finished. The claim
+        # on every host (`Slot.share`) is a round trip: it runs under the deadline below.
         with contextlib.ExitStack() as slot:
-            if held is None:
-                slot.enter_context(await self.gate.take(run.user_id))
-            else:
-                slot.enter_context(held)
-                await held.share()  # on every host, now that the press is acknowledged
+            held = slot.enter_context(held or self.gate.hold(run.user_id))
             stop = reply_view(run.id, stop_for=run.user_id)
             # A model that must load first acknowledges the ask early and says so.
             notice = LoadingNotice(run.surface, stop)
+            # Whatever queues in `start` (store reads, a shared slot, fitting a long
+            # history), an interaction is acknowledged within Discord's 3 s.
+            late = asyncio.get_running_loop().call_later(ACK_WITHIN_S, notice.acknowledge_late)
             try:
+                await held.share()
                 await run.start(self, notice)
                 self.gate.accepted(run.user_id)  # a refused run above starts no cooldown
             except UserFacingError as exc:
@@ -226,6 +227,8 @@ class AskRunner:
                 log.exception("reply %s failed before it began", run.id)
                 await notice.refuse(UserFacingError(wording.GENERIC))
                 return
+            finally:
+                late.cancel()
             try:
                 first = await notice.page() or await run.surface.acknowledge(stop)
             except BaseException:

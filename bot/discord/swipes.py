@@ -154,9 +154,13 @@ class PressedSurface(InteractionSurface):
         super().__init__(interaction, private=private, header=header, ttl_s=ttl_s)
         self.shown = shown
 
-    async def acknowledge(self, stop: discord.ui.View) -> Page:
+    async def defer(self) -> None:
+        """A deferred update: the pressed message stays the page, no "thinking" message."""
         if not self.interaction.response.is_done():  # Continue acknowledged on its press
-            await self.interaction.response.defer()  # deferred update: no new message
+            await self.interaction.response.defer()
+
+    async def acknowledge(self, stop: discord.ui.View) -> Page:
+        await self.defer()
         message = self.interaction.message
         self.original_id = message.id if message is not None else None
         first = _InteractionPage(self, None, original=True)

@@ -20,6 +20,8 @@ import discord
 import pytest
 
 from bot import wording
+from bot.discord import model_wait
+from bot.errors import UserFacingError
 from bot.store.db import Database
 from bot.store.scopes import Scope
 from testing.discord_harness import is_final, running_bot
@@ -229,3 +231,46 @@ async def test_a_regenerate_that_fails_in_the_store_is_withdrawn_and_frees_the_s
         again = await h.fake.inject_component(regen, message_id=first.id)
         await h.finished(again)
         assert "A fresh answer." in final_message(again).content
+
+
+#: An ask still preparing at the runner's deadline is deferred then: that, plus room
+#: for a slow shared machine, and still inside Discord's 3 s.
+LATE_ACK_WITHIN_S = model_wait.ACK_WITHIN_S + 1.5
+
+
+async def test_an_ask_is_acknowledged_by_the_deadline_while_the_store_cannot_read(
+    smol_model_dir: Path, tmp_path: Path
+) -> None:
+    """/ask refuses from memory at once, but what it must read first can queue: past
+    the deadline it is deferred (Discord's "thinking"), and the reply then fills it."""
+    async with running_bot(smol_model_dir, tmp_path, scripted="Here you are.") as h:
+        await h.ask("warm up")  # the conversation tables exist and the model is loaded
+        async with reads_held(h.app.store.db) as holding:
+            itx = await h.command("ask", {"prompt": "hello"})
+            ack = await itx.wait_response(timeout=LATE_ACK_WITHIN_S)
+            assert ack.type == 5 and not int(ack.data.get("flags") or 0) & FLAG_EPHEMERAL
+            assert not holding.done()
+        await h.finished(itx)
+        assert "Here you are." in final_message(itx).content
+        assert not itx.followup_ids  # the deferral became the reply
+
+
+async def test_a_refusal_after_the_deadline_takes_the_deferral_back_and_is_private(
+    smol_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_bot(smol_model_dir, tmp_path, scripted="Never said.") as h:
+        slow = asyncio.Event()
+
+        async def refuses_late(ask: object, on_wait: object = None) -> object:
+            await slow.wait()
+            raise UserFacingError("Not today.")
+
+        monkeypatch.setattr(h.app.chat, "prepare", refuses_late)
+        itx = await h.command("ask", {"prompt": "hello"})
+        ack = await itx.wait_response(timeout=LATE_ACK_WITHIN_S)
+        assert ack.type == 5
+        slow.set()
+        refusal = await refused(itx)
+        assert refusal["content"].endswith("Not today.")
+        assert itx.original is not None and itx.original.deleted
+        assert h.bot.runner.gate.active(h.guild.members[0].id) == 0
