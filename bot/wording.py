@@ -403,6 +403,44 @@ WORD_ODDS_NOTE: Final = ("How expected each token was to the model, not whether 
                          "⟨marked⟩ tokens had under 10 %.")
 #: Inspect pressed under an empty reply (one sent before Inspect left empty replies).
 WORD_ODDS_EMPTY: Final = "This reply is empty: there are no words to score."
+#: The lab's /probs walk, /compare and knob help (bot/discord/lab.py).
+LAB_PROMPT_GONE: Final = "I no longer have this prompt (it may have expired). Ask again!"
+LAB_ONLY_ASKER: Final = "Only the person who asked can look inside this reply."
+COMPARE_SEED_NOTE: Final = (
+    "Same seed for every variant, so the knob is the only difference asked. CTranslate2 "
+    "has no per-call seed: the seed fixes the lab's own draws, not a replay of the bot's.")
+COMPARE_TEXTS_CUT: Final = "Some texts were cut: the full texts are attached."
+COMPARE_GONE: Final = ("I no longer have this comparison (they are kept 15 minutes). "
+                       "Run /compare again!")
+COMPARE_ONLY_ASKER: Final = "Only the person who asked can regenerate this."
+WALK_STALE_BUTTON: Final = "That button is out of date: step from the latest view."
+WALK_GONE: Final = "This walk has expired (walks are kept 15 minutes). Run /probs again."
+WALK_NOT_YOURS: Final = "Only the person who opened this view can step it."
+WALK_FIRST_STEP: Final = "This is the first step: there is nothing before it."
+CHART_TOO_LARGE: Final = "The chart came out too large to send."
+KNOB_HELP_TITLE: Final = "What the knobs do"
+KNOB_HELP_FOOTER: Final = ("Try one: your last prompt here, with the knob's value here "
+                           "against a contrasting one (/compare).")
+KNOB_HELP_BUTTON: Final = "What do these do?"
+TRY_NEEDS_AN_ASK: Final = "Ask something here first (/ask): this reruns your last prompt."
+REPLY_BOX_LABEL: Final = "Your reply"
+AN_OPTION: Final = "an option"
+
+
+LAB_FIXED: Final = (
+    LAB_PROMPT_GONE, LAB_ONLY_ASKER, COMPARE_SEED_NOTE, COMPARE_TEXTS_CUT, COMPARE_GONE,
+    COMPARE_ONLY_ASKER, WALK_STALE_BUTTON, WALK_GONE, WALK_NOT_YOURS, WALK_FIRST_STEP,
+    CHART_TOO_LARGE, KNOB_HELP_TITLE, KNOB_HELP_FOOTER, KNOB_HELP_BUTTON, TRY_NEEDS_AN_ASK,
+    REPLY_BOX_LABEL,
+)
+
+
+def probs_title(named: str, step: int, knobs: str, seed: int | None, header: str) -> str:
+    """The first lines of a /probs view: which model, which step, the knobs and the seed."""
+    return (f"**Next-token probabilities**{named} · step {step} · `{knobs}`"
+            f" · seed {seed} (the lab's own draw)\n{header}\n")
+
+
 #: The button under a finished reply, and what its view offers.
 INSPECT: Final = "Inspect"
 INSPECT_PICK_TOKEN: Final = "Jump to a token of the reply…"
@@ -468,7 +506,7 @@ ALL_FIXED: Final = (
     PERSONA_NONE, NAMED_PERSONAS_PERMISSION, IMPORT_NOT_SAVED, MODEL_SWAP_PERMISSION,
     MODEL_SWAP_NOT_IN_DMS, EMPTY_REPLY, MORE_HINT,
     RAISE_HINT, *CAP_OWNERS.values(), *DISCORD_FIXED,
-    *ERROR_FIXED, *COMMAND_FIXED, *INSPECT_FIXED,
+    *ERROR_FIXED, *COMMAND_FIXED, *INSPECT_FIXED, *LAB_FIXED,
 )
 
 HELP: Final = "\n".join([

@@ -472,7 +472,7 @@ CompareRegenerateButton = id_button(
 
 KnobHelpButton = id_button(
     "knobhelp", lambda runner, itx, p: lab_of(itx).knob_help(itx), ids=0,
-    label="What do these do?", prefix="lab")
+    label=wording.KNOB_HELP_BUTTON, prefix="lab")
 """Under /help, /settings and /knobs show: what each knob does."""
 
 #: The knobs a Try button compares (the knob help's view offers one each).
@@ -495,7 +495,7 @@ class ReplyModal(discord.ui.Modal, title="Reply"):
         super().__init__(timeout=900, custom_id=MODAL_ID.format(ask_id=ask_id))
         self.ask_id = ask_id
         self.text: discord.ui.TextInput[ReplyModal] = discord.ui.TextInput(
-            label="Your reply", style=discord.TextStyle.paragraph,
+            label=wording.REPLY_BOX_LABEL, style=discord.TextStyle.paragraph,
             max_length=FOLLOWUP_LIMIT, required=True, custom_id="text",
         )
         self.add_item(self.text)

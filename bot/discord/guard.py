@@ -71,7 +71,7 @@ def _check_options(options: object, depth: int = 0) -> None:
         elif (option.get("type") == _STRING and "value" in option
               and not isinstance(option["value"], str)):
             name = option.get("name")
-            shown = f"`{name}`" if isinstance(name, str) and len(name) <= 32 else "an option"
+            shown = f"`{name}`" if isinstance(name, str) and len(name) <= 32 else wording.AN_OPTION
             raise UserFacingError(wording.option_not_text(shown))
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 
+from bot import wording
 from bot.chat.request import FINISH_WORDS
 from bot.chat.turns import TurnAsk
 from bot.discord.buttons import (
@@ -74,10 +75,7 @@ WALK_TTL_S = 900.0
 COMPARES = 200
 STEP_BUTTONS = 3
 """Alternatives offered as buttons, beside Back."""
-SEED_NOTE = (
-    "Same seed for every variant, so the knob is the only difference asked. CTranslate2 "
-    "has no per-call seed: the seed fixes the lab's own draws, not a replay of the bot's."
-)
+SEED_NOTE = wording.COMPARE_SEED_NOTE
 """Said only in the attached file (and the CLI): the embed stays about the texts."""
 
 
@@ -148,10 +146,9 @@ def probs_content(step: ProbsStep, header: str, reply_so_far: str, model: str = 
     """The text beside the chart: what was asked, the step, the table (the accessible view)."""
     so_far = reply_so_far.replace("```", "`\u200b``")
     named = f" · model `{model}`" if model else ""
-    top = (f"**Next-token probabilities**{named} · step {step.step + 1} · "
-           f"`{format_knobs(step.knobs)}`"
-           f" · seed {step.seed} (the lab's own draw)\n{header}\n")
-    mid = f"Reply so far: `{so_far[-300:] or '∅'}`\n" if step.generated else ""
+    top = wording.probs_title(named, step.step + 1, format_knobs(step.knobs), step.seed,
+                              header)
+    mid = wording.inspect_so_far(so_far[-300:] or "∅") + "\n" if step.generated else ""
     room = MESSAGE_LIMIT - len(top) - len(mid) - 8
     table, _ = clean_cut(format_table(step).replace("```", "`\u200b``"), room)
     return f"{top}{mid}```\n{table}\n```"
@@ -278,19 +275,19 @@ class LabRunner:
         app = self.app
         record = await app.chat.asked(ask_id)
         if record is None:
-            raise UserFacingError("I no longer have this prompt (it may have expired). Ask again!")
+            raise UserFacingError(wording.LAB_PROMPT_GONE)
         if record.guild_id != interaction.guild_id:
-            raise UserFacingError("This button belongs to another server.")
+            raise UserFacingError(wording.BUTTON_OTHER_SERVER)
         if record.channel_id is not None and record.channel_id != interaction.channel_id:
-            raise UserFacingError("This button belongs to another channel.")
+            raise UserFacingError(wording.BUTTON_OTHER_CHANNEL)
         if (record.private or record.guild_id is None) and interaction.user.id != record.user_id:
-            raise UserFacingError("Only the person who asked can look inside this reply.")
+            raise UserFacingError(wording.LAB_ONLY_ASKER)
         # A version made by Regenerate or write on has no question of its own: its
         # answer's is the one it was generated from, earlier turns and speaker included.
         question = await app.chat.question_of_ask(ask_id)
         answer = await app.chat.answer_for_ask(ask_id)
         if question is not None and not question.visible_to(interaction.user.id):
-            raise UserFacingError("Only the person who asked can look inside this reply.")
+            raise UserFacingError(wording.LAB_ONLY_ASKER)
         where = replace(location_of(interaction), user_id=record.user_id)
         if question is not None:
             name = question.author_name
@@ -378,7 +375,7 @@ class LabRunner:
             embed, cut = compare_embed(ask.prompt, comparison.seed, views, model=ask.model)
             if cut:
                 embed, _ = compare_embed(ask.prompt, comparison.seed, views, model=ask.model,
-                                         note="Some texts were cut: the full texts are attached.")
+                                         note=wording.COMPARE_TEXTS_CUT)
             # The full texts, the seed and what it can do: in the file, not the embed.
             data = full_texts(ask.prompt, comparison.seed, results).encode()
             state["file"] = discord.File(io.BytesIO(data), filename="compare.md")
@@ -395,13 +392,11 @@ class LabRunner:
         """The same prompt and variants, a new seed; as private as the first one."""
         ask = self.compares.get(str(cid))
         if ask is None:
-            raise UserFacingError(
-                "I no longer have this comparison (they are kept 15 minutes). Run /compare again!"
-            )
+            raise UserFacingError(wording.COMPARE_GONE)
         if ask.guild_id != interaction.guild_id or ask.channel_id != interaction.channel_id:
-            raise UserFacingError("This button belongs to another channel.")
+            raise UserFacingError(wording.BUTTON_OTHER_CHANNEL)
         if ask.private and interaction.user.id != ask.user_id:
-            raise UserFacingError("Only the person who asked can regenerate this.")
+            raise UserFacingError(wording.COMPARE_ONLY_ASKER)
         again = replace(ask, user_id=interaction.user.id, comparison=None)
         await self.compare(interaction, again)
 
@@ -429,23 +424,22 @@ class LabRunner:
         """A Step button: append the chosen token and show the next step (author only)."""
         walk = self._own_walk(interaction, walk_id)
         if not 0 <= rank < len(walk.choices):
-            raise UserFacingError("That button is out of date: step from the latest view.")
+            raise UserFacingError(wording.WALK_STALE_BUTTON)
         await self._move(interaction, walk, walk.step.then(walk.choices[rank]))
 
     def _own_walk(self, interaction: discord.Interaction, walk_id: int) -> Walk:
         walk = self.walks.get(str(walk_id))
         if walk is None:
-            raise UserFacingError("This walk has expired (walks are kept 15 minutes). "
-                                  "Run /probs again.")
+            raise UserFacingError(wording.WALK_GONE)
         if interaction.user.id != walk.user_id:
-            raise UserFacingError("Only the person who opened this view can step it.")
+            raise UserFacingError(wording.WALK_NOT_YOURS)
         return walk
 
     async def back(self, interaction: discord.Interaction, walk_id: int) -> None:
         """Back: the step before this one."""
         walk = self._own_walk(interaction, walk_id)
         if not walk.step.generated:
-            raise UserFacingError("This is the first step: there is nothing before it.")
+            raise UserFacingError(wording.WALK_FIRST_STEP)
         await self._move(interaction, walk, walk.step.generated[:-1])
 
     async def _move(self, interaction: discord.Interaction, walk: Walk,
@@ -469,7 +463,7 @@ class LabRunner:
         png = await asyncio.to_thread(partial(render_png, step, prompt=walk.request.prompt,
                                               so_far=so_far))
         if len(png) > MAX_PNG_BYTES:  # never expected: a few dozen bars
-            raise UserFacingError("The chart came out too large to send.")
+            raise UserFacingError(wording.CHART_TOO_LARGE)
         by_id = {c.id: c for c in step.candidates}
         header = walk.header
         content = probs_content(step, header, so_far, walk.model)
@@ -498,10 +492,9 @@ class LabRunner:
 
     async def knob_help(self, interaction: discord.Interaction) -> None:
         """"What do these do?": every knob in a line or two, and a "try it" per knob."""
-        embed = discord.Embed(title="What the knobs do",
+        embed = discord.Embed(title=wording.KNOB_HELP_TITLE,
                               description="\n".join(f"• {line}" for line in help_lines())[:4096])
-        embed.set_footer(text="Try one: your last prompt here, with the knob's value here "
-                              "against a contrasting one (/compare).")
+        embed.set_footer(text=wording.KNOB_HELP_FOOTER)
         view = discord.ui.View(timeout=None)
         for name in TRY_KNOBS:
             view.add_item(TryKnobButton(word=name, label=f"Try {name}"))
@@ -513,7 +506,7 @@ class LabRunner:
         """"Try it on my last prompt": a comparison of the knob's value against a contrast."""
         ask_id = await self.app.chat.latest_ask(interaction.user.id, interaction.channel_id)
         if ask_id is None:
-            raise UserFacingError("Ask something here first (/ask): this reruns your last prompt.")
+            raise UserFacingError(wording.TRY_NEEDS_AN_ASK)
         turn = (await self.request_of_ask(interaction, ask_id)).turn
         record = await self.app.chat.asked(ask_id)
         prompt = record.prompt if record is not None else turn.request.prompt
