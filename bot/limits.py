@@ -36,6 +36,15 @@ class Claim:
     wait_s: float
 
 
+@dataclass(frozen=True)
+class WriteTaken:
+    """A settings write counted for `actor_id`: its stamp here, or its row on every host."""
+
+    actor_id: int
+    at: float | None = None
+    shared_id: int | None = None
+
+
 class SharedLimits(Protocol):
     """Limits kept where every host sees them (`bot.store.member_limits.MemberLimits`)."""
 
@@ -48,6 +57,11 @@ class SharedLimits(Protocol):
     async def write_wait(self, member: int, limit: int, window_s: float) -> float | None: ...
 
     async def write_record(self, member: int, window_s: float) -> None: ...
+
+    async def write_take(self, member: int, limit: int, window_s: float,
+                         ) -> tuple[int | None, float]: ...
+
+    async def write_refund(self, write_id: int) -> None: ...
 
 
 class Slot:
@@ -185,10 +199,32 @@ class SettingsWriteLimiter:
     def off(self) -> bool:
         return self.limit <= 0 or self.window_s <= 0
 
-    async def take(self, actor_id: int) -> None:
-        """Count a write by `actor_id`, or refuse it with when to try again."""
-        await self.check(actor_id)
-        await self.record(actor_id)
+    async def take(self, actor_id: int) -> WriteTaken | None:
+        """Count a write by `actor_id` (None when the limit is off), or refuse it with
+        when to try again. The check and the count are one step, here and across
+        hosts, so two writes at once never both take a member's last one; `refund`
+        uncounts a write that changed nothing."""
+        if self.off:
+            return None
+        if self.shared is not None:
+            write_id, wait = await self.shared.write_take(actor_id, self.limit, self.window_s)
+            if write_id is None:
+                raise TooManyWrites(max(1, round(wait)))
+            return WriteTaken(actor_id, shared_id=write_id)
+        await self.check(actor_id)  # no await inside: the check and the count are one step
+        stamp = self._stamp(actor_id)
+        return WriteTaken(actor_id, at=stamp)
+
+    async def refund(self, taken: WriteTaken | None) -> None:
+        """Uncount `taken`: the write it was for changed nothing, or failed."""
+        if taken is None:
+            return
+        if taken.shared_id is not None and self.shared is not None:
+            await self.shared.write_refund(taken.shared_id)
+            return
+        recent = self._recent.get(taken.actor_id)
+        if recent is not None and taken.at is not None and taken.at in recent:
+            recent.remove(taken.at)
 
     async def check(self, actor_id: int) -> None:
         """Refuse (`TooManyWrites`) if `actor_id` has no write left in the window; count nothing.
@@ -219,6 +255,9 @@ class SettingsWriteLimiter:
         if self.shared is not None:
             await self.shared.write_record(actor_id, self.window_s)
             return
+        self._stamp(actor_id)
+
+    def _stamp(self, actor_id: int) -> float:
         now = self._clock()
         self._recent.setdefault(actor_id, deque()).append(now)
         if len(self._recent) > _TRACKED_LIMIT:
@@ -226,6 +265,7 @@ class SettingsWriteLimiter:
             self._recent = {
                 k: v for k, v in self._recent.items() if v and now - v[-1] < self.window_s
             }
+        return now
 
 
 class QuietRefusals:

@@ -1,15 +1,17 @@
 """`ScopeSettings`: every settings change a member makes, free of Discord.
 
 The cogs and the console say who changes what where; this service owns the
-rest, once: the member's settings-write limit (checked before, counted only
-when something really changed), the store write, and a `Change` the front-end
-words. Permissions Discord knows (Manage Channels, Manage Server) stay with
-the front-end; the rules of the bot's own (a model that unloads others) live here.
+rest, once: the member's settings-write limit (a write counted as it starts, so
+two at once never both take the member's last one, and given back when it
+changed nothing or failed), the store write, and a `Change` the front-end
+words. Permissions Discord knows (Manage Channels, Manage Server) stay with the
+front-end; the rules of the bot's own (a model that unloads others) live here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +74,11 @@ class CardImport:
     not_saved: str | None
 
 
+@dataclass
+class _Written:
+    changed: bool = False
+
+
 class ScopeSettings:
     """Settings changes per scope, over the settings and personas of one database."""
 
@@ -88,9 +95,18 @@ class ScopeSettings:
         """Refuse (`TooManyWrites`) when `actor_id` has no settings write left; count nothing."""
         await self._limiter.check(actor_id)
 
-    async def _counted(self, actor_id: int, changed: bool) -> None:
-        if changed:
-            await self._limiter.record(actor_id)
+    @contextlib.asynccontextmanager
+    async def _write(self, actor_id: int) -> AsyncIterator[_Written]:
+        """A settings write by `actor_id`: counted at once (or refused, `TooManyWrites`),
+        so two at once never both take the member's last one; given back when the
+        block did not set `changed` (a no-op, or a failure)."""
+        taken = await self._limiter.take(actor_id)
+        written = _Written()
+        try:
+            yield written
+        finally:
+            if not written.changed:
+                await self._limiter.refund(taken)
 
     async def _own(self, scope: Scope) -> dict[str, Any]:
         return await self._store.scope_overrides(scope)
@@ -99,28 +115,28 @@ class ScopeSettings:
 
     async def set_knobs(self, scope: Scope, values: Mapping[str, Any], *,
                         actor_id: int) -> Change:
-        await self.check_write(actor_id)
-        before = await self._own(scope)
-        notes = await self._store.set_knobs(scope, values, actor_id=actor_id)
-        changed = await self._own(scope) != before
-        await self._counted(actor_id, changed)
+        async with self._write(actor_id) as written:
+            before = await self._own(scope)
+            notes = await self._store.set_knobs(scope, values, actor_id=actor_id)
+            changed = await self._own(scope) != before
+            written.changed = changed
         return Change(scope, changed, value=dict(values), notes=tuple(notes))
 
     async def reset_knobs(self, scope: Scope, names: Sequence[str] | None, *,
                           actor_id: int) -> Change:
         """Stop setting `names` (None: every knob) at `scope`; a reset that finds nothing
         changes nothing."""
-        await self.check_write(actor_id)
-        done = await self._store.reset_knobs(scope, names, actor_id=actor_id)
-        await self._counted(actor_id, bool(done))
+        async with self._write(actor_id) as written:
+            done = await self._store.reset_knobs(scope, names, actor_id=actor_id)
+            written.changed = bool(done)
         return Change(scope, bool(done), names=tuple(done))
 
     # --- the persona ---------------------------------------------------------------
 
     async def set_persona(self, scope: Scope, text: str, *, actor_id: int) -> Change:
-        await self.check_write(actor_id)
-        changed = await self._write_persona(scope, text, actor_id)
-        await self._counted(actor_id, changed)
+        async with self._write(actor_id) as written:
+            changed = await self._write_persona(scope, text, actor_id)
+            written.changed = changed
         return Change(scope, changed, value=text)
 
     async def _write_persona(self, scope: Scope, text: str, actor_id: int) -> bool:
@@ -129,9 +145,9 @@ class ScopeSettings:
         return (await self._own(scope)).get(SYSTEM_PROMPT_KEY) != before
 
     async def reset_persona(self, scope: Scope, *, actor_id: int) -> Change:
-        await self.check_write(actor_id)
-        changed = await self._store.reset_system_prompt(scope, actor_id=actor_id)
-        await self._counted(actor_id, changed)
+        async with self._write(actor_id) as written:
+            changed = await self._store.reset_system_prompt(scope, actor_id=actor_id)
+            written.changed = changed
         return Change(scope, changed)
 
     async def persona_draft(self, scope: Scope, location: Location, *,
@@ -154,24 +170,24 @@ class ScopeSettings:
                         manage_server: bool) -> ModelChange:
         """Choose the model answering at `scope`. One that unloads the default one is
         everyone's business: it takes Manage Server (`manage_server`), and never in DMs."""
-        await self.check_write(actor_id)
-        models = self._models
-        wanted = name.strip().lower()
-        swaps = wanted in models.names and models.swaps_default(wanted)
-        if swaps and scope.kind is ScopeKind.DM:
-            raise UserFacingError(wording.MODEL_SWAP_NOT_IN_DMS)
-        if swaps and not manage_server:
-            raise UserFacingError(wording.MODEL_SWAP_PERMISSION)
-        before = (await self._own(scope)).get(MODEL_KEY)
-        chosen = await self._store.set_model(scope, name, actor_id=actor_id, known=models.names)
-        changed = chosen != before
-        await self._counted(actor_id, changed)
+        async with self._write(actor_id) as written:
+            models = self._models
+            wanted = name.strip().lower()
+            swaps = wanted in models.names and models.swaps_default(wanted)
+            if swaps and scope.kind is ScopeKind.DM:
+                raise UserFacingError(wording.MODEL_SWAP_NOT_IN_DMS)
+            if swaps and not manage_server:
+                raise UserFacingError(wording.MODEL_SWAP_PERMISSION)
+            before = (await self._own(scope)).get(MODEL_KEY)
+            chosen = await self._store.set_model(scope, name, actor_id=actor_id, known=models.names)
+            changed = chosen != before
+            written.changed = changed
         return ModelChange(scope, changed, value=chosen, swaps=swaps)
 
     async def reset_model(self, scope: Scope, *, actor_id: int) -> Change:
-        await self.check_write(actor_id)
-        changed = await self._store.reset_model(scope, actor_id=actor_id)
-        await self._counted(actor_id, changed)
+        async with self._write(actor_id) as written:
+            changed = await self._store.reset_model(scope, actor_id=actor_id)
+            written.changed = changed
         return Change(scope, changed)
 
     async def model_choices(self, guild_id: int) -> list[tuple[str, Scope]]:
@@ -195,11 +211,11 @@ class ScopeSettings:
 
     async def _set_key(self, scope: Scope, key: str, value: Any, actor_id: int,
                        write: Callable[[], Awaitable[object]]) -> Change:
-        await self.check_write(actor_id)
-        before = (await self._own(scope)).get(key)
-        await write()
-        changed = (await self._own(scope)).get(key) != before
-        await self._counted(actor_id, changed)
+        async with self._write(actor_id) as written:
+            before = (await self._own(scope)).get(key)
+            await write()
+            changed = (await self._own(scope)).get(key) != before
+            written.changed = changed
         return Change(scope, changed, value=value)
 
     # --- character cards and saved personas ------------------------------------------
@@ -211,18 +227,18 @@ class ScopeSettings:
         The persona is set either way; a name already taken gets "name (2)", so an
         import never replaces a saved persona without a word.
         """
-        await self.check_write(actor_id)
-        changed = await self._write_persona(scope, card.persona, actor_id)
-        saved_as = not_saved = None
-        if guild_id is not None:
-            name = await self._free_name(guild_id, card.name)
-            try:
-                await self._personas.save(guild_id, name, card.persona, actor_id=actor_id,
-                                          greeting=card.greeting)
-                saved_as = name
-            except UserFacingError as exc:
-                not_saved = exc.message
-        await self._counted(actor_id, changed or saved_as is not None)
+        async with self._write(actor_id) as written:
+            changed = await self._write_persona(scope, card.persona, actor_id)
+            saved_as = not_saved = None
+            if guild_id is not None:
+                name = await self._free_name(guild_id, card.name)
+                try:
+                    await self._personas.save(guild_id, name, card.persona, actor_id=actor_id,
+                                              greeting=card.greeting)
+                    saved_as = name
+                except UserFacingError as exc:
+                    not_saved = exc.message
+            written.changed = changed or saved_as is not None
         return CardImport(scope, saved_as, not_saved)
 
     async def _free_name(self, guild_id: int, name: str) -> str:
@@ -239,38 +255,38 @@ class ScopeSettings:
                            actor_id: int, with_knobs: bool) -> tuple[SavedPersona, bool]:
         """Save the persona in force at `location` (with its own scope's knobs) by name;
         whether it replaced one of that name. Always a write: the saved row is new."""
-        await self.check_write(actor_id)
-        text, _ = persona(await self._store.resolve(location), self._default_persona)
-        if not text:
-            raise UserFacingError(wording.NO_PERSONA_TO_SAVE)
-        bundle = None
-        if with_knobs:
-            own = await self._own(location.own_scope())
-            bundle = {k: v for k, v in own.items() if k in KNOB_NAMES}
-        saved, replaced = await self._personas.save(guild_id, name, text, actor_id=actor_id,
-                                          knobs=bundle)
-        await self._counted(actor_id, True)
+        async with self._write(actor_id) as written:
+            text, _ = persona(await self._store.resolve(location), self._default_persona)
+            if not text:
+                raise UserFacingError(wording.NO_PERSONA_TO_SAVE)
+            bundle = None
+            if with_knobs:
+                own = await self._own(location.own_scope())
+                bundle = {k: v for k, v in own.items() if k in KNOB_NAMES}
+            saved, replaced = await self._personas.save(guild_id, name, text, actor_id=actor_id,
+                                              knobs=bundle)
+            written.changed = True
         return saved, replaced
 
     async def load_persona(self, scope: Scope, guild_id: int, name: str, *,
                            actor_id: int) -> tuple[SavedPersona, Change]:
         """Use a saved persona (and its knobs) at `scope`."""
-        await self.check_write(actor_id)
-        saved = await self._personas.load(guild_id, name)
-        before = await self._own(scope)
-        await self._store.set_system_prompt(scope, saved.system_prompt, actor_id=actor_id)
-        notes: list[str] = []
-        if saved.knobs:
-            notes = await self._store.set_knobs(scope, saved.knobs, actor_id=actor_id)
-        changed = await self._own(scope) != before
-        await self._counted(actor_id, changed)
+        async with self._write(actor_id) as written:
+            saved = await self._personas.load(guild_id, name)
+            before = await self._own(scope)
+            await self._store.set_system_prompt(scope, saved.system_prompt, actor_id=actor_id)
+            notes: list[str] = []
+            if saved.knobs:
+                notes = await self._store.set_knobs(scope, saved.knobs, actor_id=actor_id)
+            changed = await self._own(scope) != before
+            written.changed = changed
         return saved, Change(scope, changed, value=saved.name, notes=tuple(notes))
 
     async def delete_persona(self, guild_id: int, name: str, *, actor_id: int) -> str | None:
         """Delete a server's saved persona; its name as saved, or None if none had it."""
-        await self.check_write(actor_id)
-        deleted = await self._personas.remove(guild_id, name)
-        await self._counted(actor_id, deleted is not None)
+        async with self._write(actor_id) as written:
+            deleted = await self._personas.remove(guild_id, name)
+            written.changed = deleted is not None
         return deleted
 
     async def saved_personas(self, guild_id: int) -> list[SavedPersona]:

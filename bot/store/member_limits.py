@@ -66,7 +66,9 @@ SCHEMA: Final = (
         at        TIMESTAMPTZ NOT NULL
     )
     """,
+    "ALTER TABLE settings_writes ADD COLUMN IF NOT EXISTS id BIGINT GENERATED ALWAYS AS IDENTITY",
     "CREATE INDEX IF NOT EXISTS settings_writes_member ON settings_writes (member_id, at)",
+    "CREATE INDEX IF NOT EXISTS settings_writes_id ON settings_writes (id)",
     "CREATE INDEX IF NOT EXISTS settings_writes_at ON settings_writes (at)",
     # The member's row is locked by the upsert until COMMIT: one member's claims
     # queue there, and the statements after it see every claim committed before.
@@ -103,9 +105,41 @@ SCHEMA: Final = (
     END
     $$
     """,
+    # A settings write counted only if the member has one left in the window: the
+    # check and the count in one call, under the member's row lock, so two hosts
+    # never both take a member's last write. `wait_s`: until one leaves the window.
+    """
+    CREATE OR REPLACE FUNCTION settings_write_take(
+        member BIGINT, write_limit INTEGER, window_s DOUBLE PRECISION,
+        OUT write_id BIGINT, OUT wait_s DOUBLE PRECISION
+    ) LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        recent INTEGER;
+        oldest TIMESTAMPTZ;
+    BEGIN
+        INSERT INTO member_limits AS m (member_id) VALUES (member)
+        ON CONFLICT (member_id) DO UPDATE SET member_id = m.member_id;
+        DELETE FROM settings_writes WHERE at <= clock_timestamp() - window_s * interval '1 second';
+        SELECT count(*), min(w.at) INTO recent, oldest FROM (
+            SELECT at FROM settings_writes
+            WHERE member_id = member AND at > clock_timestamp() - window_s * interval '1 second'
+            ORDER BY at DESC LIMIT write_limit) w;
+        wait_s := 0;
+        IF recent >= write_limit THEN
+            wait_s := extract(epoch FROM oldest + window_s * interval '1 second'
+                              - clock_timestamp());
+            RETURN;
+        END IF;
+        INSERT INTO settings_writes (member_id, at) VALUES (member, clock_timestamp())
+        RETURNING id INTO write_id;
+    END
+    $$
+    """,
 )
 
 _CLAIM: Final = "SELECT slot_id, active, wait_s FROM member_slot_claim($1, $2, $3, $4)"
+_WRITE_TAKE: Final = "SELECT write_id, wait_s FROM settings_write_take($1, $2, $3)"
+_WRITE_REFUND: Final = "DELETE FROM settings_writes WHERE id = $1"
 _ACCEPTED: Final = "UPDATE member_limits SET accepted_at = clock_timestamp() WHERE member_id = $1"
 _RELEASE: Final = "DELETE FROM member_slots WHERE id = $1"
 _RENEW: Final = (
@@ -224,6 +258,17 @@ class MemberLimits:
         """Seconds until `member` may write again, or None when they may now."""
         row = await self._fetchrow(_WRITE_WAIT, member, limit, window_s)
         return None if row is None else max(0.0, float(row[0]))
+
+    async def write_take(self, member: int, limit: int, window_s: float,
+                         ) -> tuple[int | None, float]:
+        """Count a write by `member` if one is left: (its id, 0), else (None, seconds to wait)."""
+        row = await self._fetchrow(_WRITE_TAKE, member, limit, window_s)
+        assert row is not None  # the function returns one row
+        return (None if row[0] is None else int(row[0])), max(0.0, float(row[1]))
+
+    async def write_refund(self, write_id: int) -> None:
+        """Uncount a write taken for a change that changed nothing (or failed)."""
+        await self._execute(_WRITE_REFUND, write_id)
 
     async def write_record(self, member: int, window_s: float) -> None:
         """Count one write by `member` (and forget writes out of every window)."""

@@ -26,9 +26,10 @@ from bot.discord.client import LlamaBot, make_bot
 from bot.discord.runner import AskRunner
 from bot.engine import Engine
 from bot.errors import UserFacingError
-from bot.limits import AskGate, TooManyWrites
+from bot.limits import AskGate, TooManyWrites, WriteTaken
 from bot.store.copy import tables
 from bot.store.member_limits import EPHEMERAL_TABLES, MemberLimits
+from bot.store.scopes import Scope
 from testing.apps import core_app
 from testing.discord_harness import is_final, running_bot
 from testing.fake_discord import FakeDiscord, FakeGuild, FakeUser, Routes, default_guild
@@ -320,3 +321,35 @@ async def test_a_press_is_acknowledged_before_its_slot_is_claimed_on_every_host(
 
 def buttons_of(message: Any) -> list[str]:
     return [c.get("custom_id", "") for row in message.components for c in row["components"]]
+
+
+async def test_two_hosts_never_both_take_a_members_last_settings_write(
+    tiny_model_dir: Path, tiny_engine: Engine, tmp_path: Path, postgres_url: str
+) -> None:
+    """The check and the count are one call on the database: a member with one write
+    left changing settings on two hosts at the same moment gets one change, not two;
+    a change that changes nothing gives its write back on every host."""
+    async with hosts(2, tiny_model_dir, tmp_path, tiny_engine, postgres_url,
+                     settings_write_limit=2, settings_write_window_s=60.0) as apps:
+        here = Scope.channel(77, 78)
+        a, b = (app.scope_settings for app in apps)
+        await a.set_knobs(here, {"temperature": 0.3}, actor_id=ADA.id)
+        await b.set_knobs(here, {"temperature": 0.3}, actor_id=ADA.id)  # no change: given back
+        for _ in range(20):
+            both = await asyncio.gather(
+                a.set_knobs(here, {"top_k": 5}, actor_id=ADA.id),
+                b.set_knobs(here, {"top_p": 0.5}, actor_id=ADA.id),
+                return_exceptions=True)
+            assert sum(isinstance(r, TooManyWrites) for r in both) == 1, both
+            # The winner's write given back, the knobs unset: the race again.
+            await apps[0].write_limiter.refund(
+                WriteTaken(ADA.id, shared_id=await _newest_write(apps[0], ADA.id)))
+            await apps[0].store.reset_knobs(here, ["top_k", "top_p"], actor_id=1)
+
+
+async def _newest_write(app: App, member: int) -> int:
+    """The id of `member`'s newest counted settings write."""
+    row = await shared(app).db.pool.fetchrow(
+        "SELECT id FROM settings_writes WHERE member_id = $1 ORDER BY at DESC LIMIT 1", member)
+    assert row is not None
+    return int(row[0])

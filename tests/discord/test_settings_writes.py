@@ -8,15 +8,20 @@ in both, before anything is written.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 from pathlib import Path
 
 import discord
+import pytest
 
 from bot.console import Console
 from bot.console.commands import CONSOLE_CHANNEL_ID, CONSOLE_GUILD_ID
+from bot.errors import UserFacingError
+from bot.limits import TooManyWrites
 from bot.store.scopes import Scope
+from testing.apps import core_app
 from testing.discord_harness import running_bot
 from testing.fake_discord import FakeInteraction, FakeUser
 
@@ -102,3 +107,28 @@ async def test_a_model_choice_counts_as_a_settings_change(
         refused = await h.command("model set", {"name": name}, permissions=MANAGE_CHANNELS)
         assert "too quickly" in await content(refused)
         assert await h.app.store.scope_overrides(here) == {}  # the refused choice wrote nothing
+
+
+async def test_two_changes_at_once_never_both_take_the_last_write(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A member with one write left sends two changes at once: one is made, one refused
+    (a check and a later count let both through), and a change that fails gives its
+    write back."""
+    async with core_app(tiny_model_dir, tmp_path, settings_write_limit=2,
+                        settings_write_window_s=3600) as app:
+        settings = app.scope_settings
+        here = Scope.channel(CONSOLE_GUILD_ID, CONSOLE_CHANNEL_ID)
+        await settings.set_knobs(here, {"temperature": 0.3}, actor_id=7)
+        both = await asyncio.gather(
+            settings.set_knobs(here, {"top_k": 5}, actor_id=7),
+            settings.set_knobs(here, {"top_p": 0.5}, actor_id=7),
+            return_exceptions=True)
+        assert sum(isinstance(r, TooManyWrites) for r in both) == 1, both
+        own = await app.store.scope_overrides(here)
+        assert ("top_k" in own) != ("top_p" in own)
+        # Another member: a change refused by validation counts nothing.
+        with pytest.raises(UserFacingError):
+            await settings.set_knobs(here, {"temperature": 99}, actor_id=8)
+        await settings.set_knobs(here, {"temperature": 0.4}, actor_id=8)
+        await settings.set_knobs(here, {"temperature": 0.5}, actor_id=8)
