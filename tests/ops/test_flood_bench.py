@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,24 +21,26 @@ FLOOD_FIELDS = ("presses", "acknowledged", "refused_in_response", "late_over_3s"
                 "tokens_decoded_during_flood", "process_cpu_share", "load_avg_1m")
 
 
-def _fake_processes() -> list[str]:
-    """Pids of any `bench.flood_fake` still running on this machine."""
+def _processes_with(marker: str) -> list[str]:
+    """Pids of processes whose environment carries `marker` (this test's children)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmdline = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes()
             except OSError:
                 continue
-            if b"bench.flood_fake" in cmdline:
+            if marker.encode() in environ:
                 found.append(entry.name)
     return found
 
 
 @pytest.mark.slow
 def test_the_flood_bench_runs_the_fake_in_a_process_of_its_own(tiny_model_dir: Path) -> None:
-    env = {**os.environ, "BOT_MODEL_DIR": str(tiny_model_dir), "BOT_DEVICE": "cpu",
-           "BOT_CPU_THREADS": "1", "BOT_INTER_THREADS": "1"}
+    tag = uuid.uuid4().hex
+    marker = f"FLOOD_BENCH_TEST={tag}"
+    env = {**os.environ, "FLOOD_BENCH_TEST": tag, "BOT_MODEL_DIR": str(tiny_model_dir),
+           "BOT_DEVICE": "cpu", "BOT_CPU_THREADS": "1", "BOT_INTER_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--env-file", "/dev/null", "--flood",
          "--presses", "20", "--json"],
@@ -51,7 +54,7 @@ def test_the_flood_bench_runs_the_fake_in_a_process_of_its_own(tiny_model_dir: P
     assert out["presses"] == out["acknowledged"] == 20
     assert out["late_over_3s"] == 0
     assert out["fake_cpu_ms_per_press"] > 0 and out["bot_loop_cpu_ms_per_press"] > 0
-    assert not _fake_processes()
+    assert not _processes_with(marker)  # the fake's process ended with the bench
 
 
 @pytest.mark.slow
