@@ -51,9 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flood", action="store_true",
                         help="ack latency of a flood of button presses while decoding")
     parser.add_argument("--presses", type=int, help="--flood: how many presses (default 1000)")
-    parser.add_argument("--fake-same-loop", action="store_true",
-                        help="--flood: the fake Discord on the bot's event loop (measured "
-                             "with it) instead of its own thread")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--fake-same-loop", action="store_true",
+                       help="--flood: the fake Discord on the bot's event loop (measured "
+                            "with it) instead of a process of its own")
+    where.add_argument("--fake-thread", action="store_true",
+                       help="--flood: the fake Discord on a thread of the bot's process "
+                            "(sharing its GIL) instead of a process of its own")
     parser.add_argument("--burst", action="store_true",
                         help="a burst in a followed channel answered together; file tokens")
     parser.add_argument("--convert", action="store_true",

@@ -202,13 +202,15 @@ def bench_guild(channels: int, users: int) -> tuple[FakeGuild, list[FakeUser]]:
     return guild, members
 
 
+def fake_options(guild: FakeGuild, *, validate: bool = True) -> dict[str, Any]:
+    """The bench's `FakeDiscord`: one guild, Discord's webhook-edit bucket enforced."""
+    return dict(guilds=[guild], enforce_buckets=True, bucket_limit=EDIT_BUCKET_LIMIT,
+                bucket_window=EDIT_BUCKET_WINDOW_S, validate=validate)
+
+
 @contextlib.asynccontextmanager
-async def running_world(settings: Settings, channels: int, users: int,
-                        *, validate: bool = True, fake_thread: bool = False,
-                        ) -> AsyncIterator[World]:
-    """The configured model, a temporary database, the real client and a pacing fake
-    (`validate=False`: without the fake's checks of each body against Discord's rules;
-    `fake_thread`: the fake on its own thread and loop, off the bot's)."""
+async def running_app(settings: Settings) -> AsyncIterator[App]:
+    """The configured model and a temporary database: the bot's side of a world."""
     model_dir = model_dir_for(settings)
     with tempfile.TemporaryDirectory(prefix="llamacord-bench-") as tmp:
         settings = settings.model_copy(update={"database_path": Path(tmp) / "bench.sqlite3"})
@@ -216,33 +218,37 @@ async def running_world(settings: Settings, channels: int, users: int,
         try:
             engine = await load_engine(settings, model_dir)
             try:
-                app = App(settings=settings, engine=engine, store=store, ask_log=AskLog(store.db))
-                guild, members = bench_guild(channels, users)
-                options: dict[str, Any] = dict(
-                    guilds=[guild], enforce_buckets=True, bucket_limit=EDIT_BUCKET_LIMIT,
-                    bucket_window=EDIT_BUCKET_WINDOW_S, validate=validate,
-                )
-                async with contextlib.AsyncExitStack() as stack:
-                    threaded: FakeOnThread | None = None
-                    if fake_thread:
-                        threaded = await stack.enter_async_context(FakeOnThread(**options))
-                        fake = threaded.fake
-                    else:
-                        fake = await stack.enter_async_context(FakeDiscord(**options))
-                    bot = fake.make_bot(LlamaBot, app=app)
-                    async with fake.run_bot(bot):
-                        world = World(fake=fake, bot=bot, app=app, guild=guild, users=members,
-                                      threaded=threaded)
-                        await world.call(fake.wait_for, lambda: fake.commands or None,
-                                         timeout=30)
-                        engine.on_result.append(
-                            lambda r: world.results.append((time.monotonic(), r))
-                        )
-                        yield world
+                yield App(settings=settings, engine=engine, store=store,
+                          ask_log=AskLog(store.db))
             finally:
                 await engine.close()
         finally:
             await store.close()
+
+
+@contextlib.asynccontextmanager
+async def running_world(settings: Settings, channels: int, users: int,
+                        *, validate: bool = True, fake_thread: bool = False,
+                        ) -> AsyncIterator[World]:
+    """The configured model, a temporary database, the real client and a pacing fake
+    (`validate=False`: without the fake's checks of each body against Discord's rules;
+    `fake_thread`: the fake on its own thread and loop, off the bot's)."""
+    async with running_app(settings) as app, contextlib.AsyncExitStack() as stack:
+        guild, members = bench_guild(channels, users)
+        options = fake_options(guild, validate=validate)
+        threaded: FakeOnThread | None = None
+        if fake_thread:
+            threaded = await stack.enter_async_context(FakeOnThread(**options))
+            fake = threaded.fake
+        else:
+            fake = await stack.enter_async_context(FakeDiscord(**options))
+        bot = fake.make_bot(LlamaBot, app=app)
+        async with fake.run_bot(bot):
+            world = World(fake=fake, bot=bot, app=app, guild=guild, users=members,
+                          threaded=threaded)
+            await world.call(fake.wait_for, lambda: fake.commands or None, timeout=30)
+            app.engine.on_result.append(lambda r: world.results.append((time.monotonic(), r)))
+            yield world
 
 
 # --------------------------------------------------------------------------- --discord

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
 import discord
@@ -140,28 +140,9 @@ class FakeDiscord(Inject, Rest):
     def make_bot(self, cls: type[ClientT], **kwargs: Any) -> ClientT: ...
 
     def make_bot(self, cls: type[discord.Client] | None = None, **kwargs: Any) -> discord.Client:
-        """Build a client with test-friendly defaults and patch discord.py to use this fake.
-
-        Defaults: `Intents.default()`, `command_prefix=when_mentioned` for `commands.Bot`,
-        `guild_ready_timeout=0.05` (discord.py waits that long after the last
-        GUILD_CREATE before `on_ready`) and no 5 s sleep before a non-initial IDENTIFY
-        (discord.py's `before_identify_hook` default, there to respect Discord's
-        identify rate limit, which the fake does not have).
-        """
+        """Build a client with test-friendly defaults (`build_client`) pointed at this fake."""
         self.patch_discord()
-        kwargs.setdefault("intents", discord.Intents.default())
-        kwargs.setdefault("guild_ready_timeout", 0.05)
-        cls = cls or commands.Bot
-        if issubclass(cls, commands.bot.BotBase):
-            # when_mentioned: no prefix commands, so no message-content-intent warning.
-            kwargs.setdefault("command_prefix", commands.when_mentioned)
-        bot = cls(**kwargs)
-
-        async def no_identify_wait(shard_id: int | None, *, initial: bool = False) -> None:
-            return None
-
-        setattr(bot, "before_identify_hook", no_identify_wait)  # noqa: B010
-        return bot
+        return build_client(cls or commands.Bot, **kwargs)
 
     @contextlib.asynccontextmanager
     async def run_bot(
@@ -169,23 +150,73 @@ class FakeDiscord(Inject, Rest):
     ) -> AsyncIterator[ClientT]:
         """Log in, connect, wait for `on_ready`; on exit close the bot and await its task."""
         self.patch_discord()
-        task: asyncio.Task[None] | None = None
-        try:
-            await bot.login(token)
-            task = asyncio.create_task(bot.connect(reconnect=True), name="fake-discord-bot")
-            ready = asyncio.create_task(bot.wait_until_ready())
-            done, _ = await asyncio.wait(
-                {ready, task}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if ready not in done:
-                ready.cancel()
-                if task in done:
-                    task.result()  # raise the connection error
-                raise TimeoutError(f"bot not ready after {ready_timeout} s")
+        async with running_client(bot, token=token, ready_timeout=ready_timeout):
             yield bot
-        finally:
-            await bot.close()
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, discord.ConnectionClosed):
-                    await asyncio.wait_for(task, 10)
 
+
+# ---------------------------------------------------------------------- clients of any fake
+# Shared with a fake served from another process (`testing.fake_discord.process`).
+
+
+@contextlib.contextmanager
+def discord_pointed_at(api_base: str, gateway_url: str) -> Iterator[None]:
+    """Point discord.py's REST base and default gateway at a fake; restore them on exit."""
+    from discord.gateway import DiscordWebSocket
+    from discord.http import Route
+
+    saved = (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
+    Route.BASE = api_base
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+    try:
+        yield
+    finally:
+        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+def build_client(cls: type[ClientT], **kwargs: Any) -> ClientT:
+    """Build a client with test-friendly defaults (discord.py must point at a fake).
+
+    Defaults: `Intents.default()`, `command_prefix=when_mentioned` for `commands.Bot`,
+    `guild_ready_timeout=0.05` (discord.py waits that long after the last
+    GUILD_CREATE before `on_ready`) and no 5 s sleep before a non-initial IDENTIFY
+    (discord.py's `before_identify_hook` default, there to respect Discord's
+    identify rate limit, which the fake does not have).
+    """
+    kwargs.setdefault("intents", discord.Intents.default())
+    kwargs.setdefault("guild_ready_timeout", 0.05)
+    if issubclass(cls, commands.bot.BotBase):
+        # when_mentioned: no prefix commands, so no message-content-intent warning.
+        kwargs.setdefault("command_prefix", commands.when_mentioned)
+    bot = cls(**kwargs)
+
+    async def no_identify_wait(shard_id: int | None, *, initial: bool = False) -> None:
+        return None
+
+    setattr(bot, "before_identify_hook", no_identify_wait)  # noqa: B010
+    return bot
+
+
+@contextlib.asynccontextmanager
+async def running_client(
+    bot: ClientT, *, token: str = "fake-token", ready_timeout: float = 10.0
+) -> AsyncIterator[ClientT]:
+    """Log in, connect, wait for `on_ready`; on exit close the bot and await its task."""
+    task: asyncio.Task[None] | None = None
+    try:
+        await bot.login(token)
+        task = asyncio.create_task(bot.connect(reconnect=True), name="fake-discord-bot")
+        ready = asyncio.create_task(bot.wait_until_ready())
+        done, _ = await asyncio.wait(
+            {ready, task}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready not in done:
+            ready.cancel()
+            if task in done:
+                task.result()  # raise the connection error
+            raise TimeoutError(f"bot not ready after {ready_timeout} s")
+        yield bot
+    finally:
+        await bot.close()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, discord.ConnectionClosed):
+                await asyncio.wait_for(task, 10)
