@@ -10,8 +10,10 @@ prompt's text (`use_script`), and discord.py with its retry sleeps cut short
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +22,7 @@ import discord
 
 from bot.engine import Engine, GenerationRequest, PreparedPrompt
 from bot.model.tokenizer import Tokenizer, load_tokenizer
+from bot.store.db import Database
 from bot.store.turns import NewExchange
 from bot.wording import GENERIC
 from testing.backends import ScriptedGenerator
@@ -206,3 +209,23 @@ async def import_card(h: Harness, data: bytes, *, filename: str = "card.json",
     return await h.fake.inject_interaction("system import", options, resolved=resolved,
                                            channel_id=channel_id or h.general,
                                            permissions=permissions)
+
+
+@contextlib.asynccontextmanager
+async def reads_held(db: Database) -> AsyncIterator[asyncio.Task[object]]:
+    """Every read of `db` waits until the block ends: its read connection runs a query
+    that does not return until then (the reads queue behind it, as under load)."""
+    release = threading.Event()
+    reader = db._reader  # type: ignore[attr-defined]  # the SQLite reader: its queue is the point
+
+    def held() -> int:
+        release.wait(30)
+        return 1
+
+    await reader.create_function("held", 0, held)
+    holding = asyncio.create_task(db.read("SELECT held()", ()))
+    try:
+        yield holding
+    finally:
+        release.set()
+        await holding

@@ -14,6 +14,7 @@ keyed by the Inspect press's id (its controls carry only that), for 15 minutes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,11 +29,13 @@ from bot.discord.buttons import (
     WriteOnSelect,
 )
 from bot.discord.common import NO_MENTIONS
+from bot.discord.errors import send_error
 from bot.discord.lab_state import AskedReply, Expiring, LabTurn
 from bot.discord.pages import MESSAGE_LIMIT
 from bot.errors import UserFacingError
 from bot.lab.confidence import Confidence, legend, render_ansi, score_reply, surprising_lines
 from bot.lab.probs import STAGE_WORDS, ProbsStep, format_table, probs_step
+from bot.limits import Slot
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -169,27 +172,42 @@ class Inspector:
 
     async def open(self, interaction: discord.Interaction, ask_id: int) -> None:
         """The Inspect button: Word odds on the reply's own tokens (the presser only)."""
+        # Acknowledged before the store is read (it can queue; Discord allows 3 s): a
+        # refusal found there takes the "thinking" message back and is said privately.
+        with self.gate.hold(interaction.user.id) as slot:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            try:
+                insp = await self._open(interaction, ask_id, slot)
+            except Exception as exc:  # said privately, the "thinking" message taken back
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.delete_original_response()
+                await send_error(interaction, exc)
+                return
+        await interaction.followup.send(insp.content, view=inspect_view(insp), ephemeral=True,
+                                        allowed_mentions=NO_MENTIONS)
+
+    async def _open(self, interaction: discord.Interaction, ask_id: int,
+                    slot: Slot) -> Inspection:
+        """The view of the reply to `ask_id`, kept for its presses."""
+        await slot.share()
         of = await self.asked(interaction, ask_id)
         if not of.ids and not of.text.strip():
             raise UserFacingError(wording.WORD_ODDS_EMPTY)
-        with await self.gate.take(interaction.user.id):
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            engine = await self.app.models.engine(of.turn.model)
-            conf = await score_reply(engine, of.turn.request, of.text, ids=of.ids or None)
-            reply = tuple(t.id for t in conf.tokens)
-            labels = tuple(f"#{n} {t.label or '∅'} · {_pct(t.prob)}"
-                           for n, t in enumerate(conf.tokens, 1))
-            pressed = interaction.message
-            insp = Inspection(
-                id=interaction.id, user_id=interaction.user.id, ask_id=ask_id, turn=of.turn,
-                reply=reply, labels=labels,
-                overview=overview_text(conf, of.turn.model, from_text=not of.ids),
-                message=pressed if pressed is not None and not pressed.flags.ephemeral else None,
-            )
-            insp.content = insp.overview
-            self.views.put(str(insp.id), insp)
-        await interaction.followup.send(insp.content, view=inspect_view(insp), ephemeral=True,
-                                        allowed_mentions=NO_MENTIONS)
+        engine = await self.app.models.engine(of.turn.model)
+        conf = await score_reply(engine, of.turn.request, of.text, ids=of.ids or None)
+        reply = tuple(t.id for t in conf.tokens)
+        labels = tuple(f"#{n} {t.label or '∅'} · {_pct(t.prob)}"
+                       for n, t in enumerate(conf.tokens, 1))
+        pressed = interaction.message
+        insp = Inspection(
+            id=interaction.id, user_id=interaction.user.id, ask_id=ask_id, turn=of.turn,
+            reply=reply, labels=labels,
+            overview=overview_text(conf, of.turn.model, from_text=not of.ids),
+            message=pressed if pressed is not None and not pressed.flags.ephemeral else None,
+        )
+        insp.content = insp.overview
+        self.views.put(str(insp.id), insp)
+        return insp
 
     def own(self, interaction: discord.Interaction, view_id: int) -> Inspection:
         insp = self.views.get(str(view_id))
@@ -245,13 +263,17 @@ class Inspector:
         if insp is None:
             raise UserFacingError(wording.INSPECT_GONE)
         runner = self.runner
-        record = await self.app.chat.asked(insp.ask_id)
-        if record is None:
-            raise UserFacingError(wording.PROMPT_GONE)
-        runner.check_regenerate(interaction, record)
-        insp = self.own(interaction, view_id)
-        if insp.at is None or token_id not in insp.offered:
-            raise UserFacingError(wording.INSPECT_NOT_OFFERED)
-        written = (*insp.reply[:insp.at], token_id)
-        await runner.write_on(interaction, insp.ask_id, written, insp.message)
+        # Acknowledged (a deferred update: the version streams in this view) before the
+        # store is read, as Regenerate is; a refusal then comes as a private follow-up.
+        with runner.early_ack(interaction) as held:
+            await interaction.response.defer()
+            record = await self.app.chat.asked(insp.ask_id)
+            if record is None:
+                raise UserFacingError(wording.PROMPT_GONE)
+            runner.check_regenerate(interaction, record)
+            insp = self.own(interaction, view_id)
+            if insp.at is None or token_id not in insp.offered:
+                raise UserFacingError(wording.INSPECT_NOT_OFFERED)
+            written = (*insp.reply[:insp.at], token_id)
+            await runner.write_on(interaction, insp.ask_id, written, insp.message, held=held)
 

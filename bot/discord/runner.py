@@ -608,7 +608,7 @@ class AskRunner:
 
     async def write_on(self, interaction: discord.Interaction, ask_id: int,
                        written: tuple[int, ...], shows_in: discord.PartialMessage | None,
-                       ) -> None:
+                       *, held: Slot | None = None) -> None:
         """Inspect's "write on": Regenerate from the reply's first tokens (`written`).
 
         Whoever may regenerate the reply may; the new version streams on the pressed
@@ -616,7 +616,7 @@ class AskRunner:
         privacy, and is then shown in `shows_in`, the reply's own message.
         """
         surface = PressedSurface(interaction, private=True, ttl_s=lambda: self.interaction_ttl_s)
-        await self._again(interaction, ask_id, surface, None, written=written, shows_in=shows_in)
+        await self._again(interaction, ask_id, surface, held, written=written, shows_in=shows_in)
 
     async def _again(self, interaction: discord.Interaction, ask_id: int,
                      surface: InteractionSurface, held: Slot | None, *,

@@ -11,9 +11,6 @@ again; a refusal stays private.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import discord
@@ -22,34 +19,13 @@ import pytest
 from bot import wording
 from bot.discord import model_wait
 from bot.errors import UserFacingError
-from bot.store.db import Database
 from bot.store.scopes import Scope
 from testing.discord_harness import is_final, running_bot
 from testing.fake_discord import FLAG_EPHEMERAL, FakeUser
-from testing.stories import RecordingModel, button, final_message, labels, refused
+from testing.stories import RecordingModel, button, final_message, labels, reads_held, refused
 
 #: Well within Discord's 3 s, with room for a slow shared test machine.
 ACK_WITHIN_S = 2.0
-
-
-@contextlib.asynccontextmanager
-async def reads_held(db: Database) -> AsyncIterator[asyncio.Task[object]]:
-    """Every read of `db` waits until the block ends: its read connection runs a query
-    that does not return until then (the reads queue behind it, as under load)."""
-    release = threading.Event()
-    reader = db._reader  # type: ignore[attr-defined]  # the SQLite reader: its queue is the point
-
-    def held() -> int:
-        release.wait(30)
-        return 1
-
-    await reader.create_function("held", 0, held)
-    holding = asyncio.create_task(db.read("SELECT held()", ()))
-    try:
-        yield holding
-    finally:
-        release.set()
-        await holding
 
 
 async def test_regenerate_is_acknowledged_while_the_store_cannot_read(

@@ -22,7 +22,7 @@ from testing.backends import ScriptedGenerator
 from testing.discord_harness import Harness, is_final, running_bot
 from testing.fake_discord import FakeInteraction, FakeUser, StoredMessage
 from testing.fake_discord.world import FLAG_EPHEMERAL
-from testing.stories import buttons, labels
+from testing.stories import buttons, labels, reads_held, refused
 
 TEXT = "Zebras hum softly at the lighthouse door."
 STRANGER = FakeUser(999_004, "stranger")
@@ -234,20 +234,19 @@ async def test_write_on_is_refused_to_a_member_who_may_not_regenerate(
         # Not even the view opens for someone else: the reply is private.
         no = await h.fake.inject_component(f"llm:inspect:{itx.id}", message_id=reply.id,
                                            user=STRANGER)
-        assert "Only the person who asked" in (await no.wait_response()).data["content"]
+        assert "Only the person who asked" in (await refused(no))["content"]
         press, view = await open_inspect(h, reply, itx.id)
         await choose(h, view, f"llm:itoken:{press.id}", "3")
         chosen = select(view, "llm:iwrite:")["options"][0]["value"]
         forged = await h.fake.inject_component(f"llm:iwrite:{press.id}", message_id=view.id,
                                                component_type=3, values=[chosen],
                                                user=STRANGER)
-        said = (await forged.wait_response()).data
+        said = await refused(forged)  # acknowledged first: the store knows the asker
         assert wording.ONLY_ASKER_REGENERATES in said["content"]
-        assert said["flags"] & FLAG_EPHEMERAL
         # A token the view did not offer is refused too, even to the asker.
         odd = await h.fake.inject_component(f"llm:iwrite:{press.id}", message_id=view.id,
                                             component_type=3, values=["7"])
-        assert wording.INSPECT_NOT_OFFERED in (await odd.wait_response()).data["content"]
+        assert wording.INSPECT_NOT_OFFERED in (await refused(odd))["content"]
         question = await h.app.turns.question_for_ask(itx.id)
         assert question is not None
         versions = await h.app.swipes.swipes(question.id, user_id=h.guild.members[0].id)
@@ -416,3 +415,29 @@ async def test_write_on_leaves_a_reply_regenerate_retired_without_buttons(
         old = h.fake.message(reply.id)
         assert not buttons(old) and old.content == retired
         assert h.bot.runner.gate.active(h.guild.members[0].id) == 0
+
+
+async def test_inspect_and_write_on_are_acknowledged_while_the_store_cannot_read(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Opening Inspect and writing on from it read the store (the ask, who may) before
+    they know what to do: both are acknowledged first, and go on once it reads."""
+    async with running_bot(tiny_model_dir, tmp_path, scripted=TEXT, weights=True) as h:
+        itx = await h.ask("tell me of zebras")
+        reply = itx.original
+        assert reply is not None
+        async with reads_held(h.app.store.db) as holding:
+            press = await h.fake.inject_component(f"llm:inspect:{itx.id}", message_id=reply.id)
+            ack = await press.wait_response(timeout=2.0)
+            assert ack.type == 5 and ack.data["flags"] & FLAG_EPHEMERAL
+            assert not holding.done()
+        view = (await press.wait_followups(1, timeout=60))[0]
+        await choose(h, view, f"llm:itoken:{press.id}", "4")
+        option = select(view, "llm:iwrite:")["options"][0]
+        async with reads_held(h.app.store.db) as holding:
+            wrote = await h.fake.inject_component(f"llm:iwrite:{press.id}", message_id=view.id,
+                                                  component_type=3, values=[option["value"]])
+            assert (await wrote.wait_response(timeout=2.0)).type == 6
+            assert not holding.done()
+        await h.fake.wait_for(lambda: "2/2" in labels(h.fake.message(reply.id)) or None,
+                              timeout=60)

@@ -24,7 +24,7 @@ from bot.lab.probs import format_table, probs_step
 from testing.discord_harness import Harness, running_bot
 from testing.fake_discord import FakeInteraction, FakeUser, Routes, StoredMessage
 from testing.fake_discord.world import FLAG_EPHEMERAL
-from testing.stories import buttons
+from testing.stories import buttons, refused
 
 MANAGE_CHANNELS = str(discord.Permissions(manage_channels=True).value)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -315,7 +315,7 @@ async def test_an_empty_reply_offers_no_inspect(tiny_model_dir: Path, tmp_path: 
         # A button of a reply sent before Inspect still answers, plainly (the press comes
         # on a message that carries it).
         press = await h.fake.inject_component(f"lab:conf:{itx.id}", channel_id=h.general)
-        assert wording.WORD_ODDS_EMPTY in (await press.wait_response()).data["content"]
+        assert wording.WORD_ODDS_EMPTY in (await refused(press))["content"]
 
 
 async def test_a_private_replys_inspect_is_for_its_author_only(
@@ -330,11 +330,10 @@ async def test_a_private_replys_inspect_is_for_its_author_only(
         for cid in (f"llm:inspect:{itx.id}", f"lab:probs:{itx.id}", f"lab:conf:{itx.id}"):
             on = {"message_id": reply.id} if cid in buttons(reply) else {"channel_id": h.general}
             press = await h.fake.inject_component(cid, user=stranger, **on)
-            response = await press.wait_response()
-            data = response.data
+            # Acknowledged before the store says whose it is, then refused privately.
+            data = await refused(press)
             assert "Only the person who asked" in data.get("content", ""), data
-            assert data.get("flags", 0) & FLAG_EPHEMERAL
-            assert not press.followups
+            assert press.original is not None and press.original.deleted
         # Custom ids are validated before use: a forged one gets a plain refusal.
         forged = await h.fake.inject_component("lab:step:12345:9")
         response = await forged.wait_response()
