@@ -81,7 +81,7 @@ def test_quoted_prompt_is_plain_text_not_markup() -> None:
 async def test_private_reply_has_stop_then_regenerate_and_stays_private(
     smol_model_dir: Path, tmp_path: Path
 ) -> None:
-    text = " ".join(f"w{i}" for i in range(150))
+    text = " ".join(f"w{i}" for i in range(60))
     async with running_bot(smol_model_dir, tmp_path, scripted=text, script_delay=0.01) as h:
         asker = h.guild.members[0]
         itx = await h.command("ask", {"prompt": "secret", "private": True})

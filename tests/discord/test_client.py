@@ -273,7 +273,7 @@ async def test_one_reply_at_a_time_per_user(smol_model_dir: Path, tmp_path: Path
 
 
 async def test_no_429_under_discord_buckets(smol_model_dir: Path, tmp_path: Path) -> None:
-    text = " ".join(f"t{i}" for i in range(120))
+    text = " ".join(f"t{i}" for i in range(70))  # 1.4 s a reply: over a bucket window
     async with running_bot(smol_model_dir, tmp_path, scripted=text, script_delay=0.02,
                            enforce_buckets=True, bucket_window=1.0) as h:
         for _ in range(2):
