@@ -5,7 +5,7 @@ against a PostgreSQL server, with a bare ``SELECT 1`` for scale, interleaved (on
 of each per round, several
 members, three hosts each with its own pool), the background release until it
 has landed, three hosts racing for one member's slot at once (exactly one must
-win each race), and the settings-write check and record. The server is the one
+win each race), and the settings-write check and take. The server is the one
 at ``--postgres-url``, else a throwaway one from `testing.postgres` (on this
 machine: 127.0.0.1, fsync off, as the tests run it). Prints one JSON object,
 times in milliseconds.
@@ -107,21 +107,21 @@ async def run(url: str, takes: int, races: int, seed: int) -> dict[str, Any]:
 
         writers = [SettingsWriteLimiter(10, 60.0, shared=one) for one in limits]
         check_ns: list[int] = []
-        record_ns: list[int] = []
+        take_ns: list[int] = []
         for i in range(min(takes, 500)):
             member = 20_000 + i
             t0 = time.perf_counter_ns()
             await writers[i % HOSTS].check(member)
             check_ns.append(time.perf_counter_ns() - t0)
             t0 = time.perf_counter_ns()
-            await writers[i % HOSTS].record(member)
-            record_ns.append(time.perf_counter_ns() - t0)
+            await writers[i % HOSTS].take(member)
+            take_ns.append(time.perf_counter_ns() - t0)
 
     out: dict[str, Any] = {name: _ms(v) for name, v in samples.items()}
     out["three_hosts_race_one_slot"] = {**_ms(race_ns), "rounds": races,
                                         "exactly_one_winner": single_winner}
     out["settings_write_check"] = _ms(check_ns)
-    out["settings_write_record"] = _ms(record_ns)
+    out["settings_write_take"] = _ms(take_ns)
     return out
 
 

@@ -56,8 +56,6 @@ class SharedLimits(Protocol):
 
     async def write_wait(self, member: int, limit: int, window_s: float) -> float | None: ...
 
-    async def write_record(self, member: int, window_s: float) -> None: ...
-
     async def write_take(self, member: int, limit: int, window_s: float,
                          ) -> tuple[int | None, float]: ...
 
@@ -229,9 +227,8 @@ class SettingsWriteLimiter:
     async def check(self, actor_id: int) -> None:
         """Refuse (`TooManyWrites`) if `actor_id` has no write left in the window; count nothing.
 
-        A front-end checks before it writes and `record`s only a write that changed
-        something (opening an edit box or a reset that found
-        nothing to reset used up an admin's writes while setting up).
+        For what counts nothing, such as opening an edit box; a write itself is
+        counted by `take` (and given back by `refund` when it changed nothing).
         """
         if self.off:
             return
@@ -247,15 +244,6 @@ class SettingsWriteLimiter:
         if len(recent) >= self.limit:
             wait_s = max(1, round(self.window_s - (now - recent[0])))
             raise TooManyWrites(wait_s)
-
-    async def record(self, actor_id: int) -> None:
-        """Count one real change by `actor_id`."""
-        if self.off:
-            return
-        if self.shared is not None:
-            await self.shared.write_record(actor_id, self.window_s)
-            return
-        self._stamp(actor_id)
 
     def _stamp(self, actor_id: int) -> float:
         now = self._clock()

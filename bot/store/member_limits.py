@@ -160,11 +160,6 @@ _WRITE_WAIT: Final = (
     "AND at > clock_timestamp() - $3 * interval '1 second' "
     "ORDER BY at DESC OFFSET $2 - 1 LIMIT 1"
 )
-_WRITE_RECORD: Final = (
-    "WITH gone AS (DELETE FROM settings_writes "
-    "WHERE at <= clock_timestamp() - $2 * interval '1 second') "
-    "INSERT INTO settings_writes (member_id, at) VALUES ($1, clock_timestamp())"
-)
 
 
 class MemberLimits:
@@ -269,10 +264,6 @@ class MemberLimits:
     async def write_refund(self, write_id: int) -> None:
         """Uncount a write taken for a change that changed nothing (or failed)."""
         await self._execute(_WRITE_REFUND, write_id)
-
-    async def write_record(self, member: int, window_s: float) -> None:
-        """Count one write by `member` (and forget writes out of every window)."""
-        await self._execute(_WRITE_RECORD, member, window_s)
 
     # --- plumbing ------------------------------------------------------------------------
 

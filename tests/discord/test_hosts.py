@@ -179,7 +179,7 @@ async def test_settings_writes_are_limited_across_hosts(
         # A check alone counts nothing: Bob still has three left, on any host.
         for limiter in limiters:
             await limiter.check(BOB.id)
-            await limiter.record(BOB.id)
+            await limiter.take(BOB.id)
         with pytest.raises(TooManyWrites):
             await limiters[0].check(BOB.id)
 
