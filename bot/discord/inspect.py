@@ -14,7 +14,6 @@ keyed by the Inspect press's id (its controls carry only that), for 15 minutes.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,7 +28,6 @@ from bot.discord.buttons import (
     WriteOnSelect,
 )
 from bot.discord.common import NO_MENTIONS
-from bot.discord.errors import send_error
 from bot.discord.lab_state import AskedReply, Expiring, LabTurn
 from bot.discord.pages import MESSAGE_LIMIT
 from bot.errors import UserFacingError
@@ -174,14 +172,14 @@ class Inspector:
         """The Inspect button: Word odds on the reply's own tokens (the presser only)."""
         # Acknowledged before the store is read (it can queue; Discord allows 3 s): a
         # refusal found there takes the "thinking" message back and is said privately.
+        surface = self.runner.interaction_surface(interaction, private=True)
         with self.gate.hold(interaction.user.id) as slot:
-            await interaction.response.defer(ephemeral=True, thinking=True)
+            await surface.defer()
             try:
                 insp = await self._open(interaction, ask_id, slot)
-            except Exception as exc:  # said privately, the "thinking" message taken back
-                with contextlib.suppress(discord.HTTPException):
-                    await interaction.delete_original_response()
-                await send_error(interaction, exc)
+            except Exception as exc:
+                if not await surface.withdraw(exc):
+                    raise
                 return
         await interaction.followup.send(insp.content, view=inspect_view(insp), ephemeral=True,
                                         allowed_mentions=NO_MENTIONS)

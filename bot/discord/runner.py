@@ -11,11 +11,12 @@ subclasses `Run` and calls `AskRunner.run` too. That one method is the lifecycle
     acknowledge → `Run.deliver` (stream, store, and `release` the slot when
     generation ends, before the final edit) → finish hooks → one error tail.
 
-Regenerate and Continue must read the store before they know whether to refuse,
-and reads queue under load, so they take the slot and acknowledge before them
-(`early_ack`, `InteractionSurface.defer`, a deferred update for Continue); a
-refusal found later withdraws that acknowledgement and is said privately
-(`InteractionSurface.withdraw`, a follow-up).
+Presses that must read the store before they know whether to refuse (Regenerate,
+the Reply box, Continue, Inspect's write on), and reads queue under load, take the
+slot and acknowledge before them (`early_ack`, `deferred`; a deferred update for
+Continue and write on); a refusal found later withdraws that acknowledgement and
+is said privately (`InteractionSurface.withdraw`, a follow-up). Every other run is
+acknowledged at the latest `ACK_WITHIN_S` after it began.
 
 A refusal before the acknowledgement reaches the entry as `UserFacingError`
 (or is said on the early "loading" page); after it, the reply itself says how
@@ -30,7 +31,15 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -271,6 +280,20 @@ class AskRunner:
         self.check_open()
         with self.gate.hold(interaction.user.id) as slot:
             yield slot
+
+    @contextlib.asynccontextmanager
+    async def deferred(self, interaction: discord.Interaction, *, private: bool,
+                       ) -> AsyncIterator[tuple[InteractionSurface, Slot]]:
+        """`early_ack`, then a "thinking" message as private as `private`, which the
+        reply becomes; a refusal inside the block takes it back and is said privately."""
+        with self.early_ack(interaction) as held:
+            surface = self.interaction_surface(interaction, private=private)
+            await surface.defer()
+            try:
+                yield surface, held
+            except Exception as exc:
+                if not await surface.withdraw(exc):
+                    raise
 
     async def prepare(self, ask: Ask, on_wait: OnWait) -> PreparedTurn:
         """The turn an ask submits: a new one in its place, or more of an answer."""
@@ -569,21 +592,15 @@ class AskRunner:
         """
         if not text.strip():
             raise UserFacingError(wording.EMPTY_PROMPT)
-        with self.early_ack(interaction) as held:
-            dm = interaction.guild_id is None
-            surface = self.interaction_surface(
-                interaction, private=pressed_privately(interaction) and not dm)
-            await surface.defer()
-            try:
-                answer = await self._answer_to_continue(ask_id, interaction.user.id)
-                if (answer.private and not dm) != surface.private:
-                    raise UserFacingError(wording.BUTTON_OTHER_REPLY)
-                await self._interaction_ask(interaction, text, private=surface.private,
-                                            parent_id=answer.id, explicit=True,
-                                            surface=surface, held=held)
-            except Exception as exc:
-                if not await surface.withdraw(exc):
-                    raise
+        dm = interaction.guild_id is None
+        private = pressed_privately(interaction) and not dm
+        async with self.deferred(interaction, private=private) as (surface, held):
+            answer = await self._answer_to_continue(ask_id, interaction.user.id)
+            if (answer.private and not dm) != private:
+                raise UserFacingError(wording.BUTTON_OTHER_REPLY)
+            await self._interaction_ask(interaction, text, private=private,
+                                        parent_id=answer.id, explicit=True,
+                                        surface=surface, held=held)
 
     async def regenerate(self, interaction: discord.Interaction, ask_id: int) -> None:
         """Regenerate: the same prompt and knobs, a new sample; that turn only (a sibling answer).
@@ -596,15 +613,9 @@ class AskRunner:
         the new reply's privacy is known without the store; a refusal found in the
         store takes that message back and is said privately (`InteractionSurface.withdraw`).
         """
-        with self.early_ack(interaction) as held:
-            surface = self.interaction_surface(interaction,
-                                               private=pressed_privately(interaction))
-            await surface.defer()
-            try:
-                await self._again(interaction, ask_id, surface, held)
-            except Exception as exc:
-                if not await surface.withdraw(exc):
-                    raise
+        private = pressed_privately(interaction)
+        async with self.deferred(interaction, private=private) as (surface, held):
+            await self._again(interaction, ask_id, surface, held)
 
     async def write_on(self, interaction: discord.Interaction, ask_id: int,
                        written: tuple[int, ...], shows_in: discord.PartialMessage | None,
